@@ -1,0 +1,231 @@
+"""A small vhost-user *front-end* (the driver side) for tests.
+
+It plays QEMU's part with a memfd as guest RAM: negotiates features, hands over
+the memory table and both rings, transmits frames and reads received ones. It can
+talk to the real daemon over a unix socket or drive a ``Session`` in-process.
+Deliberately simple and slow; it also lets tests send hostile input.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vhost_ipvlan.vhost_user import codec
+from vhost_ipvlan.vhost_user.codec import Request
+from vhost_ipvlan.virtio import net
+from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+
+UVA_BASE = 0x7F00_0000_0000
+MEM_SIZE = 8 << 20
+QSIZE = 256
+BUF_SIZE = 2048
+_DESC = struct.Struct("<QIHH")
+
+
+@dataclass
+class DriverQueue:
+    """Driver view of one split ring laid out in guest memory at ``base``."""
+
+    mem: mmap.mmap | bytearray
+    base: int
+    num: int = QSIZE
+
+    avail_idx: int = 0
+    last_used: int = 0
+    free: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.free = list(range(self.num))
+
+    @property
+    def desc(self) -> int:
+        return self.base
+
+    @property
+    def avail(self) -> int:
+        return self.base + 16 * self.num
+
+    @property
+    def used(self) -> int:
+        return (self.avail + 6 + 2 * self.num + 4095) & ~4095
+
+    @property
+    def end(self) -> int:
+        return (self.used + 6 + 8 * self.num + 4095) & ~4095
+
+    def set_desc(self, i: int, addr: int, length: int, flags: int, nxt: int = 0) -> None:
+        _DESC.pack_into(self.mem, self.desc + 16 * i, addr, length, flags, nxt)
+
+    def make_available(self, head: int) -> None:
+        struct.pack_into("<H", self.mem, self.avail + 4 + 2 * (self.avail_idx % self.num), head)
+        self.avail_idx = (self.avail_idx + 1) & 0xFFFF
+        struct.pack_into("<H", self.mem, self.avail + 2, self.avail_idx)
+
+    def used_idx(self) -> int:
+        value: int = struct.unpack_from("<H", self.mem, self.used + 2)[0]
+        return value
+
+    def pop_used(self) -> tuple[int, int] | None:
+        if self.last_used == self.used_idx():
+            return None
+        head, length = struct.unpack_from("<II", self.mem, self.used + 4 + 8 * (self.last_used % self.num))
+        self.last_used = (self.last_used + 1) & 0xFFFF
+        return head, length
+
+
+class FakeFrontend:
+    """Drives one vhost-user back-end connection like a (very simple) QEMU."""
+
+    def __init__(self, features: int | None = None, *, mergeable: bool = True) -> None:
+        self.fd = os.memfd_create("fake-guest")
+        os.ftruncate(self.fd, MEM_SIZE)
+        self.mem = mmap.mmap(self.fd, MEM_SIZE)
+        self.rxq = DriverQueue(self.mem, 0)
+        self.txq = DriverQueue(self.mem, self.rxq.end)
+        self.buffers = (self.txq.end + 4095) & ~4095
+        self.kick = [os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)]
+        self.call = [os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)]
+        self.want = features
+        self.mergeable = mergeable
+        self.features = 0
+        self.sock: socket.socket | None = None
+        self.transport: Callable[[bytes, list[int]], bytes | None] | None = None
+
+    # -- transport -----------------------------------------------------------------
+
+    def connect(self, path: str, timeout: float = 10) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+
+    def send(self, request: int, payload: bytes = b"", fds: list[int] | None = None,
+             *, reply: bool = False, need_reply: bool = False) -> bytes | None:
+        data = codec.encode_request(request, payload, need_reply=need_reply)
+        if self.transport is not None:
+            return self.transport(data, list(fds or []))
+        assert self.sock is not None
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.sendall(data)
+        if not (reply or need_reply):
+            return None
+        hdr = self._recv_exact(codec.HEADER_SIZE)
+        _, _, size = codec.HEADER.unpack(hdr)
+        return self._recv_exact(size)
+
+    def _recv_exact(self, n: int) -> bytes:
+        assert self.sock is not None
+        out = b""
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("back-end closed the connection")
+            out += chunk
+        return out
+
+    def get_u64(self, request: int) -> int:
+        reply = self.send(request, reply=True)
+        assert reply is not None
+        value: int = codec.U64.unpack(reply)[0]
+        return value
+
+    # -- set-up ----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """The message sequence QEMU 7.2 sends, compressed."""
+        offered = self.get_u64(Request.GET_FEATURES)
+        proto = self.get_u64(Request.GET_PROTOCOL_FEATURES)
+        self.send(Request.SET_PROTOCOL_FEATURES, codec.U64.pack(proto & 0b1001))
+        self.get_u64(Request.GET_QUEUE_NUM)
+        self.send(Request.SET_OWNER)
+        want = self.want if self.want is not None else offered
+        if not self.mergeable:
+            want &= ~net.bit(net.F_MRG_RXBUF)
+        self.features = want & offered
+        for i in (0, 1):
+            self.send(Request.SET_VRING_CALL, codec.U64.pack(i), [self.call[i]])
+        self.send(Request.SET_FEATURES, codec.U64.pack(self.features))
+        region = codec.MEM_REGION.pack(0, MEM_SIZE, UVA_BASE, 0)
+        self.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [self.fd], need_reply=True)
+        for i, q in enumerate((self.rxq, self.txq)):
+            self.send(Request.SET_VRING_NUM, codec.VRING_STATE.pack(i, q.num))
+            self.send(Request.SET_VRING_BASE, codec.VRING_STATE.pack(i, 0))
+            addr = codec.VRING_ADDR.pack(i, 0, UVA_BASE + q.desc, UVA_BASE + q.used, UVA_BASE + q.avail, 0)
+            self.send(Request.SET_VRING_ADDR, addr)
+            self.send(Request.SET_VRING_KICK, codec.U64.pack(i), [self.kick[i]])
+            self.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(i, 1))
+        self.post_rx_buffers(QSIZE)
+
+    # -- data ------------------------------------------------------------------------
+
+    def _buf_addr(self, queue: int, i: int) -> int:
+        return self.buffers + (queue * QSIZE + i) * BUF_SIZE
+
+    def post_rx_buffers(self, count: int) -> None:
+        for _ in range(min(count, len(self.rxq.free))):
+            i = self.rxq.free.pop()
+            self.rxq.set_desc(i, self._buf_addr(0, i), BUF_SIZE, VRING_DESC_F_WRITE)
+            self.rxq.make_available(i)
+        os.eventfd_write(self.kick[0], 1)
+
+    def transmit(self, frame: bytes, hdr: bytes = bytes(net.HDR_LEN), *, split: bool = False) -> None:
+        """Queue one frame on the TX ring and kick (optionally header in its own descriptor)."""
+        self.reclaim_tx()
+        data = hdr + frame
+        i = self.txq.free.pop()
+        addr = self._buf_addr(1, i)
+        self.mem[addr : addr + len(data)] = data
+        if split:
+            j = self.txq.free.pop()
+            self.txq.set_desc(i, addr, len(hdr), VRING_DESC_F_NEXT, j)
+            self.txq.set_desc(j, addr + len(hdr), len(frame), 0)
+        else:
+            self.txq.set_desc(i, addr, len(data), 0)
+        self.txq.make_available(i)
+        os.eventfd_write(self.kick[1], 1)
+
+    def reclaim_tx(self) -> None:
+        while (used := self.txq.pop_used()) is not None:
+            head = used[0]
+            flags, nxt = struct.unpack_from("<HH", self.mem, self.txq.desc + 16 * head + 12)
+            self.txq.free.append(head)
+            if flags & VRING_DESC_F_NEXT:
+                self.txq.free.append(nxt)
+
+    def receive(self) -> list[tuple[bytes, bytes]]:
+        """Every frame received so far, as (virtio_net_hdr, frame); re-posts buffers."""
+        out: list[tuple[bytes, bytes]] = []
+        while (used := self.rxq.pop_used()) is not None:
+            head, length = used
+            addr = self._buf_addr(0, head)
+            data = bytes(self.mem[addr : addr + length])
+            self.rxq.free.append(head)
+            nbuf = struct.unpack_from("<H", data, 10)[0]
+            for _ in range(nbuf - 1):
+                more = self.rxq.pop_used()
+                assert more is not None, "num_buffers larger than the used entries"
+                addr = self._buf_addr(0, more[0])
+                data += bytes(self.mem[addr : addr + more[1]])
+                self.rxq.free.append(more[0])
+            out.append((data[: net.HDR_LEN], data[net.HDR_LEN :]))
+        if out:
+            self.post_rx_buffers(len(out))
+        return out
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        for fd in (*self.kick, *self.call):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.mem.close()
+        os.close(self.fd)

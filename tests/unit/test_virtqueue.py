@@ -1,0 +1,248 @@
+"""Split ring and virtio-net RX/TX mechanics over a bytearray standing in for guest RAM."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.support.frontend import DriverQueue
+from vhost_ipvlan.errors import GuestError
+from vhost_ipvlan.virtio import net
+from vhost_ipvlan.virtio.memory import GuestMemory, Region
+from vhost_ipvlan.virtio.virtqueue import (
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+    SplitQueue,
+)
+
+UVA = 0x10000000
+SIZE = 1 << 20
+DATA = 0x40000
+
+
+def make(num: int = 16, event_idx: bool = False) -> tuple[bytearray, DriverQueue, SplitQueue]:
+    ram = bytearray(SIZE)
+    mem = GuestMemory([Region(0, SIZE, UVA, memoryview(ram))])
+    dq = DriverQueue(ram, 0, num)
+    q = SplitQueue(mem, num, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 0, event_idx=event_idx)
+    return ram, dq, q
+
+
+def test_memory_bounds_are_checked() -> None:
+    ram = bytearray(4096)
+    mem = GuestMemory([Region(0x1000, 4096, UVA, memoryview(ram))])
+    assert len(mem.gpa_view(0x1000, 4096)) == 4096
+    assert len(mem.gpa_view(0x1FFF, 1)) == 1
+    for gpa, length in ((0x0, 16), (0x1FFF, 2), (0x2000, 1), (0x1000, -1), (0xFFF, 2)):
+        with pytest.raises(GuestError):
+            mem.gpa_view(gpa, length)
+    with pytest.raises(GuestError):
+        mem.uva_view(UVA + 4000, 200)
+
+
+def test_memory_several_regions() -> None:
+    a, b = bytearray(4096), bytearray(4096)
+    mem = GuestMemory([Region(0, 4096, UVA, memoryview(a)), Region(0x100000, 4096, UVA + 0x100000, memoryview(b))])
+    mem.gpa_view(0x100010, 4)[:] = b"abcd"
+    assert b[16:20] == b"abcd"
+    with pytest.raises(GuestError):
+        mem.gpa_view(0xFFE, 4)  # straddles the end of region 0
+
+
+def test_gather_single_and_chained() -> None:
+    ram, dq, q = make()
+    ram[DATA : DATA + 5] = b"hello"
+    ram[DATA + 100 : DATA + 106] = b" world"
+    dq.set_desc(0, DATA, 5, VRING_DESC_F_NEXT, 3)
+    dq.set_desc(3, DATA + 100, 6, 0)
+    dq.make_available(0)
+    assert q.pending() == 1
+    out = memoryview(bytearray(64))
+    head = q.pop()
+    assert q.gather(head, out) == 11
+    assert bytes(out[:11]) == b"hello world"
+    q.push(head, 0)
+    q.publish()
+    assert dq.pop_used() == (0, 0)
+
+
+def test_gather_indirect() -> None:
+    ram, dq, q = make()
+    table = DATA + 0x1000
+    struct.pack_into("<QIHH", ram, table, DATA, 3, VRING_DESC_F_NEXT, 1)
+    struct.pack_into("<QIHH", ram, table + 16, DATA + 8, 2, 0, 0)
+    ram[DATA : DATA + 3] = b"abc"
+    ram[DATA + 8 : DATA + 10] = b"de"
+    dq.set_desc(5, table, 32, VRING_DESC_F_INDIRECT)
+    dq.make_available(5)
+    out = memoryview(bytearray(16))
+    assert q.gather(q.pop(), out) == 5
+    assert bytes(out[:5]) == b"abcde"
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        "loop",
+        "next_out_of_range",
+        "head_out_of_range",
+        "outside_memory",
+        "nested_indirect",
+        "indirect_with_next",
+        "indirect_bad_len",
+        "too_long",
+    ],
+)
+def test_hostile_chains_raise_guest_error(setup: str) -> None:
+    ram, dq, q = make()
+    head = 0
+    if setup == "loop":
+        dq.set_desc(0, DATA, 4, VRING_DESC_F_NEXT, 1)
+        dq.set_desc(1, DATA, 4, VRING_DESC_F_NEXT, 0)
+    elif setup == "next_out_of_range":
+        dq.set_desc(0, DATA, 4, VRING_DESC_F_NEXT, 16)
+    elif setup == "head_out_of_range":
+        head = 99
+    elif setup == "outside_memory":
+        dq.set_desc(0, SIZE - 2, 4, 0)
+    elif setup == "nested_indirect":
+        struct.pack_into("<QIHH", ram, DATA, DATA, 16, VRING_DESC_F_INDIRECT, 0)
+        dq.set_desc(0, DATA, 16, VRING_DESC_F_INDIRECT)
+    elif setup == "indirect_with_next":
+        dq.set_desc(0, DATA, 16, VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT, 1)
+    elif setup == "indirect_bad_len":
+        dq.set_desc(0, DATA, 17, VRING_DESC_F_INDIRECT)
+    elif setup == "too_long":
+        dq.set_desc(0, DATA, 100, 0)
+    struct.pack_into("<H", ram, dq.avail + 4, head)
+    struct.pack_into("<H", ram, dq.avail + 2, 1)
+    with pytest.raises(GuestError):
+        h = q.pop()
+        q.gather(h, memoryview(bytearray(64)))
+
+
+def test_avail_index_too_far_ahead() -> None:
+    ram, dq, q = make(num=16)
+    struct.pack_into("<H", ram, dq.avail + 2, 17)
+    with pytest.raises(GuestError):
+        q.pending()
+
+
+def test_resumes_at_used_index() -> None:
+    ram, dq, _ = make()
+    struct.pack_into("<H", ram, dq.used + 2, 7)
+    mem = GuestMemory([Region(0, SIZE, UVA, memoryview(ram))])
+    q = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 7, event_idx=False)
+    assert q.used_idx == 7 and q.last_avail == 7
+
+
+def post_rx(dq: DriverQueue, count: int, size: int) -> None:
+    for i in range(count):
+        dq.set_desc(i, DATA + i * 4096, size, VRING_DESC_F_WRITE)
+        dq.make_available(i)
+
+
+def test_rx_single_buffer() -> None:
+    ram, dq, q = make()
+    post_rx(dq, 1, 2048)
+    frame = bytearray(net.HDR_LEN) + b"x" * 100
+    assert net.rx_deliver(q, memoryview(frame), False) == net.RX_OK
+    q.publish()
+    head, length = dq.pop_used() or (None, None)
+    assert (head, length) == (0, 112)
+    assert struct.unpack_from("<H", ram, DATA + 10)[0] == 1
+    assert ram[DATA + 12 : DATA + 112] == b"x" * 100
+
+
+def test_rx_too_big_without_mergeable_keeps_the_buffer() -> None:
+    _, dq, q = make()
+    post_rx(dq, 2, 64)
+    frame = memoryview(bytearray(net.HDR_LEN + 100))
+    assert net.rx_deliver(q, frame, False) == net.RX_TOO_BIG
+    assert q.pending() == 2
+
+
+def test_rx_mergeable_spans_buffers() -> None:
+    ram, dq, q = make()
+    post_rx(dq, 4, 64)
+    payload = bytes(range(200))
+    frame = memoryview(bytearray(net.HDR_LEN) + payload)
+    assert net.rx_deliver(q, frame, True) == net.RX_OK
+    q.publish()
+    used = [dq.pop_used() for _ in range(4)]
+    assert [u[1] for u in used if u] == [64, 64, 64, 20]
+    assert struct.unpack_from("<H", ram, DATA + 10)[0] == 4
+    got = b"".join(bytes(ram[DATA + h * 4096 : DATA + h * 4096 + n]) for h, n in (u for u in used if u))
+    assert got[net.HDR_LEN :] == payload
+
+
+def test_rx_ring_full_takes_nothing() -> None:
+    _, dq, q = make()
+    post_rx(dq, 2, 64)
+    frame = memoryview(bytearray(net.HDR_LEN + 500))
+    assert net.rx_deliver(q, frame, True) == net.RX_RING_FULL
+    assert q.pending() == 2
+    _, _, empty = make()
+    assert net.rx_deliver(empty, frame, True) == net.RX_RING_FULL
+
+
+def test_event_idx_interrupt_suppression() -> None:
+    ram, dq, q = make(event_idx=True)
+    post_rx(dq, 4, 256)
+    frame = memoryview(bytearray(net.HDR_LEN + 10))
+    struct.pack_into("<H", ram, dq.avail + 4 + 2 * 16, 2)  # used_event: interrupt once used passes 2
+    net.rx_deliver(q, frame, True)
+    assert not q.publish()  # used 0 -> 1: no interrupt wanted
+    net.rx_deliver(q, frame, True)
+    net.rx_deliver(q, frame, True)
+    assert q.publish()  # 1 -> 3 crosses 2
+    assert not q.publish()  # nothing new
+
+
+def test_want_kick_writes_avail_event() -> None:
+    ram, dq, q = make(event_idx=True)
+    post_rx(dq, 3, 64)
+    for _ in range(3):
+        q.pop()
+    assert not q.want_kick()
+    assert struct.unpack_from("<H", ram, dq.used + 4 + 8 * 16)[0] == 3
+
+
+def test_offload_ok() -> None:
+    csum, gso = net.offload_mask(net.bit(net.F_GUEST_CSUM) | net.bit(net.F_GUEST_TSO4))
+    assert net.offload_ok(0, net.GSO_NONE, csum, gso, False)
+    assert net.offload_ok(net.HDR_F_NEEDS_CSUM, net.GSO_TCPV4, csum, gso, False)
+    assert not net.offload_ok(0, net.GSO_TCPV6, csum, gso, False)
+    assert not net.offload_ok(0, net.GSO_TCPV4 | net.GSO_ECN, csum, gso, False)
+    none_csum, none_gso = net.offload_mask(0)
+    assert not net.offload_ok(net.HDR_F_NEEDS_CSUM, 0, none_csum, none_gso, False)
+    assert not net.offload_ok(0, 200, csum, gso, True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(table=st.binary(min_size=16 * 8, max_size=16 * 8), avail=st.binary(min_size=20, max_size=20),
+       writable=st.booleans())
+def test_random_rings_never_escape(table: bytes, avail: bytes, writable: bool) -> None:
+    """Whatever the guest writes in its rings, we either work or raise GuestError."""
+    ram = bytearray(1 << 16)
+    mem = GuestMemory([Region(0, len(ram), UVA, memoryview(ram))])
+    ram[0 : len(table)] = table
+    ram[0x1000 : 0x1000 + len(avail)] = avail
+    q = SplitQueue(mem, 8, UVA, UVA + 0x1000, UVA + 0x2000, 0, event_idx=True)
+    out = memoryview(bytearray(512))
+    try:
+        for _ in range(q.pending()):
+            head = q.pop()
+            if writable:
+                q.capacity(head)
+                q.fill(out)
+            else:
+                q.gather(head, out)
+            q.push(head, 0)
+        q.publish()
+    except GuestError:
+        pass

@@ -1,0 +1,202 @@
+"""The configuration file (TOML): parsing and validation, all or nothing.
+
+Shape (other tools rely on it; do not change it lightly)::
+
+    [[port]]
+    master = "veth0"            # host interface: the IPvlan master
+    mode = "l2"                 # l2 | l3 | l3s
+    flag = "bridge"             # bridge | private | vepa
+    [[port.slave]]
+    name = "vm1"
+    socket = "/run/vhost-ipvlan/vm1.sock"
+    socket_mode = "server"      # server (default: the daemon listens) | client (it connects)
+    addresses = ["192.0.2.10/24", "2001:db8::10/64"]
+    mac = "52:54:00:00:00:01"   # optional: the guest's MAC; learned from its first frame if absent
+
+Rules:
+- Every problem is a ``ConfigError`` whose message is one line: the key path
+  (``port[0].slave[1].addresses[0]``) and what is wrong with it.
+- Unknown keys are errors; an address may appear once per master; slave names
+  and socket paths are unique across the file.
+- Modes and flags that are not implemented yet are refused by name.
+- This module only parses; whether the master exists is checked by the daemon
+  (it depends on the network namespace the daemon runs in).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+MODES = ("l2", "l3", "l3s")
+FLAGS = ("bridge", "private", "vepa")
+IMPLEMENTED_MODES = ("l2",)
+IMPLEMENTED_FLAGS = ("bridge",)
+SOCKET_MODES = ("server", "client")
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_IFNAME = re.compile(r"[^/\s:]{1,15}")
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+
+
+@dataclass(frozen=True, slots=True)
+class SlaveConfig:
+    name: str
+    socket: Path
+    socket_mode: str
+    addresses: tuple[IPInterface, ...]
+    mac: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class PortConfig:
+    master: str
+    mode: str
+    flag: str
+    slaves: tuple[SlaveConfig, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    ports: tuple[PortConfig, ...]
+
+    def slaves(self) -> list[tuple[PortConfig, SlaveConfig]]:
+        return [(p, s) for p in self.ports for s in p.slaves]
+
+
+def load(path: Path) -> Config:
+    """Read and validate a configuration file."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    return parse(data)
+
+
+def _keys(where: str, table: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown key (expected one of {', '.join(sorted(allowed))})")
+    for key in sorted(required):
+        if key not in table:
+            raise ConfigError(f"{where}.{key}: missing")
+    return table
+
+
+def _str(where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _choice(where: str, value: Any, valid: tuple[str, ...], implemented: tuple[str, ...]) -> str:
+    text = _str(where, value)
+    if text not in valid:
+        raise ConfigError(f"{where}: {text!r} is not one of {', '.join(valid)}")
+    if text not in implemented:
+        raise ConfigError(f"{where}: {text!r} is not implemented yet (available: {', '.join(implemented)})")
+    return text
+
+
+def parse_address(where: str, value: Any) -> IPInterface:
+    """A slave address: an IPv4 or IPv6 address with an optional prefix length."""
+    text = _str(where, value)
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not an IPv4 or IPv6 address[/prefix]") from None
+    ip = iface.ip
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or (
+        isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255")
+    ):
+        raise ConfigError(f"{where}: {text!r} cannot be a slave address (multicast, unspecified or loopback)")
+    return iface
+
+
+def parse_mac(where: str, value: Any) -> bytes:
+    text = _str(where, value)
+    if not _MAC.fullmatch(text):
+        raise ConfigError(f"{where}: {text!r} is not a MAC address like 52:54:00:12:34:56")
+    mac = bytes(int(b, 16) for b in text.split(":"))
+    if mac[0] & 1 or mac == bytes(6):
+        raise ConfigError(f"{where}: {text!r} is a multicast or zero MAC address")
+    return mac
+
+
+def _slave(where: str, table: Any) -> SlaveConfig:
+    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac"}, {"name", "socket"})
+    name = _str(f"{where}.name", t["name"])
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
+    sock = Path(_str(f"{where}.socket", t["socket"]))
+    if not sock.is_absolute() or len(str(sock).encode()) > 107:
+        raise ConfigError(f"{where}.socket: {str(sock)!r} must be an absolute path under 108 bytes")
+    mode = _choice(f"{where}.socket_mode", t.get("socket_mode", "server"), SOCKET_MODES, SOCKET_MODES)
+    raw = t.get("addresses", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}.addresses: expected a list of addresses")
+    addresses = tuple(parse_address(f"{where}.addresses[{i}]", a) for i, a in enumerate(raw))
+    mac = parse_mac(f"{where}.mac", t["mac"]) if "mac" in t else None
+    return SlaveConfig(name, sock, mode, addresses, mac)
+
+
+def _port(where: str, table: Any) -> PortConfig:
+    t = _keys(where, table, {"master", "mode", "flag", "slave"}, {"master"})
+    master = _str(f"{where}.master", t["master"])
+    if not _IFNAME.fullmatch(master):
+        raise ConfigError(f"{where}.master: {master!r} is not a valid interface name")
+    mode = _choice(f"{where}.mode", t.get("mode", "l2"), MODES, IMPLEMENTED_MODES)
+    flag = _choice(f"{where}.flag", t.get("flag", "bridge"), FLAGS, IMPLEMENTED_FLAGS)
+    raw = t.get("slave", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}.slave: expected [[port.slave]] tables")
+    slaves = tuple(_slave(f"{where}.slave[{i}]", s) for i, s in enumerate(raw))
+    owners: dict[object, str] = {}
+    for i, s in enumerate(slaves):
+        for j, a in enumerate(s.addresses):
+            if a.ip in owners:
+                raise ConfigError(
+                    f"{where}.slave[{i}].addresses[{j}]: {a.ip} is already used by {owners[a.ip]} "
+                    f"on master {master}"
+                )
+            owners[a.ip] = f"slave {s.name!r}"
+    return PortConfig(master, mode, flag, slaves)
+
+
+def parse(data: Any) -> Config:
+    """Validate a decoded TOML document."""
+    t = _keys("config", data, {"port"}, set())
+    raw = t.get("port", [])
+    if not isinstance(raw, list):
+        raise ConfigError("port: expected [[port]] tables")
+    ports = tuple(_port(f"port[{i}]", p) for i, p in enumerate(raw))
+    seen_master: dict[str, int] = {}
+    seen_name: dict[str, str] = {}
+    seen_socket: dict[Path, str] = {}
+    for i, p in enumerate(ports):
+        if p.master in seen_master:
+            raise ConfigError(f"port[{i}].master: {p.master!r} is already port[{seen_master[p.master]}]")
+        seen_master[p.master] = i
+        for j, s in enumerate(p.slaves):
+            where = f"port[{i}].slave[{j}]"
+            if s.name in seen_name:
+                raise ConfigError(f"{where}.name: {s.name!r} is already used by {seen_name[s.name]}")
+            seen_name[s.name] = where
+            if s.socket in seen_socket:
+                raise ConfigError(f"{where}.socket: {s.socket} is already used by {seen_socket[s.socket]}")
+            seen_socket[s.socket] = where
+    return Config(ports)

@@ -1,0 +1,326 @@
+"""The data path: guest TX rings -> switch -> guest RX rings and the uplink, and back.
+
+Theory of operation. Each slave is a ``NetDevice`` with one receive and one
+transmit virtqueue. A kick on the TX eventfd (or the safety-net rescan) drains
+the TX ring in bursts: each chain is copied into the device's frame buffer
+(12-byte virtio_net_hdr + frame), handed to the port's switch, and delivered to
+other guests' RX rings and/or sent out the uplink. Frames read from the uplink
+take the same decision the other way. RX rings touched during a burst are
+published, and their drivers interrupted if they asked for it, once at the end
+of the burst (``PortDatapath.flush``).
+
+Rules:
+- No per-frame allocation beyond memoryview slices: one preallocated buffer per
+  TX queue and one per uplink, verdicts are ints.
+- A frame a receiver cannot take (ring full, offload it did not negotiate, too
+  big) is dropped and counted on that receiver; nothing is queued.
+- A guest that breaks its ring (``GuestError``) gets that queue stopped and
+  counted; the daemon and the other guests go on.
+- A TX burst is bounded (``BURST``); the rest is rescheduled so one guest cannot
+  starve the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from ..errors import GuestError
+from ..net.translate import to_guest, to_wire
+from ..switch.policy import DROP, FLOOD, PASS, TO_SLAVE, TO_UPLINK, DropReason
+from ..virtio import net
+from ..virtio.virtqueue import SplitQueue
+from ..vhost_user.session import RX, TX, Session, Vring
+from .host import eventfd_drain, eventfd_signal
+
+if TYPE_CHECKING:
+    from ..switch.port import Port, Slave
+    from .uplink import Uplink
+
+log = logging.getLogger("vhost_ipvlan.datapath")
+
+BURST = 256
+RESCAN_INTERVAL = 0.2
+
+
+class NetDevice:
+    """One slave's virtio-net device: its rings, counters and frame buffer."""
+
+    def __init__(self, slave: Slave, dp: PortDatapath) -> None:
+        self.slave = slave
+        self.dp = dp
+        self.session: Session | None = None
+        self.rx: SplitQueue | None = None
+        self.tx: SplitQueue | None = None
+        self.rx_enabled = False
+        self.tx_enabled = False
+        self.rx_call: int | None = None
+        self.tx_call: int | None = None
+        self._kick_fds: dict[int, int] = {}
+        self.mergeable = False
+        self.takes_csum = False
+        self.gso_mask = 1
+        self.ecn = False
+        self.buf = bytearray(net.MAX_BUFFER)
+        self.view = memoryview(self.buf)
+        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        self.drops: Counter[str] = Counter()
+        self._drain_scheduled = False
+
+    # -- session.Device -----------------------------------------------------------
+
+    def attach(self, session: Session) -> None:
+        self.session = session
+
+    def vring_started(self, vring: Vring) -> None:
+        assert self.session is not None and vring.queue is not None
+        features = self.session.features
+        self.mergeable = bool(features >> net.F_MRG_RXBUF & 1)
+        self.takes_csum, self.gso_mask = net.offload_mask(features)
+        self.ecn = bool(features >> net.F_GUEST_ECN & 1)
+        loop = self.dp.loop
+        if vring.kick_fd is not None:
+            handler = self._tx_kick if vring.index == TX else self._rx_kick
+            loop.add_reader(vring.kick_fd, handler, vring.kick_fd)
+            self._kick_fds[vring.index] = vring.kick_fd
+        if vring.index == TX:
+            self.tx = vring.queue
+            self.schedule_drain()
+        else:
+            self.rx = vring.queue
+        self.vring_changed(vring)
+        log.info("slave %s: %s queue started (size %d)", self.slave.name, _QNAME[vring.index], vring.num)
+
+    def vring_stopped(self, vring: Vring) -> None:
+        fd = self._kick_fds.pop(vring.index, None)
+        if fd is not None:
+            self.dp.loop.remove_reader(fd)
+        if vring.index == TX:
+            self.tx = None
+        else:
+            self.rx = None
+        self.vring_changed(vring)
+        log.info("slave %s: %s queue stopped", self.slave.name, _QNAME[vring.index])
+
+    def vring_changed(self, vring: Vring) -> None:
+        if vring.index == RX:
+            self.rx_call = vring.call_fd
+            self.rx_enabled = vring.enabled
+        else:
+            self.tx_call = vring.call_fd
+            self.tx_enabled = vring.enabled
+        up = self.rx is not None and self.rx_enabled
+        if up != self.slave.up:
+            self.slave.up = up
+            log.info("slave %s: %s", self.slave.name, "up" if up else "down")
+
+    def detach(self) -> None:
+        self.session = None
+        self.slave.up = False
+
+    # -- events -------------------------------------------------------------------
+
+    def _rx_kick(self, fd: int) -> None:
+        eventfd_drain(fd)  # new RX buffers; frames are never queued, nothing to do
+
+    def _tx_kick(self, fd: int) -> None:
+        eventfd_drain(fd)
+        self.drain_tx()
+
+    def schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.dp.loop.call_soon(self._scheduled_drain)
+
+    def _scheduled_drain(self) -> None:
+        self._drain_scheduled = False
+        self.drain_tx()
+
+    def break_queue(self, which: int, err: GuestError) -> None:
+        self.drops["queue_broken"] += 1
+        log.warning("slave %s: %s queue broken by the guest: %s", self.slave.name, _QNAME[which], err)
+        fd = self._kick_fds.pop(which, None)
+        if fd is not None:
+            self.dp.loop.remove_reader(fd)
+        if which == TX:
+            self.tx = None
+        else:
+            self.rx = None
+            self.slave.up = False
+
+    # -- guest -> switch --------------------------------------------------------------
+
+    def drain_tx(self) -> None:
+        q = self.tx
+        if q is None:
+            return
+        view = self.view
+        handle = self.dp.from_guest
+        budget = BURST
+        try:
+            while True:
+                n = q.pending()
+                while n and budget:
+                    head = q.pop()
+                    length = q.gather(head, view)
+                    q.push(head, 0)
+                    n -= 1
+                    budget -= 1
+                    if self.tx_enabled:
+                        self.tx_packets += 1
+                        self.tx_bytes += length - net.HDR_LEN
+                        handle(self, length)
+                if q.publish() and self.tx_call is not None:
+                    eventfd_signal(self.tx_call)
+                if not budget:
+                    self.schedule_drain()
+                    break
+                if not q.want_kick():
+                    break
+        except GuestError as e:
+            self.break_queue(TX, e)
+        finally:
+            self.dp.flush()
+
+    # -- switch -> guest ----------------------------------------------------------------
+
+    def deliver(self, buf: memoryview) -> None:
+        """Put ``buf`` (12-byte header + frame) into this guest's receive queue."""
+        q = self.rx
+        if q is None or not self.rx_enabled:
+            self.drops["rx_not_ready"] += 1
+            return
+        if not net.offload_ok(buf[0], buf[1], self.takes_csum, self.gso_mask, self.ecn):
+            self.drops["offload_unsupported"] += 1
+            return
+        try:
+            rc = net.rx_deliver(q, buf, self.mergeable)
+        except GuestError as e:
+            self.break_queue(RX, e)
+            return
+        if rc == net.RX_OK:
+            self.rx_packets += 1
+            self.rx_bytes += len(buf) - net.HDR_LEN
+            self.dp.dirty.add(self)
+        elif rc == net.RX_RING_FULL:
+            self.drops["rx_ring_full"] += 1
+        else:
+            self.drops["rx_too_big"] += 1
+
+    def flush_rx(self) -> None:
+        q = self.rx
+        if q is not None and q.publish() and self.rx_call is not None:
+            eventfd_signal(self.rx_call)
+
+
+_QNAME = {RX: "rx", TX: "tx"}
+
+
+class PortDatapath:
+    """One master: its switch ``Port``, uplink socket and slave devices."""
+
+    def __init__(self, port: Port, uplink: Uplink, loop: asyncio.AbstractEventLoop) -> None:
+        self.port = port
+        self.uplink = uplink
+        self.loop = loop
+        self.devices: dict[str, NetDevice] = {}
+        self.dirty: set[NetDevice] = set()
+        self.buf = bytearray(net.MAX_BUFFER)
+        self.view = memoryview(self.buf)
+        self.uplink_rx = self.uplink_tx = 0
+        self.drops: Counter[str] = Counter()
+        self._rescan: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.loop.add_reader(self.uplink.fileno(), self._uplink_readable)
+        self._rescan = self.loop.call_later(RESCAN_INTERVAL, self._rescan_tick)
+
+    def stop(self) -> None:
+        self.loop.remove_reader(self.uplink.fileno())
+        if self._rescan is not None:
+            self._rescan.cancel()
+
+    def _rescan_tick(self) -> None:
+        # Safety net against a lost kick: the kick may race our re-enabling of kicks.
+        for dev in self.devices.values():
+            if dev.tx is not None:
+                dev.schedule_drain()
+        self._rescan = self.loop.call_later(RESCAN_INTERVAL, self._rescan_tick)
+
+    def flush(self) -> None:
+        dirty = self.dirty
+        while dirty:
+            dirty.pop().flush_rx()
+
+    def _device(self, slave: Slave) -> NetDevice:
+        return self.devices[slave.name]
+
+    def from_guest(self, dev: NetDevice, length: int) -> None:
+        """Switch the frame in ``dev.view[:length]`` taken from ``dev``'s TX ring."""
+        buf = dev.view
+        if length < net.HDR_LEN + 14:
+            dev.drops[DropReason.RUNT.label] += 1
+            return
+        action, arg = self.port.from_guest(dev.slave, buf[net.HDR_LEN : length])
+        if action == TO_UPLINK:
+            self._to_uplink(dev, buf, length)
+        elif action == TO_SLAVE:
+            self._device(arg).deliver(buf[:length])  # type: ignore[arg-type]
+        elif action == FLOOD:
+            frame = buf[:length]
+            for other in self.devices.values():
+                if other is not dev and other.slave.up:
+                    other.deliver(frame)
+            self._to_uplink(dev, buf, length)
+        elif action == DROP:
+            dev.drops[DropReason(arg).label] += 1
+
+    def _to_uplink(self, dev: NetDevice, buf: memoryview, length: int) -> None:
+        mac = dev.slave.mac
+        assert mac is not None  # the switch learned or validated it
+        to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, mac, self.port.master_mac)
+        if self.uplink.send(buf, length):
+            self.uplink_tx += 1
+        else:
+            dev.drops["uplink_send_failed"] += 1
+
+    def _uplink_readable(self) -> None:
+        view = self.view
+        for _ in range(BURST):
+            try:
+                length = self.uplink.recv(view)
+            except OSError as e:
+                self.drops["uplink_read_error"] += 1
+                log.debug("master %s: read error: %s", self.uplink.master, e)
+                break
+            if length == 0:
+                break
+            if length < 0:
+                self.drops["uplink_truncated"] += 1
+                continue
+            self.uplink_rx += 1
+            if length < net.HDR_LEN + 14:
+                self.drops[DropReason.RUNT.label] += 1
+                continue
+            frame = view[net.HDR_LEN : length]
+            action, arg = self.port.from_uplink(frame)
+            if action == PASS:
+                continue
+            if action == TO_SLAVE:
+                dev = self._device(arg)  # type: ignore[arg-type]
+                mac = dev.slave.mac
+                if mac is None:
+                    dev.drops["mac_unknown"] += 1
+                    continue
+                to_guest(frame, length - net.HDR_LEN, mac, self.port.master_mac)
+                dev.deliver(view[:length])
+            elif action == FLOOD:
+                out = view[:length]
+                for dev in self.devices.values():
+                    if dev.slave.up:
+                        dev.deliver(out)
+            elif action == DROP:
+                self.drops[DropReason(arg).label] += 1
+        self.flush()

@@ -1,0 +1,140 @@
+"""A slave's vhost-user socket, in either role, with one front-end at a time.
+
+Rules:
+- ``server`` role (the default): the daemon listens on the socket path (QEMU
+  ``-chardev socket`` without ``server``, libvirt ``mode='client'``). A stale
+  socket file is replaced; anything else at the path is an error. While one
+  front-end is connected, further connections are refused (closed) and logged.
+- ``client`` role: the daemon connects to a socket the front-end listens on
+  (libvirt ``mode='server'``), and retries every ``RETRY`` seconds until it
+  succeeds, and again after every disconnect.
+- After a disconnect the device's rings are gone and the slave is down until the
+  next front-end sets them up again; the switch keeps the slave and its addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+
+from ..errors import UplinkError
+from ..vhost_user.session import Session
+from .channel import Connection
+from .datapath import NetDevice
+from .host import OsHost
+
+log = logging.getLogger("vhost_ipvlan.endpoint")
+RETRY = 1.0
+
+
+class Endpoint:
+    """Accepts (or makes) the front-end connection for one ``NetDevice``."""
+
+    def __init__(self, path: Path, role: str, device: NetDevice, loop: asyncio.AbstractEventLoop,
+                 socket_mode: int = 0o660) -> None:
+        self.path = path
+        self.role = role
+        self.device = device
+        self.loop = loop
+        self.socket_mode = socket_mode
+        self.host = OsHost()
+        self.conn: Connection | None = None
+        self.listener: socket.socket | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self.closed = False
+        self.connections = 0
+
+    @property
+    def name(self) -> str:
+        return self.device.slave.name
+
+    def start(self) -> None:
+        if self.role == "server":
+            self._listen()
+        else:
+            self._connect()
+
+    def _listen(self) -> None:
+        path = self.path
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise UplinkError(f"slave {self.name}: {path} exists and is not a socket")
+            path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, self.socket_mode)
+            sock.listen(4)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise UplinkError(f"slave {self.name}: cannot listen on {path}: {e.strerror}") from e
+        self.listener = sock
+        self.loop.add_reader(sock.fileno(), self._accept)
+        log.info("slave %s: listening on %s", self.name, path)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.warning("slave %s: accept failed: %s", self.name, e)
+            return
+        if self.conn is not None:
+            log.warning("slave %s: refused a second front-end connection (one is active)", self.name)
+            sock.close()
+            return
+        self._attach(sock)
+
+    def _connect(self) -> None:
+        self._retry = None
+        if self.closed or self.conn is not None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.path))
+        except OSError as e:
+            sock.close()
+            log.debug("slave %s: cannot connect to %s yet: %s", self.name, self.path, e)
+            self._retry = self.loop.call_later(RETRY, self._connect)
+            return
+        self._attach(sock)
+
+    def _attach(self, sock: socket.socket) -> None:
+        self.connections += 1
+        session = Session(self.host, self.device)
+        self.device.attach(session)
+        self.conn = Connection(sock, session, self.loop, self.name, self._closed)
+        log.info("slave %s: front-end connected (%s)", self.name, self.role)
+
+    def _closed(self, conn: Connection) -> None:
+        if conn is self.conn:
+            self.conn = None
+            self.device.detach()
+            if self.role == "client" and not self.closed:
+                self._retry = self.loop.call_later(RETRY, self._connect)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        if self.conn is not None:
+            self.conn.close("daemon stopping")
+        if self.listener is not None:
+            self.loop.remove_reader(self.listener.fileno())
+            self.listener.close()
+            try:
+                self.path.unlink()
+            except OSError:
+                pass

@@ -1,0 +1,73 @@
+"""Taking guest-bound frames away from the host stack ("consume"), with nftables.
+
+The kernel's ipvlan rx_handler *consumes* frames for slave addresses: the host
+stack never sees, answers, forwards or ICMPs them. An AF_PACKET socket only gets
+copies, so the daemon pairs it with a netdev-family ingress chain on the master
+that drops exactly those frames; packet taps run before the ingress hook, so the
+daemon still receives them (ENVIRONMENT.md, verified).
+
+Rules:
+- One table ``netdev vhost_ipvlan`` per network namespace, one chain per master;
+  a chain's rules are replaced in a single ``nft -f`` transaction (atomic).
+- Dropped: IPv4/IPv6 packets to a slave address, ARP whose target is one, and
+  Neighbour Solicitations whose target is one. Broadcast and multicast are left
+  alone: the host always keeps its copy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+from collections.abc import Iterable
+
+from ..errors import UplinkError
+
+TABLE = "vhost_ipvlan"
+
+
+def _run(script: str) -> None:
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    try:
+        proc = subprocess.run([nft, "-f", "-"], input=script, text=True, capture_output=True, timeout=30)
+    except FileNotFoundError:
+        raise UplinkError("nft (package nftables) is not installed; it is needed to consume guest traffic") from None
+    if proc.returncode:
+        first = (proc.stderr.strip().splitlines() or ["no message"])[0]
+        raise UplinkError(f"nft failed: {first}")
+
+
+def reset() -> None:
+    """Remove rules a previous daemon in this namespace may have left (crash)."""
+    _run(f"table netdev {TABLE} {{}}\ndelete table netdev {TABLE}\n")
+
+
+def remove() -> None:
+    reset()
+
+
+def consume(chain: str, master: str, addresses: Iterable[bytes]) -> None:
+    """Make ``master``'s ingress drop what belongs to these slave addresses."""
+    v4 = [str(ipaddress.IPv4Address(a)) for a in addresses if len(a) == 4]
+    v6 = [ipaddress.IPv6Address(a) for a in addresses if len(a) == 16 and not a.startswith(b"\xfe\x80")]
+    lines = [
+        f"table netdev {TABLE} {{}}",
+        f'add chain netdev {TABLE} {chain} {{ type filter hook ingress device "{master}" priority -500; }}',
+        f"flush chain netdev {TABLE} {chain}",
+    ]
+    if v4:
+        s = ", ".join(v4)
+        lines.append(f"add rule netdev {TABLE} {chain} ip daddr {{ {s} }} drop")
+        lines.append(f"add rule netdev {TABLE} {chain} arp daddr ip {{ {s} }} drop")
+    if v6:
+        s = ", ".join(str(a) for a in v6)
+        targets = ", ".join(f"0x{a.packed.hex()}" for a in v6)
+        lines.append(f"add rule netdev {TABLE} {chain} ip6 daddr {{ {s} }} drop")
+        lines.append(
+            f"add rule netdev {TABLE} {chain} icmpv6 type nd-neighbor-solicit @th,64,128 {{ {targets} }} drop"
+        )
+    _run("\n".join(lines) + "\n")
+
+
+def release(chain: str) -> None:
+    _run(f"table netdev {TABLE} {{}}\nflush table netdev {TABLE}\ndelete chain netdev {TABLE} {chain}\n")

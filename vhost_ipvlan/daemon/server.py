@@ -1,0 +1,123 @@
+"""The daemon: configuration in, ports and endpoints up, one event loop, clean exit.
+
+Rules:
+- Start-up is all or nothing: every master is checked and opened, every socket
+  bound, the nftables rules applied; if any step fails, what was made is undone
+  and the error (one line, naming what is wrong) is raised.
+- Readiness is announced once every socket listens (``READY=1`` to
+  ``$NOTIFY_SOCKET`` when set, and a log line).
+- SIGTERM and SIGINT stop the loop; sockets are unlinked and the nftables rules
+  removed on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+
+from ..config import Config
+from ..errors import ConfigError, UplinkError
+from ..switch.port import Port
+from . import nft
+from .datapath import NetDevice, PortDatapath
+from .endpoint import Endpoint
+from .uplink import Uplink
+
+log = logging.getLogger("vhost_ipvlan.daemon")
+
+
+def sd_notify(state: str) -> None:
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+        s.sendto(state.encode(), path)
+
+
+class Daemon:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.ports: list[PortDatapath] = []
+        self.endpoints: list[Endpoint] = []
+        self._nft_used = False
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        for i, pc in enumerate(self.config.ports):
+            try:
+                socket.if_nametoindex(pc.master)
+            except OSError:
+                raise ConfigError(f"port[{i}].master: interface {pc.master!r} does not exist") from None
+        nft.reset()
+        self._nft_used = True
+        for i, pc in enumerate(self.config.ports):
+            uplink = Uplink(pc.master)
+            try:
+                port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
+            except ValueError as e:
+                uplink.close()
+                raise ConfigError(f"port[{i}]: {e}") from e
+            dp = PortDatapath(port, uplink, self.loop)
+            self.ports.append(dp)
+            for j, sc in enumerate(pc.slaves):
+                try:
+                    slave = port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac)
+                except ValueError as e:
+                    raise ConfigError(f"port[{i}].slave[{j}]: {e}") from e
+                dev = NetDevice(slave, dp)
+                dp.devices[sc.name] = dev
+                self.endpoints.append(Endpoint(sc.socket, sc.socket_mode, dev, self.loop))
+            nft.consume(f"p{i}", pc.master, port.consumed_addresses())
+            dp.start()
+        for ep in self.endpoints:
+            ep.start()
+        log.info("ready: %d master(s), %d slave(s)", len(self.ports), len(self.endpoints))
+        sd_notify("READY=1")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._stop.wait()
+        finally:
+            sd_notify("STOPPING=1")
+            self.close()
+
+    def close(self) -> None:
+        for ep in self.endpoints:
+            ep.close()
+        for dp in self.ports:
+            with contextlib.suppress(Exception):
+                dp.stop()
+            dp.uplink.close()
+        if self._nft_used:
+            with contextlib.suppress(UplinkError):
+                nft.remove()
+        self.endpoints.clear()
+        self.ports.clear()
+
+
+def serve(config: Config) -> None:
+    async def main() -> None:
+        daemon = Daemon(config, asyncio.get_running_loop())
+        daemon.start()
+        await daemon.run()
+
+    asyncio.run(main())

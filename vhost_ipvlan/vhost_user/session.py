@@ -1,0 +1,323 @@
+"""One vhost-user connection's state machine, as seen by a virtio-net back-end.
+
+Sans-I/O: ``Session.handle(message)`` updates the state and returns the reply
+bytes (or None); mapping memory and closing descriptors are delegated to a
+``Host`` given at construction, and ring life-cycle events go to a ``Device``.
+
+Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
+- Only vrings 0 (rx) and 1 (tx) exist: one queue pair (GET_QUEUE_NUM answers 1).
+- A ring is *started* once it has a size, addresses, memory and a kick (SET_VRING_KICK)
+  and is *stopped* by GET_VRING_BASE. *Enabled* is separate (SET_VRING_ENABLE,
+  or implicitly when PROTOCOL_FEATURES is not acked): it may arrive before
+  SET_FEATURES, and is remembered whatever the ring's state.
+- SET_MEM_TABLE replaces the memory and re-translates every ring address;
+  a started ring keeps its avail and used indices.
+- The features offered are fixed for the session's lifetime (a reconnecting
+  front-end refuses a back-end that offers less than before).
+- Every file descriptor that arrives is either kept (and closed when replaced or
+  at ``close()``) or closed before ``handle`` returns.
+- With REPLY_ACK acked, a message flagged NEED_REPLY that has no reply of its own
+  is acknowledged with u64 0.
+- Any violation raises ``FrontendError``; the caller closes this connection only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import FrontendError, GuestError
+from ..virtio import net
+from ..virtio.memory import GuestMemory, Region
+from ..virtio.virtqueue import MAX_QUEUE_SIZE, SplitQueue
+from . import codec
+from .codec import F_PROTOCOL_FEATURES, Message, ProtocolFeature, Request
+
+NUM_VRINGS = 2
+RX, TX = 0, 1
+
+DEFAULT_FEATURES = (
+    net.bit(net.F_VERSION_1)
+    | net.bit(F_PROTOCOL_FEATURES)
+    | net.bit(net.F_MRG_RXBUF)
+    | net.bit(net.F_RING_EVENT_IDX)
+    | net.bit(net.F_RING_INDIRECT_DESC)
+    | net.bit(net.F_CSUM)
+    | net.bit(net.F_GUEST_CSUM)
+    | net.bit(net.F_GUEST_TSO4)
+    | net.bit(net.F_GUEST_TSO6)
+    | net.bit(net.F_HOST_TSO4)
+    | net.bit(net.F_HOST_TSO6)
+)
+DEFAULT_PROTOCOL_FEATURES = (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK)
+
+
+class Host(Protocol):
+    """I/O services the session needs (implemented by the daemon, faked in tests)."""
+
+    def map_region(self, fd: int, size: int, offset: int) -> memoryview:
+        """Map ``size`` bytes at ``offset`` of ``fd`` shared and writable."""
+
+    def close_fd(self, fd: int) -> None:
+        """Close a descriptor the session owned."""
+
+    def fence(self) -> None:
+        """A full memory barrier."""
+
+
+class Device(Protocol):
+    """What a device learns about its rings."""
+
+    def vring_started(self, vring: Vring) -> None: ...
+
+    def vring_stopped(self, vring: Vring) -> None: ...
+
+    def vring_changed(self, vring: Vring) -> None:
+        """Enable state or call fd changed."""
+
+
+@dataclass(slots=True)
+class Vring:
+    index: int
+    num: int = 0
+    addr: codec.VringAddr | None = None
+    base: int = 0
+    kicked: bool = False  # SET_VRING_KICK received since the last stop
+    kick_fd: int | None = None
+    call_fd: int | None = None
+    err_fd: int | None = None
+    enabled: bool = False
+    queue: SplitQueue | None = None  # set while started
+
+    @property
+    def started(self) -> bool:
+        return self.queue is not None
+
+
+class Session:
+    """State of one front-end connection."""
+
+    def __init__(
+        self,
+        host: Host,
+        device: Device,
+        *,
+        features: int = DEFAULT_FEATURES,
+        protocol_features: int = DEFAULT_PROTOCOL_FEATURES,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.device = device
+        self.offered_features = features
+        self.offered_protocol_features = protocol_features
+        self.features = 0
+        self.protocol_features = 0
+        self.features_set = False
+        self.owner = False
+        self.memory: GuestMemory | None = None
+        self.vrings = [Vring(i) for i in range(NUM_VRINGS)]
+        self._log = log
+        self._handlers: dict[int, Callable[[Message], bytes | None]] = {
+            Request.GET_FEATURES: self._get_features,
+            Request.SET_FEATURES: self._set_features,
+            Request.SET_OWNER: self._set_owner,
+            Request.RESET_OWNER: self._reset_owner,
+            Request.SET_MEM_TABLE: self._set_mem_table,
+            Request.SET_VRING_NUM: self._set_vring_num,
+            Request.SET_VRING_ADDR: self._set_vring_addr,
+            Request.SET_VRING_BASE: self._set_vring_base,
+            Request.GET_VRING_BASE: self._get_vring_base,
+            Request.SET_VRING_KICK: self._set_vring_kick,
+            Request.SET_VRING_CALL: self._set_vring_call,
+            Request.SET_VRING_ERR: self._set_vring_err,
+            Request.GET_PROTOCOL_FEATURES: self._get_protocol_features,
+            Request.SET_PROTOCOL_FEATURES: self._set_protocol_features,
+            Request.GET_QUEUE_NUM: self._get_queue_num,
+            Request.SET_VRING_ENABLE: self._set_vring_enable,
+        }
+
+    # -- entry points -------------------------------------------------------------
+
+    def handle(self, msg: Message) -> bytes | None:
+        """Apply one message; return the reply to send, if any."""
+        handler = self._handlers.get(msg.request)
+        try:
+            if handler is None:
+                raise FrontendError(f"{msg.name} is not supported")
+            reply = handler(msg)
+        finally:
+            for fd in msg.fds:  # handlers take the fds they keep out of the list
+                self.host.close_fd(fd)
+            msg.fds.clear()
+        if reply is None and msg.need_reply and self._acked(ProtocolFeature.REPLY_ACK):
+            reply = codec.encode(msg.request, codec.U64.pack(0))
+        return reply
+
+    def close(self) -> None:
+        """Stop every ring and close every descriptor (the connection is gone)."""
+        for vring in self.vrings:
+            self._stop(vring)
+            for attr in ("kick_fd", "call_fd", "err_fd"):
+                self._replace_fd(vring, attr, None)
+        self.memory = None
+
+    def has_feature(self, bit: int) -> bool:
+        return bool(self.features >> bit & 1)
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _acked(self, feature: ProtocolFeature) -> bool:
+        return bool(self.protocol_features >> feature & 1)
+
+    def _vring(self, msg: Message, index: int) -> Vring:
+        if index >= NUM_VRINGS:
+            raise FrontendError(f"{msg.name}: vring {index} does not exist (one queue pair)")
+        return self.vrings[index]
+
+    def _replace_fd(self, vring: Vring, attr: str, fd: int | None) -> None:
+        old: int | None = getattr(vring, attr)
+        setattr(vring, attr, fd)
+        if old is not None and old != fd:
+            self.host.close_fd(old)
+
+    def _take_fd(self, msg: Message) -> tuple[Vring, int | None]:
+        index, has_fd = codec.vring_fd_index(msg)
+        vring = self._vring(msg, index)
+        return vring, (msg.fds.pop() if has_fd else None)
+
+    def _try_start(self, vring: Vring) -> None:
+        if vring.started or not vring.kicked or vring.addr is None or self.memory is None:
+            return
+        if vring.num == 0:
+            raise FrontendError(f"vring {vring.index} kicked before SET_VRING_NUM")
+        try:
+            vring.queue = SplitQueue(
+                self.memory,
+                vring.num,
+                vring.addr.desc,
+                vring.addr.avail,
+                vring.addr.used,
+                vring.base,
+                event_idx=self.has_feature(net.F_RING_EVENT_IDX),
+                fence=self.host.fence,
+            )
+        except GuestError as e:
+            raise FrontendError(f"vring {vring.index}: {e}") from e
+        self.device.vring_started(vring)
+
+    def _stop(self, vring: Vring) -> None:
+        if vring.queue is not None:
+            vring.base = vring.queue.last_avail
+            vring.queue = None
+            self.device.vring_stopped(vring)
+
+    # -- handlers -----------------------------------------------------------------
+
+    def _get_features(self, msg: Message) -> bytes:
+        return codec.encode(msg.request, codec.U64.pack(self.offered_features))
+
+    def _set_features(self, msg: Message) -> None:
+        features = codec.u64(msg)
+        extra = features & ~self.offered_features
+        if extra:
+            raise FrontendError(f"SET_FEATURES acks features {extra:#x} that were not offered")
+        if not features >> net.F_VERSION_1 & 1:
+            raise FrontendError("SET_FEATURES without VIRTIO_F_VERSION_1: legacy drivers are not served")
+        self.features = features
+        self.features_set = True
+        if not features >> F_PROTOCOL_FEATURES & 1:
+            for vring in self.vrings:
+                vring.enabled = True
+                self.device.vring_changed(vring)
+
+    def _set_owner(self, msg: Message) -> None:
+        self.owner = True
+
+    def _reset_owner(self, msg: Message) -> None:
+        # Deprecated; the spec says to ignore it rather than drop state.
+        return None
+
+    def _set_mem_table(self, msg: Message) -> None:
+        regions = codec.mem_table(msg)
+        mapped = []
+        for r, fd in zip(regions, msg.fds, strict=True):
+            try:
+                buf = self.host.map_region(fd, r.size, r.mmap_offset)
+            except OSError as e:
+                raise FrontendError(f"SET_MEM_TABLE: cannot map region at gpa {r.gpa:#x}: {e}") from e
+            mapped.append(Region(r.gpa, r.size, r.uva, buf))
+        self.memory = GuestMemory(mapped)
+        for vring in self.vrings:  # re-translate the rings into the new table
+            if vring.queue is not None:
+                vring.base = vring.queue.last_avail
+                vring.queue = None
+                self._try_start(vring)
+
+    def _set_vring_num(self, msg: Message) -> None:
+        index, num = codec.vring_state(msg)
+        vring = self._vring(msg, index)
+        if num == 0 or num > MAX_QUEUE_SIZE or num & (num - 1):
+            raise FrontendError(f"SET_VRING_NUM: size {num} is not a power of 2 up to {MAX_QUEUE_SIZE}")
+        vring.num = num
+
+    def _set_vring_addr(self, msg: Message) -> None:
+        addr = codec.vring_addr(msg)
+        vring = self._vring(msg, addr.index)
+        vring.addr = addr
+        self._try_start(vring)
+
+    def _set_vring_base(self, msg: Message) -> None:
+        index, num = codec.vring_state(msg)
+        vring = self._vring(msg, index)
+        if num > 0xFFFF:
+            raise FrontendError(f"SET_VRING_BASE: base {num} does not fit a split ring index")
+        vring.base = num
+
+    def _get_vring_base(self, msg: Message) -> bytes:
+        index, _ = codec.vring_state(msg)
+        vring = self._vring(msg, index)
+        self._stop(vring)
+        vring.kicked = False
+        self._replace_fd(vring, "kick_fd", None)
+        return codec.encode(msg.request, codec.VRING_STATE.pack(index, vring.base))
+
+    def _set_vring_kick(self, msg: Message) -> None:
+        vring, fd = self._take_fd(msg)
+        self._stop(vring)
+        self._replace_fd(vring, "kick_fd", fd)
+        vring.kicked = True
+        if not self.has_feature(F_PROTOCOL_FEATURES) and self.features_set:
+            vring.enabled = True
+        self._try_start(vring)
+
+    def _set_vring_call(self, msg: Message) -> None:
+        vring, fd = self._take_fd(msg)
+        self._replace_fd(vring, "call_fd", fd)
+        self.device.vring_changed(vring)
+
+    def _set_vring_err(self, msg: Message) -> None:
+        vring, fd = self._take_fd(msg)
+        self._replace_fd(vring, "err_fd", fd)
+
+    def _get_protocol_features(self, msg: Message) -> bytes:
+        return codec.encode(msg.request, codec.U64.pack(self.offered_protocol_features))
+
+    def _set_protocol_features(self, msg: Message) -> None:
+        features = codec.u64(msg)
+        extra = features & ~self.offered_protocol_features
+        if extra:
+            raise FrontendError(f"SET_PROTOCOL_FEATURES acks {extra:#x} that were not offered")
+        self.protocol_features = features
+
+    def _get_queue_num(self, msg: Message) -> bytes:
+        return codec.encode(msg.request, codec.U64.pack(NUM_VRINGS // 2))
+
+    def _set_vring_enable(self, msg: Message) -> None:
+        index, num = codec.vring_state(msg)
+        vring = self._vring(msg, index)
+        if num > 1:
+            raise FrontendError(f"SET_VRING_ENABLE: state {num} is neither 0 nor 1")
+        vring.enabled = bool(num)
+        self.device.vring_changed(vring)
+

@@ -1,0 +1,126 @@
+"""virtio-net on top of split virtqueues: feature bits, ``virtio_net_hdr``, RX filling.
+
+Rules:
+- Only VIRTIO_F_VERSION_1 drivers are served, so the header is always the 12-byte
+  ``virtio_net_hdr`` (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
+  num_buffers), little-endian.
+- The header travels with the frame untouched (CSUM/GSO pass-through): nothing is
+  segmented or checksummed here. ``offload_ok`` tells whether a receiving driver
+  negotiated what a header asks of it; a frame it cannot take is dropped by the
+  caller and counted.
+- RX without MRG_RXBUF: one chain per frame, which must hold header + frame.
+  With MRG_RXBUF: as many chains as needed, every one but the last filled up,
+  ``num_buffers`` in the first header. Chains are taken only when the whole frame
+  fits; otherwise they are given back and the frame is dropped (ring full).
+"""
+
+from __future__ import annotations
+
+from .virtqueue import SplitQueue
+
+# virtio-net and transport feature bits (virtio spec 5.1.3, 6)
+F_CSUM = 0
+F_GUEST_CSUM = 1
+F_MTU = 3
+F_MAC = 5
+F_GUEST_TSO4 = 7
+F_GUEST_TSO6 = 8
+F_GUEST_ECN = 9
+F_GUEST_UFO = 10
+F_HOST_TSO4 = 11
+F_HOST_TSO6 = 12
+F_HOST_ECN = 13
+F_HOST_UFO = 14
+F_MRG_RXBUF = 15
+F_STATUS = 16
+F_CTRL_VQ = 17
+F_MQ = 22
+F_NOTIFY_ON_EMPTY = 24
+F_ANY_LAYOUT = 27
+F_RING_INDIRECT_DESC = 28
+F_RING_EVENT_IDX = 29
+F_VERSION_1 = 32
+F_RING_PACKED = 34
+
+HDR_LEN = 12
+HDR_F_NEEDS_CSUM = 1
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_ECN = 0x80
+
+# the largest frame a guest may hand us or we may hand it: 14 + 65535 + VLAN slack
+MAX_FRAME = 65550
+MAX_BUFFER = HDR_LEN + MAX_FRAME
+
+# results of rx_deliver
+RX_OK = 0
+RX_RING_FULL = 1
+RX_TOO_BIG = 2
+
+
+def bit(n: int) -> int:
+    return 1 << n
+
+
+def offload_mask(features: int) -> tuple[bool, int]:
+    """From a driver's acked features: (takes NEEDS_CSUM, bitmask of gso_types it takes)."""
+    gso = 1 << GSO_NONE
+    if features & bit(F_GUEST_TSO4):
+        gso |= 1 << GSO_TCPV4
+    if features & bit(F_GUEST_TSO6):
+        gso |= 1 << GSO_TCPV6
+    if features & bit(F_GUEST_UFO):
+        gso |= 1 << GSO_UDP
+    return bool(features & bit(F_GUEST_CSUM)), gso
+
+
+def offload_ok(hdr_flags: int, gso_type: int, takes_csum: bool, gso_mask: int, ecn: bool) -> bool:
+    """Whether a driver with these offloads can receive a frame with this header."""
+    if hdr_flags & HDR_F_NEEDS_CSUM and not takes_csum:
+        return False
+    if gso_type & GSO_ECN and not ecn:
+        return False
+    return bool(gso_mask >> (gso_type & 0x7F) & 1)
+
+
+def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool) -> int:
+    """Put one frame (``buf`` = 12-byte header + frame) into a receive queue.
+
+    Writes ``num_buffers`` into ``buf``. Returns RX_OK, RX_RING_FULL or RX_TOO_BIG;
+    raises ``GuestError`` for a malformed chain (the caller breaks the queue).
+    """
+    need = len(buf)
+    if not q.pending():
+        return RX_RING_FULL
+    head = q.pop()
+    if q.capacity(head) >= need:
+        buf[10] = 1
+        buf[11] = 0
+        q.fill(buf)
+        q.push(head, need)
+        return RX_OK
+    if not mergeable:
+        q.unpop(1)
+        return RX_TOO_BIG
+    # Mergeable: count the chains the frame needs first, then fill them.
+    taken = 1
+    total = q.capacity(head)
+    while total < need:
+        if not q.pending():
+            q.unpop(taken)
+            return RX_RING_FULL
+        total += q.capacity(q.pop())
+        taken += 1
+    q.unpop(taken)
+    buf[10] = taken & 0xFF
+    buf[11] = taken >> 8
+    pos = 0
+    for _ in range(taken):
+        head = q.pop()
+        q.capacity(head)
+        n = q.fill(buf[pos:])
+        q.push(head, n)
+        pos += n
+    return RX_OK

@@ -1,0 +1,215 @@
+"""Split virtqueue, device side (virtio 1.x, "Split Virtqueues").
+
+The driver (guest) owns the descriptor table and the avail ring; the device (us)
+owns the used ring. Every value read from guest memory is untrusted: it is read
+once, checked, and only then used.
+
+Rules:
+- Descriptor indices must be < queue size; a chain may not be longer than its
+  table (a loop guard); INDIRECT only on a chain's first descriptor, never nested,
+  never together with NEXT, table length a non-zero multiple of 16.
+- Every descriptor buffer is translated through ``GuestMemory.gpa_view`` (bounds
+  checked). A violation raises ``GuestError``: the caller marks the queue broken.
+- ``avail.idx`` may run ahead of ``last_avail`` by at most the queue size.
+- Used elements are written first, ``used.idx`` is published afterwards, once per
+  burst (x86 keeps store order; CPython writes in program order).
+- Notification suppression: with VIRTIO_F_EVENT_IDX, interrupts follow
+  ``used_event`` and kicks are requested through ``avail_event``; without it,
+  ``avail.flags & NO_INTERRUPT`` is honoured. Before trusting an empty ring after
+  asking for kicks, the caller must re-check behind a full barrier (``fence``):
+  the store of ``avail_event`` and the load of ``avail.idx`` may otherwise be
+  reordered, and the kick lost.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from ..errors import GuestError
+from .memory import GuestMemory
+
+VRING_DESC_F_NEXT = 1
+VRING_DESC_F_WRITE = 2
+VRING_DESC_F_INDIRECT = 4
+VRING_AVAIL_F_NO_INTERRUPT = 1
+MAX_QUEUE_SIZE = 32768
+
+_DESC = struct.Struct("<QIHH")
+_U16 = struct.Struct("<H")
+_USED_ELEM = struct.Struct("<II")
+
+
+def _no_fence() -> None:
+    return None
+
+
+def ring_sizes(num: int) -> tuple[int, int, int]:
+    """Byte sizes of (descriptor table, avail ring, used ring), event fields included."""
+    return 16 * num, 6 + 2 * num, 6 + 8 * num
+
+
+class SplitQueue:
+    """The device side of one split virtqueue over guest memory."""
+
+    __slots__ = (
+        "_avail",
+        "_desc",
+        "_fence",
+        "_published",
+        "_segs",
+        "_used",
+        "event_idx",
+        "last_avail",
+        "mem",
+        "num",
+        "used_idx",
+    )
+
+    def __init__(
+        self,
+        mem: GuestMemory,
+        num: int,
+        desc_uva: int,
+        avail_uva: int,
+        used_uva: int,
+        last_avail: int,
+        *,
+        event_idx: bool,
+        fence: Callable[[], None] = _no_fence,
+    ) -> None:
+        if num <= 0 or num > MAX_QUEUE_SIZE or num & (num - 1):
+            raise GuestError(f"queue size {num} is not a power of 2 in 1..{MAX_QUEUE_SIZE}")
+        desc_len, avail_len, used_len = ring_sizes(num)
+        self.mem = mem
+        self.num = num
+        self._desc = mem.uva_view(desc_uva, desc_len)
+        self._avail = mem.uva_view(avail_uva, avail_len)
+        self._used = mem.uva_view(used_uva, used_len)
+        self.event_idx = event_idx
+        self._fence = fence
+        self.last_avail = last_avail & 0xFFFF
+        # On (re)connect the front-end sets the base from the used index; resume there.
+        self.used_idx = _U16.unpack_from(self._used, 2)[0]
+        self._published = self.used_idx
+        self._segs: list[memoryview] = []
+
+    # -- avail side ---------------------------------------------------------------
+
+    def pending(self) -> int:
+        """How many chains the driver has made available and we have not taken."""
+        n = (_U16.unpack_from(self._avail, 2)[0] - self.last_avail) & 0xFFFF
+        if n > self.num:
+            raise GuestError(f"avail index runs {n} entries ahead of a {self.num}-entry ring")
+        return n
+
+    def pop(self) -> int:
+        """Take the next available chain head (call only when ``pending()`` > 0)."""
+        head: int = _U16.unpack_from(self._avail, 4 + 2 * (self.last_avail % self.num))[0]
+        if head >= self.num:
+            raise GuestError(f"avail ring names descriptor {head} of a {self.num}-entry table")
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        return head
+
+    def unpop(self, count: int) -> None:
+        """Give back the last ``count`` chains taken (nothing was written to them)."""
+        self.last_avail = (self.last_avail - count) & 0xFFFF
+
+    def _walk(self, head: int, writable: bool) -> int:
+        """Collect the chain's readable or writable buffers into ``_segs``; total bytes."""
+        segs = self._segs
+        segs.clear()
+        desc = self._desc
+        table = self.num
+        mem = self.mem
+        i = head
+        count = 0
+        total = 0
+        indirect = False
+        while True:
+            addr, length, flags, nxt = _DESC.unpack_from(desc, 16 * i)
+            if flags & VRING_DESC_F_INDIRECT:
+                if indirect or count or flags & VRING_DESC_F_NEXT:
+                    raise GuestError("indirect descriptor nested, chained or not at the head")
+                if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
+                    raise GuestError(f"indirect table of {length} bytes")
+                desc = mem.gpa_view(addr, length)
+                table = length // 16
+                indirect = True
+                i = 0
+                continue
+            count += 1
+            if count > table:
+                raise GuestError("descriptor chain loops or is longer than its table")
+            if (flags & VRING_DESC_F_WRITE) == (VRING_DESC_F_WRITE if writable else 0):
+                if length:
+                    segs.append(mem.gpa_view(addr, length))
+                    total += length
+            if not flags & VRING_DESC_F_NEXT:
+                return total
+            i = nxt
+            if i >= table:
+                raise GuestError(f"descriptor chain points at {i} in a {table}-entry table")
+
+    def gather(self, head: int, dst: memoryview) -> int:
+        """Copy the chain's device-readable bytes into ``dst``; return how many.
+
+        Raises ``GuestError`` if the chain is malformed or longer than ``dst``.
+        """
+        total = self._walk(head, False)
+        if total > len(dst):
+            raise GuestError(f"transmit chain of {total} bytes exceeds {len(dst)}")
+        pos = 0
+        for seg in self._segs:
+            n = len(seg)
+            dst[pos : pos + n] = seg
+            pos += n
+        return total
+
+    def capacity(self, head: int) -> int:
+        """Total length of the chain's device-writable buffers (left in ``_segs``)."""
+        return self._walk(head, True)
+
+    def fill(self, src: memoryview) -> int:
+        """Write ``src`` into the buffers found by the last ``capacity()``; bytes written."""
+        pos = 0
+        end = len(src)
+        for seg in self._segs:
+            if pos >= end:
+                break
+            n = min(len(seg), end - pos)
+            seg[:n] = src[pos : pos + n]
+            pos += n
+        return pos
+
+    def first_segment(self) -> memoryview:
+        """The first writable buffer found by the last ``capacity()`` (for header fix-ups)."""
+        return self._segs[0]
+
+    # -- used side ------------------------------------------------------------------
+
+    def push(self, head: int, length: int) -> None:
+        """Return a chain to the driver with ``length`` bytes written (not yet published)."""
+        _USED_ELEM.pack_into(self._used, 4 + 8 * (self.used_idx % self.num), head, length)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+
+    def publish(self) -> bool:
+        """Publish pushed elements; return True if the driver wants an interrupt."""
+        new = self.used_idx
+        old = self._published
+        if new == old:
+            return False
+        _U16.pack_into(self._used, 2, new)
+        self._published = new
+        if self.event_idx:
+            self._fence()
+            event = _U16.unpack_from(self._avail, 4 + 2 * self.num)[0]
+            return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return not (_U16.unpack_from(self._avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT)
+
+    def want_kick(self) -> bool:
+        """Ask the driver to kick for the next chain; True if chains are already waiting."""
+        if self.event_idx:
+            _U16.pack_into(self._used, 4 + 8 * self.num, self.last_avail)
+            self._fence()
+        return self.pending() > 0
