@@ -1,0 +1,110 @@
+"""Configuration parsing: the documented shape, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vhost_ipvlan.config import load, parse
+from vhost_ipvlan.errors import ConfigError
+
+GOOD = """
+[[port]]
+master = "veth0"
+mode = "l2"
+flag = "bridge"
+[[port.slave]]
+name = "vm1"
+socket = "/run/vhost-ipvlan/vm1.sock"
+socket_mode = "server"
+addresses = ["192.0.2.10/24", "2001:db8::10/64"]
+[[port.slave]]
+name = "vm2"
+socket = "/run/vhost-ipvlan/vm2.sock"
+socket_mode = "client"
+addresses = ["192.0.2.11"]
+mac = "52:54:00:00:00:02"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_good_config(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, GOOD))
+    (port,) = cfg.ports
+    assert (port.master, port.mode, port.flag) == ("veth0", "l2", "bridge")
+    vm1, vm2 = port.slaves
+    assert vm1.socket_mode == "server" and vm2.socket_mode == "client"
+    assert [str(a) for a in vm1.addresses] == ["192.0.2.10/24", "2001:db8::10/64"]
+    assert vm2.mac == bytes.fromhex("525400000002") and vm1.mac is None
+
+
+def test_defaults() -> None:
+    cfg = parse({"port": [{"master": "eth0", "slave": [{"name": "a", "socket": "/tmp/a.sock"}]}]})
+    assert cfg.ports[0].mode == "l2" and cfg.ports[0].flag == "bridge"
+    assert cfg.ports[0].slaves[0].socket_mode == "server"
+
+
+BAD = [
+    ('[[port]]\nmaster="v"\nfoo=1', "port[0].foo: unknown key"),
+    ('[[port]]\nmode="l2"', "port[0].master: missing"),
+    ('[[port]]\nmaster="v"\nmode="l4"', "port[0].mode: 'l4' is not one of l2, l3, l3s"),
+    ('[[port]]\nmaster="v"\nmode="l3"', "port[0].mode: 'l3' is not implemented yet"),
+    ('[[port]]\nmaster="v"\nflag="vepa"', "port[0].flag: 'vepa' is not implemented yet"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\naddresses=["192.0.2.300/24"]',
+     "port[0].slave[0].addresses[0]: '192.0.2.300/24' is not an IPv4 or IPv6 address"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\naddresses=["224.0.0.1"]',
+     "cannot be a slave address"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\naddresses=["192.0.2.1"]\n'
+     '[[port.slave]]\nname="b"\nsocket="/b"\naddresses=["192.0.2.1/24"]',
+     "port[0].slave[1].addresses[0]: 192.0.2.1 is already used by slave 'a' on master v"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="a.sock"', "must be an absolute path"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a b"\nsocket="/a"', "port[0].slave[0].name"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nsocket_mode="both"',
+     "port[0].slave[0].socket_mode: 'both' is not one of server, client"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nmac="01:00:00:00:00:01"', "multicast"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\n[[port.slave]]\nname="a"\nsocket="/b"',
+     "port[0].slave[1].name: 'a' is already used"),
+    ('[[port]]\nmaster="v"\n[[port]]\nmaster="v"', "port[1].master: 'v' is already port[0]"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\naddresses="192.0.2.1"',
+     "expected a list"),
+    ('[[port]]\nmaster=5', "port[0].master: expected a string, got int 5"),
+    ("port = [", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD)
+def test_bad_config_one_line_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_reports_config_error_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[port]]\nmaster="v"\nmode="l3"')
+    for cmd in (["check-config", str(path)], ["serve", "--config", str(path)]):
+        proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", *cmd], capture_output=True, text=True)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            "vhost-ipvlan: error: port[0].mode: 'l3' is not implemented yet (available: l2)"
+        ]
+
+
+def test_cli_check_config_ok(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", "check-config", str(write(tmp_path, GOOD))],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "1 master(s), 2 slave(s)" in proc.stdout
+
+
+def test_cli_print_capabilities() -> None:
+    proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", "--print-capabilities"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and '"type": "net"' in proc.stdout

@@ -1,0 +1,177 @@
+"""The vhost-user session driven in-process by the fake front-end (no sockets)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.frontend import FakeFrontend
+from vhost_ipvlan.errors import FrontendError
+from vhost_ipvlan.vhost_user import codec
+from vhost_ipvlan.vhost_user.codec import Request
+from vhost_ipvlan.vhost_user.session import DEFAULT_FEATURES, RX, TX, Session, Vring
+from vhost_ipvlan.virtio import net
+
+
+class FakeHost:
+    def __init__(self) -> None:
+        self.closed: list[int] = []
+
+    def map_region(self, fd: int, size: int, offset: int) -> memoryview:
+        return memoryview(mmap.mmap(fd, offset + size))[offset : offset + size]
+
+    def close_fd(self, fd: int) -> None:
+        self.closed.append(fd)
+        os.close(fd)
+
+    def fence(self) -> None:
+        pass
+
+
+class RecordingDevice:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def vring_started(self, vring: Vring) -> None:
+        self.events.append(("started", vring.index))
+
+    def vring_stopped(self, vring: Vring) -> None:
+        self.events.append(("stopped", vring.index))
+
+    def vring_changed(self, vring: Vring) -> None:
+        self.events.append(("changed", vring.index))
+
+
+class Pair:
+    def __init__(self) -> None:
+        self.host = FakeHost()
+        self.device = RecordingDevice()
+        self.session = Session(self.host, self.device)
+        self.fe = FakeFrontend()
+        self.fe.transport = self._transport
+
+    def _transport(self, data: bytes, fds: list[int]) -> bytes | None:
+        request, flags, size = codec.decode_header(data)
+        msg = codec.Message(request, flags, data[codec.HEADER_SIZE :], [os.dup(fd) for fd in fds])
+        reply = self.session.handle(msg)
+        return None if reply is None else reply[codec.HEADER_SIZE :]
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    p = Pair()
+    yield p
+    p.session.close()
+    p.fe.close()
+
+
+def test_setup_starts_both_rings(pair: Pair) -> None:
+    pair.fe.setup()
+    s = pair.session
+    assert s.features == DEFAULT_FEATURES
+    assert all(v.started and v.enabled for v in s.vrings)
+    assert ("started", RX) in pair.device.events and ("started", TX) in pair.device.events
+    assert s.vrings[RX].call_fd is not None and s.vrings[RX].kick_fd is not None
+
+
+def test_transmit_is_visible_in_the_tx_queue(pair: Pair) -> None:
+    pair.fe.setup()
+    pair.fe.transmit(b"\xff" * 6 + b"\x02" * 6 + b"\x08\x00" + b"payload")
+    q = pair.session.vrings[TX].queue
+    assert q is not None and q.pending() == 1
+    buf = memoryview(bytearray(net.MAX_BUFFER))
+    n = q.gather(q.pop(), buf)
+    assert bytes(buf[net.HDR_LEN : n]).endswith(b"payload")
+
+
+def test_get_vring_base_stops_and_returns_index(pair: Pair) -> None:
+    pair.fe.setup()
+    pair.fe.transmit(bytes(60))
+    q = pair.session.vrings[TX].queue
+    assert q is not None
+    q.pop()
+    reply = pair.fe.send(Request.GET_VRING_BASE, codec.VRING_STATE.pack(TX, 0), reply=True)
+    assert reply is not None and codec.VRING_STATE.unpack(reply) == (TX, 1)
+    assert not pair.session.vrings[TX].started
+    assert ("stopped", TX) in pair.device.events
+
+
+def test_reply_ack_on_need_reply(pair: Pair) -> None:
+    pair.fe.send(Request.SET_PROTOCOL_FEATURES, codec.U64.pack(1 << codec.ProtocolFeature.REPLY_ACK))
+    reply = pair.fe.send(Request.SET_OWNER, need_reply=True)
+    assert reply == codec.U64.pack(0)
+
+
+def test_enable_before_features_is_remembered(pair: Pair) -> None:
+    pair.fe.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 1))
+    assert pair.session.vrings[0].enabled
+
+
+def test_mem_table_replacement_keeps_ring_indices(pair: Pair) -> None:
+    pair.fe.setup()
+    pair.fe.transmit(bytes(60))
+    q = pair.session.vrings[TX].queue
+    assert q is not None
+    q.pop()
+    region = codec.MEM_REGION.pack(0, 8 << 20, 0x7F00_0000_0000, 0)
+    pair.fe.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [pair.fe.fd])
+    q2 = pair.session.vrings[TX].queue
+    assert q2 is not None and q2 is not q and q2.last_avail == 1
+
+
+@pytest.mark.parametrize(
+    ("request_", "payload", "nfds", "match"),
+    [
+        (99, b"", 0, "not supported"),
+        (Request.SET_FEATURES, codec.U64.pack(1 << 32 | 1 << 40), 0, "not offered"),
+        (Request.SET_FEATURES, codec.U64.pack(0), 0, "VERSION_1"),
+        (Request.SET_VRING_NUM, codec.VRING_STATE.pack(5, 256), 0, "does not exist"),
+        (Request.SET_VRING_NUM, codec.VRING_STATE.pack(0, 100), 0, "power of 2"),
+        (Request.SET_VRING_BASE, codec.VRING_STATE.pack(0, 1 << 20), 0, "does not fit"),
+        (Request.SET_VRING_KICK, codec.U64.pack(0), 0, "NOFD"),
+        (Request.SET_VRING_CALL, codec.U64.pack(0x100), 1, "NOFD"),
+        (Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(2, 0) + bytes(64), 1, "file descriptors"),
+        (Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(0, 0), 0, "regions"),
+        (Request.SET_VRING_ADDR, bytes(10), 0, "expected 40"),
+        (Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 7), 0, "neither"),
+        (Request.SET_PROTOCOL_FEATURES, codec.U64.pack(1 << 60), 0, "not offered"),
+    ],
+)
+def test_bad_messages_are_frontend_errors_and_fds_closed(
+    pair: Pair, request_: int, payload: bytes, nfds: int, match: str
+) -> None:
+    fds = [os.eventfd(0) for _ in range(nfds)]
+    try:
+        with pytest.raises(FrontendError, match=match):
+            pair.fe.send(request_, payload, fds)
+        assert len(pair.host.closed) == nfds  # the duplicates handed over were all closed
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_bad_ring_address_is_refused(pair: Pair) -> None:
+    pair.fe.setup()
+    addr = codec.VRING_ADDR.pack(TX, 0, 0x1234, 0x1234, 0x1234, 0)
+    pair.fe.send(Request.GET_VRING_BASE, codec.VRING_STATE.pack(TX, 0), reply=True)
+    pair.fe.send(Request.SET_VRING_ADDR, addr)
+    with pytest.raises(FrontendError, match="outside"):
+        pair.fe.send(Request.SET_VRING_KICK, codec.U64.pack(TX), [pair.fe.kick[TX]])
+
+
+def test_close_releases_every_fd(pair: Pair) -> None:
+    pair.fe.setup()
+    pair.session.close()
+    # kick + call for both rings were kept and must now be closed (memfd closed right after mmap)
+    assert len([fd for fd in pair.host.closed]) >= 5
+    assert all(v.kick_fd is None and v.call_fd is None for v in pair.session.vrings)
+
+
+def test_decode_header_checks_version_and_size() -> None:
+    with pytest.raises(FrontendError, match="version"):
+        codec.decode_header(codec.HEADER.pack(1, 2, 0))
+    with pytest.raises(FrontendError, match="payload"):
+        codec.decode_header(codec.HEADER.pack(1, 1, 1 << 20))
