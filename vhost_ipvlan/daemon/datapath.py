@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import GuestError
 from ..net.translate import to_guest, to_wire
-from ..switch.policy import DROP, FLOOD, PASS, TO_SLAVE, TO_UPLINK, DropReason
+from ..switch.policy import FLOOD, PASS, TO_SLAVE, TO_UPLINK
 from ..virtio import net
 from ..virtio.virtqueue import SplitQueue
 from ..vhost_user.session import RX, TX, Session, Vring
@@ -260,8 +260,8 @@ class PortDatapath:
     def from_guest(self, dev: NetDevice, length: int) -> None:
         """Switch the frame in ``dev.view[:length]`` taken from ``dev``'s TX ring."""
         buf = dev.view
-        if length < net.HDR_LEN + 14:
-            dev.drops[DropReason.RUNT.label] += 1
+        if length < net.HDR_LEN:
+            dev.drops["runt"] += 1
             return
         action, arg = self.port.from_guest(dev.slave, buf[net.HDR_LEN : length])
         if action == TO_UPLINK:
@@ -274,8 +274,7 @@ class PortDatapath:
                 if other is not dev and other.slave.up:
                     other.deliver(frame)
             self._to_uplink(dev, buf, length)
-        elif action == DROP:
-            dev.drops[DropReason(arg).label] += 1
+        # DROP: the switch has counted it on the slave
 
     def _to_uplink(self, dev: NetDevice, buf: memoryview, length: int) -> None:
         mac = dev.slave.mac
@@ -301,9 +300,6 @@ class PortDatapath:
                 self.drops["uplink_truncated"] += 1
                 continue
             self.uplink_rx += 1
-            if length < net.HDR_LEN + 14:
-                self.drops[DropReason.RUNT.label] += 1
-                continue
             frame = view[net.HDR_LEN : length]
             action, arg = self.port.from_uplink(frame)
             if action == PASS:
@@ -321,6 +317,5 @@ class PortDatapath:
                 for dev in self.devices.values():
                     if dev.slave.up:
                         dev.deliver(out)
-            elif action == DROP:
-                self.drops[DropReason(arg).label] += 1
+            # DROP: the switch has counted it in port.uplink_drops
         self.flush()

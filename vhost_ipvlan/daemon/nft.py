@@ -46,10 +46,10 @@ def remove() -> None:
     reset()
 
 
-def consume(chain: str, master: str, addresses: Iterable[bytes]) -> None:
+def consume(chain: str, master: str, v4_addresses: Iterable[str], v6_addresses: Iterable[str]) -> None:
     """Make ``master``'s ingress drop what belongs to these slave addresses."""
-    v4 = [str(ipaddress.IPv4Address(a)) for a in addresses if len(a) == 4]
-    v6 = [ipaddress.IPv6Address(a) for a in addresses if len(a) == 16 and not a.startswith(b"\xfe\x80")]
+    v4 = [str(ipaddress.IPv4Address(a)) for a in v4_addresses]
+    v6 = [ipaddress.IPv6Address(a) for a in v6_addresses]
     lines = [
         f"table netdev {TABLE} {{}}",
         f'add chain netdev {TABLE} {chain} {{ type filter hook ingress device "{master}" priority -500; }}',

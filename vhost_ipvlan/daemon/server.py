@@ -6,6 +6,8 @@ Rules:
   and the error (one line, naming what is wrong) is raised.
 - Readiness is announced once every socket listens (``READY=1`` to
   ``$NOTIFY_SOCKET`` when set, and a log line).
+- SIGUSR1 logs every counter as one JSON line (``stats {...}``) until the
+  control socket exists.
 - SIGTERM and SIGINT stop the loop; sockets are unlinked and the nftables rules
   removed on the way out.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -81,12 +84,40 @@ class Daemon:
                 dev = NetDevice(slave, dp)
                 dp.devices[sc.name] = dev
                 self.endpoints.append(Endpoint(sc.socket, sc.socket_mode, dev, self.loop))
-            nft.consume(f"p{i}", pc.master, port.consumed_addresses())
+            nft.consume(f"p{i}", pc.master, *port.consumed_addresses())
             dp.start()
         for ep in self.endpoints:
             ep.start()
         log.info("ready: %d master(s), %d slave(s)", len(self.ports), len(self.endpoints))
         sd_notify("READY=1")
+
+    def stats(self) -> dict[str, object]:
+        """Counters of every master and slave (JSON-ready)."""
+        out: dict[str, object] = {}
+        for dp in self.ports:
+            slaves = {}
+            for name, dev in dp.devices.items():
+                drops = dict(dev.drops)
+                for label, n in dev.slave.drop_counts().items():
+                    drops[label] = drops.get(label, 0) + n
+                slaves[name] = {
+                    "up": dev.slave.up,
+                    "rx_packets": dev.rx_packets,
+                    "rx_bytes": dev.rx_bytes,
+                    "tx_packets": dev.tx_packets,
+                    "tx_bytes": dev.tx_bytes,
+                    "drops": drops,
+                }
+            out[dp.port.master] = {
+                "uplink_rx_packets": dp.uplink_rx,
+                "uplink_tx_packets": dp.uplink_tx,
+                "drops": {**dict(dp.drops), **dp.port.drop_counts()},
+                "slaves": slaves,
+            }
+        return out
+
+    def log_stats(self) -> None:
+        log.info("stats %s", json.dumps(self.stats(), sort_keys=True))
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -94,6 +125,7 @@ class Daemon:
     async def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.log_stats)
         try:
             await self._stop.wait()
         finally:
