@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+from scapy.layers.inet6 import (
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+)
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
@@ -160,9 +167,10 @@ def receive(fe: FakeFrontend, match: Callable[[Packet], bool], what: str, timeou
         return None
 
     try:
-        return wait_until(check, timeout, what=what)
+        found: Packet = wait_until(check, timeout, what=what)
     except TimeoutError as e:
         raise AssertionError(f"{e}; received instead: {[p.summary() for p in got]}") from None
+    return found
 
 
 def nothing_received(fe: FakeFrontend, match: Callable[[Packet], bool]) -> bool:

@@ -54,7 +54,7 @@ class Pair:
         self.fe.transport = self._transport
 
     def _transport(self, data: bytes, fds: list[int]) -> bytes | None:
-        request, flags, size = codec.decode_header(data)
+        request, flags, _ = codec.decode_header(data)
         msg = codec.Message(request, flags, data[codec.HEADER_SIZE :], [os.dup(fd) for fd in fds])
         reply = self.session.handle(msg)
         return None if reply is None else reply[codec.HEADER_SIZE :]

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 from ..errors import GuestError
 from ..net.translate import to_guest, to_wire
 from ..switch.policy import FLOOD, PASS, TO_SLAVE, TO_UPLINK
+from ..vhost_user.session import RX, TX, Session, Vring
 from ..virtio import net
 from ..virtio.virtqueue import SplitQueue
-from ..vhost_user.session import RX, TX, Session, Vring
 from .host import eventfd_drain, eventfd_signal
 
 if TYPE_CHECKING:

@@ -98,7 +98,7 @@ class SplitQueue:
 
     def pending(self) -> int:
         """How many chains the driver has made available and we have not taken."""
-        n = (_U16.unpack_from(self._avail, 2)[0] - self.last_avail) & 0xFFFF
+        n: int = (_U16.unpack_from(self._avail, 2)[0] - self.last_avail) & 0xFFFF
         if n > self.num:
             raise GuestError(f"avail index runs {n} entries ahead of a {self.num}-entry ring")
         return n
@@ -141,10 +141,9 @@ class SplitQueue:
             count += 1
             if count > table:
                 raise GuestError("descriptor chain loops or is longer than its table")
-            if (flags & VRING_DESC_F_WRITE) == (VRING_DESC_F_WRITE if writable else 0):
-                if length:
-                    segs.append(mem.gpa_view(addr, length))
-                    total += length
+            if length and (flags & VRING_DESC_F_WRITE) == (VRING_DESC_F_WRITE if writable else 0):
+                segs.append(mem.gpa_view(addr, length))
+                total += length
             if not flags & VRING_DESC_F_NEXT:
                 return total
             i = nxt
@@ -203,9 +202,10 @@ class SplitQueue:
         self._published = new
         if self.event_idx:
             self._fence()
-            event = _U16.unpack_from(self._avail, 4 + 2 * self.num)[0]
+            event: int = _U16.unpack_from(self._avail, 4 + 2 * self.num)[0]
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        return not (_U16.unpack_from(self._avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT)
+        flags: int = _U16.unpack_from(self._avail, 0)[0]
+        return not flags & VRING_AVAIL_F_NO_INTERRUPT
 
     def want_kick(self) -> bool:
         """Ask the driver to kick for the next chain; True if chains are already waiting."""
