@@ -167,9 +167,10 @@ def receive(fe: FakeFrontend, match: Callable[[Packet], bool], what: str, timeou
         return None
 
     try:
-        found: Packet = wait_until(check, timeout, what=what)
+        found = wait_until(check, timeout, what=what)
     except TimeoutError as e:
         raise AssertionError(f"{e}; received instead: {[p.summary() for p in got]}") from None
+    assert found is not None
     return found
 
 

@@ -90,7 +90,7 @@ class SplitQueue:
         self._fence = fence
         self.last_avail = last_avail & 0xFFFF
         # On (re)connect the front-end sets the base from the used index; resume there.
-        self.used_idx = _U16.unpack_from(self._used, 2)[0]
+        self.used_idx: int = _U16.unpack_from(self._used, 2)[0]
         self._published = self.used_idx
         self._segs: list[memoryview] = []
 
