@@ -194,8 +194,8 @@ class SplitQueue:
 
     def publish(self) -> bool:
         """Publish pushed elements; return True if the driver wants an interrupt."""
-        new = self.used_idx
-        old = self._published
+        new: int = self.used_idx
+        old: int = self._published
         if new == old:
             return False
         _U16.pack_into(self._used, 2, new)
