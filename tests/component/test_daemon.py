@@ -41,7 +41,8 @@ pytestmark = [pytest.mark.netns]
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"
 OUT_IP, OUT_IP6 = "192.0.2.1", "2001:db8::1"
-A_IP, B_IP, C_IP = "192.0.2.10", "192.0.2.11", "192.0.2.12"
+A_IP, B_IP, C_IP, D_IP = "192.0.2.10", "192.0.2.11", "192.0.2.12", "192.0.2.13"
+MAC_D = "02:00:00:00:00:0d"
 A_IP6 = "2001:db8::10"
 
 
@@ -91,6 +92,12 @@ mac = "{MAC_B}"
 name = "c"
 socket = "{self.sock('c')}"
 addresses = ["{C_IP}/24"]
+[[port.slave]]
+name = "d"
+socket = "{self.sock('d')}"
+socket_mode = "client"
+addresses = ["{D_IP}/24"]
+mac = "{MAC_D}"
 """)
         self.daemon = subprocess.Popen(
             ["ip", "netns", "exec", self.host, sys.executable, "-m", "vhost_ipvlan.cli", "serve",
@@ -281,3 +288,40 @@ def test_frontend_disconnect_and_reconnect(lab: Lab) -> None:
     b2 = lab.frontend("b")
     a.transmit(bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=A_IP, dst=B_IP) / UDP(dport=6) / Raw(b"x")))
     receive(b2, lambda p: UDP in p and p[UDP].dport == 6, "a->b after b reconnected")
+
+
+def test_client_role_daemon_connects_and_reconnects(lab: Lab) -> None:
+    """Slave d: the front-end owns the socket (libvirt mode='server'); the daemon connects."""
+    import socket
+
+    a = lab.frontend("a")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(lab.sock("d")))
+    listener.listen(1)
+    try:
+        for round_ in range(2):  # the daemon retries after the front-end goes away
+            ups = lab.log.read_text().count("slave d: up")
+            d = FakeFrontend()
+            lab.frontends.append(d)
+            d.accept(listener)
+            d.setup()
+            wait_until(lambda: lab.log.read_text().count("slave d: up") > ups, 10, what="d up")  # noqa: B023
+            d.transmit(bytes(Ether(src=MAC_D, dst=MAC_A) / IP(src=D_IP, dst=A_IP) / UDP(dport=40 + round_)))
+            receive(a, lambda p: UDP in p and p[UDP].dport == 40 + round_, f"d->a round {round_}")  # noqa: B023
+            d.close()
+            lab.frontends.remove(d)
+    finally:
+        listener.close()
+
+
+def test_missing_master_is_a_one_line_error_and_nothing_is_created(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    sock = tmp_path / "x.sock"
+    cfg.write_text(f'[[port]]\nmaster = "vi-nonexistent"\n[[port.slave]]\nname = "x"\nsocket = "{sock}"\n')
+    proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", "serve", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "vhost-ipvlan: error: port[0].master: interface 'vi-nonexistent' does not exist"
+    ]
+    assert not sock.exists()

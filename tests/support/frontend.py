@@ -103,6 +103,12 @@ class FakeFrontend:
         self.sock.settimeout(timeout)
         self.sock.connect(path)
 
+    def accept(self, listener: socket.socket, timeout: float = 10) -> None:
+        """Take the back-end's connection on a socket we listen on (its client role)."""
+        listener.settimeout(timeout)
+        self.sock, _ = listener.accept()
+        self.sock.settimeout(timeout)
+
     def send(self, request: int, payload: bytes = b"", fds: list[int] | None = None,
              *, reply: bool = False, need_reply: bool = False) -> bytes | None:
         data = codec.encode_request(request, payload, need_reply=need_reply)
