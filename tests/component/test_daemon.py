@@ -11,10 +11,7 @@ The outside host is the real kernel stack: it answers ARP, NDP and pings.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -33,133 +30,51 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
+from tests.support import lab as lab_mod
 from tests.support.frontend import FakeFrontend
+from tests.support.lab import OUT_IP, OUT_IP6, SlaveSpec, sh
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns]
 
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"
-OUT_IP, OUT_IP6 = "192.0.2.1", "2001:db8::1"
 A_IP, B_IP, C_IP, D_IP = "192.0.2.10", "192.0.2.11", "192.0.2.12", "192.0.2.13"
 MAC_D = "02:00:00:00:00:0d"
 A_IP6 = "2001:db8::10"
 
 
-def sh(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+class Lab(lab_mod.Lab):
+    """The shared lab plus fake front-ends standing in for guests."""
 
-
-class Lab:
     def __init__(self, tmp: Path) -> None:
-        tag = secrets.token_hex(3)
-        self.host, self.out = f"vi-h-{tag}", f"vi-o-{tag}"
-        self.tmp = tmp
-        self.daemon: subprocess.Popen[bytes] | None = None
-        self.log = tmp / "daemon.log"
+        super().__init__(tmp, [
+            SlaveSpec("a", [f"{A_IP}/24", f"{A_IP6}/64"], MAC_A),
+            SlaveSpec("b", [f"{B_IP}/24"], MAC_B),
+            SlaveSpec("c", [f"{C_IP}/24"]),
+            SlaveSpec("d", [f"{D_IP}/24"], MAC_D, socket_mode="client"),
+        ])
         self.frontends: list[FakeFrontend] = []
 
-    def build(self) -> None:
-        sh("ip", "netns", "add", self.host)
-        sh("ip", "netns", "add", self.out)
-        sh("ip", "link", "add", "vim0", "netns", self.host, "type", "veth", "peer", "name", "vio0",
-           "netns", self.out)
-        for ns, dev in ((self.host, "vim0"), (self.out, "vio0")):
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_dad=0")
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "netns", "exec", self.host, "sysctl", "-qw", "net.ipv6.conf.vim0.disable_ipv6=1")
-        sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP}/24", "dev", "vio0")
-        sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP6}/64", "dev", "vio0", "nodad")
-        self.master_mac = sh("ip", "netns", "exec", self.host, "cat", "/sys/class/net/vim0/address").strip()
-        self.out_mac = sh("ip", "netns", "exec", self.out, "cat", "/sys/class/net/vio0/address").strip()
-        cfg = self.tmp / "vhost-ipvlan.toml"
-        cfg.write_text(f"""
-[[port]]
-master = "vim0"
-mode = "l2"
-flag = "bridge"
-[[port.slave]]
-name = "a"
-socket = "{self.sock('a')}"
-addresses = ["{A_IP}/24", "{A_IP6}/64"]
-mac = "{MAC_A}"
-[[port.slave]]
-name = "b"
-socket = "{self.sock('b')}"
-addresses = ["{B_IP}/24"]
-mac = "{MAC_B}"
-[[port.slave]]
-name = "c"
-socket = "{self.sock('c')}"
-addresses = ["{C_IP}/24"]
-[[port.slave]]
-name = "d"
-socket = "{self.sock('d')}"
-socket_mode = "client"
-addresses = ["{D_IP}/24"]
-mac = "{MAC_D}"
-""")
-        self.daemon = subprocess.Popen(
-            ["ip", "netns", "exec", self.host, sys.executable, "-m", "vhost_ipvlan.cli", "serve",
-             "--config", str(cfg), "--log-level", "debug"],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
-        )
-        wait_until(lambda: "ready:" in self.log.read_text() or self.daemon_exited(), 30, what="daemon ready")
-        assert not self.daemon_exited(), self.log.read_text()
-
-    def daemon_exited(self) -> bool:
-        return self.daemon is not None and self.daemon.poll() is not None
-
-    def sock(self, name: str) -> Path:
-        return self.tmp / f"{name}.sock"
-
     def frontend(self, name: str) -> FakeFrontend:
-        ups = self.log.read_text().count(f"slave {name}: up")
+        ups = self.log_text().count(f"slave {name}: up")
         fe = FakeFrontend()
         self.frontends.append(fe)
         fe.connect(str(self.sock(name)))
         fe.setup()
-        wait_until(lambda: self.log.read_text().count(f"slave {name}: up") > ups, 10, what=f"slave {name} up")
+        self.wait_log(f"slave {name}: up", ups)
         return fe
-
-    def stats(self) -> dict[str, object]:
-        assert self.daemon is not None
-        before = self.log.read_text().count(" stats ")
-        os.kill(self.daemon.pid, signal.SIGUSR1)
-        wait_until(lambda: self.log.read_text().count(" stats ") > before, 10, what="stats line")
-        line = [ln for ln in self.log.read_text().splitlines() if " stats " in ln][-1]
-        data: dict[str, object] = json.loads(line.split(" stats ", 1)[1])
-        return data
-
-    def slave_stats(self, name: str) -> dict[str, object]:
-        master = self.stats()["vim0"]
-        assert isinstance(master, dict)
-        result: dict[str, object] = master["slaves"][name]
-        return result
 
     def teardown(self) -> None:
         for fe in self.frontends:
             fe.close()
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.terminate()
-            try:
-                self.daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-        for ns in (self.host, self.out):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        super().teardown()
 
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    try:
-        lab.build()
+    with Lab(tmp_path) as lab:
         yield lab
-    finally:
-        lab.teardown()
-        if os.environ.get("VI_SHOW_LOG"):
-            print(lab.log.read_text())
 
 
 def receive(fe: FakeFrontend, match: Callable[[Packet], bool], what: str, timeout: float = 5) -> Packet:
@@ -253,7 +168,7 @@ def test_spoofed_source_is_dropped_and_counted(lab: Lab) -> None:
     a, b = lab.frontend("a"), lab.frontend("b")
     a.transmit(bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=C_IP, dst=B_IP) / UDP(dport=9) / b"spoof"))
     a.transmit(bytes(Ether(src="02:00:00:00:00:99", dst=MAC_B) / IP(src=A_IP, dst=B_IP) / UDP(dport=9)))
-    wait_until(lambda: sum(lab.slave_stats("a")["drops"].values()) >= 2,  # type: ignore[attr-defined]
+    wait_until(lambda: sum(lab.slave_stats("a")["drops"].values()) >= 2,
                5, what="two drops counted on a")
     drops = lab.slave_stats("a")["drops"]
     assert drops == {"src_ip_spoof": 1, "src_mac_spoof": 1}
@@ -262,15 +177,13 @@ def test_spoofed_source_is_dropped_and_counted(lab: Lab) -> None:
 
 def test_protocol_error_closes_only_that_connection(lab: Lab) -> None:
     a, b = lab.frontend("a"), lab.frontend("b")
-    import socket
-
     bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     bad.connect(str(lab.sock("c")))
     bad.sendall(b"\x01\x00\x00\x00\x07\x00\x00\x00\x00\x00\x00\x00")  # version 3
     bad.settimeout(5)
     assert bad.recv(1) == b""  # the daemon closed it
     bad.close()
-    assert "slave c: connection closed: protocol error" in lab.log.read_text()
+    assert "slave c: connection closed: protocol error" in lab.log_text()
     # c accepts a new, well-behaved front-end; a and b were never disturbed
     c = lab.frontend("c")
     a.transmit(bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=A_IP, dst=B_IP) / UDP(dport=5) / b"still"))
@@ -282,7 +195,7 @@ def test_frontend_disconnect_and_reconnect(lab: Lab) -> None:
     a, b = lab.frontend("a"), lab.frontend("b")
     b.close()
     lab.frontends.remove(b)
-    wait_until(lambda: "slave b: down" in lab.log.read_text(), 5, what="b down")
+    wait_until(lambda: "slave b: down" in lab.log_text(), 5, what="b down")
     a.transmit(bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=A_IP, dst=B_IP) / UDP(dport=6)))
     wait_until(lambda: lab.slave_stats("a")["drops"], 5, what="drop for b down")
     b2 = lab.frontend("b")
@@ -292,20 +205,18 @@ def test_frontend_disconnect_and_reconnect(lab: Lab) -> None:
 
 def test_client_role_daemon_connects_and_reconnects(lab: Lab) -> None:
     """Slave d: the front-end owns the socket (libvirt mode='server'); the daemon connects."""
-    import socket
-
     a = lab.frontend("a")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(lab.sock("d")))
     listener.listen(1)
     try:
         for round_ in range(2):  # the daemon retries after the front-end goes away
-            ups = lab.log.read_text().count("slave d: up")
+            ups = lab.log_text().count("slave d: up")
             d = FakeFrontend()
             lab.frontends.append(d)
             d.accept(listener)
             d.setup()
-            wait_until(lambda: lab.log.read_text().count("slave d: up") > ups, 10, what="d up")  # noqa: B023
+            wait_until(lambda: lab.log_text().count("slave d: up") > ups, 10, what="d up")  # noqa: B023
             d.transmit(bytes(Ether(src=MAC_D, dst=MAC_A) / IP(src=D_IP, dst=A_IP) / UDP(dport=40 + round_)))
             receive(a, lambda p: UDP in p and p[UDP].dport == 40 + round_, f"d->a round {round_}")  # noqa: B023
             d.close()

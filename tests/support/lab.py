@@ -1,0 +1,153 @@
+"""A test lab: a veth master in its own namespace, an outside host, the real daemon.
+
+    guests (vhost-user) --- vhost-ipvlan --- vim0 (ns host) <== veth ==> vio0 (ns out)
+
+``Lab(tmp, slaves)`` builds it (``with`` tears everything down, also on failure):
+two uniquely named network namespaces, the veth pair, the outside host's
+addresses (192.0.2.1/24, 2001:db8::1/64), a config file for the slaves given,
+and the daemon running inside the host namespace. The sockets are paths, so
+guests started outside the namespaces connect to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from .wait import wait_until
+
+OUT_IP, OUT_IP6 = "192.0.2.1", "2001:db8::1"
+MASTER = "vim0"
+
+
+def sh(*argv: str, timeout: float = 30) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+
+@dataclass
+class SlaveSpec:
+    name: str
+    addresses: list[str]
+    mac: str | None = None
+    socket_mode: str = "server"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Lab:
+    def __init__(self, tmp: Path, slaves: list[SlaveSpec], *, master_ipv6: bool = False) -> None:
+        tag = secrets.token_hex(3)
+        self.host, self.out = f"vi-h-{tag}", f"vi-o-{tag}"
+        self.tmp = tmp
+        self.slaves = slaves
+        self.master_ipv6 = master_ipv6
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.log = tmp / "daemon.log"
+        self.config = tmp / "vhost-ipvlan.toml"
+        self.master_mac = self.out_mac = ""
+
+    def __enter__(self) -> Self:
+        try:
+            self.build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.teardown()
+
+    def sock(self, name: str) -> Path:
+        return self.tmp / f"{name}.sock"
+
+    def config_text(self) -> str:
+        lines = ["[[port]]", f'master = "{MASTER}"', 'mode = "l2"', 'flag = "bridge"']
+        for s in self.slaves:
+            lines += ["[[port.slave]]", f'name = "{s.name}"', f'socket = "{self.sock(s.name)}"',
+                      f'socket_mode = "{s.socket_mode}"', f"addresses = {json.dumps(s.addresses)}"]
+            if s.mac:
+                lines.append(f'mac = "{s.mac}"')
+        return "\n".join(lines) + "\n"
+
+    def build(self) -> None:
+        sh("ip", "netns", "add", self.host)
+        sh("ip", "netns", "add", self.out)
+        sh("ip", "link", "add", MASTER, "netns", self.host, "type", "veth", "peer", "name", "vio0",
+           "netns", self.out)
+        for ns, dev in ((self.host, MASTER), (self.out, "vio0")):
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.accept_dad=0")
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        if not self.master_ipv6:
+            sh("ip", "netns", "exec", self.host, "sysctl", "-qw", f"net.ipv6.conf.{MASTER}.disable_ipv6=1")
+        sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP}/24", "dev", "vio0")
+        sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP6}/64", "dev", "vio0", "nodad")
+        self.master_mac = self.read_sys(self.host, MASTER, "address")
+        self.out_mac = self.read_sys(self.out, "vio0", "address")
+        self.config.write_text(self.config_text())
+        self.start_daemon()
+
+    def start_daemon(self) -> None:
+        self.daemon = subprocess.Popen(
+            ["ip", "netns", "exec", self.host, sys.executable, "-m", "vhost_ipvlan.cli", "serve",
+             "--config", str(self.config), "--log-level", "debug"],
+            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
+        )
+        ready = self.log_text().count("ready:")
+        wait_until(lambda: self.log_text().count("ready:") > ready or self.daemon_exited(), 30,
+                   what="daemon ready")
+        assert not self.daemon_exited(), self.log_text()
+
+    def read_sys(self, ns: str, dev: str, attr: str) -> str:
+        return sh("ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/{attr}").strip()
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def daemon_exited(self) -> bool:
+        return self.daemon is not None and self.daemon.poll() is not None
+
+    def wait_log(self, needle: str, count: int, timeout: float = 10) -> None:
+        """Wait until ``needle`` occurs more than ``count`` times in the daemon's log."""
+        wait_until(lambda: self.log_text().count(needle) > count, timeout, what=f"log: {needle!r}")
+
+    def out_run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.out, *argv], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def stats(self) -> dict[str, Any]:
+        assert self.daemon is not None
+        before = self.log_text().count(" stats ")
+        os.kill(self.daemon.pid, signal.SIGUSR1)
+        self.wait_log(" stats ", before)
+        line = [ln for ln in self.log_text().splitlines() if " stats " in ln][-1]
+        data: dict[str, Any] = json.loads(line.split(" stats ", 1)[1])
+        return data
+
+    def slave_stats(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.stats()[MASTER]["slaves"][name]
+        return result
+
+    def stop_daemon(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait(10)
+
+    def teardown(self) -> None:
+        self.stop_daemon()
+        for ns in (self.host, self.out):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
