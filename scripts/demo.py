@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.guest import Guest  # noqa: E402
-from tests.support.lab import OUT_IP, OUT_IP6, Lab, SlaveSpec  # noqa: E402
+from tests.support.guest import Guest
+from tests.support.lab import OUT_IP, OUT_IP6, Lab, SlaveSpec
 
 VMS = {
     "vm1": ("192.0.2.10", "2001:db8::10", "52:54:00:00:00:10", "server"),
@@ -45,16 +45,15 @@ def main() -> int:
             for g in guests.values():
                 g.wait_ready(180)
             print(f"demo: guests booted (TCG) in {time.monotonic() - t0:.1f} s")
-            checks: list[tuple[str, str, object]] = []
+            checks: list[tuple[str, str, Guest | None]] = []
             for name, g in guests.items():
-                for dst in (OUT_IP, OUT_IP6):
-                    checks.append((name, dst, g))
+                checks += [(name, OUT_IP, g), (name, OUT_IP6, g)]
             checks += [("vm1", VMS["vm2"][0], guests["vm1"]), ("vm2", VMS["vm1"][1], guests["vm2"])]
-            for name, (v4, v6, _, _) in VMS.items():
+            for v4, v6, _, _ in VMS.values():
                 checks += [("outside", v4, None), ("outside", v6, None)]
-            for src, dst, g in checks:
-                if isinstance(g, Guest):
-                    rc, out = g.run(f"ping -c 3 -W 5 {dst}", timeout=60)
+            for src, dst, pinger in checks:
+                if pinger is not None:
+                    rc, out = pinger.run(f"ping -c 3 -W 5 {dst}", timeout=60)
                 else:
                     proc = lab.out_run("ping", "-c", "3", "-W", "5", dst, timeout=60)
                     rc, out = proc.returncode, proc.stdout + proc.stderr

@@ -267,7 +267,10 @@ class PortDatapath:
         if action == TO_UPLINK:
             self._to_uplink(dev, buf, length)
         elif action == TO_SLAVE:
-            self._device(arg).deliver(buf[:length])  # type: ignore[arg-type]
+            target = self._device(arg)  # type: ignore[arg-type]
+            # a guest may address another by the master's MAC: give the receiver its own
+            to_guest(buf[net.HDR_LEN : length], length - net.HDR_LEN, target.slave.mac, self.port.master_mac)
+            target.deliver(buf[:length])
         elif action == FLOOD:
             frame = buf[:length]
             for other in self.devices.values():

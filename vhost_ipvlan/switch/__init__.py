@@ -1,0 +1,37 @@
+"""Pure IPvlan switching: ports, slaves, the policy table and per-frame decisions.
+
+Rules:
+- No I/O and no imports beyond the standard library and ``vhost_ipvlan.net`` /
+  ``vhost_ipvlan.errors``.
+- ``Port`` holds configuration and tables (``port``); ``policy`` holds the verdict
+  codes, the drop reasons and the decision functions per (mode, flag).
+- Decisions return small reused tuples and never raise on frame content; a bad
+  frame is a counted drop.
+"""
+
+from .policy import (
+    DROP,
+    FLOOD,
+    PASS,
+    TO_SLAVE,
+    TO_UPLINK,
+    DropReason,
+    Verdict,
+)
+from .port import AddressInUse, MacInUse, NameInUse, Port, PortConfigError, Slave
+
+__all__ = [
+    "DROP",
+    "FLOOD",
+    "PASS",
+    "TO_SLAVE",
+    "TO_UPLINK",
+    "AddressInUse",
+    "DropReason",
+    "MacInUse",
+    "NameInUse",
+    "Port",
+    "PortConfigError",
+    "Slave",
+    "Verdict",
+]

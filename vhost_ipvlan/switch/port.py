@@ -1,0 +1,275 @@
+"""A port: one master interface, its slaves, and the port-wide address table.
+
+Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
+- Mode and flag are per port. Only ``l2`` + ``bridge`` is implemented; any other
+  known value raises ``PortConfigError`` saying it is not implemented yet, an
+  unknown one says which values exist.
+- One address (IPv4 or IPv6, keyed by its packed bytes alone) belongs to at most one
+  slave of the port: ``AddressInUse`` names the owner. A down slave keeps its
+  addresses reserved (kernel: the busy check ignores the state).
+- Slave MACs are unique in the port and never the master's. A slave without a
+  configured MAC learns it from its first valid frame (see ``policy``); it is then
+  locked until the slave is removed.
+- IPv6 link-locals a guest uses are learned: the first slave to send from one owns it,
+  at most ``MAX_LEARNED_LINK_LOCALS`` per slave. When a slave's MAC becomes known the
+  EUI-64 link-local derived from it is reserved for it, so another guest cannot squat
+  it first. A configured address always wins over a learned one: configuring it takes
+  it away from the slave that had learned it.
+- The tables (``by_addr``, ``by_mac``) hold every slave, up or down; delivery
+  checks ``Slave.up``. ``generation`` increases on every address change so the
+  daemon knows when to re-sync what it steals from the host (``consumed_addresses``).
+- Per-frame decisions are ``port.from_guest(slave, frame)`` and
+  ``port.from_uplink(frame)``, bound from ``policy.DECISIONS`` for the port's mode
+  and flag. Configuration errors raise; frame problems never do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from functools import partial
+
+from ..errors import ConfigError
+from ..net.addr import (
+    ZERO_MAC,
+    eui64_link_local,
+    format_ip,
+    format_mac,
+    is_unicast_ip,
+    parse_ip,
+    parse_mac,
+)
+from ..net.frames import Frame
+from .policy import DECISIONS, FLAGS, MODES, N_DROP_REASONS, TO_SLAVE, DropReason, Verdict
+
+MAX_LEARNED_LINK_LOCALS = 8
+
+AddressLike = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class PortConfigError(ConfigError, ValueError):
+    """A port or slave configuration request cannot be honoured."""
+
+
+class AddressInUse(PortConfigError):
+    """The address already belongs to another slave of this port."""
+
+
+class MacInUse(PortConfigError):
+    """The MAC address is the master's or already another slave's."""
+
+
+class NameInUse(PortConfigError):
+    """A slave of that name already exists on this port."""
+
+
+class Slave:
+    """One guest NIC on a port. Created by ``Port.add_slave`` only."""
+
+    __slots__ = ("addresses", "drops", "index", "learned", "mac", "name", "port", "to_me", "up")
+
+    def __init__(self, port: Port, name: str, index: int, mac: bytes | None) -> None:
+        self.port = port
+        self.name = name
+        self.index = index
+        self.mac = mac
+        #: configured addresses (packed, 4 or 16 bytes)
+        self.addresses: set[bytes] = set()
+        #: learned IPv6 link-locals (including the reserved EUI-64 one)
+        self.learned: set[bytes] = set()
+        #: set by the daemon when the guest's RX queue is ready
+        self.up = False
+        #: drop counters, indexed by DropReason
+        self.drops = [0] * N_DROP_REASONS
+        #: the TO_SLAVE verdict for this slave, built once
+        self.to_me: Verdict = (TO_SLAVE, self)
+
+    def drop_counts(self) -> dict[str, int]:
+        """Non-zero drop counters by ``DropReason.label``."""
+        return {r.label: self.drops[r] for r in DropReason if self.drops[r]}
+
+    def __repr__(self) -> str:
+        mac = format_mac(self.mac) if self.mac is not None else "unlearned"
+        return f"<Slave {self.name} #{self.index} {mac} {'up' if self.up else 'down'}>"
+
+
+def _check_mac(mac: bytes | str) -> bytes:
+    try:
+        packed = parse_mac(mac) if isinstance(mac, str) else bytes(mac)
+    except ValueError as exc:
+        raise PortConfigError(str(exc)) from None
+    if len(packed) != 6:
+        raise PortConfigError(f"invalid MAC address {packed!r} (need 6 bytes)")
+    if packed[0] & 1 or packed == ZERO_MAC:
+        raise PortConfigError(f"MAC address {format_mac(packed)} is not a unicast address")
+    return packed
+
+
+class Port:
+    """The switch of one master interface."""
+
+    from_guest: Callable[[Slave, Frame], Verdict]
+    from_uplink: Callable[[Frame], Verdict]
+
+    def __init__(self, master: str, master_mac: bytes, mode: str = "l2", flag: str = "bridge"):
+        if mode not in MODES:
+            raise PortConfigError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
+        if flag not in FLAGS:
+            raise PortConfigError(f"unknown flag {flag!r} (expected one of {', '.join(FLAGS)})")
+        decisions = DECISIONS.get((mode, flag))
+        if decisions is None:
+            what = f"mode {mode!r}" if all(m != mode for m, _ in DECISIONS) else f"flag {flag!r}"
+            raise PortConfigError(f"{what} is not implemented yet")
+        self.master = master
+        self.mode = mode
+        self.flag = flag
+        self.master_mac = _check_mac(master_mac)
+        self.slaves: dict[str, Slave] = {}
+        self.by_addr: dict[bytes, Slave] = {}
+        self.by_mac: dict[bytes, Slave] = {}
+        self.uplink_drops = [0] * N_DROP_REASONS
+        self.generation = 0
+        self.from_guest = partial(decisions[0], self)
+        self.from_uplink = partial(decisions[1], self)
+
+    # -- configuration -------------------------------------------------------------
+
+    def add_slave(
+        self, name: str, addresses: Iterable[AddressLike] = (), mac: bytes | str | None = None
+    ) -> Slave:
+        """Create a slave; every check happens before anything changes."""
+        if name in self.slaves:
+            raise NameInUse(f"slave {name!r} already exists on {self.master}")
+        packed_mac = None if mac is None else self._check_free_mac(_check_mac(mac), None)
+        packed = [self._check_free_address(a, None) for a in addresses]
+        used = {s.index for s in self.slaves.values()}
+        index = next(i for i in range(1, len(used) + 2) if i not in used)
+        slave = Slave(self, name, index, None)
+        self.slaves[name] = slave
+        for addr in packed:
+            self._claim(slave, addr)
+        if packed_mac is not None:
+            self.learn_mac(slave, packed_mac)
+        self.generation += 1
+        return slave
+
+    def remove_slave(self, slave: Slave) -> None:
+        """Forget a slave, its MAC and all its addresses."""
+        if self.slaves.get(slave.name) is not slave:
+            raise PortConfigError(f"slave {slave.name!r} is not on {self.master}")
+        del self.slaves[slave.name]
+        for addr in slave.addresses | slave.learned:
+            if self.by_addr.get(addr) is slave:
+                del self.by_addr[addr]
+        if slave.mac is not None and self.by_mac.get(slave.mac) is slave:
+            del self.by_mac[slave.mac]
+        slave.up = False
+        self.generation += 1
+
+    def add_address(self, slave: Slave, address: AddressLike) -> None:
+        """Give ``slave`` one more configured address."""
+        self._claim(slave, self._check_free_address(address, slave))
+        self.generation += 1
+
+    def remove_address(self, slave: Slave, address: AddressLike) -> None:
+        """Take a configured address away from ``slave``."""
+        addr = parse_ip(address)
+        if addr not in slave.addresses:
+            raise PortConfigError(f"{format_ip(addr)} is not an address of slave {slave.name!r}")
+        slave.addresses.discard(addr)
+        if self.by_addr.get(addr) is slave:
+            del self.by_addr[addr]
+        self.generation += 1
+
+    def set_master_mac(self, mac: bytes | str) -> None:
+        """Follow a change of the master's MAC (kernel: NETDEV_CHANGEADDR)."""
+        packed = _check_mac(mac)
+        owner = self.by_mac.get(packed)
+        if owner is not None:
+            raise MacInUse(f"MAC {format_mac(packed)} is the MAC of slave {owner.name!r}")
+        self.master_mac = packed
+
+    # -- learning (called by the policy, from a frame that passed validation) -----
+
+    def learn_mac(self, slave: Slave, mac: bytes) -> None:
+        """Lock ``slave``'s MAC and reserve its EUI-64 link-local."""
+        slave.mac = mac
+        self.by_mac[mac] = slave
+        ll = eui64_link_local(mac)
+        if ll not in self.by_addr:
+            slave.learned.add(ll)
+            self.by_addr[ll] = slave
+            self.generation += 1
+
+    def can_learn_link_local(self, slave: Slave) -> bool:
+        return len(slave.learned) < MAX_LEARNED_LINK_LOCALS
+
+    def learn_link_local(self, slave: Slave, addr: bytes) -> None:
+        """Record that ``slave`` owns the (unowned) link-local ``addr``."""
+        slave.learned.add(addr)
+        self.by_addr[addr] = slave
+        self.generation += 1
+
+    # -- queries ------------------------------------------------------------------
+
+    def owner(self, address: AddressLike) -> Slave | None:
+        """The slave owning ``address`` (configured or learned), if any."""
+        return self.by_addr.get(parse_ip(address))
+
+    def consumed_addresses(self) -> tuple[list[str], list[str]]:
+        """``(ipv4, ipv6)``: every slave address (up or down, configured or learned),
+        as sorted text. The daemon steals traffic to these from the host stack."""
+        v4 = sorted(a for a in self.by_addr if len(a) == 4)
+        v6 = sorted(a for a in self.by_addr if len(a) == 16)
+        return [format_ip(a) for a in v4], [format_ip(a) for a in v6]
+
+    def drop_counts(self) -> dict[str, int]:
+        """Non-zero uplink-side drop counters by ``DropReason.label``."""
+        return {r.label: self.uplink_drops[r] for r in DropReason if self.uplink_drops[r]}
+
+    # -- internals ----------------------------------------------------------------
+
+    def _check_free_mac(self, mac: bytes, slave: Slave | None) -> bytes:
+        if mac == self.master_mac:
+            raise MacInUse(f"MAC {format_mac(mac)} is the master {self.master}'s MAC")
+        owner = self.by_mac.get(mac)
+        if owner is not None and owner is not slave:
+            raise MacInUse(f"MAC {format_mac(mac)} is already used by slave {owner.name!r}")
+        return mac
+
+    def _check_free_address(self, address: AddressLike, slave: Slave | None) -> bytes:
+        try:
+            addr = parse_ip(address)
+        except ValueError as exc:
+            raise PortConfigError(str(exc)) from None
+        if not is_unicast_ip(addr):
+            raise PortConfigError(f"{format_ip(addr)} cannot be a slave address (not unicast)")
+        owner = self.by_addr.get(addr)
+        if owner is not None and owner is not slave and addr in owner.addresses:
+            raise AddressInUse(
+                f"address {format_ip(addr)} is already in use by slave {owner.name!r}"
+                f" on {self.master}"
+            )
+        return addr
+
+    def _claim(self, slave: Slave, addr: bytes) -> None:
+        previous = self.by_addr.get(addr)
+        if previous is not None and previous is not slave:
+            previous.learned.discard(addr)  # a learned link-local yields to configuration
+        slave.learned.discard(addr)
+        slave.addresses.add(addr)
+        self.by_addr[addr] = slave
+
+    def __repr__(self) -> str:
+        return f"<Port {self.master} {self.mode} {self.flag} slaves={len(self.slaves)}>"
+
+
+__all__ = [
+    "MAX_LEARNED_LINK_LOCALS",
+    "AddressInUse",
+    "MacInUse",
+    "NameInUse",
+    "Port",
+    "PortConfigError",
+    "Slave",
+]
