@@ -13,6 +13,13 @@ Rules:
 - ``avail.idx`` may run ahead of ``last_avail`` by at most the queue size.
 - Used elements are written first, ``used.idx`` is published afterwards, once per
   burst (x86 keeps store order; CPython writes in program order).
+- Ring indices shared with the driver (avail.idx, avail.ring, used.idx, the event
+  fields) are read and written as whole 16-bit words through ``memoryview.cast("H")``
+  (one aligned 2-byte load or store). ``struct`` must not be used for them: it
+  moves bytes one at a time, and a driver updating the index in between makes us
+  see a torn value 256 away from the truth (seen with DPDK at full rate: chains
+  popped before they were available, a double free in the driver).
+- Little-endian hosts only (virtio 1.x rings are little-endian; "H" is native).
 - Notification suppression: with VIRTIO_F_EVENT_IDX, interrupts follow
   ``used_event`` and kicks are requested through ``avail_event``; without it,
   ``avail.flags & NO_INTERRUPT`` is honoured. Before trusting an empty ring after
@@ -36,7 +43,6 @@ VRING_AVAIL_F_NO_INTERRUPT = 1
 MAX_QUEUE_SIZE = 32768
 
 _DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 
 
@@ -54,11 +60,13 @@ class SplitQueue:
 
     __slots__ = (
         "_avail",
+        "_avail16",
         "_desc",
         "_fence",
         "_published",
         "_segs",
         "_used",
+        "_used16",
         "event_idx",
         "last_avail",
         "mem",
@@ -86,11 +94,13 @@ class SplitQueue:
         self._desc = mem.uva_view(desc_uva, desc_len)
         self._avail = mem.uva_view(avail_uva, avail_len)
         self._used = mem.uva_view(used_uva, used_len)
+        self._avail16 = self._avail.cast("H")
+        self._used16 = self._used.cast("H")
         self.event_idx = event_idx
         self._fence = fence
         self.last_avail = last_avail & 0xFFFF
         # On (re)connect the front-end sets the base from the used index; resume there.
-        self.used_idx: int = _U16.unpack_from(self._used, 2)[0]
+        self.used_idx: int = self._used16[1]
         self._published = self.used_idx
         self._segs: list[memoryview] = []
 
@@ -98,14 +108,14 @@ class SplitQueue:
 
     def pending(self) -> int:
         """How many chains the driver has made available and we have not taken."""
-        n: int = (_U16.unpack_from(self._avail, 2)[0] - self.last_avail) & 0xFFFF
+        n: int = (self._avail16[1] - self.last_avail) & 0xFFFF
         if n > self.num:
             raise GuestError(f"avail index runs {n} entries ahead of a {self.num}-entry ring")
         return n
 
     def pop(self) -> int:
         """Take the next available chain head (call only when ``pending()`` > 0)."""
-        head: int = _U16.unpack_from(self._avail, 4 + 2 * (self.last_avail % self.num))[0]
+        head: int = self._avail16[2 + self.last_avail % self.num]
         if head >= self.num:
             raise GuestError(f"avail ring names descriptor {head} of a {self.num}-entry table")
         self.last_avail = (self.last_avail + 1) & 0xFFFF
@@ -198,18 +208,18 @@ class SplitQueue:
         old: int = self._published
         if new == old:
             return False
-        _U16.pack_into(self._used, 2, new)
+        self._used16[1] = new
         self._published = new
         if self.event_idx:
             self._fence()
-            event: int = _U16.unpack_from(self._avail, 4 + 2 * self.num)[0]
+            event: int = self._avail16[2 + self.num]
             return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        flags: int = _U16.unpack_from(self._avail, 0)[0]
+        flags: int = self._avail16[0]
         return not flags & VRING_AVAIL_F_NO_INTERRUPT
 
     def want_kick(self) -> bool:
         """Ask the driver to kick for the next chain; True if chains are already waiting."""
         if self.event_idx:
-            _U16.pack_into(self._used, 4 + 8 * self.num, self.last_avail)
+            self._used16[2 + 4 * self.num] = self.last_avail
             self._fence()
         return self.pending() > 0
