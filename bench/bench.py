@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""Packet-rate benchmark: testpmd's C vhost backend vs vhost-ipvlan.
+
+Two virtio-user front-ends, A (198.18.0.1, 02:00:00:00:00:0a) and B (198.18.0.2,
+02:00:00:00:00:0b), both played by dpdk-testpmd, exchange frames A -> B through
+
+  (a) "reference": a third testpmd with ``net_vhost0`` (A's socket) and ``net_vhost1``
+      (B's socket) in io forwarding mode;
+  (b) "ipvlan": ``vhost-ipvlan serve --config FILE`` in a network namespace with a veth
+      master (mode l2, flag bridge, slaves a and b on A's and B's sockets).
+
+B's received packets are read at t0 (after a warm-up) and t1; rx pps = delta / (t1 - t0).
+See bench/README.md for the two topologies (``loop``, the default, and ``split``) and why.
+
+Usage: python bench/bench.py [--sizes 64,1500] [--seconds 10] [--json] [--backends ...]
+Needs root (network namespaces) and dpdk-testpmd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support.testpmd import (  # noqa: E402
+    DaemonError,
+    IpvlanDaemon,
+    SlaveSpec,
+    Testpmd,
+    TestpmdError,
+    VethNamespace,
+    testpmd_path,
+    wait_for,
+    write_daemon_config,
+)
+
+A_MAC = "02:00:00:00:00:0a"
+B_MAC = "02:00:00:00:00:0b"
+A_IP = "198.18.0.1"
+B_IP = "198.18.0.2"
+PREFIX = 15
+
+# CPU placement (2 cores): everything on the front-end side on core 0, the switch
+# under test (testpmd vhost backend or the vhost-ipvlan daemon) alone on core 1.
+FRONTEND_LCORES = "0@0,1@0"
+BACKEND_LCORES = "0@1,1@1"
+DAEMON_CPUS = "1"
+
+# frames kept in flight by the loop topology (bursts of 32 injected from A)
+LOOP_BURSTS = 16
+
+
+@dataclass
+class Result:
+    backend: str
+    size: int
+    topology: str
+    ok: bool
+    rx_pps: float = 0.0
+    tx_pps: float = 0.0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    # 1-minute load average before and after: other busy processes skew everything
+    load_before: float = 0.0
+    load_after: float = 0.0
+
+
+def vdev_virtio(index: int, sock: Path, mac: str, qsize: int) -> str:
+    return f"net_virtio_user{index},path={sock},mac={mac},queues=1,queue_size={qsize}"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def reference_backend(work: Path, a_sock: Path, b_sock: Path, mem_mb: int) -> Iterator[None]:
+    be = Testpmd(
+        "ref-backend",
+        work,
+        vdevs=[f"net_vhost0,iface={a_sock}", f"net_vhost1,iface={b_sock}"],
+        lcores=BACKEND_LCORES,
+        mem_mb=mem_mb,
+        forward_mode="io",
+    )
+    with be:
+        be.cmd("start")
+        yield
+
+
+@contextlib.contextmanager
+def ipvlan_backend(work: Path, a_sock: Path, b_sock: Path, nsname: str) -> Iterator[None]:
+    with VethNamespace(nsname, master="vib0", peer="vib1") as ns:
+        cfg = write_daemon_config(
+            work / "vhost-ipvlan.toml",
+            "vib0",
+            [
+                SlaveSpec("a", a_sock, [f"{A_IP}/{PREFIX}"], A_MAC),
+                SlaveSpec("b", b_sock, [f"{B_IP}/{PREFIX}"], B_MAC),
+            ],
+        )
+        daemon = IpvlanDaemon(cfg, ns, work / "vhost-ipvlan.log", sockets=[a_sock, b_sock], cpus=DAEMON_CPUS)
+        daemon.start()
+        try:
+            yield
+            daemon.check_alive()
+        finally:
+            daemon.stop()
+
+
+def _measure(
+    read: Testpmd,
+    rx_port: int,
+    send: Testpmd,
+    tx_port: int,
+    warmup: float,
+    seconds: float,
+) -> tuple[float, float, int, int, float]:
+    """Warm up, then B rx / A tx deltas over ``seconds``."""
+    # warm-up: wait until B receives anything, then let it settle
+    wait_for(
+        lambda: read.port_stats()[rx_port].rx_packets > 0,
+        max(10.0, warmup),
+        interval=0.1,
+        what="B to receive frames",
+    )
+    time.sleep(warmup)
+    r0 = read.port_stats()[rx_port].rx_packets
+    s0 = send.port_stats()[tx_port].tx_packets
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    r1 = read.port_stats()[rx_port].rx_packets
+    s1 = send.port_stats()[tx_port].tx_packets
+    dt = time.monotonic() - t0
+    return (r1 - r0) / dt, (s1 - s0) / dt, r1 - r0, s1 - s0, dt
+
+
+def run_loop(
+    work: Path, a_sock: Path, b_sock: Path, size: int, args: argparse.Namespace
+) -> tuple[float, float, int, int, float]:
+    """One testpmd with both front-ends (port 0 = A, port 1 = B) on one forwarding lcore.
+
+    A injects LOOP_BURSTS x 32 frames (txonly, to B's MAC/IP), then io forwarding
+    sends every frame B receives out of A again, unchanged: a closed loop of valid
+    A -> B frames, with no two busy-polling threads sharing a core.
+    """
+    fe = Testpmd(
+        "frontends",
+        work,
+        vdevs=[
+            vdev_virtio(0, a_sock, A_MAC, args.queue_size),
+            vdev_virtio(1, b_sock, B_MAC, args.queue_size),
+        ],
+        lcores=FRONTEND_LCORES,
+        mem_mb=args.mem_mb,
+        forward_mode="io",
+        eth_peers={0: B_MAC, 1: A_MAC},
+        txpkts=size,
+        tx_ip=(A_IP, B_IP),
+        total_mbufs=32768,
+        extra_args=["--no-flush-rx"],
+    )
+    with fe:
+        fe.wait_link_up(0)
+        fe.wait_link_up(1)
+        # inject from A only (B's txonly frames would carry A's source address)
+        fe.cmd("set portlist 0")
+        fe.cmd(f"start tx_first {LOOP_BURSTS}")
+        fe.cmd("stop")
+        fe.cmd("set portlist 0,1")
+        fe.cmd("start")
+        return _measure(fe, 1, fe, 0, args.warmup, args.seconds)
+
+
+def run_split(
+    work: Path, a_sock: Path, b_sock: Path, size: int, args: argparse.Namespace
+) -> tuple[float, float, int, int, float]:
+    """A (txonly) and B (rxonly) as two testpmd processes, both on core 0."""
+    b = Testpmd(
+        "B",
+        work,
+        vdevs=[vdev_virtio(0, b_sock, B_MAC, args.queue_size)],
+        lcores=FRONTEND_LCORES,
+        mem_mb=args.mem_mb,
+        forward_mode="rxonly",
+    )
+    a = Testpmd(
+        "A",
+        work,
+        vdevs=[vdev_virtio(0, a_sock, A_MAC, args.queue_size)],
+        lcores=FRONTEND_LCORES,
+        mem_mb=args.mem_mb,
+        forward_mode="txonly",
+        eth_peers={0: B_MAC},
+        txpkts=size,
+        tx_ip=(A_IP, B_IP),
+    )
+    with b, a:
+        a.wait_link_up(0)
+        b.wait_link_up(0)
+        b.cmd("start")
+        a.cmd("start")
+        try:
+            return _measure(b, 0, a, 0, args.warmup, args.seconds)
+        finally:
+            a.cmd("stop")
+            b.cmd("stop")
+
+
+def run_one(backend: str, size: int, args: argparse.Namespace, base: Path) -> Result:
+    res = Result(backend=backend, size=size, topology=args.topology, ok=False)
+    res.load_before = os.getloadavg()[0]
+    work = base / f"{backend}-{size}"
+    work.mkdir(parents=True, exist_ok=True)
+    a_sock = work / "a.sock"
+    b_sock = work / "b.sock"
+    nsname = f"vib-bench-{os.getpid()}"
+    try:
+        ctx: contextlib.AbstractContextManager[None]
+        if backend == "reference":
+            ctx = reference_backend(work, a_sock, b_sock, args.mem_mb)
+        else:
+            ctx = ipvlan_backend(work, a_sock, b_sock, nsname)
+        with ctx:
+            runner = run_loop if args.topology == "loop" else run_split
+            rx, tx, nrx, ntx, dt = runner(work, a_sock, b_sock, size, args)
+        res.ok = True
+        res.rx_pps, res.tx_pps, res.rx_packets, res.tx_packets, res.seconds = rx, tx, nrx, ntx, dt
+        if nrx == 0:
+            res.ok = False
+            res.error = "B received nothing in the window"
+    except (TestpmdError, DaemonError, TimeoutError, OSError) as e:
+        res.error = f"{type(e).__name__}: {e}"
+        log(f"{backend} {size}B failed: {res.error} (logs in {work})")
+    res.load_after = os.getloadavg()[0]
+    return res
+
+
+def placement(topology: str) -> dict[str, str]:
+    fe = (
+        "one testpmd, ports A and B, main+forwarding lcore on core 0"
+        if topology == "loop"
+        else "A (txonly) and B (rxonly): two testpmd, each main+forwarding lcore on core 0"
+    )
+    return {
+        "frontends": fe,
+        "reference": f"testpmd net_vhost0/1 io, --lcores {BACKEND_LCORES} (core 1)",
+        "ipvlan": f"vhost-ipvlan serve, taskset -c {DAEMON_CPUS} (core 1)",
+    }
+
+
+def ratio(results: list[Result], size: int) -> float | None:
+    """ipvlan rx pps / reference rx pps at ``size``, when both ran."""
+    ok = {r.backend: r for r in results if r.size == size and r.ok}
+    ref, ipv = ok.get("reference"), ok.get("ipvlan")
+    if ref is None or ipv is None or ref.rx_pps <= 0:
+        return None
+    return ipv.rx_pps / ref.rx_pps
+
+
+def fmt_pps(v: float) -> str:
+    return f"{v / 1e6:.3f} M" if v >= 1e5 else f"{v / 1e3:.1f} k"
+
+
+def print_table(results: list[Result], sizes: list[int], topology: str) -> None:
+    by = {(r.backend, r.size): r for r in results}
+    print(f"topology: {topology}")
+    for k, v in placement(topology).items():
+        print(f"  {k:10s} {v}")
+    hdr = f"{'size':>6} | {'ref rx pps':>12} {'ref tx pps':>12} | {'ipvlan rx pps':>13} "
+    hdr += f"{'ipvlan tx pps':>13} | {'b/a':>7}"
+    print(hdr)
+    print("-" * len(hdr))
+    for size in sizes:
+        cells = [f"{size:>6}"]
+        ref = by.get(("reference", size))
+        ipv = by.get(("ipvlan", size))
+        for r, w in ((ref, 12), (ipv, 13)):
+            if r is None:
+                cells.append(f"{'skipped':>{w}} {'':>{w}}")
+            elif not r.ok:
+                cells.append(f"{'FAILED':>{w}} {'':>{w}}")
+            else:
+                cells.append(f"{fmt_pps(r.rx_pps):>{w}} {fmt_pps(r.tx_pps):>{w}}")
+        q = ratio(results, size)
+        print(" | ".join(cells) + f" | {'-' if q is None else f'{q:.4f}':>7}")
+    for r in results:
+        if not r.ok:
+            lines = [ln for ln in r.error.splitlines() if ln.strip()] or ["failed"]
+            why = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+            print(f"{r.backend} {r.size}B: {why}")
+    busy = max((max(r.load_before, r.load_after) for r in results), default=0.0)
+    if busy > 1.5:
+        print(
+            f"warning: load average reached {busy:.2f} on 2 cores during the runs; "
+            "other processes competed for the CPUs, figures are low and noisy"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1] if __doc__ else None)
+    p.add_argument("--sizes", default="64,1500", help="frame sizes in bytes (default 64,1500)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measurement window (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up before t0 (default 2)")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument(
+        "--backends",
+        default="reference,ipvlan",
+        help="comma-separated: reference, ipvlan (default both)",
+    )
+    p.add_argument(
+        "--topology",
+        choices=("loop", "split"),
+        default="loop",
+        help="loop: one front-end testpmd loops B's rx out of A (default); "
+        "split: A txonly and B rxonly as separate processes sharing core 0",
+    )
+    p.add_argument("--queue-size", type=int, default=1024, help="virtqueue size (default 1024)")
+    p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")
+    p.add_argument("--workdir", type=Path, default=None, help="keep logs here")
+    args = p.parse_args(argv)
+
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for b in backends:
+        if b not in ("reference", "ipvlan"):
+            p.error(f"unknown backend {b!r}")
+    if testpmd_path() is None:
+        print("dpdk-testpmd not found (apt-get install dpdk)", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("bench.py needs root (testpmd, network namespaces)", file=sys.stderr)
+        return 2
+
+    results: list[Result] = []
+    with contextlib.ExitStack() as stack:
+        if args.workdir is None:
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vib-bench-")))
+        else:
+            base = args.workdir
+            base.mkdir(parents=True, exist_ok=True)
+        for size in sizes:
+            for backend in backends:
+                log(f"{backend}, {size}-byte frames, {args.seconds:g}s ...")
+                r = run_one(backend, size, args, base)
+                log(
+                    f"  rx {r.rx_pps:.0f} pps, tx {r.tx_pps:.0f} pps"
+                    if r.ok
+                    else f"  FAILED: {r.error.splitlines()[0] if r.error else ''}"
+                )
+                results.append(r)
+        print_table(results, sizes, args.topology)
+        if args.json:
+            out = {
+                "topology": args.topology,
+                "placement": placement(args.topology),
+                "seconds": args.seconds,
+                "results": [asdict(r) for r in results],
+                "ratio": {str(size): ratio(results, size) for size in sizes},
+            }
+            print(json.dumps(out, indent=2))
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
