@@ -192,7 +192,8 @@ class NetDevice:
         if q is None or not self.rx_enabled:
             self.drops["rx_not_ready"] += 1
             return
-        if not net.offload_ok(buf[0], buf[1], self.takes_csum, self.gso_mask, self.ecn):
+        flags, gso = buf[0], buf[1]
+        if (flags or gso) and not net.offload_ok(flags, gso, self.takes_csum, self.gso_mask, self.ecn):
             self.drops["offload_unsupported"] += 1
             return
         try:
@@ -268,8 +269,11 @@ class PortDatapath:
             self._to_uplink(dev, buf, length)
         elif action == TO_SLAVE:
             target = self._device(arg)  # type: ignore[arg-type]
-            # a guest may address another by the master's MAC: give the receiver its own
-            to_guest(buf[net.HDR_LEN : length], length - net.HDR_LEN, target.slave.mac, self.port.master_mac)
+            # a guest may address another by the master's MAC (or ARP for its MAC):
+            # give the receiver its own; most frames already carry the receiver's MAC
+            is_arp = buf[24] == 0x08 and buf[25] == 0x06
+            if is_arp or buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes() != target.slave.mac:
+                to_guest(buf[net.HDR_LEN : length], length - net.HDR_LEN, target.slave.mac, self.port.master_mac)
             target.deliver(buf[:length])
         elif action == FLOOD:
             frame = buf[:length]

@@ -91,13 +91,15 @@ def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool) -> int:
     Writes ``num_buffers`` into ``buf``. Returns RX_OK, RX_RING_FULL or RX_TOO_BIG;
     raises ``GuestError`` for a malformed chain (the caller breaks the queue).
     """
+    buf[10] = 1
+    buf[11] = 0
+    if q.put(buf) >= 0:  # fast path: one writable descriptor that fits
+        return RX_OK
     need = len(buf)
     if not q.pending():
         return RX_RING_FULL
     head = q.pop()
     if q.capacity(head) >= need:
-        buf[10] = 1
-        buf[11] = 0
         q.fill(buf)
         q.push(head, need)
         return RX_OK

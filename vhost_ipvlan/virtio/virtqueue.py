@@ -165,6 +165,12 @@ class SplitQueue:
 
         Raises ``GuestError`` if the chain is malformed or longer than ``dst``.
         """
+        addr: int
+        length: int
+        addr, length, flags, _ = _DESC.unpack_from(self._desc, 16 * head)
+        if not flags and length <= len(dst):  # one readable descriptor: the common case
+            dst[:length] = self.mem.gpa_view(addr, length)
+            return length
         total = self._walk(head, False)
         if total > len(dst):
             raise GuestError(f"transmit chain of {total} bytes exceeds {len(dst)}")
@@ -190,6 +196,28 @@ class SplitQueue:
             seg[:n] = src[pos : pos + n]
             pos += n
         return pos
+
+    def put(self, src: memoryview) -> int:
+        """Write ``src`` into the next chain if it is one writable descriptor big enough.
+
+        Returns the chain's head (already pushed as used), or -1 when the next chain
+        is anything else (or there is none): then nothing was taken and the caller
+        goes the general way (``capacity``/``fill``).
+        """
+        if self._avail16[1] == self.last_avail:
+            return -1
+        head: int = self._avail16[2 + self.last_avail % self.num]
+        if head >= self.num:
+            return -1
+        addr, length, flags, _ = _DESC.unpack_from(self._desc, 16 * head)
+        need = len(src)
+        if flags != VRING_DESC_F_WRITE or length < need:
+            return -1
+        self.mem.gpa_view(addr, need)[:] = src
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        _USED_ELEM.pack_into(self._used, 4 + 8 * (self.used_idx % self.num), head, need)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        return head
 
     def first_segment(self) -> memoryview:
         """The first writable buffer found by the last ``capacity()`` (for header fix-ups)."""
