@@ -11,6 +11,7 @@ The outside host is the real kernel stack: it answers ARP, NDP and pings.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from tests.support import lab as lab_mod
 from tests.support.frontend import FakeFrontend
 from tests.support.lab import OUT_IP, OUT_IP6, SlaveSpec, sh
 from tests.support.wait import wait_until
+from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT
 
 pytestmark = [pytest.mark.netns]
 
@@ -236,3 +238,25 @@ def test_missing_master_is_a_one_line_error_and_nothing_is_created(tmp_path: Pat
         "vhost-ipvlan: error: port[0].master: interface 'vi-nonexistent' does not exist"
     ]
     assert not sock.exists()
+
+
+def test_hostile_descriptor_chain_breaks_only_that_queue(lab: Lab) -> None:
+    a, b = lab.frontend("a"), lab.frontend("b")
+    c = lab.frontend("c")
+    # c publishes a chain that loops 0 -> 1 -> 0 on its TX ring, and kicks
+    c.txq.set_desc(0, c.buffers, 64, VRING_DESC_F_NEXT, 1)
+    c.txq.set_desc(1, c.buffers, 64, VRING_DESC_F_NEXT, 0)
+    c.txq.make_available(0)
+    os.eventfd_write(c.kick[1], 1)
+    lab.wait_log("slave c: tx queue broken by the guest", 0)
+    assert lab.slave_stats("c")["drops"].get("queue_broken") == 1
+    # the daemon and the other guests are unaffected
+    a.transmit(bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=A_IP, dst=B_IP) / UDP(dport=11)))
+    receive(b, lambda p: UDP in p and p[UDP].dport == 11, "a->b after c broke its ring")
+    assert not lab.daemon_exited()
+    # a new connection gives c a working device again
+    c.close()
+    lab.frontends.remove(c)
+    c2 = lab.frontend("c")
+    c2.transmit(bytes(Ether(src="02:00:00:00:00:0c", dst=MAC_A) / IP(src=C_IP, dst=A_IP) / UDP(dport=12)))
+    receive(a, lambda p: UDP in p and p[UDP].dport == 12, "c->a after reconnecting")
