@@ -33,17 +33,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.support.lab import DaemonError, Lab, SlaveSpec  # noqa: E402
 from tests.support.testpmd import (  # noqa: E402
-    DaemonError,
-    IpvlanDaemon,
-    SlaveSpec,
     Testpmd,
     TestpmdError,
-    VethNamespace,
+    reference_backend,
     testpmd_path,
-    wait_for,
-    write_daemon_config,
+    virtio_user_vdev,
 )
+from tests.support.wait import wait_until  # noqa: E402
 
 A_MAC = "02:00:00:00:00:0a"
 B_MAC = "02:00:00:00:00:0b"
@@ -78,47 +76,17 @@ class Result:
     load_after: float = 0.0
 
 
-def vdev_virtio(index: int, sock: Path, mac: str, qsize: int) -> str:
-    return f"net_virtio_user{index},path={sock},mac={mac},queues=1,queue_size={qsize}"
-
-
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
-def reference_backend(work: Path, a_sock: Path, b_sock: Path, mem_mb: int) -> Iterator[None]:
-    be = Testpmd(
-        "ref-backend",
-        work,
-        vdevs=[f"net_vhost0,iface={a_sock}", f"net_vhost1,iface={b_sock}"],
-        lcores=BACKEND_LCORES,
-        mem_mb=mem_mb,
-        forward_mode="io",
-    )
-    with be:
-        be.cmd("start")
-        yield
-
-
-@contextlib.contextmanager
-def ipvlan_backend(work: Path, a_sock: Path, b_sock: Path, nsname: str) -> Iterator[None]:
-    with VethNamespace(nsname, master="vib0", peer="vib1") as ns:
-        cfg = write_daemon_config(
-            work / "vhost-ipvlan.toml",
-            "vib0",
-            [
-                SlaveSpec("a", a_sock, [f"{A_IP}/{PREFIX}"], A_MAC),
-                SlaveSpec("b", b_sock, [f"{B_IP}/{PREFIX}"], B_MAC),
-            ],
-        )
-        daemon = IpvlanDaemon(cfg, ns, work / "vhost-ipvlan.log", sockets=[a_sock, b_sock], cpus=DAEMON_CPUS)
-        daemon.start()
-        try:
-            yield
-            daemon.check_alive()
-        finally:
-            daemon.stop()
+def ipvlan_backend(work: Path) -> Iterator[tuple[Path, Path]]:
+    """The daemon in a Lab (IPv6 off on the veth: no ND/MLD noise); yields A's and B's sockets."""
+    slaves = [SlaveSpec("a", [f"{A_IP}/{PREFIX}"], A_MAC), SlaveSpec("b", [f"{B_IP}/{PREFIX}"], B_MAC)]
+    with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS) as lab:
+        yield lab.sock("a"), lab.sock("b")
+        lab.check_daemon()
 
 
 def _measure(
@@ -131,11 +99,12 @@ def _measure(
 ) -> tuple[float, float, int, int, float]:
     """Warm up, then B rx / A tx deltas over ``seconds``."""
     # warm-up: wait until B receives anything, then let it settle
-    wait_for(
+    wait_until(
         lambda: read.port_stats()[rx_port].rx_packets > 0,
         max(10.0, warmup),
         interval=0.1,
         what="B to receive frames",
+        fatal=(TestpmdError,),
     )
     time.sleep(warmup)
     r0 = read.port_stats()[rx_port].rx_packets
@@ -161,8 +130,8 @@ def run_loop(
         "frontends",
         work,
         vdevs=[
-            vdev_virtio(0, a_sock, A_MAC, args.queue_size),
-            vdev_virtio(1, b_sock, B_MAC, args.queue_size),
+            virtio_user_vdev(0, a_sock, A_MAC, args.queue_size),
+            virtio_user_vdev(1, b_sock, B_MAC, args.queue_size),
         ],
         lcores=FRONTEND_LCORES,
         mem_mb=args.mem_mb,
@@ -192,7 +161,7 @@ def run_split(
     b = Testpmd(
         "B",
         work,
-        vdevs=[vdev_virtio(0, b_sock, B_MAC, args.queue_size)],
+        vdevs=[virtio_user_vdev(0, b_sock, B_MAC, args.queue_size)],
         lcores=FRONTEND_LCORES,
         mem_mb=args.mem_mb,
         forward_mode="rxonly",
@@ -200,7 +169,7 @@ def run_split(
     a = Testpmd(
         "A",
         work,
-        vdevs=[vdev_virtio(0, a_sock, A_MAC, args.queue_size)],
+        vdevs=[virtio_user_vdev(0, a_sock, A_MAC, args.queue_size)],
         lcores=FRONTEND_LCORES,
         mem_mb=args.mem_mb,
         forward_mode="txonly",
@@ -225,16 +194,15 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path) -> Re
     res.load_before = os.getloadavg()[0]
     work = base / f"{backend}-{size}"
     work.mkdir(parents=True, exist_ok=True)
-    a_sock = work / "a.sock"
-    b_sock = work / "b.sock"
-    nsname = f"vib-bench-{os.getpid()}"
     try:
-        ctx: contextlib.AbstractContextManager[None]
-        if backend == "reference":
-            ctx = reference_backend(work, a_sock, b_sock, args.mem_mb)
-        else:
-            ctx = ipvlan_backend(work, a_sock, b_sock, nsname)
-        with ctx:
+        with contextlib.ExitStack() as stack:
+            if backend == "reference":
+                a_sock, b_sock = work / "a.sock", work / "b.sock"
+                stack.enter_context(
+                    reference_backend("ref-backend", work, [a_sock, b_sock], lcores=BACKEND_LCORES, mem_mb=args.mem_mb)
+                )
+            else:
+                a_sock, b_sock = stack.enter_context(ipvlan_backend(work))
             runner = run_loop if args.topology == "loop" else run_split
             rx, tx, nrx, ntx, dt = runner(work, a_sock, b_sock, size, args)
         res.ok = True

@@ -1,6 +1,7 @@
 """Interop: DPDK testpmd virtio-user front-ends switched by vhost-ipvlan.
 
-The daemon serves three slaves on a veth master inside a namespace made for the test:
+The daemon serves three slaves on a veth master in a :class:`~tests.support.lab.Lab`
+(IPv6 off on the veth, so no ND/MLD frames reach the slaves):
 a (198.18.0.1, 02:..:0a), b (198.18.0.2, 02:..:0b) and c (198.18.0.3, 02:..:0c).
 Each slave's guest is a dpdk-testpmd ``net_virtio_user`` port connecting to the
 daemon's socket.  A sends bounded bursts (``start tx_first N`` = N x 32 frames built
@@ -24,15 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.testpmd import (
-    IpvlanDaemon,
-    SlaveSpec,
-    Testpmd,
-    VethNamespace,
-    wait_for,
-    write_daemon_config,
-)
+from tests.support.lab import DaemonError, Lab, SlaveSpec
+from tests.support.testpmd import Testpmd, TestpmdError, reference_backend, virtio_user_vdev
 from tests.support.testpmd import testpmd_path as find_testpmd
+from tests.support.wait import wait_until
 
 pytestmark = [
     pytest.mark.dpdk,
@@ -47,11 +43,12 @@ BACKEND = os.environ.get("VHOST_IPVLAN_INTEROP_BACKEND", "ipvlan")
 A_MAC, B_MAC, C_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
 A_IP, B_IP, C_IP = "198.18.0.1", "198.18.0.2", "198.18.0.3"
 PREFIX = 15
-MASTER = "vib0"
 BURST = 32  # testpmd's default packets per burst: tx_first N sends N * 32 frames
 MEM_MB = 256
 LCORES = "0@0,1@0"  # front-ends on core 0; the daemon gets core 1
 DAEMON_CPUS = "1"
+# a front-end or the daemon died: waiting on is pointless
+DIED = (TestpmdError, DaemonError)
 
 
 @dataclass
@@ -60,60 +57,37 @@ class Switch:
 
     work: Path
     sockets: dict[str, Path]
-    daemon: IpvlanDaemon | None
+    lab: Lab | None
 
     def check_alive(self) -> None:
-        if self.daemon is not None:
-            self.daemon.check_alive()
+        if self.lab is not None:
+            self.lab.check_daemon()
 
     def drops(self, slave: str) -> dict[str, int]:
         """vhost-ipvlan's drop counters for frames from ``slave`` (empty for reference)."""
-        if self.daemon is None:
+        if self.lab is None:
             return {}
-        d: dict[str, int] = self.daemon.slave_stats(MASTER, slave)["drops"]
+        d: dict[str, int] = self.lab.slave_stats(slave)["drops"]
         return {k: v for k, v in d.items() if v}
 
 
 @pytest.fixture
 def switch(tmp_path: Path) -> Iterator[Switch]:
-    sockets = {n: tmp_path / f"{n}.sock" for n in ("a", "b", "c")}
+    names = ("a", "b", "c")
     if BACKEND == "reference":
         # testpmd's C backend: io forwarding port 0 (a) -> port 1 (b); c unused
-        be = Testpmd(
-            "ref",
-            tmp_path,
-            vdevs=[f"net_vhost0,iface={sockets['a']}", f"net_vhost1,iface={sockets['b']}"],
-            lcores="0@1,1@1",
-            mem_mb=MEM_MB,
-        )
-        with be:
-            be.cmd("start")
+        sockets = {n: tmp_path / f"{n}.sock" for n in names}
+        with reference_backend("ref", tmp_path, [sockets["a"], sockets["b"]], lcores="0@1,1@1", mem_mb=MEM_MB):
             yield Switch(tmp_path, sockets, None)
         return
-    ns = VethNamespace(f"vib-it-{os.getpid()}", master=MASTER, peer="vib1")
-    with ns:
-        cfg = write_daemon_config(
-            tmp_path / "vhost-ipvlan.toml",
-            MASTER,
-            [
-                SlaveSpec("a", sockets["a"], [f"{A_IP}/{PREFIX}"], A_MAC),
-                SlaveSpec("b", sockets["b"], [f"{B_IP}/{PREFIX}"], B_MAC),
-                SlaveSpec("c", sockets["c"], [f"{C_IP}/{PREFIX}"], C_MAC),
-            ],
-        )
-        daemon = IpvlanDaemon(
-            cfg,
-            ns,
-            tmp_path / "vhost-ipvlan.log",
-            sockets=list(sockets.values()),
-            cpus=DAEMON_CPUS,
-        )
-        daemon.start(timeout=30)
-        try:
-            yield Switch(tmp_path, sockets, daemon)
-            daemon.check_alive()
-        finally:
-            daemon.stop()
+    slaves = [
+        SlaveSpec("a", [f"{A_IP}/{PREFIX}"], A_MAC),
+        SlaveSpec("b", [f"{B_IP}/{PREFIX}"], B_MAC),
+        SlaveSpec("c", [f"{C_IP}/{PREFIX}"], C_MAC),
+    ]
+    with Lab(tmp_path, slaves, ipv6=False, cpus=DAEMON_CPUS) as lab:
+        yield Switch(tmp_path, {n: lab.sock(n) for n in names}, lab)
+        lab.check_daemon()
 
 
 def frontend(
@@ -130,7 +104,7 @@ def frontend(
     return Testpmd(
         name,
         sw.work,
-        vdevs=[f"net_virtio_user0,path={sw.sockets[slave]},mac={mac},queues=1,queue_size=1024"],
+        vdevs=[virtio_user_vdev(0, sw.sockets[slave], mac)],
         lcores=LCORES,
         mem_mb=MEM_MB,
         forward_mode="rxonly",
@@ -175,7 +149,7 @@ def wait_rx(tp: Testpmd, sw: Switch, n: int, timeout: float = 30) -> None:
         sw.check_alive()
         return rx_count(tp) >= n
 
-    wait_for(enough, timeout, interval=0.1, what=f"{tp.name} to receive {n} frames")
+    wait_until(enough, timeout, interval=0.1, what=f"{tp.name} to receive {n} frames", fatal=DIED)
 
 
 def assert_no_more_rx(tp: Testpmd, sw: Switch, expected: int, window: float) -> None:
@@ -211,7 +185,7 @@ def test_a_to_b_counts_and_frames(switch: Switch, txpkts: str, length: int) -> N
         assert_no_more_rx(b, switch, rx_count(b), window=0.5)
         b.cmd("stop")
         sa, sb = a.port_stats()[0], b.port_stats()[0]
-        frames = wait_for(lambda: verbose_frames_at_least(b, sb.rx_packets), 10, what="B's verbose output")
+        frames = wait_until(lambda: verbose_frames_at_least(b, sb.rx_packets), 10, what="B's verbose output")
         from_a = [f for f in frames if f["src"].lower() == A_MAC]
         others = [f for f in frames if f["src"].lower() != A_MAC]
         # B rx == A tx (nothing dropped, nothing duplicated); anything else B got
@@ -261,11 +235,12 @@ def test_spoofed_source_is_dropped(switch: Switch, spoof_mac: str, spoof_ip: str
         spoofed = send_bursts(c, 2)
         assert spoofed == 2 * BURST
         # the daemon has handled every spoofed frame once it has counted it as a drop
-        wait_for(
+        wait_until(
             lambda: switch.drops("c").get(reason, 0) >= spoofed,
             30,
             interval=0.2,
             what=f"{spoofed} {reason} drops on slave c",
+            fatal=DIED,
         )
         assert switch.drops("c") == {reason: spoofed}
         # ... and none reached B (polled briefly: B's own polling may lag)

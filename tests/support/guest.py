@@ -35,7 +35,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from .proc import stop_process
 from .wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -366,23 +366,15 @@ class Guest:
         if self._chan is not None:
             self._chan.close()
             self._chan = None
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 30.0)):
-                try:
-                    proc.send_signal(sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        for path in (self.cmd_socket, self.qmp_socket):
-            path.unlink(missing_ok=True)
-        if self._sockdir is not None:
-            shutil.rmtree(self._sockdir, ignore_errors=True)
-            self._sockdir = None
+        try:
+            if self.proc is not None:
+                stop_process(self.proc, timeout, kill_timeout=30)
+        finally:
+            for path in (self.cmd_socket, self.qmp_socket):
+                path.unlink(missing_ok=True)
+            if self._sockdir is not None:
+                shutil.rmtree(self._sockdir, ignore_errors=True)
+                self._sockdir = None
 
     @property
     def running(self) -> bool:

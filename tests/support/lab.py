@@ -7,6 +7,12 @@ two uniquely named network namespaces, the veth pair, the outside host's
 addresses (192.0.2.1/24, 2001:db8::1/64), a config file for the slaves given,
 and the daemon running inside the host namespace. The sockets are paths, so
 guests started outside the namespaces connect to them.
+
+``ipv6=False`` turns IPv6 off on both ends of the veth (and gives the outside host
+no IPv6 address): no ND/MLD multicast from either kernel, which a bridge-mode
+master would hand to every slave as noise for tests that count frames.
+``master_ipv6=False`` (the default) turns it off on the master only. ``cpus`` pins
+the daemon with ``taskset -c CPUS``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from .proc import stop_process
 from .wait import wait_until
 
 OUT_IP, OUT_IP6 = "192.0.2.1", "2001:db8::1"
@@ -41,13 +48,27 @@ class SlaveSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class DaemonError(RuntimeError):
+    """vhost-ipvlan exited."""
+
+
 class Lab:
-    def __init__(self, tmp: Path, slaves: list[SlaveSpec], *, master_ipv6: bool = False) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        slaves: list[SlaveSpec],
+        *,
+        master_ipv6: bool = False,
+        ipv6: bool = True,
+        cpus: str | None = None,
+    ) -> None:
         tag = secrets.token_hex(3)
         self.host, self.out = f"vi-h-{tag}", f"vi-o-{tag}"
         self.tmp = tmp
         self.slaves = slaves
         self.master_ipv6 = master_ipv6
+        self.ipv6 = ipv6
+        self.cpus = cpus
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
         self.config = tmp / "vhost-ipvlan.toml"
@@ -79,6 +100,10 @@ class Lab:
     def build(self) -> None:
         sh("ip", "netns", "add", self.host)
         sh("ip", "netns", "add", self.out)
+        if not self.ipv6:  # before the veth exists: its ends inherit "default"
+            for ns in (self.host, self.out):
+                for key in ("all", "default"):
+                    sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
         sh("ip", "link", "add", MASTER, "netns", self.host, "type", "veth", "peer", "name", "vio0",
            "netns", self.out)
         for ns, dev in ((self.host, MASTER), (self.out, "vio0")):
@@ -88,22 +113,24 @@ class Lab:
         if not self.master_ipv6:
             sh("ip", "netns", "exec", self.host, "sysctl", "-qw", f"net.ipv6.conf.{MASTER}.disable_ipv6=1")
         sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP}/24", "dev", "vio0")
-        sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP6}/64", "dev", "vio0", "nodad")
+        if self.ipv6:
+            sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP6}/64", "dev", "vio0", "nodad")
         self.master_mac = self.read_sys(self.host, MASTER, "address")
         self.out_mac = self.read_sys(self.out, "vio0", "address")
         self.config.write_text(self.config_text())
         self.start_daemon()
 
     def start_daemon(self) -> None:
+        pin = ["taskset", "-c", self.cpus] if self.cpus is not None else []
         self.daemon = subprocess.Popen(
-            ["ip", "netns", "exec", self.host, sys.executable, "-m", "vhost_ipvlan.cli", "serve",
+            ["ip", "netns", "exec", self.host, *pin, sys.executable, "-m", "vhost_ipvlan.cli", "serve",
              "--config", str(self.config), "--log-level", "debug"],
             stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
         )
         ready = self.log_text().count("ready:")
         wait_until(lambda: self.log_text().count("ready:") > ready or self.daemon_exited(), 30,
                    what="daemon ready")
-        assert not self.daemon_exited(), self.log_text()
+        self.check_daemon()
 
     def read_sys(self, ns: str, dev: str, attr: str) -> str:
         return sh("ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/{attr}").strip()
@@ -117,6 +144,13 @@ class Lab:
     def daemon_exited(self) -> bool:
         return self.daemon is not None and self.daemon.poll() is not None
 
+    def check_daemon(self) -> None:
+        """Raise DaemonError, with the daemon's log, if it has exited."""
+        if self.daemon_exited():
+            assert self.daemon is not None
+            raise DaemonError(f"vhost-ipvlan exited with status {self.daemon.returncode}; "
+                              f"log {self.log}:\n{self.log_text()}")
+
     def wait_log(self, needle: str, count: int, timeout: float = 10) -> None:
         """Wait until ``needle`` occurs more than ``count`` times in the daemon's log."""
         wait_until(lambda: self.log_text().count(needle) > count, timeout, what=f"log: {needle!r}")
@@ -126,10 +160,14 @@ class Lab:
                               timeout=timeout)
 
     def stats(self) -> dict[str, Any]:
+        """The daemon's counters: SIGUSR1, then the JSON of the ``stats {...}`` log line."""
         assert self.daemon is not None
+        self.check_daemon()
         before = self.log_text().count(" stats ")
         os.kill(self.daemon.pid, signal.SIGUSR1)
-        self.wait_log(" stats ", before)
+        wait_until(lambda: self.log_text().count(" stats ") > before or self.daemon_exited(), 10,
+                   what="log: ' stats '")
+        self.check_daemon()
         line = [ln for ln in self.log_text().splitlines() if " stats " in ln][-1]
         data: dict[str, Any] = json.loads(line.split(" stats ", 1)[1])
         return data
@@ -139,13 +177,8 @@ class Lab:
         return result
 
     def stop_daemon(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.terminate()
-            try:
-                self.daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait(10)
+        if self.daemon is not None:
+            stop_process(self.daemon, 10)
 
     def teardown(self) -> None:
         self.stop_daemon()

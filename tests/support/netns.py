@@ -26,6 +26,8 @@ from typing import Any
 from pyroute2 import NetNS as _PyNetNS
 from pyroute2 import netns as _netns
 
+from .proc import stop_process
+
 _live: set[Netns] = set()
 _live_lock = threading.Lock()
 
@@ -122,15 +124,7 @@ class Netns:
             return
         self._closed = True
         for proc in self._procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                try:
-                    proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    proc.wait(10)
+            stop_process(proc, 3)
         for pid in self.pids():  # anything else still inside (our own children)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

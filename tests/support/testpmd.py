@@ -9,43 +9,36 @@ next ``testpmd>`` prompt.
 testpmd writes its prompt with ``write(2)`` but everything else through stdio, which is
 block-buffered when stdout is not a terminal, so it is run under ``stdbuf -o0 -e0``.
 
-Also here, shared by the interop test and ``bench/bench.py``:
-
-* :func:`wait_for`: poll a condition with a deadline;
-* :class:`VethNamespace`: a network namespace holding a veth pair (a master interface
-  for the daemon), removed on exit;
-* :class:`IpvlanDaemon`: ``vhost-ipvlan serve --config FILE`` run inside that namespace;
-* :func:`write_daemon_config`: the TOML config for one master and some slaves.
+Also here, shared by the interop test and ``bench/bench.py``: :func:`virtio_user_vdev`
+(a guest's ``--vdev``) and :func:`reference_backend` (testpmd's own C vhost-user
+backend as the switch).  The vhost-ipvlan side is ``tests/support/lab.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO
+
+from .proc import stop_process
+from .wait import wait_until
 
 TESTPMD = "dpdk-testpmd"
 PROMPT = "testpmd> "
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-T = TypeVar("T")
-
 
 class TestpmdError(RuntimeError):
     """testpmd failed to start, died, or did not answer in time."""
+
+    __test__ = False  # not a pytest test class, despite the name
 
 
 def testpmd_path() -> str | None:
@@ -53,25 +46,9 @@ def testpmd_path() -> str | None:
     return shutil.which(TESTPMD)
 
 
-def wait_for(
-    cond: Callable[[], T | None],
-    timeout: float,
-    *,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> T:
-    """Poll ``cond`` until it returns a true value (returned) or ``timeout`` s pass.
-
-    Raises :class:`TimeoutError` naming ``what`` when the deadline passes.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)
+def virtio_user_vdev(index: int, sock: Path, mac: str, queue_size: int = 1024) -> str:
+    """The ``--vdev`` of a virtio-user front-end (a guest) on vhost-user socket ``sock``."""
+    return f"net_virtio_user{index},path={sock},mac={mac},queues=1,queue_size={queue_size}"
 
 
 @dataclass(frozen=True)
@@ -292,7 +269,7 @@ class Testpmd:
             return PROMPT in self.log_text()
 
         try:
-            wait_for(ready, timeout, interval=0.05, what=f"testpmd {self.name} prompt")
+            wait_until(ready, timeout, interval=0.05, what=f"testpmd {self.name} prompt", fatal=(TestpmdError,))
         except TimeoutError as e:
             raise TestpmdError(f"{e}; log {self.log_path}:\n{self.log_tail()}") from e
 
@@ -314,14 +291,7 @@ class Testpmd:
                 try:
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    for sig in (signal.SIGTERM, signal.SIGKILL):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(proc.pid, sig)
-                        try:
-                            proc.wait(timeout=5)
-                            break
-                        except subprocess.TimeoutExpired:
-                            continue
+                    stop_process(proc, 5, kill_timeout=5, group=True)
             elif proc is not None and proc.stdin is not None:
                 with contextlib.suppress(OSError, ValueError):
                     proc.stdin.close()
@@ -358,7 +328,9 @@ class Testpmd:
             self._proc.stdin.write(line.encode() + b"\n")
             self._proc.stdin.flush()
             try:
-                out = wait_for(answered, timeout, interval=0.02, what=f"testpmd {self.name}: {line!r}")
+                out = wait_until(
+                    answered, timeout, interval=0.02, what=f"testpmd {self.name}: {line!r}", fatal=(TestpmdError,)
+                )
             except TimeoutError as e:
                 raise TestpmdError(f"{e}; log {self.log_path}:\n{self.log_tail()}") from e
         out = out.replace("\r\n", "\n").replace("\r", "")
@@ -390,286 +362,24 @@ class Testpmd:
 
     def wait_link_up(self, port: int = 0, timeout: float = 30) -> None:
         try:
-            wait_for(
+            wait_until(
                 lambda: self.link_up(port),
                 timeout,
                 interval=0.1,
                 what=f"testpmd {self.name} port {port} link up",
+                fatal=(TestpmdError,),
             )
         except TimeoutError as e:
             raise TestpmdError(f"{e}; log {self.log_path}:\n{self.log_tail()}") from e
 
 
-# --------------------------------------------------------------------------------
-# vhost-ipvlan daemon in a namespace with a veth master
-
-
-def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), check=check, capture_output=True, text=True)
-
-
-class VethNamespace:
-    """``ip netns add NAME`` with a veth pair ``master``/``peer``, both up inside.
-
-    A context manager; the namespace (and so the veth pair) is deleted on exit.
-    IPv6 is disabled in it unless ``ipv6`` is true.
-    """
-
-    def __init__(self, name: str, master: str = "vib0", peer: str = "vib1", *, ipv6: bool = False) -> None:
-        self.name = name
-        self.master = master
-        self.peer = peer
-        self.ipv6 = ipv6
-        self._created = False
-
-    def create(self) -> None:
-        _run(["ip", "netns", "del", self.name], check=False)
-        _run(["ip", "netns", "add", self.name])
-        self._created = True
-        ns = ["ip", "-n", self.name]
-        if not self.ipv6:
-            # no IPv6 on the veth: the host kernel would send ND/MLD multicast that a
-            # bridge-mode master hands to every slave, noise for counting tests
-            for key in ("all", "default"):
-                _run(self.exec_argv(["sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"]))
-        _run([*ns, "link", "add", self.master, "type", "veth", "peer", "name", self.peer])
-        _run([*ns, "link", "set", "lo", "up"])
-        _run([*ns, "link", "set", self.master, "up"])
-        _run([*ns, "link", "set", self.peer, "up"])
-
-    def delete(self) -> None:
-        if self._created:
-            _run(["ip", "netns", "del", self.name], check=False)
-            self._created = False
-
-    def exec_argv(self, argv: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *argv]
-
-    def __enter__(self) -> VethNamespace:
-        try:
-            self.create()
-        except BaseException:
-            self.delete()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.delete()
-
-
-@dataclass
-class SlaveSpec:
-    """One ``[[port.slave]]`` of the daemon config."""
-
-    name: str
-    socket: Path
-    addresses: list[str]
-    mac: str
-    socket_mode: str = "server"
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render_daemon_config(master: str, slaves: Sequence[SlaveSpec], *, mode: str = "l2", flag: str = "bridge") -> str:
-    lines = [
-        "[[port]]",
-        f"master = {_toml_str(master)}",
-        f"mode = {_toml_str(mode)}",
-        f"flag = {_toml_str(flag)}",
-    ]
-    for s in slaves:
-        lines += [
-            "",
-            "[[port.slave]]",
-            f"name = {_toml_str(s.name)}",
-            f"socket = {_toml_str(str(s.socket))}",
-            f"socket_mode = {_toml_str(s.socket_mode)}",
-            "addresses = [" + ", ".join(_toml_str(a) for a in s.addresses) + "]",
-            f"mac = {_toml_str(s.mac)}",
-        ]
-        lines += [f"{k} = {_toml_str(v)}" for k, v in s.extra.items()]
-    return "\n".join(lines) + "\n"
-
-
-def write_daemon_config(
-    path: Path, master: str, slaves: Sequence[SlaveSpec], *, mode: str = "l2", flag: str = "bridge"
-) -> Path:
-    path.write_text(render_daemon_config(master, slaves, mode=mode, flag=flag))
-    return path
-
-
-def daemon_executable() -> Path | None:
-    """``vhost-ipvlan`` next to the running interpreter (the venv), or on PATH."""
-    local = Path(sys.executable).parent / "vhost-ipvlan"
-    if local.exists():
-        return local
-    found = shutil.which("vhost-ipvlan")
-    return Path(found) if found else None
-
-
-def daemon_command() -> list[str]:
-    """The command that runs the daemon: the console script, or failing that
-    ``python -c 'vhost_ipvlan.cli.main()'`` from this source tree."""
-    exe = daemon_executable()
-    if exe is not None:
-        return [str(exe)]
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from vhost_ipvlan.cli import main; sys.exit(main())",
-    ]
-
-
-class DaemonError(RuntimeError):
-    """vhost-ipvlan did not start or died."""
-
-
-class IpvlanDaemon:
-    """``vhost-ipvlan serve --config FILE`` inside a namespace (optionally pinned).
-
-    :meth:`start` waits until every server-mode socket in ``sockets`` exists.
-    """
-
-    def __init__(
-        self,
-        config: Path,
-        ns: VethNamespace | None,
-        log_path: Path,
-        *,
-        sockets: Sequence[Path] = (),
-        cpus: str | None = None,
-        executable: Path | None = None,
-        extra_args: Sequence[str] = (),
-    ) -> None:
-        self.config = config
-        self.ns = ns
-        self.log_path = log_path
-        self.sockets = list(sockets)
-        self.cpus = cpus
-        self.executable = executable
-        self.extra_args = list(extra_args)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def argv(self) -> list[str]:
-        cmd = [str(self.executable)] if self.executable is not None else daemon_command()
-        argv = [*cmd, "serve", "--config", str(self.config), *self.extra_args]
-        if self.cpus is not None:
-            argv = ["taskset", "-c", self.cpus, *argv]
-        if self.ns is not None:
-            argv = self.ns.exec_argv(argv)
-        return argv
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            text = self.log_path.read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-n:])
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def check_alive(self) -> None:
-        if self._proc is None:
-            raise DaemonError("vhost-ipvlan not started")
-        rc = self._proc.poll()
-        if rc is not None:
-            raise DaemonError(f"vhost-ipvlan exited with status {rc}; log {self.log_path}:\n{self.log_tail()}")
-
-    def stats(self, timeout: float = 10) -> dict[str, Any]:
-        """The daemon's counters: SIGUSR1, then the JSON of the ``stats {...}`` log line."""
-        self.check_alive()
-        assert self._proc is not None
-
-        def stats_lines() -> list[str]:
-            try:
-                text = self.log_path.read_bytes().decode(errors="replace")
-            except FileNotFoundError:
-                return []
-            return [ln for ln in text.splitlines() if " stats {" in ln]
-
-        before = len(stats_lines())
-        os.kill(self._proc.pid, signal.SIGUSR1)
-
-        def new_line() -> str | None:
-            self.check_alive()
-            lines = stats_lines()
-            return lines[-1] if len(lines) > before else None
-
-        line = wait_for(new_line, timeout, interval=0.05, what="vhost-ipvlan stats line")
-        data = json.loads(line.split(" stats ", 1)[1])
-        if not isinstance(data, dict):
-            raise DaemonError(f"unexpected stats line: {line}")
-        return data
-
-    def slave_stats(self, master: str, slave: str) -> dict[str, Any]:
-        """One slave's counters (rx/tx packets and bytes, ``drops`` by reason)."""
-        result: dict[str, Any] = self.stats()[master]["slaves"][slave]
-        return result
-
-    def start(self, timeout: float = 20) -> None:
-        argv = self.argv()
-        for sock in self.sockets:
-            with contextlib.suppress(FileNotFoundError):
-                sock.unlink()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self._log.write(("# " + " ".join(argv) + "\n").encode())
-        self._log.flush()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        self._proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-        def listening() -> bool:
-            self.check_alive()
-            return all(s.exists() for s in self.sockets)
-
-        try:
-            wait_for(listening, timeout, interval=0.05, what="vhost-ipvlan sockets")
-        except TimeoutError as e:
-            self.stop()
-            raise DaemonError(f"{e}; log {self.log_path}:\n{self.log_tail()}") from e
-
-    def stop(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(timeout=10)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> IpvlanDaemon:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+@contextlib.contextmanager
+def reference_backend(
+    name: str, workdir: Path, sockets: Sequence[Path], *, lcores: str, mem_mb: int
+) -> Iterator[Testpmd]:
+    """testpmd's C vhost-user backend (``net_vhostN`` on ``sockets[N]``) forwarding
+    port 0 -> port 1 (io mode), started; stopped on exit."""
+    vdevs = [f"net_vhost{i},iface={sock}" for i, sock in enumerate(sockets)]
+    with Testpmd(name, workdir, vdevs=vdevs, lcores=lcores, mem_mb=mem_mb, forward_mode="io") as be:
+        be.cmd("start")
+        yield be

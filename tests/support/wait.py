@@ -14,12 +14,15 @@ def wait_until(
     timeout: float,
     interval: float = 0.05,
     what: str = "condition",
+    *,
+    fatal: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call ``predicate`` until it returns a truthy value and return that value.
 
     Raises ``TimeoutError`` naming ``what`` (and the last exception the predicate raised,
     if any) when ``timeout`` seconds pass first. The predicate is always tried at least
-    once, and once more at the deadline.
+    once, and once more at the deadline. Exceptions of a ``fatal`` type (say, "the
+    process being waited on died") are not retried but propagate at once.
     """
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -27,6 +30,8 @@ def wait_until(
         final = time.monotonic() >= deadline
         try:
             result = predicate()
+        except fatal:
+            raise
         except Exception as exc:
             last_exc = exc
         else:

@@ -14,6 +14,7 @@ from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
 from vhost_ipvlan.vhost_user.session import DEFAULT_FEATURES, RX, TX, Session, Vring
 from vhost_ipvlan.virtio import net
+from vhost_ipvlan.virtio.virtqueue import SplitQueue
 
 
 class FakeHost:
@@ -68,6 +69,16 @@ def pair() -> Iterator[Pair]:
     p.fe.close()
 
 
+def tx_one_popped(pair: Pair) -> SplitQueue:
+    """Set up, transmit one frame and pop it from the TX queue (returned)."""
+    pair.fe.setup()
+    pair.fe.transmit(bytes(60))
+    q = pair.session.vrings[TX].queue
+    assert q is not None
+    q.pop()
+    return q
+
+
 def test_setup_starts_both_rings(pair: Pair) -> None:
     pair.fe.setup()
     s = pair.session
@@ -88,11 +99,7 @@ def test_transmit_is_visible_in_the_tx_queue(pair: Pair) -> None:
 
 
 def test_get_vring_base_stops_and_returns_index(pair: Pair) -> None:
-    pair.fe.setup()
-    pair.fe.transmit(bytes(60))
-    q = pair.session.vrings[TX].queue
-    assert q is not None
-    q.pop()
+    tx_one_popped(pair)
     reply = pair.fe.send(Request.GET_VRING_BASE, codec.VRING_STATE.pack(TX, 0), reply=True)
     assert reply is not None and codec.VRING_STATE.unpack(reply) == (TX, 1)
     assert not pair.session.vrings[TX].started
@@ -111,11 +118,7 @@ def test_enable_before_features_is_remembered(pair: Pair) -> None:
 
 
 def test_mem_table_replacement_keeps_ring_indices(pair: Pair) -> None:
-    pair.fe.setup()
-    pair.fe.transmit(bytes(60))
-    q = pair.session.vrings[TX].queue
-    assert q is not None
-    q.pop()
+    q = tx_one_popped(pair)
     region = codec.MEM_REGION.pack(0, 8 << 20, 0x7F00_0000_0000, 0)
     pair.fe.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [pair.fe.fd])
     q2 = pair.session.vrings[TX].queue
