@@ -49,13 +49,13 @@ A_IP6 = "2001:db8::10"
 class Lab(lab_mod.Lab):
     """The shared lab plus fake front-ends standing in for guests."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, pure_python: bool = False) -> None:
         super().__init__(tmp, [
             SlaveSpec("a", [f"{A_IP}/24", f"{A_IP6}/64"], MAC_A),
             SlaveSpec("b", [f"{B_IP}/24"], MAC_B),
             SlaveSpec("c", [f"{C_IP}/24"]),
             SlaveSpec("d", [f"{D_IP}/24"], MAC_D, socket_mode="client"),
-        ])
+        ], pure_python=pure_python)
         self.frontends: list[FakeFrontend] = []
 
     def frontend(self, name: str) -> FakeFrontend:
@@ -73,9 +73,10 @@ class Lab(lab_mod.Lab):
         super().teardown()
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    with Lab(tmp_path) as lab:
+@pytest.fixture(params=["accelerated", "pure-python"])
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """Every scenario runs against the daemon with and without its C accelerator."""
+    with Lab(tmp_path, pure_python=request.param == "pure-python") as lab:
         yield lab
 
 

@@ -61,6 +61,7 @@ class Lab:
         master_ipv6: bool = False,
         ipv6: bool = True,
         cpus: str | None = None,
+        pure_python: bool = False,
     ) -> None:
         tag = secrets.token_hex(3)
         self.host, self.out = f"vi-h-{tag}", f"vi-o-{tag}"
@@ -69,6 +70,7 @@ class Lab:
         self.master_ipv6 = master_ipv6
         self.ipv6 = ipv6
         self.cpus = cpus
+        self.pure_python = pure_python  # run the daemon without its C accelerator
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
         self.config = tmp / "vhost-ipvlan.toml"
@@ -126,6 +128,7 @@ class Lab:
             ["ip", "netns", "exec", self.host, *pin, sys.executable, "-m", "vhost_ipvlan.cli", "serve",
              "--config", str(self.config), "--log-level", "debug"],
             stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
+            env={**os.environ, "VHOST_IPVLAN_PURE": "1"} if self.pure_python else None,
         )
         ready = self.log_text().count("ready:")
         wait_until(lambda: self.log_text().count("ready:") > ready or self.daemon_exited(), 30,

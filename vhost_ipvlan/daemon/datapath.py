@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import struct
 from collections import Counter
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from ..errors import GuestError
@@ -40,6 +43,19 @@ if TYPE_CHECKING:
     from .uplink import Uplink
 
 log = logging.getLogger("vhost_ipvlan.datapath")
+
+# The optional C accelerator for guest-to-guest unicast; VHOST_IPVLAN_PURE=1 turns it off.
+_fastpath: ModuleType | None
+try:
+    if os.environ.get("VHOST_IPVLAN_PURE") == "1":
+        raise ImportError("disabled by VHOST_IPVLAN_PURE=1")
+    from .. import _fastpath  # type: ignore[attr-defined, no-redef]
+except ImportError:
+    _fastpath = None
+
+
+def accelerated() -> bool:
+    return _fastpath is not None
 
 BURST = 256
 RESCAN_INTERVAL = 0.2
@@ -66,6 +82,9 @@ class NetDevice:
         self.buf = bytearray(net.MAX_BUFFER)
         self.view = memoryview(self.buf)
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        # RX counters the C accelerator adds to (two native u64: packets, bytes)
+        self.fast_rx = bytearray(16)
+        self._fast: tuple[tuple[int, int, int], bytes, frozenset[bytes]] | None = None
         self.drops: Counter[str] = Counter()
         self._drain_scheduled = False
 
@@ -111,6 +130,7 @@ class NetDevice:
         else:
             self.tx_call = vring.call_fd
             self.tx_enabled = vring.enabled
+        self.dp.fast_gen += 1
         up = self.rx is not None and self.rx_enabled
         if up != self.slave.up:
             self.slave.up = up
@@ -119,6 +139,17 @@ class NetDevice:
     def detach(self) -> None:
         self.session = None
         self.slave.up = False
+        self.dp.fast_gen += 1
+
+    def counters(self) -> dict[str, int]:
+        """rx/tx packets and bytes, whichever path moved them."""
+        fast_packets, fast_bytes = struct.unpack("=QQ", self.fast_rx)
+        return {
+            "rx_packets": self.rx_packets + fast_packets,
+            "rx_bytes": self.rx_bytes + fast_bytes,
+            "tx_packets": self.tx_packets,
+            "tx_bytes": self.tx_bytes,
+        }
 
     # -- events -------------------------------------------------------------------
 
@@ -140,6 +171,7 @@ class NetDevice:
 
     def break_queue(self, which: int, err: GuestError) -> None:
         self.drops["queue_broken"] += 1
+        self.dp.fast_gen += 1
         log.warning("slave %s: %s queue broken by the guest: %s", self.slave.name, _QNAME[which], err)
         fd = self._kick_fds.pop(which, None)
         if fd is not None:
@@ -159,14 +191,34 @@ class NetDevice:
         view = self.view
         handle = self.dp.from_guest
         budget = BURST
+        fp = _fastpath
+        fast = self.dp.fast_args(self) if self.tx_enabled else None
         try:
             while True:
-                n = q.pending()
-                while n and budget:
+                while budget:
+                    if fast is not None and fp is not None:
+                        # the C accelerator forwards what it can; it stops at the first
+                        # frame (SLOW_FRAME, in view) or chain (SLOW_CHAIN) for Python
+                        status, length, nf, nb = fp.forward_burst(
+                            q, self.buf, fast[0], fast[1], fast[2], budget, self.dp.dirty
+                        )
+                        budget -= nf
+                        self.tx_packets += nf
+                        self.tx_bytes += nb
+                        if status == fp.SLOW_FRAME:
+                            budget -= 1
+                            self.tx_packets += 1
+                            self.tx_bytes += length - net.HDR_LEN
+                            handle(self, length)
+                            fast = self.dp.fast_args(self)  # the frame may have changed state
+                            continue
+                        if status != fp.SLOW_CHAIN:
+                            break
+                    if not q.pending():
+                        break
                     head = q.pop()
                     length = q.gather(head, view)
                     q.push(head, 0)
-                    n -= 1
                     budget -= 1
                     if self.tx_enabled:
                         self.tx_packets += 1
@@ -233,6 +285,12 @@ class PortDatapath:
         self.uplink_rx = self.uplink_tx = 0
         self.drops: Counter[str] = Counter()
         self._rescan: asyncio.TimerHandle | None = None
+        # The C accelerator's view of the port, rebuilt when anything that decides
+        # reachability changes: bump ``fast_gen`` for ring/up-state changes; the
+        # port's ``generation`` covers slaves and addresses.
+        self.fast_gen = 0
+        self._fast_table: dict[bytes, tuple[object, ...]] = {}
+        self._fast_key: tuple[int, int, int] | None = None
 
     def start(self) -> None:
         self.loop.add_reader(self.uplink.fileno(), self._uplink_readable)
@@ -249,6 +307,37 @@ class PortDatapath:
             if dev.tx is not None:
                 dev.schedule_drain()
         self._rescan = self.loop.call_later(RESCAN_INTERVAL, self._rescan_tick)
+
+    def fast_args(self, dev: NetDevice) -> tuple[bytes, frozenset[bytes], dict[bytes, tuple[object, ...]]] | None:
+        """(sender MAC, addresses it owns, destination table) for the C accelerator,
+        or None when it is unavailable or does not apply (see ``_fastpath.c``)."""
+        if _fastpath is None or self.port.mode != "l2" or self.port.flag != "bridge":
+            return None
+        mac = dev.slave.mac
+        if mac is None:
+            return None
+        key = (self.port.generation, self.fast_gen, len(self.devices))
+        if key != self._fast_key:
+            self._rebuild_fast_table()
+            self._fast_key = key
+        cached = dev._fast
+        if cached is None or cached[0] != key or cached[1] != mac:
+            owned = frozenset(a for a, owner in self.port.by_addr.items() if owner is dev.slave)
+            cached = dev._fast = (key, mac, owned)
+        return mac, cached[2], self._fast_table
+
+    def _rebuild_fast_table(self) -> None:
+        entries: dict[str, tuple[object, ...]] = {}
+        for name, d in self.devices.items():
+            if d.slave.up and d.rx is not None and d.rx_enabled and d.slave.mac is not None:
+                caps = int(d.takes_csum) | int(d.ecn) << 1 | (d.gso_mask & 0xFF) << 8
+                entries[name] = (d.rx, d.slave.mac, caps, d.fast_rx, d)
+        table: dict[bytes, tuple[object, ...]] = {}
+        for addr, owner in self.port.by_addr.items():
+            entry = entries.get(owner.name)
+            if entry is not None and self.devices.get(owner.name) is not None:
+                table[addr] = entry
+        self._fast_table = table
 
     def flush(self) -> None:
         dirty = self.dirty

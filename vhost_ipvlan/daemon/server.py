@@ -26,7 +26,7 @@ from ..config import Config
 from ..errors import ConfigError, UplinkError
 from ..switch.port import Port
 from . import nft
-from .datapath import NetDevice, PortDatapath
+from .datapath import NetDevice, PortDatapath, accelerated
 from .endpoint import Endpoint
 from .uplink import Uplink
 
@@ -88,7 +88,8 @@ class Daemon:
             dp.start()
         for ep in self.endpoints:
             ep.start()
-        log.info("ready: %d master(s), %d slave(s)", len(self.ports), len(self.endpoints))
+        log.info("ready: %d master(s), %d slave(s), data path: %s", len(self.ports), len(self.endpoints),
+                 "C accelerator + Python" if accelerated() else "pure Python")
         sd_notify("READY=1")
 
     def stats(self) -> dict[str, object]:
@@ -100,14 +101,7 @@ class Daemon:
                 drops = dict(dev.drops)
                 for label, n in dev.slave.drop_counts().items():
                     drops[label] = drops.get(label, 0) + n
-                slaves[name] = {
-                    "up": dev.slave.up,
-                    "rx_packets": dev.rx_packets,
-                    "rx_bytes": dev.rx_bytes,
-                    "tx_packets": dev.tx_packets,
-                    "tx_bytes": dev.tx_bytes,
-                    "drops": drops,
-                }
+                slaves[name] = {"up": dev.slave.up, **dev.counters(), "drops": drops}
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,
                 "uplink_tx_packets": dp.uplink_tx,
