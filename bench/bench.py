@@ -117,6 +117,13 @@ def _measure(
     return (r1 - r0) / dt, (s1 - s0) / dt, r1 - r0, s1 - s0, dt
 
 
+def big_frame_args(size: int) -> list[str]:
+    """testpmd options for frames that do not fit a default 2 KB mbuf (one mbuf per frame)."""
+    if size <= 2000:
+        return []
+    return [f"--mbuf-size={min(65535, size + 256)}", f"--max-pkt-len={size}"]
+
+
 def run_loop(
     work: Path, a_sock: Path, b_sock: Path, size: int, args: argparse.Namespace
 ) -> tuple[float, float, int, int, float]:
@@ -139,8 +146,8 @@ def run_loop(
         eth_peers={0: B_MAC, 1: A_MAC},
         txpkts=size,
         tx_ip=(A_IP, B_IP),
-        total_mbufs=32768,
-        extra_args=["--no-flush-rx"],
+        total_mbufs=32768 if size <= 2000 else 4096,
+        extra_args=["--no-flush-rx", *big_frame_args(size)],
     )
     with fe:
         fe.wait_link_up(0)
