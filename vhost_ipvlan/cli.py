@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the daemon")
     s.add_argument("--config", "-c", type=Path, required=True, help="TOML configuration file")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--metrics", metavar="ADDRESS:PORT",
+                   help="serve Prometheus metrics on http://ADDRESS:PORT/metrics (e.g. 127.0.0.1:9100)")
     c = sub.add_parser("check-config", help="validate a configuration file and exit")
     c.add_argument("config", type=Path)
     return p
@@ -61,13 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: ok ({len(cfg.ports)} master(s), {n} slave(s))")
             return 0
         cfg = load(args.config)
+        if args.metrics is not None:
+            from .daemon.metrics import parse_address
+
+            parse_address(args.metrics)
         logging.basicConfig(
             level=getattr(logging, args.log_level.upper()),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         from .daemon.server import serve
 
-        serve(cfg)
+        serve(cfg, args.metrics)
         return 0
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

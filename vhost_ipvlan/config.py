@@ -2,6 +2,11 @@
 
 Shape (other tools rely on it; do not change it lightly)::
 
+    [daemon]                    # optional; applies to every socket the daemon listens on
+    socket_owner = "root"       # user name or uid (default: the daemon's user)
+    socket_group = "kvm"        # group name or gid (default: kvm if it exists, else root)
+    socket_permissions = 0o660  # TOML octal integer, or a string "0660" (default 0o660)
+
     [[port]]
     master = "veth0"            # host interface: the IPvlan master
     mode = "l2"                 # l2 | l3 | l3s
@@ -20,15 +25,21 @@ Rules:
   and socket paths are unique across the file.
 - Modes and flags that are not implemented yet are refused by name.
 - This module only parses; whether the master exists is checked by the daemon
-  (it depends on the network namespace the daemon runs in).
+  (it depends on the network namespace the daemon runs in). Socket owner and
+  group names are resolved here (they are the host's, whatever the namespace).
+- ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
+  file permissions are ``[daemon].socket_permissions``.
 """
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import pwd
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +75,25 @@ class PortConfig:
     slaves: tuple[SlaveConfig, ...]
 
 
+def default_socket_group() -> int:
+    """The group QEMU runs in under libvirt (``kvm``) if it exists, else root."""
+    try:
+        return grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    socket_owner: int = -1  # -1: unchanged (the daemon's user)
+    socket_group: int = field(default_factory=default_socket_group)
+    socket_permissions: int = 0o660
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     ports: tuple[PortConfig, ...]
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def slaves(self) -> list[tuple[PortConfig, SlaveConfig]]:
         return [(p, s) for p in self.ports for s in p.slaves]
@@ -177,9 +204,45 @@ def _port(where: str, table: Any) -> PortConfig:
     return PortConfig(master, mode, flag, slaves)
 
 
+def _id(where: str, value: Any, lookup: Callable[[str], int], what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < 2**32 - 1:
+            raise ConfigError(f"{where}: {value} is not a valid {what} id")
+        return value
+    text = _str(where, value)
+    if text.isdigit():
+        return int(text)
+    try:
+        return lookup(text)
+    except KeyError:
+        raise ConfigError(f"{where}: no {what} named {text!r} on this host") from None
+
+
+def _permissions(where: str, value: Any) -> int:
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        value = int(value, 8)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+        raise ConfigError(f"{where}: {value!r} is not a permission mode like 0o660 or \"0660\"")
+    if value & 0o600 != 0o600:
+        raise ConfigError(f"{where}: {value:#o} must give the owner read and write (0o600)")
+    return value
+
+
+def _daemon(where: str, table: Any) -> DaemonConfig:
+    t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions"}, set())
+    owner = _id(f"{where}.socket_owner", t["socket_owner"], lambda n: pwd.getpwnam(n).pw_uid, "user") \
+        if "socket_owner" in t else -1
+    group = _id(f"{where}.socket_group", t["socket_group"], lambda n: grp.getgrnam(n).gr_gid, "group") \
+        if "socket_group" in t else default_socket_group()
+    perms = _permissions(f"{where}.socket_permissions", t["socket_permissions"]) \
+        if "socket_permissions" in t else 0o660
+    return DaemonConfig(owner, group, perms)
+
+
 def parse(data: Any) -> Config:
     """Validate a decoded TOML document."""
-    t = _keys("config", data, {"port"}, set())
+    t = _keys("config", data, {"port", "daemon"}, set())
+    daemon = _daemon("daemon", t.get("daemon", {}))
     raw = t.get("port", [])
     if not isinstance(raw, list):
         raise ConfigError("port: expected [[port]] tables")
@@ -199,4 +262,4 @@ def parse(data: Any) -> Config:
             if s.socket in seen_socket:
                 raise ConfigError(f"{where}.socket: {s.socket} is already used by {seen_socket[s.socket]}")
             seen_socket[s.socket] = where
-    return Config(ports)
+    return Config(ports, daemon)

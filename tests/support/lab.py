@@ -12,7 +12,9 @@ guests started outside the namespaces connect to them.
 no IPv6 address): no ND/MLD multicast from either kernel, which a bridge-mode
 master would hand to every slave as noise for tests that count frames.
 ``master_ipv6=False`` (the default) turns it off on the master only. ``cpus`` pins
-the daemon with ``taskset -c CPUS``.
+the daemon with ``taskset -c CPUS``. ``daemon_args`` are added to ``serve``'s
+command line, ``daemon_env`` to its environment, and ``config_head`` (TOML, e.g.
+a ``[daemon]`` table) goes at the top of the config file.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class Lab:
         ipv6: bool = True,
         cpus: str | None = None,
         pure_python: bool = False,
+        daemon_args: list[str] | None = None,
+        daemon_env: dict[str, str] | None = None,
+        config_head: str = "",
     ) -> None:
         tag = secrets.token_hex(3)
         self.host, self.out = f"vi-h-{tag}", f"vi-o-{tag}"
@@ -71,6 +76,9 @@ class Lab:
         self.ipv6 = ipv6
         self.cpus = cpus
         self.pure_python = pure_python  # run the daemon without its C accelerator
+        self.daemon_args = daemon_args or []
+        self.daemon_env = {**(daemon_env or {}), **({"VHOST_IPVLAN_PURE": "1"} if pure_python else {})}
+        self.config_head = config_head
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
         self.config = tmp / "vhost-ipvlan.toml"
@@ -91,7 +99,7 @@ class Lab:
         return self.tmp / f"{name}.sock"
 
     def config_text(self) -> str:
-        lines = ["[[port]]", f'master = "{MASTER}"', 'mode = "l2"', 'flag = "bridge"']
+        lines = [self.config_head, "[[port]]", f'master = "{MASTER}"', 'mode = "l2"', 'flag = "bridge"']
         for s in self.slaves:
             lines += ["[[port.slave]]", f'name = "{s.name}"', f'socket = "{self.sock(s.name)}"',
                       f'socket_mode = "{s.socket_mode}"', f"addresses = {json.dumps(s.addresses)}"]
@@ -126,9 +134,8 @@ class Lab:
         pin = ["taskset", "-c", self.cpus] if self.cpus is not None else []
         self.daemon = subprocess.Popen(
             ["ip", "netns", "exec", self.host, *pin, sys.executable, "-m", "vhost_ipvlan.cli", "serve",
-             "--config", str(self.config), "--log-level", "debug"],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
-            env={**os.environ, "VHOST_IPVLAN_PURE": "1"} if self.pure_python else None,
+             "--config", str(self.config), "--log-level", "debug", *self.daemon_args],
+            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env={**os.environ, **self.daemon_env},
         )
         ready = self.log_text().count("ready:")
         wait_until(lambda: self.log_text().count("ready:") > ready or self.daemon_exited(), 30,

@@ -18,6 +18,11 @@ Rules:
   counted; the daemon and the other guests go on.
 - A TX burst is bounded (``BURST``); the rest is rescheduled so one guest cannot
   starve the others.
+- The wire follows the master (``daemon.master`` keeps ``wire_up`` and
+  ``max_frame``): while the master is down or gone, frames for the wire are
+  dropped and counted ``master_down`` (guest <-> guest goes on); a non-GSO frame
+  whose Ethernet payload exceeds the master's MTU is dropped and counted
+  ``mtu_exceeded``, never truncated (GSO frames are segmented by the kernel).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ def accelerated() -> bool:
     return _fastpath is not None
 
 BURST = 256
+ETH_HLEN = 14
 RESCAN_INTERVAL = 0.2
 
 
@@ -284,6 +290,10 @@ class PortDatapath:
         self.view = memoryview(self.buf)
         self.uplink_rx = self.uplink_tx = 0
         self.drops: Counter[str] = Counter()
+        #: the master is present, up and has carrier (kept by daemon.master)
+        self.wire_up = True
+        #: the largest non-GSO buffer (12-byte header + Ethernet header + MTU) for the wire
+        self.max_frame = net.HDR_LEN + ETH_HLEN + 1500
         self._rescan: asyncio.TimerHandle | None = None
         # The C accelerator's view of the port, rebuilt when anything that decides
         # reachability changes: bump ``fast_gen`` for ring/up-state changes; the
@@ -297,9 +307,22 @@ class PortDatapath:
         self._rescan = self.loop.call_later(RESCAN_INTERVAL, self._rescan_tick)
 
     def stop(self) -> None:
-        self.loop.remove_reader(self.uplink.fileno())
+        if self.uplink.fileno() >= 0:
+            self.loop.remove_reader(self.uplink.fileno())
         if self._rescan is not None:
             self._rescan.cancel()
+
+    def close_uplink(self) -> None:
+        """The master is gone: stop reading its socket and close it."""
+        if self.uplink.fileno() >= 0:
+            self.loop.remove_reader(self.uplink.fileno())
+            self.uplink.close()
+
+    def open_uplink(self, uplink: Uplink) -> None:
+        """The master is back: read from (and send to) its new socket."""
+        self.close_uplink()
+        self.uplink = uplink
+        self.loop.add_reader(uplink.fileno(), self._uplink_readable)
 
     def _rescan_tick(self) -> None:
         # Safety net against a lost kick: the kick may race our re-enabling of kicks.
@@ -373,6 +396,12 @@ class PortDatapath:
         # DROP: the switch has counted it on the slave
 
     def _to_uplink(self, dev: NetDevice, buf: memoryview, length: int) -> None:
+        if not self.wire_up:
+            dev.drops["master_down"] += 1
+            return
+        if length > self.max_frame and not buf[1]:  # buf[1]: gso_type; GSO frames are segmented later
+            dev.drops["mtu_exceeded"] += 1
+            return
         mac = dev.slave.mac
         assert mac is not None  # the switch learned or validated it
         to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, mac, self.port.master_mac)

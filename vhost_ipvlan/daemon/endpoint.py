@@ -35,12 +35,13 @@ class Endpoint:
     """Accepts (or makes) the front-end connection for one ``NetDevice``."""
 
     def __init__(self, path: Path, role: str, device: NetDevice, loop: asyncio.AbstractEventLoop,
-                 socket_mode: int = 0o660) -> None:
+                 socket_mode: int = 0o660, owner: int = -1, group: int = -1) -> None:
         self.path = path
         self.role = role
         self.device = device
         self.loop = loop
         self.socket_mode = socket_mode
+        self.owner, self.group = owner, group
         self.host = OsHost()
         self.conn: Connection | None = None
         self.listener: socket.socket | None = None
@@ -73,6 +74,8 @@ class Endpoint:
         try:
             sock.bind(str(path))
             os.chmod(path, self.socket_mode)
+            if self.owner != -1 or self.group != -1:
+                os.chown(path, self.owner, self.group)
             sock.listen(4)
             sock.setblocking(False)
         except OSError as e:

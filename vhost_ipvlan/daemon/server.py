@@ -10,6 +10,9 @@ Rules:
   control socket exists.
 - SIGTERM and SIGINT stop the loop; sockets are unlinked and the nftables rules
   removed on the way out.
+- The masters are followed through netlink (``master.MasterMonitor``: link, MTU,
+  MAC, disappearance); SIGHUP re-reads their state (``ExecReload``).
+- ``metrics``: an optional Prometheus endpoint over ``stats()`` (``metrics.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from ..switch.port import Port
 from . import nft
 from .datapath import NetDevice, PortDatapath, accelerated
 from .endpoint import Endpoint
+from .master import MasterMonitor
+from .metrics import MetricsServer
 from .uplink import Uplink
 
 log = logging.getLogger("vhost_ipvlan.daemon")
@@ -44,9 +49,12 @@ def sd_notify(state: str) -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, metrics: str | None = None) -> None:
         self.config = config
         self.loop = loop
+        self.masters = MasterMonitor(loop)
+        self.metrics_address = metrics
+        self.metrics: MetricsServer | None = None
         self.ports: list[PortDatapath] = []
         self.endpoints: list[Endpoint] = []
         self._nft_used = False
@@ -67,6 +75,7 @@ class Daemon:
                 raise ConfigError(f"port[{i}].master: interface {pc.master!r} does not exist") from None
         nft.reset()
         self._nft_used = True
+        self.masters.start()
         for i, pc in enumerate(self.config.ports):
             uplink = Uplink(pc.master)
             try:
@@ -83,11 +92,16 @@ class Daemon:
                     raise ConfigError(f"port[{i}].slave[{j}]: {e}") from e
                 dev = NetDevice(slave, dp)
                 dp.devices[sc.name] = dev
-                self.endpoints.append(Endpoint(sc.socket, sc.socket_mode, dev, self.loop))
+                d = self.config.daemon
+                self.endpoints.append(Endpoint(sc.socket, sc.socket_mode, dev, self.loop,
+                                               d.socket_permissions, d.socket_owner, d.socket_group))
             nft.consume(f"p{i}", pc.master, *port.consumed_addresses())
+            self.masters.add(dp, f"p{i}")
             dp.start()
         for ep in self.endpoints:
             ep.start()
+        if self.metrics_address is not None:
+            self.metrics = MetricsServer(self.metrics_address, self.stats, self.loop)
         log.info("ready: %d master(s), %d slave(s), data path: %s", len(self.ports), len(self.endpoints),
                  "C accelerator + Python" if accelerated() else "pure Python")
         sd_notify("READY=1")
@@ -101,12 +115,18 @@ class Daemon:
                 drops = dict(dev.drops)
                 for label, n in dev.slave.drop_counts().items():
                     drops[label] = drops.get(label, 0) + n
-                slaves[name] = {"up": dev.slave.up, **dev.counters(), "drops": drops}
+                slaves[name] = {
+                    "up": dev.slave.up,
+                    "link": self.masters.slave_link(dp.port.master),
+                    **dev.counters(),
+                    "drops": drops,
+                }
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,
                 "uplink_tx_packets": dp.uplink_tx,
                 "drops": {**dict(dp.drops), **dp.port.drop_counts()},
                 "slaves": slaves,
+                **self.masters.stats(dp.port.master),
             }
         return out
 
@@ -120,13 +140,22 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self.log_stats)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self._stop.wait()
         finally:
             sd_notify("STOPPING=1")
             self.close()
 
+    def reload(self) -> None:
+        log.info("reload (SIGHUP): re-reading the masters' state; the configuration is read only at start")
+        self.masters.resync()
+
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        self.masters.close()
         for ep in self.endpoints:
             ep.close()
         for dp in self.ports:
@@ -140,9 +169,9 @@ class Daemon:
         self.ports.clear()
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, metrics: str | None = None) -> None:
     async def main() -> None:
-        daemon = Daemon(config, asyncio.get_running_loop())
+        daemon = Daemon(config, asyncio.get_running_loop(), metrics)
         daemon.start()
         await daemon.run()
 

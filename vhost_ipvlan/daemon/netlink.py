@@ -1,0 +1,139 @@
+"""Link events from the kernel: an rtnetlink socket on the daemon's event loop.
+
+Rules:
+- One ``AF_NETLINK``/``NETLINK_ROUTE`` socket subscribed to ``RTMGRP_LINK``,
+  non-blocking, read by the asyncio loop when readable (no thread, no polling);
+  messages are decoded with pyroute2's rtnetlink marshal.
+- Every ``RTM_NEWLINK``/``RTM_DELLINK`` becomes a ``LinkState`` handed to the
+  callback; the callback decides what matters (most links are not masters).
+- A link is *up* when it is administratively up and running (``IFF_UP`` and
+  ``IFF_RUNNING``: the kernel's operstate is UP, i.e. it has carrier).
+- If the kernel drops notifications (``ENOBUFS``: our receive buffer overflowed),
+  the callback's owner is told to re-read what it watches (``on_overflow``).
+- ``read_link(name)`` reads one interface's state synchronously (ioctls), for
+  start-up and re-synchronisation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from .uplink import interface_mac, interface_mtu
+
+log = logging.getLogger("vhost_ipvlan.netlink")
+
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+SIOCGIFFLAGS = 0x8913
+RCVBUF = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """One interface as a link message (or the ioctls) described it."""
+
+    name: str
+    index: int
+    present: bool  # False: RTM_DELLINK (the interface is gone)
+    up: bool  # administratively up and running (carrier)
+    mtu: int
+    mac: bytes | None
+
+
+def _parse_mac(text: object) -> bytes | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        mac = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        return None
+    return mac if len(mac) == 6 else None
+
+
+def read_link(name: str) -> LinkState | None:
+    """The current state of interface ``name``, or None if it does not exist."""
+    try:
+        index = socket.if_nametoindex(name)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            res = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("256s", name.encode()))
+        flags: int = struct.unpack_from("H", res, 16)[0]
+        mtu = interface_mtu(name)
+        mac = interface_mac(name)
+    except OSError:
+        return None
+    return LinkState(name, index, True, bool(flags & IFF_UP and flags & IFF_RUNNING), mtu, mac)
+
+
+class LinkMonitor:
+    """Calls ``on_link(state)`` for every link message, ``on_overflow()`` after lost ones."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_link: Callable[[LinkState], None],
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.on_link = on_link
+        self.on_overflow = on_overflow
+        self._marshal = MarshalRtnl()
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.bind((0, RTMGRP_LINK))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock: socket.socket | None = sock
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(64):
+            try:
+                data = sock.recv(1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    log.warning("netlink: link notifications were lost; re-reading the masters")
+                    self.on_overflow()
+                    continue
+                log.warning("netlink: read failed: %s", e)
+                return
+            for msg in self._marshal.parse(data):
+                kind = msg["header"]["type"]
+                if kind not in (RTM_NEWLINK, RTM_DELLINK):
+                    continue
+                name = msg.get_attr("IFLA_IFNAME")
+                if not isinstance(name, str):
+                    continue
+                flags = int(msg["flags"])
+                state = LinkState(
+                    name=name,
+                    index=int(msg["index"]),
+                    present=kind == RTM_NEWLINK,
+                    up=bool(flags & IFF_UP and flags & IFF_RUNNING),
+                    mtu=int(msg.get_attr("IFLA_MTU") or 0),
+                    mac=_parse_mac(msg.get_attr("IFLA_ADDRESS")),
+                )
+                self.on_link(state)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
