@@ -17,6 +17,8 @@ Rules:
   the master's nftables chain; removing closes the connection and the socket and
   updates the chain. A change that keeps the socket, its role and the MAC is done
   in place (the guest stays connected); any other change re-creates the slave.
+- ``apply`` checks that every new master exists before it changes anything, so
+  the usual mistake in a reloaded file does not disturb running guests.
 - ``remove_port`` refuses a port that still has slaves; ``apply`` removes them first.
 - Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
   ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
@@ -121,6 +123,10 @@ class Topology:
 
     def _apply(self, new: Config, undo: ExitStack, where: str) -> None:
         wanted = {p.master: p for p in new.ports}
+        have = {p.master for p in self.config.ports}
+        for i, p in enumerate(new.ports):  # before anything changes: a missing master refuses it all
+            if p.master not in have:
+                _check_interface(f"port[{i}]", p.master)
         target = {s.name: (p, s) for p, s in new.slaves()}
         # 1. shrink: remove slaves that go or move or need re-creating; narrow in-place changes
         for p, s in list(self.config.slaves()):
@@ -159,11 +165,8 @@ class Topology:
     def add_port(self, pc: PortConfig, undo: ExitStack, where: str = "params") -> None:
         """Open the master and start its port, then add ``pc``'s slaves."""
         cfg.check_port(where, self.config.ports, replace(pc, slaves=()))
+        _check_interface(where, pc.master)
         undo.callback(self._set_config, self.config)
-        try:
-            socket.if_nametoindex(pc.master)
-        except OSError:
-            raise NoSuchInterface(f"{where}.master: interface {pc.master!r} does not exist") from None
         if not self._nft_used:
             nft.reset()
             self._nft_used = True
@@ -349,6 +352,13 @@ class Topology:
                 nft.remove()
         self.endpoints.clear()
         self.ports.clear()
+
+
+def _check_interface(where: str, master: str) -> None:
+    try:
+        socket.if_nametoindex(master)
+    except OSError:
+        raise NoSuchInterface(f"{where}.master: interface {master!r} does not exist") from None
 
 
 def _in_place(old: SlaveConfig, new: SlaveConfig) -> bool:
