@@ -23,6 +23,11 @@ Rules:
   (``port[0].slave[1].addresses[0]``) and what is wrong with it.
 - Unknown keys are errors; an address may appear once per master; slave names
   and socket paths are unique across the file.
+- The same parsers (``parse_port``, ``parse_slave``) and cross-checks
+  (``check_port``, ``check_slave``) validate control-API requests, so a request and
+  a config entry get identical checks and messages; only the key path prefix
+  differs (``params.addresses[0]``). A clash with what exists is a ``Conflict``
+  whose ``code`` names it (``address_in_use``, ...).
 - Modes and flags that are not implemented yet are refused by name.
 - This module only parses; whether the master exists is checked by the daemon
   (it depends on the network namespace the daemon runs in). Socket owner and
@@ -39,17 +44,41 @@ import pwd
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+
+
+class Conflict(ConfigError):
+    """Valid on its own, but clashes with what exists; ``code`` names the clash."""
+
+    code = "conflict"
+
+
+class NameInUse(Conflict):
+    code = "name_in_use"
+
+
+class SocketInUse(Conflict):
+    code = "socket_in_use"
+
+
+class AddressInUse(Conflict):
+    code = "address_in_use"
+
+
+class PortExists(Conflict):
+    code = "port_exists"
+
 
 MODES = ("l2", "l3", "l3s")
 FLAGS = ("bridge", "private", "vepa")
 IMPLEMENTED_MODES = ("l2",)
 IMPLEMENTED_FLAGS = ("bridge",)
 SOCKET_MODES = ("server", "client")
+MAX_ADDRESSES = 256
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -124,6 +153,9 @@ def _keys(where: str, table: Any, allowed: set[str], required: set[str]) -> dict
     return table
 
 
+check_keys = _keys
+
+
 def _str(where: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
@@ -164,7 +196,8 @@ def parse_mac(where: str, value: Any) -> bytes:
     return mac
 
 
-def _slave(where: str, table: Any) -> SlaveConfig:
+def parse_slave(where: str, table: Any) -> SlaveConfig:
+    """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
     t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac"}, {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
@@ -176,12 +209,15 @@ def _slave(where: str, table: Any) -> SlaveConfig:
     raw = t.get("addresses", [])
     if not isinstance(raw, list):
         raise ConfigError(f"{where}.addresses: expected a list of addresses")
+    if len(raw) > MAX_ADDRESSES:
+        raise ConfigError(f"{where}.addresses: at most {MAX_ADDRESSES} addresses per slave")
     addresses = tuple(parse_address(f"{where}.addresses[{i}]", a) for i, a in enumerate(raw))
     mac = parse_mac(f"{where}.mac", t["mac"]) if "mac" in t else None
     return SlaveConfig(name, sock, mode, addresses, mac)
 
 
-def _port(where: str, table: Any) -> PortConfig:
+def parse_port(where: str, table: Any) -> PortConfig:
+    """One ``[[port]]`` table with its slaves (cross-checks within the port included)."""
     t = _keys(where, table, {"master", "mode", "flag", "slave"}, {"master"})
     master = _str(f"{where}.master", t["master"])
     if not _IFNAME.fullmatch(master):
@@ -191,17 +227,51 @@ def _port(where: str, table: Any) -> PortConfig:
     raw = t.get("slave", [])
     if not isinstance(raw, list):
         raise ConfigError(f"{where}.slave: expected [[port.slave]] tables")
-    slaves = tuple(_slave(f"{where}.slave[{i}]", s) for i, s in enumerate(raw))
-    owners: dict[object, str] = {}
-    for i, s in enumerate(slaves):
-        for j, a in enumerate(s.addresses):
-            if a.ip in owners:
-                raise ConfigError(
-                    f"{where}.slave[{i}].addresses[{j}]: {a.ip} is already used by {owners[a.ip]} "
-                    f"on master {master}"
-                )
-            owners[a.ip] = f"slave {s.name!r}"
-    return PortConfig(master, mode, flag, slaves)
+    port = PortConfig(master, mode, flag, ())
+    for i, s in enumerate(raw):
+        slave = parse_slave(f"{where}.slave[{i}]", s)
+        check_slave(f"{where}.slave[{i}]", (port,), master, slave)
+        port = replace(port, slaves=(*port.slaves, slave))
+    return port
+
+
+def check_port(where: str, ports: tuple[PortConfig, ...], port: PortConfig) -> None:
+    """Cross-checks of a new port (and its slaves) against the other ``ports``."""
+    for i, p in enumerate(ports):
+        if p.master == port.master:
+            raise PortExists(f"{where}.master: {port.master!r} is already port[{i}]")
+    for j, s in enumerate(port.slaves):
+        check_slave(f"{where}.slave[{j}]", ports, port.master, s)
+
+
+def check_slave(where: str, ports: tuple[PortConfig, ...], master: str, slave: SlaveConfig,
+                replaces: str | None = None) -> None:
+    """Cross-checks of ``slave``, to sit on ``master``, against the slaves of ``ports``.
+
+    Names and sockets are unique across all ports, an address once per master.
+    ``replaces`` names a slave that the new one takes the place of (a change).
+    """
+    for p in ports:
+        for s in p.slaves:
+            if s.name == replaces:
+                continue
+            if s.name == slave.name:
+                raise NameInUse(f"{where}.name: {slave.name!r} is already used by a slave on master {p.master}")
+            if s.socket == slave.socket:
+                raise SocketInUse(f"{where}.socket: {slave.socket} is already used by slave {s.name!r}")
+            if p.master != master:
+                continue
+            mine = {a.ip for a in s.addresses}
+            for j, a in enumerate(slave.addresses):
+                if a.ip in mine:
+                    raise AddressInUse(
+                        f"{where}.addresses[{j}]: {a.ip} is already used by slave {s.name!r} on master {master}"
+                    )
+    seen: set[object] = set()
+    for j, a in enumerate(slave.addresses):
+        if a.ip in seen:
+            raise ConfigError(f"{where}.addresses[{j}]: {a.ip} is listed twice")
+        seen.add(a.ip)
 
 
 def _id(where: str, value: Any, lookup: Callable[[str], int], what: str) -> int:
@@ -246,20 +316,50 @@ def parse(data: Any) -> Config:
     raw = t.get("port", [])
     if not isinstance(raw, list):
         raise ConfigError("port: expected [[port]] tables")
-    ports = tuple(_port(f"port[{i}]", p) for i, p in enumerate(raw))
-    seen_master: dict[str, int] = {}
-    seen_name: dict[str, str] = {}
-    seen_socket: dict[Path, str] = {}
-    for i, p in enumerate(ports):
-        if p.master in seen_master:
-            raise ConfigError(f"port[{i}].master: {p.master!r} is already port[{seen_master[p.master]}]")
-        seen_master[p.master] = i
-        for j, s in enumerate(p.slaves):
-            where = f"port[{i}].slave[{j}]"
-            if s.name in seen_name:
-                raise ConfigError(f"{where}.name: {s.name!r} is already used by {seen_name[s.name]}")
-            seen_name[s.name] = where
-            if s.socket in seen_socket:
-                raise ConfigError(f"{where}.socket: {s.socket} is already used by {seen_socket[s.socket]}")
-            seen_socket[s.socket] = where
+    ports: tuple[PortConfig, ...] = ()
+    for i, p in enumerate(raw):
+        port = parse_port(f"port[{i}]", p)
+        check_port(f"port[{i}]", ports, port)
+        ports = (*ports, port)
     return Config(ports, daemon)
+
+
+def slave_table(slave: SlaveConfig) -> dict[str, Any]:
+    """``slave`` as its ``[[port.slave]]`` table (what ``parse_slave`` reads back)."""
+    t: dict[str, Any] = {
+        "name": slave.name,
+        "socket": str(slave.socket),
+        "socket_mode": slave.socket_mode,
+        "addresses": [str(a) for a in slave.addresses],
+    }
+    if slave.mac is not None:
+        t["mac"] = ":".join(f"{b:02x}" for b in slave.mac)
+    return t
+
+
+def port_table(port: PortConfig) -> dict[str, Any]:
+    """``port`` as its ``[[port]]`` table, slaves included."""
+    return {"master": port.master, "mode": port.mode, "flag": port.flag,
+            "slave": [slave_table(s) for s in port.slaves]}
+
+
+def daemon_table(d: DaemonConfig) -> dict[str, Any]:
+    """``d`` as its ``[daemon]`` table, only the keys that differ from the defaults."""
+    t: dict[str, Any] = {}
+    default = DaemonConfig()
+    if d.socket_owner != default.socket_owner:
+        t["socket_owner"] = d.socket_owner
+    if d.socket_group != default.socket_group:
+        t["socket_group"] = d.socket_group
+    if d.socket_permissions != default.socket_permissions:
+        t["socket_permissions"] = d.socket_permissions
+    return t
+
+
+def to_data(config: Config) -> dict[str, Any]:
+    """The document ``parse`` accepts, for ``config``: ``parse(to_data(c)) == c``."""
+    data: dict[str, Any] = {"port": [port_table(p) for p in config.ports]}
+    daemon = daemon_table(config.daemon)
+    if daemon:
+        data["daemon"] = daemon
+    return data

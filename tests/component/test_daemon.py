@@ -232,7 +232,8 @@ def test_missing_master_is_a_one_line_error_and_nothing_is_created(tmp_path: Pat
     cfg = tmp_path / "c.toml"
     sock = tmp_path / "x.sock"
     cfg.write_text(f'[[port]]\nmaster = "vi-nonexistent"\n[[port.slave]]\nname = "x"\nsocket = "{sock}"\n')
-    proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", "serve", "--config", str(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", "serve", "--config", str(cfg),
+                           "--state", str(tmp_path / "state.toml"), "--control", str(tmp_path / "c.sock")],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -160,7 +160,7 @@ def test_master_deleted_and_recreated(lab: Lab) -> None:
     lab.host_ip("link", "del", MASTER)
     lab.wait_log(f"master {MASTER}: deleted", 0)
     assert lab.master()["link"] == "absent"
-    assert "p0" not in sh("ip", "netns", "exec", lab.host, "nft", "list", "ruleset")  # chain removed
+    assert f'device "{MASTER}"' not in sh("ip", "netns", "exec", lab.host, "nft", "list", "ruleset")  # chain gone
     ping_outside(lab, a, 1)
     wait_until(lambda: drops(lab, "a").get("master_down") == 1, 5, what="master_down counted while gone")
     a_to_b_works(a, b, 200)  # the slaves stay
@@ -179,5 +179,5 @@ def test_master_deleted_and_recreated(lab: Lab) -> None:
     receive(a, lambda p: ICMP in p and p[ICMP].type == 0 and p[ICMP].seq == 2, "echo reply after recreation")
     assert new_master_mac in sh("ip", "-n", lab.out, "neigh", "show", A_IP)
     ruleset = sh("ip", "netns", "exec", lab.host, "nft", "list", "ruleset")
-    assert "p0" in ruleset and A_IP in ruleset  # consumption re-applied on the new interface
+    assert f'device "{MASTER}"' in ruleset and A_IP in ruleset  # consumption re-applied on the new interface
     assert not lab.daemon_exited()

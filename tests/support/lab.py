@@ -5,7 +5,8 @@
 ``Lab(tmp, slaves)`` builds it (``with`` tears everything down, also on failure):
 two uniquely named network namespaces, the veth pair, the outside host's
 addresses (192.0.2.1/24, 2001:db8::1/64), a config file for the slaves given,
-and the daemon running inside the host namespace. The sockets are paths, so
+and the daemon running inside the host namespace, with its state file
+(``state``) and control socket (``control``) in ``tmp``. The sockets are paths, so
 guests started outside the namespaces connect to them.
 
 ``ipv6=False`` turns IPv6 off on both ends of the veth (and gives the outside host
@@ -82,6 +83,8 @@ class Lab:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
         self.config = tmp / "vhost-ipvlan.toml"
+        self.state = tmp / "state.toml"
+        self.control = tmp / "control.sock"
         self.master_mac = self.out_mac = ""
 
     def __enter__(self) -> Self:
@@ -134,7 +137,8 @@ class Lab:
         pin = ["taskset", "-c", self.cpus] if self.cpus is not None else []
         self.daemon = subprocess.Popen(
             ["ip", "netns", "exec", self.host, *pin, sys.executable, "-m", "vhost_ipvlan.cli", "serve",
-             "--config", str(self.config), "--log-level", "debug", *self.daemon_args],
+             "--config", str(self.config), "--state", str(self.state), "--control", str(self.control),
+             "--log-level", "debug", *self.daemon_args],
             stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env={**os.environ, **self.daemon_env},
         )
         ready = self.log_text().count("ready:")

@@ -6,8 +6,13 @@ Rules:
   and the error (one line, naming what is wrong) is raised.
 - Readiness is announced once every socket listens (``READY=1`` to
   ``$NOTIFY_SOCKET`` when set, and a log line).
-- SIGUSR1 logs every counter as one JSON line (``stats {...}``) until the
-  control socket exists.
+- Ports and slaves are made by ``Topology`` (``topology.py``), the same code for
+  start-up, control requests (``control/``) and SIGHUP.
+- With a control socket, the control API is served on the loop; with a state
+  file, every accepted change is written to it before it is acknowledged.
+- SIGHUP reloads the configuration file and applies the difference; a bad file
+  is logged as one line and changes nothing.
+- SIGUSR1 logs every counter as one JSON line (``stats {...}``).
 - SIGTERM and SIGINT stop the loop; sockets are unlinked and the nftables rules
   removed on the way out.
 - The masters are followed through netlink (``master.MasterMonitor``: link, MTU,
@@ -24,16 +29,18 @@ import logging
 import os
 import signal
 import socket
+from pathlib import Path
 
+from .. import config as cfg
 from ..config import Config
+from ..control import state
+from ..control.server import ControlServer
 from ..errors import ConfigError, UplinkError
-from ..switch.port import Port
-from . import nft
-from .datapath import NetDevice, PortDatapath, accelerated
+from .datapath import PortDatapath, accelerated
 from .endpoint import Endpoint
 from .master import MasterMonitor
 from .metrics import MetricsServer
-from .uplink import Uplink
+from .topology import Topology
 
 log = logging.getLogger("vhost_ipvlan.daemon")
 
@@ -49,16 +56,30 @@ def sd_notify(state: str) -> None:
 
 
 class Daemon:
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, metrics: str | None = None) -> None:
-        self.config = config
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, *, config_path: Path | None = None,
+                 state_path: Path | None = None, control_path: Path | None = None,
+                 metrics: str | None = None) -> None:
+        self.initial = config
         self.loop = loop
+        self.config_path = config_path
+        self.state_path = state_path
         self.masters = MasterMonitor(loop)
         self.metrics_address = metrics
         self.metrics: MetricsServer | None = None
-        self.ports: list[PortDatapath] = []
-        self.endpoints: list[Endpoint] = []
-        self._nft_used = False
+        self.topology = Topology(loop)
+        self.topology.on_port_added = self.masters.add
+        self.topology.on_port_removed = self.masters.remove
+        self.ports: list[PortDatapath] = self.topology.ports
+        self.endpoints: list[Endpoint] = self.topology.endpoints
+        self.control: ControlServer | None = None
+        if control_path is not None:
+            self.control = ControlServer(control_path, self.topology, self.stats)
         self._stop = asyncio.Event()
+
+    @property
+    def config(self) -> Config:
+        """The configuration being served (changes with control requests and SIGHUP)."""
+        return self.topology.config
 
     def start(self) -> None:
         try:
@@ -68,43 +89,37 @@ class Daemon:
             raise
 
     def _start(self) -> None:
-        for i, pc in enumerate(self.config.ports):
-            try:
-                socket.if_nametoindex(pc.master)
-            except OSError:
-                raise ConfigError(f"port[{i}].master: interface {pc.master!r} does not exist") from None
-        nft.reset()
-        self._nft_used = True
         self.masters.start()
-        for i, pc in enumerate(self.config.ports):
-            uplink = Uplink(pc.master)
-            try:
-                port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
-            except ValueError as e:
-                uplink.close()
-                raise ConfigError(f"port[{i}]: {e}") from e
-            dp = PortDatapath(port, uplink, self.loop)
-            self.ports.append(dp)
-            for j, sc in enumerate(pc.slaves):
-                try:
-                    slave = port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac)
-                except ValueError as e:
-                    raise ConfigError(f"port[{i}].slave[{j}]: {e}") from e
-                dev = NetDevice(slave, dp)
-                dp.devices[sc.name] = dev
-                d = self.config.daemon
-                self.endpoints.append(Endpoint(sc.socket, sc.socket_mode, dev, self.loop,
-                                               d.socket_permissions, d.socket_owner, d.socket_group))
-            nft.consume(f"p{i}", pc.master, *port.consumed_addresses())
-            self.masters.add(dp, f"p{i}")
-            dp.start()
-        for ep in self.endpoints:
-            ep.start()
+        self.topology.apply(self.initial)
+        if self.state_path is not None:
+            self.topology.on_commit = self._write_state
+        if self.control is not None:
+            self.control.start()
         if self.metrics_address is not None:
             self.metrics = MetricsServer(self.metrics_address, self.stats, self.loop)
         log.info("ready: %d master(s), %d slave(s), data path: %s", len(self.ports), len(self.endpoints),
                  "C accelerator + Python" if accelerated() else "pure Python")
         sd_notify("READY=1")
+
+    def _write_state(self, config: Config) -> None:
+        assert self.state_path is not None
+        state.write(self.state_path, config)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the masters' state, then apply the configuration file's difference
+        (or change nothing)."""
+        log.info("reload (SIGHUP): re-reading the masters' state and %s", self.config_path or "no configuration file")
+        self.masters.resync()
+        if self.config_path is None:
+            log.warning("reload: no configuration file to reload")
+            return
+        try:
+            new = cfg.load(self.config_path)
+            self.topology.apply(new)
+        except (ConfigError, UplinkError, OSError) as e:
+            log.error("reload: %s: %s; nothing changed", self.config_path, " ".join(str(e).split()))
+            return
+        log.info("reloaded %s: %d master(s), %d slave(s)", self.config_path, len(self.ports), len(self.endpoints))
 
     def stats(self) -> dict[str, object]:
         """Counters of every master and slave (JSON-ready)."""
@@ -147,31 +162,21 @@ class Daemon:
             sd_notify("STOPPING=1")
             self.close()
 
-    def reload(self) -> None:
-        log.info("reload (SIGHUP): re-reading the masters' state; the configuration is read only at start")
-        self.masters.resync()
-
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
+        if self.control is not None:
+            self.control.close()
         self.masters.close()
-        for ep in self.endpoints:
-            ep.close()
-        for dp in self.ports:
-            with contextlib.suppress(Exception):
-                dp.stop()
-            dp.uplink.close()
-        if self._nft_used:
-            with contextlib.suppress(UplinkError):
-                nft.remove()
-        self.endpoints.clear()
-        self.ports.clear()
+        self.topology.close()
 
 
-def serve(config: Config, metrics: str | None = None) -> None:
+def serve(config: Config, *, config_path: Path | None = None, state_path: Path | None = None,
+          control_path: Path | None = None, metrics: str | None = None) -> None:
     async def main() -> None:
-        daemon = Daemon(config, asyncio.get_running_loop(), metrics)
+        daemon = Daemon(config, asyncio.get_running_loop(), config_path=config_path, state_path=state_path,
+                        control_path=control_path, metrics=metrics)
         daemon.start()
         await daemon.run()
 

@@ -1,0 +1,342 @@
+"""The control API, CLI, state file and SIGHUP against the real daemon in a namespace lab.
+
+Every change goes through the same code as the config file; a refused request
+changes nothing; an acknowledged one survives a crash (SIGKILL at random moments).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.component.test_daemon import A_IP, B_IP, MAC_A, MAC_B, Lab, receive
+from tests.support import lab as lab_mod
+from tests.support.lab import SlaveSpec, sh
+from tests.support.wait import wait_until
+from vhost_ipvlan.control.client import Client, ControlUnavailable, RemoteError
+
+pytestmark = [pytest.mark.netns]
+
+E_IP, MAC_E = "192.0.2.14", "02:00:00:00:00:0e"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab(tmp_path) as lab:
+        yield lab
+
+
+def client(lab: lab_mod.Lab) -> Client:
+    return Client(lab.control, timeout=20)
+
+
+def names(lab: lab_mod.Lab) -> list[str]:
+    with client(lab) as c:
+        return sorted(s["name"] for s in c.call("slave.list"))
+
+
+def state_names(lab: lab_mod.Lab) -> list[str]:
+    data = tomllib.loads(lab.state.read_text())
+    return sorted(s["name"] for p in data["port"] for s in p.get("slave", []))
+
+
+def nft_rules(lab: lab_mod.Lab) -> str:
+    return sh("ip", "netns", "exec", lab.host, "nft", "list", "table", "netdev", "vhost_ipvlan")
+
+
+def cli(lab: lab_mod.Lab, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", *argv, "--control", str(lab.control)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_control_socket_is_root_only(lab: Lab) -> None:
+    assert lab.control.stat().st_mode & 0o777 == 0o600
+
+
+def test_added_slave_works_like_a_configured_one_and_removal_undoes_it(lab: Lab) -> None:
+    a = lab.frontend("a")
+    with client(lab) as c:
+        info = c.call("slave.add", {"master": lab_mod.MASTER, "name": "e", "socket": str(lab.sock("e")),
+                                    "addresses": [f"{E_IP}/24"], "mac": MAC_E})
+        assert info["name"] == "e" and info["addresses"] == [f"{E_IP}/24"]
+        # acknowledged means recorded
+        assert "e" in state_names(lab)
+        assert E_IP in nft_rules(lab)
+        e = lab.frontend("e")
+        e.transmit(bytes(Ether(src=MAC_E, dst=MAC_A) / IP(src=E_IP, dst=A_IP) / UDP(dport=21) / b"new"))
+        receive(a, lambda p: UDP in p and p[UDP].dport == 21, "e->a")
+        # in-place change: e stays connected, gets a second address
+        c.call("slave.change", {"name": "e", "addresses": [f"{E_IP}/24", "192.0.2.15/24"]})
+        assert "192.0.2.15" in nft_rules(lab)
+        e.transmit(bytes(Ether(src=MAC_E, dst=MAC_A) / IP(src="192.0.2.15", dst=A_IP) / UDP(dport=22)))
+        receive(a, lambda p: UDP in p and p[UDP].dport == 22, "e->a from its new address")
+        assert lab.slave_stats("e")["drops"] == {}
+        assert set(c.call("stats", {"slave": "e"})[lab_mod.MASTER]["slaves"]) == {"e"}
+        c.call("slave.remove", {"name": "e"})
+    assert not lab.sock("e").exists()
+    wait_until(lambda: "slave e: connection closed" in lab.log_text(), 5, what="e's connection closed")
+    assert "e" not in state_names(lab) and "e" not in names(lab)
+    assert E_IP not in nft_rules(lab)
+
+
+REFUSED: list[tuple[dict[str, Any], str, str]] = [
+    ({"name": "e", "socket": "/tmp/vi-e.sock", "addresses": [f"{A_IP}/24"]},
+     "address_in_use", f"params.addresses[0]: {A_IP} is already used by slave 'a' on master {lab_mod.MASTER}"),
+    ({"name": "e", "socket": "/tmp/vi-e.sock", "master": "nope0"}, "not_found", "params.master: no port"),
+    ({"name": "e f", "socket": "/tmp/vi-e.sock"}, "invalid_params", "params.name: 'e f' must be"),
+    ({"name": "e", "socket": "/tmp/vi-e.sock", "addresses": ["192.0.2.300"]}, "invalid_params",
+     "params.addresses[0]: '192.0.2.300' is not an IPv4 or IPv6 address"),
+    ({"name": "e", "socket": "SOCK_B"}, "socket_in_use", "is already used by slave 'b'"),
+    ({"name": "b", "socket": "/tmp/vi-e.sock"}, "name_in_use", "params.name: 'b' is already used"),
+    ({"name": "e", "socket": "/tmp/vi-e.sock", "mac": MAC_A}, "mac_in_use", "already used by slave 'a'"),
+    ({"name": "e", "socket": "/tmp/vi-e.sock", "colour": "red"}, "invalid_params", "params.colour: unknown key"),
+]
+
+
+def test_refused_requests_change_nothing(lab: Lab) -> None:
+    lab.frontend("a")  # a's MAC is configured; make sure a live slave is there too
+    before = names(lab)
+    rules = nft_rules(lab)
+    with client(lab) as c:
+        for params, code, message in REFUSED:
+            params = {"master": lab_mod.MASTER, **params}
+            if params["socket"] == "SOCK_B":
+                params["socket"] = str(lab.sock("b"))
+            with pytest.raises(RemoteError) as info:
+                c.call("slave.add", params)
+            assert (info.value.code, "\n" in info.value.message) == (code, False), info.value.message
+            assert message in info.value.message
+        with pytest.raises(RemoteError) as info:
+            c.call("slave.change", {"name": "b", "addresses": [f"{A_IP}/32"]})
+        assert info.value.code == "address_in_use"
+        with pytest.raises(RemoteError) as info:
+            c.call("port.remove", {"master": lab_mod.MASTER})
+        assert info.value.code == "port_busy"
+        with pytest.raises(RemoteError) as info:
+            c.call("port.add", {"master": "vi-none0"})
+        assert info.value.code == "no_such_interface"
+        with pytest.raises(RemoteError) as info:
+            c.call("slave.remove", {"name": "zz"})
+        assert info.value.code == "not_found"
+    assert names(lab) == before and nft_rules(lab) == rules
+    assert not lab.state.exists()  # nothing was ever accepted
+    assert lab.sock("b").exists() and not Path("/tmp/vi-e.sock").exists()
+
+
+def test_cli_tables_json_and_exit_codes(lab: Lab) -> None:
+    proc = cli(lab, "slave", "list")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["NAME", "MASTER", "SOCKET", "ROLE", "ADDRESSES", "MAC", "STATE"]
+    assert len(proc.stdout.splitlines()) == 5
+    proc = cli(lab, "slave", "add", "e", "--master", lab_mod.MASTER, "--socket", str(lab.sock("e")),
+               "--address", f"{E_IP}/24", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["addresses"] == [f"{E_IP}/24"]
+    proc = cli(lab, "port", "list", "--json")
+    assert json.loads(proc.stdout)[0]["slave"] == ["a", "b", "c", "d", "e"]
+    proc = cli(lab, "stats", "a")
+    assert proc.returncode == 0 and proc.stdout.split("\n")[0].split()[:2] == ["MASTER", "SLAVE"]
+    # bad arguments: checked locally, one line, exit 2
+    proc = cli(lab, "slave", "add", "f", "--master", lab_mod.MASTER, "--socket", "/tmp/f.sock",
+               "--address", "300.1.1.1")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "params.addresses[0]" in proc.stderr
+    proc = cli(lab, "slave", "add", "f")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    # refused by the daemon: one line, exit 1
+    proc = cli(lab, "slave", "add", "f", "--master", lab_mod.MASTER, "--socket", "/tmp/f.sock",
+               "--address", A_IP)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "slave 'a'" in proc.stderr
+    proc = cli(lab, "slave", "remove", "e")
+    assert proc.returncode == 0 and "e" not in names(lab)
+    proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", "stats", "--control", str(lab.tmp / "no.sock")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+
+
+def test_state_file_wins_over_config_at_restart(lab: Lab) -> None:
+    with client(lab) as c:
+        c.call("slave.remove", {"name": "c"})
+        c.call("slave.add", {"master": lab_mod.MASTER, "name": "e", "socket": str(lab.sock("e")),
+                             "addresses": [f"{E_IP}/24"], "mac": MAC_E})
+    lab.stop_daemon()
+    lab.start_daemon()
+    assert names(lab) == ["a", "b", "d", "e"]
+    a, e = lab.frontend("a"), lab.frontend("e")
+    e.transmit(bytes(Ether(src=MAC_E, dst=MAC_A) / IP(src=E_IP, dst=A_IP) / UDP(dport=23)))
+    receive(a, lambda p: UDP in p and p[UDP].dport == 23, "e->a after restart")
+
+
+def test_sighup_applies_the_config_difference_and_a_bad_file_changes_nothing(lab: Lab) -> None:
+    a, b = lab.frontend("a"), lab.frontend("b")
+    lab.slaves = [s for s in lab.slaves if s.name != "c"]
+    lab.slaves[1] = SlaveSpec("b", [f"{B_IP}/24", "192.0.2.21/24"], MAC_B)
+    lab.slaves.append(SlaveSpec("e", [f"{E_IP}/24"], MAC_E))
+    lab.config.write_text(lab.config_text())
+    n = lab.log_text().count("reloaded ")
+    assert lab.daemon is not None
+    os.kill(lab.daemon.pid, signal.SIGHUP)
+    lab.wait_log("reloaded ", n)
+    assert names(lab) == ["a", "b", "d", "e"] == state_names(lab)
+    assert not lab.sock("c").exists() and lab.sock("e").exists()
+    # b was changed in place: still connected, and reachable at its new address
+    b.transmit(bytes(Ether(src=MAC_B, dst=MAC_A) / IP(src="192.0.2.21", dst=A_IP) / UDP(dport=24)))
+    receive(a, lambda p: UDP in p and p[UDP].dport == 24, "b->a from the reloaded address")
+    state = lab.state.read_text()
+    for bad in ('[[port]]\nmaster = "vim0"\nmode = "l9"\n', "[[port]\n",
+                '[[port]]\nmaster = "vi-gone0"\n'):
+        lab.config.write_text(bad)
+        n = lab.log_text().count("nothing changed")
+        os.kill(lab.daemon.pid, signal.SIGHUP)
+        lab.wait_log("nothing changed", n)
+        line = [ln for ln in lab.log_text().splitlines() if "nothing changed" in ln][-1]
+        assert "reload:" in line
+        assert names(lab) == ["a", "b", "d", "e"] and lab.state.read_text() == state
+    a.transmit(bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=A_IP, dst=B_IP) / UDP(dport=25)))
+    receive(b, lambda p: UDP in p and p[UDP].dport == 25, "a->b after bad reloads")
+
+
+def _exchange(lab: lab_mod.Lab, payload: bytes) -> list[dict[str, Any]]:
+    """Send raw bytes on a fresh connection, half-close, return the decoded replies."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(lab.control))
+        try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = b""
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    return [json.loads(line) for line in data.splitlines()]
+
+
+MALFORMED: list[tuple[bytes, str]] = [
+    (b"hello\n", "bad_request"),
+    (b"{\"id\": 1, \"method\": \"slave.list\"\n", "bad_request"),
+    (b"[1, 2, 3]\n", "bad_request"),
+    (b"\"slave.list\"\n", "bad_request"),
+    (b"\xff\xfe\n", "bad_request"),
+    (b"{\"id\": 1}\n", "bad_request"),
+    (b"{\"id\": 1, \"method\": 42}\n", "bad_request"),
+    (b"{\"id\": 1, \"method\": \"slave.explode\"}\n", "unknown_method"),
+    (b"{\"id\": 1, \"method\": \"slave.list\", \"extra\": 1}\n", "bad_request"),
+    (b"{\"id\": [1], \"method\": \"slave.list\"}\n", "bad_request"),
+    (b"{\"id\": 1e400, \"method\": \"slave.list\"}\n", "bad_request"),
+    (b"{\"id\": " + b"9" * 5000 + b", \"method\": \"slave.list\"}\n", "bad_request"),
+    (b"{\"id\": 1, \"method\": \"slave.list\", \"params\": [1]}\n", "invalid_params"),
+    (b"{\"id\": 1, \"method\": \"slave.add\"}\n", "invalid_params"),
+    (b"{\"id\": 1, \"method\": \"slave.add\", \"params\": {\"master\": \"vim0\", \"name\": 5, \"socket\": \"/x\"}}\n",
+     "invalid_params"),
+    (b"{\"id\": 1, \"method\": \"slave.add\", \"params\": {\"master\": \"vim0\", \"name\": \"" + b"x" * 50000
+     + b"\", \"socket\": \"/x\"}}\n", "invalid_params"),
+    (b"{\"id\": 1, \"method\": \"slave.add\", \"params\": {\"master\": \"vim0\", \"name\": \"q\", "
+     b"\"socket\": \"/tmp/q.sock\", \"addresses\": [" + b",".join([b"\"10.9.0.1\""] * 300) + b"]}}\n",
+     "invalid_params"),
+    (b"{\"id\": 1, \"method\": \"slave.add\", \"params\": {\"master\": \"vim0\", \"name\": \"q\", "
+     b"\"socket\": \"/tmp/q.sock\", \"addresses\": [18446744073709551616]}}\n", "invalid_params"),
+    (b"{\"id\": 1, \"method\": \"slave.add\", \"params\": {\"master\": \"vim0\", \"name\": \"\\ud800\", "
+     b"\"socket\": \"/x\"}}\n", "bad_request"),
+    (b"[" * 20000 + b"]" * 20000 + b"\n", "bad_request"),
+    (b"{\"id\": 1, \"method\": \"stats\", \"params\": {\"slave\": {}}}\n", "invalid_params"),
+    (b"{\"id\": 1, \"method\": \"port.change\", \"params\": {\"master\": \"vim0\", \"mode\": \"l3\"}}\n",
+     "invalid_params"),
+]
+
+
+def test_malformed_requests_get_one_line_errors_and_the_daemon_keeps_serving(lab: Lab) -> None:
+    a, b = lab.frontend("a"), lab.frontend("b")
+    before = names(lab)
+    for payload, code in MALFORMED:
+        replies = _exchange(lab, payload)
+        assert len(replies) == 1, (payload[:80], replies)
+        assert replies[0]["error"]["code"] == code, (payload[:80], replies)
+        assert len(replies[0]["error"]["message"]) <= 400
+    # truncated at the end of the stream (no newline): answered, then closed
+    replies = _exchange(lab, b"{\"id\": 1, \"method\": \"sla")
+    assert [r["error"]["code"] for r in replies] == ["bad_request"]
+    # a 10 MB line cannot be framed: an error, then the connection is closed
+    replies = _exchange(lab, b"{\"id\": 1, \"method\": \"" + b"x" * (10 << 20) + b"\"}\n")
+    assert [r["error"]["code"] for r in replies] in ([], ["request_too_large"])
+    # several requests on one connection, one bad in the middle: answered in order
+    replies = _exchange(lab, b"{\"id\": 1, \"method\": \"port.list\"}\nnope\n{\"id\": \"x\", \"method\": \"stats\"}\n")
+    assert [r.get("id") for r in replies] == [1, None, "x"] and "error" in replies[1]
+    assert not lab.daemon_exited() and names(lab) == before
+    a.transmit(bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=A_IP, dst=B_IP) / UDP(dport=26)))
+    receive(b, lambda p: UDP in p and p[UDP].dport == 26, "a->b after the malformed corpus")
+
+
+def test_sigkill_at_random_moments_keeps_exactly_the_acknowledged_slaves(tmp_path: Path) -> None:
+    seed = int(os.environ.get("VI_CRASH_SEED", time.time_ns() % 100000))
+    rng = random.Random(seed)
+    with lab_mod.Lab(tmp_path, [SlaveSpec("a", ["192.0.2.10/24"])], ipv6=False) as lab:
+        acked = {"a"}
+        total_acks = 0
+        for round_ in range(8):
+            shared: dict[str, Any] = {"inflight": None, "acks": 0, "error": None}
+            crng = random.Random(rng.random())
+
+            def churn(shared: dict[str, Any] = shared, crng: random.Random = crng) -> None:
+                try:
+                    with client(lab) as c:
+                        while True:
+                            i = crng.randrange(16)
+                            name = f"s{i}"
+                            op = "remove" if name in acked else "add"
+                            shared["inflight"] = (op, name)
+                            if op == "add":
+                                c.call("slave.add", {"master": lab_mod.MASTER, "name": name,
+                                                     "socket": str(lab.sock(name)),
+                                                     "addresses": [f"192.0.2.{100 + i}/24"]})
+                                acked.add(name)
+                            else:
+                                c.call("slave.remove", {"name": name})
+                                acked.discard(name)
+                            shared["inflight"] = None
+                            shared["acks"] += 1
+                except ControlUnavailable:
+                    pass
+                except Exception as e:
+                    shared["error"] = e
+
+            worker = threading.Thread(target=churn)
+            worker.start()
+            time.sleep(rng.uniform(0.02, 0.8))
+            assert lab.daemon is not None
+            lab.daemon.send_signal(signal.SIGKILL)
+            lab.daemon.wait(10)
+            worker.join(30)
+            assert not worker.is_alive()
+            assert shared["error"] is None, f"seed {seed} round {round_}: {shared['error']!r}"
+            total_acks += shared["acks"]
+            lab.start_daemon()
+            now = set(names(lab))
+            inflight = shared["inflight"]
+            if inflight is None:
+                assert now == acked, f"seed {seed} round {round_}"
+            else:
+                # the unacknowledged request is either fully applied or not at all
+                assert now in (acked, acked ^ {inflight[1]}), f"seed {seed} round {round_}: {inflight}"
+                acked.clear()
+                acked.update(now)
+            for name in now:  # fully present: its socket listens
+                assert lab.sock(name).exists(), name
+        assert total_acks > 0

@@ -1,0 +1,243 @@
+"""The control socket: serves the JSON protocol on the daemon's asyncio loop.
+
+Rules:
+- The socket is created before the daemon announces readiness, mode 0600 (root
+  only) unless told otherwise; a stale socket file is replaced, a live one (another
+  daemon answers on it) or a non-socket is an error.
+- Requests are handled one at a time, in the loop, to completion: a change is
+  validated, applied and written to the state file (``Topology.transaction``)
+  before its response is sent. A refused request changes nothing.
+- A bad request gets one error line and the connection stays usable; a line
+  that cannot be framed (too long, or cut by the end of the stream) gets its error
+  and the connection is closed. At most ``MAX_CLIENTS`` connections at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import config as cfg
+from ..errors import ConfigError, UplinkError
+from . import protocol
+from .protocol import Request, RequestError
+
+log = logging.getLogger("vhost_ipvlan.control")
+
+MAX_CLIENTS = 16
+SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac"}
+
+if TYPE_CHECKING:
+    from ..daemon.topology import Topology
+
+
+class ControlServer:
+    def __init__(self, path: Path, topology: Topology, stats: Callable[[], dict[str, object]],
+                 mode: int = 0o600) -> None:
+        self.path = path
+        self.topology = topology
+        self.stats = stats
+        self.mode = mode
+        self.sock: socket.socket | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.clients: set[asyncio.StreamWriter] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- socket ---------------------------------------------------------------------
+
+    def bind(self) -> None:
+        path = self.path
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise UplinkError(f"control socket {path} exists and is not a socket")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(path))
+                except OSError:
+                    path.unlink()
+                else:
+                    raise UplinkError(f"control socket {path} is in use by another daemon")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, self.mode)
+            sock.listen(MAX_CLIENTS)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise UplinkError(f"control socket {path}: cannot listen: {e.strerror}") from e
+        finally:
+            os.umask(old)
+        self.sock = sock
+        log.info("control: listening on %s", path)
+
+    def start(self) -> None:
+        """Bind, and start serving on the running loop."""
+        self.bind()
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    async def _serve(self) -> None:
+        assert self.sock is not None
+        self.server = await asyncio.start_unix_server(self._client, sock=self.sock, limit=protocol.MAX_LINE)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.server is not None:
+            self.server.close()
+        for w in list(self.clients):
+            w.close()
+        if self.sock is not None:
+            self.sock.close()
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.sock = None
+
+    # -- connections ----------------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.clients) >= MAX_CLIENTS:
+            log.warning("control: refused a connection (%d clients already)", MAX_CLIENTS)
+            writer.close()
+            return
+        self.clients.add(writer)
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as e:
+                    if e.partial.strip():
+                        writer.write(protocol.error(None, "bad_request",
+                                                    "truncated request: the stream ended before a newline"))
+                    break
+                except asyncio.LimitOverrunError:
+                    writer.write(protocol.error(None, "request_too_large",
+                                                f"request longer than {protocol.MAX_LINE} bytes; closing"))
+                    break
+                if line.strip():
+                    writer.write(self.handle_line(line))
+                    await writer.drain()
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.clients.discard(writer)
+            writer.close()
+
+    def handle_line(self, line: bytes) -> bytes:
+        try:
+            req = protocol.parse(line)
+        except RequestError as e:
+            return protocol.error(e.id, e.code, e.message)
+        try:
+            return protocol.result(req.id, self.dispatch(req))
+        except RequestError as e:
+            return protocol.error(req.id, e.code, e.message)
+        except ConfigError as e:
+            return protocol.error(req.id, getattr(e, "code", "invalid_params"), str(e))
+        except UplinkError as e:
+            log.warning("control: %s failed: %s", req.method, e)
+            return protocol.error(req.id, "host_error", str(e))
+        except OSError as e:
+            log.error("control: %s failed: %s", req.method, e)
+            return protocol.error(req.id, "state_error", f"cannot apply or record the change: {e}")
+        except Exception as e:
+            log.exception("control: %s failed", req.method)
+            return protocol.error(req.id, "internal_error", f"{type(e).__name__}: {e}")
+
+    # -- methods --------------------------------------------------------------------
+
+    def dispatch(self, req: Request) -> Any:
+        topo = self.topology
+        p = req.params
+        m = req.method
+        if m == "port.list":
+            cfg.check_keys("params", p, set(), set())
+            return [{**cfg.port_table(pc), "slave": [s.name for s in pc.slaves]} for pc in topo.config.ports]
+        if m == "slave.list":
+            cfg.check_keys("params", p, {"master"}, set())
+            if "master" in p:
+                topo.port_config(_s("params.master", p["master"]))
+            return [self._slave_info(pc.master, sc) for pc, sc in topo.config.slaves()
+                    if p.get("master", pc.master) == pc.master]
+        if m == "stats":
+            cfg.check_keys("params", p, {"slave"}, set())
+            stats = self.stats()
+            if "slave" not in p:
+                return stats
+            pc, sc = topo.slave_config(_s("params.slave", p["slave"]), "params")
+            master: Any = stats[pc.master]
+            return {pc.master: {**master, "slaves": {sc.name: master["slaves"][sc.name]}}}
+        with topo.transaction() as undo:
+            if m == "port.add":
+                cfg.check_keys("params", p, {"master", "mode", "flag", "slave"}, {"master"})
+                topo.add_port(cfg.parse_port("params", p), undo)
+            elif m == "port.change":
+                cfg.check_keys("params", p, {"master", "mode", "flag"}, {"master"})
+                cur = topo.port_config(_s("params.master", p["master"]))
+                merged = {**cfg.port_table(cur), **p}
+                merged.pop("slave")
+                topo.change_port(cfg.parse_port("params", merged), undo)
+            elif m == "port.remove":
+                cfg.check_keys("params", p, {"master"}, {"master"})
+                topo.remove_port(_s("params.master", p["master"]), undo)
+            elif m == "slave.add":
+                cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"master", "name", "socket"})
+                master_name = _s("params.master", p["master"])
+                topo.port_config(master_name)
+                sc = cfg.parse_slave("params", {k: v for k, v in p.items() if k != "master"})
+                topo.add_slave(master_name, sc, undo)
+            elif m == "slave.change":
+                cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"name"})
+                pc, cur_s = topo.slave_config(_s("params.name", p["name"]))
+                master_name = _s("params.master", p.get("master", pc.master))
+                table = {**cfg.slave_table(cur_s), **{k: v for k, v in p.items() if k != "master"}}
+                if table.get("mac", "") is None:
+                    del table["mac"]
+                sc = cfg.parse_slave("params", table)
+                topo.change_slave(cur_s.name, master_name, sc, undo)
+            elif m == "slave.remove":
+                cfg.check_keys("params", p, {"name"}, {"name"})
+                topo.remove_slave(_s("params.name", p["name"]), undo)
+            else:  # pragma: no cover - protocol.METHODS and this table agree
+                raise RequestError("unknown_method", f"method: {m!r} is not implemented")
+        return self._result_after(m, p)
+
+    def _result_after(self, method: str, params: dict[str, Any]) -> Any:
+        topo = self.topology
+        if method.startswith("port.") and method != "port.remove":
+            pc = topo.port_config(params["master"])
+            return {**cfg.port_table(pc), "slave": [s.name for s in pc.slaves]}
+        if method in ("slave.add", "slave.change"):
+            pc, sc = topo.slave_config(params["name"])
+            return self._slave_info(pc.master, sc)
+        return {}
+
+    def _slave_info(self, master: str, sc: cfg.SlaveConfig) -> dict[str, Any]:
+        info: dict[str, Any] = {"master": master, **cfg.slave_table(sc)}
+        try:
+            ep = self.topology.endpoint(sc.name)
+        except StopIteration:
+            return info
+        info["connected"] = ep.conn is not None
+        info["up"] = ep.device.slave.up
+        return info
+
+
+def _s(where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+    return value

@@ -1,0 +1,63 @@
+"""The state file: what the daemon serves, written atomically after every accepted change.
+
+Rules:
+- Same schema as the configuration file (TOML, ``[[port]]`` / ``[[port.slave]]``),
+  read back with ``config.load``: ``load(write(c)) == c``.
+- Written before the change is acknowledged: temporary file in the same directory,
+  ``fsync``, ``rename`` over the old one, ``fsync`` of the directory. A crash
+  leaves the old file or the new one, never a mix.
+- Config vs state: at start the daemon reads the state file if it exists, else the
+  configuration file; SIGHUP applies the configuration file (and rewrites the state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, to_data
+
+HEADER = "# vhost-ipvlan state: written by the daemon after every accepted change; do not edit while it runs\n"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    # a JSON string without \\u surrogate escapes is a TOML basic string
+    return json.dumps(str(v), ensure_ascii=False)
+
+
+def dumps(config: Config) -> str:
+    """``config`` as a TOML document in the configuration file's shape."""
+    out = [HEADER]
+    for port in to_data(config)["port"]:
+        out.append("[[port]]\n")
+        out += [f"{k} = {_value(v)}\n" for k, v in port.items() if k != "slave"]
+        for slave in port["slave"]:
+            out.append("\n[[port.slave]]\n")
+            out += [f"{k} = {_value(v)}\n" for k, v in slave.items()]
+        out.append("\n")
+    return "".join(out)
+
+
+def write(path: Path, config: Config) -> None:
+    """Replace ``path`` with ``config``, atomically and durably."""
+    data = dumps(config).encode()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -1,0 +1,379 @@
+"""Ports and slaves at run time: the one code path for start-up, control requests and SIGHUP.
+
+Theory of operation. ``Topology.config`` is the configuration being served (a
+``config.Config``, the same shape as the file). Every change goes through one of
+``add_port``, ``change_port``, ``remove_port``, ``add_slave``, ``change_slave``,
+``remove_slave``; start-up and a SIGHUP reload are ``apply(config)``, which
+computes the difference from what runs and calls those same methods.
+
+Rules:
+- All or nothing: each method validates first (``config.check_*``, the same
+  cross-checks as the file), then makes its changes, registering the inverse of
+  each step on the caller's ``undo`` stack (an ``ExitStack``). If a step fails,
+  the caller's ``with`` unwinds the stack and nothing stays half-applied.
+  ``transaction()`` is that ``with``; ``on_commit`` (the state file) runs inside
+  it, so a change that cannot be recorded is undone too.
+- Adding a slave creates its ``NetDevice`` and ``Endpoint`` (socket) and updates
+  the master's nftables chain; removing closes the connection and the socket and
+  updates the chain. A change that keeps the socket, its role and the MAC is done
+  in place (the guest stays connected); any other change re-creates the slave.
+- ``apply`` checks that every new master exists before it changes anything, so
+  the usual mistake in a reloaded file does not disturb running guests.
+- ``remove_port`` refuses a port that still has slaves; ``apply`` removes them first.
+- Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
+  ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import replace
+
+from .. import config as cfg
+from ..config import Config, PortConfig, SlaveConfig
+from ..errors import ConfigError, UplinkError
+from ..switch.port import AddressInUse as PortAddressInUse
+from ..switch.port import MacInUse, Port
+from . import nft
+from .datapath import NetDevice, PortDatapath
+from .endpoint import Endpoint
+from .uplink import Uplink
+
+log = logging.getLogger("vhost_ipvlan.topology")
+
+
+class NotFound(ConfigError):
+    """The request names a port or slave that does not exist."""
+
+    code = "not_found"
+
+
+class NoSuchInterface(ConfigError):
+    """The master interface does not exist in the daemon's network namespace."""
+
+    code = "no_such_interface"
+
+
+class PortBusy(ConfigError):
+    code = "port_busy"
+
+
+class MacConflict(cfg.Conflict):
+    code = "mac_in_use"
+
+
+class Topology:
+    """The running ports (``PortDatapath``) and slave endpoints, kept equal to ``config``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.config = Config(())
+        self.ports: list[PortDatapath] = []
+        self.endpoints: list[Endpoint] = []
+        self.on_commit: Callable[[Config], None] | None = None
+        # told when a port's data path starts (with its nftables chain) and stops
+        self.on_port_added: Callable[[PortDatapath, str], None] | None = None
+        self.on_port_removed: Callable[[str], None] | None = None
+        self._chains: dict[str, str] = {}
+        self._serial = 0
+        self._nft_used = False
+
+    # -- lookups ------------------------------------------------------------------
+
+    def port_config(self, master: str, where: str = "params") -> PortConfig:
+        for p in self.config.ports:
+            if p.master == master:
+                return p
+        raise NotFound(f"{where}.master: no port on master {master!r}")
+
+    def slave_config(self, name: str, where: str = "params") -> tuple[PortConfig, SlaveConfig]:
+        for p, s in self.config.slaves():
+            if s.name == name:
+                return p, s
+        raise NotFound(f"{where}.name: no slave named {name!r}")
+
+    def datapath(self, master: str) -> PortDatapath:
+        return next(dp for dp in self.ports if dp.port.master == master)
+
+    def endpoint(self, name: str) -> Endpoint:
+        return next(ep for ep in self.endpoints if ep.name == name)
+
+    # -- transactions -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[ExitStack]:
+        """Changes made with the yielded stack are committed (``on_commit``) or all undone."""
+        with ExitStack() as undo:
+            before = self.config
+            undo.callback(self._set_config, before)
+            yield undo
+            if self.on_commit is not None and self.config != before:
+                self.on_commit(self.config)
+            undo.pop_all()
+
+    def _set_config(self, config: Config) -> None:
+        self.config = config
+
+    def apply(self, new: Config, where: str = "config") -> None:
+        """Make the running ports and slaves equal to ``new`` (already validated)."""
+        with self.transaction() as undo:
+            self._apply(new, undo, where)
+
+    def _apply(self, new: Config, undo: ExitStack, where: str) -> None:
+        if new.daemon != self.config.daemon:  # socket ownership: applies to sockets made from now on
+            undo.callback(self._set_config, self.config)
+            self.config = replace(self.config, daemon=new.daemon)
+        wanted = {p.master: p for p in new.ports}
+        have = {p.master for p in self.config.ports}
+        for i, p in enumerate(new.ports):  # before anything changes: a missing master refuses it all
+            if p.master not in have:
+                _check_interface(f"port[{i}]", p.master)
+        target = {s.name: (p, s) for p, s in new.slaves()}
+        # 1. shrink: remove slaves that go or move or need re-creating; narrow in-place changes
+        for p, s in list(self.config.slaves()):
+            want = target.get(s.name)
+            wp = wanted.get(p.master)
+            if want is None or want[0].master != p.master or not _in_place(s, want[1]) or (
+                    wp is not None and (wp.mode, wp.flag) != (p.mode, p.flag)):
+                self.remove_slave(s.name, undo)
+            elif want[1] != s:
+                keep = tuple(a for a in s.addresses if a in want[1].addresses)
+                self.change_slave(s.name, p.master, replace(s, addresses=keep), undo)
+        # 2. ports
+        for p in list(self.config.ports):
+            if p.master not in wanted:
+                self.remove_port(p.master, undo)
+            elif (wanted[p.master].mode, wanted[p.master].flag) != (p.mode, p.flag):
+                self.change_port(replace(wanted[p.master], slaves=()), undo)
+        have = {p.master for p in self.config.ports}
+        for i, p in enumerate(new.ports):
+            if p.master not in have:
+                self.add_port(replace(p, slaves=()), undo, where=f"port[{i}]")
+        # 3. grow: add slaves, widen in-place changes
+        for i, p in enumerate(new.ports):
+            for j, s in enumerate(p.slaves):
+                w = f"port[{i}].slave[{j}]"
+                try:
+                    _, cur = self.slave_config(s.name)
+                except NotFound:
+                    self.add_slave(p.master, s, undo, where=w)
+                else:
+                    if cur != s:
+                        self.change_slave(s.name, p.master, s, undo, where=w)
+
+    # -- ports ----------------------------------------------------------------------
+
+    def add_port(self, pc: PortConfig, undo: ExitStack, where: str = "params") -> None:
+        """Open the master and start its port, then add ``pc``'s slaves."""
+        cfg.check_port(where, self.config.ports, replace(pc, slaves=()))
+        _check_interface(where, pc.master)
+        undo.callback(self._set_config, self.config)
+        if not self._nft_used:
+            nft.reset()
+            self._nft_used = True
+        uplink = Uplink(pc.master)
+        undo.callback(uplink.close)
+        try:
+            port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        dp = PortDatapath(port, uplink, self.loop)
+        self._serial += 1
+        self._chains[pc.master] = f"p{self._serial}"
+        self.ports.append(dp)
+        undo.callback(self._forget_port, dp)
+        self.config = replace(self.config, ports=(*self.config.ports, replace(pc, slaves=())))
+        self._sync_nft(dp)
+        dp.start()
+        undo.callback(dp.stop)
+        if self.on_port_added is not None:
+            self.on_port_added(dp, self._chains[pc.master])
+            if self.on_port_removed is not None:
+                undo.callback(self.on_port_removed, pc.master)
+        for j, sc in enumerate(pc.slaves):
+            self.add_slave(pc.master, sc, undo, where=f"{where}.slave[{j}]")
+        log.info("master %s: port added (%s %s)", pc.master, pc.mode, pc.flag)
+
+    def _forget_port(self, dp: PortDatapath) -> None:
+        self.ports.remove(dp)
+        chain = self._chains.pop(dp.port.master)
+        with contextlib.suppress(UplinkError):
+            nft.release(chain)
+
+    def remove_port(self, master: str, undo: ExitStack, where: str = "params") -> None:
+        pc = self.port_config(master, where)
+        if pc.slaves:
+            names = ", ".join(s.name for s in pc.slaves)
+            raise PortBusy(f"{where}.master: port {master} still has slave(s) {names}; remove them first")
+        dp = self.datapath(master)
+        undo.callback(self._set_config, self.config)
+        chain = self._chains.pop(master)
+        if self.on_port_removed is not None:
+            self.on_port_removed(master)
+        nft.release(chain)
+        dp.stop()
+        dp.uplink.close()
+        self.ports.remove(dp)
+        self.config = replace(self.config, ports=tuple(p for p in self.config.ports if p.master != master))
+        undo.callback(self._readd_port, pc)
+        log.info("master %s: port removed", master)
+
+    def _readd_port(self, pc: PortConfig) -> None:
+        with ExitStack() as again:
+            self.add_port(pc, again)
+            again.pop_all()
+
+    def change_port(self, pc: PortConfig, undo: ExitStack, where: str = "params") -> None:
+        """Give a port a new mode or flag: its slaves are re-created (connections drop)."""
+        old = self.port_config(pc.master, where)
+        if (old.mode, old.flag) == (pc.mode, pc.flag):
+            return
+        for s in old.slaves:
+            self.remove_slave(s.name, undo)
+        self.remove_port(pc.master, undo)
+        self.add_port(replace(pc, slaves=old.slaves), undo, where)
+
+    # -- slaves -----------------------------------------------------------------------
+
+    def add_slave(self, master: str, sc: SlaveConfig, undo: ExitStack, where: str = "params") -> None:
+        """Create the slave, its device and endpoint (socket), and update nftables."""
+        self.port_config(master, where)
+        cfg.check_slave(where, self.config.ports, master, sc)
+        dp = self.datapath(master)
+        undo.callback(self._set_config, self.config)
+        undo.callback(self._resync_nft, dp)  # runs after the slave is gone again
+        try:
+            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac)
+        except MacInUse as e:
+            raise MacConflict(f"{where}.mac: {e}") from e
+        except PortAddressInUse as e:
+            raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        undo.callback(dp.port.remove_slave, slave)
+        dev = NetDevice(slave, dp)
+        dp.devices[sc.name] = dev
+        undo.callback(self._forget_device, dp, dev)
+        d = self.config.daemon
+        ep = Endpoint(sc.socket, sc.socket_mode, dev, self.loop, d.socket_permissions, d.socket_owner, d.socket_group)
+        self.endpoints.append(ep)
+        undo.callback(self._close_endpoint, ep)
+        self._set_slave(master, sc.name, sc)
+        self._sync_nft(dp)
+        ep.start()
+        log.info("slave %s: added on %s", sc.name, master)
+
+    def remove_slave(self, name: str, undo: ExitStack, where: str = "params") -> None:
+        """Close the slave's connection and socket, forget it, and update nftables."""
+        pc, sc = self.slave_config(name, where)
+        dp = self.datapath(pc.master)
+        dev = dp.devices[name]
+        undo.callback(self._set_config, self.config)
+        self._set_slave(pc.master, name, None)
+        undo.callback(self._readd_slave, pc.master, sc)
+        self._close_endpoint(self.endpoint(name))
+        self._forget_device(dp, dev)
+        dp.port.remove_slave(dev.slave)
+        self._sync_nft(dp)
+        log.info("slave %s: removed from %s", name, pc.master)
+
+    def _readd_slave(self, master: str, sc: SlaveConfig) -> None:
+        with ExitStack() as again:
+            self.add_slave(master, sc, again)
+            again.pop_all()
+
+    def change_slave(self, name: str, master: str, sc: SlaveConfig, undo: ExitStack,
+                     where: str = "params") -> None:
+        """Make slave ``name`` equal to ``sc`` (on ``master``); in place when possible."""
+        pc, old = self.slave_config(name, where)
+        self.port_config(master, where)
+        cfg.check_slave(where, self.config.ports, master, sc, replaces=name)
+        if pc.master != master or not _in_place(old, sc) or sc.name != name:
+            self.remove_slave(name, undo, where)
+            self.add_slave(master, sc, undo, where)
+            return
+        dp = self.datapath(master)
+        slave = dp.devices[name].slave
+        undo.callback(self._set_config, self.config)
+        undo.callback(self._resync_nft, dp)
+        new_ips = {a.ip for a in sc.addresses}
+        old_ips = {a.ip for a in old.addresses}
+        for ip in old_ips - new_ips:
+            dp.port.remove_address(slave, ip.packed)
+            undo.callback(dp.port.add_address, slave, ip.packed)
+        for ip in new_ips - old_ips:
+            try:
+                dp.port.add_address(slave, ip.packed)
+            except ValueError as e:
+                raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
+            undo.callback(dp.port.remove_address, slave, ip.packed)
+        self._set_slave(master, name, sc)
+        self._sync_nft(dp)
+        log.info("slave %s: changed", name)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _set_slave(self, master: str, name: str, sc: SlaveConfig | None) -> None:
+        """Replace (or with ``None`` remove) slave ``name`` in ``config``; append if new."""
+        ports = []
+        for p in self.config.ports:
+            slaves = [s for s in p.slaves if s.name != name] if sc is None else list(p.slaves)
+            if sc is not None and p.master == master:
+                idx = next((i for i, s in enumerate(slaves) if s.name == name), None)
+                if idx is None:
+                    slaves.append(sc)
+                else:
+                    slaves[idx] = sc
+            elif sc is not None:
+                slaves = [s for s in slaves if s.name != name]
+            ports.append(replace(p, slaves=tuple(slaves)))
+        self.config = replace(self.config, ports=tuple(ports))
+
+    def _forget_device(self, dp: PortDatapath, dev: NetDevice) -> None:
+        if dp.devices.get(dev.slave.name) is dev:
+            del dp.devices[dev.slave.name]
+        dp.dirty.discard(dev)
+
+    def _close_endpoint(self, ep: Endpoint) -> None:
+        if ep in self.endpoints:
+            self.endpoints.remove(ep)
+        ep.close()
+
+    def _sync_nft(self, dp: PortDatapath) -> None:
+        nft.consume(self._chains[dp.port.master], dp.port.master, *dp.port.consumed_addresses())
+
+    def _resync_nft(self, dp: PortDatapath) -> None:
+        if dp in self.ports:
+            with contextlib.suppress(UplinkError):
+                self._sync_nft(dp)
+
+    def close(self) -> None:
+        """Stop everything (daemon exit): sockets unlinked, nftables rules removed."""
+        for ep in self.endpoints:
+            ep.close()
+        for dp in self.ports:
+            with contextlib.suppress(Exception):
+                dp.stop()
+            dp.uplink.close()
+        if self._nft_used:
+            with contextlib.suppress(UplinkError):
+                nft.remove()
+        self.endpoints.clear()
+        self.ports.clear()
+
+
+def _check_interface(where: str, master: str) -> None:
+    try:
+        socket.if_nametoindex(master)
+    except OSError:
+        raise NoSuchInterface(f"{where}.master: interface {master!r} does not exist") from None
+
+
+def _in_place(old: SlaveConfig, new: SlaveConfig) -> bool:
+    """Whether ``old`` can become ``new`` without re-creating the slave."""
+    return (old.name, old.socket, old.socket_mode, old.mac) == (new.name, new.socket, new.socket_mode, new.mac)
