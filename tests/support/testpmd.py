@@ -375,11 +375,12 @@ class Testpmd:
 
 @contextlib.contextmanager
 def reference_backend(
-    name: str, workdir: Path, sockets: Sequence[Path], *, lcores: str, mem_mb: int
+    name: str, workdir: Path, sockets: Sequence[Path], *, lcores: str, mem_mb: int, vdev_options: str = ""
 ) -> Iterator[Testpmd]:
     """testpmd's C vhost-user backend (``net_vhostN`` on ``sockets[N]``) forwarding
-    port 0 -> port 1 (io mode), started; stopped on exit."""
-    vdevs = [f"net_vhost{i},iface={sock}" for i, sock in enumerate(sockets)]
+    port 0 -> port 1 (io mode), started; stopped on exit. ``vdev_options`` is appended
+    to every vdev (e.g. ``",tso=1"`` to offer TSO to the front-ends)."""
+    vdevs = [f"net_vhost{i},iface={sock}{vdev_options}" for i, sock in enumerate(sockets)]
     with Testpmd(name, workdir, vdevs=vdevs, lcores=lcores, mem_mb=mem_mb, forward_mode="io") as be:
         be.cmd("start")
         yield be
