@@ -35,7 +35,9 @@ def make(mode: str) -> tuple[Port, Slave, Slave]:
 @pytest.mark.parametrize("mode", ["l3", "l3s"])
 def test_guest_side(mode: str) -> None:
     port, s1, s2 = make(mode)
-    g = lambda p: port.from_guest(s1, buf(p))  # noqa: E731
+    def g(p: Packet) -> tuple[int, object]:
+        return port.from_guest(s1, buf(p))
+
     beyond = ROUTE if mode == "l3" else TO_HOST
     # ARP/NS for anything but its own address: the backend answers
     assert g(Ether(src=G1, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=G1, psrc="10.0.0.11", pdst="10.0.0.1"))[0] == ANSWER
@@ -68,7 +70,9 @@ def test_guest_side(mode: str) -> None:
 @pytest.mark.parametrize("mode", ["l3", "l3s"])
 def test_wire_side(mode: str) -> None:
     port, s1, _s2 = make(mode)
-    w = lambda p: port.from_uplink(buf(p))  # noqa: E731
+    def w(p: Packet) -> tuple[int, object]:
+        return port.from_uplink(buf(p))
+
     assert w(Ether(src=OUTSIDE, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=OUTSIDE, psrc="10.0.0.1",
                                                              pdst="10.0.0.11")) == (ANSWER, None)
     assert w(Ether(src=OUTSIDE, dst="33:33:ff:00:00:11") / IPv6(src="fd00::fe", dst="ff02::1:ff00:11") /

@@ -452,7 +452,7 @@ class PortDatapath:
         """Answer a guest's ARP request or NS with the master's MAC (l3/l3s: its router)."""
         reply = neigh.reply(frame, self.port.master_mac, router=True)
         if reply is not None:
-            dev.deliver(memoryview(bytes(net.HDR_LEN) + reply))
+            dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
 
     def _answer_for_host(self, dev: NetDevice, frame: memoryview) -> None:
         """l2: a guest's ARP request or NS for one of the host's addresses on the master."""
@@ -460,7 +460,7 @@ class PortDatapath:
         if asked is not None and self.hostlink is not None and self.hostlink.is_host_address(asked[1]):
             reply = neigh.reply(frame, self.port.master_mac)
             if reply is not None:
-                dev.deliver(memoryview(bytes(net.HDR_LEN) + reply))
+                dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
 
     def _wire_ok(self, dev: NetDevice, buf: memoryview, length: int) -> bool:
         if not self.wire_up:
@@ -514,7 +514,7 @@ class PortDatapath:
             elif action == ANSWER:
                 # l3/l3s: the outside's ARP/NS for a slave address (a departure)
                 reply = neigh.reply(frame, self.port.master_mac)
-                if reply is not None and self.wire_up and self.uplink.send(memoryview(bytes(net.HDR_LEN) + reply),
+                if reply is not None and self.wire_up and self.uplink.send(memoryview(bytearray(net.HDR_LEN) + reply),
                                                                            net.HDR_LEN + len(reply)):
                     self.uplink_tx += 1
             elif action == FLOOD:

@@ -45,12 +45,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import UplinkError
 from ..net.frames import ETH_HLEN, L3_IPV4, L3_IPV6, classify
 from ..virtio import net
+from .rtnl import Rtnl
 from .uplink import interface_mac
 
 if TYPE_CHECKING:
@@ -93,6 +93,9 @@ class HostLink:
         self.dp = dp
         self.master_index = master_index
         self.name = tap_name(master_index)
+        self._restore: list[tuple[str, str]] = []
+        self._reading = False
+        self.routes: set[bytes] = set()
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             ifr = struct.pack("16sH22x", self.name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
@@ -102,26 +105,23 @@ class HostLink:
             os.close(fd)
             raise UplinkError(f"master {dp.port.master}: cannot create host tap {self.name}: {e.strerror}") from e
         self.fd = fd
-        self.ipr = IPRoute()
+        self.ipr = Rtnl()
         try:
-            self.index: int = self.ipr.link_lookup(ifname=self.name)[0]
+            self.index: int = self.ipr.call("link_lookup", ifname=self.name)[0]
             # no link-local, no DAD, no router solicitations: the tap only carries routed traffic
             _sysctl(f"ipv6/conf/{self.name}/addr_gen_mode", "1")
             _sysctl(f"ipv6/conf/{self.name}/accept_dad", "0")
             _sysctl(f"ipv6/conf/{self.name}/router_solicitations", "0")
-            self.ipr.link("set", index=self.index, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP)
+            self.ipr.call("link", "set", index=self.index, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP)
         except (NetlinkError, OSError, IndexError) as e:
             self.close()
             raise UplinkError(f"master {dp.port.master}: cannot set up host tap {self.name}: {e}") from e
         self.mac = interface_mac(self.name)
         self.buf = bytearray(net.MAX_BUFFER)
         self.view = memoryview(self.buf)
-        self.routes: set[bytes] = set()
         self.rx_packets = self.tx_packets = 0
         self._host_addrs: frozenset[bytes] = frozenset()
         self._host_addrs_at = -HOST_ADDR_TTL
-        self._restore: list[tuple[str, str]] = []
-        self._reading = False
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -169,7 +169,7 @@ class HostLink:
     def _route(self, cmd: str, addr: bytes) -> bool:
         ip = ipaddress.ip_address(addr)
         try:
-            self.ipr.route(cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
+            self.ipr.call("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
                            family=10 if ip.version == 6 else 2)
         except NetlinkError as e:
             if cmd != "del":
@@ -186,7 +186,7 @@ class HostLink:
             self._host_addrs_at = now
             found: set[bytes] = set()
             with contextlib.suppress(NetlinkError, OSError):
-                for msg in self.ipr.get_addr(index=self.dp.uplink.ifindex):
+                for msg in self.ipr.call("get_addr", index=self.dp.uplink.ifindex):
                     a = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
                     if a:
                         found.add(ipaddress.ip_address(a).packed)

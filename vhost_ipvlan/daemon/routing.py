@@ -27,10 +27,10 @@ import ipaddress
 import time
 from typing import Final
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..net.addr import parse_mac
+from .rtnl import Rtnl
 
 RTN_UNICAST: Final = 1
 RTN_LOCAL: Final = 2
@@ -49,7 +49,7 @@ class Router:
 
     def __init__(self, master_index: int) -> None:
         self.master_index = master_index
-        self.ipr = IPRoute()
+        self.ipr = Rtnl()
         self._cache: dict[bytes, tuple[bytes, float]] = {}
         self._triggered: dict[str, float] = {}
 
@@ -79,7 +79,7 @@ class Router:
         ip = str(ipaddress.ip_address(dst))
         family = 2 if len(dst) == 4 else 10
         try:
-            routes = self.ipr.route("get", dst=ip, oif=self.master_index, family=family)
+            routes = self.ipr.call("route", "get", dst=ip, oif=self.master_index, family=family)
         except NetlinkError:
             return NO_ROUTE
         if not routes:
@@ -91,7 +91,7 @@ class Router:
             return NO_ROUTE
         nh = r.get("RTA_GATEWAY") or ip
         try:
-            for n in self.ipr.neigh("get", dst=nh, ifindex=self.master_index, family=family):
+            for n in self.ipr.call("neigh", "get", dst=nh, ifindex=self.master_index, family=family):
                 mac = n.get("NDA_LLADDR")
                 if n["state"] & NUD_VALID and mac:
                     return parse_mac(mac)
@@ -100,7 +100,8 @@ class Router:
         if self._triggered.get(nh, 0.0) <= now:
             self._triggered[nh] = now + TTL
             try:
-                self.ipr.neigh("replace", dst=nh, ifindex=self.master_index, family=family, flags=NTF_USE, state=0)
+                self.ipr.call("neigh", "replace", dst=nh, ifindex=self.master_index, family=family,
+                              flags=NTF_USE, state=0)
             except NetlinkError:
                 pass
         return UNRESOLVED
