@@ -10,8 +10,9 @@ MAC, destination = the next hop's. The IP packet is left as it is (the kernel
 does not decrement the TTL on this path either: it is local output).
 
 Rules:
-- Answers are cached per destination for ``TTL`` seconds (a netlink round trip
-  per packet would cost more than the rest of the switch).
+- Answers are cached per destination for ``TTL`` seconds, "unresolved" for
+  ``UNRESOLVED_TTL`` (a netlink round trip per packet would cost more than the
+  rest of the switch).
 - An unknown or unresolved neighbour: the lookup triggers resolution
   (``RTM_NEWNEIGH`` with ``NTF_USE``, at most once per ``TTL`` per next hop) and the
   packet is dropped and counted (``neigh_unresolved``); the guest's retransmission
@@ -37,6 +38,7 @@ RTN_LOCAL: Final = 2
 NTF_USE: Final = 0x01
 NUD_VALID: Final = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
 TTL: Final = 1.0
+UNRESOLVED_TTL: Final = 0.1
 LOCAL: Final = b"local"
 #: the lookup failed: no route, or a route type that is not unicast/local
 NO_ROUTE: Final = b""
@@ -69,10 +71,10 @@ class Router:
         if hit is not None and hit[1] > now:
             return hit[0]
         result = self._lookup(dst, now)
-        if result != UNRESOLVED:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            self._cache[dst] = (result, now + TTL)
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        # an unresolved next hop is asked again soon, not per packet
+        self._cache[dst] = (result, now + (TTL if result != UNRESOLVED else UNRESOLVED_TTL))
         return result
 
     def _lookup(self, dst: bytes, now: float) -> bytes:
