@@ -27,7 +27,7 @@ ANSWER     None               an ARP request or NS the backend answers itself, t
 
 The l3 and l3s decisions live in ``switch.l3``.
 
-Policy table, mode l2, flag bridge (the only combination implemented so far):
+Policy table, mode l2, flag bridge (l3 and l3s: ``switch.l3``):
 
 From a guest (source validation first: a DESIGN.md departure, the kernel checks nothing)
   1. runt -> DROP(RUNT); 802.1Q/802.1ad -> DROP(VLAN); MAC control (PAUSE)
