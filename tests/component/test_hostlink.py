@@ -23,6 +23,7 @@ from tests.support import lab as lab_mod
 from tests.support.frontend import FakeFrontend
 from tests.support.lab import OUT_IP, SlaveSpec, sh
 from tests.support.wait import wait_until
+from vhost_ipvlan.control.client import Client
 
 pytestmark = [pytest.mark.netns]
 
@@ -121,3 +122,22 @@ def test_host_pings_guest_and_guest_pings_host(lab: Lab) -> None:
     lab.stop_daemon()
     assert tap not in sh("ip", "-n", lab.host, "link", "show")
     assert A_IP not in sh("ip", "-n", lab.host, "route", "show")
+
+
+def test_routes_follow_slave_and_address_changes(lab: Lab) -> None:
+    tap = lab.tap()
+
+    def routes() -> str:
+        return (sh("ip", "-n", lab.host, "route", "show", "dev", tap) +
+                sh("ip", "-n", lab.host, "-6", "route", "show", "dev", tap))
+
+    with Client(lab.control) as c:
+        c.call("slave.add", {"master": lab_mod.MASTER, "name": "e", "socket": str(lab.sock("e")),
+                             "addresses": ["192.0.2.20/24"]})
+        assert "192.0.2.20" in routes()
+        c.call("slave.change", {"name": "e", "addresses": ["192.0.2.21/24", "2001:db8::21/64"]})
+        r = routes()
+        assert "192.0.2.21" in r and "2001:db8::21" in r and "192.0.2.20" not in r
+        c.call("slave.remove", {"name": "e"})
+        r = routes()
+        assert "192.0.2.21" not in r and "2001:db8::21" not in r and A_IP in r
