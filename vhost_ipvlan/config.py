@@ -75,7 +75,7 @@ class PortExists(Conflict):
 
 MODES = ("l2", "l3", "l3s")
 FLAGS = ("bridge", "private", "vepa")
-IMPLEMENTED_MODES = ("l2",)
+IMPLEMENTED_MODES = ("l2", "l3", "l3s")
 IMPLEMENTED_FLAGS = ("bridge",)
 SOCKET_MODES = ("server", "client")
 MAX_ADDRESSES = 256

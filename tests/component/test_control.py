@@ -257,7 +257,7 @@ MALFORMED: list[tuple[bytes, str]] = [
      b"\"socket\": \"/x\"}}\n", "bad_request"),
     (b"[" * 20000 + b"]" * 20000 + b"\n", "bad_request"),
     (b"{\"id\": 1, \"method\": \"stats\", \"params\": {\"slave\": {}}}\n", "invalid_params"),
-    (b"{\"id\": 1, \"method\": \"port.change\", \"params\": {\"master\": \"vim0\", \"mode\": \"l3\"}}\n",
+    (b"{\"id\": 1, \"method\": \"port.change\", \"params\": {\"master\": \"vim0\", \"mode\": \"l4\"}}\n",
      "invalid_params"),
 ]
 

@@ -15,7 +15,8 @@ master would hand to every slave as noise for tests that count frames.
 ``master_ipv6=False`` (the default) turns it off on the master only. ``cpus`` pins
 the daemon with ``taskset -c CPUS``. ``daemon_args`` are added to ``serve``'s
 command line, ``daemon_env`` to its environment, and ``config_head`` (TOML, e.g.
-a ``[daemon]`` table) goes at the top of the config file.
+a ``[daemon]`` table) goes at the top of the config file. ``mode`` is the port's
+mode; ``master_addresses`` are given to the master (the host's own addresses).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class Lab:
         daemon_args: list[str] | None = None,
         daemon_env: dict[str, str] | None = None,
         config_head: str = "",
+        mode: str = "l2",
+        master_addresses: tuple[str, ...] = (),
     ) -> None:
         tag = secrets.token_hex(3)
         self.host, self.out = f"vi-h-{tag}", f"vi-o-{tag}"
@@ -80,6 +83,8 @@ class Lab:
         self.daemon_args = daemon_args or []
         self.daemon_env = {**(daemon_env or {}), **({"VHOST_IPVLAN_PURE": "1"} if pure_python else {})}
         self.config_head = config_head
+        self.mode = mode
+        self.master_addresses = master_addresses
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
         self.config = tmp / "vhost-ipvlan.toml"
@@ -102,7 +107,7 @@ class Lab:
         return self.tmp / f"{name}.sock"
 
     def config_text(self) -> str:
-        lines = [self.config_head, "[[port]]", f'master = "{MASTER}"', 'mode = "l2"', 'flag = "bridge"']
+        lines = [self.config_head, "[[port]]", f'master = "{MASTER}"', f'mode = "{self.mode}"', 'flag = "bridge"']
         for s in self.slaves:
             lines += ["[[port.slave]]", f'name = "{s.name}"', f'socket = "{self.sock(s.name)}"',
                       f'socket_mode = "{s.socket_mode}"', f"addresses = {json.dumps(s.addresses)}"]
@@ -128,6 +133,8 @@ class Lab:
         sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP}/24", "dev", "vio0")
         if self.ipv6:
             sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP6}/64", "dev", "vio0", "nodad")
+        for a in self.master_addresses:
+            sh("ip", "-n", self.host, "addr", "add", a, "dev", MASTER, *(["nodad"] if ":" in a else []))
         self.master_mac = self.read_sys(self.host, MASTER, "address")
         self.out_mac = self.read_sys(self.out, "vio0", "address")
         self.config.write_text(self.config_text())

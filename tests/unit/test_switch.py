@@ -37,6 +37,7 @@ from vhost_ipvlan.switch import (
     Slave,
     Verdict,
 )
+from vhost_ipvlan.switch.policy import TO_HOST
 from vhost_ipvlan.switch.port import MAX_LEARNED_LINK_LOCALS
 
 MASTER = "02:00:00:00:00:01"
@@ -97,8 +98,6 @@ def dropped(reason: DropReason) -> Verdict:
 @pytest.mark.parametrize(
     ("mode", "flag", "message"),
     [
-        ("l3", "bridge", "mode 'l3' is not implemented yet"),
-        ("l3s", "bridge", "mode 'l3s' is not implemented yet"),
         ("l2", "private", "flag 'private' is not implemented yet"),
         ("l2", "vepa", "flag 'vepa' is not implemented yet"),
         ("l4", "bridge", "unknown mode 'l4'"),
@@ -375,12 +374,12 @@ def test_non_ip_to_guest_mac(net: Net) -> None:
     assert net.guest(net.s1, unknown_ip) == (TO_SLAVE, net.s2)
 
 
-def test_to_host_not_supported_yet(net: Net) -> None:
+def test_to_host(net: Net) -> None:
     pkt = Ether(src=G1, dst=MASTER) / IP(src="10.0.0.11", dst=HOST_IP) / ICMP()
-    assert net.guest(net.s1, pkt) == dropped(DropReason.TO_HOST_UNSUPPORTED)
+    assert net.guest(net.s1, pkt) == (TO_HOST, None)
     other = Ether(src=G1, dst=MASTER, type=0x88B5) / Raw(b"x")
-    assert net.guest(net.s1, other) == dropped(DropReason.TO_HOST_UNSUPPORTED)
-    assert net.s1.drop_counts() == {"to_host_unsupported": 2}
+    assert net.guest(net.s1, other) == (TO_HOST, None)
+    assert net.s1.drop_counts() == {}
 
 
 def test_target_down(net: Net) -> None:
@@ -503,7 +502,7 @@ def test_drop_reason_labels() -> None:
 
 # -- fuzz -------------------------------------------------------------------------------
 
-VALID_ACTIONS = {TO_SLAVE, TO_UPLINK, FLOOD, PASS, DROP}
+VALID_ACTIONS = {TO_SLAVE, TO_UPLINK, FLOOD, PASS, DROP, TO_HOST}
 
 
 def check_verdict(verdict: Verdict, from_guest: bool) -> None:

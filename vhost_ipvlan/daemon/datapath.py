@@ -23,6 +23,13 @@ Rules:
   dropped and counted ``master_down`` (guest <-> guest goes on); a non-GSO frame
   whose Ethernet payload exceeds the master's MTU is dropped and counted
   ``mtu_exceeded``, never truncated (GSO frames are segmented by the kernel).
+- Host <-> guest (``hostlink``, optional): ``TO_HOST`` frames go into the port's
+  host tap; without one they are dropped ``to_host_unsupported``. In l2 a guest's
+  ARP/NS for one of the host's addresses on the master is answered here.
+- l3/l3s: ``ANSWER`` replies with the master's MAC (to the guest, or out the
+  master); ``ROUTE`` asks ``routing.Router`` for the next hop's MAC (a local route
+  goes to the host link). Frames delivered to l3 guests carry the master's MAC as
+  their source: the guest's router.
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from ..errors import GuestError
+from ..net import neigh
 from ..net.translate import to_guest, to_wire
-from ..switch.policy import FLOOD, PASS, TO_SLAVE, TO_UPLINK
+from ..switch.policy import ANSWER, FLOOD, PASS, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..vhost_user.session import RX, TX, Session, Vring
 from ..virtio import net
 from ..virtio.virtqueue import SplitQueue
@@ -45,6 +53,8 @@ from .host import eventfd_drain, eventfd_signal
 
 if TYPE_CHECKING:
     from ..switch.port import Port, Slave
+    from .hostlink import HostLink
+    from .routing import Router
     from .uplink import Uplink
 
 log = logging.getLogger("vhost_ipvlan.datapath")
@@ -301,6 +311,10 @@ class PortDatapath:
         self.fast_gen = 0
         self._fast_table: dict[bytes, tuple[object, ...]] = {}
         self._fast_key: tuple[int, int, int] | None = None
+        #: the host tap (host <-> guest), and l3's next-hop lookups; set by the topology
+        self.hostlink: HostLink | None = None
+        self.router: Router | None = None
+        self.l3 = port.mode != "l2"
 
     def start(self) -> None:
         self.loop.add_reader(self.uplink.fileno(), self._uplink_readable)
@@ -386,21 +400,79 @@ class PortDatapath:
             is_arp = buf[24] == 0x08 and buf[25] == 0x06
             if is_arp or buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes() != target.slave.mac:
                 to_guest(buf[net.HDR_LEN : length], length - net.HDR_LEN, target.slave.mac, self.port.master_mac)
+            if self.l3:
+                buf[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
             target.deliver(buf[:length])
         elif action == FLOOD:
             frame = buf[:length]
             for other in self.devices.values():
                 if other is not dev and other.slave.up:
                     other.deliver(frame)
+            if self.hostlink is not None:
+                self._answer_for_host(dev, buf[net.HDR_LEN : length])
             self._to_uplink(dev, buf, length)
+        elif action == TO_HOST:
+            self._to_host(dev, buf, length)
+        elif action == ROUTE:
+            self._route(dev, buf, length)
+        elif action == ANSWER:
+            self._answer(dev, buf[net.HDR_LEN : length])
         # DROP: the switch has counted it on the slave
 
-    def _to_uplink(self, dev: NetDevice, buf: memoryview, length: int) -> None:
+    def _to_host(self, dev: NetDevice, buf: memoryview, length: int) -> None:
+        if self.hostlink is None:
+            dev.drops["to_host_unsupported"] += 1
+            return
+        to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
+        if not self.hostlink.to_host(buf, length):
+            dev.drops["host_send_failed"] += 1
+
+    def _route(self, dev: NetDevice, buf: memoryview, length: int) -> None:
+        """l3 egress: to the next hop the host's tables give, with the master's MAC."""
+        router = self.router
+        if router is None:
+            dev.drops["no_route"] += 1
+            return
+        off = net.HDR_LEN + ETH_HLEN
+        dst = buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]
+        mac = router.next_hop_mac(dst.tobytes())
+        if mac == b"local":
+            self._to_host(dev, buf, length)
+        elif len(mac) != 6:
+            dev.drops["neigh_unresolved" if mac else "no_route"] += 1
+        elif self._wire_ok(dev, buf, length):
+            to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
+            buf[net.HDR_LEN : net.HDR_LEN + 6] = mac
+            if self.uplink.send(buf, length):
+                self.uplink_tx += 1
+            else:
+                dev.drops["uplink_send_failed"] += 1
+
+    def _answer(self, dev: NetDevice, frame: memoryview) -> None:
+        """Answer a guest's ARP request or NS with the master's MAC (l3/l3s: its router)."""
+        reply = neigh.reply(frame, self.port.master_mac, router=True)
+        if reply is not None:
+            dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
+
+    def _answer_for_host(self, dev: NetDevice, frame: memoryview) -> None:
+        """l2: a guest's ARP request or NS for one of the host's addresses on the master."""
+        asked = neigh.request_target(frame)
+        if asked is not None and self.hostlink is not None and self.hostlink.is_host_address(asked[1]):
+            reply = neigh.reply(frame, self.port.master_mac)
+            if reply is not None:
+                dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
+
+    def _wire_ok(self, dev: NetDevice, buf: memoryview, length: int) -> bool:
         if not self.wire_up:
             dev.drops["master_down"] += 1
-            return
+            return False
         if length > self.max_frame and not buf[1]:  # buf[1]: gso_type; GSO frames are segmented later
             dev.drops["mtu_exceeded"] += 1
+            return False
+        return True
+
+    def _to_uplink(self, dev: NetDevice, buf: memoryview, length: int) -> None:
+        if not self._wire_ok(dev, buf, length):
             return
         mac = dev.slave.mac
         assert mac is not None  # the switch learned or validated it
@@ -436,7 +508,15 @@ class PortDatapath:
                     dev.drops["mac_unknown"] += 1
                     continue
                 to_guest(frame, length - net.HDR_LEN, mac, self.port.master_mac)
+                if self.l3:
+                    view[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
                 dev.deliver(view[:length])
+            elif action == ANSWER:
+                # l3/l3s: the outside's ARP/NS for a slave address (a departure)
+                reply = neigh.reply(frame, self.port.master_mac)
+                if reply is not None and self.wire_up and self.uplink.send(memoryview(bytearray(net.HDR_LEN) + reply),
+                                                                           net.HDR_LEN + len(reply)):
+                    self.uplink_tx += 1
             elif action == FLOOD:
                 out = view[:length]
                 for dev in self.devices.values():

@@ -193,8 +193,10 @@ class MasterMonitor:
         m.dp.open_uplink(uplink)
         m.index = uplink.ifindex
         m.present = True
+        if m.dp.router is not None:
+            m.dp.router.invalidate(uplink.ifindex)
         try:
-            nft.consume(m.chain, m.name, *m.dp.port.consumed_addresses())
+            nft.consume(m.chain, m.name, *m.dp.port.consumed_addresses(), ip=m.dp.port.mode != "l3s")
         except UplinkError as e:
             log.warning("master %s: cannot re-apply the nftables chain: %s", m.name, e)
         log.info("master %s: present again (index %d); traffic resumes", m.name, m.index)

@@ -46,8 +46,11 @@ def remove() -> None:
     reset()
 
 
-def consume(chain: str, master: str, v4_addresses: Iterable[str], v6_addresses: Iterable[str]) -> None:
-    """Make ``master``'s ingress drop what belongs to these slave addresses."""
+def consume(chain: str, master: str, v4_addresses: Iterable[str], v6_addresses: Iterable[str],
+            *, ip: bool = True) -> None:
+    """Make ``master``'s ingress drop what belongs to these slave addresses.
+
+    ``ip=False`` (l3s) drops only ARP and NS: the host must forward the IP packets."""
     v4 = [str(ipaddress.IPv4Address(a)) for a in v4_addresses]
     v6 = [ipaddress.IPv6Address(a) for a in v6_addresses]
     lines = [
@@ -57,12 +60,14 @@ def consume(chain: str, master: str, v4_addresses: Iterable[str], v6_addresses: 
     ]
     if v4:
         s = ", ".join(v4)
-        lines.append(f"add rule netdev {TABLE} {chain} ip daddr {{ {s} }} drop")
+        if ip:
+            lines.append(f"add rule netdev {TABLE} {chain} ip daddr {{ {s} }} drop")
         lines.append(f"add rule netdev {TABLE} {chain} arp daddr ip {{ {s} }} drop")
     if v6:
         s = ", ".join(str(a) for a in v6)
         targets = ", ".join(f"0x{a.packed.hex()}" for a in v6)
-        lines.append(f"add rule netdev {TABLE} {chain} ip6 daddr {{ {s} }} drop")
+        if ip:
+            lines.append(f"add rule netdev {TABLE} {chain} ip6 daddr {{ {s} }} drop")
         lines.append(
             f"add rule netdev {TABLE} {chain} icmpv6 type nd-neighbor-solicit @th,64,128 {{ {targets} }} drop"
         )

@@ -140,6 +140,8 @@ class Daemon:
                 "uplink_rx_packets": dp.uplink_rx,
                 "uplink_tx_packets": dp.uplink_tx,
                 "drops": {**dict(dp.drops), **dp.port.drop_counts()},
+                **({"host_link": {"name": dp.hostlink.name, "rx_packets": dp.hostlink.rx_packets,
+                                  "tx_packets": dp.hostlink.tx_packets}} if dp.hostlink is not None else {}),
                 "slaves": slaves,
                 **self.masters.stats(dp.port.master),
             }

@@ -20,6 +20,11 @@ Rules:
 - ``apply`` checks that every new master exists before it changes anything, so
   the usual mistake in a reloaded file does not disturb running guests.
 - ``remove_port`` refuses a port that still has slaves; ``apply`` removes them first.
+- Each port gets a host link (``hostlink``: host <-> guest, and l3s's path
+  through the host's stack) whose routes follow the slaves' addresses with the
+  nftables chain; failing to create it is logged, not fatal (no host <-> guest).
+  l3 ports also get a ``routing.Router``. In l3s the chain consumes only ARP/NS:
+  the host forwards guest-bound IP into the host link.
 - Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
   ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
 """
@@ -42,6 +47,8 @@ from ..switch.port import MacInUse, Port
 from . import nft
 from .datapath import NetDevice, PortDatapath
 from .endpoint import Endpoint
+from .hostlink import HostLink
+from .routing import Router
 from .uplink import Uplink
 
 log = logging.getLogger("vhost_ipvlan.topology")
@@ -183,6 +190,15 @@ class Topology:
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from e
         dp = PortDatapath(port, uplink, self.loop)
+        undo.callback(_close_extras, dp)
+        try:
+            dp.hostlink = HostLink(dp, uplink.ifindex)
+        except UplinkError as e:
+            log.warning("%s; host <-> guest traffic is not available", e)
+        if pc.mode == "l3":
+            dp.router = Router(uplink.ifindex)
+        if pc.mode == "l3s" and dp.hostlink is not None:
+            dp.hostlink.enable_forwarding()
         self._serial += 1
         self._chains[pc.master] = f"p{self._serial}"
         self.ports.append(dp)
@@ -191,6 +207,8 @@ class Topology:
         self._sync_nft(dp)
         dp.start()
         undo.callback(dp.stop)
+        if dp.hostlink is not None:
+            dp.hostlink.start()
         if self.on_port_added is not None:
             self.on_port_added(dp, self._chains[pc.master])
             if self.on_port_removed is not None:
@@ -218,6 +236,7 @@ class Topology:
         nft.release(chain)
         dp.stop()
         dp.uplink.close()
+        _close_extras(dp)
         self.ports.remove(dp)
         self.config = replace(self.config, ports=tuple(p for p in self.config.ports if p.master != master))
         undo.callback(self._readd_port, pc)
@@ -345,7 +364,10 @@ class Topology:
         ep.close()
 
     def _sync_nft(self, dp: PortDatapath) -> None:
-        nft.consume(self._chains[dp.port.master], dp.port.master, *dp.port.consumed_addresses())
+        nft.consume(self._chains[dp.port.master], dp.port.master, *dp.port.consumed_addresses(),
+                    ip=dp.port.mode != "l3s")
+        if dp.hostlink is not None:
+            dp.hostlink.sync()
 
     def _resync_nft(self, dp: PortDatapath) -> None:
         if dp in self.ports:
@@ -360,11 +382,22 @@ class Topology:
             with contextlib.suppress(Exception):
                 dp.stop()
             dp.uplink.close()
+            _close_extras(dp)
         if self._nft_used:
             with contextlib.suppress(UplinkError):
                 nft.remove()
         self.endpoints.clear()
         self.ports.clear()
+
+
+def _close_extras(dp: PortDatapath) -> None:
+    """Close the port's host link (deleting the tap and its routes) and router."""
+    if dp.hostlink is not None:
+        dp.hostlink.close()
+        dp.hostlink = None
+    if dp.router is not None:
+        dp.router.close()
+        dp.router = None
 
 
 def _check_interface(where: str, master: str) -> None:

@@ -16,9 +16,18 @@ FLOOD      None               from a guest: every other UP slave, untranslated, 
                               wire: every UP slave (the host already has its copy)
 PASS       None               from the wire only: not ours, the host stack keeps it
 DROP       a DropReason       drop; the decision already counted it
+TO_HOST    None               from a guest: give it to the host's own stack (the
+                              host link, ``daemon.hostlink``; a departure)
+ROUTE      None               from a guest (l3): route it in the host's tables,
+                              pinned to the master (``daemon.routing``), and
+                              transmit it to the next hop
+ANSWER     None               an ARP request or NS the backend answers itself, to
+                              whoever sent it, claiming the master's MAC
 =========  =================  ==================================================
 
-Policy table, mode l2, flag bridge (the only combination implemented so far):
+The l3 and l3s decisions live in ``switch.l3``.
+
+Policy table, mode l2, flag bridge (l3 and l3s: ``switch.l3``):
 
 From a guest (source validation first: a DESIGN.md departure, the kernel checks nothing)
   1. runt -> DROP(RUNT); 802.1Q/802.1ad -> DROP(VLAN); MAC control (PAUSE)
@@ -38,7 +47,8 @@ From a guest (source validation first: a DESIGN.md departure, the kernel checks 
      kernel's dst == src test): look up the L3 key (IPv4/IPv6 destination, ARP target
      IP, NS target). Hit -> TO_SLAVE owner (also when the owner is the sender, as the
      kernel does). Miss and the MAC is a guest's -> TO_SLAVE that guest. Miss and the
-     MAC is the master's -> DROP(TO_HOST_UNSUPPORTED) (host <-> guest comes later).
+     MAC is the master's -> TO_HOST (host <-> guest: a departure; the daemon drops
+     it as ``to_host_unsupported`` if it has no host link).
      A target that is not up -> DROP(TARGET_DOWN).
   6. Any other unicast -> TO_UPLINK.
 
@@ -88,8 +98,11 @@ TO_UPLINK: Final = 1
 FLOOD: Final = 2
 PASS: Final = 3
 DROP: Final = 4
+TO_HOST: Final = 5
+ROUTE: Final = 6
+ANSWER: Final = 7
 
-ACTION_NAMES: Final = ("to_slave", "to_uplink", "flood", "pass", "drop")
+ACTION_NAMES: Final = ("to_slave", "to_uplink", "flood", "pass", "drop", "to_host", "route", "answer")
 
 MODES: Final = ("l2", "l3", "l3s")
 FLAGS: Final = ("bridge", "private", "vepa")
@@ -110,6 +123,8 @@ class DropReason(IntEnum):
     TO_HOST_UNSUPPORTED = 9
     LOOPED_BACK = 10
     NO_DESTINATION = 11
+    NOT_IP = 12
+    MULTICAST_DST = 13
 
     @property
     def label(self) -> str:
@@ -125,6 +140,9 @@ FromUplink = Callable[["Port", Frame], Verdict]
 UPLINK: Final[Verdict] = (TO_UPLINK, None)
 FLOODED: Final[Verdict] = (FLOOD, None)
 PASSED: Final[Verdict] = (PASS, None)
+HOSTED: Final[Verdict] = (TO_HOST, None)
+ROUTED: Final[Verdict] = (ROUTE, None)
+ANSWERED: Final[Verdict] = (ANSWER, None)
 _DROPS: Final[tuple[Verdict, ...]] = tuple((DROP, r) for r in DropReason)
 
 _RUNT: Final = DropReason.RUNT
@@ -136,7 +154,6 @@ _SRC_MAC_SPOOF: Final = DropReason.SRC_MAC_SPOOF
 _SRC_IP_SPOOF: Final = DropReason.SRC_IP_SPOOF
 _TOO_MANY_LL: Final = DropReason.TOO_MANY_LINK_LOCALS
 _TARGET_DOWN: Final = DropReason.TARGET_DOWN
-_TO_HOST: Final = DropReason.TO_HOST_UNSUPPORTED
 _LOOPED_BACK: Final = DropReason.LOOPED_BACK
 
 # classify() kinds that the guest-side validation rejects outright.
@@ -208,7 +225,7 @@ def l2_bridge_from_guest(port: Port, slave: Slave, frame: Frame) -> Verdict:
             return target.to_me if target.up else _drop(drops, _TARGET_DOWN)
     if mac_owner is not None:
         return mac_owner.to_me if mac_owner.up else _drop(drops, _TARGET_DOWN)
-    return _drop(drops, _TO_HOST)
+    return HOSTED
 
 
 def l2_bridge_from_uplink(port: Port, frame: Frame) -> Verdict:
@@ -239,3 +256,7 @@ def l2_bridge_from_uplink(port: Port, frame: Frame) -> Verdict:
 DECISIONS: Final[dict[tuple[str, str], tuple[FromGuest, FromUplink]]] = {
     ("l2", "bridge"): (l2_bridge_from_guest, l2_bridge_from_uplink),
 }
+
+from . import l3 as _l3  # noqa: E402  (registers l3 and l3s; it needs the names above)
+
+DECISIONS.update(_l3.DECISIONS)

@@ -1,9 +1,10 @@
 """A port: one master interface, its slaves, and the port-wide address table.
 
 Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
-- Mode and flag are per port. Only ``l2`` + ``bridge`` is implemented; any other
-  known value raises ``PortConfigError`` saying it is not implemented yet, an
-  unknown one says which values exist.
+- Mode and flag are per port. ``l2``, ``l3`` and ``l3s`` with ``bridge`` are
+  implemented (``policy.DECISIONS``); any other known value raises
+  ``PortConfigError`` saying it is not implemented yet, an unknown one says which
+  values exist.
 - One address (IPv4 or IPv6, keyed by its packed bytes alone) belongs to at most one
   slave of the port: ``AddressInUse`` names the owner. A down slave keeps its
   addresses reserved (kernel: the busy check ignores the state).

@@ -1,0 +1,127 @@
+"""Modes l3 and l3s with the real daemon, a veth master with the host's addresses, fake guests.
+
+    fake guests a (192.0.2.10, 2001:db8::10), b (192.0.2.11)
+        -- vhost-ipvlan -- vim0 (ns host, 192.0.2.2, 2001:db8::2) <== veth ==> vio0 (ns out, 192.0.2.1, 2001:db8::1)
+
+The guests use the master's MAC as their router (the daemon answers their ARP and
+NS); the outside resolves the guests' addresses to the master's MAC (the daemon
+answers for them: a departure, reference §12.1 row e). l3 routes egress itself
+(host tables, pinned to the master); l3s sends it through the host's stack, so the
+host's netfilter and conntrack see both directions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, IPv6
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Packet
+
+from tests.component.test_daemon import receive
+from tests.component.test_hostlink import A_IP, A_IP6, HOST_IP, MAC_A, Lab, answer_echoes
+from tests.support.frontend import FakeFrontend
+from tests.support.lab import OUT_IP, OUT_IP6, SlaveSpec, sh
+from tests.support.wait import wait_until
+
+pytestmark = [pytest.mark.netns]
+
+MAC_B = "02:00:00:00:00:0b"
+B_IP = "192.0.2.11"
+
+
+@pytest.fixture(params=["l3", "l3s"])
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    with Lab(tmp_path, request.param, [SlaveSpec("b", [f"{B_IP}/24"], MAC_B)]) as lab:
+        yield lab
+
+
+def ping_until_reply(a: FakeFrontend, lab: Lab, dst: str, v6: bool = False) -> Packet:
+    """Send echo requests (to the router MAC) until one is answered: the first ones
+    may be dropped while the host resolves the next hop."""
+    seq = [0]
+    got: list[Packet] = []
+
+    def step() -> Packet | None:
+        seq[0] += 1
+        if v6:
+            a.transmit(bytes(Ether(src=MAC_A, dst=lab.master_mac) / IPv6(src=A_IP6, dst=dst) /
+                             ICMPv6EchoRequest(id=77, seq=seq[0], data=b"l3")))
+        else:
+            a.transmit(bytes(Ether(src=MAC_A, dst=lab.master_mac) / IP(src=A_IP, dst=dst) /
+                             ICMP(id=77, seq=seq[0]) / b"l3"))
+        for _, data in a.receive():
+            p = Ether(data)
+            got.append(p)
+            if (ICMPv6EchoReply in p) if v6 else (ICMP in p and p[ICMP].type == 0 and p[IP].src == dst):
+                return p
+        return None
+
+    try:
+        found = wait_until(step, 20, what=f"echo reply from {dst}", interval=0.2)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; log:\n{lab.log_text()[-3000:]}; got {[p.summary() for p in got]}") from None
+    assert found is not None
+    return found
+
+
+def test_guest_router_outside_and_guest_to_guest(lab: Lab) -> None:
+    a, b = lab.frontend("a"), lab.frontend("b")
+    # the guest's ARP and NS for its gateway: answered by the daemon with the master's MAC
+    a.transmit(bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=MAC_A, psrc=A_IP, pdst=OUT_IP)))
+    rep = receive(a, lambda p: ARP in p and p[ARP].op == 2, "ARP reply at a")
+    assert rep[ARP].hwsrc == lab.master_mac and rep[ARP].psrc == OUT_IP
+    a.transmit(bytes(Ether(src=MAC_A, dst="33:33:ff:00:00:01") / IPv6(src=A_IP6, dst="ff02::1:ff00:1", hlim=255) /
+                     ICMPv6ND_NS(tgt=OUT_IP6)))
+    na = receive(a, lambda p: ICMPv6ND_NA in p, "NA at a")
+    assert na[Ether].src == lab.master_mac and na[ICMPv6ND_NA].R == 1
+    # guest -> outside and back, IPv4 and IPv6; delivered with the router's MAC as source
+    echo = ping_until_reply(a, lab, OUT_IP)
+    assert echo[Ether].src == lab.master_mac and echo[Ether].dst == MAC_A
+    ping_until_reply(a, lab, OUT_IP6, v6=True)
+    # the outside resolved the guest's address to the master's MAC (answered by the daemon)
+    assert lab.master_mac in sh("ip", "-n", lab.out, "neigh", "show", A_IP)
+    # guest -> guest: local, no ARP, source MAC = the router's
+    a.transmit(bytes(Ether(src=MAC_A, dst=lab.master_mac) / IP(src=A_IP, dst=B_IP) / UDP(dport=33) / b"ab"))
+    got = receive(b, lambda p: UDP in p and p[UDP].dport == 33, "a -> b")
+    assert got[Ether].src == lab.master_mac and got[Ether].dst == MAC_B
+    # guest broadcast / multicast / non-IP: dropped and counted
+    a.transmit(bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff") / IP(src=A_IP, dst="255.255.255.255") / UDP(dport=34)))
+    a.transmit(bytes(Ether(src=MAC_A, dst=lab.master_mac, type=0x88B5) / b"raw"))
+    wait_until(lambda: {"multicast_dst", "not_ip"} <= set(lab.slave_stats("a")["drops"]), 5,
+               what="drops counted on a")
+    assert not any(UDP in Ether(d) and Ether(d)[UDP].dport == 34 for _, d in b.receive())
+
+
+def test_outside_and_host_ping_guest(lab: Lab) -> None:
+    a = lab.frontend("a")
+    ping = subprocess.Popen(["ip", "netns", "exec", lab.out, "ping", "-c", "2", "-i", "0.3", "-W", "5", A_IP],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    answer_echoes(a, lab, ping, v6=False)
+    answer_echoes(a, lab, lab.host_run("ping", "-c", "1", "-W", "5", A_IP), v6=False)
+    # guest -> host's own address
+    ping_until_reply(a, lab, HOST_IP)
+
+
+def test_l3s_crosses_host_netfilter(tmp_path: Path) -> None:
+    with Lab(tmp_path, "l3s") as lab:
+        subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], check=True, text=True, input=(
+            "table inet vitest {\n"
+            " counter cout {}\n counter cback {}\n"
+            " chain filt { type filter hook forward priority 0;\n"
+            f"  ip saddr {A_IP} ct state new,established counter name cout\n"
+            f"  ip daddr {A_IP} ct state established counter name cback\n"
+            " }\n"
+            "}\n"))
+        a = lab.frontend("a")
+        ping_until_reply(a, lab, OUT_IP)
+        counters = sh("ip", "netns", "exec", lab.host, "nft", "list", "counters", "table", "inet", "vitest")
+        assert "packets 0" not in counters, counters
+        if shutil.which("conntrack"):
+            ct = sh("ip", "netns", "exec", lab.host, "conntrack", "-L", "-s", A_IP)
+            assert OUT_IP in ct and "UNREPLIED" not in ct, ct

@@ -1,0 +1,239 @@
+"""Host <-> guest traffic through a host-side tap device (a DESIGN.md departure).
+
+Kernel ipvlan never delivers the master's own traffic to its slaves (it only hooks
+the master's RX), and a slave's packets to the host's addresses get no reply
+(reference §5, §12.1 row c). vhost-ipvlan gives every port a tap device, ``vih<N>``
+(N = the master's ifindex), owned by the daemon in its own namespace:
+
+- the host reaches a guest through a route per configured slave address
+  (``ADDR/32`` or ``ADDR/128 dev vih<N>``). They are more specific than the
+  master's connected prefix, so the host's replies to guests take the tap too,
+  never the master. The tap is ``NOARP``: the host's stack resolves nothing on it
+  and addresses every frame to the tap's own MAC; the daemon reads the frame,
+  looks up the owner of its destination address, rewrites the Ethernet header
+  (destination = the guest's MAC, source = the master's) and delivers it;
+- a guest reaches the host by sending to the master's MAC (the policy's
+  ``TO_HOST`` verdict, and ``ROUTE`` in l3s): the daemon writes the frame into the
+  tap, destination MAC rewritten to the tap's, and the host's stack receives it;
+- a guest resolves the host's addresses on the master through the daemon, which
+  answers its ARP requests and Neighbour Solicitations for them with the master's
+  MAC (the host's stack never sees a guest's broadcast in l2, as in the kernel).
+
+Rules:
+- The tap is a plain (non-persistent) tun device: closing its file descriptor
+  deletes it and every route through it, so a crashed daemon leaves nothing behind.
+- It carries the 12-byte virtio-net header (IFF_VNET_HDR, TUNSETVNETHDRSZ 12), the
+  same layout as the daemon's buffers: frames move with one read or write.
+  No offloads are enabled on the tap, so the host hands it complete frames.
+- Routes follow the port's configured addresses (``sync``, called wherever the
+  nftables chain is updated). Learned link-locals get no route.
+- Problems are counted in the port's ``drops`` (``host_*``), never raised per frame.
+- l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
+  master only, IPv6 forwarding for the namespace (the kernel has no per-device
+  switch for it); the values found are restored when the link closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import os
+import struct
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import UplinkError
+from ..net.frames import ETH_HLEN, L3_IPV4, L3_IPV6, classify
+from ..virtio import net
+from .rtnl import Rtnl
+from .uplink import interface_mac
+
+if TYPE_CHECKING:
+    from .datapath import NetDevice, PortDatapath
+
+log = logging.getLogger("vhost_ipvlan.hostlink")
+
+TUNSETIFF = 0x400454CA
+TUNSETVNETHDRSZ = 0x400454D8
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFF_UP = 0x1
+IFF_NOARP = 0x80
+HDR_F_DATA_VALID = 2
+HOST_ADDR_TTL = 1.0
+BURST = 256
+_SYSCTL = Path("/proc/sys/net")
+
+
+def tap_name(master_index: int) -> str:
+    return f"vih{master_index}"
+
+
+def _sysctl(path: str, value: str | None = None) -> str | None:
+    p = _SYSCTL / path
+    try:
+        old = p.read_text().strip()
+        if value is not None and old != value:
+            p.write_text(value)
+        return old
+    except OSError:
+        return None
+
+
+class HostLink:
+    """The tap device between one port and the host's own stack."""
+
+    def __init__(self, dp: PortDatapath, master_index: int) -> None:
+        self.dp = dp
+        self.master_index = master_index
+        self.name = tap_name(master_index)
+        self._restore: list[tuple[str, str]] = []
+        self._reading = False
+        self.routes: set[bytes] = set()
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            ifr = struct.pack("16sH22x", self.name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+            fcntl.ioctl(fd, TUNSETIFF, ifr)
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", net.HDR_LEN))
+        except OSError as e:
+            os.close(fd)
+            raise UplinkError(f"master {dp.port.master}: cannot create host tap {self.name}: {e.strerror}") from e
+        self.fd = fd
+        self.ipr = Rtnl()
+        try:
+            self.index: int = self.ipr.call("link_lookup", ifname=self.name)[0]
+            # no link-local, no DAD, no router solicitations: the tap only carries routed traffic
+            _sysctl(f"ipv6/conf/{self.name}/addr_gen_mode", "1")
+            _sysctl(f"ipv6/conf/{self.name}/accept_dad", "0")
+            _sysctl(f"ipv6/conf/{self.name}/router_solicitations", "0")
+            self.ipr.call("link", "set", index=self.index, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP)
+        except (NetlinkError, OSError, IndexError) as e:
+            self.close()
+            raise UplinkError(f"master {dp.port.master}: cannot set up host tap {self.name}: {e}") from e
+        self.mac = interface_mac(self.name)
+        self.buf = bytearray(net.MAX_BUFFER)
+        self.view = memoryview(self.buf)
+        self.rx_packets = self.tx_packets = 0
+        self._host_addrs: frozenset[bytes] = frozenset()
+        self._host_addrs_at = -HOST_ADDR_TTL
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self.dp.loop.add_reader(self.fd, self._readable)
+        self._reading = True
+        log.info("master %s: host link %s up (index %d)", self.dp.port.master, self.name, self.index)
+
+    def close(self) -> None:
+        """Delete the tap (and with it every route through it); undo sysctls."""
+        if self._reading:
+            self.dp.loop.remove_reader(self.fd)
+            self._reading = False
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        for path, old in reversed(self._restore):
+            _sysctl(path, old)
+        self._restore.clear()
+        self.routes.clear()
+        self.ipr.close()
+
+    def enable_forwarding(self) -> None:
+        """l3s: the host forwards between the tap and the master."""
+        for path in (f"ipv4/conf/{self.name}/forwarding", f"ipv4/conf/{self.dp.port.master}/forwarding",
+                     "ipv6/conf/all/forwarding"):
+            old = _sysctl(path, "1")
+            if old is not None and old != "1":
+                self._restore.append((path, old))
+
+    # -- routes -------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Make the routes through the tap equal to the slaves' configured addresses."""
+        want: set[bytes] = set()
+        for slave in self.dp.port.slaves.values():
+            want |= slave.addresses
+        for addr in sorted(self.routes - want):
+            self._route("del", addr)
+            self.routes.discard(addr)
+        for addr in sorted(want - self.routes):
+            if self._route("replace", addr):
+                self.routes.add(addr)
+
+    def _route(self, cmd: str, addr: bytes) -> bool:
+        ip = ipaddress.ip_address(addr)
+        try:
+            self.ipr.call("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
+                           family=10 if ip.version == 6 else 2)
+        except NetlinkError as e:
+            if cmd != "del":
+                log.warning("host link %s: cannot route %s through it: %s", self.name, ip, e)
+            return False
+        return True
+
+    # -- the host's addresses -------------------------------------------------------
+
+    def is_host_address(self, addr: bytes) -> bool:
+        """Whether ``addr`` is one of the host's addresses on the master (cached ~1 s)."""
+        now = time.monotonic()
+        if now - self._host_addrs_at >= HOST_ADDR_TTL:
+            self._host_addrs_at = now
+            found: set[bytes] = set()
+            with contextlib.suppress(NetlinkError, OSError):
+                for msg in self.ipr.call("get_addr", index=self.dp.uplink.ifindex):
+                    a = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+                    if a:
+                        found.add(ipaddress.ip_address(a).packed)
+            self._host_addrs = frozenset(found)
+        return addr in self._host_addrs
+
+    # -- frames -------------------------------------------------------------------
+
+    def to_host(self, buf: memoryview, length: int) -> bool:
+        """Give ``buf[:length]`` (12-byte header + frame) to the host's stack."""
+        if self.fd < 0:
+            return False
+        buf[net.HDR_LEN : net.HDR_LEN + 6] = self.mac
+        try:
+            os.write(self.fd, buf[:length])
+        except OSError:
+            self.dp.drops["host_send_failed"] += 1
+            return False
+        self.tx_packets += 1
+        return True
+
+    def _readable(self) -> None:
+        view = self.view
+        dp = self.dp
+        port = dp.port
+        for _ in range(BURST):
+            try:
+                n = os.readv(self.fd, [view])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                dp.drops["host_read_error"] += 1
+                break
+            if n < net.HDR_LEN + ETH_HLEN:
+                break
+            self.rx_packets += 1
+            kind, dst, _src, _sha, _l3src, key = classify(view[net.HDR_LEN : n])
+            if dst[0] & 1 or kind not in (L3_IPV4, L3_IPV6):
+                dp.drops["host_not_unicast_ip"] += 1  # MLD, IPv6 RS and the like
+                continue
+            owner = port.by_addr.get(key)
+            dev: NetDevice | None = dp.devices.get(owner.name) if owner is not None else None
+            if dev is None or owner is None or owner.mac is None or not owner.up:
+                dp.drops["host_no_guest"] += 1
+                continue
+            if view[0] == HDR_F_DATA_VALID:
+                view[0] = 0
+            view[net.HDR_LEN : net.HDR_LEN + 12] = owner.mac + port.master_mac
+            dev.deliver(view[:n])
+        dp.flush()

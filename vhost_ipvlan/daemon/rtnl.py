@@ -1,0 +1,49 @@
+"""Synchronous rtnetlink requests (pyroute2 ``IPRoute``) from inside the daemon's event loop.
+
+pyroute2 0.9's synchronous ``IPRoute`` drives its own asyncio loop with
+``run_until_complete``, which cannot run in a thread whose loop is already running
+(the daemon's). So each ``Rtnl`` owns one worker thread holding an ``IPRoute``;
+``call`` runs one request there and waits for its answer.
+
+Rules:
+- Only for rare requests (route and neighbour changes, cached lookups): the caller
+  blocks for one netlink round trip.
+- Exceptions (``NetlinkError``, ``OSError``) are re-raised in the caller.
+- ``close`` closes the socket and stops the thread; calls after it raise ``OSError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pyroute2 import IPRoute
+
+logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its DEBUG logs every message
+
+
+class Rtnl:
+    """One rtnetlink socket, used from any thread through its worker."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtnl")
+        self._ipr: Any = self._pool.submit(IPRoute).result()
+        self._closed = False
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``IPRoute.<method>(*args, **kwargs)``, materialised as a list when it is a generator."""
+        if self._closed:
+            raise OSError("rtnetlink socket closed")
+
+        def run() -> Any:
+            result = getattr(self._ipr, method)(*args, **kwargs)
+            return list(result) if hasattr(result, "__next__") else result
+
+        return self._pool.submit(run).result()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.submit(self._ipr.close).result()
+            self._pool.shutdown(wait=True)

@@ -1,0 +1,188 @@
+"""IPvlan l3 and l3s decisions (flag bridge).
+
+Reference: §4 (``ipvlan_xmit_mode_l3``, ``ipvlan_process_outbound``), §3
+(``ipvlan_handle_mode_l3``), §6 (l3s) and §12.1 rows a-h; departures from DESIGN.md.
+
+The guest's "router" is the master's MAC: the daemon answers every ARP request
+and Neighbour Solicitation a guest sends (for any address but the guest's own)
+with the master's MAC, so a guest needs no special configuration (a plain
+``192.0.2.10/24`` with any gateway works). Every frame delivered to an l3 guest
+has the master's MAC as its source.
+
+From a guest (after the same source validation as l2, ``policy`` steps 1-3):
+  1. ARP request (not a probe from 0.0.0.0) or NS (not DAD) whose target is not
+     the guest's own address -> ANSWER (departure: the kernel's NOARP slave
+     never asks). Any other ARP -> DROP(NOT_IP); DAD NS -> DROP(MULTICAST_DST).
+  2. Other non-IP EtherTypes -> DROP(NOT_IP) (kernel: "Dropped outbound packet type").
+  3. Multicast/broadcast destination MAC -> DROP(MULTICAST_DST) (kernel
+     ``ipvlan_process_outbound``). The §12.3 bridge quirk (a broadcast ARP for
+     another slave is delivered to it, where it is ignored) is not reproduced:
+     the daemon answers it instead.
+  4. IPv4/IPv6 whose destination is a slave's -> TO_SLAVE owner, whatever the
+     destination MAC (kernel: local delivery, no ARP). Not up -> DROP(TARGET_DOWN).
+  5. Multicast/broadcast destination address -> DROP(MULTICAST_DST).
+  6. Anything else: l3 -> ROUTE (the host's tables, oif pinned to the master;
+     a local route goes to the host link); l3s -> TO_HOST (the host's stack
+     routes it, through its netfilter: a departure, see ``daemon.hostlink``).
+
+From the wire:
+  1. runt -> DROP(RUNT); other unusable frames -> PASS.
+  2. ARP request (not a probe) or NS (not DAD) whose target is a slave's ->
+     ANSWER with the master's MAC (departure, reference §12.1 row e: nothing
+     answers them in the kernel). Other ARP/NDP for slave addresses: consumed by
+     the nftables chain, nothing to do here (PASS).
+  3. l3: IPv4/IPv6 to a unicast MAC whose destination is a slave's -> TO_SLAVE
+     owner (not up: DROP(TARGET_DOWN)). l3s: PASS: the host forwards it into the
+     host link (ingress crosses the host's netfilter too).
+  4. Everything else -> PASS (the master only: l3 slaves get no broadcast).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from ..net.addr import ZERO_MAC, ZERO_V4, ZERO_V6
+from ..net.frames import (
+    ARPOP_REQUEST,
+    L3_ARP,
+    L3_IPV4,
+    L3_IPV6,
+    L3_ND_NS,
+    L3_OTHER,
+    L3_RUNT,
+    Classified,
+    Frame,
+    classify,
+)
+from .policy import (
+    _GUEST_REJECT,
+    ANSWERED,
+    HOSTED,
+    PASSED,
+    ROUTED,
+    DropReason,
+    FromGuest,
+    FromUplink,
+    Verdict,
+    _drop,
+)
+
+if TYPE_CHECKING:
+    from .port import Port, Slave
+
+_NOT_IP: Final = DropReason.NOT_IP
+_MCAST_DST: Final = DropReason.MULTICAST_DST
+_TARGET_DOWN: Final = DropReason.TARGET_DOWN
+_ARP_OP: Final = 14 + 7  # low byte of the ARP opcode
+
+
+def validate(port: Port, slave: Slave, frame: Frame) -> tuple[Verdict | None, Classified]:
+    """Source validation (``policy`` steps 1-3, with learning): a drop verdict or ``None``."""
+    c = classify(frame)
+    kind, _dst, src, sha, l3src, _key = c
+    drops = slave.drops
+    if kind < L3_OTHER:
+        return _drop(drops, _GUEST_REJECT[kind]), c
+    mac = slave.mac
+    learn_mac = False
+    if src != mac:
+        if src[0] & 1:
+            return _drop(drops, DropReason.MULTICAST_SRC), c
+        if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac:
+            return _drop(drops, DropReason.SRC_MAC_SPOOF), c
+        learn_mac = True
+    learn_ll = False
+    if kind in (L3_IPV4, L3_ARP):
+        if kind == L3_ARP and sha != src:
+            return _drop(drops, DropReason.SRC_MAC_SPOOF), c
+        if l3src not in slave.addresses and l3src != ZERO_V4:
+            return _drop(drops, DropReason.SRC_IP_SPOOF), c
+    elif kind >= L3_IPV6 and l3src != ZERO_V6:
+        owner = port.by_addr.get(l3src)
+        if owner is not slave:
+            if owner is not None or l3src[0] != 0xFE or (l3src[1] & 0xC0) != 0x80:
+                return _drop(drops, DropReason.SRC_IP_SPOOF), c
+            if not port.can_learn_link_local(slave):
+                return _drop(drops, DropReason.TOO_MANY_LINK_LOCALS), c
+            learn_ll = True
+    if learn_mac:
+        port.learn_mac(slave, src)
+    if learn_ll:
+        port.learn_link_local(slave, l3src)
+    return None, c
+
+
+def _is_multicast_ip(addr: bytes) -> bool:
+    if len(addr) == 4:
+        return addr[0] >= 224 or addr == b"\xff\xff\xff\xff"
+    return addr[0] == 0xFF
+
+
+def _from_guest(port: Port, slave: Slave, frame: Frame, beyond: Verdict) -> Verdict:
+    bad, (kind, dst, _src, _sha, l3src, key) = validate(port, slave, frame)
+    if bad is not None:
+        return bad
+    drops = slave.drops
+    if kind == L3_ARP:
+        if frame[_ARP_OP] == ARPOP_REQUEST and frame[_ARP_OP - 1] == 0 and l3src != ZERO_V4 \
+                and key not in slave.addresses:
+            return ANSWERED
+        return _drop(drops, _NOT_IP)
+    if kind == L3_ND_NS:
+        if l3src != ZERO_V6 and port.by_addr.get(key) is not slave:
+            return ANSWERED
+        return _drop(drops, _MCAST_DST)
+    if kind == L3_OTHER:
+        return _drop(drops, _NOT_IP)
+    if dst[0] & 1:
+        return _drop(drops, _MCAST_DST)
+    target = port.by_addr.get(key)
+    if target is not None:
+        return target.to_me if target.up else _drop(drops, _TARGET_DOWN)
+    if _is_multicast_ip(key):
+        return _drop(drops, _MCAST_DST)
+    return beyond
+
+
+def l3_bridge_from_guest(port: Port, slave: Slave, frame: Frame) -> Verdict:
+    """Mode l3, flag bridge: a frame sent by ``slave``."""
+    return _from_guest(port, slave, frame, ROUTED)
+
+
+def l3s_bridge_from_guest(port: Port, slave: Slave, frame: Frame) -> Verdict:
+    """Mode l3s, flag bridge: as l3, but what leaves the port goes through the host's stack."""
+    return _from_guest(port, slave, frame, HOSTED)
+
+
+def _from_uplink(port: Port, frame: Frame, steer: bool) -> Verdict:
+    kind, dst, _src, _sha, l3src, key = classify(frame)
+    if kind < L3_ARP:
+        return _drop(port.uplink_drops, DropReason.RUNT) if kind == L3_RUNT else PASSED
+    target = port.by_addr.get(key)
+    if target is None:
+        return PASSED
+    if kind == L3_ARP:
+        if frame[_ARP_OP] == ARPOP_REQUEST and frame[_ARP_OP - 1] == 0 and l3src != ZERO_V4:
+            return ANSWERED
+        return PASSED
+    if kind == L3_ND_NS:
+        return ANSWERED if l3src != ZERO_V6 else PASSED
+    if not steer or dst[0] & 1:
+        return PASSED
+    return target.to_me if target.up else _drop(port.uplink_drops, _TARGET_DOWN)
+
+
+def l3_bridge_from_uplink(port: Port, frame: Frame) -> Verdict:
+    """Mode l3: a frame received on the master."""
+    return _from_uplink(port, frame, True)
+
+
+def l3s_bridge_from_uplink(port: Port, frame: Frame) -> Verdict:
+    """Mode l3s: a frame received on the master (IP to guests is the host's to forward)."""
+    return _from_uplink(port, frame, False)
+
+
+DECISIONS: Final[dict[tuple[str, str], tuple[FromGuest, FromUplink]]] = {
+    ("l3", "bridge"): (l3_bridge_from_guest, l3_bridge_from_uplink),
+    ("l3s", "bridge"): (l3s_bridge_from_guest, l3s_bridge_from_uplink),
+}
