@@ -76,7 +76,7 @@ class PortExists(Conflict):
 MODES = ("l2", "l3", "l3s")
 FLAGS = ("bridge", "private", "vepa")
 IMPLEMENTED_MODES = ("l2",)
-IMPLEMENTED_FLAGS = ("bridge",)
+IMPLEMENTED_FLAGS = ("bridge", "private", "vepa")
 SOCKET_MODES = ("server", "client")
 MAX_ADDRESSES = 256
 

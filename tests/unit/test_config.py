@@ -57,7 +57,7 @@ BAD = [
     ('[[port]]\nmode="l2"', "port[0].master: missing"),
     ('[[port]]\nmaster="v"\nmode="l4"', "port[0].mode: 'l4' is not one of l2, l3, l3s"),
     ('[[port]]\nmaster="v"\nmode="l3"', "port[0].mode: 'l3' is not implemented yet"),
-    ('[[port]]\nmaster="v"\nflag="vepa"', "port[0].flag: 'vepa' is not implemented yet"),
+    ('[[port]]\nmaster="v"\nflag="passthru"', "port[0].flag: 'passthru' is not one of bridge, private, vepa"),
     ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\naddresses=["192.0.2.300/24"]',
      "port[0].slave[0].addresses[0]: '192.0.2.300/24' is not an IPv4 or IPv6 address"),
     ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\naddresses=["224.0.0.1"]',

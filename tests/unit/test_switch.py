@@ -99,8 +99,6 @@ def dropped(reason: DropReason) -> Verdict:
     [
         ("l3", "bridge", "mode 'l3' is not implemented yet"),
         ("l3s", "bridge", "mode 'l3s' is not implemented yet"),
-        ("l2", "private", "flag 'private' is not implemented yet"),
-        ("l2", "vepa", "flag 'vepa' is not implemented yet"),
         ("l4", "bridge", "unknown mode 'l4'"),
         ("l2", "bridged", "unknown flag 'bridged'"),
     ],
