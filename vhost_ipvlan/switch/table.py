@@ -94,7 +94,7 @@ _L2_BY_FLAG: Final[dict[str, dict[tuple[Source, Dest], Rule]]] = {
         (_G, Dest.SLAVE): Rule(
             "to_uplink", note="VEPA skips the local test; dst MAC becomes the master's; hairpin brings it back"
         ),
-        (_G, Dest.GUEST_MAC): Rule("to_uplink", note="as above (dst MAC rewritten to the master's)"),
+        (_G, Dest.GUEST_MAC): Rule("to_uplink", note="VEPA: to the wire, dst MAC rewritten to the master's"),
         (_G, Dest.HOST): Rule("to_uplink", note="§12.3: vepa sends slave -> host to the wire too"),
     },
 }
