@@ -15,7 +15,8 @@ master would hand to every slave as noise for tests that count frames.
 ``master_ipv6=False`` (the default) turns it off on the master only. ``cpus`` pins
 the daemon with ``taskset -c CPUS``. ``daemon_args`` are added to ``serve``'s
 command line, ``daemon_env`` to its environment, and ``config_head`` (TOML, e.g.
-a ``[daemon]`` table) goes at the top of the config file.
+a ``[daemon]`` table) goes at the top of the config file. ``flag`` is the port's
+flag (``bridge``, ``private``, ``vepa``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Lab:
         daemon_args: list[str] | None = None,
         daemon_env: dict[str, str] | None = None,
         config_head: str = "",
+        flag: str = "bridge",
     ) -> None:
         tag = secrets.token_hex(3)
         self.host, self.out = f"vi-h-{tag}", f"vi-o-{tag}"
@@ -80,6 +82,7 @@ class Lab:
         self.daemon_args = daemon_args or []
         self.daemon_env = {**(daemon_env or {}), **({"VHOST_IPVLAN_PURE": "1"} if pure_python else {})}
         self.config_head = config_head
+        self.flag = flag
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
         self.config = tmp / "vhost-ipvlan.toml"
@@ -102,7 +105,7 @@ class Lab:
         return self.tmp / f"{name}.sock"
 
     def config_text(self) -> str:
-        lines = [self.config_head, "[[port]]", f'master = "{MASTER}"', 'mode = "l2"', 'flag = "bridge"']
+        lines = [self.config_head, "[[port]]", f'master = "{MASTER}"', 'mode = "l2"', f'flag = "{self.flag}"']
         for s in self.slaves:
             lines += ["[[port.slave]]", f'name = "{s.name}"', f'socket = "{self.sock(s.name)}"',
                       f'socket_mode = "{s.socket_mode}"', f"addresses = {json.dumps(s.addresses)}"]
