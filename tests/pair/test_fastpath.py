@@ -34,7 +34,7 @@ def mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
-def make_port() -> InprocPort:
+def make_port(flag: str = "bridge") -> InprocPort:
     import ipaddress
 
     def ip(t: str) -> bytes:
@@ -44,7 +44,7 @@ def make_port() -> InprocPort:
         ("a", [ip(A4), ip(A6)], mac(A)),
         ("b", [ip(B4), ip(B6)], mac(B)),
         ("c", [ip(C4)], mac(C)),
-    ])
+    ], flag=flag)
 
 
 CSUM_HDR = struct.pack("<BBHHHHH", net.HDR_F_NEEDS_CSUM, 0, 0, 0, 34, 6, 0)
@@ -83,8 +83,8 @@ def scenario() -> Frames:
     return out
 
 
-def run(frames: Frames, before: Callable[[InprocPort], None] | None = None) -> dict[str, object]:
-    p = make_port()
+def run(frames: Frames, before: Callable[[InprocPort], None] | None = None, flag: str = "bridge") -> dict[str, object]:
+    p = make_port(flag)
     try:
         if before is not None:
             before(p)
@@ -147,6 +147,33 @@ def test_the_accelerator_does_forward() -> None:
         assert (status, nf, nb) == (0, 50, 50 * len(frame))
     finally:
         p.close()
+
+
+@pytest.mark.parametrize("flag", ["private", "vepa"])
+def test_private_and_vepa_never_fast_forward(flag: str) -> None:
+    """The accelerator switches guest -> guest unicast; private must drop it and vepa
+    send it to the wire, so it stays off for them and results equal pure Python."""
+    p = make_port(flag)
+    try:
+        assert p.dp.fast_args(p.device("a")) is None
+    finally:
+        p.close()
+    frames = scenario()
+    fast = run(frames, flag=flag)
+    with pure_python():
+        pure = run(frames, flag=flag)
+    assert fast == pure
+    received, drops, uplink = fast["received"], fast["drops"], fast["uplink"]
+    assert isinstance(received, dict) and isinstance(drops, dict) and isinstance(uplink, list)
+    unicast_to_b = [f for _, f in received["b"] if f[:6] == mac(B)]
+    assert unicast_to_b == []  # only broadcasts reached b
+    assert any(f[:6] == b"\xff" * 6 for _, f in received["b"])
+    if flag == "private":
+        assert drops["a"][1].get("private", 0) >= 40
+    else:
+        assert drops["a"][1].get("private") is None
+        assert sum(f[10:16] == mac(B) for f in uplink) == 0  # no guest MAC as destination on the wire
+        assert len(uplink) >= 40
 
 
 @settings(max_examples=150, deadline=None)

@@ -65,8 +65,9 @@ class _Loop:
 
 
 class InprocPort:
-    def __init__(self, guests: list[tuple[str, list[bytes], bytes | None]], *, mergeable: bool = True) -> None:
-        self.port = Port("inproc", MASTER_MAC)
+    def __init__(self, guests: list[tuple[str, list[bytes], bytes | None]], *, mergeable: bool = True,
+                 flag: str = "bridge") -> None:
+        self.port = Port("inproc", MASTER_MAC, "l2", flag)
         self.uplink = _Uplink()
         loop: asyncio.AbstractEventLoop = _Loop()  # type: ignore[assignment]
         self.dp = PortDatapath(self.port, self.uplink, loop)  # type: ignore[arg-type]

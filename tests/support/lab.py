@@ -15,8 +15,9 @@ master would hand to every slave as noise for tests that count frames.
 ``master_ipv6=False`` (the default) turns it off on the master only. ``cpus`` pins
 the daemon with ``taskset -c CPUS``. ``daemon_args`` are added to ``serve``'s
 command line, ``daemon_env`` to its environment, and ``config_head`` (TOML, e.g.
-a ``[daemon]`` table) goes at the top of the config file. ``mode`` is the port's
-mode; ``master_addresses`` are given to the master (the host's own addresses).
+a ``[daemon]`` table) goes at the top of the config file. ``mode`` and ``flag`` are
+the port's (``l2``/``l3``/``l3s``; ``bridge``/``private``/``vepa``);
+``master_addresses`` are given to the master (the host's own addresses).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Lab:
         daemon_env: dict[str, str] | None = None,
         config_head: str = "",
         mode: str = "l2",
+        flag: str = "bridge",
         master_addresses: tuple[str, ...] = (),
     ) -> None:
         tag = secrets.token_hex(3)
@@ -84,6 +86,7 @@ class Lab:
         self.daemon_env = {**(daemon_env or {}), **({"VHOST_IPVLAN_PURE": "1"} if pure_python else {})}
         self.config_head = config_head
         self.mode = mode
+        self.flag = flag
         self.master_addresses = master_addresses
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
@@ -107,7 +110,7 @@ class Lab:
         return self.tmp / f"{name}.sock"
 
     def config_text(self) -> str:
-        lines = [self.config_head, "[[port]]", f'master = "{MASTER}"', f'mode = "{self.mode}"', 'flag = "bridge"']
+        lines = [self.config_head, "[[port]]", f'master = "{MASTER}"', f'mode = "{self.mode}"', f'flag = "{self.flag}"']
         for s in self.slaves:
             lines += ["[[port.slave]]", f'name = "{s.name}"', f'socket = "{self.sock(s.name)}"',
                       f'socket_mode = "{s.socket_mode}"', f"addresses = {json.dumps(s.addresses)}"]

@@ -98,8 +98,8 @@ def dropped(reason: DropReason) -> Verdict:
 @pytest.mark.parametrize(
     ("mode", "flag", "message"),
     [
-        ("l2", "private", "flag 'private' is not implemented yet"),
-        ("l2", "vepa", "flag 'vepa' is not implemented yet"),
+        ("l3", "private", "flag 'private' is not implemented yet"),
+        ("l3s", "vepa", "flag 'vepa' is not implemented yet"),
         ("l4", "bridge", "unknown mode 'l4'"),
         ("l2", "bridged", "unknown flag 'bridged'"),
     ],

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import GuestError
 from ..net import neigh
-from ..net.translate import to_guest, to_wire
+from ..net.translate import hairpin_to_wire, to_guest, to_wire
 from ..switch.policy import ANSWER, FLOOD, PASS, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..vhost_user.session import RX, TX, Session, Vring
 from ..virtio import net
@@ -347,7 +347,9 @@ class PortDatapath:
 
     def fast_args(self, dev: NetDevice) -> tuple[bytes, frozenset[bytes], dict[bytes, tuple[object, ...]]] | None:
         """(sender MAC, addresses it owns, destination table) for the C accelerator,
-        or None when it is unavailable or does not apply (see ``_fastpath.c``)."""
+        or None when it is unavailable or does not apply (see ``_fastpath.c``): it
+        forwards guest -> guest unicast, which only the l2 bridge port does (private
+        drops it, vepa sends it to the wire)."""
         if _fastpath is None or self.port.mode != "l2" or self.port.flag != "bridge":
             return None
         mac = dev.slave.mac
@@ -392,6 +394,8 @@ class PortDatapath:
             return
         action, arg = self.port.from_guest(dev.slave, buf[net.HDR_LEN : length])
         if action == TO_UPLINK:
+            if arg is not None:  # vepa, to another guest's MAC: the wire sees the master's
+                hairpin_to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, arg.mac, self.port.master_mac)  # type: ignore[union-attr, arg-type]
             self._to_uplink(dev, buf, length)
         elif action == TO_SLAVE:
             target = self._device(arg)  # type: ignore[arg-type]
@@ -405,8 +409,9 @@ class PortDatapath:
             target.deliver(buf[:length])
         elif action == FLOOD:
             frame = buf[:length]
+            dst = buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes()
             for other in self.devices.values():
-                if other is not dev and other.slave.up:
+                if other is not dev and other.slave.up and other.slave.mcast.accepts(dst):
                     other.deliver(frame)
             if self.hostlink is not None:
                 self._answer_for_host(dev, buf[net.HDR_LEN : length])
@@ -519,8 +524,9 @@ class PortDatapath:
                     self.uplink_tx += 1
             elif action == FLOOD:
                 out = view[:length]
+                dst = frame[:6].tobytes()
                 for dev in self.devices.values():
-                    if dev.slave.up:
+                    if dev.slave.up and dev.slave.mcast.accepts(dst):
                         dev.deliver(out)
             # DROP: the switch has counted it in port.uplink_drops
         self.flush()

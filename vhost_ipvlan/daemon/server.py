@@ -135,6 +135,7 @@ class Daemon:
                     "link": self.masters.slave_link(dp.port.master),
                     **dev.counters(),
                     "drops": drops,
+                    "multicast": dev.slave.mcast.describe(),
                 }
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,

@@ -11,6 +11,8 @@ has the master's MAC); the wire must only ever see the master's MAC. So:
 - ``to_guest`` (master -> guest, on the copy delivered to one guest): Ethernet
   destination and ARP target hardware address. NDP options arriving from the
   outside carry the outside's MAC and are left alone.
+- ``hairpin_to_wire`` (vepa: guest -> another guest's MAC, via the wire): the same
+  two fields, from that guest's MAC to the master's (then ``to_wire`` as usual).
 
 Rules:
 - Only fields equal to the MAC being replaced are rewritten; everything else is left
@@ -157,3 +159,11 @@ def to_guest(
     if etype == ETH_P_ARP:
         changed += _arp_hw_rewrite(frame, n, master_mac, guest_mac, False)
     return changed
+
+
+def hairpin_to_wire(frame: WritableFrame, length: int, guest_mac: bytes, master_mac: bytes) -> int:
+    """Readdress a frame sent to a guest's MAC (Ethernet destination, ARP target HW
+    address) to the master's, before ``to_wire``: a vepa frame for another guest
+    leaves with dst MAC = src MAC = the master's, as the kernel's does, so that only
+    the master's MAC is ever on the wire and a hairpin switch sends it back to us."""
+    return to_guest(frame, length, master_mac, guest_mac)

@@ -3,8 +3,11 @@
 Rules:
 - No I/O and no imports beyond the standard library and ``vhost_ipvlan.net`` /
   ``vhost_ipvlan.errors``.
-- ``Port`` holds configuration and tables (``port``); ``policy`` holds the verdict
-  codes, the drop reasons and the decision functions per (mode, flag).
+- ``Port`` holds configuration and tables (``port``); ``table`` is the policy table
+  as data ((mode, flag, source, destination kind) -> verdict, rendered in
+  docs/policy-matrix.md); ``policy`` holds the verdict codes, the drop reasons and
+  the decision functions per (mode, flag), which read their verdicts from the table;
+  ``mcast`` is the per-slave multicast filter (IGMP/MLD snooping).
 - Decisions return small reused tuples and never raise on frame content; a bad
   frame is a counted drop.
 """

@@ -10,10 +10,15 @@ action     arg                meaning for the daemon
 =========  =================  ==================================================
 TO_SLAVE   the target Slave   deliver to that guest only (translate with
                               ``to_guest(frame, n, target.mac, port.master_mac)``)
-TO_UPLINK  None               transmit on the master (translate with ``to_wire``)
+TO_UPLINK  None or a Slave    transmit on the master (translate with ``to_wire``);
+                              a Slave (vepa only) is the guest whose MAC is the
+                              destination: rewrite it to the master's first
+                              (``hairpin_to_wire``), as the kernel's dst == src
 FLOOD      None               from a guest: every other UP slave, untranslated, plus
                               the master (``to_wire`` on that copy only); from the
-                              wire: every UP slave (the host already has its copy)
+                              wire: every UP slave (the host already has its copy);
+                              in both cases only slaves whose ``mcast`` filter
+                              accepts the destination MAC
 PASS       None               from the wire only: not ours, the host stack keeps it
 DROP       a DropReason       drop; the decision already counted it
 TO_HOST    None               from a guest: give it to the host's own stack (the
@@ -25,9 +30,10 @@ ANSWER     None               an ARP request or NS the backend answers itself, t
                               whoever sent it, claiming the master's MAC
 =========  =================  ==================================================
 
-The l3 and l3s decisions live in ``switch.l3``.
-
-Policy table, mode l2, flag bridge (l3 and l3s: ``switch.l3``):
+Which verdict each destination kind gets, per (mode, flag), is data: ``table.TABLE``
+(rendered in ``docs/policy-matrix.md``). ``rules(mode, flag, source)`` compiles it
+into a tuple of verdict templates indexed by ``Dest``; the functions below find the
+destination kind and look the verdict up. Mode l2 (flags bridge, private, vepa; l3 and l3s: ``switch.l3``):
 
 From a guest (source validation first: a DESIGN.md departure, the kernel checks nothing)
   1. runt -> DROP(RUNT); 802.1Q/802.1ad -> DROP(VLAN); MAC control (PAUSE)
@@ -41,33 +47,38 @@ From a guest (source validation first: a DESIGN.md departure, the kernel checks 
      link-local (fe80::/10) is learned: the first slave using it owns it (at most
      ``MAX_LEARNED_LINK_LOCALS`` each: TOO_MANY_LINK_LOCALS); another slave's is
      SRC_IP_SPOOF.
-  4. Destination MAC multicast/broadcast -> FLOOD (kernel: other UP slaves + wire,
-     the host gets no copy).
+  4. Destination MAC multicast/broadcast -> MULTICAST: FLOOD in every flag (kernel:
+     other UP slaves + wire, the host gets no copy). IGMP/MLD in it update the
+     sender's multicast filter (``mcast``).
   5. Destination MAC the master's or a guest's ("local": DESIGN.md departure for the
      kernel's dst == src test): look up the L3 key (IPv4/IPv6 destination, ARP target
-     IP, NS target). Hit -> TO_SLAVE owner (also when the owner is the sender, as the
-     kernel does). Miss and the MAC is a guest's -> TO_SLAVE that guest. Miss and the
-     MAC is the master's -> TO_HOST (host <-> guest: a departure; the daemon drops
-     it as ``to_host_unsupported`` if it has no host link).
-     A target that is not up -> DROP(TARGET_DOWN).
-  6. Any other unicast -> TO_UPLINK.
+     IP, NS target). Hit -> SLAVE (also when the owner is the sender, as the kernel
+     does); miss and the MAC is a guest's -> GUEST_MAC; miss and the MAC is the
+     master's -> HOST. bridge: SLAVE/GUEST_MAC -> TO_SLAVE (a target that is not up ->
+     DROP(TARGET_DOWN)), HOST -> TO_HOST (host <-> guest: a departure; the daemon drops
+     it as ``to_host_unsupported`` if it has no host link). private: SLAVE/GUEST_MAC
+     -> DROP(PRIVATE), HOST -> TO_HOST. vepa: all three -> TO_UPLINK (the kernel's VEPA skips the local
+     test for every unicast, slave -> host included: reference §12.3).
+  6. Any other unicast -> OUTSIDE: TO_UPLINK.
 
-From the wire (``port.uplink_drops`` counts these drops)
+From the wire (``port.uplink_drops`` counts these drops; the flag changes nothing)
   1. runt -> DROP(RUNT). Tagged, MAC control, malformed and other non-IP/ARP frames:
      FLOOD if the destination is multicast (not for tagged or MAC control), else PASS.
   2. Multicast destination MAC, source MAC the master's and L3 source a slave's: our
-     own frame looped back (``ipvlan_external_frame``) -> DROP(LOOPED_BACK).
+     own frame looped back (``ipvlan_external_frame``) -> LOOPED_BACK: DROP.
   3. ARP (any op, any destination MAC) whose target IP is a slave's, and an NS whose
-     target is a slave's -> TO_SLAVE owner only: consumed, the host must not answer
-     (departure: the kernel also fans broadcast ARP out to every slave and the host).
-  4. IPv4/IPv6 to a unicast MAC whose destination is a slave's -> TO_SLAVE owner
-     (the kernel ignores the destination MAC). An owner that is not up ->
-     DROP(TARGET_DOWN) (the kernel would pass it to the host; we consume it).
-  5. Other multicast/broadcast -> FLOOD; everything else -> PASS.
+     target is a slave's -> SLAVE: TO_SLAVE owner only: consumed, the host must not
+     answer (departure: the kernel also fans broadcast ARP out to every slave and the
+     host).
+  4. IPv4/IPv6 to a unicast MAC whose destination is a slave's -> SLAVE: TO_SLAVE owner
+     (the kernel ignores the destination MAC; so a vepa frame hairpinned back, src and
+     dst MAC the master's, is delivered). An owner that is not up -> DROP(TARGET_DOWN)
+     (the kernel would pass it to the host; we consume it).
+  5. Other multicast/broadcast -> MULTICAST: FLOOD; everything else -> HOST: PASS.
 
 Rules: decisions never raise on frame content; they only read the frame (the daemon
 translates the copies); the only state they change is learning (slave MAC,
-link-locals, via the Port) and drop counters.
+link-locals, via the Port; multicast groups, via the slave's filter) and drop counters.
 """
 
 from __future__ import annotations
@@ -89,6 +100,7 @@ from ..net.frames import (
     Frame,
     classify,
 )
+from .table import ROWS, TABLE, Dest, Source
 
 if TYPE_CHECKING:
     from .port import Port, Slave
@@ -125,6 +137,7 @@ class DropReason(IntEnum):
     NO_DESTINATION = 11
     NOT_IP = 12
     MULTICAST_DST = 13
+    PRIVATE = 14
 
     @property
     def label(self) -> str:
@@ -170,91 +183,146 @@ def _drop(counters: list[int], reason: DropReason) -> Verdict:
     return _DROPS[reason]
 
 
-def l2_bridge_from_guest(port: Port, slave: Slave, frame: Frame) -> Verdict:
-    """Decide what to do with a frame sent by ``slave`` (mode l2, flag bridge)."""
-    kind, dst, src, sha, l3src, key = classify(frame)
-    drops = slave.drops
-    if kind < L3_OTHER:
-        return _drop(drops, _GUEST_REJECT[kind])
+def rules(mode: str, flag: str, source: Source) -> tuple[Verdict, ...]:
+    """The table's verdicts for one (mode, flag, source), indexed by ``Dest``'s order.
 
-    # Source MAC: the slave's, or learnable (committed only if every check passes).
-    mac = slave.mac
-    learn_mac = False
-    if src != mac:
-        if src[0] & 1:
-            return _drop(drops, _MULTICAST_SRC)
-        if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac:
-            return _drop(drops, _SRC_MAC_SPOOF)
-        learn_mac = True
+    ``TO_SLAVE`` entries are templates (the function supplies the owner); a missing
+    row is ``DROP(NO_DESTINATION)``, never reached by a complete table."""
+    out: list[Verdict] = []
+    for dest in Dest:
+        rule = TABLE.get((mode, flag, source, dest))
+        if rule is None or (source, dest) not in ROWS:
+            out.append(_DROPS[DropReason.NO_DESTINATION])
+        elif rule.action == "drop":
+            out.append(_DROPS[DropReason[rule.reason.upper()]])
+        else:
+            out.append((ACTION_NAMES.index(rule.action), None))
+    return tuple(out)
 
-    # Source addresses.
-    learn_ll = False
-    if kind == L3_IPV4:
-        if l3src not in slave.addresses and l3src != ZERO_V4:
-            return _drop(drops, _SRC_IP_SPOOF)
-    elif kind == L3_ARP:
-        if sha != src:
-            return _drop(drops, _SRC_MAC_SPOOF)
-        if l3src not in slave.addresses and l3src != ZERO_V4:
-            return _drop(drops, _SRC_IP_SPOOF)
-    elif kind >= L3_IPV6 and l3src != ZERO_V6:
-        owner = port.by_addr.get(l3src)
-        if owner is not slave:
-            if owner is not None or l3src[0] != 0xFE or (l3src[1] & 0xC0) != 0x80:
+
+_D_MULTICAST: Final = list(Dest).index(Dest.MULTICAST)
+_D_SLAVE: Final = list(Dest).index(Dest.SLAVE)
+_D_GUEST_MAC: Final = list(Dest).index(Dest.GUEST_MAC)
+_D_HOST: Final = list(Dest).index(Dest.HOST)
+_D_OUTSIDE: Final = list(Dest).index(Dest.OUTSIDE)
+_D_LOOPED_BACK: Final = list(Dest).index(Dest.LOOPED_BACK)
+
+
+def _apply(rule: Verdict, drops: list[int], target: Slave | None, mac_owner: Slave | None) -> Verdict:
+    action = rule[0]
+    if action == DROP:
+        return _drop(drops, rule[1])  # type: ignore[arg-type]
+    if action == TO_SLAVE:
+        assert target is not None
+        return target.to_me if target.up else _drop(drops, _TARGET_DOWN)
+    if action == TO_UPLINK and mac_owner is not None:
+        return mac_owner.via_wire
+    return rule
+
+
+def l2_from_guest(flag: str) -> FromGuest:
+    """The decision for frames sent by a slave, mode l2, for ``flag``."""
+    table = rules("l2", flag, Source.GUEST)
+    multicast, outside = table[_D_MULTICAST], table[_D_OUTSIDE]
+    to_slave, to_guest_mac, to_host = table[_D_SLAVE], table[_D_GUEST_MAC], table[_D_HOST]
+
+    def decide(port: Port, slave: Slave, frame: Frame) -> Verdict:
+        kind, dst, src, sha, l3src, key = classify(frame)
+        drops = slave.drops
+        if kind < L3_OTHER:
+            return _drop(drops, _GUEST_REJECT[kind])
+
+        # Source MAC: the slave's, or learnable (committed only if every check passes).
+        mac = slave.mac
+        learn_mac = False
+        if src != mac:
+            if src[0] & 1:
+                return _drop(drops, _MULTICAST_SRC)
+            if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac:
+                return _drop(drops, _SRC_MAC_SPOOF)
+            learn_mac = True
+
+        # Source addresses.
+        learn_ll = False
+        if kind == L3_IPV4:
+            if l3src not in slave.addresses and l3src != ZERO_V4:
                 return _drop(drops, _SRC_IP_SPOOF)
-            if not port.can_learn_link_local(slave):
-                return _drop(drops, _TOO_MANY_LL)
-            learn_ll = True
+        elif kind == L3_ARP:
+            if sha != src:
+                return _drop(drops, _SRC_MAC_SPOOF)
+            if l3src not in slave.addresses and l3src != ZERO_V4:
+                return _drop(drops, _SRC_IP_SPOOF)
+        elif kind >= L3_IPV6 and l3src != ZERO_V6:
+            owner = port.by_addr.get(l3src)
+            if owner is not slave:
+                if owner is not None or l3src[0] != 0xFE or (l3src[1] & 0xC0) != 0x80:
+                    return _drop(drops, _SRC_IP_SPOOF)
+                if not port.can_learn_link_local(slave):
+                    return _drop(drops, _TOO_MANY_LL)
+                learn_ll = True
 
-    if learn_mac:
-        port.learn_mac(slave, src)
-    if learn_ll:
-        port.learn_link_local(slave, l3src)
+        if learn_mac:
+            port.learn_mac(slave, src)
+        if learn_ll:
+            port.learn_link_local(slave, l3src)
 
-    # Destination.
-    if dst[0] & 1:
-        return FLOODED
-    mac_owner = None
-    if dst != port.master_mac:
-        mac_owner = port.by_mac.get(dst)
-        if mac_owner is None:
-            return UPLINK
-    if kind >= L3_ARP:
-        target = port.by_addr.get(key)
-        if target is not None:
-            return target.to_me if target.up else _drop(drops, _TARGET_DOWN)
-    if mac_owner is not None:
-        return mac_owner.to_me if mac_owner.up else _drop(drops, _TARGET_DOWN)
-    return HOSTED
+        # Destination.
+        if dst[0] & 1:
+            if kind in (L3_IPV4, L3_IPV6):
+                slave.mcast.snoop(frame)
+            return _apply(multicast, drops, None, None)
+        mac_owner = None
+        if dst != port.master_mac:
+            mac_owner = port.by_mac.get(dst)
+            if mac_owner is None:
+                return _apply(outside, drops, None, None)
+        if kind >= L3_ARP:
+            target = port.by_addr.get(key)
+            if target is not None:
+                return _apply(to_slave, drops, target, mac_owner)
+        if mac_owner is not None:
+            return _apply(to_guest_mac, drops, mac_owner, mac_owner)
+        return _apply(to_host, drops, None, None)
 
-
-def l2_bridge_from_uplink(port: Port, frame: Frame) -> Verdict:
-    """Decide what to do with a frame received on the master (mode l2, flag bridge)."""
-    kind, dst, src, _sha, l3src, key = classify(frame)
-    if kind < L3_ARP:
-        if kind == L3_RUNT:
-            return _drop(port.uplink_drops, _RUNT)
-        if dst[0] & 1 and kind in (L3_OTHER, L3_MALFORMED):
-            return FLOODED
-        return PASSED
-    by_addr = port.by_addr
-    mcast = dst[0] & 1
-    if mcast:
-        if src == port.master_mac and l3src in by_addr:
-            return _drop(port.uplink_drops, _LOOPED_BACK)
-        if kind in (L3_IPV4, L3_IPV6):
-            return FLOODED
-    target = by_addr.get(key)
-    if target is None:
-        return FLOODED if mcast else PASSED
-    if not target.up:
-        return _drop(port.uplink_drops, _TARGET_DOWN)
-    return target.to_me
+    decide.__name__ = decide.__qualname__ = f"l2_{flag}_from_guest"
+    return decide
 
 
-# (mode, flag) -> the two decision functions. Port() refuses anything missing here.
+def l2_from_uplink(flag: str) -> FromUplink:
+    """The decision for frames received on the master, mode l2, for ``flag``."""
+    table = rules("l2", flag, Source.WIRE)
+    multicast, host = table[_D_MULTICAST], table[_D_HOST]
+    to_slave, looped_back = table[_D_SLAVE], table[_D_LOOPED_BACK]
+
+    def decide(port: Port, frame: Frame) -> Verdict:
+        kind, dst, src, _sha, l3src, key = classify(frame)
+        drops = port.uplink_drops
+        if kind < L3_ARP:
+            if kind == L3_RUNT:
+                return _drop(drops, _RUNT)
+            if dst[0] & 1 and kind in (L3_OTHER, L3_MALFORMED):
+                return _apply(multicast, drops, None, None)
+            return _apply(host, drops, None, None)
+        by_addr = port.by_addr
+        mcast = dst[0] & 1
+        if mcast:
+            if src == port.master_mac and l3src in by_addr:
+                return _apply(looped_back, drops, None, None)
+            if kind in (L3_IPV4, L3_IPV6):
+                return _apply(multicast, drops, None, None)
+        target = by_addr.get(key)
+        if target is None:
+            return _apply(multicast if mcast else host, drops, None, None)
+        return _apply(to_slave, drops, target, None)
+
+    decide.__name__ = decide.__qualname__ = f"l2_{flag}_from_uplink"
+    return decide
+
+
+# (mode, flag) -> the two decision functions. Port() refuses anything missing here;
+# every pair here has a complete row set in table.TABLE (tests/unit/test_policy_table.py).
 DECISIONS: Final[dict[tuple[str, str], tuple[FromGuest, FromUplink]]] = {
-    ("l2", "bridge"): (l2_bridge_from_guest, l2_bridge_from_uplink),
+    ("l2", flag): (l2_from_guest(flag), l2_from_uplink(flag)) for flag in FLAGS
 }
 
 from . import l3 as _l3  # noqa: E402  (registers l3 and l3s; it needs the names above)

@@ -1,7 +1,8 @@
 """A port: one master interface, its slaves, and the port-wide address table.
 
 Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
-- Mode and flag are per port. ``l2``, ``l3`` and ``l3s`` with ``bridge`` are
+- Mode and flag are per port (the kernel's are port-wide too). ``l2`` with
+  ``bridge``, ``private`` or ``vepa``, and ``l3``/``l3s`` with ``bridge``, are
   implemented (``policy.DECISIONS``); any other known value raises
   ``PortConfigError`` saying it is not implemented yet, an unknown one says which
   values exist.
@@ -19,6 +20,8 @@ Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
 - The tables (``by_addr``, ``by_mac``) hold every slave, up or down; delivery
   checks ``Slave.up``. ``generation`` increases on every address change so the
   daemon knows when to re-sync what it steals from the host (``consumed_addresses``).
+- Each slave has a multicast filter (``mcast.GroupFilter``): the policy feeds it the
+  guest's IGMP/MLD, the daemon asks it before flooding to that slave.
 - Per-frame decisions are ``port.from_guest(slave, frame)`` and
   ``port.from_uplink(frame)``, bound from ``policy.DECISIONS`` for the port's mode
   and flag. Configuration errors raise; frame problems never do.
@@ -41,7 +44,8 @@ from ..net.addr import (
     parse_mac,
 )
 from ..net.frames import Frame
-from .policy import DECISIONS, FLAGS, MODES, N_DROP_REASONS, TO_SLAVE, DropReason, Verdict
+from .mcast import GroupFilter
+from .policy import DECISIONS, FLAGS, MODES, N_DROP_REASONS, TO_SLAVE, TO_UPLINK, DropReason, Verdict
 
 MAX_LEARNED_LINK_LOCALS = 8
 
@@ -67,7 +71,9 @@ class NameInUse(PortConfigError):
 class Slave:
     """One guest NIC on a port. Created by ``Port.add_slave`` only."""
 
-    __slots__ = ("addresses", "drops", "index", "learned", "mac", "name", "port", "to_me", "up")
+    __slots__ = (
+        "addresses", "drops", "index", "learned", "mac", "mcast", "name", "port", "to_me", "up", "via_wire",
+    )
 
     def __init__(self, port: Port, name: str, index: int, mac: bytes | None) -> None:
         self.port = port
@@ -84,6 +90,10 @@ class Slave:
         self.drops = [0] * N_DROP_REASONS
         #: the TO_SLAVE verdict for this slave, built once
         self.to_me: Verdict = (TO_SLAVE, self)
+        #: the TO_UPLINK verdict for a frame addressed to this slave's MAC (vepa)
+        self.via_wire: Verdict = (TO_UPLINK, self)
+        #: which multicast this guest receives
+        self.mcast = GroupFilter(self.addresses, self.learned)
 
     def drop_counts(self) -> dict[str, int]:
         """Non-zero drop counters by ``DropReason.label``."""
