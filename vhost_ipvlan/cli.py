@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, ctl
-from .libvirt import cli as libvirt_cli
 from .config import Config, load
 from .control.client import DEFAULT_SOCKET, ControlUnavailable, RemoteError
 from .errors import ConfigError, UplinkError
+from .libvirt import cli as libvirt_cli
 from .vhost_user.session import DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES
 
 PROG = "vhost-ipvlan"
@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required (serve, check-config, port, slave, stats, install-hook, libvirt)", file=sys.stderr)
+        print(f"{PROG}: error: a command is required "
+              "(serve, check-config, port, slave, stats, install-hook, libvirt)", file=sys.stderr)
         return 2
     try:
         if args.command == "check-config":

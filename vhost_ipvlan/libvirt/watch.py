@@ -90,7 +90,7 @@ class Watcher:
             for cb in self._callbacks:
                 try:
                     self.conn.domainEventDeregisterAny(cb)
-                except Exception:  # noqa: BLE001 - closing anyway
+                except Exception:  # closing anyway
                     pass
             self.conn.close()
             self.conn = None
