@@ -5,7 +5,9 @@ Two TCG domains (the tiny guest: kernel + initrd, memfd shared memory, the
 vm1 in the daemon-listens role (libvirt ``mode='client'``), vm2 in the
 QEMU-listens role. The hook (installed into libvirt's real hooks directory)
 creates their slaves on start and removes them on destroy; the watcher creates
-a pre-declared NIC's slave so that ``virsh attach-device`` can be used.
+a pre-declared NIC's slave so that ``virsh attach-device`` can be used, follows
+the master's link with QMP ``set_link`` and sends ``announce-self`` after a daemon
+restart (through libvirt).
 The guests' command channel is a ``<serial type='unix'>`` (``Guest``'s protocol).
 """
 
@@ -274,6 +276,38 @@ def test_hotplug_second_nic(world: World) -> None:
     dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata(meta_iface(VM1_MAC, f"{VM1_IP}/24", p=""), p=""),
                     "vi", NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     wait_until(lambda: name not in world.slaves(), 60, what=f"the watcher to remove {name}")
+
+
+def carrier(vm: DomainGuest) -> str:
+    return vm.run("cat /sys/class/net/eth0/carrier")[1].strip()
+
+
+def test_master_down_sets_guest_link_down_and_up(world: World) -> None:
+    """The watcher follows the master's link with QMP set_link (through libvirt)."""
+    host = world.lab.host
+    subprocess.run(["ip", "-n", host, "link", "set", "vim0", "down"], check=True)
+    try:
+        wait_until(lambda: carrier(world.vm1) == "0" and carrier(world.vm2) == "0", 60,
+                   what="the guests' carrier to go down")
+    finally:
+        subprocess.run(["ip", "-n", host, "link", "set", "vim0", "up"], check=True)
+    wait_until(lambda: carrier(world.vm1) == "1" and carrier(world.vm2) == "1", 60,
+               what="the guests' carrier to come back")
+    rc, out = world.vm1.run(f"ping -c 3 -W 5 {OUT_IP}", timeout=60)
+    assert rc == 0, out
+
+
+def test_daemon_restart_announces(world: World) -> None:
+    """After a daemon restart the watcher asks QEMU to announce-self for each NIC, once it is up."""
+    before = world.watch_log.read_text().count("announce-self")
+    world.lab.stop_daemon()
+    world.lab.start_daemon()
+    wait_until(lambda: world.watch_log.read_text().count("announce-self") >= before + 2, 60,
+               what="announce-self for both guests")
+    assert "failed" not in world.watch_log.read_text().split("daemon restarted", 1)[1]
+    for vm, dst in ((world.vm1, VM2_IP), (world.vm2, OUT_IP)):
+        rc, out = vm.run(f"ping -c 3 -W 5 {dst}", timeout=60)
+        assert rc == 0, out
 
 
 def test_zz_destroy_removes_slaves(world: World) -> None:

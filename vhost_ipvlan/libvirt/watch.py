@@ -64,6 +64,7 @@ class Watcher:
     def open(self) -> None:
         import libvirt
 
+        libvirt.registerErrorHandler(lambda *_: None, None)  # errors are raised (and logged) anyway
         libvirt.virEventRegisterDefaultImpl()
         threading.Thread(target=self._event_loop, name="libvirt-events", daemon=True).start()
         self.conn = libvirt.open(self.uri)
@@ -129,13 +130,15 @@ class Watcher:
             log.info("domain %s: slave %s added", name, n)
         for n in removed:
             log.info("domain %s: slave %s removed", name, n)
-        self._forget(name)
+        keep = {r.name for r in requests if r.alias is not None}
+        self._forget(name, keep)
         for r in requests:
             if r.alias is not None:
                 self.nics[r.name] = (name, r.alias)
 
-    def _forget(self, domain: str) -> None:
-        for slave in [s for s, (d, _) in self.nics.items() if d == domain]:
+    def _forget(self, domain: str, keep: set[str] | None = None) -> None:
+        """Drop a domain's NICs (but those in ``keep``: their last link state stays)."""
+        for slave in [s for s, (d, _) in self.nics.items() if d == domain and s not in (keep or set())]:
             del self.nics[slave]
             self.links.pop(slave, None)
 
@@ -159,7 +162,7 @@ class Watcher:
                 if slave not in self.nics:
                     continue
                 link = s.get("link") == "up"
-                if slave in self.links and self.links[slave] != link:
+                if self.links.get(slave, True) != link:  # a NIC starts with its link up
                     self.qmp(slave, "set_link", {"name": self.nics[slave][1], "up": link})
                 self.links[slave] = link
                 if slave in self.announce and s.get("up"):
