@@ -34,6 +34,8 @@ from vhost_ipvlan.libvirt import hook
 from vhost_ipvlan.libvirt.domain import NS, slave_name
 
 libvirt = pytest.importorskip("libvirt")
+if shutil.which("libvirtd") is None or shutil.which("virsh") is None:
+    pytest.skip("libvirtd/virsh not installed (scripts/setup installs them)", allow_module_level=True)
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.qemu, pytest.mark.netns]
 
@@ -231,6 +233,29 @@ def test_check_is_clean(world: World) -> None:
                            "--control", str(world.lab.control), "--socket-dir", str(world.sockdir)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_check_reports_problems(world: World, tmp_path: Path) -> None:
+    name = f"{world.vm1.name}-bad"
+    g = DomainGuest(name, world.vm1.workdir, mac="52:54:00:1b:00:98")
+    xml = domain_xml(g, world.vm1.workdir / "vmlinuz", world.vm1.workdir / "initrd.img",
+                     nic_xml(g.mac, world.sockdir / f"{name}.sock", "client"), "")
+    xml = xml.replace("<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>", "")
+    xml = xml.replace("value='0'", "value='4'")
+    (tmp_path / "bad.xml").write_text(xml)
+    virsh("define", str(tmp_path / "bad.xml"))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", "libvirt", "check", name,
+                               "--control", str(world.lab.control), "--socket-dir", str(world.sockdir)],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        virsh("undefine", name, check=False)
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3, proc.stdout
+    assert "no shared memory" in lines[0]
+    assert "no <vi:interface mac='52:54:00:1b:00:98'>" in proc.stdout
+    assert "vectors" in proc.stdout
 
 
 def test_refused_slave_fails_start(world: World, tmp_path: Path) -> None:
