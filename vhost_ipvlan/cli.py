@@ -20,6 +20,7 @@ from . import __version__, ctl
 from .config import Config, load
 from .control.client import DEFAULT_SOCKET, ControlUnavailable, RemoteError
 from .errors import ConfigError, UplinkError
+from .libvirt import cli as libvirt_cli
 from .vhost_user.session import DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES
 
 PROG = "vhost-ipvlan"
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a configuration file and exit")
     c.add_argument("config", type=Path)
     ctl.add_parsers(sub)
+    libvirt_cli.add_parsers(sub)
     return p
 
 
@@ -71,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required (serve, check-config, port, slave, stats)", file=sys.stderr)
+        print(f"{PROG}: error: a command is required "
+              "(serve, check-config, port, slave, stats, install-hook, libvirt)", file=sys.stderr)
         return 2
     try:
         if args.command == "check-config":
@@ -81,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command in ("port", "slave", "stats"):
             return ctl.run(args)
+        if args.command in ("install-hook", "libvirt"):
+            return libvirt_cli.run(args)
         cfg = _initial(args.state, args.config)
         if args.metrics is not None:
             from .daemon.metrics import parse_address

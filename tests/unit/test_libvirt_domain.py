@@ -1,0 +1,290 @@
+"""The libvirt core: domain XML -> slave requests and problems; the hook against a fake daemon."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vhost_ipvlan.control.client import ControlUnavailable, RemoteError
+from vhost_ipvlan.libvirt import hook
+from vhost_ipvlan.libvirt.check import allowed, msix_bug, socket_problems
+from vhost_ipvlan.libvirt.domain import NS, DomainError, is_slave_of, problems, slave_name, slave_requests
+
+SOCKDIR = Path("/run/vhost-ipvlan")
+OVERRIDE = ("<qemu:override><qemu:device alias='net0'><qemu:frontend>"
+            "<qemu:property name='vectors' type='unsigned' value='0'/></qemu:frontend></qemu:device></qemu:override>")
+
+
+def nic(mac: str | None = "52:54:00:00:00:10", path: str = "/run/vhost-ipvlan/vm1.sock", mode: str = "client",
+        alias: str = "") -> str:
+    m = f"<mac address='{mac}'/>" if mac else ""
+    a = f"<alias name='{alias}'/>" if alias else ""
+    return (f"<interface type='vhostuser'>{m}<source type='unix' path='{path}' mode='{mode}'/>"
+            f"<model type='virtio'/>{a}</interface>")
+
+
+def meta(*ifaces: str) -> str:
+    return f"<metadata><vi:vhost-ipvlan xmlns:vi='{NS}'>{''.join(ifaces)}</vi:vhost-ipvlan></metadata>"
+
+
+def vi(mac: str = "52:54:00:00:00:10", master: str = "eth0", addrs: tuple[str, ...] = ("192.0.2.10/24",),
+       extra: str = "") -> str:
+    a = "".join(f"<vi:address>{x}</vi:address>" for x in addrs)
+    return f"<vi:interface mac='{mac}' master='{master}'{extra}>{a}</vi:interface>"
+
+
+def domain(*parts: str, name: str = "vm1", type_: str = "qemu", shared: bool = True, override: bool = True,
+           devices: str = "") -> str:
+    mb = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>" if shared else ""
+    return (f"<domain type='{type_}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>{name}</name>"
+            f"{''.join(p for p in parts if p.startswith('<metadata'))}{mb}"
+            f"<devices>{devices}{''.join(p for p in parts if p.startswith('<interface'))}"
+            "<interface type='network'><mac address='52:54:00:99:99:99'/></interface></devices>"
+            f"{OVERRIDE if override else ''}</domain>")
+
+
+# -- slave_requests ------------------------------------------------------------------------------
+
+def test_one_nic_daemon_listens() -> None:
+    [r] = slave_requests(domain(nic(), meta(vi(extra=" mode='l2' flag='bridge'"))), SOCKDIR)
+    assert r.params() == {"master": "eth0", "name": "vm1-525400000010", "socket": "/run/vhost-ipvlan/vm1.sock",
+                          "socket_mode": "server", "addresses": ["192.0.2.10/24"], "mac": "52:54:00:00:00:10"}
+    assert r.port_params() == {"master": "eth0", "mode": "l2", "flag": "bridge"}
+
+
+def test_qemu_listens_means_daemon_connects() -> None:
+    [r] = slave_requests(domain(nic(mode="server", alias="net0"), meta(vi())), SOCKDIR)
+    assert r.socket_mode == "client"
+    assert r.alias == "net0"
+
+
+def test_mac_is_case_insensitive_and_metadata_may_sit_directly_under_metadata() -> None:
+    xml = domain(nic(mac="52:54:00:AB:00:10"),
+                 f"<metadata><vi:interface xmlns:vi='{NS}' mac='52:54:00:ab:00:10' master='eth1'/></metadata>")
+    [r] = slave_requests(xml, SOCKDIR)
+    assert (r.mac, r.master, r.addresses) == ("52:54:00:ab:00:10", "eth1", ())
+
+
+def test_interfaces_elsewhere_are_ignored() -> None:
+    assert slave_requests(domain(nic(path="/var/run/ovs/vm1.sock")), SOCKDIR) == []
+    assert slave_requests(domain(nic(path="/run/vhost-ipvlan")), SOCKDIR) == []
+
+
+def test_two_nics_and_a_predeclared_one() -> None:
+    xml = domain(nic(), nic(mac="52:54:00:00:00:20", path="/run/vhost-ipvlan/vm1b.sock"),
+                 meta(vi(), vi(mac="52:54:00:00:00:20", addrs=("2001:db8::20/64",)),
+                      vi(mac="52:54:00:00:00:30", extra=" socket='/run/vhost-ipvlan/vm1c.sock'",
+                         addrs=("198.51.100.3/24",))))
+    rs = slave_requests(xml, SOCKDIR)
+    assert [r.name for r in rs] == ["vm1-525400000010", "vm1-525400000020", "vm1-525400000030"]
+    assert rs[2].socket == "/run/vhost-ipvlan/vm1c.sock" and rs[2].socket_mode == "server"
+
+
+@pytest.mark.parametrize(("xml", "needle"), [
+    (domain(nic()), "no <vi:interface mac='52:54:00:00:00:10'> in <metadata>"),
+    (domain(nic(), meta(vi(master=""))), "has no master attribute"),
+    (domain(nic(mac=None), meta(vi())), "has no <mac address>"),
+    (domain(nic(), meta(vi(addrs=("192.0.2.300/24",)))), "address[0]"),
+    (domain(nic(), meta(vi(extra=" mode='l4'"))), "mode 'l4' is not one of"),
+    (domain(nic(), meta(vi(mac="01:00:5e:00:00:01"))), "multicast"),
+    (domain(meta(vi(extra=" socket='/tmp/x.sock'"))), "is not inside /run/vhost-ipvlan"),
+    ("<domain><name>x", "domain XML:"),
+    ("<network/>", "not <domain>"),
+])
+def test_refusals(xml: str, needle: str) -> None:
+    with pytest.raises(DomainError, match=None) as e:
+        slave_requests(xml, SOCKDIR)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_slave_names() -> None:
+    assert slave_name("web server/1", "52:54:00:AA:00:01") == "web_server_1-525400aa0001"
+    assert len(slave_name("x" * 200, "52:54:00:aa:00:01")) == 64
+    assert is_slave_of("vm", "vm-525400aa0001")
+    assert not is_slave_of("vm", "vm-x-525400aa0001")
+    assert not is_slave_of("vm-x", "vm-525400aa0001")
+
+
+# -- problems ------------------------------------------------------------------------------------
+
+def test_a_good_domain_has_no_problems() -> None:
+    assert problems(domain(nic(), meta(vi())), SOCKDIR) == []
+
+
+def test_problems_one_line_each() -> None:
+    xml = domain(nic(), nic(mac="52:54:00:00:00:20", path="/srv/other.sock"), shared=False, override=False)
+    found = problems(xml, SOCKDIR)
+    assert any("no shared memory" in p for p in found)
+    assert any("/srv/other.sock is not inside" in p for p in found)
+    assert any("no <vi:interface mac='52:54:00:00:00:10'>" in p for p in found)
+    assert any("vectors" in p and "alias='net0'" in p for p in found)
+    assert all("\n" not in p for p in found)
+    assert not any("vectors" in p for p in problems(xml.replace("type='qemu'", "type='kvm'"), SOCKDIR))
+    assert not any("vectors" in p for p in problems(xml, SOCKDIR, msix_bug=False))
+
+
+def test_numa_shared_memory_counts() -> None:
+    xml = domain(nic(), meta(vi()), shared=False).replace(
+        "<devices>", "<cpu><numa><cell id='0' cpus='0' memory='262144' memAccess='shared'/></numa></cpu><devices>")
+    assert not any("shared memory" in p for p in problems(xml, SOCKDIR))
+
+
+def test_msix_bug_is_qemu_7_2() -> None:
+    assert msix_bug(7002000) and msix_bug(7002005)
+    assert not msix_bug(8002000) and not msix_bug(7001000)
+
+
+# -- permissions ---------------------------------------------------------------------------------
+
+def test_allowed_by_owner_group_other() -> None:
+    st = os.stat_result((stat.S_IFSOCK | 0o660, 0, 0, 0, 10, 20, 0, 0, 0, 0))
+    assert allowed(st, 10, set(), 6)
+    assert allowed(st, 11, {20}, 2)
+    assert not allowed(st, 11, {21}, 2)
+    assert allowed(st, 0, set(), 7)
+
+
+def test_socket_problems() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:  # /tmp: every user may enter it
+        Path(top).chmod(0o755)
+        check_socket_problems(Path(top) / "s")
+
+
+def check_socket_problems(d: Path) -> None:
+    d.mkdir(mode=0o700)
+    uid, gids = 64055, {64055}
+    assert "cannot enter" in socket_problems(d / "a.sock", False, uid, gids)[0]
+    d.chmod(0o755)
+    assert socket_problems(d / "a.sock", False, uid, gids) == []  # not there yet: the hook creates it
+    assert "cannot create files" in socket_problems(d / "a.sock", True, uid, gids)[0]
+    (d / "f").write_text("")
+    assert "not a socket" in socket_problems(d / "f", False, uid, gids)[0]
+
+
+# -- the hook ------------------------------------------------------------------------------------
+
+class FakeDaemon:
+    """Enough of the control API for the hook: ports, slaves, addresses in use."""
+
+    def __init__(self, masters: tuple[str, ...] = ("eth0",), down: bool = False) -> None:
+        self.masters, self.down = masters, down
+        self.ports: dict[str, dict[str, Any]] = {}
+        self.slaves: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+
+    def __call__(self) -> FakeDaemon:
+        if self.down:
+            raise ControlUnavailable("cannot connect to the daemon at /x: No such file or directory")
+        return self
+
+    def __enter__(self) -> FakeDaemon:
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        pass
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        p = params or {}
+        self.calls.append(method)
+        if method == "port.list":
+            return [{"mode": "l2", "flag": "bridge", **v} for v in self.ports.values()]
+        if method == "port.add":
+            if p["master"] not in self.masters:
+                raise RemoteError("no_such_interface", f"params.master: no interface {p['master']}")
+            self.ports[p["master"]] = {"master": p["master"], "mode": p.get("mode", "l2"),
+                                       "flag": p.get("flag", "bridge")}
+            return self.ports[p["master"]]
+        if method in ("slave.add", "slave.change"):
+            if method == "slave.add" and p["name"] in self.slaves:
+                raise RemoteError("name_in_use", f"params.name: {p['name']} exists")
+            for other in self.slaves.values():
+                if other["name"] != p["name"] and set(other["addresses"]) & set(p["addresses"]):
+                    raise RemoteError("address_in_use", f"params.addresses[0]: {p['addresses'][0]} is already "
+                                      f"used by slave '{other['name']}' on master {p['master']}")
+            self.slaves[p["name"]] = p
+            return p
+        if method == "slave.remove":
+            if self.slaves.pop(p["name"], None) is None:
+                raise RemoteError("not_found", f"params.name: no slave {p['name']}")
+            return {}
+        raise AssertionError(method)
+
+
+def run_hook(d: FakeDaemon, op: str, xml: str) -> tuple[int, str]:
+    err = io.StringIO()
+    old, sys.stderr = sys.stderr, err
+    try:
+        rc = hook.run(["vm1", op, "begin", "-"], io.StringIO(xml), d, SOCKDIR)  # type: ignore[arg-type]
+    finally:
+        sys.stderr = old
+    return rc, err.getvalue()
+
+
+TWO = domain(nic(), nic(mac="52:54:00:00:00:20", path="/run/vhost-ipvlan/b.sock"),
+             meta(vi(), vi(mac="52:54:00:00:00:20", addrs=("192.0.2.20/24",))))
+
+
+def test_prepare_creates_port_and_slaves_release_removes_them() -> None:
+    d = FakeDaemon()
+    assert run_hook(d, "prepare", TWO) == (0, "")
+    assert set(d.slaves) == {"vm1-525400000010", "vm1-525400000020"} and "eth0" in d.ports
+    assert run_hook(d, "prepare", TWO) == (0, "")  # left over: changed, not refused
+    assert run_hook(d, "release", TWO) == (0, "")
+    assert d.slaves == {}
+    assert run_hook(d, "release", TWO) == (0, "")  # already gone: fine
+
+
+def test_refused_slave_fails_prepare_and_undoes() -> None:
+    d = FakeDaemon()
+    d.slaves["other"] = {"name": "other", "addresses": ["192.0.2.20/24"]}
+    rc, err = run_hook(d, "prepare", TWO)
+    assert rc == 1
+    assert err == ("vhost-ipvlan: error: domain vm1: params.addresses[0]: 192.0.2.20/24 is already used by "
+                   "slave 'other' on master eth0\n")
+    assert set(d.slaves) == {"other"}  # the first NIC's slave was removed again
+
+
+def test_unknown_master_and_daemon_down() -> None:
+    rc, err = run_hook(FakeDaemon(masters=()), "prepare", TWO)
+    assert rc == 1 and "no interface eth0" in err and err.count("\n") == 1
+    rc, err = run_hook(FakeDaemon(down=True), "prepare", TWO)
+    assert rc == 1 and "cannot connect to the daemon" in err
+    assert run_hook(FakeDaemon(down=True), "release", TWO)[0] == 0
+
+
+def test_port_mode_mismatch_is_refused() -> None:
+    d = FakeDaemon()
+    d.ports["eth0"] = {"master": "eth0", "mode": "l3", "flag": "bridge"}
+    rc, err = run_hook(d, "prepare", domain(nic(), meta(vi(extra=" mode='l2'"))))
+    assert rc == 1 and "is in mode l3" in err
+
+
+def test_bad_xml_fails_prepare_only_and_other_ops_do_nothing() -> None:
+    d = FakeDaemon()
+    rc, err = run_hook(d, "prepare", domain(nic()))
+    assert rc == 1 and "no <vi:interface" in err
+    assert run_hook(d, "release", domain(nic()))[0] == 0
+    assert run_hook(d, "started", "not xml")[0] == 0
+    assert run_hook(d, "prepare", domain())[0] == 0 and d.calls == []
+
+
+def test_install_writes_an_executable_hook(tmp_path: Path) -> None:
+    path = hook.install(tmp_path, Path("/tmp/c.sock"), Path("/run/x"))
+    assert path == tmp_path / "qemu.d" / "vhost-ipvlan"
+    assert path.stat().st_mode & 0o777 == 0o755
+    proc = subprocess.run([str(path), "vm1", "prepare", "begin", "-"], input="<domain><name>vm1</name></domain>",
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    proc = subprocess.run([str(path), "vm1", "prepare", "begin", "-"], input=domain(nic(path="/run/x/a.sock")),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("vhost-ipvlan: error: domain vm1: interface 52:54:00:00:00:10: no <vi:interface")

@@ -1,0 +1,279 @@
+"""A libvirt domain's XML -> the vhost-ipvlan slaves it needs, and what would break it.
+
+Pure: no libvirt, no sockets, no files. The hook, the watcher and ``libvirt check``
+all start here.
+
+Rules:
+- An ``<interface type='vhostuser'>`` is ours when its ``<source path>`` is inside
+  the socket directory (default ``/run/vhost-ipvlan``); other interfaces are left
+  alone.
+- Its slave's settings come from the ``<metadata>`` element in our namespace
+  (``NS``), keyed by the interface's ``<mac address>``::
+
+      <metadata>
+        <vi:vhost-ipvlan xmlns:vi='https://vhost-ipvlan.example/xmlns/1'>
+          <vi:interface mac='52:54:00:00:00:10' master='eth0' mode='l2' flag='bridge'>
+            <vi:address>192.0.2.10/24</vi:address>
+          </vi:interface>
+        </vi:vhost-ipvlan>
+      </metadata>
+
+  (``<vi:interface>`` directly under ``<metadata>`` is accepted too.) ``master`` is
+  required; ``mode``/``flag`` are the port's and only used when the hook creates
+  the port. An optional ``socket`` (with ``socket-mode``) *pre-declares* a NIC that
+  is not in the domain yet: its slave exists while the domain runs, so a later
+  ``virsh attach-device`` finds it (QEMU 7.2 blocks in ``netdev_add`` until the
+  backend answers; see docs/libvirt.md).
+- Socket roles: libvirt ``mode='client'`` (QEMU connects) is the daemon's
+  ``server`` role; ``mode='server'`` (QEMU listens) is the daemon's ``client`` role.
+- Slave names are ``<domain>-<mac as 12 hex digits>`` (the domain name reduced to
+  ``[A-Za-z0-9_.-]``, at most 51 characters), so a release can find them again.
+- Problems are one line each, naming the domain and the interface's MAC.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import config as cfg
+from ..errors import ConfigError
+
+NS = "https://vhost-ipvlan.example/xmlns/1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+DEFAULT_SOCKET_DIR = Path("/run/vhost-ipvlan")
+ROLE = {"client": "server", "server": "client"}  # libvirt's mode (QEMU's role) -> the daemon's socket_mode
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class DomainError(ConfigError):
+    """The domain XML does not say what vhost-ipvlan needs (one line)."""
+
+
+@dataclass(frozen=True)
+class SlaveRequest:
+    """One slave the daemon should have for a domain (the control API's ``slave.add`` params)."""
+
+    domain: str
+    name: str
+    master: str
+    socket: str
+    socket_mode: str
+    addresses: tuple[str, ...]
+    mac: str
+    mode: str | None = None
+    flag: str | None = None
+    alias: str | None = None  # the NIC's libvirt alias (live XML), for QMP set_link
+
+    def params(self) -> dict[str, Any]:
+        return {"master": self.master, "name": self.name, "socket": self.socket,
+                "socket_mode": self.socket_mode, "addresses": list(self.addresses), "mac": self.mac}
+
+    def port_params(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"master": self.master}
+        if self.mode is not None:
+            p["mode"] = self.mode
+        if self.flag is not None:
+            p["flag"] = self.flag
+        return p
+
+
+@dataclass(frozen=True)
+class Interface:
+    index: int
+    mac: str | None
+    socket: str | None
+    libvirt_mode: str | None
+    alias: str | None
+
+
+@dataclass(frozen=True)
+class Meta:
+    mac: str
+    master: str | None
+    addresses: tuple[str, ...]
+    mode: str | None
+    flag: str | None
+    socket: str | None
+    socket_mode: str
+
+
+@dataclass
+class Domain:
+    name: str
+    type: str
+    interfaces: list[Interface] = field(default_factory=list)
+    meta: dict[str, Meta] = field(default_factory=dict)
+    shared_memory: bool = False
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # alias -> frontend property -> value
+
+
+def slave_name(domain: str, mac: str) -> str:
+    return f"{_UNSAFE.sub('_', domain)[:51]}-{mac.replace(':', '').lower()}"
+
+
+def is_slave_of(domain: str, name: str) -> bool:
+    return re.fullmatch(re.escape(_UNSAFE.sub("_", domain)[:51]) + "-[0-9a-f]{12}", name) is not None
+
+
+def under(path: str, directory: Path) -> bool:
+    p, d = Path(path), Path(directory)
+    return p.is_absolute() and p != d and d in p.parents
+
+
+def parse(xml: str) -> Domain:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise DomainError(f"domain XML: {e}") from None
+    if root.tag != "domain":
+        raise DomainError(f"domain XML: the root element is <{root.tag}>, not <domain>")
+    dom = Domain(name=(root.findtext("name") or "").strip() or "?", type=root.get("type", ""))
+    for i, el in enumerate(root.findall("./devices/interface")):
+        if el.get("type") != "vhostuser":
+            continue
+        mac_el, src, alias = el.find("mac"), el.find("source"), el.find("alias")
+        mac = mac_el.get("address") if mac_el is not None else None
+        dom.interfaces.append(Interface(
+            index=i, mac=mac.lower() if mac else None,
+            socket=src.get("path") if src is not None else None,
+            libvirt_mode=src.get("mode") if src is not None else None,
+            alias=alias.get("name") if alias is not None else None))
+    meta = root.find("metadata")
+    if meta is not None:
+        for el in [*meta.findall(f"{{{NS}}}interface"), *meta.findall(f"{{{NS}}}*/{{{NS}}}interface")]:
+            m = _meta(dom.name, el)
+            dom.meta[m.mac] = m
+    mb = root.find("memoryBacking")
+    if mb is not None:
+        access, source = mb.find("access"), mb.find("source")
+        dom.shared_memory = (access is not None and access.get("mode") == "shared"
+                             and (source is None or source.get("type") in ("memfd", "file")
+                                  or mb.find("hugepages") is not None))
+    if not dom.shared_memory:  # per-NUMA-cell shared memory counts too
+        cells = root.findall("./cpu/numa/cell")
+        dom.shared_memory = bool(cells) and all(c.get("memAccess") == "shared" for c in cells)
+    for dev in root.findall(f"./{{{QEMU_NS}}}override/{{{QEMU_NS}}}device"):
+        props = dom.overrides.setdefault(dev.get("alias", ""), {})
+        for prop in dev.findall(f"./{{{QEMU_NS}}}frontend/{{{QEMU_NS}}}property"):
+            props[prop.get("name", "")] = prop.get("value", "")
+    return dom
+
+
+def _meta(domain: str, el: ET.Element) -> Meta:
+    where = f"domain {domain}: <vi:interface mac={el.get('mac')!r}>"
+    raw_mac = el.get("mac")
+    if not raw_mac:
+        raise DomainError(f"domain {domain}: a <vi:interface> has no mac attribute")
+    mac = _mac(where, raw_mac)
+    addresses = tuple((a.text or "").strip() for a in el.findall(f"{{{NS}}}address"))
+    for i, a in enumerate(addresses):
+        _check(lambda a=a, i=i: cfg.parse_address(f"{where}: address[{i}]", a))
+    for key, choices in (("mode", cfg.MODES), ("flag", cfg.FLAGS)):
+        value = el.get(key)
+        if value is not None and value not in choices:
+            raise DomainError(f"{where}: {key} {value!r} is not one of {', '.join(choices)}")
+    socket_mode = el.get("socket-mode", "server")
+    if socket_mode not in cfg.SOCKET_MODES:
+        raise DomainError(f"{where}: socket-mode {socket_mode!r} is not server or client")
+    return Meta(mac, el.get("master"), addresses, el.get("mode"), el.get("flag"), el.get("socket"), socket_mode)
+
+
+def _mac(where: str, text: str) -> str:
+    _check(lambda: cfg.parse_mac(where, text))
+    return text.lower()
+
+
+def _check(f: Any) -> None:
+    try:
+        f()
+    except ConfigError as e:
+        raise DomainError(str(e)) from None
+
+
+def ours(dom: Domain, socket_dir: Path) -> list[Interface]:
+    return [i for i in dom.interfaces if i.socket is not None and under(i.socket, socket_dir)]
+
+
+def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[SlaveRequest]:
+    """The slaves a domain needs: one per interface of ours, plus pre-declared ones.
+
+    Raises ``DomainError`` when an interface of ours cannot be served (no MAC, no
+    metadata, no master).
+    """
+    dom = parse(xml)
+    out: list[SlaveRequest] = []
+    seen: set[str] = set()
+    for iface in ours(dom, socket_dir):
+        if iface.mac is None:
+            raise DomainError(f"domain {dom.name}: interface {iface.socket} has no <mac address>; "
+                              "vhost-ipvlan needs it to find its <vi:interface> metadata")
+        mac = _mac(f"domain {dom.name}: interface {iface.socket}: <mac address>", iface.mac)
+        meta = dom.meta.get(mac)
+        where = f"domain {dom.name}: interface {mac}"
+        if meta is None:
+            raise DomainError(f"{where}: no <vi:interface mac='{mac}'> in <metadata> (namespace {NS})")
+        if not meta.master:
+            raise DomainError(f"{where}: <vi:interface> has no master attribute")
+        if iface.libvirt_mode not in ROLE:
+            raise DomainError(f"{where}: <source mode={iface.libvirt_mode!r}> must be 'client' or 'server'")
+        assert iface.socket is not None
+        out.append(SlaveRequest(dom.name, slave_name(dom.name, mac), meta.master, iface.socket,
+                                ROLE[iface.libvirt_mode], meta.addresses, mac, meta.mode, meta.flag,
+                                iface.alias))
+        seen.add(mac)
+    for mac, meta in dom.meta.items():
+        if mac in seen or meta.socket is None:
+            continue
+        where = f"domain {dom.name}: <vi:interface mac='{mac}' socket={meta.socket!r}>"
+        if not under(meta.socket, socket_dir):
+            raise DomainError(f"{where}: the socket is not inside {socket_dir}")
+        if not meta.master:
+            raise DomainError(f"{where}: no master attribute")
+        out.append(SlaveRequest(dom.name, slave_name(dom.name, mac), meta.master, meta.socket,
+                                meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag))
+    return out
+
+
+def problems(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR, *, msix_bug: bool = True) -> list[str]:
+    """What in the XML alone would break the domain's vhost-ipvlan NICs (one line each).
+
+    ``msix_bug``: the host's QEMU is 7.2, which crashes under TCG (domain type
+    ``qemu``) when a vhost-user NIC uses MSI-X, unless the NIC has ``vectors=0``.
+    """
+    try:
+        dom = parse(xml)
+    except DomainError as e:
+        return [str(e)]
+    out: list[str] = []
+    vhost = dom.interfaces
+    if not vhost:
+        return out
+    if not dom.shared_memory:
+        out.append(f"domain {dom.name}: no shared memory: vhost-user needs <memoryBacking><source type='memfd'/>"
+                   "<access mode='shared'/></memoryBacking>")
+    for iface in vhost:
+        name = f"domain {dom.name}: interface {iface.mac or '(no mac)'}"
+        if iface.socket is None or not under(iface.socket, socket_dir):
+            out.append(f"{name}: socket {iface.socket} is not inside vhost-ipvlan's socket directory {socket_dir}")
+            continue
+        if iface.mac is None:
+            out.append(f"{name}: no <mac address>: vhost-ipvlan keys its metadata by MAC")
+        else:
+            meta = dom.meta.get(iface.mac)
+            if meta is None:
+                out.append(f"{name}: no <vi:interface mac='{iface.mac}'> in <metadata> (namespace {NS})")
+            elif not meta.master:
+                out.append(f"{name}: <vi:interface> has no master attribute")
+        if iface.libvirt_mode not in ROLE:
+            out.append(f"{name}: <source mode={iface.libvirt_mode!r}> must be 'client' or 'server'")
+        if msix_bug and dom.type == "qemu":
+            alias = iface.alias or f"net{iface.index}"
+            if dom.overrides.get(alias, {}).get("vectors") != "0":
+                out.append(f"{name}: TCG with QEMU 7.2 crashes when a vhost-user NIC uses MSI-X: add "
+                           f"<qemu:override><qemu:device alias='{alias}'><qemu:frontend><qemu:property "
+                           "name='vectors' type='unsigned' value='0'/>... (see docs/libvirt.md)")
+    return out

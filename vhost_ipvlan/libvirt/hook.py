@@ -1,0 +1,158 @@
+"""The libvirt qemu hook: ``prepare`` creates a domain's slaves, ``release`` removes them.
+
+libvirt runs ``/etc/libvirt/hooks/qemu.d/vhost-ipvlan DOMAIN OPERATION SUB-OP EXTRA``
+with the domain XML on stdin, synchronously, as root. ``install-hook`` writes that
+file: a two-line shell script that execs this module with the installing
+interpreter, control socket and socket directory.
+
+Rules:
+- Only the daemon's control socket is used: never libvirt (deadlock), never netlink.
+- ``prepare``: every slave the XML asks for (``domain.slave_requests``) is created;
+  a port is added first if the master has none. A slave of the same name left over
+  (a crash, a pre-created one) is changed to match. If anything is refused, the
+  slaves created so far are removed again and the hook exits 1 with one line on
+  stderr (libvirt shows it: ``virsh start`` fails with it).
+- ``release``: the same slaves are removed; missing ones and an unreachable daemon
+  are fine (the exit status of ``release`` is ignored by libvirt anyway).
+- Every other operation exits 0 and does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import stat
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from ..control.client import DEFAULT_SOCKET, Client, ControlUnavailable, RemoteError
+from .domain import DEFAULT_SOCKET_DIR, DomainError, SlaveRequest, slave_requests
+
+HOOKS_DIR = Path("/etc/libvirt/hooks")
+HOOK_NAME = "vhost-ipvlan"
+ClientFactory = Callable[[], Client]
+
+
+class HookError(Exception):
+    """One line for libvirt's error message."""
+
+
+def ensure(client: Client, requests: Sequence[SlaveRequest]) -> list[str]:
+    """Create (or fix up) the slaves; return the names created. All or nothing."""
+    created: list[str] = []
+    try:
+        ports = {p["master"]: p for p in client.call("port.list")}
+        for r in requests:
+            port = ports.get(r.master)
+            if port is None:
+                ports[r.master] = client.call("port.add", r.port_params())
+            else:
+                for key in ("mode", "flag"):
+                    want = getattr(r, key)
+                    if want is not None and port.get(key) != want:
+                        raise HookError(f"interface {r.mac}: master {r.master} is in {key} {port.get(key)}, "
+                                        f"the metadata asks for {want} (a port's {key} is shared by its slaves)")
+            try:
+                client.call("slave.add", r.params())
+                created.append(r.name)
+            except RemoteError as e:
+                if e.code != "name_in_use":
+                    raise
+                client.call("slave.change", r.params())
+    except RemoteError as e:
+        _undo(client, created)
+        raise HookError(e.message) from None
+    except HookError:
+        _undo(client, created)
+        raise
+    return created
+
+
+def _undo(client: Client, names: list[str]) -> None:
+    for name in reversed(names):
+        try:
+            client.call("slave.remove", {"name": name})
+        except (RemoteError, ControlUnavailable):
+            pass
+
+
+def remove(client: Client, names: Sequence[str]) -> list[str]:
+    """Remove the slaves that exist; return the names removed."""
+    removed = []
+    for name in names:
+        try:
+            client.call("slave.remove", {"name": name})
+            removed.append(name)
+        except RemoteError as e:
+            if e.code != "not_found":
+                raise
+    return removed
+
+
+def run(argv: Sequence[str], stdin: IO[str], connect: ClientFactory, socket_dir: Path) -> int:
+    """The hook proper: returns the exit status; problems go to stderr as one line."""
+    if len(argv) < 2:
+        print("vhost-ipvlan hook: usage: DOMAIN OPERATION [SUB-OP EXTRA] < domain.xml", file=sys.stderr)
+        return 2
+    domain, op = argv[0], argv[1]
+    if op not in ("prepare", "release"):
+        return 0
+    xml = stdin.read()
+    try:
+        requests = slave_requests(xml, socket_dir)
+    except DomainError as e:
+        if op == "release":
+            return 0
+        print(f"vhost-ipvlan: error: {e}", file=sys.stderr)
+        return 1
+    if not requests:
+        return 0
+    try:
+        with connect() as client:
+            if op == "prepare":
+                ensure(client, requests)
+            else:
+                remove(client, [r.name for r in requests])
+    except (HookError, RemoteError, ControlUnavailable) as e:
+        if op == "release":
+            print(f"vhost-ipvlan: warning: domain {domain}: {e}", file=sys.stderr)
+            return 0
+        print(f"vhost-ipvlan: error: domain {domain}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def script(control: Path, socket_dir: Path, python: str = sys.executable) -> str:
+    args = " ".join(shlex.quote(a) for a in
+                    (python, "-m", "vhost_ipvlan.libvirt.hook", "--control", str(control),
+                     "--socket-dir", str(socket_dir), "--"))
+    return ("#!/bin/sh\n# libvirt qemu hook installed by `vhost-ipvlan install-hook`: creates and removes\n"
+            f"# the slaves of a domain's vhost-user interfaces (docs/libvirt.md)\nexec {args} \"$@\"\n")
+
+
+def install(hooks_dir: Path, control: Path, socket_dir: Path) -> Path:
+    """Write ``<hooks_dir>/qemu.d/vhost-ipvlan`` (mode 0755) atomically; return its path."""
+    d = hooks_dir / "qemu.d"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / HOOK_NAME
+    tmp = d / f".{HOOK_NAME}.tmp"
+    tmp.write_text(script(control, socket_dir))
+    tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vhost-ipvlan-hook", description="libvirt qemu hook of vhost-ipvlan")
+    p.add_argument("--control", type=Path, default=DEFAULT_SOCKET)
+    p.add_argument("--socket-dir", type=Path, default=DEFAULT_SOCKET_DIR)
+    p.add_argument("args", nargs="*")
+    ns = p.parse_args(argv)
+    return run(ns.args, sys.stdin, lambda: Client(ns.control, timeout=60), ns.socket_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""``vhost-ipvlan libvirt watch``: hotplug, daemon restarts and master link, for running domains.
+
+libvirt runs no hook for ``virsh attach-device``/``detach-device``, so this small
+service follows libvirt's domain events and keeps the daemon's slaves in step with
+each running domain's *live* XML (``domain.slave_requests``): it *reconciles* a
+domain on start, device added/removed and metadata change, and every domain when
+it starts and every ``RESCAN`` seconds (so a missed event is repaired).
+
+Rules:
+- Reconcile = create the slaves the live XML asks for and that are missing, remove
+  the slaves named after the domain (``domain.is_slave_of``) that it no longer asks
+  for. Stopped domains are the ``release`` hook's business.
+- Events only queue the domain's name; libvirt is called from the main thread.
+- QMP, best-effort (``libvirt_qemu.qemuMonitorCommand``, through libvirt, which owns
+  the monitor; libvirt marks such domains "tainted: custom-monitor"): the daemon's
+  control socket is polled every ``interval`` seconds. A new daemon process (the
+  peer pid of the control connection changed) means it restarted: each of our NICs
+  gets ``announce-self`` once its slave is up again. A slave whose ``link`` (its
+  master's) goes down gets ``set_link up=false`` on its NIC, and ``up=true`` when it
+  comes back. Failures are logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..control.client import Client, ControlUnavailable, RemoteError
+from .domain import DomainError, is_slave_of, slave_requests
+from .hook import HookError, ensure, remove
+
+log = logging.getLogger("vhost_ipvlan.libvirt.watch")
+RESCAN = 30.0
+ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}  # QEMU's own defaults
+
+
+def peer_pid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid
+
+
+class Watcher:
+    def __init__(self, uri: str, control: Path, socket_dir: Path, interval: float = 1.0) -> None:
+        self.uri, self.control, self.socket_dir, self.interval = uri, control, socket_dir, interval
+        self.pending: queue.Queue[str] = queue.Queue()
+        self.stopped = threading.Event()
+        self.nics: dict[str, tuple[str, str]] = {}  # slave name -> (domain name, NIC alias)
+        self.links: dict[str, bool] = {}  # slave name -> last link state seen
+        self.daemon_pid: int | None = None
+        self.announce: set[str] = set()  # slaves to announce once they are up
+        self.conn: Any = None
+        self._callbacks: list[int] = []
+
+    # -- libvirt -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda *_: None, None)  # errors are raised (and logged) anyway
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=self._event_loop, name="libvirt-events", daemon=True).start()
+        self.conn = libvirt.open(self.uri)
+        self.conn.setKeepAlive(5, 3)
+        for ev in (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
+                   libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE):
+            self._callbacks.append(self.conn.domainEventRegisterAny(None, ev, self._event, None))
+        for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            self.pending.put(dom.name())
+
+    def _event_loop(self) -> None:
+        import libvirt
+
+        while not self.stopped.is_set():
+            libvirt.virEventRunDefaultImpl()
+
+    def _event(self, conn: Any, dom: Any, *args: Any) -> None:
+        log.debug("event for domain %s: %s", dom.name(), args[:-1])
+        self.pending.put(dom.name())
+
+    def close(self) -> None:
+        self.stopped.set()
+        if self.conn is not None:
+            for cb in self._callbacks:
+                try:
+                    self.conn.domainEventDeregisterAny(cb)
+                except Exception:  # closing anyway
+                    pass
+            self.conn.close()
+            self.conn = None
+
+    # -- reconcile -----------------------------------------------------------------------------
+
+    def reconcile(self, name: str) -> None:
+        import libvirt
+
+        try:
+            dom = self.conn.lookupByName(name)
+            active = dom.isActive()
+            xml = dom.XMLDesc(0) if active else ""
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                log.warning("domain %s: %s", name, e)
+            active = False
+        if not active:
+            self._forget(name)
+            return
+        try:
+            requests = slave_requests(xml, self.socket_dir)
+        except DomainError as e:
+            log.warning("%s", e)
+            return
+        try:
+            with Client(self.control, timeout=30) as c:
+                have = {s["name"] for s in c.call("slave.list") if is_slave_of(name, s["name"])}
+                want = {r.name for r in requests}
+                created = ensure(c, [r for r in requests if r.name not in have])
+                removed = remove(c, sorted(have - want))
+        except (HookError, RemoteError, ControlUnavailable) as e:
+            log.warning("domain %s: %s", name, e)
+            return
+        for n in created:
+            log.info("domain %s: slave %s added", name, n)
+        for n in removed:
+            log.info("domain %s: slave %s removed", name, n)
+        keep = {r.name for r in requests if r.alias is not None}
+        self._forget(name, keep)
+        for r in requests:
+            if r.alias is not None:
+                self.nics[r.name] = (name, r.alias)
+
+    def _forget(self, domain: str, keep: set[str] | None = None) -> None:
+        """Drop a domain's NICs (but those in ``keep``: their last link state stays)."""
+        for slave in [s for s, (d, _) in self.nics.items() if d == domain and s not in (keep or set())]:
+            del self.nics[slave]
+            self.links.pop(slave, None)
+
+    # -- the daemon and QMP ----------------------------------------------------------------------
+
+    def poll_daemon(self) -> None:
+        try:
+            with Client(self.control, timeout=10) as c:
+                pid = peer_pid(c.sock)
+                stats = c.call("stats")
+        except (ControlUnavailable, RemoteError) as e:
+            log.debug("daemon: %s", e)
+            return
+        if self.daemon_pid is not None and pid != self.daemon_pid:
+            log.info("daemon restarted (pid %d -> %d): announcing the guests' NICs when they are up",
+                     self.daemon_pid, pid)
+            self.announce = set(self.nics)
+        self.daemon_pid = pid
+        for master in stats.values():
+            for slave, s in master.get("slaves", {}).items():
+                if slave not in self.nics:
+                    continue
+                link = s.get("link") == "up"
+                if self.links.get(slave, True) != link:  # a NIC starts with its link up
+                    self.qmp(slave, "set_link", {"name": self.nics[slave][1], "up": link})
+                self.links[slave] = link
+                if slave in self.announce and s.get("up"):
+                    self.announce.discard(slave)
+                    self.qmp(slave, "announce-self", dict(ANNOUNCE))
+
+    def qmp(self, slave: str, command: str, arguments: dict[str, Any]) -> None:
+        import libvirt
+        import libvirt_qemu
+
+        domain, alias = self.nics[slave]
+        try:
+            dom = self.conn.lookupByName(domain)
+            reply = libvirt_qemu.qemuMonitorCommand(
+                dom, json.dumps({"execute": command, "arguments": arguments}), 0)
+            log.info("domain %s: %s %s: %s", domain, command, json.dumps(arguments), reply.strip())
+        except libvirt.libvirtError as e:
+            log.warning("domain %s, NIC %s: %s failed: %s", domain, alias, command, e)
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.open()
+        log.info("watching %s (control %s, sockets in %s)", self.uri, self.control, self.socket_dir)
+        next_poll = next_scan = time.monotonic()
+        try:
+            while not self.stopped.is_set():
+                now = time.monotonic()
+                try:
+                    names = {self.pending.get(timeout=max(0.0, min(next_poll, next_scan) - now))}
+                    while not self.pending.empty():
+                        names.add(self.pending.get_nowait())
+                except queue.Empty:
+                    names = set()
+                for name in sorted(names):
+                    self.reconcile(name)
+                now = time.monotonic()
+                if now >= next_scan:
+                    for dom in self.conn.listAllDomains(1):  # VIR_CONNECT_LIST_DOMAINS_ACTIVE
+                        self.reconcile(dom.name())
+                    next_scan = now + RESCAN
+                if now >= next_poll:
+                    self.poll_daemon()
+                    next_poll = now + self.interval
+        finally:
+            self.close()
