@@ -24,9 +24,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.component.test_daemon import A_IP, B_IP, MAC_A, MAC_B, Lab, receive
+from tests.component.test_daemon import A_IP, B_IP, MAC_A, MAC_B, Lab
 from tests.support import lab as lab_mod
-from tests.support.lab import SlaveSpec, sh
+from tests.support.lab import SlaveSpec, receive, sh
 from tests.support.wait import wait_until
 from vhost_ipvlan.control.client import Client, ControlUnavailable, RemoteError
 

@@ -15,7 +15,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,11 +29,10 @@ from scapy.layers.inet6 import (
     IPv6,
 )
 from scapy.layers.l2 import ARP, Ether
-from scapy.packet import Packet, Raw
+from scapy.packet import Raw
 
-from tests.support import lab as lab_mod
 from tests.support.frontend import FakeFrontend
-from tests.support.lab import OUT_IP, OUT_IP6, SlaveSpec, sh
+from tests.support.lab import OUT_IP, OUT_IP6, FrontendLab, SlaveSpec, nothing_received, receive, sh
 from tests.support.wait import wait_until
 from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT
 
@@ -46,7 +45,7 @@ MAC_D = "02:00:00:00:00:0d"
 A_IP6 = "2001:db8::10"
 
 
-class Lab(lab_mod.Lab):
+class Lab(FrontendLab):
     """The shared lab plus fake front-ends standing in for guests."""
 
     def __init__(self, tmp: Path, pure_python: bool = False) -> None:
@@ -56,21 +55,7 @@ class Lab(lab_mod.Lab):
             SlaveSpec("c", [f"{C_IP}/24"]),
             SlaveSpec("d", [f"{D_IP}/24"], MAC_D, socket_mode="client"),
         ], pure_python=pure_python)
-        self.frontends: list[FakeFrontend] = []
 
-    def frontend(self, name: str) -> FakeFrontend:
-        ups = self.log_text().count(f"slave {name}: up")
-        fe = FakeFrontend()
-        self.frontends.append(fe)
-        fe.connect(str(self.sock(name)))
-        fe.setup()
-        self.wait_log(f"slave {name}: up", ups)
-        return fe
-
-    def teardown(self) -> None:
-        for fe in self.frontends:
-            fe.close()
-        super().teardown()
 
 
 @pytest.fixture(params=["accelerated", "pure-python"])
@@ -78,29 +63,6 @@ def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
     """Every scenario runs against the daemon with and without its C accelerator."""
     with Lab(tmp_path, pure_python=request.param == "pure-python") as lab:
         yield lab
-
-
-def receive(fe: FakeFrontend, match: Callable[[Packet], bool], what: str, timeout: float = 5) -> Packet:
-    got: list[Packet] = []
-
-    def check() -> Packet | None:
-        for _, data in fe.receive():
-            pkt = Ether(data)
-            got.append(pkt)
-            if match(pkt):
-                return pkt
-        return None
-
-    try:
-        found = wait_until(check, timeout, what=what)
-    except TimeoutError as e:
-        raise AssertionError(f"{e}; received instead: {[p.summary() for p in got]}") from None
-    assert found is not None
-    return found
-
-
-def nothing_received(fe: FakeFrontend, match: Callable[[Packet], bool]) -> bool:
-    return not any(match(Ether(d)) for _, d in fe.receive())
 
 
 def test_guest_to_guest_unicast_is_switched_locally(lab: Lab) -> None:

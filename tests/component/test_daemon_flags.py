@@ -20,9 +20,8 @@ from scapy.layers.inet6 import ICMPv6MLDMultAddrRec, ICMPv6MLReport2, IPv6, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from tests.support import lab as lab_mod
 from tests.support.frontend import FakeFrontend
-from tests.support.lab import OUT_IP, SlaveSpec, sh
+from tests.support.lab import MASTER, OUT_IP, FrontendLab, SlaveSpec, sh
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns]
@@ -33,28 +32,14 @@ A_IP6, B_IP6 = "2001:db8::10", "2001:db8::11"
 BCAST = "ff:ff:ff:ff:ff:ff"
 
 
-class Lab(lab_mod.Lab):
+class Lab(FrontendLab):
     def __init__(self, tmp: Path, flag: str) -> None:
         super().__init__(tmp, [
             SlaveSpec("a", [f"{A_IP}/24", f"{A_IP6}/64"], MAC_A),
             SlaveSpec("b", [f"{B_IP}/24", f"{B_IP6}/64"], MAC_B),
             SlaveSpec("c", [f"{C_IP}/24"], MAC_C),
         ], flag=flag)
-        self.frontends: list[FakeFrontend] = []
 
-    def frontend(self, name: str) -> FakeFrontend:
-        ups = self.log_text().count(f"slave {name}: up")
-        fe = FakeFrontend()
-        self.frontends.append(fe)
-        fe.connect(str(self.sock(name)))
-        fe.setup()
-        self.wait_log(f"slave {name}: up", ups)
-        return fe
-
-    def teardown(self) -> None:
-        for fe in self.frontends:
-            fe.close()
-        super().teardown()
 
     def wire_counter(self, match: str) -> None:
         """Count frames arriving at the outside host (vio0 ingress) that match ``match``."""
@@ -128,7 +113,7 @@ def test_private_drops_guest_to_guest_unicast_but_not_broadcast(lab: Lab) -> Non
     wait_until(lambda: lab.slave_stats("a")["drops"].get("private") == 1, 10, what="a: private drop counted")
     # the outside is still reachable
     a.transmit(bytes(Ether(src=MAC_A, dst=lab.out_mac) / IP(src=A_IP, dst=OUT_IP) / UDP(sport=9, dport=7003)))
-    wait_until(lambda: lab.stats()[lab_mod.MASTER]["uplink_tx_packets"] >= 2, 10, what="to the wire")
+    wait_until(lambda: lab.stats()[MASTER]["uplink_tx_packets"] >= 2, 10, what="to the wire")
 
 
 @pytest.mark.parametrize("lab", ["vepa"], indirect=True)

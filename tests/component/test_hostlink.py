@@ -18,10 +18,8 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from tests.component.test_daemon import receive
-from tests.support import lab as lab_mod
 from tests.support.frontend import FakeFrontend
-from tests.support.lab import OUT_IP, SlaveSpec, sh
+from tests.support.lab import MASTER, OUT_IP, FrontendLab, SlaveSpec, receive, sh
 from tests.support.wait import wait_until
 from vhost_ipvlan.control.client import Client
 
@@ -32,22 +30,12 @@ A_IP, A_IP6 = "192.0.2.10", "2001:db8::10"
 HOST_IP, HOST_IP6 = "192.0.2.2", "2001:db8::2"
 
 
-class Lab(lab_mod.Lab):
+class Lab(FrontendLab):
     """The shared lab with addresses on the master, fake front-ends, any mode."""
 
     def __init__(self, tmp: Path, mode: str = "l2", extra: list[SlaveSpec] | None = None) -> None:
         super().__init__(tmp, [SlaveSpec("a", [f"{A_IP}/24", f"{A_IP6}/64"], MAC_A), *(extra or [])],
                          master_ipv6=True, mode=mode, master_addresses=(f"{HOST_IP}/24", f"{HOST_IP6}/64"))
-        self.frontends: list[FakeFrontend] = []
-
-    def frontend(self, name: str) -> FakeFrontend:
-        ups = self.log_text().count(f"slave {name}: up")
-        fe = FakeFrontend()
-        self.frontends.append(fe)
-        fe.connect(str(self.sock(name)))
-        fe.setup()
-        self.wait_log(f"slave {name}: up", ups)
-        return fe
 
     def host_run(self, *argv: str) -> subprocess.Popen[str]:
         return subprocess.Popen(["ip", "netns", "exec", self.host, *argv], stdout=subprocess.PIPE,
@@ -57,10 +45,6 @@ class Lab(lab_mod.Lab):
         links = sh("ip", "-n", self.host, "-o", "link", "show")
         return next(ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines() if ": vih" in ln)
 
-    def teardown(self) -> None:
-        for fe in self.frontends:
-            fe.close()
-        super().teardown()
 
 
 @pytest.fixture
@@ -132,7 +116,7 @@ def test_routes_follow_slave_and_address_changes(lab: Lab) -> None:
                 sh("ip", "-n", lab.host, "-6", "route", "show", "dev", tap))
 
     with Client(lab.control) as c:
-        c.call("slave.add", {"master": lab_mod.MASTER, "name": "e", "socket": str(lab.sock("e")),
+        c.call("slave.add", {"master": MASTER, "name": "e", "socket": str(lab.sock("e")),
                              "addresses": ["192.0.2.20/24"]})
         assert "192.0.2.20" in routes()
         c.call("slave.change", {"name": "e", "addresses": ["192.0.2.21/24", "2001:db8::21/64"]})

@@ -23,10 +23,9 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA, 
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
-from tests.component.test_daemon import receive
 from tests.component.test_hostlink import A_IP, A_IP6, HOST_IP, MAC_A, Lab, answer_echoes
 from tests.support.frontend import FakeFrontend
-from tests.support.lab import OUT_IP, OUT_IP6, SlaveSpec, sh
+from tests.support.lab import OUT_IP, OUT_IP6, SlaveSpec, receive, sh
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns]

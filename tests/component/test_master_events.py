@@ -15,10 +15,8 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from tests.component.test_daemon import receive
-from tests.support import lab as lab_mod
 from tests.support.frontend import FakeFrontend
-from tests.support.lab import MASTER, OUT_IP, SlaveSpec, sh
+from tests.support.lab import MASTER, OUT_IP, FrontendLab, SlaveSpec, receive, sh
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns]
@@ -27,20 +25,10 @@ MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 A_IP, B_IP = "192.0.2.10", "192.0.2.11"
 
 
-class Lab(lab_mod.Lab):
+class Lab(FrontendLab):
     def __init__(self, tmp: Path) -> None:
         super().__init__(tmp, [SlaveSpec("a", [f"{A_IP}/24"], MAC_A), SlaveSpec("b", [f"{B_IP}/24"], MAC_B)],
                          ipv6=False)
-        self.frontends: list[FakeFrontend] = []
-
-    def frontend(self, name: str) -> FakeFrontend:
-        ups = self.log_text().count(f"slave {name}: up")
-        fe = FakeFrontend()
-        self.frontends.append(fe)
-        fe.connect(str(self.sock(name)))
-        fe.setup()
-        self.wait_log(f"slave {name}: up", ups)
-        return fe
 
     def host_ip(self, *argv: str) -> None:
         sh("ip", "-n", self.host, *argv)
@@ -49,10 +37,6 @@ class Lab(lab_mod.Lab):
         result: dict[str, object] = self.stats()[MASTER]
         return result
 
-    def teardown(self) -> None:
-        for fe in self.frontends:
-            fe.close()
-        super().teardown()
 
 
 @pytest.fixture

@@ -21,10 +21,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.component.test_daemon import receive
 from tests.support import lab as lab_mod
 from tests.support.frontend import FakeFrontend
-from tests.support.lab import MASTER, SlaveSpec
+from tests.support.lab import MASTER, SlaveSpec, receive
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns]

@@ -28,11 +28,16 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet
+
+from .frontend import FakeFrontend
 from .proc import stop_process
 from .wait import wait_until
 
@@ -208,3 +213,51 @@ class Lab:
         self.stop_daemon()
         for ns in (self.host, self.out):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+class FrontendLab(Lab):
+    """A lab whose guests are fake front-ends (``tests/support/frontend.py``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frontends: list[FakeFrontend] = []
+
+    def frontend(self, name: str) -> FakeFrontend:
+        """Connect a fake front-end to slave ``name`` and wait until the daemon has it up."""
+        ups = self.log_text().count(f"slave {name}: up")
+        fe = FakeFrontend()
+        self.frontends.append(fe)
+        fe.connect(str(self.sock(name)))
+        fe.setup()
+        self.wait_log(f"slave {name}: up", ups)
+        return fe
+
+    def teardown(self) -> None:
+        for fe in self.frontends:
+            fe.close()
+        super().teardown()
+
+
+def receive(fe: FakeFrontend, match: Callable[[Packet], bool], what: str, timeout: float = 5) -> Packet:
+    """Wait until ``fe`` receives a frame ``match`` accepts; fail listing what came instead."""
+    got: list[Packet] = []
+
+    def check() -> Packet | None:
+        for _, data in fe.receive():
+            pkt = Ether(data)
+            got.append(pkt)
+            if match(pkt):
+                return pkt
+        return None
+
+    try:
+        found = wait_until(check, timeout, what=what)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; received instead: {[p.summary() for p in got]}") from None
+    assert found is not None
+    return found
+
+
+def nothing_received(fe: FakeFrontend, match: Callable[[Packet], bool]) -> bool:
+    """True if nothing ``fe`` received so far matches."""
+    return not any(match(Ether(d)) for _, d in fe.receive())
