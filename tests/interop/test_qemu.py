@@ -8,16 +8,21 @@ with TCP transfers large enough to use TSO/GSO and mergeable receive buffers.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from qemu.qmp import QMPClient
 
 from tests.support.guest import Guest
 from tests.support.lab import OUT_IP, OUT_IP6, Lab, SlaveSpec
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.qemu, pytest.mark.netns]
 
@@ -134,3 +139,41 @@ def test_counters_reflect_the_traffic(world: World) -> None:
         assert s["tx_packets"] > 0 and s["rx_packets"] > 0
         assert s["rx_bytes"] > BLOB_MB << 20  # each guest downloaded at least one blob
         assert "queue_broken" not in s["drops"]
+
+
+def qmp(vm: Guest, command: str, **arguments: Any) -> Any:
+    """One QMP command to a guest's QEMU, through qemu.qmp."""
+    async def go() -> Any:
+        client = QMPClient(vm.name)
+        await client.connect(str(vm.qmp_socket))
+        try:
+            return await client.execute(command, arguments)
+        finally:
+            await client.disconnect()
+    return asyncio.run(go())
+
+
+def test_announce_self_makes_the_guest_announce(world: World) -> None:
+    """GUEST_ANNOUNCE is offered, so QMP ``announce-self`` makes the guest itself send a
+    gratuitous ARP and an unsolicited NA, which reach the wire with the master's MAC."""
+    features = world.vm1.check("cat /sys/bus/virtio/devices/virtio*/features | head -n 1")
+    assert features[21] == "1", f"the guest did not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE: {features}"
+    garp = f"Request who-has {VM1_IP} tell {VM1_IP}"
+    una = f"neighbor advertisement, tgt is {VM1_IP6}"
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", world.lab.out, "tcpdump", "-i", "vio0", "-n", "-l", "-e", "-p", "arp or icmp6"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(dump.stdout.readline, "")) if dump.stdout else None,
+                              daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("listening on" in ln for ln in lines), 30, what="tcpdump to listen")
+        qmp(world.vm1, "announce-self", initial=50, max=550, rounds=2, step=100)
+        wait_until(lambda: any(garp in ln for ln in lines) and any(una in ln for ln in lines), 60,
+                   what="the guest's gratuitous ARP and unsolicited NA on the wire")
+    finally:
+        dump.kill()
+        dump.wait()
+    announced = [ln for ln in lines if garp in ln or una in ln]
+    assert all(f" {world.lab.master_mac} > " in ln for ln in announced), announced

@@ -49,6 +49,7 @@ DEFAULT_FEATURES = (
     | net.bit(net.F_GUEST_TSO6)
     | net.bit(net.F_HOST_TSO4)
     | net.bit(net.F_HOST_TSO6)
+    | net.bit(net.F_GUEST_ANNOUNCE)
 )
 DEFAULT_PROTOCOL_FEATURES = (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK)
 
