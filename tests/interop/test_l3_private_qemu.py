@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.interop.test_qemu import World
 from tests.support.guest import Guest
 from tests.support.lab import MASTER, OUT_IP, Lab, SlaveSpec
 
@@ -21,11 +22,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.netns]
 
 VM1_IP, VM2_IP, HOST_IP = "192.0.2.10", "192.0.2.11", "192.0.2.2"
 VM1_MAC, VM2_MAC = "52:54:00:00:00:10", "52:54:00:00:00:11"
-
-
-class World:
-    def __init__(self, lab: Lab, vm1: Guest, vm2: Guest) -> None:
-        self.lab, self.vm1, self.vm2 = lab, vm1, vm2
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,13 @@ def test_defaults() -> None:
     assert cfg.ports[0].slaves[0].socket_mode == "server"
 
 
+@pytest.mark.parametrize("mode", ["l2", "l3", "l3s"])
+@pytest.mark.parametrize("flag", ["bridge", "private", "vepa"])
+def test_every_mode_takes_every_flag(mode: str, flag: str) -> None:
+    cfg = parse({"port": [{"master": "eth0", "mode": mode, "flag": flag}]})
+    assert (cfg.ports[0].mode, cfg.ports[0].flag) == (mode, flag)
+
+
 BAD = [
     ('[[port]]\nmaster="v"\nfoo=1', "port[0].foo: unknown key"),
     ('[[port]]\nmode="l2"', "port[0].master: missing"),
