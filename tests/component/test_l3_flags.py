@@ -6,11 +6,11 @@
 Kernel reference §4 ``ipvlan_xmit_mode_l3``, §12.1 row a: private drops guest ->
 guest unicast (counted ``private``) and nothing else; vepa skips the local lookup,
 so guest -> guest is routed in the host (pinned to the master) and leaves on the
-wire, coming back only through the outside. Two outsides bring it back here: a
-router (the outside forwards, with ``proxy_arp_pvlan`` so it answers the host's ARP
-for the guest's address, as a private-VLAN router does) and a hairpinning bridge
-(802.1Qbg reflective relay). In l3s the returning packet is forwarded by the host
-into the host link, so its conntrack sees the flow.
+wire, coming back only through the outside (IPv4 and IPv6). Two outsides bring it
+back here: a router (the outside forwards, with ``proxy_arp_pvlan`` and proxy NDP so
+it answers the host's ARP/NS for the guest's address, as a private-VLAN router
+does) and a hairpinning bridge (802.1Qbg reflective relay). In l3s the returning
+packet is forwarded by the host into the host link, so its conntrack sees the flow.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
 
 
 def a_to_b(lab: Lab, dport: int, v6: bool = False) -> bytes:
-    l3 = IPv6(src=A_IP6, dst=B_IP6) if v6 else IP(src=A_IP, dst=B_IP, ttl=64)
+    l3 = IPv6(src=A_IP6, dst=B_IP6, hlim=64) if v6 else IP(src=A_IP, dst=B_IP, ttl=64)
     return bytes(Ether(src=MAC_A, dst=lab.master_mac) / l3 / UDP(sport=9, dport=dport) / b"a-to-b")
 
 
@@ -87,13 +87,13 @@ def test_private_drops_guest_to_guest_only(lab: Lab) -> None:
         assert "UNREPLIED" not in ct and OUT_IP in ct, ct
 
 
-def send_until_received(a: FakeFrontend, b: FakeFrontend, lab: Lab, dport: int) -> Packet:
+def send_until_received(a: FakeFrontend, b: FakeFrontend, lab: Lab, dport: int, v6: bool) -> Packet:
     """a sends to b until b gets one: the first ones are dropped (``neigh_unresolved``)
     while the host resolves b's address on the master."""
     seen: list[Packet] = []
 
     def step() -> Packet | None:
-        a.transmit(a_to_b(lab, dport))
+        a.transmit(a_to_b(lab, dport, v6))
         seen.extend(Ether(d) for _, d in b.receive())
         return next((p for p in seen if udp_port(dport)(p)), None)
 
@@ -107,35 +107,41 @@ def send_until_received(a: FakeFrontend, b: FakeFrontend, lab: Lab, dport: int) 
 
 
 def outside_router(lab: Lab) -> None:
-    """The outside forwards, and answers ARP for any address it routes, also back out the
-    interface it came in on (a private-VLAN router: ``proxy_arp_pvlan``)."""
+    """The outside forwards, and answers ARP and NS for the guests' addresses also back out
+    the interface they came in on (a private-VLAN router: ``proxy_arp_pvlan``, proxy NDP)."""
     sh("ip", "netns", "exec", lab.out, "sysctl", "-qw", "net.ipv4.ip_forward=1",
        "net.ipv4.conf.vio0.proxy_arp=1", "net.ipv4.conf.vio0.proxy_arp_pvlan=1",
-       "net.ipv4.neigh.vio0.proxy_delay=0")
+       "net.ipv4.neigh.vio0.proxy_delay=0", "net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.vio0.proxy_ndp=1",
+       "net.ipv6.neigh.vio0.proxy_delay=0")
+    sh("ip", "-n", lab.out, "-6", "neigh", "add", "proxy", B_IP6, "dev", "vio0")
 
 
 @pytest.mark.parametrize("lab", [("l3", "vepa"), ("l3s", "vepa")], indirect=True, ids=["l3", "l3s"])
 @pytest.mark.parametrize("outside", ["router", "hairpin"])
-def test_vepa_routes_guest_to_guest_round_the_outside(lab: Lab, outside: str) -> None:
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_vepa_routes_guest_to_guest_round_the_outside(lab: Lab, outside: str, v6: bool) -> None:
     a, b = lab.frontend("a"), lab.frontend("b")
     if lab.mode == "l3s":
         conntrack_rule(lab)
     if outside == "router":
         outside_router(lab)
-        next_hop = lab.out_mac  # the host's route for b: on-link, resolved to the outside by proxy ARP
+        next_hop = lab.out_mac  # the host's route for b: on-link, resolved to the outside by proxy ARP/NDP
     else:
         lab.hairpin()
-        next_hop = lab.master_mac  # the reflected ARP request is answered by the daemon (a departure)
-    lab.wire_counter(f"ether saddr {lab.master_mac} ether daddr {next_hop} ip saddr {A_IP} ip daddr {B_IP} "
+        next_hop = lab.master_mac  # the reflected ARP/NS is answered by the daemon (a departure)
+    src, dst = (A_IP6, B_IP6) if v6 else (A_IP, B_IP)
+    ip = "ip6" if v6 else "ip"
+    lab.wire_counter(f"ether saddr {lab.master_mac} ether daddr {next_hop} {ip} saddr {src} {ip} daddr {dst} "
                      "udp dport 8101", "out_leg")
-    got = send_until_received(a, b, lab, 8101)
+    got = send_until_received(a, b, lab, 8101, v6)
     # it came back from the wire: steered to b with the router's MAC as source
     assert (got[Ether].src, got[Ether].dst) == (lab.master_mac, MAC_B)
-    assert got[IP].src == A_IP and bytes(got[UDP].payload) == b"a-to-b"
+    l3 = got[IPv6] if v6 else got[IP]
+    assert l3.src == src and bytes(got[UDP].payload) == b"a-to-b"
     # the host's routed output does not decrement the TTL (local output); an outside router does,
     # and so does the l3s host when it forwards the returning packet into the host link
     hops = (outside == "router") + (lab.mode == "l3s")
-    assert got[IP].ttl == 64 - hops
+    assert (l3.hlim if v6 else l3.ttl) == 64 - hops
     # seen on the wire: it left the master addressed to the next hop (routed, not switched)
     assert lab.wire_count("out_leg") >= 1
     drops = lab.slave_stats("a")["drops"]
@@ -143,8 +149,8 @@ def test_vepa_routes_guest_to_guest_round_the_outside(lab: Lab, outside: str) ->
     # the host is no detour: a -> host still goes to the host (the flag changes nothing there)
     ping_until_reply(a, lab, HOST_IP)
     if lab.mode == "l3s" and shutil.which("conntrack"):
-        ct = conntrack(lab, "-s", A_IP, "-d", B_IP)  # the returning leg crossed the host's FORWARD
-        assert B_IP in ct and "dport=8101" in ct, ct
+        ct = conntrack(lab, "-f", "ipv6" if v6 else "ipv4", "-s", src, "-d", dst)
+        assert dst in ct and "dport=8101" in ct, ct  # the returning leg crossed the host's FORWARD
 
 
 @pytest.mark.parametrize("lab", [("l3", "vepa")], indirect=True, ids=["l3"])
