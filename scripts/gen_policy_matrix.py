@@ -57,7 +57,8 @@ def render() -> str:
                 cells = [cell(m, f, src, dest) for m, f in combos]
                 lines.append(f"| {text} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("`-`: that mode and flag are not implemented yet.\n")
+    if any(c not in DECISIONS for c in combos):
+        lines.append("`-`: that mode and flag are not implemented yet.\n")
     lines.append("## Notes\n")
     lines += [f"{n}. {text}" for text, n in notes.items()]
     return "\n".join(lines) + "\n"

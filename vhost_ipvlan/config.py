@@ -77,8 +77,6 @@ MODES = ("l2", "l3", "l3s")
 FLAGS = ("bridge", "private", "vepa")
 IMPLEMENTED_MODES = ("l2", "l3", "l3s")
 IMPLEMENTED_FLAGS = ("bridge", "private", "vepa")
-# flags other than bridge exist for l2 only so far
-IMPLEMENTED_FLAGS_BY_MODE = {"l2": IMPLEMENTED_FLAGS, "l3": ("bridge",), "l3s": ("bridge",)}
 SOCKET_MODES = ("server", "client")
 MAX_ADDRESSES = 256
 
@@ -226,9 +224,6 @@ def parse_port(where: str, table: Any) -> PortConfig:
         raise ConfigError(f"{where}.master: {master!r} is not a valid interface name")
     mode = _choice(f"{where}.mode", t.get("mode", "l2"), MODES, IMPLEMENTED_MODES)
     flag = _choice(f"{where}.flag", t.get("flag", "bridge"), FLAGS, IMPLEMENTED_FLAGS)
-    if flag not in IMPLEMENTED_FLAGS_BY_MODE[mode]:
-        raise ConfigError(f"{where}.flag: {flag!r} is not implemented yet for mode {mode!r} "
-                          f"(available: {', '.join(IMPLEMENTED_FLAGS_BY_MODE[mode])})")
     raw = t.get("slave", [])
     if not isinstance(raw, list):
         raise ConfigError(f"{where}.slave: expected [[port.slave]] tables")

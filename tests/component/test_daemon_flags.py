@@ -9,8 +9,6 @@ built in the test's outside namespace), which sends the frame back to the master
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
 from tests.support.frontend import FakeFrontend
-from tests.support.lab import MASTER, OUT_IP, FrontendLab, SlaveSpec, sh
+from tests.support.lab import MASTER, OUT_IP, FrontendLab, SlaveSpec
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.netns]
@@ -39,32 +37,6 @@ class Lab(FrontendLab):
             SlaveSpec("b", [f"{B_IP}/24", f"{B_IP6}/64"], MAC_B),
             SlaveSpec("c", [f"{C_IP}/24"], MAC_C),
         ], flag=flag)
-
-
-    def wire_counter(self, match: str) -> None:
-        """Count frames arriving at the outside host (vio0 ingress) that match ``match``."""
-        chain = f"type filter hook ingress device vio0 priority 0; {match} counter;"
-        rules = f"table netdev vt {{ chain c {{ {chain} }}; }}"
-        sh("ip", "netns", "exec", self.out, "nft", rules)
-
-    def wire_count(self) -> int:
-        data = json.loads(sh("ip", "netns", "exec", self.out, "nft", "-j", "list", "chain", "netdev", "vt", "c"))
-        return sum(e["counter"]["packets"] for item in data["nftables"] if "rule" in item
-                   for e in item["rule"]["expr"] if "counter" in e)
-
-    def hairpin(self) -> None:
-        """Make the outside a reflective relay: vio0 the only port of a hairpinning bridge."""
-        for argv in (["link", "add", "vbr0", "type", "bridge", "stp_state", "0"],
-                     ["link", "set", "vio0", "master", "vbr0"],
-                     ["link", "set", "dev", "vio0", "type", "bridge_slave", "hairpin", "on"],
-                     ["link", "set", "vbr0", "up"]):
-            sh("ip", "-n", self.out, *argv)
-
-    def send_from_outside(self, *frames: Packet) -> None:
-        code = ("import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('vio0',0))\n"
-                "for h in sys.argv[1:]: s.send(bytes.fromhex(h))\n")
-        proc = self.out_run(sys.executable, "-c", code, *(bytes(f).hex() for f in frames))
-        assert proc.returncode == 0, proc.stderr
 
 
 @pytest.fixture

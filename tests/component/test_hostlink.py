@@ -33,9 +33,11 @@ HOST_IP, HOST_IP6 = "192.0.2.2", "2001:db8::2"
 class Lab(FrontendLab):
     """The shared lab with addresses on the master, fake front-ends, any mode."""
 
-    def __init__(self, tmp: Path, mode: str = "l2", extra: list[SlaveSpec] | None = None) -> None:
+    def __init__(self, tmp: Path, mode: str = "l2", extra: list[SlaveSpec] | None = None,
+                 flag: str = "bridge") -> None:
         super().__init__(tmp, [SlaveSpec("a", [f"{A_IP}/24", f"{A_IP6}/64"], MAC_A), *(extra or [])],
-                         master_ipv6=True, mode=mode, master_addresses=(f"{HOST_IP}/24", f"{HOST_IP6}/64"))
+                         master_ipv6=True, mode=mode, flag=flag,
+                         master_addresses=(f"{HOST_IP}/24", f"{HOST_IP6}/64"))
 
     def host_run(self, *argv: str) -> subprocess.Popen[str]:
         return subprocess.Popen(["ip", "netns", "exec", self.host, *argv], stdout=subprocess.PIPE,

@@ -6,6 +6,7 @@ fake guests): once with ``vhost_ipvlan._fastpath`` and once in pure Python.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import struct
@@ -18,7 +19,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from tests.support.inproc import MASTER_MAC, InprocPort, pure_python
+from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC, InprocPort, pure_python
 from vhost_ipvlan.daemon import datapath
 from vhost_ipvlan.virtio import net
 
@@ -34,7 +35,7 @@ def mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
-def make_port(flag: str = "bridge") -> InprocPort:
+def make_port(flag: str = "bridge", mode: str = "l2") -> InprocPort:
     import ipaddress
 
     def ip(t: str) -> bytes:
@@ -44,7 +45,7 @@ def make_port(flag: str = "bridge") -> InprocPort:
         ("a", [ip(A4), ip(A6)], mac(A)),
         ("b", [ip(B4), ip(B6)], mac(B)),
         ("c", [ip(C4)], mac(C)),
-    ], flag=flag)
+    ], flag=flag, mode=mode)
 
 
 CSUM_HDR = struct.pack("<BBHHHHH", net.HDR_F_NEEDS_CSUM, 0, 0, 0, 34, 6, 0)
@@ -83,8 +84,9 @@ def scenario() -> Frames:
     return out
 
 
-def run(frames: Frames, before: Callable[[InprocPort], None] | None = None, flag: str = "bridge") -> dict[str, object]:
-    p = make_port(flag)
+def run(frames: Frames, before: Callable[[InprocPort], None] | None = None, flag: str = "bridge",
+        mode: str = "l2") -> dict[str, object]:
+    p = make_port(flag, mode)
     try:
         if before is not None:
             before(p)
@@ -100,6 +102,7 @@ def run(frames: Frames, before: Callable[[InprocPort], None] | None = None, flag
             "uplink": p.uplink.sent,
             "counters": {n: d.counters() for n, d in p.dp.devices.items()},
             "drops": {n: (dict(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
+            "routed": list(p.router.asked),
         }
     finally:
         p.close()
@@ -174,6 +177,42 @@ def test_private_and_vepa_never_fast_forward(flag: str) -> None:
         assert drops["a"][1].get("private") is None
         assert sum(f[10:16] == mac(B) for f in uplink) == 0  # no guest MAC as destination on the wire
         assert len(uplink) >= 40
+
+
+@pytest.mark.parametrize("mode", ["l3", "l3s"])
+@pytest.mark.parametrize("flag", ["bridge", "private", "vepa"])
+def test_l3_modes_equal_pure_python(mode: str, flag: str) -> None:
+    """l3/l3s never use the accelerator (it implements l2 bridge switching only);
+    deliveries, drops, routed packets and the wire are those of pure Python, and
+    the flags do what reference §4 ``ipvlan_xmit_mode_l3`` says."""
+    p = make_port(flag, mode)
+    try:
+        assert p.dp.fast_args(p.device("a")) is None
+    finally:
+        p.close()
+    frames = scenario()
+    fast = run(frames, flag=flag, mode=mode)
+    with pure_python():
+        pure = run(frames, flag=flag, mode=mode)
+    assert fast == pure
+    received, drops, uplink, routed = fast["received"], fast["drops"], fast["uplink"], fast["routed"]
+    assert isinstance(received, dict) and isinstance(drops, dict)
+    assert isinstance(uplink, list) and isinstance(routed, list)
+    to_b = [f for _, f in received["b"] if f[:6] == mac(B)]
+    assert not any(f[:6] == b"\xff" * 6 for _, f in received["b"])  # l3: no broadcast reaches a guest
+    b4 = ipaddress.ip_address(B4).packed
+    if flag == "bridge":
+        assert len(to_b) >= 30 and all(f[6:12] == MASTER_MAC for f in to_b)  # src MAC: the router's
+        assert b4 not in routed
+    elif flag == "private":
+        assert to_b == [] and drops["a"][1].get("private", 0) >= 40
+        assert b4 not in routed
+    else:  # vepa: routed, never delivered locally
+        assert to_b == [] and drops["a"][1].get("private") is None
+        assert routed.count(b4) >= 40
+        # out the master to the next hop, from the master's MAC (l3s too: only guest -> guest is routed)
+        out = [f for f in uplink if f[40:44] == b4]
+        assert len(out) >= 40 and all(f[10:16] == NEXT_HOP_MAC and f[16:22] == MASTER_MAC for f in out)
 
 
 @settings(max_examples=150, deadline=None)

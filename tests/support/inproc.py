@@ -22,6 +22,7 @@ from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.session import Session
 
 MASTER_MAC = bytes.fromhex("020000000001")
+NEXT_HOP_MAC = bytes.fromhex("0200000000fe")
 
 
 class _Host:
@@ -64,13 +65,28 @@ class _Loop:
         pass
 
 
+class FixedRouter:
+    """l3 next hops without netlink: every destination resolves to ``mac``."""
+
+    def __init__(self, mac: bytes) -> None:
+        self.mac = mac
+        self.asked: list[bytes] = []
+
+    def next_hop_mac(self, dst: bytes) -> bytes:
+        self.asked.append(dst)
+        return self.mac
+
+
 class InprocPort:
     def __init__(self, guests: list[tuple[str, list[bytes], bytes | None]], *, mergeable: bool = True,
-                 flag: str = "bridge") -> None:
-        self.port = Port("inproc", MASTER_MAC, "l2", flag)
+                 flag: str = "bridge", mode: str = "l2") -> None:
+        self.port = Port("inproc", MASTER_MAC, mode, flag)
         self.uplink = _Uplink()
         loop: asyncio.AbstractEventLoop = _Loop()  # type: ignore[assignment]
         self.dp = PortDatapath(self.port, self.uplink, loop)  # type: ignore[arg-type]
+        self.router = FixedRouter(NEXT_HOP_MAC)
+        if mode != "l2":
+            self.dp.router = self.router  # type: ignore[assignment]
         self.frontends: dict[str, FakeFrontend] = {}
         for name, addresses, mac in guests:
             slave = self.port.add_slave(name, addresses, mac=mac)

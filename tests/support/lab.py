@@ -18,6 +18,11 @@ command line, ``daemon_env`` to its environment, and ``config_head`` (TOML, e.g.
 a ``[daemon]`` table) goes at the top of the config file. ``mode`` and ``flag`` are
 the port's (``l2``/``l3``/``l3s``; ``bridge``/``private``/``vepa``);
 ``master_addresses`` are given to the master (the host's own addresses).
+
+On the outside: ``wire_counter``/``wire_count`` count frames arriving at vio0 (an
+nftables netdev ingress chain per counter), ``hairpin`` makes vio0 the only port of
+a bridge with ``hairpin on`` (a reflective relay), ``send_from_outside`` writes raw
+frames to vio0.
 """
 
 from __future__ import annotations
@@ -187,6 +192,31 @@ class Lab:
     def out_run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ip", "netns", "exec", self.out, *argv], capture_output=True, text=True,
                               timeout=timeout)
+
+    def wire_counter(self, match: str, name: str = "c") -> None:
+        """Count frames arriving at the outside host (vio0 ingress) that match ``match``
+        (an nftables expression), in a chain of its own called ``name``."""
+        chain = f"type filter hook ingress device vio0 priority 0; {match} counter;"
+        sh("ip", "netns", "exec", self.out, "nft", f"table netdev vt {{ chain {name} {{ {chain} }}; }}")
+
+    def wire_count(self, name: str = "c") -> int:
+        data = json.loads(sh("ip", "netns", "exec", self.out, "nft", "-j", "list", "chain", "netdev", "vt", name))
+        return sum(e["counter"]["packets"] for item in data["nftables"] if "rule" in item
+                   for e in item["rule"]["expr"] if "counter" in e)
+
+    def hairpin(self) -> None:
+        """Make the outside a reflective relay: vio0 the only port of a hairpinning bridge."""
+        for argv in (["link", "add", "vbr0", "type", "bridge", "stp_state", "0"],
+                     ["link", "set", "vio0", "master", "vbr0"],
+                     ["link", "set", "dev", "vio0", "type", "bridge_slave", "hairpin", "on"],
+                     ["link", "set", "vbr0", "up"]):
+            sh("ip", "-n", self.out, *argv)
+
+    def send_from_outside(self, *frames: Packet) -> None:
+        code = ("import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('vio0',0))\n"
+                "for h in sys.argv[1:]: s.send(bytes.fromhex(h))\n")
+        proc = self.out_run(sys.executable, "-c", code, *(bytes(f).hex() for f in frames))
+        assert proc.returncode == 0, proc.stderr
 
     def stats(self) -> dict[str, Any]:
         """The daemon's counters: SIGUSR1, then the JSON of the ``stats {...}`` log line."""

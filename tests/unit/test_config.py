@@ -52,12 +52,17 @@ def test_defaults() -> None:
     assert cfg.ports[0].slaves[0].socket_mode == "server"
 
 
+@pytest.mark.parametrize("mode", ["l2", "l3", "l3s"])
+@pytest.mark.parametrize("flag", ["bridge", "private", "vepa"])
+def test_every_mode_takes_every_flag(mode: str, flag: str) -> None:
+    cfg = parse({"port": [{"master": "eth0", "mode": mode, "flag": flag}]})
+    assert (cfg.ports[0].mode, cfg.ports[0].flag) == (mode, flag)
+
+
 BAD = [
     ('[[port]]\nmaster="v"\nfoo=1', "port[0].foo: unknown key"),
     ('[[port]]\nmode="l2"', "port[0].master: missing"),
     ('[[port]]\nmaster="v"\nmode="l4"', "port[0].mode: 'l4' is not one of l2, l3, l3s"),
-    ('[[port]]\nmaster="v"\nmode="l3"\nflag="vepa"',
-     "port[0].flag: 'vepa' is not implemented yet for mode 'l3' (available: bridge)"),
     ('[[port]]\nmaster="v"\nflag="passthru"', "port[0].flag: 'passthru' is not one of bridge, private, vepa"),
     ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\naddresses=["192.0.2.300/24"]',
      "port[0].slave[0].addresses[0]: '192.0.2.300/24' is not an IPv4 or IPv6 address"),
@@ -90,12 +95,12 @@ def test_bad_config_one_line_error(tmp_path: Path, text: str, message: str) -> N
 
 
 def test_cli_reports_config_error_without_traceback(tmp_path: Path) -> None:
-    path = write(tmp_path, '[[port]]\nmaster="v"\nmode="l3s"\nflag="private"')
+    path = write(tmp_path, '[[port]]\nmaster="v"\nmode="l3s"\nflag="passthru"')
     for cmd in (["check-config", str(path)], ["serve", "--config", str(path)]):
         proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", *cmd], capture_output=True, text=True)
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [
-            "vhost-ipvlan: error: port[0].flag: 'private' is not implemented yet for mode 'l3s' (available: bridge)"
+            "vhost-ipvlan: error: port[0].flag: 'passthru' is not one of bridge, private, vepa"
         ]
 
 

@@ -98,8 +98,6 @@ def dropped(reason: DropReason) -> Verdict:
 @pytest.mark.parametrize(
     ("mode", "flag", "message"),
     [
-        ("l3", "private", "flag 'private' is not implemented yet"),
-        ("l3s", "vepa", "flag 'vepa' is not implemented yet"),
         ("l4", "bridge", "unknown mode 'l4'"),
         ("l2", "bridged", "unknown flag 'bridged'"),
     ],

@@ -24,8 +24,8 @@ def buf(pkt: Packet) -> memoryview:
     return memoryview(bytearray(bytes(pkt)))
 
 
-def make(mode: str) -> tuple[Port, Slave, Slave]:
-    port = Port("mst0", parse_mac(MASTER), mode, "bridge")
+def make(mode: str, flag: str = "bridge") -> tuple[Port, Slave, Slave]:
+    port = Port("mst0", parse_mac(MASTER), mode, flag)
     s1 = port.add_slave("s1", ["10.0.0.11", "fd00::11"], mac=G1)
     s2 = port.add_slave("s2", ["10.0.0.12", "fd00::12"], mac=G2)
     s1.up = s2.up = True
@@ -81,6 +81,58 @@ def test_wire_side(mode: str) -> None:
                                                              pdst="10.0.0.99")) == (PASS, None)
     to_guest = w(Ether(src=OUTSIDE, dst=MASTER) / IP(src="192.0.2.7", dst="10.0.0.11") / ICMP())
     assert to_guest == ((TO_SLAVE, s1) if mode == "l3" else (PASS, None))
+    assert w(Ether(src=OUTSIDE, dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.0.1", dst="10.0.0.255")) == (PASS, None)
+
+
+@pytest.mark.parametrize("mode", ["l3", "l3s"])
+@pytest.mark.parametrize("flag", ["private", "vepa"])
+def test_flags_change_only_guest_to_guest_unicast(mode: str, flag: str) -> None:
+    """Reference §4 ``ipvlan_xmit_mode_l3``: private drops a lookup hit, vepa skips the
+    lookup so the packet is routed out the master (l3s too: the kernel's l3s transmits
+    as l3). The host's address, the outside, ARP/NS answers, drops and the wire side
+    are as with bridge (§12.3: the flags do not touch slave -> host in l3)."""
+    port, s1, s2 = make(mode, flag)
+    def g(p: Packet) -> tuple[int, object]:
+        return port.from_guest(s1, buf(p))
+
+    def w(p: Packet) -> tuple[int, object]:
+        return port.from_uplink(buf(p))
+
+    hit = (DROP, DropReason.PRIVATE) if flag == "private" else (ROUTE, None)
+    beyond = ROUTE if mode == "l3" else TO_HOST
+    to_b4 = IP(src="10.0.0.11", dst="10.0.0.12") / ICMP()
+    to_b6 = IPv6(src="fd00::11", dst="fd00::12") / ICMPv6EchoRequest()
+    # guest -> guest, whatever the destination MAC (the router's, the peer's), v4 and v6
+    assert g(Ether(src=G1, dst=MASTER) / to_b4) == hit
+    assert g(Ether(src=G1, dst=G2) / to_b4) == hit
+    assert g(Ether(src=G1, dst=MASTER) / to_b6) == hit
+    # also to a peer that is down (its address stays the port's), and to itself (the kernel's lookup hits it)
+    s2.up = False
+    assert g(Ether(src=G1, dst=MASTER) / to_b4) == hit
+    s2.up = True
+    assert g(Ether(src=G1, dst=MASTER) / IP(src="10.0.0.11", dst="10.0.0.11") / UDP()) == hit
+    # the host and the outside: not guest -> guest, the flag changes nothing
+    assert g(Ether(src=G1, dst=MASTER) / IP(src="10.0.0.11", dst="10.0.0.1") / ICMP()) == (beyond, None)
+    assert g(Ether(src=G1, dst=MASTER) / IP(src="10.0.0.11", dst="192.0.2.7") / UDP()) == (beyond, None)
+    # the guest still resolves its peers (and everything else) to the router's MAC
+    assert g(Ether(src=G1, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=G1, psrc="10.0.0.11", pdst="10.0.0.12")) == (
+        ANSWER, None)
+    assert g(Ether(src=G1, dst="33:33:ff:00:00:12") / IPv6(src="fd00::11", dst="ff02::1:ff00:12") /
+             ICMPv6ND_NS(tgt="fd00::12")) == (ANSWER, None)
+    # broadcast, multicast, non-IP, spoofing: as with bridge
+    assert g(Ether(src=G1, dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.0.11", dst="255.255.255.255") / UDP()) == (
+        DROP, DropReason.MULTICAST_DST)
+    assert g(Ether(src=G1, dst=G2, type=0x88B5) / Raw(b"x")) == (DROP, DropReason.NOT_IP)
+    assert g(Ether(src=G1, dst=MASTER) / IP(src="10.0.0.12", dst="10.0.0.12")) == (DROP, DropReason.SRC_IP_SPOOF)
+    private = 5 if flag == "private" else 0
+    assert s1.drop_counts() == {k: v for k, v in {"private": private, "multicast_dst": 1, "not_ip": 1,
+                                                  "src_ip_spoof": 1}.items() if v}
+    assert s2.drop_counts() == {}
+    # from the wire: as with bridge (a frame vepa sent round the outside is steered back by address)
+    back = w(Ether(src=MASTER, dst=MASTER) / IP(src="10.0.0.11", dst="10.0.0.12") / ICMP())
+    assert back == ((TO_SLAVE, s2) if mode == "l3" else (PASS, None))
+    assert w(Ether(src=OUTSIDE, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=OUTSIDE, psrc="10.0.0.1",
+                                                             pdst="10.0.0.12")) == (ANSWER, None)
     assert w(Ether(src=OUTSIDE, dst="ff:ff:ff:ff:ff:ff") / IP(src="10.0.0.1", dst="10.0.0.255")) == (PASS, None)
 
 

@@ -28,8 +28,9 @@ Rules:
   ARP/NS for one of the host's addresses on the master is answered here.
 - l3/l3s: ``ANSWER`` replies with the master's MAC (to the guest, or out the
   master); ``ROUTE`` asks ``routing.Router`` for the next hop's MAC (a local route
-  goes to the host link). Frames delivered to l3 guests carry the master's MAC as
-  their source: the guest's router.
+  goes to the host link; l3s ports route only vepa's guest -> guest unicast).
+  Frames delivered to l3 guests carry the master's MAC as their source: the
+  guest's router.
 """
 
 from __future__ import annotations
@@ -348,8 +349,9 @@ class PortDatapath:
     def fast_args(self, dev: NetDevice) -> tuple[bytes, frozenset[bytes], dict[bytes, tuple[object, ...]]] | None:
         """(sender MAC, addresses it owns, destination table) for the C accelerator,
         or None when it is unavailable or does not apply (see ``_fastpath.c``): it
-        forwards guest -> guest unicast, which only the l2 bridge port does (private
-        drops it, vepa sends it to the wire)."""
+        forwards guest -> guest unicast the l2 way, which only the l2 bridge port does
+        (private drops it, vepa sends it to the wire; l3/l3s, whatever the flag, never
+        use it: ``tests/pair/test_fastpath.py`` checks they equal pure Python)."""
         if _fastpath is None or self.port.mode != "l2" or self.port.flag != "bridge":
             return None
         mac = dev.slave.mac

@@ -23,7 +23,8 @@ Rules:
 - Each port gets a host link (``hostlink``: host <-> guest, and l3s's path
   through the host's stack) whose routes follow the slaves' addresses with the
   nftables chain; failing to create it is logged, not fatal (no host <-> guest).
-  l3 ports also get a ``routing.Router``. In l3s the chain consumes only ARP/NS:
+  l3 ports (and l3s vepa ports, whose guest -> guest unicast is routed out the
+  master) also get a ``routing.Router``. In l3s the chain consumes only ARP/NS:
   the host forwards guest-bound IP into the host link.
 - Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
   ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
@@ -195,7 +196,7 @@ class Topology:
             dp.hostlink = HostLink(dp, uplink.ifindex)
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
-        if pc.mode == "l3":
+        if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
             dp.router = Router(uplink.ifindex)
         if pc.mode == "l3s" and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()

@@ -1,4 +1,4 @@
-"""IPvlan l3 and l3s decisions (flag bridge).
+"""IPvlan l3 and l3s decisions (flags bridge, private, vepa).
 
 Reference: §4 (``ipvlan_xmit_mode_l3``, ``ipvlan_process_outbound``), §3
 (``ipvlan_handle_mode_l3``), §6 (l3s) and §12.1 rows a-h; departures from DESIGN.md.
@@ -18,14 +18,24 @@ From a guest (after the same source validation as l2, ``policy`` steps 1-3):
      ``ipvlan_process_outbound``). The §12.3 bridge quirk (a broadcast ARP for
      another slave is delivered to it, where it is ignored) is not reproduced:
      the daemon answers it instead.
-  4. IPv4/IPv6 whose destination is a slave's -> TO_SLAVE owner, whatever the
-     destination MAC (kernel: local delivery, no ARP). Not up -> DROP(TARGET_DOWN).
+  4. IPv4/IPv6 whose destination is a slave's (the sender's own included, as the
+     kernel's lookup), whatever the destination MAC: the flag decides
+     (``table`` row SLAVE; kernel ``ipvlan_xmit_mode_l3`` step 1):
+     bridge -> TO_SLAVE owner (local delivery, no ARP; not up -> DROP(TARGET_DOWN));
+     private -> DROP(PRIVATE); vepa -> ROUTE: the lookup is skipped and the packet
+     is routed pinned to the master, out the wire, in l3 *and* l3s (the kernel's
+     l3s transmits as l3; going into the host's stack instead would bring it
+     straight back through the host link, never on the wire). It comes back only
+     if the outside routes or hairpins it; it is then steered like any frame from
+     the wire.
   5. Multicast/broadcast destination address -> DROP(MULTICAST_DST).
-  6. Anything else: l3 -> ROUTE (the host's tables, oif pinned to the master;
-     a local route goes to the host link); l3s -> TO_HOST (the host's stack
-     routes it, through its netfilter: a departure, see ``daemon.hostlink``).
+  6. Anything else (row OUTSIDE; the host's addresses too, whatever the flag: they
+     are not in the port's table, reference §12.3): l3 -> ROUTE (the host's tables,
+     oif pinned to the master; a local route goes to the host link); l3s -> TO_HOST
+     (the host's stack routes it, through its netfilter: a departure, see
+     ``daemon.hostlink``).
 
-From the wire:
+From the wire (the flag changes nothing here, as in the kernel):
   1. runt -> DROP(RUNT); other unusable frames -> PASS.
   2. ARP request (not a probe) or NS (not DAD) whose target is a slave's ->
      ANSWER with the master's MAC (departure, reference §12.1 row e: nothing
@@ -55,17 +65,21 @@ from ..net.frames import (
     classify,
 )
 from .policy import (
+    _D_OUTSIDE,
+    _D_SLAVE,
     _GUEST_REJECT,
     ANSWERED,
-    HOSTED,
+    FLAGS,
     PASSED,
-    ROUTED,
     DropReason,
     FromGuest,
     FromUplink,
     Verdict,
+    _apply,
     _drop,
+    rules,
 )
+from .table import Source
 
 if TYPE_CHECKING:
     from .port import Port, Slave
@@ -118,40 +132,38 @@ def _is_multicast_ip(addr: bytes) -> bool:
     return addr[0] == 0xFF
 
 
-def _from_guest(port: Port, slave: Slave, frame: Frame, beyond: Verdict) -> Verdict:
-    bad, (kind, dst, _src, _sha, l3src, key) = validate(port, slave, frame)
-    if bad is not None:
-        return bad
-    drops = slave.drops
-    if kind == L3_ARP:
-        if frame[_ARP_OP] == ARPOP_REQUEST and frame[_ARP_OP - 1] == 0 and l3src != ZERO_V4 \
-                and key not in slave.addresses:
-            return ANSWERED
-        return _drop(drops, _NOT_IP)
-    if kind == L3_ND_NS:
-        if l3src != ZERO_V6 and port.by_addr.get(key) is not slave:
-            return ANSWERED
-        return _drop(drops, _MCAST_DST)
-    if kind == L3_OTHER:
-        return _drop(drops, _NOT_IP)
-    if dst[0] & 1:
-        return _drop(drops, _MCAST_DST)
-    target = port.by_addr.get(key)
-    if target is not None:
-        return target.to_me if target.up else _drop(drops, _TARGET_DOWN)
-    if _is_multicast_ip(key):
-        return _drop(drops, _MCAST_DST)
-    return beyond
+def from_guest(mode: str, flag: str) -> FromGuest:
+    """The decision for frames sent by a slave, mode l3 or l3s, for ``flag``."""
+    table = rules(mode, flag, Source.GUEST)
+    hit, beyond = table[_D_SLAVE], table[_D_OUTSIDE]
 
+    def decide(port: Port, slave: Slave, frame: Frame) -> Verdict:
+        bad, (kind, dst, _src, _sha, l3src, key) = validate(port, slave, frame)
+        if bad is not None:
+            return bad
+        drops = slave.drops
+        if kind == L3_ARP:
+            if frame[_ARP_OP] == ARPOP_REQUEST and frame[_ARP_OP - 1] == 0 and l3src != ZERO_V4 \
+                    and key not in slave.addresses:
+                return ANSWERED
+            return _drop(drops, _NOT_IP)
+        if kind == L3_ND_NS:
+            if l3src != ZERO_V6 and port.by_addr.get(key) is not slave:
+                return ANSWERED
+            return _drop(drops, _MCAST_DST)
+        if kind == L3_OTHER:
+            return _drop(drops, _NOT_IP)
+        if dst[0] & 1:
+            return _drop(drops, _MCAST_DST)
+        target = port.by_addr.get(key)
+        if target is not None:
+            return _apply(hit, drops, target, None)
+        if _is_multicast_ip(key):
+            return _drop(drops, _MCAST_DST)
+        return beyond
 
-def l3_bridge_from_guest(port: Port, slave: Slave, frame: Frame) -> Verdict:
-    """Mode l3, flag bridge: a frame sent by ``slave``."""
-    return _from_guest(port, slave, frame, ROUTED)
-
-
-def l3s_bridge_from_guest(port: Port, slave: Slave, frame: Frame) -> Verdict:
-    """Mode l3s, flag bridge: as l3, but what leaves the port goes through the host's stack."""
-    return _from_guest(port, slave, frame, HOSTED)
+    decide.__name__ = decide.__qualname__ = f"{mode}_{flag}_from_guest"
+    return decide
 
 
 def _from_uplink(port: Port, frame: Frame, steer: bool) -> Verdict:
@@ -172,17 +184,17 @@ def _from_uplink(port: Port, frame: Frame, steer: bool) -> Verdict:
     return target.to_me if target.up else _drop(port.uplink_drops, _TARGET_DOWN)
 
 
-def l3_bridge_from_uplink(port: Port, frame: Frame) -> Verdict:
+def l3_from_uplink(port: Port, frame: Frame) -> Verdict:
     """Mode l3: a frame received on the master."""
     return _from_uplink(port, frame, True)
 
 
-def l3s_bridge_from_uplink(port: Port, frame: Frame) -> Verdict:
+def l3s_from_uplink(port: Port, frame: Frame) -> Verdict:
     """Mode l3s: a frame received on the master (IP to guests is the host's to forward)."""
     return _from_uplink(port, frame, False)
 
 
 DECISIONS: Final[dict[tuple[str, str], tuple[FromGuest, FromUplink]]] = {
-    ("l3", "bridge"): (l3_bridge_from_guest, l3_bridge_from_uplink),
-    ("l3s", "bridge"): (l3s_bridge_from_guest, l3s_bridge_from_uplink),
+    **{("l3", flag): (from_guest("l3", flag), l3_from_uplink) for flag in FLAGS},
+    **{("l3s", flag): (from_guest("l3s", flag), l3s_from_uplink) for flag in FLAGS},
 }

@@ -99,9 +99,9 @@ _L2_BY_FLAG: Final[dict[str, dict[tuple[Source, Dest], Rule]]] = {
     },
 }
 
-# Modes l3 and l3s, flag bridge (§4 ipvlan_xmit_mode_l3, §6, §12; decisions in ``switch.l3``).
+# Modes l3 and l3s (§4 ipvlan_xmit_mode_l3, §6, §12; decisions in ``switch.l3``): what
+# depends on neither the mode nor the flag.
 _L3_COMMON: Final[dict[tuple[Source, Dest], Rule]] = {
-    (_G, Dest.SLAVE): Rule("to_slave", note="delivered locally, no ARP (ipvlan_xmit_mode_l3 lookup hit)"),
     (_G, Dest.GUEST_MAC): Rule("drop", "not_ip", "ipvlan_process_outbound: non-IP dropped"),
     (_G, Dest.MULTICAST): Rule(
         "answer", note="departure: ARP/NS answered by the daemon; other broadcast/multicast: drop multicast_dst"
@@ -111,6 +111,9 @@ _L3_COMMON: Final[dict[tuple[Source, Dest], Rule]] = {
     (_W, Dest.LOOPED_BACK): Rule("pass", note="the master only (no l2 multicast path)"),
 }
 
+# By mode: where what leaves the port goes (l3: the daemon routes it; l3s: the host's stack).
+# The flags do not change these rows: in the kernel the host's address is not in the
+# port's table, so slave -> host takes the routed path in every flag (§12.3).
 _L3_BY_MODE: Final[dict[str, dict[tuple[Source, Dest], Rule]]] = {
     "l3": {
         (_G, Dest.HOST): Rule("route", note="host routing pinned to the master; a local route -> host link"),
@@ -124,6 +127,23 @@ _L3_BY_MODE: Final[dict[str, dict[tuple[Source, Dest], Rule]]] = {
     },
 }
 
+# By flag: guest -> guest unicast only (ipvlan_xmit_mode_l3 step 1), the same in l3 and l3s.
+_L3_BY_FLAG: Final[dict[str, dict[tuple[Source, Dest], Rule]]] = {
+    "bridge": {
+        (_G, Dest.SLAVE): Rule("to_slave", note="delivered locally, no ARP (ipvlan_xmit_mode_l3 lookup hit)"),
+    },
+    "private": {
+        (_G, Dest.SLAVE): Rule("drop", "private", "ipvlan_xmit_mode_l3: private drops a lookup hit"),
+    },
+    "vepa": {
+        (_G, Dest.SLAVE): Rule(
+            "route",
+            note="VEPA skips the lookup: routed pinned to the master (l3s too), out the wire; back only if the "
+            "outside routes or hairpins it",
+        ),
+    },
+}
+
 TABLE: Final[dict[tuple[str, str, Source, Dest], Rule]] = {
     **{
         ("l2", flag, source, dest): rule
@@ -131,9 +151,10 @@ TABLE: Final[dict[tuple[str, str, Source, Dest], Rule]] = {
         for (source, dest), rule in {**_L2_COMMON, **rules}.items()
     },
     **{
-        (mode, "bridge", source, dest): rule
-        for mode, rules in _L3_BY_MODE.items()
-        for (source, dest), rule in {**_L3_COMMON, **rules}.items()
+        (mode, flag, source, dest): rule
+        for mode, by_mode in _L3_BY_MODE.items()
+        for flag, by_flag in _L3_BY_FLAG.items()
+        for (source, dest), rule in {**_L3_COMMON, **by_mode, **by_flag}.items()
     },
 }
 
