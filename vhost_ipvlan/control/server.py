@@ -32,7 +32,7 @@ from .protocol import Request, RequestError
 log = logging.getLogger("vhost_ipvlan.control")
 
 MAX_CLIENTS = 16
-SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac"}
+SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device"}
 
 if TYPE_CHECKING:
     from ..daemon.topology import Topology
@@ -205,8 +205,11 @@ class ControlServer:
                 pc, cur_s = topo.slave_config(_s("params.name", p["name"]))
                 master_name = _s("params.master", p.get("master", pc.master))
                 table = {**cfg.slave_table(cur_s), **{k: v for k, v in p.items() if k != "master"}}
-                if table.get("mac", "") is None:
-                    del table["mac"]
+                for key in ("mac", "qmp", "qmp_device"):  # null forgets
+                    if key in table and table[key] is None:
+                        del table[key]
+                if "qmp" in p and p["qmp"] is None and "qmp_device" not in p:
+                    table.pop("qmp_device", None)
                 sc = cfg.parse_slave("params", table)
                 topo.change_slave(cur_s.name, master_name, sc, undo)
             elif m == "slave.remove":
