@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from ..net.addr import format_mac
-from ..switch.mcast import qmp_rx_filter
 from ..switch.port import Slave
 
 log = logging.getLogger("vhost_ipvlan.rxfilter")
@@ -81,8 +80,7 @@ class RxFilterWatch:
 
     # -- the source --------------------------------------------------------------------------
 
-    def _use_qmp(self, macs: frozenset[bytes] | None, nic: str) -> None:
-        self.slave.mcast.set_rx_filter(macs or (), allmulti=macs is None)
+    def _use_qmp(self, nic: str) -> None:
         if self.source != "qmp":
             self.source, self._announced = "qmp", True
             log.info("slave %s: multicast filter from QMP %s (NIC %s)", self.slave.name, self.path, nic)
@@ -147,10 +145,10 @@ class RxFilterWatch:
             reply = await client.execute("query-rx-filter", args)
         info = pick_nic(reply, self.device, self.slave.mac)
         try:
-            macs = qmp_rx_filter(info)
+            self.slave.mcast.set_qmp_rx_filter(info)
         except ValueError as e:
             raise RxFilterError(str(e)) from None
-        self._use_qmp(macs, str(info.get("name")))
+        self._use_qmp(str(info.get("name")))
 
 
 def _why(e: BaseException) -> str:

@@ -145,6 +145,12 @@ class GroupFilter:
         table, ``multicast: all``, ``promiscuous``) instead of snooping."""
         self.explicit = (None if allmulti or promisc else frozenset(bytes(m) for m in macs),)
 
+    def set_qmp_rx_filter(self, info: Mapping[str, object]) -> None:
+        """``set_rx_filter`` from one ``query-rx-filter`` entry (``qmp_rx_filter``);
+        ValueError on a malformed one, and then nothing changes."""
+        macs = qmp_rx_filter(info)
+        self.set_rx_filter(macs or (), allmulti=macs is None)
+
     def clear_rx_filter(self) -> None:
         """Back to snooping."""
         self.explicit = None
