@@ -127,3 +127,18 @@ def test_cli_print_capabilities() -> None:
     proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", "--print-capabilities"],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and '"type": "net"' in proc.stdout
+
+
+def test_slave_cli_qmp_flags() -> None:
+    from vhost_ipvlan.cli import build_parser
+    from vhost_ipvlan.ctl import request
+
+    def req(*argv: str) -> tuple[str, dict[str, object]]:
+        return request(build_parser().parse_args(["slave", *argv]))
+
+    assert req("add", "a", "--master", "eth0", "--socket", "/a.sock", "--qmp", "/q.sock", "--qmp-device", "net0") == (
+        "slave.add", {"name": "a", "master": "eth0", "socket": "/a.sock", "qmp": "/q.sock", "qmp_device": "net0"})
+    assert req("change", "a", "--qmp-device", "net1") == ("slave.change", {"name": "a", "qmp_device": "net1"})
+    assert req("change", "a", "--no-qmp") == ("slave.change", {"name": "a", "qmp": None, "qmp_device": None})
+    with pytest.raises(ConfigError, match="qmp_device: needs qmp"):
+        req("add", "a", "--master", "eth0", "--socket", "/a.sock", "--qmp-device", "net0")
