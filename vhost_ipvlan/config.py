@@ -17,6 +17,8 @@ Shape (other tools rely on it; do not change it lightly)::
     socket_mode = "server"      # server (default: the daemon listens) | client (it connects)
     addresses = ["192.0.2.10/24", "2001:db8::10/64"]
     mac = "52:54:00:00:00:01"   # optional: the guest's MAC; learned from its first frame if absent
+    qmp = "/run/qemu/vm1.qmp"   # optional: the guest's QMP socket: its multicast filter (query-rx-filter)
+    qmp_device = "net0"         # optional, with qmp: the NIC's device id (default: the NIC with the slave's MAC)
 
 Rules:
 - Every problem is a ``ConfigError`` whose message is one line: the key path
@@ -84,6 +86,7 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _IFNAME = re.compile(r"[^/\s:]{1,15}")
+_DEVICE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")  # QEMU's id_wellformed()
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
@@ -94,6 +97,8 @@ class SlaveConfig:
     socket_mode: str
     addresses: tuple[IPInterface, ...]
     mac: bytes | None
+    qmp: Path | None = None
+    qmp_device: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +203,12 @@ def parse_mac(where: str, value: Any) -> bytes:
 
 def parse_slave(where: str, table: Any) -> SlaveConfig:
     """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
-    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac"}, {"name", "socket"})
+    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device"},
+              {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
-    sock = Path(_str(f"{where}.socket", t["socket"]))
-    if not sock.is_absolute() or len(str(sock).encode()) > 107:
-        raise ConfigError(f"{where}.socket: {str(sock)!r} must be an absolute path under 108 bytes")
+    sock = _socket_path(f"{where}.socket", t["socket"])
     mode = _choice(f"{where}.socket_mode", t.get("socket_mode", "server"), SOCKET_MODES, SOCKET_MODES)
     raw = t.get("addresses", [])
     if not isinstance(raw, list):
@@ -213,7 +217,24 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
         raise ConfigError(f"{where}.addresses: at most {MAX_ADDRESSES} addresses per slave")
     addresses = tuple(parse_address(f"{where}.addresses[{i}]", a) for i, a in enumerate(raw))
     mac = parse_mac(f"{where}.mac", t["mac"]) if "mac" in t else None
-    return SlaveConfig(name, sock, mode, addresses, mac)
+    qmp = _socket_path(f"{where}.qmp", t["qmp"]) if "qmp" in t else None
+    device = None
+    if "qmp_device" in t:
+        device = _str(f"{where}.qmp_device", t["qmp_device"])
+        if qmp is None:
+            raise ConfigError(f"{where}.qmp_device: needs qmp (the QMP socket to ask)")
+        if not _DEVICE_ID.fullmatch(device):
+            raise ConfigError(f"{where}.qmp_device: {device!r} is not a QEMU device id")
+    if qmp is not None and qmp == sock:
+        raise ConfigError(f"{where}.qmp: {qmp} is the slave's vhost-user socket")
+    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device)
+
+
+def _socket_path(where: str, value: Any) -> Path:
+    path = Path(_str(where, value))
+    if not path.is_absolute() or len(str(path).encode()) > 107:
+        raise ConfigError(f"{where}: {str(path)!r} must be an absolute path under 108 bytes")
+    return path
 
 
 def parse_port(where: str, table: Any) -> PortConfig:
@@ -334,6 +355,10 @@ def slave_table(slave: SlaveConfig) -> dict[str, Any]:
     }
     if slave.mac is not None:
         t["mac"] = ":".join(f"{b:02x}" for b in slave.mac)
+    if slave.qmp is not None:
+        t["qmp"] = str(slave.qmp)
+    if slave.qmp_device is not None:
+        t["qmp_device"] = slave.qmp_device
     return t
 
 

@@ -50,9 +50,12 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--address", action="append", metavar="ADDR[/PREFIX]",
                        help="an address of the slave (repeat; on change, replaces all)")
         p.add_argument("--mac")
+        p.add_argument("--qmp", metavar="PATH", help="the guest's QMP socket (multicast filter from its RX filter)")
+        p.add_argument("--qmp-device", metavar="ID", help="with --qmp: the NIC's QEMU device id")
         if action == "change":
             p.add_argument("--no-addresses", action="store_true", help="remove every address")
             p.add_argument("--no-mac", action="store_true", help="forget the configured MAC")
+            p.add_argument("--no-qmp", action="store_true", help="forget qmp and qmp_device (back to snooping)")
     p = sa.add_parser("remove", parents=[common], help="remove a slave (closes its socket)")
     p.add_argument("name")
 
@@ -80,7 +83,7 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     params["name"] = args.name
     if args.action == "remove":
         return method, params
-    for key in ("master", "socket", "socket_mode", "mac"):
+    for key in ("master", "socket", "socket_mode", "mac", "qmp", "qmp_device"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     if args.address is not None:
@@ -90,7 +93,11 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             params["addresses"] = []
         if args.no_mac:
             params["mac"] = None
+        if args.no_qmp:
+            params["qmp"] = params["qmp_device"] = None
     probe = {"socket": "/probe", **{k: v for k, v in params.items() if k != "master" and v is not None}}
+    if args.action == "change" and "qmp_device" in probe and "qmp" not in probe:
+        probe["qmp"] = "/probe.qmp"  # the slave's own qmp: the daemon checks
     cfg.parse_slave("params", probe)  # same checks as the daemon's, before asking it
     return method, params
 

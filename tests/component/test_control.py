@@ -340,3 +340,63 @@ def test_sigkill_at_random_moments_keeps_exactly_the_acknowledged_slaves(tmp_pat
             for name in now:  # fully present: its socket listens
                 assert lab.sock(name).exists(), name
         assert total_acks > 0
+
+
+def rx_entry(*table: str, multicast: str = "normal") -> dict[str, Any]:
+    """One entry of QMP query-rx-filter's reply, as QEMU 7.2 gives it."""
+    return {"name": "net0", "main-mac": MAC_A, "promiscuous": False, "multicast": multicast,
+            "multicast-overflow": False, "multicast-table": list(table), "unicast": "normal",
+            "unicast-overflow": False, "unicast-table": [], "vlan": "none", "vlan-table": [],
+            "broadcast-allowed": False}
+
+
+def test_rx_filter_from_the_control_api(lab: Lab) -> None:
+    a, b = lab.frontend("a"), lab.frontend("b")
+
+    def to_group(mac: str, port: int) -> None:
+        b.transmit(bytes(Ether(src=MAC_B, dst=mac) / IP(src=B_IP, dst="239.9.9.9", ttl=1) / UDP(dport=port)))
+
+    with client(lab) as c:
+        got = c.call("slave.rx_filter", {"name": "a", "rx_filter": rx_entry("01:00:5e:01:02:03")})
+        assert got["source"] == "qmp" and got["rx_filter"] == ["01:00:5e:01:02:03"]
+        to_group("01:00:5e:07:07:07", 7001)
+        to_group("01:00:5e:01:02:03", 7002)
+        ports: list[int] = []  # frames arrive in order: 7001 would come before 7002
+
+        def seen(p: Any) -> bool:
+            ports.extend([p[UDP].dport] if UDP in p else [])
+            return 7002 in ports
+
+        receive(a, seen, "the group in a's RX filter")
+        assert 7001 not in ports
+        # refused: nothing changes
+        for params, code, message in (
+            ({"name": "a", "rx_filter": {**rx_entry(), "multicast": "some"}}, "invalid_params", "params.rx_filter"),
+            ({"name": "a", "rx_filter": []}, "invalid_params", "params.rx_filter: expected"),
+            ({"name": "zz", "rx_filter": None}, "not_found", "params.name"),
+            ({"name": "a"}, "invalid_params", "params.rx_filter: missing"),
+        ):
+            with pytest.raises(RemoteError) as info:
+                c.call("slave.rx_filter", params)
+            assert (info.value.code, message in str(info.value)) == (code, True), str(info.value)
+        assert c.call("stats", {"slave": "a"})[lab_mod.MASTER]["slaves"]["a"]["multicast"]["rx_filter"] == [
+            "01:00:5e:01:02:03"]
+        # null: back to snooping (the guest never reported: every group passes)
+        assert c.call("slave.rx_filter", {"name": "a", "rx_filter": None})["source"] == "snooping"
+        to_group("01:00:5e:07:07:07", 7003)
+        receive(a, lambda p: UDP in p and p[UDP].dport == 7003, "any group with snooping's grace")
+        # a slave with qmp reads its filter itself; qmp and qmp_device go through add/change/null
+        qmp = str(lab.tmp / "e.qmp")
+        info = c.call("slave.add", {"master": lab_mod.MASTER, "name": "e", "socket": str(lab.sock("e")),
+                                    "qmp": qmp, "qmp_device": "net0"})
+        assert (info["qmp"], info["qmp_device"]) == (qmp, "net0")
+        fallback = f"slave e: multicast filter from IGMP/MLD snooping: QMP {qmp}: "
+        wait_until(lambda: fallback in lab.log_text(), 10, what="e's fall back to snooping logged")
+        with pytest.raises(RemoteError, match="reads its guest's RX filter itself"):
+            c.call("slave.rx_filter", {"name": "e", "rx_filter": None})
+        with pytest.raises(RemoteError, match=r"params\.qmp_device: needs qmp"):
+            c.call("slave.change", {"name": "e", "qmp": None, "qmp_device": "net0"})
+        info = c.call("slave.change", {"name": "e", "qmp": None})
+        assert "qmp" not in info and "qmp_device" not in info
+    assert lab.log_text().count(fallback) == 1
+    assert "slave a: multicast filter from the guest's RX filter (control API)" in lab.log_text()

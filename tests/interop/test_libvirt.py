@@ -335,6 +335,37 @@ def test_daemon_restart_announces(world: World) -> None:
         assert rc == 0, out
 
 
+def test_watcher_hands_the_guests_rx_filter_to_the_daemon(world: World) -> None:
+    """libvirt owns the monitor: the watcher reads query-rx-filter on NIC_RX_FILTER_CHANGED
+    (libvirt's qemu-monitor-event API) and gives it to the daemon (slave.rx_filter)."""
+    vm, slave = world.vm1, slave_name(world.vm1.name, VM1_MAC)
+
+    def mcast() -> dict[str, Any]:
+        with Client(world.lab.control) as c:
+            result: dict[str, Any] = c.call("stats", {"slave": slave})["vim0"]["slaves"][slave]["multicast"]
+        return result
+
+    def rx_packets() -> int:
+        return int(vm.check("cat /sys/class/net/eth0/statistics/rx_packets"))
+
+    def burst() -> int:  # 40 frames to 239.7.7.7 (01:00:5e:07:07:07) from outside: how many got in
+        before = rx_packets()
+        world.lab.out_run("ping", "-c", "40", "-i", "0.05", "-W", "1", "-I", "vio0", "239.7.7.7", timeout=60)
+        return rx_packets() - before
+
+    world.lab.out_run("ip", "route", "replace", "224.0.0.0/4", "dev", "vio0")
+    wait_until(lambda: mcast()["source"] == "qmp", 90, 0.5, what=f"{slave}'s filter from its RX filter")
+    assert "01:00:5e:07:07:07" not in mcast()["rx_filter"] and burst() < 20
+    events = world.watch_log.read_text().count("NIC_RX_FILTER_CHANGED")
+    vm.check("ip maddr add 01:00:5e:07:07:07 dev eth0")  # no IGMP: only the RX filter tells
+    wait_until(lambda: "01:00:5e:07:07:07" in mcast()["rx_filter"], 25, 0.5, what="the guest's new MAC")
+    assert world.watch_log.read_text().count("NIC_RX_FILTER_CHANGED") > events  # the event, not a rescan
+    assert burst() >= 40
+    vm.check("ip maddr del 01:00:5e:07:07:07 dev eth0")
+    wait_until(lambda: "01:00:5e:07:07:07" not in mcast()["rx_filter"], 25, 0.5, what="the MAC gone")
+    assert burst() < 20
+
+
 def test_zz_destroy_removes_slaves(world: World) -> None:
     for vm, mac in ((world.vm1, VM1_MAC), (world.vm2, VM2_MAC)):
         virsh("destroy", vm.name)

@@ -126,6 +126,7 @@ class Lab:
                       f'socket_mode = "{s.socket_mode}"', f"addresses = {json.dumps(s.addresses)}"]
             if s.mac:
                 lines.append(f'mac = "{s.mac}"')
+            lines += [f"{k} = {json.dumps(v)}" for k, v in s.extra.items()]  # strings, lists, numbers
         return "\n".join(lines) + "\n"
 
     def build(self) -> None:

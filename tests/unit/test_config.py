@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vhost_ipvlan.config import load, parse
+from vhost_ipvlan.config import load, parse, to_data
 from vhost_ipvlan.errors import ConfigError
 
 GOOD = """
@@ -59,6 +59,16 @@ def test_every_mode_takes_every_flag(mode: str, flag: str) -> None:
     assert (cfg.ports[0].mode, cfg.ports[0].flag) == (mode, flag)
 
 
+def test_qmp_keys_round_trip() -> None:
+    cfg = parse({"port": [{"master": "eth0", "slave": [
+        {"name": "a", "socket": "/tmp/a.sock", "qmp": "/run/qemu/a.qmp", "qmp_device": "net0"},
+        {"name": "b", "socket": "/tmp/b.sock"}]}]})
+    a, b = cfg.ports[0].slaves
+    assert (a.qmp, a.qmp_device) == (Path("/run/qemu/a.qmp"), "net0") and (b.qmp, b.qmp_device) == (None, None)
+    assert parse(to_data(cfg)) == cfg
+    assert "qmp" not in to_data(cfg)["port"][0]["slave"][1]
+
+
 BAD = [
     ('[[port]]\nmaster="v"\nfoo=1', "port[0].foo: unknown key"),
     ('[[port]]\nmode="l2"', "port[0].master: missing"),
@@ -83,6 +93,14 @@ BAD = [
      "expected a list"),
     ('[[port]]\nmaster=5', "port[0].master: expected a string, got int 5"),
     ("port = [", "not valid TOML"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nqmp="q.sock"',
+     "port[0].slave[0].qmp: 'q.sock' must be an absolute path"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nqmp_device="net0"',
+     "port[0].slave[0].qmp_device: needs qmp"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nqmp="/q"\nqmp_device="0 x"',
+     "port[0].slave[0].qmp_device: '0 x' is not a QEMU device id"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nqmp="/a"',
+     "port[0].slave[0].qmp: /a is the slave's vhost-user socket"),
 ]
 
 
@@ -114,3 +132,18 @@ def test_cli_print_capabilities() -> None:
     proc = subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", "--print-capabilities"],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and '"type": "net"' in proc.stdout
+
+
+def test_slave_cli_qmp_flags() -> None:
+    from vhost_ipvlan.cli import build_parser
+    from vhost_ipvlan.ctl import request
+
+    def req(*argv: str) -> tuple[str, dict[str, object]]:
+        return request(build_parser().parse_args(["slave", *argv]))
+
+    assert req("add", "a", "--master", "eth0", "--socket", "/a.sock", "--qmp", "/q.sock", "--qmp-device", "net0") == (
+        "slave.add", {"name": "a", "master": "eth0", "socket": "/a.sock", "qmp": "/q.sock", "qmp_device": "net0"})
+    assert req("change", "a", "--qmp-device", "net1") == ("slave.change", {"name": "a", "qmp_device": "net1"})
+    assert req("change", "a", "--no-qmp") == ("slave.change", {"name": "a", "qmp": None, "qmp_device": None})
+    with pytest.raises(ConfigError, match="qmp_device: needs qmp"):
+        req("add", "a", "--master", "eth0", "--socket", "/a.sock", "--qmp-device", "net0")

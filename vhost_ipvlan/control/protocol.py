@@ -25,7 +25,7 @@ MAX_MESSAGE = 400
 MAX_ID = 2**53
 METHODS = (
     "port.list", "port.add", "port.change", "port.remove",
-    "slave.list", "slave.add", "slave.change", "slave.remove",
+    "slave.list", "slave.add", "slave.change", "slave.remove", "slave.rx_filter",
     "stats",
 )
 

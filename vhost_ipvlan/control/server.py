@@ -32,7 +32,7 @@ from .protocol import Request, RequestError
 log = logging.getLogger("vhost_ipvlan.control")
 
 MAX_CLIENTS = 16
-SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac"}
+SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device"}
 
 if TYPE_CHECKING:
     from ..daemon.topology import Topology
@@ -181,6 +181,8 @@ class ControlServer:
             pc, sc = topo.slave_config(_s("params.slave", p["slave"]), "params")
             master: Any = stats[pc.master]
             return {pc.master: {**master, "slaves": {sc.name: master["slaves"][sc.name]}}}
+        if m == "slave.rx_filter":
+            return self._rx_filter(p)
         with topo.transaction() as undo:
             if m == "port.add":
                 cfg.check_keys("params", p, {"master", "mode", "flag", "slave"}, {"master"})
@@ -205,8 +207,11 @@ class ControlServer:
                 pc, cur_s = topo.slave_config(_s("params.name", p["name"]))
                 master_name = _s("params.master", p.get("master", pc.master))
                 table = {**cfg.slave_table(cur_s), **{k: v for k, v in p.items() if k != "master"}}
-                if table.get("mac", "") is None:
-                    del table["mac"]
+                for key in ("mac", "qmp", "qmp_device"):  # null forgets
+                    if key in table and table[key] is None:
+                        del table[key]
+                if "qmp" in p and p["qmp"] is None and "qmp_device" not in p:
+                    table.pop("qmp_device", None)
                 sc = cfg.parse_slave("params", table)
                 topo.change_slave(cur_s.name, master_name, sc, undo)
             elif m == "slave.remove":
@@ -215,6 +220,31 @@ class ControlServer:
             else:  # pragma: no cover - protocol.METHODS and this table agree
                 raise RequestError("unknown_method", f"method: {m!r} is not implemented")
         return self._result_after(m, p)
+
+    def _rx_filter(self, p: dict[str, Any]) -> Any:
+        """The guest's RX filter (a ``query-rx-filter`` entry, or null: back to snooping),
+        read by someone else (``vhost-ipvlan libvirt watch``). Run-time state: not written
+        to the state file."""
+        cfg.check_keys("params", p, {"name", "rx_filter"}, {"name", "rx_filter"})
+        pc, sc = self.topology.slave_config(_s("params.name", p["name"]))
+        if sc.qmp is not None:
+            raise ConfigError(f"params.name: slave {sc.name!r} reads its guest's RX filter itself (qmp = {sc.qmp})")
+        mcast = self.topology.datapath(pc.master).devices[sc.name].slave.mcast
+        info = p["rx_filter"]
+        was = mcast.explicit is not None
+        if info is None:
+            mcast.clear_rx_filter()
+        elif not isinstance(info, dict):
+            raise ConfigError("params.rx_filter: expected a query-rx-filter entry (an object) or null")
+        else:
+            try:
+                mcast.set_qmp_rx_filter(info)
+            except ValueError as e:
+                raise ConfigError(f"params.rx_filter: {e}") from None
+        if was != (info is not None):
+            log.info("slave %s: multicast filter from %s", sc.name,
+                     "the guest's RX filter (control API)" if info is not None else "IGMP/MLD snooping")
+        return mcast.describe()
 
     def _result_after(self, method: str, params: dict[str, Any]) -> Any:
         topo = self.topology

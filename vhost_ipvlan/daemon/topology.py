@@ -17,6 +17,9 @@ Rules:
   the master's nftables chain; removing closes the connection and the socket and
   updates the chain. A change that keeps the socket, its role and the MAC is done
   in place (the guest stays connected); any other change re-creates the slave.
+- A slave with ``qmp`` gets an ``rxfilter.RxFilterWatch`` (its multicast filter
+  from the guest's RX filter) while it exists; a change of ``qmp``/``qmp_device``
+  restarts it in place.
 - ``apply`` checks that every new master exists before it changes anything, so
   the usual mistake in a reloaded file does not disturb running guests.
 - ``remove_port`` refuses a port that still has slaves; ``apply`` removes them first.
@@ -44,12 +47,13 @@ from .. import config as cfg
 from ..config import Config, PortConfig, SlaveConfig
 from ..errors import ConfigError, UplinkError
 from ..switch.port import AddressInUse as PortAddressInUse
-from ..switch.port import MacInUse, Port
+from ..switch.port import MacInUse, Port, Slave
 from . import nft
 from .datapath import NetDevice, PortDatapath
 from .endpoint import Endpoint
 from .hostlink import HostLink
 from .routing import Router
+from .rxfilter import RxFilterWatch
 from .uplink import Uplink
 
 log = logging.getLogger("vhost_ipvlan.topology")
@@ -88,6 +92,8 @@ class Topology:
         self.on_port_added: Callable[[PortDatapath, str], None] | None = None
         self.on_port_removed: Callable[[str], None] | None = None
         self._chains: dict[str, str] = {}
+        #: slaves with ``qmp``: their multicast filter from the guest's RX filter
+        self.rxfilters: dict[str, RxFilterWatch] = {}
         self._serial = 0
         self._nft_used = False
 
@@ -286,6 +292,8 @@ class Topology:
         self._set_slave(master, sc.name, sc)
         self._sync_nft(dp)
         ep.start()
+        self._watch(sc, slave)
+        undo.callback(self._unwatch, sc.name)
         log.info("slave %s: added on %s", sc.name, master)
 
     def remove_slave(self, name: str, undo: ExitStack, where: str = "params") -> None:
@@ -296,6 +304,7 @@ class Topology:
         undo.callback(self._set_config, self.config)
         self._set_slave(pc.master, name, None)
         undo.callback(self._readd_slave, pc.master, sc)
+        self._unwatch(name)
         self._close_endpoint(self.endpoint(name))
         self._forget_device(dp, dev)
         dp.port.remove_slave(dev.slave)
@@ -332,6 +341,11 @@ class Topology:
             except ValueError as e:
                 raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
             undo.callback(dp.port.remove_address, slave, ip.packed)
+        if (old.qmp, old.qmp_device) != (sc.qmp, sc.qmp_device):
+            self._unwatch(name)
+            undo.callback(self._watch, old, slave)
+            undo.callback(self._unwatch, name)
+            self._watch(sc, slave)
         self._set_slave(master, name, sc)
         self._sync_nft(dp)
         log.info("slave %s: changed", name)
@@ -353,6 +367,15 @@ class Topology:
                 slaves = [s for s in slaves if s.name != name]
             ports.append(replace(p, slaves=tuple(slaves)))
         self.config = replace(self.config, ports=tuple(ports))
+
+    def _watch(self, sc: SlaveConfig, slave: Slave) -> None:
+        if sc.qmp is not None:
+            self.rxfilters[sc.name] = RxFilterWatch(slave, sc.qmp, sc.qmp_device, self.loop)
+
+    def _unwatch(self, name: str) -> None:
+        watch = self.rxfilters.pop(name, None)
+        if watch is not None:
+            watch.close()
 
     def _forget_device(self, dp: PortDatapath, dev: NetDevice) -> None:
         if dp.devices.get(dev.slave.name) is dev:
@@ -377,6 +400,8 @@ class Topology:
 
     def close(self) -> None:
         """Stop everything (daemon exit): sockets unlinked, nftables rules removed."""
+        for name in list(self.rxfilters):
+            self._unwatch(name)
         for ep in self.endpoints:
             ep.close()
         for dp in self.ports:

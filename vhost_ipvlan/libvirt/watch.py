@@ -18,10 +18,19 @@ Rules:
   gets ``announce-self`` once its slave is up again. A slave whose ``link`` (its
   master's) goes down gets ``set_link up=false`` on its NIC, and ``up=true`` when it
   comes back. Failures are logged, never fatal.
+- Multicast filters: each NIC's RX filter (``query-rx-filter`` on its alias, through
+  libvirt's monitor) is handed to the daemon (control ``slave.rx_filter``), so the
+  slave's filter is what the guest asked for (not IGMP/MLD snooping): on every
+  ``NIC_RX_FILTER_CHANGED`` (libvirt's ``qemu-monitor-event`` API), at reconcile
+  (domain start, every ``RESCAN``) and after a daemon restart; only sent when it
+  changed. Slaves with their own ``qmp`` refuse it (the daemon asks QEMU itself).
+  On exit the watcher gives its slaves back to snooping; if it dies, the last filter
+  it sent stays until the daemon restarts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -50,14 +59,16 @@ def peer_pid(sock: socket.socket) -> int:
 class Watcher:
     def __init__(self, uri: str, control: Path, socket_dir: Path, interval: float = 1.0) -> None:
         self.uri, self.control, self.socket_dir, self.interval = uri, control, socket_dir, interval
-        self.pending: queue.Queue[str] = queue.Queue()
+        self.pending: queue.Queue[tuple[str, str]] = queue.Queue()  # ("domain" | "rx", domain name)
         self.stopped = threading.Event()
         self.nics: dict[str, tuple[str, str]] = {}  # slave name -> (domain name, NIC alias)
         self.links: dict[str, bool] = {}  # slave name -> last link state seen
         self.daemon_pid: int | None = None
         self.announce: set[str] = set()  # slaves to announce once they are up
+        self.rx_sent: dict[str, Any] = {}  # slave name -> the RX filter last given to the daemon
         self.conn: Any = None
         self._callbacks: list[int] = []
+        self._monitor_callbacks: list[int] = []
 
     # -- libvirt -------------------------------------------------------------------------------
 
@@ -72,8 +83,15 @@ class Watcher:
         for ev in (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
                    libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE):
             self._callbacks.append(self.conn.domainEventRegisterAny(None, ev, self._event, None))
+        try:
+            import libvirt_qemu
+
+            self._monitor_callbacks.append(libvirt_qemu.qemuMonitorEventRegister(
+                self.conn, None, "NIC_RX_FILTER_CHANGED", self._rx_event, None, 0))
+        except libvirt.libvirtError as e:
+            log.warning("no NIC_RX_FILTER_CHANGED events (%s): RX filters are read every %g s", e, RESCAN)
         for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            self.pending.put(dom.name())
+            self.pending.put(("domain", dom.name()))
 
     def _event_loop(self) -> None:
         import libvirt
@@ -83,11 +101,21 @@ class Watcher:
 
     def _event(self, conn: Any, dom: Any, *args: Any) -> None:
         log.debug("event for domain %s: %s", dom.name(), args[:-1])
-        self.pending.put(dom.name())
+        self.pending.put(("domain", dom.name()))
+
+    def _rx_event(self, conn: Any, dom: Any, event: str, *args: Any) -> None:
+        log.debug("domain %s: %s %s", dom.name(), event, args[2] if len(args) > 2 else "")
+        self.pending.put(("rx", dom.name()))
 
     def close(self) -> None:
         self.stopped.set()
+        self._release_rx_filters()
         if self.conn is not None:
+            import libvirt_qemu
+
+            for cb in self._monitor_callbacks:
+                with contextlib.suppress(Exception):
+                    libvirt_qemu.qemuMonitorEventDeregister(self.conn, cb)
             for cb in self._callbacks:
                 try:
                     self.conn.domainEventDeregisterAny(cb)
@@ -135,12 +163,14 @@ class Watcher:
         for r in requests:
             if r.alias is not None:
                 self.nics[r.name] = (name, r.alias)
+        self.refresh_rx(name)
 
     def _forget(self, domain: str, keep: set[str] | None = None) -> None:
         """Drop a domain's NICs (but those in ``keep``: their last link state stays)."""
         for slave in [s for s, (d, _) in self.nics.items() if d == domain and s not in (keep or set())]:
             del self.nics[slave]
             self.links.pop(slave, None)
+            self.rx_sent.pop(slave, None)
 
     # -- the daemon and QMP ----------------------------------------------------------------------
 
@@ -156,6 +186,9 @@ class Watcher:
             log.info("daemon restarted (pid %d -> %d): announcing the guests' NICs when they are up",
                      self.daemon_pid, pid)
             self.announce = set(self.nics)
+            self.rx_sent.clear()  # the new daemon snoops until told again
+            for domain in {d for d, _ in self.nics.values()}:
+                self.pending.put(("rx", domain))
         self.daemon_pid = pid
         for master in stats.values():
             for slave, s in master.get("slaves", {}).items():
@@ -169,7 +202,8 @@ class Watcher:
                     self.announce.discard(slave)
                     self.qmp(slave, "announce-self", dict(ANNOUNCE))
 
-    def qmp(self, slave: str, command: str, arguments: dict[str, Any]) -> None:
+    def qmp(self, slave: str, command: str, arguments: dict[str, Any], *, quiet: bool = False) -> Any:
+        """Run a QMP command on the slave's domain; its ``return``, or None if it failed."""
         import libvirt
         import libvirt_qemu
 
@@ -178,9 +212,47 @@ class Watcher:
             dom = self.conn.lookupByName(domain)
             reply = libvirt_qemu.qemuMonitorCommand(
                 dom, json.dumps({"execute": command, "arguments": arguments}), 0)
-            log.info("domain %s: %s %s: %s", domain, command, json.dumps(arguments), reply.strip())
-        except libvirt.libvirtError as e:
+            if not quiet:
+                log.info("domain %s: %s %s: %s", domain, command, json.dumps(arguments), reply.strip())
+            result = json.loads(reply)
+        except (libvirt.libvirtError, ValueError) as e:
             log.warning("domain %s, NIC %s: %s failed: %s", domain, alias, command, e)
+            return None
+        if "error" in result:
+            log.warning("domain %s, NIC %s: %s failed: %s", domain, alias, command, result["error"])
+            return None
+        return result.get("return")
+
+    def refresh_rx(self, domain: str) -> None:
+        """Hand each of the domain's NICs' RX filter to the daemon, if it changed."""
+        for slave, (d, alias) in sorted(self.nics.items()):
+            if d != domain:
+                continue
+            reply = self.qmp(slave, "query-rx-filter", {"name": alias}, quiet=True)
+            if not isinstance(reply, list) or len(reply) != 1 or reply[0] == self.rx_sent.get(slave):
+                continue
+            if self._send_rx_filter(slave, reply[0]):
+                self.rx_sent[slave] = reply[0]
+
+    def _send_rx_filter(self, slave: str, info: Any) -> bool:
+        try:
+            with Client(self.control, timeout=10) as c:
+                got = c.call("slave.rx_filter", {"name": slave, "rx_filter": info})
+        except RemoteError as e:
+            log.log(logging.DEBUG if "reads its guest's RX filter itself" in str(e) else logging.WARNING,
+                    "slave %s: RX filter not taken: %s", slave, e)
+            return "reads its guest's RX filter itself" in str(e)  # then stop asking
+        except ControlUnavailable as e:
+            log.debug("daemon: %s", e)
+            return False
+        log.info("slave %s: RX filter %s", slave, "(back to snooping)" if info is None else
+                 json.dumps(got.get("rx_filter")))
+        return True
+
+    def _release_rx_filters(self) -> None:
+        for slave in sorted(self.rx_sent):
+            self._send_rx_filter(slave, None)
+        self.rx_sent.clear()
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -192,13 +264,16 @@ class Watcher:
             while not self.stopped.is_set():
                 now = time.monotonic()
                 try:
-                    names = {self.pending.get(timeout=max(0.0, min(next_poll, next_scan) - now))}
+                    items = {self.pending.get(timeout=max(0.0, min(next_poll, next_scan) - now))}
                     while not self.pending.empty():
-                        names.add(self.pending.get_nowait())
+                        items.add(self.pending.get_nowait())
                 except queue.Empty:
-                    names = set()
+                    items = set()
+                names = {name for kind, name in items if kind == "domain"}
                 for name in sorted(names):
-                    self.reconcile(name)
+                    self.reconcile(name)  # reads the RX filters too
+                for name in sorted({name for kind, name in items if kind == "rx"} - names):
+                    self.refresh_rx(name)
                 now = time.monotonic()
                 if now >= next_scan:
                     for dom in self.conn.listAllDomains(1):  # VIR_CONNECT_LIST_DOMAINS_ACTIVE

@@ -23,10 +23,11 @@ the guest's RX filter (QEMU keeps it), so the filter is built here:
   queried) then still gets all multicast of that family, as before this filter existed.
   Other multicast MACs (no IP group, e.g. 01:80:c2:...) always pass unless an explicit
   filter is set: there is nothing to snoop for them.
-- **Explicit filter** (``set_rx_filter``, the hook for QMP ``query-rx-filter``): once
-  set it replaces snooping for delivery (snooping still records groups): ``promisc``
-  or ``allmulti`` pass every multicast, otherwise exactly the MACs given plus broadcast.
-  ``clear_rx_filter`` returns to snooping.
+- **Explicit filter** (``set_rx_filter``, fed from QMP ``query-rx-filter`` by
+  ``daemon/rxfilter.py``; ``qmp_rx_filter`` reads the reply): once set it replaces
+  snooping for delivery (snooping still records groups, so a fall back to it is
+  informed): ``promisc`` or ``allmulti`` pass every multicast, otherwise exactly the
+  MACs given plus broadcast. ``clear_rx_filter`` returns to snooping.
 
 Rules: pure; never raises on frame content (every read is bounds-checked); called by
 the policy on a guest's multicast frames only, and by the daemon's flood loop via
@@ -35,10 +36,10 @@ the policy on a guest's multicast frames only, and by the daemon's flood loop vi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
-from ..net.addr import format_ip, format_mac
+from ..net.addr import format_ip, format_mac, parse_mac
 from ..net.frames import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, OFF_ICMPV6, Frame
 
 BROADCAST: Final = b"\xff" * 6
@@ -69,6 +70,34 @@ def group_mac(group: bytes) -> bytes:
     if len(group) == 4:
         return b"\x01\x00\x5e" + bytes((group[1] & 0x7F,)) + group[2:4]
     return b"\x33\x33" + group[12:16]
+
+
+def qmp_rx_filter(info: Mapping[str, object]) -> frozenset[bytes] | None:
+    """The multicast MACs a NIC accepts, from one entry of QMP ``query-rx-filter``'s
+    reply (QEMU's ``RxFilterInfo``); ``None`` means every multicast.
+
+    ``promiscuous``, ``multicast: all`` and ``multicast-overflow`` (the guest gave more
+    groups than QEMU's table holds, 64 MACs in all) accept every multicast;
+    ``multicast: none`` none; ``normal`` those of ``multicast-table``.
+    ``broadcast-allowed`` is not read: broadcast always passes, as on an IPvlan slave
+    (and QEMU 7.2 reports that field inverted). Raises ValueError on a malformed entry.
+    """
+    promisc, mode, overflow, table = (info.get(k) for k in
+                                      ("promiscuous", "multicast", "multicast-overflow", "multicast-table"))
+    if not isinstance(promisc, bool) or not isinstance(overflow, bool) or mode not in ("normal", "none", "all"):
+        raise ValueError("query-rx-filter: promiscuous, multicast or multicast-overflow missing or malformed")
+    if not isinstance(table, list):
+        raise ValueError("query-rx-filter: multicast-table is not a list")
+    if promisc or overflow or mode == "all":
+        return None
+    if mode == "none":
+        return frozenset()
+    if not all(isinstance(m, str) for m in table):
+        raise ValueError("query-rx-filter: multicast-table holds a non-string")
+    try:
+        return frozenset(parse_mac(m) for m in table)
+    except ValueError as e:
+        raise ValueError(f"query-rx-filter: multicast-table: {e}") from None
 
 
 class GroupFilter:
@@ -115,6 +144,12 @@ class GroupFilter:
         """Use the guest's own RX filter (QMP ``query-rx-filter``: its multicast
         table, ``multicast: all``, ``promiscuous``) instead of snooping."""
         self.explicit = (None if allmulti or promisc else frozenset(bytes(m) for m in macs),)
+
+    def set_qmp_rx_filter(self, info: Mapping[str, object]) -> None:
+        """``set_rx_filter`` from one ``query-rx-filter`` entry (``qmp_rx_filter``);
+        ValueError on a malformed one, and then nothing changes."""
+        macs = qmp_rx_filter(info)
+        self.set_rx_filter(macs or (), allmulti=macs is None)
 
     def clear_rx_filter(self) -> None:
         """Back to snooping."""
@@ -212,6 +247,7 @@ class GroupFilter:
         return {
             "groups": sorted(format_ip(g) for g in self.groups),
             "filtering": {"ipv4": self.snooped_v4, "ipv6": self.snooped_v6},
+            "source": "snooping" if explicit is None else "qmp",
             "rx_filter": None if explicit is None else (
                 "all" if explicit[0] is None else sorted(format_mac(m) for m in explicit[0])),
         }
