@@ -164,6 +164,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     hook_path = HOOKS / "qemu.d" / hook.HOOK_NAME
     watcher: subprocess.Popen[bytes] | None = None
     conn: Any = None
+    w: World | None = None
     try:
         image = tiny_image()
         kernel, initrd = work / "vmlinuz", work / "initrd.img"
@@ -191,7 +192,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     virsh("start", vm.name, timeout=180)
                 for vm in (vm1, vm2):
                     vm.wait_ready(240)
-                yield World(lab, sockdir, vm1, vm2, conn, watcher, watch_log)
+                w = World(lab, sockdir, vm1, vm2, conn, watcher, watch_log)
+                yield w
             finally:
                 if sys.exc_info()[0] is not None:
                     print(lab.log_text()[-6000:])
@@ -206,8 +208,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 watcher.wait(10)
             if watcher.poll() is None:
                 watcher.kill()
-        if conn is not None:
-            conn.close()
+        for c in {id(x): x for x in (conn, w.conn if w is not None else None) if x is not None}.values():
+            with contextlib.suppress(libvirt.libvirtError):  # a restarted libvirtd closed the first
+                c.close()
         hook_path.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(sockdir, ignore_errors=True)
@@ -307,8 +310,7 @@ def carrier(vm: DomainGuest) -> str:
     return vm.run("cat /sys/class/net/eth0/carrier")[1].strip()
 
 
-def test_master_down_sets_guest_link_down_and_up(world: World) -> None:
-    """The watcher follows the master's link with QMP set_link (through libvirt)."""
+def link_follows_master(world: World) -> None:
     host = world.lab.host
     subprocess.run(["ip", "-n", host, "link", "set", "vim0", "down"], check=True)
     try:
@@ -320,6 +322,11 @@ def test_master_down_sets_guest_link_down_and_up(world: World) -> None:
                what="the guests' carrier to come back")
     rc, out = world.vm1.run(f"ping -c 3 -W 5 {OUT_IP}", timeout=60)
     assert rc == 0, out
+
+
+def test_master_down_sets_guest_link_down_and_up(world: World) -> None:
+    """The watcher follows the master's link with QMP set_link (through libvirt)."""
+    link_follows_master(world)
 
 
 def test_daemon_restart_announces(world: World) -> None:
@@ -364,6 +371,29 @@ def test_watcher_hands_the_guests_rx_filter_to_the_daemon(world: World) -> None:
     vm.check("ip maddr del 01:00:5e:07:07:07 dev eth0")
     wait_until(lambda: "01:00:5e:07:07:07" not in mcast()["rx_filter"], 25, 0.5, what="the MAC gone")
     assert burst() < 20
+
+
+def test_watcher_survives_a_libvirtd_restart(world: World) -> None:
+    """libvirtd restarts under the watcher: it reconnects, subscribes again (an RX filter
+    event still reaches it) and its QMP through libvirt works (set_link follows the master)."""
+    before = world.watch_log.read_text().count("reconnected to")
+    restart_libvirtd()
+    world.conn = libvirt.open(URI)
+    world.vm1.conn = world.vm2.conn = world.conn
+    wait_until(lambda: world.watch_log.read_text().count("reconnected to") > before, 90, 0.5,
+               what="the watcher to reconnect to libvirtd")
+    slave = slave_name(world.vm1.name, VM1_MAC)
+    events = world.watch_log.read_text().count("NIC_RX_FILTER_CHANGED")
+    world.vm1.check("ip maddr add 01:00:5e:07:07:08 dev eth0")
+    try:
+        wait_until(lambda: world.watch_log.read_text().count("NIC_RX_FILTER_CHANGED") > events, 25, 0.5,
+                   what="an RX filter event through the new connection")
+        with Client(world.lab.control) as c:
+            wait_until(lambda: "01:00:5e:07:07:08" in c.call("stats", {"slave": slave})["vim0"]["slaves"][slave]
+                       ["multicast"]["rx_filter"], 25, 0.5, what="the daemon to get the new filter")
+    finally:
+        world.vm1.check("ip maddr del 01:00:5e:07:07:08 dev eth0")
+    link_follows_master(world)
 
 
 def test_zz_destroy_removes_slaves(world: World) -> None:

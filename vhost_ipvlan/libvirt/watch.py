@@ -26,6 +26,9 @@ Rules:
   changed. Slaves with their own ``qmp`` refuse it (the daemon asks QEMU itself).
   On exit the watcher gives its slaves back to snooping; if it dies, the last filter
   it sent stays until the daemon restarts.
+- libvirtd may restart under it: a closed connection (libvirt's close callback, or a
+  failed keepalive) is reopened with backoff, the events are subscribed again and every
+  running domain is reconciled, so nothing that happened meanwhile is lost for long.
 """
 
 from __future__ import annotations
@@ -78,8 +81,15 @@ class Watcher:
         libvirt.registerErrorHandler(lambda *_: None, None)  # errors are raised (and logged) anyway
         libvirt.virEventRegisterDefaultImpl()
         threading.Thread(target=self._event_loop, name="libvirt-events", daemon=True).start()
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open the connection, subscribe to the events, queue every running domain."""
+        import libvirt
+
         self.conn = libvirt.open(self.uri)
         self.conn.setKeepAlive(5, 3)
+        self.conn.registerCloseCallback(self._closed, None)
         for ev in (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
                    libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE):
             self._callbacks.append(self.conn.domainEventRegisterAny(None, ev, self._event, None))
@@ -92,6 +102,47 @@ class Watcher:
             log.warning("no NIC_RX_FILTER_CHANGED events (%s): RX filters are read every %g s", e, RESCAN)
         for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
             self.pending.put(("domain", dom.name()))
+
+    def _closed(self, conn: Any, reason: int, opaque: Any) -> None:
+        self.pending.put(("closed", str(reason)))
+
+    def _disconnect(self) -> None:
+        """Forget the connection (deregistering what can be; a dead one refuses)."""
+        if self.conn is None:
+            return
+        import libvirt_qemu
+
+        for cb in self._monitor_callbacks:
+            with contextlib.suppress(Exception):
+                libvirt_qemu.qemuMonitorEventDeregister(self.conn, cb)
+        for cb in self._callbacks:
+            with contextlib.suppress(Exception):
+                self.conn.domainEventDeregisterAny(cb)
+        with contextlib.suppress(Exception):
+            self.conn.unregisterCloseCallback()
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.conn = None
+        self._callbacks, self._monitor_callbacks = [], []
+
+    def _reconnect(self) -> None:
+        """libvirtd went away (restart, upgrade): reconnect with backoff, then resync."""
+        import libvirt
+
+        self._disconnect()
+        log.warning("lost the connection to %s: reconnecting", self.uri)
+        delay = 0.5
+        while not self.stopped.is_set():
+            try:
+                self._connect()
+            except libvirt.libvirtError as e:
+                self._disconnect()
+                log.debug("reconnect to %s: %s", self.uri, e)
+                self.stopped.wait(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            log.info("reconnected to %s", self.uri)
+            return
 
     def _event_loop(self) -> None:
         import libvirt
@@ -110,19 +161,7 @@ class Watcher:
     def close(self) -> None:
         self.stopped.set()
         self._release_rx_filters()
-        if self.conn is not None:
-            import libvirt_qemu
-
-            for cb in self._monitor_callbacks:
-                with contextlib.suppress(Exception):
-                    libvirt_qemu.qemuMonitorEventDeregister(self.conn, cb)
-            for cb in self._callbacks:
-                try:
-                    self.conn.domainEventDeregisterAny(cb)
-                except Exception:  # closing anyway
-                    pass
-            self.conn.close()
-            self.conn = None
+        self._disconnect()
 
     # -- reconcile -----------------------------------------------------------------------------
 
@@ -269,6 +308,11 @@ class Watcher:
                         items.add(self.pending.get_nowait())
                 except queue.Empty:
                     items = set()
+                if any(kind == "closed" for kind, _ in items) or not self.conn.isAlive():
+                    self._reconnect()
+                    if self.stopped.is_set():
+                        break
+                    continue  # _connect queued every running domain
                 names = {name for kind, name in items if kind == "domain"}
                 for name in sorted(names):
                     self.reconcile(name)  # reads the RX filters too
