@@ -17,6 +17,7 @@ Shape (other tools rely on it; do not change it lightly)::
     socket_mode = "server"      # server (default: the daemon listens) | client (it connects)
     addresses = ["192.0.2.10/24", "2001:db8::10/64"]
     mac = "52:54:00:00:00:01"   # optional: the guest's MAC; learned from its first frame if absent
+    learn = false               # optional, mode l2: learn up to 1 IPv4 + 4 IPv6 addresses from the guest
 
 Rules:
 - Every problem is a ``ConfigError`` whose message is one line: the key path
@@ -32,6 +33,9 @@ Rules:
 - This module only parses; whether the master exists is checked by the daemon
   (it depends on the network namespace the daemon runs in). Socket owner and
   group names are resolved here (they are the host's, whatever the namespace).
+- ``learn = true`` (mode l2 only) lets the daemon learn the slave's addresses from
+  its traffic (``switch.source``); learned addresses are run-time state, never part
+  of a ``Config`` (so never written to the state file).
 - ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
   file permissions are ``[daemon].socket_permissions``.
 """
@@ -96,6 +100,7 @@ class SlaveConfig:
     socket_mode: str
     addresses: tuple[IPInterface, ...]
     mac: bytes | None
+    learn: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +205,8 @@ def parse_mac(where: str, value: Any) -> bytes:
 
 def parse_slave(where: str, table: Any) -> SlaveConfig:
     """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
-    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac"}, {"name", "socket"})
+    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "learn"},
+              {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
@@ -215,7 +221,10 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
         raise ConfigError(f"{where}.addresses: at most {MAX_ADDRESSES} addresses per slave")
     addresses = tuple(parse_address(f"{where}.addresses[{i}]", a) for i, a in enumerate(raw))
     mac = parse_mac(f"{where}.mac", t["mac"]) if "mac" in t else None
-    return SlaveConfig(name, sock, mode, addresses, mac)
+    learn = t.get("learn", False)
+    if not isinstance(learn, bool):
+        raise ConfigError(f"{where}.learn: expected true or false, got {type(learn).__name__} {learn!r}")
+    return SlaveConfig(name, sock, mode, addresses, mac, learn)
 
 
 def parse_port(where: str, table: Any) -> PortConfig:
@@ -257,6 +266,9 @@ def check_slave(where: str, ports: tuple[PortConfig, ...], master: str, slave: S
     ``replaces`` names a slave that the new one takes the place of (a change).
     """
     for p in ports:
+        if p.master == master and slave.learn and p.mode != "l2":
+            raise ConfigError(f"{where}.learn: address learning is only implemented for mode 'l2', "
+                              f"not {p.mode!r}")
         for s in p.slaves:
             if s.name == replaces:
                 continue
@@ -339,6 +351,8 @@ def slave_table(slave: SlaveConfig) -> dict[str, Any]:
     }
     if slave.mac is not None:
         t["mac"] = ":".join(f"{b:02x}" for b in slave.mac)
+    if slave.learn:
+        t["learn"] = True
     return t
 
 

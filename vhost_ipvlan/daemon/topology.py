@@ -25,6 +25,15 @@ Rules:
   nftables chain; failing to create it is logged, not fatal (no host <-> guest).
   l3 ports also get a ``routing.Router``. In l3s the chain consumes only ARP/NS:
   the host forwards guest-bound IP into the host link.
+- A slave may not have one of its master's own addresses: they are read from the
+  kernel (``master_addresses``) when a slave is added or given new addresses (so at
+  start-up, control requests and SIGHUP alike) and the request is refused on one
+  line naming the address and the master (``MasterAddress``), nothing applied.
+  The port keeps the set (``Port.master_addresses``) so none is ever learned.
+- Learning-mode slaves (``learn = true``): an address learned at run time is
+  logged and, on the loop's next turn, added to the nftables chain and the host
+  link's routes (``_learned``). Learned addresses live in the ``Port`` only: the
+  configuration, hence the state file, never holds them.
 - Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
   ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
 """
@@ -36,19 +45,26 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import ExitStack
 from dataclasses import replace
+from functools import partial
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import config as cfg
 from ..config import Config, PortConfig, SlaveConfig
 from ..errors import ConfigError, UplinkError
+from ..net.addr import format_ip
 from ..switch.port import AddressInUse as PortAddressInUse
-from ..switch.port import MacInUse, Port
+from ..switch.port import MacInUse, Port, Slave
+from ..switch.source import learnable_more
 from . import nft
 from .datapath import NetDevice, PortDatapath
 from .endpoint import Endpoint
 from .hostlink import HostLink
 from .routing import Router
+from .rtnl import Rtnl, interface_addresses
 from .uplink import Uplink
 
 log = logging.getLogger("vhost_ipvlan.topology")
@@ -74,6 +90,12 @@ class MacConflict(cfg.Conflict):
     code = "mac_in_use"
 
 
+class MasterAddress(cfg.Conflict):
+    """A slave address is one of the master's own."""
+
+    code = "master_address"
+
+
 class Topology:
     """The running ports (``PortDatapath``) and slave endpoints, kept equal to ``config``."""
 
@@ -89,6 +111,8 @@ class Topology:
         self._chains: dict[str, str] = {}
         self._serial = 0
         self._nft_used = False
+        self._rtnl: Rtnl | None = None
+        self._learn_sync: set[str] = set()
 
     # -- lookups ------------------------------------------------------------------
 
@@ -109,6 +133,27 @@ class Topology:
 
     def endpoint(self, name: str) -> Endpoint:
         return next(ep for ep in self.endpoints if ep.name == name)
+
+    def master_addresses(self, master: str) -> frozenset[bytes]:
+        """The master's own addresses, read from the kernel now."""
+        if self._rtnl is None:
+            self._rtnl = Rtnl()
+        try:
+            return interface_addresses(self._rtnl, socket.if_nametoindex(master))
+        except (NetlinkError, OSError) as e:
+            raise UplinkError(f"master {master}: cannot read its addresses: {e}") from e
+
+    def _check_master_addresses(self, where: str, dp: PortDatapath, addresses: tuple[cfg.IPInterface, ...],
+                                new: AbstractSet[object]) -> None:
+        """Refuse any of ``new`` (among ``addresses``) that the master itself has."""
+        if not new:
+            return
+        own = self.master_addresses(dp.port.master)
+        dp.port.master_addresses = own
+        for j, a in enumerate(addresses):
+            if a.ip in new and a.ip.packed in own:
+                raise MasterAddress(f"{where}.addresses[{j}]: {a.ip} is an address of the master "
+                                    f"{dp.port.master} itself")
 
     # -- transactions -------------------------------------------------------------
 
@@ -189,6 +234,8 @@ class Topology:
             port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from e
+        port.master_addresses = self.master_addresses(pc.master)
+        port.on_learn = partial(self._learned, pc.master)
         dp = PortDatapath(port, uplink, self.loop)
         undo.callback(_close_extras, dp)
         try:
@@ -264,10 +311,11 @@ class Topology:
         self.port_config(master, where)
         cfg.check_slave(where, self.config.ports, master, sc)
         dp = self.datapath(master)
+        self._check_master_addresses(where, dp, sc.addresses, {a.ip for a in sc.addresses})
         undo.callback(self._set_config, self.config)
         undo.callback(self._resync_nft, dp)  # runs after the slave is gone again
         try:
-            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac)
+            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn)
         except MacInUse as e:
             raise MacConflict(f"{where}.mac: {e}") from e
         except PortAddressInUse as e:
@@ -318,10 +366,11 @@ class Topology:
             return
         dp = self.datapath(master)
         slave = dp.devices[name].slave
-        undo.callback(self._set_config, self.config)
-        undo.callback(self._resync_nft, dp)
         new_ips = {a.ip for a in sc.addresses}
         old_ips = {a.ip for a in old.addresses}
+        self._check_master_addresses(where, dp, sc.addresses, new_ips - old_ips)
+        undo.callback(self._set_config, self.config)
+        undo.callback(self._resync_nft, dp)
         for ip in old_ips - new_ips:
             dp.port.remove_address(slave, ip.packed)
             undo.callback(dp.port.add_address, slave, ip.packed)
@@ -334,6 +383,24 @@ class Topology:
         self._set_slave(master, name, sc)
         self._sync_nft(dp)
         log.info("slave %s: changed", name)
+
+    def _learned(self, master: str, slave: Slave, addr: bytes) -> None:
+        """``Port.on_learn``: a learning slave took ``addr``; consume it and route it."""
+        log.info("slave %s: learned address %s%s", slave.name, format_ip(addr),
+                 "" if learnable_more(slave) else "; no more addresses will be learned")
+        if master not in self._learn_sync:
+            self._learn_sync.add(master)
+            self.loop.call_soon(self._sync_learned, master)
+
+    def _sync_learned(self, master: str) -> None:
+        self._learn_sync.discard(master)
+        dp = next((dp for dp in self.ports if dp.port.master == master), None)
+        if dp is None:
+            return
+        try:
+            self._sync_nft(dp)
+        except UplinkError as e:
+            log.warning("master %s: cannot consume learned addresses: %s", master, e)
 
     # -- internals --------------------------------------------------------------------
 
@@ -376,6 +443,9 @@ class Topology:
 
     def close(self) -> None:
         """Stop everything (daemon exit): sockets unlinked, nftables rules removed."""
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
         for ep in self.endpoints:
             ep.close()
         for dp in self.ports:
@@ -409,4 +479,5 @@ def _check_interface(where: str, master: str) -> None:
 
 def _in_place(old: SlaveConfig, new: SlaveConfig) -> bool:
     """Whether ``old`` can become ``new`` without re-creating the slave."""
-    return (old.name, old.socket, old.socket_mode, old.mac) == (new.name, new.socket, new.socket_mode, new.mac)
+    return (old.name, old.socket, old.socket_mode, old.mac, old.learn) == \
+        (new.name, new.socket, new.socket_mode, new.mac, new.learn)

@@ -126,6 +126,11 @@ class Slave:
         return f"<Slave {self.name} #{self.index} {mac} {'up' if self.up else 'down'}>"
 
 
+def learned_addresses(slave: Slave) -> list[str]:
+    """``slave``'s learned (learning mode) addresses as sorted text, IPv4 first."""
+    return [format_ip(a) for a in sorted(slave.learned_addrs, key=lambda a: (len(a), a))]
+
+
 def _check_mac(mac: bytes | str) -> bytes:
     try:
         packed = parse_mac(mac) if isinstance(mac, str) else bytes(mac)
@@ -323,4 +328,5 @@ __all__ = [
     "Port",
     "PortConfigError",
     "Slave",
+    "learned_addresses",
 ]

@@ -142,3 +142,8 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
     if learn:
         port.learn_address(slave, learn)
     return None
+
+
+def learnable_more(slave: Slave) -> bool:
+    """Whether a learning slave can still learn an address of either family."""
+    return slave.learned_v4() < MAX_LEARNED_V4 or slave.learned_v6() < MAX_LEARNED_V6
