@@ -55,6 +55,7 @@ class SlaveSpec:
     addresses: list[str]
     mac: str | None = None
     socket_mode: str = "server"
+    #: more keys of the slave's table (strings, numbers, booleans), e.g. {"learn": True}
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,6 +122,7 @@ class Lab:
                       f'socket_mode = "{s.socket_mode}"', f"addresses = {json.dumps(s.addresses)}"]
             if s.mac:
                 lines.append(f'mac = "{s.mac}"')
+            lines += [f"{k} = {json.dumps(v)}" for k, v in s.extra.items()]  # JSON scalars are TOML too
         return "\n".join(lines) + "\n"
 
     def build(self) -> None:

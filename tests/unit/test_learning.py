@@ -220,3 +220,14 @@ def test_config_learn_key_round_trips() -> None:
     assert "learn" not in cfg.slave_table(config.ports[0].slaves[1])
     with pytest.raises(ConfigError, match=r"^port\[0\]\.slave\[0\]\.learn: expected true or false"):
         cfg.parse({"port": [{"master": "m0", "slave": [{"name": "x", "socket": "/x", "learn": "yes"}]}]})
+
+
+def test_state_file_keeps_the_learn_key_as_a_boolean() -> None:
+    import tomllib
+
+    from vhost_ipvlan.control import state
+
+    config = cfg.parse({"port": [{"master": "m0", "slave": [{"name": "x", "socket": "/x", "learn": True}]}]})
+    text = state.dumps(config)
+    assert "learn = true\n" in text
+    assert cfg.parse(tomllib.loads(text)) == config
