@@ -204,9 +204,11 @@ def l2_from_guest(flag: str) -> FromGuest:
         if kind < L3_OTHER:
             return _drop(drops, _GUEST_REJECT[kind])
 
-        why = check_source(port, slave, frame, kind, src, sha, l3src, key)
-        if why is not None:
-            return _drop(drops, why)
+        # the common case inline: IPv4 from the slave's MAC and one of its addresses
+        if kind != L3_IPV4 or src != slave.mac or port.by_addr.get(l3src) is not slave:
+            why = check_source(port, slave, frame, kind, src, sha, l3src, key)
+            if why is not None:
+                return _drop(drops, why)
 
         # Destination.
         if dst[0] & 1:
