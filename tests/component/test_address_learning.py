@@ -218,3 +218,44 @@ def test_host_adding_a_slaves_address_is_logged_and_counted(lab: Lab) -> None:
     mf = lab.frontend("m")
     mf.transmit(garp(MAC_M, MASTER_IP))
     wait_until(lambda: lab.drops("m").get("learn_refused", 0) == 1, 10, what="m: learn_refused == 1")
+
+
+def cli(lab: Lab, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vhost_ipvlan.cli", *argv, "--control", str(lab.control)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_cli_adds_a_learning_slave_and_lists_what_it_learned(lab: Lab) -> None:
+    proc = cli(lab, "slave", "add", "z", "--master", "vim0", "--socket", str(lab.sock("z")), "--learn")
+    assert proc.returncode == 0, proc.stderr
+    listing = cli(lab, "slave", "list")
+    [row] = [ln.split() for ln in listing.stdout.splitlines() if ln.startswith("z ")]
+    assert row[4] == "learning"
+    zf = lab.frontend("z")
+    zf.transmit(garp("02:00:00:00:00:33", "192.0.2.77"))
+    lab.wait_log("slave z: learned address 192.0.2.77", 0)
+    listing = cli(lab, "slave", "list")
+    [row] = [ln.split() for ln in listing.stdout.splitlines() if ln.startswith("z ")]
+    assert row[4] == "192.0.2.77(learned)"
+    proc = cli(lab, "slave", "add", "q", "--master", "vim0", "--socket", str(lab.sock("q")), "--learn",
+               "--address", f"{A_IP}/24")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "slave 'a'" in proc.stderr
+
+
+def test_learned_addresses_are_forgotten_by_a_restart_and_learned_again(lab: Lab) -> None:
+    lab.frontend("l").transmit(garp(MAC_L, L_IP))
+    lab.wait_log(f"slave l: learned address {L_IP}", 0)
+    lab.stop_daemon()
+    for fe in lab.frontends:
+        fe.close()
+    lab.frontends.clear()
+    lab.start_daemon()
+    with lab.client() as c:
+        [info] = [s for s in c.call("slave.list") if s["name"] == "l"]
+    assert info["learn"] is True and info["learned"] == []
+    assert L_IP not in lab.nft()
+    lf = lab.frontend("l")
+    lf.transmit(garp(MAC_L, L_IP))
+    lab.wait_log(f"slave l: learned address {L_IP}", 1)
+    wait_until(lambda: L_IP in lab.nft(), 10, what="relearned address consumed")
+    ping_from_outside(lab, lf, MAC_L, L_IP)
