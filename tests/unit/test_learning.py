@@ -231,3 +231,11 @@ def test_state_file_keeps_the_learn_key_as_a_boolean() -> None:
     text = state.dumps(config)
     assert "learn = true\n" in text
     assert cfg.parse(tomllib.loads(text)) == config
+
+
+def test_the_masters_link_local_cannot_be_squatted(lab: Lab) -> None:
+    lab.port.master_addresses = lab.port.master_addresses | {ip("fe80::1")}
+    ping = Ether(src=A, dst=MASTER) / IPv6(src="fe80::1", dst="fe80::2") / ICMPv6EchoRequest()
+    assert lab.send(lab.a, ping) == (DROP, DropReason.SRC_IP_SPOOF)
+    assert lab.send(lab.a, una(A, "fd00::11", "fe80::1")) == (DROP, DropReason.SRC_IP_SPOOF)
+    assert lab.port.owner("fe80::1") is None

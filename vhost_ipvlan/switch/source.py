@@ -13,7 +13,7 @@ Rules:
   sender IP: an address the slave owns, or 0.0.0.0 (SRC_IP_SPOOF).
 - IPv6 source: an address the slave owns, or ``::``. An unowned link-local is
   learned, first come (``Port.learn_link_local``, at most MAX_LEARNED_LINK_LOCALS:
-  TOO_MANY_LINK_LOCALS); another slave's is SRC_IP_SPOOF.
+  TOO_MANY_LINK_LOCALS); another slave's, or the master's own, is SRC_IP_SPOOF.
 - A Neighbour Advertisement's *target* is checked like a source: it must be the
   slave's (or an unowned link-local), else SRC_IP_SPOOF, so an unsolicited NA
   (override flag or not) cannot claim another guest's address.
@@ -107,7 +107,7 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
             owner = by_addr.get(l3src)
             if owner is not slave:
                 if _link_local(l3src):
-                    if owner is not None:
+                    if owner is not None or l3src in port.master_addresses:
                         return _SRC_IP_SPOOF
                     if not port.can_learn_link_local(slave):
                         return _TOO_MANY_LL
@@ -125,7 +125,7 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
             owner = by_addr.get(target)
             if owner is not slave and target != learn and target != learn_ll:
                 if _link_local(target):
-                    if owner is not None:
+                    if owner is not None or target in port.master_addresses:
                         return _SRC_IP_SPOOF
                 elif learn:
                     return _SRC_IP_SPOOF  # one new address per frame
