@@ -92,6 +92,8 @@ def ping_from_outside(lab: Lab, fe: FakeFrontend, mac: str, addr: str) -> Packet
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def asks(p: Packet) -> bool:
+            if p[Ether].src != lab.out_mac:  # not another guest's announcement, flooded to this one
+                return False
             if v6:
                 return (ICMPv6ND_NS in p and p[ICMPv6ND_NS].tgt == addr) or echo(p)
             return (ARP in p and p[ARP].op == 1 and p[ARP].pdst == addr) or echo(p)
@@ -259,3 +261,18 @@ def test_learned_addresses_are_forgotten_by_a_restart_and_learned_again(lab: Lab
     lab.wait_log(f"slave l: learned address {L_IP}", 1)
     wait_until(lambda: L_IP in lab.nft(), 10, what="relearned address consumed")
     ping_from_outside(lab, lf, MAC_L, L_IP)
+
+
+def test_configuring_a_learned_address_takes_it_away(lab: Lab) -> None:
+    lf, af = lab.frontend("l"), lab.frontend("a")
+    lf.transmit(garp(MAC_L, L_IP))
+    lab.wait_log(f"slave l: learned address {L_IP}", 0)
+    with lab.client() as c:
+        c.call("slave.change", {"name": "a", "addresses": [f"{A_IP}/24", f"{A_IP6}/64", f"{L_IP}/24"]})
+        learned = {s["name"]: s.get("learned") for s in c.call("slave.list")}
+    assert learned["l"] == []
+    lab.wait_log(f"slave l: learned address {L_IP} now belongs to slave a (configured addresses win)", 0)
+    ping_from_outside(lab, af, MAC_A, L_IP)
+    # l may not use it any more
+    lf.transmit(garp(MAC_L, L_IP))
+    wait_until(lambda: lab.drops("l").get("learn_refused", 0) == 1, 10, what="l: learn_refused == 1")

@@ -86,7 +86,7 @@ class MasterMonitor:
         self.on_slave_link: SlaveLinkHook | None = None
         self.events = 0
         self._netlink: LinkMonitor | None = None
-        #: reads a master's addresses (set by the daemon: ``Topology.master_addresses``)
+        #: reads a master's addresses (set by the daemon: ``Ownership.master_addresses``)
         self.read_addresses: Callable[[str], frozenset[bytes]] | None = None
 
     def start(self) -> None:

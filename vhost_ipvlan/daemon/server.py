@@ -70,7 +70,7 @@ class Daemon:
         self.topology = Topology(loop)
         self.topology.on_port_added = self.masters.add
         self.topology.on_port_removed = self.masters.remove
-        self.masters.read_addresses = self.topology.master_addresses
+        self.masters.read_addresses = self.topology.owners.master_addresses
         self.ports: list[PortDatapath] = self.topology.ports
         self.endpoints: list[Endpoint] = self.topology.endpoints
         self.control: ControlServer | None = None

@@ -25,15 +25,12 @@ Rules:
   nftables chain; failing to create it is logged, not fatal (no host <-> guest).
   l3 ports also get a ``routing.Router``. In l3s the chain consumes only ARP/NS:
   the host forwards guest-bound IP into the host link.
-- A slave may not have one of its master's own addresses: they are read from the
-  kernel (``master_addresses``) when a slave is added or given new addresses (so at
-  start-up, control requests and SIGHUP alike) and the request is refused on one
-  line naming the address and the master (``MasterAddress``), nothing applied.
-  The port keeps the set (``Port.master_addresses``) so none is ever learned.
-- Learning-mode slaves (``learn = true``): an address learned at run time is
-  logged and, on the loop's next turn, added to the nftables chain and the host
-  link's routes (``_learned``). Learned addresses live in the ``Port`` only: the
-  configuration, hence the state file, never holds them.
+- Addresses (``ownership``): a slave may not have one of its master's own
+  addresses (checked whenever a slave is added or given new addresses: start-up,
+  control requests and SIGHUP alike; refused on one line, nothing applied); an
+  address a learning slave learns is consumed and routed on the loop's next turn.
+  Learned addresses live in the ``Port`` only: the configuration, hence the state
+  file, never holds them.
 - Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
   ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
 """
@@ -45,26 +42,21 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator
-from collections.abc import Set as AbstractSet
 from contextlib import ExitStack
 from dataclasses import replace
 from functools import partial
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from .. import config as cfg
 from ..config import Config, PortConfig, SlaveConfig
 from ..errors import ConfigError, UplinkError
-from ..net.addr import format_ip
 from ..switch.port import AddressInUse as PortAddressInUse
-from ..switch.port import MacInUse, Port, Slave
-from ..switch.source import learnable_more
+from ..switch.port import MacInUse, Port
 from . import nft
 from .datapath import NetDevice, PortDatapath
 from .endpoint import Endpoint
 from .hostlink import HostLink
+from .ownership import Ownership, learned_by_others, log_taken
 from .routing import Router
-from .rtnl import Rtnl, interface_addresses
 from .uplink import Uplink
 
 log = logging.getLogger("vhost_ipvlan.topology")
@@ -90,12 +82,6 @@ class MacConflict(cfg.Conflict):
     code = "mac_in_use"
 
 
-class MasterAddress(cfg.Conflict):
-    """A slave address is one of the master's own."""
-
-    code = "master_address"
-
-
 class Topology:
     """The running ports (``PortDatapath``) and slave endpoints, kept equal to ``config``."""
 
@@ -111,8 +97,7 @@ class Topology:
         self._chains: dict[str, str] = {}
         self._serial = 0
         self._nft_used = False
-        self._rtnl: Rtnl | None = None
-        self._learn_sync: set[str] = set()
+        self.owners = Ownership(loop, self._sync_learned)
 
     # -- lookups ------------------------------------------------------------------
 
@@ -133,27 +118,6 @@ class Topology:
 
     def endpoint(self, name: str) -> Endpoint:
         return next(ep for ep in self.endpoints if ep.name == name)
-
-    def master_addresses(self, master: str) -> frozenset[bytes]:
-        """The master's own addresses, read from the kernel now."""
-        if self._rtnl is None:
-            self._rtnl = Rtnl()
-        try:
-            return interface_addresses(self._rtnl, socket.if_nametoindex(master))
-        except (NetlinkError, OSError) as e:
-            raise UplinkError(f"master {master}: cannot read its addresses: {e}") from e
-
-    def _check_master_addresses(self, where: str, dp: PortDatapath, addresses: tuple[cfg.IPInterface, ...],
-                                new: AbstractSet[object]) -> None:
-        """Refuse any of ``new`` (among ``addresses``) that the master itself has."""
-        if not new:
-            return
-        own = self.master_addresses(dp.port.master)
-        dp.port.master_addresses = own
-        for j, a in enumerate(addresses):
-            if a.ip in new and a.ip.packed in own:
-                raise MasterAddress(f"{where}.addresses[{j}]: {a.ip} is an address of the master "
-                                    f"{dp.port.master} itself")
 
     # -- transactions -------------------------------------------------------------
 
@@ -234,8 +198,8 @@ class Topology:
             port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from e
-        port.master_addresses = self.master_addresses(pc.master)
-        port.on_learn = partial(self._learned, pc.master)
+        port.master_addresses = self.owners.master_addresses(pc.master)
+        port.on_learn = partial(self.owners.learned, pc.master)
         dp = PortDatapath(port, uplink, self.loop)
         undo.callback(_close_extras, dp)
         try:
@@ -311,7 +275,8 @@ class Topology:
         self.port_config(master, where)
         cfg.check_slave(where, self.config.ports, master, sc)
         dp = self.datapath(master)
-        self._check_master_addresses(where, dp, sc.addresses, {a.ip for a in sc.addresses})
+        self.owners.check_master(where, dp.port, sc.addresses, {a.ip for a in sc.addresses})
+        taken = learned_by_others(dp.port, sc.name, sc.addresses)
         undo.callback(self._set_config, self.config)
         undo.callback(self._resync_nft, dp)  # runs after the slave is gone again
         try:
@@ -333,6 +298,7 @@ class Topology:
         self._set_slave(master, sc.name, sc)
         self._sync_nft(dp)
         ep.start()
+        log_taken(taken, sc.name)
         log.info("slave %s: added on %s", sc.name, master)
 
     def remove_slave(self, name: str, undo: ExitStack, where: str = "params") -> None:
@@ -368,7 +334,8 @@ class Topology:
         slave = dp.devices[name].slave
         new_ips = {a.ip for a in sc.addresses}
         old_ips = {a.ip for a in old.addresses}
-        self._check_master_addresses(where, dp, sc.addresses, new_ips - old_ips)
+        self.owners.check_master(where, dp.port, sc.addresses, new_ips - old_ips)
+        taken = learned_by_others(dp.port, name, sc.addresses)
         undo.callback(self._set_config, self.config)
         undo.callback(self._resync_nft, dp)
         for ip in old_ips - new_ips:
@@ -382,18 +349,11 @@ class Topology:
             undo.callback(dp.port.remove_address, slave, ip.packed)
         self._set_slave(master, name, sc)
         self._sync_nft(dp)
+        log_taken(taken, name)
         log.info("slave %s: changed", name)
 
-    def _learned(self, master: str, slave: Slave, addr: bytes) -> None:
-        """``Port.on_learn``: a learning slave took ``addr``; consume it and route it."""
-        log.info("slave %s: learned address %s%s", slave.name, format_ip(addr),
-                 "" if learnable_more(slave) else "; no more addresses will be learned")
-        if master not in self._learn_sync:
-            self._learn_sync.add(master)
-            self.loop.call_soon(self._sync_learned, master)
-
     def _sync_learned(self, master: str) -> None:
-        self._learn_sync.discard(master)
+        """A slave of ``master`` learned an address: consume it and route it."""
         dp = next((dp for dp in self.ports if dp.port.master == master), None)
         if dp is None:
             return
@@ -443,9 +403,7 @@ class Topology:
 
     def close(self) -> None:
         """Stop everything (daemon exit): sockets unlinked, nftables rules removed."""
-        if self._rtnl is not None:
-            self._rtnl.close()
-            self._rtnl = None
+        self.owners.close()
         for ep in self.endpoints:
             ep.close()
         for dp in self.ports:
