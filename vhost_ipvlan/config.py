@@ -19,6 +19,7 @@ Shape (other tools rely on it; do not change it lightly)::
     mac = "52:54:00:00:00:01"   # optional: the guest's MAC; learned from its first frame if absent
     qmp = "/run/qemu/vm1.qmp"   # optional: the guest's QMP socket: its multicast filter (query-rx-filter)
     qmp_device = "net0"         # optional, with qmp: the NIC's device id (default: the NIC with the slave's MAC)
+    learn = false               # optional, mode l2: learn up to 1 IPv4 + 4 IPv6 addresses from the guest
 
 Rules:
 - Every problem is a ``ConfigError`` whose message is one line: the key path
@@ -34,6 +35,9 @@ Rules:
 - This module only parses; whether the master exists is checked by the daemon
   (it depends on the network namespace the daemon runs in). Socket owner and
   group names are resolved here (they are the host's, whatever the namespace).
+- ``learn = true`` (mode l2 only) lets the daemon learn the slave's addresses from
+  its traffic (``switch.source``); learned addresses are run-time state, never part
+  of a ``Config`` (so never written to the state file).
 - ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
   file permissions are ``[daemon].socket_permissions``.
 """
@@ -99,6 +103,7 @@ class SlaveConfig:
     mac: bytes | None
     qmp: Path | None = None
     qmp_device: str | None = None
+    learn: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +208,7 @@ def parse_mac(where: str, value: Any) -> bytes:
 
 def parse_slave(where: str, table: Any) -> SlaveConfig:
     """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
-    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device"},
+    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn"},
               {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
@@ -227,7 +232,10 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
             raise ConfigError(f"{where}.qmp_device: {device!r} is not a QEMU device id")
     if qmp is not None and qmp == sock:
         raise ConfigError(f"{where}.qmp: {qmp} is the slave's vhost-user socket")
-    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device)
+    learn = t.get("learn", False)
+    if not isinstance(learn, bool):
+        raise ConfigError(f"{where}.learn: expected true or false, got {type(learn).__name__} {learn!r}")
+    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn)
 
 
 def _socket_path(where: str, value: Any) -> Path:
@@ -273,6 +281,9 @@ def check_slave(where: str, ports: tuple[PortConfig, ...], master: str, slave: S
     ``replaces`` names a slave that the new one takes the place of (a change).
     """
     for p in ports:
+        if p.master == master and slave.learn and p.mode != "l2":
+            raise ConfigError(f"{where}.learn: address learning is only implemented for mode 'l2', "
+                              f"not {p.mode!r}")
         for s in p.slaves:
             if s.name == replaces:
                 continue
@@ -359,6 +370,8 @@ def slave_table(slave: SlaveConfig) -> dict[str, Any]:
         t["qmp"] = str(slave.qmp)
     if slave.qmp_device is not None:
         t["qmp_device"] = slave.qmp_device
+    if slave.learn:
+        t["learn"] = True
     return t
 
 

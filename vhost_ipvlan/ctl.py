@@ -52,7 +52,10 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--mac")
         p.add_argument("--qmp", metavar="PATH", help="the guest's QMP socket (multicast filter from its RX filter)")
         p.add_argument("--qmp-device", metavar="ID", help="with --qmp: the NIC's QEMU device id")
+        p.add_argument("--learn", action="store_true", default=None,
+                       help="learn the guest's addresses from its traffic (mode l2; up to 1 IPv4 + 4 IPv6)")
         if action == "change":
+            p.add_argument("--no-learn", action="store_true", help="stop learning (forgets learned addresses)")
             p.add_argument("--no-addresses", action="store_true", help="remove every address")
             p.add_argument("--no-mac", action="store_true", help="forget the configured MAC")
             p.add_argument("--no-qmp", action="store_true", help="forget qmp and qmp_device (back to snooping)")
@@ -88,6 +91,8 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             params[key] = getattr(args, key)
     if args.address is not None:
         params["addresses"] = args.address
+    if args.learn:
+        params["learn"] = True
     if args.action == "change":
         if args.no_addresses:
             params["addresses"] = []
@@ -95,6 +100,8 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             params["mac"] = None
         if args.no_qmp:
             params["qmp"] = params["qmp_device"] = None
+        if args.no_learn:
+            params["learn"] = False
     probe = {"socket": "/probe", **{k: v for k, v in params.items() if k != "master" and v is not None}}
     if args.action == "change" and "qmp_device" in probe and "qmp" not in probe:
         probe["qmp"] = "/probe.qmp"  # the slave's own qmp: the daemon checks
@@ -119,7 +126,7 @@ def render(method: str, result: Any) -> str:
                      [[p["master"], p["mode"], p["flag"], ",".join(p["slave"]) or "-"] for p in result])
     if method == "slave.list":
         return table(["NAME", "MASTER", "SOCKET", "ROLE", "ADDRESSES", "MAC", "STATE"],
-                     [[s["name"], s["master"], s["socket"], s["socket_mode"], ",".join(s["addresses"]) or "-",
+                     [[s["name"], s["master"], s["socket"], s["socket_mode"], _addresses(s),
                        s.get("mac", "learned"), "up" if s.get("up") else
                        ("connected" if s.get("connected") else "down")] for s in result])
     if method == "stats":
@@ -136,6 +143,15 @@ def render(method: str, result: Any) -> str:
     if isinstance(result, dict) and "master" in result:
         return f"port {result['master']}: ok\n"
     return "ok\n"
+
+
+def _addresses(slave: dict[str, Any]) -> str:
+    """Configured addresses, then learned ones marked ``(learned)``; ``learning`` when
+    a learning slave has learned none yet."""
+    shown = [*slave["addresses"], *(f"{a}(learned)" for a in slave.get("learned", []))]
+    if not shown and slave.get("learn"):
+        return "learning"
+    return ",".join(shown) or "-"
 
 
 def _drops(drops: dict[str, int]) -> str:

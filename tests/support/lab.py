@@ -60,6 +60,7 @@ class SlaveSpec:
     addresses: list[str]
     mac: str | None = None
     socket_mode: str = "server"
+    #: more keys of the slave's table (strings, numbers, booleans), e.g. {"learn": True}
     extra: dict[str, Any] = field(default_factory=dict)
 
 

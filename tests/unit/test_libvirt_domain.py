@@ -288,3 +288,12 @@ def test_install_writes_an_executable_hook(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.startswith("vhost-ipvlan: error: domain vm1: interface 52:54:00:00:00:10: no <vi:interface")
+
+
+def test_learn_attribute_asks_for_a_learning_slave() -> None:
+    [r] = slave_requests(domain(nic(), meta(vi(addrs=(), extra=" learn='yes'"))), SOCKDIR)
+    assert r.learn is True and r.params()["learn"] is True and r.params()["addresses"] == []
+    [r] = slave_requests(domain(nic(), meta(vi(extra=" learn='no'"))), SOCKDIR)
+    assert "learn" not in r.params()
+    with pytest.raises(DomainError, match="learn 'maybe' is not yes or no"):
+        slave_requests(domain(nic(), meta(vi(extra=" learn='maybe'"))), SOCKDIR)

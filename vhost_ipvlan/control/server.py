@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import config as cfg
 from ..errors import ConfigError, UplinkError
+from ..switch.port import learned_addresses
 from . import protocol
 from .protocol import Request, RequestError
 
 log = logging.getLogger("vhost_ipvlan.control")
 
 MAX_CLIENTS = 16
-SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device"}
+SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn"}
 
 if TYPE_CHECKING:
     from ..daemon.topology import Topology
@@ -264,6 +265,8 @@ class ControlServer:
             return info
         info["connected"] = ep.conn is not None
         info["up"] = ep.device.slave.up
+        if sc.learn:
+            info["learned"] = learned_addresses(ep.device.slave)
         return info
 
 

@@ -25,6 +25,10 @@ HEADER = "# vhost-ipvlan state: written by the daemon after every accepted chang
 def _value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
     # a JSON string without \\u surrogate escapes is a TOML basic string
     return json.dumps(str(v), ensure_ascii=False)
 

@@ -25,8 +25,9 @@ Rules:
 - It carries the 12-byte virtio-net header (IFF_VNET_HDR, TUNSETVNETHDRSZ 12), the
   same layout as the daemon's buffers: frames move with one read or write.
   No offloads are enabled on the tap, so the host hands it complete frames.
-- Routes follow the port's configured addresses (``sync``, called wherever the
-  nftables chain is updated). Learned link-locals get no route.
+- Routes follow the port's configured and learned (learning mode) addresses
+  (``sync``, called wherever the nftables chain is updated). Learned link-locals
+  get no route.
 - Problems are counted in the port's ``drops`` (``host_*``), never raised per frame.
 - l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
   master only, IPv6 forwarding for the namespace (the kernel has no per-device
@@ -35,13 +36,11 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import ipaddress
 import logging
 import os
 import struct
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,7 +65,6 @@ IFF_VNET_HDR = 0x4000
 IFF_UP = 0x1
 IFF_NOARP = 0x80
 HDR_F_DATA_VALID = 2
-HOST_ADDR_TTL = 1.0
 BURST = 256
 _SYSCTL = Path("/proc/sys/net")
 
@@ -120,8 +118,6 @@ class HostLink:
         self.buf = bytearray(net.MAX_BUFFER)
         self.view = memoryview(self.buf)
         self.rx_packets = self.tx_packets = 0
-        self._host_addrs: frozenset[bytes] = frozenset()
-        self._host_addrs_at = -HOST_ADDR_TTL
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -155,10 +151,10 @@ class HostLink:
     # -- routes -------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Make the routes through the tap equal to the slaves' configured addresses."""
+        """Make the routes through the tap equal to the slaves' configured and learned addresses."""
         want: set[bytes] = set()
         for slave in self.dp.port.slaves.values():
-            want |= slave.addresses
+            want |= slave.owned()
         for addr in sorted(self.routes - want):
             self._route("del", addr)
             self.routes.discard(addr)
@@ -180,18 +176,9 @@ class HostLink:
     # -- the host's addresses -------------------------------------------------------
 
     def is_host_address(self, addr: bytes) -> bool:
-        """Whether ``addr`` is one of the host's addresses on the master (cached ~1 s)."""
-        now = time.monotonic()
-        if now - self._host_addrs_at >= HOST_ADDR_TTL:
-            self._host_addrs_at = now
-            found: set[bytes] = set()
-            with contextlib.suppress(NetlinkError, OSError):
-                for msg in self.ipr.call("get_addr", index=self.dp.uplink.ifindex):
-                    a = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-                    if a:
-                        found.add(ipaddress.ip_address(a).packed)
-            self._host_addrs = frozenset(found)
-        return addr in self._host_addrs
+        """Whether ``addr`` is one of the host's addresses on the master
+        (``Port.master_addresses``, kept by the daemon from netlink)."""
+        return addr in self.dp.port.master_addresses
 
     # -- frames -------------------------------------------------------------------
 

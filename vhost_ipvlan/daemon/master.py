@@ -22,6 +22,12 @@ Rules (what vhost-ipvlan does, and where it departs):
   them) and their frames for the wire are dropped (``master_down``). When an
   interface of that name appears again the socket is reopened, the chain
   re-applied, MAC and MTU taken from the new interface, and traffic resumes.
+- Addresses: ``Port.master_addresses`` follows the master's own addresses
+  (RTM_NEWADDR/RTM_DELADDR; re-read by ``resync``), so a slave can never learn
+  one. If the host later gives the master an address a slave owns (configured or
+  learned), the slave keeps it: the nftables chain still takes the traffic for it
+  away from the host. That is logged (one warning) and counted
+  (``address_conflicts`` in the master's stats).
 - One log line per change; failures to reopen are logged, never raised.
 """
 
@@ -34,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UplinkError
-from ..net.addr import format_mac
+from ..net.addr import format_ip, format_mac
 from ..switch.port import PortConfigError
 from ..virtio import net
 from . import nft
@@ -58,6 +64,7 @@ class Master:
     present: bool = True
     up: bool = True
     mtu: int = 1500
+    address_conflicts: int = 0
 
     @property
     def name(self) -> str:
@@ -79,10 +86,12 @@ class MasterMonitor:
         self.on_slave_link: SlaveLinkHook | None = None
         self.events = 0
         self._netlink: LinkMonitor | None = None
+        #: reads a master's addresses (set by the daemon: ``Ownership.master_addresses``)
+        self.read_addresses: Callable[[str], frozenset[bytes]] | None = None
 
     def start(self) -> None:
         """Subscribe to link events (before reading the initial state, so none is missed)."""
-        self._netlink = LinkMonitor(self.loop, self.handle, self.resync)
+        self._netlink = LinkMonitor(self.loop, self.handle, self.resync, self.handle_address)
 
     def add(self, dp: PortDatapath, chain: str) -> None:
         """Watch ``dp``'s master (its uplink is open); read its link state and MTU now."""
@@ -106,7 +115,8 @@ class MasterMonitor:
         m = self.masters.get(master)
         if m is None:
             return {}
-        return {"link": m.link, "mtu": m.mtu, "mac": format_mac(m.dp.port.master_mac)}
+        return {"link": m.link, "mtu": m.mtu, "mac": format_mac(m.dp.port.master_mac),
+                "address_conflicts": m.address_conflicts}
 
     def slave_link(self, master: str) -> str:
         m = self.masters.get(master)
@@ -117,6 +127,9 @@ class MasterMonitor:
     def resync(self) -> None:
         """Re-read every master (after lost notifications, or on request)."""
         for m in list(self.masters.values()):
+            if self.read_addresses is not None:
+                with contextlib.suppress(UplinkError, OSError):
+                    m.dp.port.master_addresses = self.read_addresses(m.name)
             state = read_link(m.name)
             if state is None:
                 self.handle(LinkState(m.name, m.index, False, False, m.mtu, None))
@@ -143,6 +156,24 @@ class MasterMonitor:
             self._back(m, state)
             return
         self._apply(m, state)
+
+    def handle_address(self, index: int, addr: bytes, present: bool) -> None:
+        """An address was added to (or removed from) interface ``index``."""
+        m = next((m for m in self.masters.values() if m.present and m.index == index), None)
+        if m is None:
+            return
+        port = m.dp.port
+        if not present:
+            port.master_addresses = port.master_addresses - {addr}
+            return
+        if addr in port.master_addresses:
+            return
+        port.master_addresses = port.master_addresses | {addr}
+        owner = port.by_addr.get(addr)
+        if owner is not None:
+            m.address_conflicts += 1
+            log.warning("master %s: the host added %s, which is slave %s's address; the slave keeps it "
+                        "(the host will not receive traffic for it)", m.name, format_ip(addr), owner.name)
 
     def _apply(self, m: Master, state: LinkState, *, initial: bool = False) -> None:
         dp = m.dp

@@ -1,11 +1,14 @@
-"""Link events from the kernel: an rtnetlink socket on the daemon's event loop.
+"""Link and address events from the kernel: an rtnetlink socket on the daemon's event loop.
 
 Rules:
-- One ``AF_NETLINK``/``NETLINK_ROUTE`` socket subscribed to ``RTMGRP_LINK``,
+- One ``AF_NETLINK``/``NETLINK_ROUTE`` socket subscribed to ``RTMGRP_LINK`` (and,
+  with an ``on_addr`` callback, ``RTMGRP_IPV4_IFADDR``/``RTMGRP_IPV6_IFADDR``),
   non-blocking, read by the asyncio loop when readable (no thread, no polling);
   messages are decoded with pyroute2's rtnetlink marshal.
 - Every ``RTM_NEWLINK``/``RTM_DELLINK`` becomes a ``LinkState`` handed to the
   callback; the callback decides what matters (most links are not masters).
+  Every ``RTM_NEWADDR``/``RTM_DELADDR`` becomes ``on_addr(index, packed address,
+  present)``.
 - A link is *up* when it is administratively up and running (``IFF_UP`` and
   ``IFF_RUNNING``: the kernel's operstate is UP, i.e. it has carrier).
 - If the kernel drops notifications (``ENOBUFS``: our receive buffer overflowed),
@@ -19,13 +22,23 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import ipaddress
 import logging
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
+from pyroute2.netlink.rtnl import (
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_LINK,
+)
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from .uplink import interface_mac, interface_mtu
@@ -75,22 +88,26 @@ def read_link(name: str) -> LinkState | None:
 
 
 class LinkMonitor:
-    """Calls ``on_link(state)`` for every link message, ``on_overflow()`` after lost ones."""
+    """Calls ``on_link(state)`` for every link message, ``on_addr(index, addr, present)``
+    for every address message, ``on_overflow()`` after lost ones."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         on_link: Callable[[LinkState], None],
         on_overflow: Callable[[], None],
+        on_addr: Callable[[int, bytes, bool], None] | None = None,
     ) -> None:
         self.loop = loop
         self.on_link = on_link
         self.on_overflow = on_overflow
+        self.on_addr = on_addr
+        groups = RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if on_addr is not None else 0)
         self._marshal = MarshalRtnl()
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            sock.bind((0, RTMGRP_LINK))
+            sock.bind((0, groups))
             sock.setblocking(False)
         except OSError:
             sock.close()
@@ -116,6 +133,9 @@ class LinkMonitor:
                 return
             for msg in self._marshal.parse(data):
                 kind = msg["header"]["type"]
+                if kind in (RTM_NEWADDR, RTM_DELADDR):
+                    self._address(msg, kind == RTM_NEWADDR)
+                    continue
                 if kind not in (RTM_NEWLINK, RTM_DELLINK):
                     continue
                 name = msg.get_attr("IFLA_IFNAME")
@@ -131,6 +151,16 @@ class LinkMonitor:
                     mac=_parse_mac(msg.get_attr("IFLA_ADDRESS")),
                 )
                 self.on_link(state)
+
+    def _address(self, msg: Any, present: bool) -> None:
+        text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if self.on_addr is None or not isinstance(text, str):
+            return
+        try:
+            packed = ipaddress.ip_address(text).packed
+        except ValueError:
+            return
+        self.on_addr(int(msg["index"]), packed, present)
 
     def close(self) -> None:
         if self.sock is not None:

@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,3 +48,13 @@ class Rtnl:
             self._closed = True
             self._pool.submit(self._ipr.close).result()
             self._pool.shutdown(wait=True)
+
+
+def interface_addresses(rtnl: Rtnl, index: int) -> frozenset[bytes]:
+    """The addresses (packed, IPv4 and IPv6, link-locals included) of interface ``index``."""
+    found: set[bytes] = set()
+    for msg in rtnl.call("get_addr", index=index):
+        a = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+        if a:
+            found.add(ipaddress.ip_address(a).packed)
+    return frozenset(found)

@@ -36,6 +36,7 @@ from ..config import Config
 from ..control import state
 from ..control.server import ControlServer
 from ..errors import ConfigError, UplinkError
+from ..switch.port import learned_addresses
 from .datapath import PortDatapath, accelerated
 from .endpoint import Endpoint
 from .master import MasterMonitor
@@ -69,6 +70,7 @@ class Daemon:
         self.topology = Topology(loop)
         self.topology.on_port_added = self.masters.add
         self.topology.on_port_removed = self.masters.remove
+        self.masters.read_addresses = self.topology.owners.master_addresses
         self.ports: list[PortDatapath] = self.topology.ports
         self.endpoints: list[Endpoint] = self.topology.endpoints
         self.control: ControlServer | None = None
@@ -136,6 +138,7 @@ class Daemon:
                     **dev.counters(),
                     "drops": drops,
                     "multicast": dev.slave.mcast.describe(),
+                    **({"learned": learned_addresses(dev.slave)} if dev.slave.learn else {}),
                 }
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,

@@ -29,6 +29,12 @@ Rules:
   l3 ports (and l3s vepa ports, whose guest -> guest unicast is routed out the
   master) also get a ``routing.Router``. In l3s the chain consumes only ARP/NS:
   the host forwards guest-bound IP into the host link.
+- Addresses (``ownership``): a slave may not have one of its master's own
+  addresses (checked whenever a slave is added or given new addresses: start-up,
+  control requests and SIGHUP alike; refused on one line, nothing applied); an
+  address a learning slave learns is consumed and routed on the loop's next turn.
+  Learned addresses live in the ``Port`` only: the configuration, hence the state
+  file, never holds them.
 - Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
   ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
 """
@@ -42,6 +48,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
+from functools import partial
 
 from .. import config as cfg
 from ..config import Config, PortConfig, SlaveConfig
@@ -52,6 +59,7 @@ from . import nft
 from .datapath import NetDevice, PortDatapath
 from .endpoint import Endpoint
 from .hostlink import HostLink
+from .ownership import Ownership, learned_by_others, log_taken
 from .routing import Router
 from .rxfilter import RxFilterWatch
 from .uplink import Uplink
@@ -96,6 +104,7 @@ class Topology:
         self.rxfilters: dict[str, RxFilterWatch] = {}
         self._serial = 0
         self._nft_used = False
+        self.owners = Ownership(loop, self._sync_learned)
 
     # -- lookups ------------------------------------------------------------------
 
@@ -196,6 +205,8 @@ class Topology:
             port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from e
+        port.master_addresses = self.owners.master_addresses(pc.master)
+        port.on_learn = partial(self.owners.learned, pc.master)
         dp = PortDatapath(port, uplink, self.loop)
         undo.callback(_close_extras, dp)
         try:
@@ -271,10 +282,12 @@ class Topology:
         self.port_config(master, where)
         cfg.check_slave(where, self.config.ports, master, sc)
         dp = self.datapath(master)
+        self.owners.check_master(where, dp.port, sc.addresses, {a.ip for a in sc.addresses})
+        taken = learned_by_others(dp.port, sc.name, sc.addresses)
         undo.callback(self._set_config, self.config)
         undo.callback(self._resync_nft, dp)  # runs after the slave is gone again
         try:
-            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac)
+            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn)
         except MacInUse as e:
             raise MacConflict(f"{where}.mac: {e}") from e
         except PortAddressInUse as e:
@@ -294,6 +307,7 @@ class Topology:
         ep.start()
         self._watch(sc, slave)
         undo.callback(self._unwatch, sc.name)
+        log_taken(taken, sc.name)
         log.info("slave %s: added on %s", sc.name, master)
 
     def remove_slave(self, name: str, undo: ExitStack, where: str = "params") -> None:
@@ -328,10 +342,12 @@ class Topology:
             return
         dp = self.datapath(master)
         slave = dp.devices[name].slave
-        undo.callback(self._set_config, self.config)
-        undo.callback(self._resync_nft, dp)
         new_ips = {a.ip for a in sc.addresses}
         old_ips = {a.ip for a in old.addresses}
+        self.owners.check_master(where, dp.port, sc.addresses, new_ips - old_ips)
+        taken = learned_by_others(dp.port, name, sc.addresses)
+        undo.callback(self._set_config, self.config)
+        undo.callback(self._resync_nft, dp)
         for ip in old_ips - new_ips:
             dp.port.remove_address(slave, ip.packed)
             undo.callback(dp.port.add_address, slave, ip.packed)
@@ -348,7 +364,18 @@ class Topology:
             self._watch(sc, slave)
         self._set_slave(master, name, sc)
         self._sync_nft(dp)
+        log_taken(taken, name)
         log.info("slave %s: changed", name)
+
+    def _sync_learned(self, master: str) -> None:
+        """A slave of ``master`` learned an address: consume it and route it."""
+        dp = next((dp for dp in self.ports if dp.port.master == master), None)
+        if dp is None:
+            return
+        try:
+            self._sync_nft(dp)
+        except UplinkError as e:
+            log.warning("master %s: cannot consume learned addresses: %s", master, e)
 
     # -- internals --------------------------------------------------------------------
 
@@ -402,6 +429,7 @@ class Topology:
         """Stop everything (daemon exit): sockets unlinked, nftables rules removed."""
         for name in list(self.rxfilters):
             self._unwatch(name)
+        self.owners.close()
         for ep in self.endpoints:
             ep.close()
         for dp in self.ports:
@@ -435,4 +463,5 @@ def _check_interface(where: str, master: str) -> None:
 
 def _in_place(old: SlaveConfig, new: SlaveConfig) -> bool:
     """Whether ``old`` can become ``new`` without re-creating the slave."""
-    return (old.name, old.socket, old.socket_mode, old.mac) == (new.name, new.socket, new.socket_mode, new.mac)
+    return (old.name, old.socket, old.socket_mode, old.mac, old.learn) == \
+        (new.name, new.socket, new.socket_mode, new.mac, new.learn)

@@ -67,10 +67,14 @@ class SlaveRequest:
     mode: str | None = None
     flag: str | None = None
     alias: str | None = None  # the NIC's libvirt alias (live XML), for QMP set_link
+    learn: bool = False  # <vi:interface learn='yes'>: learning mode
 
     def params(self) -> dict[str, Any]:
-        return {"master": self.master, "name": self.name, "socket": self.socket,
-                "socket_mode": self.socket_mode, "addresses": list(self.addresses), "mac": self.mac}
+        p: dict[str, Any] = {"master": self.master, "name": self.name, "socket": self.socket,
+                             "socket_mode": self.socket_mode, "addresses": list(self.addresses), "mac": self.mac}
+        if self.learn:
+            p["learn"] = True
+        return p
 
     def port_params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"master": self.master}
@@ -99,6 +103,7 @@ class Meta:
     flag: str | None
     socket: str | None
     socket_mode: str
+    learn: bool = False
 
 
 @dataclass
@@ -179,7 +184,14 @@ def _meta(domain: str, el: ET.Element) -> Meta:
     socket_mode = el.get("socket-mode", "server")
     if socket_mode not in cfg.SOCKET_MODES:
         raise DomainError(f"{where}: socket-mode {socket_mode!r} is not server or client")
-    return Meta(mac, el.get("master"), addresses, el.get("mode"), el.get("flag"), el.get("socket"), socket_mode)
+    learn = el.get("learn", "no")
+    if learn not in _BOOL:
+        raise DomainError(f"{where}: learn {learn!r} is not yes or no")
+    return Meta(mac, el.get("master"), addresses, el.get("mode"), el.get("flag"), el.get("socket"), socket_mode,
+                _BOOL[learn])
+
+
+_BOOL = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 
 
 def _mac(where: str, text: str) -> str:
@@ -223,7 +235,7 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         assert iface.socket is not None
         out.append(SlaveRequest(dom.name, slave_name(dom.name, mac), meta.master, iface.socket,
                                 ROLE[iface.libvirt_mode], meta.addresses, mac, meta.mode, meta.flag,
-                                iface.alias))
+                                iface.alias, meta.learn))
         seen.add(mac)
     for mac, meta in dom.meta.items():
         if mac in seen or meta.socket is None:
@@ -234,7 +246,7 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         if not meta.master:
             raise DomainError(f"{where}: no master attribute")
         out.append(SlaveRequest(dom.name, slave_name(dom.name, mac), meta.master, meta.socket,
-                                meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag))
+                                meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag, learn=meta.learn))
     return out
 
 

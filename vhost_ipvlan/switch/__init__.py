@@ -7,7 +7,9 @@ Rules:
   as data ((mode, flag, source, destination kind) -> verdict, rendered in
   docs/policy-matrix.md); ``policy`` holds the verdict codes, the drop reasons and
   the decision functions per (mode, flag), which read their verdicts from the table;
-  ``mcast`` is the per-slave multicast filter (IGMP/MLD snooping).
+  ``mcast`` is the per-slave multicast filter (IGMP/MLD snooping); ``source`` is
+  source validation and address learning, shared by every mode; ``reasons`` the
+  drop reasons.
 - Decisions return small reused tuples and never raise on frame content; a bad
   frame is a counted drop.
 """

@@ -51,12 +51,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from ..net.addr import ZERO_MAC, ZERO_V4, ZERO_V6
+from ..net.addr import ZERO_V4, ZERO_V6
 from ..net.frames import (
     ARPOP_REQUEST,
     L3_ARP,
-    L3_IPV4,
-    L3_IPV6,
     L3_ND_NS,
     L3_OTHER,
     L3_RUNT,
@@ -79,6 +77,7 @@ from .policy import (
     _drop,
     rules,
 )
+from .source import check_source
 from .table import Source
 
 if TYPE_CHECKING:
@@ -93,36 +92,13 @@ _ARP_OP: Final = 14 + 7  # low byte of the ARP opcode
 def validate(port: Port, slave: Slave, frame: Frame) -> tuple[Verdict | None, Classified]:
     """Source validation (``policy`` steps 1-3, with learning): a drop verdict or ``None``."""
     c = classify(frame)
-    kind, _dst, src, sha, l3src, _key = c
+    kind, _dst, src, sha, l3src, key = c
     drops = slave.drops
     if kind < L3_OTHER:
         return _drop(drops, _GUEST_REJECT[kind]), c
-    mac = slave.mac
-    learn_mac = False
-    if src != mac:
-        if src[0] & 1:
-            return _drop(drops, DropReason.MULTICAST_SRC), c
-        if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac:
-            return _drop(drops, DropReason.SRC_MAC_SPOOF), c
-        learn_mac = True
-    learn_ll = False
-    if kind in (L3_IPV4, L3_ARP):
-        if kind == L3_ARP and sha != src:
-            return _drop(drops, DropReason.SRC_MAC_SPOOF), c
-        if l3src not in slave.addresses and l3src != ZERO_V4:
-            return _drop(drops, DropReason.SRC_IP_SPOOF), c
-    elif kind >= L3_IPV6 and l3src != ZERO_V6:
-        owner = port.by_addr.get(l3src)
-        if owner is not slave:
-            if owner is not None or l3src[0] != 0xFE or (l3src[1] & 0xC0) != 0x80:
-                return _drop(drops, DropReason.SRC_IP_SPOOF), c
-            if not port.can_learn_link_local(slave):
-                return _drop(drops, DropReason.TOO_MANY_LINK_LOCALS), c
-            learn_ll = True
-    if learn_mac:
-        port.learn_mac(slave, src)
-    if learn_ll:
-        port.learn_link_local(slave, l3src)
+    why = check_source(port, slave, frame, kind, src, sha, l3src, key)
+    if why is not None:
+        return _drop(drops, why), c
     return None, c
 
 

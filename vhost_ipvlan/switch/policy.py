@@ -38,15 +38,11 @@ destination kind and look the verdict up. Mode l2 (flags bridge, private, vepa; 
 From a guest (source validation first: a DESIGN.md departure, the kernel checks nothing)
   1. runt -> DROP(RUNT); 802.1Q/802.1ad -> DROP(VLAN); MAC control (PAUSE)
      -> DROP(MAC_CONTROL); ARP/IPv4/IPv6 that does not parse -> DROP(BAD_HEADER).
-  2. Ethernet source: multicast -> DROP(MULTICAST_SRC); not the slave's MAC ->
-     DROP(SRC_MAC_SPOOF). A slave without a MAC learns it from its first frame that
-     passes every check, unless it is the master's or another slave's; then it is locked.
-  3. ARP sender HW address must be that MAC (SRC_MAC_SPOOF); ARP sender IP and IPv4
-     source must be one of the slave's addresses or 0.0.0.0 (SRC_IP_SPOOF); the IPv6
-     source one of its addresses, ``::``, or a link-local it owns. An unowned
-     link-local (fe80::/10) is learned: the first slave using it owns it (at most
-     ``MAX_LEARNED_LINK_LOCALS`` each: TOO_MANY_LINK_LOCALS); another slave's is
-     SRC_IP_SPOOF.
+  2-3. Source validation and address learning (``source.check_source``): the
+     Ethernet source, ARP sender, IPv4/IPv6 source and NA target must be the
+     slave's (or learnable: its MAC once, unowned link-locals, and in learning mode
+     up to 1 IPv4 + 4 IPv6 addresses nobody owns); else SRC_MAC_SPOOF,
+     SRC_IP_SPOOF, TOO_MANY_LINK_LOCALS or LEARN_REFUSED.
   4. Destination MAC multicast/broadcast -> MULTICAST: FLOOD in every flag (kernel:
      other UP slaves + wire, the host gets no copy). IGMP/MLD in it update the
      sender's multicast filter (``mcast``).
@@ -84,10 +80,8 @@ link-locals, via the Port; multicast groups, via the slave's filter) and drop co
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
-from ..net.addr import ZERO_MAC, ZERO_V4, ZERO_V6
 from ..net.frames import (
     L3_ARP,
     L3_CONTROL,
@@ -100,6 +94,9 @@ from ..net.frames import (
     Frame,
     classify,
 )
+from .reasons import N_DROP_REASONS as N_DROP_REASONS
+from .reasons import DropReason as DropReason
+from .source import check_source
 from .table import ROWS, TABLE, Dest, Source
 
 if TYPE_CHECKING:
@@ -120,31 +117,6 @@ MODES: Final = ("l2", "l3", "l3s")
 FLAGS: Final = ("bridge", "private", "vepa")
 
 
-class DropReason(IntEnum):
-    """Why a frame was dropped; ``.label`` is the stable counter name."""
-
-    RUNT = 0
-    BAD_HEADER = 1
-    VLAN = 2
-    MAC_CONTROL = 3
-    MULTICAST_SRC = 4
-    SRC_MAC_SPOOF = 5
-    SRC_IP_SPOOF = 6
-    TOO_MANY_LINK_LOCALS = 7
-    TARGET_DOWN = 8
-    TO_HOST_UNSUPPORTED = 9
-    LOOPED_BACK = 10
-    NO_DESTINATION = 11
-    NOT_IP = 12
-    MULTICAST_DST = 13
-    PRIVATE = 14
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
-N_DROP_REASONS: Final = len(DropReason)
 
 Verdict = tuple[int, "Slave | int | None"]
 FromGuest = Callable[["Port", "Slave", Frame], Verdict]
@@ -232,39 +204,11 @@ def l2_from_guest(flag: str) -> FromGuest:
         if kind < L3_OTHER:
             return _drop(drops, _GUEST_REJECT[kind])
 
-        # Source MAC: the slave's, or learnable (committed only if every check passes).
-        mac = slave.mac
-        learn_mac = False
-        if src != mac:
-            if src[0] & 1:
-                return _drop(drops, _MULTICAST_SRC)
-            if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac:
-                return _drop(drops, _SRC_MAC_SPOOF)
-            learn_mac = True
-
-        # Source addresses.
-        learn_ll = False
-        if kind == L3_IPV4:
-            if l3src not in slave.addresses and l3src != ZERO_V4:
-                return _drop(drops, _SRC_IP_SPOOF)
-        elif kind == L3_ARP:
-            if sha != src:
-                return _drop(drops, _SRC_MAC_SPOOF)
-            if l3src not in slave.addresses and l3src != ZERO_V4:
-                return _drop(drops, _SRC_IP_SPOOF)
-        elif kind >= L3_IPV6 and l3src != ZERO_V6:
-            owner = port.by_addr.get(l3src)
-            if owner is not slave:
-                if owner is not None or l3src[0] != 0xFE or (l3src[1] & 0xC0) != 0x80:
-                    return _drop(drops, _SRC_IP_SPOOF)
-                if not port.can_learn_link_local(slave):
-                    return _drop(drops, _TOO_MANY_LL)
-                learn_ll = True
-
-        if learn_mac:
-            port.learn_mac(slave, src)
-        if learn_ll:
-            port.learn_link_local(slave, l3src)
+        # the common case inline: IPv4 from the slave's MAC and one of its addresses
+        if kind != L3_IPV4 or src != slave.mac or port.by_addr.get(l3src) is not slave:
+            why = check_source(port, slave, frame, kind, src, sha, l3src, key)
+            if why is not None:
+                return _drop(drops, why)
 
         # Destination.
         if dst[0] & 1:

@@ -17,6 +17,12 @@ Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
   EUI-64 link-local derived from it is reserved for it, so another guest cannot squat
   it first. A configured address always wins over a learned one: configuring it takes
   it away from the slave that had learned it.
+- Learning mode (``add_slave(..., learn=True)``, mode l2 only): the slave also
+  learns up to ``source.MAX_LEARNED_V4`` IPv4 and ``MAX_LEARNED_V6`` IPv6 addresses
+  nobody owns from its frames (``source``), then it is locked. Learned addresses
+  (``Slave.learned_addrs``) own traffic exactly as configured ones do; they are
+  forgotten when the slave goes. ``master_addresses`` (the master's own, kept up to
+  date by the daemon) are never learned; ``on_learn`` is told of every new one.
 - The tables (``by_addr``, ``by_mac``) hold every slave, up or down; delivery
   checks ``Slave.up``. ``generation`` increases on every address change so the
   daemon knows when to re-sync what it steals from the host (``consumed_addresses``).
@@ -72,7 +78,8 @@ class Slave:
     """One guest NIC on a port. Created by ``Port.add_slave`` only."""
 
     __slots__ = (
-        "addresses", "drops", "index", "learned", "mac", "mcast", "name", "port", "to_me", "up", "via_wire",
+        "addresses", "drops", "index", "learn", "learned", "learned_addrs", "mac", "mcast", "name", "port",
+        "to_me", "up", "via_wire",
     )
 
     def __init__(self, port: Port, name: str, index: int, mac: bytes | None) -> None:
@@ -84,6 +91,10 @@ class Slave:
         self.addresses: set[bytes] = set()
         #: learned IPv6 link-locals (including the reserved EUI-64 one)
         self.learned: set[bytes] = set()
+        #: learning mode: learns up to 1 IPv4 + 4 IPv6 addresses from its frames
+        self.learn = False
+        #: addresses learned in learning mode (not link-local)
+        self.learned_addrs: set[bytes] = set()
         #: set by the daemon when the guest's RX queue is ready
         self.up = False
         #: drop counters, indexed by DropReason
@@ -93,7 +104,18 @@ class Slave:
         #: the TO_UPLINK verdict for a frame addressed to this slave's MAC (vepa)
         self.via_wire: Verdict = (TO_UPLINK, self)
         #: which multicast this guest receives
-        self.mcast = GroupFilter(self.addresses, self.learned)
+        self.mcast = GroupFilter(self.addresses, self.learned, self.learned_addrs)
+
+    def learned_v4(self) -> int:
+        return sum(1 for a in self.learned_addrs if len(a) == 4)
+
+    def learned_v6(self) -> int:
+        return sum(1 for a in self.learned_addrs if len(a) == 16)
+
+    def owned(self) -> set[bytes]:
+        """Configured and learned addresses that are not link-local: what the host
+        routes to this guest."""
+        return self.addresses | self.learned_addrs
 
     def drop_counts(self) -> dict[str, int]:
         """Non-zero drop counters by ``DropReason.label``."""
@@ -102,6 +124,11 @@ class Slave:
     def __repr__(self) -> str:
         mac = format_mac(self.mac) if self.mac is not None else "unlearned"
         return f"<Slave {self.name} #{self.index} {mac} {'up' if self.up else 'down'}>"
+
+
+def learned_addresses(slave: Slave) -> list[str]:
+    """``slave``'s learned (learning mode) addresses as sorted text, IPv4 first."""
+    return [format_ip(a) for a in sorted(slave.learned_addrs, key=lambda a: (len(a), a))]
 
 
 def _check_mac(mac: bytes | str) -> bytes:
@@ -140,13 +167,18 @@ class Port:
         self.by_mac: dict[bytes, Slave] = {}
         self.uplink_drops = [0] * N_DROP_REASONS
         self.generation = 0
+        #: the master's own addresses (packed); set by the daemon, never learned
+        self.master_addresses: frozenset[bytes] = frozenset()
+        #: called with (slave, address) when a slave learns an address
+        self.on_learn: Callable[[Slave, bytes], None] | None = None
         self.from_guest = partial(decisions[0], self)
         self.from_uplink = partial(decisions[1], self)
 
     # -- configuration -------------------------------------------------------------
 
     def add_slave(
-        self, name: str, addresses: Iterable[AddressLike] = (), mac: bytes | str | None = None
+        self, name: str, addresses: Iterable[AddressLike] = (), mac: bytes | str | None = None,
+        learn: bool = False,
     ) -> Slave:
         """Create a slave; every check happens before anything changes."""
         if name in self.slaves:
@@ -155,7 +187,10 @@ class Port:
         packed = [self._check_free_address(a, None) for a in addresses]
         used = {s.index for s in self.slaves.values()}
         index = next(i for i in range(1, len(used) + 2) if i not in used)
+        if learn and self.mode != "l2":
+            raise PortConfigError(f"address learning is only implemented for mode 'l2', not {self.mode!r}")
         slave = Slave(self, name, index, None)
+        slave.learn = learn
         self.slaves[name] = slave
         for addr in packed:
             self._claim(slave, addr)
@@ -169,7 +204,7 @@ class Port:
         if self.slaves.get(slave.name) is not slave:
             raise PortConfigError(f"slave {slave.name!r} is not on {self.master}")
         del self.slaves[slave.name]
-        for addr in slave.addresses | slave.learned:
+        for addr in slave.addresses | slave.learned | slave.learned_addrs:
             if self.by_addr.get(addr) is slave:
                 del self.by_addr[addr]
         if slave.mac is not None and self.by_mac.get(slave.mac) is slave:
@@ -221,6 +256,14 @@ class Port:
         self.by_addr[addr] = slave
         self.generation += 1
 
+    def learn_address(self, slave: Slave, addr: bytes) -> None:
+        """Record that ``slave`` (learning mode) owns the unowned address ``addr``."""
+        slave.learned_addrs.add(addr)
+        self.by_addr[addr] = slave
+        self.generation += 1
+        if self.on_learn is not None:
+            self.on_learn(slave, addr)
+
     # -- queries ------------------------------------------------------------------
 
     def owner(self, address: AddressLike) -> Slave | None:
@@ -266,8 +309,10 @@ class Port:
     def _claim(self, slave: Slave, addr: bytes) -> None:
         previous = self.by_addr.get(addr)
         if previous is not None and previous is not slave:
-            previous.learned.discard(addr)  # a learned link-local yields to configuration
+            previous.learned.discard(addr)  # a learned address yields to configuration
+            previous.learned_addrs.discard(addr)
         slave.learned.discard(addr)
+        slave.learned_addrs.discard(addr)
         slave.addresses.add(addr)
         self.by_addr[addr] = slave
 
@@ -283,4 +328,5 @@ __all__ = [
     "Port",
     "PortConfigError",
     "Slave",
+    "learned_addresses",
 ]

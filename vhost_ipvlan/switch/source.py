@@ -1,0 +1,149 @@
+"""Source validation and address learning: which frames a guest may send.
+
+Every frame from a guest passes here before it is switched (``policy`` step 2-3,
+all modes; a DESIGN.md departure, the kernel checks nothing). ``check_source``
+returns ``None`` (valid; any learning it implies is committed) or the
+``DropReason`` to count. It reads the fields ``frames.classify`` returned.
+
+Rules:
+- Ethernet source: the slave's MAC. Multicast -> MULTICAST_SRC. A slave without a
+  MAC learns it from its first frame that passes every check, unless it is the
+  master's, all-zero or another slave's (SRC_MAC_SPOOF); it is then locked.
+- ARP: sender HW address == Ethernet source (SRC_MAC_SPOOF). IPv4 source and ARP
+  sender IP: an address the slave owns, or 0.0.0.0 (SRC_IP_SPOOF).
+- IPv6 source: an address the slave owns, or ``::``. An unowned link-local is
+  learned, first come (``Port.learn_link_local``, at most MAX_LEARNED_LINK_LOCALS:
+  TOO_MANY_LINK_LOCALS); another slave's, or the master's own, is SRC_IP_SPOOF.
+- A Neighbour Advertisement's *target* is checked like a source: it must be the
+  slave's (or an unowned link-local), else SRC_IP_SPOOF, so an unsolicited NA
+  (override flag or not) cannot claim another guest's address.
+- Learning mode (``Slave.learn``, opt-in per slave, mode l2): an address that is
+  nobody's becomes the slave's on first use: as IPv4 source or ARP sender IP
+  (gratuitous ARP, any ARP, any packet), IPv6 source, NA target, and as the
+  target of an ARP probe (sender 0.0.0.0) or a DAD NS (source ``::``). At most
+  ``MAX_LEARNED_V4`` IPv4 and ``MAX_LEARNED_V6`` IPv6 (not link-local) addresses;
+  after that the slave is locked and new addresses are SRC_IP_SPOOF. Another
+  slave's address or the master's (``Port.master_addresses``, kept by the daemon)
+  is refused: LEARN_REFUSED, the frame dropped; a probe (ARP probe, DAD NS) for it
+  is not learned but still delivered, so the owner answers and the guest's
+  duplicate detection sees the conflict.
+- Nothing changes unless every check passed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from ..net.addr import ZERO_MAC, ZERO_V4, ZERO_V6
+from ..net.frames import L3_ARP, L3_IPV4, L3_IPV6, L3_ND_NS, Frame
+from .reasons import DropReason
+
+if TYPE_CHECKING:
+    from .port import Port, Slave
+
+MAX_LEARNED_V4: Final = 1
+MAX_LEARNED_V6: Final = 4
+
+_MULTICAST_SRC: Final = DropReason.MULTICAST_SRC
+_SRC_MAC_SPOOF: Final = DropReason.SRC_MAC_SPOOF
+_SRC_IP_SPOOF: Final = DropReason.SRC_IP_SPOOF
+_TOO_MANY_LL: Final = DropReason.TOO_MANY_LINK_LOCALS
+_LEARN_REFUSED: Final = DropReason.LEARN_REFUSED
+
+_ICMPV6_OFF: Final = 54  # ICMPv6 type, right after an untagged IPv6 header
+_NA_TARGET: Final = slice(62, 78)
+_ND_NEIGHBOR_ADVERT: Final = 136
+
+
+def _link_local(addr: bytes) -> bool:
+    return addr[0] == 0xFE and (addr[1] & 0xC0) == 0x80
+
+
+def learnable(port: Port, slave: Slave, addr: bytes) -> DropReason | None:
+    """Whether ``slave`` may learn ``addr`` (not link-local, not its own yet): ``None``
+    or why not."""
+    if not slave.learn:
+        return _SRC_IP_SPOOF
+    owner = port.by_addr.get(addr)
+    if (owner is not None and owner is not slave) or addr in port.master_addresses:
+        return _LEARN_REFUSED
+    if len(addr) == 4:
+        if addr[0] >= 224 or addr[0] == 127 or slave.learned_v4() >= MAX_LEARNED_V4:
+            return _SRC_IP_SPOOF
+    elif addr[0] == 0xFF or slave.learned_v6() >= MAX_LEARNED_V6:
+        return _SRC_IP_SPOOF
+    return None
+
+
+def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, sha: bytes,
+                 l3src: bytes, key: bytes) -> DropReason | None:
+    """Validate the frame's source (and learn); ``None`` or the reason to drop it."""
+    mac = slave.mac
+    learn_mac = False
+    if src != mac:
+        if src[0] & 1:
+            return _MULTICAST_SRC
+        if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac:
+            return _SRC_MAC_SPOOF
+        learn_mac = True
+
+    by_addr = port.by_addr
+    learn_ll = b""
+    learn = b""
+    if kind in (L3_IPV4, L3_ARP):
+        if kind == L3_ARP and sha != src:
+            return _SRC_MAC_SPOOF
+        if l3src != ZERO_V4:
+            if by_addr.get(l3src) is not slave:
+                why = learnable(port, slave, l3src)
+                if why is not None:
+                    return why
+                learn = l3src
+        elif kind == L3_ARP and slave.learn and by_addr.get(key) is None and \
+                learnable(port, slave, key) is None:
+            learn = key  # an ARP probe (RFC 5227)
+    elif kind >= L3_IPV6:
+        if l3src != ZERO_V6:
+            owner = by_addr.get(l3src)
+            if owner is not slave:
+                if _link_local(l3src):
+                    if owner is not None or l3src in port.master_addresses:
+                        return _SRC_IP_SPOOF
+                    if not port.can_learn_link_local(slave):
+                        return _TOO_MANY_LL
+                    learn_ll = l3src
+                else:
+                    why = learnable(port, slave, l3src)
+                    if why is not None:
+                        return why
+                    learn = l3src
+        elif kind == L3_ND_NS and slave.learn and not _link_local(key) and by_addr.get(key) is None and \
+                learnable(port, slave, key) is None:
+            learn = key  # duplicate address detection (RFC 4862)
+        if kind == L3_IPV6 and frame[20] == 58 and len(frame) >= 78 and frame[_ICMPV6_OFF] == _ND_NEIGHBOR_ADVERT:
+            target = bytes(frame[_NA_TARGET])
+            owner = by_addr.get(target)
+            if owner is not slave and target != learn and target != learn_ll:
+                if _link_local(target):
+                    if owner is not None or target in port.master_addresses:
+                        return _SRC_IP_SPOOF
+                elif learn:
+                    return _SRC_IP_SPOOF  # one new address per frame
+                else:
+                    why = learnable(port, slave, target)
+                    if why is not None:
+                        return why
+                    learn = target
+
+    if learn_mac:
+        port.learn_mac(slave, src)
+    if learn_ll:
+        port.learn_link_local(slave, learn_ll)
+    if learn:
+        port.learn_address(slave, learn)
+    return None
+
+
+def learnable_more(slave: Slave) -> bool:
+    """Whether a learning slave can still learn an address of either family."""
+    return slave.learned_v4() < MAX_LEARNED_V4 or slave.learned_v6() < MAX_LEARNED_V6
