@@ -27,6 +27,14 @@ def test_state_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["state.toml"]
 
 
+def test_state_keeps_the_daemon_table(tmp_path: Path) -> None:
+    """Socket owner, group and mode survive a restart from the state file."""
+    cfg = parse({**GOOD, "daemon": {"socket_owner": 0, "socket_group": 0, "socket_permissions": 0o600}})
+    assert (cfg.daemon.socket_owner, cfg.daemon.socket_group, cfg.daemon.socket_permissions) == (0, 0, 0o600)
+    state.write(tmp_path / "state.toml", cfg)
+    assert load(tmp_path / "state.toml") == cfg
+
+
 def test_request_parse() -> None:
     req = protocol.parse(b'{"id": 7, "method": "slave.remove", "params": {"name": "a"}}\n')
     assert (req.id, req.method, req.params) == (7, "slave.remove", {"name": "a"})

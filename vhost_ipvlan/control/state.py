@@ -1,7 +1,7 @@
 """The state file: what the daemon serves, written atomically after every accepted change.
 
 Rules:
-- Same schema as the configuration file (TOML, ``[[port]]`` / ``[[port.slave]]``),
+- Same schema as the configuration file (TOML, ``[daemon]``, ``[[port]]`` / ``[[port.slave]]``),
   read back with ``config.load``: ``load(write(c)) == c``.
 - Written before the change is acknowledged: temporary file in the same directory,
   ``fsync``, ``rename`` over the old one, ``fsync`` of the directory. A crash
@@ -35,8 +35,13 @@ def _value(v: Any) -> str:
 
 def dumps(config: Config) -> str:
     """``config`` as a TOML document in the configuration file's shape."""
+    data = to_data(config)
     out = [HEADER]
-    for port in to_data(config)["port"]:
+    if data.get("daemon"):  # socket owner, group, mode: a restart from the state keeps them
+        out.append("[daemon]\n")
+        out += [f"{k} = {_value(v)}\n" for k, v in data["daemon"].items()]
+        out.append("\n")
+    for port in data["port"]:
         out.append("[[port]]\n")
         out += [f"{k} = {_value(v)}\n" for k, v in port.items() if k != "slave"]
         for slave in port["slave"]:
