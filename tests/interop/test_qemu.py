@@ -8,17 +8,14 @@ with TCP transfers large enough to use TSO/GSO and mergeable receive buffers.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from qemu.qmp import QMPClient
 
 from tests.support.guest import Guest
 from tests.support.lab import OUT_IP, OUT_IP6, Lab, SlaveSpec
@@ -141,18 +138,6 @@ def test_counters_reflect_the_traffic(world: World) -> None:
         assert "queue_broken" not in s["drops"]
 
 
-def qmp(vm: Guest, command: str, **arguments: Any) -> Any:
-    """One QMP command to a guest's QEMU, through qemu.qmp."""
-    async def go() -> Any:
-        client = QMPClient(vm.name)
-        await client.connect(str(vm.qmp_socket))
-        try:
-            return await client.execute(command, arguments)
-        finally:
-            await client.disconnect()
-    return asyncio.run(go())
-
-
 def test_announce_self_makes_the_guest_announce(world: World) -> None:
     """GUEST_ANNOUNCE is offered, so QMP ``announce-self`` makes the guest itself send a
     gratuitous ARP and an unsolicited NA, which reach the wire with the master's MAC."""
@@ -169,7 +154,7 @@ def test_announce_self_makes_the_guest_announce(world: World) -> None:
     reader.start()
     try:
         wait_until(lambda: any("listening on" in ln for ln in lines), 30, what="tcpdump to listen")
-        qmp(world.vm1, "announce-self", initial=50, max=550, rounds=2, step=100)
+        world.vm1.qmp("announce-self", initial=50, max=550, rounds=2, step=100)
         wait_until(lambda: any(garp in ln for ln in lines) and any(una in ln for ln in lines), 60,
                    what="the guest's gratuitous ARP and unsolicited NA on the wire")
     finally:

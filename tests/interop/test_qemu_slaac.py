@@ -107,6 +107,23 @@ def test_guest_ipv4_is_learned_from_its_first_arp(world: World) -> None:
     assert VM_IP in world.lab.slave_stats("vm")["learned"]
 
 
+def test_announce_self_teaches_the_addresses_again_after_a_restart(world: World) -> None:
+    """Learned addresses are not kept across a restart; QMP announce-self (what the libvirt
+    watcher sends) makes the guest announce them (GARP, unsolicited NA) and they are learned again."""
+    [slaac] = [a for a in world.vm_addresses("global") if ipaddress.IPv6Address(a) in PREFIX]
+    log = world.lab.log_text()
+    learned4, learned6 = (log.count(f"slave vm: learned address {a}") for a in (VM_IP, slaac))
+    world.lab.stop_daemon()
+    world.lab.start_daemon()
+    wait_until(lambda: world.lab.slave_stats("vm")["up"], 60, interval=0.5, what="the guest to reconnect")
+    world.vm.qmp("announce-self", initial=50, max=550, rounds=2, step=100)
+    world.lab.wait_log(f"slave vm: learned address {VM_IP}", learned4, timeout=30)
+    world.lab.wait_log(f"slave vm: learned address {slaac}", learned6, timeout=30)
+    for dst in (VM_IP, slaac):
+        proc = world.lab.out_run("ping", "-c", "3", "-W", "5", dst, timeout=90)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_no_spoofing_drops_on_the_way(world: World) -> None:
     drops = world.lab.slave_stats("vm")["drops"]
     assert not {"src_ip_spoof", "learn_refused", "too_many_link_locals"} & drops.keys(), drops

@@ -29,6 +29,7 @@ created before netdevs), but nothing answers on them before the handshake is don
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import os
@@ -43,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .proc import stop_process
 from .wait import wait_until
@@ -360,6 +362,19 @@ class Guest:
         return output
 
     # ------------------------------------------------------------- teardown
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        """One QMP command to this guest's QEMU (through qemu.qmp); its ``return``."""
+        from qemu.qmp import QMPClient
+
+        async def go() -> Any:
+            client = QMPClient(self.name)
+            await client.connect(str(self.qmp_socket))
+            try:
+                return await client.execute(command, arguments)
+            finally:
+                await client.disconnect()
+        return asyncio.run(go())
 
     def stop(self, timeout: float = 10) -> None:
         """Terminate QEMU (SIGTERM, then SIGKILL). Idempotent; keeps the logs."""
