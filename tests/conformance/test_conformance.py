@@ -154,7 +154,7 @@ def _cases() -> Iterator[object]:
             yield pytest.param(combo, p.id, id=f"{combo}/{p.id}", marks=marks)
 
 
-@pytest.mark.parametrize(("combo", "probe"), _cases())
+@pytest.mark.parametrize(("combo", "probe"), list(_cases()))
 def test_conformance(suite: Suite, combo: str, probe: str) -> None:
     refused = suite.refused[combo]
     if refused is not None:
