@@ -29,7 +29,8 @@ from tests.support.conformance_expect import KNOWN_BUGS, Verdict, judge
 from tests.support.conformance_nets import DaemonNet, KernelNet
 from tests.support.scenarios import COMBOS, PROBE_BY_ID, PROBES, Observation, Observations
 
-pytestmark = [pytest.mark.conformance, pytest.mark.slow, pytest.mark.qemu, pytest.mark.netns]
+# A first test of a combination boots guests or waits for the kernel side: far beyond the default 300 s.
+pytestmark = [pytest.mark.conformance, pytest.mark.slow, pytest.mark.qemu, pytest.mark.netns, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "conformance-results.json"
