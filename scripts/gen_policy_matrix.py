@@ -5,19 +5,26 @@
 
 Rows are traffic classes (``switch.table.ROWS``, after reference §5), columns every
 mode x flag; a cell is the verdict of ``switch.table.TABLE`` with a numbered note, or "-"
-when that (mode, flag) has no decision functions yet. ``tests/unit/test_policy_table.py``
+when that (mode, flag) has no decision functions yet. A second part shows the
+conformance suite's results (``docs/conformance-results.json``, written by
+``pytest tests/conformance --conformance-update``): per probe and mode x flag, what the
+kernel did and whether vhost-ipvlan did the same. ``tests/unit/test_policy_table.py``
 checks that the committed file is this script's output.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vhost_ipvlan.switch.policy import DECISIONS, FLAGS, MODES
 from vhost_ipvlan.switch.table import ROWS, TABLE, Dest, Source
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "conformance-results.json"
 
 HEADER = """\
 # Policy matrix: mode x flag
@@ -61,7 +68,49 @@ def render() -> str:
         lines.append("`-`: that mode and flag are not implemented yet.\n")
     lines.append("## Notes\n")
     lines += [f"{n}. {text}" for text, n in notes.items()]
+    lines += render_conformance()
     return "\n".join(lines) + "\n"
+
+
+def _obs(o: dict[str, Any]) -> str:
+    received = o["received"]
+    who = "" if received is None else " " + (",".join(received) or "-")
+    return ("✓" if o["replied"] else "✗") + who
+
+
+def render_conformance() -> list[str]:
+    """The conformance suite's results as one table (nothing if the suite never wrote them)."""
+    if not RESULTS.exists():
+        return []
+    data = json.loads(RESULTS.read_text())
+    combos = [(m, f) for m in MODES for f in FLAGS]
+    lines = [
+        "",
+        "## Conformance with the kernel (observed)\n",
+        "From `docs/conformance-results.json`, written by the conformance suite",
+        "(`pytest tests/conformance --conformance-update`, see docs/conformance.md). A cell is",
+        "what the kernel's IPvlan did: ✓ the sender got an answer, ✗ it did not, then the",
+        "endpoints whose ICMP echo-request counter grew (`-`: none). Then `=`: vhost-ipvlan did",
+        "the same; **D** a documented departure, with what vhost-ipvlan did; **!** an",
+        "undocumented difference; `·` vhost-ipvlan refuses this mode and flag (kernel only).\n",
+        "| probe | " + " | ".join(f"{m} {f}" for m, f in combos) + " |",
+        "|---" * (len(combos) + 1) + "|",
+    ]
+    for pid, probe in data["probes"].items():
+        cells = []
+        for m, f in combos:
+            rec = data["combos"][f"{m}-{f}"]["probes"][pid]
+            text = _obs(rec["kernel"])
+            verdict = rec["verdict"]
+            if verdict is None:
+                text += " ·"
+            elif verdict == "same":
+                text += " ="
+            else:
+                text += f" **{'D' if verdict == 'departure' else '!'}** {_obs(rec['vhost-ipvlan'])}"
+            cells.append(text)
+        lines.append(f"| `{pid}` {probe['what']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":
