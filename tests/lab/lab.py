@@ -62,6 +62,8 @@ def lab_vars(tag: str | None = None, vagrant: bool = False) -> dict[str, Any]:
         ],
         "vhost_ipvlan_socket_dir": f"/run/{n}",
         "vhost_ipvlan_control": f"/run/{n}/control.sock",
+        # a hook of its own: tests/interop/test_libvirt.py installs and removes qemu.d/vhost-ipvlan
+        "vhost_ipvlan_hook_name": f"vhost-ipvlan-{n}",
         # the venv running the tests already has vhost-ipvlan: the role finds it installed
         "vhost_ipvlan_venv": sys.prefix,
     }

@@ -74,6 +74,8 @@ def test_first_run_provisions_and_checks_pass(lab: Lab) -> None:
     assert_checks_pass(run, lab)
     recap = run.recap()
     assert recap["failed"] == 0 and recap["changed"] > 0, recap
+    hook = Path(f"/etc/libvirt/hooks/qemu.d/{lab.vars['vhost_ipvlan_hook_name']}")
+    assert lab.vars["vhost_ipvlan_control"] in hook.read_text()
 
 
 def test_second_run_changes_nothing(lab: Lab) -> None:
@@ -97,5 +99,4 @@ def test_teardown_removes_the_lab(lab: Lab) -> None:
     assert not Path(f"/run/netns/{v['lab_outside_netns']}").exists()
     assert not Path(v["vhost_ipvlan_socket_dir"]).exists()
     assert not Path(f"/var/lib/libvirt/images/{v['lab_name']}").exists()
-    hook = Path("/etc/libvirt/hooks/qemu.d/vhost-ipvlan")
-    assert not (hook.exists() and v["vhost_ipvlan_control"] in hook.read_text())
+    assert not Path(f"/etc/libvirt/hooks/qemu.d/{v['vhost_ipvlan_hook_name']}").exists()
