@@ -295,6 +295,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     long nframes = 0, length = 0;
     long long nbytes = 0;
     unsigned char *buf = fb.buf;
+    unsigned char src_key[16], dst_key[16];
+    Py_ssize_t src_len = 0, dst_len = 0;
+    PyObject *dst_value = NULL; /* a strong reference: the table entry for dst_key */
 
     while (nframes < budget) {
         uint16_t avail_idx = ring16(&tx.avail, 1);
@@ -360,30 +363,45 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         } else {
             break;
         }
-        PyObject *skey = PyBytes_FromStringAndSize((const char *)saddr, alen);
-        if (!skey) {
-            error = 1;
-            break;
-        }
-        int owned = PySet_Contains(sender_ips, skey);
-        Py_DECREF(skey);
-        if (owned < 0) {
-            error = 1;
-            break;
-        }
-        if (!owned)
-            break;
-        PyObject *dkey = PyBytes_FromStringAndSize((const char *)daddr, alen);
-        if (!dkey) {
-            error = 1;
-            break;
-        }
-        PyObject *value = PyDict_GetItemWithError(table, dkey); /* borrowed */
-        Py_DECREF(dkey);
-        if (!value) {
-            if (PyErr_Occurred())
+        /* The last source that was the sender's and the last destination found in the
+         * table are remembered for the burst (frames of one flow come in runs), so most
+         * frames need no Python object: only exact byte matches of a positive answer. */
+        if (alen != src_len || memcmp(saddr, src_key, (size_t)alen) != 0) {
+            PyObject *skey = PyBytes_FromStringAndSize((const char *)saddr, alen);
+            if (!skey) {
                 error = 1;
-            break;
+                break;
+            }
+            int owned = PySet_Contains(sender_ips, skey);
+            Py_DECREF(skey);
+            if (owned < 0) {
+                error = 1;
+                break;
+            }
+            if (!owned)
+                break;
+            memcpy(src_key, saddr, (size_t)alen);
+            src_len = alen;
+        }
+        PyObject *value = dst_value;
+        if (!value || alen != dst_len || memcmp(daddr, dst_key, (size_t)alen) != 0) {
+            PyObject *dkey = PyBytes_FromStringAndSize((const char *)daddr, alen);
+            if (!dkey) {
+                error = 1;
+                break;
+            }
+            value = PyDict_GetItemWithError(table, dkey); /* borrowed */
+            Py_DECREF(dkey);
+            if (!value) {
+                if (PyErr_Occurred())
+                    error = 1;
+                break;
+            }
+            Py_INCREF(value);
+            Py_XDECREF(dst_value);
+            dst_value = value;
+            memcpy(dst_key, daddr, (size_t)alen);
+            dst_len = alen;
         }
         if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 5) {
             PyErr_SetString(PyExc_TypeError, "forward_burst: bad table entry");
@@ -449,6 +467,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         nbytes += n;
     }
 
+    Py_XDECREF(dst_value);
     for (int i = 0; i < ntargets; i++) {
         if (queue_close(&targets[i].q))
             error = 1;
