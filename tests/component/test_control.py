@@ -392,8 +392,9 @@ def test_rx_filter_from_the_control_api(lab: Lab) -> None:
         assert (info["qmp"], info["qmp_device"]) == (qmp, "net0")
         fallback = f"slave e: multicast filter from IGMP/MLD snooping: QMP {qmp}: "
         wait_until(lambda: fallback in lab.log_text(), 10, what="e's fall back to snooping logged")
-        with pytest.raises(RemoteError, match="reads its guest's RX filter itself"):
+        with pytest.raises(RemoteError, match="reads its guest's RX filter itself") as refused:
             c.call("slave.rx_filter", {"name": "e", "rx_filter": None})
+        assert refused.value.code == "qmp_configured"
         with pytest.raises(RemoteError, match=r"params\.qmp_device: needs qmp"):
             c.call("slave.change", {"name": "e", "qmp": None, "qmp_device": "net0"})
         info = c.call("slave.change", {"name": "e", "qmp": None})

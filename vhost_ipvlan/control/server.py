@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from ..daemon.topology import Topology
 
 
+class QmpConfigured(cfg.Conflict):
+    """``slave.rx_filter`` for a slave that reads its guest's RX filter itself (``qmp``)."""
+
+    code = "qmp_configured"
+
+
 class ControlServer:
     def __init__(self, path: Path, topology: Topology, stats: Callable[[], dict[str, object]],
                  mode: int = 0o600) -> None:
@@ -229,7 +235,7 @@ class ControlServer:
         cfg.check_keys("params", p, {"name", "rx_filter"}, {"name", "rx_filter"})
         pc, sc = self.topology.slave_config(_s("params.name", p["name"]))
         if sc.qmp is not None:
-            raise ConfigError(f"params.name: slave {sc.name!r} reads its guest's RX filter itself (qmp = {sc.qmp})")
+            raise QmpConfigured(f"params.name: slave {sc.name!r} reads its guest's RX filter itself (qmp = {sc.qmp})")
         mcast = self.topology.datapath(pc.master).devices[sc.name].slave.mcast
         info = p["rx_filter"]
         was = mcast.explicit is not None

@@ -278,9 +278,9 @@ class Watcher:
             with Client(self.control, timeout=10) as c:
                 got = c.call("slave.rx_filter", {"name": slave, "rx_filter": info})
         except RemoteError as e:
-            log.log(logging.DEBUG if "reads its guest's RX filter itself" in str(e) else logging.WARNING,
-                    "slave %s: RX filter not taken: %s", slave, e)
-            return "reads its guest's RX filter itself" in str(e)  # then stop asking
+            own = e.code == "qmp_configured"  # the daemon asks QEMU itself: stop offering
+            log.log(logging.DEBUG if own else logging.WARNING, "slave %s: RX filter not taken: %s", slave, e)
+            return own
         except ControlUnavailable as e:
             log.debug("daemon: %s", e)
             return False
