@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
-import ipaddress
 import logging
 import socket
 import struct
@@ -41,6 +40,7 @@ from pyroute2.netlink.rtnl import (
 )
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from .rtnl import message_address
 from .uplink import interface_mac, interface_mtu
 
 log = logging.getLogger("vhost_ipvlan.netlink")
@@ -153,14 +153,9 @@ class LinkMonitor:
                 self.on_link(state)
 
     def _address(self, msg: Any, present: bool) -> None:
-        text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        if self.on_addr is None or not isinstance(text, str):
-            return
-        try:
-            packed = ipaddress.ip_address(text).packed
-        except ValueError:
-            return
-        self.on_addr(int(msg["index"]), packed, present)
+        packed = message_address(msg)
+        if self.on_addr is not None and packed is not None:
+            self.on_addr(int(msg["index"]), packed, present)
 
     def close(self) -> None:
         if self.sock is not None:

@@ -50,11 +50,18 @@ class Rtnl:
             self._pool.shutdown(wait=True)
 
 
+def message_address(msg: Any) -> bytes | None:
+    """The address (packed) of an ``RTM_NEWADDR``/``RTM_DELADDR`` message, or None."""
+    text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    if not isinstance(text, str):
+        return None
+    try:
+        return ipaddress.ip_address(text).packed
+    except ValueError:
+        return None
+
+
 def interface_addresses(rtnl: Rtnl, index: int) -> frozenset[bytes]:
     """The addresses (packed, IPv4 and IPv6, link-locals included) of interface ``index``."""
-    found: set[bytes] = set()
-    for msg in rtnl.call("get_addr", index=index):
-        a = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-        if a:
-            found.add(ipaddress.ip_address(a).packed)
-    return frozenset(found)
+    found = (message_address(msg) for msg in rtnl.call("get_addr", index=index))
+    return frozenset(a for a in found if a is not None)
