@@ -341,3 +341,16 @@ def cfg_table(lab: Lab, name: str) -> dict[str, Any]:
         return {}
     tables = [s for p in tomllib.loads(lab.state.read_text())["port"] for s in p["slave"] if s["name"] == name]
     return tables[0] if tables else {}
+
+
+def test_a_new_prefix_on_the_master_can_be_learned(lab: Lab) -> None:
+    lf = lab.frontend("l")
+    lf.transmit(garp(MAC_L, "198.51.100.50"))
+    wait_until(lambda: lab.drops("l").get("learn_not_on_link", 0) == 1, 10, what="l: learn_not_on_link == 1")
+    sh("ip", "-n", lab.host, "addr", "add", "198.51.100.2/24", "dev", "vim0")
+
+    def learned() -> bool:  # the address event reaches the daemon some time after `ip addr add`
+        lf.transmit(garp(MAC_L, "198.51.100.50"))
+        return "slave l: learned address 198.51.100.50" in lab.log_text()
+
+    wait_until(learned, 10, what="l learns 198.51.100.50 once the master has 198.51.100.2/24")
