@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.frontend import FakeFrontend
+from vhost_ipvlan.daemon.host import eventfd_problem
 from vhost_ipvlan.errors import FrontendError
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
@@ -30,6 +31,9 @@ class FakeHost:
 
     def fence(self) -> None:
         pass
+
+    def eventfd_problem(self, fd: int) -> str | None:
+        return eventfd_problem(fd)
 
 
 class RecordingDevice:
@@ -205,3 +209,27 @@ def test_mem_table_replacement_restarts_rings_through_the_device(pair: Pair) -> 
     events = pair.device.events
     assert events.index(("stopped", RX)) < events.index(("started", RX))
     assert events.index(("stopped", TX)) < events.index(("started", TX))
+
+
+@pytest.mark.parametrize("request_", [Request.SET_VRING_KICK, Request.SET_VRING_CALL, Request.SET_VRING_ERR])
+def test_only_eventfds_are_taken_for_kick_call_err(pair: Pair, request_: Request) -> None:
+    """A pipe as kick fd made the loop spin; as call fd it blocked the loop (r6, r13)."""
+    r, w = os.pipe()
+    try:
+        with pytest.raises(FrontendError, match=f"{request_.name}: the descriptor is 'pipe:.*not an eventfd"):
+            pair.fe.send(request_, codec.U64.pack(RX), [r])
+        assert len(pair.host.closed) == 1  # the duplicate handed over was closed
+        assert pair.session.vrings[RX].kick_fd is None and pair.session.vrings[RX].call_fd is None
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_call_fd_is_made_non_blocking(pair: Pair) -> None:
+    fd = os.eventfd(0)  # blocking, as a front-end may hand it over
+    try:
+        pair.fe.send(Request.SET_VRING_CALL, codec.U64.pack(RX), [fd])
+        kept = pair.session.vrings[RX].call_fd
+        assert kept is not None and not os.get_blocking(kept)
+    finally:
+        os.close(fd)

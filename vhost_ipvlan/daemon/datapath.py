@@ -171,11 +171,21 @@ class NetDevice:
     # -- events -------------------------------------------------------------------
 
     def _rx_kick(self, fd: int) -> None:
-        eventfd_drain(fd)  # new RX buffers; frames are never queued, nothing to do
+        if not eventfd_drain(fd):  # new RX buffers; frames are never queued, nothing to do
+            self._kick_failed(RX, fd)
 
     def _tx_kick(self, fd: int) -> None:
-        eventfd_drain(fd)
+        if not eventfd_drain(fd):
+            self._kick_failed(TX, fd)
+            return
         self.drain_tx()
+
+    def _kick_failed(self, which: int, fd: int) -> None:
+        """A kick descriptor that cannot be read would be reported readable forever."""
+        if self._kick_fds.get(which) == fd:
+            del self._kick_fds[which]
+        self.dp.loop.remove_reader(fd)
+        log.warning("slave %s: %s kick descriptor unreadable: no longer watched", self.slave.name, _QNAME[which])
 
     def schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -281,8 +291,8 @@ class NetDevice:
 
     def flush_rx(self) -> None:
         q = self.rx
-        if q is not None and q.publish() and self.rx_call is not None:
-            eventfd_signal(self.rx_call)
+        if q is not None and q.publish() and self.rx_call is not None and not eventfd_signal(self.rx_call):
+            self.drops["call_failed"] += 1  # the counter is full or the descriptor gone: never block
 
 
 _QNAME = {RX: "rx", TX: "tx"}

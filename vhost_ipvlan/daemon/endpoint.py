@@ -4,7 +4,8 @@ Rules:
 - ``server`` role (the default): the daemon listens on the socket path (QEMU
   ``-chardev socket`` without ``server``, libvirt ``mode='client'``). A stale
   socket file is replaced; anything else at the path is an error. While one
-  front-end is connected, further connections are refused (closed) and logged.
+  front-end is connected, further connections are refused (closed) and logged
+  (rate-limited per slave).
 - ``client`` role: the daemon connects to a socket the front-end listens on
   (libvirt ``mode='server'``), and retries every ``RETRY`` seconds until it
   succeeds, and again after every disconnect.
@@ -26,9 +27,11 @@ from ..vhost_user.session import Session
 from .channel import Connection
 from .datapath import NetDevice
 from .host import OsHost
+from .lograte import RateLimitedLog
 
 log = logging.getLogger("vhost_ipvlan.endpoint")
 RETRY = 1.0
+_refusals = RateLimitedLog(log)  # refused connections are logged within a budget per slave
 
 
 class Endpoint:
@@ -95,7 +98,8 @@ class Endpoint:
             log.warning("slave %s: accept failed: %s", self.name, e)
             return
         if self.conn is not None:
-            log.warning("slave %s: refused a second front-end connection (one is active)", self.name)
+            _refusals.log(self.name, logging.WARNING, "slave %s: refused a second front-end connection (one is active)",
+                          self.name)
             sock.close()
             return
         self._attach(sock)

@@ -17,6 +17,8 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   message is refused, the device has already been told).
 - The features offered are fixed for the session's lifetime (a reconnecting
   front-end refuses a back-end that offers less than before).
+- Kick, call and err descriptors must be eventfds (``Host.eventfd_problem``); anything
+  else (a pipe, a socket, a file) is a ``FrontendError`` naming the message.
 - Every file descriptor that arrives is either kept (and closed when replaced or
   at ``close()``) or closed before ``handle`` returns.
 - With REPLY_ACK acked, a message flagged NEED_REPLY that has no reply of its own
@@ -68,6 +70,9 @@ class Host(Protocol):
 
     def fence(self) -> None:
         """A full memory barrier."""
+
+    def eventfd_problem(self, fd: int) -> str | None:
+        """None if ``fd`` is an eventfd (now non-blocking), else what it is instead."""
 
 
 class Device(Protocol):
@@ -188,7 +193,12 @@ class Session:
     def _take_fd(self, msg: Message) -> tuple[Vring, int | None]:
         index, has_fd = codec.vring_fd_index(msg)
         vring = self._vring(msg, index)
-        return vring, (msg.fds.pop() if has_fd else None)
+        if not has_fd:
+            return vring, None
+        problem = self.host.eventfd_problem(msg.fds[0])
+        if problem is not None:  # the fd stays in msg.fds: handle() closes it
+            raise FrontendError(f"{msg.name}: the descriptor is {problem}, not an eventfd")
+        return vring, msg.fds.pop()
 
     def _try_start(self, vring: Vring) -> None:
         if vring.started or not vring.kicked or vring.addr is None or self.memory is None:
