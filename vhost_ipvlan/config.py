@@ -20,6 +20,7 @@ Shape (other tools rely on it; do not change it lightly)::
     qmp = "/run/qemu/vm1.qmp"   # optional: the guest's QMP socket: its multicast filter (query-rx-filter)
     qmp_device = "net0"         # optional, with qmp: the NIC's device id (default: the NIC with the slave's MAC)
     learn = false               # optional, mode l2: learn up to 1 IPv4 + 4 IPv6 addresses from the guest
+    allow_router = false        # optional: the guest may send RAs, Redirects and DHCP(v6) server messages
 
 Rules:
 - Every problem is a ``ConfigError`` whose message is one line: the key path
@@ -38,6 +39,8 @@ Rules:
 - ``learn = true`` (mode l2 only) lets the daemon learn the slave's addresses from
   its traffic (``switch.source``); learned addresses are run-time state, never part
   of a ``Config`` (so never written to the state file).
+- ``allow_router = true`` lifts the RA guard and DHCP-server guard for that slave
+  (``switch.guard``): for a guest that is the segment's router or DHCP server.
 - ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
   file permissions are ``[daemon].socket_permissions``.
 """
@@ -104,6 +107,7 @@ class SlaveConfig:
     qmp: Path | None = None
     qmp_device: str | None = None
     learn: bool = False
+    allow_router: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +212,8 @@ def parse_mac(where: str, value: Any) -> bytes:
 
 def parse_slave(where: str, table: Any) -> SlaveConfig:
     """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
-    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn"},
-              {"name", "socket"})
+    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn",
+                             "allow_router"}, {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
@@ -232,10 +236,15 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
             raise ConfigError(f"{where}.qmp_device: {device!r} is not a QEMU device id")
     if qmp is not None and qmp == sock:
         raise ConfigError(f"{where}.qmp: {qmp} is the slave's vhost-user socket")
-    learn = t.get("learn", False)
-    if not isinstance(learn, bool):
-        raise ConfigError(f"{where}.learn: expected true or false, got {type(learn).__name__} {learn!r}")
-    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn)
+    learn = _bool(f"{where}.learn", t.get("learn", False))
+    allow_router = _bool(f"{where}.allow_router", t.get("allow_router", False))
+    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn, allow_router)
+
+
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
+    return value
 
 
 def _socket_path(where: str, value: Any) -> Path:
@@ -372,6 +381,8 @@ def slave_table(slave: SlaveConfig) -> dict[str, Any]:
         t["qmp_device"] = slave.qmp_device
     if slave.learn:
         t["learn"] = True
+    if slave.allow_router:
+        t["allow_router"] = True
     return t
 
 

@@ -33,7 +33,7 @@ from .protocol import Request, RequestError
 log = logging.getLogger("vhost_ipvlan.control")
 
 MAX_CLIENTS = 16
-SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn"}
+SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn", "allow_router"}
 
 if TYPE_CHECKING:
     from ..daemon.topology import Topology

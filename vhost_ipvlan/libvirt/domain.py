@@ -68,12 +68,15 @@ class SlaveRequest:
     flag: str | None = None
     alias: str | None = None  # the NIC's libvirt alias (live XML), for QMP set_link
     learn: bool = False  # <vi:interface learn='yes'>: learning mode
+    allow_router: bool = False  # <vi:interface allow-router='yes'>: no RA/DHCP-server guard
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"master": self.master, "name": self.name, "socket": self.socket,
                              "socket_mode": self.socket_mode, "addresses": list(self.addresses), "mac": self.mac}
         if self.learn:
             p["learn"] = True
+        if self.allow_router:
+            p["allow_router"] = True
         return p
 
     def port_params(self) -> dict[str, Any]:
@@ -104,6 +107,7 @@ class Meta:
     socket: str | None
     socket_mode: str
     learn: bool = False
+    allow_router: bool = False
 
 
 @dataclass
@@ -187,8 +191,11 @@ def _meta(domain: str, el: ET.Element) -> Meta:
     learn = el.get("learn", "no")
     if learn not in _BOOL:
         raise DomainError(f"{where}: learn {learn!r} is not yes or no")
+    allow_router = el.get("allow-router", "no")
+    if allow_router not in _BOOL:
+        raise DomainError(f"{where}: allow-router {allow_router!r} is not yes or no")
     return Meta(mac, el.get("master"), addresses, el.get("mode"), el.get("flag"), el.get("socket"), socket_mode,
-                _BOOL[learn])
+                _BOOL[learn], _BOOL[allow_router])
 
 
 _BOOL = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
@@ -235,7 +242,7 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         assert iface.socket is not None
         out.append(SlaveRequest(dom.name, slave_name(dom.name, mac), meta.master, iface.socket,
                                 ROLE[iface.libvirt_mode], meta.addresses, mac, meta.mode, meta.flag,
-                                iface.alias, meta.learn))
+                                iface.alias, meta.learn, meta.allow_router))
         seen.add(mac)
     for mac, meta in dom.meta.items():
         if mac in seen or meta.socket is None:
@@ -246,7 +253,8 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         if not meta.master:
             raise DomainError(f"{where}: no master attribute")
         out.append(SlaveRequest(dom.name, slave_name(dom.name, mac), meta.master, meta.socket,
-                                meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag, learn=meta.learn))
+                                meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag, learn=meta.learn,
+                                allow_router=meta.allow_router))
     return out
 
 
