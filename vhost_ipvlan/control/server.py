@@ -2,8 +2,11 @@
 
 Rules:
 - The socket is created before the daemon announces readiness, mode 0600 (root
-  only) unless told otherwise; a stale socket file is replaced, a live one (another
-  daemon answers on it) or a non-socket is an error.
+  only) unless told otherwise, never chmod-ed by path (``unixsock.listen``); a stale
+  socket file is replaced, a live one (another daemon answers on it) or a
+  non-socket is an error. Its directory must be writable by root only (default
+  ``/run/vhost-ipvlan/ctl``, 0700), else the daemon refuses to start: whoever can
+  write there can put their own socket in its place and answer the hook and CLI.
 - Requests are handled one at a time, in the loop, to completion: a change is
   validated, applied and written to the state file (``Topology.transaction``)
   before its response is sent. A refused request changes nothing.
@@ -17,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import config as cfg
+from .. import unixsock
 from ..errors import ConfigError, UplinkError
 from ..switch.port import learned_addresses
 from . import protocol
@@ -61,33 +63,20 @@ class ControlServer:
 
     def bind(self) -> None:
         path = self.path
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise UplinkError(f"control socket {path} exists and is not a socket")
+        if unixsock.check_target(path, "control socket"):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 try:
                     probe.connect(str(path))
                 except OSError:
-                    path.unlink()
+                    pass  # stale: listen() replaces it
                 else:
                     raise UplinkError(f"control socket {path} is in use by another daemon")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-            os.chmod(path, self.mode)
-            sock.listen(MAX_CLIENTS)
-            sock.setblocking(False)
-        except OSError as e:
-            sock.close()
-            raise UplinkError(f"control socket {path}: cannot listen: {e.strerror}") from e
-        finally:
-            os.umask(old)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        why = unixsock.writable_by_others(path.parent)
+        if why is not None:
+            raise UplinkError(f"control socket {path}: its directory {path.parent} is {why}: another user could "
+                              "replace the socket; use a directory only root can write (e.g. mode 0700)")
+        sock = unixsock.listen(path, self.mode, backlog=MAX_CLIENTS, what="control socket")
         self.sock = sock
         log.info("control: listening on %s", path)
 
