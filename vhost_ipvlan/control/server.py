@@ -35,7 +35,7 @@ from .protocol import Request, RequestError
 log = logging.getLogger("vhost_ipvlan.control")
 
 MAX_CLIENTS = 16
-SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn"}
+SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn", "owner"}
 
 if TYPE_CHECKING:
     from ..daemon.topology import Topology
@@ -196,19 +196,19 @@ class ControlServer:
                 cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"master", "name", "socket"})
                 master_name = _s("params.master", p["master"])
                 topo.port_config(master_name)
-                sc = cfg.parse_slave("params", {k: v for k, v in p.items() if k != "master"})
+                sc = self._not_control(cfg.parse_slave("params", {k: v for k, v in p.items() if k != "master"}))
                 topo.add_slave(master_name, sc, undo)
             elif m == "slave.change":
                 cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"name"})
                 pc, cur_s = topo.slave_config(_s("params.name", p["name"]))
                 master_name = _s("params.master", p.get("master", pc.master))
                 table = {**cfg.slave_table(cur_s), **{k: v for k, v in p.items() if k != "master"}}
-                for key in ("mac", "qmp", "qmp_device"):  # null forgets
+                for key in ("mac", "qmp", "qmp_device", "owner"):  # null forgets
                     if key in table and table[key] is None:
                         del table[key]
                 if "qmp" in p and p["qmp"] is None and "qmp_device" not in p:
                     table.pop("qmp_device", None)
-                sc = cfg.parse_slave("params", table)
+                sc = self._not_control(cfg.parse_slave("params", table))
                 topo.change_slave(cur_s.name, master_name, sc, undo)
             elif m == "slave.remove":
                 cfg.check_keys("params", p, {"name"}, {"name"})
@@ -216,6 +216,12 @@ class ControlServer:
             else:  # pragma: no cover - protocol.METHODS and this table agree
                 raise RequestError("unknown_method", f"method: {m!r} is not implemented")
         return self._result_after(m, p)
+
+    def _not_control(self, sc: cfg.SlaveConfig) -> cfg.SlaveConfig:
+        """A slave socket must not take the control socket's place (it would be unlinked)."""
+        if sc.socket == self.path:
+            raise cfg.SocketInUse(f"params.socket: {sc.socket} is the daemon's control socket")
+        return sc
 
     def _rx_filter(self, p: dict[str, Any]) -> Any:
         """The guest's RX filter (a ``query-rx-filter`` entry, or null: back to snooping),
