@@ -221,6 +221,13 @@ def check_socket_problems(d: Path) -> None:
     assert "cannot create files" in socket_problems(d / "a.sock", True, uid, gids)[0]
     (d / "f").write_text("")
     assert "not a socket" in socket_problems(d / "f", False, uid, gids)[0]
+    d.chmod(0o775)  # audit 5: a group-writable directory for the daemon's sockets
+    assert "is mode 0775 (group/other-writable): others can replace" in socket_problems(d / "a.sock", False, uid,
+                                                                                         gids)[0]
+    d.chmod(0o777)
+    assert "without the sticky bit" in socket_problems(d / "a.sock", True, uid, gids)[0]
+    d.chmod(0o1777)
+    assert socket_problems(d / "a.sock", True, uid, gids) == []
 
 
 # -- the hook ------------------------------------------------------------------------------------
