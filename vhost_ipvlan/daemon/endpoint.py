@@ -6,6 +6,9 @@ Rules:
   socket file is replaced; anything else at the path is an error. While one
   front-end is connected, further connections are refused (closed) and logged
   (rate-limited per slave).
+  The socket gets its mode, owner and group before it appears at its path
+  (``unixsock.listen``: never chmod/chown by path); a socket directory that other
+  users can write is warned about.
 - ``client`` role: the daemon connects to a socket the front-end listens on
   (libvirt ``mode='server'``), and retries every ``RETRY`` seconds until it
   succeeds, and again after every disconnect.
@@ -17,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-import stat
 from pathlib import Path
 
-from ..errors import UplinkError
+from .. import unixsock
 from ..vhost_user.session import Session
 from .channel import Connection
 from .datapath import NetDevice
@@ -64,26 +65,13 @@ class Endpoint:
 
     def _listen(self) -> None:
         path = self.path
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise UplinkError(f"slave {self.name}: {path} exists and is not a socket")
-            path.unlink()
         path.parent.mkdir(parents=True, exist_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(path))
-            os.chmod(path, self.socket_mode)
-            if self.owner != -1 or self.group != -1:
-                os.chown(path, self.owner, self.group)
-            sock.listen(4)
-            sock.setblocking(False)
-        except OSError as e:
-            sock.close()
-            raise UplinkError(f"slave {self.name}: cannot listen on {path}: {e.strerror}") from e
+        why = unixsock.writable_by_others(path.parent)
+        if why is not None:
+            log.warning("slave %s: the socket directory %s is %s: other users can replace the socket "
+                        "(use a root-owned directory, e.g. 0750 root:kvm; README, Security)", self.name,
+                        path.parent, why)
+        sock = unixsock.listen(path, self.socket_mode, self.owner, self.group, 4, f"slave {self.name}")
         self.listener = sock
         self.loop.add_reader(sock.fileno(), self._accept)
         log.info("slave %s: listening on %s", self.name, path)
