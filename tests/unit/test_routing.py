@@ -249,13 +249,16 @@ def test_new_resolutions_are_rate_limited_per_guest(loop: asyncio.AbstractEventL
 
 def test_outstanding_resolutions_are_bounded(loop: asyncio.AbstractEventLoop, kernel: FakeKernel,
                                              clock: Clock) -> None:
-    router = make(loop, kernel, clock, pending=8)
+    router = make(loop, kernel, clock, pending=8, pending_per_guest=5)
     try:
         kernel.gate.clear()
-        got = Counter(router.next_hop_mac(ip(f"10.1.{ord(g)}.{i}"), g) for i in range(20) for g in "ab")
-        assert got == {UNRESOLVED: 8, BUSY: 32} and router.pending == 8
+        got = Counter(router.next_hop_mac(ip(f"10.1.0.{i}"), "a") for i in range(20))
+        assert got == {UNRESOLVED: 5, BUSY: 15} and router.pending == 5  # a's share
+        got = Counter(router.next_hop_mac(ip(f"10.1.{ord(g)}.{i}"), g) for i in range(20) for g in "bc")
+        assert got == {UNRESOLVED: 3, BUSY: 37} and router.pending == 8  # all of them
         kernel.gate.set()
         settle(loop, router)
+        assert router.next_hop_mac(ip("10.1.0.5"), "a") == UNRESOLVED and router.pending == 1
     finally:
         router.close()
 

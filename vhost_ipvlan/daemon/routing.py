@@ -27,8 +27,8 @@ Rules:
   seconds) while a refresh runs, so a flow loses no packet when its entry expires.
 - New resolutions are rate-limited per guest (a token bucket, ``Limits.rate`` per
   second, ``Limits.burst``): beyond it the packet is dropped ``neigh_rate_limited``.
-  At most ``Limits.pending`` resolutions are outstanding in all: beyond it,
-  ``neigh_busy``.
+  At most ``Limits.pending`` resolutions are outstanding in all, half of them for
+  one guest: beyond it, ``neigh_busy``.
 - An unresolved next hop is solicited (``RTM_NEWNEIGH`` with ``NTF_USE``) at most
   once per ``TTL``, and re-checked from the loop after ``RECHECK`` delays so the
   guest's retransmission finds it resolved. Nothing is queued.
@@ -51,7 +51,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -93,6 +93,7 @@ class Limits:
     rate: float = 64.0  # new resolutions per second, per guest
     burst: int = 128
     pending: int = 64  # resolutions outstanding, all guests
+    pending_per_guest: int = 32
     cache: int = 4096  # destinations cached
     triggered: int = 1024  # next hops solicited within the last TTL
     budget: int = 256  # neighbour entries the daemon created and the kernel still holds
@@ -148,6 +149,7 @@ class Router:
         self.clock = clock
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
         self._pending: dict[bytes, Future[tuple[Hop, bool]]] = {}
+        self._pending_by_guest: Counter[str] = Counter()
         self._rechecks: dict[bytes, asyncio.TimerHandle] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._generation = 0
@@ -161,6 +163,7 @@ class Router:
         for timer in self._rechecks.values():
             timer.cancel()
         self._pending.clear()
+        self._pending_by_guest.clear()
         self._rechecks.clear()
         self.rtnl.close()
 
@@ -201,7 +204,8 @@ class Router:
 
     def _start(self, dst: bytes, guest: str, now: float, attempt: int = 0) -> str | None:
         """Start resolving ``dst``; the drop reason if that is refused now."""
-        if len(self._pending) >= self.limits.pending:
+        if len(self._pending) >= self.limits.pending or \
+                self._pending_by_guest[guest] >= self.limits.pending_per_guest:
             return BUSY
         if attempt == 0 and not self._bucket(guest, now).take(now):
             return RATE_LIMITED
@@ -210,6 +214,7 @@ class Router:
         gen, master = self._generation, self.master_index
         fut = self.rtnl.submit(lambda: self.resolver.resolve(dst, master, guest, gen))
         self._pending[dst] = fut
+        self._pending_by_guest[guest] += 1
         fut.add_done_callback(lambda f: self._answered(dst, guest, gen, attempt, f))
         return None
 
@@ -231,6 +236,9 @@ class Router:
         """On the loop: put a resolution's answer into the cache."""
         if self._pending.get(dst) is fut:
             del self._pending[dst]
+            self._pending_by_guest[guest] -= 1
+            if not self._pending_by_guest[guest]:
+                del self._pending_by_guest[guest]
         if self._closed or gen != self._generation or fut.cancelled():
             return
         exc = fut.exception()
