@@ -151,7 +151,8 @@ def clock() -> Clock:
 
 
 def make(loop: asyncio.AbstractEventLoop, kernel: FakeKernel, clock: Clock, **limits: Any) -> Router:
-    return Router(MASTER, loop, FakeRtnl(kernel), limits=Limits(**limits), clock=clock)
+    """A router; it re-checks solicited neighbours only if ``recheck`` is given."""
+    return Router(MASTER, loop, FakeRtnl(kernel), limits=Limits(**{"recheck": (), **limits}), clock=clock)
 
 
 @pytest.fixture
@@ -220,12 +221,21 @@ def test_an_expired_answer_is_used_while_it_is_refreshed(loop: asyncio.AbstractE
 
 
 def test_a_solicited_neighbour_is_looked_at_again_without_a_packet(loop: asyncio.AbstractEventLoop,
-                                                                   kernel: FakeKernel, router: Router) -> None:
-    kernel.answering["192.0.2.50"] = "02:00:00:00:00:50"
-    assert resolved(loop, router, "192.0.2.50") == UNRESOLVED  # solicited: reachable from now on
-    assert kernel.created == ["192.0.2.50"]
-    run_until(loop, lambda: router.next_hop_mac(ip("192.0.2.50"), "a") == bytes.fromhex("020000000050"),
-              "the re-check installs the neighbour")
+                                                                   kernel: FakeKernel, clock: Clock) -> None:
+    router = make(loop, kernel, clock, recheck=(0.01, 0.01, 0.01))
+    try:
+        kernel.answering["192.0.2.50"] = "02:00:00:00:00:50"
+        assert resolved(loop, router, "192.0.2.50") == UNRESOLVED  # solicited: reachable from now on
+        assert kernel.created == ["192.0.2.50"]
+        run_until(loop, lambda: router.cached == 1 and router._cache[ip("192.0.2.50")].hop == bytes.fromhex(
+            "020000000050"), "the re-check installs the neighbour")
+        calls = kernel.calls["route get"]
+        kernel.answering.clear()
+        assert resolved(loop, router, "192.0.2.51") == UNRESOLVED  # nobody answers: three re-checks, no more
+        run_until(loop, lambda: kernel.calls["route get"] == calls + 4 and router.pending == 0 and
+                  not router._rechecks, "three re-checks")
+    finally:
+        router.close()
 
 
 def test_new_resolutions_are_rate_limited_per_guest(loop: asyncio.AbstractEventLoop, kernel: FakeKernel,
@@ -267,7 +277,7 @@ def test_bounded_after_20000_on_link_destinations(loop: asyncio.AbstractEventLoo
                                                   clock: Clock) -> None:
     """A guest scanning its on-link /64 (the audit's r14: 60000 netlink calls, 20000 entries)."""
     limits = Limits(cache=512)
-    router = make(loop, kernel, clock, cache=512)
+    router = make(loop, kernel, clock, cache=512, recheck=limits.recheck)
     try:
         got: Counter[routing.Hop] = Counter()
         for i in range(20000):
@@ -277,8 +287,8 @@ def test_bounded_after_20000_on_link_destinations(loop: asyncio.AbstractEventLoo
                 settle(loop, router)
         settle(loop, router)
         resolutions = limits.burst + limits.rate * 20
-        assert kernel.calls["route get"] <= resolutions * (1 + len(routing.RECHECK))
-        assert kernel.total_calls() <= 3 * resolutions * (1 + len(routing.RECHECK))
+        assert kernel.calls["route get"] <= resolutions * (1 + len(limits.recheck))
+        assert kernel.total_calls() <= 3 * resolutions * (1 + len(limits.recheck))
         # the host's neighbour table got the guest's share of the budget, no more
         assert len(kernel.created) == limits.budget_per_guest == router.resolver.created
         assert got[RATE_LIMITED] > 15000 and any(e.hop == BUDGET for e in router._cache.values())
@@ -326,6 +336,20 @@ def test_neighbour_entries_made_are_budgeted(loop: asyncio.AbstractEventLoop, ke
         assert resolved(loop, router, "192.0.2.41") == UNRESOLVED
         assert resolved(loop, router, "192.0.2.42") == BUDGET
         assert kernel.calls["neigh dump"] <= 3
+    finally:
+        router.close()
+
+
+def test_solicited_next_hops_are_bounded_and_pruned(loop: asyncio.AbstractEventLoop, kernel: FakeKernel,
+                                                   clock: Clock) -> None:
+    router = make(loop, kernel, clock, triggered=4)
+    try:
+        for i in range(10):
+            assert resolved(loop, router, f"192.0.2.{100 + i}") == UNRESOLVED
+        assert router.resolver.triggered == 4 and kernel.calls["neigh replace"] == 10
+        clock.now += routing.TTL + routing.STALE_MAX
+        assert resolved(loop, router, "192.0.2.200") == UNRESOLVED
+        assert router.resolver.triggered == 1  # the expired ones are gone
     finally:
         router.close()
 

@@ -30,7 +30,7 @@ Rules:
   At most ``Limits.pending`` resolutions are outstanding in all, half of them for
   one guest: beyond it, ``neigh_busy``.
 - An unresolved next hop is solicited (``RTM_NEWNEIGH`` with ``NTF_USE``) at most
-  once per ``TTL``, and re-checked from the loop after ``RECHECK`` delays so the
+  once per ``TTL``, and re-checked from the loop after ``Limits.recheck`` delays so the
   guest's retransmission finds it resolved. Nothing is queued.
 - Neighbour entries are created only for a route's gateway or a destination inside
   one of the master's own prefixes (its addresses' networks); another destination
@@ -70,8 +70,6 @@ TTL: Final = 1.0
 UNRESOLVED_TTL: Final = 0.1
 #: how long past its TTL an answer is still used while its refresh runs
 STALE_MAX: Final = 10.0
-#: after a solicitation, look again after these delays (seconds, one per re-check)
-RECHECK: Final = (0.02, 0.1, 0.5)
 #: how often the worker re-reads the master's prefixes, and at most re-counts its entries
 PREFIX_TTL: Final = 5.0
 PRUNE_INTERVAL: Final = 1.0
@@ -99,6 +97,7 @@ class Limits:
     budget: int = 256  # neighbour entries the daemon created and the kernel still holds
     budget_per_guest: int = 64
     buckets: int = 1024  # token buckets kept before idle (full) ones are dropped
+    recheck: tuple[float, ...] = (0.02, 0.1, 0.5)  # after a solicitation, look again after (seconds)
 
 
 class Netlink(Protocol):
@@ -248,11 +247,12 @@ class Router:
         self._cache.move_to_end(dst)
         while len(self._cache) > self.limits.cache:
             self._cache.popitem(last=False)
-        if solicited and attempt < len(RECHECK):
+        if solicited and attempt < len(self.limits.recheck):
             old = self._rechecks.pop(dst, None)
             if old is not None:
                 old.cancel()
-            self._rechecks[dst] = self.loop.call_later(RECHECK[attempt], self._recheck, dst, guest, gen, attempt + 1)
+            delay = self.limits.recheck[attempt]
+            self._rechecks[dst] = self.loop.call_later(delay, self._recheck, dst, guest, gen, attempt + 1)
 
     def _recheck(self, dst: bytes, guest: str, gen: int, attempt: int) -> None:
         self._rechecks.pop(dst, None)
