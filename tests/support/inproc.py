@@ -76,7 +76,7 @@ class FixedRouter:
         self.mac = mac
         self.asked: list[bytes] = []
 
-    def next_hop_mac(self, dst: bytes) -> bytes:
+    def next_hop_mac(self, dst: bytes, guest: str = "") -> bytes:
         self.asked.append(dst)
         return self.mac
 

@@ -452,11 +452,11 @@ class PortDatapath:
             return
         off = net.HDR_LEN + ETH_HLEN
         dst = buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]
-        mac = router.next_hop_mac(dst.tobytes())
-        if mac == b"local":
+        mac = router.next_hop_mac(dst.tobytes(), dev.slave.name)  # never waits: a miss is a drop
+        if isinstance(mac, str):
+            dev.drops[mac] += 1  # no_route, neigh_unresolved, neigh_rate_limited, ... (routing.py)
+        elif mac == b"local":
             self._to_host(dev, buf, length)
-        elif len(mac) != 6:
-            dev.drops["neigh_unresolved" if mac else "no_route"] += 1
         elif self._wire_ok(dev, buf, length):
             to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
             buf[net.HDR_LEN : net.HDR_LEN + 6] = mac
