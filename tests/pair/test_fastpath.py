@@ -486,3 +486,35 @@ def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFix
     received = fast["received"]
     assert isinstance(received, dict) and len(received["b"]) == 3
     assert any("OverflowError" in r.exc_text for r in caplog.records if r.exc_text)
+
+
+def test_an_internal_error_on_a_frame_from_the_wire_costs_that_frame(
+        monkeypatch: pytest.MonkeyPatch, error_log: None) -> None:
+    """The uplink's burst, too: a bug while switching one frame read from the master
+    drops that frame (``internal_error`` on the master), the next ones are delivered."""
+    p = make_port()
+    try:
+        wire = [bytes(net.HDR_LEN) + bytes(Ether(src="02:99:00:00:00:01", dst=MASTER) / IP(src="192.0.2.1", dst=B4)
+                                           / UDP(dport=5) / tag) for tag in (b"one", b"boom", b"two")]
+
+        def recv(view: memoryview) -> int:
+            if not wire:
+                return 0
+            data = wire.pop(0)
+            view[: len(data)] = data
+            return len(data)
+
+        real = p.port.from_uplink
+
+        def from_uplink(frame: memoryview) -> tuple[int, object]:
+            if bytes(frame[-4:]) == b"boom":
+                raise RuntimeError("injected")
+            return real(frame)
+
+        monkeypatch.setattr(p.dp.uplink, "recv", recv, raising=False)
+        monkeypatch.setattr(p.port, "from_uplink", from_uplink)
+        p.dp._uplink_readable()
+        assert [f[42:] for _, f in p.frontends["b"].receive()] == [b"one", b"two"]
+        assert p.dp.drops == {"internal_error": 1} and p.dp.uplink_rx == 3
+    finally:
+        p.close()
