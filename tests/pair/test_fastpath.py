@@ -518,3 +518,44 @@ def test_an_internal_error_on_a_frame_from_the_wire_costs_that_frame(
         assert p.dp.drops == {"internal_error": 1} and p.dp.uplink_rx == 3
     finally:
         p.close()
+
+
+Chain = tuple[str, int]  # (kind, size): a good frame, a runt, an indirect table, a split frame
+
+
+@settings(max_examples=25, deadline=None)
+@given(chains=st.lists(st.tuples(st.sampled_from(["frame", "runt", "indirect", "split"]), st.integers(0, 300)),
+                       min_size=1, max_size=60),
+       rx_buffer=st.sampled_from([0, 8, 12, 100, 2048]))
+def test_hostile_mixes_take_the_same_decisions_drain_by_drain(chains: list[Chain], rx_buffer: int) -> None:
+    """Random mixes of good frames, runts, indirect tables of zero-length descriptors
+    and split frames, to a receiver whose buffers may be too small for anything: the
+    accelerator and pure Python stop each drain at the same chain and count the same."""
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            a = p.frontends["a"]
+            if rx_buffer == 0:
+                frontend.make_rx_zero_capacity(p.frontends["b"], 16)
+            elif rx_buffer != 2048:
+                frontend.make_rx_small_buffers(p.frontends["b"], rx_buffer)
+            for kind, size in chains:
+                if kind == "frame":
+                    a.transmit(frame_to_b(bytes(size)))
+                elif kind == "runt":
+                    frontend.transmit_runts(a, [size % 12])
+                elif kind == "indirect":
+                    frontend.transmit_indirect_zero_length(a, 1, 1 + size % 257)  # 257: too long
+                else:
+                    a.transmit(frame_to_b(bytes(size)), split=True)
+            drains = drain_until_idle(p)
+            rxq = p.device("b").rx
+            return {"drains": drains, "rx_walked": rxq.walked if rxq is not None else None, **outcome(p)}
+        finally:
+            p.close()
+
+    result = both_ways(scenario)
+    drains = result["drains"]
+    assert isinstance(drains, list)
+    assert all(walked <= datapath.DESC_BUDGET + frontend.QSIZE + 1 for walked, _, _ in drains)
