@@ -252,3 +252,62 @@ class FakeFrontend:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+# -- hostile knobs (datapath work bounds) ------------------------------------------------
+# A guest that plays by none of the rules: each function below lays out hostile
+# rings through a ``FakeFrontend``'s memory. The area used lies past the frame
+# buffers (which end at about 1.1 MiB), so normal traffic can go on alongside.
+
+HOSTILE_AREA = 4 << 20
+_INDIRECT = 4  # VRING_DESC_F_INDIRECT
+
+
+def write_zero_length_table(fe: FakeFrontend, entries: int, *, writable: bool, at: int = HOSTILE_AREA) -> int:
+    """An indirect table of ``entries`` zero-length descriptors linked by NEXT; its guest address."""
+    flags = VRING_DESC_F_WRITE if writable else 0
+    table = bytearray(16 * entries)
+    for i in range(entries):
+        last = i == entries - 1
+        _DESC.pack_into(table, 16 * i, fe.buffers, 0, flags | (0 if last else VRING_DESC_F_NEXT), 0 if last else i + 1)
+    fe.mem[at : at + len(table)] = bytes(table)
+    return at
+
+
+def transmit_indirect_zero_length(fe: FakeFrontend, chains: int, entries: int) -> None:
+    """Make ``chains`` TX chains available, each an indirect table (one shared) of
+    ``entries`` zero-length descriptors: no data, all descriptor work (audit r1)."""
+    table = write_zero_length_table(fe, entries, writable=False)
+    for _ in range(chains):
+        i = fe.txq.free.pop()
+        fe.txq.set_desc(i, table, 16 * entries, _INDIRECT)
+        fe.txq.make_available(i)
+    os.eventfd_write(fe.kick[1], 1)
+
+
+def transmit_runts(fe: FakeFrontend, lengths: list[int]) -> None:
+    """TX chains of one descriptor each, shorter than the virtio_net_hdr (0 included)."""
+    fe.reclaim_tx()
+    for n in lengths:
+        i = fe.txq.free.pop()
+        addr = fe._buf_addr(1, i)
+        fe.mem[addr : addr + n] = b"\xee" * n
+        fe.txq.set_desc(i, addr, n, 0)
+        fe.txq.make_available(i)
+    os.eventfd_write(fe.kick[1], 1)
+
+
+def make_rx_zero_capacity(fe: FakeFrontend, entries: int) -> None:
+    """Turn every RX chain the guest has made available (and not had back) into an
+    indirect table of ``entries`` zero-length writable descriptors (audit r2)."""
+    table = write_zero_length_table(fe, entries, writable=True)
+    posted = set(range(fe.rxq.num)) - set(fe.rxq.free)
+    for i in posted:
+        fe.rxq.set_desc(i, table, 16 * entries, _INDIRECT)
+
+
+def make_rx_small_buffers(fe: FakeFrontend, size: int) -> None:
+    """Shrink every posted RX buffer to ``size`` bytes (one writable descriptor each)."""
+    posted = set(range(fe.rxq.num)) - set(fe.rxq.free)
+    for i in posted:
+        fe.rxq.set_desc(i, fe._buf_addr(0, i), size, VRING_DESC_F_WRITE)
