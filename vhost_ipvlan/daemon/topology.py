@@ -216,7 +216,7 @@ class Topology:
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
         if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
-            dp.router = Router(uplink.ifindex)
+            dp.router = Router(uplink.ifindex, self.loop)
         if pc.mode == "l3s" and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
