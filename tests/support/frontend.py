@@ -3,11 +3,16 @@
 It plays QEMU's part with a memfd as guest RAM: negotiates features, hands over
 the memory table and both rings, transmits frames and reads received ones. It can
 talk to the real daemon over a unix socket or drive a ``Session`` in-process.
-Deliberately simple and slow; it also lets tests send hostile input.
+Deliberately simple and slow; it also lets tests send hostile input: replace
+``kick``/``call`` descriptors before ``setup`` (say, with a pipe), choose how its
+memfd is sealed (``sealing``), truncate ``fd`` under the back-end, or ``send`` any
+message with any descriptors (``send_raw`` writes bytes and descriptors as given,
+without framing).
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import socket
@@ -81,9 +86,14 @@ class DriverQueue:
 class FakeFrontend:
     """Drives one vhost-user back-end connection like a (very simple) QEMU."""
 
-    def __init__(self, features: int | None = None, *, mergeable: bool = True) -> None:
-        self.fd = os.memfd_create("fake-guest")
+    def __init__(self, features: int | None = None, *, mergeable: bool = True, sealing: str = "none") -> None:
+        # sealing: "none" (a memfd that cannot be sealed, as DPDK's), "allow" (sealable,
+        # no seals yet) or "shrink" (sealed against shrinking, as QEMU's memfd backend)
+        flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealing != "none" else 0)
+        self.fd = os.memfd_create("fake-guest", flags)
         os.ftruncate(self.fd, MEM_SIZE)
+        if sealing == "shrink":
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         self.mem = mmap.mmap(self.fd, MEM_SIZE)
         self.rxq = DriverQueue(self.mem, 0)
         self.txq = DriverQueue(self.mem, self.rxq.end)
@@ -124,6 +134,11 @@ class FakeFrontend:
         hdr = self._recv_exact(codec.HEADER_SIZE)
         _, _, size = codec.HEADER.unpack(hdr)
         return self._recv_exact(size)
+
+    def send_raw(self, data: bytes, fds: list[int] | None = None) -> None:
+        """Write ``data`` as is (no framing) with ``fds`` in one sendmsg."""
+        assert self.sock is not None
+        socket.send_fds(self.sock, [data], fds or [])
 
     def _recv_exact(self, n: int) -> bytes:
         assert self.sock is not None
@@ -234,7 +249,9 @@ class FakeFrontend:
             except OSError:
                 pass
         self.mem.close()
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 # -- hostile knobs (datapath work bounds) ------------------------------------------------

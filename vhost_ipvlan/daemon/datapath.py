@@ -211,11 +211,21 @@ class NetDevice:
     # -- events -------------------------------------------------------------------
 
     def _rx_kick(self, fd: int) -> None:
-        eventfd_drain(fd)  # new RX buffers; frames are never queued, nothing to do
+        if not eventfd_drain(fd):  # new RX buffers; frames are never queued, nothing to do
+            self._kick_failed(RX, fd)
 
     def _tx_kick(self, fd: int) -> None:
-        eventfd_drain(fd)
+        if not eventfd_drain(fd):
+            self._kick_failed(TX, fd)
+            return
         self.drain_tx()
+
+    def _kick_failed(self, which: int, fd: int) -> None:
+        """A kick descriptor that cannot be read would be reported readable forever."""
+        if self._kick_fds.get(which) == fd:
+            del self._kick_fds[which]
+        self.dp.loop.remove_reader(fd)
+        log.warning("slave %s: %s kick descriptor unreadable: no longer watched", self.slave.name, _QNAME[which])
 
     def schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -342,8 +352,8 @@ class NetDevice:
 
     def flush_rx(self) -> None:
         q = self.rx
-        if q is not None and q.publish() and self.rx_call is not None:
-            eventfd_signal(self.rx_call)
+        if q is not None and q.publish() and self.rx_call is not None and not eventfd_signal(self.rx_call):
+            self.drops["call_failed"] += 1  # the counter is full or the descriptor gone: never block
 
 
 _QNAME = {RX: "rx", TX: "tx"}
@@ -501,11 +511,11 @@ class PortDatapath:
             return
         off = net.HDR_LEN + ETH_HLEN
         dst = buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]
-        mac = router.next_hop_mac(dst.tobytes())
-        if mac == b"local":
+        mac = router.next_hop_mac(dst.tobytes(), dev.slave.name)  # never waits: a miss is a drop
+        if isinstance(mac, str):
+            dev.drops[mac] += 1  # no_route, neigh_unresolved, neigh_rate_limited, ... (routing.py)
+        elif mac == b"local":
             self._to_host(dev, buf, length)
-        elif len(mac) != 6:
-            dev.drops["neigh_unresolved" if mac else "no_route"] += 1
         elif self._wire_ok(dev, buf, length):
             to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
             buf[net.HDR_LEN : net.HDR_LEN + 6] = mac
