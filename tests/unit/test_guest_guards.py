@@ -379,6 +379,6 @@ def test_every_drop_reason_is_in_the_readmes_table() -> None:
     from pathlib import Path
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    table = readme.split("### Drop reasons\n", 1)[1].split("\n#", 1)[0]
+    table = readme.split("### Drop reasons of the switch", 1)[1].split("\n#", 1)[0]
     missing = [r.label for r in DropReason if f"| `{r.label}` |" not in table]
     assert not missing, missing
