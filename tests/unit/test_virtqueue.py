@@ -132,6 +132,18 @@ def test_avail_index_too_far_ahead() -> None:
         q.pending()
 
 
+def test_has_pending_follows_the_avail_index_unchecked() -> None:
+    ram, dq, q = make(num=16)
+    assert not q.has_pending()
+    dq.set_desc(0, DATA, 4, 0)
+    dq.make_available(0)
+    assert q.has_pending()
+    q.push(q.pop(), 0)
+    assert not q.has_pending()
+    struct.pack_into("<H", ram, dq.avail + 2, 40)  # too far ahead: pending() raises, this does not
+    assert q.has_pending()
+
+
 def test_resumes_at_used_index() -> None:
     ram, dq, _ = make()
     struct.pack_into("<H", ram, dq.used + 2, 7)

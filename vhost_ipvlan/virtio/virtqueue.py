@@ -132,6 +132,10 @@ class SplitQueue:
             raise GuestError(f"avail index runs {n} entries ahead of a {self.num}-entry ring")
         return n
 
+    def has_pending(self) -> bool:
+        """Whether the driver's avail index moved past ours (unchecked: ``pending()`` checks)."""
+        return bool(self._avail16[1] != self.last_avail)
+
     def pop(self) -> int:
         """Take the next available chain head (call only when ``pending()`` > 0)."""
         head: int = self._avail16[2 + self.last_avail % self.num]
