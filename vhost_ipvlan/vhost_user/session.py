@@ -11,7 +11,10 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   or implicitly when PROTOCOL_FEATURES is not acked): it may arrive before
   SET_FEATURES, and is remembered whatever the ring's state.
 - SET_MEM_TABLE replaces the memory and re-translates every ring address;
-  a started ring keeps its avail and used indices.
+  a started ring keeps its avail and used indices. Started rings are stopped
+  through the device (``vring_stopped``) before the new table is installed and
+  started again after; one the new table does not cover stays stopped (the
+  message is refused, the device has already been told).
 - The features offered are fixed for the session's lifetime (a reconnecting
   front-end refuses a back-end that offers less than before).
 - Every file descriptor that arrives is either kept (and closed when replaced or
@@ -248,12 +251,15 @@ class Session:
             except OSError as e:
                 raise FrontendError(f"SET_MEM_TABLE: cannot map region at gpa {r.gpa:#x}: {e}") from e
             mapped.append(Region(r.gpa, r.size, r.uva, buf))
+        # Stop every ring through the device first (it drops its queues and kick
+        # readers), then re-translate: a ring the new table does not cover stays
+        # stopped, and the device knows it.
+        started = [v for v in self.vrings if v.started]
+        for vring in started:
+            self._stop(vring)
         self.memory = GuestMemory(mapped)
-        for vring in self.vrings:  # re-translate the rings into the new table
-            if vring.queue is not None:
-                vring.base = vring.queue.last_avail
-                vring.queue = None
-                self._try_start(vring)
+        for vring in started:
+            self._try_start(vring)
 
     def _set_vring_num(self, msg: Message) -> None:
         index, num = codec.vring_state(msg)
