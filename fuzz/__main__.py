@@ -3,8 +3,10 @@
 Runs one harness under atheris (libFuzzer). Without corpus directories it reads
 the committed seeds (``fuzz/corpus/HARNESS``) and writes what it discovers to
 ``fuzz/work/HARNESS`` (not committed); crashing inputs land in
-``fuzz/crashes/HARNESS/``. ``--runs N`` is libFuzzer's ``-runs=N``. The native
-accelerator is the ASan/UBSan build when ``fuzz/run`` set it up (``rings``).
+``fuzz/crashes/HARNESS/``. Defaults: ``-max_len=20000``, ``-timeout=10`` (an input that
+takes 10 s is reported), ``-dict=fuzz/dict/HARNESS.dict`` where one exists.
+``--runs N`` is libFuzzer's ``-runs=N``. The native accelerator is the ASan/UBSan build
+when ``fuzz/run`` set it up (``rings``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from . import HARNESSES
 from .common import quiet
 
 HERE = Path(__file__).resolve().parent
+# What atheris instruments (Python coverage): the code under test. rings leaves the
+# switch uninstrumented (harness switch covers it) for speed: its target is the rings
+# and the C accelerator, whose coverage comes from the sanitizer build.
+INSTRUMENT = {
+    "rings": ["vhost_ipvlan.virtio", "vhost_ipvlan.daemon.datapath", "vhost_ipvlan.vhost_user"],
+}
 
 
 def main(argv: list[str]) -> None:
@@ -41,13 +49,18 @@ def main(argv: list[str]) -> None:
         crashes = HERE / "crashes" / name
         crashes.mkdir(parents=True, exist_ok=True)
         args.append(f"-artifact_prefix={crashes}/")
+    dictionary = HERE / "dict" / f"{name}.dict"
+    if dictionary.exists() and not any(a.startswith("-dict=") for a in args):
+        args.append(f"-dict={dictionary}")
+    if not any(a.startswith("-timeout=") for a in args):
+        args.append("-timeout=10")  # bounded cost: one input taking 10 s is a finding
     if not any(a.startswith("-max_len=") for a in args):
         args.append("-max_len=20000")
     import atheris
 
     quiet()
     os.environ.setdefault("VHOST_IPVLAN_FUZZ", "1")
-    with atheris.instrument_imports(include=["vhost_ipvlan", f"fuzz.h_{name}"]):
+    with atheris.instrument_imports(include=INSTRUMENT.get(name, ["vhost_ipvlan"])):
         harness = importlib.import_module(f"fuzz.h_{name}")
     atheris.Setup([f"fuzz-{name}", *args], harness.test_one_input)
     atheris.Fuzz()
