@@ -45,7 +45,7 @@ def test_smoke(harness: str, tmp_path: Path) -> None:
     work, crashes = tmp_path / "work", tmp_path / "crashes"
     work.mkdir()
     crashes.mkdir()
-    env = {**os.environ, "PY": sys.executable}
+    env = {**os.environ, "PY": sys.executable, "FUZZ_BUILD_DIR": str(tmp_path / "build")}
     proc = subprocess.run(
         [str(ROOT / "fuzz" / "run"), harness, f"-runs={RUNS[harness]}", "-seed=1", f"-artifact_prefix={crashes}/",
          str(work), str(CORPUS / harness)],
