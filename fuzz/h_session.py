@@ -5,7 +5,9 @@ records ``ctl u8, header[12], payload[size]``: ``ctl & 3`` file descriptors ride
 along with the message, of kind ``ctl >> 2 & 3`` (0..1 memory file of
 ``SIZES[ctl >> 4 & 3]`` bytes, 2 eventfd, 3 anything else: not mappable).
 Descriptors are fake numbers owned by a fake ``Host``; mapping is an anonymous
-mmap (lazily zero) with ``ram`` at its start.
+mmap (lazily zero) with ``ram`` at its start. The device is the daemon's
+``NetDevice`` on an l2 bridge port (fake loop and uplink): after every message its
+TX ring is drained and a frame delivered to its RX ring.
 
 Invariants beyond "no crash":
 - ``decode_header`` and ``handle`` raise nothing but ``FrontendError``;
@@ -13,7 +15,7 @@ Invariants beyond "no crash":
 - the session maps and closes only descriptors it was given and has not closed,
   each exactly once, and after ``close()`` (what the daemon does when it drops the
   connection, after any error) nothing it was given is left open;
-- a started vring's queue answers pops/gathers with ``GuestError`` at worst.
+- the data path on the session's rings raises nothing (a broken ring is counted).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from __future__ import annotations
 import mmap
 from typing import Any
 
-from vhost_ipvlan.errors import FrontendError, GuestError
+from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
+from vhost_ipvlan.errors import FrontendError
+from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.session import Session, Vring
 
@@ -70,21 +74,49 @@ class FakeHost:
         raise AttributeError(f"FakeHost has no {name}: teach fuzz/h_session.py the Host protocol")
 
 
-class FakeDevice:
+class _Loop:
+    def add_reader(self, *args: object) -> None:
+        pass
+
+    def remove_reader(self, *args: object) -> None:
+        pass
+
+    def call_soon(self, *args: object) -> None:
+        pass
+
+
+class _Uplink:
+    master = "fuzz"
+
+    def fileno(self) -> int:
+        return -1
+
+    def send(self, buf: memoryview, length: int) -> bool:
+        return True
+
+
+class FakeDevice(NetDevice):
+    """The daemon's ``NetDevice`` (on an l2 bridge port, fake loop and uplink) that also
+    checks it is told of starts and stops in step."""
+
     def __init__(self) -> None:
+        port = Port("fuzz", bytes.fromhex("020000000001"), "l2", "bridge")
+        slave = port.add_slave("a", [bytes([10, 0, 0, 10])], mac=bytes.fromhex("02000000000a"))
+        dp = PortDatapath(port, _Uplink(), _Loop())  # type: ignore[arg-type]
+        super().__init__(slave, dp)
+        dp.devices["a"] = self
         self.started: set[int] = set()
 
     def vring_started(self, vring: Vring) -> None:
         check(vring.queue is not None, "vring_started without a queue")
         check(vring.index not in self.started, f"vring {vring.index} started twice")
         self.started.add(vring.index)
+        super().vring_started(vring)
 
     def vring_stopped(self, vring: Vring) -> None:
         check(vring.index in self.started, f"vring {vring.index} stopped but not started")
         self.started.discard(vring.index)
-
-    def vring_changed(self, vring: Vring) -> None:
-        pass
+        super().vring_stopped(vring)
 
 
 def _check_reply(request: int, reply: bytes) -> None:
@@ -95,24 +127,14 @@ def _check_reply(request: int, reply: bytes) -> None:
     check(size == len(reply) - codec.HEADER_SIZE, "reply size field")
 
 
-def _exercise(vring: Vring) -> None:
-    q = vring.queue
-    assert q is not None
-    buf = memoryview(bytearray(4096))
-    try:
-        for _ in range(4):
-            if not q.pending():
-                break
-            head = q.pop()
-            if vring.index == 1:
-                q.gather(head, buf)
-            else:
-                q.capacity(head)
-            q.push(head, 0)
-        q.publish()
-        q.want_kick()
-    except GuestError:
-        pass
+ARP = bytes(12) + bytes.fromhex("ffffffffffff02000000000a0806") + bytes(28)
+
+
+def _exercise(device: FakeDevice) -> None:
+    """The data path on the session's rings: drain TX, deliver one frame to RX."""
+    device.drain_tx()
+    device.deliver(memoryview(bytearray(ARP)))
+    device.flush_rx()
 
 
 def test_one_input(data: bytes) -> None:
@@ -120,6 +142,7 @@ def test_one_input(data: bytes) -> None:
     host = FakeHost(r.take(min(r.u16(), 16384)))
     device = FakeDevice()
     session = Session(host, device)
+    device.attach(session)
     given: list[int] = []
     try:
         while r.left() >= 1 + codec.HEADER_SIZE:
@@ -136,9 +159,7 @@ def test_one_input(data: bytes) -> None:
             check(not fds, "handle left descriptors in the message")
             if reply is not None:
                 _check_reply(request, reply)
-            for vring in session.vrings:
-                if vring.queue is not None:
-                    _exercise(vring)
+            _exercise(device)
     except FrontendError:
         pass
     for vring in session.vrings:

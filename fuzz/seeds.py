@@ -58,7 +58,9 @@ def session_seeds() -> list[bytes]:
     def record(script: Callable[[FakeFrontend], None], **kw: object) -> bytes:
         fe = Small(**kw)
         host = FakeHost(b"")
-        session = Session(host, FakeDevice())
+        device = FakeDevice()
+        session = Session(host, device)
+        device.attach(session)
         records = bytearray()
 
         def transport(data: bytes, fds: list[int]) -> bytes | None:

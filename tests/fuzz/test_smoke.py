@@ -26,7 +26,7 @@ pytestmark = pytest.mark.fuzz
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "fuzz" / "corpus"
-RUNS = {"session": 3000, "rings": 1500, "switch": 3000, "control": 2000, "domain": 2000}
+RUNS = {"session": 3000, "rings": 1000, "switch": 3000, "control": 2000, "domain": 2000}
 
 
 def _have_atheris() -> bool:
