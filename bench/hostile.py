@@ -244,10 +244,10 @@ class Rig:
 
     def broken(self) -> str:
         """Which of h's queues a guest error broke ('' if none)."""
-        if not self.hdev.drops.get("queue_broken"):
-            return ""
         which = [name for name, q in (("rx", self.hdev.rx), ("tx", self.hdev.tx)) if q is None]
-        return "+".join(which) or "a"
+        if which:
+            return "+".join(which)
+        return "a queue" if self.hdev.drops.get("queue_broken") else ""
 
     def good_turn(self, cut: float) -> tuple[float, int, bool]:
         """Guest b empties its ring, guest a queues a turn's frames, the daemon drains a
@@ -422,6 +422,24 @@ class MrgZeroWire(MrgZeroSelf):
         return bytes(net.HDR_LEN) + arp_request(OUT_MAC, _ip("10.0.0.1"), _ip("10.0.0.250"))
 
 
+class MrgOneByteSelf(MrgZeroSelf):
+    name = "r2-mrg-1B-self"
+    what = ("r2 within a queue-size cap: 256 indirect RX chains of 256 descriptors holding 1 byte in all "
+            "(255 empty + 1 byte), MRG_RXBUF; h sends 1514-byte frames to itself")
+    descs_per_frame = 256 * 257
+
+    def prepare(self, rig: Rig) -> None:
+        table, size = self.indirect(rig, [0] * 255 + [1], bytes(1), flags=VRING_DESC_F_WRITE)
+        rig.h.set_heads(rig.h.rxq, range(256), table, size, VRING_DESC_F_INDIRECT)
+        self.rx_heads = list(range(256))
+        rig.h.top_up(rig.h.rxq, self.rx_heads)
+        self.single(rig, bytes(net.HDR_LEN) + udp4_frame(H_MAC, H_MAC, H4, H4, 1514))
+
+    def arm(self, rig: Rig) -> None:
+        rig.h.forget_used(rig.h.rxq)
+        super().arm(rig)
+
+
 class IgmpToggle(Scenario):
     name = "r3-igmpv3-toggle"
     what = "r3: 64 KB IGMPv3 reports, 255 groups joined then 7900 records toggling one group"
@@ -523,7 +541,7 @@ class L3Unresolved(Scenario):
 
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (
     ControlPlain, IndirectZero, IndirectOneByte, DirectOneByte, Runts, AvailOverrun, MrgZeroSelf, MrgZeroWire,
-    IgmpToggle, MldToggle, MaxSplit, ArpFlood, NsFlood, L3Unresolved,
+    MrgOneByteSelf, IgmpToggle, MldToggle, MaxSplit, ArpFlood, NsFlood, L3Unresolved,
 )}
 
 # --- one round ------------------------------------------------------------------------------

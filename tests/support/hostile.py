@@ -20,18 +20,15 @@ benchmark times; nothing here raises on what the daemon does with the input.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from tests.support import inproc
 from tests.support.frontend import BUF_SIZE, MEM_SIZE, QSIZE, DriverQueue, FakeFrontend
-from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC, FixedRouter, _Host, _Loop
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
-from vhost_ipvlan.switch.port import Port
-from vhost_ipvlan.vhost_user import codec
-from vhost_ipvlan.vhost_user.session import Session
+from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC
+from vhost_ipvlan.daemon.datapath import NetDevice
 from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT
 
 _DESC = struct.Struct("<QIHH")
@@ -156,42 +153,31 @@ GuestSpec = tuple[str, list[bytes], bytes, bool]
 
 
 class HostilePort:
-    """``InprocPort`` with ``HostileFrontend`` guests and a ``WireUplink``."""
+    """``InprocPort`` (the very same set-up, whatever it becomes) with ``HostileFrontend``
+    guests and a ``WireUplink`` as the master."""
 
     def __init__(self, guests: Sequence[GuestSpec], *, mode: str = "l2", flag: str = "bridge") -> None:
-        self.port = Port("hostile", MASTER_MAC, mode, flag)
-        self.uplink = WireUplink()
-        loop: asyncio.AbstractEventLoop = _Loop()  # type: ignore[assignment]
-        self.dp = PortDatapath(self.port, self.uplink, loop)  # type: ignore[arg-type]
-        if mode != "l2":
-            self.dp.router = FixedRouter(NEXT_HOP_MAC)  # type: ignore[assignment]
-        self.frontends: dict[str, HostileFrontend] = {}
-        self.sessions: list[Session] = []
+        posts = iter([post_rx for *_, post_rx in guests])
+
+        def frontend(*args: Any, **kwargs: Any) -> HostileFrontend:
+            return HostileFrontend(*args, post_rx=next(posts), **kwargs)
+
+        names = vars(inproc)  # InprocPort makes its guests with the module's FakeFrontend: ours
+        saved = names["FakeFrontend"]
+        names["FakeFrontend"] = frontend
         try:
-            for name, addresses, mac, post_rx in guests:
-                self._add(name, addresses, mac, post_rx)
-        except BaseException:
-            self.close()
-            raise
-
-    def _add(self, name: str, addresses: list[bytes], mac: bytes, post_rx: bool) -> None:
-        slave = self.port.add_slave(name, addresses, mac=mac)
-        dev = NetDevice(slave, self.dp)
-        self.dp.devices[name] = dev
-        session = Session(_Host(), dev)
-        self.sessions.append(session)
-        dev.attach(session)
-        fe = HostileFrontend(post_rx=post_rx)
-        self.frontends[name] = fe
-
-        def transport(data: bytes, fds: list[int], session: Session = session) -> bytes | None:
-            request, flags, _ = codec.decode_header(data)
-            reply = session.handle(codec.Message(request, flags, data[codec.HEADER_SIZE :],
-                                                 [os.dup(fd) for fd in fds]))
-            return None if reply is None else reply[codec.HEADER_SIZE :]
-
-        fe.transport = transport
-        fe.setup()
+            self._inproc = inproc.InprocPort([(name, addrs, mac) for name, addrs, mac, _ in guests],
+                                             mode=mode, flag=flag)
+        finally:
+            names["FakeFrontend"] = saved
+        self.port = self._inproc.port
+        self.dp = self._inproc.dp
+        self.uplink = WireUplink()
+        self.dp.uplink = self.uplink  # type: ignore[assignment]
+        self.frontends: dict[str, HostileFrontend] = {}
+        for name, fe in self._inproc.frontends.items():
+            assert isinstance(fe, HostileFrontend)
+            self.frontends[name] = fe
 
     def device(self, name: str) -> NetDevice:
         return self.dp.devices[name]
@@ -201,12 +187,4 @@ class HostilePort:
         self.dp._uplink_readable()
 
     def close(self) -> None:
-        for session in self.sessions:
-            try:
-                session.close()
-            except Exception:
-                pass
-        self.sessions.clear()
-        for fe in self.frontends.values():
-            fe.close()
-        self.frontends.clear()
+        self._inproc.close()
