@@ -4,7 +4,11 @@ Rules:
 - ``server`` role (the default): the daemon listens on the socket path (QEMU
   ``-chardev socket`` without ``server``, libvirt ``mode='client'``). A stale
   socket file is replaced; anything else at the path is an error. While one
-  front-end is connected, further connections are refused (closed) and logged.
+  front-end is connected, further connections are refused (closed) and logged
+  (rate-limited per slave).
+  The socket gets its mode, owner and group before it appears at its path
+  (``unixsock.listen``: never chmod/chown by path); a socket directory that other
+  users can write is warned about.
 - ``client`` role: the daemon connects to a socket the front-end listens on
   (libvirt ``mode='server'``), and retries every ``RETRY`` seconds until it
   succeeds, and again after every disconnect.
@@ -16,19 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-import stat
 from pathlib import Path
 
-from ..errors import UplinkError
+from .. import unixsock
 from ..vhost_user.session import Session
 from .channel import Connection
 from .datapath import NetDevice
 from .host import OsHost
+from .lograte import RateLimitedLog
 
 log = logging.getLogger("vhost_ipvlan.endpoint")
 RETRY = 1.0
+_refusals = RateLimitedLog(log)  # refused connections are logged within a budget per slave
 
 
 class Endpoint:
@@ -61,26 +65,13 @@ class Endpoint:
 
     def _listen(self) -> None:
         path = self.path
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise UplinkError(f"slave {self.name}: {path} exists and is not a socket")
-            path.unlink()
         path.parent.mkdir(parents=True, exist_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(path))
-            os.chmod(path, self.socket_mode)
-            if self.owner != -1 or self.group != -1:
-                os.chown(path, self.owner, self.group)
-            sock.listen(4)
-            sock.setblocking(False)
-        except OSError as e:
-            sock.close()
-            raise UplinkError(f"slave {self.name}: cannot listen on {path}: {e.strerror}") from e
+        why = unixsock.writable_by_others(path.parent)
+        if why is not None:
+            log.warning("slave %s: the socket directory %s is %s: other users can replace the socket "
+                        "(use a root-owned directory, e.g. 0750 root:kvm; README, Security)", self.name,
+                        path.parent, why)
+        sock = unixsock.listen(path, self.socket_mode, self.owner, self.group, 4, f"slave {self.name}")
         self.listener = sock
         self.loop.add_reader(sock.fileno(), self._accept)
         log.info("slave %s: listening on %s", self.name, path)
@@ -95,7 +86,8 @@ class Endpoint:
             log.warning("slave %s: accept failed: %s", self.name, e)
             return
         if self.conn is not None:
-            log.warning("slave %s: refused a second front-end connection (one is active)", self.name)
+            _refusals.log(self.name, logging.WARNING, "slave %s: refused a second front-end connection (one is active)",
+                          self.name)
             sock.close()
             return
         self._attach(sock)

@@ -182,6 +182,7 @@ class MasterMonitor:
                 log.info("master %s: mtu %d -> %d", m.name, m.mtu, state.mtu)
             m.mtu = state.mtu
         dp.max_frame = net.HDR_LEN + ETH_HLEN + m.mtu
+        dp.port.max_frame = ETH_HLEN + m.mtu
         if state.mac is not None and state.mac != dp.port.master_mac:
             old = dp.port.master_mac
             try:

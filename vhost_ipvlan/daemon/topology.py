@@ -205,6 +205,8 @@ class Topology:
             port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from e
+        self.owners.watch(port)
+        undo.callback(self.owners.unwatch, port)
         port.master_addresses = self.owners.master_addresses(pc.master)
         port.on_learn = partial(self.owners.learned, pc.master)
         dp = PortDatapath(port, uplink, self.loop)
@@ -214,7 +216,7 @@ class Topology:
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
         if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
-            dp.router = Router(uplink.ifindex)
+            dp.router = Router(uplink.ifindex, self.loop)
         if pc.mode == "l3s" and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
@@ -256,6 +258,7 @@ class Topology:
         dp.uplink.close()
         _close_extras(dp)
         self.ports.remove(dp)
+        self.owners.unwatch(dp.port)
         self.config = replace(self.config, ports=tuple(p for p in self.config.ports if p.master != master))
         undo.callback(self._readd_port, pc)
         log.info("master %s: port removed", master)
@@ -287,7 +290,8 @@ class Topology:
         undo.callback(self._set_config, self.config)
         undo.callback(self._resync_nft, dp)  # runs after the slave is gone again
         try:
-            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn)
+            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn,
+                                      allow_router=sc.allow_router)
         except MacInUse as e:
             raise MacConflict(f"{where}.mac: {e}") from e
         except PortAddressInUse as e:
@@ -357,6 +361,9 @@ class Topology:
             except ValueError as e:
                 raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
             undo.callback(dp.port.remove_address, slave, ip.packed)
+        if old.allow_router != sc.allow_router:
+            slave.allow_router = sc.allow_router
+            undo.callback(setattr, slave, "allow_router", old.allow_router)
         if (old.qmp, old.qmp_device) != (sc.qmp, sc.qmp_device):
             self._unwatch(name)
             undo.callback(self._watch, old, slave)

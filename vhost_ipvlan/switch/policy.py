@@ -94,6 +94,7 @@ from ..net.frames import (
     Frame,
     classify,
 )
+from .guard import check_guard
 from .reasons import N_DROP_REASONS as N_DROP_REASONS
 from .reasons import DropReason as DropReason
 from .source import check_source
@@ -203,6 +204,9 @@ def l2_from_guest(flag: str) -> FromGuest:
         drops = slave.drops
         if kind < L3_OTHER:
             return _drop(drops, _GUEST_REJECT[kind])
+        why = check_guard(slave, frame, kind, dst, l3src)
+        if why is not None:
+            return _drop(drops, why)
 
         # the common case inline: IPv4 from the slave's MAC and one of its addresses
         if kind != L3_IPV4 or src != slave.mac or port.by_addr.get(l3src) is not slave:
@@ -212,7 +216,7 @@ def l2_from_guest(flag: str) -> FromGuest:
 
         # Destination.
         if dst[0] & 1:
-            if kind in (L3_IPV4, L3_IPV6):
+            if kind in (L3_IPV4, L3_IPV6) and len(frame) <= port.max_frame:
                 slave.mcast.snoop(frame)
             return _apply(multicast, drops, None, None)
         mac_owner = None
@@ -224,9 +228,11 @@ def l2_from_guest(flag: str) -> FromGuest:
             target = port.by_addr.get(key)
             if target is not None:
                 return _apply(to_slave, drops, target, mac_owner)
-        if mac_owner is not None:
+        elif mac_owner is not None:
             return _apply(to_guest_mac, drops, mac_owner, mac_owner)
-        return _apply(to_host, drops, None, None)
+        # ARP/IP to the master's or a guest's MAC, not for a slave: the host's (vepa:
+        # the wire's, a guest's MAC rewritten); never the guest that owns the MAC
+        return _apply(to_host, drops, None, mac_owner)
 
     decide.__name__ = decide.__qualname__ = f"l2_{flag}_from_guest"
     return decide
@@ -241,9 +247,11 @@ def l2_from_uplink(flag: str) -> FromUplink:
     def decide(port: Port, frame: Frame) -> Verdict:
         kind, dst, src, _sha, l3src, key = classify(frame)
         drops = port.uplink_drops
+        if kind == L3_RUNT:
+            return _drop(drops, _RUNT)
+        if src not in port.wire_macs or kind >= L3_IPV6:
+            port.saw_on_wire(src, kind, l3src)
         if kind < L3_ARP:
-            if kind == L3_RUNT:
-                return _drop(drops, _RUNT)
             if dst[0] & 1 and kind in (L3_OTHER, L3_MALFORMED):
                 return _apply(multicast, drops, None, None)
             return _apply(host, drops, None, None)
