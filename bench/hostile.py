@@ -18,13 +18,18 @@ process, with the C accelerator (``c``) and without it (``pure``:
   ``drain_tx`` of h, or one read of the uplink), what one event-loop callback costs;
 - **share**: the pair's frames per second of daemon time alone, then with h
   flooding, the daemon serving one burst of each in turn (a saturated event loop:
-  every source always ready); ``ratio`` = with / alone. Two equally cheap senders
-  give about 0.5; below 0.25 h takes more than three quarters of the daemon.
+  every source always ready), compared with the same beside an ordinary flood
+  (``control-plain``: "vs ord"; below 0.5, h takes the pair more than twice what a
+  guest sending ordinary full-size frames takes).
+
+Each call is timed in CPU time of the process (every thread: the work; the verdicts
+use it, since on a shared machine elapsed time mostly measures the scheduler) and in
+elapsed time (what the other guests waited).
 
 A call that runs longer than ``--cut`` seconds is interrupted (``BurstCut``, a
 BaseException raised by SIGALRM) and reported as ">= cut"; that round's port is
-thrown away. A guest error that breaks h's queue is an outcome ("queue broken,
-bounded"), and so is a set-up the daemon refuses; neither stops the benchmark.
+thrown away. A guest error that breaks h's queue is an outcome ("queue broken (tx)"),
+and so is a set-up the daemon refuses ("refused: ..."); neither stops the benchmark.
 Aim (issue 10): no frame > 1 ms, no burst > 10 ms, and the pair keeps its share.
 Needs no root (``l3-unresolved`` is skipped without it: it needs a network
 namespace for real next-hop lookups). See bench/README.md.

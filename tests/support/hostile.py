@@ -39,8 +39,8 @@ __all__ = ["MASTER_MAC", "NEXT_HOP_MAC", "GuestSpec", "HostileFrontend", "Hostil
 class HostileFrontend(FakeFrontend):
     """A fake guest that writes whatever it likes into its rings (see the module docstring)."""
 
-    def __init__(self, *, mergeable: bool = True, post_rx: bool = True) -> None:
-        super().__init__(mergeable=mergeable)
+    def __init__(self, *args: Any, post_rx: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.post_rx = post_rx
         base = self.buffers + 2 * QSIZE * BUF_SIZE
         self._scratch = (base + 4095) & ~4095
