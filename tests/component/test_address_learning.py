@@ -341,3 +341,32 @@ def cfg_table(lab: Lab, name: str) -> dict[str, Any]:
         return {}
     tables = [s for p in tomllib.loads(lab.state.read_text())["port"] for s in p["slave"] if s["name"] == name]
     return tables[0] if tables else {}
+
+
+def test_a_new_prefix_on_the_master_can_be_learned(lab: Lab) -> None:
+    lf = lab.frontend("l")
+    lf.transmit(garp(MAC_L, "198.51.100.50"))
+    wait_until(lambda: lab.drops("l").get("learn_not_on_link", 0) == 1, 10, what="l: learn_not_on_link == 1")
+    sh("ip", "-n", lab.host, "addr", "add", "198.51.100.2/24", "dev", "vim0")
+
+    def learned() -> bool:  # the address event reaches the daemon some time after `ip addr add`
+        lf.transmit(garp(MAC_L, "198.51.100.50"))
+        return "slave l: learned address 198.51.100.50" in lab.log_text()
+
+    wait_until(learned, 10, what="l learns 198.51.100.50 once the master has 198.51.100.2/24")
+
+
+def test_a_route_through_an_address_less_master_is_its_link(tmp_path: Path) -> None:
+    """A master without addresses: a connected route (no gateway) gives its slaves a link."""
+    with FrontendLab(tmp_path, [SlaveSpec("l", [], MAC_L, extra={"learn": True})]) as lab:
+        sh("ip", "-n", lab.host, "route", "add", "192.0.2.0/24", "dev", "vim0")
+        sh("ip", "-n", lab.host, "route", "add", "default", "via", "192.0.2.1", "dev", "vim0")
+        lab.stop_daemon()
+        lab.start_daemon()  # the routes are read when the port is added
+        lf = lab.frontend("l")
+        lf.transmit(garp(MAC_L, "198.51.100.50"))  # only the default route leads there
+        lf.transmit(garp(MAC_L, "192.0.2.1"))  # the gateway
+        lf.transmit(garp(MAC_L, L_IP))
+        lab.wait_log(f"slave l: learned address {L_IP}", 0)
+        drops = lab.slave_stats("l")["drops"]
+        assert drops == {"learn_not_on_link": 1, "learn_refused": 1}, drops

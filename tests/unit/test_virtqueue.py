@@ -355,3 +355,18 @@ def test_rx_mergeable_of_a_maximal_frame_in_2k_buffers() -> None:
     frame = memoryview(bytearray(net.MAX_BUFFER))
     assert net.rx_deliver(q, frame, True) == net.RX_OK
     assert (q.used_idx, int.from_bytes(ram[0x100000 + 10 : 0x100000 + 12], "little")) == (33, 33)
+
+
+def test_a_bad_first_chain_is_walked_once_per_avail_index() -> None:
+    """A chain without room for a header stays first in the ring (it is never taken):
+    later frames are dropped without walking it again, until the driver adds chains."""
+    ram, dq, q = make(num=16)
+    post_indirect_rx(ram, dq, 8, 16, 0)
+    frame = memoryview(bytearray(net.HDR_LEN + 60))
+    for _ in range(3):
+        assert net.rx_deliver(q, frame, True) == net.RX_BAD_BUFFER
+    assert q.walked == 17
+    dq.set_desc(8, DATA, 2048, VRING_DESC_F_WRITE)
+    dq.make_available(8)
+    assert net.rx_deliver(q, frame, True) == net.RX_BAD_BUFFER  # looked at again: still bad
+    assert q.walked == 34 and q.pending() == 9

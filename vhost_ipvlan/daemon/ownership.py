@@ -10,7 +10,9 @@ Rules:
   learning slave never learns one.
 - What a slave may learn is bounded by the master's link (``switch.source``), with
   data read here: ``master_addresses`` also gives the port of that master
-  (``watch``) its connected prefixes (``Port.set_master_prefixes``), and
+  (``watch``) its connected prefixes (``Port.set_master_prefixes``: its addresses'
+  prefixes and its unicast routes without a gateway, so an address-less master
+  with ``ip route add 192.0.2.0/24 dev eth0`` has a link too), and
   ``in_use`` (``Port.in_use``) names the master's gateways (routes through it)
   and neighbours in use (``NUD_REACHABLE|STALE|DELAY|PROBE|PERMANENT``), read at
   most once per ``IN_USE_REFRESH`` seconds and master, only when a learn would
@@ -55,6 +57,7 @@ class MasterAddress(cfg.Conflict):
 
 NUD_IN_USE = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT
 IN_USE_REFRESH = 1.0
+RTN_UNICAST = 1
 
 
 class Ownership:
@@ -89,11 +92,32 @@ class Ownership:
             msgs = self._call().call("get_addr", index=socket.if_nametoindex(master))
         except (NetlinkError, OSError) as e:
             raise UplinkError(f"master {master}: cannot read its addresses: {e}") from e
-        found = [(message_address(m), m["prefixlen"]) for m in msgs]
+        found = [(message_address(m), int(m["prefixlen"])) for m in msgs]
         port = self.ports.get(master)
         if port is not None:
-            port.set_master_prefixes((a, int(plen)) for a, plen in found if a is not None)
+            prefixes = [(a, plen) for a, plen in found if a is not None]
+            try:
+                prefixes += self._connected_routes(master)
+            except (NetlinkError, OSError) as e:
+                log.warning("master %s: cannot read its routes: %s", master, e)
+            port.set_master_prefixes(prefixes)
         return frozenset(a for a, _ in found if a is not None)
+
+    def _connected_routes(self, master: str) -> list[tuple[bytes, int]]:
+        """Unicast routes through ``master`` without a gateway (not the default): the
+        prefixes on its link, also where the host has no address in them."""
+        rtnl = self._call()
+        index = socket.if_nametoindex(master)
+        out = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for m in rtnl.call("get_routes", family=family, oif=index):
+                dst = m.get_attr("RTA_DST")
+                if m["type"] != RTN_UNICAST or not m["dst_len"] or m.get_attr("RTA_GATEWAY") or \
+                        not isinstance(dst, str):
+                    continue
+                with contextlib.suppress(ValueError):
+                    out.append((ipaddress.ip_address(dst).packed, int(m["dst_len"])))
+        return out
 
     def in_use(self, master: str, addr: bytes) -> bool:
         """``Port.in_use``: ``addr`` is a gateway or an in-use neighbour of ``master``."""

@@ -38,23 +38,33 @@ destination kind and look the verdict up. Mode l2 (flags bridge, private, vepa; 
 From a guest (source validation first: a DESIGN.md departure, the kernel checks nothing)
   1. runt -> DROP(RUNT); 802.1Q/802.1ad -> DROP(VLAN); MAC control (PAUSE)
      -> DROP(MAC_CONTROL); ARP/IPv4/IPv6 that does not parse -> DROP(BAD_HEADER).
+     Guards (``guard.check_guard``, all modes, departures): 01:80:c2:00:00:0X ->
+     DROP(L2_CONTROL); RA/Redirect -> DROP(RA_GUARD) and DHCP(v6) server messages
+     -> DROP(DHCP_GUARD) unless ``Slave.allow_router``; NDP behind an IPv6
+     extension header -> DROP(NDP_EXT_HEADER); 0.0.0.0/``::`` sources beyond DHCP
+     client, ARP probe, DAD NS and MLD -> DROP(ANONYMOUS_SRC).
   2-3. Source validation and address learning (``source.check_source``): the
      Ethernet source, ARP sender, IPv4/IPv6 source and NA target must be the
-     slave's (or learnable: its MAC once, unowned link-locals, and in learning mode
-     up to 1 IPv4 + 4 IPv6 addresses nobody owns); else SRC_MAC_SPOOF,
-     SRC_IP_SPOOF, TOO_MANY_LINK_LOCALS or LEARN_REFUSED.
+     slave's (or learnable: its MAC once, unless the wire uses it; link-locals
+     nobody uses; and in learning mode up to 1 IPv4 + 4 IPv6 addresses nobody
+     owns, on the master's link); else SRC_MAC_SPOOF, SRC_IP_SPOOF,
+     TOO_MANY_LINK_LOCALS, LEARN_REFUSED or LEARN_NOT_ON_LINK.
   4. Destination MAC multicast/broadcast -> MULTICAST: FLOOD in every flag (kernel:
      other UP slaves + wire, the host gets no copy). IGMP/MLD in it update the
-     sender's multicast filter (``mcast``).
+     sender's multicast filter (``mcast``), unless the frame is longer than the
+     master's MTU (``Port.max_frame``: the daemon drops it for the wire).
   5. Destination MAC the master's or a guest's ("local": DESIGN.md departure for the
      kernel's dst == src test): look up the L3 key (IPv4/IPv6 destination, ARP target
      IP, NS target). Hit -> SLAVE (also when the owner is the sender, as the kernel
-     does); miss and the MAC is a guest's -> GUEST_MAC; miss and the MAC is the
-     master's -> HOST. bridge: SLAVE/GUEST_MAC -> TO_SLAVE (a target that is not up ->
+     does); miss, ARP or IP -> HOST whichever local MAC it was (as the kernel: an
+     address no slave has is the host's; the guest owning the MAC never gets it);
+     miss, another EtherType, and the MAC is a guest's -> GUEST_MAC; the master's
+     -> HOST. bridge: SLAVE/GUEST_MAC -> TO_SLAVE (a target that is not up ->
      DROP(TARGET_DOWN)), HOST -> TO_HOST (host <-> guest: a departure; the daemon drops
      it as ``to_host_unsupported`` if it has no host link). private: SLAVE/GUEST_MAC
      -> DROP(PRIVATE), HOST -> TO_HOST. vepa: all three -> TO_UPLINK (the kernel's VEPA skips the local
-     test for every unicast, slave -> host included: reference §12.3).
+     test for every unicast, slave -> host included: reference §12.3), a guest's MAC
+     rewritten to the master's.
   6. Any other unicast -> OUTSIDE: TO_UPLINK.
 
 From the wire (``port.uplink_drops`` counts these drops; the flag changes nothing)
