@@ -593,6 +593,7 @@ class Round:
     ratio: float = 0.0
     notes: list[str] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
+    h_tx_bytes: int = 0
 
 
 @dataclass
@@ -670,9 +671,7 @@ def _share_phase(cls: type[Scenario], knobs: Knobs, r: Round) -> None:
         if broken:
             r.outcome = f"queue broken ({broken})"
         r.drops = {k: v for k, v in sorted(rig.hdev.drops.items()) if v}
-        tx_bytes = rig.hdev.counters()["tx_bytes"]
-        if tx_bytes < 0:
-            r.notes.append(f"h tx_bytes {tx_bytes}")
+        r.h_tx_bytes = rig.hdev.counters()["tx_bytes"]
 
 
 def run_round(name: str, knobs: Knobs, index: int) -> Round:
@@ -806,6 +805,9 @@ def summarise(name: str, path: str, rounds: list[Round]) -> Row:
     alone = statistics.median([r.pair_alone for r in measured]) if measured else 0.0
     with_h = statistics.median([r.pair_with for r in measured]) if measured else 0.0
     notes = sorted({n for r in measured for n in r.notes})
+    negative = min((r.h_tx_bytes for r in measured), default=0)
+    if negative < 0:
+        notes.append(f"h tx_bytes went negative: {negative} (audit 11)")
     drops: dict[str, int] = {}
     for r in measured:
         for k, v in r.drops.items():
