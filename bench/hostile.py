@@ -873,6 +873,21 @@ def print_table(rows: list[Row]) -> None:
             print(f"{'':<29}{note}")
 
 
+def markdown_table(rows: list[Row]) -> str:
+    """The rows as a markdown table (for bench/README.md)."""
+    out = ["| scenario | path | frame ms cpu: typ / worst / max | burst ms cpu: worst / max | burst ms wall max "
+           "| pair kfps alone / with | vs ord | verdict [outcome] |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        outcome = "" if r.outcome == "ok" else f" [{r.outcome}]"
+        out.append(
+            f"| {r.scenario} | {r.path} | {_ms(r.frame_typical_ms)} / {_ms(r.frame_cpu_median_ms)} / "
+            f"{_ms(r.frame_cpu_max_ms, r.frame_cut)} | {_ms(r.burst_cpu_median_ms)} / "
+            f"{_ms(r.burst_cpu_max_ms, r.burst_cut)} | {_ms(r.burst_wall_max_ms)} | {r.pair_alone_kfps:.0f} / "
+            f"{r.pair_with_kfps:.1f} | {r.vs_ordinary:.2f} | {r.verdict}{outcome} |")
+    return "\n".join(out)
+
+
 def machine() -> str:
     model = ""
     try:
@@ -895,6 +910,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-calls", type=int, default=20, help="single-frame calls per round (at most)")
     p.add_argument("--phase-seconds", type=float, default=1.0, help="seconds per measuring phase and round")
     p.add_argument("--json", action="store_true", help="also print the rows and every round as JSON")
+    p.add_argument("--markdown", action="store_true", help="also print the rows as a markdown table")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -945,6 +961,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Aim (verdict, on cpu): frame <= {FRAME_AIM * 1e3:g} ms, burst <= {BURST_AIM * 1e3:g} ms, "
           f"vs ord >= {SHARE_AIM:g}.")
     print_table(rows)
+    if args.markdown:
+        print(markdown_table(rows))
     if args.json:
         print(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "rounds": every}, indent=1))
     return 0
