@@ -51,6 +51,14 @@ class HostileFrontend(FakeFrontend):
         if self.post_rx:
             super().post_rx_buffers(count)
 
+    def receive(self) -> list[tuple[bytes, bytes]]:
+        """As ``FakeFrontend.receive``, then every free RX buffer posted again (it re-posts one
+        per frame, fewer than a merged frame used)."""
+        out = super().receive()
+        if self.post_rx and self.rxq.free:
+            self.post_rx_buffers(len(self.rxq.free))
+        return out
+
     def scratch(self, size: int) -> int:
         """A fresh guest-physical area of ``size`` bytes (page aligned) in the guest's RAM."""
         gpa = self._scratch
