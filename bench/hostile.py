@@ -64,6 +64,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from tests.support.frontend import UVA_BASE  # noqa: E402
 from tests.support.hostile import HostilePort  # noqa: E402
 from vhost_ipvlan.daemon import datapath  # noqa: E402
 from vhost_ipvlan.errors import VhostIpvlanError  # noqa: E402
@@ -204,6 +205,7 @@ class Took(NamedTuple):
     wall: float  # seconds elapsed: what the other guests waited, on this machine as loaded as it is
     held: float  # seconds the call held the event loop: elapsed minus the time this thread sat preempted
     cut: bool  # interrupted at ``--cut`` seconds
+    escaped: str = ""  # the type of an exception that escaped the daemon call (it would reach the event loop)
 
 
 class _Preempted:
@@ -231,13 +233,17 @@ def timed(fn: Callable[[], None], cut: float) -> Took:
     if _preempted is None:
         _preempted = _Preempted()
     done = False
+    escaped = ""
     w0 = _preempted()
     c0 = time.thread_time()
     t0 = time.perf_counter()
     try:
         _armed = True
         signal.setitimer(signal.ITIMER_REAL, cut)
-        fn()
+        try:
+            fn()
+        except Exception as e:
+            escaped = type(e).__name__
         done = True
     except BurstCut:
         pass
@@ -248,7 +254,7 @@ def timed(fn: Callable[[], None], cut: float) -> Took:
     cpu = time.thread_time() - c0
     w1 = _preempted()
     held = cpu if w0 is None or w1 is None else max(cpu, wall - (w1 - w0) / 1e9)
-    return Took(wall, held, not done)
+    return Took(wall, held, not done, escaped)
 
 
 @contextmanager
@@ -273,7 +279,7 @@ class Rig:
         ]
         guests += [(f"i{k}", [_ip(f"10.0.1.{k + 1}")], _mac(f"02:00:00:00:01:{k + 1:02x}"), True)
                    for k in range(idle)]
-        self.port = HostilePort(guests, mode=scenario.mode)
+        self.port = HostilePort(guests, mode=scenario.mode, regions=scenario.regions())
         self.a = self.port.frontends["a"]
         self.b = self.port.frontends["b"]
         self.h = self.port.frontends["h"]
@@ -281,9 +287,14 @@ class Rig:
         self.hdev = self.port.device("h")
         self.good = udp4_frame(B_MAC, A_MAC, A4, B4, 64)
         self.handled = 0  # hostile frames the daemon took (chains used, wire frames read)
+        self.escaped: dict[str, int] = {}  # exceptions out of daemon calls, by type
 
     def close(self) -> None:
         self.port.close()
+
+    def note(self, took: Took) -> None:
+        if took.escaped:
+            self.escaped[took.escaped] = self.escaped.get(took.escaped, 0) + 1
 
     def broken(self) -> str:
         """Which of h's queues a guest error broke ('' if none)."""
@@ -296,9 +307,11 @@ class Rig:
         """Guest b empties its ring, guest a queues a turn's frames, the daemon drains a
         (timed), b counts what it got from a. (the daemon's time, frames)."""
         self.b.receive()
-        for _ in range(GOOD_FRAMES):
+        self.a.reclaim_tx()
+        for _ in range(min(GOOD_FRAMES, len(self.a.txq.free))):
             self.a.transmit(self.good)
         took = timed(self.adev.drain_tx, cut)
+        self.note(took)
         self.a.reclaim_tx()
         got = sum(1 for _, f in self.b.receive() if f[26:30] == A4 and f[12:14] == b"\x08\x00")
         return took, got
@@ -324,6 +337,10 @@ class Scenario:
 
     def prepare(self, rig: Rig) -> None:
         raise NotImplementedError
+
+    def regions(self) -> dict[str, list[tuple[int, int, int, int]]]:
+        """Extra memory regions per guest name (gpa, size, uva, offset) for SET_MEM_TABLE."""
+        return {}
 
     def finish(self) -> None:
         """Release what ``prepare`` took besides the port."""
@@ -600,9 +617,32 @@ class L3Unresolved(Scenario):
             rig.h.offer(q, [head])
 
 
+class RegionEnd64(Scenario):
+    name = "region-end-2^64"
+    what = ("audit r16: h's memory table has a region ending exactly at 2^64 (as the C accelerator cannot "
+            "store); guest a sends to h")
+
+    def regions(self) -> dict[str, list[tuple[int, int, int, int]]]:
+        return {"h": [(2**64 - 4096, 4096, UVA_BASE + (1 << 40), 0)]}
+
+    def prepare(self, rig: Rig) -> None:
+        self.frame = udp4_frame(H_MAC, A_MAC, A4, H4, 64)
+
+    def arm(self, rig: Rig) -> None:
+        rig.a.reclaim_tx()
+        for _ in range(len(rig.a.txq.free) - GOOD_FRAMES):  # leave room for the pair's turn
+            rig.a.transmit(self.frame)
+
+    def call(self, rig: Rig) -> Callable[[], None]:
+        return rig.adev.drain_tx
+
+    def taken(self, rig: Rig) -> int:
+        return len(rig.h.receive())
+
+
 SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (
     ControlPlain, IndirectZero, IndirectOneByte, DirectOneByte, Runts, AvailOverrun, MrgZeroSelf, MrgZeroWire,
-    MrgOneByteSelf, IgmpToggle, MldToggle, MaxSplit, ArpFlood, NsFlood, L3Unresolved,
+    MrgOneByteSelf, IgmpToggle, MldToggle, MaxSplit, ArpFlood, NsFlood, L3Unresolved, RegionEnd64,
 )}
 
 # --- one round ------------------------------------------------------------------------------
@@ -630,6 +670,7 @@ class Round:
     notes: list[str] = field(default_factory=list)
     drops: dict[str, int] = field(default_factory=dict)
     h_tx_bytes: int = 0
+    escaped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -641,13 +682,15 @@ class Knobs:
 
 
 @contextmanager
-def rig_for(cls: type[Scenario], knobs: Knobs) -> Iterator[tuple[Rig, Scenario]]:
+def rig_for(cls: type[Scenario], knobs: Knobs, r: Round) -> Iterator[tuple[Rig, Scenario]]:
     scenario = cls()
     rig = Rig(scenario, knobs.idle)
     try:
         scenario.prepare(rig)
         yield rig, scenario
     finally:
+        for kind, n in rig.escaped.items():
+            r.escaped[kind] = r.escaped.get(kind, 0) + n
         try:
             scenario.finish()
         finally:
@@ -656,11 +699,12 @@ def rig_for(cls: type[Scenario], knobs: Knobs) -> Iterator[tuple[Rig, Scenario]]
 
 def _frame_phase(cls: type[Scenario], knobs: Knobs, r: Round) -> None:
     times: list[float] = []
-    with burst_size(1), rig_for(cls, knobs) as (rig, sc):
+    with burst_size(1), rig_for(cls, knobs, r) as (rig, sc):
         t_end = time.monotonic() + knobs.phase_seconds
         while r.frame_calls < knobs.frame_calls and (r.frame_calls == 0 or time.monotonic() < t_end):
             sc.arm(rig)
             took = timed(sc.call(rig), knobs.cut)
+            rig.note(took)
             r.frame_calls += 1
             times.append(took.held)
             r.frame_worst = max(r.frame_worst, took.wall)
@@ -675,7 +719,7 @@ def _frame_phase(cls: type[Scenario], knobs: Knobs, r: Round) -> None:
 
 
 def _share_phase(cls: type[Scenario], knobs: Knobs, r: Round) -> None:
-    with rig_for(cls, knobs) as (rig, sc):
+    with rig_for(cls, knobs, r) as (rig, sc):
         # the pair alone
         good_t, good_n = 0.0, 0
         t_end = time.monotonic() + knobs.phase_seconds / 2
@@ -690,6 +734,7 @@ def _share_phase(cls: type[Scenario], knobs: Knobs, r: Round) -> None:
         while r.bursts < 2 or time.monotonic() < t_end:
             sc.arm(rig)
             took = timed(sc.call(rig), knobs.cut)
+            rig.note(took)
             r.bursts += 1
             r.burst_worst = max(r.burst_worst, took.wall)
             r.burst_worst_held = max(r.burst_worst_held, took.held)
@@ -725,6 +770,9 @@ def run_round(name: str, knobs: Knobs, index: int) -> Round:
         r.outcome = f"bench error: {type(e).__name__}: {e}"[:160]
     if r.burst_cut or r.frame_cut:
         r.outcome = "cut" if r.outcome == "ok" else r.outcome
+    if r.escaped:
+        escaped = "exception out of the data path: " + ", ".join(f"{k} x{v}" for k, v in sorted(r.escaped.items()))
+        r.outcome = escaped if r.outcome == "ok" else f"{r.outcome}; {escaped}"
     return r
 
 
@@ -882,6 +930,8 @@ def judge(rows: list[Row]) -> None:
                 verdict.append("burst>10ms")
             if ref is not None and r.vs_ordinary < SHARE_AIM:
                 verdict.append("share")
+            if "exception out of the data path" in r.outcome:
+                verdict.append("exception")
         r.verdict = " ".join(verdict) or "ok"
 
 
