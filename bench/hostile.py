@@ -771,7 +771,7 @@ def run_round(name: str, knobs: Knobs, index: int) -> Round:
     if r.burst_cut or r.frame_cut:
         r.outcome = "cut" if r.outcome == "ok" else r.outcome
     if r.escaped:
-        escaped = "exception out of the data path: " + ", ".join(f"{k} x{v}" for k, v in sorted(r.escaped.items()))
+        escaped = "exception out of the data path: " + ", ".join(sorted(r.escaped))
         r.outcome = escaped if r.outcome == "ok" else f"{r.outcome}; {escaped}"
     return r
 
@@ -896,6 +896,12 @@ def summarise(name: str, path: str, rounds: list[Round]) -> Row:
     for r in measured:
         for k, v in r.drops.items():
             drops[k] = drops.get(k, 0) + v
+    escaped: dict[str, int] = {}
+    for r in measured:
+        for k, v in r.escaped.items():
+            escaped[k] = escaped.get(k, 0) + v
+    if escaped:
+        notes.append("exceptions out of daemon calls: " + ", ".join(f"{k} x{v}" for k, v in sorted(escaped.items())))
     if drops:
         top = sorted(drops.items(), key=lambda kv: -kv[1])[:3]
         notes.append("h drops: " + ", ".join(f"{k} {v}" for k, v in top))
