@@ -12,6 +12,9 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   SET_FEATURES, and is remembered whatever the ring's state.
 - SET_MEM_TABLE replaces the memory and re-translates every ring address;
   a started ring keeps its avail and used indices.
+- A ring starts at the used ring's index whatever SET_VRING_BASE said (see
+  ``virtqueue``); a disagreement is reported through ``log``, one line per ring.
+  SET_MEM_TABLE's re-translation keeps the ring where it was.
 - The features offered are fixed for the session's lifetime (a reconnecting
   front-end refuses a back-end that offers less than before).
 - Every file descriptor that arrives is either kept (and closed when replaced or
@@ -187,7 +190,7 @@ class Session:
         vring = self._vring(msg, index)
         return vring, (msg.fds.pop() if has_fd else None)
 
-    def _try_start(self, vring: Vring) -> None:
+    def _try_start(self, vring: Vring, *, resync: bool = True) -> None:
         if vring.started or not vring.kicked or vring.addr is None or self.memory is None:
             return
         if vring.num == 0:
@@ -202,9 +205,14 @@ class Session:
                 vring.base,
                 event_idx=self.has_feature(net.F_RING_EVENT_IDX),
                 fence=self.host.fence,
+                resync=resync,
             )
         except GuestError as e:
             raise FrontendError(f"vring {vring.index}: {e}") from e
+        if vring.queue.resynced_from is not None and self._log is not None:
+            self._log(f"vring {vring.index}: base {vring.queue.resynced_from} disagrees with the used index "
+                      f"{vring.queue.used_idx}, resuming at the used ring's index (frames in flight may be "
+                      "resent or lost)")
         self.device.vring_started(vring)
 
     def _stop(self, vring: Vring) -> None:
@@ -253,7 +261,7 @@ class Session:
             if vring.queue is not None:
                 vring.base = vring.queue.last_avail
                 vring.queue = None
-                self._try_start(vring)
+                self._try_start(vring, resync=False)
 
     def _set_vring_num(self, msg: Message) -> None:
         index, num = codec.vring_state(msg)
