@@ -1,7 +1,10 @@
-"""Build hook for the optional C accelerator (everything else is in pyproject.toml).
+"""Build hook for the optional C modules (everything else is in pyproject.toml).
 
-``vhost_ipvlan._fastpath`` is optional: if it cannot be compiled, the install
-still succeeds and the daemon runs the pure-Python data path.
+Both are optional: if one cannot be compiled, the install still succeeds.
+``vhost_ipvlan._fastpath`` (the accelerator): without it the daemon runs the
+pure-Python data path. ``vhost_ipvlan._guard`` (the SIGBUS guard for guest
+memory): without it, memory that is not sealed against shrinking is refused
+(see ``daemon/host.py``).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +16,12 @@ setup(
             ["vhost_ipvlan/_fastpath.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
-        )
+        ),
+        Extension(
+            "vhost_ipvlan._guard",
+            ["vhost_ipvlan/_guard.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
     ]
 )

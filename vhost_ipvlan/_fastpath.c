@@ -30,6 +30,17 @@
  *   Every guest address is bounds-checked against the regions; every index read
  *   from guest memory is checked against the ring size; a check that fails is a
  *   hand-over to Python, never a crash.
+ *   Bounded work: ``budget`` counts frames, and every chain taken here is one
+ *   descriptor, so it is a descriptor budget too (the caller passes the smaller of
+ *   its two); indirect and chained descriptors are never followed here (Python
+ *   walks them, within the queue size). Each queue's ``walked`` counter (see
+ *   virtqueue.py) grows by one per chain taken (TX) or filled (RX), as in Python.
+ *   A Python-level failure (an exception from a table entry, a queue object, a
+ *   set) after a chain was taken gives that chain back and ends the burst with
+ *     ERROR: ``length`` is the exception; frames forwarded before it are counted
+ *            as usual. Python counts it and switches the frame itself.
+ *   An exception is raised only when nothing was taken (or writing the indices
+ *   back failed).
  *
  * table: {dst_ip_bytes: (rxq, mac_bytes, caps_int, counters_bytearray16, device)}
  *   caps: bit 0 takes NEEDS_CSUM, bit 1 takes ECN, bits 8..15 the gso_type mask.
@@ -52,7 +63,7 @@
 #define MAX_TARGETS 16
 #define DESC_F_WRITE 2
 
-enum { ST_EMPTY = 0, ST_BUDGET = 1, ST_SLOW_FRAME = 2, ST_SLOW_CHAIN = 3 };
+enum { ST_EMPTY = 0, ST_BUDGET = 1, ST_SLOW_FRAME = 2, ST_SLOW_CHAIN = 3, ST_ERROR = 4 };
 
 typedef struct {
     uint64_t start, end;
@@ -68,6 +79,7 @@ typedef struct {
     int nreg;
     uint32_t num;
     uint16_t last_avail, used_idx;
+    unsigned long long walked;
     int changed;
 } queue_t;
 
@@ -108,7 +120,7 @@ static int queue_open(queue_t *q, PyObject *obj)
     memset(q, 0, sizeof *q);
     q->obj = obj;
     if (get_u64_attr(obj, "num", &num) || get_u64_attr(obj, "last_avail", &last_avail) ||
-        get_u64_attr(obj, "used_idx", &used_idx))
+        get_u64_attr(obj, "used_idx", &used_idx) || get_u64_attr(obj, "walked", &q->walked))
         return -1;
     if (num == 0 || num > 32768) {
         PyErr_SetString(PyExc_ValueError, "queue size out of range");
@@ -179,11 +191,13 @@ static int queue_close(queue_t *q)
     if (q->changed) {
         PyObject *la = PyLong_FromUnsignedLong(q->last_avail);
         PyObject *ui = PyLong_FromUnsignedLong(q->used_idx);
-        if (!la || !ui || PyObject_SetAttrString(q->obj, "last_avail", la) ||
-            PyObject_SetAttrString(q->obj, "used_idx", ui))
+        PyObject *wk = PyLong_FromUnsignedLongLong(q->walked);
+        if (!la || !ui || !wk || PyObject_SetAttrString(q->obj, "last_avail", la) ||
+            PyObject_SetAttrString(q->obj, "used_idx", ui) || PyObject_SetAttrString(q->obj, "walked", wk))
             rc = -1;
         Py_XDECREF(la);
         Py_XDECREF(ui);
+        Py_XDECREF(wk);
     }
     queue_release(q);
     return rc;
@@ -242,6 +256,7 @@ static int rx_put(queue_t *q, const char *src, uint32_t len)
         return 0;
     memcpy(dst, src, len);
     q->last_avail++;
+    q->walked++;
     push_used(q, head, len);
     return 1;
 }
@@ -291,7 +306,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     }
     target_t targets[MAX_TARGETS];
     int ntargets = 0;
-    int status = ST_BUDGET, error = 0;
+    int status = ST_BUDGET, error = 0, taken = 0;
     long nframes = 0, length = 0;
     long long nbytes = 0;
     unsigned char *buf = fb.buf;
@@ -325,7 +340,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         }
         memcpy(buf, src, d.len);
         tx.last_avail++;
+        tx.walked++;
         push_used(&tx, head, 0);
+        taken = 1; /* until forwarded or handed over (SLOW_FRAME) */
         uint32_t len = d.len;
         length = len;
 
@@ -454,6 +471,11 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         uint64_t *cnt = t->counters.buf;
         cnt[0] += 1;
         cnt[1] += n;
+        status = ST_BUDGET;
+        length = 0;
+        taken = 0;
+        nframes++;
+        nbytes += n;
         if (!t->added) {
             if (PySet_Add(dirty, PyTuple_GET_ITEM(value, 4))) {
                 error = 1;
@@ -461,10 +483,28 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             }
             t->added = 1;
         }
-        status = ST_BUDGET;
-        length = 0;
-        nframes++;
-        nbytes += n;
+    }
+
+    PyObject *exc = NULL; /* an exception after a chain was taken: ERROR, not raised */
+    if (error && tx.changed) {
+        if (taken) { /* give the chain back: Python takes it again */
+            tx.last_avail--;
+            tx.used_idx--;
+            tx.walked--;
+        }
+        PyObject *type, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        if (exc && tb)
+            PyException_SetTraceback(exc, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        if (!exc) {
+            Py_INCREF(Py_None);
+            exc = Py_None;
+        }
+        error = 0;
+        status = ST_ERROR;
     }
 
     Py_XDECREF(dst_value);
@@ -476,8 +516,12 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     if (queue_close(&tx))
         error = 1;
     PyBuffer_Release(&fb);
-    if (error)
+    if (error) {
+        Py_XDECREF(exc);
         return NULL;
+    }
+    if (exc)
+        return Py_BuildValue("(iNlL)", status, exc, nframes, nbytes);
     return Py_BuildValue("(illL)", status, length, nframes, nbytes);
 }
 
@@ -499,7 +543,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         return NULL;
     if (PyModule_AddIntConstant(m, "EMPTY", ST_EMPTY) || PyModule_AddIntConstant(m, "BUDGET", ST_BUDGET) ||
         PyModule_AddIntConstant(m, "SLOW_FRAME", ST_SLOW_FRAME) ||
-        PyModule_AddIntConstant(m, "SLOW_CHAIN", ST_SLOW_CHAIN)) {
+        PyModule_AddIntConstant(m, "SLOW_CHAIN", ST_SLOW_CHAIN) || PyModule_AddIntConstant(m, "ERROR", ST_ERROR)) {
         Py_DECREF(m);
         return NULL;
     }

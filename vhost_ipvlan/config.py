@@ -20,6 +20,10 @@ Shape (other tools rely on it; do not change it lightly)::
     qmp = "/run/qemu/vm1.qmp"   # optional: the guest's QMP socket: its multicast filter (query-rx-filter)
     qmp_device = "net0"         # optional, with qmp: the NIC's device id (default: the NIC with the slave's MAC)
     learn = false               # optional, mode l2: learn up to 1 IPv4 + 4 IPv6 addresses from the guest
+    allow_router = false        # optional: the guest may send RAs, Redirects and DHCP(v6) server messages
+    owner = "libvirt:<uuid>"    # optional: who created the slave (the libvirt hook: its domain's UUID)
+    peer_uid = "qemu-vm1"       # optional: only a front-end running as this user (uid) may connect
+    peer_gid = "qemu-vm1"       # optional: ... and as this group (gid)
 
 Rules:
 - Every problem is a ``ConfigError`` whose message is one line: the key path
@@ -38,6 +42,13 @@ Rules:
 - ``learn = true`` (mode l2 only) lets the daemon learn the slave's addresses from
   its traffic (``switch.source``); learned addresses are run-time state, never part
   of a ``Config`` (so never written to the state file).
+- ``allow_router = true`` lifts the RA guard and DHCP-server guard for that slave
+  (``switch.guard``): for a guest that is the segment's router or DHCP server.
+- Paths and names never contain control characters (C0, DEL): they end up in log
+  lines and in the state file. Interface names are what the kernel accepts, in a
+  charset that is safe to splice into an nft script.
+- ``owner`` is opaque to the daemon: the libvirt hook records the domain it created
+  a slave for and refuses to change or remove another domain's slaves.
 - ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
   file permissions are ``[daemon].socket_permissions``.
 """
@@ -89,7 +100,11 @@ MAX_ADDRESSES = 256
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_IFNAME = re.compile(r"[^/\s:]{1,15}")
+# What iproute2/the kernel accept (dev_valid_name: 1-15 bytes, no '/', ':' or whitespace),
+# narrowed to a charset that is safe to splice into an nft script or a log line.
+_IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1, lone surrogates
+_OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _DEVICE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")  # QEMU's id_wellformed()
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
@@ -104,6 +119,10 @@ class SlaveConfig:
     qmp: Path | None = None
     qmp_device: str | None = None
     learn: bool = False
+    allow_router: bool = False
+    owner: str | None = None  # who created the slave (the libvirt hook: "libvirt:<domain uuid>")
+    peer_uid: int | None = None  # only a front-end process with this uid may be the slave (SO_PEERCRED)
+    peer_gid: int | None = None  # ... and with this gid
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +227,8 @@ def parse_mac(where: str, value: Any) -> bytes:
 
 def parse_slave(where: str, table: Any) -> SlaveConfig:
     """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
-    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn"},
-              {"name", "socket"})
+    t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn",
+                             "allow_router", "owner", "peer_uid", "peer_gid"}, {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
@@ -232,25 +251,54 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
             raise ConfigError(f"{where}.qmp_device: {device!r} is not a QEMU device id")
     if qmp is not None and qmp == sock:
         raise ConfigError(f"{where}.qmp: {qmp} is the slave's vhost-user socket")
-    learn = t.get("learn", False)
-    if not isinstance(learn, bool):
-        raise ConfigError(f"{where}.learn: expected true or false, got {type(learn).__name__} {learn!r}")
-    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn)
+    learn = _bool(f"{where}.learn", t.get("learn", False))
+    allow_router = _bool(f"{where}.allow_router", t.get("allow_router", False))
+    owner = None
+    if "owner" in t:
+        owner = _str(f"{where}.owner", t["owner"])
+        if not _OWNER.fullmatch(owner):
+            raise ConfigError(f"{where}.owner: {owner!r} must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+    peer_uid = _id(f"{where}.peer_uid", t["peer_uid"], lambda n: pwd.getpwnam(n).pw_uid, "user") \
+        if "peer_uid" in t else None
+    peer_gid = _id(f"{where}.peer_gid", t["peer_gid"], lambda n: grp.getgrnam(n).gr_gid, "group") \
+        if "peer_gid" in t else None
+    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn, allow_router, owner, peer_uid, peer_gid)
+
+
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_text(where: str, text: str) -> str:
+    """``text`` if it has no control character (C0 or DEL), else a ``ConfigError``."""
+    m = _CONTROL.search(text)
+    if m is not None:
+        raise ConfigError(f"{where}: {text!r} contains a control character ({m.group()!r})")
+    return text
 
 
 def _socket_path(where: str, value: Any) -> Path:
-    path = Path(_str(where, value))
-    if not path.is_absolute() or len(str(path).encode()) > 107:
-        raise ConfigError(f"{where}: {str(path)!r} must be an absolute path under 108 bytes")
+    text = check_text(where, _str(where, value))
+    path = Path(text)
+    if not path.is_absolute() or len(text.encode()) > 107:
+        raise ConfigError(f"{where}: {text!r} must be an absolute path under 108 bytes")
     return path
+
+
+def check_ifname(where: str, name: str) -> str:
+    """An interface name the kernel accepts and that is safe in an nft script (one-line error)."""
+    if not _IFNAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{where}: {name!r} is not a valid interface name "
+                          "(1-15 characters of A-Z a-z 0-9 _ . @ + -)")
+    return name
 
 
 def parse_port(where: str, table: Any) -> PortConfig:
     """One ``[[port]]`` table with its slaves (cross-checks within the port included)."""
     t = _keys(where, table, {"master", "mode", "flag", "slave"}, {"master"})
-    master = _str(f"{where}.master", t["master"])
-    if not _IFNAME.fullmatch(master):
-        raise ConfigError(f"{where}.master: {master!r} is not a valid interface name")
+    master = check_ifname(f"{where}.master", _str(f"{where}.master", t["master"]))
     mode = _choice(f"{where}.mode", t.get("mode", "l2"), MODES, IMPLEMENTED_MODES)
     flag = _choice(f"{where}.flag", t.get("flag", "bridge"), FLAGS, IMPLEMENTED_FLAGS)
     raw = t.get("slave", [])
@@ -372,6 +420,14 @@ def slave_table(slave: SlaveConfig) -> dict[str, Any]:
         t["qmp_device"] = slave.qmp_device
     if slave.learn:
         t["learn"] = True
+    if slave.allow_router:
+        t["allow_router"] = True
+    if slave.owner is not None:
+        t["owner"] = slave.owner
+    if slave.peer_uid is not None:
+        t["peer_uid"] = slave.peer_uid
+    if slave.peer_gid is not None:
+        t["peer_gid"] = slave.peer_gid
     return t
 
 

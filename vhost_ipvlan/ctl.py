@@ -54,8 +54,12 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--qmp-device", metavar="ID", help="with --qmp: the NIC's QEMU device id")
         p.add_argument("--learn", action="store_true", default=None,
                        help="learn the guest's addresses from its traffic (mode l2; up to 1 IPv4 + 4 IPv6)")
+        p.add_argument("--allow-router", action="store_true", default=None,
+                       help="let the guest send Router Advertisements, Redirects and DHCP server messages")
         if action == "change":
             p.add_argument("--no-learn", action="store_true", help="stop learning (forgets learned addresses)")
+            p.add_argument("--no-allow-router", action="store_true",
+                           help="guard again: drop the guest's RAs, Redirects and DHCP server messages")
             p.add_argument("--no-addresses", action="store_true", help="remove every address")
             p.add_argument("--no-mac", action="store_true", help="forget the configured MAC")
             p.add_argument("--no-qmp", action="store_true", help="forget qmp and qmp_device (back to snooping)")
@@ -93,6 +97,8 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         params["addresses"] = args.address
     if args.learn:
         params["learn"] = True
+    if args.allow_router:
+        params["allow_router"] = True
     if args.action == "change":
         if args.no_addresses:
             params["addresses"] = []
@@ -102,6 +108,8 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             params["qmp"] = params["qmp_device"] = None
         if args.no_learn:
             params["learn"] = False
+        if args.no_allow_router:
+            params["allow_router"] = False
     probe = {"socket": "/probe", **{k: v for k, v in params.items() if k != "master" and v is not None}}
     if args.action == "change" and "qmp_device" in probe and "qmp" not in probe:
         probe["qmp"] = "/probe.qmp"  # the slave's own qmp: the daemon checks

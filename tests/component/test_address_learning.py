@@ -24,7 +24,9 @@ from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
     ICMPv6ND_NA,
     ICMPv6ND_NS,
+    ICMPv6ND_RA,
     ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
     IPv6,
 )
 from scapy.layers.l2 import ARP, Ether
@@ -276,3 +278,95 @@ def test_configuring_a_learned_address_takes_it_away(lab: Lab) -> None:
     # l may not use it any more
     lf.transmit(garp(MAC_L, L_IP))
     wait_until(lambda: lab.drops("l").get("learn_refused", 0) == 1, 10, what="l: learn_refused == 1")
+
+
+def test_learning_stays_on_the_masters_link(lab: Lab) -> None:
+    """Audit §1: no off-link address, no IPv4 link-local, not the master's neighbours,
+    no host route for anything outside the master's prefixes; §7: no link-local the
+    wire uses."""
+    lf = lab.frontend("l")
+    # the host talks to the outside: 192.0.2.1 is a REACHABLE neighbour of the master
+    sh("ip", "netns", "exec", lab.host, "ping", "-c", "1", "-W", "5", OUT_IP)
+    for addr in ("8.8.8.8", "169.254.169.254"):
+        lf.transmit(garp(MAC_L, addr))
+    lf.transmit(bytes(Ether(src=MAC_L, dst=BCAST) / IP(src="8.8.4.4", dst="255.255.255.255") / ICMP()))
+    wait_until(lambda: lab.drops("l").get("learn_not_on_link", 0) == 3, 10, what="l: learn_not_on_link == 3")
+    lf.transmit(garp(MAC_L, OUT_IP))
+    wait_until(lambda: lab.drops("l").get("learn_refused", 0) == 1, 10, what="l: learn_refused == 1")
+    # the outside speaks from its link-local: once the daemon has flooded that to l, the
+    # link-local is the wire's and l may not take it
+    out_ll = sh("ip", "-n", lab.out, "-6", "-o", "addr", "show", "dev", "vio0", "scope", "link").split()[3]
+    out_ll = out_ll.split("/")[0]
+    lab.out_run("ping", "-6", "-c", "1", "-W", "2", "-I", "vio0", "ff02::1")
+    receive(lf, lambda p: ICMPv6EchoRequest in p and p[IPv6].src == out_ll, "the outside's ping to ff02::1")
+    lf.transmit(bytes(Ether(src=MAC_L, dst="33:33:00:00:00:01") / IPv6(src=out_ll, dst="ff02::1")
+                      / ICMPv6EchoRequest()))
+    wait_until(lambda: lab.drops("l").get("src_ip_spoof", 0) == 1, 10, what="l: src_ip_spoof == 1 (wire's LL)")
+    with lab.client() as c:
+        [info] = [s for s in c.call("slave.list") if s["name"] == "l"]
+    assert info["learned"] == []
+    routes = sh("ip", "-n", lab.host, "route", "show", "table", "all")
+    assert "8.8.8.8" not in routes and "169.254.169.254" not in routes and f"{OUT_IP} dev vih" not in routes
+    # what is on the link is learned as before
+    lf.transmit(garp(MAC_L, L_IP))
+    lab.wait_log(f"slave l: learned address {L_IP}", 0)
+    wait_until(lambda: f"{L_IP} dev vih" in sh("ip", "-n", lab.host, "route", "show"), 10, what="route to L_IP")
+
+
+def ra(mac: str, src: str) -> bytes:
+    return bytes(Ether(src=mac, dst="33:33:00:00:00:01") / IPv6(src=src, dst="ff02::1") / ICMPv6ND_RA()
+                 / ICMPv6NDOptSrcLLAddr(lladdr=mac))
+
+
+def test_ra_guard_by_default_and_allow_router_through_the_api_and_cli(lab: Lab) -> None:
+    """Audit §2: a guest's RAs are dropped (``ra_guard``) unless the slave allows it."""
+    af, mf = lab.frontend("a"), lab.frontend("m")
+    af.transmit(ra(MAC_A, "fe80::a"))
+    wait_until(lambda: lab.drops("a").get("ra_guard", 0) == 1, 10, what="a: ra_guard == 1")
+    with lab.client() as c:
+        info = c.call("slave.change", {"name": "a", "allow_router": True})
+    assert info["allow_router"] is True and "allow_router" not in cfg_table(lab, "l")
+    af.transmit(ra(MAC_A, "fe80::a"))
+    receive(mf, lambda p: ICMPv6ND_RA in p and p[IPv6].src == "fe80::a", "a's RA at m")
+    assert lab.drops("a").get("ra_guard", 0) == 1
+    wait_until(lambda: cfg_table(lab, "a").get("allow_router") is True, 10, what="state file: allow_router")
+    proc = cli(lab, "slave", "change", "a", "--no-allow-router")
+    assert proc.returncode == 0, proc.stderr
+    af.transmit(ra(MAC_A, "fe80::a"))
+    wait_until(lambda: lab.drops("a").get("ra_guard", 0) == 2, 10, what="a: ra_guard == 2")
+
+
+def cfg_table(lab: Lab, name: str) -> dict[str, Any]:
+    if not lab.state.exists():
+        return {}
+    tables = [s for p in tomllib.loads(lab.state.read_text())["port"] for s in p["slave"] if s["name"] == name]
+    return tables[0] if tables else {}
+
+
+def test_a_new_prefix_on_the_master_can_be_learned(lab: Lab) -> None:
+    lf = lab.frontend("l")
+    lf.transmit(garp(MAC_L, "198.51.100.50"))
+    wait_until(lambda: lab.drops("l").get("learn_not_on_link", 0) == 1, 10, what="l: learn_not_on_link == 1")
+    sh("ip", "-n", lab.host, "addr", "add", "198.51.100.2/24", "dev", "vim0")
+
+    def learned() -> bool:  # the address event reaches the daemon some time after `ip addr add`
+        lf.transmit(garp(MAC_L, "198.51.100.50"))
+        return "slave l: learned address 198.51.100.50" in lab.log_text()
+
+    wait_until(learned, 10, what="l learns 198.51.100.50 once the master has 198.51.100.2/24")
+
+
+def test_a_route_through_an_address_less_master_is_its_link(tmp_path: Path) -> None:
+    """A master without addresses: a connected route (no gateway) gives its slaves a link."""
+    with FrontendLab(tmp_path, [SlaveSpec("l", [], MAC_L, extra={"learn": True})]) as lab:
+        sh("ip", "-n", lab.host, "route", "add", "192.0.2.0/24", "dev", "vim0")
+        sh("ip", "-n", lab.host, "route", "add", "default", "via", "192.0.2.1", "dev", "vim0")
+        lab.stop_daemon()
+        lab.start_daemon()  # the routes are read when the port is added
+        lf = lab.frontend("l")
+        lf.transmit(garp(MAC_L, "198.51.100.50"))  # only the default route leads there
+        lf.transmit(garp(MAC_L, "192.0.2.1"))  # the gateway
+        lf.transmit(garp(MAC_L, L_IP))
+        lab.wait_log(f"slave l: learned address {L_IP}", 0)
+        drops = lab.slave_stats("l")["drops"]
+        assert drops == {"learn_not_on_link": 1, "learn_refused": 1}, drops

@@ -105,6 +105,9 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"name": "b", "socket": "/tmp/vi-e.sock"}, "name_in_use", "params.name: 'b' is already used"),
     ({"name": "e", "socket": "/tmp/vi-e.sock", "mac": MAC_A}, "mac_in_use", "already used by slave 'a'"),
     ({"name": "e", "socket": "/tmp/vi-e.sock", "colour": "red"}, "invalid_params", "params.colour: unknown key"),
+    # audit 6: a slave socket at the control socket's path would unlink it
+    ({"name": "e", "socket": "CONTROL"}, "socket_in_use", "is the daemon's control socket"),
+    ({"name": "e", "socket": "/tmp/vi-e\x7f.sock"}, "invalid_params", "contains a control character"),
 ]
 
 
@@ -117,6 +120,8 @@ def test_refused_requests_change_nothing(lab: Lab) -> None:
             params = {"master": lab_mod.MASTER, **params}
             if params["socket"] == "SOCK_B":
                 params["socket"] = str(lab.sock("b"))
+            if params["socket"] == "CONTROL":
+                params["socket"] = str(lab.control)
             with pytest.raises(RemoteError) as info:
                 c.call("slave.add", params)
             assert (info.value.code, "\n" in info.value.message) == (code, False), info.value.message
@@ -133,9 +138,21 @@ def test_refused_requests_change_nothing(lab: Lab) -> None:
         with pytest.raises(RemoteError) as info:
             c.call("slave.remove", {"name": "zz"})
         assert info.value.code == "not_found"
+        assert c.call("port.list")  # the control socket is still there
     assert names(lab) == before and nft_rules(lab) == rules
     assert not lab.state.exists()  # nothing was ever accepted
     assert lab.sock("b").exists() and not Path("/tmp/vi-e.sock").exists()
+
+
+def test_owner_is_recorded_and_kept_in_the_state_file(lab: Lab) -> None:
+    owner = "libvirt:6f1c3d2e-8a4b-4c5d-9e0f-112233445566"
+    with client(lab) as c:
+        info = c.call("slave.add", {"master": lab_mod.MASTER, "name": "e", "socket": str(lab.sock("e")),
+                                    "owner": owner})
+        assert info["owner"] == owner
+        assert c.call("slave.change", {"name": "e", "addresses": [f"{E_IP}/24"]})["owner"] == owner
+    data = tomllib.loads(lab.state.read_text())
+    assert [s.get("owner") for p in data["port"] for s in p["slave"] if s["name"] == "e"] == [owner]
 
 
 def test_cli_tables_json_and_exit_codes(lab: Lab) -> None:

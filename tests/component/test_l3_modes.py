@@ -25,8 +25,9 @@ from scapy.packet import Packet
 
 from tests.component.test_hostlink import A_IP, A_IP6, HOST_IP, MAC_A, Lab, answer_echoes
 from tests.support.frontend import FakeFrontend
-from tests.support.lab import OUT_IP, OUT_IP6, SlaveSpec, receive, sh
+from tests.support.lab import MASTER, OUT_IP, OUT_IP6, SlaveSpec, receive, sh
 from tests.support.wait import wait_until
+from vhost_ipvlan.daemon.routing import Limits
 
 pytestmark = [pytest.mark.netns]
 
@@ -102,7 +103,9 @@ def test_outside_and_host_ping_guest(lab: Lab) -> None:
     ping = subprocess.Popen(["ip", "netns", "exec", lab.out, "ping", "-c", "2", "-i", "0.3", "-W", "5", A_IP],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     answer_echoes(a, lab, ping, v6=False)
-    answer_echoes(a, lab, lab.host_run("ping", "-c", "1", "-W", "5", A_IP), v6=False)
+    # the guest's first reply to a new destination is dropped while its next hop is resolved
+    # (neigh_unresolved, nothing queued): each ping sends more than one request
+    answer_echoes(a, lab, lab.host_run("ping", "-c", "3", "-i", "0.3", "-W", "5", A_IP), v6=False)
     # guest -> host's own address
     ping_until_reply(a, lab, HOST_IP)
 
@@ -124,3 +127,39 @@ def test_l3s_crosses_host_netfilter(tmp_path: Path) -> None:
         if shutil.which("conntrack"):
             ct = sh("ip", "netns", "exec", lab.host, "conntrack", "-L", "-s", A_IP)
             assert OUT_IP in ct and "UNREPLIED" not in ct, ct
+
+
+def test_l3_makes_no_neighbour_off_prefix_and_few_on_it(tmp_path: Path) -> None:
+    """A guest cannot fill the host's neighbour table (audit §9): nothing is solicited
+    for a destination outside the master's prefixes, and a scan of its on-link /64
+    creates at most the guest's share of the daemon's budget (``routing.Limits``)."""
+    with Lab(tmp_path, "l3") as lab:
+        a = lab.frontend("a")
+        sh("ip", "-n", lab.host, "route", "add", "198.51.100.0/24", "dev", MASTER)  # on-link, not a prefix
+
+        def send(dst: str) -> None:
+            l3 = IPv6(src=A_IP6, dst=dst) if ":" in dst else IP(src=A_IP, dst=dst)
+            a.transmit(bytes(Ether(src=MAC_A, dst=lab.master_mac) / l3 / UDP(sport=9, dport=9) / b"scan"))
+
+        def drops() -> dict[str, int]:
+            result: dict[str, int] = lab.slave_stats("a")["drops"]
+            return result
+
+        def off_prefix() -> bool:
+            send("198.51.100.7")
+            return drops().get("neigh_not_on_link", 0) > 0
+
+        wait_until(off_prefix, 10, interval=0.1, what="neigh_not_on_link at a")
+        assert "198.51.100.7" not in sh("ip", "-n", lab.host, "neigh", "show", "dev", MASTER)
+
+        scan = [f"2001:db8::1:{i:x}" for i in range(200)]
+
+        def scanned() -> bool:
+            for dst in scan:
+                send(dst)
+            return drops().get("neigh_budget", 0) > 0
+
+        wait_until(scanned, 30, interval=0.2, what="neigh_budget at a")
+        table = sh("ip", "-n", lab.host, "-6", "neigh", "show", "dev", MASTER)
+        made = [ln for ln in table.splitlines() if ln.startswith("2001:db8::1:")]
+        assert 0 < len(made) <= Limits().budget_per_guest, table

@@ -125,6 +125,40 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
             b.close()
 
 
+# In the lab's namespace: hold N idle connections to the metrics port, then scrape.
+HOLD = """
+import socket, sys, urllib.request
+port, n = int(sys.argv[1]), int(sys.argv[2])
+idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20).read().decode()
+print("scraped", "vhost_ipvlan_slave_up" in body, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_metrics_idle_connections_are_capped_and_scrapes_still_served(tmp_path: Path) -> None:
+    """audit 10 (r15): every idle connection was held 10 s: any local user could starve the daemon of fds."""
+    from vhost_ipvlan.daemon.metrics import MAX_CLIENTS
+
+    port = random.randint(20000, 60000)
+    with lab_mod.Lab(tmp_path, SLAVES, ipv6=False, daemon_args=["--metrics", f"127.0.0.1:{port}"]) as lab:
+        assert lab.daemon is not None
+        fds = f"/proc/{lab.daemon.pid}/fd"
+        before = len(os.listdir(fds))
+        proc = subprocess.Popen(["ip", "netns", "exec", lab.host, sys.executable, "-c", HOLD, str(port),
+                                 str(3 * MAX_CLIENTS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().split() == ["scraped", "True"]
+            # every idle connection was accepted before the scrape's (FIFO): what is held now is all there is
+            assert len(os.listdir(fds)) - before <= MAX_CLIENTS
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(30)
+        lab.check_daemon()
+
+
 def test_bad_metrics_address_is_a_one_line_error(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("")

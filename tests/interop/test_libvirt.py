@@ -31,7 +31,7 @@ from tests.support.lab import OUT_IP, Lab
 from tests.support.wait import wait_until
 from vhost_ipvlan.control.client import Client
 from vhost_ipvlan.libvirt import hook
-from vhost_ipvlan.libvirt.domain import NS, slave_name
+from vhost_ipvlan.libvirt.domain import NS, QEMU_SUBDIR, slave_name
 
 libvirt = pytest.importorskip("libvirt")
 if shutil.which("libvirtd") is None or shutil.which("virsh") is None:
@@ -50,6 +50,11 @@ def virsh(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.Co
     if check and proc.returncode != 0:
         raise AssertionError(f"virsh {' '.join(argv)}: {proc.stderr.strip()}")
     return proc
+
+
+def slave_of(domain: str, mac: str) -> str:
+    """The hook's slave for a defined domain's NIC (named by the domain's UUID)."""
+    return slave_name(virsh("domuuid", domain).stdout.strip(), mac)
 
 
 def pid_of(pidfile: str) -> int | None:
@@ -151,13 +156,17 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("libvirt")
     tag = secrets.token_hex(3)
-    # Directories QEMU (libvirt-qemu:kvm) can reach: the vhost-user sockets (0770 root:kvm:
-    # QEMU binds there in the QEMU-listens role), and the guests' files (kernel, serial).
+    # Directories QEMU (libvirt-qemu:kvm) can reach: the vhost-user sockets (0750 root:kvm: QEMU
+    # connects there; qemu/ 1770 root:kvm: QEMU binds there in the QEMU-listens role), and the
+    # guests' files (kernel, serial).
     sockdir = Path(f"/run/vi-lv-{tag}")
     work = Path(f"/tmp/vi-lv-{tag}")
     sockdir.mkdir()
-    sockdir.chmod(0o770)  # QEMU creates the sockets of the QEMU-listens role here
+    sockdir.chmod(0o750)
     shutil.chown(sockdir, group="kvm")
+    (sockdir / QEMU_SUBDIR).mkdir()
+    (sockdir / QEMU_SUBDIR).chmod(0o1770)  # QEMU creates the sockets of the QEMU-listens role here
+    shutil.chown(sockdir / QEMU_SUBDIR, group="kvm")
     work.mkdir()
     work.chmod(0o777)
     names = [f"vi-lv-{tag}-1", f"vi-lv-{tag}-2"]
@@ -183,7 +192,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             vm2 = DomainGuest(names[1], work, mac=VM2_MAC, ip4=f"{VM2_IP}/24")
             for vm, mac, ip, role in ((vm1, VM1_MAC, VM1_IP, "client"), (vm2, VM2_MAC, VM2_IP, "server")):
                 vm.conn = conn
-                xml = domain_xml(vm, kernel, initrd, nic_xml(mac, sockdir / f"{vm.name}-0.sock", role),
+                where = sockdir / QEMU_SUBDIR if role == "server" else sockdir
+                xml = domain_xml(vm, kernel, initrd, nic_xml(mac, where / f"{vm.name}-0.sock", role),
                                  metadata(meta_iface(mac, f"{ip}/24")))
                 (work / f"{vm.name}.xml").write_text(xml)
                 virsh("define", str(work / f"{vm.name}.xml"))
@@ -217,7 +227,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def test_hook_created_the_slaves(world: World) -> None:
-    assert {slave_name(world.vm1.name, VM1_MAC), slave_name(world.vm2.name, VM2_MAC)} <= world.slaves()
+    assert {slave_of(world.vm1.name, VM1_MAC), slave_of(world.vm2.name, VM2_MAC)} <= world.slaves()
 
 
 @pytest.mark.parametrize("vm", ["vm1", "vm2"])
@@ -274,14 +284,14 @@ def test_refused_slave_fails_start(world: World, tmp_path: Path) -> None:
         proc = virsh("start", name, check=False)
         assert proc.returncode != 0
         assert "is already used by slave" in proc.stderr, proc.stderr
-        assert slave_name(name, g.mac) not in world.slaves()
+        assert slave_of(name, g.mac) not in world.slaves()
     finally:
         virsh("undefine", name, check=False)
 
 
 def test_hotplug_second_nic(world: World) -> None:
     vm, sock = world.vm1, world.sockdir / f"{world.vm1.name}-1.sock"
-    name = slave_name(vm.name, NIC2_MAC)
+    name = slave_of(vm.name, NIC2_MAC)
     meta = metadata(meta_iface(VM1_MAC, f"{VM1_IP}/24", p=""),
                     meta_iface(NIC2_MAC, f"{NIC2_IP}/24", f" socket='{sock}'", p=""), p="")
     dom = world.conn.lookupByName(vm.name)
@@ -345,7 +355,7 @@ def test_daemon_restart_announces(world: World) -> None:
 def test_watcher_hands_the_guests_rx_filter_to_the_daemon(world: World) -> None:
     """libvirt owns the monitor: the watcher reads query-rx-filter on NIC_RX_FILTER_CHANGED
     (libvirt's qemu-monitor-event API) and gives it to the daemon (slave.rx_filter)."""
-    vm, slave = world.vm1, slave_name(world.vm1.name, VM1_MAC)
+    vm, slave = world.vm1, slave_of(world.vm1.name, VM1_MAC)
 
     def mcast() -> dict[str, Any]:
         with Client(world.lab.control) as c:
@@ -382,7 +392,7 @@ def test_watcher_survives_a_libvirtd_restart(world: World) -> None:
     world.vm1.conn = world.vm2.conn = world.conn
     wait_until(lambda: world.watch_log.read_text().count("reconnected to") > before, 90, 0.5,
                what="the watcher to reconnect to libvirtd")
-    slave = slave_name(world.vm1.name, VM1_MAC)
+    slave = slave_of(world.vm1.name, VM1_MAC)
     events = world.watch_log.read_text().count("NIC_RX_FILTER_CHANGED")
     world.vm1.check("ip maddr add 01:00:5e:07:07:08 dev eth0")
     try:
@@ -398,6 +408,7 @@ def test_watcher_survives_a_libvirtd_restart(world: World) -> None:
 
 def test_zz_destroy_removes_slaves(world: World) -> None:
     for vm, mac in ((world.vm1, VM1_MAC), (world.vm2, VM2_MAC)):
+        slave = slave_of(vm.name, mac)
         virsh("destroy", vm.name)
         virsh("undefine", vm.name)
-        assert slave_name(vm.name, mac) not in world.slaves()
+        assert slave not in world.slaves()

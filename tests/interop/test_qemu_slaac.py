@@ -1,8 +1,8 @@
 """IPv6 autoconfiguration through vhost-ipvlan: a real guest kernel does SLAAC, the daemon learns.
 
     vm (TCG, tiny guest, learn = true, no address configured anywhere)
-      -- vhost-ipvlan -- vim0 (ns host) <== veth ==> vio0 (ns out: 2001:db8::1/64, 192.0.2.1/24,
-                                                             "router": RAs for 2001:db8::/64)
+      -- vhost-ipvlan -- vim0 (ns host: 192.0.2.2/24, 2001:db8::2/64)
+      <== veth ==> vio0 (ns out: 2001:db8::1/64, 192.0.2.1/24, "router": RAs for 2001:db8::/64)
 
 The outside sends Router Advertisements (``tests/support/ra.py``, scapy); the
 guest's kernel (accept_ra, autoconf: its defaults) forms a SLAAC address, runs
@@ -49,7 +49,9 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("slaac")
-    with Lab(tmp, [SlaveSpec("vm", [], VM_MAC, extra={"learn": True})]) as lab:
+    # the master is on the link: learning stays inside its prefixes
+    with Lab(tmp, [SlaveSpec("vm", [], VM_MAC, extra={"learn": True})], master_ipv6=True,
+             master_addresses=("192.0.2.2/24", "2001:db8::2/64")) as lab:
         ra = subprocess.Popen(
             ["ip", "netns", "exec", lab.out, sys.executable, "-m", "tests.support.ra", "vio0", str(PREFIX)],
             cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=(tmp / "ra.log").open("wb"))

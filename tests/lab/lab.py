@@ -61,7 +61,7 @@ def lab_vars(tag: str | None = None, vagrant: bool = False) -> dict[str, Any]:
             ]} for i in (1, 2)
         ],
         "vhost_ipvlan_socket_dir": f"/run/{n}",
-        "vhost_ipvlan_control": f"/run/{n}/control.sock",
+        "vhost_ipvlan_control": f"/run/{n}/ctl/control.sock",
         # a hook of its own: tests/interop/test_libvirt.py installs and removes qemu.d/vhost-ipvlan
         "vhost_ipvlan_hook_name": f"vhost-ipvlan-{n}",
         # the venv running the tests already has vhost-ipvlan: the role finds it installed

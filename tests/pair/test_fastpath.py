@@ -19,6 +19,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Ether
 
+from tests.support import frontend
 from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC, InprocPort, pure_python
 from vhost_ipvlan.daemon import datapath
 from vhost_ipvlan.virtio import net
@@ -250,3 +251,313 @@ def test_chained_descriptor_is_left_to_python() -> None:
         assert tx is not None and a.txq.avail_idx == 1 and tx.last_avail == 0  # nothing was taken
     finally:
         p.close()
+
+
+# -- bounded work and hostile guests: the same decisions, drain by drain ------------------
+
+Record = tuple[int, int, bool]  # (descriptors walked, last_avail, rescheduled) after one drain
+
+
+def drain_until_idle(p: InprocPort, name: str = "a") -> list[Record]:
+    """Drain like the event loop would: again as long as a drain rescheduled itself."""
+    dev = p.device(name)
+    out: list[Record] = []
+    while True:
+        q = dev.tx
+        assert q is not None
+        before = q.walked
+        dev._drain_scheduled = False
+        dev.drain_tx()
+        out.append((q.walked - before, q.last_avail, dev._drain_scheduled))
+        if not dev._drain_scheduled or len(out) > 1000:
+            return out
+
+
+def both_ways(scenario: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run ``scenario`` with the accelerator and in pure Python; the results must be equal."""
+    fast = scenario()
+    with pure_python():
+        pure = scenario()
+    assert fast == pure
+    return fast
+
+
+def frame_to_b(tag: bytes) -> bytes:
+    return bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP(sport=1, dport=2) / tag)
+
+
+def outcome(p: InprocPort) -> dict[str, object]:
+    return {
+        "received": {name: fe.receive() for name, fe in p.frontends.items()},
+        "counters": {n: d.counters() for n, d in p.dp.devices.items()},
+        "drops": {n: (dict(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
+    }
+
+
+def test_a_drain_is_bounded_in_descriptors_not_only_frames() -> None:
+    """Audit r1 within the queue size: chains of 256 zero-length descriptors (an
+    indirect table each). A drain stops after DESC_BUDGET descriptors (+ one chain)
+    and reschedules; the frames queued behind them still go, exactly as in Python."""
+    num = frontend.QSIZE
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            a = p.frontends["a"]
+            for i in range(10):
+                a.transmit(frame_to_b(b"early%d" % i))
+            frontend.transmit_indirect_zero_length(a, 40, num)
+            for i in range(10):
+                a.transmit(frame_to_b(b"late%d" % i))
+            drains = drain_until_idle(p)
+            return {"drains": drains, **outcome(p)}
+        finally:
+            p.close()
+
+    result = both_ways(scenario)
+    drains = result["drains"]
+    assert isinstance(drains, list)
+    assert all(walked <= datapath.DESC_BUDGET + num + 1 for walked, _, _ in drains)
+    assert len(drains) >= 40 * (num + 1) // (datapath.DESC_BUDGET + num + 1)
+    assert drains[-1][1] == 60 and not drains[-1][2]  # everything taken, the last drain did not reschedule
+    got = [f for _, f in result["received"]["b"]]  # type: ignore[index]
+    assert [f[42:] for f in got] == [b"early%d" % i for i in range(10)] + [b"late%d" % i for i in range(10)]
+    counters, drops = result["counters"], result["drops"]
+    assert isinstance(counters, dict) and isinstance(drops, dict)
+    assert counters["a"]["tx_packets"] == 20  # the 40 empty chains are runts, not packets
+    assert counters["a"]["tx_bytes"] == sum(len(f) for f in got)
+    assert drops["a"][0] == {"runt": 40}
+
+
+def test_indirect_tables_beyond_the_queue_size_break_the_queue_at_once() -> None:
+    """Audit r1 as found: 256 chains of one 32768-entry table (2.7 s in one drain).
+    The table is longer than the 256-entry queue: a GuestError at the first chain."""
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            frontend.transmit_indirect_zero_length(p.frontends["a"], 256, 32768)
+            q = p.device("a").tx
+            assert q is not None
+            drains = drain_until_idle(p)
+            return {"drains": drains, "broken": p.device("a").tx is None, **outcome(p)}
+        finally:
+            p.close()
+
+    result = both_ways(scenario)
+    assert result["drains"] == [(0, 1, False)] and result["broken"]
+    drops = result["drops"]
+    assert isinstance(drops, dict) and drops["a"][0] == {"queue_broken": 1}
+
+
+def test_runts_are_drops_and_add_nothing_to_tx_counters() -> None:
+    """Chains shorter than the virtio_net_hdr drove tx_bytes negative (audit r1:
+    -3072). Now they are ``runt`` drops; a bare 12-byte header is a packet of 0
+    bytes that the switch drops as an Ethernet runt."""
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            a = p.frontends["a"]
+            frontend.transmit_runts(a, [0, 1, 11, 12])
+            a.transmit(frame_to_b(b"fine"))
+            drain_until_idle(p)
+            return outcome(p)
+        finally:
+            p.close()
+
+    result = both_ways(scenario)
+    counters, drops = result["counters"], result["drops"]
+    assert isinstance(counters, dict) and isinstance(drops, dict)
+    assert counters["a"]["tx_packets"] == 2
+    assert counters["a"]["tx_bytes"] == len(frame_to_b(b"fine"))
+    assert drops["a"] == ({"runt": 3}, {"runt": 1})
+
+
+@pytest.mark.parametrize("entries", [256, 32768])
+def test_zero_capacity_rx_chains_cost_one_chain_per_frame(entries: int) -> None:
+    """Audit r2: b's receive chains have no writable room (256 indirect tables of
+    zero-length descriptors): one 60-byte frame walked every chain (2 s with 32768-entry
+    tables). Now a frame looks at one chain and is dropped ``rx_bad_buffer``, the
+    chain stays the guest's (the next frames do not walk it again); tables beyond
+    the queue size break b's RX queue."""
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            frontend.make_rx_zero_capacity(p.frontends["b"], entries)
+            rxq = p.device("b").rx
+            assert rxq is not None
+            for i in range(5):
+                p.frontends["a"].transmit(frame_to_b(b"%d" % i))
+            drain_until_idle(p)
+            return {"rx_walked": rxq.walked, "rx_pending": rxq.pending(), "broken": p.device("b").rx is None,
+                    **outcome(p)}
+        finally:
+            p.close()
+
+    result = both_ways(scenario)
+    drops = result["drops"]
+    assert isinstance(drops, dict)
+    if entries == 256:
+        assert drops["b"][0] == {"rx_bad_buffer": 5}
+        # one walk: the chain stays first in the ring, so the next frames know it is bad
+        assert result["rx_walked"] == entries + 1 and result["rx_pending"] == frontend.QSIZE
+    else:
+        assert result["broken"] and drops["b"][0] == {"queue_broken": 1}
+        assert drops["a"][1] == {"target_down": 4}  # b is down once its queue broke
+
+
+@pytest.fixture
+def error_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh rate limit for internal-error log lines."""
+    monkeypatch.setattr(datapath, "internal_error_log", datapath._ErrorLog())
+
+
+def test_an_internal_error_costs_one_frame_counted_and_logged_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error_log: None) -> None:
+    """A bug (here: an injected RuntimeError in the switch) while handling one frame:
+    that frame is dropped ``internal_error``, its chain is returned, the rest of the
+    burst and other guests go on; the traceback is logged once, not per frame."""
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            real = p.dp.from_guest
+
+            def from_guest(dev: datapath.NetDevice, length: int) -> None:
+                if bytes(dev.view[length - 4 : length]) == b"boom":
+                    raise RuntimeError("injected")
+                real(dev, length)
+
+            monkeypatch.setattr(p.dp, "from_guest", from_guest)
+            a = p.frontends["a"]
+            bcast = Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / IP(src=A4, dst="10.0.0.255") / UDP(dport=9)
+            for payload in (b"one", b"boom", b"two", b"boom"):
+                a.transmit(bytes(bcast / payload))
+                a.transmit(frame_to_b(payload + b"!"))
+            drain_until_idle(p)
+            a.reclaim_tx()
+            return {"returned": len(a.txq.free), **outcome(p)}
+        finally:
+            p.close()
+
+    with caplog.at_level("ERROR", logger="vhost_ipvlan.datapath"):
+        result = both_ways(scenario)
+    assert result["returned"] == frontend.QSIZE  # every chain came back
+    drops = result["drops"]
+    received = result["received"]
+    assert isinstance(drops, dict) and isinstance(received, dict)
+    assert drops["a"][0] == {"internal_error": 2}
+    assert [f[42:] for _, f in received["b"]] == [b"one", b"one!", b"boom!", b"two", b"two!", b"boom!"]
+    errors = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].exc_info is not None  # once for both runs: rate-limited
+
+
+def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFixture, error_log: None) -> None:
+    """The C accelerator failing on a frame it took (here: an OverflowError from a
+    corrupted table entry, as a region ending at 2**64 did in audit r16) loses
+    nothing: it gives the chain back, Python switches it and the rest of the drain."""
+
+    def scenario(corrupt: bool) -> dict[str, object]:
+        p = make_port()
+        try:
+            dev = p.device("a")
+            if corrupt:
+                p.dp.fast_args(dev)
+                b4 = ipaddress.ip_address(B4).packed
+                rxq, bmac, _, counters, bdev = p.dp._fast_table[b4]
+                p.dp._fast_table[b4] = (rxq, bmac, 2**70, counters, bdev)
+            for i in range(3):
+                p.frontends["a"].transmit(frame_to_b(b"%d" % i))
+            drain_until_idle(p)
+            result = outcome(p)
+            drops = result["drops"]
+            assert isinstance(drops, dict)
+            drops["a"][0].pop("internal_error", None)
+            return {"internal_errors": dev.drops["internal_error"], **result}
+        finally:
+            p.close()
+
+    with caplog.at_level("ERROR", logger="vhost_ipvlan.datapath"):
+        fast = scenario(True)
+    with pure_python():
+        pure = scenario(False)
+    assert fast.pop("internal_errors") == 1 and pure.pop("internal_errors") == 0
+    assert fast == pure
+    received = fast["received"]
+    assert isinstance(received, dict) and len(received["b"]) == 3
+    assert any("OverflowError" in r.exc_text for r in caplog.records if r.exc_text)
+
+
+def test_an_internal_error_on_a_frame_from_the_wire_costs_that_frame(
+        monkeypatch: pytest.MonkeyPatch, error_log: None) -> None:
+    """The uplink's burst, too: a bug while switching one frame read from the master
+    drops that frame (``internal_error`` on the master), the next ones are delivered."""
+    p = make_port()
+    try:
+        wire = [bytes(net.HDR_LEN) + bytes(Ether(src="02:99:00:00:00:01", dst=MASTER) / IP(src="192.0.2.1", dst=B4)
+                                           / UDP(dport=5) / tag) for tag in (b"one", b"boom", b"two")]
+
+        def recv(view: memoryview) -> int:
+            if not wire:
+                return 0
+            data = wire.pop(0)
+            view[: len(data)] = data
+            return len(data)
+
+        real = p.port.from_uplink
+
+        def from_uplink(frame: memoryview) -> tuple[int, object]:
+            if bytes(frame[-4:]) == b"boom":
+                raise RuntimeError("injected")
+            return real(frame)
+
+        monkeypatch.setattr(p.dp.uplink, "recv", recv, raising=False)
+        monkeypatch.setattr(p.port, "from_uplink", from_uplink)
+        p.dp._uplink_readable()
+        assert [f[42:] for _, f in p.frontends["b"].receive()] == [b"one", b"two"]
+        assert p.dp.drops == {"internal_error": 1} and p.dp.uplink_rx == 3
+    finally:
+        p.close()
+
+
+Chain = tuple[str, int]  # (kind, size): a good frame, a runt, an indirect table, a split frame
+
+
+@settings(max_examples=25, deadline=None)
+@given(chains=st.lists(st.tuples(st.sampled_from(["frame", "runt", "indirect", "split"]), st.integers(0, 300)),
+                       min_size=1, max_size=60),
+       rx_buffer=st.sampled_from([0, 8, 12, 100, 2048]))
+def test_hostile_mixes_take_the_same_decisions_drain_by_drain(chains: list[Chain], rx_buffer: int) -> None:
+    """Random mixes of good frames, runts, indirect tables of zero-length descriptors
+    and split frames, to a receiver whose buffers may be too small for anything: the
+    accelerator and pure Python stop each drain at the same chain and count the same."""
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            a = p.frontends["a"]
+            if rx_buffer == 0:
+                frontend.make_rx_zero_capacity(p.frontends["b"], 16)
+            elif rx_buffer != 2048:
+                frontend.make_rx_small_buffers(p.frontends["b"], rx_buffer)
+            for kind, size in chains:
+                if kind == "frame":
+                    a.transmit(frame_to_b(bytes(size)))
+                elif kind == "runt":
+                    frontend.transmit_runts(a, [size % 12])
+                elif kind == "indirect":
+                    frontend.transmit_indirect_zero_length(a, 1, 1 + size % 257)  # 257: too long
+                else:
+                    a.transmit(frame_to_b(bytes(size)), split=True)
+            drains = drain_until_idle(p)
+            rxq = p.device("b").rx
+            return {"drains": drains, "rx_walked": rxq.walked if rxq is not None else None, **outcome(p)}
+        finally:
+            p.close()
+
+    result = both_ways(scenario)
+    drains = result["drains"]
+    assert isinstance(drains, list)
+    assert all(walked <= datapath.DESC_BUDGET + frontend.QSIZE + 1 for walked, _, _ in drains)

@@ -3,11 +3,16 @@
 It plays QEMU's part with a memfd as guest RAM: negotiates features, hands over
 the memory table and both rings, transmits frames and reads received ones. It can
 talk to the real daemon over a unix socket or drive a ``Session`` in-process.
-Deliberately simple and slow; it also lets tests send hostile input.
+Deliberately simple and slow; it also lets tests send hostile input: replace
+``kick``/``call`` descriptors before ``setup`` (say, with a pipe), choose how its
+memfd is sealed (``sealing``), truncate ``fd`` under the back-end, or ``send`` any
+message with any descriptors (``send_raw`` writes bytes and descriptors as given,
+without framing).
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import socket
@@ -81,9 +86,14 @@ class DriverQueue:
 class FakeFrontend:
     """Drives one vhost-user back-end connection like a (very simple) QEMU."""
 
-    def __init__(self, features: int | None = None, *, mergeable: bool = True) -> None:
-        self.fd = os.memfd_create("fake-guest")
+    def __init__(self, features: int | None = None, *, mergeable: bool = True, sealing: str = "none") -> None:
+        # sealing: "none" (a memfd that cannot be sealed, as DPDK's), "allow" (sealable,
+        # no seals yet) or "shrink" (sealed against shrinking, as QEMU's memfd backend)
+        flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealing != "none" else 0)
+        self.fd = os.memfd_create("fake-guest", flags)
         os.ftruncate(self.fd, MEM_SIZE)
+        if sealing == "shrink":
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         self.mem = mmap.mmap(self.fd, MEM_SIZE)
         self.rxq = DriverQueue(self.mem, 0)
         self.txq = DriverQueue(self.mem, self.rxq.end)
@@ -124,6 +134,11 @@ class FakeFrontend:
         hdr = self._recv_exact(codec.HEADER_SIZE)
         _, _, size = codec.HEADER.unpack(hdr)
         return self._recv_exact(size)
+
+    def send_raw(self, data: bytes, fds: list[int] | None = None) -> None:
+        """Write ``data`` as is (no framing) with ``fds`` in one sendmsg."""
+        assert self.sock is not None
+        socket.send_fds(self.sock, [data], fds or [])
 
     def _recv_exact(self, n: int) -> bytes:
         assert self.sock is not None
@@ -234,4 +249,65 @@ class FakeFrontend:
             except OSError:
                 pass
         self.mem.close()
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# -- hostile knobs (datapath work bounds) ------------------------------------------------
+# A guest that plays by none of the rules: each function below lays out hostile
+# rings through a ``FakeFrontend``'s memory. The area used lies past the frame
+# buffers (which end at about 1.1 MiB), so normal traffic can go on alongside.
+
+HOSTILE_AREA = 4 << 20
+_INDIRECT = 4  # VRING_DESC_F_INDIRECT
+
+
+def write_zero_length_table(fe: FakeFrontend, entries: int, *, writable: bool, at: int = HOSTILE_AREA) -> int:
+    """An indirect table of ``entries`` zero-length descriptors linked by NEXT; its guest address."""
+    flags = VRING_DESC_F_WRITE if writable else 0
+    table = bytearray(16 * entries)
+    for i in range(entries):
+        last = i == entries - 1
+        _DESC.pack_into(table, 16 * i, fe.buffers, 0, flags | (0 if last else VRING_DESC_F_NEXT), 0 if last else i + 1)
+    fe.mem[at : at + len(table)] = bytes(table)
+    return at
+
+
+def transmit_indirect_zero_length(fe: FakeFrontend, chains: int, entries: int) -> None:
+    """Make ``chains`` TX chains available, each an indirect table (one shared) of
+    ``entries`` zero-length descriptors: no data, all descriptor work (audit r1)."""
+    table = write_zero_length_table(fe, entries, writable=False)
+    for _ in range(chains):
+        i = fe.txq.free.pop()
+        fe.txq.set_desc(i, table, 16 * entries, _INDIRECT)
+        fe.txq.make_available(i)
+    os.eventfd_write(fe.kick[1], 1)
+
+
+def transmit_runts(fe: FakeFrontend, lengths: list[int]) -> None:
+    """TX chains of one descriptor each, shorter than the virtio_net_hdr (0 included)."""
+    fe.reclaim_tx()
+    for n in lengths:
+        i = fe.txq.free.pop()
+        addr = fe._buf_addr(1, i)
+        fe.mem[addr : addr + n] = b"\xee" * n
+        fe.txq.set_desc(i, addr, n, 0)
+        fe.txq.make_available(i)
+    os.eventfd_write(fe.kick[1], 1)
+
+
+def make_rx_zero_capacity(fe: FakeFrontend, entries: int) -> None:
+    """Turn every RX chain the guest has made available (and not had back) into an
+    indirect table of ``entries`` zero-length writable descriptors (audit r2)."""
+    table = write_zero_length_table(fe, entries, writable=True)
+    posted = set(range(fe.rxq.num)) - set(fe.rxq.free)
+    for i in posted:
+        fe.rxq.set_desc(i, table, 16 * entries, _INDIRECT)
+
+
+def make_rx_small_buffers(fe: FakeFrontend, size: int) -> None:
+    """Shrink every posted RX buffer to ``size`` bytes (one writable descriptor each)."""
+    posted = set(range(fe.rxq.num)) - set(fe.rxq.free)
+    for i in posted:
+        fe.rxq.set_desc(i, fe._buf_addr(0, i), size, VRING_DESC_F_WRITE)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from tests.support.frontend import FakeFrontend
 from vhost_ipvlan.daemon import datapath
 from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
+from vhost_ipvlan.daemon.host import eventfd_problem
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.session import Session
@@ -34,6 +35,9 @@ class _Host:
 
     def fence(self) -> None:
         pass
+
+    def eventfd_problem(self, fd: int) -> str | None:
+        return eventfd_problem(fd)
 
 
 class _Uplink:
@@ -72,7 +76,7 @@ class FixedRouter:
         self.mac = mac
         self.asked: list[bytes] = []
 
-    def next_hop_mac(self, dst: bytes) -> bytes:
+    def next_hop_mac(self, dst: bytes, guest: str = "") -> bytes:
         self.asked.append(dst)
         return self.mac
 

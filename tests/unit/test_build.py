@@ -10,9 +10,13 @@ import os
 
 import pytest
 
-from vhost_ipvlan.daemon import datapath
+from vhost_ipvlan.daemon import datapath, host
 
 
 @pytest.mark.skipif(os.environ.get("VHOST_IPVLAN_PURE") == "1", reason="pure Python requested")
 def test_accelerator_is_built() -> None:
     assert datapath.accelerated(), "vhost_ipvlan._fastpath did not build: see pip's output from scripts/setup"
+
+
+def test_sigbus_guard_is_built() -> None:
+    assert host.guarded(), "vhost_ipvlan._guard did not build: see pip's output from scripts/setup"

@@ -34,6 +34,7 @@ class Lab:
     def __init__(self, mode: str = "l2") -> None:
         self.port = Port("mst0", parse_mac(MASTER), mode)
         self.port.master_addresses = frozenset({ip("10.0.0.1"), ip("fd00::1")})
+        self.port.set_master_prefixes([(ip("10.0.0.1"), 24), (ip("fd00::1"), 64), (ip("2001:db8::1"), 64)])
         self.learned: list[tuple[str, bytes]] = []
         self.port.on_learn = lambda s, a: self.learned.append((s.name, a))
         self.a = self.port.add_slave("a", ["10.0.0.11", "fd00::11"], mac=A)

@@ -16,9 +16,15 @@ import pytest
 from vhost_ipvlan.control.client import ControlUnavailable, RemoteError
 from vhost_ipvlan.libvirt import hook
 from vhost_ipvlan.libvirt.check import allowed, msix_bug, socket_problems
-from vhost_ipvlan.libvirt.domain import NS, DomainError, is_slave_of, problems, slave_name, slave_requests
+from vhost_ipvlan.libvirt.domain import NS, DomainError, owner_of, problems, slave_name, slave_requests
 
 SOCKDIR = Path("/run/vhost-ipvlan")
+UUID1 = "6f1c3d2e-8a4b-4c5d-9e0f-112233445566"
+UUID2 = "0a0b0c0d-0e0f-4011-8213-141516171819"
+
+
+def name(mac: str, uuid: str = UUID1) -> str:
+    return f"vm-{uuid.replace('-', '')}-{mac.replace(':', '')}"
 OVERRIDE = ("<qemu:override><qemu:device alias='net0'><qemu:frontend>"
             "<qemu:property name='vectors' type='unsigned' value='0'/></qemu:frontend></qemu:device></qemu:override>")
 
@@ -42,9 +48,10 @@ def vi(mac: str = "52:54:00:00:00:10", master: str = "eth0", addrs: tuple[str, .
 
 
 def domain(*parts: str, name: str = "vm1", type_: str = "qemu", shared: bool = True, override: bool = True,
-           devices: str = "") -> str:
+           devices: str = "", uuid: str = UUID1) -> str:
     mb = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>" if shared else ""
     return (f"<domain type='{type_}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>{name}</name>"
+            f"<uuid>{uuid}</uuid>"
             f"{''.join(p for p in parts if p.startswith('<metadata'))}{mb}"
             f"<devices>{devices}{''.join(p for p in parts if p.startswith('<interface'))}"
             "<interface type='network'><mac address='52:54:00:99:99:99'/></interface></devices>"
@@ -55,8 +62,9 @@ def domain(*parts: str, name: str = "vm1", type_: str = "qemu", shared: bool = T
 
 def test_one_nic_daemon_listens() -> None:
     [r] = slave_requests(domain(nic(), meta(vi(extra=" mode='l2' flag='bridge'"))), SOCKDIR)
-    assert r.params() == {"master": "eth0", "name": "vm1-525400000010", "socket": "/run/vhost-ipvlan/vm1.sock",
-                          "socket_mode": "server", "addresses": ["192.0.2.10/24"], "mac": "52:54:00:00:00:10"}
+    assert r.params() == {"master": "eth0", "name": name("525400000010"), "socket": "/run/vhost-ipvlan/vm1.sock",
+                          "socket_mode": "server", "addresses": ["192.0.2.10/24"], "mac": "52:54:00:00:00:10",
+                          "owner": f"libvirt:{UUID1}"}
     assert r.port_params() == {"master": "eth0", "mode": "l2", "flag": "bridge"}
 
 
@@ -84,7 +92,7 @@ def test_two_nics_and_a_predeclared_one() -> None:
                       vi(mac="52:54:00:00:00:30", extra=" socket='/run/vhost-ipvlan/vm1c.sock'",
                          addrs=("198.51.100.3/24",))))
     rs = slave_requests(xml, SOCKDIR)
-    assert [r.name for r in rs] == ["vm1-525400000010", "vm1-525400000020", "vm1-525400000030"]
+    assert [r.name for r in rs] == [name("525400000010"), name("525400000020"), name("525400000030")]
     assert rs[2].socket == "/run/vhost-ipvlan/vm1c.sock" and rs[2].socket_mode == "server"
 
 
@@ -106,12 +114,57 @@ def test_refusals(xml: str, needle: str) -> None:
     assert "\n" not in str(e.value)
 
 
-def test_slave_names() -> None:
-    assert slave_name("web server/1", "52:54:00:AA:00:01") == "web_server_1-525400aa0001"
-    assert len(slave_name("x" * 200, "52:54:00:aa:00:01")) == 64
-    assert is_slave_of("vm", "vm-525400aa0001")
-    assert not is_slave_of("vm", "vm-x-525400aa0001")
-    assert not is_slave_of("vm-x", "vm-525400aa0001")
+def test_slave_names_are_injective_and_owned_by_the_domain_uuid() -> None:
+    assert slave_name(UUID1.upper(), "52:54:00:AA:00:01") == name("525400aa0001")
+    assert len(slave_name(UUID1, "52:54:00:aa:00:01")) == 48
+    # r9: "web 1" and "web_1" once got the same slave; names now follow the UUID
+    [a] = slave_requests(domain(nic(), meta(vi()), name="web 1"), SOCKDIR)
+    [b] = slave_requests(domain(nic(), meta(vi()), name="web_1", uuid=UUID2), SOCKDIR)
+    assert a.name != b.name and (a.owner, b.owner) == (owner_of(UUID1), owner_of(UUID2))
+
+
+@pytest.mark.parametrize(("path", "mode", "needle"), [
+    ("/run/vhost-ipvlan/../x/y.sock", "client", "must be a file directly in /run/vhost-ipvlan"),  # r9
+    ("/run/vhost-ipvlan/ctl/control.sock", "client", "must be a file directly in /run/vhost-ipvlan"),
+    ("/run/vhost-ipvlan/qemu/vm1.sock", "client", "must be a file directly in /run/vhost-ipvlan "),
+    ("/run/vhost-ipvlan/sub/vm1.sock", "server", "directly in /run/vhost-ipvlan/qemu or /run/vhost-ipvlan"),
+    ("/run/vhost-ipvlan/.vm1.sock", "client", "must not start with '.'"),
+    ("/run/vhost-ipvlan/vm&#127;.sock", "client", r"contains a control character ('\x7f')"),
+    ("/run/vhost-ipvlan/vm&#10;1.sock", "client", r"contains a control character ('\n')"),
+    ("/run/vhost-ipvlan/vm&#9;1.sock", "server", r"contains a control character ('\t')"),
+])
+def test_socket_paths_are_plain_names_in_the_socket_directory(path: str, mode: str, needle: str) -> None:
+    xml = domain(nic(path=path, mode=mode), meta(vi()))
+    with pytest.raises(DomainError) as e:
+        slave_requests(xml, SOCKDIR)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert any(needle in p for p in problems(xml, SOCKDIR))
+    predeclared = domain(meta(vi(extra=f" socket='{path}' socket-mode='{'client' if mode == 'server' else 'server'}'")))
+    with pytest.raises(DomainError, match="socket"):
+        slave_requests(predeclared, SOCKDIR)
+
+
+def test_qemu_listens_sockets_may_sit_in_the_qemu_subdirectory_if_it_is_no_symlink(tmp_path: Path) -> None:
+    (tmp_path / "qemu").mkdir()
+    [r] = slave_requests(domain(nic(path=f"{tmp_path}/qemu/vm1.sock", mode="server"), meta(vi())), tmp_path)
+    assert r.socket_mode == "client"
+    (tmp_path / "qemu").rmdir()
+    (tmp_path / "qemu").symlink_to("/etc")
+    with pytest.raises(DomainError, match="resolves to /etc"):
+        slave_requests(domain(nic(path=f"{tmp_path}/qemu/vm1.sock", mode="server"), meta(vi())), tmp_path)
+
+
+@pytest.mark.parametrize(("xml", "needle"), [
+    (domain(nic(), meta(vi(master='eth0&quot; ; flush ruleset #'))),
+     "master: 'eth0\" ; flush ruleset #' is not a valid"),
+    (domain(nic(), meta(vi(master="a" * 16))), "is not a valid interface name"),
+    (domain(nic(), meta(vi()), name="vm&#127;"), "the name contains a control character"),
+    (domain(nic(), meta(vi()), uuid="nope"), "no valid <uuid>"),
+])
+def test_hostile_names_are_refused_in_one_line(xml: str, needle: str) -> None:
+    with pytest.raises(DomainError) as e:
+        slave_requests(xml, SOCKDIR)
+    assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 # -- problems ------------------------------------------------------------------------------------
@@ -168,6 +221,13 @@ def check_socket_problems(d: Path) -> None:
     assert "cannot create files" in socket_problems(d / "a.sock", True, uid, gids)[0]
     (d / "f").write_text("")
     assert "not a socket" in socket_problems(d / "f", False, uid, gids)[0]
+    d.chmod(0o775)  # audit 5: a group-writable directory for the daemon's sockets
+    assert "is mode 0775 (group/other-writable): others can replace" in socket_problems(d / "a.sock", False, uid,
+                                                                                         gids)[0]
+    d.chmod(0o777)
+    assert "without the sticky bit" in socket_problems(d / "a.sock", True, uid, gids)[0]
+    d.chmod(0o1777)
+    assert socket_problems(d / "a.sock", True, uid, gids) == []
 
 
 # -- the hook ------------------------------------------------------------------------------------
@@ -197,6 +257,8 @@ class FakeDaemon:
         self.calls.append(method)
         if method == "port.list":
             return [{"mode": "l2", "flag": "bridge", **v} for v in self.ports.values()]
+        if method == "slave.list":
+            return list(self.slaves.values())
         if method == "port.add":
             if p["master"] not in self.masters:
                 raise RemoteError("no_such_interface", f"params.master: no interface {p['master']}")
@@ -236,7 +298,7 @@ TWO = domain(nic(), nic(mac="52:54:00:00:00:20", path="/run/vhost-ipvlan/b.sock"
 def test_prepare_creates_port_and_slaves_release_removes_them() -> None:
     d = FakeDaemon()
     assert run_hook(d, "prepare", TWO) == (0, "")
-    assert set(d.slaves) == {"vm1-525400000010", "vm1-525400000020"} and "eth0" in d.ports
+    assert set(d.slaves) == {name("525400000010"), name("525400000020")} and "eth0" in d.ports
     assert run_hook(d, "prepare", TWO) == (0, "")  # left over: changed, not refused
     assert run_hook(d, "release", TWO) == (0, "")
     assert d.slaves == {}
@@ -251,6 +313,21 @@ def test_refused_slave_fails_prepare_and_undoes() -> None:
     assert err == ("vhost-ipvlan: error: domain vm1: params.addresses[0]: 192.0.2.20/24 is already used by "
                    "slave 'other' on master eth0\n")
     assert set(d.slaves) == {"other"}  # the first NIC's slave was removed again
+
+
+def test_another_domains_slave_is_neither_changed_nor_removed() -> None:
+    d = FakeDaemon()
+    theirs: dict[str, Any] = {"name": name("525400000010"), "addresses": ["192.0.2.99/24"], "owner": owner_of(UUID2)}
+    d.slaves[theirs["name"]] = dict(theirs)
+    rc, err = run_hook(d, "prepare", TWO)
+    assert rc == 1 and err.count("\n") == 1
+    assert f"slave {theirs['name']} exists and belongs to libvirt:{UUID2}, not to this domain" in err
+    assert d.slaves == {theirs["name"]: theirs}  # untouched; nothing of ours left
+    assert run_hook(d, "release", TWO) == (0, "")
+    assert d.slaves == {theirs["name"]: theirs}
+    del d.slaves[theirs["name"]]["owner"]  # pre-created by hand (no owner): adopted
+    assert run_hook(d, "prepare", TWO) == (0, "")
+    assert d.slaves[theirs["name"]]["owner"] == owner_of(UUID1)
 
 
 def test_unknown_master_and_daemon_down() -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.frontend import FakeFrontend
+from vhost_ipvlan.daemon.host import eventfd_problem
 from vhost_ipvlan.errors import FrontendError
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
@@ -30,6 +31,9 @@ class FakeHost:
 
     def fence(self) -> None:
         pass
+
+    def eventfd_problem(self, fd: int) -> str | None:
+        return eventfd_problem(fd)
 
 
 class RecordingDevice:
@@ -165,6 +169,11 @@ def test_restart_with_a_stale_base_resumes_at_the_used_index_and_says_so() -> No
         (Request.SET_VRING_CALL, codec.U64.pack(0x100), 1, "NOFD"),
         (Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(2, 0) + bytes(64), 1, "file descriptors"),
         (Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(0, 0), 0, "regions"),
+        # a region ending exactly at 2^64 (the C accelerator cannot represent its end)
+        (Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + codec.MEM_REGION.pack(2**64 - 4096, 4096, 0, 0),
+         1, "below 2\\^64"),
+        (Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + codec.MEM_REGION.pack(0, 4096, 2**64 - 4096, 0),
+         1, "below 2\\^64"),
         (Request.SET_VRING_ADDR, bytes(10), 0, "expected 40"),
         (Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 7), 0, "neither"),
         (Request.SET_PROTOCOL_FEATURES, codec.U64.pack(1 << 60), 0, "not offered"),
@@ -205,3 +214,49 @@ def test_decode_header_checks_version_and_size() -> None:
         codec.decode_header(codec.HEADER.pack(1, 2, 0))
     with pytest.raises(FrontendError, match="payload"):
         codec.decode_header(codec.HEADER.pack(1, 1, 1 << 20))
+
+
+def test_bad_mem_table_stops_rings_through_the_device(pair: Pair) -> None:
+    """A table that does not cover the rings leaves them stopped, and the device told (r8)."""
+    pair.fe.setup()
+    pair.device.events.clear()
+    region = codec.MEM_REGION.pack(0, 8 << 20, 0x1000_0000_0000, 0)  # the rings' UVAs are not in it
+    with pytest.raises(FrontendError, match="vring 0"):
+        pair.fe.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [pair.fe.fd])
+    assert ("stopped", RX) in pair.device.events and ("stopped", TX) in pair.device.events
+    assert not any(v.started for v in pair.session.vrings)
+    assert ("started", RX) not in pair.device.events
+
+
+def test_mem_table_replacement_restarts_rings_through_the_device(pair: Pair) -> None:
+    pair.fe.setup()
+    pair.device.events.clear()
+    region = codec.MEM_REGION.pack(0, 8 << 20, 0x7F00_0000_0000, 0)
+    pair.fe.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [pair.fe.fd])
+    events = pair.device.events
+    assert events.index(("stopped", RX)) < events.index(("started", RX))
+    assert events.index(("stopped", TX)) < events.index(("started", TX))
+
+
+@pytest.mark.parametrize("request_", [Request.SET_VRING_KICK, Request.SET_VRING_CALL, Request.SET_VRING_ERR])
+def test_only_eventfds_are_taken_for_kick_call_err(pair: Pair, request_: Request) -> None:
+    """A pipe as kick fd made the loop spin; as call fd it blocked the loop (r6, r13)."""
+    r, w = os.pipe()
+    try:
+        with pytest.raises(FrontendError, match=f"{request_.name}: the descriptor is 'pipe:.*not an eventfd"):
+            pair.fe.send(request_, codec.U64.pack(RX), [r])
+        assert len(pair.host.closed) == 1  # the duplicate handed over was closed
+        assert pair.session.vrings[RX].kick_fd is None and pair.session.vrings[RX].call_fd is None
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_call_fd_is_made_non_blocking(pair: Pair) -> None:
+    fd = os.eventfd(0)  # blocking, as a front-end may hand it over
+    try:
+        pair.fe.send(Request.SET_VRING_CALL, codec.U64.pack(RX), [fd])
+        kept = pair.session.vrings[RX].call_fd
+        assert kept is not None and not os.get_blocking(kept)
+    finally:
+        os.close(fd)

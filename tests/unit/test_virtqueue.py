@@ -274,3 +274,127 @@ def test_random_rings_never_escape(table: bytes, avail: bytes, writable: bool) -
         q.publish()
     except GuestError:
         pass
+
+
+# -- bounded work per chain and per frame (hostile-input audit 3) ------------------------
+
+
+def zero_length_table(ram: bytearray, at: int, entries: int, flags: int, size: int = 0) -> None:
+    """An indirect table of ``entries`` descriptors of ``size`` bytes each, linked by NEXT."""
+    for i in range(entries):
+        last = i == entries - 1
+        struct.pack_into("<QIHH", ram, at + 16 * i, DATA, size, flags | (0 if last else VRING_DESC_F_NEXT),
+                         0 if last else i + 1)
+
+
+def test_indirect_table_is_bounded_by_the_queue_size() -> None:
+    """The spec bounds a chain by the queue size: a 17-entry table on a 16-entry queue
+    is refused, whatever MAX_QUEUE_SIZE allows; 16 entries are fine."""
+    ram, dq, q = make(num=16)
+    table = DATA + 0x1000
+    zero_length_table(ram, table, 17, 0)
+    zero_length_table(ram, table + 0x1000, 16, 0)
+    dq.set_desc(0, table, 16 * 17, VRING_DESC_F_INDIRECT)
+    dq.set_desc(1, table + 0x1000, 16 * 16, VRING_DESC_F_INDIRECT)
+    dq.make_available(0)
+    dq.make_available(1)
+    with pytest.raises(GuestError, match="indirect table of 272 bytes for a 16-entry queue"):
+        q.gather(q.pop(), memoryview(bytearray(64)))
+    assert q.gather(q.pop(), memoryview(bytearray(64))) == 0
+
+
+def test_walked_counts_every_descriptor() -> None:
+    """Zero-length descriptors and the indirect one count as work."""
+    ram, dq, q = make(num=16)
+    ram[DATA : DATA + 4] = b"abcd"
+    dq.set_desc(0, DATA, 4, 0)  # one plain descriptor
+    zero_length_table(ram, DATA + 0x1000, 16, 0)
+    dq.set_desc(1, DATA + 0x1000, 16 * 16, VRING_DESC_F_INDIRECT)
+    dq.set_desc(2, DATA, 0, VRING_DESC_F_NEXT, 3)
+    dq.set_desc(3, DATA, 4, 0)
+    for head in (0, 1, 2):
+        dq.make_available(head)
+    out = memoryview(bytearray(64))
+    walked = []
+    for _ in range(3):
+        before = q.walked
+        q.gather(q.pop(), out)
+        walked.append(q.walked - before)
+    assert walked == [1, 17, 2]
+
+
+def post_indirect_rx(ram: bytearray, dq: DriverQueue, count: int, entries: int, size: int) -> None:
+    """``count`` RX chains sharing one indirect table of ``entries`` writable descriptors."""
+    table = DATA + 0x10000
+    zero_length_table(ram, table, entries, VRING_DESC_F_WRITE, size)
+    for i in range(count):
+        dq.set_desc(i, table, 16 * entries, VRING_DESC_F_INDIRECT)
+        dq.make_available(i)
+
+
+@pytest.mark.parametrize("mergeable", [True, False])
+def test_rx_zero_capacity_chain_drops_the_frame_at_once(mergeable: bool) -> None:
+    """Audit r2: chains without writable room made one 60-byte frame walk every
+    pending chain to its end. The first such chain ends it: RX_BAD_BUFFER, the
+    chain given back, at most one chain walked."""
+    ram, dq, q = make(num=16)
+    post_indirect_rx(ram, dq, 16, 16, 0)
+    frame = memoryview(bytearray(net.HDR_LEN + 60))
+    assert net.rx_deliver(q, frame, mergeable) == net.RX_BAD_BUFFER
+    assert q.walked <= 16 + 1
+    assert q.pending() == 16 and q.used_idx == 0
+
+
+def test_rx_buffers_smaller_than_the_header_are_bad() -> None:
+    """Every mergeable buffer must hold a virtio_net_hdr (spec 5.1.6.3.1): the second
+    chain, of 8 bytes, ends the search; the first one (64 bytes) is given back."""
+    _, dq, q = make(num=16)
+    dq.set_desc(0, DATA, 64, VRING_DESC_F_WRITE)
+    for i in range(1, 16):
+        dq.set_desc(i, DATA + i * 4096, 8, VRING_DESC_F_WRITE)
+    for i in range(16):
+        dq.make_available(i)
+    frame = memoryview(bytearray(net.HDR_LEN + 500))
+    assert net.rx_deliver(q, frame, True) == net.RX_BAD_BUFFER
+    assert q.walked == 2 and q.pending() == 16
+
+
+def test_rx_fragmented_buffers_are_bounded_by_the_queue_size() -> None:
+    """Chains of 64 one-byte descriptors: a 2000-byte frame would take 32 of them
+    (2080 descriptors); it stops once the chains looked at reach ``num`` descriptors."""
+    ram, dq, q = make(num=64)
+    post_indirect_rx(ram, dq, 64, 64, 1)
+    frame = memoryview(bytearray(net.HDR_LEN + 2000))
+    assert net.rx_deliver(q, frame, True) == net.RX_BAD_BUFFER
+    assert q.walked <= 2 * (64 + 1)
+    assert q.pending() == 64 and q.used_idx == 0
+
+
+def test_rx_mergeable_of_a_maximal_frame_in_2k_buffers() -> None:
+    """The bound leaves real drivers alone: a 64 KiB frame in 2 KiB single-descriptor
+    buffers (33 of them) on a 64-entry queue is delivered."""
+    ram = bytearray(4 << 20)
+    mem = GuestMemory([Region(0, len(ram), UVA, memoryview(ram))])
+    dq = DriverQueue(ram, 0, 64)
+    q = SplitQueue(mem, 64, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 0, event_idx=False)
+    for i in range(64):
+        dq.set_desc(i, 0x100000 + i * 2048, 2048, VRING_DESC_F_WRITE)
+        dq.make_available(i)
+    frame = memoryview(bytearray(net.MAX_BUFFER))
+    assert net.rx_deliver(q, frame, True) == net.RX_OK
+    assert (q.used_idx, int.from_bytes(ram[0x100000 + 10 : 0x100000 + 12], "little")) == (33, 33)
+
+
+def test_a_bad_first_chain_is_walked_once_per_avail_index() -> None:
+    """A chain without room for a header stays first in the ring (it is never taken):
+    later frames are dropped without walking it again, until the driver adds chains."""
+    ram, dq, q = make(num=16)
+    post_indirect_rx(ram, dq, 8, 16, 0)
+    frame = memoryview(bytearray(net.HDR_LEN + 60))
+    for _ in range(3):
+        assert net.rx_deliver(q, frame, True) == net.RX_BAD_BUFFER
+    assert q.walked == 17
+    dq.set_desc(8, DATA, 2048, VRING_DESC_F_WRITE)
+    dq.make_available(8)
+    assert net.rx_deliver(q, frame, True) == net.RX_BAD_BUFFER  # looked at again: still bad
+    assert q.walked == 34 and q.pending() == 9

@@ -1,6 +1,8 @@
 """A blocking client of the control socket (the CLI uses it; so do the tests).
 
-Rules: one request at a time on one connection; a daemon refusal is a
+Rules: one request at a time on one connection; the old default path
+(``LEGACY_SOCKET``, in the socket directory) means the new one (``DEFAULT_SOCKET``,
+in its own root-only directory) when that exists; a daemon refusal is a
 ``RemoteError`` carrying the protocol's ``code`` and one-line ``message``; a
 socket problem (no daemon, connection dropped) is a ``ControlUnavailable``.
 """
@@ -17,7 +19,15 @@ from typing import Any, Self
 from ..errors import VhostIpvlanError
 from . import protocol
 
-DEFAULT_SOCKET = Path("/run/vhost-ipvlan/control.sock")
+DEFAULT_SOCKET = Path("/run/vhost-ipvlan/ctl/control.sock")  # ctl/: 0700 root, nobody else can swap it
+LEGACY_SOCKET = Path("/run/vhost-ipvlan/control.sock")  # before 2026-12: hooks installed then name it
+
+
+def resolve(path: Path) -> Path:
+    """``path``, except the old default when the new default exists (a hook installed earlier)."""
+    if path == LEGACY_SOCKET and DEFAULT_SOCKET.exists():
+        return DEFAULT_SOCKET
+    return path
 
 
 class RemoteError(VhostIpvlanError):
@@ -35,6 +45,7 @@ class ControlUnavailable(VhostIpvlanError):
 
 class Client:
     def __init__(self, path: Path = DEFAULT_SOCKET, timeout: float = 30) -> None:
+        path = resolve(path)
         self.path = path
         self._ids = itertools.count(1)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

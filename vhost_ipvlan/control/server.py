@@ -2,8 +2,11 @@
 
 Rules:
 - The socket is created before the daemon announces readiness, mode 0600 (root
-  only) unless told otherwise; a stale socket file is replaced, a live one (another
-  daemon answers on it) or a non-socket is an error.
+  only) unless told otherwise, never chmod-ed by path (``unixsock.listen``); a stale
+  socket file is replaced, a live one (another daemon answers on it) or a
+  non-socket is an error. Its directory must be writable by root only (default
+  ``/run/vhost-ipvlan/ctl``, 0700), else the daemon refuses to start: whoever can
+  write there can put their own socket in its place and answer the hook and CLI.
 - Requests are handled one at a time, in the loop, to completion: a change is
   validated, applied and written to the state file (``Topology.transaction``)
   before its response is sent. A refused request changes nothing.
@@ -17,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import config as cfg
+from .. import unixsock
 from ..errors import ConfigError, UplinkError
 from ..switch.port import learned_addresses
 from . import protocol
@@ -33,7 +35,8 @@ from .protocol import Request, RequestError
 log = logging.getLogger("vhost_ipvlan.control")
 
 MAX_CLIENTS = 16
-SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn"}
+SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn", "allow_router",
+              "owner", "peer_uid", "peer_gid"}
 
 if TYPE_CHECKING:
     from ..daemon.topology import Topology
@@ -61,33 +64,20 @@ class ControlServer:
 
     def bind(self) -> None:
         path = self.path
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise UplinkError(f"control socket {path} exists and is not a socket")
+        if unixsock.check_target(path, "control socket"):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 try:
                     probe.connect(str(path))
                 except OSError:
-                    path.unlink()
+                    pass  # stale: listen() replaces it
                 else:
                     raise UplinkError(f"control socket {path} is in use by another daemon")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-            os.chmod(path, self.mode)
-            sock.listen(MAX_CLIENTS)
-            sock.setblocking(False)
-        except OSError as e:
-            sock.close()
-            raise UplinkError(f"control socket {path}: cannot listen: {e.strerror}") from e
-        finally:
-            os.umask(old)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        why = unixsock.writable_by_others(path.parent)
+        if why is not None:
+            raise UplinkError(f"control socket {path}: its directory {path.parent} is {why}: another user could "
+                              "replace the socket; use a directory only root can write (e.g. mode 0700)")
+        sock = unixsock.listen(path, self.mode, backlog=MAX_CLIENTS, what="control socket")
         self.sock = sock
         log.info("control: listening on %s", path)
 
@@ -207,19 +197,19 @@ class ControlServer:
                 cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"master", "name", "socket"})
                 master_name = _s("params.master", p["master"])
                 topo.port_config(master_name)
-                sc = cfg.parse_slave("params", {k: v for k, v in p.items() if k != "master"})
+                sc = self._not_control(cfg.parse_slave("params", {k: v for k, v in p.items() if k != "master"}))
                 topo.add_slave(master_name, sc, undo)
             elif m == "slave.change":
                 cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"name"})
                 pc, cur_s = topo.slave_config(_s("params.name", p["name"]))
                 master_name = _s("params.master", p.get("master", pc.master))
                 table = {**cfg.slave_table(cur_s), **{k: v for k, v in p.items() if k != "master"}}
-                for key in ("mac", "qmp", "qmp_device"):  # null forgets
+                for key in ("mac", "qmp", "qmp_device", "owner", "peer_uid", "peer_gid"):  # null forgets
                     if key in table and table[key] is None:
                         del table[key]
                 if "qmp" in p and p["qmp"] is None and "qmp_device" not in p:
                     table.pop("qmp_device", None)
-                sc = cfg.parse_slave("params", table)
+                sc = self._not_control(cfg.parse_slave("params", table))
                 topo.change_slave(cur_s.name, master_name, sc, undo)
             elif m == "slave.remove":
                 cfg.check_keys("params", p, {"name"}, {"name"})
@@ -227,6 +217,12 @@ class ControlServer:
             else:  # pragma: no cover - protocol.METHODS and this table agree
                 raise RequestError("unknown_method", f"method: {m!r} is not implemented")
         return self._result_after(m, p)
+
+    def _not_control(self, sc: cfg.SlaveConfig) -> cfg.SlaveConfig:
+        """A slave socket must not take the control socket's place (it would be unlinked)."""
+        if sc.socket == self.path:
+            raise cfg.SocketInUse(f"params.socket: {sc.socket} is the daemon's control socket")
+        return sc
 
     def _rx_filter(self, p: dict[str, Any]) -> Any:
         """The guest's RX filter (a ``query-rx-filter`` entry, or null: back to snooping),

@@ -2,7 +2,9 @@
 
 Rules:
 - Same schema as the configuration file (TOML, ``[daemon]``, ``[[port]]`` / ``[[port.slave]]``),
-  read back with ``config.load``: ``load(write(c)) == c``.
+  read back with ``config.load``: ``load(write(c)) == c``. Strings are TOML basic
+  strings with every control character escaped (TOML forbids a raw DEL: one in a
+  socket path once made a state file the daemon could not start from).
 - Written before the change is acknowledged: temporary file in the same directory,
   ``fsync``, ``rename`` over the old one, ``fsync`` of the directory. A crash
   leaves the old file or the new one, never a mix.
@@ -12,7 +14,6 @@ Rules:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,25 @@ from ..config import Config, to_data
 HEADER = "# vhost-ipvlan state: written by the daemon after every accepted change; do not edit while it runs\n"
 
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _char(c: str) -> str:
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    n = ord(c)
+    if n < 0x20 or 0x7f <= n <= 0x9f:  # TOML forbids raw C0 and DEL; C1 escaped for readability
+        return f"\\u{n:04X}"
+    if 0xD800 <= n <= 0xDFFF:
+        raise ValueError(f"a lone surrogate (U+{n:04X}) cannot be written to TOML")
+    return c
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string that ``tomllib`` reads back as ``text``."""
+    return '"' + "".join(_char(c) for c in text) + '"'
+
+
 def _value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v) + "]"
@@ -29,8 +49,7 @@ def _value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
-    # a JSON string without \\u surrogate escapes is a TOML basic string
-    return json.dumps(str(v), ensure_ascii=False)
+    return toml_string(str(v))
 
 
 def dumps(config: Config) -> str:

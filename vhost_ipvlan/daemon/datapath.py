@@ -16,8 +16,22 @@ Rules:
   big) is dropped and counted on that receiver; nothing is queued.
 - A guest that breaks its ring (``GuestError``) gets that queue stopped and
   counted; the daemon and the other guests go on.
-- A TX burst is bounded (``BURST``); the rest is rescheduled so one guest cannot
-  starve the others.
+- A TX drain is bounded in frames (``BURST``) and in descriptors walked
+  (``DESC_BUDGET``, zero-length and indirect descriptors included; one chain
+  costs at most the queue size + 1, so a drain stops within ``DESC_BUDGET + num``);
+  the rest is rescheduled so one guest cannot starve the others. The C
+  accelerator forwards single-descriptor chains only, so it is given the smaller
+  of the two budgets as its frame budget and stops exactly where Python would.
+- A TX chain shorter than the 12-byte virtio_net_hdr (zero-length included) is a
+  ``runt`` drop: it adds nothing to ``tx_packets``/``tx_bytes``.
+- An unexpected exception (not ``GuestError``: a bug, or the C accelerator
+  failing) while handling one frame never escapes the burst: the frame is counted
+  ``internal_error`` on the guest it came from (``drops`` of the port for the
+  uplink) and skipped, the burst goes on; it is logged with its traceback at most
+  once per ``ERROR_LOG_INTERVAL`` (with how many were not logged). The C
+  accelerator gives back a frame it failed on and is off for the rest of that
+  drain: the failure is counted ``internal_error`` too, but Python switches the
+  frame (nothing is lost).
 - The wire follows the master (``daemon.master`` keeps ``wire_up`` and
   ``max_frame``): while the master is down or gone, frames for the wire are
   dropped and counted ``master_down`` (guest <-> guest goes on); a non-GSO frame
@@ -39,6 +53,7 @@ import asyncio
 import logging
 import os
 import struct
+import time
 from collections import Counter
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -46,7 +61,7 @@ from typing import TYPE_CHECKING
 from ..errors import GuestError
 from ..net import neigh
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
-from ..switch.policy import ANSWER, FLOOD, PASS, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
+from ..switch.policy import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..vhost_user.session import RX, TX, Session, Vring
 from ..virtio import net
 from ..virtio.virtqueue import SplitQueue
@@ -74,8 +89,33 @@ def accelerated() -> bool:
     return _fastpath is not None
 
 BURST = 256
+#: descriptors one TX drain may walk before it reschedules (see the rules)
+DESC_BUDGET = 4 * BURST
 ETH_HLEN = 14
 RESCAN_INTERVAL = 0.2
+ERROR_LOG_INTERVAL = 10.0
+
+
+class _ErrorLog:
+    """Rate-limited logging of unexpected exceptions on the data path."""
+
+    def __init__(self) -> None:
+        self.next_at = 0.0
+        self.suppressed = 0
+
+    def __call__(self, what: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now < self.next_at:
+            self.suppressed += 1
+            return
+        self.next_at = now + ERROR_LOG_INTERVAL
+        more = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+        self.suppressed = 0
+        log.error("internal error in the data path, %s%s", what, more,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+
+
+internal_error_log = _ErrorLog()
 
 
 class NetDevice:
@@ -171,11 +211,21 @@ class NetDevice:
     # -- events -------------------------------------------------------------------
 
     def _rx_kick(self, fd: int) -> None:
-        eventfd_drain(fd)  # new RX buffers; frames are never queued, nothing to do
+        if not eventfd_drain(fd):  # new RX buffers; frames are never queued, nothing to do
+            self._kick_failed(RX, fd)
 
     def _tx_kick(self, fd: int) -> None:
-        eventfd_drain(fd)
+        if not eventfd_drain(fd):
+            self._kick_failed(TX, fd)
+            return
         self.drain_tx()
+
+    def _kick_failed(self, which: int, fd: int) -> None:
+        """A kick descriptor that cannot be read would be reported readable forever."""
+        if self._kick_fds.get(which) == fd:
+            del self._kick_fds[which]
+        self.dp.loop.remove_reader(fd)
+        log.warning("slave %s: %s kick descriptor unreadable: no longer watched", self.slave.name, _QNAME[which])
 
     def schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -206,28 +256,36 @@ class NetDevice:
         if q is None:
             return
         view = self.view
-        handle = self.dp.from_guest
         budget = BURST
+        limit = q.walked + DESC_BUDGET
         fp = _fastpath
         fast = self.dp.fast_args(self) if self.tx_enabled else None
         try:
             while True:
-                while budget:
+                while budget and q.walked < limit:
                     if fast is not None and fp is not None:
                         # the C accelerator forwards what it can; it stops at the first
-                        # frame (SLOW_FRAME, in view) or chain (SLOW_CHAIN) for Python
-                        status, length, nf, nb = fp.forward_burst(
-                            q, self.buf, fast[0], fast[1], fast[2], budget, self.dp.dirty
-                        )
+                        # frame (SLOW_FRAME, in view) or chain (SLOW_CHAIN) for Python;
+                        # each chain it takes is one descriptor: frames == descriptors
+                        try:
+                            status, length, nf, nb = fp.forward_burst(
+                                q, self.buf, fast[0], fast[1], fast[2], min(budget, limit - q.walked),
+                                self.dp.dirty,
+                            )
+                        except Exception as e:  # a bug: nothing was taken
+                            status, length, nf, nb = fp.ERROR, e, 0, 0
                         budget -= nf
                         self.tx_packets += nf
                         self.tx_bytes += nb
                         if status == fp.SLOW_FRAME:
                             budget -= 1
-                            self.tx_packets += 1
-                            self.tx_bytes += length - net.HDR_LEN
-                            handle(self, length)
+                            self._from_guest(length)
                             fast = self.dp.fast_args(self)  # the frame may have changed state
+                            continue
+                        if status == fp.ERROR:  # the frame, if any, was given back
+                            self.drops["internal_error"] += 1
+                            internal_error_log(f"slave {self.slave.name}: the C accelerator failed", length)
+                            fast = None  # Python handles the rest of this drain
                             continue
                         if status != fp.SLOW_CHAIN:
                             break
@@ -238,12 +296,10 @@ class NetDevice:
                     q.push(head, 0)
                     budget -= 1
                     if self.tx_enabled:
-                        self.tx_packets += 1
-                        self.tx_bytes += length - net.HDR_LEN
-                        handle(self, length)
+                        self._from_guest(length)
                 if q.publish() and self.tx_call is not None:
                     eventfd_signal(self.tx_call)
-                if not budget:
+                if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
                 if not q.want_kick():
@@ -252,6 +308,19 @@ class NetDevice:
             self.break_queue(TX, e)
         finally:
             self.dp.flush()
+
+    def _from_guest(self, length: int) -> None:
+        """Count and switch one frame taken from the TX ring (``view[:length]``)."""
+        if length < net.HDR_LEN:
+            self.drops["runt"] += 1
+            return
+        self.tx_packets += 1
+        self.tx_bytes += length - net.HDR_LEN
+        try:
+            self.dp.from_guest(self, length)
+        except Exception as e:  # a bug must cost one frame, not the daemon
+            self.drops["internal_error"] += 1
+            internal_error_log(f"slave {self.slave.name}: a frame from the guest dropped", e)
 
     # -- switch -> guest ----------------------------------------------------------------
 
@@ -276,13 +345,15 @@ class NetDevice:
             self.dp.dirty.add(self)
         elif rc == net.RX_RING_FULL:
             self.drops["rx_ring_full"] += 1
+        elif rc == net.RX_BAD_BUFFER:
+            self.drops["rx_bad_buffer"] += 1
         else:
             self.drops["rx_too_big"] += 1
 
     def flush_rx(self) -> None:
         q = self.rx
-        if q is not None and q.publish() and self.rx_call is not None:
-            eventfd_signal(self.rx_call)
+        if q is not None and q.publish() and self.rx_call is not None and not eventfd_signal(self.rx_call):
+            self.drops["call_failed"] += 1  # the counter is full or the descriptor gone: never block
 
 
 _QNAME = {RX: "rx", TX: "tx"}
@@ -411,11 +482,9 @@ class PortDatapath:
         return self.devices[slave.name]
 
     def from_guest(self, dev: NetDevice, length: int) -> None:
-        """Switch the frame in ``dev.view[:length]`` taken from ``dev``'s TX ring."""
+        """Switch the frame in ``dev.view[:length]`` taken from ``dev``'s TX ring
+        (``length`` >= the 12-byte header: ``NetDevice`` drops runts)."""
         buf = dev.view
-        if length < net.HDR_LEN:
-            dev.drops["runt"] += 1
-            return
         action, arg = self.port.from_guest(dev.slave, buf[net.HDR_LEN : length])
         if action == TO_UPLINK:
             if arg is not None:  # vepa, to another guest's MAC: the wire sees the master's
@@ -464,11 +533,11 @@ class PortDatapath:
             return
         off = net.HDR_LEN + ETH_HLEN
         dst = buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]
-        mac = router.next_hop_mac(dst.tobytes())
-        if mac == b"local":
+        mac = router.next_hop_mac(dst.tobytes(), dev.slave.name)  # never waits: a miss is a drop
+        if isinstance(mac, str):
+            dev.drops[mac] += 1  # no_route, neigh_unresolved, neigh_rate_limited, ... (routing.py)
+        elif mac == b"local":
             self._to_host(dev, buf, length)
-        elif len(mac) != 6:
-            dev.drops["neigh_unresolved" if mac else "no_route"] += 1
         elif self._wire_ok(dev, buf, length):
             to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
             buf[net.HDR_LEN : net.HDR_LEN + 6] = mac
@@ -526,31 +595,38 @@ class PortDatapath:
                 self.drops["uplink_truncated"] += 1
                 continue
             self.uplink_rx += 1
-            frame = view[net.HDR_LEN : length]
-            action, arg = self.port.from_uplink(frame)
-            if action == PASS:
-                continue
-            if action == TO_SLAVE:
-                dev = self._device(arg)  # type: ignore[arg-type]
-                mac = dev.slave.mac
-                if mac is None:
-                    dev.drops["mac_unknown"] += 1
-                    continue
-                to_guest(frame, length - net.HDR_LEN, mac, self.port.master_mac)
-                if self.l3:
-                    view[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
-                dev.deliver(view[:length])
-            elif action == ANSWER:
-                # l3/l3s: the outside's ARP/NS for a slave address (a departure)
-                reply = neigh.reply(frame, self.port.master_mac)
-                if reply is not None and self.wire_up and self.uplink.send(memoryview(bytearray(net.HDR_LEN) + reply),
-                                                                           net.HDR_LEN + len(reply)):
-                    self.uplink_tx += 1
-            elif action == FLOOD:
-                out = view[:length]
-                dst = frame[:6].tobytes()
-                for dev in self.devices.values():
-                    if dev.slave.up and dev.slave.mcast.accepts(dst):
-                        dev.deliver(out)
-            # DROP: the switch has counted it in port.uplink_drops
+            try:
+                self._from_uplink(length)
+            except Exception as e:  # a bug must cost one frame, not the daemon
+                self.drops["internal_error"] += 1
+                internal_error_log(f"master {self.uplink.master}: a frame from the wire dropped", e)
         self.flush()
+
+    def _from_uplink(self, length: int) -> None:
+        """Switch the frame in ``view[:length]`` read from the uplink."""
+        view = self.view
+        frame = view[net.HDR_LEN : length]
+        action, arg = self.port.from_uplink(frame)
+        if action == TO_SLAVE:
+            dev = self._device(arg)  # type: ignore[arg-type]
+            mac = dev.slave.mac
+            if mac is None:
+                dev.drops["mac_unknown"] += 1
+                return
+            to_guest(frame, length - net.HDR_LEN, mac, self.port.master_mac)
+            if self.l3:
+                view[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
+            dev.deliver(view[:length])
+        elif action == ANSWER:
+            # l3/l3s: the outside's ARP/NS for a slave address (a departure)
+            reply = neigh.reply(frame, self.port.master_mac)
+            if reply is not None and self.wire_up and self.uplink.send(memoryview(bytearray(net.HDR_LEN) + reply),
+                                                                       net.HDR_LEN + len(reply)):
+                self.uplink_tx += 1
+        elif action == FLOOD:
+            out = view[:length]
+            dst = frame[:6].tobytes()
+            for dev in self.devices.values():
+                if dev.slave.up and dev.slave.mcast.accepts(dst):
+                    dev.deliver(out)
+        # PASS: the host's; DROP: the switch has counted it in port.uplink_drops

@@ -4,7 +4,15 @@ Rules:
 - ``server`` role (the default): the daemon listens on the socket path (QEMU
   ``-chardev socket`` without ``server``, libvirt ``mode='client'``). A stale
   socket file is replaced; anything else at the path is an error. While one
-  front-end is connected, further connections are refused (closed) and logged.
+  front-end is connected, further connections are refused (closed) and logged
+  (rate-limited per slave).
+  The socket gets its mode, owner and group before it appears at its path
+  (``unixsock.listen``: never chmod/chown by path); a socket directory that other
+  users can write is warned about.
+- ``peer_uid``/``peer_gid`` (optional, per slave) pin the slave to a front-end
+  process: a connection (either role) whose peer credentials (SO_PEERCRED) differ is
+  closed and logged. Without them, any process that may open the socket (group
+  ``kvm``) can be an idle slave (README, "Security").
 - ``client`` role: the daemon connects to a socket the front-end listens on
   (libvirt ``mode='server'``), and retries every ``RETRY`` seconds until it
   succeeds, and again after every disconnect.
@@ -16,32 +24,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
-import stat
+import struct
 from pathlib import Path
 
-from ..errors import UplinkError
+from .. import unixsock
 from ..vhost_user.session import Session
 from .channel import Connection
 from .datapath import NetDevice
 from .host import OsHost
+from .lograte import RateLimitedLog
 
 log = logging.getLogger("vhost_ipvlan.endpoint")
 RETRY = 1.0
+_refusals = RateLimitedLog(log)  # refused connections are logged within a budget per slave
 
 
 class Endpoint:
     """Accepts (or makes) the front-end connection for one ``NetDevice``."""
 
     def __init__(self, path: Path, role: str, device: NetDevice, loop: asyncio.AbstractEventLoop,
-                 socket_mode: int = 0o660, owner: int = -1, group: int = -1) -> None:
+                 socket_mode: int = 0o660, owner: int = -1, group: int = -1,
+                 peer: tuple[int | None, int | None] = (None, None)) -> None:
         self.path = path
         self.role = role
         self.device = device
         self.loop = loop
         self.socket_mode = socket_mode
         self.owner, self.group = owner, group
+        self.peer_uid, self.peer_gid = peer
         self.host = OsHost()
         self.conn: Connection | None = None
         self.listener: socket.socket | None = None
@@ -61,26 +72,13 @@ class Endpoint:
 
     def _listen(self) -> None:
         path = self.path
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise UplinkError(f"slave {self.name}: {path} exists and is not a socket")
-            path.unlink()
         path.parent.mkdir(parents=True, exist_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(path))
-            os.chmod(path, self.socket_mode)
-            if self.owner != -1 or self.group != -1:
-                os.chown(path, self.owner, self.group)
-            sock.listen(4)
-            sock.setblocking(False)
-        except OSError as e:
-            sock.close()
-            raise UplinkError(f"slave {self.name}: cannot listen on {path}: {e.strerror}") from e
+        why = unixsock.writable_by_others(path.parent)
+        if why is not None:
+            log.warning("slave %s: the socket directory %s is %s: other users can replace the socket "
+                        "(use a root-owned directory, e.g. 0750 root:kvm; README, Security)", self.name,
+                        path.parent, why)
+        sock = unixsock.listen(path, self.socket_mode, self.owner, self.group, 4, f"slave {self.name}")
         self.listener = sock
         self.loop.add_reader(sock.fileno(), self._accept)
         log.info("slave %s: listening on %s", self.name, path)
@@ -95,7 +93,11 @@ class Endpoint:
             log.warning("slave %s: accept failed: %s", self.name, e)
             return
         if self.conn is not None:
-            log.warning("slave %s: refused a second front-end connection (one is active)", self.name)
+            _refusals.log(self.name, logging.WARNING, "slave %s: refused a second front-end connection (one is active)",
+                          self.name)
+            sock.close()
+            return
+        if not self._peer_allowed(sock):
             sock.close()
             return
         self._attach(sock)
@@ -112,7 +114,23 @@ class Endpoint:
             log.debug("slave %s: cannot connect to %s yet: %s", self.name, self.path, e)
             self._retry = self.loop.call_later(RETRY, self._connect)
             return
+        if not self._peer_allowed(sock):
+            sock.close()
+            self._retry = self.loop.call_later(RETRY, self._connect)
+            return
         self._attach(sock)
+
+    def _peer_allowed(self, sock: socket.socket) -> bool:
+        """``peer_uid``/``peer_gid`` (if set) match the front-end process (SO_PEERCRED)."""
+        if self.peer_uid is None and self.peer_gid is None:
+            return True
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", creds)
+        if self.peer_uid not in (None, uid) or self.peer_gid not in (None, gid):
+            log.warning("slave %s: refused a front-end (pid %d, uid %d, gid %d): the slave is pinned to "
+                        "uid %s gid %s", self.name, pid, uid, gid, self.peer_uid, self.peer_gid)
+            return False
+        return True
 
     def _attach(self, sock: socket.socket) -> None:
         self.connections += 1

@@ -5,15 +5,96 @@ Rules:
   front-end's mmap_offset need not be page aligned), and the view starts at
   ``offset``. A mapping lives as long as a view of it does (the session drops the
   old table on SET_MEM_TABLE and at disconnect); the fd is closed by the session.
+- The front-end keeps its descriptors: if it shrinks a mapped file, touching a
+  page past the new end raises SIGBUS, which would kill the daemon. So a region
+  is mapped only if its file cannot shrink under us:
+  * a memfd sealed with F_SEAL_SHRINK (QEMU's memory-backend-memfd) is mapped as is;
+  * a memfd that allows sealing gets F_SEAL_SHRINK added here;
+  * anything else (DPDK's memfds, hugetlbfs or other files) is mapped through the
+    SIGBUS guard (``_guard.c``): a page that disappears is replaced by a zero page
+    and the mapping flagged; ``on_memory_shrunk`` then tells the event loop, which
+    closes that connection ("guest memory shrank under us");
+  * without the guard module such memory is refused, on one line, unless
+    ``VHOST_IPVLAN_UNGUARDED_MEMORY=1`` is set (then a shrinking file kills the
+    daemon, as before).
+  A file shorter than the region's end is refused in every case.
+- Kick, call and err descriptors must be eventfds (``/proc/self/fd/N`` reads
+  ``anon_inode:[eventfd]``) and are made non-blocking: signalling or draining one
+  never blocks the loop (a full counter is EAGAIN: the signal is counted as lost).
 - ``fence`` is a full memory barrier: CPython has no fence primitive, but taking
   and releasing an uncontended lock executes a lock-prefixed instruction on x86.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import logging
 import mmap
 import os
 import threading
+from collections.abc import Callable
+from types import ModuleType
+
+EVENTFD_LINK = "anon_inode:[eventfd]"  # what /proc/self/fd/N reads for an eventfd
+ALLOW_UNGUARDED = "VHOST_IPVLAN_UNGUARDED_MEMORY"
+log = logging.getLogger("vhost_ipvlan.host")
+
+_guard: ModuleType | None
+try:
+    from .. import _guard  # type: ignore[attr-defined, no-redef]
+except ImportError:
+    _guard = None
+
+
+def guarded() -> bool:
+    """Whether the SIGBUS guard module is available."""
+    return _guard is not None
+
+
+def shrink_sealed(fd: int) -> bool:
+    """True if ``fd``'s file cannot shrink: it carries F_SEAL_SHRINK, or it is a
+    memfd that allows sealing and gets the seal now."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return False  # not a memfd (or shmem file): no seals at all
+    if seals & fcntl.F_SEAL_SHRINK:
+        return True
+    if seals & fcntl.F_SEAL_SEAL:
+        return False  # created without MFD_ALLOW_SEALING, or sealing was sealed
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except OSError:
+        return False
+    return True
+
+
+def shrunk(buf: memoryview) -> bool:
+    """True if the guard replaced a page of the mapping ``buf`` views (its file shrank)."""
+    return bool(getattr(buf.obj, "poisoned", False))
+
+
+_shrink_fd: int | None = None
+_shrink_loop: asyncio.AbstractEventLoop | None = None
+
+
+def on_memory_shrunk(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Have ``callback()`` called on ``loop`` after the guard replaced a page of a
+    guarded mapping (one loop at a time: the daemon has one; a new loop takes over)."""
+    global _shrink_fd, _shrink_loop
+    if _guard is None or loop is _shrink_loop:
+        return
+    if _shrink_fd is None:
+        _shrink_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        _guard.set_notify(_shrink_fd)
+    loop.add_reader(_shrink_fd, _memory_shrunk, _shrink_fd, callback)
+    _shrink_loop = loop
+
+
+def _memory_shrunk(fd: int, callback: Callable[[], None]) -> None:
+    eventfd_drain(fd)
+    callback()
 
 
 class OsHost:
@@ -23,11 +104,27 @@ class OsHost:
         self._lock = threading.Lock()
 
     def map_region(self, fd: int, size: int, offset: int) -> memoryview:
-        try:
-            mm = mmap.mmap(fd, offset + size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        except ValueError as e:  # e.g. the file is shorter than the region claims
-            raise OSError(str(e)) from e
-        return memoryview(mm)[offset : offset + size]
+        """Map ``[offset, offset + size)`` of ``fd`` (see the rules above); OSError
+        with a one-line reason if the memory is refused."""
+        length = offset + size
+        if shrink_sealed(fd):  # sealed first, then the size checked: it cannot change any more
+            try:
+                mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            except ValueError as e:  # e.g. the file is shorter than the region claims
+                raise OSError(str(e)) from e
+            log.debug("mapped %d bytes of a memfd sealed against shrinking", length)
+            return memoryview(mm)[offset:length]
+        file_size = os.fstat(fd).st_size
+        if file_size < length:
+            raise OSError(f"the file is {file_size} bytes, shorter than the region's end at {length}")
+        if _guard is not None:
+            log.debug("mapped %d bytes of an unsealed file under the SIGBUS guard", length)
+            return memoryview(_guard.map(fd, length))[offset:length]
+        if os.environ.get(ALLOW_UNGUARDED) != "1":
+            raise OSError("the memory is not sealed against shrinking (F_SEAL_SHRINK) and the SIGBUS guard "
+                          f"(vhost_ipvlan._guard) is not built: refused (set {ALLOW_UNGUARDED}=1 to accept it)")
+        mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        return memoryview(mm)[offset:length]
 
     def close_fd(self, fd: int) -> None:
         try:
@@ -39,19 +136,47 @@ class OsHost:
         with self._lock:
             pass
 
+    def eventfd_problem(self, fd: int) -> str | None:
+        return eventfd_problem(fd)
+
+
+def eventfd_problem(fd: int) -> str | None:
+    """None if ``fd`` is an eventfd (made non-blocking here), else what it is instead."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as e:
+        return f"unusable ({e.strerror})"
+    if target != EVENTFD_LINK:
+        return repr(target)  # e.g. 'pipe:[1234]', 'socket:[5678]', '/dev/null'
+    try:
+        os.set_blocking(fd, False)
+    except OSError as e:
+        return f"an eventfd that cannot be made non-blocking ({e.strerror})"
+    return None
+
 
 def eventfd_signal(fd: int) -> bool:
-    """Write 1 to an eventfd; False if the descriptor is gone or the counter full."""
+    """Add 1 to an eventfd without ever blocking; False if the descriptor is gone or
+    its counter is full (EAGAIN). The front-end shares the open file description
+    and may clear O_NONBLOCK: it is checked (and set again) before each write."""
     try:
+        if os.get_blocking(fd):
+            os.set_blocking(fd, False)
         os.eventfd_write(fd, 1)
     except OSError:
         return False
     return True
 
 
-def eventfd_drain(fd: int) -> None:
-    """Reset a (non-blocking) eventfd's counter."""
+def eventfd_drain(fd: int) -> bool:
+    """Reset an eventfd's counter without blocking; False on an error other than
+    "nothing to read" (the caller then stops watching the descriptor)."""
     try:
+        if os.get_blocking(fd):
+            os.set_blocking(fd, False)
         os.eventfd_read(fd)
+    except (BlockingIOError, InterruptedError):
+        return True
     except OSError:
-        pass
+        return False
+    return True

@@ -27,7 +27,9 @@ Rules:
   No offloads are enabled on the tap, so the host hands it complete frames.
 - Routes follow the port's configured and learned (learning mode) addresses
   (``sync``, called wherever the nftables chain is updated). Learned link-locals
-  get no route.
+  get no route, nor does a learned address outside the master's connected prefixes
+  (``Port.on_link``: learning refuses those, but the master's prefixes may change
+  later): the host's own traffic to an off-link address never goes into a guest.
 - Problems are counted in the port's ``drops`` (``host_*``), never raised per frame.
 - l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
   master only, IPv6 forwarding for the namespace (the kernel has no per-device
@@ -152,9 +154,11 @@ class HostLink:
 
     def sync(self) -> None:
         """Make the routes through the tap equal to the slaves' configured and learned addresses."""
+        port = self.dp.port
         want: set[bytes] = set()
-        for slave in self.dp.port.slaves.values():
-            want |= slave.owned()
+        for slave in port.slaves.values():
+            want |= slave.addresses
+            want.update(a for a in slave.learned_addrs if port.on_link(a))
         for addr in sorted(self.routes - want):
             self._route("del", addr)
             self.routes.discard(addr)

@@ -24,9 +24,11 @@ Rules (what vhost-ipvlan does, and where it departs):
   re-applied, MAC and MTU taken from the new interface, and traffic resumes.
 - Addresses: ``Port.master_addresses`` follows the master's own addresses
   (RTM_NEWADDR/RTM_DELADDR; re-read by ``resync``), so a slave can never learn
-  one. If the host later gives the master an address a slave owns (configured or
-  learned), the slave keeps it: the nftables chain still takes the traffic for it
-  away from the host. That is logged (one warning) and counted
+  one; every address event re-reads them with their prefixes (``read_addresses``,
+  ``Ownership.master_addresses``), which bound what a slave may learn. If the
+  host later gives the master an address a slave owns (configured or learned),
+  the slave keeps it: the nftables chain still takes the traffic for it away
+  from the host. That is logged (one warning) and counted
   (``address_conflicts`` in the master's stats).
 - One log line per change; failures to reopen are logged, never raised.
 """
@@ -165,15 +167,16 @@ class MasterMonitor:
         port = m.dp.port
         if not present:
             port.master_addresses = port.master_addresses - {addr}
-            return
-        if addr in port.master_addresses:
-            return
-        port.master_addresses = port.master_addresses | {addr}
-        owner = port.by_addr.get(addr)
-        if owner is not None:
-            m.address_conflicts += 1
-            log.warning("master %s: the host added %s, which is slave %s's address; the slave keeps it "
-                        "(the host will not receive traffic for it)", m.name, format_ip(addr), owner.name)
+        elif addr not in port.master_addresses:
+            port.master_addresses = port.master_addresses | {addr}
+            owner = port.by_addr.get(addr)
+            if owner is not None:
+                m.address_conflicts += 1
+                log.warning("master %s: the host added %s, which is slave %s's address; the slave keeps it "
+                            "(the host will not receive traffic for it)", m.name, format_ip(addr), owner.name)
+        if self.read_addresses is not None:  # the read also gives the port the master's prefixes
+            with contextlib.suppress(UplinkError, OSError):
+                self.read_addresses(m.name)
 
     def _apply(self, m: Master, state: LinkState, *, initial: bool = False) -> None:
         dp = m.dp
@@ -182,6 +185,7 @@ class MasterMonitor:
                 log.info("master %s: mtu %d -> %d", m.name, m.mtu, state.mtu)
             m.mtu = state.mtu
         dp.max_frame = net.HDR_LEN + ETH_HLEN + m.mtu
+        dp.port.max_frame = ETH_HLEN + m.mtu
         if state.mac is not None and state.mac != dp.port.master_mac:
             old = dp.port.master_mac
             try:

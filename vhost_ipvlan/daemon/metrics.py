@@ -1,9 +1,10 @@
 """Prometheus metrics over ``Daemon.stats()``: a custom collector and a tiny HTTP server.
 
 Rules:
-- No second set of counters: every scrape calls ``stats()`` and turns it into
-  metric families (``StatsCollector``), so the numbers are the ones ``SIGUSR1``
-  logs. Names follow node_exporter's network metrics
+- No second set of counters: a scrape turns ``stats()`` into metric families
+  (``StatsCollector``), so the numbers are the ones ``SIGUSR1`` logs. The text is
+  regenerated at most every ``MIN_INTERVAL`` seconds; scrapes in between get the
+  same snapshot (a flood of scrapes costs one ``stats()`` per interval). Names follow node_exporter's network metrics
   (``node_network_receive_packets_total`` -> ``vhost_ipvlan_slave_receive_packets_total``).
 - A slave's *receive* and *transmit* are its guest NIC's: receive = frames put
   into the guest's RX ring, transmit = frames the guest sent. The master's are its
@@ -11,6 +12,10 @@ Rules:
 - The HTTP server runs on the daemon's asyncio loop (no thread): stats are read
   in the loop's thread, between bursts, so they are consistent. It answers
   ``GET`` on any path with the text exposition format; one request per connection.
+- Hostile local clients (audit 10): at most ``MAX_CLIENTS`` connections are held;
+  a new one beyond that closes the oldest (so idle connections cannot lock scrapers
+  out and hold at most ``MAX_CLIENTS`` fds); the request head must arrive within
+  ``HEADER_TIMEOUT`` seconds and fit in ``MAX_HEAD`` bytes.
 - ``--metrics ADDRESS:PORT`` (``[::1]:9100`` for IPv6); a bad address is a
   ``ConfigError``, a port that cannot be bound an ``UplinkError`` (one line each).
 """
@@ -21,6 +26,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +41,10 @@ log = logging.getLogger("vhost_ipvlan.metrics")
 PREFIX = "vhost_ipvlan"
 
 StatsFunction = Callable[[], dict[str, Any]]
+MAX_CLIENTS = 16
+HEADER_TIMEOUT = 2.0
+MAX_HEAD = 8192
+MIN_INTERVAL = 0.5  # seconds between two stats() snapshots
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -120,32 +131,50 @@ class MetricsServer:
             raise UplinkError(f"metrics: cannot listen on {address}: {e.strerror or e}") from e
         self.sock = sock
         self.address = address
+        self.clients: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()  # oldest first
+        self.snapshots = 0
+        self._body = b""
+        self._body_at = -MIN_INTERVAL
         self._server: asyncio.Server | None = None
         self._task = loop.create_task(self._serve())
         log.info("metrics: serving Prometheus metrics on http://%s/metrics", address)
 
     async def _serve(self) -> None:
-        self._server = await asyncio.start_server(self._client, sock=self.sock)
+        self._server = await asyncio.start_server(self._client, sock=self.sock, limit=MAX_HEAD)
+
+    def body(self) -> bytes:
+        """The exposition text, from a snapshot at most ``MIN_INTERVAL`` old."""
+        now = time.monotonic()
+        if now - self._body_at >= MIN_INTERVAL:
+            self._body = generate_latest(self.registry)
+            self._body_at = now
+            self.snapshots += 1
+        return self._body
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while len(self.clients) >= MAX_CLIENTS:
+            oldest, _ = self.clients.popitem(last=False)
+            oldest.transport.abort()
+        self.clients[writer] = None
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_TIMEOUT)
             method = head.split(b" ", 1)[0]
             if method not in (b"GET", b"HEAD"):
                 writer.write(b"HTTP/1.0 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             else:
-                body = generate_latest(self.registry)
+                body = self.body()
                 writer.write(
                     b"HTTP/1.0 200 OK\r\nContent-Type: " + CONTENT_TYPE_LATEST.encode()
                     + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
                     + (body if method == b"GET" else b"")
                 )
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), HEADER_TIMEOUT)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass
         except Exception:
             log.exception("metrics: error answering a scrape")
         finally:
+            self.clients.pop(writer, None)
             writer.close()
 
     def close(self) -> None:

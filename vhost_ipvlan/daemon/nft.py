@@ -12,11 +12,16 @@ Rules:
 - Dropped: IPv4/IPv6 packets to a slave address, ARP whose target is one, and
   Neighbour Solicitations whose target is one. Broadcast and multicast are left
   alone: the host always keeps its copy.
+- Nothing is spliced into a script unchecked: addresses are re-formatted by
+  ``ipaddress``, the master must be an interface name of the configuration's
+  charset (no quote, ``;``, ``#`` or whitespace) and a chain name a plain word;
+  anything else is an ``UplinkError`` and no script runs.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -24,6 +29,14 @@ from collections.abc import Iterable
 from ..errors import UplinkError
 
 TABLE = "vhost_ipvlan"
+_IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")  # config._IFNAME
+_CHAIN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+
+
+def _word(kind: str, pattern: re.Pattern[str], text: str) -> str:
+    if not pattern.fullmatch(text):
+        raise UplinkError(f"nft: {text!r} is not a valid {kind} for an nft script")
+    return text
 
 
 def _run(script: str) -> None:
@@ -51,6 +64,8 @@ def consume(chain: str, master: str, v4_addresses: Iterable[str], v6_addresses: 
     """Make ``master``'s ingress drop what belongs to these slave addresses.
 
     ``ip=False`` (l3s) drops only ARP and NS: the host must forward the IP packets."""
+    chain = _word("chain name", _CHAIN, chain)
+    master = _word("interface name", _IFNAME, master)
     v4 = [str(ipaddress.IPv4Address(a)) for a in v4_addresses]
     v6 = [ipaddress.IPv6Address(a) for a in v6_addresses]
     lines = [
@@ -75,4 +90,5 @@ def consume(chain: str, master: str, v4_addresses: Iterable[str], v6_addresses: 
 
 
 def release(chain: str) -> None:
+    chain = _word("chain name", _CHAIN, chain)
     _run(f"table netdev {TABLE} {{}}\nflush table netdev {TABLE}\ndelete chain netdev {TABLE} {chain}\n")

@@ -8,6 +8,15 @@ Rules:
   raised before anything changes. The set read is also stored in
   ``Port.master_addresses`` (later kept current by ``master.MasterMonitor``) so a
   learning slave never learns one.
+- What a slave may learn is bounded by the master's link (``switch.source``), with
+  data read here: ``master_addresses`` also gives the port of that master
+  (``watch``) its connected prefixes (``Port.set_master_prefixes``: its addresses'
+  prefixes and its unicast routes without a gateway, so an address-less master
+  with ``ip route add 192.0.2.0/24 dev eth0`` has a link too), and
+  ``in_use`` (``Port.in_use``) names the master's gateways (routes through it)
+  and neighbours in use (``NUD_REACHABLE|STALE|DELAY|PROBE|PERMANENT``), read at
+  most once per ``IN_USE_REFRESH`` seconds and master, only when a learn would
+  otherwise succeed; a failed read keeps the last set.
 - Learning-mode slaves: ``learned`` (``Port.on_learn``) logs each learned address
   and asks, once per loop turn and master, for the nftables chain and host-link
   routes to be brought up to date (the caller's ``sync``); never from inside the
@@ -19,10 +28,14 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
+from functools import partial
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -31,7 +44,7 @@ from ..errors import UplinkError
 from ..net.addr import format_ip
 from ..switch.port import Port, Slave
 from ..switch.source import learnable_more
-from .rtnl import Rtnl, interface_addresses
+from .rtnl import Rtnl, message_address
 
 log = logging.getLogger("vhost_ipvlan.topology")
 
@@ -42,21 +55,96 @@ class MasterAddress(cfg.Conflict):
     code = "master_address"
 
 
+NUD_IN_USE = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT
+IN_USE_REFRESH = 1.0
+RTN_UNICAST = 1
+
+
 class Ownership:
     def __init__(self, loop: asyncio.AbstractEventLoop, sync: Callable[[str], None]) -> None:
         self.loop = loop
         self.sync = sync
         self._rtnl: Rtnl | None = None
         self._pending: set[str] = set()
+        #: master -> its port, whose prefixes follow ``master_addresses``
+        self.ports: dict[str, Port] = {}
+        self._in_use: dict[str, tuple[float, frozenset[bytes]]] = {}
 
-    def master_addresses(self, master: str) -> frozenset[bytes]:
-        """The master's own addresses, read from the kernel now."""
+    def _call(self) -> Rtnl:
         if self._rtnl is None:
             self._rtnl = Rtnl()
+        return self._rtnl
+
+    def watch(self, port: Port) -> None:
+        """Keep ``port``'s view of its master (prefixes, ``in_use``) from the kernel."""
+        self.ports[port.master] = port
+        port.in_use = partial(self.in_use, port.master)
+
+    def unwatch(self, port: Port) -> None:
+        if self.ports.get(port.master) is port:
+            del self.ports[port.master]
+        self._in_use.pop(port.master, None)
+
+    def master_addresses(self, master: str) -> frozenset[bytes]:
+        """The master's own addresses, read from the kernel now (the watched port's
+        prefixes are updated from the same read)."""
         try:
-            return interface_addresses(self._rtnl, socket.if_nametoindex(master))
+            msgs = self._call().call("get_addr", index=socket.if_nametoindex(master))
         except (NetlinkError, OSError) as e:
             raise UplinkError(f"master {master}: cannot read its addresses: {e}") from e
+        found = [(message_address(m), int(m["prefixlen"])) for m in msgs]
+        port = self.ports.get(master)
+        if port is not None:
+            prefixes = [(a, plen) for a, plen in found if a is not None]
+            try:
+                prefixes += self._connected_routes(master)
+            except (NetlinkError, OSError) as e:
+                log.warning("master %s: cannot read its routes: %s", master, e)
+            port.set_master_prefixes(prefixes)
+        return frozenset(a for a, _ in found if a is not None)
+
+    def _connected_routes(self, master: str) -> list[tuple[bytes, int]]:
+        """Unicast routes through ``master`` without a gateway (not the default): the
+        prefixes on its link, also where the host has no address in them."""
+        rtnl = self._call()
+        index = socket.if_nametoindex(master)
+        out = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for m in rtnl.call("get_routes", family=family, oif=index):
+                dst = m.get_attr("RTA_DST")
+                if m["type"] != RTN_UNICAST or not m["dst_len"] or m.get_attr("RTA_GATEWAY") or \
+                        not isinstance(dst, str):
+                    continue
+                with contextlib.suppress(ValueError):
+                    out.append((ipaddress.ip_address(dst).packed, int(m["dst_len"])))
+        return out
+
+    def in_use(self, master: str, addr: bytes) -> bool:
+        """``Port.in_use``: ``addr`` is a gateway or an in-use neighbour of ``master``."""
+        now = time.monotonic()
+        cached = self._in_use.get(master)
+        if cached is None or now - cached[0] >= IN_USE_REFRESH:
+            try:
+                found = self._read_in_use(master)
+            except (NetlinkError, OSError) as e:
+                log.debug("master %s: cannot read its neighbours: %s", master, e)
+                found = cached[1] if cached is not None else frozenset()
+            cached = self._in_use[master] = (now, found)
+        return addr in cached[1]
+
+    def _read_in_use(self, master: str) -> frozenset[bytes]:
+        rtnl = self._call()
+        index = socket.if_nametoindex(master)
+        texts: list[object] = [m.get_attr("NDA_DST") for m in rtnl.call("get_neighbours", ifindex=index)
+                               if m["state"] & NUD_IN_USE]
+        for family in (socket.AF_INET, socket.AF_INET6):
+            texts += [m.get_attr("RTA_GATEWAY") for m in rtnl.call("get_routes", family=family, oif=index)]
+        out = set()
+        for text in texts:
+            if isinstance(text, str):
+                with contextlib.suppress(ValueError):
+                    out.add(ipaddress.ip_address(text).packed)
+        return frozenset(out)
 
     def check_master(self, where: str, port: Port, addresses: tuple[cfg.IPInterface, ...],
                      new: AbstractSet[object]) -> None:
@@ -83,6 +171,7 @@ class Ownership:
         self.sync(master)
 
     def close(self) -> None:
+        self.ports.clear()
         if self._rtnl is not None:
             self._rtnl.close()
             self._rtnl = None

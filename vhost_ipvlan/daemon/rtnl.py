@@ -3,12 +3,17 @@
 pyroute2 0.9's synchronous ``IPRoute`` drives its own asyncio loop with
 ``run_until_complete``, which cannot run in a thread whose loop is already running
 (the daemon's). So each ``Rtnl`` owns one worker thread holding an ``IPRoute``;
-``call`` runs one request there and waits for its answer.
+``call`` runs one request there and waits for its answer; ``submit`` hands the
+worker a job and returns at once.
 
 Rules:
-- Only for rare requests (route and neighbour changes, cached lookups): the caller
-  blocks for one netlink round trip.
-- Exceptions (``NetlinkError``, ``OSError``) are re-raised in the caller.
+- ``call`` only for rare requests (route and neighbour changes at configuration
+  time): the caller blocks for one netlink round trip. Anything a guest's traffic
+  can cause goes through ``submit`` (the event loop never waits for the kernel).
+- A ``submit``-ted job runs in the worker and talks to the kernel with ``request``,
+  which is refused in any other thread. Jobs run one at a time, in order.
+- Exceptions (``NetlinkError``, ``OSError``) are re-raised in the caller (``call``)
+  or set on the future (``submit``).
 - ``close`` closes the socket and stops the thread; calls after it raise ``OSError``.
 """
 
@@ -16,12 +21,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
 logging.getLogger("pyroute2").setLevel(logging.WARNING)  # its DEBUG logs every message
+
+T = TypeVar("T")
 
 
 class Rtnl:
@@ -30,18 +39,25 @@ class Rtnl:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtnl")
         self._ipr: Any = self._pool.submit(IPRoute).result()
+        self._worker = self._pool.submit(threading.get_ident).result()
         self._closed = False
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``IPRoute.<method>(*args, **kwargs)``, materialised as a list when it is a generator."""
+        return self.submit(lambda: self.request(method, *args, **kwargs)).result()
+
+    def submit(self, job: Callable[[], T]) -> Future[T]:
+        """Run ``job`` in the worker thread; returns at once."""
         if self._closed:
             raise OSError("rtnetlink socket closed")
+        return self._pool.submit(job)
 
-        def run() -> Any:
-            result = getattr(self._ipr, method)(*args, **kwargs)
-            return list(result) if hasattr(result, "__next__") else result
-
-        return self._pool.submit(run).result()
+    def request(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``call`` from inside a job: runs in the calling thread, which must be the worker."""
+        if threading.get_ident() != self._worker:
+            raise RuntimeError("Rtnl.request outside the rtnl worker thread")
+        result = getattr(self._ipr, method)(*args, **kwargs)
+        return list(result) if hasattr(result, "__next__") else result
 
     def close(self) -> None:
         if not self._closed:

@@ -205,6 +205,8 @@ class Topology:
             port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from e
+        self.owners.watch(port)
+        undo.callback(self.owners.unwatch, port)
         port.master_addresses = self.owners.master_addresses(pc.master)
         port.on_learn = partial(self.owners.learned, pc.master)
         dp = PortDatapath(port, uplink, self.loop)
@@ -214,7 +216,7 @@ class Topology:
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
         if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
-            dp.router = Router(uplink.ifindex)
+            dp.router = Router(uplink.ifindex, self.loop)
         if pc.mode == "l3s" and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
@@ -256,6 +258,7 @@ class Topology:
         dp.uplink.close()
         _close_extras(dp)
         self.ports.remove(dp)
+        self.owners.unwatch(dp.port)
         self.config = replace(self.config, ports=tuple(p for p in self.config.ports if p.master != master))
         undo.callback(self._readd_port, pc)
         log.info("master %s: port removed", master)
@@ -287,7 +290,8 @@ class Topology:
         undo.callback(self._set_config, self.config)
         undo.callback(self._resync_nft, dp)  # runs after the slave is gone again
         try:
-            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn)
+            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn,
+                                      allow_router=sc.allow_router)
         except MacInUse as e:
             raise MacConflict(f"{where}.mac: {e}") from e
         except PortAddressInUse as e:
@@ -299,7 +303,8 @@ class Topology:
         dp.devices[sc.name] = dev
         undo.callback(self._forget_device, dp, dev)
         d = self.config.daemon
-        ep = Endpoint(sc.socket, sc.socket_mode, dev, self.loop, d.socket_permissions, d.socket_owner, d.socket_group)
+        ep = Endpoint(sc.socket, sc.socket_mode, dev, self.loop, d.socket_permissions, d.socket_owner, d.socket_group,
+                      peer=(sc.peer_uid, sc.peer_gid))
         self.endpoints.append(ep)
         undo.callback(self._close_endpoint, ep)
         self._set_slave(master, sc.name, sc)
@@ -357,6 +362,9 @@ class Topology:
             except ValueError as e:
                 raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
             undo.callback(dp.port.remove_address, slave, ip.packed)
+        if old.allow_router != sc.allow_router:
+            slave.allow_router = sc.allow_router
+            undo.callback(setattr, slave, "allow_router", old.allow_router)
         if (old.qmp, old.qmp_device) != (sc.qmp, sc.qmp_device):
             self._unwatch(name)
             undo.callback(self._watch, old, slave)
@@ -463,5 +471,5 @@ def _check_interface(where: str, master: str) -> None:
 
 def _in_place(old: SlaveConfig, new: SlaveConfig) -> bool:
     """Whether ``old`` can become ``new`` without re-creating the slave."""
-    return (old.name, old.socket, old.socket_mode, old.mac, old.learn) == \
-        (new.name, new.socket, new.socket_mode, new.mac, new.learn)
+    return (old.name, old.socket, old.socket_mode, old.mac, old.learn, old.peer_uid, old.peer_gid) == \
+        (new.name, new.socket, new.socket_mode, new.mac, new.learn, new.peer_uid, new.peer_gid)

@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from ..control.client import Client, ControlUnavailable, RemoteError
+from ..unixsock import writable_by_others
 from .domain import DomainError, ours, parse, problems
 
 QEMU_USER = "libvirt-qemu"
@@ -54,7 +55,14 @@ def socket_problems(sock: Path, qemu_listens: bool, uid: int, gids: set[int]) ->
         st = sock.parent.stat()
         if not allowed(st, uid, gids, 3):
             return [f"socket {sock}: QEMU listens, but its user cannot create files in {sock.parent}"]
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return [f"socket {sock}: {sock.parent} is writable by others without the sticky bit: one QEMU can "
+                    "remove another's socket (use 1770 root:kvm; README, Security)"]
         return []
+    why = writable_by_others(sock.parent)
+    if why is not None:
+        return [f"socket {sock}: the daemon listens in {sock.parent}, which is {why}: others can replace its "
+                "sockets (use 0750 root:kvm; README, Security)"]
     try:
         st = sock.stat()
     except FileNotFoundError:

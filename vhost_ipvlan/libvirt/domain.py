@@ -1,12 +1,20 @@
 """A libvirt domain's XML -> the vhost-ipvlan slaves it needs, and what would break it.
 
-Pure: no libvirt, no sockets, no files. The hook, the watcher and ``libvirt check``
-all start here.
+Pure: no libvirt, no sockets, no files, except that a socket's directory is
+resolved (``realpath``) to refuse symlinks. The hook, the watcher and ``libvirt
+check`` all start here.
 
 Rules:
-- An ``<interface type='vhostuser'>`` is ours when its ``<source path>`` is inside
-  the socket directory (default ``/run/vhost-ipvlan``); other interfaces are left
-  alone.
+- An ``<interface type='vhostuser'>`` is ours when its ``<source path>`` points
+  into the socket directory (default ``/run/vhost-ipvlan``), ``..`` resolved or not;
+  other interfaces are left alone. Ours must then be a plain file name directly in
+  the socket directory (the daemon listens: QEMU only connects, so the directory
+  is ``root:kvm 0750`` and nobody but root can swap a socket there), or, for
+  QEMU-listens sockets, in its ``qemu`` subdirectory (``root:kvm 1770``): no
+  ``..``, no name starting with ``.``, no control character, and the directory must
+  not resolve elsewhere (``realpath``: no symlink). The XML is a domain definer's
+  word and the hook runs as root: a path elsewhere once made the daemon unlink and
+  take over any unix socket on the host.
 - Its slave's settings come from the ``<metadata>`` element in our namespace
   (``NS``), keyed by the interface's ``<mac address>``::
 
@@ -26,14 +34,20 @@ Rules:
   backend answers; see docs/libvirt.md).
 - Socket roles: libvirt ``mode='client'`` (QEMU connects) is the daemon's
   ``server`` role; ``mode='server'`` (QEMU listens) is the daemon's ``client`` role.
-- Slave names are ``<domain>-<mac as 12 hex digits>`` (the domain name reduced to
-  ``[A-Za-z0-9_.-]``, at most 51 characters), so a release can find them again.
+- Slave names are ``vm-<domain UUID, 32 hex digits>-<mac, 12 hex digits>`` (48
+  characters): injective, so two domains never share a name whatever their names
+  ("web 1" and "web_1" once did), and a rename changes nothing. Each slave also
+  records its ``owner``, ``libvirt:<uuid>``: the hook and the watcher change and
+  remove only slaves they own for that domain.
+- Names (the domain's, the master) and paths with control characters are refused.
 - Problems are one line each, naming the domain and the interface's MAC.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +59,8 @@ from ..errors import ConfigError
 NS = "https://vhost-ipvlan.example/xmlns/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 DEFAULT_SOCKET_DIR = Path("/run/vhost-ipvlan")
+QEMU_SUBDIR = "qemu"  # <socket dir>/qemu: QEMU-listens sockets (QEMU creates them), root:kvm 1770
 ROLE = {"client": "server", "server": "client"}  # libvirt's mode (QEMU's role) -> the daemon's socket_mode
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class DomainError(ConfigError):
@@ -68,12 +82,17 @@ class SlaveRequest:
     flag: str | None = None
     alias: str | None = None  # the NIC's libvirt alias (live XML), for QMP set_link
     learn: bool = False  # <vi:interface learn='yes'>: learning mode
+    allow_router: bool = False  # <vi:interface allow-router='yes'>: no RA/DHCP-server guard
+    owner: str = ""  # libvirt:<domain uuid>
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"master": self.master, "name": self.name, "socket": self.socket,
-                             "socket_mode": self.socket_mode, "addresses": list(self.addresses), "mac": self.mac}
+                             "socket_mode": self.socket_mode, "addresses": list(self.addresses), "mac": self.mac,
+                             "owner": self.owner}
         if self.learn:
             p["learn"] = True
+        if self.allow_router:
+            p["allow_router"] = True
         return p
 
     def port_params(self) -> dict[str, Any]:
@@ -104,6 +123,7 @@ class Meta:
     socket: str | None
     socket_mode: str
     learn: bool = False
+    allow_router: bool = False
 
 
 @dataclass
@@ -114,19 +134,53 @@ class Domain:
     meta: dict[str, Meta] = field(default_factory=dict)
     shared_memory: bool = False
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # alias -> frontend property -> value
+    uuid: str | None = None  # canonical (lower case, dashes), None if absent or not a UUID
+
+    @property
+    def owner(self) -> str:
+        """The ``owner`` of this domain's slaves (``DomainError`` without a UUID)."""
+        if self.uuid is None:
+            raise DomainError(f"domain {self.name}: no valid <uuid> (vhost-ipvlan names and owns slaves by it)")
+        return owner_of(self.uuid)
 
 
-def slave_name(domain: str, mac: str) -> str:
-    return f"{_UNSAFE.sub('_', domain)[:51]}-{mac.replace(':', '').lower()}"
+def slave_name(uuid: str, mac: str) -> str:
+    """The slave of the domain ``uuid``'s NIC ``mac``: ``vm-<32 hex>-<12 hex>``."""
+    return f"vm-{uuidlib.UUID(uuid).hex}-{mac.replace(':', '').lower()}"
 
 
-def is_slave_of(domain: str, name: str) -> bool:
-    return re.fullmatch(re.escape(_UNSAFE.sub("_", domain)[:51]) + "-[0-9a-f]{12}", name) is not None
+def owner_of(uuid: str) -> str:
+    return f"libvirt:{uuidlib.UUID(uuid)}"
 
 
-def under(path: str, directory: Path) -> bool:
-    p, d = Path(path), Path(directory)
-    return p.is_absolute() and p != d and d in p.parents
+def claims(path: str, directory: Path) -> bool:
+    """``path`` points into ``directory``, lexically or with ``..`` resolved: ours to serve or refuse."""
+    d = Path(os.path.normpath(directory))
+    return any(p.is_absolute() and p != d and d in p.parents for p in (Path(path), Path(os.path.normpath(path))))
+
+
+def socket_problem(path: str, directory: Path, role: str) -> str | None:
+    """Why ``path`` cannot be the socket of a slave in ``role`` (the daemon's), None if it can."""
+    m = _CONTROL.search(path)
+    if m is not None:
+        return f"socket {path!r} contains a control character ({m.group()!r})"
+    d = Path(os.path.normpath(directory))
+    dirs = [d] if role == "server" else [d / QEMU_SUBDIR, d]
+    where = " or ".join(str(x) for x in dirs)
+    p = Path(path)
+    if not p.is_absolute() or ".." in p.parts or p.parent not in dirs:
+        return (f"socket {path}: must be a file directly in {where} "
+                f"(the daemon listens: {d}; QEMU listens: {d / QEMU_SUBDIR})")
+    if p.name.startswith("."):
+        return f"socket {path}: the file name must not start with '.'"
+    expected = Path(os.path.realpath(d)) / p.parent.relative_to(d)  # the socket dir may be a link, not qemu/
+    real = Path(os.path.realpath(p.parent))
+    if real != expected:
+        return f"socket {path}: {p.parent} resolves to {real} (a symlink), not a directory of vhost-ipvlan's"
+    return None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def parse(xml: str) -> Domain:
@@ -137,6 +191,10 @@ def parse(xml: str) -> Domain:
     if root.tag != "domain":
         raise DomainError(f"domain XML: the root element is <{root.tag}>, not <domain>")
     dom = Domain(name=(root.findtext("name") or "").strip() or "?", type=root.get("type", ""))
+    try:
+        dom.uuid = str(uuidlib.UUID((root.findtext("uuid") or "").strip()))
+    except ValueError:
+        pass
     for i, el in enumerate(root.findall("./devices/interface")):
         if el.get("type") != "vhostuser":
             continue
@@ -187,8 +245,14 @@ def _meta(domain: str, el: ET.Element) -> Meta:
     learn = el.get("learn", "no")
     if learn not in _BOOL:
         raise DomainError(f"{where}: learn {learn!r} is not yes or no")
+    allow_router = el.get("allow-router", "no")
+    if allow_router not in _BOOL:
+        raise DomainError(f"{where}: allow-router {allow_router!r} is not yes or no")
+    master = el.get("master")
+    if master:
+        _check(lambda: cfg.check_ifname(f"{where}: master", master))
     return Meta(mac, el.get("master"), addresses, el.get("mode"), el.get("flag"), el.get("socket"), socket_mode,
-                _BOOL[learn])
+                _BOOL[learn], _BOOL[allow_router])
 
 
 _BOOL = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
@@ -207,7 +271,13 @@ def _check(f: Any) -> None:
 
 
 def ours(dom: Domain, socket_dir: Path) -> list[Interface]:
-    return [i for i in dom.interfaces if i.socket is not None and under(i.socket, socket_dir)]
+    return [i for i in dom.interfaces if i.socket is not None and claims(i.socket, socket_dir)]
+
+
+def _checked_name(dom: Domain) -> None:
+    m = _CONTROL.search(dom.name)
+    if m is not None:
+        raise DomainError(f"domain {dom.name!r}: the name contains a control character ({m.group()!r})")
 
 
 def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[SlaveRequest]:
@@ -219,7 +289,12 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
     dom = parse(xml)
     out: list[SlaveRequest] = []
     seen: set[str] = set()
-    for iface in ours(dom, socket_dir):
+    mine = ours(dom, socket_dir)
+    owner = ""
+    if mine or any(m.socket is not None for m in dom.meta.values()):
+        _checked_name(dom)
+        owner = dom.owner
+    for iface in mine:
         if iface.mac is None:
             raise DomainError(f"domain {dom.name}: interface {iface.socket} has no <mac address>; "
                               "vhost-ipvlan needs it to find its <vi:interface> metadata")
@@ -232,21 +307,30 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
             raise DomainError(f"{where}: <vi:interface> has no master attribute")
         if iface.libvirt_mode not in ROLE:
             raise DomainError(f"{where}: <source mode={iface.libvirt_mode!r}> must be 'client' or 'server'")
-        assert iface.socket is not None
-        out.append(SlaveRequest(dom.name, slave_name(dom.name, mac), meta.master, iface.socket,
-                                ROLE[iface.libvirt_mode], meta.addresses, mac, meta.mode, meta.flag,
-                                iface.alias, meta.learn))
+        assert iface.socket is not None and dom.uuid is not None
+        role = ROLE[iface.libvirt_mode]
+        bad = socket_problem(iface.socket, socket_dir, role)
+        if bad is not None:
+            raise DomainError(f"{where}: {bad}")
+        out.append(SlaveRequest(dom.name, slave_name(dom.uuid, mac), meta.master, iface.socket,
+                                role, meta.addresses, mac, meta.mode, meta.flag,
+                                iface.alias, meta.learn, meta.allow_router, owner))
         seen.add(mac)
     for mac, meta in dom.meta.items():
         if mac in seen or meta.socket is None:
             continue
         where = f"domain {dom.name}: <vi:interface mac='{mac}' socket={meta.socket!r}>"
-        if not under(meta.socket, socket_dir):
+        if not claims(meta.socket, socket_dir):
             raise DomainError(f"{where}: the socket is not inside {socket_dir}")
+        bad = socket_problem(meta.socket, socket_dir, meta.socket_mode)
+        if bad is not None:
+            raise DomainError(f"{where}: {bad}")
         if not meta.master:
             raise DomainError(f"{where}: no master attribute")
-        out.append(SlaveRequest(dom.name, slave_name(dom.name, mac), meta.master, meta.socket,
-                                meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag, learn=meta.learn))
+        assert dom.uuid is not None
+        out.append(SlaveRequest(dom.name, slave_name(dom.uuid, mac), meta.master, meta.socket,
+                                meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag, learn=meta.learn,
+                                allow_router=meta.allow_router, owner=owner))
     return out
 
 
@@ -267,11 +351,20 @@ def problems(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR, *, msix_bug: bool 
     if not dom.shared_memory:
         out.append(f"domain {dom.name}: no shared memory: vhost-user needs <memoryBacking><source type='memfd'/>"
                    "<access mode='shared'/></memoryBacking>")
+    if _CONTROL.search(dom.name):
+        out.append(f"domain {dom.name!r}: the name contains a control character")
+    if dom.uuid is None:
+        out.append(f"domain {dom.name}: no valid <uuid> (vhost-ipvlan names and owns slaves by it)")
     for iface in vhost:
         name = f"domain {dom.name}: interface {iface.mac or '(no mac)'}"
-        if iface.socket is None or not under(iface.socket, socket_dir):
+        if iface.socket is None or not claims(iface.socket, socket_dir):
             out.append(f"{name}: socket {iface.socket} is not inside vhost-ipvlan's socket directory {socket_dir}")
             continue
+        if iface.libvirt_mode in ROLE:
+            bad = socket_problem(iface.socket, socket_dir, ROLE[iface.libvirt_mode])
+            if bad is not None:
+                out.append(f"{name}: {bad}")
+                continue
         if iface.mac is None:
             out.append(f"{name}: no <mac address>: vhost-ipvlan keys its metadata by MAC")
         else:

@@ -9,11 +9,13 @@ Rules:
 - Only the daemon's control socket is used: never libvirt (deadlock), never netlink.
 - ``prepare``: every slave the XML asks for (``domain.slave_requests``) is created;
   a port is added first if the master has none. A slave of the same name left over
-  (a crash, a pre-created one) is changed to match. If anything is refused, the
-  slaves created so far are removed again and the hook exits 1 with one line on
-  stderr (libvirt shows it: ``virsh start`` fails with it).
-- ``release``: the same slaves are removed; missing ones and an unreachable daemon
-  are fine (the exit status of ``release`` is ignored by libvirt anyway).
+  (a crash, a pre-created one) is changed to match, unless it records another
+  ``owner`` (another domain's: refused). If anything is refused, the slaves created
+  so far are removed again and the hook exits 1 with one line on stderr (libvirt
+  shows it: ``virsh start`` fails with it).
+- ``release``: the same slaves are removed if this domain owns them; missing ones
+  and an unreachable daemon are fine (the exit status of ``release`` is ignored by
+  libvirt anyway).
 - Every other operation exits 0 and does nothing.
 """
 
@@ -61,6 +63,7 @@ def ensure(client: Client, requests: Sequence[SlaveRequest]) -> list[str]:
             except RemoteError as e:
                 if e.code != "name_in_use":
                     raise
+                _check_owner(client, r)
                 client.call("slave.change", r.params())
     except RemoteError as e:
         _undo(client, created)
@@ -71,6 +74,18 @@ def ensure(client: Client, requests: Sequence[SlaveRequest]) -> list[str]:
     return created
 
 
+def _owners(client: Client) -> dict[str, str | None]:
+    return {s["name"]: s.get("owner") for s in client.call("slave.list")}
+
+
+def _check_owner(client: Client, r: SlaveRequest) -> None:
+    """A slave of that name exists: it may be changed only if it is not another's."""
+    owner = _owners(client).get(r.name)
+    if owner is not None and owner != r.owner:
+        raise HookError(f"interface {r.mac}: slave {r.name} exists and belongs to {owner}, not to this domain "
+                        f"({r.owner}); refusing to change it")
+
+
 def _undo(client: Client, names: list[str]) -> None:
     for name in reversed(names):
         try:
@@ -79,9 +94,12 @@ def _undo(client: Client, names: list[str]) -> None:
             pass
 
 
-def remove(client: Client, names: Sequence[str]) -> list[str]:
-    """Remove the slaves that exist; return the names removed."""
+def remove(client: Client, names: Sequence[str], owner: str | None = None) -> list[str]:
+    """Remove the slaves that exist (with ``owner``: only those it owns); return the names removed."""
     removed = []
+    if owner is not None:
+        owners = _owners(client)
+        names = [n for n in names if owners.get(n, owner) == owner]
     for name in names:
         try:
             client.call("slave.remove", {"name": name})
@@ -115,7 +133,7 @@ def run(argv: Sequence[str], stdin: IO[str], connect: ClientFactory, socket_dir:
             if op == "prepare":
                 ensure(client, requests)
             else:
-                remove(client, [r.name for r in requests])
+                remove(client, [r.name for r in requests], requests[0].owner)
     except (HookError, RemoteError, ControlUnavailable) as e:
         if op == "release":
             print(f"vhost-ipvlan: warning: domain {domain}: {e}", file=sys.stderr)
@@ -125,12 +143,16 @@ def run(argv: Sequence[str], stdin: IO[str], connect: ClientFactory, socket_dir:
     return 0
 
 
-def script(control: Path, socket_dir: Path, python: str = sys.executable) -> str:
+def script(control: Path, socket_dir: Path, python: str = sys.executable,
+           pythonpath: str | None = None) -> str:
+    """The hook's text; ``pythonpath`` (the installer's ``PYTHONPATH``, if any) is kept so the
+    hook runs the same code as the installer (a development checkout)."""
     args = " ".join(shlex.quote(a) for a in
                     (python, "-m", "vhost_ipvlan.libvirt.hook", "--control", str(control),
                      "--socket-dir", str(socket_dir), "--"))
+    env = f"export PYTHONPATH={shlex.quote(pythonpath)}\n" if pythonpath else ""
     return ("#!/bin/sh\n# libvirt qemu hook installed by `vhost-ipvlan install-hook`: creates and removes\n"
-            f"# the slaves of a domain's vhost-user interfaces (docs/libvirt.md)\nexec {args} \"$@\"\n")
+            f"# the slaves of a domain's vhost-user interfaces (docs/libvirt.md)\n{env}exec {args} \"$@\"\n")
 
 
 def install(hooks_dir: Path, control: Path, socket_dir: Path) -> Path:
@@ -139,7 +161,7 @@ def install(hooks_dir: Path, control: Path, socket_dir: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     path = d / HOOK_NAME
     tmp = d / f".{HOOK_NAME}.tmp"
-    tmp.write_text(script(control, socket_dir))
+    tmp.write_text(script(control, socket_dir, pythonpath=os.environ.get("PYTHONPATH")))
     tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
     os.replace(tmp, path)
     return path

@@ -8,8 +8,9 @@ it starts and every ``RESCAN`` seconds (so a missed event is repaired).
 
 Rules:
 - Reconcile = create the slaves the live XML asks for and that are missing, remove
-  the slaves named after the domain (``domain.is_slave_of``) that it no longer asks
-  for. Stopped domains are the ``release`` hook's business.
+  the slaves this domain owns (``owner`` = ``libvirt:<its uuid>``) that it no longer
+  asks for; other slaves are never touched. Stopped domains are the ``release``
+  hook's business.
 - Events only queue the domain's name; libvirt is called from the main thread.
 - QMP, best-effort (``libvirt_qemu.qemuMonitorCommand``, through libvirt, which owns
   the monitor; libvirt marks such domains "tainted: custom-monitor"): the daemon's
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..control.client import Client, ControlUnavailable, RemoteError
-from .domain import DomainError, is_slave_of, slave_requests
+from .domain import DomainError, parse, slave_requests
 from .hook import HookError, ensure, remove
 
 log = logging.getLogger("vhost_ipvlan.libvirt.watch")
@@ -181,15 +182,16 @@ class Watcher:
             return
         try:
             requests = slave_requests(xml, self.socket_dir)
+            owner = parse(xml).owner
         except DomainError as e:
             log.warning("%s", e)
             return
         try:
             with Client(self.control, timeout=30) as c:
-                have = {s["name"] for s in c.call("slave.list") if is_slave_of(name, s["name"])}
+                have = {s["name"] for s in c.call("slave.list") if s.get("owner") == owner}
                 want = {r.name for r in requests}
                 created = ensure(c, [r for r in requests if r.name not in have])
-                removed = remove(c, sorted(have - want))
+                removed = remove(c, sorted(have - want), owner)
         except (HookError, RemoteError, ControlUnavailable) as e:
             log.warning("domain %s: %s", name, e)
             return

@@ -15,8 +15,12 @@ Rules:
   source validation: IPv4 needs version 4, ``ihl >= 5`` and a total length that fits;
   IPv6 needs version 6 and a payload length that fits; ARP must be Ethernet/IPv4
   (htype 1, ptype 0x0800, hlen 6, plen 4).
-- IPv6 extension headers are not walked: an ICMPv6 message is recognised only when
-  it directly follows the IPv6 header, as NDP messages always do.
+- ``classify`` does not walk IPv6 extension headers: an NS is recognised only when
+  ICMPv6 directly follows the IPv6 header, as NDP messages always do. ``ipv6_upper``
+  walks them (Hop-by-Hop, Routing, Fragment, Destination Options; at most
+  ``MAX_EXT_HEADERS``) for the guards that must see the upper-layer protocol
+  whatever precedes it (``switch.guard``: NDP behind an extension header from a
+  guest is dropped, so nothing downstream needs to walk them).
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ ARP_HLEN: Final = 28
 IPV4_HLEN: Final = 20
 IPV6_HLEN: Final = 40
 IPPROTO_ICMPV6: Final = 58
+IPPROTO_UDP: Final = 17
+IPPROTO_HOPOPTS: Final = 0
+IPPROTO_ROUTING: Final = 43
+IPPROTO_FRAGMENT: Final = 44
+IPPROTO_DSTOPTS: Final = 60
+EXT_HEADERS: Final = frozenset((IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS))
+MAX_EXT_HEADERS: Final = 8  # more than any real packet carries (RFC 8200 §4.1 orders at most 6)
 
 ARPOP_REQUEST: Final = 1
 ARPOP_REPLY: Final = 2
@@ -180,6 +191,33 @@ def icmpv6_type(frame: Frame) -> int:
     if hdr is None or hdr[2] != IPPROTO_ICMPV6 or hdr[3] < 4:
         return -1
     return frame[OFF_ICMPV6]
+
+
+def ipv6_upper(frame: Frame, n: int) -> tuple[int, int, int]:
+    """Walk the extension headers of the valid IPv6 frame ``frame[:n]``.
+
+    Returns ``(protocol, offset, walked)``: the first header that is not an
+    extension header, where it starts (from the start of the frame) and how many
+    extension headers precede it. A non-first fragment (offset != 0) ends the walk
+    with ``IPPROTO_FRAGMENT`` (its upper layer is in another fragment). ``protocol``
+    is -1 when the chain runs past the payload or holds more than
+    ``MAX_EXT_HEADERS`` headers. Bounded work; never raises."""
+    end = min(n, OFF_ICMPV6 + ((frame[ETH_HLEN + 4] << 8) | frame[ETH_HLEN + 5]))
+    nh, off = frame[ETH_HLEN + 6], OFF_ICMPV6
+    walked = 0
+    while nh in EXT_HEADERS:
+        if walked == MAX_EXT_HEADERS or off + 8 > end:
+            return (-1, off, walked)
+        walked += 1
+        if nh == IPPROTO_FRAGMENT:
+            if (frame[off + 2] << 8 | frame[off + 3]) & 0xFFF8:
+                return (IPPROTO_FRAGMENT, off, walked)
+            nh, off = frame[off], off + 8
+        else:
+            nh, off = frame[off], off + (frame[off + 1] + 1) * 8
+    if off > end:
+        return (-1, off, walked)
+    return (nh, off, walked)
 
 
 def nd_target(frame: Frame) -> bytes | None:

@@ -24,6 +24,9 @@ Rules:
 - The ICMPv6 checksum is assumed complete (Linux always computes NDP checksums in
   software). If the frame's virtio_net_hdr asks for checksum offload of that very
   checksum (NEEDS_CSUM), pass ``fix_checksum=False``: the device sums the new bytes.
+- NDP options are found only when ICMPv6 directly follows the IPv6 header: a
+  guest's NDP behind an extension header never gets here (``switch.guard`` drops
+  it), so nothing leaves with an untranslated link-layer option.
 - Both return how many MAC fields they rewrote (0 = frame untouched). A
   ``guest_mac`` of ``None`` (a slave whose MAC is not learned yet) rewrites nothing.
 """

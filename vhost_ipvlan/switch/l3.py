@@ -55,6 +55,7 @@ from ..net.addr import ZERO_V4, ZERO_V6
 from ..net.frames import (
     ARPOP_REQUEST,
     L3_ARP,
+    L3_IPV6,
     L3_ND_NS,
     L3_OTHER,
     L3_RUNT,
@@ -62,6 +63,7 @@ from ..net.frames import (
     Frame,
     classify,
 )
+from .guard import check_guard
 from .policy import (
     _D_OUTSIDE,
     _D_SLAVE,
@@ -92,10 +94,13 @@ _ARP_OP: Final = 14 + 7  # low byte of the ARP opcode
 def validate(port: Port, slave: Slave, frame: Frame) -> tuple[Verdict | None, Classified]:
     """Source validation (``policy`` steps 1-3, with learning): a drop verdict or ``None``."""
     c = classify(frame)
-    kind, _dst, src, sha, l3src, key = c
+    kind, dst, src, sha, l3src, key = c
     drops = slave.drops
     if kind < L3_OTHER:
         return _drop(drops, _GUEST_REJECT[kind]), c
+    why = check_guard(slave, frame, kind, dst, l3src)
+    if why is not None:
+        return _drop(drops, why), c
     why = check_source(port, slave, frame, kind, src, sha, l3src, key)
     if why is not None:
         return _drop(drops, why), c
@@ -143,9 +148,13 @@ def from_guest(mode: str, flag: str) -> FromGuest:
 
 
 def _from_uplink(port: Port, frame: Frame, steer: bool) -> Verdict:
-    kind, dst, _src, _sha, l3src, key = classify(frame)
+    kind, dst, src, _sha, l3src, key = classify(frame)
+    if kind == L3_RUNT:
+        return _drop(port.uplink_drops, DropReason.RUNT)
+    if src not in port.wire_macs or kind >= L3_IPV6:
+        port.saw_on_wire(src, kind, l3src)
     if kind < L3_ARP:
-        return _drop(port.uplink_drops, DropReason.RUNT) if kind == L3_RUNT else PASSED
+        return PASSED
     target = port.by_addr.get(key)
     if target is None:
         return PASSED

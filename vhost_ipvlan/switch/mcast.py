@@ -13,6 +13,11 @@ the guest's RX filter (QEMU keeps it), so the filter is built here:
   sources and leave without; ``BLOCK_OLD_SOURCES`` changes nothing. Filtering is by
   destination MAC (group -> 01:00:5e / 33:33 MAC), so sources are not filtered and
   IPv4 groups sharing a MAC share a fate, as on a NIC.
+- **Bounded work**: at most ``MAX_RECORDS`` group records are read per IGMPv3/MLDv2
+  report (the rest are ignored; a report that fits a 1500-byte MTU holds at most
+  183 IGMPv3 records), and each join or leave is O(1) (the MAC set is a reference
+  count per MAC, not rebuilt). The policy snoops only frames that passed the guards
+  and source validation and fit the master's MTU (``Port.max_frame``).
 - **Always in**: broadcast; 224.0.0.1 (01:00:5e:00:00:01); ff02::1 (33:33:00:00:00:01);
   the solicited-node group of every IPv6 address the slave owns (configured or learned),
   because a Linux guest does not report ff02::1 and a guest must get NS for its own
@@ -63,6 +68,7 @@ CHANGE_TO_EXCLUDE: Final = 4
 ALLOW_NEW_SOURCES: Final = 5
 
 MAX_GROUPS: Final = 256  # per slave; joins beyond that are ignored (and counted)
+MAX_RECORDS: Final = 256  # per IGMPv3/MLDv2 report; the rest are ignored
 
 
 def group_mac(group: bytes) -> bytes:
@@ -110,7 +116,8 @@ class GroupFilter:
         self._own = own
         #: joined groups (packed IPv4/IPv6 group addresses), from snooping
         self.groups: set[bytes] = set()
-        self._macs: frozenset[bytes] = frozenset()
+        #: group MAC -> how many joined groups map to it
+        self._macs: dict[bytes, int] = {}
         self.snooped_v4 = False
         self.snooped_v6 = False
         #: None (snooping decides), or the explicit filter: None inside means "all"
@@ -163,12 +170,18 @@ class GroupFilter:
                 self.overflow += 1
                 return
             self.groups.add(group)
-            self._macs = frozenset(group_mac(g) for g in self.groups)
+            mac = group_mac(group)
+            self._macs[mac] = self._macs.get(mac, 0) + 1
 
     def leave(self, group: bytes) -> None:
         if group in self.groups:
             self.groups.discard(group)
-            self._macs = frozenset(group_mac(g) for g in self.groups)
+            mac = group_mac(group)
+            left = self._macs[mac] - 1
+            if left:
+                self._macs[mac] = left
+            else:
+                del self._macs[mac]
 
     def snoop(self, frame: Frame) -> bool:
         """Learn from ``frame`` if it is an IGMP or MLD membership message; True if it was."""
@@ -228,7 +241,7 @@ class GroupFilter:
         return False
 
     def _records(self, frame: Frame, off: int, n: int, count: int, alen: int) -> None:
-        for _ in range(count):
+        for _ in range(min(count, MAX_RECORDS)):
             if off + 4 + alen > n:
                 return
             rtype, aux, nsrc = frame[off], frame[off + 1], frame[off + 2] << 8 | frame[off + 3]

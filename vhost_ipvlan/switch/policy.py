@@ -38,23 +38,33 @@ destination kind and look the verdict up. Mode l2 (flags bridge, private, vepa; 
 From a guest (source validation first: a DESIGN.md departure, the kernel checks nothing)
   1. runt -> DROP(RUNT); 802.1Q/802.1ad -> DROP(VLAN); MAC control (PAUSE)
      -> DROP(MAC_CONTROL); ARP/IPv4/IPv6 that does not parse -> DROP(BAD_HEADER).
+     Guards (``guard.check_guard``, all modes, departures): 01:80:c2:00:00:0X ->
+     DROP(L2_CONTROL); RA/Redirect -> DROP(RA_GUARD) and DHCP(v6) server messages
+     -> DROP(DHCP_GUARD) unless ``Slave.allow_router``; NDP behind an IPv6
+     extension header -> DROP(NDP_EXT_HEADER); 0.0.0.0/``::`` sources beyond DHCP
+     client, ARP probe, DAD NS and MLD -> DROP(ANONYMOUS_SRC).
   2-3. Source validation and address learning (``source.check_source``): the
      Ethernet source, ARP sender, IPv4/IPv6 source and NA target must be the
-     slave's (or learnable: its MAC once, unowned link-locals, and in learning mode
-     up to 1 IPv4 + 4 IPv6 addresses nobody owns); else SRC_MAC_SPOOF,
-     SRC_IP_SPOOF, TOO_MANY_LINK_LOCALS or LEARN_REFUSED.
+     slave's (or learnable: its MAC once, unless the wire uses it; link-locals
+     nobody uses; and in learning mode up to 1 IPv4 + 4 IPv6 addresses nobody
+     owns, on the master's link); else SRC_MAC_SPOOF, SRC_IP_SPOOF,
+     TOO_MANY_LINK_LOCALS, LEARN_REFUSED or LEARN_NOT_ON_LINK.
   4. Destination MAC multicast/broadcast -> MULTICAST: FLOOD in every flag (kernel:
      other UP slaves + wire, the host gets no copy). IGMP/MLD in it update the
-     sender's multicast filter (``mcast``).
+     sender's multicast filter (``mcast``), unless the frame is longer than the
+     master's MTU (``Port.max_frame``: the daemon drops it for the wire).
   5. Destination MAC the master's or a guest's ("local": DESIGN.md departure for the
      kernel's dst == src test): look up the L3 key (IPv4/IPv6 destination, ARP target
      IP, NS target). Hit -> SLAVE (also when the owner is the sender, as the kernel
-     does); miss and the MAC is a guest's -> GUEST_MAC; miss and the MAC is the
-     master's -> HOST. bridge: SLAVE/GUEST_MAC -> TO_SLAVE (a target that is not up ->
+     does); miss, ARP or IP -> HOST whichever local MAC it was (as the kernel: an
+     address no slave has is the host's; the guest owning the MAC never gets it);
+     miss, another EtherType, and the MAC is a guest's -> GUEST_MAC; the master's
+     -> HOST. bridge: SLAVE/GUEST_MAC -> TO_SLAVE (a target that is not up ->
      DROP(TARGET_DOWN)), HOST -> TO_HOST (host <-> guest: a departure; the daemon drops
      it as ``to_host_unsupported`` if it has no host link). private: SLAVE/GUEST_MAC
      -> DROP(PRIVATE), HOST -> TO_HOST. vepa: all three -> TO_UPLINK (the kernel's VEPA skips the local
-     test for every unicast, slave -> host included: reference §12.3).
+     test for every unicast, slave -> host included: reference §12.3), a guest's MAC
+     rewritten to the master's.
   6. Any other unicast -> OUTSIDE: TO_UPLINK.
 
 From the wire (``port.uplink_drops`` counts these drops; the flag changes nothing)
@@ -94,6 +104,7 @@ from ..net.frames import (
     Frame,
     classify,
 )
+from .guard import check_guard
 from .reasons import N_DROP_REASONS as N_DROP_REASONS
 from .reasons import DropReason as DropReason
 from .source import check_source
@@ -203,6 +214,9 @@ def l2_from_guest(flag: str) -> FromGuest:
         drops = slave.drops
         if kind < L3_OTHER:
             return _drop(drops, _GUEST_REJECT[kind])
+        why = check_guard(slave, frame, kind, dst, l3src)
+        if why is not None:
+            return _drop(drops, why)
 
         # the common case inline: IPv4 from the slave's MAC and one of its addresses
         if kind != L3_IPV4 or src != slave.mac or port.by_addr.get(l3src) is not slave:
@@ -212,7 +226,7 @@ def l2_from_guest(flag: str) -> FromGuest:
 
         # Destination.
         if dst[0] & 1:
-            if kind in (L3_IPV4, L3_IPV6):
+            if kind in (L3_IPV4, L3_IPV6) and len(frame) <= port.max_frame:
                 slave.mcast.snoop(frame)
             return _apply(multicast, drops, None, None)
         mac_owner = None
@@ -224,9 +238,11 @@ def l2_from_guest(flag: str) -> FromGuest:
             target = port.by_addr.get(key)
             if target is not None:
                 return _apply(to_slave, drops, target, mac_owner)
-        if mac_owner is not None:
+        elif mac_owner is not None:
             return _apply(to_guest_mac, drops, mac_owner, mac_owner)
-        return _apply(to_host, drops, None, None)
+        # ARP/IP to the master's or a guest's MAC, not for a slave: the host's (vepa:
+        # the wire's, a guest's MAC rewritten); never the guest that owns the MAC
+        return _apply(to_host, drops, None, mac_owner)
 
     decide.__name__ = decide.__qualname__ = f"l2_{flag}_from_guest"
     return decide
@@ -241,9 +257,11 @@ def l2_from_uplink(flag: str) -> FromUplink:
     def decide(port: Port, frame: Frame) -> Verdict:
         kind, dst, src, _sha, l3src, key = classify(frame)
         drops = port.uplink_drops
+        if kind == L3_RUNT:
+            return _drop(drops, _RUNT)
+        if src not in port.wire_macs or kind >= L3_IPV6:
+            port.saw_on_wire(src, kind, l3src)
         if kind < L3_ARP:
-            if kind == L3_RUNT:
-                return _drop(drops, _RUNT)
             if dst[0] & 1 and kind in (L3_OTHER, L3_MALFORMED):
                 return _apply(multicast, drops, None, None)
             return _apply(host, drops, None, None)

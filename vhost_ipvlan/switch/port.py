@@ -23,6 +23,14 @@ Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
   (``Slave.learned_addrs``) own traffic exactly as configured ones do; they are
   forgotten when the slave goes. ``master_addresses`` (the master's own, kept up to
   date by the daemon) are never learned; ``on_learn`` is told of every new one.
+- What may be learned also depends on the master's link (the daemon supplies the
+  data, the switch stays pure): only addresses inside the master's connected
+  prefixes (``set_master_prefixes``; none known: nothing is learned, ``on_link``),
+  never one the daemon's ``in_use`` predicate names (the master's gateways and
+  neighbours in use, from netlink). The port also remembers, from the frames the
+  wire sends (``saw_on_wire``), the source MACs (``wire_macs``) and IPv6 link-local
+  sources (``wire_link_locals``) in use out there, at most ``MAX_WIRE_SEEN`` of each
+  (later ones are not recorded): a slave never learns one (``source``).
 - The tables (``by_addr``, ``by_mac``) hold every slave, up or down; delivery
   checks ``Slave.up``. ``generation`` increases on every address change so the
   daemon knows when to re-sync what it steals from the host (``consumed_addresses``).
@@ -49,13 +57,18 @@ from ..net.addr import (
     parse_ip,
     parse_mac,
 )
-from ..net.frames import Frame
+from ..net.frames import ETH_HLEN, L3_IPV6, Frame
 from .mcast import GroupFilter
 from .policy import DECISIONS, FLAGS, MODES, N_DROP_REASONS, TO_SLAVE, TO_UPLINK, DropReason, Verdict
 
 MAX_LEARNED_LINK_LOCALS = 8
+MAX_WIRE_SEEN = 4096
 
 AddressLike = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _nobody(addr: bytes) -> bool:
+    return False
 
 
 class PortConfigError(ConfigError, ValueError):
@@ -78,8 +91,8 @@ class Slave:
     """One guest NIC on a port. Created by ``Port.add_slave`` only."""
 
     __slots__ = (
-        "addresses", "drops", "index", "learn", "learned", "learned_addrs", "mac", "mcast", "name", "port",
-        "to_me", "up", "via_wire",
+        "addresses", "allow_router", "drops", "index", "learn", "learned", "learned_addrs", "mac", "mcast", "name",
+        "port", "to_me", "up", "via_wire",
     )
 
     def __init__(self, port: Port, name: str, index: int, mac: bytes | None) -> None:
@@ -95,6 +108,8 @@ class Slave:
         self.learn = False
         #: addresses learned in learning mode (not link-local)
         self.learned_addrs: set[bytes] = set()
+        #: may send Router Advertisements, Redirects and DHCP server messages (``guard``)
+        self.allow_router = False
         #: set by the daemon when the guest's RX queue is ready
         self.up = False
         #: drop counters, indexed by DropReason
@@ -171,6 +186,17 @@ class Port:
         self.master_addresses: frozenset[bytes] = frozenset()
         #: called with (slave, address) when a slave learns an address
         self.on_learn: Callable[[Slave, bytes], None] | None = None
+        #: the longest frame (Ethernet header + the master's MTU) the wire takes; the
+        #: daemon keeps it; longer non-GSO frames are dropped, and never snooped
+        self.max_frame = ETH_HLEN + 1500
+        #: the master's connected prefixes, as (address length, network, mask) integers
+        self.master_prefixes: tuple[tuple[int, int, int], ...] = ()
+        #: the daemon's predicate: the address is in use beyond the port (a gateway or
+        #: neighbour of the master); never learned
+        self.in_use: Callable[[bytes], bool] = _nobody
+        #: source MACs and IPv6 link-local sources seen on the wire (``saw_on_wire``)
+        self.wire_macs: set[bytes] = set()
+        self.wire_link_locals: set[bytes] = set()
         self.from_guest = partial(decisions[0], self)
         self.from_uplink = partial(decisions[1], self)
 
@@ -178,7 +204,7 @@ class Port:
 
     def add_slave(
         self, name: str, addresses: Iterable[AddressLike] = (), mac: bytes | str | None = None,
-        learn: bool = False,
+        learn: bool = False, allow_router: bool = False,
     ) -> Slave:
         """Create a slave; every check happens before anything changes."""
         if name in self.slaves:
@@ -191,6 +217,7 @@ class Port:
             raise PortConfigError(f"address learning is only implemented for mode 'l2', not {self.mode!r}")
         slave = Slave(self, name, index, None)
         slave.learn = learn
+        slave.allow_router = allow_router
         self.slaves[name] = slave
         for addr in packed:
             self._claim(slave, addr)
@@ -234,6 +261,35 @@ class Port:
         if owner is not None:
             raise MacInUse(f"MAC {format_mac(packed)} is the MAC of slave {owner.name!r}")
         self.master_mac = packed
+
+    def set_master_prefixes(self, prefixes: Iterable[tuple[bytes, int]]) -> None:
+        """The master's connected prefixes, as (packed address, prefix length) pairs;
+        nonsense lengths are ignored."""
+        out = []
+        for addr, plen in prefixes:
+            bits = len(addr) * 8
+            if bits not in (32, 128) or not 0 <= plen <= bits:
+                continue
+            mask = ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
+            out.append((len(addr), int.from_bytes(addr, "big") & mask, mask))
+        self.master_prefixes = tuple(sorted(set(out)))
+
+    def on_link(self, addr: bytes) -> bool:
+        """Whether ``addr`` is inside one of the master's connected prefixes."""
+        n = len(addr)
+        value = int.from_bytes(addr, "big")
+        return any(length == n and value & mask == net for length, net, mask in self.master_prefixes)
+
+    def saw_on_wire(self, src: bytes, kind: int, l3src: bytes) -> None:
+        """A frame from the wire: remember its source MAC and IPv6 link-local source
+        (not the master's own frames, looped back)."""
+        if src == self.master_mac:
+            return
+        if src not in self.wire_macs and len(self.wire_macs) < MAX_WIRE_SEEN:
+            self.wire_macs.add(src)
+        if kind >= L3_IPV6 and l3src[0] == 0xFE and l3src[1] & 0xC0 == 0x80 and \
+                l3src not in self.wire_link_locals and len(self.wire_link_locals) < MAX_WIRE_SEEN:
+            self.wire_link_locals.add(l3src)
 
     # -- learning (called by the policy, from a frame that passed validation) -----
 
@@ -322,6 +378,7 @@ class Port:
 
 __all__ = [
     "MAX_LEARNED_LINK_LOCALS",
+    "MAX_WIRE_SEEN",
     "AddressInUse",
     "MacInUse",
     "NameInUse",

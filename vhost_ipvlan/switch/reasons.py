@@ -29,6 +29,12 @@ class DropReason(IntEnum):
     MULTICAST_DST = 13
     PRIVATE = 14
     LEARN_REFUSED = 15
+    L2_CONTROL = 16
+    ANONYMOUS_SRC = 17
+    RA_GUARD = 18
+    DHCP_GUARD = 19
+    NDP_EXT_HEADER = 20
+    LEARN_NOT_ON_LINK = 21
 
     @property
     def label(self) -> str:

@@ -6,24 +6,35 @@ returns ``None`` (valid; any learning it implies is committed) or the
 ``DropReason`` to count. It reads the fields ``frames.classify`` returned.
 
 Rules:
+- ``guard`` has run first: 0.0.0.0 and ``::`` sources are only in the frames it
+  lets through (DHCP client, ARP probe, DAD NS, MLD), and NDP never follows an
+  extension header here, so the NA below is always right after the IPv6 header.
 - Ethernet source: the slave's MAC. Multicast -> MULTICAST_SRC. A slave without a
   MAC learns it from its first frame that passes every check, unless it is the
-  master's, all-zero or another slave's (SRC_MAC_SPOOF); it is then locked.
+  master's, all-zero, another slave's, or one seen as a source on the wire
+  (``Port.wire_macs``: e.g. the LAN router's) (SRC_MAC_SPOOF); it is then locked.
 - ARP: sender HW address == Ethernet source (SRC_MAC_SPOOF). IPv4 source and ARP
   sender IP: an address the slave owns, or 0.0.0.0 (SRC_IP_SPOOF).
 - IPv6 source: an address the slave owns, or ``::``. An unowned link-local is
   learned, first come (``Port.learn_link_local``, at most MAX_LEARNED_LINK_LOCALS:
-  TOO_MANY_LINK_LOCALS); another slave's, or the master's own, is SRC_IP_SPOOF.
+  TOO_MANY_LINK_LOCALS), unless somebody on the wire uses it: another slave's, the
+  master's own, one seen as a source on the wire (``Port.wire_link_locals``) or
+  one the daemon says is in use (``Port.in_use``: the master's neighbours, e.g.
+  the router's ``fe80::1``) is SRC_IP_SPOOF.
 - A Neighbour Advertisement's *target* is checked like a source: it must be the
-  slave's (or an unowned link-local), else SRC_IP_SPOOF, so an unsolicited NA
-  (override flag or not) cannot claim another guest's address.
+  slave's (or a link-local it may learn, as above), else SRC_IP_SPOOF, so an
+  unsolicited NA (override flag or not) cannot claim another guest's address.
 - Learning mode (``Slave.learn``, opt-in per slave, mode l2): an address that is
   nobody's becomes the slave's on first use: as IPv4 source or ARP sender IP
   (gratuitous ARP, any ARP, any packet), IPv6 source, NA target, and as the
   target of an ARP probe (sender 0.0.0.0) or a DAD NS (source ``::``). At most
   ``MAX_LEARNED_V4`` IPv4 and ``MAX_LEARNED_V6`` IPv6 (not link-local) addresses;
-  after that the slave is locked and new addresses are SRC_IP_SPOOF. Another
-  slave's address or the master's (``Port.master_addresses``, kept by the daemon)
+  after that the slave is locked and new addresses are SRC_IP_SPOOF. Only
+  addresses on the master's link are learned: outside the master's connected
+  prefixes (``Port.on_link``; off-link addresses such as 8.8.8.8), or IPv4
+  link-local (169.254/16, e.g. 169.254.169.254), is LEARN_NOT_ON_LINK. Another
+  slave's address, the master's (``Port.master_addresses``, kept by the daemon), or
+  one in use on the link (``Port.in_use``: the master's gateways and neighbours)
   is refused: LEARN_REFUSED, the frame dropped; a probe (ARP probe, DAD NS) for it
   is not learned but still delivered, so the owner answers and the guest's
   duplicate detection sees the conflict.
@@ -49,6 +60,7 @@ _SRC_MAC_SPOOF: Final = DropReason.SRC_MAC_SPOOF
 _SRC_IP_SPOOF: Final = DropReason.SRC_IP_SPOOF
 _TOO_MANY_LL: Final = DropReason.TOO_MANY_LINK_LOCALS
 _LEARN_REFUSED: Final = DropReason.LEARN_REFUSED
+_NOT_ON_LINK: Final = DropReason.LEARN_NOT_ON_LINK
 
 _ICMPV6_OFF: Final = 54  # ICMPv6 type, right after an untagged IPv6 header
 _NA_TARGET: Final = slice(62, 78)
@@ -70,9 +82,25 @@ def learnable(port: Port, slave: Slave, addr: bytes) -> DropReason | None:
     if len(addr) == 4:
         if addr[0] >= 224 or addr[0] == 127 or slave.learned_v4() >= MAX_LEARNED_V4:
             return _SRC_IP_SPOOF
+        if addr[0] == 169 and addr[1] == 254:
+            return _NOT_ON_LINK
     elif addr[0] == 0xFF or slave.learned_v6() >= MAX_LEARNED_V6:
         return _SRC_IP_SPOOF
+    if not port.on_link(addr):
+        return _NOT_ON_LINK
+    if port.in_use(addr):
+        return _LEARN_REFUSED
     return None
+
+
+def _link_local_taken(port: Port, slave: Slave, addr: bytes) -> bool:
+    """Whether the link-local ``addr`` is somebody else's: another slave's, the
+    master's, or in use on the wire."""
+    owner = port.by_addr.get(addr)
+    if owner is slave:
+        return False
+    return owner is not None or addr in port.master_addresses or addr in port.wire_link_locals or \
+        port.in_use(addr)
 
 
 def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, sha: bytes,
@@ -83,7 +111,8 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
     if src != mac:
         if src[0] & 1:
             return _MULTICAST_SRC
-        if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac:
+        if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac or \
+                src in port.wire_macs:
             return _SRC_MAC_SPOOF
         learn_mac = True
 
@@ -111,6 +140,8 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
                         return _SRC_IP_SPOOF
                     if not port.can_learn_link_local(slave):
                         return _TOO_MANY_LL
+                    if _link_local_taken(port, slave, l3src):
+                        return _SRC_IP_SPOOF
                     learn_ll = l3src
                 else:
                     why = learnable(port, slave, l3src)
@@ -125,7 +156,7 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
             owner = by_addr.get(target)
             if owner is not slave and target != learn and target != learn_ll:
                 if _link_local(target):
-                    if owner is not None or target in port.master_addresses:
+                    if _link_local_taken(port, slave, target):
                         return _SRC_IP_SPOOF
                 elif learn:
                     return _SRC_IP_SPOOF  # one new address per frame

@@ -56,7 +56,7 @@ class Rule(NamedTuple):
 ROWS: Final[dict[tuple[Source, Dest], str]] = {
     (Source.GUEST, Dest.SLAVE): "Slave -> another slave's address (unicast; ARP reply, NS target too)",
     (Source.GUEST, Dest.GUEST_MAC): "Slave -> another guest's MAC, no slave address (non-IP unicast)",
-    (Source.GUEST, Dest.HOST): "Slave -> master's MAC, not a slave's address (the host)",
+    (Source.GUEST, Dest.HOST): "Slave -> master's MAC (or a guest's, ARP/IP), not a slave's address (the host)",
     (Source.GUEST, Dest.OUTSIDE): "Slave -> off-host unicast",
     (Source.GUEST, Dest.MULTICAST): "Slave broadcast / multicast (ARP request, DHCP, ND, MLD, mDNS)",
     (Source.WIRE, Dest.SLAVE): "Wire -> a slave's address (unicast IP; ARP or NS for it, any dst MAC)",

@@ -9,6 +9,9 @@ Rules:
   bytes; each payload is decoded with its exact expected size. Anything else is a
   ``FrontendError`` (the connection is closed, nothing else is affected).
 - Names and numbers are the spec's (front-end requests, feature bits).
+- A memory region is non-empty and ends *below* 2^64 in both address spaces
+  (``gpa + size < 2**64``, ``uva + size < 2**64``): the end is an exclusive bound
+  that must fit a u64, as the C accelerator stores it (``_fastpath.c`` region_t).
 """
 
 from __future__ import annotations
@@ -215,8 +218,11 @@ def mem_table(msg: Message) -> list[MemRegion]:
     regions = []
     for i in range(nregions):
         r = MemRegion(*MEM_REGION.unpack_from(msg.payload, MEM_HEADER.size + 32 * i))
-        if r.size == 0 or r.gpa + r.size > 1 << 64 or r.uva + r.size > 1 << 64:
-            raise FrontendError(f"{msg.name}: region {i} has size {r.size:#x} at gpa {r.gpa:#x}")
+        if r.size == 0 or r.gpa + r.size >= 1 << 64 or r.uva + r.size >= 1 << 64:
+            raise FrontendError(
+                f"{msg.name}: region {i} of size {r.size:#x} at gpa {r.gpa:#x} uva {r.uva:#x}"
+                " is empty or does not end below 2^64"
+            )
         regions.append(r)
     return regions
 

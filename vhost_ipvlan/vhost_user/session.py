@@ -11,12 +11,17 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   or implicitly when PROTOCOL_FEATURES is not acked): it may arrive before
   SET_FEATURES, and is remembered whatever the ring's state.
 - SET_MEM_TABLE replaces the memory and re-translates every ring address;
-  a started ring keeps its avail and used indices.
+  a started ring keeps its avail and used indices. Started rings are stopped
+  through the device (``vring_stopped``) before the new table is installed and
+  started again after; one the new table does not cover stays stopped (the
+  message is refused, the device has already been told).
 - A ring starts at the used ring's index whatever SET_VRING_BASE said (see
   ``virtqueue``); a disagreement is reported through ``log``, one line per ring.
   SET_MEM_TABLE's re-translation keeps the ring where it was.
 - The features offered are fixed for the session's lifetime (a reconnecting
   front-end refuses a back-end that offers less than before).
+- Kick, call and err descriptors must be eventfds (``Host.eventfd_problem``); anything
+  else (a pipe, a socket, a file) is a ``FrontendError`` naming the message.
 - Every file descriptor that arrives is either kept (and closed when replaced or
   at ``close()``) or closed before ``handle`` returns.
 - With REPLY_ACK acked, a message flagged NEED_REPLY that has no reply of its own
@@ -68,6 +73,9 @@ class Host(Protocol):
 
     def fence(self) -> None:
         """A full memory barrier."""
+
+    def eventfd_problem(self, fd: int) -> str | None:
+        """None if ``fd`` is an eventfd (now non-blocking), else what it is instead."""
 
 
 class Device(Protocol):
@@ -188,7 +196,12 @@ class Session:
     def _take_fd(self, msg: Message) -> tuple[Vring, int | None]:
         index, has_fd = codec.vring_fd_index(msg)
         vring = self._vring(msg, index)
-        return vring, (msg.fds.pop() if has_fd else None)
+        if not has_fd:
+            return vring, None
+        problem = self.host.eventfd_problem(msg.fds[0])
+        if problem is not None:  # the fd stays in msg.fds: handle() closes it
+            raise FrontendError(f"{msg.name}: the descriptor is {problem}, not an eventfd")
+        return vring, msg.fds.pop()
 
     def _try_start(self, vring: Vring, *, resync: bool = True) -> None:
         if vring.started or not vring.kicked or vring.addr is None or self.memory is None:
@@ -256,12 +269,15 @@ class Session:
             except OSError as e:
                 raise FrontendError(f"SET_MEM_TABLE: cannot map region at gpa {r.gpa:#x}: {e}") from e
             mapped.append(Region(r.gpa, r.size, r.uva, buf))
+        # Stop every ring through the device first (it drops its queues and kick
+        # readers), then re-translate: a ring the new table does not cover stays
+        # stopped, and the device knows it.
+        started = [v for v in self.vrings if v.started]
+        for vring in started:
+            self._stop(vring)
         self.memory = GuestMemory(mapped)
-        for vring in self.vrings:  # re-translate the rings into the new table
-            if vring.queue is not None:
-                vring.base = vring.queue.last_avail
-                vring.queue = None
-                self._try_start(vring, resync=False)
+        for vring in started:
+            self._try_start(vring, resync=False)
 
     def _set_vring_num(self, msg: Message) -> None:
         index, num = codec.vring_state(msg)

@@ -12,6 +12,18 @@ Rules:
   With MRG_RXBUF: as many chains as needed, every one but the last filled up,
   ``num_buffers`` in the first header. Chains are taken only when the whole frame
   fits; otherwise they are given back and the frame is dropped (ring full).
+- Bounded work per frame, whatever the guest posts: a chain with room for less
+  than a ``virtio_net_hdr`` (zero-capacity chains included; the spec requires
+  every mergeable buffer to hold one) ends the search at once, the frame is
+  dropped ``RX_BAD_BUFFER`` and the chains are given back. So a frame looks at
+  no more than ceil(size / 12) chains, and once the chains it looked at add up
+  to ``num`` descriptors (what one chain may hold) it is dropped
+  ``RX_BAD_BUFFER`` too (buffers too fragmented). Worst case per frame: about
+  2 x ``num`` descriptors counted, twice that read (count pass, fill pass).
+- A next chain without room for a header stays where it is (the driver may not
+  change a chain it made available), so it is remembered (``bad_head``) until
+  the driver adds chains: later frames are dropped ``RX_BAD_BUFFER`` without
+  walking it again. A stuck ring costs one walk per avail index, not per frame.
 """
 
 from __future__ import annotations
@@ -59,6 +71,7 @@ MAX_BUFFER = HDR_LEN + MAX_FRAME
 RX_OK = 0
 RX_RING_FULL = 1
 RX_TOO_BIG = 2
+RX_BAD_BUFFER = 3
 
 
 def bit(n: int) -> int:
@@ -89,33 +102,48 @@ def offload_ok(hdr_flags: int, gso_type: int, takes_csum: bool, gso_mask: int, e
 def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool) -> int:
     """Put one frame (``buf`` = 12-byte header + frame) into a receive queue.
 
-    Writes ``num_buffers`` into ``buf``. Returns RX_OK, RX_RING_FULL or RX_TOO_BIG;
-    raises ``GuestError`` for a malformed chain (the caller breaks the queue).
+    Writes ``num_buffers`` into ``buf``. Returns RX_OK, RX_RING_FULL, RX_TOO_BIG or
+    RX_BAD_BUFFER; raises ``GuestError`` for a malformed chain (the caller breaks
+    the queue).
     """
     buf[10] = 1
     buf[11] = 0
     if q.put(buf) >= 0:  # fast path: one writable descriptor that fits
         return RX_OK
+    if q.bad_head == q.position():
+        return RX_BAD_BUFFER
     need = len(buf)
     if not q.pending():
         return RX_RING_FULL
+    start = q.walked
     head = q.pop()
-    if q.capacity(head) >= need:
+    total = q.capacity(head)
+    if total >= need:
         q.fill(buf)
         q.push(head, need)
         return RX_OK
+    if total < HDR_LEN:
+        q.unpop(1)
+        q.bad_head = q.position()
+        return RX_BAD_BUFFER
     if not mergeable:
         q.unpop(1)
         return RX_TOO_BIG
     # Mergeable: count the chains the frame needs first, then fill them.
     taken = 1
-    total = q.capacity(head)
     while total < need:
         if not q.pending():
             q.unpop(taken)
             return RX_RING_FULL
-        total += q.capacity(q.pop())
+        if q.walked - start >= q.num:
+            q.unpop(taken)
+            return RX_BAD_BUFFER
+        room = q.capacity(q.pop())
         taken += 1
+        if room < HDR_LEN:
+            q.unpop(taken)
+            return RX_BAD_BUFFER
+        total += room
     q.unpop(taken)
     buf[10] = taken & 0xFF
     buf[11] = taken >> 8

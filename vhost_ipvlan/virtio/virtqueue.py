@@ -7,7 +7,15 @@ once, checked, and only then used.
 Rules:
 - Descriptor indices must be < queue size; a chain may not be longer than its
   table (a loop guard); INDIRECT only on a chain's first descriptor, never nested,
-  never together with NEXT, table length a non-zero multiple of 16.
+  never together with NEXT, table length a non-zero multiple of 16 holding at most
+  the queue size of descriptors (the spec bounds a chain by the queue size; a
+  larger table is a ``GuestError``). So one chain costs at most ``num + 1``
+  descriptor reads, zero-length descriptors included.
+- ``walked`` counts descriptor work: every descriptor of every chain walked by
+  ``gather``/``capacity`` (the indirect one included), and the one descriptor of a
+  chain taken whole by ``put`` (or by the C accelerator, which keeps it up to
+  date). Callers bound their work with it (per burst, per frame), never by
+  frames alone.
 - Every descriptor buffer is translated through ``GuestMemory.gpa_view`` (bounds
   checked). A violation raises ``GuestError``: the caller marks the queue broken.
 - ``avail.idx`` may run ahead of ``last_avail`` by at most the queue size.
@@ -73,12 +81,14 @@ class SplitQueue:
         "_segs",
         "_used",
         "_used16",
+        "bad_head",
         "event_idx",
         "last_avail",
         "mem",
         "num",
         "resynced_from",
         "used_idx",
+        "walked",
     )
 
     def __init__(
@@ -116,8 +126,17 @@ class SplitQueue:
             self.resynced_from = self.last_avail
             self.last_avail = self.used_idx
         self._segs: list[memoryview] = []
+        #: descriptors walked so far (see the rules); only ever grows
+        self.walked = 0
+        #: ``position()`` when the next chain was found unusable (net.rx_deliver), else -1
+        self.bad_head = -1
 
     # -- avail side ---------------------------------------------------------------
+
+    def position(self) -> int:
+        """Where both sides stand: avail.idx and ``last_avail`` as one number."""
+        idx: int = self._avail16[1]
+        return idx << 16 | self.last_avail
 
     def pending(self) -> int:
         """How many chains the driver has made available and we have not taken."""
@@ -158,11 +177,12 @@ class SplitQueue:
             if flags & VRING_DESC_F_INDIRECT:
                 if indirect or count or flags & VRING_DESC_F_NEXT:
                     raise GuestError("indirect descriptor nested, chained or not at the head")
-                if length == 0 or length % 16 or length // 16 > MAX_QUEUE_SIZE:
-                    raise GuestError(f"indirect table of {length} bytes")
+                if length == 0 or length % 16 or length // 16 > self.num:
+                    raise GuestError(f"indirect table of {length} bytes for a {self.num}-entry queue")
                 desc = mem.gpa_view(addr, length)
                 table = length // 16
                 indirect = True
+                self.walked += 1
                 i = 0
                 continue
             count += 1
@@ -172,6 +192,7 @@ class SplitQueue:
                 segs.append(mem.gpa_view(addr, length))
                 total += length
             if not flags & VRING_DESC_F_NEXT:
+                self.walked += count
                 return total
             i = nxt
             if i >= table:
@@ -187,6 +208,7 @@ class SplitQueue:
         addr, length, flags, _ = _DESC.unpack_from(self._desc, 16 * head)
         if not flags and length <= len(dst):  # one readable descriptor: the common case
             dst[:length] = self.mem.gpa_view(addr, length)
+            self.walked += 1
             return length
         total = self._walk(head, False)
         if total > len(dst):
@@ -231,6 +253,7 @@ class SplitQueue:
         if flags != VRING_DESC_F_WRITE or length < need:
             return -1
         self.mem.gpa_view(addr, need)[:] = src
+        self.walked += 1
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         _USED_ELEM.pack_into(self._used, 4 + 8 * (self.used_idx % self.num), head, need)
         self.used_idx = (self.used_idx + 1) & 0xFFFF

@@ -1,0 +1,178 @@
+"""The daemon's OS services: guest memory that cannot kill us, eventfds that never block."""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from vhost_ipvlan.daemon import host
+from vhost_ipvlan.daemon.host import OsHost, eventfd_drain, eventfd_problem, eventfd_signal, shrunk
+
+SIZE = 1 << 20
+
+
+@pytest.fixture
+def fds() -> Iterator[list[int]]:
+    opened: list[int] = []
+    yield opened
+    for fd in opened:
+        os.close(fd)
+
+
+def memfd(fds: list[int], flags: int = 0, seals: int = 0) -> int:
+    fd = os.memfd_create("guest", os.MFD_CLOEXEC | flags)
+    fds.append(fd)
+    os.ftruncate(fd, SIZE)
+    if seals:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def test_sealed_memfd_is_mapped_as_is(fds: list[int]) -> None:
+    fd = memfd(fds, os.MFD_ALLOW_SEALING, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    view = OsHost().map_region(fd, SIZE - 4096, 4096)
+    assert isinstance(view.obj, mmap.mmap) and len(view) == SIZE - 4096
+
+
+def test_sealable_memfd_gets_sealed_against_shrinking(fds: list[int]) -> None:
+    fd = memfd(fds, os.MFD_ALLOW_SEALING)
+    view = OsHost().map_region(fd, SIZE, 0)
+    assert isinstance(view.obj, mmap.mmap)
+    with pytest.raises(PermissionError):
+        os.ftruncate(fd, 4096)  # the front-end cannot shrink it any more
+    os.ftruncate(fd, 2 * SIZE)  # growing is still allowed
+
+
+@pytest.mark.skipif(not host.guarded(), reason="the SIGBUS guard module is not built")
+def test_unsealable_memory_that_shrinks_is_replaced_and_flagged(fds: list[int]) -> None:
+    """r7: a front-end truncated its memory and the next ring access killed the daemon."""
+    fd = memfd(fds)  # no MFD_ALLOW_SEALING: as DPDK's
+    view = OsHost().map_region(fd, SIZE - 8192, 8192)
+    view[0] = 1
+    assert not shrunk(view)
+    os.ftruncate(fd, 4096)
+    assert view[100_000] == 0  # SIGBUS without the guard; a zero page now
+    view[200_000] = 7  # writes land on a private zero page
+    assert view[200_000] == 7 and view[0] == 0
+    assert shrunk(view)
+
+
+def test_file_shorter_than_the_region_is_refused(fds: list[int]) -> None:
+    for fd in (memfd(fds), memfd(fds, os.MFD_ALLOW_SEALING)):
+        with pytest.raises(OSError, match=r"shorter|length"):
+            OsHost().map_region(fd, SIZE, 4096)
+
+
+def test_without_the_guard_unsealable_memory_is_refused(fds: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host, "_guard", None)
+    monkeypatch.delenv(host.ALLOW_UNGUARDED, raising=False)
+    fd = memfd(fds)
+    with pytest.raises(OSError, match=r"not sealed against shrinking .* VHOST_IPVLAN_UNGUARDED_MEMORY=1"):
+        OsHost().map_region(fd, SIZE, 0)
+    monkeypatch.setenv(host.ALLOW_UNGUARDED, "1")
+    assert len(OsHost().map_region(fd, SIZE, 0)) == SIZE
+
+
+@pytest.mark.skipif(not host.guarded(), reason="the SIGBUS guard module is not built")
+def test_sigbus_elsewhere_still_kills_the_process() -> None:
+    """The guard chains to the previous handler for addresses outside guest memory."""
+    code = (
+        "import mmap, os\n"
+        "from vhost_ipvlan.daemon.host import OsHost\n"
+        "g = os.memfd_create('guest'); os.ftruncate(g, 1 << 20); v = OsHost().map_region(g, 1 << 20, 0)\n"
+        "fd = os.memfd_create('other'); os.ftruncate(fd, 1 << 20)\n"
+        "m = mmap.mmap(fd, 1 << 20); os.ftruncate(fd, 0)\n"
+        "print(m[500000])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGBUS, proc.stderr
+
+HUGE_PAGES_UNAVAILABLE = 77
+_HUGETLB_SHRINK = """
+import mmap, os, sys
+from vhost_ipvlan import _guard
+from vhost_ipvlan.daemon.host import OsHost, shrunk
+try:
+    fd = os.memfd_create("guest", os.MFD_HUGETLB)
+    os.ftruncate(fd, 2 << 20)
+    mmap.mmap(fd, 2 << 20).close()
+except OSError:
+    sys.exit(HUGE_PAGES_UNAVAILABLE)
+view = OsHost().map_region(fd, (1 << 20) - 4096, 4096)  # ends mid huge page: a front-end's choice
+view[0] = 1
+os.ftruncate(fd, 0)
+assert view[len(view) - 1] == 0 and shrunk(view)  # SIGBUS (death) before: the half huge page was not replaced
+del view
+assert _guard.active() == 0
+assert not [line for line in open("/proc/self/maps") if "memfd:guest" in line], "the mapping leaked"
+print("ok")
+""".replace("HUGE_PAGES_UNAVAILABLE", str(HUGE_PAGES_UNAVAILABLE))
+
+
+@pytest.mark.skipif(not host.guarded(), reason="the SIGBUS guard module is not built")
+def test_hugetlbfs_region_ending_mid_huge_page_is_guarded_and_unmapped() -> None:
+    """A region on hugetlbfs whose end is not huge-page aligned: the guard replaced a
+    partial huge page (refused by the kernel: the daemon died of the SIGBUS) and
+    munmap failed (the mapping and its huge pages leaked at every SET_MEM_TABLE)."""
+    proc = subprocess.run([sys.executable, "-c", _HUGETLB_SHRINK], capture_output=True, timeout=60)
+    if proc.returncode == HUGE_PAGES_UNAVAILABLE:
+        pytest.skip("no huge pages (vm.nr_hugepages)")
+    assert proc.returncode == 0 and proc.stdout == b"ok\n", proc.stderr
+
+
+FULL = 0xFFFF_FFFF_FFFF_FFFE  # the largest value an eventfd counter holds
+
+
+def test_eventfd_problem_names_what_is_not_an_eventfd() -> None:
+    r, w = os.pipe()
+    fd = os.eventfd(0)
+    try:
+        assert (eventfd_problem(r) or "").startswith("'pipe:[")
+        assert eventfd_problem(fd) is None and not os.get_blocking(fd)
+    finally:
+        for x in (r, w, fd):
+            os.close(x)
+
+
+def test_signalling_a_full_counter_does_not_block() -> None:
+    """A front-end may fill the counter and clear O_NONBLOCK on the shared description (r6)."""
+    fd = os.eventfd(0)
+    os.eventfd_write(fd, FULL)
+    os.set_blocking(fd, True)
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(eventfd_signal(fd)), daemon=True)
+    t.start()
+    t.join(10)
+    try:
+        assert not t.is_alive(), "eventfd_signal blocked on a full counter"
+        assert result == [False]
+    finally:
+        if t.is_alive():
+            os.eventfd_read(fd)  # release the blocked writer
+            t.join()
+        os.close(fd)
+
+
+def test_draining_an_empty_blocking_eventfd_does_not_block() -> None:
+    fd = os.eventfd(0)
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(eventfd_drain(fd)), daemon=True)
+    t.start()
+    t.join(10)
+    try:
+        assert not t.is_alive(), "eventfd_drain blocked on an empty counter"
+        assert result == [True]
+        assert not eventfd_drain(-1)  # an error other than "nothing to read" is reported
+    finally:
+        if t.is_alive():
+            os.eventfd_write(fd, 1)
+            t.join()
+        os.close(fd)

@@ -1,0 +1,38 @@
+"""Rate-limited log lines: a burst, then one per interval, and a count of what was suppressed."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from vhost_ipvlan.daemon.lograte import RateLimitedLog
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_burst_then_suppressed_then_counted(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    limited = RateLimitedLog(logging.getLogger("t.lograte"), burst=3, interval=10, clock=clock)
+    with caplog.at_level(logging.WARNING, "t.lograte"):
+        logged = [limited.log("vm1", logging.WARNING, "line %d", i) for i in range(100)]
+        assert logged.count(True) == 3
+        assert limited.log("vm2", logging.WARNING, "another key")  # its own budget
+        clock.now = 10.0
+        assert limited.log("vm1", logging.WARNING, "after a while")
+        assert not limited.log("vm1", logging.WARNING, "too soon")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["line 0", "line 1", "line 2", "another key", "after a while (97 earlier lines suppressed)"]
+
+
+def test_keys_are_bounded() -> None:
+    limited = RateLimitedLog(logging.getLogger("t.lograte"), max_keys=4, clock=Clock())
+    for i in range(100):
+        limited.log(f"k{i}", logging.WARNING, "x")
+    assert len(limited._buckets) == 4

@@ -1,0 +1,50 @@
+"""The default directory layout (audit 5): code, tmpfiles.d and the ansible role agree, and the
+daemon-listened socket directory and the control socket's directory are writable by root only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vhost_ipvlan.control import client
+from vhost_ipvlan.libvirt.domain import DEFAULT_SOCKET_DIR, QEMU_SUBDIR
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tmpfiles() -> dict[Path, tuple[int, str, str]]:
+    out = {}
+    for line in (ROOT / "contrib" / "tmpfiles.d" / "vhost-ipvlan.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            kind, path, mode, user, group, _ = line.split()
+            assert kind == "d"
+            out[Path(path)] = (int(mode, 8), user, group)
+    return out
+
+
+def test_tmpfiles_gives_each_kind_of_socket_its_directory() -> None:
+    dirs = tmpfiles()
+    assert dirs[DEFAULT_SOCKET_DIR] == (0o750, "root", "kvm")  # QEMU connects: nobody else writes
+    assert dirs[client.DEFAULT_SOCKET.parent] == (0o700, "root", "root")
+    assert dirs[DEFAULT_SOCKET_DIR / QEMU_SUBDIR] == (0o1770, "root", "kvm")  # QEMU listens: sticky
+    unit = (ROOT / "contrib" / "systemd" / "vhost-ipvlan.service").read_text()
+    assert "tmpfiles.d/vhost-ipvlan.conf" in unit and "\nRuntimeDirectory=" not in unit
+
+
+def test_ansible_role_puts_the_control_socket_in_its_own_directory() -> None:
+    defaults = (ROOT / "ansible" / "roles" / "vhost_ipvlan" / "defaults" / "main.yml").read_text()
+    assert 'vhost_ipvlan_control: "{{ vhost_ipvlan_socket_dir }}/ctl/control.sock"' in defaults
+    tasks = (ROOT / "ansible" / "roles" / "vhost_ipvlan" / "tasks" / "main.yml").read_text()
+    assert 'mode: "0770"' not in tasks and '{path: "{{ vhost_ipvlan_socket_dir }}", mode: "0750", group: kvm}' in tasks
+
+
+def test_the_old_default_control_path_finds_the_new_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    new, old = tmp_path / "ctl" / "control.sock", tmp_path / "control.sock"
+    monkeypatch.setattr(client, "DEFAULT_SOCKET", new)
+    monkeypatch.setattr(client, "LEGACY_SOCKET", old)
+    assert client.resolve(old) == old  # no daemon at the new place: unchanged
+    new.parent.mkdir()
+    new.touch()
+    assert client.resolve(old) == new  # a hook installed before the move still reaches the daemon
+    assert client.resolve(tmp_path / "other.sock") == tmp_path / "other.sock"

@@ -1,0 +1,72 @@
+"""Rate-limited log lines: a token bucket per key (say, a slave's name).
+
+A front-end that reconnects in a loop after each protocol error, or a process
+that keeps connecting to a busy socket, must not flood the log.
+
+Rules:
+- Each key may log ``burst`` lines at once, then one more every ``interval``
+  seconds; lines beyond that are suppressed and counted.
+- The next line logged for that key says how many were suppressed before it.
+- At most ``max_keys`` keys are remembered (the least recently used is forgotten),
+  so the limiter's memory is bounded whatever the keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    stamp: float
+    suppressed: int = 0
+
+
+class RateLimitedLog:
+    """``log(key, level, msg, *args)`` like ``Logger.log``, within a budget per key."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 5,
+        interval: float = 10.0,
+        max_keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.interval = interval
+        self.max_keys = max_keys
+        self.clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def log(self, key: str, level: int, msg: str, *args: object) -> bool:
+        """Log the line if ``key``'s budget allows; True if it was logged."""
+        if not self.logger.isEnabledFor(level):
+            return False
+        now = self.clock()
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = _Bucket(float(self.burst), now)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            b.tokens = min(float(self.burst), b.tokens + (now - b.stamp) / self.interval)
+            b.stamp = now
+        if b.tokens < 1.0:
+            b.suppressed += 1
+            return False
+        b.tokens -= 1.0
+        if b.suppressed:
+            msg += " (%d earlier lines suppressed)"
+            args = (*args, b.suppressed)
+            b.suppressed = 0
+        self.logger.log(level, msg, *args)
+        return True
