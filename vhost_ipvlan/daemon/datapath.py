@@ -297,8 +297,8 @@ class NetDevice:
                     budget -= 1
                     if self.tx_enabled:
                         self._from_guest(length)
-                if q.publish() and self.tx_call is not None:
-                    eventfd_signal(self.tx_call)
+                if q.publish() and self.tx_call is not None and not eventfd_signal(self.tx_call):
+                    self.drops["call_failed"] += 1
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
