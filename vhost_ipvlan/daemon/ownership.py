@@ -69,6 +69,7 @@ class Ownership:
         #: master -> its port, whose prefixes follow ``master_addresses``
         self.ports: dict[str, Port] = {}
         self._in_use: dict[str, tuple[float, frozenset[bytes]]] = {}
+        self.clock: Callable[[], float] = time.monotonic
 
     def _call(self) -> Rtnl:
         if self._rtnl is None:
@@ -121,7 +122,7 @@ class Ownership:
 
     def in_use(self, master: str, addr: bytes) -> bool:
         """``Port.in_use``: ``addr`` is a gateway or an in-use neighbour of ``master``."""
-        now = time.monotonic()
+        now = self.clock()
         cached = self._in_use.get(master)
         if cached is None or now - cached[0] >= IN_USE_REFRESH:
             try:
