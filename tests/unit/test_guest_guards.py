@@ -281,8 +281,8 @@ def test_anonymous_sources_only_for_dhcp_arp_probes_dad_and_mld(lab: Lab) -> Non
         Ether(src=A, dst="33:33:00:00:00:16") / IPv6(src="::", dst="ff02::16") / IPv6ExtHdrHopByHop(
             options=[RouterAlert()]) / ICMPv6MLReport2(records=[ICMPv6MLDMultAddrRec(dst="ff02::1:ff00:11")]),
     ]
-    for pkt in good:
-        assert lab.send(lab.a, pkt) == (FLOOD, None), pkt.summary()
+    for ok in good:
+        assert lab.send(lab.a, ok) == (FLOOD, None), ok.summary()
 
 
 # -- 6. snooping is bounded and sees only frames that pass --------------------------------
