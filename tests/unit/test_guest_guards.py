@@ -169,6 +169,12 @@ def test_a_learned_mac_is_never_one_seen_on_the_wire(lab: Lab) -> None:
     trick = Ether(src=ROUTER, dst=BCAST) / ARP(op=1, hwsrc=ROUTER, psrc="10.0.0.13", pdst="10.0.0.254")
     assert lab.send(lab.nomac, trick) == drop(DropReason.SRC_MAC_SPOOF)
     assert lab.nomac.mac is None and parse_mac(ROUTER) not in lab.port.by_mac
+    # nor one the daemon knows as a neighbour's of the master (before the wire spoke)
+    lab.in_use.add(parse_mac("02:00:00:00:00:fd"))
+    trick2 = Ether(src="02:00:00:00:00:fd", dst=BCAST) / ARP(op=1, hwsrc="02:00:00:00:00:fd", psrc="10.0.0.13",
+                                                            pdst="10.0.0.254")
+    assert lab.send(lab.nomac, trick2) == drop(DropReason.SRC_MAC_SPOOF)
+    assert lab.nomac.mac is None
     # so another guest's frames to the router's MAC still leave for the router
     out = Ether(src=A, dst=ROUTER) / IP(src="10.0.0.11", dst="8.8.8.8") / UDP(dport=53)
     assert lab.send(lab.a, out) == (TO_UPLINK, None)

@@ -45,7 +45,8 @@ class FakeRtnl:
             10: [Msg({"RTA_DST": "2001:db8::"}, type=1, dst_len=64),
                  Msg({"RTA_GATEWAY": "fe80::1"}, type=1, dst_len=0)],
         }
-        self.neighbours = [Msg({"NDA_DST": "192.0.2.7"}, state=0x02), Msg({"NDA_DST": "192.0.2.8"}, state=0x04),
+        self.neighbours = [Msg({"NDA_DST": "192.0.2.7", "NDA_LLADDR": "02:00:00:00:00:07"}, state=0x02),
+                           Msg({"NDA_DST": "192.0.2.8"}, state=0x04),
                            Msg({"NDA_DST": "192.0.2.19"}, state=0x20),  # FAILED
                            Msg({"NDA_DST": "ff02::16"}, state=0x40)]  # NOARP
 
@@ -89,6 +90,7 @@ def test_gateways_and_neighbours_in_use_read_at_most_once_a_second(owners: tuple
     assert port.in_use(ip("192.0.2.1")) and port.in_use(ip("fe80::1")) and port.in_use(ip("192.0.2.9"))  # gateways
     assert port.in_use(ip("192.0.2.7")) and port.in_use(ip("192.0.2.8"))  # REACHABLE, STALE
     assert not port.in_use(ip("192.0.2.19")) and not port.in_use(ip("192.0.2.50"))
+    assert port.in_use(parse_mac("02:00:00:00:00:07"))  # a neighbour's MAC
     assert fake.calls.count("get_neighbours") == 1
     fake.neighbours.append(Msg({"NDA_DST": "192.0.2.50"}, state=0x02))
     assert not port.in_use(ip("192.0.2.50"))  # cached
