@@ -22,6 +22,8 @@ Shape (other tools rely on it; do not change it lightly)::
     learn = false               # optional, mode l2: learn up to 1 IPv4 + 4 IPv6 addresses from the guest
     allow_router = false        # optional: the guest may send RAs, Redirects and DHCP(v6) server messages
     owner = "libvirt:<uuid>"    # optional: who created the slave (the libvirt hook: its domain's UUID)
+    peer_uid = "qemu-vm1"       # optional: only a front-end running as this user (uid) may connect
+    peer_gid = "qemu-vm1"       # optional: ... and as this group (gid)
 
 Rules:
 - Every problem is a ``ConfigError`` whose message is one line: the key path
@@ -119,6 +121,8 @@ class SlaveConfig:
     learn: bool = False
     allow_router: bool = False
     owner: str | None = None  # who created the slave (the libvirt hook: "libvirt:<domain uuid>")
+    peer_uid: int | None = None  # only a front-end process with this uid may be the slave (SO_PEERCRED)
+    peer_gid: int | None = None  # ... and with this gid
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +228,7 @@ def parse_mac(where: str, value: Any) -> bytes:
 def parse_slave(where: str, table: Any) -> SlaveConfig:
     """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
     t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn",
-                             "allow_router", "owner"}, {"name", "socket"})
+                             "allow_router", "owner", "peer_uid", "peer_gid"}, {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
@@ -254,7 +258,11 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
         owner = _str(f"{where}.owner", t["owner"])
         if not _OWNER.fullmatch(owner):
             raise ConfigError(f"{where}.owner: {owner!r} must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
-    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn, allow_router, owner)
+    peer_uid = _id(f"{where}.peer_uid", t["peer_uid"], lambda n: pwd.getpwnam(n).pw_uid, "user") \
+        if "peer_uid" in t else None
+    peer_gid = _id(f"{where}.peer_gid", t["peer_gid"], lambda n: grp.getgrnam(n).gr_gid, "group") \
+        if "peer_gid" in t else None
+    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn, allow_router, owner, peer_uid, peer_gid)
 
 
 def _bool(where: str, value: Any) -> bool:
@@ -416,6 +424,10 @@ def slave_table(slave: SlaveConfig) -> dict[str, Any]:
         t["allow_router"] = True
     if slave.owner is not None:
         t["owner"] = slave.owner
+    if slave.peer_uid is not None:
+        t["peer_uid"] = slave.peer_uid
+    if slave.peer_gid is not None:
+        t["peer_gid"] = slave.peer_gid
     return t
 
 

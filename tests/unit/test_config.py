@@ -125,6 +125,18 @@ def test_owner_round_trips() -> None:
     assert parse(to_data(cfg)) == cfg
 
 
+def test_peer_pinning_keys_take_names_or_numbers_and_round_trip() -> None:
+    import pwd
+
+    cfg = parse({"port": [{"master": "eth0", "slave": [
+        {"name": "a", "socket": "/tmp/a.sock", "peer_uid": "nobody", "peer_gid": 123}]}]})
+    a = cfg.ports[0].slaves[0]
+    assert (a.peer_uid, a.peer_gid) == (pwd.getpwnam("nobody").pw_uid, 123)
+    assert parse(to_data(cfg)) == cfg
+    with pytest.raises(ConfigError, match=r"port\[0\]\.slave\[0\]\.peer_uid: no user named 'no-such-user'"):
+        parse({"port": [{"master": "eth0", "slave": [{"name": "a", "socket": "/a", "peer_uid": "no-such-user"}]}]})
+
+
 def test_kernel_interface_names_are_accepted() -> None:
     for name in ("eth0", "enp0s31f6", "br-lan.10", "wg_0", "veth@x", "a+b", "x" * 15):
         assert parse({"port": [{"master": name}]}).ports[0].master == name

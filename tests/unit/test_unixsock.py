@@ -133,3 +133,30 @@ def test_control_socket_refused_in_a_directory_others_can_write(tmp_path: Path, 
     with pytest.raises(UplinkError, match=r"^control socket .*: its directory .* is mode \d+ \(group/other-writable\)"):
         server.bind()
     assert not (ctl / "control.sock").exists()
+
+
+@pytest.mark.parametrize(("peer", "attached"), [((None, None), True), ((0, 0), True), ((0, None), True),
+                                                ((12345, None), False), ((None, 12345), False)])
+def test_a_slave_pinned_to_a_peer_refuses_other_processes(tmp_path: Path, loop: asyncio.AbstractEventLoop,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           peer: tuple[int | None, int | None],
+                                                           attached: bool) -> None:
+    """audit 12: any process in group kvm could connect to an idle slave and be it."""
+    device: Any = SimpleNamespace(slave=SimpleNamespace(name="vm1"))
+    mine = (os.geteuid(), os.getegid())  # 0 in the parameters: this process's id
+    uid, gid = (mine[i] if v == 0 else v for i, v in enumerate(peer))
+    ep = Endpoint(tmp_path / "vm1.sock", "server", device, loop, peer=(uid, gid))
+    got: list[socket.socket] = []
+    monkeypatch.setattr(ep, "_attach", got.append)
+    ep.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+            c.connect(str(tmp_path / "vm1.sock"))
+            ep._accept()
+            assert bool(got) == attached
+            if not attached:
+                assert c.recv(1) == b""  # closed by the daemon
+    finally:
+        for s in got:
+            s.close()
+        ep.close()

@@ -132,6 +132,18 @@ def test_avail_index_too_far_ahead() -> None:
         q.pending()
 
 
+def test_has_pending_follows_the_avail_index_unchecked() -> None:
+    ram, dq, q = make(num=16)
+    assert not q.has_pending()
+    dq.set_desc(0, DATA, 4, 0)
+    dq.make_available(0)
+    assert q.has_pending()
+    q.push(q.pop(), 0)
+    assert not q.has_pending()
+    struct.pack_into("<H", ram, dq.avail + 2, 40)  # too far ahead: pending() raises, this does not
+    assert q.has_pending()
+
+
 def test_resumes_at_used_index() -> None:
     ram, dq, _ = make()
     struct.pack_into("<H", ram, dq.used + 2, 7)
@@ -355,3 +367,18 @@ def test_rx_mergeable_of_a_maximal_frame_in_2k_buffers() -> None:
     frame = memoryview(bytearray(net.MAX_BUFFER))
     assert net.rx_deliver(q, frame, True) == net.RX_OK
     assert (q.used_idx, int.from_bytes(ram[0x100000 + 10 : 0x100000 + 12], "little")) == (33, 33)
+
+
+def test_a_bad_first_chain_is_walked_once_per_avail_index() -> None:
+    """A chain without room for a header stays first in the ring (it is never taken):
+    later frames are dropped without walking it again, until the driver adds chains."""
+    ram, dq, q = make(num=16)
+    post_indirect_rx(ram, dq, 8, 16, 0)
+    frame = memoryview(bytearray(net.HDR_LEN + 60))
+    for _ in range(3):
+        assert net.rx_deliver(q, frame, True) == net.RX_BAD_BUFFER
+    assert q.walked == 17
+    dq.set_desc(8, DATA, 2048, VRING_DESC_F_WRITE)
+    dq.make_available(8)
+    assert net.rx_deliver(q, frame, True) == net.RX_BAD_BUFFER  # looked at again: still bad
+    assert q.walked == 34 and q.pending() == 9

@@ -36,7 +36,7 @@ log = logging.getLogger("vhost_ipvlan.control")
 
 MAX_CLIENTS = 16
 SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn", "allow_router",
-              "owner"}
+              "owner", "peer_uid", "peer_gid"}
 
 if TYPE_CHECKING:
     from ..daemon.topology import Topology
@@ -204,7 +204,7 @@ class ControlServer:
                 pc, cur_s = topo.slave_config(_s("params.name", p["name"]))
                 master_name = _s("params.master", p.get("master", pc.master))
                 table = {**cfg.slave_table(cur_s), **{k: v for k, v in p.items() if k != "master"}}
-                for key in ("mac", "qmp", "qmp_device", "owner"):  # null forgets
+                for key in ("mac", "qmp", "qmp_device", "owner", "peer_uid", "peer_gid"):  # null forgets
                     if key in table and table[key] is None:
                         del table[key]
                 if "qmp" in p and p["qmp"] is None and "qmp_device" not in p:

@@ -9,6 +9,10 @@ Rules:
   The socket gets its mode, owner and group before it appears at its path
   (``unixsock.listen``: never chmod/chown by path); a socket directory that other
   users can write is warned about.
+- ``peer_uid``/``peer_gid`` (optional, per slave) pin the slave to a front-end
+  process: a connection (either role) whose peer credentials (SO_PEERCRED) differ is
+  closed and logged. Without them, any process that may open the socket (group
+  ``kvm``) can be an idle slave (README, "Security").
 - ``client`` role: the daemon connects to a socket the front-end listens on
   (libvirt ``mode='server'``), and retries every ``RETRY`` seconds until it
   succeeds, and again after every disconnect.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from pathlib import Path
 
 from .. import unixsock
@@ -39,13 +44,15 @@ class Endpoint:
     """Accepts (or makes) the front-end connection for one ``NetDevice``."""
 
     def __init__(self, path: Path, role: str, device: NetDevice, loop: asyncio.AbstractEventLoop,
-                 socket_mode: int = 0o660, owner: int = -1, group: int = -1) -> None:
+                 socket_mode: int = 0o660, owner: int = -1, group: int = -1,
+                 peer: tuple[int | None, int | None] = (None, None)) -> None:
         self.path = path
         self.role = role
         self.device = device
         self.loop = loop
         self.socket_mode = socket_mode
         self.owner, self.group = owner, group
+        self.peer_uid, self.peer_gid = peer
         self.host = OsHost()
         self.conn: Connection | None = None
         self.listener: socket.socket | None = None
@@ -90,6 +97,9 @@ class Endpoint:
                           self.name)
             sock.close()
             return
+        if not self._peer_allowed(sock):
+            sock.close()
+            return
         self._attach(sock)
 
     def _connect(self) -> None:
@@ -104,7 +114,23 @@ class Endpoint:
             log.debug("slave %s: cannot connect to %s yet: %s", self.name, self.path, e)
             self._retry = self.loop.call_later(RETRY, self._connect)
             return
+        if not self._peer_allowed(sock):
+            sock.close()
+            self._retry = self.loop.call_later(RETRY, self._connect)
+            return
         self._attach(sock)
+
+    def _peer_allowed(self, sock: socket.socket) -> bool:
+        """``peer_uid``/``peer_gid`` (if set) match the front-end process (SO_PEERCRED)."""
+        if self.peer_uid is None and self.peer_gid is None:
+            return True
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", creds)
+        if self.peer_uid not in (None, uid) or self.peer_gid not in (None, gid):
+            log.warning("slave %s: refused a front-end (pid %d, uid %d, gid %d): the slave is pinned to "
+                        "uid %s gid %s", self.name, pid, uid, gid, self.peer_uid, self.peer_gid)
+            return False
+        return True
 
     def _attach(self, sock: socket.socket) -> None:
         self.connections += 1

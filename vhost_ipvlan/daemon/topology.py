@@ -303,7 +303,8 @@ class Topology:
         dp.devices[sc.name] = dev
         undo.callback(self._forget_device, dp, dev)
         d = self.config.daemon
-        ep = Endpoint(sc.socket, sc.socket_mode, dev, self.loop, d.socket_permissions, d.socket_owner, d.socket_group)
+        ep = Endpoint(sc.socket, sc.socket_mode, dev, self.loop, d.socket_permissions, d.socket_owner, d.socket_group,
+                      peer=(sc.peer_uid, sc.peer_gid))
         self.endpoints.append(ep)
         undo.callback(self._close_endpoint, ep)
         self._set_slave(master, sc.name, sc)
@@ -470,5 +471,5 @@ def _check_interface(where: str, master: str) -> None:
 
 def _in_place(old: SlaveConfig, new: SlaveConfig) -> bool:
     """Whether ``old`` can become ``new`` without re-creating the slave."""
-    return (old.name, old.socket, old.socket_mode, old.mac, old.learn) == \
-        (new.name, new.socket, new.socket_mode, new.mac, new.learn)
+    return (old.name, old.socket, old.socket_mode, old.mac, old.learn, old.peer_uid, old.peer_gid) == \
+        (new.name, new.socket, new.socket_mode, new.mac, new.learn, new.peer_uid, new.peer_gid)

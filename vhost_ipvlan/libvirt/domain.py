@@ -1,7 +1,8 @@
 """A libvirt domain's XML -> the vhost-ipvlan slaves it needs, and what would break it.
 
-Pure: no libvirt, no sockets, no files. The hook, the watcher and ``libvirt check``
-all start here.
+Pure: no libvirt, no sockets, no files, except that a socket's directory is
+resolved (``realpath``) to refuse symlinks. The hook, the watcher and ``libvirt
+check`` all start here.
 
 Rules:
 - An ``<interface type='vhostuser'>`` is ours when its ``<source path>`` points

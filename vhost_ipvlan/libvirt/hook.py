@@ -143,12 +143,16 @@ def run(argv: Sequence[str], stdin: IO[str], connect: ClientFactory, socket_dir:
     return 0
 
 
-def script(control: Path, socket_dir: Path, python: str = sys.executable) -> str:
+def script(control: Path, socket_dir: Path, python: str = sys.executable,
+           pythonpath: str | None = None) -> str:
+    """The hook's text; ``pythonpath`` (the installer's ``PYTHONPATH``, if any) is kept so the
+    hook runs the same code as the installer (a development checkout)."""
     args = " ".join(shlex.quote(a) for a in
                     (python, "-m", "vhost_ipvlan.libvirt.hook", "--control", str(control),
                      "--socket-dir", str(socket_dir), "--"))
+    env = f"export PYTHONPATH={shlex.quote(pythonpath)}\n" if pythonpath else ""
     return ("#!/bin/sh\n# libvirt qemu hook installed by `vhost-ipvlan install-hook`: creates and removes\n"
-            f"# the slaves of a domain's vhost-user interfaces (docs/libvirt.md)\nexec {args} \"$@\"\n")
+            f"# the slaves of a domain's vhost-user interfaces (docs/libvirt.md)\n{env}exec {args} \"$@\"\n")
 
 
 def install(hooks_dir: Path, control: Path, socket_dir: Path) -> Path:
@@ -157,7 +161,7 @@ def install(hooks_dir: Path, control: Path, socket_dir: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     path = d / HOOK_NAME
     tmp = d / f".{HOOK_NAME}.tmp"
-    tmp.write_text(script(control, socket_dir))
+    tmp.write_text(script(control, socket_dir, pythonpath=os.environ.get("PYTHONPATH")))
     tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
     os.replace(tmp, path)
     return path

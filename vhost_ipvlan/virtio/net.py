@@ -20,6 +20,10 @@ Rules:
   to ``num`` descriptors (what one chain may hold) it is dropped
   ``RX_BAD_BUFFER`` too (buffers too fragmented). Worst case per frame: about
   2 x ``num`` descriptors counted, twice that read (count pass, fill pass).
+- A next chain without room for a header stays where it is (the driver may not
+  change a chain it made available), so it is remembered (``bad_head``) until
+  the driver adds chains: later frames are dropped ``RX_BAD_BUFFER`` without
+  walking it again. A stuck ring costs one walk per avail index, not per frame.
 """
 
 from __future__ import annotations
@@ -106,6 +110,8 @@ def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool) -> int:
     buf[11] = 0
     if q.put(buf) >= 0:  # fast path: one writable descriptor that fits
         return RX_OK
+    if q.bad_head == q.position():
+        return RX_BAD_BUFFER
     need = len(buf)
     if not q.pending():
         return RX_RING_FULL
@@ -118,6 +124,7 @@ def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool) -> int:
         return RX_OK
     if total < HDR_LEN:
         q.unpop(1)
+        q.bad_head = q.position()
         return RX_BAD_BUFFER
     if not mergeable:
         q.unpop(1)

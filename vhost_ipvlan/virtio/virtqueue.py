@@ -75,6 +75,7 @@ class SplitQueue:
         "_segs",
         "_used",
         "_used16",
+        "bad_head",
         "event_idx",
         "last_avail",
         "mem",
@@ -114,8 +115,15 @@ class SplitQueue:
         self._segs: list[memoryview] = []
         #: descriptors walked so far (see the rules); only ever grows
         self.walked = 0
+        #: ``position()`` when the next chain was found unusable (net.rx_deliver), else -1
+        self.bad_head = -1
 
     # -- avail side ---------------------------------------------------------------
+
+    def position(self) -> int:
+        """Where both sides stand: avail.idx and ``last_avail`` as one number."""
+        idx: int = self._avail16[1]
+        return idx << 16 | self.last_avail
 
     def pending(self) -> int:
         """How many chains the driver has made available and we have not taken."""
@@ -123,6 +131,10 @@ class SplitQueue:
         if n > self.num:
             raise GuestError(f"avail index runs {n} entries ahead of a {self.num}-entry ring")
         return n
+
+    def has_pending(self) -> bool:
+        """Whether the driver's avail index moved past ours (unchecked: ``pending()`` checks)."""
+        return bool(self._avail16[1] != self.last_avail)
 
     def pop(self) -> int:
         """Take the next available chain head (call only when ``pending()`` > 0)."""
