@@ -28,8 +28,6 @@ def guarded() -> Frames:
     return [(bytes(f), plain, False) for f in (hbh_na, offer, dhcp6)]
 
 
-@pytest.mark.xfail(strict=True, reason="_fastpath.c forwards these to b without the guards: it must hand IPv6 "
-                   "with an extension header and UDP from port 67/547 to Python (left to its owner)")
 def test_guarded_unicast_is_dropped_with_and_without_the_accelerator() -> None:
     fast = run(guarded())
     with pure_python():
