@@ -14,7 +14,8 @@
  *   straight into another guest's RX ring when, and only when, the Python switch
  *   would say TO_SLAVE(target) with no MAC translation:
  *     - IPv4 (valid version, IHL, total length) or IPv6 (valid version, payload
- *       length, next header not ICMPv6), not tagged;
+ *       length, next header not ICMPv6 nor an extension header), not tagged, and
+ *       not UDP from port 67 or 547 (switch.guard's DHCP/DHCPv6 server guard);
  *     - source MAC == sender_mac, source address in sender_ips (the addresses the
  *       port says the sender owns);
  *     - destination address in ``table`` (built by Python from the port: only up
