@@ -135,6 +135,7 @@ class Domain:
     shared_memory: bool = False
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # alias -> frontend property -> value
     uuid: str | None = None  # canonical (lower case, dashes), None if absent or not a UUID
+    name_ok: bool = True  # False: the XML's name has a control character (``name`` is its repr)
 
     @property
     def owner(self) -> str:
@@ -183,6 +184,11 @@ def socket_problem(path: str, directory: Path, role: str) -> str | None:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def shown(text: str) -> str:
+    """``text`` for a one-line message: as is, or its repr if it has a control character."""
+    return repr(text) if _CONTROL.search(text) else text
+
+
 def parse(xml: str) -> Domain:
     try:
         root = ET.fromstring(xml)
@@ -190,7 +196,8 @@ def parse(xml: str) -> Domain:
         raise DomainError(f"domain XML: {e}") from None
     if root.tag != "domain":
         raise DomainError(f"domain XML: the root element is <{root.tag}>, not <domain>")
-    dom = Domain(name=(root.findtext("name") or "").strip() or "?", type=root.get("type", ""))
+    raw = (root.findtext("name") or "").strip() or "?"
+    dom = Domain(name=shown(raw), type=root.get("type", ""), name_ok=_CONTROL.search(raw) is None)
     try:
         dom.uuid = str(uuidlib.UUID((root.findtext("uuid") or "").strip()))
     except ValueError:
@@ -275,9 +282,8 @@ def ours(dom: Domain, socket_dir: Path) -> list[Interface]:
 
 
 def _checked_name(dom: Domain) -> None:
-    m = _CONTROL.search(dom.name)
-    if m is not None:
-        raise DomainError(f"domain {dom.name!r}: the name contains a control character ({m.group()!r})")
+    if not dom.name_ok:
+        raise DomainError(f"domain {dom.name}: the name contains a control character")
 
 
 def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[SlaveRequest]:
@@ -296,9 +302,9 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         owner = dom.owner
     for iface in mine:
         if iface.mac is None:
-            raise DomainError(f"domain {dom.name}: interface {iface.socket} has no <mac address>; "
+            raise DomainError(f"domain {dom.name}: interface {shown(str(iface.socket))} has no <mac address>; "
                               "vhost-ipvlan needs it to find its <vi:interface> metadata")
-        mac = _mac(f"domain {dom.name}: interface {iface.socket}: <mac address>", iface.mac)
+        mac = _mac(f"domain {dom.name}: interface {shown(str(iface.socket))}: <mac address>", iface.mac)
         meta = dom.meta.get(mac)
         where = f"domain {dom.name}: interface {mac}"
         if meta is None:
@@ -351,14 +357,15 @@ def problems(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR, *, msix_bug: bool 
     if not dom.shared_memory:
         out.append(f"domain {dom.name}: no shared memory: vhost-user needs <memoryBacking><source type='memfd'/>"
                    "<access mode='shared'/></memoryBacking>")
-    if _CONTROL.search(dom.name):
-        out.append(f"domain {dom.name!r}: the name contains a control character")
+    if not dom.name_ok:
+        out.append(f"domain {dom.name}: the name contains a control character")
     if dom.uuid is None:
         out.append(f"domain {dom.name}: no valid <uuid> (vhost-ipvlan names and owns slaves by it)")
     for iface in vhost:
-        name = f"domain {dom.name}: interface {iface.mac or '(no mac)'}"
+        name = f"domain {dom.name}: interface {shown(iface.mac or '(no mac)')}"
         if iface.socket is None or not claims(iface.socket, socket_dir):
-            out.append(f"{name}: socket {iface.socket} is not inside vhost-ipvlan's socket directory {socket_dir}")
+            out.append(f"{name}: socket {shown(str(iface.socket))} is not inside vhost-ipvlan's socket directory "
+                       f"{socket_dir}")
             continue
         if iface.libvirt_mode in ROLE:
             bad = socket_problem(iface.socket, socket_dir, ROLE[iface.libvirt_mode])
@@ -370,13 +377,13 @@ def problems(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR, *, msix_bug: bool 
         else:
             meta = dom.meta.get(iface.mac)
             if meta is None:
-                out.append(f"{name}: no <vi:interface mac='{iface.mac}'> in <metadata> (namespace {NS})")
+                out.append(f"{name}: no <vi:interface mac='{shown(iface.mac)}'> in <metadata> (namespace {NS})")
             elif not meta.master:
                 out.append(f"{name}: <vi:interface> has no master attribute")
         if iface.libvirt_mode not in ROLE:
             out.append(f"{name}: <source mode={iface.libvirt_mode!r}> must be 'client' or 'server'")
         if msix_bug and dom.type == "qemu":
-            alias = iface.alias or f"net{iface.index}"
+            alias = shown(iface.alias or f"net{iface.index}")
             if dom.overrides.get(alias, {}).get("vectors") != "0":
                 out.append(f"{name}: TCG with QEMU 7.2 crashes when a vhost-user NIC uses MSI-X: add "
                            f"<qemu:override><qemu:device alias='{alias}'><qemu:frontend><qemu:property "
