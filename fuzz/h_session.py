@@ -70,6 +70,10 @@ class FakeHost:
         check(fd in self.open, f"is_eventfd({fd}): not open")
         return self.open[fd][0] == KIND_EVENT
 
+    def eventfd_problem(self, fd: int) -> str | None:
+        check(fd in self.open, f"eventfd_problem({fd}): not open")
+        return None if self.open[fd][0] == KIND_EVENT else "not an eventfd (fake)"
+
     def __getattr__(self, name: str) -> Any:  # a Host method this fake does not know yet
         raise AttributeError(f"FakeHost has no {name}: teach fuzz/h_session.py the Host protocol")
 

@@ -382,5 +382,15 @@ def test_problems_stay_one_line_whatever_the_xml_holds() -> None:
                  name="vm&#10;1")
     found = problems(xml, SOCKDIR)
     assert found and all("\n" not in p for p in found)
-    assert any("socket '/\\nx/vm1.sock' is not inside" in p for p in found)
+    assert any("socket /\\nx/vm1.sock is not inside" in p for p in found)
     assert any("domain 'vm\\n1': the name contains a control character" in p for p in found)
+
+
+def test_problems_and_errors_stay_one_line_whatever_the_xml_holds() -> None:
+    # found by fuzz/h_domain.py: a socket path with an encoded newline made a two-line problem
+    lines = problems(domain(nic(path="/&#10;host-ipvlan/vm1.sock"), meta(vi()), name="vm&#127;1"), SOCKDIR)
+    assert lines and all("\n" not in line and "\x7f" not in line for line in lines), lines
+    assert any("/\\nhost-ipvlan/vm1.sock" in line for line in lines), lines
+    with pytest.raises(DomainError) as e:
+        slave_requests(domain(nic(), meta(vi()), name="vm&#10;1&#127;"), SOCKDIR)
+    assert "\n" not in str(e.value) and "\x7f" not in str(e.value)

@@ -152,6 +152,22 @@ def test_resumes_at_used_index() -> None:
     assert q.used_idx == 7 and q.last_avail == 7
 
 
+def test_base_disagreeing_with_the_used_index_is_replaced_by_it() -> None:
+    """DPDK's virtio-user reconnects with base 0 to rings that moved on: resume at used.idx."""
+    ram, dq, _ = make()
+    struct.pack_into("<H", ram, dq.used + 2, 17280 & 0xFFFF)
+    struct.pack_into("<H", ram, dq.avail + 2, (17280 + 16) & 0xFFFF)  # a full ring waiting
+    mem = GuestMemory([Region(0, SIZE, UVA, memoryview(ram))])
+    q = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 0, event_idx=False)
+    assert (q.resynced_from, q.last_avail, q.used_idx) == (0, 17280, 17280)
+    assert q.pending() == 16
+    same = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 17280, event_idx=False)
+    assert same.resynced_from is None and same.last_avail == 17280
+    kept = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 17281, event_idx=False,
+                      resync=False)
+    assert kept.resynced_from is None and kept.last_avail == 17281
+
+
 def post_rx(dq: DriverQueue, count: int, size: int) -> None:
     for i in range(count):
         dq.set_desc(i, DATA + i * 4096, size, VRING_DESC_F_WRITE)

@@ -63,8 +63,21 @@ QEMU_SUBDIR = "qemu"  # <socket dir>/qemu: QEMU-listens sockets (QEMU creates th
 ROLE = {"client": "server", "server": "client"}  # libvirt's mode (QEMU's role) -> the daemon's socket_mode
 
 
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x7f``): names and
+    paths from a domain XML go into messages and logs, which must stay one line."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class DomainError(ConfigError):
-    """The domain XML does not say what vhost-ipvlan needs (one line)."""
+    """The domain XML does not say what vhost-ipvlan needs (one line: control
+    characters from the XML are escaped)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 @dataclass(frozen=True)
@@ -135,7 +148,6 @@ class Domain:
     shared_memory: bool = False
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # alias -> frontend property -> value
     uuid: str | None = None  # canonical (lower case, dashes), None if absent or not a UUID
-    name_ok: bool = True  # False: the XML's name has a control character (``name`` is its repr)
 
     @property
     def owner(self) -> str:
@@ -184,11 +196,6 @@ def socket_problem(path: str, directory: Path, role: str) -> str | None:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def shown(text: str) -> str:
-    """``text`` for a one-line message: as is, or its repr if it has a control character."""
-    return repr(text) if _CONTROL.search(text) else text
-
-
 def parse(xml: str) -> Domain:
     try:
         root = ET.fromstring(xml)
@@ -196,8 +203,7 @@ def parse(xml: str) -> Domain:
         raise DomainError(f"domain XML: {e}") from None
     if root.tag != "domain":
         raise DomainError(f"domain XML: the root element is <{root.tag}>, not <domain>")
-    raw = (root.findtext("name") or "").strip() or "?"
-    dom = Domain(name=shown(raw), type=root.get("type", ""), name_ok=_CONTROL.search(raw) is None)
+    dom = Domain(name=(root.findtext("name") or "").strip() or "?", type=root.get("type", ""))
     try:
         dom.uuid = str(uuidlib.UUID((root.findtext("uuid") or "").strip()))
     except ValueError:
@@ -282,8 +288,9 @@ def ours(dom: Domain, socket_dir: Path) -> list[Interface]:
 
 
 def _checked_name(dom: Domain) -> None:
-    if not dom.name_ok:
-        raise DomainError(f"domain {dom.name}: the name contains a control character")
+    m = _CONTROL.search(dom.name)
+    if m is not None:
+        raise DomainError(f"domain {dom.name!r}: the name contains a control character ({m.group()!r})")
 
 
 def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[SlaveRequest]:
@@ -302,9 +309,9 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         owner = dom.owner
     for iface in mine:
         if iface.mac is None:
-            raise DomainError(f"domain {dom.name}: interface {shown(str(iface.socket))} has no <mac address>; "
+            raise DomainError(f"domain {dom.name}: interface {iface.socket} has no <mac address>; "
                               "vhost-ipvlan needs it to find its <vi:interface> metadata")
-        mac = _mac(f"domain {dom.name}: interface {shown(str(iface.socket))}: <mac address>", iface.mac)
+        mac = _mac(f"domain {dom.name}: interface {iface.socket}: <mac address>", iface.mac)
         meta = dom.meta.get(mac)
         where = f"domain {dom.name}: interface {mac}"
         if meta is None:
@@ -350,6 +357,10 @@ def problems(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR, *, msix_bug: bool 
         dom = parse(xml)
     except DomainError as e:
         return [str(e)]
+    return [one_line(line) for line in _problems(dom, socket_dir, msix_bug)]
+
+
+def _problems(dom: Domain, socket_dir: Path, msix_bug: bool) -> list[str]:
     out: list[str] = []
     vhost = dom.interfaces
     if not vhost:
@@ -357,15 +368,14 @@ def problems(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR, *, msix_bug: bool 
     if not dom.shared_memory:
         out.append(f"domain {dom.name}: no shared memory: vhost-user needs <memoryBacking><source type='memfd'/>"
                    "<access mode='shared'/></memoryBacking>")
-    if not dom.name_ok:
-        out.append(f"domain {dom.name}: the name contains a control character")
+    if _CONTROL.search(dom.name):
+        out.append(f"domain {dom.name!r}: the name contains a control character")
     if dom.uuid is None:
         out.append(f"domain {dom.name}: no valid <uuid> (vhost-ipvlan names and owns slaves by it)")
     for iface in vhost:
-        name = f"domain {dom.name}: interface {shown(iface.mac or '(no mac)')}"
+        name = f"domain {dom.name}: interface {iface.mac or '(no mac)'}"
         if iface.socket is None or not claims(iface.socket, socket_dir):
-            out.append(f"{name}: socket {shown(str(iface.socket))} is not inside vhost-ipvlan's socket directory "
-                       f"{socket_dir}")
+            out.append(f"{name}: socket {iface.socket} is not inside vhost-ipvlan's socket directory {socket_dir}")
             continue
         if iface.libvirt_mode in ROLE:
             bad = socket_problem(iface.socket, socket_dir, ROLE[iface.libvirt_mode])
@@ -377,13 +387,13 @@ def problems(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR, *, msix_bug: bool 
         else:
             meta = dom.meta.get(iface.mac)
             if meta is None:
-                out.append(f"{name}: no <vi:interface mac='{shown(iface.mac)}'> in <metadata> (namespace {NS})")
+                out.append(f"{name}: no <vi:interface mac='{iface.mac}'> in <metadata> (namespace {NS})")
             elif not meta.master:
                 out.append(f"{name}: <vi:interface> has no master attribute")
         if iface.libvirt_mode not in ROLE:
             out.append(f"{name}: <source mode={iface.libvirt_mode!r}> must be 'client' or 'server'")
         if msix_bug and dom.type == "qemu":
-            alias = shown(iface.alias or f"net{iface.index}")
+            alias = iface.alias or f"net{iface.index}"
             if dom.overrides.get(alias, {}).get("vectors") != "0":
                 out.append(f"{name}: TCG with QEMU 7.2 crashes when a vhost-user NIC uses MSI-X: add "
                            f"<qemu:override><qemu:device alias='{alias}'><qemu:frontend><qemu:property "
