@@ -14,7 +14,8 @@
  *   straight into another guest's RX ring when, and only when, the Python switch
  *   would say TO_SLAVE(target) with no MAC translation:
  *     - IPv4 (valid version, IHL, total length) or IPv6 (valid version, payload
- *       length, next header not ICMPv6), not tagged;
+ *       length, next header not ICMPv6 nor an extension header), not tagged, and
+ *       not UDP from port 67 or 547 (switch.guard's DHCP/DHCPv6 server guard);
  *     - source MAC == sender_mac, source address in sender_ips (the addresses the
  *       port says the sender owns);
  *     - destination address in ``table`` (built by Python from the port: only up
@@ -364,6 +365,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             uint32_t ihl = ip[0] & 0x0F, total = (uint32_t)(ip[2] << 8 | ip[3]);
             if ((ip[0] >> 4) != 4 || ihl < 5 || ihl * 4 > total || ETH_HLEN + total > n)
                 break;
+            /* switch.guard's DHCP-server guard is Python's to apply (UDP from port 67) */
+            if (ip[9] == 17 && ihl * 4 + 2 <= total && (ip[ihl * 4] << 8 | ip[ihl * 4 + 1]) == 67)
+                break;
             saddr = ip + 12;
             daddr = ip + 16;
             alen = 4;
@@ -373,6 +377,12 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             unsigned char *ip = eth + ETH_HLEN;
             uint32_t plen = (uint32_t)(ip[4] << 8 | ip[5]);
             if ((ip[0] >> 4) != 6 || ETH_HLEN + 40 + plen > n || ip[6] == 58)
+                break;
+            /* switch.guard walks extension headers (NDP behind one is dropped) and
+             * guards DHCPv6 servers (UDP from port 547): Python's to decide */
+            if (ip[6] == 0 || ip[6] == 43 || ip[6] == 44 || ip[6] == 60)
+                break;
+            if (ip[6] == 17 && plen >= 2 && (ip[40] << 8 | ip[41]) == 547)
                 break;
             saddr = ip + 8;
             daddr = ip + 24;

@@ -19,6 +19,11 @@
  *   - Any other SIGBUS goes to the handler that was installed before ours (the
  *     default one kills the process as it would have; faulthandler's dumps a
  *     traceback first).
+ *   - On hugetlbfs (``f_type`` HUGETLBFS_MAGIC) the page is the huge page, and the
+ *     mapping, its slot and its munmap cover ``length`` rounded up to it (the
+ *     kernel maps that much): the replacement is always whole huge pages, which
+ *     hugetlbfs requires (a partial one fails, and the process would die of the
+ *     SIGBUS), and the unmapping does not fail (and leak the mapping).
  *   - A ``Mapping`` is unregistered before it is unmapped (when its last buffer
  *     export is gone and it is deallocated). Slots are written by the thread
  *     holding the GIL and read by the handler with acquire/release ordering.
@@ -37,6 +42,7 @@
 #include <unistd.h>
 
 #define MAX_SLOTS 1024
+#define HUGETLBFS_MAGIC 0x958458f6
 
 typedef struct {
     uintptr_t start; /* [start, end); end == 0: the slot is free */
@@ -128,7 +134,8 @@ static int install(void)
 typedef struct {
     PyObject_HEAD
     char *ptr;
-    Py_ssize_t len;
+    Py_ssize_t len;    /* what the buffer exposes */
+    size_t maplen;     /* what is mapped: len, rounded up to the huge page on hugetlbfs */
     int slot;
 } Mapping;
 
@@ -140,7 +147,7 @@ static void mapping_dealloc(Mapping *self)
         slots[self->slot].poisoned = 0;
     }
     if (self->ptr != NULL)
-        munmap(self->ptr, (size_t)self->len);
+        munmap(self->ptr, self->maplen);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -185,6 +192,14 @@ static PyTypeObject MappingType = {
     .tp_doc = "A shared, writable file mapping whose shrinking file cannot kill the process.",
 };
 
+static int free_slot(void)
+{
+    for (int i = 0; i < MAX_SLOTS; i++)
+        if (__atomic_load_n(&slots[i].end, __ATOMIC_ACQUIRE) == 0)
+            return i;
+    return -1;
+}
+
 static PyObject *guard_map(PyObject *mod, PyObject *args)
 {
     (void)mod;
@@ -196,14 +211,7 @@ static PyObject *guard_map(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "mapping length must be positive");
         return NULL;
     }
-    int slot = -1;
-    for (int i = 0; i < MAX_SLOTS; i++) {
-        if (__atomic_load_n(&slots[i].end, __ATOMIC_ACQUIRE) == 0) {
-            slot = i;
-            break;
-        }
-    }
-    if (slot < 0) {
+    if (free_slot() < 0) {
         PyErr_SetString(PyExc_OSError, "too many guarded mappings");
         return NULL;
     }
@@ -211,18 +219,27 @@ static PyObject *guard_map(PyObject *mod, PyObject *args)
         return NULL;
     long page = sysconf(_SC_PAGESIZE);
     uintptr_t gran = (uintptr_t)page;
+    size_t maplen = (size_t)len;
     struct statfs st;
-    if (fstatfs(fd, &st) == 0 && st.f_bsize > page && (st.f_bsize & (st.f_bsize - 1)) == 0)
-        gran = (uintptr_t)st.f_bsize; /* hugetlbfs: the huge page size */
+    if (fstatfs(fd, &st) == 0 && (unsigned long)st.f_type == HUGETLBFS_MAGIC && st.f_bsize > page &&
+        (st.f_bsize & (st.f_bsize - 1)) == 0) {
+        gran = (uintptr_t)st.f_bsize; /* the huge page size */
+        if (maplen > SIZE_MAX - (gran - 1)) {
+            PyErr_SetString(PyExc_OverflowError, "mapping length too large");
+            return NULL;
+        }
+        maplen = (maplen + gran - 1) & ~(size_t)(gran - 1);
+    }
     Mapping *self = PyObject_New(Mapping, &MappingType);
     if (self == NULL)
         return NULL;
     self->ptr = NULL;
     self->len = len;
+    self->maplen = maplen;
     self->slot = -1;
     void *p;
     Py_BEGIN_ALLOW_THREADS
-    p = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    p = mmap(NULL, maplen, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     Py_END_ALLOW_THREADS
     if (p == MAP_FAILED) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -230,10 +247,17 @@ static PyObject *guard_map(PyObject *mod, PyObject *args)
         return NULL;
     }
     self->ptr = p;
+    /* picked with the GIL held again: another thread may have taken a slot during mmap */
+    int slot = free_slot();
+    if (slot < 0) {
+        PyErr_SetString(PyExc_OSError, "too many guarded mappings");
+        Py_DECREF(self);
+        return NULL;
+    }
     slots[slot].start = (uintptr_t)p;
     slots[slot].gran = gran;
     slots[slot].poisoned = 0;
-    __atomic_store_n(&slots[slot].end, (uintptr_t)p + (uintptr_t)len, __ATOMIC_RELEASE);
+    __atomic_store_n(&slots[slot].end, (uintptr_t)p + (uintptr_t)maplen, __ATOMIC_RELEASE);
     self->slot = slot;
     return (PyObject *)self;
 }
