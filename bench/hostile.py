@@ -271,6 +271,8 @@ def burst_size(n: int) -> Iterator[None]:
 
 
 class Rig:
+    """One port for one phase of a round: the pair a -> b, h, and ``idle`` idle guests."""
+
     def __init__(self, scenario: Scenario, idle: int) -> None:
         guests = [
             ("a", [A4, A6], A_MAC, True),
