@@ -425,10 +425,10 @@ def test_an_internal_error_costs_one_frame_counted_and_logged_once(
         try:
             real = p.dp.from_guest
 
-            def from_guest(dev: datapath.NetDevice, length: int) -> None:
+            def from_guest(dev: datapath.NetDevice, length: int) -> int:
                 if bytes(dev.view[length - 4 : length]) == b"boom":
                     raise RuntimeError("injected")
-                real(dev, length)
+                return real(dev, length)
 
             monkeypatch.setattr(p.dp, "from_guest", from_guest)
             a = p.frontends["a"]

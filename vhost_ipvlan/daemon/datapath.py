@@ -22,6 +22,9 @@ Rules:
   the rest is rescheduled so one guest cannot starve the others. The C
   accelerator forwards single-descriptor chains only, so it is given the smaller
   of the two budgets as its frame budget and stops exactly where Python would.
+  Every copy of a flooded (multicast/broadcast) frame counts as one more frame
+  of the burst's budget, from a TX ring and from the uplink alike; a group frame
+  longer than ``max_frame`` (GSO or not) is dropped ``mtu_exceeded`` uncopied.
 - A TX chain shorter than the 12-byte virtio_net_hdr (zero-length included) is a
   ``runt`` drop: it adds nothing to ``tx_packets``/``tx_bytes``.
 - An unexpected exception (not ``GuestError``: a bug, or the C accelerator
@@ -278,8 +281,7 @@ class NetDevice:
                         self.tx_packets += nf
                         self.tx_bytes += nb
                         if status == fp.SLOW_FRAME:
-                            budget -= 1
-                            self._from_guest(length)
+                            budget = max(0, budget - 1 - self._from_guest(length))
                             fast = self.dp.fast_args(self)  # the frame may have changed state
                             continue
                         if status == fp.ERROR:  # the frame, if any, was given back
@@ -296,7 +298,7 @@ class NetDevice:
                     q.push(head, 0)
                     budget -= 1
                     if self.tx_enabled:
-                        self._from_guest(length)
+                        budget = max(0, budget - self._from_guest(length))
                 if q.publish() and self.tx_call is not None and not eventfd_signal(self.tx_call):
                     self.drops["call_failed"] += 1
                 if not budget or q.walked >= limit:
@@ -309,18 +311,20 @@ class NetDevice:
         finally:
             self.dp.flush()
 
-    def _from_guest(self, length: int) -> None:
-        """Count and switch one frame taken from the TX ring (``view[:length]``)."""
+    def _from_guest(self, length: int) -> int:
+        """Count and switch one frame taken from the TX ring (``view[:length]``);
+        return how many copies of it went to other guests (the burst pays for them)."""
         if length < net.HDR_LEN:
             self.drops["runt"] += 1
-            return
+            return 0
         self.tx_packets += 1
         self.tx_bytes += length - net.HDR_LEN
         try:
-            self.dp.from_guest(self, length)
+            return self.dp.from_guest(self, length)
         except Exception as e:  # a bug must cost one frame, not the daemon
             self.drops["internal_error"] += 1
             internal_error_log(f"slave {self.slave.name}: a frame from the guest dropped", e)
+            return 0
 
     # -- switch -> guest ----------------------------------------------------------------
 
@@ -481,9 +485,10 @@ class PortDatapath:
     def _device(self, slave: Slave) -> NetDevice:
         return self.devices[slave.name]
 
-    def from_guest(self, dev: NetDevice, length: int) -> None:
+    def from_guest(self, dev: NetDevice, length: int) -> int:
         """Switch the frame in ``dev.view[:length]`` taken from ``dev``'s TX ring
-        (``length`` >= the 12-byte header: ``NetDevice`` drops runts)."""
+        (``length`` >= the 12-byte header: ``NetDevice`` drops runts); return the
+        number of copies flooded to other guests (0 for anything else)."""
         buf = dev.view
         action, arg = self.port.from_guest(dev.slave, buf[net.HDR_LEN : length])
         if action == TO_UPLINK:
@@ -501,14 +506,20 @@ class PortDatapath:
                 buf[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
             target.deliver(buf[:length])
         elif action == FLOOD:
+            if length > self.max_frame:  # GSO or not: a group frame the wire could not carry
+                dev.drops["mtu_exceeded"] += 1
+                return 0
             frame = buf[:length]
             dst = buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes()
+            copies = 0
             for other in self.devices.values():
                 if other is not dev and other.slave.up and other.slave.mcast.accepts(dst):
                     other.deliver(frame)
+                    copies += 1
             if self.hostlink is not None:
                 self._answer_for_host(dev, buf[net.HDR_LEN : length])
             self._to_uplink(dev, buf, length)
+            return copies
         elif action == TO_HOST:
             self._to_host(dev, buf, length)
         elif action == ROUTE:
@@ -516,6 +527,7 @@ class PortDatapath:
         elif action == ANSWER:
             self._answer(dev, buf[net.HDR_LEN : length])
         # DROP: the switch has counted it on the slave
+        return 0
 
     def _to_host(self, dev: NetDevice, buf: memoryview, length: int) -> None:
         if self.hostlink is None:
@@ -582,7 +594,9 @@ class PortDatapath:
 
     def _uplink_readable(self) -> None:
         view = self.view
-        for _ in range(BURST):
+        budget = BURST  # frames read plus copies flooded to guests
+        while budget > 0:
+            budget -= 1
             try:
                 length = self.uplink.recv(view)
             except OSError as e:
@@ -596,14 +610,15 @@ class PortDatapath:
                 continue
             self.uplink_rx += 1
             try:
-                self._from_uplink(length)
+                budget -= self._from_uplink(length)
             except Exception as e:  # a bug must cost one frame, not the daemon
                 self.drops["internal_error"] += 1
                 internal_error_log(f"master {self.uplink.master}: a frame from the wire dropped", e)
         self.flush()
 
-    def _from_uplink(self, length: int) -> None:
-        """Switch the frame in ``view[:length]`` read from the uplink."""
+    def _from_uplink(self, length: int) -> int:
+        """Switch the frame in ``view[:length]`` read from the uplink; return the
+        number of copies flooded to guests (0 for anything else)."""
         view = self.view
         frame = view[net.HDR_LEN : length]
         action, arg = self.port.from_uplink(frame)
@@ -612,7 +627,7 @@ class PortDatapath:
             mac = dev.slave.mac
             if mac is None:
                 dev.drops["mac_unknown"] += 1
-                return
+                return 0
             to_guest(frame, length - net.HDR_LEN, mac, self.port.master_mac)
             if self.l3:
                 view[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
@@ -624,9 +639,16 @@ class PortDatapath:
                                                                        net.HDR_LEN + len(reply)):
                 self.uplink_tx += 1
         elif action == FLOOD:
+            if length > self.max_frame:  # a coalesced (GRO) group frame: no guest needs it whole
+                self.drops["mtu_exceeded"] += 1
+                return 0
             out = view[:length]
             dst = frame[:6].tobytes()
+            copies = 0
             for dev in self.devices.values():
                 if dev.slave.up and dev.slave.mcast.accepts(dst):
                     dev.deliver(out)
+                    copies += 1
+            return copies
         # PASS: the host's; DROP: the switch has counted it in port.uplink_drops
+        return 0
