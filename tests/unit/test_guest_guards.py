@@ -208,6 +208,28 @@ def test_router_and_dhcp_server_messages_from_guests_are_dropped(lab: Lab) -> No
     assert lab.send(lab.a, client) == (FLOOD, None)
 
 
+def test_dhcp_server_messages_from_any_source_port_are_dropped(lab: Lab) -> None:
+    """DHCP clients check only the destination port: a reply from port 1234 was
+    flooded to the other guests (a rogue offer or NAK)."""
+    offer = (Ether(src=A, dst=BCAST) / IP(src="10.0.0.11", dst="255.255.255.255") / UDP(sport=1234, dport=68)
+             / BOOTP(op=2, yiaddr="10.0.0.77") / DHCP(options=[("message-type", "offer"), "end"]))
+    advertise = (Ether(src=A, dst="33:33:00:01:00:02") / IPv6(src="fe80::5054:ff:fe00:11", dst="ff02::1:2")
+                 / UDP(sport=1234, dport=546) / DHCP6_Advertise())
+    assert lab.send(lab.a, offer) == drop(DropReason.DHCP_GUARD)
+    assert lab.send(lab.a, advertise) == drop(DropReason.DHCP_GUARD)
+
+
+def test_a_first_fragment_without_its_upper_layer_header_is_dropped(lab: Lab) -> None:
+    """The RA or DHCPv6 reply would come whole in the next (non-first) fragment,
+    which no guard reads; the empty first fragment was flooded."""
+    for nh, dst in ((58, "ff02::1"), (17, "ff02::1:2")):
+        first = (Ether(src=A, dst=ALL_NODES) / IPv6(src="fe80::5054:ff:fe00:11", dst=dst)
+                 / IPv6ExtHdrFragment(nh=nh, m=1, offset=0, id=7))
+        assert lab.send(lab.a, first) == drop(DropReason.BAD_HEADER)
+    short_udp = bytes(Ether(src=A, dst=BCAST) / IP(src="10.0.0.11", dst="255.255.255.255", proto=17, flags="MF"))
+    assert lab.send(lab.a, short_udp + bytes(8)) == drop(DropReason.BAD_HEADER)  # padding is not the header
+
+
 def test_allow_router_lets_them_through(lab: Lab) -> None:
     lab.a.allow_router = True
     for pkt in (ra(A), dhcp_offer(A), dhcp6_advertise(A)):

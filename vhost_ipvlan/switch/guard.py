@@ -13,9 +13,15 @@ Rules:
   bridge never forwards them either. (PAUSE is MAC_CONTROL, in ``policy``.)
 - RA-guard (RFC 6105) and DHCP-server guard, unless the slave allows it
   (``Slave.allow_router``): ICMPv6 Router Advertisement (134) and Redirect (137)
-  -> RA_GUARD; DHCPv4 server replies (UDP 67 -> 68) and DHCPv6 server/relay
-  messages (UDP source port 547) -> DHCP_GUARD. Otherwise a guest becomes the
-  other guests' router (their egress delivered to it) or hands out leases.
+  -> RA_GUARD; DHCPv4 server messages (UDP from port 67, or to the client port
+  68) and DHCPv6 server/relay messages (UDP from port 547, or to the client port
+  546) -> DHCP_GUARD. Clients check only the destination port (dhclient,
+  systemd-networkd, udhcpc), so the source port alone would not do. Otherwise a
+  guest becomes the other guests' router (their egress delivered to it) or hands
+  out leases.
+- A UDP or ICMPv6 header cut short by the end of the packet -> BAD_HEADER: a
+  first fragment must carry it (RFC 8200 §4.5, RFC 7112), else its ports or type
+  would arrive in a later fragment that no guard reads.
 - IPv6 extension headers are walked (``frames.ipv6_upper``: Hop-by-Hop, Routing,
   Fragment, Destination Options; at most ``MAX_EXT_HEADERS``): NDP (ICMPv6
   133-137) behind any extension header -> NDP_EXT_HEADER, whatever
@@ -66,6 +72,9 @@ IEEE_RESERVED: Final = b"\x01\x80\xc2\x00\x00"  # 01:80:c2:00:00:0X (X < 0x10)
 DHCP_SERVER_PORT: Final = 67
 DHCP_CLIENT_PORT: Final = 68
 DHCPV6_SERVER_PORT: Final = 547
+DHCPV6_CLIENT_PORT: Final = 546
+UDP_HLEN: Final = 8
+ICMPV6_HLEN: Final = 4
 MLD_TYPES: Final = frozenset((131, 132, 143))  # MLDv1 report, done; MLDv2 report
 _SOLICITED_NODE: Final = bytes.fromhex("ff02" + "00" * 9 + "01ff")  # ff02::1:ff00:0/104
 
@@ -95,11 +104,11 @@ def _ipv4(slave: Slave, frame: Frame, l3src: bytes) -> DropReason | None:
     if frame[23] != IPPROTO_UDP or frame[20] & 0x1F or frame[21]:  # not UDP, or a non-first fragment
         return _ANONYMOUS if l3src == ZERO_V4 else None
     off = ETH_HLEN + (frame[14] & 0x0F) * 4
-    if off + 4 > len(frame):
-        return _ANONYMOUS if l3src == ZERO_V4 else None
+    if off + UDP_HLEN > ETH_HLEN + (frame[16] << 8 | frame[17]):
+        return _BAD_HEADER
     sport = frame[off] << 8 | frame[off + 1]
     dport = frame[off + 2] << 8 | frame[off + 3]
-    if sport == DHCP_SERVER_PORT and dport == DHCP_CLIENT_PORT and not slave.allow_router:
+    if (sport == DHCP_SERVER_PORT or dport == DHCP_CLIENT_PORT) and not slave.allow_router:
         return _DHCP_GUARD
     if l3src == ZERO_V4 and (sport != DHCP_CLIENT_PORT or dport != DHCP_SERVER_PORT):
         return _ANONYMOUS
@@ -114,9 +123,11 @@ def _ipv6(slave: Slave, frame: Frame, kind: int, l3src: bytes) -> DropReason | N
         proto, off, walked = ipv6_upper(frame, len(frame))
         if proto < 0:
             return _BAD_HEADER
-    n = len(frame)
+    end = OFF_ICMPV6 + (frame[18] << 8 | frame[19])  # within the frame (classify)
     anonymous = l3src == ZERO_V6
-    if proto == IPPROTO_ICMPV6 and off < n:
+    if proto == IPPROTO_ICMPV6:
+        if off + ICMPV6_HLEN > end:
+            return _BAD_HEADER
         icmp = frame[off]
         if ND_ROUTER_SOLICIT <= icmp <= ND_REDIRECT:
             if walked:
@@ -130,7 +141,10 @@ def _ipv6(slave: Slave, frame: Frame, kind: int, l3src: bytes) -> DropReason | N
                 return None
             return _ANONYMOUS
         return None
-    if proto == IPPROTO_UDP and off + 2 <= n and (frame[off] << 8 | frame[off + 1]) == DHCPV6_SERVER_PORT \
-            and not slave.allow_router:
-        return _DHCP_GUARD
+    if proto == IPPROTO_UDP:
+        if off + UDP_HLEN > end:
+            return _BAD_HEADER
+        if ((frame[off] << 8 | frame[off + 1]) == DHCPV6_SERVER_PORT or
+                (frame[off + 2] << 8 | frame[off + 3]) == DHCPV6_CLIENT_PORT) and not slave.allow_router:
+            return _DHCP_GUARD
     return _ANONYMOUS if anonymous else None
