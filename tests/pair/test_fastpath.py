@@ -121,6 +121,33 @@ def test_same_results_with_and_without_the_accelerator() -> None:
     assert sum(frame.endswith(b"to-c") for _, frame in received["c"]) == 1
 
 
+def test_frames_the_guards_decide_are_never_fast_forwarded() -> None:
+    """Unicast DHCP(v6) server replies and NDP behind a Hop-by-Hop header went
+    guest to guest through C, past the guards Python applies (dhcp_guard,
+    ndp_ext_header)."""
+    from scapy.layers.dhcp import BOOTP, DHCP
+    from scapy.layers.dhcp6 import DHCP6_Reply
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6ExtHdrHopByHop
+
+    plain = bytes(net.HDR_LEN)
+    frames: Frames = [
+        (bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP(sport=67, dport=68) / BOOTP(op=2, yiaddr=B4)
+               / DHCP(options=[("message-type", "nak"), "end"])), plain, False),
+        (bytes(Ether(src=A, dst=B) / IPv6(src=A6, dst=B6) / UDP(sport=1234, dport=546) / DHCP6_Reply()),
+         plain, False),
+        (bytes(Ether(src=A, dst=B) / IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop()
+               / ICMPv6ND_NA(tgt="fd00::12", O=1) / ICMPv6NDOptDstLLAddr(lladdr=A)), plain, False),
+        (bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP(sport=68, dport=67) / b"client"), plain, False),
+    ]
+    fast = run(frames)
+    with pure_python():
+        pure = run(frames)
+    assert fast == pure
+    drops = fast["drops"]
+    assert isinstance(drops, dict)
+    assert drops["a"][1] == {"dhcp_guard": 2, "ndp_ext_header": 1}
+
+
 def test_target_down_is_not_fast_forwarded() -> None:
     frames = scenario()
 
