@@ -140,6 +140,28 @@ def test_link_locals_used_on_the_wire_are_not_learned(lab: Lab) -> None:
     assert lab.port.owner("fe80::3") is lab.a
 
 
+def test_a_link_local_claimed_by_an_na_target_is_learned(lab: Lab) -> None:
+    """An NA for a free link-local passed without being learned: no limit on how many
+    a guest could advertise, and its owner-to-be (say a guest not yet started) was
+    not protected from the squatter."""
+    from vhost_ipvlan.switch.port import MAX_LEARNED_LINK_LOCALS
+
+    def na(target: str) -> Packet:
+        return (Ether(src=A, dst=ALL_NODES) / IPv6(src="fd00::11", dst="ff02::1")
+                / ICMPv6ND_NA(tgt=target, O=1) / ICMPv6NDOptDstLLAddr(lladdr=A))
+
+    assert lab.send(lab.a, na("fe80::99")) == (FLOOD, None)
+    assert lab.port.owner("fe80::99") is lab.a
+    b_uses_it = Ether(src=B, dst=ALL_NODES) / IPv6(src="fe80::99", dst="ff02::1") / ICMPv6EchoRequest()
+    assert lab.send(lab.b, b_uses_it) == drop(DropReason.SRC_IP_SPOOF)
+    results = [lab.send(lab.a, na(f"fe80::1:{i:x}")) for i in range(MAX_LEARNED_LINK_LOCALS)]
+    assert results[-1] == drop(DropReason.TOO_MANY_LINK_LOCALS)
+    both = (Ether(src=A, dst=ALL_NODES) / IPv6(src="fe80::2:1", dst="ff02::1")
+            / ICMPv6ND_NA(tgt="fe80::2:2", O=1) / ICMPv6NDOptDstLLAddr(lladdr=A))
+    lab2 = Lab()
+    assert lab2.send(lab2.a, both) == drop(DropReason.SRC_IP_SPOOF)  # one new link-local per frame
+
+
 def test_on_link_and_prefixes() -> None:
     port = Port("mst0", parse_mac(MASTER))
     port.set_master_prefixes([(ip("10.1.2.3"), 23), (ip("2001:db8::1"), 64), (ip("1.2.3.4"), 99)])
