@@ -294,7 +294,8 @@ def test_extension_header_chains_are_bounded(lab: Lab) -> None:
 
 
 @pytest.mark.parametrize("dst", ["01:80:c2:00:00:00", "01:80:c2:00:00:02", "01:80:c2:00:00:03",
-                                 "01:80:c2:00:00:0e", "01:80:c2:00:00:0f"])
+                                 "01:80:c2:00:00:0e", "01:80:c2:00:00:0f",
+                                 "01:00:0c:cc:cc:cc", "01:00:0c:cc:cc:cd"])  # CDP/DTP/UDLD, PVST+
 def test_8021_control_frames_from_guests_are_dropped(lab: Lab, dst: str) -> None:
     bpdu = Ether(src="52:54:00:00:00:99", dst=dst, type=0x888E) / Raw(bytes(40))
     assert lab.send(lab.nomac, bpdu) == drop(DropReason.L2_CONTROL)
@@ -304,6 +305,7 @@ def test_8021_control_frames_from_guests_are_dropped(lab: Lab, dst: str) -> None
 
 def test_other_01_80_c2_groups_pass(lab: Lab) -> None:
     assert lab.send(lab.a, Ether(src=A, dst="01:80:c2:00:00:10") / Raw(bytes(46))) == (FLOOD, None)
+    assert lab.send(lab.a, Ether(src=A, dst="01:00:0c:cc:cc:ce") / Raw(bytes(46))) == (FLOOD, None)
 
 
 def test_anonymous_sources_only_for_dhcp_arp_probes_dad_and_mld(lab: Lab) -> None:

@@ -11,6 +11,9 @@ Rules:
   -> L2_CONTROL. They would leave as the host's (translated) and make the
   switch port err-disable, log the host off 802.1X, or break its LAG; a Linux
   bridge never forwards them either. (PAUSE is MAC_CONTROL, in ``policy``.)
+  Cisco's 01:00:0c:cc:cc:cc (CDP, VTP, DTP, UDLD, PAgP) and 01:00:0c:cc:cc:cd
+  (PVST+/Rapid-PVST+ BPDUs) too -> L2_CONTROL: BPDU guard and UDLD err-disable the
+  host's port on them, DTP negotiates it into a trunk.
 - RA-guard (RFC 6105) and DHCP-server guard, unless the slave allows it
   (``Slave.allow_router``): ICMPv6 Router Advertisement (134) and Redirect (137)
   -> RA_GUARD; DHCPv4 server messages (UDP from port 67, or to the client port
@@ -69,6 +72,7 @@ if TYPE_CHECKING:
     from .port import Slave
 
 IEEE_RESERVED: Final = b"\x01\x80\xc2\x00\x00"  # 01:80:c2:00:00:0X (X < 0x10)
+CISCO_CONTROL: Final = b"\x01\x00\x0c\xcc\xcc"  # 01:00:0c:cc:cc:cc (CDP, ...) and :cd (PVST+)
 DHCP_SERVER_PORT: Final = 67
 DHCP_CLIENT_PORT: Final = 68
 DHCPV6_SERVER_PORT: Final = 547
@@ -89,7 +93,8 @@ _ARP_OP: Final = ETH_HLEN + 6  # the 16-bit ARP opcode
 
 def check_guard(slave: Slave, frame: Frame, kind: int, dst: bytes, l3src: bytes) -> DropReason | None:
     """``None`` if a guest may send ``frame`` (already ``classify``-ed), else why not."""
-    if dst[0] == 0x01 and dst[5] < 0x10 and dst[:5] == IEEE_RESERVED:
+    if dst[0] == 0x01 and ((dst[5] < 0x10 and dst[:5] == IEEE_RESERVED) or
+                           (dst[5] in (0xCC, 0xCD) and dst[:5] == CISCO_CONTROL)):
         return _L2_CONTROL
     if kind == L3_IPV4:
         return _ipv4(slave, frame, l3src)
