@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -160,3 +161,37 @@ def test_a_slave_pinned_to_a_peer_refuses_other_processes(tmp_path: Path, loop: 
         for s in got:
             s.close()
         ep.close()
+
+
+def test_client_role_never_blocks_on_a_full_backlog(tmp_path: Path, loop: asyncio.AbstractEventLoop,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A front-end listening (libvirt mode='server') that fills its own backlog and
+    never accepts: the daemon's blocking connect() hung the event loop forever."""
+    path = tmp_path / "vm1.sock"
+    device: Any = SimpleNamespace(slave=SimpleNamespace(name="vm1"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(0)
+        fillers = []
+        for _ in range(4):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(str(path))
+            except BlockingIOError:
+                pass
+            fillers.append(s)
+        ep = Endpoint(path, "client", device, loop)
+        got: list[socket.socket] = []
+        monkeypatch.setattr(ep, "_attach", got.append)
+        attempt = threading.Thread(target=ep._connect, daemon=True)  # a thread: the old code never returned
+        try:
+            attempt.start()
+            attempt.join(10)
+            assert not attempt.is_alive(), "connect() blocked the event loop"
+            assert not got and ep._retry is not None  # no connection; a retry is scheduled
+        finally:
+            for s in fillers:
+                s.close()
+    attempt.join(10)
+    ep.close()

@@ -15,7 +15,8 @@ Rules:
   ``kvm``) can be an idle slave (README, "Security").
 - ``client`` role: the daemon connects to a socket the front-end listens on
   (libvirt ``mode='server'``), and retries every ``RETRY`` seconds until it
-  succeeds, and again after every disconnect.
+  succeeds, and again after every disconnect. The connect never blocks: a
+  listener whose backlog is full (a front-end that does not accept) is a retry.
 - After a disconnect the device's rings are gone and the slave is down until the
   next front-end sets them up again; the switch keeps the slave and its addresses.
 """
@@ -107,6 +108,7 @@ class Endpoint:
         if self.closed or self.conn is not None:
             return
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)  # a full backlog is EAGAIN (retried), never a loop blocked in connect()
         try:
             sock.connect(str(self.path))
         except OSError as e:
