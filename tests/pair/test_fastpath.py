@@ -11,6 +11,7 @@ import os
 import random
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -433,6 +434,60 @@ def test_zero_capacity_rx_chains_cost_one_chain_per_frame(entries: int) -> None:
     else:
         assert result["broken"] and drops["b"][0] == {"queue_broken": 1}
         assert drops["a"][1] == {"target_down": 4}  # b is down once its queue broke
+
+
+def test_a_receiver_that_keeps_changing_its_ring_costs_one_budget_per_burst(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """b's receive chains are 12 bytes spread over ``num`` descriptors, and b makes one
+    more available after every frame (a vCPU spinning on its avail index while
+    frames come): the remembered failure never matched, every frame walked ``num``
+    descriptors (a 32768-entry ring: about 15 ms per frame, seconds per burst). Now
+    failed walks have a budget per receiver and burst."""
+    real = net.rx_deliver
+    frames = 200
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            b = p.frontends["b"]
+            make_rx_twelve_bytes_spread(b)
+            posted = set(range(b.rxq.num)) - set(b.rxq.free)
+            head = posted.pop()
+            b.rxq.avail_idx = (b.rxq.avail_idx - len(posted) - 1) & 0xFFFF  # one chain left available
+            struct.pack_into("<H", b.mem, b.rxq.avail + 2, b.rxq.avail_idx)
+            b.rxq.make_available(head)
+
+            def spinning(*args: Any) -> int:
+                rc = real(*args)
+                b.rxq.make_available(head)  # b moves its ring after every frame
+                return rc
+
+            monkeypatch.setattr(net, "rx_deliver", spinning)
+            rxq = p.device("b").rx
+            assert rxq is not None
+            before = rxq.walked
+            for i in range(frames):
+                p.frontends["a"].transmit(frame_to_b(b"%d" % i))
+            p.device("a").drain_tx()
+            return {"rx_walked": rxq.walked - before, **outcome(p)}
+        finally:
+            monkeypatch.setattr(net, "rx_deliver", real)
+            p.close()
+
+    result = both_ways(scenario)
+    drops = result["drops"]
+    assert isinstance(drops, dict) and sum(drops["b"][0].values()) == frames  # ring full, then bad buffers
+    walked = result["rx_walked"]
+    assert isinstance(walked, int) and walked <= datapath.RX_WASTE_BUDGET + 2 * (frontend.QSIZE + 1)
+
+
+def make_rx_twelve_bytes_spread(fe: frontend.FakeFrontend) -> None:
+    """Every posted RX chain: an indirect table of ``num`` writable descriptors, the
+    first of 12 bytes (room for a header), the others empty."""
+    table = frontend.write_zero_length_table(fe, fe.rxq.num, writable=True)
+    struct.pack_into("<I", fe.mem, table + 8, net.HDR_LEN)
+    for i in set(range(fe.rxq.num)) - set(fe.rxq.free):
+        fe.rxq.set_desc(i, table, 16 * fe.rxq.num, 4)  # VRING_DESC_F_INDIRECT
 
 
 @pytest.fixture

@@ -103,20 +103,21 @@ def offload_ok(hdr_flags: int, gso_type: int, takes_csum: bool, gso_mask: int, e
     return bool(gso_mask >> (gso_type & 0x7F) & 1)
 
 
-def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool) -> int:
+def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool, walk: bool = True) -> int:
     """Put one frame (``buf`` = 12-byte header + frame) into a receive queue.
 
     Writes ``num_buffers`` into ``buf``. Returns RX_OK, RX_RING_FULL, RX_TOO_BIG or
     RX_BAD_BUFFER; raises ``GuestError`` for a malformed chain (the caller breaks
-    the queue).
+    the queue). ``walk=False``: only the fast path (one writable descriptor that
+    fits); anything else fails as the last walk did (the caller's work budget).
     """
     buf[10] = 1
     buf[11] = 0
     if q.put(buf) >= 0:  # fast path: one writable descriptor that fits
         return RX_OK
     need = len(buf)
-    if q.bad_head == q.position() and need > q.bad_room:
-        return q.bad_result
+    if not walk or (q.bad_head == q.position() and need > q.bad_room):
+        return q.bad_result if q.bad_head != -1 else RX_RING_FULL
     if not q.pending():
         return RX_RING_FULL
     start = q.walked
