@@ -195,3 +195,27 @@ def test_client_role_never_blocks_on_a_full_backlog(tmp_path: Path, loop: asynci
                 s.close()
     attempt.join(10)
     ep.close()
+
+
+def test_refused_peers_are_logged_within_a_budget(tmp_path: Path, loop: asyncio.AbstractEventLoop,
+                                                  caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process in group kvm connecting in a loop to a pinned slave logged one
+    WARNING per attempt (log flooding, audit 12)."""
+    from vhost_ipvlan.daemon import endpoint
+    from vhost_ipvlan.daemon.lograte import RateLimitedLog
+
+    monkeypatch.setattr(endpoint, "_refusals", RateLimitedLog(endpoint.log))  # a fresh budget
+    device: Any = SimpleNamespace(slave=SimpleNamespace(name="vm1"))
+    ep = Endpoint(tmp_path / "vm1.sock", "server", device, loop, peer=(os.geteuid() + 1, None))
+    ep.start()
+    try:
+        with caplog.at_level("WARNING", logger="vhost_ipvlan.endpoint"):
+            for _ in range(50):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                    c.connect(str(tmp_path / "vm1.sock"))
+                    ep._accept()
+        refused = [r for r in caplog.records if "refused a front-end" in r.getMessage()]
+        assert 1 <= len(refused) <= 10
+    finally:
+        ep.close()

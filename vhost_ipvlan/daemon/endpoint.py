@@ -11,7 +11,7 @@ Rules:
   users can write is warned about.
 - ``peer_uid``/``peer_gid`` (optional, per slave) pin the slave to a front-end
   process: a connection (either role) whose peer credentials (SO_PEERCRED) differ is
-  closed and logged. Without them, any process that may open the socket (group
+  closed and logged (rate-limited per slave, as refusals are). Without them, any process that may open the socket (group
   ``kvm``) can be an idle slave (README, "Security").
 - ``client`` role: the daemon connects to a socket the front-end listens on
   (libvirt ``mode='server'``), and retries every ``RETRY`` seconds until it
@@ -129,8 +129,9 @@ class Endpoint:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", creds)
         if self.peer_uid not in (None, uid) or self.peer_gid not in (None, gid):
-            log.warning("slave %s: refused a front-end (pid %d, uid %d, gid %d): the slave is pinned to "
-                        "uid %s gid %s", self.name, pid, uid, gid, self.peer_uid, self.peer_gid)
+            _refusals.log(self.name, logging.WARNING, "slave %s: refused a front-end (pid %d, uid %d, gid %d): "
+                          "the slave is pinned to uid %s gid %s", self.name, pid, uid, gid, self.peer_uid,
+                          self.peer_gid)
             return False
         return True
 
