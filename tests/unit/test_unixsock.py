@@ -219,3 +219,33 @@ def test_refused_peers_are_logged_within_a_budget(tmp_path: Path, loop: asyncio.
         assert 1 <= len(refused) <= 10
     finally:
         ep.close()
+
+
+def test_client_role_never_connects_through_a_symlink(tmp_path: Path, loop: asyncio.AbstractEventLoop,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU-listens sockets sit in a directory group kvm can write: a hostile QEMU
+    linked its socket's name to another VM's listening socket, and the root daemon
+    connected there (that VM's QEMU became this slave)."""
+    qemu = tmp_path / "qemu"
+    qemu.mkdir()
+    device: Any = SimpleNamespace(slave=SimpleNamespace(name="vm1"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other_vm:
+        other_vm.bind(str(qemu / "vm2.sock"))
+        other_vm.listen(1)
+        (qemu / "vm1.sock").symlink_to(qemu / "vm2.sock")
+        ep = Endpoint(qemu / "vm1.sock", "client", device, loop)
+        got: list[socket.socket] = []
+        monkeypatch.setattr(ep, "_attach", got.append)
+        try:
+            ep._connect()
+            assert not got and ep._retry is not None
+            (qemu / "vm1.sock").unlink()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as vm1:
+                vm1.bind(str(qemu / "vm1.sock"))
+                vm1.listen(1)
+                ep._connect()  # a real socket at the path: connected
+                assert len(got) == 1
+        finally:
+            for s in got:
+                s.close()
+            ep.close()
