@@ -71,6 +71,15 @@ def test_file_shorter_than_the_region_is_refused(fds: list[int]) -> None:
             OsHost().map_region(fd, SIZE, 4096)
 
 
+def test_a_region_ending_beyond_what_can_be_mapped_is_refused(fds: list[int]) -> None:
+    """mmap_offset is the front-end's: 2^63 made mmap raise OverflowError, which the
+    connection logged as an unexpected error with its traceback (per attempt)."""
+    for fd in (memfd(fds, os.MFD_ALLOW_SEALING), memfd(fds)):
+        for offset in (1 << 63, 1 << 70):
+            with pytest.raises(OSError, match="beyond what can be mapped"):
+                OsHost().map_region(fd, 4096, offset)
+
+
 def test_without_the_guard_unsealable_memory_is_refused(fds: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(host, "_guard", None)
     monkeypatch.delenv(host.ALLOW_UNGUARDED, raising=False)

@@ -31,6 +31,7 @@ import asyncio
 import fcntl
 import mmap
 import os
+import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
@@ -103,6 +104,8 @@ class OsHost:
         """Map ``[offset, offset + size)`` of ``fd`` (see the rules above); OSError
         with a one-line reason if the memory is refused."""
         length = offset + size
+        if length > sys.maxsize:  # mmap would raise OverflowError: a traceback, not a refusal
+            raise OSError(f"the region's end at {length:#x} (mmap_offset + size) is beyond what can be mapped")
         if shrink_sealed(fd):  # sealed first, then the size checked: it cannot change any more
             try:
                 mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
