@@ -19,8 +19,11 @@ Rules:
     daemon, as before).
   A file shorter than the region's end is refused in every case.
 - Kick, call and err descriptors must be eventfds (``/proc/self/fd/N`` reads
-  ``anon_inode:[eventfd]``) and are made non-blocking: signalling or draining one
-  never blocks the loop (a full counter is EAGAIN: the signal is counted as lost).
+  ``anon_inode:[eventfd]``), not in semaphore mode (fdinfo ``eventfd-semaphore: 1``:
+  one read takes 1 from the counter, so a kick with a huge counter would stay
+  readable and spin the loop, as a pipe did), and are made non-blocking: signalling
+  or draining one never blocks the loop (a full counter is EAGAIN: the signal is
+  counted as lost).
 - ``fence`` is a full memory barrier: CPython has no fence primitive, but taking
   and releasing an uncontended lock executes a lock-prefixed instruction on x86.
 """
@@ -145,11 +148,23 @@ def eventfd_problem(fd: int) -> str | None:
         return f"unusable ({e.strerror})"
     if target != EVENTFD_LINK:
         return repr(target)  # e.g. 'pipe:[1234]', 'socket:[5678]', '/dev/null'
+    if _semaphore(fd):
+        return "an eventfd in semaphore mode (a read takes 1 from its counter: it would stay readable)"
     try:
         os.set_blocking(fd, False)
     except OSError as e:
         return f"an eventfd that cannot be made non-blocking ({e.strerror})"
     return None
+
+
+def _semaphore(fd: int) -> bool:
+    """Whether the eventfd ``fd`` was made with EFD_SEMAPHORE (kernels that say so in
+    fdinfo; older ones cannot be asked and pass)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
+            return any(line.split() == ["eventfd-semaphore:", "1"] for line in f)
+    except OSError:
+        return False
 
 
 def eventfd_signal(fd: int) -> bool:
