@@ -17,7 +17,9 @@ Rules:
   * without the guard module such memory is refused, on one line, unless
     ``VHOST_IPVLAN_UNGUARDED_MEMORY=1`` is set (then a shrinking file kills the
     daemon, as before).
-  A file shorter than the region's end is refused in every case.
+  A file shorter than the region's end is refused in every case. On hugetlbfs
+  whole huge pages are mapped (here and in the guard): a partial one cannot be
+  unmapped, and the mapping would outlive the connection.
 - Kick, call and err descriptors must be eventfds (``/proc/self/fd/N`` reads
   ``anon_inode:[eventfd]``), not in semaphore mode (fdinfo ``eventfd-semaphore: 1``:
   one read takes 1 from the counter, so a kick with a huge counter would stay
@@ -111,7 +113,8 @@ class OsHost:
             raise OSError(f"the region's end at {length:#x} (mmap_offset + size) is beyond what can be mapped")
         if shrink_sealed(fd):  # sealed first, then the size checked: it cannot change any more
             try:
-                mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                mm = mmap.mmap(fd, _whole_pages(fd, length), flags=mmap.MAP_SHARED,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
             except ValueError as e:  # e.g. the file is shorter than the region claims
                 raise OSError(str(e)) from e
             return memoryview(mm)[offset:length]
@@ -123,7 +126,7 @@ class OsHost:
         if os.environ.get(ALLOW_UNGUARDED) != "1":
             raise OSError("the memory is not sealed against shrinking (F_SEAL_SHRINK) and the SIGBUS guard "
                           f"(vhost_ipvlan._guard) is not built: refused (set {ALLOW_UNGUARDED}=1 to accept it)")
-        mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        mm = mmap.mmap(fd, _whole_pages(fd, length), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         return memoryview(mm)[offset:length]
 
     def close_fd(self, fd: int) -> None:
@@ -155,6 +158,22 @@ def eventfd_problem(fd: int) -> str | None:
     except OSError as e:
         return f"an eventfd that cannot be made non-blocking ({e.strerror})"
     return None
+
+
+def _whole_pages(fd: int, length: int) -> int:
+    """``length`` rounded up to the file system's block (hugetlbfs: the huge page), if
+    the file is that long. The kernel maps whole huge pages anyway, but munmap of a
+    partial one fails: mmap's close left the mapping behind (and the guest's huge
+    pages with it) at every SET_MEM_TABLE."""
+    try:
+        block = os.fstatvfs(fd).f_bsize
+        size = os.fstat(fd).st_size
+    except OSError:
+        return length
+    if block <= 0 or block & (block - 1):
+        return length
+    whole = (length + block - 1) & ~(block - 1)
+    return whole if whole <= size else length
 
 
 def _semaphore(fd: int) -> bool:
