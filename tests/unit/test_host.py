@@ -146,6 +146,46 @@ print("ok")
 """.replace("HUGE_PAGES_UNAVAILABLE", str(HUGE_PAGES_UNAVAILABLE))
 
 
+_HUGETLB_PUNCHED = """
+import ctypes, fcntl, mmap, os, sys
+from vhost_ipvlan.daemon.host import OsHost, shrunk
+H = 2 << 20
+def free():
+    return int([line for line in open("/proc/meminfo") if line.startswith("HugePages_Free")][0].split()[1])
+def take(n):  # the front-end keeps every free huge page for itself
+    fd = os.memfd_create("hog", os.MFD_HUGETLB)
+    os.ftruncate(fd, n * H)
+    m = mmap.mmap(fd, n * H)
+    for i in range(n):
+        m[i * H] = 1
+    return m
+try:
+    fd = os.memfd_create("guest", os.MFD_HUGETLB | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, H)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)  # as QEMU
+    mmap.mmap(fd, H).close()
+except OSError:
+    sys.exit(HUGE_PAGES_UNAVAILABLE)
+view = OsHost().map_region(fd, H, 0)
+view[0] = 1
+hogs = [take(free())]
+assert ctypes.CDLL(None).fallocate(fd, 3, ctypes.c_long(0), ctypes.c_long(H)) == 0  # KEEP_SIZE | PUNCH_HOLE
+hogs.append(take(free()))
+assert view[100] == 0 and shrunk(view)  # SIGBUS before: no huge page left to fault in
+print("ok")
+""".replace("HUGE_PAGES_UNAVAILABLE", str(HUGE_PAGES_UNAVAILABLE))
+
+
+@pytest.mark.skipif(not host.guarded(), reason="the SIGBUS guard module is not built")
+def test_sealed_hugetlbfs_memory_with_a_hole_punched_is_guarded() -> None:
+    """F_SEAL_SHRINK does not stop a hole punched in a hugetlb memfd; with the freed
+    huge page taken, the daemon's next access to that page died of SIGBUS."""
+    proc = subprocess.run([sys.executable, "-c", _HUGETLB_PUNCHED], capture_output=True, timeout=60)
+    if proc.returncode == HUGE_PAGES_UNAVAILABLE:
+        pytest.skip("no huge pages (vm.nr_hugepages)")
+    assert proc.returncode == 0 and proc.stdout == b"ok\n", proc.stderr
+
+
 def test_sealed_hugetlbfs_region_ending_mid_huge_page_is_unmapped() -> None:
     """QEMU seals its hugetlb memfds: a region ending mid huge page was mapped by
     mmap.mmap, whose munmap of the partial huge page failed: every SET_MEM_TABLE

@@ -10,6 +10,10 @@ Rules:
   is mapped only if its file cannot shrink under us:
   * a memfd sealed with F_SEAL_SHRINK (QEMU's memory-backend-memfd) is mapped as is;
   * a memfd that allows sealing gets F_SEAL_SHRINK added here;
+  * but never on hugetlbfs: a front-end may punch a hole in a sealed hugetlb memfd
+    (F_SEAL_SHRINK allows it) and take the freed huge page, and the next access
+    finds no huge page to fault in: SIGBUS all the same. Hugetlbfs memory always
+    goes through the guard;
   * anything else (DPDK's memfds, hugetlbfs or other files) is mapped through the
     SIGBUS guard (``_guard.c``): a page that disappears is replaced by a zero page
     and the mapping flagged; ``on_memory_shrunk`` then tells the event loop, which
@@ -111,7 +115,7 @@ class OsHost:
         length = offset + size
         if length > sys.maxsize:  # mmap would raise OverflowError: a traceback, not a refusal
             raise OSError(f"the region's end at {length:#x} (mmap_offset + size) is beyond what can be mapped")
-        if shrink_sealed(fd):  # sealed first, then the size checked: it cannot change any more
+        if not _hugetlbfs(fd) and shrink_sealed(fd):  # sealed first, then the size checked
             try:
                 mm = mmap.mmap(fd, _whole_pages(fd, length), flags=mmap.MAP_SHARED,
                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -158,6 +162,14 @@ def eventfd_problem(fd: int) -> str | None:
     except OSError as e:
         return f"an eventfd that cannot be made non-blocking ({e.strerror})"
     return None
+
+
+def _hugetlbfs(fd: int) -> bool:
+    """Whether ``fd``'s file is on hugetlbfs (its block is bigger than a page)."""
+    try:
+        return os.fstatvfs(fd).f_bsize > mmap.PAGESIZE
+    except OSError:
+        return False
 
 
 def _whole_pages(fd: int, length: int) -> int:
