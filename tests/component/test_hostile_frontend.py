@@ -151,6 +151,19 @@ def test_front_end_that_does_not_read_replies_is_closed(lab: Lab) -> None:
     lab.a_reaches_b(a, b, 25)
 
 
+def test_slow_reader_gets_every_reply(lab: Lab) -> None:
+    """Replies the socket does not take at once wait in the outgoing buffer, in order."""
+    c = lab.attacker()
+    assert c.sock is not None
+    n = 1000  # 20-byte replies, one skb each: more than the socket buffer holds
+    c.sock.sendall(codec.encode_request(Request.GET_FEATURES) * n + codec.encode_request(Request.GET_QUEUE_NUM))
+    lab.wait_log("slave c: <- GET_QUEUE_NUM", 0)  # all handled before we read anything
+    replies = [codec.HEADER.unpack(c._recv_exact(codec.HEADER_SIZE + 8)[: codec.HEADER_SIZE])[0]
+               for _ in range(n + 1)]
+    assert replies == [Request.GET_FEATURES] * n + [Request.GET_QUEUE_NUM]
+    assert "slave c: connection closed" not in lab.log_text()
+
+
 def test_descriptors_parked_on_an_incomplete_message_are_bounded(lab: Lab) -> None:
     """r5 fds: one payload byte and 8 fds per sendmsg held 800 daemon fds after 100 sends."""
     a, b = lab.frontend("a"), lab.frontend("b")

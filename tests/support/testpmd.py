@@ -46,9 +46,18 @@ def testpmd_path() -> str | None:
     return shutil.which(TESTPMD)
 
 
-def virtio_user_vdev(index: int, sock: Path, mac: str, queue_size: int = 1024) -> str:
-    """The ``--vdev`` of a virtio-user front-end (a guest) on vhost-user socket ``sock``."""
-    return f"net_virtio_user{index},path={sock},mac={mac},queues=1,queue_size={queue_size}"
+def virtio_user_vdev(
+    index: int, sock: Path, mac: str, queue_size: int | None = 1024, *, server: bool = False
+) -> str:
+    """The ``--vdev`` of a virtio-user front-end (a guest) on vhost-user socket ``sock``.
+
+    ``queue_size=None`` leaves the ring size to DPDK (its default, 256); ``server``
+    makes testpmd listen on ``sock`` (the back-end connects, and reconnects).
+    """
+    vdev = f"net_virtio_user{index},path={sock},mac={mac},queues=1"
+    if queue_size is not None:
+        vdev += f",queue_size={queue_size}"
+    return vdev + (",server=1" if server else "")
 
 
 @dataclass(frozen=True)

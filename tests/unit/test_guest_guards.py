@@ -191,6 +191,12 @@ def test_a_learned_mac_is_never_one_seen_on_the_wire(lab: Lab) -> None:
     trick = Ether(src=ROUTER, dst=BCAST) / ARP(op=1, hwsrc=ROUTER, psrc="10.0.0.13", pdst="10.0.0.254")
     assert lab.send(lab.nomac, trick) == drop(DropReason.SRC_MAC_SPOOF)
     assert lab.nomac.mac is None and parse_mac(ROUTER) not in lab.port.by_mac
+    # nor one the daemon knows as a neighbour's of the master (before the wire spoke)
+    lab.in_use.add(parse_mac("02:00:00:00:00:fd"))
+    trick2 = Ether(src="02:00:00:00:00:fd", dst=BCAST) / ARP(op=1, hwsrc="02:00:00:00:00:fd", psrc="10.0.0.13",
+                                                            pdst="10.0.0.254")
+    assert lab.send(lab.nomac, trick2) == drop(DropReason.SRC_MAC_SPOOF)
+    assert lab.nomac.mac is None
     # so another guest's frames to the router's MAC still leave for the router
     out = Ether(src=A, dst=ROUTER) / IP(src="10.0.0.11", dst="8.8.8.8") / UDP(dport=53)
     assert lab.send(lab.a, out) == (TO_UPLINK, None)
@@ -320,24 +326,25 @@ def test_anonymous_sources_only_for_dhcp_arp_probes_dad_and_mld(lab: Lab) -> Non
     for pkt in bad:
         assert lab.send(lab.a, pkt) == drop(DropReason.ANONYMOUS_SRC), pkt.summary()
     assert lab.a.drop_counts() == {"anonymous_src": len(bad)}
-    good = [
+    good: list[Packet] = [
         Ether(src=A, dst=BCAST) / ARP(op=1, hwsrc=A, psrc="0.0.0.0", pdst="10.0.0.11"),
+        igmp3([(4, "239.9.9.9")], src="0.0.0.0"),
         Ether(src=A, dst="33:33:ff:00:00:11") / IPv6(src="::", dst="ff02::1:ff00:11") / ICMPv6ND_NS(tgt="fd00::11"),
         Ether(src=A, dst="33:33:00:00:00:16") / IPv6(src="::", dst="ff02::16") / IPv6ExtHdrHopByHop(
             options=[RouterAlert()]) / ICMPv6MLReport2(records=[ICMPv6MLDMultAddrRec(dst="ff02::1:ff00:11")]),
     ]
-    for pkt in good:
-        assert lab.send(lab.a, pkt) == (FLOOD, None), pkt.summary()
+    for ok in good:
+        assert lab.send(lab.a, ok) == (FLOOD, None), ok.summary()
 
 
 # -- 6. snooping is bounded and sees only frames that pass --------------------------------
 
 
-def igmp3(records: list[tuple[int, str]]) -> Packet:
+def igmp3(records: list[tuple[int, str]], src: str = "10.0.0.11") -> Packet:
     body = b"".join(bytes([t, 0, 0, 0]) + ip(g) for t, g in records)
     report = b"\x22\x00\x00\x00\x00\x00" + len(records).to_bytes(2, "big") + body
     return (Ether(src=A, dst="01:00:5e:00:00:16") /
-            IP(src="10.0.0.11", dst="224.0.0.22", ttl=1, proto=2, options=b"\x94\x04\x00\x00") / Raw(report))
+            IP(src=src, dst="224.0.0.22", ttl=1, proto=2, options=b"\x94\x04\x00\x00") / Raw(report))
 
 
 def test_snooping_reads_at_most_max_records_per_report(lab: Lab) -> None:
@@ -425,6 +432,6 @@ def test_every_drop_reason_is_in_the_readmes_table() -> None:
     from pathlib import Path
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    table = readme.split("### Drop reasons\n", 1)[1].split("\n#", 1)[0]
+    table = readme.split("### Drop reasons of the switch", 1)[1].split("\n#", 1)[0]
     missing = [r.label for r in DropReason if f"| `{r.label}` |" not in table]
     assert not missing, missing

@@ -129,6 +129,33 @@ def test_mem_table_replacement_keeps_ring_indices(pair: Pair) -> None:
     assert q2 is not None and q2 is not q and q2.last_avail == 1
 
 
+def test_restart_with_a_stale_base_resumes_at_the_used_index_and_says_so() -> None:
+    """DPDK's virtio-user, reconnecting, sends base 0 for rings that have moved on."""
+    logged: list[str] = []
+    p = Pair()
+    p.session = Session(p.host, p.device, log=logged.append)
+    try:
+        p.fe.setup()
+        for _ in range(3):
+            p.fe.transmit(bytes(60))
+        q = p.session.vrings[TX].queue
+        assert q is not None
+        for _ in range(3):
+            q.push(q.pop(), 0)
+        q.publish()
+        p.fe.send(Request.GET_VRING_BASE, codec.VRING_STATE.pack(TX, 0), reply=True)
+        p.fe.transmit(bytes(60))  # the driver goes on while the back-end is away
+        p.fe.send(Request.SET_VRING_BASE, codec.VRING_STATE.pack(TX, 0))
+        p.fe.send(Request.SET_VRING_KICK, codec.U64.pack(TX), [p.fe.kick[TX]])
+        q2 = p.session.vrings[TX].queue
+        assert q2 is not None and (q2.last_avail, q2.pending()) == (3, 1)
+        assert logged == ["vring 1: base 0 disagrees with the used index 3, resuming at the used ring's "
+                          "index (frames in flight may be resent or lost)"]
+    finally:
+        p.session.close()
+        p.fe.close()
+
+
 @pytest.mark.parametrize(
     ("request_", "payload", "nfds", "match"),
     [

@@ -132,12 +132,40 @@ def test_avail_index_too_far_ahead() -> None:
         q.pending()
 
 
+def test_has_pending_follows_the_avail_index_unchecked() -> None:
+    ram, dq, q = make(num=16)
+    assert not q.has_pending()
+    dq.set_desc(0, DATA, 4, 0)
+    dq.make_available(0)
+    assert q.has_pending()
+    q.push(q.pop(), 0)
+    assert not q.has_pending()
+    struct.pack_into("<H", ram, dq.avail + 2, 40)  # too far ahead: pending() raises, this does not
+    assert q.has_pending()
+
+
 def test_resumes_at_used_index() -> None:
     ram, dq, _ = make()
     struct.pack_into("<H", ram, dq.used + 2, 7)
     mem = GuestMemory([Region(0, SIZE, UVA, memoryview(ram))])
     q = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 7, event_idx=False)
     assert q.used_idx == 7 and q.last_avail == 7
+
+
+def test_base_disagreeing_with_the_used_index_is_replaced_by_it() -> None:
+    """DPDK's virtio-user reconnects with base 0 to rings that moved on: resume at used.idx."""
+    ram, dq, _ = make()
+    struct.pack_into("<H", ram, dq.used + 2, 17280 & 0xFFFF)
+    struct.pack_into("<H", ram, dq.avail + 2, (17280 + 16) & 0xFFFF)  # a full ring waiting
+    mem = GuestMemory([Region(0, SIZE, UVA, memoryview(ram))])
+    q = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 0, event_idx=False)
+    assert (q.resynced_from, q.last_avail, q.used_idx) == (0, 17280, 17280)
+    assert q.pending() == 16
+    same = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 17280, event_idx=False)
+    assert same.resynced_from is None and same.last_avail == 17280
+    kept = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 17281, event_idx=False,
+                      resync=False)
+    assert kept.resynced_from is None and kept.last_avail == 17281
 
 
 def post_rx(dq: DriverQueue, count: int, size: int) -> None:

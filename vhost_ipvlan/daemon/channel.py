@@ -191,12 +191,17 @@ class Connection:
         _live.discard(self)
         level = logging.INFO if reason.startswith("front-end closed") else logging.WARNING
         _close_log.log(self.name, level, "slave %s: connection closed: %s", self.name, reason)
+        fd = self.sock.fileno()
         try:
-            self.loop.remove_reader(self.sock.fileno())
-            if self._writing:
-                self.loop.remove_writer(self.sock.fileno())
+            self.loop.remove_reader(fd)
         except (ValueError, OSError):
             pass
+        if self._writing:
+            self._writing = False
+            try:
+                self.loop.remove_writer(fd)
+            except (ValueError, OSError):
+                pass
         try:
             self.session.close()
         finally:

@@ -307,8 +307,8 @@ class NetDevice:
                     budget -= 1
                     if self.tx_enabled:
                         self._from_guest(length)
-                if q.publish() and self.tx_call is not None:
-                    eventfd_signal(self.tx_call)
+                if q.publish() and self.tx_call is not None and not eventfd_signal(self.tx_call):
+                    self.drops["call_failed"] += 1
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
@@ -404,6 +404,7 @@ class PortDatapath:
         self.hostlink: HostLink | None = None
         self.router: Router | None = None
         self.l3 = port.mode != "l2"
+        self._flushing = False
 
     def start(self) -> None:
         self.loop.add_reader(self.uplink.fileno(), self._uplink_readable)
@@ -469,12 +470,33 @@ class PortDatapath:
         self._fast_table = table
 
     def flush(self) -> None:
+        """Publish the RX rings frames went into, each after its guest's TX ring.
+
+        A receiver's pending TX chains are taken (one bounded burst per flush)
+        before its RX ring is published: a run-to-completion driver (DPDK's
+        testpmd in io/5tswap mode, any l2fwd-style loop) answers what it receives
+        at once and drops what finds its TX ring full. Publishing RX first, while
+        the chains it had made available (and kicked for) still filled that ring,
+        dropped every frame of a 256-entry ring's loop, for ever.
+        """
+        if self._flushing:
+            return  # a drain started by this flush: the outer loop publishes
+        self._flushing = True
         dirty = self.dirty
-        while dirty:
-            dirty.pop().flush_rx()
-        wasteful = self.wasteful
-        while wasteful:
-            wasteful.pop().rx_waste = 0
+        drained: set[NetDevice] = set()
+        try:
+            while dirty:
+                dev = dirty.pop()
+                tx = dev.tx
+                if dev not in drained and tx is not None and tx.has_pending():
+                    drained.add(dev)
+                    dev.drain_tx()  # may mark receivers dirty again, dev included
+                dev.flush_rx()
+        finally:
+            self._flushing = False
+            wasteful = self.wasteful
+            while wasteful:
+                wasteful.pop().rx_waste = 0
 
     def _device(self, slave: Slave) -> NetDevice:
         return self.devices[slave.name]

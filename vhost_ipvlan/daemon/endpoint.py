@@ -160,7 +160,7 @@ class Endpoint:
 
     def _attach(self, sock: socket.socket) -> None:
         self.connections += 1
-        session = Session(self.host, self.device)
+        session = Session(self.host, self.device, log=lambda msg: log.warning("slave %s: %s", self.name, msg))
         self.device.attach(session)
         self.conn = Connection(sock, session, self.loop, self.name, self._closed)
         log.info("slave %s: front-end connected (%s)", self.name, self.role)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import mmap
 import os
 import sys
@@ -47,6 +48,7 @@ from types import ModuleType
 
 EVENTFD_LINK = "anon_inode:[eventfd]"  # what /proc/self/fd/N reads for an eventfd
 ALLOW_UNGUARDED = "VHOST_IPVLAN_UNGUARDED_MEMORY"
+log = logging.getLogger("vhost_ipvlan.host")
 
 _guard: ModuleType | None
 try:
@@ -84,18 +86,20 @@ def shrunk(buf: memoryview) -> bool:
 
 
 _shrink_fd: int | None = None
+_shrink_loop: asyncio.AbstractEventLoop | None = None
 
 
 def on_memory_shrunk(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
     """Have ``callback()`` called on ``loop`` after the guard replaced a page of a
-    guarded mapping. The first call registers (one loop per process); later calls
-    do nothing."""
-    global _shrink_fd
-    if _guard is None or _shrink_fd is not None:
+    guarded mapping (one loop at a time: the daemon has one; a new loop takes over)."""
+    global _shrink_fd, _shrink_loop
+    if _guard is None or loop is _shrink_loop:
         return
-    _shrink_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    _guard.set_notify(_shrink_fd)
+    if _shrink_fd is None:
+        _shrink_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        _guard.set_notify(_shrink_fd)
     loop.add_reader(_shrink_fd, _memory_shrunk, _shrink_fd, callback)
+    _shrink_loop = loop
 
 
 def _memory_shrunk(fd: int, callback: Callable[[], None]) -> None:
@@ -121,11 +125,13 @@ class OsHost:
                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
             except ValueError as e:  # e.g. the file is shorter than the region claims
                 raise OSError(str(e)) from e
+            log.debug("mapped %d bytes of a memfd sealed against shrinking", length)
             return memoryview(mm)[offset:length]
         file_size = os.fstat(fd).st_size
         if file_size < length:
             raise OSError(f"the file is {file_size} bytes, shorter than the region's end at {length}")
         if _guard is not None:
+            log.debug("mapped %d bytes of an unsealed file under the SIGBUS guard", length)
             return memoryview(_guard.map(fd, length))[offset:length]
         if os.environ.get(ALLOW_UNGUARDED) != "1":
             raise OSError("the memory is not sealed against shrinking (F_SEAL_SHRINK) and the SIGBUS guard "

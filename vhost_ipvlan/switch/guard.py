@@ -33,8 +33,9 @@ Rules:
   (``net.translate``) only ever see NDP right after the IPv6 header, and need
   not walk. A chain that runs past the payload or is longer than
   ``MAX_EXT_HEADERS`` -> BAD_HEADER.
-- Anonymous sources: IPv4 source 0.0.0.0 only for a DHCP client (UDP 68 -> 67),
-  ARP sender 0.0.0.0 only in a request (an RFC 5227 probe); IPv6 source ``::``
+- Anonymous sources: IPv4 source 0.0.0.0 only for a DHCP client (UDP 68 -> 67)
+  and IGMP (RFC 3376 §4.2.13: a host without an address reports from it), ARP
+  sender 0.0.0.0 only in a request (an RFC 5227 probe); IPv6 source ``::``
   only for a DAD NS (ICMPv6 135 right after the header, to a solicited-node group)
   and MLD reports (ICMPv6 131, 132, 143). Anything else -> ANONYMOUS_SRC: it would
   leave unattributable.
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
 
 IEEE_RESERVED: Final = b"\x01\x80\xc2\x00\x00"  # 01:80:c2:00:00:0X (X < 0x10)
 CISCO_CONTROL: Final = b"\x01\x00\x0c\xcc\xcc"  # 01:00:0c:cc:cc:cc (CDP, ...) and :cd (PVST+)
+IPPROTO_IGMP: Final = 2
 DHCP_SERVER_PORT: Final = 67
 DHCP_CLIENT_PORT: Final = 68
 DHCPV6_SERVER_PORT: Final = 547
@@ -107,7 +109,7 @@ def check_guard(slave: Slave, frame: Frame, kind: int, dst: bytes, l3src: bytes)
 
 def _ipv4(slave: Slave, frame: Frame, l3src: bytes) -> DropReason | None:
     if frame[23] != IPPROTO_UDP or frame[20] & 0x1F or frame[21]:  # not UDP, or a non-first fragment
-        return _ANONYMOUS if l3src == ZERO_V4 else None
+        return _ANONYMOUS if l3src == ZERO_V4 and frame[23] != IPPROTO_IGMP else None
     off = ETH_HLEN + (frame[14] & 0x0F) * 4
     if off + UDP_HLEN > ETH_HLEN + (frame[16] << 8 | frame[17]):
         return _BAD_HEADER

@@ -11,8 +11,9 @@ Rules:
   extension header here, so the NA below is always right after the IPv6 header.
 - Ethernet source: the slave's MAC. Multicast -> MULTICAST_SRC. A slave without a
   MAC learns it from its first frame that passes every check, unless it is the
-  master's, all-zero, another slave's, or one seen as a source on the wire
-  (``Port.wire_macs``: e.g. the LAN router's) (SRC_MAC_SPOOF); it is then locked.
+  master's, all-zero, another slave's, one seen as a source on the wire
+  (``Port.wire_macs``: e.g. the LAN router's) or a neighbour's of the master
+  (``Port.in_use``) (SRC_MAC_SPOOF); it is then locked.
 - ARP: sender HW address == Ethernet source (SRC_MAC_SPOOF). IPv4 source and ARP
   sender IP: an address the slave owns, or 0.0.0.0 (SRC_IP_SPOOF).
 - IPv6 source: an address the slave owns, or ``::``. An unowned link-local is
@@ -114,7 +115,7 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
         if src[0] & 1:
             return _MULTICAST_SRC
         if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac or \
-                src in port.wire_macs:
+                src in port.wire_macs or port.in_use(src):
             return _SRC_MAC_SPOOF
         learn_mac = True
 

@@ -15,6 +15,9 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   through the device (``vring_stopped``) before the new table is installed and
   started again after; one the new table does not cover stays stopped (the
   message is refused, the device has already been told).
+- A ring starts at the used ring's index whatever SET_VRING_BASE said (see
+  ``virtqueue``); a disagreement is reported through ``log``, one line per ring.
+  SET_MEM_TABLE's re-translation keeps the ring where it was.
 - The features offered are fixed for the session's lifetime (a reconnecting
   front-end refuses a back-end that offers less than before).
 - Kick, call and err descriptors must be eventfds (``Host.eventfd_problem``); anything
@@ -200,7 +203,7 @@ class Session:
             raise FrontendError(f"{msg.name}: the descriptor is {problem}, not an eventfd")
         return vring, msg.fds.pop()
 
-    def _try_start(self, vring: Vring) -> None:
+    def _try_start(self, vring: Vring, *, resync: bool = True) -> None:
         if vring.started or not vring.kicked or vring.addr is None or self.memory is None:
             return
         if vring.num == 0:
@@ -215,9 +218,14 @@ class Session:
                 vring.base,
                 event_idx=self.has_feature(net.F_RING_EVENT_IDX),
                 fence=self.host.fence,
+                resync=resync,
             )
         except GuestError as e:
             raise FrontendError(f"vring {vring.index}: {e}") from e
+        if vring.queue.resynced_from is not None and self._log is not None:
+            self._log(f"vring {vring.index}: base {vring.queue.resynced_from} disagrees with the used index "
+                      f"{vring.queue.used_idx}, resuming at the used ring's index (frames in flight may be "
+                      "resent or lost)")
         self.device.vring_started(vring)
 
     def _stop(self, vring: Vring) -> None:
@@ -269,7 +277,7 @@ class Session:
             self._stop(vring)
         self.memory = GuestMemory(mapped)
         for vring in started:
-            self._try_start(vring)
+            self._try_start(vring, resync=False)
 
     def _set_vring_num(self, msg: Message) -> None:
         index, num = codec.vring_state(msg)

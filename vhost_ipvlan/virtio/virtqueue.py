@@ -19,6 +19,12 @@ Rules:
 - Every descriptor buffer is translated through ``GuestMemory.gpa_view`` (bounds
   checked). A violation raises ``GuestError``: the caller marks the queue broken.
 - ``avail.idx`` may run ahead of ``last_avail`` by at most the queue size.
+- A ring starts at the used ring's index. A base that disagrees with it (DPDK's
+  virtio-user sends 0 when it reconnects to a restarted back-end, its rings
+  untouched) is replaced by it, as DPDK's vhost library does: chains taken but
+  not returned before are taken again (TX frames resent, RX buffers reused).
+  ``resynced_from`` keeps the base given, for the caller to log. A ring
+  re-translated within a session (``resync=False``) keeps its base.
 - Used elements are written first, ``used.idx`` is published afterwards, once per
   burst (x86 keeps store order; CPython writes in program order).
 - Ring indices shared with the driver (avail.idx, avail.ring, used.idx, the event
@@ -82,6 +88,7 @@ class SplitQueue:
         "last_avail",
         "mem",
         "num",
+        "resynced_from",
         "used_idx",
         "walked",
     )
@@ -97,6 +104,7 @@ class SplitQueue:
         *,
         event_idx: bool,
         fence: Callable[[], None] = _no_fence,
+        resync: bool = True,
     ) -> None:
         if num <= 0 or num > MAX_QUEUE_SIZE or num & (num - 1):
             raise GuestError(f"queue size {num} is not a power of 2 in 1..{MAX_QUEUE_SIZE}")
@@ -114,6 +122,11 @@ class SplitQueue:
         # On (re)connect the front-end sets the base from the used index; resume there.
         self.used_idx: int = self._used16[1]
         self._published = self.used_idx
+        #: the base given, when it disagreed with the used index and was replaced by it
+        self.resynced_from: int | None = None
+        if resync and self.last_avail != self.used_idx:
+            self.resynced_from = self.last_avail
+            self.last_avail = self.used_idx
         self._segs: list[memoryview] = []
         #: descriptors walked so far (see the rules); only ever grows
         self.walked = 0
@@ -136,6 +149,10 @@ class SplitQueue:
         if n > self.num:
             raise GuestError(f"avail index runs {n} entries ahead of a {self.num}-entry ring")
         return n
+
+    def has_pending(self) -> bool:
+        """Whether the driver's avail index moved past ours (unchecked: ``pending()`` checks)."""
+        return bool(self._avail16[1] != self.last_avail)
 
     def pop(self) -> int:
         """Take the next available chain head (call only when ``pending()`` > 0)."""

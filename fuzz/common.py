@@ -1,0 +1,44 @@
+"""What the harnesses share: input slicing and the invariant failure."""
+
+from __future__ import annotations
+
+import logging
+
+
+class InvariantBroken(AssertionError):
+    """A harness invariant failed: atheris reports it as a crash."""
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise InvariantBroken(what)
+
+
+def quiet() -> None:
+    """Warnings for hostile input are expected by the thousand: keep the output for the fuzzer."""
+    logging.disable(logging.CRITICAL)
+
+
+class Reader:
+    """Consume a fuzz input piece by piece; running out yields zeros/empty."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int) -> bytes:
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def u8(self) -> int:
+        b = self.take(1)
+        return b[0] if b else 0
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2).ljust(2, b"\0"), "little")
