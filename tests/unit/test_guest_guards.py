@@ -318,6 +318,7 @@ def test_anonymous_sources_only_for_dhcp_arp_probes_dad_and_mld(lab: Lab) -> Non
     bad = [
         Ether(src=A, dst=MASTER) / IP(src="0.0.0.0", dst="8.8.8.8") / UDP(sport=1234, dport=53),
         Ether(src=A, dst=MASTER) / IP(src="0.0.0.0", dst="10.0.0.12") / ICMP(),
+        Ether(src=A, dst=B) / IP(src="0.0.0.0", dst="10.0.0.12", proto=2) / Raw(bytes(8)),  # IGMP, but unicast
         Ether(src=A, dst=B) / ARP(op=2, hwsrc=A, psrc="0.0.0.0", pdst="10.0.0.12"),
         Ether(src=A, dst=MASTER) / IPv6(src="::", dst="fd00::12") / ICMPv6EchoRequest(),
         Ether(src=A, dst=ALL_NODES) / IPv6(src="::", dst="ff02::1") / ICMPv6ND_NS(tgt="fd00::11"),

@@ -34,7 +34,8 @@ Rules:
   not walk. A chain that runs past the payload or is longer than
   ``MAX_EXT_HEADERS`` -> BAD_HEADER.
 - Anonymous sources: IPv4 source 0.0.0.0 only for a DHCP client (UDP 68 -> 67)
-  and IGMP (RFC 3376 §4.2.13: a host without an address reports from it), ARP
+  and IGMP to a multicast destination (RFC 3376 §4.2.13: a host without an
+  address reports from it; reports and leaves go to groups, never unicast), ARP
   sender 0.0.0.0 only in a request (an RFC 5227 probe); IPv6 source ``::``
   only for a DAD NS (ICMPv6 135 right after the header, to a solicited-node group)
   and MLD reports (ICMPv6 131, 132, 143). Anything else -> ANONYMOUS_SRC: it would
@@ -109,7 +110,9 @@ def check_guard(slave: Slave, frame: Frame, kind: int, dst: bytes, l3src: bytes)
 
 def _ipv4(slave: Slave, frame: Frame, l3src: bytes) -> DropReason | None:
     if frame[23] != IPPROTO_UDP or frame[20] & 0x1F or frame[21]:  # not UDP, or a non-first fragment
-        return _ANONYMOUS if l3src == ZERO_V4 and frame[23] != IPPROTO_IGMP else None
+        if l3src != ZERO_V4 or (frame[23] == IPPROTO_IGMP and 224 <= frame[30] < 240):
+            return None
+        return _ANONYMOUS
     off = ETH_HLEN + (frame[14] & 0x0F) * 4
     if off + UDP_HLEN > ETH_HLEN + (frame[16] << 8 | frame[17]):
         return _BAD_HEADER
