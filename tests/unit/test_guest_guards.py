@@ -314,6 +314,20 @@ def test_other_01_80_c2_groups_pass(lab: Lab) -> None:
     assert lab.send(lab.a, Ether(src=A, dst="01:00:0c:cc:cc:ce") / Raw(bytes(46))) == (FLOOD, None)
 
 
+def test_ip_hidden_in_llc_snap_is_dropped(lab: Lab) -> None:
+    """An 802.3 frame carrying IPv4 in LLC/SNAP (RFC 1042) with another guest's source
+    address was "other" traffic: sent to the wire as the host's, or to a guest by its
+    MAC, past every address check."""
+    from scapy.layers.l2 import LLC, SNAP, Dot3
+
+    spoofed = IP(src="10.0.0.12", dst="10.0.0.254") / UDP(sport=53, dport=53)  # b's address
+    for oui, dst in ((0, ROUTER), (0xF8, B)):
+        f = Dot3(src=A, dst=dst) / LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=oui, code=0x0800) / spoofed
+        assert lab.send(lab.a, f) == drop(DropReason.BAD_HEADER)
+    other_snap = Dot3(src=A, dst=ROUTER) / LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=0x00000C, code=0x2000)
+    assert lab.send(lab.a, other_snap / Raw(bytes(40))) == (TO_UPLINK, None)  # not an Ethernet type: passes
+
+
 def test_anonymous_sources_only_for_dhcp_arp_probes_dad_and_mld(lab: Lab) -> None:
     bad = [
         Ether(src=A, dst=MASTER) / IP(src="0.0.0.0", dst="8.8.8.8") / UDP(sport=1234, dport=53),

@@ -40,6 +40,10 @@ Rules:
   only for a DAD NS (ICMPv6 135 right after the header, to a solicited-node group)
   and MLD reports (ICMPv6 131, 132, 143). Anything else -> ANONYMOUS_SRC: it would
   leave unattributable.
+- An 802.3 frame (length field) whose LLC/SNAP header carries an Ethernet type
+  (OUI 00-00-00, RFC 1042, or 00-00-f8, 802.1H) -> BAD_HEADER: IPv4, ARP or IPv6
+  in that form would pass as "other" traffic, past every address check, and
+  hosts should accept RFC 1042 IP (RFC 1122 §2.3.3).
 - Non-first IPv4/IPv6 fragments carry no upper-layer header: only the anonymous
   source rule applies to them.
 - Cheap for the common case: an IPv4 TCP/UDP frame from a real source costs two
@@ -60,6 +64,7 @@ from ..net.frames import (
     L3_IPV4,
     L3_IPV6,
     L3_ND_NS,
+    L3_OTHER,
     ND_NEIGHBOR_SOLICIT,
     ND_REDIRECT,
     ND_ROUTER_ADVERT,
@@ -75,6 +80,8 @@ if TYPE_CHECKING:
 
 IEEE_RESERVED: Final = b"\x01\x80\xc2\x00\x00"  # 01:80:c2:00:00:0X (X < 0x10)
 CISCO_CONTROL: Final = b"\x01\x00\x0c\xcc\xcc"  # 01:00:0c:cc:cc:cc (CDP, ...) and :cd (PVST+)
+LLC_SNAP: Final = b"\xaa\xaa\x03"  # 802.2 LLC header of a SNAP frame
+ETHERTYPE_OUIS: Final = (b"\x00\x00\x00", b"\x00\x00\xf8")  # RFC 1042, 802.1H: an Ethernet type follows
 IPPROTO_IGMP: Final = 2
 DHCP_SERVER_PORT: Final = 67
 DHCP_CLIENT_PORT: Final = 68
@@ -105,6 +112,8 @@ def check_guard(slave: Slave, frame: Frame, kind: int, dst: bytes, l3src: bytes)
         return _ipv6(slave, frame, kind, l3src)
     if kind == L3_ARP and l3src == ZERO_V4 and (frame[_ARP_OP] != 0 or frame[_ARP_OP + 1] != ARPOP_REQUEST):
         return _ANONYMOUS
+    if kind == L3_OTHER and frame[12] < 0x06 and frame[14:17] == LLC_SNAP and frame[17:20] in ETHERTYPE_OUIS:
+        return _BAD_HEADER  # an Ethernet type in an 802.3 frame: IP/ARP that no check above saw
     return None
 
 
