@@ -65,6 +65,27 @@ def test_unsealable_memory_that_shrinks_is_replaced_and_flagged(fds: list[int]) 
     assert shrunk(view)
 
 
+@pytest.mark.skipif(not host.guarded(), reason="the SIGBUS guard module is not built")
+def test_touching_many_pages_of_shrunk_memory_adds_no_mappings(fds: list[int]) -> None:
+    """Pages were replaced one at a time, each splitting the mapping: a ring walk over
+    every other page of a truncated file (32768 descriptors) reached vm.max_map_count,
+    the replacement mmap failed and the SIGBUS killed the daemon."""
+    fd = memfd(fds)
+    size = 8 << 20
+    os.ftruncate(fd, size)
+    view = OsHost().map_region(fd, size, 0)
+
+    def mappings() -> int:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    before = mappings()
+    os.ftruncate(fd, 0)
+    for page in range(0, size, 2 * mmap.PAGESIZE):  # every other page: nothing merges
+        assert view[page] == 0
+    assert shrunk(view) and mappings() <= before + 2
+
+
 def test_file_shorter_than_the_region_is_refused(fds: list[int]) -> None:
     for fd in (memfd(fds), memfd(fds, os.MFD_ALLOW_SEALING)):
         with pytest.raises(OSError, match=r"shorter|length"):
