@@ -14,6 +14,12 @@ Rules:
   TX queue and one per uplink, verdicts are ints.
 - A frame a receiver cannot take (ring full, offload it did not negotiate, too
   big) is dropped and counted on that receiver; nothing is queued.
+- Walking a receive ring for frames it then does not take is budgeted per burst
+  (``RX_WASTE_BUDGET`` descriptors per receiver, plus the walk that crosses it):
+  beyond it, the rest of the burst is delivered only into single buffers that
+  fit (``rx_deliver(walk=False)``). A guest that keeps changing its ring while
+  frames come (``virtio.net`` remembers a failed walk only while the ring stays
+  as it was) costs one budget per burst, not a walk per frame.
 - A guest that breaks its ring (``GuestError``) gets that queue stopped and
   counted; the daemon and the other guests go on.
 - A TX drain is bounded in frames (``BURST``) and in descriptors walked
@@ -94,6 +100,8 @@ def accelerated() -> bool:
 BURST = 256
 #: descriptors one TX drain may walk before it reschedules (see the rules)
 DESC_BUDGET = 4 * BURST
+#: descriptors a receive queue may walk for frames it then did not take, per burst
+RX_WASTE_BUDGET = 4 * BURST
 ETH_HLEN = 14
 RESCAN_INTERVAL = 0.2
 ERROR_LOG_INTERVAL = 10.0
@@ -142,6 +150,8 @@ class NetDevice:
         self.buf = bytearray(net.MAX_BUFFER)
         self.view = memoryview(self.buf)
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        #: descriptors walked this burst for frames not taken (``RX_WASTE_BUDGET``)
+        self.rx_waste = 0
         # RX counters the C accelerator adds to (two native u64: packets, bytes)
         self.fast_rx = bytearray(16)
         self._fast: tuple[tuple[int, int, int], bytes, frozenset[bytes]] | None = None
@@ -338,11 +348,16 @@ class NetDevice:
         if (flags or gso) and not net.offload_ok(flags, gso, self.takes_csum, self.gso_mask, self.ecn):
             self.drops["offload_unsupported"] += 1
             return
+        before = q.walked
         try:
-            rc = net.rx_deliver(q, buf, self.mergeable)
+            rc = net.rx_deliver(q, buf, self.mergeable, self.rx_waste <= RX_WASTE_BUDGET)
         except GuestError as e:
             self.break_queue(RX, e)
             return
+        if rc != net.RX_OK and q.walked != before:
+            if not self.rx_waste:
+                self.dp.wasteful.add(self)
+            self.rx_waste += q.walked - before
         if rc == net.RX_OK:
             self.rx_packets += 1
             self.rx_bytes += len(buf) - net.HDR_LEN
@@ -372,6 +387,8 @@ class PortDatapath:
         self.loop = loop
         self.devices: dict[str, NetDevice] = {}
         self.dirty: set[NetDevice] = set()
+        #: devices with ``rx_waste`` to forget at the end of the burst
+        self.wasteful: set[NetDevice] = set()
         self.buf = bytearray(net.MAX_BUFFER)
         self.view = memoryview(self.buf)
         self.uplink_rx = self.uplink_tx = 0
@@ -481,6 +498,9 @@ class PortDatapath:
                 dev.flush_rx()
         finally:
             self._flushing = False
+            wasteful = self.wasteful
+            while wasteful:
+                wasteful.pop().rx_waste = 0
 
     def _device(self, slave: Slave) -> NetDevice:
         return self.devices[slave.name]

@@ -23,8 +23,10 @@ Rules:
   one the daemon says is in use (``Port.in_use``: the master's neighbours, e.g.
   the router's ``fe80::1``) is SRC_IP_SPOOF.
 - A Neighbour Advertisement's *target* is checked like a source: it must be the
-  slave's (or a link-local it may learn, as above), else SRC_IP_SPOOF, so an
-  unsolicited NA (override flag or not) cannot claim another guest's address.
+  slave's (or a link-local it may learn, as above: it is then learned, so it
+  counts against the limit and nobody else takes it later), else SRC_IP_SPOOF,
+  so an unsolicited NA (override flag or not) cannot claim another guest's
+  address. One new link-local per frame.
 - Learning mode (``Slave.learn``, opt-in per slave, mode l2): an address that is
   nobody's becomes the slave's on first use: as IPv4 source or ARP sender IP
   (gratuitous ARP, any ARP, any packet), IPv6 source, NA target, and as the
@@ -157,8 +159,11 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
             owner = by_addr.get(target)
             if owner is not slave and target != learn and target != learn_ll:
                 if _link_local(target):
-                    if _link_local_taken(port, slave, target):
-                        return _SRC_IP_SPOOF
+                    if _link_local_taken(port, slave, target) or learn_ll:
+                        return _SRC_IP_SPOOF  # somebody else's, or a second new one in this frame
+                    if not port.can_learn_link_local(slave):
+                        return _TOO_MANY_LL
+                    learn_ll = target
                 elif learn:
                     return _SRC_IP_SPOOF  # one new address per frame
                 else:

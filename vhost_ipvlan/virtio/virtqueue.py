@@ -82,6 +82,8 @@ class SplitQueue:
         "_used",
         "_used16",
         "bad_head",
+        "bad_result",
+        "bad_room",
         "event_idx",
         "last_avail",
         "mem",
@@ -128,8 +130,11 @@ class SplitQueue:
         self._segs: list[memoryview] = []
         #: descriptors walked so far (see the rules); only ever grows
         self.walked = 0
-        #: ``position()`` when the next chain was found unusable (net.rx_deliver), else -1
+        #: ``position()`` when a frame did not fit the chains there (net.rx_deliver), else
+        #: -1; with the room those chains offered (-1: none) and the result given
         self.bad_head = -1
+        self.bad_room = -1
+        self.bad_result = 0
 
     # -- avail side ---------------------------------------------------------------
 
