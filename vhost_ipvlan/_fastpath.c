@@ -14,8 +14,9 @@
  *   straight into another guest's RX ring when, and only when, the Python switch
  *   would say TO_SLAVE(target) with no MAC translation:
  *     - IPv4 (valid version, IHL, total length) or IPv6 (valid version, payload
- *       length, next header not ICMPv6 nor an extension header), not tagged, and
- *       nothing ``switch.guard`` looks at (UDP from port 67, or 547 over IPv6);
+ *       length, next header neither ICMPv6 nor an extension header), not tagged;
+ *       not UDP with a DHCP/DHCPv6 port (67, 68, 546, 547) on either side or a
+ *       header cut short (the guards in switch/guard.py decide those);
  *     - source MAC == sender_mac, source address in sender_ips (the addresses the
  *       port says the sender owns);
  *     - destination address in ``table`` (built by Python from the port: only up
@@ -214,6 +215,17 @@ static inline char *gpa(const queue_t *q, uint64_t addr, uint32_t len)
     return NULL;
 }
 
+/* A UDP header the Python guards must see: cut short, or a DHCP/DHCPv6 port on
+ * either side (server replies are DHCP_GUARD unless the sender may route). */
+static int guarded_udp(const unsigned char *udp, uint32_t avail)
+{
+    if (avail < 8)
+        return 1;
+    unsigned sport = (unsigned)(udp[0] << 8 | udp[1]), dport = (unsigned)(udp[2] << 8 | udp[3]);
+    return sport == 67 || sport == 68 || sport == 546 || sport == 547 || dport == 67 || dport == 68 ||
+           dport == 546 || dport == 547;
+}
+
 static inline uint16_t ring16(const Py_buffer *b, uint32_t word)
 {
     return ((volatile const uint16_t *)b->buf)[word];
@@ -365,9 +377,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             uint32_t ihl = ip[0] & 0x0F, total = (uint32_t)(ip[2] << 8 | ip[3]);
             if ((ip[0] >> 4) != 4 || ihl < 5 || ihl * 4 > total || ETH_HLEN + total > n)
                 break;
-            /* UDP from port 67 (a DHCP server reply?): switch.guard's to decide */
-            if (ip[9] == 17 && !(ip[6] & 0x1F) && !ip[7] &&
-                (ETH_HLEN + ihl * 4 + 2 > n || (eth[ETH_HLEN + ihl * 4] << 8 | eth[ETH_HLEN + ihl * 4 + 1]) == 67))
+            if (ip[9] == 17 && !((ip[6] & 0x1F) | ip[7]) && guarded_udp(ip + ihl * 4, total - ihl * 4))
                 break;
             saddr = ip + 12;
             daddr = ip + 16;
@@ -377,12 +387,10 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 break;
             unsigned char *ip = eth + ETH_HLEN;
             uint32_t plen = (uint32_t)(ip[4] << 8 | ip[5]);
-            if ((ip[0] >> 4) != 6 || ETH_HLEN + 40 + plen > n || ip[6] == 58)
-                break;
-            /* extension headers (switch.guard walks them) and UDP from port 547 (DHCPv6
-             * server): Python's to decide */
-            if (ip[6] == 0 || ip[6] == 43 || ip[6] == 44 || ip[6] == 60 ||
-                (ip[6] == 17 && (plen < 2 || (ip[40] << 8 | ip[41]) == 547)))
+            if ((ip[0] >> 4) != 6 || ETH_HLEN + 40 + plen > n || ip[6] == 58 || ip[6] == 0 || ip[6] == 43 ||
+                ip[6] == 44 || ip[6] == 60)
+                break; /* ICMPv6 and extension headers: the guards' (NDP, RA, a walk) */
+            if (ip[6] == 17 && guarded_udp(ip + 40, plen))
                 break;
             saddr = ip + 8;
             daddr = ip + 24;

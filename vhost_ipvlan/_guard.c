@@ -11,11 +11,14 @@
  * writable, and returns a ``Mapping`` (a writable buffer) that is registered with
  * a SIGBUS handler, installed on first use. Rules:
  *   - A SIGBUS raised by the kernel (si_code > 0) for an address inside a
- *     registered mapping is handled: an anonymous zero-filled page (of the file's
- *     page size: huge pages on hugetlbfs) is mapped over the faulting page
- *     (MAP_FIXED), the mapping is flagged ``poisoned``, and 8 bytes are written to
- *     the notification eventfd (``set_notify``) so the event loop learns of it.
- *     The faulting access is then retried and succeeds (on the zero page).
+ *     registered mapping is handled: anonymous zero-filled memory is mapped over
+ *     the whole mapping (MAP_FIXED: one mmap, one VMA, whatever is touched next;
+ *     the connection is closed anyway), the mapping is flagged ``poisoned``, and 8
+ *     bytes are written to the notification eventfd (``set_notify``) so the event
+ *     loop learns of it. The faulting access is then retried and succeeds (on
+ *     zeros). Replacing page by page split the mapping at every fault: a guest's
+ *     ring pointing at every other page of a truncated file reached
+ *     vm.max_map_count in one drain, and the failing mmap let the SIGBUS kill.
  *   - Any other SIGBUS goes to the handler that was installed before ours (the
  *     default one kills the process as it would have; faulthandler's dumps a
  *     traceback first).
@@ -86,15 +89,11 @@ static void on_sigbus(int sig, siginfo_t *info, void *ctx)
             uintptr_t start = slots[i].start;
             if (end == 0 || addr < start || addr >= end)
                 continue;
-            uintptr_t gran = slots[i].gran;
-            uintptr_t page = addr & ~(gran - 1);
-            if (page < start)
-                page = start;
-            size_t len = gran;
-            if (page + len > end)
-                len = end - page;
-            void *p = mmap((void *)page, len, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
-                           -1, 0);
+            /* the whole mapping at once: page by page, every replacement split the
+             * mapping (two more VMAs each) and a ring walk touching every other page
+             * reached vm.max_map_count, where mmap fails and the SIGBUS kills */
+            void *p = mmap((void *)start, end - start, PROT_READ | PROT_WRITE,
+                           MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (p == MAP_FAILED)
                 break;
             __atomic_store_n(&slots[i].poisoned, 1, __ATOMIC_RELEASE);

@@ -11,6 +11,7 @@ import os
 import random
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -119,6 +120,33 @@ def test_same_results_with_and_without_the_accelerator() -> None:
     assert isinstance(received, dict)
     assert len(received["b"]) >= 30  # the scenario did exercise delivery
     assert sum(frame.endswith(b"to-c") for _, frame in received["c"]) == 1
+
+
+def test_frames_the_guards_decide_are_never_fast_forwarded() -> None:
+    """Unicast DHCP(v6) server replies and NDP behind a Hop-by-Hop header went
+    guest to guest through C, past the guards Python applies (dhcp_guard,
+    ndp_ext_header)."""
+    from scapy.layers.dhcp import BOOTP, DHCP
+    from scapy.layers.dhcp6 import DHCP6_Reply
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6ExtHdrHopByHop
+
+    plain = bytes(net.HDR_LEN)
+    frames: Frames = [
+        (bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP(sport=67, dport=68) / BOOTP(op=2, yiaddr=B4)
+               / DHCP(options=[("message-type", "nak"), "end"])), plain, False),
+        (bytes(Ether(src=A, dst=B) / IPv6(src=A6, dst=B6) / UDP(sport=1234, dport=546) / DHCP6_Reply()),
+         plain, False),
+        (bytes(Ether(src=A, dst=B) / IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop()
+               / ICMPv6ND_NA(tgt="fd00::12", O=1) / ICMPv6NDOptDstLLAddr(lladdr=A)), plain, False),
+        (bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP(sport=68, dport=67) / b"client"), plain, False),
+    ]
+    fast = run(frames)
+    with pure_python():
+        pure = run(frames)
+    assert fast == pure
+    drops = fast["drops"]
+    assert isinstance(drops, dict)
+    assert drops["a"][1] == {"dhcp_guard": 2, "ndp_ext_header": 1}
 
 
 def test_target_down_is_not_fast_forwarded() -> None:
@@ -408,6 +436,60 @@ def test_zero_capacity_rx_chains_cost_one_chain_per_frame(entries: int) -> None:
         assert drops["a"][1] == {"target_down": 4}  # b is down once its queue broke
 
 
+def test_a_receiver_that_keeps_changing_its_ring_costs_one_budget_per_burst(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """b's receive chains are 12 bytes spread over ``num`` descriptors, and b makes one
+    more available after every frame (a vCPU spinning on its avail index while
+    frames come): the remembered failure never matched, every frame walked ``num``
+    descriptors (a 32768-entry ring: about 15 ms per frame, seconds per burst). Now
+    failed walks have a budget per receiver and burst."""
+    real = net.rx_deliver
+    frames = 200
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            b = p.frontends["b"]
+            make_rx_twelve_bytes_spread(b)
+            posted = set(range(b.rxq.num)) - set(b.rxq.free)
+            head = posted.pop()
+            b.rxq.avail_idx = (b.rxq.avail_idx - len(posted) - 1) & 0xFFFF  # one chain left available
+            struct.pack_into("<H", b.mem, b.rxq.avail + 2, b.rxq.avail_idx)
+            b.rxq.make_available(head)
+
+            def spinning(*args: Any) -> int:
+                rc = real(*args)
+                b.rxq.make_available(head)  # b moves its ring after every frame
+                return rc
+
+            monkeypatch.setattr(net, "rx_deliver", spinning)
+            rxq = p.device("b").rx
+            assert rxq is not None
+            before = rxq.walked
+            for i in range(frames):
+                p.frontends["a"].transmit(frame_to_b(b"%d" % i))
+            p.device("a").drain_tx()
+            return {"rx_walked": rxq.walked - before, **outcome(p)}
+        finally:
+            monkeypatch.setattr(net, "rx_deliver", real)
+            p.close()
+
+    result = both_ways(scenario)
+    drops = result["drops"]
+    assert isinstance(drops, dict) and sum(drops["b"][0].values()) == frames  # ring full, then bad buffers
+    walked = result["rx_walked"]
+    assert isinstance(walked, int) and walked <= datapath.RX_WASTE_BUDGET + 2 * (frontend.QSIZE + 1)
+
+
+def make_rx_twelve_bytes_spread(fe: frontend.FakeFrontend) -> None:
+    """Every posted RX chain: an indirect table of ``num`` writable descriptors, the
+    first of 12 bytes (room for a header), the others empty."""
+    table = frontend.write_zero_length_table(fe, fe.rxq.num, writable=True)
+    struct.pack_into("<I", fe.mem, table + 8, net.HDR_LEN)
+    for i in set(range(fe.rxq.num)) - set(fe.rxq.free):
+        fe.rxq.set_desc(i, table, 16 * fe.rxq.num, 4)  # VRING_DESC_F_INDIRECT
+
+
 @pytest.fixture
 def error_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fresh rate limit for internal-error log lines."""
@@ -425,10 +507,10 @@ def test_an_internal_error_costs_one_frame_counted_and_logged_once(
         try:
             real = p.dp.from_guest
 
-            def from_guest(dev: datapath.NetDevice, length: int) -> None:
+            def from_guest(dev: datapath.NetDevice, length: int) -> int:
                 if bytes(dev.view[length - 4 : length]) == b"boom":
                     raise RuntimeError("injected")
-                real(dev, length)
+                return real(dev, length)
 
             monkeypatch.setattr(p.dp, "from_guest", from_guest)
             a = p.frontends["a"]

@@ -11,7 +11,8 @@ writes into its own memory:
 - avail entries naming any head, as often as it likes (``offer``: the same head
   may be named by every entry), and the avail index moved by any amount
   (``set_avail_idx``);
-- no RX buffers at all unless it posts them itself (``post_rx=False``).
+- no RX buffers at all unless it posts them itself (``post_rx=False``);
+- more memory regions in its SET_MEM_TABLE (``extra_regions``, set before ``setup``).
 
 The wire is ``WireUplink``: frames queued on it are read by the port as if they came
 from the master; frames sent to it are counted, not kept. Rules: no timing here, the
@@ -29,6 +30,8 @@ from tests.support import inproc
 from tests.support.frontend import BUF_SIZE, MEM_SIZE, QSIZE, DriverQueue, FakeFrontend
 from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC
 from vhost_ipvlan.daemon.datapath import NetDevice
+from vhost_ipvlan.vhost_user import codec
+from vhost_ipvlan.vhost_user.codec import Request
 from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT
 
 _DESC = struct.Struct("<QIHH")
@@ -42,14 +45,33 @@ class HostileFrontend(FakeFrontend):
     def __init__(self, *args: Any, post_rx: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.post_rx = post_rx
+        #: more regions (gpa, size, uva, mmap offset) of the same memfd for SET_MEM_TABLE
+        self.extra_regions: list[tuple[int, int, int, int]] = []
         base = self.buffers + 2 * QSIZE * BUF_SIZE
         self._scratch = (base + 4095) & ~4095
 
     # -- memory -----------------------------------------------------------------------
 
+    def send(self, request: int, payload: bytes = b"", fds: list[int] | None = None,
+             *, reply: bool = False, need_reply: bool = False) -> bytes | None:
+        if request == Request.SET_MEM_TABLE and self.extra_regions:
+            count = codec.MEM_HEADER.unpack_from(payload)[0] + len(self.extra_regions)
+            payload = codec.MEM_HEADER.pack(count, 0) + payload[codec.MEM_HEADER.size :] + b"".join(
+                codec.MEM_REGION.pack(*r) for r in self.extra_regions)
+            fds = list(fds or []) + [self.fd] * len(self.extra_regions)
+        return super().send(request, payload, fds, reply=reply, need_reply=need_reply)
+
     def post_rx_buffers(self, count: int) -> None:
         if self.post_rx:
             super().post_rx_buffers(count)
+
+    def receive(self) -> list[tuple[bytes, bytes]]:
+        """As ``FakeFrontend.receive``, then every free RX buffer posted again (it re-posts one
+        per frame, fewer than a merged frame used)."""
+        out = super().receive()
+        if self.post_rx and self.rxq.free:
+            self.post_rx_buffers(len(self.rxq.free))
+        return out
 
     def scratch(self, size: int) -> int:
         """A fresh guest-physical area of ``size`` bytes (page aligned) in the guest's RAM."""
@@ -156,11 +178,16 @@ class HostilePort:
     """``InprocPort`` (the very same set-up, whatever it becomes) with ``HostileFrontend``
     guests and a ``WireUplink`` as the master."""
 
-    def __init__(self, guests: Sequence[GuestSpec], *, mode: str = "l2", flag: str = "bridge") -> None:
+    def __init__(self, guests: Sequence[GuestSpec], *, mode: str = "l2", flag: str = "bridge",
+                 regions: dict[str, list[tuple[int, int, int, int]]] | None = None) -> None:
+        regions = regions or {}
         posts = iter([post_rx for *_, post_rx in guests])
+        names_in_order = iter([name for name, *_ in guests])
 
         def frontend(*args: Any, **kwargs: Any) -> HostileFrontend:
-            return HostileFrontend(*args, post_rx=next(posts), **kwargs)
+            fe = HostileFrontend(*args, post_rx=next(posts), **kwargs)
+            fe.extra_regions = list(regions.get(next(names_in_order), ()))
+            return fe
 
         names = vars(inproc)  # InprocPort makes its guests with the module's FakeFrontend: ours
         saved = names["FakeFrontend"]

@@ -140,6 +140,28 @@ def test_link_locals_used_on_the_wire_are_not_learned(lab: Lab) -> None:
     assert lab.port.owner("fe80::3") is lab.a
 
 
+def test_a_link_local_claimed_by_an_na_target_is_learned(lab: Lab) -> None:
+    """An NA for a free link-local passed without being learned: no limit on how many
+    a guest could advertise, and its owner-to-be (say a guest not yet started) was
+    not protected from the squatter."""
+    from vhost_ipvlan.switch.port import MAX_LEARNED_LINK_LOCALS
+
+    def na(target: str) -> Packet:
+        return (Ether(src=A, dst=ALL_NODES) / IPv6(src="fd00::11", dst="ff02::1")
+                / ICMPv6ND_NA(tgt=target, O=1) / ICMPv6NDOptDstLLAddr(lladdr=A))
+
+    assert lab.send(lab.a, na("fe80::99")) == (FLOOD, None)
+    assert lab.port.owner("fe80::99") is lab.a
+    b_uses_it = Ether(src=B, dst=ALL_NODES) / IPv6(src="fe80::99", dst="ff02::1") / ICMPv6EchoRequest()
+    assert lab.send(lab.b, b_uses_it) == drop(DropReason.SRC_IP_SPOOF)
+    results = [lab.send(lab.a, na(f"fe80::1:{i:x}")) for i in range(MAX_LEARNED_LINK_LOCALS)]
+    assert results[-1] == drop(DropReason.TOO_MANY_LINK_LOCALS)
+    both = (Ether(src=A, dst=ALL_NODES) / IPv6(src="fe80::2:1", dst="ff02::1")
+            / ICMPv6ND_NA(tgt="fe80::2:2", O=1) / ICMPv6NDOptDstLLAddr(lladdr=A))
+    lab2 = Lab()
+    assert lab2.send(lab2.a, both) == drop(DropReason.SRC_IP_SPOOF)  # one new link-local per frame
+
+
 def test_on_link_and_prefixes() -> None:
     port = Port("mst0", parse_mac(MASTER))
     port.set_master_prefixes([(ip("10.1.2.3"), 23), (ip("2001:db8::1"), 64), (ip("1.2.3.4"), 99)])
@@ -169,6 +191,12 @@ def test_a_learned_mac_is_never_one_seen_on_the_wire(lab: Lab) -> None:
     trick = Ether(src=ROUTER, dst=BCAST) / ARP(op=1, hwsrc=ROUTER, psrc="10.0.0.13", pdst="10.0.0.254")
     assert lab.send(lab.nomac, trick) == drop(DropReason.SRC_MAC_SPOOF)
     assert lab.nomac.mac is None and parse_mac(ROUTER) not in lab.port.by_mac
+    # nor one the daemon knows as a neighbour's of the master (before the wire spoke)
+    lab.in_use.add(parse_mac("02:00:00:00:00:fd"))
+    trick2 = Ether(src="02:00:00:00:00:fd", dst=BCAST) / ARP(op=1, hwsrc="02:00:00:00:00:fd", psrc="10.0.0.13",
+                                                            pdst="10.0.0.254")
+    assert lab.send(lab.nomac, trick2) == drop(DropReason.SRC_MAC_SPOOF)
+    assert lab.nomac.mac is None
     # so another guest's frames to the router's MAC still leave for the router
     out = Ether(src=A, dst=ROUTER) / IP(src="10.0.0.11", dst="8.8.8.8") / UDP(dport=53)
     assert lab.send(lab.a, out) == (TO_UPLINK, None)
@@ -206,6 +234,28 @@ def test_router_and_dhcp_server_messages_from_guests_are_dropped(lab: Lab) -> No
     client = (Ether(src=A, dst=BCAST) / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67)
               / BOOTP(op=1) / DHCP(options=[("message-type", "discover"), "end"]))
     assert lab.send(lab.a, client) == (FLOOD, None)
+
+
+def test_dhcp_server_messages_from_any_source_port_are_dropped(lab: Lab) -> None:
+    """DHCP clients check only the destination port: a reply from port 1234 was
+    flooded to the other guests (a rogue offer or NAK)."""
+    offer = (Ether(src=A, dst=BCAST) / IP(src="10.0.0.11", dst="255.255.255.255") / UDP(sport=1234, dport=68)
+             / BOOTP(op=2, yiaddr="10.0.0.77") / DHCP(options=[("message-type", "offer"), "end"]))
+    advertise = (Ether(src=A, dst="33:33:00:01:00:02") / IPv6(src="fe80::5054:ff:fe00:11", dst="ff02::1:2")
+                 / UDP(sport=1234, dport=546) / DHCP6_Advertise())
+    assert lab.send(lab.a, offer) == drop(DropReason.DHCP_GUARD)
+    assert lab.send(lab.a, advertise) == drop(DropReason.DHCP_GUARD)
+
+
+def test_a_first_fragment_without_its_upper_layer_header_is_dropped(lab: Lab) -> None:
+    """The RA or DHCPv6 reply would come whole in the next (non-first) fragment,
+    which no guard reads; the empty first fragment was flooded."""
+    for nh, dst in ((58, "ff02::1"), (17, "ff02::1:2")):
+        first = (Ether(src=A, dst=ALL_NODES) / IPv6(src="fe80::5054:ff:fe00:11", dst=dst)
+                 / IPv6ExtHdrFragment(nh=nh, m=1, offset=0, id=7))
+        assert lab.send(lab.a, first) == drop(DropReason.BAD_HEADER)
+    short_udp = bytes(Ether(src=A, dst=BCAST) / IP(src="10.0.0.11", dst="255.255.255.255", proto=17, flags="MF"))
+    assert lab.send(lab.a, short_udp + bytes(8)) == drop(DropReason.BAD_HEADER)  # padding is not the header
 
 
 def test_allow_router_lets_them_through(lab: Lab) -> None:
@@ -250,7 +300,8 @@ def test_extension_header_chains_are_bounded(lab: Lab) -> None:
 
 
 @pytest.mark.parametrize("dst", ["01:80:c2:00:00:00", "01:80:c2:00:00:02", "01:80:c2:00:00:03",
-                                 "01:80:c2:00:00:0e", "01:80:c2:00:00:0f"])
+                                 "01:80:c2:00:00:0e", "01:80:c2:00:00:0f",
+                                 "01:00:0c:cc:cc:cc", "01:00:0c:cc:cc:cd"])  # CDP/DTP/UDLD, PVST+
 def test_8021_control_frames_from_guests_are_dropped(lab: Lab, dst: str) -> None:
     bpdu = Ether(src="52:54:00:00:00:99", dst=dst, type=0x888E) / Raw(bytes(40))
     assert lab.send(lab.nomac, bpdu) == drop(DropReason.L2_CONTROL)
@@ -260,12 +311,28 @@ def test_8021_control_frames_from_guests_are_dropped(lab: Lab, dst: str) -> None
 
 def test_other_01_80_c2_groups_pass(lab: Lab) -> None:
     assert lab.send(lab.a, Ether(src=A, dst="01:80:c2:00:00:10") / Raw(bytes(46))) == (FLOOD, None)
+    assert lab.send(lab.a, Ether(src=A, dst="01:00:0c:cc:cc:ce") / Raw(bytes(46))) == (FLOOD, None)
+
+
+def test_ip_hidden_in_llc_snap_is_dropped(lab: Lab) -> None:
+    """An 802.3 frame carrying IPv4 in LLC/SNAP (RFC 1042) with another guest's source
+    address was "other" traffic: sent to the wire as the host's, or to a guest by its
+    MAC, past every address check."""
+    from scapy.layers.l2 import LLC, SNAP, Dot3
+
+    spoofed = IP(src="10.0.0.12", dst="10.0.0.254") / UDP(sport=53, dport=53)  # b's address
+    for oui, dst in ((0, ROUTER), (0xF8, B)):
+        f = Dot3(src=A, dst=dst) / LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=oui, code=0x0800) / spoofed
+        assert lab.send(lab.a, f) == drop(DropReason.BAD_HEADER)
+    other_snap = Dot3(src=A, dst=ROUTER) / LLC(dsap=0xAA, ssap=0xAA, ctrl=3) / SNAP(OUI=0x00000C, code=0x2000)
+    assert lab.send(lab.a, other_snap / Raw(bytes(40))) == (TO_UPLINK, None)  # not an Ethernet type: passes
 
 
 def test_anonymous_sources_only_for_dhcp_arp_probes_dad_and_mld(lab: Lab) -> None:
     bad = [
         Ether(src=A, dst=MASTER) / IP(src="0.0.0.0", dst="8.8.8.8") / UDP(sport=1234, dport=53),
         Ether(src=A, dst=MASTER) / IP(src="0.0.0.0", dst="10.0.0.12") / ICMP(),
+        Ether(src=A, dst=B) / IP(src="0.0.0.0", dst="10.0.0.12", proto=2) / Raw(bytes(8)),  # IGMP, but unicast
         Ether(src=A, dst=B) / ARP(op=2, hwsrc=A, psrc="0.0.0.0", pdst="10.0.0.12"),
         Ether(src=A, dst=MASTER) / IPv6(src="::", dst="fd00::12") / ICMPv6EchoRequest(),
         Ether(src=A, dst=ALL_NODES) / IPv6(src="::", dst="ff02::1") / ICMPv6ND_NS(tgt="fd00::11"),
@@ -274,24 +341,25 @@ def test_anonymous_sources_only_for_dhcp_arp_probes_dad_and_mld(lab: Lab) -> Non
     for pkt in bad:
         assert lab.send(lab.a, pkt) == drop(DropReason.ANONYMOUS_SRC), pkt.summary()
     assert lab.a.drop_counts() == {"anonymous_src": len(bad)}
-    good = [
+    good: list[Packet] = [
         Ether(src=A, dst=BCAST) / ARP(op=1, hwsrc=A, psrc="0.0.0.0", pdst="10.0.0.11"),
+        igmp3([(4, "239.9.9.9")], src="0.0.0.0"),
         Ether(src=A, dst="33:33:ff:00:00:11") / IPv6(src="::", dst="ff02::1:ff00:11") / ICMPv6ND_NS(tgt="fd00::11"),
         Ether(src=A, dst="33:33:00:00:00:16") / IPv6(src="::", dst="ff02::16") / IPv6ExtHdrHopByHop(
             options=[RouterAlert()]) / ICMPv6MLReport2(records=[ICMPv6MLDMultAddrRec(dst="ff02::1:ff00:11")]),
     ]
-    for pkt in good:
-        assert lab.send(lab.a, pkt) == (FLOOD, None), pkt.summary()
+    for ok in good:
+        assert lab.send(lab.a, ok) == (FLOOD, None), ok.summary()
 
 
 # -- 6. snooping is bounded and sees only frames that pass --------------------------------
 
 
-def igmp3(records: list[tuple[int, str]]) -> Packet:
+def igmp3(records: list[tuple[int, str]], src: str = "10.0.0.11") -> Packet:
     body = b"".join(bytes([t, 0, 0, 0]) + ip(g) for t, g in records)
     report = b"\x22\x00\x00\x00\x00\x00" + len(records).to_bytes(2, "big") + body
     return (Ether(src=A, dst="01:00:5e:00:00:16") /
-            IP(src="10.0.0.11", dst="224.0.0.22", ttl=1, proto=2, options=b"\x94\x04\x00\x00") / Raw(report))
+            IP(src=src, dst="224.0.0.22", ttl=1, proto=2, options=b"\x94\x04\x00\x00") / Raw(report))
 
 
 def test_snooping_reads_at_most_max_records_per_report(lab: Lab) -> None:

@@ -65,10 +65,40 @@ def test_unsealable_memory_that_shrinks_is_replaced_and_flagged(fds: list[int]) 
     assert shrunk(view)
 
 
+@pytest.mark.skipif(not host.guarded(), reason="the SIGBUS guard module is not built")
+def test_touching_many_pages_of_shrunk_memory_adds_no_mappings(fds: list[int]) -> None:
+    """Pages were replaced one at a time, each splitting the mapping: a ring walk over
+    every other page of a truncated file (32768 descriptors) reached vm.max_map_count,
+    the replacement mmap failed and the SIGBUS killed the daemon."""
+    fd = memfd(fds)
+    size = 8 << 20
+    os.ftruncate(fd, size)
+    view = OsHost().map_region(fd, size, 0)
+
+    def mappings() -> int:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    before = mappings()
+    os.ftruncate(fd, 0)
+    for page in range(0, size, 2 * mmap.PAGESIZE):  # every other page: nothing merges
+        assert view[page] == 0
+    assert shrunk(view) and mappings() <= before + 2
+
+
 def test_file_shorter_than_the_region_is_refused(fds: list[int]) -> None:
     for fd in (memfd(fds), memfd(fds, os.MFD_ALLOW_SEALING)):
         with pytest.raises(OSError, match=r"shorter|length"):
             OsHost().map_region(fd, SIZE, 4096)
+
+
+def test_a_region_ending_beyond_what_can_be_mapped_is_refused(fds: list[int]) -> None:
+    """mmap_offset is the front-end's: 2^63 made mmap raise OverflowError, which the
+    connection logged as an unexpected error with its traceback (per attempt)."""
+    for fd in (memfd(fds, os.MFD_ALLOW_SEALING), memfd(fds)):
+        for offset in (1 << 63, 1 << 70):
+            with pytest.raises(OSError, match="beyond what can be mapped"):
+                OsHost().map_region(fd, 4096, offset)
 
 
 def test_without_the_guard_unsealable_memory_is_refused(fds: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,6 +147,76 @@ print("ok")
 """.replace("HUGE_PAGES_UNAVAILABLE", str(HUGE_PAGES_UNAVAILABLE))
 
 
+_HUGETLB_SEALED = """
+import gc, mmap, os, sys
+from vhost_ipvlan.daemon.host import OsHost
+try:
+    fd = os.memfd_create("guest", os.MFD_HUGETLB | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, 2 << 20)
+    mmap.mmap(fd, 2 << 20).close()
+except OSError:
+    sys.exit(HUGE_PAGES_UNAVAILABLE)
+for _ in range(3):  # as many SET_MEM_TABLEs
+    view = OsHost().map_region(fd, 1 << 20, 4096)  # sealed now; ends mid huge page
+    view[0] = 1
+    del view
+    gc.collect()
+left = [line for line in open("/proc/self/maps") if "memfd:guest" in line]
+assert not left, left
+print("ok")
+""".replace("HUGE_PAGES_UNAVAILABLE", str(HUGE_PAGES_UNAVAILABLE))
+
+
+_HUGETLB_PUNCHED = """
+import ctypes, fcntl, mmap, os, sys
+from vhost_ipvlan.daemon.host import OsHost, shrunk
+H = 2 << 20
+def free():
+    return int([line for line in open("/proc/meminfo") if line.startswith("HugePages_Free")][0].split()[1])
+def take(n):  # the front-end keeps every free huge page for itself
+    fd = os.memfd_create("hog", os.MFD_HUGETLB)
+    os.ftruncate(fd, n * H)
+    m = mmap.mmap(fd, n * H)
+    for i in range(n):
+        m[i * H] = 1
+    return m
+try:
+    fd = os.memfd_create("guest", os.MFD_HUGETLB | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, H)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)  # as QEMU
+    mmap.mmap(fd, H).close()
+except OSError:
+    sys.exit(HUGE_PAGES_UNAVAILABLE)
+view = OsHost().map_region(fd, H, 0)
+view[0] = 1
+hogs = [take(free())]
+assert ctypes.CDLL(None).fallocate(fd, 3, ctypes.c_long(0), ctypes.c_long(H)) == 0  # KEEP_SIZE | PUNCH_HOLE
+hogs.append(take(free()))
+assert view[100] == 0 and shrunk(view)  # SIGBUS before: no huge page left to fault in
+print("ok")
+""".replace("HUGE_PAGES_UNAVAILABLE", str(HUGE_PAGES_UNAVAILABLE))
+
+
+@pytest.mark.skipif(not host.guarded(), reason="the SIGBUS guard module is not built")
+def test_sealed_hugetlbfs_memory_with_a_hole_punched_is_guarded() -> None:
+    """F_SEAL_SHRINK does not stop a hole punched in a hugetlb memfd; with the freed
+    huge page taken, the daemon's next access to that page died of SIGBUS."""
+    proc = subprocess.run([sys.executable, "-c", _HUGETLB_PUNCHED], capture_output=True, timeout=60)
+    if proc.returncode == HUGE_PAGES_UNAVAILABLE:
+        pytest.skip("no huge pages (vm.nr_hugepages)")
+    assert proc.returncode == 0 and proc.stdout == b"ok\n", proc.stderr
+
+
+def test_sealed_hugetlbfs_region_ending_mid_huge_page_is_unmapped() -> None:
+    """QEMU seals its hugetlb memfds: a region ending mid huge page was mapped by
+    mmap.mmap, whose munmap of the partial huge page failed: every SET_MEM_TABLE
+    left a mapping (and the guest's huge pages) behind, up to vm.max_map_count."""
+    proc = subprocess.run([sys.executable, "-c", _HUGETLB_SEALED], capture_output=True, timeout=60)
+    if proc.returncode == HUGE_PAGES_UNAVAILABLE:
+        pytest.skip("no huge pages (vm.nr_hugepages)")
+    assert proc.returncode == 0 and proc.stdout == b"ok\n", proc.stderr
+
+
 @pytest.mark.skipif(not host.guarded(), reason="the SIGBUS guard module is not built")
 def test_hugetlbfs_region_ending_mid_huge_page_is_guarded_and_unmapped() -> None:
     """A region on hugetlbfs whose end is not huge-page aligned: the guard replaced a
@@ -140,6 +240,26 @@ def test_eventfd_problem_names_what_is_not_an_eventfd() -> None:
     finally:
         for x in (r, w, fd):
             os.close(x)
+
+
+def test_a_semaphore_eventfd_is_refused() -> None:
+    """EFD_SEMAPHORE: a read takes 1, so a kick whose counter the front-end set to
+    2^64-2 stayed readable: 45k handler calls in 0.3 s (the r13 busy loop, with an
+    eventfd)."""
+    fd = os.eventfd(0, os.EFD_SEMAPHORE)
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            if "eventfd-semaphore" not in f.read():
+                pytest.skip("this kernel does not show eventfd-semaphore in fdinfo")
+        problem = eventfd_problem(fd)
+        assert problem is not None and "semaphore" in problem
+    finally:
+        os.close(fd)
+    plain = os.eventfd(0)
+    try:
+        assert eventfd_problem(plain) is None
+    finally:
+        os.close(plain)
 
 
 def test_signalling_a_full_counter_does_not_block() -> None:

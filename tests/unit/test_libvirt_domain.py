@@ -374,3 +374,23 @@ def test_learn_attribute_asks_for_a_learning_slave() -> None:
     assert "learn" not in r.params()
     with pytest.raises(DomainError, match="learn 'maybe' is not yes or no"):
         slave_requests(domain(nic(), meta(vi(extra=" learn='maybe'"))), SOCKDIR)
+
+
+def test_problems_stay_one_line_whatever_the_xml_holds() -> None:
+    """fuzz (domain): a newline in a path outside the socket directory reached a problem line."""
+    xml = domain(nic(path="/&#10;x/vm1.sock"), nic(mac="52:54:00:00:00:20", path="/run/vhost-ipvlan/b&#10;.sock"),
+                 name="vm&#10;1")
+    found = problems(xml, SOCKDIR)
+    assert found and all("\n" not in p for p in found)
+    assert any("socket /\\nx/vm1.sock is not inside" in p for p in found)
+    assert any("domain 'vm\\n1': the name contains a control character" in p for p in found)
+
+
+def test_problems_and_errors_stay_one_line_whatever_the_xml_holds() -> None:
+    # found by fuzz/h_domain.py: a socket path with an encoded newline made a two-line problem
+    lines = problems(domain(nic(path="/&#10;host-ipvlan/vm1.sock"), meta(vi()), name="vm&#127;1"), SOCKDIR)
+    assert lines and all("\n" not in line and "\x7f" not in line for line in lines), lines
+    assert any("/\\nhost-ipvlan/vm1.sock" in line for line in lines), lines
+    with pytest.raises(DomainError) as e:
+        slave_requests(domain(nic(), meta(vi()), name="vm&#10;1&#127;"), SOCKDIR)
+    assert "\n" not in str(e.value) and "\x7f" not in str(e.value)

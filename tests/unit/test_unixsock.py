@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -160,3 +161,91 @@ def test_a_slave_pinned_to_a_peer_refuses_other_processes(tmp_path: Path, loop: 
         for s in got:
             s.close()
         ep.close()
+
+
+def test_client_role_never_blocks_on_a_full_backlog(tmp_path: Path, loop: asyncio.AbstractEventLoop,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A front-end listening (libvirt mode='server') that fills its own backlog and
+    never accepts: the daemon's blocking connect() hung the event loop forever."""
+    path = tmp_path / "vm1.sock"
+    device: Any = SimpleNamespace(slave=SimpleNamespace(name="vm1"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(0)
+        fillers = []
+        for _ in range(4):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(str(path))
+            except BlockingIOError:
+                pass
+            fillers.append(s)
+        ep = Endpoint(path, "client", device, loop)
+        got: list[socket.socket] = []
+        monkeypatch.setattr(ep, "_attach", got.append)
+        attempt = threading.Thread(target=ep._connect, daemon=True)  # a thread: the old code never returned
+        try:
+            attempt.start()
+            attempt.join(10)
+            assert not attempt.is_alive(), "connect() blocked the event loop"
+            assert not got and ep._retry is not None  # no connection; a retry is scheduled
+        finally:
+            for s in fillers:
+                s.close()
+    attempt.join(10)
+    ep.close()
+
+
+def test_refused_peers_are_logged_within_a_budget(tmp_path: Path, loop: asyncio.AbstractEventLoop,
+                                                  caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process in group kvm connecting in a loop to a pinned slave logged one
+    WARNING per attempt (log flooding, audit 12)."""
+    from vhost_ipvlan.daemon import endpoint
+    from vhost_ipvlan.daemon.lograte import RateLimitedLog
+
+    monkeypatch.setattr(endpoint, "_refusals", RateLimitedLog(endpoint.log))  # a fresh budget
+    device: Any = SimpleNamespace(slave=SimpleNamespace(name="vm1"))
+    ep = Endpoint(tmp_path / "vm1.sock", "server", device, loop, peer=(os.geteuid() + 1, None))
+    ep.start()
+    try:
+        with caplog.at_level("WARNING", logger="vhost_ipvlan.endpoint"):
+            for _ in range(50):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                    c.connect(str(tmp_path / "vm1.sock"))
+                    ep._accept()
+        refused = [r for r in caplog.records if "refused a front-end" in r.getMessage()]
+        assert 1 <= len(refused) <= 10
+    finally:
+        ep.close()
+
+
+def test_client_role_never_connects_through_a_symlink(tmp_path: Path, loop: asyncio.AbstractEventLoop,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU-listens sockets sit in a directory group kvm can write: a hostile QEMU
+    linked its socket's name to another VM's listening socket, and the root daemon
+    connected there (that VM's QEMU became this slave)."""
+    qemu = tmp_path / "qemu"
+    qemu.mkdir()
+    device: Any = SimpleNamespace(slave=SimpleNamespace(name="vm1"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other_vm:
+        other_vm.bind(str(qemu / "vm2.sock"))
+        other_vm.listen(1)
+        (qemu / "vm1.sock").symlink_to(qemu / "vm2.sock")
+        ep = Endpoint(qemu / "vm1.sock", "client", device, loop)
+        got: list[socket.socket] = []
+        monkeypatch.setattr(ep, "_attach", got.append)
+        try:
+            ep._connect()
+            assert not got and ep._retry is not None
+            (qemu / "vm1.sock").unlink()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as vm1:
+                vm1.bind(str(qemu / "vm1.sock"))
+                vm1.listen(1)
+                ep._connect()  # a real socket at the path: connected
+                assert len(got) == 1
+        finally:
+            for s in got:
+                s.close()
+            ep.close()

@@ -152,6 +152,22 @@ def test_resumes_at_used_index() -> None:
     assert q.used_idx == 7 and q.last_avail == 7
 
 
+def test_base_disagreeing_with_the_used_index_is_replaced_by_it() -> None:
+    """DPDK's virtio-user reconnects with base 0 to rings that moved on: resume at used.idx."""
+    ram, dq, _ = make()
+    struct.pack_into("<H", ram, dq.used + 2, 17280 & 0xFFFF)
+    struct.pack_into("<H", ram, dq.avail + 2, (17280 + 16) & 0xFFFF)  # a full ring waiting
+    mem = GuestMemory([Region(0, SIZE, UVA, memoryview(ram))])
+    q = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 0, event_idx=False)
+    assert (q.resynced_from, q.last_avail, q.used_idx) == (0, 17280, 17280)
+    assert q.pending() == 16
+    same = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 17280, event_idx=False)
+    assert same.resynced_from is None and same.last_avail == 17280
+    kept = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 17281, event_idx=False,
+                      resync=False)
+    assert kept.resynced_from is None and kept.last_avail == 17281
+
+
 def post_rx(dq: DriverQueue, count: int, size: int) -> None:
     for i in range(count):
         dq.set_desc(i, DATA + i * 4096, size, VRING_DESC_F_WRITE)
@@ -382,3 +398,32 @@ def test_a_bad_first_chain_is_walked_once_per_avail_index() -> None:
     dq.make_available(8)
     assert net.rx_deliver(q, frame, True) == net.RX_BAD_BUFFER  # looked at again: still bad
     assert q.walked == 34 and q.pending() == 9
+
+
+@pytest.mark.parametrize(("mergeable", "chains", "result"), [
+    (True, 16, net.RX_BAD_BUFFER),  # the walk reached num descriptors
+    (True, 1, net.RX_RING_FULL),  # every pending chain counted, not enough room
+    (False, 16, net.RX_TOO_BIG),  # one chain, too small
+])
+def test_a_frame_that_did_not_fit_is_not_walked_again_for_the_next_frames(
+        mergeable: bool, chains: int, result: int) -> None:
+    """Chains of 12 bytes spread over ``num`` descriptors (each an indirect table: one
+    12-byte descriptor, the rest empty): every frame walked ``num`` descriptors again
+    and failed the same way (a 32768-entry ring: 3.7 s for one burst of 256 frames).
+    Now the first failure is remembered with the room found: bigger frames fail at
+    once; a frame that fits that room is still delivered."""
+    ram, dq, q = make(num=16)
+    table = DATA + 0x10000
+    zero_length_table(ram, table, 16, VRING_DESC_F_WRITE)
+    struct.pack_into("<I", ram, table + 8, net.HDR_LEN)  # the first descriptor holds 12 bytes
+    for i in range(chains):
+        dq.set_desc(i, table, 16 * 16, VRING_DESC_F_INDIRECT)
+        dq.make_available(i)
+    frame = memoryview(bytearray(net.HDR_LEN + 60))
+    assert net.rx_deliver(q, frame, mergeable) == result
+    once = q.walked
+    for _ in range(10):
+        assert net.rx_deliver(q, frame, mergeable) == result
+    assert q.walked == once and q.pending() == chains and q.used_idx == 0
+    assert net.rx_deliver(q, memoryview(bytearray(net.HDR_LEN)), mergeable) == net.RX_OK  # it fits: walked
+    assert q.used_idx == 1

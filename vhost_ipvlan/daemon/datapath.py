@@ -14,6 +14,12 @@ Rules:
   TX queue and one per uplink, verdicts are ints.
 - A frame a receiver cannot take (ring full, offload it did not negotiate, too
   big) is dropped and counted on that receiver; nothing is queued.
+- Walking a receive ring for frames it then does not take is budgeted per burst
+  (``RX_WASTE_BUDGET`` descriptors per receiver, plus the walk that crosses it):
+  beyond it, the rest of the burst is delivered only into single buffers that
+  fit (``rx_deliver(walk=False)``). A guest that keeps changing its ring while
+  frames come (``virtio.net`` remembers a failed walk only while the ring stays
+  as it was) costs one budget per burst, not a walk per frame.
 - A guest that breaks its ring (``GuestError``) gets that queue stopped and
   counted; the daemon and the other guests go on.
 - A TX drain is bounded in frames (``BURST``) and in descriptors walked
@@ -22,6 +28,9 @@ Rules:
   the rest is rescheduled so one guest cannot starve the others. The C
   accelerator forwards single-descriptor chains only, so it is given the smaller
   of the two budgets as its frame budget and stops exactly where Python would.
+  Every copy of a flooded (multicast/broadcast) frame counts as one more frame
+  of the burst's budget, from a TX ring and from the uplink alike; a group frame
+  longer than ``max_frame`` (GSO or not) is dropped ``mtu_exceeded`` uncopied.
 - A TX chain shorter than the 12-byte virtio_net_hdr (zero-length included) is a
   ``runt`` drop: it adds nothing to ``tx_packets``/``tx_bytes``.
 - An unexpected exception (not ``GuestError``: a bug, or the C accelerator
@@ -91,6 +100,8 @@ def accelerated() -> bool:
 BURST = 256
 #: descriptors one TX drain may walk before it reschedules (see the rules)
 DESC_BUDGET = 4 * BURST
+#: descriptors a receive queue may walk for frames it then did not take, per burst
+RX_WASTE_BUDGET = 4 * BURST
 ETH_HLEN = 14
 RESCAN_INTERVAL = 0.2
 ERROR_LOG_INTERVAL = 10.0
@@ -139,6 +150,8 @@ class NetDevice:
         self.buf = bytearray(net.MAX_BUFFER)
         self.view = memoryview(self.buf)
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        #: descriptors walked this burst for frames not taken (``RX_WASTE_BUDGET``)
+        self.rx_waste = 0
         # RX counters the C accelerator adds to (two native u64: packets, bytes)
         self.fast_rx = bytearray(16)
         self._fast: tuple[tuple[int, int, int], bytes, frozenset[bytes]] | None = None
@@ -278,8 +291,7 @@ class NetDevice:
                         self.tx_packets += nf
                         self.tx_bytes += nb
                         if status == fp.SLOW_FRAME:
-                            budget -= 1
-                            self._from_guest(length)
+                            budget = max(0, budget - 1 - self._from_guest(length))
                             fast = self.dp.fast_args(self)  # the frame may have changed state
                             continue
                         if status == fp.ERROR:  # the frame, if any, was given back
@@ -296,11 +308,11 @@ class NetDevice:
                     q.push(head, 0)
                     budget -= 1
                     if self.tx_enabled:
-                        self._from_guest(length)
+                        budget = max(0, budget - self._from_guest(length))
                         if fast is not None:  # the frame may have changed state (a target's ring broken)
                             fast = self.dp.fast_args(self)
-                if q.publish() and self.tx_call is not None:
-                    eventfd_signal(self.tx_call)
+                if q.publish() and self.tx_call is not None and not eventfd_signal(self.tx_call):
+                    self.drops["call_failed"] += 1
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
@@ -311,18 +323,20 @@ class NetDevice:
         finally:
             self.dp.flush()
 
-    def _from_guest(self, length: int) -> None:
-        """Count and switch one frame taken from the TX ring (``view[:length]``)."""
+    def _from_guest(self, length: int) -> int:
+        """Count and switch one frame taken from the TX ring (``view[:length]``);
+        return how many copies of it went to other guests (the burst pays for them)."""
         if length < net.HDR_LEN:
             self.drops["runt"] += 1
-            return
+            return 0
         self.tx_packets += 1
         self.tx_bytes += length - net.HDR_LEN
         try:
-            self.dp.from_guest(self, length)
+            return self.dp.from_guest(self, length)
         except Exception as e:  # a bug must cost one frame, not the daemon
             self.drops["internal_error"] += 1
             internal_error_log(f"slave {self.slave.name}: a frame from the guest dropped", e)
+            return 0
 
     # -- switch -> guest ----------------------------------------------------------------
 
@@ -336,11 +350,16 @@ class NetDevice:
         if (flags or gso) and not net.offload_ok(flags, gso, self.takes_csum, self.gso_mask, self.ecn):
             self.drops["offload_unsupported"] += 1
             return
+        before = q.walked
         try:
-            rc = net.rx_deliver(q, buf, self.mergeable)
+            rc = net.rx_deliver(q, buf, self.mergeable, self.rx_waste <= RX_WASTE_BUDGET)
         except GuestError as e:
             self.break_queue(RX, e)
             return
+        if rc != net.RX_OK and q.walked != before:
+            if not self.rx_waste:
+                self.dp.wasteful.add(self)
+            self.rx_waste += q.walked - before
         if rc == net.RX_OK:
             self.rx_packets += 1
             self.rx_bytes += len(buf) - net.HDR_LEN
@@ -370,6 +389,8 @@ class PortDatapath:
         self.loop = loop
         self.devices: dict[str, NetDevice] = {}
         self.dirty: set[NetDevice] = set()
+        #: devices with ``rx_waste`` to forget at the end of the burst
+        self.wasteful: set[NetDevice] = set()
         self.buf = bytearray(net.MAX_BUFFER)
         self.view = memoryview(self.buf)
         self.uplink_rx = self.uplink_tx = 0
@@ -479,13 +500,17 @@ class PortDatapath:
                 dev.flush_rx()
         finally:
             self._flushing = False
+            wasteful = self.wasteful
+            while wasteful:
+                wasteful.pop().rx_waste = 0
 
     def _device(self, slave: Slave) -> NetDevice:
         return self.devices[slave.name]
 
-    def from_guest(self, dev: NetDevice, length: int) -> None:
+    def from_guest(self, dev: NetDevice, length: int) -> int:
         """Switch the frame in ``dev.view[:length]`` taken from ``dev``'s TX ring
-        (``length`` >= the 12-byte header: ``NetDevice`` drops runts)."""
+        (``length`` >= the 12-byte header: ``NetDevice`` drops runts); return the
+        number of copies flooded to other guests (0 for anything else)."""
         buf = dev.view
         action, arg = self.port.from_guest(dev.slave, buf[net.HDR_LEN : length])
         if action == TO_UPLINK:
@@ -503,14 +528,20 @@ class PortDatapath:
                 buf[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
             target.deliver(buf[:length])
         elif action == FLOOD:
+            if length > self.max_frame:  # GSO or not: a group frame the wire could not carry
+                dev.drops["mtu_exceeded"] += 1
+                return 0
             frame = buf[:length]
             dst = buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes()
+            copies = 0
             for other in self.devices.values():
                 if other is not dev and other.slave.up and other.slave.mcast.accepts(dst):
                     other.deliver(frame)
+                    copies += 1
             if self.hostlink is not None:
                 self._answer_for_host(dev, buf[net.HDR_LEN : length])
             self._to_uplink(dev, buf, length)
+            return copies
         elif action == TO_HOST:
             self._to_host(dev, buf, length)
         elif action == ROUTE:
@@ -518,6 +549,7 @@ class PortDatapath:
         elif action == ANSWER:
             self._answer(dev, buf[net.HDR_LEN : length])
         # DROP: the switch has counted it on the slave
+        return 0
 
     def _to_host(self, dev: NetDevice, buf: memoryview, length: int) -> None:
         if self.hostlink is None:
@@ -584,7 +616,9 @@ class PortDatapath:
 
     def _uplink_readable(self) -> None:
         view = self.view
-        for _ in range(BURST):
+        budget = BURST  # frames read plus copies flooded to guests
+        while budget > 0:
+            budget -= 1
             try:
                 length = self.uplink.recv(view)
             except OSError as e:
@@ -598,14 +632,15 @@ class PortDatapath:
                 continue
             self.uplink_rx += 1
             try:
-                self._from_uplink(length)
+                budget -= self._from_uplink(length)
             except Exception as e:  # a bug must cost one frame, not the daemon
                 self.drops["internal_error"] += 1
                 internal_error_log(f"master {self.uplink.master}: a frame from the wire dropped", e)
         self.flush()
 
-    def _from_uplink(self, length: int) -> None:
-        """Switch the frame in ``view[:length]`` read from the uplink."""
+    def _from_uplink(self, length: int) -> int:
+        """Switch the frame in ``view[:length]`` read from the uplink; return the
+        number of copies flooded to guests (0 for anything else)."""
         view = self.view
         frame = view[net.HDR_LEN : length]
         action, arg = self.port.from_uplink(frame)
@@ -614,7 +649,7 @@ class PortDatapath:
             mac = dev.slave.mac
             if mac is None:
                 dev.drops["mac_unknown"] += 1
-                return
+                return 0
             to_guest(frame, length - net.HDR_LEN, mac, self.port.master_mac)
             if self.l3:
                 view[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
@@ -626,9 +661,16 @@ class PortDatapath:
                                                                        net.HDR_LEN + len(reply)):
                 self.uplink_tx += 1
         elif action == FLOOD:
+            if length > self.max_frame:  # a coalesced (GRO) group frame: no guest needs it whole
+                self.drops["mtu_exceeded"] += 1
+                return 0
             out = view[:length]
             dst = frame[:6].tobytes()
+            copies = 0
             for dev in self.devices.values():
                 if dev.slave.up and dev.slave.mcast.accepts(dst):
                     dev.deliver(out)
+                    copies += 1
+            return copies
         # PASS: the host's; DROP: the switch has counted it in port.uplink_drops
+        return 0

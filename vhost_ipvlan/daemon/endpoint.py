@@ -11,11 +11,17 @@ Rules:
   users can write is warned about.
 - ``peer_uid``/``peer_gid`` (optional, per slave) pin the slave to a front-end
   process: a connection (either role) whose peer credentials (SO_PEERCRED) differ is
-  closed and logged. Without them, any process that may open the socket (group
+  closed and logged (rate-limited per slave, as refusals are). Without them, any process that may open the socket (group
   ``kvm``) can be an idle slave (README, "Security").
 - ``client`` role: the daemon connects to a socket the front-end listens on
   (libvirt ``mode='server'``), and retries every ``RETRY`` seconds until it
-  succeeds, and again after every disconnect.
+  succeeds, and again after every disconnect. The connect never blocks: a
+  listener whose backlog is full (a front-end that does not accept) is a retry.
+  It connects only to a socket file at the path itself, never through a symlink
+  (opened ``O_PATH|O_NOFOLLOW``, checked, then connected through that descriptor):
+  QEMU-listens sockets live in a directory group ``kvm`` can write, where a
+  symlink to another VM's listening socket (or the daemon's own, or any service's)
+  would hand this slave to whoever listens there.
 - After a disconnect the device's rings are gone and the slave is down until the
   next front-end sets them up again; the switch keeps the slave and its addresses.
 """
@@ -24,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import stat
 import struct
 from pathlib import Path
 
@@ -38,6 +46,10 @@ from .lograte import RateLimitedLog
 log = logging.getLogger("vhost_ipvlan.endpoint")
 RETRY = 1.0
 _refusals = RateLimitedLog(log)  # refused connections are logged within a budget per slave
+
+
+class _NotASocket(Exception):
+    pass
 
 
 class Endpoint:
@@ -107,8 +119,21 @@ class Endpoint:
         if self.closed or self.conn is not None:
             return
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)  # a full backlog is EAGAIN (retried), never a loop blocked in connect()
         try:
-            sock.connect(str(self.path))
+            target = os.open(self.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if not stat.S_ISSOCK(os.fstat(target).st_mode):
+                    raise _NotASocket()
+                sock.connect(f"/proc/self/fd/{target}")  # the very file checked: no symlink swapped in
+            finally:
+                os.close(target)
+        except _NotASocket:
+            sock.close()
+            _refusals.log(self.name, logging.WARNING, "slave %s: %s is not a socket (a symlink?): not connecting",
+                          self.name, self.path)
+            self._retry = self.loop.call_later(RETRY, self._connect)
+            return
         except OSError as e:
             sock.close()
             log.debug("slave %s: cannot connect to %s yet: %s", self.name, self.path, e)
@@ -127,14 +152,15 @@ class Endpoint:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", creds)
         if self.peer_uid not in (None, uid) or self.peer_gid not in (None, gid):
-            log.warning("slave %s: refused a front-end (pid %d, uid %d, gid %d): the slave is pinned to "
-                        "uid %s gid %s", self.name, pid, uid, gid, self.peer_uid, self.peer_gid)
+            _refusals.log(self.name, logging.WARNING, "slave %s: refused a front-end (pid %d, uid %d, gid %d): "
+                          "the slave is pinned to uid %s gid %s", self.name, pid, uid, gid, self.peer_uid,
+                          self.peer_gid)
             return False
         return True
 
     def _attach(self, sock: socket.socket) -> None:
         self.connections += 1
-        session = Session(self.host, self.device)
+        session = Session(self.host, self.device, log=lambda msg: log.warning("slave %s: %s", self.name, msg))
         self.device.attach(session)
         self.conn = Connection(sock, session, self.loop, self.name, self._closed)
         log.info("slave %s: front-end connected (%s)", self.name, self.role)

@@ -10,6 +10,10 @@ Rules:
   is mapped only if its file cannot shrink under us:
   * a memfd sealed with F_SEAL_SHRINK (QEMU's memory-backend-memfd) is mapped as is;
   * a memfd that allows sealing gets F_SEAL_SHRINK added here;
+  * but never on hugetlbfs: a front-end may punch a hole in a sealed hugetlb memfd
+    (F_SEAL_SHRINK allows it) and take the freed huge page, and the next access
+    finds no huge page to fault in: SIGBUS all the same. Hugetlbfs memory always
+    goes through the guard;
   * anything else (DPDK's memfds, hugetlbfs or other files) is mapped through the
     SIGBUS guard (``_guard.c``): a page that disappears is replaced by a zero page
     and the mapping flagged; ``on_memory_shrunk`` then tells the event loop, which
@@ -17,10 +21,15 @@ Rules:
   * without the guard module such memory is refused, on one line, unless
     ``VHOST_IPVLAN_UNGUARDED_MEMORY=1`` is set (then a shrinking file kills the
     daemon, as before).
-  A file shorter than the region's end is refused in every case.
+  A file shorter than the region's end is refused in every case. On hugetlbfs
+  whole huge pages are mapped (here and in the guard): a partial one cannot be
+  unmapped, and the mapping would outlive the connection.
 - Kick, call and err descriptors must be eventfds (``/proc/self/fd/N`` reads
-  ``anon_inode:[eventfd]``) and are made non-blocking: signalling or draining one
-  never blocks the loop (a full counter is EAGAIN: the signal is counted as lost).
+  ``anon_inode:[eventfd]``), not in semaphore mode (fdinfo ``eventfd-semaphore: 1``:
+  one read takes 1 from the counter, so a kick with a huge counter would stay
+  readable and spin the loop, as a pipe did), and are made non-blocking: signalling
+  or draining one never blocks the loop (a full counter is EAGAIN: the signal is
+  counted as lost).
 - ``fence`` is a full memory barrier: CPython has no fence primitive, but taking
   and releasing an uncontended lock executes a lock-prefixed instruction on x86.
 """
@@ -32,6 +41,7 @@ import fcntl
 import logging
 import mmap
 import os
+import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
@@ -107,9 +117,12 @@ class OsHost:
         """Map ``[offset, offset + size)`` of ``fd`` (see the rules above); OSError
         with a one-line reason if the memory is refused."""
         length = offset + size
-        if shrink_sealed(fd):  # sealed first, then the size checked: it cannot change any more
+        if length > sys.maxsize:  # mmap would raise OverflowError: a traceback, not a refusal
+            raise OSError(f"the region's end at {length:#x} (mmap_offset + size) is beyond what can be mapped")
+        if not _hugetlbfs(fd) and shrink_sealed(fd):  # sealed first, then the size checked
             try:
-                mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                mm = mmap.mmap(fd, _whole_pages(fd, length), flags=mmap.MAP_SHARED,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
             except ValueError as e:  # e.g. the file is shorter than the region claims
                 raise OSError(str(e)) from e
             log.debug("mapped %d bytes of a memfd sealed against shrinking", length)
@@ -123,7 +136,7 @@ class OsHost:
         if os.environ.get(ALLOW_UNGUARDED) != "1":
             raise OSError("the memory is not sealed against shrinking (F_SEAL_SHRINK) and the SIGBUS guard "
                           f"(vhost_ipvlan._guard) is not built: refused (set {ALLOW_UNGUARDED}=1 to accept it)")
-        mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        mm = mmap.mmap(fd, _whole_pages(fd, length), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         return memoryview(mm)[offset:length]
 
     def close_fd(self, fd: int) -> None:
@@ -148,11 +161,47 @@ def eventfd_problem(fd: int) -> str | None:
         return f"unusable ({e.strerror})"
     if target != EVENTFD_LINK:
         return repr(target)  # e.g. 'pipe:[1234]', 'socket:[5678]', '/dev/null'
+    if _semaphore(fd):
+        return "an eventfd in semaphore mode (a read takes 1 from its counter: it would stay readable)"
     try:
         os.set_blocking(fd, False)
     except OSError as e:
         return f"an eventfd that cannot be made non-blocking ({e.strerror})"
     return None
+
+
+def _hugetlbfs(fd: int) -> bool:
+    """Whether ``fd``'s file is on hugetlbfs (its block is bigger than a page)."""
+    try:
+        return os.fstatvfs(fd).f_bsize > mmap.PAGESIZE
+    except OSError:
+        return False
+
+
+def _whole_pages(fd: int, length: int) -> int:
+    """``length`` rounded up to the file system's block (hugetlbfs: the huge page), if
+    the file is that long. The kernel maps whole huge pages anyway, but munmap of a
+    partial one fails: mmap's close left the mapping behind (and the guest's huge
+    pages with it) at every SET_MEM_TABLE."""
+    try:
+        block = os.fstatvfs(fd).f_bsize
+        size = os.fstat(fd).st_size
+    except OSError:
+        return length
+    if block <= 0 or block & (block - 1):
+        return length
+    whole = (length + block - 1) & ~(block - 1)
+    return whole if whole <= size else length
+
+
+def _semaphore(fd: int) -> bool:
+    """Whether the eventfd ``fd`` was made with EFD_SEMAPHORE (kernels that say so in
+    fdinfo; older ones cannot be asked and pass)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
+            return any(line.split() == ["eventfd-semaphore:", "1"] for line in f)
+    except OSError:
+        return False
 
 
 def eventfd_signal(fd: int) -> bool:

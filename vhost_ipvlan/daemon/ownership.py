@@ -14,7 +14,8 @@ Rules:
   prefixes and its unicast routes without a gateway, so an address-less master
   with ``ip route add 192.0.2.0/24 dev eth0`` has a link too), and
   ``in_use`` (``Port.in_use``) names the master's gateways (routes through it)
-  and neighbours in use (``NUD_REACHABLE|STALE|DELAY|PROBE|PERMANENT``), read at
+  and neighbours in use (``NUD_REACHABLE|STALE|DELAY|PROBE|PERMANENT``), their
+  addresses and MACs, read at
   most once per ``IN_USE_REFRESH`` seconds and master, only when a learn would
   otherwise succeed; a failed read keeps the last set.
 - Learning-mode slaves: ``learned`` (``Port.on_learn``) logs each learned address
@@ -41,7 +42,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import config as cfg
 from ..errors import UplinkError
-from ..net.addr import format_ip
+from ..net.addr import format_ip, parse_mac
 from ..switch.port import Port, Slave
 from ..switch.source import learnable_more
 from .rtnl import Rtnl, message_address
@@ -69,6 +70,7 @@ class Ownership:
         #: master -> its port, whose prefixes follow ``master_addresses``
         self.ports: dict[str, Port] = {}
         self._in_use: dict[str, tuple[float, frozenset[bytes]]] = {}
+        self.clock: Callable[[], float] = time.monotonic
 
     def _call(self) -> Rtnl:
         if self._rtnl is None:
@@ -121,7 +123,7 @@ class Ownership:
 
     def in_use(self, master: str, addr: bytes) -> bool:
         """``Port.in_use``: ``addr`` is a gateway or an in-use neighbour of ``master``."""
-        now = time.monotonic()
+        now = self.clock()
         cached = self._in_use.get(master)
         if cached is None or now - cached[0] >= IN_USE_REFRESH:
             try:
@@ -135,8 +137,8 @@ class Ownership:
     def _read_in_use(self, master: str) -> frozenset[bytes]:
         rtnl = self._call()
         index = socket.if_nametoindex(master)
-        texts: list[object] = [m.get_attr("NDA_DST") for m in rtnl.call("get_neighbours", ifindex=index)
-                               if m["state"] & NUD_IN_USE]
+        neighbours = [m for m in rtnl.call("get_neighbours", ifindex=index) if m["state"] & NUD_IN_USE]
+        texts: list[object] = [m.get_attr("NDA_DST") for m in neighbours]
         for family in (socket.AF_INET, socket.AF_INET6):
             texts += [m.get_attr("RTA_GATEWAY") for m in rtnl.call("get_routes", family=family, oif=index)]
         out = set()
@@ -144,6 +146,11 @@ class Ownership:
             if isinstance(text, str):
                 with contextlib.suppress(ValueError):
                     out.add(ipaddress.ip_address(text).packed)
+        for m in neighbours:  # their MACs too (6 bytes: no address has that length)
+            mac = m.get_attr("NDA_LLADDR")
+            if isinstance(mac, str):
+                with contextlib.suppress(ValueError):
+                    out.add(parse_mac(mac))
         return frozenset(out)
 
     def check_master(self, where: str, port: Port, addresses: tuple[cfg.IPInterface, ...],

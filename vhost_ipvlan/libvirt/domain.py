@@ -63,8 +63,21 @@ QEMU_SUBDIR = "qemu"  # <socket dir>/qemu: QEMU-listens sockets (QEMU creates th
 ROLE = {"client": "server", "server": "client"}  # libvirt's mode (QEMU's role) -> the daemon's socket_mode
 
 
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x7f``): names and
+    paths from a domain XML go into messages and logs, which must stay one line."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class DomainError(ConfigError):
-    """The domain XML does not say what vhost-ipvlan needs (one line)."""
+    """The domain XML does not say what vhost-ipvlan needs (one line: control
+    characters from the XML are escaped)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 @dataclass(frozen=True)
@@ -344,6 +357,10 @@ def problems(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR, *, msix_bug: bool 
         dom = parse(xml)
     except DomainError as e:
         return [str(e)]
+    return [one_line(line) for line in _problems(dom, socket_dir, msix_bug)]
+
+
+def _problems(dom: Domain, socket_dir: Path, msix_bug: bool) -> list[str]:
     out: list[str] = []
     vhost = dom.interfaces
     if not vhost:

@@ -11,11 +11,20 @@ Rules:
   -> L2_CONTROL. They would leave as the host's (translated) and make the
   switch port err-disable, log the host off 802.1X, or break its LAG; a Linux
   bridge never forwards them either. (PAUSE is MAC_CONTROL, in ``policy``.)
+  Cisco's 01:00:0c:cc:cc:cc (CDP, VTP, DTP, UDLD, PAgP) and 01:00:0c:cc:cc:cd
+  (PVST+/Rapid-PVST+ BPDUs) too -> L2_CONTROL: BPDU guard and UDLD err-disable the
+  host's port on them, DTP negotiates it into a trunk.
 - RA-guard (RFC 6105) and DHCP-server guard, unless the slave allows it
   (``Slave.allow_router``): ICMPv6 Router Advertisement (134) and Redirect (137)
-  -> RA_GUARD; DHCPv4 server replies (UDP 67 -> 68) and DHCPv6 server/relay
-  messages (UDP source port 547) -> DHCP_GUARD. Otherwise a guest becomes the
-  other guests' router (their egress delivered to it) or hands out leases.
+  -> RA_GUARD; DHCPv4 server messages (UDP from port 67, or to the client port
+  68) and DHCPv6 server/relay messages (UDP from port 547, or to the client port
+  546) -> DHCP_GUARD. Clients check only the destination port (dhclient,
+  systemd-networkd, udhcpc), so the source port alone would not do. Otherwise a
+  guest becomes the other guests' router (their egress delivered to it) or hands
+  out leases.
+- A UDP or ICMPv6 header cut short by the end of the packet -> BAD_HEADER: a
+  first fragment must carry it (RFC 8200 §4.5, RFC 7112), else its ports or type
+  would arrive in a later fragment that no guard reads.
 - IPv6 extension headers are walked (``frames.ipv6_upper``: Hop-by-Hop, Routing,
   Fragment, Destination Options; at most ``MAX_EXT_HEADERS``): NDP (ICMPv6
   133-137) behind any extension header -> NDP_EXT_HEADER, whatever
@@ -24,11 +33,17 @@ Rules:
   (``net.translate``) only ever see NDP right after the IPv6 header, and need
   not walk. A chain that runs past the payload or is longer than
   ``MAX_EXT_HEADERS`` -> BAD_HEADER.
-- Anonymous sources: IPv4 source 0.0.0.0 only for a DHCP client (UDP 68 -> 67),
-  ARP sender 0.0.0.0 only in a request (an RFC 5227 probe); IPv6 source ``::``
+- Anonymous sources: IPv4 source 0.0.0.0 only for a DHCP client (UDP 68 -> 67)
+  and IGMP to a multicast destination (RFC 3376 §4.2.13: a host without an
+  address reports from it; reports and leaves go to groups, never unicast), ARP
+  sender 0.0.0.0 only in a request (an RFC 5227 probe); IPv6 source ``::``
   only for a DAD NS (ICMPv6 135 right after the header, to a solicited-node group)
   and MLD reports (ICMPv6 131, 132, 143). Anything else -> ANONYMOUS_SRC: it would
   leave unattributable.
+- An 802.3 frame (length field) whose LLC/SNAP header carries an Ethernet type
+  (OUI 00-00-00, RFC 1042, or 00-00-f8, 802.1H) -> BAD_HEADER: IPv4, ARP or IPv6
+  in that form would pass as "other" traffic, past every address check, and
+  hosts should accept RFC 1042 IP (RFC 1122 §2.3.3).
 - Non-first IPv4/IPv6 fragments carry no upper-layer header: only the anonymous
   source rule applies to them.
 - Cheap for the common case: an IPv4 TCP/UDP frame from a real source costs two
@@ -49,6 +64,7 @@ from ..net.frames import (
     L3_IPV4,
     L3_IPV6,
     L3_ND_NS,
+    L3_OTHER,
     ND_NEIGHBOR_SOLICIT,
     ND_REDIRECT,
     ND_ROUTER_ADVERT,
@@ -63,9 +79,16 @@ if TYPE_CHECKING:
     from .port import Slave
 
 IEEE_RESERVED: Final = b"\x01\x80\xc2\x00\x00"  # 01:80:c2:00:00:0X (X < 0x10)
+CISCO_CONTROL: Final = b"\x01\x00\x0c\xcc\xcc"  # 01:00:0c:cc:cc:cc (CDP, ...) and :cd (PVST+)
+LLC_SNAP: Final = b"\xaa\xaa\x03"  # 802.2 LLC header of a SNAP frame
+ETHERTYPE_OUIS: Final = (b"\x00\x00\x00", b"\x00\x00\xf8")  # RFC 1042, 802.1H: an Ethernet type follows
+IPPROTO_IGMP: Final = 2
 DHCP_SERVER_PORT: Final = 67
 DHCP_CLIENT_PORT: Final = 68
 DHCPV6_SERVER_PORT: Final = 547
+DHCPV6_CLIENT_PORT: Final = 546
+UDP_HLEN: Final = 8
+ICMPV6_HLEN: Final = 4
 MLD_TYPES: Final = frozenset((131, 132, 143))  # MLDv1 report, done; MLDv2 report
 _SOLICITED_NODE: Final = bytes.fromhex("ff02" + "00" * 9 + "01ff")  # ff02::1:ff00:0/104
 
@@ -80,7 +103,8 @@ _ARP_OP: Final = ETH_HLEN + 6  # the 16-bit ARP opcode
 
 def check_guard(slave: Slave, frame: Frame, kind: int, dst: bytes, l3src: bytes) -> DropReason | None:
     """``None`` if a guest may send ``frame`` (already ``classify``-ed), else why not."""
-    if dst[0] == 0x01 and dst[5] < 0x10 and dst[:5] == IEEE_RESERVED:
+    if dst[0] == 0x01 and ((dst[5] < 0x10 and dst[:5] == IEEE_RESERVED) or
+                           (dst[5] in (0xCC, 0xCD) and dst[:5] == CISCO_CONTROL)):
         return _L2_CONTROL
     if kind == L3_IPV4:
         return _ipv4(slave, frame, l3src)
@@ -88,18 +112,22 @@ def check_guard(slave: Slave, frame: Frame, kind: int, dst: bytes, l3src: bytes)
         return _ipv6(slave, frame, kind, l3src)
     if kind == L3_ARP and l3src == ZERO_V4 and (frame[_ARP_OP] != 0 or frame[_ARP_OP + 1] != ARPOP_REQUEST):
         return _ANONYMOUS
+    if kind == L3_OTHER and frame[12] < 0x06 and frame[14:17] == LLC_SNAP and frame[17:20] in ETHERTYPE_OUIS:
+        return _BAD_HEADER  # an Ethernet type in an 802.3 frame: IP/ARP that no check above saw
     return None
 
 
 def _ipv4(slave: Slave, frame: Frame, l3src: bytes) -> DropReason | None:
     if frame[23] != IPPROTO_UDP or frame[20] & 0x1F or frame[21]:  # not UDP, or a non-first fragment
-        return _ANONYMOUS if l3src == ZERO_V4 else None
+        if l3src != ZERO_V4 or (frame[23] == IPPROTO_IGMP and 224 <= frame[30] < 240):
+            return None
+        return _ANONYMOUS
     off = ETH_HLEN + (frame[14] & 0x0F) * 4
-    if off + 4 > len(frame):
-        return _ANONYMOUS if l3src == ZERO_V4 else None
+    if off + UDP_HLEN > ETH_HLEN + (frame[16] << 8 | frame[17]):
+        return _BAD_HEADER
     sport = frame[off] << 8 | frame[off + 1]
     dport = frame[off + 2] << 8 | frame[off + 3]
-    if sport == DHCP_SERVER_PORT and dport == DHCP_CLIENT_PORT and not slave.allow_router:
+    if (sport == DHCP_SERVER_PORT or dport == DHCP_CLIENT_PORT) and not slave.allow_router:
         return _DHCP_GUARD
     if l3src == ZERO_V4 and (sport != DHCP_CLIENT_PORT or dport != DHCP_SERVER_PORT):
         return _ANONYMOUS
@@ -114,9 +142,11 @@ def _ipv6(slave: Slave, frame: Frame, kind: int, l3src: bytes) -> DropReason | N
         proto, off, walked = ipv6_upper(frame, len(frame))
         if proto < 0:
             return _BAD_HEADER
-    n = len(frame)
+    end = OFF_ICMPV6 + (frame[18] << 8 | frame[19])  # within the frame (classify)
     anonymous = l3src == ZERO_V6
-    if proto == IPPROTO_ICMPV6 and off < n:
+    if proto == IPPROTO_ICMPV6:
+        if off + ICMPV6_HLEN > end:
+            return _BAD_HEADER
         icmp = frame[off]
         if ND_ROUTER_SOLICIT <= icmp <= ND_REDIRECT:
             if walked:
@@ -130,7 +160,10 @@ def _ipv6(slave: Slave, frame: Frame, kind: int, l3src: bytes) -> DropReason | N
                 return None
             return _ANONYMOUS
         return None
-    if proto == IPPROTO_UDP and off + 2 <= n and (frame[off] << 8 | frame[off + 1]) == DHCPV6_SERVER_PORT \
-            and not slave.allow_router:
-        return _DHCP_GUARD
+    if proto == IPPROTO_UDP:
+        if off + UDP_HLEN > end:
+            return _BAD_HEADER
+        if ((frame[off] << 8 | frame[off + 1]) == DHCPV6_SERVER_PORT or
+                (frame[off + 2] << 8 | frame[off + 3]) == DHCPV6_CLIENT_PORT) and not slave.allow_router:
+            return _DHCP_GUARD
     return _ANONYMOUS if anonymous else None

@@ -42,7 +42,7 @@ From a guest (source validation first: a DESIGN.md departure, the kernel checks 
      DROP(L2_CONTROL); RA/Redirect -> DROP(RA_GUARD) and DHCP(v6) server messages
      -> DROP(DHCP_GUARD) unless ``Slave.allow_router``; NDP behind an IPv6
      extension header -> DROP(NDP_EXT_HEADER); 0.0.0.0/``::`` sources beyond DHCP
-     client, ARP probe, DAD NS and MLD -> DROP(ANONYMOUS_SRC).
+     client, IGMP, ARP probe, DAD NS and MLD -> DROP(ANONYMOUS_SRC).
   2-3. Source validation and address learning (``source.check_source``): the
      Ethernet source, ARP sender, IPv4/IPv6 source and NA target must be the
      slave's (or learnable: its MAC once, unless the wire uses it; link-locals

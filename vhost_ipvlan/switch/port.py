@@ -191,8 +191,8 @@ class Port:
         self.max_frame = ETH_HLEN + 1500
         #: the master's connected prefixes, as (address length, network, mask) integers
         self.master_prefixes: tuple[tuple[int, int, int], ...] = ()
-        #: the daemon's predicate: the address is in use beyond the port (a gateway or
-        #: neighbour of the master); never learned
+        #: the daemon's predicate: the address (or 6-byte MAC) is in use beyond the port
+        #: (a gateway or neighbour of the master); never learned
         self.in_use: Callable[[bytes], bool] = _nobody
         #: source MACs and IPv6 link-local sources seen on the wire (``saw_on_wire``)
         self.wire_macs: set[bytes] = set()

@@ -11,8 +11,9 @@ Rules:
   extension header here, so the NA below is always right after the IPv6 header.
 - Ethernet source: the slave's MAC. Multicast -> MULTICAST_SRC. A slave without a
   MAC learns it from its first frame that passes every check, unless it is the
-  master's, all-zero, another slave's, or one seen as a source on the wire
-  (``Port.wire_macs``: e.g. the LAN router's) (SRC_MAC_SPOOF); it is then locked.
+  master's, all-zero, another slave's, one seen as a source on the wire
+  (``Port.wire_macs``: e.g. the LAN router's) or a neighbour's of the master
+  (``Port.in_use``) (SRC_MAC_SPOOF); it is then locked.
 - ARP: sender HW address == Ethernet source (SRC_MAC_SPOOF). IPv4 source and ARP
   sender IP: an address the slave owns, or 0.0.0.0 (SRC_IP_SPOOF).
 - IPv6 source: an address the slave owns, or ``::``. An unowned link-local is
@@ -22,8 +23,10 @@ Rules:
   one the daemon says is in use (``Port.in_use``: the master's neighbours, e.g.
   the router's ``fe80::1``) is SRC_IP_SPOOF.
 - A Neighbour Advertisement's *target* is checked like a source: it must be the
-  slave's (or a link-local it may learn, as above), else SRC_IP_SPOOF, so an
-  unsolicited NA (override flag or not) cannot claim another guest's address.
+  slave's (or a link-local it may learn, as above: it is then learned, so it
+  counts against the limit and nobody else takes it later), else SRC_IP_SPOOF,
+  so an unsolicited NA (override flag or not) cannot claim another guest's
+  address. One new link-local per frame.
 - Learning mode (``Slave.learn``, opt-in per slave, mode l2): an address that is
   nobody's becomes the slave's on first use: as IPv4 source or ARP sender IP
   (gratuitous ARP, any ARP, any packet), IPv6 source, NA target, and as the
@@ -112,7 +115,7 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
         if src[0] & 1:
             return _MULTICAST_SRC
         if mac is not None or src == port.master_mac or src == ZERO_MAC or src in port.by_mac or \
-                src in port.wire_macs:
+                src in port.wire_macs or port.in_use(src):
             return _SRC_MAC_SPOOF
         learn_mac = True
 
@@ -156,8 +159,11 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
             owner = by_addr.get(target)
             if owner is not slave and target != learn and target != learn_ll:
                 if _link_local(target):
-                    if _link_local_taken(port, slave, target):
-                        return _SRC_IP_SPOOF
+                    if _link_local_taken(port, slave, target) or learn_ll:
+                        return _SRC_IP_SPOOF  # somebody else's, or a second new one in this frame
+                    if not port.can_learn_link_local(slave):
+                        return _TOO_MANY_LL
+                    learn_ll = target
                 elif learn:
                     return _SRC_IP_SPOOF  # one new address per frame
                 else:

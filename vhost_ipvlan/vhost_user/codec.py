@@ -12,6 +12,10 @@ Rules:
 - A memory region is non-empty and ends *below* 2^64 in both address spaces
   (``gpa + size < 2**64``, ``uva + size < 2**64``): the end is an exclusive bound
   that must fit a u64, as the C accelerator stores it (``_fastpath.c`` region_t).
+- A memory table maps at most ``MAX_MAPPED`` bytes (the sum of every region's
+  ``mmap_offset + size``, what the daemon maps): 16 TiB, more than any VM's RAM.
+  Files may be sparse, so one front-end could otherwise take most of the daemon's
+  128 TiB of address space in one message, and two of them all of it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ HEADER = struct.Struct("<III")
 HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 4096
 MAX_FDS = 8
+MAX_MAPPED = 16 << 40  # bytes one memory table may map (see the rules)
 
 FLAG_VERSION_MASK = 0x3
 FLAG_VERSION = 0x1
@@ -224,6 +229,9 @@ def mem_table(msg: Message) -> list[MemRegion]:
                 " is empty or does not end below 2^64"
             )
         regions.append(r)
+    mapped = sum(r.mmap_offset + r.size for r in regions)
+    if mapped > MAX_MAPPED:
+        raise FrontendError(f"{msg.name}: the regions map {mapped:#x} bytes (at most {MAX_MAPPED:#x}, 16 TiB)")
     return regions
 
 

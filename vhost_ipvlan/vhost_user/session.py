@@ -6,6 +6,8 @@ bytes (or None); mapping memory and closing descriptors are delegated to a
 
 Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
 - Only vrings 0 (rx) and 1 (tx) exist: one queue pair (GET_QUEUE_NUM answers 1).
+  A ring has at most ``MAX_RING_SIZE`` (1024) entries, QEMU's maximum: work per
+  chain is bounded by the ring size.
 - A ring is *started* once it has a size, addresses, memory and a kick (SET_VRING_KICK)
   and is *stopped* by GET_VRING_BASE. *Enabled* is separate (SET_VRING_ENABLE,
   or implicitly when PROTOCOL_FEATURES is not acked): it may arrive before
@@ -15,6 +17,9 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   through the device (``vring_stopped``) before the new table is installed and
   started again after; one the new table does not cover stays stopped (the
   message is refused, the device has already been told).
+- A ring starts at the used ring's index whatever SET_VRING_BASE said (see
+  ``virtqueue``); a disagreement is reported through ``log``, one line per ring.
+  SET_MEM_TABLE's re-translation keeps the ring where it was.
 - The features offered are fixed for the session's lifetime (a reconnecting
   front-end refuses a back-end that offers less than before).
 - Kick, call and err descriptors must be eventfds (``Host.eventfd_problem``); anything
@@ -40,6 +45,11 @@ from . import codec
 from .codec import F_PROTOCOL_FEATURES, Message, ProtocolFeature, Request
 
 NUM_VRINGS = 2
+#: the largest ring a front-end may ask for (QEMU's VIRTQUEUE_MAX_SIZE; the spec allows
+#: 32768): a chain may hold the ring size of descriptors, and walking 32768 of them in
+#: Python took 0.2-0.4 s of the event loop per drain, every drain
+MAX_RING_SIZE = 1024
+assert MAX_RING_SIZE <= MAX_QUEUE_SIZE
 RX, TX = 0, 1
 
 DEFAULT_FEATURES = (
@@ -200,7 +210,7 @@ class Session:
             raise FrontendError(f"{msg.name}: the descriptor is {problem}, not an eventfd")
         return vring, msg.fds.pop()
 
-    def _try_start(self, vring: Vring) -> None:
+    def _try_start(self, vring: Vring, *, resync: bool = True) -> None:
         if vring.started or not vring.kicked or vring.addr is None or self.memory is None:
             return
         if vring.num == 0:
@@ -215,9 +225,14 @@ class Session:
                 vring.base,
                 event_idx=self.has_feature(net.F_RING_EVENT_IDX),
                 fence=self.host.fence,
+                resync=resync,
             )
         except GuestError as e:
             raise FrontendError(f"vring {vring.index}: {e}") from e
+        if vring.queue.resynced_from is not None and self._log is not None:
+            self._log(f"vring {vring.index}: base {vring.queue.resynced_from} disagrees with the used index "
+                      f"{vring.queue.used_idx}, resuming at the used ring's index (frames in flight may be "
+                      "resent or lost)")
         self.device.vring_started(vring)
 
     def _stop(self, vring: Vring) -> None:
@@ -269,13 +284,13 @@ class Session:
             self._stop(vring)
         self.memory = GuestMemory(mapped)
         for vring in started:
-            self._try_start(vring)
+            self._try_start(vring, resync=False)
 
     def _set_vring_num(self, msg: Message) -> None:
         index, num = codec.vring_state(msg)
         vring = self._vring(msg, index)
-        if num == 0 or num > MAX_QUEUE_SIZE or num & (num - 1):
-            raise FrontendError(f"SET_VRING_NUM: size {num} is not a power of 2 up to {MAX_QUEUE_SIZE}")
+        if num == 0 or num > MAX_RING_SIZE or num & (num - 1):
+            raise FrontendError(f"SET_VRING_NUM: size {num} is not a power of 2 up to {MAX_RING_SIZE}")
         vring.num = num
 
     def _set_vring_addr(self, msg: Message) -> None:

@@ -20,10 +20,14 @@ Rules:
   to ``num`` descriptors (what one chain may hold) it is dropped
   ``RX_BAD_BUFFER`` too (buffers too fragmented). Worst case per frame: about
   2 x ``num`` descriptors counted, twice that read (count pass, fill pass).
-- A next chain without room for a header stays where it is (the driver may not
-  change a chain it made available), so it is remembered (``bad_head``) until
-  the driver adds chains: later frames are dropped ``RX_BAD_BUFFER`` without
-  walking it again. A stuck ring costs one walk per avail index, not per frame.
+- Chains a frame did not fit stay where they are (the driver may not change a
+  chain it made available), so a failed walk is remembered (``bad_head``: the
+  ring position, the room the walked chains offered, the result) until either
+  side moves: a later frame that needs more than that room gets the same result
+  without walking them again (a next chain without room for a header offers
+  none: every frame is dropped ``RX_BAD_BUFFER``). A stuck ring costs one walk
+  per ring position and frame size that fits, not per frame: RX_TOO_BIG,
+  RX_RING_FULL after counting chains, and RX_BAD_BUFFER all remember.
 """
 
 from __future__ import annotations
@@ -99,20 +103,21 @@ def offload_ok(hdr_flags: int, gso_type: int, takes_csum: bool, gso_mask: int, e
     return bool(gso_mask >> (gso_type & 0x7F) & 1)
 
 
-def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool) -> int:
+def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool, walk: bool = True) -> int:
     """Put one frame (``buf`` = 12-byte header + frame) into a receive queue.
 
     Writes ``num_buffers`` into ``buf``. Returns RX_OK, RX_RING_FULL, RX_TOO_BIG or
     RX_BAD_BUFFER; raises ``GuestError`` for a malformed chain (the caller breaks
-    the queue).
+    the queue). ``walk=False``: only the fast path (one writable descriptor that
+    fits); anything else fails as the last walk did (the caller's work budget).
     """
     buf[10] = 1
     buf[11] = 0
     if q.put(buf) >= 0:  # fast path: one writable descriptor that fits
         return RX_OK
-    if q.bad_head == q.position():
-        return RX_BAD_BUFFER
     need = len(buf)
+    if not walk or (q.bad_head == q.position() and need > q.bad_room):
+        return q.bad_result if q.bad_head != -1 else RX_RING_FULL
     if not q.pending():
         return RX_RING_FULL
     start = q.walked
@@ -123,26 +128,20 @@ def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool) -> int:
         q.push(head, need)
         return RX_OK
     if total < HDR_LEN:
-        q.unpop(1)
-        q.bad_head = q.position()
-        return RX_BAD_BUFFER
+        return _give_back(q, 1, -1, RX_BAD_BUFFER)
     if not mergeable:
-        q.unpop(1)
-        return RX_TOO_BIG
+        return _give_back(q, 1, total, RX_TOO_BIG)
     # Mergeable: count the chains the frame needs first, then fill them.
     taken = 1
     while total < need:
         if not q.pending():
-            q.unpop(taken)
-            return RX_RING_FULL
+            return _give_back(q, taken, total, RX_RING_FULL)
         if q.walked - start >= q.num:
-            q.unpop(taken)
-            return RX_BAD_BUFFER
+            return _give_back(q, taken, total, RX_BAD_BUFFER)
         room = q.capacity(q.pop())
         taken += 1
         if room < HDR_LEN:
-            q.unpop(taken)
-            return RX_BAD_BUFFER
+            return _give_back(q, taken, total, RX_BAD_BUFFER)
         total += room
     q.unpop(taken)
     buf[10] = taken & 0xFF
@@ -155,3 +154,12 @@ def rx_deliver(q: SplitQueue, buf: memoryview, mergeable: bool) -> int:
         q.push(head, n)
         pos += n
     return RX_OK
+
+
+def _give_back(q: SplitQueue, taken: int, room: int, result: int) -> int:
+    """Return the ``taken`` chains a frame did not fit and remember why (see the rules)."""
+    q.unpop(taken)
+    q.bad_head = q.position()
+    q.bad_room = room
+    q.bad_result = result
+    return result

@@ -19,6 +19,12 @@ Rules:
 - Every descriptor buffer is translated through ``GuestMemory.gpa_view`` (bounds
   checked). A violation raises ``GuestError``: the caller marks the queue broken.
 - ``avail.idx`` may run ahead of ``last_avail`` by at most the queue size.
+- A ring starts at the used ring's index. A base that disagrees with it (DPDK's
+  virtio-user sends 0 when it reconnects to a restarted back-end, its rings
+  untouched) is replaced by it, as DPDK's vhost library does: chains taken but
+  not returned before are taken again (TX frames resent, RX buffers reused).
+  ``resynced_from`` keeps the base given, for the caller to log. A ring
+  re-translated within a session (``resync=False``) keeps its base.
 - Used elements are written first, ``used.idx`` is published afterwards, once per
   burst (x86 keeps store order; CPython writes in program order).
 - Ring indices shared with the driver (avail.idx, avail.ring, used.idx, the event
@@ -76,10 +82,13 @@ class SplitQueue:
         "_used",
         "_used16",
         "bad_head",
+        "bad_result",
+        "bad_room",
         "event_idx",
         "last_avail",
         "mem",
         "num",
+        "resynced_from",
         "used_idx",
         "walked",
     )
@@ -95,6 +104,7 @@ class SplitQueue:
         *,
         event_idx: bool,
         fence: Callable[[], None] = _no_fence,
+        resync: bool = True,
     ) -> None:
         if num <= 0 or num > MAX_QUEUE_SIZE or num & (num - 1):
             raise GuestError(f"queue size {num} is not a power of 2 in 1..{MAX_QUEUE_SIZE}")
@@ -112,11 +122,19 @@ class SplitQueue:
         # On (re)connect the front-end sets the base from the used index; resume there.
         self.used_idx: int = self._used16[1]
         self._published = self.used_idx
+        #: the base given, when it disagreed with the used index and was replaced by it
+        self.resynced_from: int | None = None
+        if resync and self.last_avail != self.used_idx:
+            self.resynced_from = self.last_avail
+            self.last_avail = self.used_idx
         self._segs: list[memoryview] = []
         #: descriptors walked so far (see the rules); only ever grows
         self.walked = 0
-        #: ``position()`` when the next chain was found unusable (net.rx_deliver), else -1
+        #: ``position()`` when a frame did not fit the chains there (net.rx_deliver), else
+        #: -1; with the room those chains offered (-1: none) and the result given
         self.bad_head = -1
+        self.bad_room = -1
+        self.bad_result = 0
 
     # -- avail side ---------------------------------------------------------------
 
