@@ -3,7 +3,8 @@
 The C accelerator must forward nothing the Python switch would not: the guards
 (``switch.guard``) drop DHCP-server replies, DHCPv6 server messages and NDP behind
 an IPv6 extension header from a guest; the fast path used to forward them between
-guests (fuzz ``rings``, crash-497fe11f...).
+guests (fuzz ``rings``, crash-497fe11f...). A domain's NICs each get their own slave
+(fuzz ``domain``, crash-4ee37efe...).
 """
 
 from __future__ import annotations
@@ -39,3 +40,15 @@ def test_the_accelerator_leaves_guarded_frames_to_python(name: str) -> None:
     with pure_python():
         pure = run(frames)
     assert fast == pure
+
+
+def test_two_nics_with_one_mac_are_refused() -> None:
+    """Two vhost-user NICs of one domain with the same MAC would map to one slave name:
+    the hook's second ``slave.add`` turned into a change that took the first NIC's slave
+    (its socket) away (fuzz ``domain``, crash-4ee37efe...). Refused, one line."""
+    from tests.unit.test_libvirt_domain import SOCKDIR, domain, meta, nic, vi
+    from vhost_ipvlan.libvirt.domain import DomainError, slave_requests
+
+    xml = domain(nic(), nic(path="/run/vhost-ipvlan/vm1b.sock"), meta(vi()))
+    with pytest.raises(DomainError, match="two interfaces of vhost-ipvlan's have this MAC"):
+        slave_requests(xml, SOCKDIR)

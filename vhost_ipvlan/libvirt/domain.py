@@ -296,8 +296,8 @@ def _checked_name(dom: Domain) -> None:
 def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[SlaveRequest]:
     """The slaves a domain needs: one per interface of ours, plus pre-declared ones.
 
-    Raises ``DomainError`` when an interface of ours cannot be served (no MAC, no
-    metadata, no master).
+    Raises ``DomainError`` when an interface of ours cannot be served (no MAC, a MAC
+    another of ours has, no metadata, no master).
     """
     dom = parse(xml)
     out: list[SlaveRequest] = []
@@ -314,6 +314,8 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         mac = _mac(f"domain {dom.name}: interface {iface.socket}: <mac address>", iface.mac)
         meta = dom.meta.get(mac)
         where = f"domain {dom.name}: interface {mac}"
+        if mac in seen:  # one slave name per MAC: the second NIC would take over the first's slave
+            raise DomainError(f"{where}: two interfaces of vhost-ipvlan's have this MAC; each needs its own")
         if meta is None:
             raise DomainError(f"{where}: no <vi:interface mac='{mac}'> in <metadata> (namespace {NS})")
         if not meta.master:
