@@ -229,9 +229,10 @@ def eventfd_problem(fd: int) -> str | None:
 
 
 def _hugetlbfs(fd: int) -> bool:
-    """Whether ``fd``'s file is on hugetlbfs (its block is bigger than a page)."""
+    """Whether ``fd``'s file is on hugetlbfs (by its magic: a block bigger than a page
+    also means NFS, where the override lets memory be)."""
     try:
-        return os.fstatvfs(fd).f_bsize > mmap.PAGESIZE
+        return fstatfs_type(fd) == HUGETLBFS_MAGIC
     except OSError:
         return False
 
