@@ -1,11 +1,12 @@
 """Harness (d): control API requests into the real ``ControlServer.handle_line``, in process.
 
 The input is split into lines; each is one request to the same server, in order.
-The server is the daemon's (``control.server.ControlServer``) over a ``Topology``
-whose I/O is replaced (``FakeTopology``): masters ``eth0``/``eth1`` exist, any other
-does not; ports get a real switch ``Port`` and ``PortDatapath`` with a fake uplink;
-slaves get a ``NetDevice`` but no socket, nftables or QMP. Validation, the config
-checks, transactions and their undo are the real ones.
+The server is the daemon's (``control.server.ControlServer``) over the daemon's
+``Topology``, whose I/O names are replaced while the harness runs (``fake_io``):
+masters ``eth0``/``eth1`` exist (with the addresses ``MASTER_ADDRESSES``), any other
+does not; uplinks, endpoints (sockets), nftables, host links, routers and QMP
+watches are fakes. Validation, config checks, ports, slaves, devices,
+transactions and their undo are the real code.
 
 Invariants: ``handle_line`` answers every line with exactly one line of JSON that
 is either a result or an error with the request's id (or null), never an
@@ -18,30 +19,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import ExitStack
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from vhost_ipvlan import config as cfg
-from vhost_ipvlan.config import PortConfig, SlaveConfig
 from vhost_ipvlan.control.server import ControlServer
 from vhost_ipvlan.daemon import topology as topo_mod
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
-from vhost_ipvlan.daemon.topology import PortBusy, Topology
-from vhost_ipvlan.errors import ConfigError
-from vhost_ipvlan.switch.port import AddressInUse as PortAddressInUse
-from vhost_ipvlan.switch.port import MacInUse, Port
+from vhost_ipvlan.daemon.datapath import NetDevice
+from vhost_ipvlan.daemon.topology import Topology
+from vhost_ipvlan.errors import UplinkError
+from vhost_ipvlan.switch.port import Port
 
 from .common import check
 
 MASTERS = {"eth0": bytes.fromhex("020000000001"), "eth1": bytes.fromhex("020000000002")}
+MASTER_ADDRESSES = frozenset({bytes([192, 0, 2, 1]), bytes.fromhex("20010db8" + "00" * 11 + "01")})
 
 
 class _Uplink:
     def __init__(self, master: str) -> None:
         self.master = master
         self.mac = MASTERS[master]
+        self.ifindex = 2 + sorted(MASTERS).index(master)
 
     def fileno(self) -> int:
         return -1
@@ -67,83 +68,103 @@ class _Loop:
         return None
 
 
-class FakeTopology(Topology):
-    """``Topology`` with its I/O (interfaces, sockets, nftables, QMP) left out."""
+class _NoHostLink:
+    def __init__(self, *args: object) -> None:
+        raise UplinkError("no host link in the fuzz harness")
 
-    def add_port(self, pc: PortConfig, undo: ExitStack, where: str = "params") -> None:
-        cfg.check_port(where, self.config.ports, replace(pc, slaves=()))
-        if pc.master not in MASTERS:
-            raise topo_mod.NoSuchInterface(f"{where}.master: no interface named {pc.master!r}")
-        undo.callback(self._set_config, self.config)
-        try:
-            port = Port(pc.master, MASTERS[pc.master], pc.mode, pc.flag)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from e
-        dp = PortDatapath(port, _Uplink(pc.master), self.loop)  # type: ignore[arg-type]
-        self.ports.append(dp)
-        undo.callback(self.ports.remove, dp)
-        self.config = replace(self.config, ports=(*self.config.ports, replace(pc, slaves=())))
-        for j, sc in enumerate(pc.slaves):
-            self.add_slave(pc.master, sc, undo, where=f"{where}.slave[{j}]")
 
-    def remove_port(self, master: str, undo: ExitStack, where: str = "params") -> None:
-        pc = self.port_config(master, where)
-        if pc.slaves:
-            raise PortBusy(f"{where}.master: port {master} still has slave(s); remove them first")
-        dp = self.datapath(master)
-        undo.callback(self._set_config, self.config)
-        self.ports.remove(dp)
-        undo.callback(self.ports.append, dp)
-        self.config = replace(self.config, ports=tuple(p for p in self.config.ports if p.master != master))
-
-    def add_slave(self, master: str, sc: SlaveConfig, undo: ExitStack, where: str = "params") -> None:
-        self.port_config(master, where)
-        cfg.check_slave(where, self.config.ports, master, sc)
-        dp = self.datapath(master)
-        undo.callback(self._set_config, self.config)
-        try:
-            slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn)
-        except MacInUse as e:
-            raise topo_mod.MacConflict(f"{where}.mac: {e}") from e
-        except PortAddressInUse as e:
-            raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from e
-        undo.callback(dp.port.remove_slave, slave)
-        dev = NetDevice(slave, dp)
-        dp.devices[sc.name] = dev
-        undo.callback(self._forget_device, dp, dev)
-        self._set_slave(master, sc.name, sc)
-
-    def remove_slave(self, name: str, undo: ExitStack, where: str = "params") -> None:
-        pc, sc = self.slave_config(name, where)
-        dp = self.datapath(pc.master)
-        dev = dp.devices[name]
-        undo.callback(self._set_config, self.config)
-        self._set_slave(pc.master, name, None)
-        undo.callback(self._readd_slave, pc.master, sc)
-        self._forget_device(dp, dev)
-        dp.port.remove_slave(dev.slave)
-
-    def endpoint(self, name: str) -> Any:
-        raise StopIteration
-
-    def _sync_nft(self, dp: PortDatapath) -> None:
+class _Closable:
+    def __init__(self, *args: object, **kw: object) -> None:
         pass
 
-    def _resync_nft(self, dp: PortDatapath) -> None:
+    def close(self) -> None:
         pass
 
-    def _watch(self, sc: SlaveConfig, slave: Any) -> None:
+
+class _Router(_Closable):
+    def next_hop_mac(self, dst: bytes) -> bytes:
+        return b""
+
+
+class _Endpoint(_Closable):
+    def __init__(self, path: Path, role: str, device: NetDevice, *args: object, **kw: object) -> None:
+        self.path = path
+        self.device = device
+        self.conn = None
+
+    @property
+    def name(self) -> str:
+        return self.device.slave.name
+
+    def start(self) -> None:
         pass
 
-    def _unwatch(self, name: str) -> None:
+
+class _Ownership(_Closable):
+    """The master's addresses without netlink: ``MASTER_ADDRESSES`` on every master."""
+
+    def watch(self, port: Port) -> None:
         pass
+
+    def unwatch(self, port: Port) -> None:
+        pass
+
+    def master_addresses(self, master: str) -> frozenset[bytes]:
+        return MASTER_ADDRESSES
+
+    def check_master(self, where: str, port: Port, addresses: tuple[cfg.IPInterface, ...],
+                     new: set[Any]) -> None:
+        for a in addresses:
+            if a.ip.packed in MASTER_ADDRESSES:
+                raise cfg.Conflict(f"{where}.addresses: {a.ip} is the master's own address")
+
+    def learned(self, master: str, slave: Any, addr: bytes) -> None:
+        pass
+
+
+class _Nft:
+    def reset(self) -> None:
+        pass
+
+    def consume(self, *args: object, **kw: object) -> None:
+        pass
+
+    def release(self, chain: str) -> None:
+        pass
+
+    def remove(self) -> None:
+        pass
+
+
+def _check_interface(where: str, master: str) -> None:
+    if master not in MASTERS:
+        raise topo_mod.NoSuchInterface(f"{where}.master: interface {master!r} does not exist")
+
+
+#: the I/O the real ``daemon.topology`` uses, replaced while a harness runs
+FAKES: dict[str, Any] = {
+    "Uplink": _Uplink, "HostLink": _NoHostLink, "Router": _Router, "Endpoint": _Endpoint,
+    "RxFilterWatch": _Closable, "Ownership": _Ownership, "nft": _Nft(), "_check_interface": _check_interface,
+}
+
+
+@contextmanager
+def fake_io() -> Iterator[None]:
+    """The topology module's I/O replaced by fakes, for the duration (tests share the module)."""
+    saved = {name: getattr(topo_mod, name) for name in FAKES}
+    for name, fake in FAKES.items():
+        setattr(topo_mod, name, fake)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(topo_mod, name, value)
 
 
 def make_server() -> ControlServer:
+    """The daemon's control server on a real ``Topology`` (call inside ``fake_io()``)."""
     loop: asyncio.AbstractEventLoop = _Loop()  # type: ignore[assignment]
-    topo = FakeTopology(loop)
+    topo = Topology(loop)
 
     def stats() -> dict[str, object]:
         return {dp.port.master: {"slaves": {n: d.counters() for n, d in dp.devices.items()}} for dp in topo.ports}
@@ -180,8 +201,8 @@ def handle(server: ControlServer, line: bytes) -> dict[str, Any]:
 
 
 def test_one_input(data: bytes) -> None:
-    server = make_server()
-    for line in data.split(b"\n")[:64]:
-        if not line:
-            continue
-        handle(server, line)
+    with fake_io():
+        server = make_server()
+        for line in data.split(b"\n")[:64]:
+            if line:
+                handle(server, line)

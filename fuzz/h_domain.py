@@ -8,8 +8,8 @@ the same XML.
 
 Invariants: the hook returns 0 or 1 and raises nothing; a failed ``prepare``
 leaves no slave behind (a port it added stays: documented) and prints exactly one line; after
-``release`` none of the domain's slaves is left; every slave name is the
-domain's (derived from its UUID, owner recorded) and names are distinct; ``problems`` and
+``release`` none of the domain's slaves is left; every slave is named and owned
+after the domain's UUID (``slave_name``, ``owner_of``) and names are distinct; ``problems`` and
 ``slave_requests`` raise nothing but ``DomainError``; problems are one line each.
 """
 
@@ -26,10 +26,10 @@ from vhost_ipvlan.control import protocol
 from vhost_ipvlan.control.client import RemoteError
 from vhost_ipvlan.control.server import ControlServer
 from vhost_ipvlan.libvirt import hook
-from vhost_ipvlan.libvirt.domain import DomainError, parse, problems, slave_name, slave_requests
+from vhost_ipvlan.libvirt.domain import DomainError, owner_of, parse, problems, slave_name, slave_requests
 
 from .common import check
-from .h_control import handle, make_server
+from .h_control import fake_io, handle, make_server
 
 SOCKDIR = Path("/run/vhost-ipvlan")
 
@@ -73,10 +73,16 @@ def test_one_input(data: bytes) -> None:
     names = [r.name for r in requests]
     check(len(set(names)) == len(names), f"two slaves with one name: {names}")
     if requests:
-        dom = parse(xml)
+        uuid = parse(xml).uuid
+        check(uuid is not None, "slave requests from a domain without a UUID")
         for r in requests:
-            check(r.owner == dom.owner and r.name == slave_name(str(dom.uuid), r.mac),
-                  f"{r.name} (owner {r.owner!r}) is not derived from {r.domain!r}'s UUID")
+            check(r.name == slave_name(uuid, r.mac) and r.owner == owner_of(uuid),  # type: ignore[arg-type]
+                  f"{r.name} (owner {r.owner}) is not the domain's")
+    with fake_io():
+        _hooks(xml, names)
+
+
+def _hooks(xml: str, names: list[str]) -> None:
     server = make_server()
     before = {s.name for _, s in server.topology.config.slaves()}
     rc, err = _hook(server, "prepare", xml)

@@ -66,13 +66,9 @@ class FakeHost:
     def fence(self) -> None:
         pass
 
-    def is_eventfd(self, fd: int) -> bool:
-        check(fd in self.open, f"is_eventfd({fd}): not open")
-        return self.open[fd][0] == KIND_EVENT
-
     def eventfd_problem(self, fd: int) -> str | None:
         check(fd in self.open, f"eventfd_problem({fd}): not open")
-        return None if self.open[fd][0] == KIND_EVENT else "not an eventfd (fake)"
+        return None if self.open[fd][0] == KIND_EVENT else "a memory file, not an eventfd"
 
     def __getattr__(self, name: str) -> Any:  # a Host method this fake does not know yet
         raise AttributeError(f"FakeHost has no {name}: teach fuzz/h_session.py the Host protocol")

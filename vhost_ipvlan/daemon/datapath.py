@@ -309,6 +309,8 @@ class NetDevice:
                     budget -= 1
                     if self.tx_enabled:
                         budget = max(0, budget - self._from_guest(length))
+                        if fast is not None:  # the frame may have changed state (a target's ring broken)
+                            fast = self.dp.fast_args(self)
                 if q.publish() and self.tx_call is not None and not eventfd_signal(self.tx_call):
                     self.drops["call_failed"] += 1
                 if not budget or q.walked >= limit:
