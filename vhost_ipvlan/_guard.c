@@ -32,6 +32,10 @@
  *     holding the GIL and read by the handler with acquire/release ordering.
  * The handler only calls async-signal-safe functions (mmap, write, sigaction)
  * and keeps errno.
+ *
+ * ``fstatfs_type(fd)`` returns the ``f_type`` of the file system holding ``fd``'s
+ * file (as an unsigned 32-bit magic: TMPFS_MAGIC, HUGETLBFS_MAGIC, ...); Python
+ * has no fstatfs. OSError if the call fails.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -281,10 +285,28 @@ static PyObject *guard_active(PyObject *mod, PyObject *noargs)
     return PyLong_FromLong(n);
 }
 
+static PyObject *guard_fstatfs_type(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int fd;
+    if (!PyArg_ParseTuple(args, "i:fstatfs_type", &fd))
+        return NULL;
+    struct statfs st;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fstatfs(fd, &st);
+    Py_END_ALLOW_THREADS
+    if (rc != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    /* magics are 32-bit; f_type is a signed word (negative on 32-bit for 0x9584...) */
+    return PyLong_FromUnsignedLong((unsigned long)st.f_type & 0xffffffffUL);
+}
+
 static PyMethodDef guard_methods[] = {
     {"map", guard_map, METH_VARARGS, "map(fd, length) -> Mapping: shared, writable, from offset 0, guarded"},
     {"set_notify", guard_set_notify, METH_VARARGS, "set_notify(fd): eventfd written when a page is replaced (-1: none)"},
     {"active", guard_active, METH_NOARGS, "number of registered mappings"},
+    {"fstatfs_type", guard_fstatfs_type, METH_VARARGS, "fstatfs_type(fd) -> int: f_type of the file system holding fd's file"},
     {NULL, NULL, 0, NULL},
 };
 

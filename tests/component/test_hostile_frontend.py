@@ -20,6 +20,7 @@ from scapy.layers.l2 import Ether
 from tests.support.frontend import MEM_SIZE, UVA_BASE, FakeFrontend
 from tests.support.lab import FrontendLab, SlaveSpec, receive
 from tests.support.wait import wait_until
+from vhost_ipvlan.daemon import host
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
 
@@ -113,6 +114,26 @@ def test_pipe_as_call_or_kick_fd_is_refused(lab: Lab) -> None:
         c.close()
         lab.frontends.remove(c)
     lab.a_reaches_b(a, b, 22)
+
+
+def test_memory_on_a_disk_file_system_is_refused(lab: Lab) -> None:
+    """A page fault on a front-end's file on FUSE/NFS/disk can block the event loop
+    (a FUSE server that never answers: every guest stalls): only tmpfs/memfd and
+    hugetlbfs memory is mapped, anything else closes that connection only."""
+    a, b = lab.frontend("a"), lab.frontend("b")
+    c = lab.attacker()
+    disk = os.open("/var/tmp", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    if host.fstatfs_type(disk) in host.MEMORY_FS:
+        os.close(disk)
+        pytest.skip("/var/tmp is on tmpfs")
+    os.ftruncate(disk, MEM_SIZE)
+    os.close(c.fd)
+    c.fd = disk
+    with pytest.raises((ConnectionError, OSError)):
+        c.setup()
+        c.get_u64(Request.GET_FEATURES)  # the connection is gone by now
+    lab.closed("protocol error: SET_MEM_TABLE: cannot map region at gpa 0x0: the memory is a file on ")
+    lab.a_reaches_b(a, b, 25)
 
 
 def test_full_call_counter_does_not_block_the_daemon(lab: Lab) -> None:

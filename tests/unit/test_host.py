@@ -111,6 +111,60 @@ def test_without_the_guard_unsealable_memory_is_refused(fds: list[int], monkeypa
     assert len(OsHost().map_region(fd, SIZE, 0)) == SIZE
 
 
+@pytest.fixture
+def disk_file() -> Iterator[int]:
+    """An fd of a SIZE-byte regular file on a disk file system (not tmpfs)."""
+    for where in ("/var/tmp", os.path.dirname(os.path.abspath(__file__))):
+        fd = os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        if host.fstatfs_type(fd) not in host.MEMORY_FS:
+            break
+        os.close(fd)
+    else:
+        pytest.skip("no disk file system at hand: /var/tmp and the tests are on tmpfs")
+    os.ftruncate(fd, SIZE)
+    yield fd
+    os.close(fd)
+
+
+def test_fstatfs_type_names_the_memory_file_systems(fds: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    fd = memfd(fds)
+    assert host.fstatfs_type(fd) == host.TMPFS_MAGIC
+    monkeypatch.setattr(host, "_guard", None)  # the ctypes fallback agrees
+    assert host.fstatfs_type(fd) == host.TMPFS_MAGIC
+    with pytest.raises(OSError):
+        host.fstatfs_type(-1)
+
+
+@pytest.mark.parametrize("module", ["guard", "ctypes"])
+def test_memory_on_a_disk_file_system_is_refused_unless_allowed(
+        disk_file: int, fds: list[int], module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page fault on a front-end's file on FUSE/NFS/disk can block the event loop
+    (a FUSE server that never answers: every guest stalls); only tmpfs/memfd and
+    hugetlbfs memory is mapped."""
+    if module == "ctypes":
+        monkeypatch.setattr(host, "_guard", None)
+        monkeypatch.setenv(host.ALLOW_UNGUARDED, "1")
+    monkeypatch.delenv(host.ALLOW_ANY_MEMORY_FS, raising=False)
+    with pytest.raises(OSError, match=r"^the memory is a file on \S+ \(f_type 0x[0-9a-f]+\), not tmpfs/memfd or "
+                                      r"hugetlbfs: .* refused \(set VHOST_IPVLAN_ANY_MEMORY_FS=1 to accept it\)$"):
+        OsHost().map_region(disk_file, SIZE, 0)
+    assert len(OsHost().map_region(memfd(fds), SIZE, 0)) == SIZE  # a memfd is fine
+    monkeypatch.setenv(host.ALLOW_ANY_MEMORY_FS, "1")
+    view = OsHost().map_region(disk_file, SIZE - 4096, 4096)
+    assert len(view) == SIZE - 4096
+    view.release()
+
+
+def test_memory_that_is_not_a_regular_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(host.ALLOW_ANY_MEMORY_FS, "1")
+    fd = os.open("/dev/zero", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        with pytest.raises(OSError, match="not a regular file"):
+            OsHost().map_region(fd, 4096, 0)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.skipif(not host.guarded(), reason="the SIGBUS guard module is not built")
 def test_sigbus_elsewhere_still_kills_the_process() -> None:
     """The guard chains to the previous handler for addresses outside guest memory."""

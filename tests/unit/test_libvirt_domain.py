@@ -367,6 +367,48 @@ def test_install_writes_an_executable_hook(tmp_path: Path) -> None:
     assert proc.stderr.startswith("vhost-ipvlan: error: domain vm1: interface 52:54:00:00:00:10: no <vi:interface")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+def test_install_refuses_a_pythonpath_others_could_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The hook bakes in the installer's PYTHONPATH and libvirt runs it as root: a relative
+    entry, or one a user could write to, ran that user's code as root at the next start."""
+    from vhost_ipvlan import cli
+
+    tmp_path.chmod(0o755)
+    good = tmp_path / "good"
+    good.mkdir(mode=0o755)
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "lib").mkdir(mode=0o755)  # root's, in a sticky directory: nobody else can swap it
+    grp = tmp_path / "grp"
+    grp.mkdir()
+    grp.chmod(0o775)
+    user = tmp_path / "user"
+    (user / "lib").mkdir(parents=True, mode=0o755)
+    os.chown(user, 4321, 4321)
+    (tmp_path / "link").symlink_to(user / "lib")
+    hooks = tmp_path / "hooks"
+    cases = {
+        "src": "PYTHONPATH entry 'src' is relative",
+        f"{good}::{good}": "PYTHONPATH entry '' is relative",
+        f"{good}:{grp}": f"PYTHONPATH entry '{grp}': '{grp}' is writable by group or others (mode 775)",
+        str(user / "lib"): f"'{user}' is owned by uid 4321, not root",
+        str(tmp_path / "link"): f"'{user}' is owned by uid 4321, not root",
+        str(tmp_path / "missing"): f"'{tmp_path / 'missing'}': No such file or directory",
+    }
+    for pythonpath, message in cases.items():
+        monkeypatch.setenv("PYTHONPATH", pythonpath)
+        assert cli.main(["install-hook", "--hooks-dir", str(hooks)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("vhost-ipvlan: error: ") and message in err and err.count("\n") == 1, err
+        assert err.rstrip().endswith("not installed (fix it or unset PYTHONPATH)"), err
+        assert not (hooks / "qemu.d" / "vhost-ipvlan").exists()
+    monkeypatch.setenv("PYTHONPATH", f"{good}:{sticky / 'lib'}")
+    assert cli.main(["install-hook", "--hooks-dir", str(hooks)]) == 0
+    assert f"export PYTHONPATH={good}:{sticky / 'lib'}\n" in (hooks / "qemu.d" / "vhost-ipvlan").read_text()
+
+
 def test_learn_attribute_asks_for_a_learning_slave() -> None:
     [r] = slave_requests(domain(nic(), meta(vi(addrs=(), extra=" learn='yes'"))), SOCKDIR)
     assert r.learn is True and r.params()["learn"] is True and r.params()["addresses"] == []

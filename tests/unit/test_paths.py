@@ -32,6 +32,26 @@ def test_tmpfiles_gives_each_kind_of_socket_its_directory() -> None:
     assert "tmpfiles.d/vhost-ipvlan.conf" in unit and "\nRuntimeDirectory=" not in unit
 
 
+def service_settings(unit: str) -> dict[str, str]:
+    """The [Service] section's settings of a unit file (the last of each)."""
+    out, section = {}, ""
+    for line in unit.splitlines():
+        if line.startswith("["):
+            section = line.strip()
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+@pytest.mark.parametrize("unit", ["contrib/systemd/vhost-ipvlan.service",
+                                  "ansible/roles/vhost_ipvlan/templates/vhost-ipvlan.service.j2"])
+def test_the_daemon_is_not_the_first_oom_victim(unit: str) -> None:
+    """A hostile front-end can make the daemon touch guest pages that count against it: the
+    OOM killer must not take the network of every guest first (nor be unable to take it)."""
+    assert service_settings((ROOT / unit).read_text()).get("OOMScoreAdjust") == "-500"
+
+
 def test_ansible_role_puts_the_control_socket_in_its_own_directory() -> None:
     defaults = (ROOT / "ansible" / "roles" / "vhost_ipvlan" / "defaults" / "main.yml").read_text()
     assert 'vhost_ipvlan_control: "{{ vhost_ipvlan_socket_dir }}/ctl/control.sock"' in defaults

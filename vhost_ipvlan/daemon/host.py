@@ -5,6 +5,13 @@ Rules:
   front-end's mmap_offset need not be page aligned), and the view starts at
   ``offset``. A mapping lives as long as a view of it does (the session drops the
   old table on SET_MEM_TABLE and at disconnect); the fd is closed by the session.
+- Guest memory must be a regular file on tmpfs/shmem (memfds, /dev/shm) or
+  hugetlbfs (``fstatfs`` f_type TMPFS_MAGIC or HUGETLBFS_MAGIC): a page fault on a
+  file on FUSE, NFS or a disk blocks the event loop for as long as that file system
+  wants (a hostile front-end's FUSE server: forever, every guest stalled). Anything
+  else is refused, on one line naming the file system, unless
+  ``VHOST_IPVLAN_ANY_MEMORY_FS=1`` is set. The type comes from ``_guard.fstatfs_type``
+  or, without the module, from libc's ``fstatfs`` through ctypes.
 - The front-end keeps its descriptors: if it shrinks a mapped file, touching a
   page past the new end raises SIGBUS, which would kill the daemon. So a region
   is mapped only if its file cannot shrink under us:
@@ -37,10 +44,12 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import logging
 import mmap
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -48,6 +57,15 @@ from types import ModuleType
 
 EVENTFD_LINK = "anon_inode:[eventfd]"  # what /proc/self/fd/N reads for an eventfd
 ALLOW_UNGUARDED = "VHOST_IPVLAN_UNGUARDED_MEMORY"
+ALLOW_ANY_MEMORY_FS = "VHOST_IPVLAN_ANY_MEMORY_FS"
+TMPFS_MAGIC = 0x01021994  # tmpfs and shmem: memfds, /dev/shm
+HUGETLBFS_MAGIC = 0x958458F6
+MEMORY_FS = {TMPFS_MAGIC: "tmpfs", HUGETLBFS_MAGIC: "hugetlbfs"}
+_FS_NAMES = {  # for the refusal's message only (linux/magic.h)
+    0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x6969: "nfs", 0x65735546: "fuse",
+    0x794C7630: "overlayfs", 0x01021997: "9p", 0x00C36400: "ceph", 0xFF534D42: "cifs", 0xFE534D42: "smb2",
+    0x858458F6: "ramfs", 0x62656572: "sysfs", 0x9FA0: "proc", 0x6A656A63: "virtiofs", 0x2FC12FC1: "zfs",
+}
 log = logging.getLogger("vhost_ipvlan.host")
 
 _guard: ModuleType | None
@@ -78,6 +96,43 @@ def shrink_sealed(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def fstatfs_type(fd: int) -> int:
+    """The file system magic (``statfs.f_type``, 32 bits) of ``fd``'s file; OSError if
+    it cannot be had."""
+    native = getattr(_guard, "fstatfs_type", None)  # an older build of the module lacks it
+    if native is not None:
+        return int(native(fd))
+    return _libc_fstatfs_type(fd)
+
+
+def _libc_fstatfs_type(fd: int) -> int:
+    """``fstatfs`` through ctypes: f_type is the first word of struct statfs (a
+    ``long``; 120 bytes in all on x86-64, the buffer is larger)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(512)
+    if libc.fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def memory_fs_problem(fd: int) -> str | None:
+    """None if ``fd`` is a regular file on tmpfs/shmem or hugetlbfs (or any file
+    system is allowed), else why the guest memory is refused (one line)."""
+    try:
+        mode = os.fstat(fd).st_mode
+        magic = fstatfs_type(fd)
+    except OSError as e:
+        return f"the memory's file cannot be examined ({e.strerror})"
+    if not stat.S_ISREG(mode):
+        return f"the memory is not a regular file (mode {stat.filemode(mode)}): refused"
+    if magic in MEMORY_FS or os.environ.get(ALLOW_ANY_MEMORY_FS) == "1":
+        return None
+    name = _FS_NAMES.get(magic, "an unknown file system")
+    return (f"the memory is a file on {name} (f_type {magic:#x}), not tmpfs/memfd or hugetlbfs: a page fault "
+            f"on it could block the daemon: refused (set {ALLOW_ANY_MEMORY_FS}=1 to accept it)")
 
 
 def shrunk(buf: memoryview) -> bool:
@@ -119,6 +174,9 @@ class OsHost:
         length = offset + size
         if length > sys.maxsize:  # mmap would raise OverflowError: a traceback, not a refusal
             raise OSError(f"the region's end at {length:#x} (mmap_offset + size) is beyond what can be mapped")
+        problem = memory_fs_problem(fd)
+        if problem is not None:
+            raise OSError(problem)
         if not _hugetlbfs(fd) and shrink_sealed(fd):  # sealed first, then the size checked
             try:
                 mm = mmap.mmap(fd, _whole_pages(fd, length), flags=mmap.MAP_SHARED,
@@ -171,9 +229,10 @@ def eventfd_problem(fd: int) -> str | None:
 
 
 def _hugetlbfs(fd: int) -> bool:
-    """Whether ``fd``'s file is on hugetlbfs (its block is bigger than a page)."""
+    """Whether ``fd``'s file is on hugetlbfs (by its magic: a block bigger than a page
+    also means NFS, where the override lets memory be)."""
     try:
-        return os.fstatvfs(fd).f_bsize > mmap.PAGESIZE
+        return fstatfs_type(fd) == HUGETLBFS_MAGIC
     except OSError:
         return False
 

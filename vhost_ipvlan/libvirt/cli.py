@@ -43,9 +43,13 @@ def add_parsers(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "install-hook":
-        from .hook import install
+        from .hook import HookError, install
 
-        path = install(args.hooks_dir, args.control, args.socket_dir)
+        try:
+            path = install(args.hooks_dir, args.control, args.socket_dir)
+        except HookError as e:
+            print(f"vhost-ipvlan: error: {e}", file=sys.stderr)
+            return 1
         print(f"installed {path}; libvirt reads hooks when it starts: restart libvirtd if this hook is new")
         return 0
     try:

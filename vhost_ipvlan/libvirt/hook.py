@@ -17,6 +17,12 @@ Rules:
   and an unreachable daemon are fine (the exit status of ``release`` is ignored by
   libvirt anyway).
 - Every other operation exits 0 and does nothing.
+- ``install-hook`` keeps the installer's ``PYTHONPATH`` (a development checkout), and
+  libvirt runs the hook as root: every entry must be absolute and exist, and it and
+  every directory above it (as written and as resolved) must be owned by root and not
+  writable by group or others (a sticky directory above it may be): whoever can
+  write there runs code as root at the next ``virsh start``. Anything else is
+  refused, one line, exit 1, and nothing is written.
 """
 
 from __future__ import annotations
@@ -155,13 +161,52 @@ def script(control: Path, socket_dir: Path, python: str = sys.executable,
             f"# the slaves of a domain's vhost-user interfaces (docs/libvirt.md)\n{env}exec {args} \"$@\"\n")
 
 
+def pythonpath_problem(pythonpath: str) -> str | None:
+    """None if every entry of ``pythonpath`` is safe to bake into a hook run as root
+    (see the rules above), else what is wrong with the first that is not."""
+    for entry in pythonpath.split(os.pathsep):
+        if not os.path.isabs(entry):
+            return f"PYTHONPATH entry {entry!r} is relative (the hook runs as root, from libvirt's directory)"
+        for path in dict.fromkeys((os.path.normpath(entry), os.path.realpath(entry))):
+            problem = _owned_by_root(path)
+            if problem is not None:
+                return f"PYTHONPATH entry {entry!r}: {problem} (the hook runs it as root)"
+    return None
+
+
+def _owned_by_root(path: str) -> str | None:
+    """None if ``path`` and each directory above it are root's and writable by root only
+    (a sticky directory above it may be writable by all: only root renames root's files)."""
+    parts = Path(path).parts
+    for i in range(1, len(parts) + 1):
+        here = os.path.join(*parts[:i])
+        try:
+            st = os.lstat(here)
+        except OSError as e:
+            return f"{here!r}: {e.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            continue  # a symlink cannot change; its directory is checked, its target too (resolved)
+        if st.st_uid != 0:
+            return f"{here!r} is owned by uid {st.st_uid}, not root"
+        sticky_dir = i < len(parts) and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_dir:
+            return f"{here!r} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
 def install(hooks_dir: Path, control: Path, socket_dir: Path) -> Path:
-    """Write ``<hooks_dir>/qemu.d/vhost-ipvlan`` (mode 0755) atomically; return its path."""
+    """Write ``<hooks_dir>/qemu.d/vhost-ipvlan`` (mode 0755) atomically; return its path.
+    HookError if the installer's PYTHONPATH is not safe to keep (nothing is written)."""
+    pythonpath = os.environ.get("PYTHONPATH")
+    if pythonpath:
+        problem = pythonpath_problem(pythonpath)
+        if problem is not None:
+            raise HookError(f"{problem}: not installed (fix it or unset PYTHONPATH)")
     d = hooks_dir / "qemu.d"
     d.mkdir(parents=True, exist_ok=True)
     path = d / HOOK_NAME
     tmp = d / f".{HOOK_NAME}.tmp"
-    tmp.write_text(script(control, socket_dir, pythonpath=os.environ.get("PYTHONPATH")))
+    tmp.write_text(script(control, socket_dir, pythonpath=pythonpath))
     tmp.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
     os.replace(tmp, path)
     return path
