@@ -42,3 +42,20 @@ class Reader:
 
     def u16(self) -> int:
         return int.from_bytes(self.take(2).ljust(2, b"\0"), "little")
+
+
+class IdleLoop:
+    """Just enough of an event loop for the data path and the topology when nothing
+    runs it: readers, callbacks and timers are accepted and never fire."""
+
+    def add_reader(self, *args: object) -> None:
+        pass
+
+    def remove_reader(self, *args: object) -> None:
+        pass
+
+    def call_soon(self, *args: object) -> None:
+        pass
+
+    def call_later(self, *args: object) -> None:
+        return None

@@ -32,7 +32,7 @@ from vhost_ipvlan.daemon.topology import Topology
 from vhost_ipvlan.errors import UplinkError
 from vhost_ipvlan.switch.port import Port
 
-from .common import check
+from .common import IdleLoop, check
 
 MASTERS = {"eth0": bytes.fromhex("020000000001"), "eth1": bytes.fromhex("020000000002")}
 MASTER_ADDRESSES = frozenset({bytes([192, 0, 2, 1]), bytes.fromhex("20010db8" + "00" * 11 + "01")})
@@ -52,20 +52,6 @@ class _Uplink:
 
     def close(self) -> None:
         pass
-
-
-class _Loop:
-    def add_reader(self, *args: object) -> None:
-        pass
-
-    def remove_reader(self, *args: object) -> None:
-        pass
-
-    def call_soon(self, *args: object) -> None:
-        pass
-
-    def call_later(self, *args: object) -> None:
-        return None
 
 
 class _NoHostLink:
@@ -163,7 +149,7 @@ def fake_io() -> Iterator[None]:
 
 def make_server() -> ControlServer:
     """The daemon's control server on a real ``Topology`` (call inside ``fake_io()``)."""
-    loop: asyncio.AbstractEventLoop = _Loop()  # type: ignore[assignment]
+    loop: asyncio.AbstractEventLoop = IdleLoop()  # type: ignore[assignment]
     topo = Topology(loop)
 
     def stats() -> dict[str, object]:

@@ -28,7 +28,7 @@ import os
 import sys
 from typing import Any
 
-from .common import Reader, check
+from .common import IdleLoop, Reader, check
 
 
 def _load_fastpath() -> None:
@@ -81,17 +81,6 @@ class _Uplink:
         return True
 
 
-class _Loop:
-    def add_reader(self, *args: object) -> None:
-        pass
-
-    def remove_reader(self, *args: object) -> None:
-        pass
-
-    def call_soon(self, *args: object) -> None:
-        pass
-
-
 def _high_gpa() -> int:
     """The highest region the codec lets a front-end declare (what SET_MEM_TABLE accepts)."""
     for gpa in (HIGH_GPA, HIGH_GPA - 0x1000):
@@ -117,7 +106,7 @@ def _run(cfg: int, base: int, ram: bytes, fast: Any) -> dict[str, Any]:
     event_idx = bool(cfg & 2)
     port = Port("fuzz", MASTER_MAC, "l2", "bridge")
     uplink = _Uplink()
-    dp = PortDatapath(port, uplink, _Loop())  # type: ignore[arg-type]
+    dp = PortDatapath(port, uplink, IdleLoop())  # type: ignore[arg-type]
     for name, (mac, addrs) in GUESTS.items():
         slave = port.add_slave(name, addrs, mac=mac)
         dev = dp.devices[name] = NetDevice(slave, dp)

@@ -29,7 +29,7 @@ from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.session import Session, Vring
 
-from .common import Reader, check
+from .common import IdleLoop, Reader, check
 
 SIZES = (64 << 10, 1 << 20, 8 << 20, 16 << 20)
 FD_BASE = 1 << 20  # fake descriptor numbers: never a real open fd
@@ -74,17 +74,6 @@ class FakeHost:
         raise AttributeError(f"FakeHost has no {name}: teach fuzz/h_session.py the Host protocol")
 
 
-class _Loop:
-    def add_reader(self, *args: object) -> None:
-        pass
-
-    def remove_reader(self, *args: object) -> None:
-        pass
-
-    def call_soon(self, *args: object) -> None:
-        pass
-
-
 class _Uplink:
     master = "fuzz"
 
@@ -102,7 +91,7 @@ class FakeDevice(NetDevice):
     def __init__(self) -> None:
         port = Port("fuzz", bytes.fromhex("020000000001"), "l2", "bridge")
         slave = port.add_slave("a", [bytes([10, 0, 0, 10])], mac=bytes.fromhex("02000000000a"))
-        dp = PortDatapath(port, _Uplink(), _Loop())  # type: ignore[arg-type]
+        dp = PortDatapath(port, _Uplink(), IdleLoop())  # type: ignore[arg-type]
         super().__init__(slave, dp)
         dp.devices["a"] = self
         self.started: set[int] = set()
