@@ -55,7 +55,8 @@ from .rtnl import Rtnl
 from .uplink import interface_mac
 
 if TYPE_CHECKING:
-    from .datapath import NetDevice, PortDatapath
+    from .datapath import PortDatapath
+    from .device import NetDevice
 
 log = logging.getLogger("vhost_ipvlan.hostlink")
 

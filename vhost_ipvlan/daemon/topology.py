@@ -56,7 +56,8 @@ from ..errors import ConfigError, UplinkError
 from ..switch.port import AddressInUse as PortAddressInUse
 from ..switch.port import MacInUse, Port, Slave
 from . import nft
-from .datapath import NetDevice, PortDatapath
+from .datapath import PortDatapath
+from .device import NetDevice
 from .endpoint import Endpoint
 from .hostlink import HostLink
 from .ownership import Ownership, learned_by_others, log_taken
