@@ -161,26 +161,12 @@ class PortDatapath:
                 hairpin_to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, arg.mac, self.port.master_mac)  # type: ignore[union-attr, arg-type]
             self._to_uplink(dev, buf, length)
         elif action == TO_SLAVE:
-            target = self._device(arg)  # type: ignore[arg-type]
-            # a guest may address another by the master's MAC (or ARP for its MAC):
-            # give the receiver its own; most frames already carry the receiver's MAC
-            is_arp = buf[24] == 0x08 and buf[25] == 0x06
-            if is_arp or buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes() != target.slave.mac:
-                to_guest(buf[net.HDR_LEN : length], length - net.HDR_LEN, target.slave.mac, self.port.master_mac)
-            if self.l3:
-                buf[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
-            target.deliver(buf[:length])
+            self._deliver(self._device(arg), buf, length)  # type: ignore[arg-type]
         elif action == FLOOD:
             if length > self.max_frame:  # GSO or not: a group frame the wire could not carry
                 dev.drops["mtu_exceeded"] += 1
                 return 0
-            frame = buf[:length]
-            dst = buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes()
-            copies = 0
-            for other in self.devices.values():
-                if other is not dev and other.slave.up and other.slave.mcast.accepts(dst):
-                    other.deliver(frame)
-                    copies += 1
+            copies = self._flood(buf, length, dev)
             if self.hostlink is not None:
                 self._answer_for_host(dev, buf[net.HDR_LEN : length])
             self._to_uplink(dev, buf, length)
@@ -193,6 +179,31 @@ class PortDatapath:
             self._answer(dev, buf[net.HDR_LEN : length])
         # DROP: the switch has counted it on the slave
         return 0
+
+    def _deliver(self, dev: NetDevice, buf: memoryview, length: int) -> None:
+        """Deliver ``buf[:length]`` (12-byte header + a frame for ``dev``'s guest,
+        addressed to the master's MAC or to the guest's) into ``dev``'s RX ring: the
+        guest sees its own MAC as the destination, also as an ARP target's hardware
+        address (``to_guest``), and in l3/l3s the master's as the source (its router)."""
+        mac = dev.slave.mac
+        # most frames already carry the receiver's MAC; an ARP frame may name the master's inside
+        if (buf[24] == 0x08 and buf[25] == 0x06) or buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes() != mac:
+            to_guest(buf[net.HDR_LEN : length], length - net.HDR_LEN, mac, self.port.master_mac)
+        if self.l3:
+            buf[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
+        dev.deliver(buf[:length])
+
+    def _flood(self, buf: memoryview, length: int, sender: NetDevice | None) -> int:
+        """Deliver the group frame in ``buf[:length]``, untranslated, to every up guest
+        but ``sender`` whose multicast filter accepts its destination; return the copies."""
+        frame = buf[:length]
+        dst = buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes()
+        copies = 0
+        for dev in self.devices.values():
+            if dev is not sender and dev.slave.up and dev.slave.mcast.accepts(dst):
+                dev.deliver(frame)
+                copies += 1
+        return copies
 
     def _to_host(self, dev: NetDevice, buf: memoryview, length: int) -> None:
         if self.hostlink is None:
@@ -289,14 +300,10 @@ class PortDatapath:
         action, arg = self.port.from_uplink(frame)
         if action == TO_SLAVE:
             dev = self._device(arg)  # type: ignore[arg-type]
-            mac = dev.slave.mac
-            if mac is None:
+            if dev.slave.mac is None:
                 dev.drops["mac_unknown"] += 1
                 return 0
-            to_guest(frame, length - net.HDR_LEN, mac, self.port.master_mac)
-            if self.l3:
-                view[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
-            dev.deliver(view[:length])
+            self._deliver(dev, view, length)
         elif action == ANSWER:
             # l3/l3s: the outside's ARP/NS for a slave address (a departure)
             reply = neigh.reply(frame, self.port.master_mac)
@@ -307,13 +314,6 @@ class PortDatapath:
             if length > self.max_frame:  # a coalesced (GRO) group frame: no guest needs it whole
                 self.drops["mtu_exceeded"] += 1
                 return 0
-            out = view[:length]
-            dst = frame[:6].tobytes()
-            copies = 0
-            for dev in self.devices.values():
-                if dev.slave.up and dev.slave.mcast.accepts(dst):
-                    dev.deliver(out)
-                    copies += 1
-            return copies
+            return self._flood(view, length, None)
         # PASS: the host's; DROP: the switch has counted it in port.uplink_drops
         return 0
