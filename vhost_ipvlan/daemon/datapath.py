@@ -42,6 +42,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ..net import neigh
+from ..net.frames import L3_IPV4, L3_IPV6, classify
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
 from ..switch.policy import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..virtio import net
@@ -59,6 +60,8 @@ log = logging.getLogger("vhost_ipvlan.datapath")
 
 ETH_HLEN = 14
 RESCAN_INTERVAL = 0.2
+#: virtio_net_hdr flag: the checksum is known good (the tap sets it on the host's frames)
+HDR_F_DATA_VALID = 2
 
 
 class PortDatapath:
@@ -90,14 +93,29 @@ class PortDatapath:
         self._flushing = False
 
     def start(self) -> None:
+        """Read the uplink and the host link (if any), and rescan the TX rings."""
         self.loop.add_reader(self.uplink.fileno(), self._uplink_readable)
+        if self.hostlink is not None:
+            self.loop.add_reader(self.hostlink.fileno(), self._host_readable)
         self._rescan = self.loop.call_later(RESCAN_INTERVAL, self._rescan_tick)
 
     def stop(self) -> None:
         if self.uplink.fileno() >= 0:
             self.loop.remove_reader(self.uplink.fileno())
+        self._stop_host()
         if self._rescan is not None:
             self._rescan.cancel()
+
+    def _stop_host(self) -> None:
+        if self.hostlink is not None and self.hostlink.fileno() >= 0:
+            self.loop.remove_reader(self.hostlink.fileno())
+
+    def close_hostlink(self) -> None:
+        """Stop reading the host link and close it (deleting the tap and its routes)."""
+        if self.hostlink is not None:
+            self._stop_host()
+            self.hostlink.close()
+            self.hostlink = None
 
     def close_uplink(self) -> None:
         """The master is gone: stop reading its socket and close it."""
@@ -210,8 +228,9 @@ class PortDatapath:
             dev.drops["to_host_unsupported"] += 1
             return
         to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
-        if not self.hostlink.to_host(buf, length):
+        if not self.hostlink.send(buf, length):
             dev.drops["host_send_failed"] += 1
+            self.drops["host_send_failed"] += 1  # on the port too, as before (issue 15: one registry)
 
     def _route(self, dev: NetDevice, buf: memoryview, length: int) -> None:
         """l3 egress: to the next hop the host's tables give, with the master's MAC."""
@@ -243,7 +262,7 @@ class PortDatapath:
     def _answer_for_host(self, dev: NetDevice, frame: memoryview) -> None:
         """l2: a guest's ARP request or NS for one of the host's addresses on the master."""
         asked = neigh.request_target(frame)
-        if asked is not None and self.hostlink is not None and self.hostlink.is_host_address(asked[1]):
+        if asked is not None and self.hostlink is not None and asked[1] in self.port.master_addresses:
             reply = neigh.reply(frame, self.port.master_mac)
             if reply is not None:
                 dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
@@ -317,3 +336,34 @@ class PortDatapath:
             return self._flood(view, length, None)
         # PASS: the host's; DROP: the switch has counted it in port.uplink_drops
         return 0
+
+    def _host_readable(self) -> None:
+        """Frames from the host's stack (through the tap): unicast IP to a guest's
+        address, from the tap's MAC to the tap's, go to that guest as the master's."""
+        link = self.hostlink
+        if link is None:
+            return
+        view = self.view
+        port = self.port
+        for _ in range(device.BURST):
+            try:
+                n = link.recv(view)
+            except OSError:
+                self.drops["host_read_error"] += 1
+                break
+            if n < net.HDR_LEN + ETH_HLEN:
+                break
+            kind, dst, _src, _sha, _l3src, key = classify(view[net.HDR_LEN : n])
+            if dst[0] & 1 or kind not in (L3_IPV4, L3_IPV6):
+                self.drops["host_not_unicast_ip"] += 1  # MLD, IPv6 RS and the like
+                continue
+            owner = port.by_addr.get(key)
+            dev = self.devices.get(owner.name) if owner is not None else None
+            if dev is None or owner is None or owner.mac is None or not owner.up:
+                self.drops["host_no_guest"] += 1
+                continue
+            if view[0] == HDR_F_DATA_VALID:
+                view[0] = 0
+            view[net.HDR_LEN : net.HDR_LEN + 12] = owner.mac + port.master_mac
+            self._deliver(dev, view, n)
+        self.flush()

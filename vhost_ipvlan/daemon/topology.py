@@ -213,7 +213,7 @@ class Topology:
         dp = PortDatapath(port, uplink, self.loop)
         undo.callback(_close_extras, dp)
         try:
-            dp.hostlink = HostLink(dp, uplink.ifindex)
+            dp.hostlink = HostLink(port, uplink.ifindex)
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
         if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
@@ -226,10 +226,8 @@ class Topology:
         undo.callback(self._forget_port, dp)
         self.config = replace(self.config, ports=(*self.config.ports, replace(pc, slaves=())))
         self._sync_nft(dp)
-        dp.start()
+        dp.start()  # reads the host link too
         undo.callback(dp.stop)
-        if dp.hostlink is not None:
-            dp.hostlink.start()
         if self.on_port_added is not None:
             self.on_port_added(dp, self._chains[pc.master])
             if self.on_port_removed is not None:
@@ -455,9 +453,7 @@ class Topology:
 
 def _close_extras(dp: PortDatapath) -> None:
     """Close the port's host link (deleting the tap and its routes) and router."""
-    if dp.hostlink is not None:
-        dp.hostlink.close()
-        dp.hostlink = None
+    dp.close_hostlink()
     if dp.router is not None:
         dp.router.close()
         dp.router = None
