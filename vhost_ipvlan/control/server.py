@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import config as cfg
 from .. import unixsock
-from ..errors import ConfigError, UplinkError
+from ..errors import ConfigError, QmpConfigured, RequestError, SocketInUse, UnknownMethod, UplinkError
 from ..switch.port import learned_addresses
 from . import protocol
-from .protocol import Request, RequestError
+from .protocol import Request
 
 log = logging.getLogger("vhost_ipvlan.control")
 
@@ -40,12 +40,6 @@ SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_d
 
 if TYPE_CHECKING:
     from ..daemon.topology import Topology
-
-
-class QmpConfigured(cfg.Conflict):
-    """``slave.rx_filter`` for a slave that reads its guest's RX filter itself (``qmp``)."""
-
-    code = "qmp_configured"
 
 
 class ControlServer:
@@ -215,13 +209,13 @@ class ControlServer:
                 cfg.check_keys("params", p, {"name"}, {"name"})
                 topo.remove_slave(_s("params.name", p["name"]), undo)
             else:  # pragma: no cover - protocol.METHODS and this table agree
-                raise RequestError("unknown_method", f"method: {m!r} is not implemented")
+                raise UnknownMethod(f"method: {m!r} is not implemented")
         return self._result_after(m, p)
 
     def _not_control(self, sc: cfg.SlaveConfig) -> cfg.SlaveConfig:
         """A slave socket must not take the control socket's place (it would be unlinked)."""
         if sc.socket == self.path:
-            raise cfg.SocketInUse(f"params.socket: {sc.socket} is the daemon's control socket")
+            raise SocketInUse(f"params.socket: {sc.socket} is the daemon's control socket")
         return sc
 
     def _rx_filter(self, p: dict[str, Any]) -> Any:
