@@ -1,32 +1,33 @@
 """One exception tree; each class says who is at fault.
 
-Every exception vhost-ipvlan raises on purpose is defined here::
+Every exception vhost-ipvlan raises on purpose is defined here (``code``: the
+control API's error code, for the classes a control request can end in)::
 
     VhostIpvlanError
      +-- FrontendError          the vhost-user front-end broke the protocol
      +-- GuestError             the guest driver broke the virtio contract
-     +-- UplinkError            the host refused (master, sockets, nftables)
-     +-- RxFilterError          QMP's query-rx-filter reply is unusable
-     +-- ConfigError            the operator's input is invalid
-     |    +-- NotFound          no such port or slave
-     |    +-- NoSuchInterface   no such master interface
-     |    +-- PortBusy          the port still has slaves
-     |    +-- DomainError       a libvirt domain XML lacks what we need
+     +-- RequestError           bad_request: a control request that cannot be read
+     |    +-- RequestTooLarge   request_too_large
+     |    +-- UnknownMethod     unknown_method
+     |    +-- ParamsNotObject   invalid_params
+     +-- ConfigError            invalid_params: the operator's input is invalid
+     |    +-- NotFound          not_found
+     |    +-- NoSuchInterface   no_such_interface
+     |    +-- PortBusy          port_busy
+     |    +-- DomainError       (libvirt) a domain XML lacks what we need
      |    +-- Conflict          valid alone, clashes with what exists
-     |         +-- NameInUse
-     |         +-- SocketInUse
-     |         +-- AddressInUse
-     |         +-- MacInUse
-     |         +-- PortExists
-     |         +-- MasterAddress
-     |         +-- QmpConfigured
-     +-- RequestError           a control request that cannot be read
-     |    +-- RequestTooLarge
-     |    +-- UnknownMethod
-     |    +-- ParamsNotObject
-     +-- StateError             a change could not be applied or recorded
-     +-- InternalError          a bug in the daemon
-     +-- RemoteError            (client) the daemon refused a request
+     |         +-- NameInUse        name_in_use
+     |         +-- SocketInUse      socket_in_use
+     |         +-- AddressInUse     address_in_use
+     |         +-- MacInUse         mac_in_use
+     |         +-- PortExists       port_exists
+     |         +-- MasterAddress    master_address
+     |         +-- QmpConfigured    qmp_configured
+     +-- UplinkError            host_error: the host refused (master, sockets, nftables)
+     +-- RxFilterError          QMP's query-rx-filter reply is unusable
+     +-- StateError             state_error: a change could not be applied or recorded
+     +-- InternalError          internal_error: a bug in the daemon
+     +-- RemoteError            (client) the daemon refused a request: its code
      +-- ControlUnavailable     (client) the control socket cannot be reached
      +-- HookError              (libvirt hook) one line for libvirt
 
@@ -75,14 +76,37 @@ class GuestError(VhostIpvlanError):
     """The guest driver broke the virtio contract (bad descriptor, address, loop)."""
 
 
-class UplinkError(VhostIpvlanError):
-    """The host refused (socket bind, nftables, the master interface); the change was undone."""
-
-    code: ClassVar[str] = "host_error"
+# -- the control protocol ----------------------------------------------------------------
 
 
-class RxFilterError(VhostIpvlanError):
-    """QMP answered, but not with a usable RX filter for this slave's NIC."""
+class RequestError(VhostIpvlanError):
+    """Not JSON, not UTF-8, not an object, bad ``id``, unknown top-level key, truncated
+    (``id`` is the request's when it could be read)."""
+
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, message: str, request_id: int | str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.id = request_id
+
+
+class RequestTooLarge(RequestError):
+    """A line over 65536 bytes (``protocol.MAX_LINE``); the connection is closed."""
+
+    code = "request_too_large"
+
+
+class UnknownMethod(RequestError):
+    """``method`` is not one of the methods (``protocol.METHODS``)."""
+
+    code = "unknown_method"
+
+
+class ParamsNotObject(RequestError):
+    """``params`` is not a JSON object."""
+
+    code = "invalid_params"
 
 
 # -- configuration: the operator's input ------------------------------------------------
@@ -125,9 +149,8 @@ class DomainError(ConfigError):
 
 
 class Conflict(ConfigError):
-    """Valid on its own, but clashes with what exists; ``code`` names the clash."""
-
-    code = "conflict"
+    """Valid on its own, but clashes with what exists; each subclass's ``code`` names the
+    clash (never raised itself)."""
 
 
 class NameInUse(Conflict):
@@ -172,36 +195,14 @@ class QmpConfigured(Conflict):
     code = "qmp_configured"
 
 
-# -- the control protocol ----------------------------------------------------------------
+class UplinkError(VhostIpvlanError):
+    """The host refused (socket bind, nftables, the master interface); the change was undone."""
+
+    code: ClassVar[str] = "host_error"
 
 
-class RequestError(VhostIpvlanError):
-    """Not JSON, not UTF-8, not an object, bad ``id``, unknown top-level key, truncated."""
-
-    code: ClassVar[str] = "bad_request"
-
-    def __init__(self, message: str, request_id: int | str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.id = request_id
-
-
-class RequestTooLarge(RequestError):
-    """The line is longer than the protocol's limit (the connection is closed)."""
-
-    code = "request_too_large"
-
-
-class UnknownMethod(RequestError):
-    """``method`` is not one of the API's methods."""
-
-    code = "unknown_method"
-
-
-class ParamsNotObject(RequestError):
-    """``params`` is not a JSON object."""
-
-    code = "invalid_params"
+class RxFilterError(VhostIpvlanError):
+    """QMP answered, but not with a usable RX filter for this slave's NIC."""
 
 
 class StateError(VhostIpvlanError):

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fuzz.h_control import fake_io, handle, make_server
 from vhost_ipvlan import errors
+from vhost_ipvlan.control import protocol
+from vhost_ipvlan.control.server import _answerable
 
 PACKAGE = Path(errors.__file__).resolve().parent
+ROOT = PACKAGE.parent
 
 
 def _classes_raised_elsewhere() -> list[str]:
@@ -64,3 +71,32 @@ def test_a_refused_address_change_reports_its_real_cause() -> None:
         assert answer["error"]["message"] == "params.addresses: 240.0.0.1 cannot be a slave address (not unicast)"
         answer = _call(server, "slave.change", {"name": "a", "addresses": ["192.0.2.11/24"]})
         assert answer["error"]["code"] == "address_in_use", answer
+
+
+def test_committed_error_code_table_is_the_generators_output() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_error_codes.py")], capture_output=True,
+                         text=True, check=True).stdout
+    assert (ROOT / "docs" / "control-api.md").read_text() == out, (
+        "docs/control-api.md is stale: python3 scripts/gen_error_codes.py --write")
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    (b"{", "bad_request"),
+    (b'{"method": "nope"}', "unknown_method"),
+    (b'{"method": "stats", "params": []}', "invalid_params"),
+    (b"x" * (protocol.MAX_LINE + 1), "request_too_large"),
+])
+def test_protocol_refusals_carry_their_class_code(line: bytes, code: str) -> None:
+    with pytest.raises(errors.RequestError) as info:
+        protocol.parse(line)
+    assert info.value.code == code
+
+
+def test_unexpected_exceptions_are_answered_with_a_code() -> None:
+    assert type(_answerable("port.add", OSError(28, "No space left on device"))) is errors.StateError
+    try:
+        raise KeyError("x")
+    except KeyError as e:
+        assert type(_answerable("port.add", e)) is errors.InternalError
+    refusal = errors.NotFound("params.name: no slave named 'x'")
+    assert _answerable("slave.remove", refusal) is refusal

@@ -10,6 +10,9 @@ Rules:
 - Requests are handled one at a time, in the loop, to completion: a change is
   validated, applied and written to the state file (``Topology.transaction``)
   before its response is sent. A refused request changes nothing.
+- Every error response's code is the ``code`` of an ``errors`` class (an ``OSError``
+  is a ``StateError``, anything unexpected an ``InternalError``, logged with its
+  traceback); docs/control-api.md's table is generated from them.
 - A bad request gets one error line and the connection stays usable; a line
   that cannot be framed (too long, or cut by the end of the stream) gets its error
   and the connection is closed. At most ``MAX_CLIENTS`` connections at once.
@@ -27,7 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 from .. import config as cfg
 from .. import unixsock
-from ..errors import ConfigError, QmpConfigured, RequestError, SocketInUse, UnknownMethod, UplinkError
+from ..errors import (
+    ConfigError,
+    InternalError,
+    QmpConfigured,
+    RequestError,
+    RequestTooLarge,
+    SocketInUse,
+    StateError,
+    UnknownMethod,
+    UplinkError,
+)
 from ..switch.port import learned_addresses
 from . import protocol
 from .protocol import Request
@@ -111,11 +124,11 @@ class ControlServer:
                     line = await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError as e:
                     if e.partial.strip():
-                        writer.write(protocol.error(None, "bad_request",
+                        writer.write(protocol.error(None, RequestError.code,
                                                     "truncated request: the stream ended before a newline"))
                     break
                 except asyncio.LimitOverrunError:
-                    writer.write(protocol.error(None, "request_too_large",
+                    writer.write(protocol.error(None, RequestTooLarge.code,
                                                 f"request longer than {protocol.MAX_LINE} bytes; closing"))
                     break
                 if line.strip():
@@ -135,19 +148,9 @@ class ControlServer:
             return protocol.error(e.id, e.code, e.message)
         try:
             return protocol.result(req.id, self.dispatch(req))
-        except RequestError as e:
-            return protocol.error(req.id, e.code, e.message)
-        except ConfigError as e:
-            return protocol.error(req.id, getattr(e, "code", "invalid_params"), str(e))
-        except UplinkError as e:
-            log.warning("control: %s failed: %s", req.method, e)
-            return protocol.error(req.id, "host_error", str(e))
-        except OSError as e:
-            log.error("control: %s failed: %s", req.method, e)
-            return protocol.error(req.id, "state_error", f"cannot apply or record the change: {e}")
-        except Exception as e:
-            log.exception("control: %s failed", req.method)
-            return protocol.error(req.id, "internal_error", f"{type(e).__name__}: {e}")
+        except Exception as e:  # every refusal is answered with its class's code
+            err = _answerable(req.method, e)
+            return protocol.error(req.id, err.code, str(err))
 
     # -- methods --------------------------------------------------------------------
 
@@ -264,6 +267,21 @@ class ControlServer:
         if sc.learn:
             info["learned"] = learned_addresses(ep.device.slave)
         return info
+
+
+def _answerable(method: str, e: Exception) -> RequestError | ConfigError | UplinkError | StateError | InternalError:
+    """``e`` as an error with the ``code`` the client sees (logged when the host or a bug
+    is to blame); call it while handling ``e``."""
+    if isinstance(e, RequestError | ConfigError):
+        return e
+    if isinstance(e, UplinkError):
+        log.warning("control: %s failed: %s", method, e)
+        return e
+    if isinstance(e, OSError):
+        log.error("control: %s failed: %s", method, e)
+        return StateError(f"cannot apply or record the change: {e}")
+    log.exception("control: %s failed", method)
+    return InternalError(f"{type(e).__name__}: {e}")
 
 
 def _s(where: str, value: Any) -> str:
