@@ -1,5 +1,5 @@
 """The exception tree (``vhost_ipvlan.errors``): one module, one root, the real cause
-reaches the control API's client."""
+reaches the control API's client, each code documented; the control server's method tables."""
 
 from __future__ import annotations
 
@@ -100,3 +100,11 @@ def test_unexpected_exceptions_are_answered_with_a_code() -> None:
         assert type(_answerable("port.add", e)) is errors.InternalError
     refusal = errors.NotFound("params.name: no slave named 'x'")
     assert _answerable("slave.remove", refusal) is refusal
+
+
+def test_the_dispatch_tables_serve_every_method_once() -> None:
+    with fake_io():
+        server = make_server()
+    queries, changes = set(server._queries), set(server._changes)
+    assert not queries & changes
+    assert queries | changes == set(protocol.METHODS)
