@@ -41,9 +41,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import UplinkError
+from ..errors import ConfigError, UplinkError
 from ..net.addr import format_ip, format_mac
-from ..switch.port import PortConfigError
 from ..virtio import net
 from . import nft
 from .datapath import ETH_HLEN, PortDatapath
@@ -190,7 +189,7 @@ class MasterMonitor:
             old = dp.port.master_mac
             try:
                 dp.port.set_master_mac(state.mac)
-            except PortConfigError as e:
+            except ConfigError as e:
                 log.warning("master %s: new MAC %s refused, keeping %s: %s",
                             m.name, format_mac(state.mac), format_mac(old), e)
             else:
