@@ -1,8 +1,8 @@
-"""Host <-> guest traffic through a host-side tap device (a DESIGN.md departure).
+"""Host <-> guest traffic through a host-side tap device (a departure, docs/kernel-behaviour.md §3).
 
 Kernel ipvlan never delivers the master's own traffic to its slaves (it only hooks
 the master's RX), and a slave's packets to the host's addresses get no reply
-(reference §5, §12.1 row c). vhost-ipvlan gives every port a tap device, ``vih<N>``
+(docs/kernel-behaviour.md §3, §8.1 row c). vhost-ipvlan gives every port a tap device, ``vih<N>``
 (N = the master's ifindex), owned by the daemon in its own namespace:
 
 - the host reaches a guest through a route per configured slave address

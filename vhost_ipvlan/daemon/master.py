@@ -1,6 +1,6 @@
 """Following the masters: link state, MTU, MAC, disappearance and return.
 
-Kernel reference (``ipvlan_device_event``, reference §7): UP/CHANGE copy the
+Kernel reference (``ipvlan_device_event``, docs/kernel-behaviour.md §7): UP/CHANGE copy the
 master's carrier to every slave; CHANGEMTU overwrites the slaves' MTU;
 CHANGEADDR gives every slave the new MAC; UNREGISTER deletes all slaves.
 
