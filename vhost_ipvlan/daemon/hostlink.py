@@ -160,18 +160,24 @@ class HostLink:
         for slave in port.slaves.values():
             want |= slave.addresses
             want.update(a for a in slave.learned_addrs if port.on_link(a))
-        for addr in sorted(self.routes - want):
+        gone, new = sorted(self.routes - want), sorted(want - self.routes)
+        if gone or new:  # one job for the rtnetlink worker, however many routes
+            self.ipr.submit(lambda: self._routes(gone, new)).result()
+
+    def _routes(self, gone: list[bytes], new: list[bytes]) -> None:
+        """In the rtnetlink worker: delete ``gone``, add ``new``."""
+        for addr in gone:
             self._route("del", addr)
             self.routes.discard(addr)
-        for addr in sorted(want - self.routes):
+        for addr in new:
             if self._route("replace", addr):
                 self.routes.add(addr)
 
     def _route(self, cmd: str, addr: bytes) -> bool:
         ip = ipaddress.ip_address(addr)
         try:
-            self.ipr.call("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
-                           family=10 if ip.version == 6 else 2)
+            self.ipr.request("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
+                              family=10 if ip.version == 6 else 2)
         except NetlinkError as e:
             if cmd != "del":
                 log.warning("host link %s: cannot route %s through it: %s", self.name, ip, e)
