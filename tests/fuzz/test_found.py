@@ -47,7 +47,8 @@ def test_two_nics_with_one_mac_are_refused() -> None:
     the hook's second ``slave.add`` turned into a change that took the first NIC's slave
     (its socket) away (fuzz ``domain``, crash-4ee37efe...). Refused, one line."""
     from tests.unit.test_libvirt_domain import SOCKDIR, domain, meta, nic, vi
-    from vhost_ipvlan.libvirt.domain import DomainError, slave_requests
+    from vhost_ipvlan.errors import DomainError
+    from vhost_ipvlan.libvirt.domain import slave_requests
 
     xml = domain(nic(), nic(path="/run/vhost-ipvlan/vm1b.sock"), meta(vi()))
     with pytest.raises(DomainError, match="two interfaces of vhost-ipvlan's have this MAC"):

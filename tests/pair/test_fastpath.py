@@ -213,7 +213,7 @@ def test_private_and_vepa_never_fast_forward(flag: str) -> None:
 def test_l3_modes_equal_pure_python(mode: str, flag: str) -> None:
     """l3/l3s never use the accelerator (it implements l2 bridge switching only);
     deliveries, drops, routed packets and the wire are those of pure Python, and
-    the flags do what reference §4 ``ipvlan_xmit_mode_l3`` says."""
+    the flags do what docs/kernel-behaviour.md §4 ``ipvlan_xmit_mode_l3`` says."""
     p = make_port(flag, mode)
     try:
         assert p.dp.fast_table.args(p.device("a")) is None
