@@ -70,12 +70,19 @@ GUESTS = {
 
 class _Uplink:
     master = "fuzz"
+    ifindex = 0
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
     def fileno(self) -> int:
         return -1
+
+    def recv(self, buf: memoryview) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
 
     def send(self, buf: memoryview, length: int) -> bool:
         self.sent.append(bytes(buf[:length]))
@@ -107,7 +114,7 @@ def _run(cfg: int, base: int, ram: bytes, fast: Any) -> dict[str, Any]:
     event_idx = bool(cfg & 2)
     port = Port("fuzz", MASTER_MAC, "l2", "bridge")
     uplink = _Uplink()
-    dp = PortDatapath(port, uplink, IdleLoop())  # type: ignore[arg-type]
+    dp = PortDatapath(port, uplink, IdleLoop())
     for name, (mac, addrs) in GUESTS.items():
         slave = port.add_slave(name, addrs, mac=mac)
         dev = dp.devices[name] = NetDevice(slave, dp)

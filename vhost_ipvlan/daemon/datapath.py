@@ -36,7 +36,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -52,9 +51,7 @@ from .fastpath import PortTable
 
 if TYPE_CHECKING:
     from ..switch.port import Port, Slave
-    from .hostlink import HostLink
-    from .routing import Router
-    from .uplink import Uplink
+    from .seams import Cancellable, HostPort, Loop, NextHops, UplinkPort
 
 log = logging.getLogger("vhost_ipvlan.datapath")
 
@@ -67,7 +64,7 @@ HDR_F_DATA_VALID = 2
 class PortDatapath:
     """One master: its switch ``Port``, uplink socket and slave devices."""
 
-    def __init__(self, port: Port, uplink: Uplink, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, port: Port, uplink: UplinkPort, loop: Loop) -> None:
         self.port = port
         self.uplink = uplink
         self.loop = loop
@@ -83,12 +80,12 @@ class PortDatapath:
         self.wire_up = True
         #: the largest non-GSO buffer (12-byte header + Ethernet header + MTU) for the wire
         self.max_frame = net.HDR_LEN + ETH_HLEN + 1500
-        self._rescan: asyncio.TimerHandle | None = None
+        self._rescan: Cancellable | None = None
         #: the C accelerator's view of the port (``fastpath.py``)
         self.fast_table = PortTable(port, self.devices)
         #: the host tap (host <-> guest), and l3's next-hop lookups; set by the topology
-        self.hostlink: HostLink | None = None
-        self.router: Router | None = None
+        self.hostlink: HostPort | None = None
+        self.router: NextHops | None = None
         self.l3 = port.mode != "l2"
         self._flushing = False
 
@@ -123,7 +120,7 @@ class PortDatapath:
             self.loop.remove_reader(self.uplink.fileno())
             self.uplink.close()
 
-    def open_uplink(self, uplink: Uplink) -> None:
+    def open_uplink(self, uplink: UplinkPort) -> None:
         """The master is back: read from (and send to) its new socket."""
         self.close_uplink()
         self.uplink = uplink
