@@ -109,7 +109,23 @@ class _Ownership(_Closable):
         pass
 
 
+class _Chain:
+    def __init__(self, name: str, master: str, *, ip: bool = True) -> None:
+        self.name, self.master, self.ip = name, master, ip
+
+    def sync(self, addresses: object) -> None:
+        pass
+
+    def reapply(self, addresses: object) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
 class _Nft:
+    Chain = _Chain
+
     def reset(self) -> None:
         pass
 
