@@ -63,6 +63,46 @@ class _Uplink:
         pass
 
 
+class FakeHostLink:
+    """The host's stack (a ``seams.HostPort``) without a tap: ``queue`` holds frames
+    (12-byte header + Ethernet) for the port to read, ``sent`` what it wrote."""
+
+    name = "inproc-host"
+    mac = bytes.fromhex("0200000000f0")
+
+    def __init__(self) -> None:
+        self.queue: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.rx_packets = self.tx_packets = 0
+        self.synced = 0
+
+    def fileno(self) -> int:
+        return -1
+
+    def recv(self, buf: memoryview) -> int:
+        if not self.queue:
+            return 0
+        data = self.queue.pop(0)
+        buf[: len(data)] = data
+        self.rx_packets += 1
+        return len(data)
+
+    def send(self, buf: memoryview, length: int) -> bool:
+        buf[12:18] = self.mac
+        self.sent.append(bytes(buf[:length]))
+        self.tx_packets += 1
+        return True
+
+    def sync(self) -> None:
+        self.synced += 1
+
+    def enable_forwarding(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class _Timer:
     def cancel(self) -> None:
         pass
