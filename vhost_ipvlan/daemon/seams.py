@@ -45,12 +45,16 @@ class UplinkPort(Protocol):
     def fileno(self) -> int: ...
 
     def recv(self, buf: memoryview) -> int:
-        """Read one frame into ``buf``: its total length (header + frame), 0 if
-        there is none, -1 for one that was truncated (counted, skipped)."""
+        """Read one frame into ``buf`` (``virtio.net.MAX_BUFFER`` bytes): its total
+        length (header + frame), 0 if there is none, -1 for one that was truncated
+        (counted, skipped). The header may describe a coalesced (GRO) frame."""
         ...
 
     def send(self, buf: memoryview, length: int) -> bool:
-        """Send ``buf[:length]`` to the wire; False if it was dropped."""
+        """Send ``buf[:length]`` to the wire; False if it was dropped. A frame whose
+        header has a ``gso_type`` may be longer than the master's MTU (the data path
+        lets it through, ``PortDatapath._wire_ok``): segment it (AF_PACKET leaves
+        that to the kernel) or drop it."""
         ...
 
     def close(self) -> None: ...
