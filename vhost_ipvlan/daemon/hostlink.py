@@ -58,8 +58,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import UplinkError
 from ..net.frames import ETH_HLEN
 from ..virtio import net
+from .ifinfo import interface_mac
 from .rtnl import Rtnl
-from .uplink import interface_mac
 
 if TYPE_CHECKING:
     from ..switch.port import Port
