@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -122,6 +123,14 @@ def test_no_host_route_for_a_learned_address_off_the_masters_link() -> None:
         routed.append((cmd, addr))
         return True
 
+    class Inline:  # the rtnetlink worker, run in place
+        def submit(self, job: Callable[[], None]) -> Future[None]:
+            fut: Future[None] = Future()
+            job()
+            fut.set_result(None)
+            return fut
+
     link._route = route  # type: ignore[method-assign]
+    link.ipr = Inline()  # type: ignore[assignment]
     link.sync()
     assert sorted(a for _, a in routed) == sorted([ip("192.0.2.10"), ip("192.0.2.50")])

@@ -15,6 +15,7 @@ Rules:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..config import Config, to_data
 HEADER = "# vhost-ipvlan state: written by the daemon after every accepted change; do not edit while it runs\n"
 
 
+_PLAIN = re.compile(r'[^"\\\x00-\x1f\x7f-\x9f\ud800-\udfff]*')
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
@@ -39,6 +41,8 @@ def _char(c: str) -> str:
 
 def toml_string(text: str) -> str:
     """``text`` as a TOML basic string that ``tomllib`` reads back as ``text``."""
+    if _PLAIN.fullmatch(text):  # nothing to escape (the usual case: one regex, not a call per character)
+        return f'"{text}"'
     return '"' + "".join(_char(c) for c in text) + '"'
 
 
