@@ -119,6 +119,14 @@ def test_no_host_route_for_a_learned_address_off_the_masters_link() -> None:
     link.dp = dp  # type: ignore[assignment]
     link.routes = set()
 
+    class Inline:  # the rtnetlink worker, run in the caller's thread
+        def submit(self, job: Callable[[], object]) -> Future[object]:
+            done: Future[object] = Future()
+            done.set_result(job())
+            return done
+
+    link.ipr = Inline()  # type: ignore[assignment]
+
     def route(cmd: str, addr: bytes) -> bool:
         routed.append((cmd, addr))
         return True

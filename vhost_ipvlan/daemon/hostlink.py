@@ -1,8 +1,8 @@
-"""Host <-> guest traffic through a host-side tap device (a DESIGN.md departure).
+"""Host <-> guest traffic through a host-side tap device (a departure, docs/kernel-behaviour.md §3).
 
 Kernel ipvlan never delivers the master's own traffic to its slaves (it only hooks
 the master's RX), and a slave's packets to the host's addresses get no reply
-(reference §5, §12.1 row c). vhost-ipvlan gives every port a tap device, ``vih<N>``
+(docs/kernel-behaviour.md §3, §8.1 row c). vhost-ipvlan gives every port a tap device, ``vih<N>``
 (N = the master's ifindex), owned by the daemon in its own namespace:
 
 - the host reaches a guest through a route per configured slave address
@@ -55,7 +55,8 @@ from .rtnl import Rtnl
 from .uplink import interface_mac
 
 if TYPE_CHECKING:
-    from .datapath import NetDevice, PortDatapath
+    from .datapath import PortDatapath
+    from .device import NetDevice
 
 log = logging.getLogger("vhost_ipvlan.hostlink")
 

@@ -1,6 +1,6 @@
 """Following the masters: link state, MTU, MAC, disappearance and return.
 
-Kernel reference (``ipvlan_device_event``, reference §7): UP/CHANGE copy the
+Kernel reference (``ipvlan_device_event``, docs/kernel-behaviour.md §7): UP/CHANGE copy the
 master's carrier to every slave; CHANGEMTU overwrites the slaves' MTU;
 CHANGEADDR gives every slave the new MAC; UNREGISTER deletes all slaves.
 
@@ -41,9 +41,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import UplinkError
+from ..errors import ConfigError, UplinkError
 from ..net.addr import format_ip, format_mac
-from ..switch.port import PortConfigError
 from ..virtio import net
 from . import nft
 from .datapath import ETH_HLEN, PortDatapath
@@ -190,7 +189,7 @@ class MasterMonitor:
             old = dp.port.master_mac
             try:
                 dp.port.set_master_mac(state.mac)
-            except PortConfigError as e:
+            except ConfigError as e:
                 log.warning("master %s: new MAC %s refused, keeping %s: %s",
                             m.name, format_mac(state.mac), format_mac(old), e)
             else:

@@ -4,7 +4,7 @@ The kernel's ipvlan rx_handler *consumes* frames for slave addresses: the host
 stack never sees, answers, forwards or ICMPs them. An AF_PACKET socket only gets
 copies, so the daemon pairs it with a netdev-family ingress chain on the master
 that drops exactly those frames; packet taps run before the ingress hook, so the
-daemon still receives them (ENVIRONMENT.md, verified).
+daemon still receives them (``test_outside_ping_reaches_guest_and_host_does_not_see_it``).
 
 Rules:
 - One table ``netdev vhost_ipvlan`` per network namespace, one chain per master

@@ -44,19 +44,13 @@ from functools import partial
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import config as cfg
-from ..errors import UplinkError
+from ..errors import MasterAddress, UplinkError
 from ..net.addr import format_ip, parse_mac
 from ..switch.port import Port, Slave
 from ..switch.source import learnable_more
 from .rtnl import Rtnl, message_address
 
 log = logging.getLogger("vhost_ipvlan.topology")
-
-
-class MasterAddress(cfg.Conflict):
-    """A slave address is one of the master's own."""
-
-    code = "master_address"
 
 
 NUD_IN_USE = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT

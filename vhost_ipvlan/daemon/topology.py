@@ -35,8 +35,9 @@ Rules:
   address a learning slave learns is consumed and routed on the loop's next turn.
   Learned addresses live in the ``Port`` only: the configuration, hence the state
   file, never holds them.
-- Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
-  ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
+- Errors (``errors``): ``ConfigError`` (its ``Conflict`` subclasses name the clash),
+  ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host. A
+  refusal from the switch's ``Port`` keeps its class (its code) and gets the key path.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ from functools import partial
 
 from .. import config as cfg
 from ..config import Config, PortConfig, SlaveConfig
-from ..errors import ConfigError, UplinkError
-from ..switch.port import AddressInUse as PortAddressInUse
-from ..switch.port import MacInUse, Port, Slave
+from ..errors import AddressInUse, ConfigError, MacInUse, NoSuchInterface, NotFound, PortBusy, UplinkError
+from ..switch.port import Port, Slave
 from . import nft
-from .datapath import NetDevice, PortDatapath
+from .datapath import PortDatapath
+from .device import NetDevice
 from .endpoint import Endpoint
 from .hostlink import HostLink
 from .ownership import Ownership, learned_by_others, log_taken
@@ -65,26 +66,6 @@ from .rxfilter import RxFilterWatch
 from .uplink import Uplink
 
 log = logging.getLogger("vhost_ipvlan.topology")
-
-
-class NotFound(ConfigError):
-    """The request names a port or slave that does not exist."""
-
-    code = "not_found"
-
-
-class NoSuchInterface(ConfigError):
-    """The master interface does not exist in the daemon's network namespace."""
-
-    code = "no_such_interface"
-
-
-class PortBusy(ConfigError):
-    code = "port_busy"
-
-
-class MacConflict(cfg.Conflict):
-    code = "mac_in_use"
 
 
 class Topology:
@@ -232,8 +213,8 @@ class Topology:
         undo.callback(uplink.close)
         try:
             port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from e
+        except ConfigError as e:
+            raise e.at(where) from e
         self.owners.watch(port)
         undo.callback(self.owners.unwatch, port)
         port.master_addresses = self.owners.master_addresses(pc.master)
@@ -322,11 +303,11 @@ class Topology:
             slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn,
                                       allow_router=sc.allow_router)
         except MacInUse as e:
-            raise MacConflict(f"{where}.mac: {e}") from e
-        except PortAddressInUse as e:
-            raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from e
+            raise e.at(f"{where}.mac") from e
+        except AddressInUse as e:
+            raise e.at(f"{where}.addresses") from e
+        except ConfigError as e:
+            raise e.at(where) from e
         undo.callback(dp.port.remove_slave, slave)
         dev = NetDevice(slave, dp)
         dp.devices[sc.name] = dev
@@ -389,8 +370,8 @@ class Topology:
         for ip in new_ips - old_ips:
             try:
                 dp.port.add_address(slave, ip.packed)
-            except ValueError as e:
-                raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
+            except ConfigError as e:  # the real cause: in use, or not a unicast address
+                raise e.at(f"{where}.addresses") from e
             undo.callback(dp.port.remove_address, slave, ip.packed)
         if old.allow_router != sc.allow_router:
             slave.allow_router = sc.allow_router
