@@ -131,14 +131,6 @@ def test_no_host_route_for_a_learned_address_off_the_masters_link() -> None:
         routed.append((cmd, addr))
         return True
 
-    class Inline:  # the rtnetlink worker, run in place
-        def submit(self, job: Callable[[], None]) -> Future[None]:
-            fut: Future[None] = Future()
-            job()
-            fut.set_result(None)
-            return fut
-
     link._route = route  # type: ignore[method-assign]
-    link.ipr = Inline()  # type: ignore[assignment]
     link.sync()
     assert sorted(a for _, a in routed) == sorted([ip("192.0.2.10"), ip("192.0.2.50")])
