@@ -35,6 +35,8 @@ Rules:
   address a learning slave learns is consumed and routed on the loop's next turn.
   Learned addresses live in the ``Port`` only: the configuration, hence the state
   file, never holds them.
+- A new slave must fit in the file descriptor budget (``fdbudget``) with its guest
+  connected; else it is refused (``FdBudget``) before anything changes.
 - Errors (``errors``): ``ConfigError`` (its ``Conflict`` subclasses name the clash),
   ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host. A
   refusal from the switch's ``Port`` keeps its class (its code) and gets the key path.
@@ -55,7 +57,7 @@ from .. import config as cfg
 from ..config import Config, PortConfig, SlaveConfig
 from ..errors import AddressInUse, ConfigError, MacInUse, NoSuchInterface, NotFound, PortBusy, UplinkError
 from ..switch.port import Port, Slave
-from . import nft
+from . import fdbudget, nft
 from .datapath import PortDatapath
 from .device import NetDevice
 from .endpoint import Endpoint
@@ -294,6 +296,7 @@ class Topology:
         """Create the slave, its device and endpoint (socket), and update nftables."""
         self.port_config(master, where)
         cfg.check_slave(where, self.config.ports, master, sc, index=self._index())
+        fdbudget.check(where, sc.name, len(self.ports), len(self._index().slaves) + 1)
         dp = self.datapath(master)
         self.owners.check_master(where, dp.port, sc.addresses, {a.ip for a in sc.addresses})
         taken = learned_by_others(dp.port, sc.name, sc.addresses)
