@@ -5,6 +5,7 @@ refused on one line and nothing changes. Behaviour only: the timings are bench/s
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,13 @@ from tests.support.frontend import FakeFrontend
 from tests.support.netns import Netns
 from tests.support.scale import Daemon, config_text, make_namespace, slave_table
 from tests.support.wait import wait_until
-from vhost_ipvlan.control.client import Client, RemoteError
+from vhost_ipvlan.control.client import Client
 from vhost_ipvlan.daemon import fdbudget
+from vhost_ipvlan.errors import RemoteError
 
 
 @pytest.fixture
-def ns() -> Netns:
+def ns() -> Iterator[Netns]:
     with make_namespace() as ns:
         yield ns
 
