@@ -7,8 +7,8 @@ virtio_net_hdr + frame) and handed to the port's data path (``PortDatapath``,
 ``deliver``. The C accelerator (``fastpath.py``) takes what it can of a drain.
 
 Rules:
-- No per-frame allocation beyond memoryview slices: one preallocated buffer per
-  TX queue; verdicts are ints.
+- No per-frame allocation beyond memoryview slices: one buffer per TX queue,
+  allocated when first used (an idle slave holds none); verdicts are ints.
 - A frame this receiver cannot take (ring full, offload it did not negotiate, too
   big) is dropped and counted here; nothing is queued.
 - Walking the receive ring for frames it then does not take is budgeted per burst
@@ -105,8 +105,8 @@ class NetDevice:
         self.takes_csum = False
         self.gso_mask = 1
         self.ecn = False
-        self.buf = bytearray(net.MAX_BUFFER)
-        self.view = memoryview(self.buf)
+        self._buf: bytearray | None = None  # allocated when first used (``buf``)
+        self._view: memoryview | None = None
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
         #: descriptors walked this burst for frames not taken (``RX_WASTE_BUDGET``)
         self.rx_waste = 0
@@ -114,6 +114,26 @@ class NetDevice:
         self.fast = fastpath.DeviceCounters()
         self.drops: Counter[str] = Counter()
         self._drain_scheduled = False
+
+    @property
+    def buf(self) -> bytearray:
+        """The frame buffer (12-byte header + the largest frame), made when first needed:
+        a slave that never had a guest costs no 64 KiB."""
+        if self._buf is None:
+            self._allocate()
+        assert self._buf is not None
+        return self._buf
+
+    @property
+    def view(self) -> memoryview:
+        if self._view is None:
+            self._allocate()
+        assert self._view is not None
+        return self._view
+
+    def _allocate(self) -> None:
+        self._buf = bytearray(net.MAX_BUFFER)
+        self._view = memoryview(self._buf)
 
     # -- session.Device -----------------------------------------------------------
 

@@ -37,6 +37,7 @@ from ..control import state
 from ..control.server import ControlServer
 from ..errors import ConfigError, UplinkError
 from ..switch.port import learned_addresses
+from . import fdbudget
 from .datapath import PortDatapath
 from .endpoint import Endpoint
 from .fastpath import accelerated
@@ -92,6 +93,7 @@ class Daemon:
             raise
 
     def _start(self) -> None:
+        fdbudget.raise_limit()
         self.masters.start()
         self.topology.apply(self.initial)
         if self.state_path is not None:
