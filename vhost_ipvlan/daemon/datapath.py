@@ -63,10 +63,10 @@ import logging
 import os
 import struct
 import time
-from collections import Counter
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from ..drops import DropReason, new_counters
 from ..errors import GuestError
 from ..net import neigh
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
@@ -155,7 +155,8 @@ class NetDevice:
         # RX counters the C accelerator adds to (two native u64: packets, bytes)
         self.fast_rx = bytearray(16)
         self._fast: tuple[tuple[int, int, int], bytes, frozenset[bytes]] | None = None
-        self.drops: Counter[str] = Counter()
+        #: drop counters, indexed by DropReason (the switch's are ``slave.drops``)
+        self.drops = new_counters()
         self._drain_scheduled = False
 
     # -- session.Device -----------------------------------------------------------
@@ -250,7 +251,7 @@ class NetDevice:
         self.drain_tx()
 
     def break_queue(self, which: int, err: GuestError) -> None:
-        self.drops["queue_broken"] += 1
+        self.drops[DropReason.QUEUE_BROKEN] += 1
         self.dp.fast_gen += 1
         log.warning("slave %s: %s queue broken by the guest: %s", self.slave.name, _QNAME[which], err)
         fd = self._kick_fds.pop(which, None)
@@ -295,7 +296,7 @@ class NetDevice:
                             fast = self.dp.fast_args(self)  # the frame may have changed state
                             continue
                         if status == fp.ERROR:  # the frame, if any, was given back
-                            self.drops["internal_error"] += 1
+                            self.drops[DropReason.INTERNAL_ERROR] += 1
                             internal_error_log(f"slave {self.slave.name}: the C accelerator failed", length)
                             fast = None  # Python handles the rest of this drain
                             continue
@@ -312,7 +313,7 @@ class NetDevice:
                         if fast is not None:  # the frame may have changed state (a target's ring broken)
                             fast = self.dp.fast_args(self)
                 if q.publish() and self.tx_call is not None and not eventfd_signal(self.tx_call):
-                    self.drops["call_failed"] += 1
+                    self.drops[DropReason.CALL_FAILED] += 1
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
@@ -327,14 +328,14 @@ class NetDevice:
         """Count and switch one frame taken from the TX ring (``view[:length]``);
         return how many copies of it went to other guests (the burst pays for them)."""
         if length < net.HDR_LEN:
-            self.drops["runt"] += 1
+            self.drops[DropReason.RUNT] += 1
             return 0
         self.tx_packets += 1
         self.tx_bytes += length - net.HDR_LEN
         try:
             return self.dp.from_guest(self, length)
         except Exception as e:  # a bug must cost one frame, not the daemon
-            self.drops["internal_error"] += 1
+            self.drops[DropReason.INTERNAL_ERROR] += 1
             internal_error_log(f"slave {self.slave.name}: a frame from the guest dropped", e)
             return 0
 
@@ -344,11 +345,11 @@ class NetDevice:
         """Put ``buf`` (12-byte header + frame) into this guest's receive queue."""
         q = self.rx
         if q is None or not self.rx_enabled:
-            self.drops["rx_not_ready"] += 1
+            self.drops[DropReason.RX_NOT_READY] += 1
             return
         flags, gso = buf[0], buf[1]
         if (flags or gso) and not net.offload_ok(flags, gso, self.takes_csum, self.gso_mask, self.ecn):
-            self.drops["offload_unsupported"] += 1
+            self.drops[DropReason.OFFLOAD_UNSUPPORTED] += 1
             return
         before = q.walked
         try:
@@ -365,16 +366,16 @@ class NetDevice:
             self.rx_bytes += len(buf) - net.HDR_LEN
             self.dp.dirty.add(self)
         elif rc == net.RX_RING_FULL:
-            self.drops["rx_ring_full"] += 1
+            self.drops[DropReason.RX_RING_FULL] += 1
         elif rc == net.RX_BAD_BUFFER:
-            self.drops["rx_bad_buffer"] += 1
+            self.drops[DropReason.RX_BAD_BUFFER] += 1
         else:
-            self.drops["rx_too_big"] += 1
+            self.drops[DropReason.RX_TOO_BIG] += 1
 
     def flush_rx(self) -> None:
         q = self.rx
         if q is not None and q.publish() and self.rx_call is not None and not eventfd_signal(self.rx_call):
-            self.drops["call_failed"] += 1  # the counter is full or the descriptor gone: never block
+            self.drops[DropReason.CALL_FAILED] += 1  # the counter is full or the descriptor gone: never block
 
 
 _QNAME = {RX: "rx", TX: "tx"}
@@ -394,7 +395,9 @@ class PortDatapath:
         self.buf = bytearray(net.MAX_BUFFER)
         self.view = memoryview(self.buf)
         self.uplink_rx = self.uplink_tx = 0
-        self.drops: Counter[str] = Counter()
+        #: drop counters of frames from the wire and the host link, indexed by DropReason
+        #: (the switch's are ``port.uplink_drops``)
+        self.drops = new_counters()
         #: the master is present, up and has carrier (kept by daemon.master)
         self.wire_up = True
         #: the largest non-GSO buffer (12-byte header + Ethernet header + MTU) for the wire
@@ -529,7 +532,7 @@ class PortDatapath:
             target.deliver(buf[:length])
         elif action == FLOOD:
             if length > self.max_frame:  # GSO or not: a group frame the wire could not carry
-                dev.drops["mtu_exceeded"] += 1
+                dev.drops[DropReason.MTU_EXCEEDED] += 1
                 return 0
             frame = buf[:length]
             dst = buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes()
@@ -553,22 +556,22 @@ class PortDatapath:
 
     def _to_host(self, dev: NetDevice, buf: memoryview, length: int) -> None:
         if self.hostlink is None:
-            dev.drops["to_host_unsupported"] += 1
+            dev.drops[DropReason.TO_HOST_UNSUPPORTED] += 1
             return
         to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
         if not self.hostlink.to_host(buf, length):
-            dev.drops["host_send_failed"] += 1
+            dev.drops[DropReason.HOST_SEND_FAILED] += 1
 
     def _route(self, dev: NetDevice, buf: memoryview, length: int) -> None:
         """l3 egress: to the next hop the host's tables give, with the master's MAC."""
         router = self.router
         if router is None:
-            dev.drops["no_route"] += 1
+            dev.drops[DropReason.NO_ROUTE] += 1
             return
         off = net.HDR_LEN + ETH_HLEN
         dst = buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]
         mac = router.next_hop_mac(dst.tobytes(), dev.slave.name)  # never waits: a miss is a drop
-        if isinstance(mac, str):
+        if isinstance(mac, DropReason):
             dev.drops[mac] += 1  # no_route, neigh_unresolved, neigh_rate_limited, ... (routing.py)
         elif mac == b"local":
             self._to_host(dev, buf, length)
@@ -578,7 +581,7 @@ class PortDatapath:
             if self.uplink.send(buf, length):
                 self.uplink_tx += 1
             else:
-                dev.drops["uplink_send_failed"] += 1
+                dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
 
     def _answer(self, dev: NetDevice, frame: memoryview) -> None:
         """Answer a guest's ARP request or NS with the master's MAC (l3/l3s: its router)."""
@@ -596,10 +599,10 @@ class PortDatapath:
 
     def _wire_ok(self, dev: NetDevice, buf: memoryview, length: int) -> bool:
         if not self.wire_up:
-            dev.drops["master_down"] += 1
+            dev.drops[DropReason.MASTER_DOWN] += 1
             return False
         if length > self.max_frame and not buf[1]:  # buf[1]: gso_type; GSO frames are segmented later
-            dev.drops["mtu_exceeded"] += 1
+            dev.drops[DropReason.MTU_EXCEEDED] += 1
             return False
         return True
 
@@ -612,7 +615,7 @@ class PortDatapath:
         if self.uplink.send(buf, length):
             self.uplink_tx += 1
         else:
-            dev.drops["uplink_send_failed"] += 1
+            dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
 
     def _uplink_readable(self) -> None:
         view = self.view
@@ -622,19 +625,19 @@ class PortDatapath:
             try:
                 length = self.uplink.recv(view)
             except OSError as e:
-                self.drops["uplink_read_error"] += 1
+                self.drops[DropReason.UPLINK_READ_ERROR] += 1
                 log.debug("master %s: read error: %s", self.uplink.master, e)
                 break
             if length == 0:
                 break
             if length < 0:
-                self.drops["uplink_truncated"] += 1
+                self.drops[DropReason.UPLINK_TRUNCATED] += 1
                 continue
             self.uplink_rx += 1
             try:
                 budget -= self._from_uplink(length)
             except Exception as e:  # a bug must cost one frame, not the daemon
-                self.drops["internal_error"] += 1
+                self.drops[DropReason.INTERNAL_ERROR] += 1
                 internal_error_log(f"master {self.uplink.master}: a frame from the wire dropped", e)
         self.flush()
 
@@ -648,7 +651,7 @@ class PortDatapath:
             dev = self._device(arg)  # type: ignore[arg-type]
             mac = dev.slave.mac
             if mac is None:
-                dev.drops["mac_unknown"] += 1
+                dev.drops[DropReason.MAC_UNKNOWN] += 1
                 return 0
             to_guest(frame, length - net.HDR_LEN, mac, self.port.master_mac)
             if self.l3:
@@ -662,7 +665,7 @@ class PortDatapath:
                 self.uplink_tx += 1
         elif action == FLOOD:
             if length > self.max_frame:  # a coalesced (GRO) group frame: no guest needs it whole
-                self.drops["mtu_exceeded"] += 1
+                self.drops[DropReason.MTU_EXCEEDED] += 1
                 return 0
             out = view[:length]
             dst = frame[:6].tobytes()

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..drops import DropReason
 from ..errors import UplinkError
 from ..net.frames import ETH_HLEN, L3_IPV4, L3_IPV6, classify
 from ..virtio import net
@@ -194,7 +195,7 @@ class HostLink:
         try:
             os.write(self.fd, buf[:length])
         except OSError:
-            self.dp.drops["host_send_failed"] += 1
+            self.dp.drops[DropReason.HOST_SEND_FAILED] += 1
             return False
         self.tx_packets += 1
         return True
@@ -209,19 +210,19 @@ class HostLink:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                dp.drops["host_read_error"] += 1
+                dp.drops[DropReason.HOST_READ_ERROR] += 1
                 break
             if n < net.HDR_LEN + ETH_HLEN:
                 break
             self.rx_packets += 1
             kind, dst, _src, _sha, _l3src, key = classify(view[net.HDR_LEN : n])
             if dst[0] & 1 or kind not in (L3_IPV4, L3_IPV6):
-                dp.drops["host_not_unicast_ip"] += 1  # MLD, IPv6 RS and the like
+                dp.drops[DropReason.HOST_NOT_UNICAST_IP] += 1  # MLD, IPv6 RS and the like
                 continue
             owner = port.by_addr.get(key)
             dev: NetDevice | None = dp.devices.get(owner.name) if owner is not None else None
             if dev is None or owner is None or owner.mac is None or not owner.up:
-                dp.drops["host_no_guest"] += 1
+                dp.drops[DropReason.HOST_NO_GUEST] += 1
                 continue
             if view[0] == HDR_F_DATA_VALID:
                 view[0] = 0
