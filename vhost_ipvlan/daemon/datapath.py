@@ -559,7 +559,7 @@ class PortDatapath:
             dev.drops[DropReason.TO_HOST_UNSUPPORTED] += 1
             return
         to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
-        if not self.hostlink.to_host(buf, length):
+        if not self.hostlink.to_host(buf, length):  # it reports, the sender counts (once)
             dev.drops[DropReason.HOST_SEND_FAILED] += 1
 
     def _route(self, dev: NetDevice, buf: memoryview, length: int) -> None:

@@ -30,7 +30,9 @@ Rules:
   get no route, nor does a learned address outside the master's connected prefixes
   (``Port.on_link``: learning refuses those, but the master's prefixes may change
   later): the host's own traffic to an off-link address never goes into a guest.
-- Problems are counted in the port's ``drops`` (``host_*``), never raised per frame.
+- Problems are counted, never raised per frame: frames from the host in the port's
+  ``drops`` (``host_*``); a frame for the host that ``to_host`` cannot write is
+  reported to its caller, which counts ``host_send_failed`` on the sender (once).
 - l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
   master only, IPv6 forwarding for the namespace (the kernel has no per-device
   switch for it); the values found are restored when the link closes.
@@ -188,14 +190,14 @@ class HostLink:
     # -- frames -------------------------------------------------------------------
 
     def to_host(self, buf: memoryview, length: int) -> bool:
-        """Give ``buf[:length]`` (12-byte header + frame) to the host's stack."""
+        """Give ``buf[:length]`` (12-byte header + frame) to the host's stack; False if
+        it could not be written (the caller counts the drop)."""
         if self.fd < 0:
             return False
         buf[net.HDR_LEN : net.HDR_LEN + 6] = self.mac
         try:
             os.write(self.fd, buf[:length])
         except OSError:
-            self.dp.drops[DropReason.HOST_SEND_FAILED] += 1
             return False
         self.tx_packets += 1
         return True
