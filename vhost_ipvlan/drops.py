@@ -32,14 +32,25 @@ from typing import Final
 
 
 class Where(Enum):
-    """The stage that drops (and counts) the frame."""
+    """The stage that drops (and counts) the frame (``PLACES`` says more)."""
 
-    SWITCH = "switch"  # the switch's decision (``switch/``), on the frame's content
-    RING = "ring"  # a guest's virtio rings (``NetDevice``)
-    WIRE = "wire"  # the master: frames for the wire or from it
-    HOST = "host"  # the host link (the tap between a port and the host's stack)
-    ROUTE = "route"  # l3/l3s egress: the next hop the host's tables give (``routing``)
-    BUG = "bug"  # an unexpected exception while the frame was handled
+    SWITCH = "switch"
+    RING = "ring"
+    WIRE = "wire"
+    HOST = "host"
+    ROUTE = "route"
+    BUG = "bug"
+
+
+PLACES: Final[dict[Where, str]] = {
+    Where.SWITCH: "The switch's decision on the frame's content (`vhost_ipvlan/switch/`: source validation, the "
+                  "guards, the policy table), before anything is copied",
+    Where.RING: "A guest's virtio rings (the data path's `NetDevice`): what the rings do to a frame",
+    Where.WIRE: "The master (the data path's `PortDatapath`): frames for the wire, or read from it",
+    Where.HOST: "The host link (`HostLink`), the tap between a port and the host's own stack",
+    Where.ROUTE: "l3/l3s egress (`routing.Router`): the next hop the host's tables give, never waited for",
+    Where.BUG: "An unexpected exception while the data path handled the frame",
+}
 
 
 class DropReason(IntEnum):
@@ -132,8 +143,8 @@ _ROUTE: Final = (Where.ROUTE,)
 REASONS: Final[dict[DropReason, Reason]] = {
     DropReason.RUNT: Reason(
         (Where.RING, Where.SWITCH), _SENDER_OR_MASTER,
-        "a transmit chain shorter than the 12-byte `virtio_net_hdr` (zero-length included; it adds nothing "
-        "to `tx_packets`/`tx_bytes`), or a frame shorter than an Ethernet header"),
+        "ring: a transmit chain shorter than the 12-byte `virtio_net_hdr` (zero-length included; it adds "
+        "nothing to `tx_packets`/`tx_bytes`); switch: a frame shorter than an Ethernet header"),
     DropReason.BAD_HEADER: Reason(
         _SW, _SENDER_OR_MASTER,
         "ARP/IPv4/IPv6 whose header does not parse, an IPv6 extension header chain that runs past the "
@@ -218,28 +229,28 @@ REASONS: Final[dict[DropReason, Reason]] = {
     DropReason.HOST_NO_GUEST: Reason(
         _HOST, _MASTER, "the host sent a frame for an address no up guest with a known MAC has"),
     DropReason.NO_ROUTE: Reason(
-        _ROUTE, _SENDER, "l3: no unicast or local route for the destination through the master"),
+        _ROUTE, _SENDER, "no unicast or local route for the destination through the master"),
     DropReason.NEIGH_UNRESOLVED: Reason(
         _ROUTE, _SENDER,
-        "l3: the next hop's MAC is not known yet: the lookup was started (or is running); the guest's "
+        "the next hop's MAC is not known yet: the lookup was started (or is running); the guest's "
         "retransmission goes"),
     DropReason.NEIGH_RATE_LIMITED: Reason(
-        _ROUTE, _SENDER, "l3: the guest asked for more than 64 new destinations a second (burst 128)"),
+        _ROUTE, _SENDER, "the guest asked for more than 64 new destinations a second (burst 128)"),
     DropReason.NEIGH_BUSY: Reason(
-        _ROUTE, _SENDER, "l3: 64 lookups are already running for the master, or 32 for this guest"),
+        _ROUTE, _SENDER, "64 lookups are already running for the master, or 32 for this guest"),
     DropReason.NEIGH_NOT_ON_LINK: Reason(
         _ROUTE, _SENDER,
-        "l3: a route puts the destination on-link, but it is outside the master's prefixes and the host has "
+        "a route puts the destination on-link, but it is outside the master's prefixes and the host has "
         "no neighbour entry for it: the daemon does not create one"),
     DropReason.NEIGH_BUDGET: Reason(
         _ROUTE, _SENDER,
-        "l3: the next hop would need a new neighbour entry, and the guest (or the master) holds its budget "
+        "the next hop would need a new neighbour entry, and the guest (or the master) holds its budget "
         "of entries the daemon created"),
 }
 
-_missing = [r.label for r in DropReason if r not in REASONS]
+_missing = [r.label for r in DropReason if r not in REASONS] + [w.value for w in Where if w not in PLACES]
 if _missing:  # pragma: no cover - a reason added without its row
-    raise ImportError(f"vhost_ipvlan.drops: no REASONS row for {', '.join(_missing)}")
+    raise ImportError(f"vhost_ipvlan.drops: no REASONS/PLACES row for {', '.join(_missing)}")
 
 
 def new_counters() -> list[int]:

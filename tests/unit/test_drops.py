@@ -7,7 +7,11 @@ accelerator, not by a hand-written table (``docs/drop-reasons.md`` is generated)
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from vhost_ipvlan.drops import N_DROP_REASONS, REASONS, DropReason, counts, new_counters
 from vhost_ipvlan.switch.table import TABLE
@@ -61,3 +65,24 @@ def test_the_c_accelerator_counts_no_drops() -> None:
     code = _c_code(PACKAGE / "_fastpath.c")
     assert "forward_burst" in code
     assert not re.search(r"drop|reason", code, re.I), "_fastpath.c counts drops: give it the indices from drops.py"
+
+
+def test_committed_docs_are_the_generators_output() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_drop_reasons.py")], capture_output=True,
+                         text=True, check=True).stdout
+    assert (ROOT / "docs" / "drop-reasons.md").read_text() == out, (
+        "docs/drop-reasons.md is stale: python3 scripts/gen_drop_reasons.py > docs/drop-reasons.md")
+
+
+@pytest.mark.parametrize(("heading", "anchor"), [
+    ("### Drop reasons of the switch", "switch"),
+    ("### Drop reasons of the rings", "ring"),
+    ("## Modes l3 and l3s", "route"),
+])
+def test_the_readme_points_at_the_generated_docs_instead_of_copying_them(heading: str, anchor: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    part = readme.split(heading + "\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    assert f"(docs/drop-reasons.md#{anchor})" in part
+    copied = [r.label for r in DropReason if f"| `{r.label}` |" in readme]
+    assert not copied, f"README repeats rows of docs/drop-reasons.md: {copied}"
+    assert f"\n## {anchor}\n" in (ROOT / "docs" / "drop-reasons.md").read_text()
