@@ -38,8 +38,9 @@ from ..control.server import ControlServer
 from ..drops import counts
 from ..errors import ConfigError, UplinkError
 from ..switch.port import learned_addresses
-from .datapath import PortDatapath, accelerated
+from .datapath import PortDatapath
 from .endpoint import Endpoint
+from .fastpath import accelerated
 from .master import MasterMonitor
 from .metrics import MetricsServer
 from .topology import Topology
