@@ -48,6 +48,7 @@ _load_fastpath()
 from vhost_ipvlan.daemon import fastpath  # noqa: E402
 from vhost_ipvlan.daemon.datapath import PortDatapath  # noqa: E402
 from vhost_ipvlan.daemon.device import NetDevice  # noqa: E402
+from vhost_ipvlan.drops import counts  # noqa: E402
 from vhost_ipvlan.errors import FrontendError  # noqa: E402
 from vhost_ipvlan.switch.port import Port  # noqa: E402
 from vhost_ipvlan.vhost_user import codec  # noqa: E402
@@ -138,7 +139,7 @@ def _run(cfg: int, base: int, ram: bytes, fast: Any) -> dict[str, Any]:
         fastpath.ext = saved
     out: dict[str, Any] = {"ram": bytes(buf), "high": bytes(high), "uplink": uplink.sent}
     for name, dev in dp.devices.items():
-        out[name] = (dev.counters(), dict(dev.drops), dev.slave.drop_counts(), dev.tx is None, dev.rx is None,
+        out[name] = (dev.counters(), counts(dev.drops), dev.slave.drop_counts(), dev.tx is None, dev.rx is None,
                      [(q.last_avail, q.used_idx) for q in (dev.tx, dev.rx) if q is not None])
     return out
 

@@ -37,7 +37,8 @@ Rules:
   (``Port.on_link``: learning refuses those, but the master's prefixes may change
   later): the host's own traffic to an off-link address never goes into a guest.
 - Nothing is raised per frame: ``recv`` raises ``OSError`` only for a read error
-  (the caller counts it), ``send`` returns False for a frame it could not write.
+  (the caller counts it), ``send`` returns False for a frame it could not write
+  (the caller counts ``host_send_failed`` on the sender, once).
 - l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
   master only, IPv6 forwarding for the namespace (the kernel has no per-device
   switch for it); the values found are restored when the link closes.

@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..drops import DropReason
+
 
 class UplinkPort(Protocol):
     """The master's side of a port: frames to and from the wire."""
@@ -97,9 +99,9 @@ class HostPort(Protocol):
 class NextHops(Protocol):
     """l3 egress: the MAC of the next hop for a destination address."""
 
-    def next_hop_mac(self, dst: bytes, guest: str = "") -> bytes | str:
+    def next_hop_mac(self, dst: bytes, guest: str = "") -> bytes | DropReason:
         """The next hop's MAC for ``dst`` (packed IPv4/IPv6), ``routing.LOCAL``
-        for the host's own, or a drop reason (a str). Never waits."""
+        for the host's own, or the ``DropReason`` it is dropped for. Never waits."""
         ...
 
     def invalidate(self, master_index: int | None = None) -> None:
