@@ -7,7 +7,9 @@ delivers the frame to other guests' RX rings and/or sends it out the uplink.
 Frames read from the uplink take the same decision the other way. RX rings
 touched during a burst are published, and their drivers interrupted if they
 asked for it, once at the end of the burst (``PortDatapath.flush``). The C
-accelerator's glue is ``fastpath.py``.
+accelerator's glue is ``fastpath.py``; the uplink, host link and next-hop
+lookups it is given are typed by the Protocols in ``seams.py``. Frames from the
+host (``hostlink``: the I/O only) are steered here too (``_host_readable``).
 
 Rules:
 - No per-frame allocation beyond memoryview slices: one preallocated buffer per
@@ -62,7 +64,12 @@ HDR_F_DATA_VALID = 2
 
 
 class PortDatapath:
-    """One master: its switch ``Port``, uplink socket and slave devices."""
+    """One master's data path: the switch's verdicts executed for frames from its
+    guests (``from_guest``), the wire (``_uplink_readable``) and the host
+    (``_host_readable``). It is given its uplink (a ``seams.UplinkPort``) and the
+    loop, and may be given a host link (``seams.HostPort``) and next hops
+    (``seams.NextHops``); every frame for a guest goes through ``_deliver`` (one
+    guest) or ``_flood`` (a group)."""
 
     def __init__(self, port: Port, uplink: UplinkPort, loop: Loop) -> None:
         self.port = port
