@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vhost_ipvlan.switch.policy import DECISIONS, FLAGS, MODES
+from vhost_ipvlan.switch.decisions import DECISIONS, FLAGS, MODES
 from vhost_ipvlan.switch.table import ROWS, TABLE, Dest, Source
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "conformance-results.json"

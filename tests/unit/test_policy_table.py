@@ -14,8 +14,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
 from vhost_ipvlan.net.addr import parse_mac
-from vhost_ipvlan.switch import DROP, TO_SLAVE, Port, Slave
-from vhost_ipvlan.switch.policy import ACTION_NAMES, DECISIONS, DropReason
+from vhost_ipvlan.switch import DROP, TO_SLAVE, Action, DropReason, Port, Slave
+from vhost_ipvlan.switch.decisions import DECISIONS
 from vhost_ipvlan.switch.table import ROWS, TABLE, Dest, Source, complete
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_every_implemented_pair_has_every_row() -> None:
 def test_rules_name_real_actions_and_reasons() -> None:
     labels = {r.label for r in DropReason}
     for key, rule in TABLE.items():
-        assert rule.action in ACTION_NAMES, key
+        assert rule.action in {a.label for a in Action}, key
         assert (rule.reason in labels) if rule.action == "drop" else not rule.reason, key
         if key[2] is Source.GUEST:
             assert rule.action != "pass", key
@@ -83,7 +83,7 @@ def test_sample_frame_gets_the_tables_verdict(mode: str, flag: str, source: Sour
             return port.from_uplink(frame)
     action, arg = decide()
     rule = TABLE[(mode, flag, source, dest)]
-    assert ACTION_NAMES[action] == rule.action
+    assert Action(action).label == rule.action
     if action == DROP:
         assert isinstance(arg, DropReason) and arg.label == rule.reason
     elif action == TO_SLAVE:

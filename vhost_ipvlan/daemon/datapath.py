@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING
 from ..errors import GuestError
 from ..net import neigh
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
-from ..switch.policy import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
+from ..switch.verdict import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..vhost_user.session import RX, TX, Session, Vring
 from ..virtio import net
 from ..virtio.virtqueue import SplitQueue
