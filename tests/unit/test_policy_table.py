@@ -1,5 +1,6 @@
 """The policy table is the behaviour: one sample frame per row, through every
-implemented (mode, flag), gets the table's verdict; the docs are generated from it."""
+implemented (mode, flag), gets the table's verdict; the mode traits agree with the
+table; the docs are generated from both."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from scapy.packet import Packet, Raw
 
 from vhost_ipvlan.net.addr import parse_mac
 from vhost_ipvlan.switch import DROP, TO_SLAVE, Action, DropReason, Port, Slave
-from vhost_ipvlan.switch.decisions import DECISIONS
+from vhost_ipvlan.switch.decisions import DECISIONS, FLAGS, MODES, TRAITS
 from vhost_ipvlan.switch.table import ROWS, TABLE, Dest, Source, complete
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +89,32 @@ def test_sample_frame_gets_the_tables_verdict(mode: str, flag: str, source: Sour
         assert isinstance(arg, DropReason) and arg.label == rule.reason
     elif action == TO_SLAVE:
         assert arg is slaves[owner or ""]
+
+
+def test_every_pair_has_decisions_and_traits() -> None:
+    pairs = [(m, f) for m in MODES for f in FLAGS]
+    assert list(DECISIONS) == pairs and list(TRAITS) == pairs
+    for mode, flag in pairs:
+        assert make_port(mode, flag)[0].traits is TRAITS[(mode, flag)]
+
+
+@pytest.mark.parametrize(("mode", "flag"), sorted(TRAITS))
+def test_traits_agree_with_the_table(mode: str, flag: str) -> None:
+    """What the table implies about a mode, its traits say too."""
+    traits = TRAITS[(mode, flag)]
+
+    def action(source: Source, dest: Dest) -> str:
+        return TABLE[(mode, flag, source, dest)].action
+
+    assert traits.routes == any(action(s, d) == "route" for s, d in ROWS)
+    # off-host traffic goes through the host's stack, which must forward it
+    assert traits.host_forwarding == (action(Source.GUEST, Dest.OUTSIDE) == "to_host")
+    # the wire's IP to a slave is consumed unless the host is to forward it
+    assert traits.consume_ip == (action(Source.WIRE, Dest.SLAVE) != "pass")
+    # the C accelerator delivers guest -> guest unicast as is, the l2 bridge way
+    if traits.fast_path:
+        assert action(Source.GUEST, Dest.SLAVE) == "to_slave" == action(Source.GUEST, Dest.GUEST_MAC)
+        assert not traits.master_src_mac
 
 
 def test_committed_matrix_is_the_generators_output() -> None:

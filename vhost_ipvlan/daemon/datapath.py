@@ -409,7 +409,7 @@ class PortDatapath:
         #: the host tap (host <-> guest), and l3's next-hop lookups; set by the topology
         self.hostlink: HostLink | None = None
         self.router: Router | None = None
-        self.l3 = port.mode != "l2"
+        self.l3 = port.traits.master_src_mac
         self._flushing = False
 
     def start(self) -> None:
@@ -447,7 +447,7 @@ class PortDatapath:
         forwards guest -> guest unicast the l2 way, which only the l2 bridge port does
         (private drops it, vepa sends it to the wire; l3/l3s, whatever the flag, never
         use it: ``tests/pair/test_fastpath.py`` checks they equal pure Python)."""
-        if _fastpath is None or self.port.mode != "l2" or self.port.flag != "bridge":
+        if _fastpath is None or not self.port.traits.fast_path:
             return None
         mac = dev.slave.mac
         if mac is None:

@@ -231,7 +231,7 @@ class MasterMonitor:
         if m.dp.router is not None:
             m.dp.router.invalidate(uplink.ifindex)
         try:
-            nft.consume(m.chain, m.name, *m.dp.port.consumed_addresses(), ip=m.dp.port.mode != "l3s")
+            nft.consume(m.chain, m.name, *m.dp.port.consumed_addresses(), ip=m.dp.port.traits.consume_ip)
         except UplinkError as e:
             log.warning("master %s: cannot re-apply the nftables chain: %s", m.name, e)
         log.info("master %s: present again (index %d); traffic resumes", m.name, m.index)

@@ -215,9 +215,9 @@ class Topology:
             dp.hostlink = HostLink(dp, uplink.ifindex)
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
-        if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
+        if port.traits.routes:
             dp.router = Router(uplink.ifindex, self.loop)
-        if pc.mode == "l3s" and dp.hostlink is not None:
+        if port.traits.host_forwarding and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
         self._chains[pc.master] = f"p{self._serial}"
@@ -424,7 +424,7 @@ class Topology:
 
     def _sync_nft(self, dp: PortDatapath) -> None:
         nft.consume(self._chains[dp.port.master], dp.port.master, *dp.port.consumed_addresses(),
-                    ip=dp.port.mode != "l3s")
+                    ip=dp.port.traits.consume_ip)
         if dp.hostlink is not None:
             dp.hostlink.sync()
 

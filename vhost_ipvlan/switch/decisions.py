@@ -49,8 +49,8 @@ class Traits:
     host_forwarding: bool = _trait(
         "the host's stack forwards the guests' traffic: IP forwarding on the host link")
     consume_ip: bool = _trait(
-        "the nftables chain takes IP to slave addresses from the host (not l3s: the host forwards "
-        "it into the host link); ARP/NS always")
+        "the nftables chain takes the wire's IP to slave addresses from the host stack (ARP/NS always); "
+        "without it the host forwards that IP into the host link")
     learning: bool = _trait("slaves may learn their addresses from their frames (learn = true)")
 
 
