@@ -33,7 +33,7 @@ Rules:
 - The same parsers (``parse_port``, ``parse_slave``) and cross-checks
   (``check_port``, ``check_slave``) validate control-API requests, so a request and
   a config entry get identical checks and messages; only the key path prefix
-  differs (``params.addresses[0]``). A clash with what exists is a ``Conflict``
+  differs (``params.addresses[0]``). A clash with what exists is an ``errors.Conflict``
   whose ``code`` names it (``address_in_use``, ...).
 - Modes and flags are the switch's (``switch.decisions.MODES``/``FLAGS``); what
   depends on them is read from its traits (``TRAITS``), never from their names.
@@ -66,31 +66,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import AddressInUse, ConfigError, NameInUse, PortExists, SocketInUse
 from .switch.decisions import FLAGS, MODES, TRAITS, modes_with
-
-
-class Conflict(ConfigError):
-    """Valid on its own, but clashes with what exists; ``code`` names the clash."""
-
-    code = "conflict"
-
-
-class NameInUse(Conflict):
-    code = "name_in_use"
-
-
-class SocketInUse(Conflict):
-    code = "socket_in_use"
-
-
-class AddressInUse(Conflict):
-    code = "address_in_use"
-
-
-class PortExists(Conflict):
-    code = "port_exists"
-
 
 SOCKET_MODES = ("server", "client")
 MAX_ADDRESSES = 256

@@ -1,5 +1,6 @@
-"""The sans-I/O core imports no I/O (DESIGN.md's layering), and the package's
-imports run one way: no import-time cycle, no private name imported across modules."""
+"""The sans-I/O core imports no I/O (the layering of docs/design.md §1, enforced), and
+the package's imports run one way: no import-time cycle, no private name imported
+across modules."""
 
 from __future__ import annotations
 

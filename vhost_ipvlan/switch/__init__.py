@@ -18,7 +18,7 @@ Rules:
   frame is a counted drop.
 """
 
-from .port import AddressInUse, MacInUse, NameInUse, Port, PortConfigError, Slave
+from .port import Port, Slave
 from .reasons import DropReason
 from .verdict import DROP, FLOOD, PASS, TO_SLAVE, TO_UPLINK, Action, Verdict
 
@@ -29,12 +29,8 @@ __all__ = [
     "TO_SLAVE",
     "TO_UPLINK",
     "Action",
-    "AddressInUse",
     "DropReason",
-    "MacInUse",
-    "NameInUse",
     "Port",
-    "PortConfigError",
     "Slave",
     "Verdict",
 ]
