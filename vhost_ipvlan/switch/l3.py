@@ -9,7 +9,7 @@ with the master's MAC, so a guest needs no special configuration (a plain
 ``192.0.2.10/24`` with any gateway works). Every frame delivered to an l3 guest
 has the master's MAC as its source.
 
-From a guest (after the same source validation as l2, ``l2`` steps 1-3):
+From a guest (after the same validation as in l2, ``l2`` "From a guest" steps 1-3):
   1. ARP request (not a probe from 0.0.0.0) or NS (not DAD) whose target is not
      the guest's own address -> ANSWER (departure: the kernel's NOARP slave
      never asks). Any other ARP -> DROP(NOT_IP); DAD NS -> DROP(MULTICAST_DST).
@@ -79,7 +79,7 @@ _ARP_OP: Final = 14 + 7  # low byte of the ARP opcode
 
 
 def validate(port: Port, slave: Slave, frame: Frame) -> tuple[Verdict | None, Classified]:
-    """Source validation (``l2`` steps 1-3, with learning): a drop verdict or ``None``."""
+    """Guest validation (``l2`` "From a guest" steps 1-3, with learning): a drop verdict or ``None``."""
     c = classify(frame)
     kind, dst, src, sha, l3src, key = c
     drops = slave.drops
