@@ -63,9 +63,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from ..drops import DropReason
 from ..net.frames import L3_ARP, L3_IPV4, L3_IPV6, L3_MALFORMED, L3_OTHER, L3_RUNT, Frame, classify
 from .guard import check_guard
-from .reasons import DropReason
 from .source import check_source
 from .table import Dest, Source
 from .verdict import GUEST_REJECT, FromGuest, FromUplink, Verdict, apply, drop, rules

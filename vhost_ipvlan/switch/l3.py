@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from ..drops import DropReason
 from ..net.addr import ZERO_V4, ZERO_V6
 from ..net.frames import (
     ARPOP_REQUEST,
@@ -64,7 +65,6 @@ from ..net.frames import (
     classify,
 )
 from .guard import check_guard
-from .reasons import DropReason
 from .source import check_source
 from .table import Dest, Source
 from .verdict import ANSWERED, GUEST_REJECT, PASSED, FromGuest, FromUplink, Verdict, apply, drop, rules

@@ -48,9 +48,8 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
+from ..drops import DropReason
 from ..net.frames import L3_CONTROL, L3_MALFORMED, L3_RUNT, L3_VLAN, Frame
-from .reasons import N_DROP_REASONS as N_DROP_REASONS
-from .reasons import DropReason as DropReason
 from .table import ROWS, TABLE, Dest, Source
 
 if TYPE_CHECKING:
