@@ -106,7 +106,9 @@ def test_traits_agree_with_the_table(mode: str, flag: str) -> None:
     def action(source: Source, dest: Dest) -> str:
         return TABLE[(mode, flag, source, dest)].action
 
-    assert traits.routes == any(action(s, d) == "route" for s, d in ROWS)
+    # a decision may route more than the table's rows say (a finer destination kind), never less
+    if any(action(s, d) == "route" for s, d in ROWS):
+        assert traits.routes
     # off-host traffic goes through the host's stack, which must forward it
     assert traits.host_forwarding == (action(Source.GUEST, Dest.OUTSIDE) == "to_host")
     # the wire's IP to a slave is consumed unless the host is to forward it
