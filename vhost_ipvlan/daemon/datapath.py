@@ -45,7 +45,7 @@ from ..drops import DropReason, new_counters
 from ..net import neigh
 from ..net.frames import L3_IPV4, L3_IPV6, classify
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
-from ..switch.policy import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
+from ..switch.verdict import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..virtio import net
 from . import device
 from .device import NetDevice
@@ -95,7 +95,7 @@ class PortDatapath:
         #: the host tap (host <-> guest), and l3's next-hop lookups; set by the topology
         self.hostlink: HostPort | None = None
         self.router: NextHops | None = None
-        self.l3 = port.mode != "l2"
+        self.master_src_mac = port.traits.master_src_mac
         self._flushing = False
 
     def start(self) -> None:
@@ -208,12 +208,13 @@ class PortDatapath:
         """Deliver ``buf[:length]`` (12-byte header + a frame for ``dev``'s guest,
         addressed to the master's MAC or to the guest's) into ``dev``'s RX ring: the
         guest sees its own MAC as the destination, also as an ARP target's hardware
-        address (``to_guest``), and in l3/l3s the master's as the source (its router)."""
+        address (``to_guest``), and the master's as the source where the mode says so
+        (``traits.master_src_mac``: l3/l3s, the guest's router)."""
         mac = dev.slave.mac
         # most frames already carry the receiver's MAC; an ARP frame may name the master's inside
         if (buf[24] == 0x08 and buf[25] == 0x06) or buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes() != mac:
             to_guest(buf[net.HDR_LEN : length], length - net.HDR_LEN, mac, self.port.master_mac)
-        if self.l3:
+        if self.master_src_mac:
             buf[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
         dev.deliver(buf[:length])
 

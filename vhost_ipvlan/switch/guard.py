@@ -10,7 +10,7 @@ Rules:
   01:80:c2:00:00:0f (STP BPDUs, 802.1X EAPOL, LACP/marker, LLDP ``0e``, ...)
   -> L2_CONTROL. They would leave as the host's (translated) and make the
   switch port err-disable, log the host off 802.1X, or break its LAG; a Linux
-  bridge never forwards them either. (PAUSE is MAC_CONTROL, in ``policy``.)
+  bridge never forwards them either. (PAUSE is MAC_CONTROL, in ``verdict``.)
   Cisco's 01:00:0c:cc:cc:cc (CDP, VTP, DTP, UDLD, PAgP) and 01:00:0c:cc:cc:cd
   (PVST+/Rapid-PVST+ BPDUs) too -> L2_CONTROL: BPDU guard and UDLD err-disable the
   host's port on them, DTP negotiates it into a trunk.
