@@ -108,3 +108,10 @@ def test_the_dispatch_tables_serve_every_method_once() -> None:
     queries, changes = set(server._queries), set(server._changes)
     assert not queries & changes
     assert queries | changes == set(protocol.METHODS)
+
+
+def test_errors_py_is_importable_by_the_pure_core() -> None:
+    tree = ast.parse((PACKAGE / "errors.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "re", "typing"}

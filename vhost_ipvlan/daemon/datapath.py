@@ -82,7 +82,7 @@ if TYPE_CHECKING:
     from .routing import Router
     from .uplink import Uplink
 
-log = logging.getLogger("vhost_ipvlan.datapath")
+log = logging.getLogger(__name__)
 
 # The optional C accelerator for guest-to-guest unicast; VHOST_IPVLAN_PURE=1 turns it off.
 _fastpath: ModuleType | None

@@ -57,7 +57,7 @@ from .uplink import interface_mac
 if TYPE_CHECKING:
     from .datapath import NetDevice, PortDatapath
 
-log = logging.getLogger("vhost_ipvlan.hostlink")
+log = logging.getLogger(__name__)
 
 TUNSETIFF = 0x400454CA
 TUNSETVNETHDRSZ = 0x400454D8
