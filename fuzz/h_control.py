@@ -28,7 +28,7 @@ from vhost_ipvlan import config as cfg
 from vhost_ipvlan import errors
 from vhost_ipvlan.control.server import ControlServer
 from vhost_ipvlan.daemon import topology as topo_mod
-from vhost_ipvlan.daemon.datapath import NetDevice
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.daemon.topology import Topology
 from vhost_ipvlan.errors import UplinkError
 from vhost_ipvlan.switch.port import Port

@@ -1,4 +1,4 @@
-"""Hostile guests (audit hostile-input-audit.md §1, 2, 3, 7, 8): learning only on the
+"""Hostile guests (hostile-input audit findings 1, 2, 3, 7, 8; README "Security"): learning only on the
 master's link, no frames to a guest by its MAC alone, RA/DHCP-server guard, NDP
 behind extension headers, 802.1 control frames, anonymous sources, bounded snooping."""
 

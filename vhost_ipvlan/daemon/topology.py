@@ -56,7 +56,8 @@ from ..config import Config, PortConfig, SlaveConfig
 from ..errors import AddressInUse, ConfigError, MacInUse, NoSuchInterface, NotFound, PortBusy, UplinkError
 from ..switch.port import Port, Slave
 from . import nft
-from .datapath import NetDevice, PortDatapath
+from .datapath import PortDatapath
+from .device import NetDevice
 from .endpoint import Endpoint
 from .hostlink import HostLink
 from .ownership import Ownership, learned_by_others, log_taken
@@ -77,9 +78,11 @@ class Topology:
         self.endpoints: list[Endpoint] = []
         self.on_commit: Callable[[Config], None] | None = None
         # told when a port's data path starts (with its nftables chain) and stops
-        self.on_port_added: Callable[[PortDatapath, str], None] | None = None
+        self.on_port_added: Callable[[PortDatapath, nft.Chain], None] | None = None
         self.on_port_removed: Callable[[str], None] | None = None
-        self._chains: dict[str, str] = {}
+        self._chains: dict[str, nft.Chain] = {}
+        #: during ``apply``: the masters whose nftables chain and host routes wait for its end
+        self._deferred: set[str] | None = None
         #: slaves with ``qmp``: their multicast filter from the guest's RX filter
         self.rxfilters: dict[str, RxFilterWatch] = {}
         self._serial = 0
@@ -124,8 +127,23 @@ class Topology:
 
     def apply(self, new: Config, where: str = "config") -> None:
         """Make the running ports and slaves equal to ``new`` (already validated)."""
-        with self.transaction() as undo:
+        with self.transaction() as undo, self._batch():
             self._apply(new, undo, where)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Many changes at once (start-up, SIGHUP): each master's nftables chain and host
+        routes are brought up to date once, at the end, and its addresses read once."""
+        self._deferred = set()
+        try:
+            with self.owners.batch():
+                yield
+            deferred, self._deferred = self._deferred, None
+            for dp in self.ports:
+                if dp.port.master in deferred:
+                    self._sync_nft(dp)
+        finally:
+            self._deferred = None
 
     def _apply(self, new: Config, undo: ExitStack, where: str) -> None:
         if new.daemon != self.config.daemon:  # socket ownership: applies to sockets made from now on
@@ -200,7 +218,7 @@ class Topology:
         if pc.mode == "l3s" and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
-        self._chains[pc.master] = f"p{self._serial}"
+        self._chains[pc.master] = nft.Chain(f"p{self._serial}", pc.master, ip=pc.mode != "l3s")
         self.ports.append(dp)
         undo.callback(self._forget_port, dp)
         self.config = replace(self.config, ports=(*self.config.ports, replace(pc, slaves=())))
@@ -221,7 +239,7 @@ class Topology:
         self.ports.remove(dp)
         chain = self._chains.pop(dp.port.master)
         with contextlib.suppress(UplinkError):
-            nft.release(chain)
+            chain.release()
 
     def remove_port(self, master: str, undo: ExitStack, where: str = "params") -> None:
         pc = self.port_config(master, where)
@@ -233,7 +251,7 @@ class Topology:
         chain = self._chains.pop(master)
         if self.on_port_removed is not None:
             self.on_port_removed(master)
-        nft.release(chain)
+        chain.release()
         dp.stop()
         dp.uplink.close()
         _close_extras(dp)
@@ -403,8 +421,11 @@ class Topology:
         ep.close()
 
     def _sync_nft(self, dp: PortDatapath) -> None:
-        nft.consume(self._chains[dp.port.master], dp.port.master, *dp.port.consumed_addresses(),
-                    ip=dp.port.mode != "l3s")
+        """Bring the master's nftables chain and host routes up to date (by difference)."""
+        if self._deferred is not None:
+            self._deferred.add(dp.port.master)
+            return
+        self._chains[dp.port.master].sync(dp.port.by_addr)
         if dp.hostlink is not None:
             dp.hostlink.sync()
 

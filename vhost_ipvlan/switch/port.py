@@ -1,6 +1,6 @@
 """A port: one master interface, its slaves, and the port-wide address table.
 
-Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
+Rules (kernel ``ipvlan_main.c``: docs/kernel-behaviour.md §2 and §7, with its departures):
 - Mode and flag are per port (the kernel's are port-wide too). ``l2`` with
   ``bridge``, ``private`` or ``vepa``, and ``l3``/``l3s`` with ``bridge``, are
   implemented (``policy.DECISIONS``); any other known value raises
