@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from typing import Any
 from vhost_ipvlan import config as cfg
 from vhost_ipvlan import errors
 from vhost_ipvlan.control.server import ControlServer
+from vhost_ipvlan.daemon import nft
 from vhost_ipvlan.daemon import topology as topo_mod
 from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.daemon.topology import Topology
@@ -109,7 +110,19 @@ class _Ownership(_Closable):
         pass
 
 
+class _Chain(nft.Chain):
+    """The master's chain without nftables: it only remembers what it would hold."""
+
+    def sync(self, addresses: Iterable[bytes]) -> None:
+        self.applied = frozenset(addresses)
+
+    def release(self) -> None:
+        self.applied = None
+
+
 class _Nft:
+    Chain = _Chain
+
     def reset(self) -> None:
         pass
 
