@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from typing import Any
 from vhost_ipvlan import config as cfg
 from vhost_ipvlan import errors
 from vhost_ipvlan.control.server import ControlServer
-from vhost_ipvlan.daemon import nft
 from vhost_ipvlan.daemon import topology as topo_mod
 from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.daemon.topology import Topology
@@ -110,14 +109,18 @@ class _Ownership(_Closable):
         pass
 
 
-class _Chain(nft.Chain):
-    """The master's chain without nftables: it only remembers what it would hold."""
+class _Chain:
+    def __init__(self, name: str, master: str, *, ip: bool = True) -> None:
+        self.name, self.master, self.ip = name, master, ip
 
-    def sync(self, addresses: Iterable[bytes]) -> None:
-        self.applied = frozenset(addresses)
+    def sync(self, addresses: object) -> None:
+        pass
+
+    def reapply(self, addresses: object) -> None:
+        pass
 
     def release(self) -> None:
-        self.applied = None
+        pass
 
 
 class _Nft:
