@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from ..drops import DropReason
 from ..net.addr import ZERO_MAC, ZERO_V4, ZERO_V6
 from ..net.frames import (
     IPPROTO_ICMPV6,
@@ -62,7 +63,6 @@ from ..net.frames import (
     OFF_IPV6_NEXT,
     Frame,
 )
-from .reasons import DropReason
 
 if TYPE_CHECKING:
     from .port import Port, Slave
