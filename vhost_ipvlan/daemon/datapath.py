@@ -39,11 +39,11 @@ Rules:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason, new_counters
 from ..net import neigh
-from ..net.frames import L3_IPV4, L3_IPV6, classify
+from ..net.frames import IPV4_DST, IPV6_DST, L3_IPV4, L3_IPV6, OFF_ETHERTYPE, classify, shifted
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
 from ..switch.verdict import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..virtio import net
@@ -55,12 +55,16 @@ if TYPE_CHECKING:
     from ..switch.port import Port, Slave
     from .seams import Cancellable, HostPort, Loop, NextHops, UplinkPort
 
-log = logging.getLogger("vhost_ipvlan.datapath")
+log = logging.getLogger(__name__)
 
 ETH_HLEN = 14
 RESCAN_INTERVAL = 0.2
 #: virtio_net_hdr flag: the checksum is known good (the tap sets it on the host's frames)
 HDR_F_DATA_VALID = 2
+# fields of the frame behind the virtio-net header (net/frames.py)
+_ETHERTYPE: Final = net.HDR_LEN + OFF_ETHERTYPE
+_IPV4_DST: Final = shifted(IPV4_DST, net.HDR_LEN)
+_IPV6_DST: Final = shifted(IPV6_DST, net.HDR_LEN)
 
 
 class PortDatapath:
@@ -212,7 +216,8 @@ class PortDatapath:
         (``traits.master_src_mac``: l3/l3s, the guest's router)."""
         mac = dev.slave.mac
         # most frames already carry the receiver's MAC; an ARP frame may name the master's inside
-        if (buf[24] == 0x08 and buf[25] == 0x06) or buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes() != mac:
+        arp = buf[_ETHERTYPE] == 0x08 and buf[_ETHERTYPE + 1] == 0x06  # ETH_P_ARP
+        if arp or buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes() != mac:
             to_guest(buf[net.HDR_LEN : length], length - net.HDR_LEN, mac, self.port.master_mac)
         if self.master_src_mac:
             buf[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
@@ -244,8 +249,7 @@ class PortDatapath:
         if router is None:
             dev.drops[DropReason.NO_ROUTE] += 1
             return
-        off = net.HDR_LEN + ETH_HLEN
-        dst = buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]
+        dst = buf[_IPV4_DST] if buf[_ETHERTYPE] == 0x08 else buf[_IPV6_DST]  # ETH_P_IP, else ETH_P_IPV6
         mac = router.next_hop_mac(dst.tobytes(), dev.slave.name)  # never waits: a miss is a drop
         if isinstance(mac, DropReason):
             dev.drops[mac] += 1  # no_route, neigh_unresolved, neigh_rate_limited, ... (routing.py)

@@ -67,7 +67,7 @@ from .routing import Router
 from .rxfilter import RxFilterWatch
 from .uplink import Uplink
 
-log = logging.getLogger("vhost_ipvlan.topology")
+log = logging.getLogger(__name__)
 
 
 class Topology:

@@ -60,6 +60,7 @@ from ..net.frames import (
     L3_ND_NS,
     L3_OTHER,
     L3_RUNT,
+    OFF_ARP_OP,
     Classified,
     Frame,
     classify,
@@ -75,7 +76,7 @@ if TYPE_CHECKING:
 _NOT_IP: Final = DropReason.NOT_IP
 _MCAST_DST: Final = DropReason.MULTICAST_DST
 _TARGET_DOWN: Final = DropReason.TARGET_DOWN
-_ARP_OP: Final = 14 + 7  # low byte of the ARP opcode
+_ARP_OP: Final = OFF_ARP_OP + 1  # low byte of the ARP opcode
 
 
 def validate(port: Port, slave: Slave, frame: Frame) -> tuple[Verdict | None, Classified]:
