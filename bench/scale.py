@@ -6,6 +6,10 @@ slaves (server sockets, configured MACs, one IPv4 + one IPv6 address each; nothi
 connected) and measures, on the daemon as run in production (``vhost-ipvlan serve``
 in its own process, ready = ``READY=1`` on ``$NOTIFY_SOCKET``):
 
+Slave sockets go to ``--socket-dir`` (default ``/dev/shm``, a tmpfs as ``/run`` is
+under systemd: creating a socket is a few directory operations, much dearer on a
+journalling file system), the state file and logs to a temporary directory on disk.
+
 - ``ready``: from exec of ``serve --config`` (fresh, no state file) to READY=1;
 - ``ready_state``: the same after SIGTERM, from the state file (restart);
 - ``add`` / ``change`` / ``remove``: median latency of ``slave.add``, ``slave.change``
@@ -37,6 +41,7 @@ import argparse
 import http.client
 import json
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -135,8 +140,8 @@ def frontend_figures(d: Daemon, n: int, sockdir: Path, idle_rss: int) -> dict[st
 
 def measure(n: int, args: argparse.Namespace, baseline_rss: int | None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"vi-scale-{n}-"))
-    sockdir = work / "socks"
-    sockdir.mkdir(mode=0o750)
+    sockdir = Path(tempfile.mkdtemp(prefix=f"vi-scale-{n}-", dir=args.socket_dir))
+    sockdir.chmod(0o750)
     conf = work / "config.toml"
     conf.write_text(config_text(n, sockdir))
     prof = args.profile / f"{n}.prof" if args.profile else None
@@ -163,6 +168,7 @@ def measure(n: int, args: argparse.Namespace, baseline_rss: int | None) -> dict[
         finally:
             d.stop()
     out["log"] = str(work / "daemon.log")
+    shutil.rmtree(sockdir, ignore_errors=True)
     return out
 
 
@@ -173,6 +179,9 @@ def main() -> int:
     ap.add_argument("--nofile", metavar="SOFT[:HARD]",
                     help="the daemon's RLIMIT_NOFILE (e.g. 1024:524288, systemd's default)")
     ap.add_argument("--profile", type=Path, metavar="DIR", help="run the daemons under cProfile, output in DIR")
+    ap.add_argument("--socket-dir", type=Path, default=Path("/dev/shm"),
+                    help="where the slave sockets go (default /dev/shm: tmpfs, as /run is under systemd); "
+                    "the state file and logs go to a temporary directory on disk")
     ap.add_argument("--frontends", action="store_true", help="also connect a fake front-end to every slave")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
