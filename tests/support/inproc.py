@@ -145,7 +145,8 @@ class FixedRouter:
 
 class InprocPort:
     def __init__(self, guests: list[tuple[str, list[bytes], bytes | None]], *, mergeable: bool = True,
-                 flag: str = "bridge", mode: str = "l2") -> None:
+                 flag: str = "bridge", mode: str = "l2", queues: dict[str, tuple[int, int]] | None = None) -> None:
+        """``queues``: guest name -> (queue pairs, how many of them the guest enables); default (1, 1)."""
         self.port = Port("inproc", MASTER_MAC, mode, flag)
         self.uplink = _Uplink()
         self.dp = PortDatapath(self.port, self.uplink, _Loop())
@@ -155,11 +156,12 @@ class InprocPort:
         self.frontends: dict[str, FakeFrontend] = {}
         for name, addresses, mac in guests:
             slave = self.port.add_slave(name, addresses, mac=mac)
-            dev = NetDevice(slave, self.dp)
+            pairs, enabled = (queues or {}).get(name, (1, 1))
+            dev = NetDevice(slave, self.dp, queues=pairs)
             self.dp.devices[name] = dev
             session = Session(_Host(), dev)
             dev.attach(session)
-            fe = FakeFrontend(mergeable=mergeable)
+            fe = FakeFrontend(mergeable=mergeable, queues=pairs, enabled=enabled)
 
             def transport(data: bytes, fds: list[int], session: Session = session) -> bytes | None:
                 request, flags, _ = codec.decode_header(data)

@@ -142,7 +142,7 @@ class PortDatapath:
     def _rescan_tick(self) -> None:
         # Safety net against a lost kick: the kick may race our re-enabling of kicks.
         for dev in self.devices.values():
-            if dev.tx is not None:
+            if dev.has_tx():
                 dev.schedule_drain()
         self._rescan = self.loop.call_later(RESCAN_INTERVAL, self._rescan_tick)
 
@@ -164,8 +164,7 @@ class PortDatapath:
         try:
             while dirty:
                 dev = dirty.pop()
-                tx = dev.tx
-                if dev not in drained and tx is not None and tx.has_pending():
+                if dev not in drained and dev.tx_pending():
                     drained.add(dev)
                     dev.drain_tx()  # may mark receivers dirty again, dev included
                 dev.flush_rx()

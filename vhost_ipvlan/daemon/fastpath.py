@@ -13,7 +13,10 @@ Rules:
   traits allow it (``fast_path``: only l2 bridge; private drops guest -> guest, vepa
   sends it to the wire, l3/l3s never use it: ``tests/pair/test_fastpath.py`` checks
   they equal pure Python),
-  and the table holds only targets that are up, enabled and have a known MAC.
+  and the table holds only targets that are up, have a known MAC and exactly one
+  ready (started and enabled) RX ring: its pair's counters take the deliveries.
+  Frames for a multiqueue guest with several ready RX rings go to Python, which
+  picks the ring by flow (``device.py``); any TX ring is drained by C.
 - The table is rebuilt lazily when its key changes: the port's ``generation``
   (slaves, addresses), ``PortTable.gen`` (bumped by ``invalidate`` on every
   ring/up-state change) and the number of devices.
@@ -73,8 +76,13 @@ class DeviceCounters:
 
     def rx_counts(self) -> tuple[int, int]:
         """(packets, bytes) the accelerator delivered to this device."""
-        packets, nbytes = struct.unpack("=QQ", self.rx)
-        return packets, nbytes
+        return counts(self.rx)
+
+
+def counts(rx: bytearray) -> tuple[int, int]:
+    """(packets, bytes) in one of the accelerator's RX counters (two native u64)."""
+    packets, nbytes = struct.unpack("=QQ", rx)
+    return packets, nbytes
 
 
 class PortTable:
@@ -114,8 +122,9 @@ class PortTable:
     def _rebuild(self) -> None:
         entries: dict[str, tuple[object, ...]] = {}
         for name, d in self.devices.items():
-            if d.slave.up and d.rx is not None and d.rx_enabled and d.slave.mac is not None:
-                entries[name] = (d.rx, d.slave.mac, caps(d.takes_csum, d.ecn, d.gso_mask), d.fast.rx, d)
+            pair = d.sole_rx()  # a guest with several ready RX rings: Python chooses by flow
+            if d.slave.up and pair is not None and d.slave.mac is not None:
+                entries[name] = (pair.rx, d.slave.mac, caps(d.takes_csum, d.ecn, d.gso_mask), pair.fast_rx, d)
         table: dict[bytes, tuple[object, ...]] = {}
         for addr, owner in self.port.by_addr.items():
             entry = entries.get(owner.name)
