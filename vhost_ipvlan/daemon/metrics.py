@@ -80,6 +80,8 @@ class StatsCollector:
                                       labels=sl),
             "s_link": GaugeMetricFamily(f"{s}_carrier", "1 if the slave's link is up (follows its master)",
                                         labels=sl),
+            "s_qp": GaugeMetricFamily(f"{s}_queue_pairs_enabled", "Queue pairs whose receive ring takes frames",
+                                      labels=sl),
             "m_rx_p": CounterMetricFamily(f"{m}_receive_packets", "Frames read from the master", labels=["master"]),
             "m_tx_p": CounterMetricFamily(f"{m}_transmit_packets", "Frames sent on the master", labels=["master"]),
             "m_drop": CounterMetricFamily(f"{m}_drops", "Frames from the master dropped, by reason",
@@ -105,6 +107,8 @@ class StatsCollector:
                     fam["s_drop"].add_metric([*lv, reason], n)
                 fam["s_up"].add_metric(lv, 1.0 if ss["up"] else 0.0)
                 fam["s_link"].add_metric(lv, 1.0 if ss.get("link", "up") == "up" else 0.0)
+                if "queues" in ss:
+                    fam["s_qp"].add_metric(lv, ss["queues"]["queue_pairs_enabled"])
         yield from fam.values()
 
 
