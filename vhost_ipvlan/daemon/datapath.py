@@ -51,7 +51,9 @@ Rules:
   ARP/NS for one of the host's addresses on the master is answered here.
 - l3/l3s: ``ANSWER`` replies with the master's MAC (to the guest, or out the
   master); ``ROUTE`` asks ``routing.Router`` for the next hop's MAC (a local route
-  goes to the host link; l3s ports route only vepa's guest -> guest unicast).
+  goes to the host link; l3s ports route only vepa's guest -> guest unicast). A
+  packet whose next hop is being resolved is held by the router (bounded) and
+  comes back through ``routed_later`` with the answer: the one queue on the data path.
   Frames delivered to l3 guests carry the master's MAC as their source: the
   guest's router.
 """
@@ -75,6 +77,7 @@ from ..vhost_user.session import RX, TX, Session, Vring
 from ..virtio import net
 from ..virtio.virtqueue import SplitQueue
 from .host import eventfd_drain, eventfd_signal
+from .routing import LOCAL, UNRESOLVED
 
 if TYPE_CHECKING:
     from ..switch.port import Port, Slave
@@ -566,11 +569,26 @@ class PortDatapath:
             dev.drops["no_route"] += 1
             return
         off = net.HDR_LEN + ETH_HLEN
-        dst = buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]
-        mac = router.next_hop_mac(dst.tobytes(), dev.slave.name)  # never waits: a miss is a drop
+        dst = (buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]).tobytes()
+        mac = router.next_hop_mac(dst, dev.slave.name)  # never waits
+        if mac == UNRESOLVED:  # held until it resolves (then ``routed_later``), or dropped now
+            why = router.hold(dst, dev.slave.name, buf[:length])
+            if why is None:
+                return
+            mac = why
+        self._routed(dev, buf, length, mac)
+
+    def routed_later(self, guest: str, frame: bytearray, hop: bytes | str) -> None:
+        """A packet ``Router.hold`` kept, with its destination's answer (``Router.on_release``)."""
+        dev = self.devices.get(guest)
+        if dev is not None:  # the guest may have gone meanwhile
+            self._routed(dev, memoryview(frame), len(frame), hop)
+
+    def _routed(self, dev: NetDevice, buf: memoryview, length: int, mac: bytes | str) -> None:
+        """Send a routed packet to the next hop ``mac`` (``LOCAL``: the host), or count why not."""
         if isinstance(mac, str):
             dev.drops[mac] += 1  # no_route, neigh_unresolved, neigh_rate_limited, ... (routing.py)
-        elif mac == b"local":
+        elif mac == LOCAL:
             self._to_host(dev, buf, length)
         elif self._wire_ok(dev, buf, length):
             to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)

@@ -217,6 +217,7 @@ class Topology:
             log.warning("%s; host <-> guest traffic is not available", e)
         if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
             dp.router = Router(uplink.ifindex, self.loop)
+            dp.router.on_release = dp.routed_later  # packets held while their next hop resolves
         if pc.mode == "l3s" and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
