@@ -33,3 +33,11 @@ def test_a_good_script(scripts: list[str]) -> None:
     [script] = scripts
     assert 'hook ingress device "br-lan.10" priority -500;' in script
     assert "ip daddr { 192.0.2.10 } drop" in script and "ip6 daddr { 2001:db8::10 } drop" in script
+
+
+def test_l3s_consumes_link_local_ip_only(scripts: list[str]) -> None:
+    """l3s: the host forwards guest-bound IP, but it cannot forward to a link-local (issue 16 item 1)."""
+    nft.consume("p1", "eth0", ["192.0.2.10"], ["2001:db8::10", "fe80::ff:fe00:a"], ip=False)
+    [script] = scripts
+    assert "ip daddr" not in script and "ip6 daddr { fe80::ff:fe00:a } drop" in script
+    assert "arp daddr ip { 192.0.2.10 } drop" in script and "nd-neighbor-solicit" in script

@@ -51,9 +51,10 @@ Rules:
   ARP/NS for one of the host's addresses on the master is answered here.
 - l3/l3s: ``ANSWER`` replies with the master's MAC (to the guest, or out the
   master); ``ROUTE`` asks ``routing.Router`` for the next hop's MAC (a local route
-  goes to the host link; l3s ports route only vepa's guest -> guest unicast). A
-  packet whose next hop is being resolved is held by the router (bounded) and
-  comes back through ``routed_later`` with the answer: the one queue on the data path.
+  goes to the host link; l3s ports route only link-local destinations and vepa's
+  guest -> guest unicast). A packet whose next hop is being resolved is held by
+  the router (bounded) and comes back through ``routed_later`` with the answer:
+  the one queue on the data path.
   Frames delivered to l3 guests carry the master's MAC as their source: the
   guest's router.
 """

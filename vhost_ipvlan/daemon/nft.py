@@ -11,7 +11,10 @@ Rules:
   a chain's rules are replaced in a single ``nft -f`` transaction (atomic).
 - Dropped: IPv4/IPv6 packets to a slave address, ARP whose target is one, and
   Neighbour Solicitations whose target is one. Broadcast and multicast are left
-  alone: the host always keeps its copy.
+  alone: the host always keeps its copy. In l3s (``ip=False``) the host forwards
+  guest-bound IP into the host link, so only ARP, NS and IPv6 packets to a slave's
+  link-local address are dropped (the host cannot forward those: the daemon
+  delivers them).
 - Nothing is spliced into a script unchecked: addresses are re-formatted by
   ``ipaddress``, the master must be an interface name of the configuration's
   charset (no quote, ``;``, ``#`` or whitespace) and a chain name a plain word;
@@ -63,7 +66,7 @@ def consume(chain: str, master: str, v4_addresses: Iterable[str], v6_addresses: 
             *, ip: bool = True) -> None:
     """Make ``master``'s ingress drop what belongs to these slave addresses.
 
-    ``ip=False`` (l3s) drops only ARP and NS: the host must forward the IP packets."""
+    ``ip=False`` (l3s) drops only ARP, NS and IPv6 to link-locals: the host must forward the other IP packets."""
     chain = _word("chain name", _CHAIN, chain)
     master = _word("interface name", _IFNAME, master)
     v4 = [str(ipaddress.IPv4Address(a)) for a in v4_addresses]
@@ -81,8 +84,9 @@ def consume(chain: str, master: str, v4_addresses: Iterable[str], v6_addresses: 
     if v6:
         s = ", ".join(str(a) for a in v6)
         targets = ", ".join(f"0x{a.packed.hex()}" for a in v6)
-        if ip:
-            lines.append(f"add rule netdev {TABLE} {chain} ip6 daddr {{ {s} }} drop")
+        steal = v6 if ip else [a for a in v6 if a.is_link_local]
+        if steal:
+            lines.append(f"add rule netdev {TABLE} {chain} ip6 daddr {{ {', '.join(str(a) for a in steal)} }} drop")
         lines.append(
             f"add rule netdev {TABLE} {chain} icmpv6 type nd-neighbor-solicit @th,64,128 {{ {targets} }} drop"
         )
