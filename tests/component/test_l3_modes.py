@@ -196,3 +196,20 @@ def test_no_packet_lost_to_a_new_next_hop(lab: Lab, v6: bool) -> None:
     wait_until(three, 10, what=f"3 echo replies (got {replies})")
     drops = lab.slave_stats("a")["drops"]
     assert not {"neigh_unresolved", "neigh_queue_full", "neigh_failed"} & set(drops), drops
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_l3s_survives_the_admin_toggling_forwarding(tmp_path: Path, v6: bool) -> None:
+    """``net.ipv4.ip_forward=1`` then ``=0`` turns forwarding off on every interface (and
+    ``net.ipv6.conf.all.forwarding=0`` for IPv6): the daemon, which needs it on the
+    master and the host link, turns it on again (issue 16 item 2)."""
+    with Lab(tmp_path, "l3s") as lab:
+        a = lab.frontend("a")
+        out_ip = OUT_IP6 if v6 else OUT_IP
+        ping_until_reply(a, lab, out_ip, v6=v6)
+        keys = ["net.ipv6.conf.all.forwarding"] if v6 else ["net.ipv4.ip_forward"]
+        for value in ("1", "0"):
+            sh("ip", "netns", "exec", lab.host, "sysctl", "-qw", *(f"{k}={value}" for k in keys))
+        lab.wait_log("turned on again", 0)
+        ping_until_reply(a, lab, out_ip, v6=v6)
+        assert lab.log_text().count("turned on again") == 1, lab.log_text()[-2000:]

@@ -33,7 +33,11 @@ Rules:
 - Problems are counted in the port's ``drops`` (``host_*``), never raised per frame.
 - l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
   master only, IPv6 forwarding for the namespace (the kernel has no per-device
-  switch for it); the values found are restored when the link closes.
+  switch for it); the values found are restored when the link closes. Whoever
+  turns one off meanwhile (``sysctl net.ipv4.ip_forward=0`` rewrites every
+  interface's) is overruled: the daemon follows forwarding changes through netlink
+  (``RTM_NEWNETCONF``, ``netlink.LinkMonitor``), and ``check_forwarding`` turns them on
+  again on the loop's next turn, with one log line per change.
 """
 
 from __future__ import annotations
@@ -94,6 +98,9 @@ class HostLink:
         self.master_index = master_index
         self.name = tap_name(master_index)
         self._restore: list[tuple[str, str]] = []
+        #: the sysctls l3s needs on ("1"); empty unless ``enable_forwarding``
+        self.forwarding: tuple[str, ...] = ()
+        self._check_due = False
         self._reading = False
         self.routes: set[bytes] = set()
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -144,11 +151,32 @@ class HostLink:
 
     def enable_forwarding(self) -> None:
         """l3s: the host forwards between the tap and the master."""
-        for path in (f"ipv4/conf/{self.name}/forwarding", f"ipv4/conf/{self.dp.port.master}/forwarding",
-                     "ipv6/conf/all/forwarding"):
+        self.forwarding = (f"ipv4/conf/{self.name}/forwarding", f"ipv4/conf/{self.dp.port.master}/forwarding",
+                           "ipv6/conf/all/forwarding")
+        for path in self.forwarding:
             old = _sysctl(path, "1")
             if old is not None and old != "1":
                 self._restore.append((path, old))
+
+    def forwarding_changed(self, family: int, index: int, forwarding: int) -> None:
+        """A netconf event (``RTM_NEWNETCONF``): forwarding off for this link, the master or
+        the IPv6 namespace? Then check (once, on the loop's next turn: one event per interface)."""
+        if not self.forwarding or forwarding or self._check_due:
+            return
+        if (family == 2 and index in (self.index, self.dp.uplink.ifindex)) or (family == 10 and index == -1):
+            self._check_due = True
+            self.dp.loop.call_soon(self.check_forwarding)
+
+    def check_forwarding(self) -> None:
+        """Turn on again whatever forwarding l3s needs that is off (one log line)."""
+        self._check_due = False
+        if self.fd < 0:
+            return
+        fixed = [path for path in self.forwarding if _sysctl(path, "1") not in ("1", None)]
+        if fixed:
+            names = ", ".join("net." + p.replace("/", ".") for p in fixed)
+            log.warning("master %s: %s turned off by someone else; l3s needs it: turned on again",
+                        self.dp.port.master, names)
 
     # -- routes -------------------------------------------------------------------
 

@@ -30,6 +30,9 @@ Rules (what vhost-ipvlan does, and where it departs):
   the slave keeps it: the nftables chain still takes the traffic for it away
   from the host. That is logged (one warning) and counted
   (``address_conflicts`` in the master's stats).
+- Forwarding (l3s needs it on the master and the host link): every netconf event
+  goes to the ports' host links (``HostLink.forwarding_changed``), which turn it on
+  again if someone turned it off; a master that comes back is checked too.
 - One log line per change; failures to reopen are logged, never raised.
 """
 
@@ -93,7 +96,7 @@ class MasterMonitor:
 
     def start(self) -> None:
         """Subscribe to link events (before reading the initial state, so none is missed)."""
-        self._netlink = LinkMonitor(self.loop, self.handle, self.resync, self.handle_address)
+        self._netlink = LinkMonitor(self.loop, self.handle, self.resync, self.handle_address, self.handle_netconf)
 
     def add(self, dp: PortDatapath, chain: str) -> None:
         """Watch ``dp``'s master (its uplink is open); read its link state and MTU now."""
@@ -178,6 +181,12 @@ class MasterMonitor:
             with contextlib.suppress(UplinkError, OSError):
                 self.read_addresses(m.name)
 
+    def handle_netconf(self, family: int, index: int, forwarding: int) -> None:
+        """Forwarding changed somewhere: the l3s ports' host links decide whether it matters."""
+        for m in self.masters.values():
+            if m.dp.hostlink is not None:
+                m.dp.hostlink.forwarding_changed(family, index, forwarding)
+
     def _apply(self, m: Master, state: LinkState, *, initial: bool = False) -> None:
         dp = m.dp
         if state.mtu and state.mtu != m.mtu:
@@ -234,6 +243,8 @@ class MasterMonitor:
             nft.consume(m.chain, m.name, *m.dp.port.consumed_addresses(), ip=m.dp.port.mode != "l3s")
         except UplinkError as e:
             log.warning("master %s: cannot re-apply the nftables chain: %s", m.name, e)
+        if m.dp.hostlink is not None:  # a new interface: its forwarding is the default's
+            m.dp.hostlink.check_forwarding()
         log.info("master %s: present again (index %d); traffic resumes", m.name, m.index)
         m.up = not state.up  # make _set_link log the state it finds
         self._apply(m, state)
