@@ -45,15 +45,16 @@ def _load_fastpath() -> None:
 
 _load_fastpath()
 
-from vhost_ipvlan.daemon import datapath  # noqa: E402
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath  # noqa: E402
+from vhost_ipvlan.daemon import fastpath  # noqa: E402
+from vhost_ipvlan.daemon.datapath import PortDatapath  # noqa: E402
+from vhost_ipvlan.daemon.device import NetDevice  # noqa: E402
 from vhost_ipvlan.errors import FrontendError  # noqa: E402
 from vhost_ipvlan.switch.port import Port  # noqa: E402
 from vhost_ipvlan.vhost_user import codec  # noqa: E402
 from vhost_ipvlan.virtio.memory import GuestMemory, Region  # noqa: E402
 from vhost_ipvlan.virtio.virtqueue import SplitQueue  # noqa: E402
 
-FASTPATH = datapath._fastpath
+FASTPATH = fastpath.ext
 RAM = 0x4000
 UVA = 0x7F00_0000_0000
 HIGH_GPA = (1 << 64) - 0x2000
@@ -122,12 +123,12 @@ def _run(cfg: int, base: int, ram: bytes, fast: Any) -> dict[str, Any]:
             else:
                 dev.rx, dev.rx_enabled = q, True
         slave.up = dev.rx is not None and not (name == "c" and cfg & 0x80)
-    saved = datapath._fastpath
-    datapath._fastpath = fast
+    saved = fastpath.ext
+    fastpath.ext = fast
     try:
         dp.devices["a"].drain_tx()
     finally:
-        datapath._fastpath = saved
+        fastpath.ext = saved
     out: dict[str, Any] = {"ram": bytes(buf), "high": bytes(high), "uplink": uplink.sent}
     for name, dev in dp.devices.items():
         out[name] = (dev.counters(), dict(dev.drops), dev.slave.drop_counts(), dev.tx is None, dev.rx is None,

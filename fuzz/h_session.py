@@ -23,7 +23,8 @@ from __future__ import annotations
 import mmap
 from typing import Any
 
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
+from vhost_ipvlan.daemon.datapath import PortDatapath
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.errors import FrontendError
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec

@@ -33,7 +33,7 @@ Rules:
 - The same parsers (``parse_port``, ``parse_slave``) and cross-checks
   (``check_port``, ``check_slave``) validate control-API requests, so a request and
   a config entry get identical checks and messages; only the key path prefix
-  differs (``params.addresses[0]``). A clash with what exists is a ``Conflict``
+  differs (``params.addresses[0]``). A clash with what exists is an ``errors.Conflict``
   whose ``code`` names it (``address_in_use``, ...).
 - Modes and flags that are not implemented yet are refused by name.
 - This module only parses; whether the master exists is checked by the daemon
@@ -65,30 +65,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-
-
-class Conflict(ConfigError):
-    """Valid on its own, but clashes with what exists; ``code`` names the clash."""
-
-    code = "conflict"
-
-
-class NameInUse(Conflict):
-    code = "name_in_use"
-
-
-class SocketInUse(Conflict):
-    code = "socket_in_use"
-
-
-class AddressInUse(Conflict):
-    code = "address_in_use"
-
-
-class PortExists(Conflict):
-    code = "port_exists"
-
+from .errors import AddressInUse, ConfigError, NameInUse, PortExists, SocketInUse
 
 MODES = ("l2", "l3", "l3s")
 #: A port without ``mode`` (file, control API, ``vhost-ipvlanctl port add``, the

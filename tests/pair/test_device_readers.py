@@ -14,7 +14,8 @@ import pytest
 
 from tests.support.frontend import MEM_SIZE, UVA_BASE, FakeFrontend
 from tests.support.inproc import MASTER_MAC, _Host, _Uplink
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
+from vhost_ipvlan.daemon.datapath import PortDatapath
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.errors import FrontendError
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec

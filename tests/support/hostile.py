@@ -29,7 +29,7 @@ from typing import Any
 from tests.support import inproc
 from tests.support.frontend import BUF_SIZE, MEM_SIZE, QSIZE, DriverQueue, FakeFrontend
 from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC
-from vhost_ipvlan.daemon.datapath import NetDevice
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
 from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT

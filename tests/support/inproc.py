@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tests.support.frontend import FakeFrontend
-from vhost_ipvlan.daemon import datapath
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
+from vhost_ipvlan.daemon import fastpath
+from vhost_ipvlan.daemon.datapath import PortDatapath
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.daemon.host import eventfd_problem
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
@@ -127,9 +128,9 @@ class InprocPort:
 @contextmanager
 def pure_python() -> Iterator[None]:
     """Run the data path without the C accelerator."""
-    saved = datapath._fastpath
-    datapath._fastpath = None
+    saved = fastpath.ext
+    fastpath.ext = None
     try:
         yield
     finally:
-        datapath._fastpath = saved
+        fastpath.ext = saved

@@ -1,4 +1,4 @@
-"""Hostile guests (audit hostile-input-audit.md §1, 2, 3, 7, 8): learning only on the
+"""Hostile guests (hostile-input audit findings 1, 2, 3, 7, 8; README "Security"): learning only on the
 master's link, no frames to a guest by its MAC alone, RA/DHCP-server guard, NDP
 behind extension headers, 802.1 control frames, anonymous sources, bounded snooping."""
 
@@ -433,7 +433,8 @@ def test_allow_router_cli_flags() -> None:
 
 def test_allow_router_libvirt_attribute() -> None:
     from tests.unit.test_libvirt_domain import SOCKDIR, domain, meta, nic, vi
-    from vhost_ipvlan.libvirt.domain import DomainError, slave_requests
+    from vhost_ipvlan.errors import DomainError
+    from vhost_ipvlan.libvirt.domain import slave_requests
 
     [r] = slave_requests(domain(nic(), meta(vi(extra=" allow-router='yes'"))), SOCKDIR)
     assert r.allow_router is True and r.params()["allow_router"] is True

@@ -1,4 +1,4 @@
-"""The sans-I/O core imports no I/O: DESIGN.md's layering, enforced."""
+"""The sans-I/O core imports no I/O: the layering of docs/design.md §1, enforced."""
 
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ from scapy.layers.inet import IP
 from scapy.layers.l2 import Ether
 
 from vhost_ipvlan.daemon import rxfilter
-from vhost_ipvlan.daemon.rxfilter import RxFilterError, RxFilterWatch, pick_nic
+from vhost_ipvlan.daemon.rxfilter import RxFilterWatch, pick_nic
+from vhost_ipvlan.errors import RxFilterError
 from vhost_ipvlan.net.addr import parse_mac
 from vhost_ipvlan.switch import Port
 from vhost_ipvlan.switch.mcast import qmp_rx_filter

@@ -39,7 +39,7 @@ from pathlib import Path
 from .. import unixsock
 from ..vhost_user.session import Session
 from .channel import Connection
-from .datapath import NetDevice
+from .device import NetDevice
 from .host import OsHost
 from .lograte import RateLimitedLog
 

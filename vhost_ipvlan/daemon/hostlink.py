@@ -1,8 +1,8 @@
-"""Host <-> guest traffic through a host-side tap device (a DESIGN.md departure).
+"""Host <-> guest traffic through a host-side tap device (a departure, docs/kernel-behaviour.md §3).
 
 Kernel ipvlan never delivers the master's own traffic to its slaves (it only hooks
 the master's RX), and a slave's packets to the host's addresses get no reply
-(reference §5, §12.1 row c). vhost-ipvlan gives every port a tap device, ``vih<N>``
+(docs/kernel-behaviour.md §3, §8.1 row c). vhost-ipvlan gives every port a tap device, ``vih<N>``
 (N = the master's ifindex), owned by the daemon in its own namespace:
 
 - the host reaches a guest through a route per configured slave address
@@ -59,7 +59,8 @@ from .rtnl import Rtnl
 from .uplink import interface_mac
 
 if TYPE_CHECKING:
-    from .datapath import NetDevice, PortDatapath
+    from .datapath import PortDatapath
+    from .device import NetDevice
 
 log = logging.getLogger("vhost_ipvlan.hostlink")
 
@@ -187,18 +188,24 @@ class HostLink:
         for slave in port.slaves.values():
             want |= slave.addresses
             want.update(a for a in slave.learned_addrs if port.on_link(a))
-        for addr in sorted(self.routes - want):
+        gone, new = sorted(self.routes - want), sorted(want - self.routes)
+        if gone or new:  # one job for the rtnetlink worker, however many routes
+            self.ipr.submit(lambda: self._routes(gone, new)).result()
+
+    def _routes(self, gone: list[bytes], new: list[bytes]) -> None:
+        """In the rtnetlink worker: delete ``gone``, add ``new``."""
+        for addr in gone:
             self._route("del", addr)
             self.routes.discard(addr)
-        for addr in sorted(want - self.routes):
+        for addr in new:
             if self._route("replace", addr):
                 self.routes.add(addr)
 
     def _route(self, cmd: str, addr: bytes) -> bool:
         ip = ipaddress.ip_address(addr)
         try:
-            self.ipr.call("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
-                           family=10 if ip.version == 6 else 2)
+            self.ipr.request("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
+                              family=10 if ip.version == 6 else 2)
         except NetlinkError as e:
             if cmd != "del":
                 log.warning("host link %s: cannot route %s through it: %s", self.name, ip, e)

@@ -1,6 +1,6 @@
 """Following the masters: link state, MTU, MAC, disappearance and return.
 
-Kernel reference (``ipvlan_device_event``, reference §7): UP/CHANGE copy the
+Kernel reference (``ipvlan_device_event``, docs/kernel-behaviour.md §7): UP/CHANGE copy the
 master's carrier to every slave; CHANGEMTU overwrites the slaves' MTU;
 CHANGEADDR gives every slave the new MAC; UNREGISTER deletes all slaves.
 
@@ -44,9 +44,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import UplinkError
+from ..errors import ConfigError, UplinkError
 from ..net.addr import format_ip, format_mac
-from ..switch.port import PortConfigError
 from ..virtio import net
 from . import nft
 from .datapath import ETH_HLEN, PortDatapath
@@ -64,7 +63,7 @@ class Master:
     """What the daemon knows of one master interface."""
 
     dp: PortDatapath
-    chain: str
+    chain: nft.Chain
     index: int = 0
     present: bool = True
     up: bool = True
@@ -98,7 +97,7 @@ class MasterMonitor:
         """Subscribe to link events (before reading the initial state, so none is missed)."""
         self._netlink = LinkMonitor(self.loop, self.handle, self.resync, self.handle_address, self.handle_netconf)
 
-    def add(self, dp: PortDatapath, chain: str) -> None:
+    def add(self, dp: PortDatapath, chain: nft.Chain) -> None:
         """Watch ``dp``'s master (its uplink is open); read its link state and MTU now."""
         m = Master(dp, chain, index=dp.uplink.ifindex)
         self.masters[m.name] = m
@@ -199,7 +198,7 @@ class MasterMonitor:
             old = dp.port.master_mac
             try:
                 dp.port.set_master_mac(state.mac)
-            except PortConfigError as e:
+            except ConfigError as e:
                 log.warning("master %s: new MAC %s refused, keeping %s: %s",
                             m.name, format_mac(state.mac), format_mac(old), e)
             else:
@@ -226,7 +225,7 @@ class MasterMonitor:
         self._set_link(m, False, quiet=True)
         m.dp.close_uplink()
         with contextlib.suppress(UplinkError):
-            nft.release(m.chain)
+            m.chain.release()
 
     def _back(self, m: Master, state: LinkState) -> None:
         try:
@@ -240,7 +239,7 @@ class MasterMonitor:
         if m.dp.router is not None:
             m.dp.router.invalidate(uplink.ifindex)
         try:
-            nft.consume(m.chain, m.name, *m.dp.port.consumed_addresses(), ip=m.dp.port.mode != "l3s")
+            m.chain.reapply(m.dp.port.by_addr)
         except UplinkError as e:
             log.warning("master %s: cannot re-apply the nftables chain: %s", m.name, e)
         if m.dp.hostlink is not None:  # a new interface: its forwarding is the default's

@@ -1,6 +1,6 @@
 """l3 egress: the next hop's MAC for a guest's packet, from the host's tables, pinned to the master.
 
-Kernel reference (§4 ``ipvlan_process_v4/v6_outbound``): an l3 slave's packet is
+Kernel reference (docs/kernel-behaviour.md §4, ``ipvlan_process_v4/v6_outbound``): an l3 slave's packet is
 routed in the master's namespace with ``oif = master`` and leaves with the
 master's MAC as source; only unicast and local routes are accepted. Here the
 daemon asks the kernel the same question (``RTM_GETROUTE`` with ``oif``), takes the

@@ -37,8 +37,9 @@ from ..control import state
 from ..control.server import ControlServer
 from ..errors import ConfigError, UplinkError
 from ..switch.port import learned_addresses
-from .datapath import PortDatapath, accelerated
+from .datapath import PortDatapath
 from .endpoint import Endpoint
+from .fastpath import accelerated
 from .master import MasterMonitor
 from .metrics import MetricsServer
 from .topology import Topology

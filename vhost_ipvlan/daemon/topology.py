@@ -36,8 +36,9 @@ Rules:
   address a learning slave learns is consumed and routed on the loop's next turn.
   Learned addresses live in the ``Port`` only: the configuration, hence the state
   file, never holds them.
-- Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
-  ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
+- Errors (``errors``): ``ConfigError`` (its ``Conflict`` subclasses name the clash),
+  ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host. A
+  refusal from the switch's ``Port`` keeps its class (its code) and gets the key path.
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ from functools import partial
 
 from .. import config as cfg
 from ..config import Config, PortConfig, SlaveConfig
-from ..errors import ConfigError, UplinkError
-from ..switch.port import AddressInUse as PortAddressInUse
-from ..switch.port import MacInUse, Port, Slave
+from ..errors import AddressInUse, ConfigError, MacInUse, NoSuchInterface, NotFound, PortBusy, UplinkError
+from ..switch.port import Port, Slave
 from . import nft
-from .datapath import NetDevice, PortDatapath
+from .datapath import PortDatapath
+from .device import NetDevice
 from .endpoint import Endpoint
 from .hostlink import HostLink
 from .ownership import Ownership, learned_by_others, log_taken
@@ -66,26 +67,6 @@ from .rxfilter import RxFilterWatch
 from .uplink import Uplink
 
 log = logging.getLogger("vhost_ipvlan.topology")
-
-
-class NotFound(ConfigError):
-    """The request names a port or slave that does not exist."""
-
-    code = "not_found"
-
-
-class NoSuchInterface(ConfigError):
-    """The master interface does not exist in the daemon's network namespace."""
-
-    code = "no_such_interface"
-
-
-class PortBusy(ConfigError):
-    code = "port_busy"
-
-
-class MacConflict(cfg.Conflict):
-    code = "mac_in_use"
 
 
 class Topology:
@@ -98,9 +79,11 @@ class Topology:
         self.endpoints: list[Endpoint] = []
         self.on_commit: Callable[[Config], None] | None = None
         # told when a port's data path starts (with its nftables chain) and stops
-        self.on_port_added: Callable[[PortDatapath, str], None] | None = None
+        self.on_port_added: Callable[[PortDatapath, nft.Chain], None] | None = None
         self.on_port_removed: Callable[[str], None] | None = None
-        self._chains: dict[str, str] = {}
+        self._chains: dict[str, nft.Chain] = {}
+        #: during ``apply``: the masters whose nftables chain and host routes wait for its end
+        self._deferred: set[str] | None = None
         #: slaves with ``qmp``: their multicast filter from the guest's RX filter
         self.rxfilters: dict[str, RxFilterWatch] = {}
         self._serial = 0
@@ -145,8 +128,23 @@ class Topology:
 
     def apply(self, new: Config, where: str = "config") -> None:
         """Make the running ports and slaves equal to ``new`` (already validated)."""
-        with self.transaction() as undo:
+        with self.transaction() as undo, self._batch():
             self._apply(new, undo, where)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Many changes at once (start-up, SIGHUP): each master's nftables chain and host
+        routes are brought up to date once, at the end, and its addresses read once."""
+        self._deferred = set()
+        try:
+            with self.owners.batch():
+                yield
+            deferred, self._deferred = self._deferred, None
+            for dp in self.ports:
+                if dp.port.master in deferred:
+                    self._sync_nft(dp)
+        finally:
+            self._deferred = None
 
     def _apply(self, new: Config, undo: ExitStack, where: str) -> None:
         if new.daemon != self.config.daemon:  # socket ownership: applies to sockets made from now on
@@ -204,8 +202,8 @@ class Topology:
         undo.callback(uplink.close)
         try:
             port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from e
+        except ConfigError as e:
+            raise e.at(where) from e
         self.owners.watch(port)
         undo.callback(self.owners.unwatch, port)
         port.master_addresses = self.owners.master_addresses(pc.master)
@@ -222,7 +220,7 @@ class Topology:
         if pc.mode == "l3s" and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
-        self._chains[pc.master] = f"p{self._serial}"
+        self._chains[pc.master] = nft.Chain(f"p{self._serial}", pc.master, ip=pc.mode != "l3s")
         self.ports.append(dp)
         undo.callback(self._forget_port, dp)
         self.config = replace(self.config, ports=(*self.config.ports, replace(pc, slaves=())))
@@ -243,7 +241,7 @@ class Topology:
         self.ports.remove(dp)
         chain = self._chains.pop(dp.port.master)
         with contextlib.suppress(UplinkError):
-            nft.release(chain)
+            chain.release()
 
     def remove_port(self, master: str, undo: ExitStack, where: str = "params") -> None:
         pc = self.port_config(master, where)
@@ -255,7 +253,7 @@ class Topology:
         chain = self._chains.pop(master)
         if self.on_port_removed is not None:
             self.on_port_removed(master)
-        nft.release(chain)
+        chain.release()
         dp.stop()
         dp.uplink.close()
         _close_extras(dp)
@@ -295,11 +293,11 @@ class Topology:
             slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn,
                                       allow_router=sc.allow_router)
         except MacInUse as e:
-            raise MacConflict(f"{where}.mac: {e}") from e
-        except PortAddressInUse as e:
-            raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from e
+            raise e.at(f"{where}.mac") from e
+        except AddressInUse as e:
+            raise e.at(f"{where}.addresses") from e
+        except ConfigError as e:
+            raise e.at(where) from e
         undo.callback(dp.port.remove_slave, slave)
         dev = NetDevice(slave, dp)
         dp.devices[sc.name] = dev
@@ -361,8 +359,8 @@ class Topology:
         for ip in new_ips - old_ips:
             try:
                 dp.port.add_address(slave, ip.packed)
-            except ValueError as e:
-                raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
+            except ConfigError as e:  # the real cause: in use, or not a unicast address
+                raise e.at(f"{where}.addresses") from e
             undo.callback(dp.port.remove_address, slave, ip.packed)
         if old.allow_router != sc.allow_router:
             slave.allow_router = sc.allow_router
@@ -425,8 +423,11 @@ class Topology:
         ep.close()
 
     def _sync_nft(self, dp: PortDatapath) -> None:
-        nft.consume(self._chains[dp.port.master], dp.port.master, *dp.port.consumed_addresses(),
-                    ip=dp.port.mode != "l3s")
+        """Bring the master's nftables chain and host routes up to date (by difference)."""
+        if self._deferred is not None:
+            self._deferred.add(dp.port.master)
+            return
+        self._chains[dp.port.master].sync(dp.port.by_addr)
         if dp.hostlink is not None:
             dp.hostlink.sync()
 

@@ -45,9 +45,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..control.client import Client, ControlUnavailable, RemoteError
-from .domain import DomainError, parse, slave_requests
-from .hook import HookError, ensure, remove
+from ..control.client import Client
+from ..errors import ControlUnavailable, DomainError, HookError, RemoteError
+from .domain import parse, slave_requests
+from .hook import ensure, remove
 
 log = logging.getLogger("vhost_ipvlan.libvirt.watch")
 RESCAN = 30.0

@@ -23,7 +23,7 @@ from .policy import (
     DropReason,
     Verdict,
 )
-from .port import AddressInUse, MacInUse, NameInUse, Port, PortConfigError, Slave
+from .port import Port, Slave
 
 __all__ = [
     "DROP",
@@ -31,12 +31,8 @@ __all__ = [
     "PASS",
     "TO_SLAVE",
     "TO_UPLINK",
-    "AddressInUse",
     "DropReason",
-    "MacInUse",
-    "NameInUse",
     "Port",
-    "PortConfigError",
     "Slave",
     "Verdict",
 ]

@@ -3,7 +3,7 @@
 Run on every frame from a guest before source validation (``source``), so a
 guarded frame teaches nothing (no MAC, no address learned). ``check_guard``
 returns ``None`` or the ``DropReason`` to count. Departures: the kernel lets all
-of these through (DESIGN.md, README "Behaviour (l2)").
+of these through (docs/kernel-behaviour.md §3, README "Behaviour (l2)").
 
 Rules:
 - 802.1 link-constrained control frames: destination 01:80:c2:00:00:00 to

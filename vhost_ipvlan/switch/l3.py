@@ -1,7 +1,7 @@
 """IPvlan l3 and l3s decisions (flags bridge, private, vepa).
 
-Reference: §4 (``ipvlan_xmit_mode_l3``, ``ipvlan_process_outbound``), §3
-(``ipvlan_handle_mode_l3``), §6 (l3s) and §12.1 rows a-h; departures from DESIGN.md.
+Reference: docs/kernel-behaviour.md §4 (``ipvlan_xmit_mode_l3``, ``ipvlan_process_outbound``),
+§5 (``ipvlan_handle_mode_l3``), §6 (l3s) and §8.1 rows a-h; departures: its §9.
 
 The guest's "router" is the master's MAC: the daemon answers every ARP request
 and Neighbour Solicitation a guest sends (for any address but the guest's own)
@@ -15,7 +15,7 @@ From a guest (after the same source validation as l2, ``policy`` steps 1-3):
      never asks). Any other ARP -> DROP(NOT_IP); DAD NS -> DROP(MULTICAST_DST).
   2. Other non-IP EtherTypes -> DROP(NOT_IP) (kernel: "Dropped outbound packet type").
   3. Multicast/broadcast destination MAC -> DROP(MULTICAST_DST) (kernel
-     ``ipvlan_process_outbound``). The §12.3 bridge quirk (a broadcast ARP for
+     ``ipvlan_process_outbound``). The §8.3 bridge quirk (a broadcast ARP for
      another slave is delivered to it, where it is ignored) is not reproduced:
      the daemon answers it instead.
   4. IPv4/IPv6 whose destination is a slave's (the sender's own included, as the
@@ -30,7 +30,7 @@ From a guest (after the same source validation as l2, ``policy`` steps 1-3):
      the wire.
   5. Multicast/broadcast destination address -> DROP(MULTICAST_DST).
   6. Anything else (row OUTSIDE; the host's addresses too, whatever the flag: they
-     are not in the port's table, reference §12.3): l3 -> ROUTE (the host's tables,
+     are not in the port's table, §8.3): l3 -> ROUTE (the host's tables,
      oif pinned to the master; a local route goes to the host link); l3s -> TO_HOST
      (the host's stack routes it, through its netfilter: a departure, see
      ``daemon.hostlink``), except an IPv6 link-local destination: ROUTE, as l3 (the
@@ -39,7 +39,7 @@ From a guest (after the same source validation as l2, ``policy`` steps 1-3):
 From the wire (the flag changes nothing here, as in the kernel):
   1. runt -> DROP(RUNT); other unusable frames -> PASS.
   2. ARP request (not a probe) or NS (not DAD) whose target is a slave's ->
-     ANSWER with the master's MAC (departure, reference §12.1 row e: nothing
+     ANSWER with the master's MAC (departure, §8.1 row e: nothing
      answers them in the kernel). Other ARP/NDP for slave addresses: consumed by
      the nftables chain, nothing to do here (PASS).
   3. l3: IPv4/IPv6 to a unicast MAC whose destination is a slave's -> TO_SLAVE

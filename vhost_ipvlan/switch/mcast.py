@@ -1,7 +1,7 @@
 """Per-slave multicast filters: which multicast frames a guest receives.
 
 The kernel gives every slave a multicast filter (``ipvlan_set_multicast_mac_filter``,
-reference §1 and §3: a 256-bit hash of the destination MAC, broadcast always set,
+docs/kernel-behaviour.md §2 and §5: a 256-bit hash of the destination MAC, broadcast always set,
 PROMISC/ALLMULTI set every bit) and fans multicast out only to slaves whose filter
 matches, both from the wire and from other slaves. A vhost-user backend is never told
 the guest's RX filter (QEMU keeps it), so the filter is built here:

@@ -1,7 +1,7 @@
 """IPvlan switching decisions, per frame: verdicts, drop reasons and the policy table.
 
-Reference: ``reference/ipvlan-kernel-behaviour.md`` §3 (``ipvlan_handle_mode_l2``),
-§4 (``ipvlan_xmit_mode_l2``), §5 and §12; departures are from DESIGN.md.
+Reference: ``docs/kernel-behaviour.md`` §3 (``ipvlan_xmit_mode_l2``), §5
+(``ipvlan_handle_mode_l2``) and §8; departures: its §9 (the README's tables).
 
 Verdicts are ``(action, arg)`` tuples built once and reused (no allocation per frame):
 
@@ -35,7 +35,7 @@ Which verdict each destination kind gets, per (mode, flag), is data: ``table.TAB
 into a tuple of verdict templates indexed by ``Dest``; the functions below find the
 destination kind and look the verdict up. Mode l2 (flags bridge, private, vepa; l3 and l3s: ``switch.l3``):
 
-From a guest (source validation first: a DESIGN.md departure, the kernel checks nothing)
+From a guest (source validation first: a departure, the kernel checks nothing)
   1. runt -> DROP(RUNT); 802.1Q/802.1ad -> DROP(VLAN); MAC control (PAUSE)
      -> DROP(MAC_CONTROL); ARP/IPv4/IPv6 that does not parse -> DROP(BAD_HEADER).
      Guards (``guard.check_guard``, all modes, departures): 01:80:c2:00:00:0X ->
@@ -53,7 +53,7 @@ From a guest (source validation first: a DESIGN.md departure, the kernel checks 
      other UP slaves + wire, the host gets no copy). IGMP/MLD in it update the
      sender's multicast filter (``mcast``), unless the frame is longer than the
      master's MTU (``Port.max_frame``: the daemon drops it for the wire).
-  5. Destination MAC the master's or a guest's ("local": DESIGN.md departure for the
+  5. Destination MAC the master's or a guest's ("local": a departure from the
      kernel's dst == src test): look up the L3 key (IPv4/IPv6 destination, ARP target
      IP, NS target). Hit -> SLAVE (also when the owner is the sender, as the kernel
      does); miss, ARP or IP -> HOST whichever local MAC it was (as the kernel: an
@@ -63,7 +63,7 @@ From a guest (source validation first: a DESIGN.md departure, the kernel checks 
      DROP(TARGET_DOWN)), HOST -> TO_HOST (host <-> guest: a departure; the daemon drops
      it as ``to_host_unsupported`` if it has no host link). private: SLAVE/GUEST_MAC
      -> DROP(PRIVATE), HOST -> TO_HOST. vepa: all three -> TO_UPLINK (the kernel's VEPA skips the local
-     test for every unicast, slave -> host included: reference §12.3), a guest's MAC
+     test for every unicast, slave -> host included: §8.3), a guest's MAC
      rewritten to the master's.
   6. Any other unicast -> OUTSIDE: TO_UPLINK.
 

@@ -1,13 +1,13 @@
 """A port: one master interface, its slaves, and the port-wide address table.
 
-Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
+Rules (kernel ``ipvlan_main.c``: docs/kernel-behaviour.md §2 and §7, with its departures):
 - Mode and flag are per port (the kernel's are port-wide too). ``l2`` with
   ``bridge``, ``private`` or ``vepa``, and ``l3``/``l3s`` with ``bridge``, are
   implemented (``policy.DECISIONS``); any other known value raises
-  ``PortConfigError`` saying it is not implemented yet, an unknown one says which
+  ``errors.ConfigError`` saying it is not implemented yet, an unknown one says which
   values exist.
 - One address (IPv4 or IPv6, keyed by its packed bytes alone) belongs to at most one
-  slave of the port: ``AddressInUse`` names the owner. A down slave keeps its
+  slave of the port: ``errors.AddressInUse`` names the owner. A down slave keeps its
   addresses reserved (kernel: the busy check ignores the state).
 - Slave MACs are unique in the port and never the master's. A slave without a
   configured MAC learns it from its first valid frame (see ``policy``); it is then
@@ -38,7 +38,9 @@ Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
   guest's IGMP/MLD, the daemon asks it before flooding to that slave.
 - Per-frame decisions are ``port.from_guest(slave, frame)`` and
   ``port.from_uplink(frame)``, bound from ``policy.DECISIONS`` for the port's mode
-  and flag. Configuration errors raise; frame problems never do.
+  and flag. Configuration errors raise ``errors.ConfigError`` (``AddressInUse``,
+  ``MacInUse``, ``NameInUse`` for a clash) without a key path: the caller adds it
+  (``ConfigError.at``). Frame problems never raise.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from ..errors import ConfigError
+from ..errors import AddressInUse, ConfigError, MacInUse, NameInUse
 from ..net.addr import (
     ZERO_MAC,
     eui64_link_local,
@@ -69,22 +71,6 @@ AddressLike = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def _nobody(addr: bytes) -> bool:
     return False
-
-
-class PortConfigError(ConfigError, ValueError):
-    """A port or slave configuration request cannot be honoured."""
-
-
-class AddressInUse(PortConfigError):
-    """The address already belongs to another slave of this port."""
-
-
-class MacInUse(PortConfigError):
-    """The MAC address is the master's or already another slave's."""
-
-
-class NameInUse(PortConfigError):
-    """A slave of that name already exists on this port."""
 
 
 class Slave:
@@ -150,11 +136,11 @@ def _check_mac(mac: bytes | str) -> bytes:
     try:
         packed = parse_mac(mac) if isinstance(mac, str) else bytes(mac)
     except ValueError as exc:
-        raise PortConfigError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
     if len(packed) != 6:
-        raise PortConfigError(f"invalid MAC address {packed!r} (need 6 bytes)")
+        raise ConfigError(f"invalid MAC address {packed!r} (need 6 bytes)")
     if packed[0] & 1 or packed == ZERO_MAC:
-        raise PortConfigError(f"MAC address {format_mac(packed)} is not a unicast address")
+        raise ConfigError(f"MAC address {format_mac(packed)} is not a unicast address")
     return packed
 
 
@@ -166,13 +152,13 @@ class Port:
 
     def __init__(self, master: str, master_mac: bytes, mode: str = "l2", flag: str = "bridge"):
         if mode not in MODES:
-            raise PortConfigError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
+            raise ConfigError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
         if flag not in FLAGS:
-            raise PortConfigError(f"unknown flag {flag!r} (expected one of {', '.join(FLAGS)})")
+            raise ConfigError(f"unknown flag {flag!r} (expected one of {', '.join(FLAGS)})")
         decisions = DECISIONS.get((mode, flag))
         if decisions is None:
             what = f"mode {mode!r}" if all(m != mode for m, _ in DECISIONS) else f"flag {flag!r}"
-            raise PortConfigError(f"{what} is not implemented yet")
+            raise ConfigError(f"{what} is not implemented yet")
         self.master = master
         self.mode = mode
         self.flag = flag
@@ -214,7 +200,7 @@ class Port:
         used = {s.index for s in self.slaves.values()}
         index = next(i for i in range(1, len(used) + 2) if i not in used)
         if learn and self.mode != "l2":
-            raise PortConfigError(f"address learning is only implemented for mode 'l2', not {self.mode!r}")
+            raise ConfigError(f"address learning is only implemented for mode 'l2', not {self.mode!r}")
         slave = Slave(self, name, index, None)
         slave.learn = learn
         slave.allow_router = allow_router
@@ -229,7 +215,7 @@ class Port:
     def remove_slave(self, slave: Slave) -> None:
         """Forget a slave, its MAC and all its addresses."""
         if self.slaves.get(slave.name) is not slave:
-            raise PortConfigError(f"slave {slave.name!r} is not on {self.master}")
+            raise ConfigError(f"slave {slave.name!r} is not on {self.master}")
         del self.slaves[slave.name]
         for addr in slave.addresses | slave.learned | slave.learned_addrs:
             if self.by_addr.get(addr) is slave:
@@ -248,7 +234,7 @@ class Port:
         """Take a configured address away from ``slave``."""
         addr = parse_ip(address)
         if addr not in slave.addresses:
-            raise PortConfigError(f"{format_ip(addr)} is not an address of slave {slave.name!r}")
+            raise ConfigError(f"{format_ip(addr)} is not an address of slave {slave.name!r}")
         slave.addresses.discard(addr)
         if self.by_addr.get(addr) is slave:
             del self.by_addr[addr]
@@ -351,9 +337,9 @@ class Port:
         try:
             addr = parse_ip(address)
         except ValueError as exc:
-            raise PortConfigError(str(exc)) from None
+            raise ConfigError(str(exc)) from None
         if not is_unicast_ip(addr):
-            raise PortConfigError(f"{format_ip(addr)} cannot be a slave address (not unicast)")
+            raise ConfigError(f"{format_ip(addr)} cannot be a slave address (not unicast)")
         owner = self.by_addr.get(addr)
         if owner is not None and owner is not slave and addr in owner.addresses:
             raise AddressInUse(
@@ -379,11 +365,7 @@ class Port:
 __all__ = [
     "MAX_LEARNED_LINK_LOCALS",
     "MAX_WIRE_SEEN",
-    "AddressInUse",
-    "MacInUse",
-    "NameInUse",
     "Port",
-    "PortConfigError",
     "Slave",
     "learned_addresses",
 ]

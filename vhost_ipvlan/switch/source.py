@@ -1,7 +1,7 @@
 """Source validation and address learning: which frames a guest may send.
 
 Every frame from a guest passes here before it is switched (``policy`` step 2-3,
-all modes; a DESIGN.md departure, the kernel checks nothing). ``check_source``
+all modes; a departure, docs/kernel-behaviour.md §3: the kernel checks nothing). ``check_source``
 returns ``None`` (valid; any learning it implies is committed) or the
 ``DropReason`` to count. It reads the fields ``frames.classify`` returned.
 
