@@ -31,8 +31,8 @@ Rules (what vhost-ipvlan does, and where it departs):
   from the host. That is logged (one warning) and counted
   (``address_conflicts`` in the master's stats).
 - Forwarding (l3s needs it on the master and the host link): every netconf event
-  goes to the ports' host links (``HostLink.forwarding_changed``), which turn it on
-  again if someone turned it off; a master that comes back is checked too.
+  that turns off forwarding an l3s port's host link needs (``HostLink.needs_forwarding``)
+  makes it turn that on again; a master that comes back is checked too.
 - One log line per change; failures to reopen are logged, never raised.
 """
 
@@ -92,6 +92,8 @@ class MasterMonitor:
         self._netlink: LinkMonitor | None = None
         #: reads a master's addresses (set by the daemon: ``Ownership.master_addresses``)
         self.read_addresses: Callable[[str], frozenset[bytes]] | None = None
+        #: masters whose forwarding is checked on the loop's next turn
+        self._forwarding_due: set[str] = set()
 
     def start(self) -> None:
         """Subscribe to link events (before reading the initial state, so none is missed)."""
@@ -181,10 +183,22 @@ class MasterMonitor:
                 self.read_addresses(m.name)
 
     def handle_netconf(self, family: int, index: int, forwarding: int) -> None:
-        """Forwarding changed somewhere: the l3s ports' host links decide whether it matters."""
+        """Forwarding changed somewhere: if an l3s port's host link needs it, check that
+        port's forwarding on the loop's next turn (once: one event comes per interface)."""
+        if forwarding:
+            return
         for m in self.masters.values():
-            if m.dp.hostlink is not None:
-                m.dp.hostlink.forwarding_changed(family, index, forwarding)
+            link = m.dp.hostlink
+            if link is not None and m.name not in self._forwarding_due and \
+                    link.needs_forwarding(family, index, m.index):
+                self._forwarding_due.add(m.name)
+                self.loop.call_soon(self._check_forwarding, m.name)
+
+    def _check_forwarding(self, master: str) -> None:
+        self._forwarding_due.discard(master)
+        m = self.masters.get(master)
+        if m is not None and m.dp.hostlink is not None:
+            m.dp.hostlink.check_forwarding()
 
     def _apply(self, m: Master, state: LinkState, *, initial: bool = False) -> None:
         dp = m.dp
