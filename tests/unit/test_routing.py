@@ -447,6 +447,7 @@ def test_held_packets_are_bounded_per_destination_and_per_master(
         assert router.hold(dst, "a", frame(5, 900)) is None  # bytes: 900 + 100 fit 1000, 900 + 200 do not
         assert out.hops()[2:] == [routing.QUEUE_FULL] * 2 and router.held == 2
         assert router.hold(dst, "a", frame(6, 1001)) == routing.QUEUE_FULL  # alone bigger than the bound
+        assert router.held == 2 and len(out.got) == 4  # ... and the queue is left alone
         other = ip("192.0.2.61")
         assert router.next_hop_mac(other, "b") == UNRESOLVED
         assert router.hold(other, "b", frame(7, 600)) == routing.QUEUE_FULL  # the master's 1500 bytes

@@ -253,8 +253,8 @@ class Router:
         if dst not in self._pending and dst not in self._rechecks:
             return UNRESOLVED  # nothing is resolving it: the last answer stands
         size = len(frame)
-        if self._held_bytes + size > self.limits.queue_total:
-            return QUEUE_FULL
+        if size > self.limits.queue_bytes or self._held_bytes + size > self.limits.queue_total:
+            return QUEUE_FULL  # bigger than a destination's queue, or the master's is full: not held
         held = self._held.get(dst)
         if held is None:
             held = self._held[dst] = _Held()
@@ -264,8 +264,6 @@ class Router:
             held.size -= len(old)
             self._held_bytes -= len(old)
             self._give(old_guest, old, QUEUE_FULL)
-        if size > self.limits.queue_bytes:
-            return QUEUE_FULL
         held.frames.append((guest, bytearray(frame)))
         held.size += size
         self._held_bytes += size
