@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from typing import TYPE_CHECKING
 
+from ..drops import DropReason, new_counters
 from ..errors import GuestError
 from ..vhost_user.session import RX, TX, Session, Vring
 from ..virtio import net
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from ..switch.port import Slave
     from .datapath import PortDatapath
 
-log = logging.getLogger("vhost_ipvlan.datapath")
+log = logging.getLogger(__name__)
 
 BURST = 256
 #: descriptors one TX drain may walk before it reschedules (see the rules)
@@ -112,7 +112,8 @@ class NetDevice:
         self.rx_waste = 0
         #: the C accelerator's RX counters and cached arguments for this device
         self.fast = fastpath.DeviceCounters()
-        self.drops: Counter[str] = Counter()
+        #: drop counters, indexed by DropReason (the switch's are ``slave.drops``)
+        self.drops = new_counters()
         self._drain_scheduled = False
 
     @property
@@ -227,7 +228,7 @@ class NetDevice:
         self.drain_tx()
 
     def break_queue(self, which: int, err: GuestError) -> None:
-        self.drops["queue_broken"] += 1
+        self.drops[DropReason.QUEUE_BROKEN] += 1
         self.dp.fast_table.invalidate()
         log.warning("slave %s: %s queue broken by the guest: %s", self.slave.name, _QNAME[which], err)
         fd = self._kick_fds.pop(which, None)
@@ -272,7 +273,7 @@ class NetDevice:
                             fast = self.dp.fast_table.args(self)  # the frame may have changed state
                             continue
                         if status == fp.ERROR:  # the frame, if any, was given back
-                            self.drops["internal_error"] += 1
+                            self.drops[DropReason.INTERNAL_ERROR] += 1
                             internal_error_log(f"slave {self.slave.name}: the C accelerator failed", length)
                             fast = None  # Python handles the rest of this drain
                             continue
@@ -289,7 +290,7 @@ class NetDevice:
                         if fast is not None:  # the frame may have changed state (a target's ring broken)
                             fast = self.dp.fast_table.args(self)
                 if q.publish() and self.tx_call is not None and not eventfd_signal(self.tx_call):
-                    self.drops["call_failed"] += 1
+                    self.drops[DropReason.CALL_FAILED] += 1
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
@@ -304,14 +305,14 @@ class NetDevice:
         """Count and switch one frame taken from the TX ring (``view[:length]``);
         return how many copies of it went to other guests (the burst pays for them)."""
         if length < net.HDR_LEN:
-            self.drops["runt"] += 1
+            self.drops[DropReason.RUNT] += 1
             return 0
         self.tx_packets += 1
         self.tx_bytes += length - net.HDR_LEN
         try:
             return self.dp.from_guest(self, length)
         except Exception as e:  # a bug must cost one frame, not the daemon
-            self.drops["internal_error"] += 1
+            self.drops[DropReason.INTERNAL_ERROR] += 1
             internal_error_log(f"slave {self.slave.name}: a frame from the guest dropped", e)
             return 0
 
@@ -321,11 +322,11 @@ class NetDevice:
         """Put ``buf`` (12-byte header + frame) into this guest's receive queue."""
         q = self.rx
         if q is None or not self.rx_enabled:
-            self.drops["rx_not_ready"] += 1
+            self.drops[DropReason.RX_NOT_READY] += 1
             return
         flags, gso = buf[0], buf[1]
         if (flags or gso) and not net.offload_ok(flags, gso, self.takes_csum, self.gso_mask, self.ecn):
-            self.drops["offload_unsupported"] += 1
+            self.drops[DropReason.OFFLOAD_UNSUPPORTED] += 1
             return
         before = q.walked
         try:
@@ -342,16 +343,16 @@ class NetDevice:
             self.rx_bytes += len(buf) - net.HDR_LEN
             self.dp.dirty.add(self)
         elif rc == net.RX_RING_FULL:
-            self.drops["rx_ring_full"] += 1
+            self.drops[DropReason.RX_RING_FULL] += 1
         elif rc == net.RX_BAD_BUFFER:
-            self.drops["rx_bad_buffer"] += 1
+            self.drops[DropReason.RX_BAD_BUFFER] += 1
         else:
-            self.drops["rx_too_big"] += 1
+            self.drops[DropReason.RX_TOO_BIG] += 1
 
     def flush_rx(self) -> None:
         q = self.rx
         if q is not None and q.publish() and self.rx_call is not None and not eventfd_signal(self.rx_call):
-            self.drops["call_failed"] += 1  # the counter is full or the descriptor gone: never block
+            self.drops[DropReason.CALL_FAILED] += 1  # the counter is full or the descriptor gone: never block
 
 
 _QNAME = {RX: "rx", TX: "tx"}

@@ -67,7 +67,7 @@ from .routing import Router
 from .rxfilter import RxFilterWatch
 from .uplink import Uplink
 
-log = logging.getLogger("vhost_ipvlan.topology")
+log = logging.getLogger(__name__)
 
 
 class Topology:
@@ -224,23 +224,21 @@ class Topology:
         dp = PortDatapath(port, uplink, self.loop)
         undo.callback(_close_extras, dp)
         try:
-            dp.hostlink = HostLink(dp, uplink.ifindex)
+            dp.hostlink = HostLink(port, uplink.ifindex)
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
-        if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
+        if port.traits.routes:
             dp.router = Router(uplink.ifindex, self.loop)
-        if pc.mode == "l3s" and dp.hostlink is not None:
+        if port.traits.host_forwarding and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
-        self._chains[pc.master] = nft.Chain(f"p{self._serial}", pc.master, ip=pc.mode != "l3s")
+        self._chains[pc.master] = nft.Chain(f"p{self._serial}", pc.master, ip=port.traits.consume_ip)
         self.ports.append(dp)
         undo.callback(self._forget_port, dp)
         self.config = replace(self.config, ports=(*self.config.ports, replace(pc, slaves=())))
         self._sync_nft(dp)
-        dp.start()
+        dp.start()  # reads the host link too
         undo.callback(dp.stop)
-        if dp.hostlink is not None:
-            dp.hostlink.start()
         if self.on_port_added is not None:
             self.on_port_added(dp, self._chains[pc.master])
             if self.on_port_removed is not None:
@@ -478,9 +476,7 @@ class Topology:
 
 def _close_extras(dp: PortDatapath) -> None:
     """Close the port's host link (deleting the tap and its routes) and router."""
-    if dp.hostlink is not None:
-        dp.hostlink.close()
-        dp.hostlink = None
+    dp.close_hostlink()
     if dp.router is not None:
         dp.router.close()
         dp.router = None
