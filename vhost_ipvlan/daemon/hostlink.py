@@ -32,7 +32,8 @@ Rules:
   same layout as the daemon's buffers: frames move with one read or write.
   No offloads are enabled on the tap, so the host hands it complete frames.
 - Routes follow the port's configured and learned (learning mode) addresses
-  (``sync``, called wherever the nftables chain is updated). Learned link-locals
+  (``sync``, called wherever the nftables chain is updated), changed by
+  difference in one batch (``rtnl.route_batch``). Learned link-locals
   get no route, nor does a learned address outside the master's connected prefixes
   (``Port.on_link``: learning refuses those, but the master's prefixes may change
   later): the host's own traffic to an off-link address never goes into a guest.
@@ -50,6 +51,7 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import logging
@@ -64,7 +66,7 @@ from ..errors import UplinkError
 from ..net.frames import ETH_HLEN
 from ..virtio import net
 from .ifinfo import interface_mac
-from .rtnl import Rtnl
+from .rtnl import Rtnl, route_batch
 
 if TYPE_CHECKING:
     from ..switch.port import Port
@@ -184,28 +186,23 @@ class HostLink:
             want |= slave.addresses
             want.update(a for a in slave.learned_addrs if port.on_link(a))
         gone, new = sorted(self.routes - want), sorted(want - self.routes)
-        if gone or new:  # one job for the rtnetlink worker, however many routes
-            self.ipr.submit(lambda: self._routes(gone, new)).result()
-
-    def _routes(self, gone: list[bytes], new: list[bytes]) -> None:
-        """In the rtnetlink worker: delete ``gone``, add ``new``."""
-        for addr in gone:
-            self._route("del", addr)
-            self.routes.discard(addr)
-        for addr in new:
-            if self._route("replace", addr):
+        if not gone and not new:
+            return
+        changes = [(True, a) for a in gone] + [(False, a) for a in new]
+        try:  # a few sendmsg calls, however many routes
+            errors = self._route_batch(changes)
+        except OSError as e:
+            errors = [e.errno or errno.EIO] * len(changes)
+        self.routes.difference_update(gone)  # a route that cannot be deleted is gone already
+        for addr, err in zip(new, errors[len(gone):], strict=True):
+            if err:
+                log.warning("host link %s: cannot route %s through it: %s", self.name, ipaddress.ip_address(addr),
+                            os.strerror(err))
+            else:
                 self.routes.add(addr)
 
-    def _route(self, cmd: str, addr: bytes) -> bool:
-        ip = ipaddress.ip_address(addr)
-        try:
-            self.ipr.request("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
-                              family=10 if ip.version == 6 else 2)
-        except NetlinkError as e:
-            if cmd != "del":
-                log.warning("host link %s: cannot route %s through it: %s", self.name, ip, e)
-            return False
-        return True
+    def _route_batch(self, changes: list[tuple[bool, bytes]]) -> list[int]:
+        return route_batch(self.index, changes)
 
     # -- frames -------------------------------------------------------------------
 
