@@ -47,14 +47,16 @@ def testpmd_path() -> str | None:
 
 
 def virtio_user_vdev(
-    index: int, sock: Path, mac: str, queue_size: int | None = 1024, *, server: bool = False
+    index: int, sock: Path, mac: str, queue_size: int | None = 1024, *, server: bool = False, queues: int = 1
 ) -> str:
     """The ``--vdev`` of a virtio-user front-end (a guest) on vhost-user socket ``sock``.
 
     ``queue_size=None`` leaves the ring size to DPDK (its default, 256); ``server``
-    makes testpmd listen on ``sock`` (the back-end connects, and reconnects).
+    makes testpmd listen on ``sock`` (the back-end connects, and reconnects);
+    ``queues`` > 1 adds the control queue multiqueue needs (``cq=1``: virtio-user
+    turns the driver's VQ_PAIRS_SET into SET_VRING_ENABLE per ring, as QEMU does).
     """
-    vdev = f"net_virtio_user{index},path={sock},mac={mac},queues=1"
+    vdev = f"net_virtio_user{index},path={sock},mac={mac},queues={queues}" + (",cq=1" if queues > 1 else "")
     if queue_size is not None:
         vdev += f",queue_size={queue_size}"
     return vdev + (",server=1" if server else "")
