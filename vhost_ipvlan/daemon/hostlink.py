@@ -42,7 +42,11 @@ Rules:
   (the caller counts ``host_send_failed`` on the sender, once).
 - l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
   master only, IPv6 forwarding for the namespace (the kernel has no per-device
-  switch for it); the values found are restored when the link closes.
+  switch for it); the values found are restored when the link closes. Whoever
+  turns one off meanwhile (``sysctl net.ipv4.ip_forward=0`` rewrites every
+  interface's) is overruled: the daemon follows forwarding changes through netlink
+  (``RTM_NEWNETCONF``: ``daemon.master`` asks ``needs_forwarding``), and
+  ``check_forwarding`` turns them on again, with one log line per change.
 """
 
 from __future__ import annotations
@@ -103,6 +107,8 @@ class HostLink:
         self.master_index = master_index
         self.name = tap_name(master_index)
         self._restore: list[tuple[str, str]] = []
+        #: the sysctls l3s needs on ("1"); empty unless ``enable_forwarding``
+        self.forwarding: tuple[str, ...] = ()
         self.routes: set[bytes] = set()
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -147,11 +153,28 @@ class HostLink:
 
     def enable_forwarding(self) -> None:
         """l3s: the host forwards between the tap and the master."""
-        for path in (f"ipv4/conf/{self.name}/forwarding", f"ipv4/conf/{self.port.master}/forwarding",
-                     "ipv6/conf/all/forwarding"):
+        self.forwarding = (f"ipv4/conf/{self.name}/forwarding", f"ipv4/conf/{self.port.master}/forwarding",
+                           "ipv6/conf/all/forwarding")
+        for path in self.forwarding:
             old = _sysctl(path, "1")
             if old is not None and old != "1":
                 self._restore.append((path, old))
+
+    def needs_forwarding(self, family: int, index: int, master_index: int) -> bool:
+        """Whether forwarding turned off for interface ``index`` (netconf: -1 is IPv6's
+        ``all``) is forwarding l3s needs: this link's, the master's, or IPv6's."""
+        return bool(self.forwarding) and (
+            (family == 2 and index in (self.index, master_index)) or (family == 10 and index == -1))
+
+    def check_forwarding(self) -> None:
+        """Turn on again whatever forwarding l3s needs that is off (one log line)."""
+        if self.fd < 0:
+            return
+        fixed = [path for path in self.forwarding if _sysctl(path, "1") not in ("1", None)]
+        if fixed:
+            names = ", ".join("net." + p.replace("/", ".") for p in fixed)
+            log.warning("master %s: %s turned off by someone else; l3s needs it: turned on again",
+                        self.port.master, names)
 
     # -- routes -------------------------------------------------------------------
 
