@@ -67,6 +67,7 @@ if str(REPO_ROOT) not in sys.path:
 from tests.support.frontend import UVA_BASE  # noqa: E402
 from tests.support.hostile import HostilePort  # noqa: E402
 from vhost_ipvlan.daemon import device, fastpath  # noqa: E402
+from vhost_ipvlan.drops import DropReason, counts  # noqa: E402
 from vhost_ipvlan.errors import VhostIpvlanError  # noqa: E402
 from vhost_ipvlan.virtio import net  # noqa: E402
 from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE  # noqa: E402
@@ -303,7 +304,7 @@ class Rig:
         which = [name for name, q in (("rx", self.hdev.rx), ("tx", self.hdev.tx)) if q is None]
         if which:
             return "+".join(which)
-        return "a queue" if self.hdev.drops.get("queue_broken") else ""
+        return "a queue" if self.hdev.drops[DropReason.QUEUE_BROKEN] else ""
 
     def good_turn(self, cut: float) -> tuple[Took, int]:
         """Guest b empties its ring, guest a queues a turn's frames, the daemon drains a
@@ -753,7 +754,7 @@ def _share_phase(cls: type[Scenario], knobs: Knobs, r: Round) -> None:
         broken = rig.broken()
         if broken:
             r.outcome = f"queue broken ({broken})"
-        r.drops = {k: v for k, v in sorted(rig.hdev.drops.items()) if v}
+        r.drops = dict(sorted(counts(rig.hdev.drops).items()))
         r.h_tx_bytes = rig.hdev.counters()["tx_bytes"]
 
 

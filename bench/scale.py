@@ -137,7 +137,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="10,100,1000", help="slave counts, comma-separated (default 10,100,1000)")
     ap.add_argument("--rounds", type=int, default=15, help="requests of each kind per N (default 15)")
-    ap.add_argument("--nofile", type=int, help="the daemon's soft RLIMIT_NOFILE (e.g. 1024, systemd's default)")
+    ap.add_argument("--nofile", metavar="SOFT[:HARD]",
+                    help="the daemon's RLIMIT_NOFILE (e.g. 1024:524288, systemd's default)")
     ap.add_argument("--profile", type=Path, metavar="DIR", help="run the daemons under cProfile, output in DIR")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()

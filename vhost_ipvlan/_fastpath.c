@@ -43,6 +43,10 @@
  *            as usual. Python counts it and switches the frame itself.
  *   An exception is raised only when nothing was taken (or writing the indices
  *   back failed).
+ *   It counts no drops: a frame it would drop (spoofed, for a guest that is down,
+ *   a full receive ring, ...) is a SLOW_FRAME, and Python counts it under its
+ *   vhost_ipvlan/drops.py reason; so no index of that registry is repeated here
+ *   (tests/unit/test_drops.py checks this file names no drop counter).
  *
  * table: {dst_ip_bytes: (rxq, mac_bytes, caps_int, counters_bytearray16, device)}
  *   caps: bit 0 takes NEEDS_CSUM, bit 1 takes ECN, bits 8..15 the gso_type mask.

@@ -14,6 +14,7 @@ control API's error code, for the classes a control request can end in)::
      |    +-- NotFound          not_found
      |    +-- NoSuchInterface   no_such_interface
      |    +-- PortBusy          port_busy
+ |    +-- FdBudget          fd_budget
      |    +-- DomainError       (libvirt) a domain XML lacks what we need
      |    +-- Conflict          valid alone, clashes with what exists
      |         +-- NameInUse        name_in_use
@@ -138,6 +139,13 @@ class PortBusy(ConfigError):
     """``port.remove`` of a port that still has slaves."""
 
     code = "port_busy"
+
+
+class FdBudget(ConfigError):
+    """A new slave would not fit in the file descriptor limit with its guest connected
+    (``daemon.fdbudget``; the message gives the count and the limit)."""
+
+    code = "fd_budget"
 
 
 class DomainError(ConfigError):

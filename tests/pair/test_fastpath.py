@@ -23,6 +23,7 @@ from scapy.layers.l2 import ARP, Ether
 from tests.support import frontend
 from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC, InprocPort, pure_python
 from vhost_ipvlan.daemon import device, fastpath
+from vhost_ipvlan.drops import DropReason, counts
 from vhost_ipvlan.virtio import net
 
 pytestmark = pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
@@ -103,7 +104,7 @@ def run(frames: Frames, before: Callable[[InprocPort], None] | None = None, flag
             "received": received,
             "uplink": p.uplink.sent,
             "counters": {n: d.counters() for n, d in p.dp.devices.items()},
-            "drops": {n: (dict(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
+            "drops": {n: (counts(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
             "routed": list(p.router.asked),
         }
     finally:
@@ -318,7 +319,7 @@ def outcome(p: InprocPort) -> dict[str, object]:
     return {
         "received": {name: fe.receive() for name, fe in p.frontends.items()},
         "counters": {n: d.counters() for n, d in p.dp.devices.items()},
-        "drops": {n: (dict(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
+        "drops": {n: (counts(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
     }
 
 
@@ -558,7 +559,7 @@ def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFix
             drops = result["drops"]
             assert isinstance(drops, dict)
             drops["a"][0].pop("internal_error", None)
-            return {"internal_errors": dev.drops["internal_error"], **result}
+            return {"internal_errors": dev.drops[DropReason.INTERNAL_ERROR], **result}
         finally:
             p.close()
 
@@ -600,7 +601,7 @@ def test_an_internal_error_on_a_frame_from_the_wire_costs_that_frame(
         monkeypatch.setattr(p.port, "from_uplink", from_uplink)
         p.dp._uplink_readable()
         assert [f[42:] for _, f in p.frontends["b"].receive()] == [b"one", b"two"]
-        assert p.dp.drops == {"internal_error": 1} and p.dp.uplink_rx == 3
+        assert counts(p.dp.drops) == {"internal_error": 1} and p.dp.uplink_rx == 3
     finally:
         p.close()
 

@@ -143,6 +143,7 @@ class WireUplink:
     frames sent to it are counted, not kept."""
 
     master = "hostile-wire"
+    ifindex = 0
 
     def __init__(self) -> None:
         self.queue: deque[bytes] = deque()
@@ -200,7 +201,7 @@ class HostilePort:
         self.port = self._inproc.port
         self.dp = self._inproc.dp
         self.uplink = WireUplink()
-        self.dp.uplink = self.uplink  # type: ignore[assignment]
+        self.dp.uplink = self.uplink
         self.frontends: dict[str, HostileFrontend] = {}
         for name, fe in self._inproc.frontends.items():
             assert isinstance(fe, HostileFrontend)

@@ -4,8 +4,8 @@ A namespace with one veth master (``vsm0``, its peer ``vsp0`` beside it) and N
 slaves, each with a server socket, a configured MAC, one IPv4 and one IPv6 address.
 The daemon runs as ``vhost-ipvlan serve`` inside the namespace; it is ready when it
 sends ``READY=1`` to ``$NOTIFY_SOCKET`` (a datagram socket of ours), which is what
-systemd waits for too. An optional soft RLIMIT_NOFILE is set for the daemon before
-it starts (``prlimit``), like systemd's default of 1024.
+systemd waits for too. An optional RLIMIT_NOFILE (``SOFT[:HARD]``) is set for the daemon
+before it starts (``prlimit``), e.g. systemd's default soft limit of 1024.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def make_namespace() -> Netns:
 class Daemon:
     """``vhost-ipvlan serve`` in ``ns``; ``ready()`` waits for READY=1."""
 
-    def __init__(self, ns: Netns, workdir: Path, *, config: Path | None, nofile: int | None = None,
+    def __init__(self, ns: Netns, workdir: Path, *, config: Path | None, nofile: str | None = None,
                  metrics: str | None = None, profile: Path | None = None) -> None:
         self.workdir = workdir
         self.control = workdir / "ctl" / "control.sock"
@@ -74,11 +74,14 @@ class Daemon:
             argv += ["--config", str(config)]
         if metrics is not None:
             argv += ["--metrics", metrics]
-        limit = ["prlimit", f"--nofile={nofile}:"] if nofile is not None else []
+        limit = ["prlimit", f"--nofile={nofile}"] if nofile is not None else []  # SOFT:HARD, or SOFT
         self.started = time.monotonic()
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(ns.argv(*limit, *argv), stdout=subprocess.DEVNULL, stderr=log,
                                          env={**os.environ, "NOTIFY_SOCKET": str(notify)})
+
+    def exit_status(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout)
 
     def ready(self, timeout: float = 120) -> float:
         """Seconds from the start to READY=1; RuntimeError if it exits or times out first."""

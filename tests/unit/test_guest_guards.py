@@ -442,12 +442,3 @@ def test_allow_router_libvirt_attribute() -> None:
     assert "allow_router" not in r.params()
     with pytest.raises(DomainError, match="allow-router 'maybe' is not yes or no"):
         slave_requests(domain(nic(), meta(vi(extra=" allow-router='maybe'"))), SOCKDIR)
-
-
-def test_every_drop_reason_is_in_the_readmes_table() -> None:
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    table = readme.split("### Drop reasons of the switch", 1)[1].split("\n#", 1)[0]
-    missing = [r.label for r in DropReason if f"| `{r.label}` |" not in table]
-    assert not missing, missing

@@ -110,13 +110,8 @@ def test_no_host_route_for_a_learned_address_off_the_masters_link() -> None:
     port.learn_address(slave, ip("2001:db8::50"))  # on the link when learned; the prefix went since
     routed: list[tuple[str, bytes]] = []
 
-    class Dp:
-        pass
-
     link = HostLink.__new__(HostLink)
-    dp = Dp()
-    dp.port = port  # type: ignore[attr-defined]
-    link.dp = dp  # type: ignore[assignment]
+    link.port = port
     link.routes = set()
 
     class Inline:  # the rtnetlink worker, run in the caller's thread

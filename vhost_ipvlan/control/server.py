@@ -295,7 +295,7 @@ class ControlServer:
         info: dict[str, Any] = {"master": master, **cfg.slave_table(sc)}
         try:
             ep = self.topology.endpoint(sc.name)
-        except StopIteration:
+        except KeyError:
             return info
         info["connected"] = ep.conn is not None
         info["up"] = ep.device.slave.up

@@ -36,12 +36,12 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import Counter
 from typing import TYPE_CHECKING
 
+from ..drops import DropReason, new_counters
 from ..net import neigh
+from ..net.frames import L3_IPV4, L3_IPV6, classify
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
 from ..switch.policy import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..virtio import net
@@ -51,20 +51,20 @@ from .fastpath import PortTable
 
 if TYPE_CHECKING:
     from ..switch.port import Port, Slave
-    from .hostlink import HostLink
-    from .routing import Router
-    from .uplink import Uplink
+    from .seams import Cancellable, HostPort, Loop, NextHops, UplinkPort
 
 log = logging.getLogger("vhost_ipvlan.datapath")
 
 ETH_HLEN = 14
 RESCAN_INTERVAL = 0.2
+#: virtio_net_hdr flag: the checksum is known good (the tap sets it on the host's frames)
+HDR_F_DATA_VALID = 2
 
 
 class PortDatapath:
     """One master: its switch ``Port``, uplink socket and slave devices."""
 
-    def __init__(self, port: Port, uplink: Uplink, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, port: Port, uplink: UplinkPort, loop: Loop) -> None:
         self.port = port
         self.uplink = uplink
         self.loop = loop
@@ -75,29 +75,46 @@ class PortDatapath:
         self.buf = bytearray(net.MAX_BUFFER)
         self.view = memoryview(self.buf)
         self.uplink_rx = self.uplink_tx = 0
-        self.drops: Counter[str] = Counter()
+        #: drop counters of frames from the wire and the host link, indexed by DropReason
+        #: (the switch's are ``port.uplink_drops``)
+        self.drops = new_counters()
         #: the master is present, up and has carrier (kept by daemon.master)
         self.wire_up = True
         #: the largest non-GSO buffer (12-byte header + Ethernet header + MTU) for the wire
         self.max_frame = net.HDR_LEN + ETH_HLEN + 1500
-        self._rescan: asyncio.TimerHandle | None = None
+        self._rescan: Cancellable | None = None
         #: the C accelerator's view of the port (``fastpath.py``)
         self.fast_table = PortTable(port, self.devices)
         #: the host tap (host <-> guest), and l3's next-hop lookups; set by the topology
-        self.hostlink: HostLink | None = None
-        self.router: Router | None = None
+        self.hostlink: HostPort | None = None
+        self.router: NextHops | None = None
         self.l3 = port.mode != "l2"
         self._flushing = False
 
     def start(self) -> None:
+        """Read the uplink and the host link (if any), and rescan the TX rings."""
         self.loop.add_reader(self.uplink.fileno(), self._uplink_readable)
+        if self.hostlink is not None:
+            self.loop.add_reader(self.hostlink.fileno(), self._host_readable)
         self._rescan = self.loop.call_later(RESCAN_INTERVAL, self._rescan_tick)
 
     def stop(self) -> None:
         if self.uplink.fileno() >= 0:
             self.loop.remove_reader(self.uplink.fileno())
+        self._stop_host()
         if self._rescan is not None:
             self._rescan.cancel()
+
+    def _stop_host(self) -> None:
+        if self.hostlink is not None and self.hostlink.fileno() >= 0:
+            self.loop.remove_reader(self.hostlink.fileno())
+
+    def close_hostlink(self) -> None:
+        """Stop reading the host link and close it (deleting the tap and its routes)."""
+        if self.hostlink is not None:
+            self._stop_host()
+            self.hostlink.close()
+            self.hostlink = None
 
     def close_uplink(self) -> None:
         """The master is gone: stop reading its socket and close it."""
@@ -105,7 +122,7 @@ class PortDatapath:
             self.loop.remove_reader(self.uplink.fileno())
             self.uplink.close()
 
-    def open_uplink(self, uplink: Uplink) -> None:
+    def open_uplink(self, uplink: UplinkPort) -> None:
         """The master is back: read from (and send to) its new socket."""
         self.close_uplink()
         self.uplink = uplink
@@ -164,7 +181,7 @@ class PortDatapath:
             self._deliver(self._device(arg), buf, length)  # type: ignore[arg-type]
         elif action == FLOOD:
             if length > self.max_frame:  # GSO or not: a group frame the wire could not carry
-                dev.drops["mtu_exceeded"] += 1
+                dev.drops[DropReason.MTU_EXCEEDED] += 1
                 return 0
             copies = self._flood(buf, length, dev)
             if self.hostlink is not None:
@@ -207,22 +224,22 @@ class PortDatapath:
 
     def _to_host(self, dev: NetDevice, buf: memoryview, length: int) -> None:
         if self.hostlink is None:
-            dev.drops["to_host_unsupported"] += 1
+            dev.drops[DropReason.TO_HOST_UNSUPPORTED] += 1
             return
         to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
-        if not self.hostlink.to_host(buf, length):
-            dev.drops["host_send_failed"] += 1
+        if not self.hostlink.send(buf, length):  # it reports, the sender counts (once)
+            dev.drops[DropReason.HOST_SEND_FAILED] += 1
 
     def _route(self, dev: NetDevice, buf: memoryview, length: int) -> None:
         """l3 egress: to the next hop the host's tables give, with the master's MAC."""
         router = self.router
         if router is None:
-            dev.drops["no_route"] += 1
+            dev.drops[DropReason.NO_ROUTE] += 1
             return
         off = net.HDR_LEN + ETH_HLEN
         dst = buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]
         mac = router.next_hop_mac(dst.tobytes(), dev.slave.name)  # never waits: a miss is a drop
-        if isinstance(mac, str):
+        if isinstance(mac, DropReason):
             dev.drops[mac] += 1  # no_route, neigh_unresolved, neigh_rate_limited, ... (routing.py)
         elif mac == b"local":
             self._to_host(dev, buf, length)
@@ -232,7 +249,7 @@ class PortDatapath:
             if self.uplink.send(buf, length):
                 self.uplink_tx += 1
             else:
-                dev.drops["uplink_send_failed"] += 1
+                dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
 
     def _answer(self, dev: NetDevice, frame: memoryview) -> None:
         """Answer a guest's ARP request or NS with the master's MAC (l3/l3s: its router)."""
@@ -243,17 +260,17 @@ class PortDatapath:
     def _answer_for_host(self, dev: NetDevice, frame: memoryview) -> None:
         """l2: a guest's ARP request or NS for one of the host's addresses on the master."""
         asked = neigh.request_target(frame)
-        if asked is not None and self.hostlink is not None and self.hostlink.is_host_address(asked[1]):
+        if asked is not None and self.hostlink is not None and asked[1] in self.port.master_addresses:
             reply = neigh.reply(frame, self.port.master_mac)
             if reply is not None:
                 dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
 
     def _wire_ok(self, dev: NetDevice, buf: memoryview, length: int) -> bool:
         if not self.wire_up:
-            dev.drops["master_down"] += 1
+            dev.drops[DropReason.MASTER_DOWN] += 1
             return False
         if length > self.max_frame and not buf[1]:  # buf[1]: gso_type; GSO frames are segmented later
-            dev.drops["mtu_exceeded"] += 1
+            dev.drops[DropReason.MTU_EXCEEDED] += 1
             return False
         return True
 
@@ -266,7 +283,7 @@ class PortDatapath:
         if self.uplink.send(buf, length):
             self.uplink_tx += 1
         else:
-            dev.drops["uplink_send_failed"] += 1
+            dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
 
     def _uplink_readable(self) -> None:
         view = self.view
@@ -276,19 +293,19 @@ class PortDatapath:
             try:
                 length = self.uplink.recv(view)
             except OSError as e:
-                self.drops["uplink_read_error"] += 1
+                self.drops[DropReason.UPLINK_READ_ERROR] += 1
                 log.debug("master %s: read error: %s", self.uplink.master, e)
                 break
             if length == 0:
                 break
             if length < 0:
-                self.drops["uplink_truncated"] += 1
+                self.drops[DropReason.UPLINK_TRUNCATED] += 1
                 continue
             self.uplink_rx += 1
             try:
                 budget -= self._from_uplink(length)
             except Exception as e:  # a bug must cost one frame, not the daemon
-                self.drops["internal_error"] += 1
+                self.drops[DropReason.INTERNAL_ERROR] += 1
                 device.internal_error_log(f"master {self.uplink.master}: a frame from the wire dropped", e)
         self.flush()
 
@@ -301,7 +318,7 @@ class PortDatapath:
         if action == TO_SLAVE:
             dev = self._device(arg)  # type: ignore[arg-type]
             if dev.slave.mac is None:
-                dev.drops["mac_unknown"] += 1
+                dev.drops[DropReason.MAC_UNKNOWN] += 1
                 return 0
             self._deliver(dev, view, length)
         elif action == ANSWER:
@@ -312,8 +329,39 @@ class PortDatapath:
                 self.uplink_tx += 1
         elif action == FLOOD:
             if length > self.max_frame:  # a coalesced (GRO) group frame: no guest needs it whole
-                self.drops["mtu_exceeded"] += 1
+                self.drops[DropReason.MTU_EXCEEDED] += 1
                 return 0
             return self._flood(view, length, None)
         # PASS: the host's; DROP: the switch has counted it in port.uplink_drops
         return 0
+
+    def _host_readable(self) -> None:
+        """Frames from the host's stack (through the tap): unicast IP to a guest's
+        address, from the tap's MAC to the tap's, go to that guest as the master's."""
+        link = self.hostlink
+        if link is None:
+            return
+        view = self.view
+        port = self.port
+        for _ in range(device.BURST):
+            try:
+                n = link.recv(view)
+            except OSError:
+                self.drops[DropReason.HOST_READ_ERROR] += 1
+                break
+            if n < net.HDR_LEN + ETH_HLEN:
+                break
+            kind, dst, _src, _sha, _l3src, key = classify(view[net.HDR_LEN : n])
+            if dst[0] & 1 or kind not in (L3_IPV4, L3_IPV6):
+                self.drops[DropReason.HOST_NOT_UNICAST_IP] += 1  # MLD, IPv6 RS and the like
+                continue
+            owner = port.by_addr.get(key)
+            dev = self.devices.get(owner.name) if owner is not None else None
+            if dev is None or owner is None or owner.mac is None or not owner.up:
+                self.drops[DropReason.HOST_NO_GUEST] += 1
+                continue
+            if view[0] == HDR_F_DATA_VALID:
+                view[0] = 0
+            view[net.HDR_LEN : net.HDR_LEN + 12] = owner.mac + port.master_mac
+            self._deliver(dev, view, n)
+        self.flush()

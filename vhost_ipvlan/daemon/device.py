@@ -7,8 +7,8 @@ virtio_net_hdr + frame) and handed to the port's data path (``PortDatapath``,
 ``deliver``. The C accelerator (``fastpath.py``) takes what it can of a drain.
 
 Rules:
-- No per-frame allocation beyond memoryview slices: one preallocated buffer per
-  TX queue; verdicts are ints.
+- No per-frame allocation beyond memoryview slices: one buffer per TX queue,
+  allocated when first used (an idle slave holds none); verdicts are ints.
 - A frame this receiver cannot take (ring full, offload it did not negotiate, too
   big) is dropped and counted here; nothing is queued.
 - Walking the receive ring for frames it then does not take is budgeted per burst
@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from typing import TYPE_CHECKING
 
+from ..drops import DropReason, new_counters
 from ..errors import GuestError
 from ..vhost_user.session import RX, TX, Session, Vring
 from ..virtio import net
@@ -105,15 +105,36 @@ class NetDevice:
         self.takes_csum = False
         self.gso_mask = 1
         self.ecn = False
-        self.buf = bytearray(net.MAX_BUFFER)
-        self.view = memoryview(self.buf)
+        self._buf: bytearray | None = None  # allocated when first used (``buf``)
+        self._view: memoryview | None = None
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
         #: descriptors walked this burst for frames not taken (``RX_WASTE_BUDGET``)
         self.rx_waste = 0
         #: the C accelerator's RX counters and cached arguments for this device
         self.fast = fastpath.DeviceCounters()
-        self.drops: Counter[str] = Counter()
+        #: drop counters, indexed by DropReason (the switch's are ``slave.drops``)
+        self.drops = new_counters()
         self._drain_scheduled = False
+
+    @property
+    def buf(self) -> bytearray:
+        """The frame buffer (12-byte header + the largest frame), made when first needed:
+        a slave that never had a guest costs no 64 KiB."""
+        if self._buf is None:
+            self._allocate()
+        assert self._buf is not None
+        return self._buf
+
+    @property
+    def view(self) -> memoryview:
+        if self._view is None:
+            self._allocate()
+        assert self._view is not None
+        return self._view
+
+    def _allocate(self) -> None:
+        self._buf = bytearray(net.MAX_BUFFER)
+        self._view = memoryview(self._buf)
 
     # -- session.Device -----------------------------------------------------------
 
@@ -207,7 +228,7 @@ class NetDevice:
         self.drain_tx()
 
     def break_queue(self, which: int, err: GuestError) -> None:
-        self.drops["queue_broken"] += 1
+        self.drops[DropReason.QUEUE_BROKEN] += 1
         self.dp.fast_table.invalidate()
         log.warning("slave %s: %s queue broken by the guest: %s", self.slave.name, _QNAME[which], err)
         fd = self._kick_fds.pop(which, None)
@@ -252,7 +273,7 @@ class NetDevice:
                             fast = self.dp.fast_table.args(self)  # the frame may have changed state
                             continue
                         if status == fp.ERROR:  # the frame, if any, was given back
-                            self.drops["internal_error"] += 1
+                            self.drops[DropReason.INTERNAL_ERROR] += 1
                             internal_error_log(f"slave {self.slave.name}: the C accelerator failed", length)
                             fast = None  # Python handles the rest of this drain
                             continue
@@ -269,7 +290,7 @@ class NetDevice:
                         if fast is not None:  # the frame may have changed state (a target's ring broken)
                             fast = self.dp.fast_table.args(self)
                 if q.publish() and self.tx_call is not None and not eventfd_signal(self.tx_call):
-                    self.drops["call_failed"] += 1
+                    self.drops[DropReason.CALL_FAILED] += 1
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
@@ -284,14 +305,14 @@ class NetDevice:
         """Count and switch one frame taken from the TX ring (``view[:length]``);
         return how many copies of it went to other guests (the burst pays for them)."""
         if length < net.HDR_LEN:
-            self.drops["runt"] += 1
+            self.drops[DropReason.RUNT] += 1
             return 0
         self.tx_packets += 1
         self.tx_bytes += length - net.HDR_LEN
         try:
             return self.dp.from_guest(self, length)
         except Exception as e:  # a bug must cost one frame, not the daemon
-            self.drops["internal_error"] += 1
+            self.drops[DropReason.INTERNAL_ERROR] += 1
             internal_error_log(f"slave {self.slave.name}: a frame from the guest dropped", e)
             return 0
 
@@ -301,11 +322,11 @@ class NetDevice:
         """Put ``buf`` (12-byte header + frame) into this guest's receive queue."""
         q = self.rx
         if q is None or not self.rx_enabled:
-            self.drops["rx_not_ready"] += 1
+            self.drops[DropReason.RX_NOT_READY] += 1
             return
         flags, gso = buf[0], buf[1]
         if (flags or gso) and not net.offload_ok(flags, gso, self.takes_csum, self.gso_mask, self.ecn):
-            self.drops["offload_unsupported"] += 1
+            self.drops[DropReason.OFFLOAD_UNSUPPORTED] += 1
             return
         before = q.walked
         try:
@@ -322,16 +343,16 @@ class NetDevice:
             self.rx_bytes += len(buf) - net.HDR_LEN
             self.dp.dirty.add(self)
         elif rc == net.RX_RING_FULL:
-            self.drops["rx_ring_full"] += 1
+            self.drops[DropReason.RX_RING_FULL] += 1
         elif rc == net.RX_BAD_BUFFER:
-            self.drops["rx_bad_buffer"] += 1
+            self.drops[DropReason.RX_BAD_BUFFER] += 1
         else:
-            self.drops["rx_too_big"] += 1
+            self.drops[DropReason.RX_TOO_BIG] += 1
 
     def flush_rx(self) -> None:
         q = self.rx
         if q is not None and q.publish() and self.rx_call is not None and not eventfd_signal(self.rx_call):
-            self.drops["call_failed"] += 1  # the counter is full or the descriptor gone: never block
+            self.drops[DropReason.CALL_FAILED] += 1  # the counter is full or the descriptor gone: never block
 
 
 _QNAME = {RX: "rx", TX: "tx"}

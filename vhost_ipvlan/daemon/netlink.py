@@ -40,8 +40,8 @@ from pyroute2.netlink.rtnl import (
 )
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from .ifinfo import interface_mac, interface_mtu
 from .rtnl import message_address
-from .uplink import interface_mac, interface_mtu
 
 log = logging.getLogger("vhost_ipvlan.netlink")
 

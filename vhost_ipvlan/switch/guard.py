@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from ..drops import DropReason
 from ..net.addr import ZERO_V4, ZERO_V6
 from ..net.frames import (
     ARPOP_REQUEST,
@@ -73,7 +74,6 @@ from ..net.frames import (
     Frame,
     ipv6_upper,
 )
-from .reasons import DropReason
 
 if TYPE_CHECKING:
     from .port import Slave

@@ -92,6 +92,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from ..drops import N_DROP_REASONS as N_DROP_REASONS
+from ..drops import DropReason as DropReason
 from ..net.frames import (
     L3_ARP,
     L3_CONTROL,
@@ -105,8 +107,6 @@ from ..net.frames import (
     classify,
 )
 from .guard import check_guard
-from .reasons import N_DROP_REASONS as N_DROP_REASONS
-from .reasons import DropReason as DropReason
 from .source import check_source
 from .table import ROWS, TABLE, Dest, Source
 

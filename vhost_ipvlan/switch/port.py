@@ -49,6 +49,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from functools import partial
 
+from ..drops import counts, new_counters
 from ..errors import AddressInUse, ConfigError, MacInUse, NameInUse
 from ..net.addr import (
     ZERO_MAC,
@@ -61,7 +62,7 @@ from ..net.addr import (
 )
 from ..net.frames import ETH_HLEN, L3_IPV6, Frame
 from .mcast import GroupFilter
-from .policy import DECISIONS, FLAGS, MODES, N_DROP_REASONS, TO_SLAVE, TO_UPLINK, DropReason, Verdict
+from .policy import DECISIONS, FLAGS, MODES, TO_SLAVE, TO_UPLINK, Verdict
 
 MAX_LEARNED_LINK_LOCALS = 8
 MAX_WIRE_SEEN = 4096
@@ -99,7 +100,7 @@ class Slave:
         #: set by the daemon when the guest's RX queue is ready
         self.up = False
         #: drop counters, indexed by DropReason
-        self.drops = [0] * N_DROP_REASONS
+        self.drops = new_counters()
         #: the TO_SLAVE verdict for this slave, built once
         self.to_me: Verdict = (TO_SLAVE, self)
         #: the TO_UPLINK verdict for a frame addressed to this slave's MAC (vepa)
@@ -120,7 +121,7 @@ class Slave:
 
     def drop_counts(self) -> dict[str, int]:
         """Non-zero drop counters by ``DropReason.label``."""
-        return {r.label: self.drops[r] for r in DropReason if self.drops[r]}
+        return counts(self.drops)
 
     def __repr__(self) -> str:
         mac = format_mac(self.mac) if self.mac is not None else "unlearned"
@@ -166,7 +167,7 @@ class Port:
         self.slaves: dict[str, Slave] = {}
         self.by_addr: dict[bytes, Slave] = {}
         self.by_mac: dict[bytes, Slave] = {}
-        self.uplink_drops = [0] * N_DROP_REASONS
+        self.uplink_drops = new_counters()
         self.generation = 0
         #: the master's own addresses (packed); set by the daemon, never learned
         self.master_addresses: frozenset[bytes] = frozenset()
@@ -321,7 +322,7 @@ class Port:
 
     def drop_counts(self) -> dict[str, int]:
         """Non-zero uplink-side drop counters by ``DropReason.label``."""
-        return {r.label: self.uplink_drops[r] for r in DropReason if self.uplink_drops[r]}
+        return counts(self.uplink_drops)
 
     # -- internals ----------------------------------------------------------------
 

@@ -48,9 +48,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from ..drops import DropReason
 from ..net.addr import ZERO_MAC, ZERO_V4, ZERO_V6
 from ..net.frames import L3_ARP, L3_IPV4, L3_IPV6, L3_ND_NS, Frame
-from .reasons import DropReason
 
 if TYPE_CHECKING:
     from .port import Port, Slave
