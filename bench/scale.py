@@ -6,6 +6,10 @@ slaves (server sockets, configured MACs, one IPv4 + one IPv6 address each; nothi
 connected) and measures, on the daemon as run in production (``vhost-ipvlan serve``
 in its own process, ready = ``READY=1`` on ``$NOTIFY_SOCKET``):
 
+Slave sockets go to ``--socket-dir`` (default ``/dev/shm``, a tmpfs as ``/run`` is
+under systemd: creating a socket is a few directory operations, much dearer on a
+journalling file system), the state file and logs to a temporary directory on disk.
+
 - ``ready``: from exec of ``serve --config`` (fresh, no state file) to READY=1;
 - ``ready_state``: the same after SIGTERM, from the state file (restart);
 - ``add`` / ``change`` / ``remove``: median latency of ``slave.add``, ``slave.change``
@@ -17,12 +21,17 @@ in its own process, ready = ``READY=1`` on ``$NOTIFY_SOCKET``):
 - ``rss``: VmRSS of the daemon; ``kib/slave``: (RSS(N) - RSS(0 slaves)) / N;
 - ``fds``: open descriptors of the daemon.
 
+``--frontends`` also connects a fake front-end (``tests/support/frontend.py``: a
+memfd of guest memory, two rings, kick/call eventfds, QEMU's set-up sequence) to
+every slave, one after the other, and reports the time until all of them are up
+(``slave.list``), and the daemon's RSS and fds with them connected.
+
 ``--profile DIR`` runs every daemon under cProfile (``DIR/N.prof``; start-up and the
 control requests; read with ``python -m pstats``). ``--nofile 1024`` starts the
 daemon with that soft fd limit (systemd's default). ``--json`` also prints the
 figures as JSON.
 
-Usage: python bench/scale.py [--n 10,100,1000] [--rounds 15] [--nofile 1024] [--profile DIR] [--json]
+Usage: python bench/scale.py [--n 10,100,1000] [--rounds 15] [--nofile 1024] [--frontends] [--profile DIR] [--json]
 Needs root (network namespaces, nftables).
 """
 
@@ -31,6 +40,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -44,6 +55,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from pyroute2 import netns as pyroute2_netns  # noqa: E402
 
+from tests.support.frontend import FakeFrontend  # noqa: E402
 from tests.support.netns import Netns  # noqa: E402
 from tests.support.scale import Daemon, config_text, make_namespace, slave_table  # noqa: E402
 from vhost_ipvlan.control.client import Client  # noqa: E402
@@ -102,10 +114,34 @@ def control_figures(d: Daemon, ns: Netns, n: int, rounds: int, sockdir: Path) ->
             "stats_ms": _ms(stats), "scrape_ms": _ms(scrapes)}
 
 
+def frontend_figures(d: Daemon, n: int, sockdir: Path, idle_rss: int) -> dict[str, Any]:
+    """Connect a fake front-end to every slave; the time until all are up, RSS and fds."""
+    frontends = []
+    t = time.perf_counter()
+    try:
+        for i in range(n):
+            fe = FakeFrontend()
+            frontends.append(fe)
+            fe.connect(str(sockdir / f"s{i}.sock"))
+            fe.setup()
+        with Client(d.control) as c:
+            while not all(s["up"] for s in c.call("slave.list")):
+                time.sleep(0.05)
+        took = time.perf_counter() - t
+        rss, fds = d.rss_kib(), d.fds()
+        with Client(d.control) as c:
+            stats = _ms([_timed(c, "stats") for _ in range(5)])
+    finally:
+        for fe in frontends:
+            fe.close()
+    return {"fe_up_s": round(took, 2), "fe_rss_kib": rss, "fe_kib_per_guest": round((rss - idle_rss) / n, 1),
+            "fe_fds": fds, "fe_stats_ms": stats}
+
+
 def measure(n: int, args: argparse.Namespace, baseline_rss: int | None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"vi-scale-{n}-"))
-    sockdir = work / "socks"
-    sockdir.mkdir(mode=0o750)
+    sockdir = Path(tempfile.mkdtemp(prefix=f"vi-scale-{n}-", dir=args.socket_dir))
+    sockdir.chmod(0o750)
     conf = work / "config.toml"
     conf.write_text(config_text(n, sockdir))
     prof = args.profile / f"{n}.prof" if args.profile else None
@@ -120,6 +156,8 @@ def measure(n: int, args: argparse.Namespace, baseline_rss: int | None) -> dict[
             if baseline_rss is not None and n:
                 out["kib_per_slave"] = round((out["rss_kib"] - baseline_rss) / n, 1)
             out.update(control_figures(d, ns, n, args.rounds, sockdir))
+            if args.frontends and n:
+                out.update(frontend_figures(d, n, sockdir, out["rss_kib"]))
         finally:
             d.stop()
         # the restart: from the state file the first run left behind
@@ -130,6 +168,7 @@ def measure(n: int, args: argparse.Namespace, baseline_rss: int | None) -> dict[
         finally:
             d.stop()
     out["log"] = str(work / "daemon.log")
+    shutil.rmtree(sockdir, ignore_errors=True)
     return out
 
 
@@ -140,11 +179,17 @@ def main() -> int:
     ap.add_argument("--nofile", metavar="SOFT[:HARD]",
                     help="the daemon's RLIMIT_NOFILE (e.g. 1024:524288, systemd's default)")
     ap.add_argument("--profile", type=Path, metavar="DIR", help="run the daemons under cProfile, output in DIR")
+    ap.add_argument("--socket-dir", type=Path, default=Path("/dev/shm"),
+                    help="where the slave sockets go (default /dev/shm: tmpfs, as /run is under systemd); "
+                    "the state file and logs go to a temporary directory on disk")
+    ap.add_argument("--frontends", action="store_true", help="also connect a fake front-end to every slave")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     counts = [int(x) for x in args.n.split(",")]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # our front-ends' memfds, eventfds and sockets
     base = measure(0, argparse.Namespace(**{**vars(args), "profile": None, "rounds": 3}), None)
     rows = [measure(n, args, base["rss_kib"]) for n in counts]
     cols = ["n", "ready_s", "ready_state_s", "add_ms", "change_ms", "remove_ms", "stats_ms", "scrape_ms",
@@ -154,6 +199,12 @@ def main() -> int:
     print(" ".join(f"{c:>13}" for c in cols))
     for r in rows:
         print(" ".join(f"{r.get(c, '-')!s:>13}" for c in cols))
+    if args.frontends:
+        fcols = ["n", "fe_up_s", "fe_rss_kib", "fe_kib_per_guest", "fe_fds", "fe_stats_ms"]
+        print("with a front-end connected to every slave:")
+        print(" ".join(f"{c:>16}" for c in fcols))
+        for r in rows:
+            print(" ".join(f"{r.get(c, '-')!s:>16}" for c in fcols))
     if args.json:
         print(json.dumps({"baseline": base, "rows": rows}, indent=1))
     return 0

@@ -5,7 +5,8 @@
 
 Rows are traffic classes (``switch.table.ROWS``, after docs/kernel-behaviour.md §3-§5), columns every
 mode x flag; a cell is the verdict of ``switch.table.TABLE`` with a numbered note, or "-"
-when that (mode, flag) has no decision functions yet. A second part shows the
+when that (mode, flag) has no decision functions yet. Then the mode traits
+(``switch.decisions.TRAITS``: what the daemon does per mode x flag). A last part shows the
 conformance suite's results (``docs/conformance-results.json``, written by
 ``pytest tests/conformance --conformance-update``): per probe and mode x flag, what the
 kernel did and whether vhost-ipvlan did the same. ``tests/unit/test_policy_table.py``
@@ -21,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vhost_ipvlan.switch.policy import DECISIONS, FLAGS, MODES
+from vhost_ipvlan.switch.decisions import DECISIONS, FLAGS, MODES, TRAIT_DOCS, TRAITS
 from vhost_ipvlan.switch.table import ROWS, TABLE, Dest, Source
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "conformance-results.json"
@@ -68,8 +69,25 @@ def render() -> str:
         lines.append("`-`: that mode and flag are not implemented yet.\n")
     lines.append("## Notes\n")
     lines += [f"{n}. {text}" for text, n in notes.items()]
+    lines += render_traits(combos)
     lines += render_conformance()
     return "\n".join(lines) + "\n"
+
+
+def render_traits(combos: list[tuple[str, str]]) -> list[str]:
+    """The mode traits (``switch.decisions.Traits``), one row per trait."""
+    lines = [
+        "",
+        "## Mode traits\n",
+        "From `vhost_ipvlan/switch/decisions.py` (`TRAITS`, read by the daemon as `Port.traits`):",
+        "what a port of each mode x flag needs from the daemon beyond the verdicts above.\n",
+        "| trait | " + " | ".join(f"{m} {f}" for m, f in combos) + " |",
+        "|---" * (len(combos) + 1) + "|",
+    ]
+    for name, doc in TRAIT_DOCS.items():
+        cells = ["yes" if getattr(TRAITS[c], name) else "no" for c in combos]
+        lines.append(f"| `{name}`: {doc} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _obs(o: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
  * vhost_ipvlan._fastpath: the guest-to-guest hot loop in C.
  *
  * Theory of operation. The pure-Python data path (daemon/device.py, daemon/datapath.py,
- * virtio/virtqueue.py, switch/policy.py) is the reference and stays complete.
+ * virtio/virtqueue.py, switch/l2.py) is the reference and stays complete.
  * This module only accelerates the common case and works on the very same
  * state: a ``SplitQueue``'s ring buffers (``_desc``, ``_avail``, ``_used``), its
  * indices (``last_avail``, ``used_idx``, written back before returning) and its

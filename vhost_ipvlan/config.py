@@ -38,11 +38,12 @@ Rules:
 - The cross-checks cost O(1) per slave (``SlaveIndex``: names, sockets and
   (master, address) pairs in use), so a file or a daemon with 1000 slaves is
   checked in linear time; only a clash walks the slaves, to name it.
-- Modes and flags that are not implemented yet are refused by name.
+- Modes and flags are the switch's (``switch.decisions.MODES``/``FLAGS``); what
+  depends on them is read from its traits (``TRAITS``), never from their names.
 - This module only parses; whether the master exists is checked by the daemon
   (it depends on the network namespace the daemon runs in). Socket owner and
   group names are resolved here (they are the host's, whatever the namespace).
-- ``learn = true`` (mode l2 only) lets the daemon learn the slave's addresses from
+- ``learn = true`` (where the mode's traits allow learning: l2) lets the daemon learn the slave's addresses from
   its traffic (``switch.source``); learned addresses are run-time state, never part
   of a ``Config`` (so never written to the state file).
 - ``allow_router = true`` lifts the RA guard and DHCP-server guard for that slave
@@ -69,11 +70,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AddressInUse, ConfigError, NameInUse, PortExists, SocketInUse
+from .switch.decisions import FLAGS, MODES, TRAITS, modes_with
 
-MODES = ("l2", "l3", "l3s")
-FLAGS = ("bridge", "private", "vepa")
-IMPLEMENTED_MODES = ("l2", "l3", "l3s")
-IMPLEMENTED_FLAGS = ("bridge", "private", "vepa")
 SOCKET_MODES = ("server", "client")
 MAX_ADDRESSES = 256
 
@@ -171,12 +169,10 @@ def _str(where: str, value: Any) -> str:
     return value
 
 
-def _choice(where: str, value: Any, valid: tuple[str, ...], implemented: tuple[str, ...]) -> str:
+def _choice(where: str, value: Any, valid: tuple[str, ...]) -> str:
     text = _str(where, value)
     if text not in valid:
         raise ConfigError(f"{where}: {text!r} is not one of {', '.join(valid)}")
-    if text not in implemented:
-        raise ConfigError(f"{where}: {text!r} is not implemented yet (available: {', '.join(implemented)})")
     return text
 
 
@@ -213,7 +209,7 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
     sock = _socket_path(f"{where}.socket", t["socket"])
-    mode = _choice(f"{where}.socket_mode", t.get("socket_mode", "server"), SOCKET_MODES, SOCKET_MODES)
+    mode = _choice(f"{where}.socket_mode", t.get("socket_mode", "server"), SOCKET_MODES)
     raw = t.get("addresses", [])
     if not isinstance(raw, list):
         raise ConfigError(f"{where}.addresses: expected a list of addresses")
@@ -279,8 +275,8 @@ def parse_port(where: str, table: Any) -> PortConfig:
     """One ``[[port]]`` table with its slaves (cross-checks within the port included)."""
     t = _keys(where, table, {"master", "mode", "flag", "slave"}, {"master"})
     master = check_ifname(f"{where}.master", _str(f"{where}.master", t["master"]))
-    mode = _choice(f"{where}.mode", t.get("mode", "l2"), MODES, IMPLEMENTED_MODES)
-    flag = _choice(f"{where}.flag", t.get("flag", "bridge"), FLAGS, IMPLEMENTED_FLAGS)
+    mode = _choice(f"{where}.mode", t.get("mode", "l2"), MODES)
+    flag = _choice(f"{where}.flag", t.get("flag", "bridge"), FLAGS)
     raw = t.get("slave", [])
     if not isinstance(raw, list):
         raise ConfigError(f"{where}.slave: expected [[port.slave]] tables")
@@ -350,8 +346,9 @@ def check_slave(where: str, ports: tuple[PortConfig, ...], master: str, slave: S
     ``index`` (of the same ``ports``) makes it O(1) when nothing clashes.
     """
     for p in ports:
-        if p.master == master and slave.learn and p.mode != "l2":
-            raise ConfigError(f"{where}.learn: address learning is only implemented for mode 'l2', "
+        if p.master == master and slave.learn and not TRAITS[(p.mode, p.flag)].learning:
+            modes = ", ".join(repr(m) for m in modes_with("learning"))
+            raise ConfigError(f"{where}.learn: address learning is only implemented for mode {modes}, "
                               f"not {p.mode!r}")
     if index is None or index.clashes(master, slave, replaces):
         _check_clashes(where, ports, master, slave, replaces)

@@ -17,7 +17,7 @@ Rules:
   drops the frame, then regenerate the docs:
   ``python3 scripts/gen_drop_reasons.py > docs/drop-reasons.md``.
 - A frame is counted once: the code that gives up on it counts it, and a helper
-  that fails reports the failure to its caller instead of counting (``HostLink.to_host``).
+  that fails reports the failure to its caller instead of counting (``HostLink.send``).
 - The C accelerator (``_fastpath.c``) counts no drops: every frame it would not
   forward goes back to Python, which counts it (a test checks the C source).
 - No I/O and no imports beyond the standard library: the switch imports this.
@@ -47,7 +47,8 @@ PLACES: Final[dict[Where, str]] = {
                   "guards, the policy table), before anything is copied",
     Where.RING: "A guest's virtio rings (the data path's `NetDevice`): what the rings do to a frame",
     Where.WIRE: "The master (the data path's `PortDatapath`): frames for the wire, or read from it",
-    Where.HOST: "The host link (`HostLink`), the tap between a port and the host's own stack",
+    Where.HOST: "The host link, the tap between a port and the host's own stack (`HostLink` does the I/O, "
+                "`PortDatapath` counts)",
     Where.ROUTE: "l3/l3s egress (`routing.Router`): the next hop the host's tables give, never waited for",
     Where.BUG: "An unexpected exception while the data path handled the frame",
 }

@@ -14,7 +14,7 @@ control API's error code, for the classes a control request can end in)::
      |    +-- NotFound          not_found
      |    +-- NoSuchInterface   no_such_interface
      |    +-- PortBusy          port_busy
- |    +-- FdBudget          fd_budget
+     |    +-- FdBudget          fd_budget
      |    +-- DomainError       (libvirt) a domain XML lacks what we need
      |    +-- Conflict          valid alone, clashes with what exists
      |         +-- NameInUse        name_in_use

@@ -1,7 +1,7 @@
 """Each dropped frame is counted once, by the code that gives up on it (``vhost_ipvlan/drops.py``).
 
 Architecture review (issue 15): a failed write into the host link was counted
-twice, ``host_send_failed`` on the master (``HostLink.to_host``) and on the sender
+twice, ``host_send_failed`` on the master (``HostLink.to_host``, now ``send``) and on the sender
 (the data path that called it).
 """
 

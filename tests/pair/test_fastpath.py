@@ -526,7 +526,7 @@ def test_an_internal_error_costs_one_frame_counted_and_logged_once(
         finally:
             p.close()
 
-    with caplog.at_level("ERROR", logger="vhost_ipvlan.datapath"):
+    with caplog.at_level("ERROR", logger="vhost_ipvlan.daemon.device"):
         result = both_ways(scenario)
     assert result["returned"] == frontend.QSIZE  # every chain came back
     drops = result["drops"]
@@ -563,7 +563,7 @@ def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFix
         finally:
             p.close()
 
-    with caplog.at_level("ERROR", logger="vhost_ipvlan.datapath"):
+    with caplog.at_level("ERROR", logger="vhost_ipvlan.daemon.device"):
         fast = scenario(True)
     with pure_python():
         pure = scenario(False)

@@ -108,3 +108,34 @@ def test_the_dispatch_tables_serve_every_method_once() -> None:
     queries, changes = set(server._queries), set(server._changes)
     assert not queries & changes
     assert queries | changes == set(protocol.METHODS)
+
+
+def test_errors_py_is_importable_by_the_pure_core() -> None:
+    tree = ast.parse((PACKAGE / "errors.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "re", "typing"}
+
+
+def _drawn_tree() -> list[tuple[int, str]]:
+    """(depth, name) of each class drawn in errors.py's docstring."""
+    out = []
+    for line in (errors.__doc__ or "").splitlines():
+        text = line.strip(" |")
+        if text == "VhostIpvlanError":
+            out.append((0, text))
+        elif text.startswith("+-- "):
+            out.append(((line.index("+--") - 5) // 5 + 1, text[4:].split()[0]))
+    return out
+
+
+def _real_tree(cls: type[BaseException], depth: int = 0) -> list[tuple[int, str]]:
+    out = [(depth, cls.__name__)]
+    for sub in cls.__subclasses__():
+        if sub.__module__ == errors.__name__:
+            out += _real_tree(sub, depth + 1)
+    return out
+
+
+def test_the_drawn_tree_is_the_tree() -> None:
+    assert _drawn_tree() == _real_tree(errors.VhostIpvlanError)

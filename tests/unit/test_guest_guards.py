@@ -33,7 +33,7 @@ from vhost_ipvlan.net.addr import parse_mac
 from vhost_ipvlan.net.frames import MAX_EXT_HEADERS
 from vhost_ipvlan.switch import DROP, FLOOD, TO_SLAVE, TO_UPLINK, DropReason, Port, Slave
 from vhost_ipvlan.switch.mcast import MAX_RECORDS
-from vhost_ipvlan.switch.policy import TO_HOST
+from vhost_ipvlan.switch.verdict import TO_HOST
 
 MASTER = "02:00:00:00:00:01"
 ROUTER = "02:00:00:00:00:fe"  # the LAN router, on the wire: 10.0.0.254, fe80::1

@@ -33,8 +33,8 @@ from vhost_ipvlan.switch import (
     Slave,
     Verdict,
 )
-from vhost_ipvlan.switch.policy import TO_HOST
 from vhost_ipvlan.switch.port import MAX_LEARNED_LINK_LOCALS
+from vhost_ipvlan.switch.verdict import TO_HOST
 
 MASTER = "02:00:00:00:00:01"
 OUTSIDE = "02:00:00:00:00:fe"

@@ -12,8 +12,9 @@ from scapy.packet import Packet, Raw
 
 from vhost_ipvlan.net import neigh
 from vhost_ipvlan.net.addr import parse_mac
-from vhost_ipvlan.switch.policy import ANSWER, DROP, PASS, ROUTE, TO_HOST, TO_SLAVE, DropReason
+from vhost_ipvlan.switch import DropReason
 from vhost_ipvlan.switch.port import Port, Slave
+from vhost_ipvlan.switch.verdict import ANSWER, DROP, PASS, ROUTE, TO_HOST, TO_SLAVE
 
 MASTER = "02:00:00:00:00:01"
 OUTSIDE = "02:00:00:00:00:fe"

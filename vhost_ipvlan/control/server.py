@@ -46,7 +46,7 @@ from ..switch.port import learned_addresses
 from . import protocol
 from .protocol import Request
 
-log = logging.getLogger("vhost_ipvlan.control")
+log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 16
 SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn", "allow_router",

@@ -7,7 +7,9 @@ delivers the frame to other guests' RX rings and/or sends it out the uplink.
 Frames read from the uplink take the same decision the other way. RX rings
 touched during a burst are published, and their drivers interrupted if they
 asked for it, once at the end of the burst (``PortDatapath.flush``). The C
-accelerator's glue is ``fastpath.py``.
+accelerator's glue is ``fastpath.py``; the uplink, host link and next-hop
+lookups it is given are typed by the Protocols in ``seams.py``. Frames from the
+host (``hostlink``: the I/O only) are steered here too (``_host_readable``).
 
 Rules:
 - No per-frame allocation beyond memoryview slices: one preallocated buffer per
@@ -37,13 +39,13 @@ Rules:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason, new_counters
 from ..net import neigh
-from ..net.frames import L3_IPV4, L3_IPV6, classify
+from ..net.frames import IPV4_DST, IPV6_DST, L3_IPV4, L3_IPV6, OFF_ETHERTYPE, classify, shifted
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
-from ..switch.policy import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
+from ..switch.verdict import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..virtio import net
 from . import device
 from .device import NetDevice
@@ -53,16 +55,25 @@ if TYPE_CHECKING:
     from ..switch.port import Port, Slave
     from .seams import Cancellable, HostPort, Loop, NextHops, UplinkPort
 
-log = logging.getLogger("vhost_ipvlan.datapath")
+log = logging.getLogger(__name__)
 
 ETH_HLEN = 14
 RESCAN_INTERVAL = 0.2
 #: virtio_net_hdr flag: the checksum is known good (the tap sets it on the host's frames)
 HDR_F_DATA_VALID = 2
+# fields of the frame behind the virtio-net header (net/frames.py)
+_ETHERTYPE: Final = net.HDR_LEN + OFF_ETHERTYPE
+_IPV4_DST: Final = shifted(IPV4_DST, net.HDR_LEN)
+_IPV6_DST: Final = shifted(IPV6_DST, net.HDR_LEN)
 
 
 class PortDatapath:
-    """One master: its switch ``Port``, uplink socket and slave devices."""
+    """One master's data path: the switch's verdicts executed for frames from its
+    guests (``from_guest``), the wire (``_uplink_readable``) and the host
+    (``_host_readable``). It is given its uplink (a ``seams.UplinkPort``) and the
+    loop, and may be given a host link (``seams.HostPort``) and next hops
+    (``seams.NextHops``); every frame for a guest goes through ``_deliver`` (one
+    guest) or ``_flood`` (a group)."""
 
     def __init__(self, port: Port, uplink: UplinkPort, loop: Loop) -> None:
         self.port = port
@@ -88,7 +99,7 @@ class PortDatapath:
         #: the host tap (host <-> guest), and l3's next-hop lookups; set by the topology
         self.hostlink: HostPort | None = None
         self.router: NextHops | None = None
-        self.l3 = port.mode != "l2"
+        self.master_src_mac = port.traits.master_src_mac
         self._flushing = False
 
     def start(self) -> None:
@@ -201,12 +212,14 @@ class PortDatapath:
         """Deliver ``buf[:length]`` (12-byte header + a frame for ``dev``'s guest,
         addressed to the master's MAC or to the guest's) into ``dev``'s RX ring: the
         guest sees its own MAC as the destination, also as an ARP target's hardware
-        address (``to_guest``), and in l3/l3s the master's as the source (its router)."""
+        address (``to_guest``), and the master's as the source where the mode says so
+        (``traits.master_src_mac``: l3/l3s, the guest's router)."""
         mac = dev.slave.mac
         # most frames already carry the receiver's MAC; an ARP frame may name the master's inside
-        if (buf[24] == 0x08 and buf[25] == 0x06) or buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes() != mac:
+        arp = buf[_ETHERTYPE] == 0x08 and buf[_ETHERTYPE + 1] == 0x06  # ETH_P_ARP
+        if arp or buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes() != mac:
             to_guest(buf[net.HDR_LEN : length], length - net.HDR_LEN, mac, self.port.master_mac)
-        if self.l3:
+        if self.master_src_mac:
             buf[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
         dev.deliver(buf[:length])
 
@@ -236,8 +249,7 @@ class PortDatapath:
         if router is None:
             dev.drops[DropReason.NO_ROUTE] += 1
             return
-        off = net.HDR_LEN + ETH_HLEN
-        dst = buf[off + 16 : off + 20] if buf[net.HDR_LEN + 12] == 0x08 else buf[off + 24 : off + 40]
+        dst = buf[_IPV4_DST] if buf[_ETHERTYPE] == 0x08 else buf[_IPV6_DST]  # ETH_P_IP, else ETH_P_IPV6
         mac = router.next_hop_mac(dst.tobytes(), dev.slave.name)  # never waits: a miss is a drop
         if isinstance(mac, DropReason):
             dev.drops[mac] += 1  # no_route, neigh_unresolved, neigh_rate_limited, ... (routing.py)

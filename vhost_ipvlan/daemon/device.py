@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from ..switch.port import Slave
     from .datapath import PortDatapath
 
-log = logging.getLogger("vhost_ipvlan.datapath")
+log = logging.getLogger(__name__)
 
 BURST = 256
 #: descriptors one TX drain may walk before it reschedules (see the rules)

@@ -43,7 +43,7 @@ from .device import NetDevice
 from .host import OsHost
 from .lograte import RateLimitedLog
 
-log = logging.getLogger("vhost_ipvlan.endpoint")
+log = logging.getLogger(__name__)
 RETRY = 1.0
 _refusals = RateLimitedLog(log)  # refused connections are logged within a budget per slave
 

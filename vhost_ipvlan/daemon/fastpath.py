@@ -9,9 +9,10 @@ which ports may use it, and the per-port table and per-device counters it works 
 Rules:
 - ``VHOST_IPVLAN_PURE=1`` in the environment turns it off (``ext`` is None); so
   does a failed import. Nothing else changes: the pure-Python path is complete.
-- Python decides eligibility: ``PortTable.args`` returns None unless the port is
-  an l2 bridge (private drops guest -> guest, vepa sends it to the wire; l3/l3s
-  never use it: ``tests/pair/test_fastpath.py`` checks they equal pure Python),
+- Python decides eligibility: ``PortTable.args`` returns None unless the port's
+  traits allow it (``fast_path``: only l2 bridge; private drops guest -> guest, vepa
+  sends it to the wire, l3/l3s never use it: ``tests/pair/test_fastpath.py`` checks
+  they equal pure Python),
   and the table holds only targets that are up, enabled and have a known MAC.
 - The table is rebuilt lazily when its key changes: the port's ``generation``
   (slaves, addresses), ``PortTable.gen`` (bumped by ``invalidate`` on every
@@ -94,7 +95,7 @@ class PortTable:
     def args(self, dev: NetDevice) -> Args | None:
         """``forward_burst``'s (sender MAC, addresses it owns, destination table)
         for ``dev``, or None when the accelerator is unavailable or does not apply."""
-        if ext is None or self.port.mode != "l2" or self.port.flag != "bridge":
+        if ext is None or not self.port.traits.fast_path:
             return None
         mac = dev.slave.mac
         if mac is None:

@@ -65,7 +65,7 @@ from .rtnl import Rtnl
 if TYPE_CHECKING:
     from ..switch.port import Port
 
-log = logging.getLogger("vhost_ipvlan.hostlink")
+log = logging.getLogger(__name__)
 
 TUNSETIFF = 0x400454CA
 TUNSETVNETHDRSZ = 0x400454D8

@@ -49,7 +49,7 @@ from .datapath import ETH_HLEN, PortDatapath
 from .netlink import LinkMonitor, LinkState, read_link
 from .uplink import Uplink
 
-log = logging.getLogger("vhost_ipvlan.master")
+log = logging.getLogger(__name__)
 
 #: called with (slave name, link up) when a slave's link changes (hook for QMP set_link)
 SlaveLinkHook = Callable[[str, bool], None]

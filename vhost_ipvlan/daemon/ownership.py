@@ -50,7 +50,7 @@ from ..switch.port import Port, Slave
 from ..switch.source import learnable_more
 from .rtnl import Rtnl, message_address
 
-log = logging.getLogger("vhost_ipvlan.topology")
+log = logging.getLogger(__name__)
 
 
 NUD_IN_USE = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT

@@ -36,7 +36,7 @@ from ..errors import RxFilterError
 from ..net.addr import format_mac
 from ..switch.port import Slave
 
-log = logging.getLogger("vhost_ipvlan.rxfilter")
+log = logging.getLogger(__name__)
 BACKOFF = 0.5
 BACKOFF_MAX = 30.0
 CONNECT_TIMEOUT = 10.0

@@ -46,7 +46,7 @@ from .master import MasterMonitor
 from .metrics import MetricsServer
 from .topology import Topology
 
-log = logging.getLogger("vhost_ipvlan.daemon")
+log = logging.getLogger(__name__)
 
 
 def sd_notify(state: str) -> None:

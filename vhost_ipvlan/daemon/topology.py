@@ -67,7 +67,7 @@ from .routing import Router
 from .rxfilter import RxFilterWatch
 from .uplink import Uplink
 
-log = logging.getLogger("vhost_ipvlan.topology")
+log = logging.getLogger(__name__)
 
 
 class Topology:
@@ -227,12 +227,12 @@ class Topology:
             dp.hostlink = HostLink(port, uplink.ifindex)
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
-        if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
+        if port.traits.routes:
             dp.router = Router(uplink.ifindex, self.loop)
-        if pc.mode == "l3s" and dp.hostlink is not None:
+        if port.traits.host_forwarding and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
-        self._chains[pc.master] = nft.Chain(f"p{self._serial}", pc.master, ip=pc.mode != "l3s")
+        self._chains[pc.master] = nft.Chain(f"p{self._serial}", pc.master, ip=port.traits.consume_ip)
         self.ports.append(dp)
         undo.callback(self._forget_port, dp)
         self.config = replace(self.config, ports=(*self.config.ports, replace(pc, slaves=())))

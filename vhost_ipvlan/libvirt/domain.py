@@ -55,6 +55,7 @@ from typing import Any
 
 from .. import config as cfg
 from ..errors import ConfigError, DomainError, escape_controls
+from ..switch.decisions import FLAGS, MODES
 
 NS = "https://vhost-ipvlan.example/xmlns/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -231,7 +232,7 @@ def _meta(domain: str, el: ET.Element) -> Meta:
     addresses = tuple((a.text or "").strip() for a in el.findall(f"{{{NS}}}address"))
     for i, a in enumerate(addresses):
         _check(lambda a=a, i=i: cfg.parse_address(f"{where}: address[{i}]", a))
-    for key, choices in (("mode", cfg.MODES), ("flag", cfg.FLAGS)):
+    for key, choices in (("mode", MODES), ("flag", FLAGS)):
         value = el.get(key)
         if value is not None and value not in choices:
             raise DomainError(f"{where}: {key} {value!r} is not one of {', '.join(choices)}")

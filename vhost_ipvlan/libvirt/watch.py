@@ -50,7 +50,7 @@ from ..errors import ControlUnavailable, DomainError, HookError, RemoteError
 from .domain import parse, slave_requests
 from .hook import ensure, remove
 
-log = logging.getLogger("vhost_ipvlan.libvirt.watch")
+log = logging.getLogger(__name__)
 RESCAN = 30.0
 ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}  # QEMU's own defaults
 

@@ -1,23 +1,22 @@
 """A port: one master interface, its slaves, and the port-wide address table.
 
 Rules (kernel ``ipvlan_main.c``: docs/kernel-behaviour.md §2 and §7, with its departures):
-- Mode and flag are per port (the kernel's are port-wide too). ``l2`` with
-  ``bridge``, ``private`` or ``vepa``, and ``l3``/``l3s`` with ``bridge``, are
-  implemented (``policy.DECISIONS``); any other known value raises
-  ``errors.ConfigError`` saying it is not implemented yet, an unknown one says which
-  values exist.
+- Mode and flag are per port (the kernel's are port-wide too): any of
+  ``decisions.MODES`` x ``decisions.FLAGS``; another value raises
+  ``errors.ConfigError`` saying which values exist. ``Port.traits`` is the pair's
+  ``decisions.Traits``: what the daemon does differently for it.
 - One address (IPv4 or IPv6, keyed by its packed bytes alone) belongs to at most one
   slave of the port: ``errors.AddressInUse`` names the owner. A down slave keeps its
   addresses reserved (kernel: the busy check ignores the state).
 - Slave MACs are unique in the port and never the master's. A slave without a
-  configured MAC learns it from its first valid frame (see ``policy``); it is then
+  configured MAC learns it from its first valid frame (see ``l2``); it is then
   locked until the slave is removed.
 - IPv6 link-locals a guest uses are learned: the first slave to send from one owns it,
   at most ``MAX_LEARNED_LINK_LOCALS`` per slave. When a slave's MAC becomes known the
   EUI-64 link-local derived from it is reserved for it, so another guest cannot squat
   it first. A configured address always wins over a learned one: configuring it takes
   it away from the slave that had learned it.
-- Learning mode (``add_slave(..., learn=True)``, mode l2 only): the slave also
+- Learning mode (``add_slave(..., learn=True)``, where ``traits.learning``: mode l2): the slave also
   learns up to ``source.MAX_LEARNED_V4`` IPv4 and ``MAX_LEARNED_V6`` IPv6 addresses
   nobody owns from its frames (``source``), then it is locked. Learned addresses
   (``Slave.learned_addrs``) own traffic exactly as configured ones do; they are
@@ -37,7 +36,7 @@ Rules (kernel ``ipvlan_main.c``: docs/kernel-behaviour.md §2 and §7, with its 
 - Each slave has a multicast filter (``mcast.GroupFilter``): the policy feeds it the
   guest's IGMP/MLD, the daemon asks it before flooding to that slave.
 - Per-frame decisions are ``port.from_guest(slave, frame)`` and
-  ``port.from_uplink(frame)``, bound from ``policy.DECISIONS`` for the port's mode
+  ``port.from_uplink(frame)``, bound from ``decisions.DECISIONS`` for the port's mode
   and flag. Configuration errors raise ``errors.ConfigError`` (``AddressInUse``,
   ``MacInUse``, ``NameInUse`` for a clash) without a key path: the caller adds it
   (``ConfigError.at``). Frame problems never raise.
@@ -61,8 +60,9 @@ from ..net.addr import (
     parse_mac,
 )
 from ..net.frames import ETH_HLEN, L3_IPV6, Frame
+from .decisions import DECISIONS, FLAGS, MODES, TRAITS, modes_with
 from .mcast import GroupFilter
-from .policy import DECISIONS, FLAGS, MODES, TO_SLAVE, TO_UPLINK, Verdict
+from .verdict import TO_SLAVE, TO_UPLINK, Verdict
 
 MAX_LEARNED_LINK_LOCALS = 8
 MAX_WIRE_SEEN = 4096
@@ -156,13 +156,12 @@ class Port:
             raise ConfigError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
         if flag not in FLAGS:
             raise ConfigError(f"unknown flag {flag!r} (expected one of {', '.join(FLAGS)})")
-        decisions = DECISIONS.get((mode, flag))
-        if decisions is None:
-            what = f"mode {mode!r}" if all(m != mode for m, _ in DECISIONS) else f"flag {flag!r}"
-            raise ConfigError(f"{what} is not implemented yet")
+        decisions = DECISIONS[(mode, flag)]
         self.master = master
         self.mode = mode
         self.flag = flag
+        #: what the daemon does differently for this mode and flag
+        self.traits = TRAITS[(mode, flag)]
         self.master_mac = _check_mac(master_mac)
         self.slaves: dict[str, Slave] = {}
         self.by_addr: dict[bytes, Slave] = {}
@@ -200,8 +199,9 @@ class Port:
         packed = [self._check_free_address(a, None) for a in addresses]
         used = {s.index for s in self.slaves.values()}
         index = next(i for i in range(1, len(used) + 2) if i not in used)
-        if learn and self.mode != "l2":
-            raise ConfigError(f"address learning is only implemented for mode 'l2', not {self.mode!r}")
+        if learn and not self.traits.learning:
+            modes = ", ".join(repr(m) for m in modes_with("learning"))
+            raise ConfigError(f"address learning is only implemented for mode {modes}, not {self.mode!r}")
         slave = Slave(self, name, index, None)
         slave.learn = learn
         slave.allow_router = allow_router
@@ -278,7 +278,7 @@ class Port:
                 l3src not in self.wire_link_locals and len(self.wire_link_locals) < MAX_WIRE_SEEN:
             self.wire_link_locals.add(l3src)
 
-    # -- learning (called by the policy, from a frame that passed validation) -----
+    # -- learning (called by the decisions, from a frame that passed validation) --
 
     def learn_mac(self, slave: Slave, mac: bytes) -> None:
         """Lock ``slave``'s MAC and reserve its EUI-64 link-local."""

@@ -12,16 +12,16 @@ Rules:
 - ``ROWS`` lists the (source, dest) pairs that exist, in document order, with the
   text of the traffic class (the §3-§5 row it comes from). A mode that does not tell
   some kinds apart simply gives them the same rule.
-- A value is a ``Rule``: an action name from ``policy.ACTION_NAMES``, the
+- A value is a ``Rule``: an action name (``verdict.Action.label``), the
   ``DropReason`` label for ``drop``, and a short note (kernel function, or
   "departure"). ``to_slave`` means "the owner of the destination address (or MAC)";
   a down owner is then a ``target_down`` drop.
-- The decision functions read their verdicts from this table (``policy.rules``),
+- The decision functions read their verdicts from this table (``verdict.rules``),
   so the table cannot drift from the code; ``tests/unit/test_policy_table.py``
   also sends one sample frame per row through every implemented (mode, flag).
 - A (mode, flag) pair is implemented when it has a rule for every row of ``ROWS``
-  and an entry in ``policy.DECISIONS``. To add a mode: add its rules here (new
-  destination kinds go in ``Dest`` and ``ROWS``), its functions there.
+  and an entry in ``decisions.DECISIONS``. To add a mode: add its rules here (new
+  destination kinds go in ``Dest`` and ``ROWS``), its functions and traits there.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Dest(StrEnum):
 
 
 class Rule(NamedTuple):
-    action: str  # an ACTION_NAMES entry: to_slave | to_uplink | flood | pass | drop | to_host | route | answer
+    action: str  # an Action label: to_slave | to_uplink | flood | pass | drop | to_host | route | answer
     reason: str = ""  # DropReason label, for drop only
     note: str = ""
 
