@@ -151,6 +151,7 @@ class NetDevice:
         self.pairs = [QueuePair(0)]
         #: the pairs whose RX ring is started and enabled (where frames for the guest go)
         self.rx_ready: list[QueuePair] = []
+        self._rx_sole: QueuePair | None = None  # rx_ready's one pair, if it has one
         self._kick_fds: dict[int, int] = {}
         self.mergeable = False
         self.takes_csum = False
@@ -224,6 +225,7 @@ class NetDevice:
 
     def _ready_changed(self) -> None:
         self.rx_ready = [p for p in self.pairs if p.rx_ready]
+        self._rx_sole = self.sole_rx()
 
     def sole_rx(self) -> QueuePair | None:
         """The one pair frames for the guest go to, or None (none ready, or several:
@@ -461,11 +463,13 @@ class NetDevice:
     def deliver(self, buf: memoryview) -> None:
         """Put ``buf`` (12-byte header + frame) into one of this guest's receive queues
         (the flow's, when several are ready: see the rules)."""
-        ready = self.rx_ready
-        if not ready:
-            self.drops[DropReason.RX_NOT_READY] += 1
-            return
-        pair = ready[0] if len(ready) == 1 else ready[flow_hash(buf[net.HDR_LEN :]) % len(ready)]
+        pair = self._rx_sole  # a single-queue guest's case, without a look at the frame
+        if pair is None:
+            ready = self.rx_ready
+            if not ready:
+                self.drops[DropReason.RX_NOT_READY] += 1
+                return
+            pair = ready[flow_hash(buf[net.HDR_LEN :]) % len(ready)]
         q = pair.rx
         assert q is not None  # rx_ready holds started rings only
         flags, gso = buf[0], buf[1]
