@@ -86,3 +86,15 @@ def test_flows_from_the_outside_arrive_on_both_receive_queues(world: World) -> N
     assert rc == 0, out
     drops = world.lab.stats()[MASTER]["slaves"]["vm"]["drops"]
     assert "queue_broken" not in drops and "rx_not_ready" not in drops, drops
+
+
+def test_a_restarted_daemon_gets_both_pairs_back(world: World) -> None:
+    """QEMU (``reconnect=1``) sets both pairs up again and re-enables the ones its guest
+    had enabled; nothing in the guest changes."""
+    world.lab.stop_daemon()
+    world.lab.start_daemon()
+    wait_until(lambda: world.queues()["queue_pairs_enabled"] == 2, 60, what="both pairs enabled again")
+    for cpu in (1, 2):
+        rc, out = world.vm.run(f"taskset {cpu} ping -c 2 -W 5 {OUT_IP}", timeout=60)
+        assert rc == 0, out
+    assert all(p["tx_packets"] >= 2 for p in world.queues()["per_queue"])
