@@ -33,3 +33,11 @@ def test_a_scrape_flood_costs_one_stats_call_per_interval(monkeypatch: pytest.Mo
             loop.run_until_complete(asyncio.sleep(0))
     finally:
         loop.close()
+
+
+def test_a_slave_shows_its_enabled_queue_pairs() -> None:
+    slave = {"rx_packets": 1, "rx_bytes": 2, "tx_packets": 3, "tx_bytes": 4, "up": True,
+             "queues": {"queues": 4, "queue_pairs": 4, "queue_pairs_enabled": 2, "per_queue": []}}
+    families = list(metrics.StatsCollector(lambda: {"eth0": {"slaves": {"vm1": slave}}}).collect())
+    [family] = [f for f in families if f.name.endswith("slave_queue_pairs_enabled")]
+    assert [(s.labels, s.value) for s in family.samples] == [({"master": "eth0", "slave": "vm1"}, 2)]
