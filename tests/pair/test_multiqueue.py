@@ -14,10 +14,11 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from tests.support.inproc import InprocPort, pure_python
+from tests.support.inproc import InprocPort, _Host, pure_python
 from vhost_ipvlan.daemon import fastpath
 from vhost_ipvlan.drops import DropReason
 from vhost_ipvlan.net.frames import flow_hash
+from vhost_ipvlan.vhost_user.session import Session
 
 A, B, C = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
 A4, B4, C4 = "10.0.0.10", "10.0.0.11", "10.0.0.12"
@@ -181,3 +182,24 @@ def run_both(scenario: str) -> dict[str, object]:
 def test_the_accelerator_agrees_with_python(scenario: str) -> None:
     out = run_both(scenario)
     assert out["fast"] == out["pure"]
+
+
+def test_a_reconnection_keeps_the_device_totals() -> None:
+    """The pairs (and their counters) are the connection's; the device's totals are not:
+    what the accelerator delivered on the last connection's rings stays counted."""
+    for which in PATHS:
+        with path(which):
+            p = make_port(b_enabled=1)  # one ready ring: the accelerator delivers to b
+            try:
+                send_flows(p, per_flow=1)
+                dev = p.device("b")
+                assert dev.counters()["rx_packets"] == FLOWS
+                assert dev.session is not None
+                dev.session.close()
+                dev.detach()
+                dev.attach(Session(_Host(), dev))
+                assert dev.counters()["rx_packets"] == FLOWS
+                assert dev.queue_stats()["per_queue"] == [
+                    {"rx": "stopped", "tx": "stopped", "rx_packets": 0, "tx_packets": 0}] * 2
+            finally:
+                p.close()

@@ -247,6 +247,10 @@ class NetDevice:
 
     def attach(self, session: Session) -> None:
         self.session = session
+        for p in self.pairs:  # the last connection's pairs go: the device keeps what C delivered there
+            packets, nbytes = fastpath.counts(p.fast_rx)
+            self.rx_packets += packets
+            self.rx_bytes += nbytes
         self.pairs = [QueuePair(i) for i in range(session.queue_pairs)]
         self._ready_changed()
 
