@@ -319,7 +319,13 @@ class Router:
             self._pending_by_guest[guest] -= 1
             if not self._pending_by_guest[guest]:
                 del self._pending_by_guest[guest]
-        if self._closed or gen != self._generation or fut.cancelled():
+        if self._closed or fut.cancelled():
+            return
+        if gen != self._generation:  # a stale answer; what was held since is asked again
+            if dst in self._held and dst not in self._pending and dst not in self._rechecks:
+                why = self._start(dst, guest, self.clock())
+                if why is not None:
+                    self._release(dst, why)
             return
         exc = fut.exception()
         hop, solicited = (UNRESOLVED, False) if exc is not None else fut.result()
