@@ -75,3 +75,57 @@ def test_l3s_consumes_link_local_ip_only(scripts: list[str]) -> None:
     [script] = scripts
     assert "ip daddr @p1_v4" not in script and "ip6 daddr fe80::/10 ip6 daddr @p1_v6 drop" in script
     assert "arp daddr ip @p1_v4 drop" in script and "nd-neighbor-solicit" in script
+
+
+def test_a_failed_release_leaves_the_chain_known_and_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``applied`` is what the kernel holds: a release that failed (one transaction:
+    nothing deleted) leaves it, so the next release runs again instead of leaving the
+    chain in the kernel for ever."""
+    ran: list[str] = []
+
+    def run(script: str) -> None:
+        ran.append(script)
+        if len(ran) == 2:
+            raise UplinkError("nft failed: boom")
+
+    monkeypatch.setattr(nft, "_run", run)
+    chain = nft.Chain("p1", "veth0")
+    chain.sync([b"\xc0\x00\x02\x01"])
+    with pytest.raises(UplinkError):
+        chain.release()
+    assert chain.applied == frozenset({b"\xc0\x00\x02\x01"})
+    chain.release()
+    assert len(ran) == 3 and ran[2] == ran[1] and chain.applied is None
+
+
+def test_a_port_whose_chain_cannot_be_released_is_not_half_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``port.remove`` refused by nft (host_error) changes nothing: the port keeps its
+    chain and its master stays watched, so the next attempt (or a slave.add) works."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from vhost_ipvlan.config import Config, PortConfig
+    from vhost_ipvlan.daemon.topology import Topology
+
+    loop = asyncio.new_event_loop()
+    try:
+        topo = Topology(loop)
+        stopped: list[str] = []
+        dp = SimpleNamespace(port=SimpleNamespace(master="m0"), stop=lambda: stopped.append("stop"))
+        topo.config = Config((PortConfig("m0", "l2", "bridge", ()),))
+        topo.ports.append(dp)  # type: ignore[arg-type]
+        chain = topo._chains["m0"] = nft.Chain("p1", "m0")
+        chain.applied = frozenset()
+        removed: list[str] = []
+        topo.on_port_removed = removed.append
+
+        def refuse(script: str) -> None:
+            raise UplinkError("nft failed: boom")
+
+        monkeypatch.setattr(nft, "_run", refuse)
+        with pytest.raises(UplinkError), topo.transaction() as undo:
+            topo.remove_port("m0", undo)
+        assert topo._chains == {"m0": chain} and removed == [] and stopped == []
+        assert topo.ports == [dp] and [p.master for p in topo.config.ports] == ["m0"]
+    finally:
+        loop.close()

@@ -243,6 +243,7 @@ class MasterMonitor:
         m.dp.close_uplink()
         with contextlib.suppress(UplinkError):
             m.chain.release()
+        m.chain.forget()  # released, or gone with the device: nothing to release later
 
     def _back(self, m: Master, state: LinkState) -> None:
         try:

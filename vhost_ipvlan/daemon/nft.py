@@ -213,10 +213,16 @@ class Chain:
         self.sync(addresses)
 
     def release(self) -> None:
-        """Delete the chain and its sets (nothing to do if they were never made)."""
+        """Delete the chain and its sets (nothing to do if they were never made); if
+        that fails the kernel still holds them (one transaction), and so does ``applied``."""
         if self.applied is not None:
-            self.applied = None
             release(self.name)
+            self.applied = None
+
+    def forget(self) -> None:
+        """The master is gone: what the kernel held is unknown (a kernel may drop a
+        netdev chain with its device); the next ``sync`` writes the chain whole."""
+        self.applied = None
 
 
 def _v4(addresses: Iterable[bytes]) -> list[bytes]:
