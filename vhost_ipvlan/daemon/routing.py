@@ -57,7 +57,8 @@ Rules:
   packet to the host link. Broadcast, multicast, unreachable, prohibit:
   ``no_route``. Every other answer is a MAC or a ``DropReason``.
 - ``invalidate`` drops the cache and, in the worker, what it knew of the master
-  (master gone or back, MAC changed); answers resolved before it are discarded.
+  (master gone or back, MAC changed); answers resolved before it are discarded
+  (a destination packets were held for meanwhile is asked again).
 """
 
 from __future__ import annotations
