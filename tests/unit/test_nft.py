@@ -56,7 +56,7 @@ def test_a_failed_change_leaves_the_chain_as_it_was(monkeypatch: pytest.MonkeyPa
 
     def run(script: str) -> None:
         ran.append(script)
-        if len(ran) == 2:
+        if len(ran) in (2, 3):  # the change, and the whole rewrite tried after it
             raise UplinkError("nft failed: boom")
 
     monkeypatch.setattr(nft, "_run", run)
@@ -66,7 +66,7 @@ def test_a_failed_change_leaves_the_chain_as_it_was(monkeypatch: pytest.MonkeyPa
         chain.sync([b"\xc0\x00\x02\x02"])
     assert chain.applied == frozenset({b"\xc0\x00\x02\x01"})  # what the kernel still holds
     chain.sync([b"\xc0\x00\x02\x02"])
-    assert ran[2] == ran[1]
+    assert ran[3] == ran[1]
 
 
 def test_l3s_consumes_link_local_ip_only(scripts: list[str]) -> None:
@@ -129,3 +129,34 @@ def test_a_port_whose_chain_cannot_be_released_is_not_half_removed(monkeypatch: 
         assert topo.ports == [dp] and [p.master for p in topo.config.ports] == ["m0"]
     finally:
         loop.close()
+
+
+class FlushableKernel:
+    """nft's view of the table: the scripts run, and whether the table still exists
+    (someone may ``nft flush ruleset``: nftables.service's reload does)."""
+
+    def __init__(self) -> None:
+        self.table = False
+        self.ran: list[str] = []
+
+    def run(self, script: str) -> None:
+        self.ran.append(script)
+        if script.startswith(f"table netdev {nft.TABLE} {{}}"):
+            self.table = True  # consume (re)creates it whole
+        elif not self.table:
+            raise UplinkError("nft failed: Error: Could not process rule: No such file or directory")
+
+
+def test_a_chain_flushed_by_someone_else_is_written_whole_at_the_next_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """By difference only while the kernel holds what ``applied`` says: after an outside
+    ``flush ruleset`` every later change failed (the elements to add or delete had no
+    set) until the daemon restarted; the whole chain is written again instead."""
+    kernel = FlushableKernel()
+    monkeypatch.setattr(nft, "_run", kernel.run)
+    chain = nft.Chain("p1", "veth0")
+    chain.sync([b"\xc0\x00\x02\x01"])
+    kernel.table = False  # nft flush ruleset
+    chain.sync([b"\xc0\x00\x02\x01", b"\xc0\x00\x02\x02"])
+    assert kernel.table and "192.0.2.1" in kernel.ran[-1] and "192.0.2.2" in kernel.ran[-1]
+    assert chain.applied == frozenset({b"\xc0\x00\x02\x01", b"\xc0\x00\x02\x02"})
