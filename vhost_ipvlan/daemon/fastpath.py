@@ -92,6 +92,11 @@ class PortTable:
         """A ring or a slave's up state changed: rebuild before the next use."""
         self.gen += 1
 
+    def key(self) -> _Key:
+        """What the table is built from: the port's ``generation``, ``gen``, the number of
+        devices (also the key of ``PortDatapath.receivers``)."""
+        return (self.port.generation, self.gen, len(self.devices))
+
     def args(self, dev: NetDevice) -> Args | None:
         """``forward_burst``'s (sender MAC, addresses it owns, destination table)
         for ``dev``, or None when the accelerator is unavailable or does not apply."""
@@ -100,7 +105,7 @@ class PortTable:
         mac = dev.slave.mac
         if mac is None:
             return None
-        key = (self.port.generation, self.gen, len(self.devices))
+        key = self.key()
         if key != self._key:
             self._rebuild()
             self._key = key
