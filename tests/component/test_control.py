@@ -138,6 +138,21 @@ def test_queues_from_the_control_api_and_a_change_applies_at_the_next_connection
     assert "queues = 4" in lab.state.read_text()
 
 
+def test_changes_go_on_after_someone_flushes_the_ruleset(lab: Lab) -> None:
+    """``nft flush ruleset`` (nftables.service's reload) removes the daemon's table: the
+    next change writes the chain whole again, and a port can still be removed."""
+    sh("ip", "netns", "exec", lab.host, "nft", "flush", "ruleset")
+    with client(lab) as c:
+        c.call("slave.add", {"master": lab_mod.MASTER, "name": "e", "socket": str(lab.sock("e")),
+                             "addresses": [f"{E_IP}/24"], "mac": MAC_E})
+        rules = nft_rules(lab)
+        assert E_IP in rules and A_IP in rules and B_IP in rules
+        sh("ip", "netns", "exec", lab.host, "nft", "flush", "ruleset")
+        c.call("slave.remove", {"name": "e"})
+        rules = nft_rules(lab)
+        assert E_IP not in rules and A_IP in rules
+
+
 REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"name": "e", "socket": "/tmp/vi-e.sock", "addresses": [f"{A_IP}/24"]},
      "address_in_use", f"params.addresses[0]: {A_IP} is already used by slave 'a' on master {lab_mod.MASTER}"),

@@ -267,10 +267,10 @@ class Topology:
             raise PortBusy(f"{where}.master: port {master} still has slave(s) {names}; remove them first")
         dp = self.datapath(master)
         undo.callback(self._set_config, self.config)
-        chain = self._chains.pop(master)
+        self._chains[master].release()  # first: refused by nft, nothing has changed
+        del self._chains[master]
         if self.on_port_removed is not None:
             self.on_port_removed(master)
-        chain.release()
         dp.stop()
         dp.uplink.close()
         _close_extras(dp)
