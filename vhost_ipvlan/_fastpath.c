@@ -1,5 +1,5 @@
 /*
- * vhost_ipvlan._fastpath: the guest-to-guest hot loop in C.
+ * vhost_ipvlan._fastpath: the guest-to-guest and guest-to-wire hot loop in C.
  *
  * Theory of operation. The pure-Python data path (daemon/device.py, daemon/datapath.py,
  * virtio/virtqueue.py, switch/l2.py) is the reference and stays complete.
@@ -8,11 +8,13 @@
  * indices (``last_avail``, ``used_idx``, written back before returning) and its
  * ``GuestMemory`` regions (``mem._by_gpa``).
  *
- * forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty)
+ * forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty, wire)
  *   takes chains from the sender's TX ring, one readable descriptor each, copies
- *   the frame (12-byte virtio_net_hdr + Ethernet) into ``buf``, and forwards it
- *   straight into another guest's RX ring when, and only when, the Python switch
- *   would say TO_SLAVE(target) with no MAC translation:
+ *   the frame (12-byte virtio_net_hdr + Ethernet) into ``buf`` (or, with a wire,
+ *   into a staging slot), and forwards it straight into another guest's RX ring
+ *   when, and only when, the Python switch would say TO_SLAVE(target) with no MAC
+ *   translation, or out the master when it would say TO_UPLINK for an off-host
+ *   MAC (l2's OUTSIDE, every flag):
  *     - IPv4 (valid version, IHL, total length) or IPv6 (valid version, payload
  *       length, next header neither ICMPv6 nor an extension header), not tagged;
  *       not UDP with a DHCP/DHCPv6 port (67, 68, 546, 547) on either side or a
@@ -24,6 +26,18 @@
  *       target's MAC, target != sender;
  *     - the header's offloads are ones the target negotiated;
  *     - the target's next RX chain is one writable descriptor big enough.
+ *   To the wire (``wire`` is not None: Python gives it only for ``fast_wire``
+ *   ports while the master is up), the same frame checks and source validation,
+ *   then: a destination MAC that is neither the master's nor in the port's
+ *   ``by_mac`` (a guest's), and a frame no longer than ``max_frame`` unless it
+ *   has a gso_type (the kernel segments it). Its source MAC becomes the master's
+ *   (``to_wire``; NDP and ARP, which need more, are Python's) and it is staged;
+ *   staged frames go out with ``sendmmsg`` (10-byte virtio_net_hdr + frame per
+ *   datagram, PACKET_VNET_HDR) every WIRE_BATCH frames and before returning, so
+ *   they leave before anything Python sends after the burst. Each frame is tried
+ *   once, as Python's Uplink.send: a failed one is counted in ``wire_failed``.
+ *   A frame handed over as SLOW_FRAME is copied from its slot to ``buf``.
+ *   wire: (fd, master_mac_bytes, by_mac_dict, max_frame).
  *   Anything else stops the burst and hands over to Python:
  *     SLOW_CHAIN: the next chain is not simple (nothing taken: Python pops and
  *                 validates it, raising GuestError where it must);
@@ -53,21 +67,74 @@
  *   counters: two native u64, rx packets and rx bytes, added to by C.
  * dirty: a set; the target's ``device`` is added once it received a frame (Python
  *   publishes its used index and interrupts it after the burst).
- * Returns (status, length, frames_forwarded, bytes_forwarded).
+ * Returns (status, length, frames_forwarded, bytes_forwarded, wire_sent, wire_failed);
+ * frames_forwarded counts the frames sent to the wire too (sent or failed).
+ * The staging slots are static: one caller at a time (the GIL is held throughout).
  *
  * Ring indices are accessed as whole 16-bit words (see virtqueue.py's rules).
  * Little-endian hosts only, like the rest of the data path.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #define HDR_LEN 12
 #define ETH_HLEN 14
 #define MAX_REGIONS 16
 #define MAX_TARGETS 16
 #define DESC_F_WRITE 2
+#define VNET_HDR_LEN 10
+#define WIRE_BATCH 32
+#define SLOT_SIZE 65568 /* >= virtio.net.MAX_BUFFER */
+
+/* Frames for the wire wait here until the burst's sendmmsg (the GIL is held: one user). */
+static unsigned char stage[WIRE_BATCH][SLOT_SIZE];
+static struct mmsghdr wire_msgs[WIRE_BATCH];
+static struct iovec wire_iov[WIRE_BATCH][2];
+
+typedef struct {
+    int fd;
+    const char *master_mac;
+    PyObject *by_mac; /* the port's {mac: slave}: a destination MAC in it is local */
+    long max_frame;
+    int n;            /* frames staged */
+    long sent, failed;
+} wire_t;
+
+/* Send the staged frames, each tried once (as Python's Uplink.send): a failed one is counted. */
+static void wire_flush(wire_t *w)
+{
+    int i = 0;
+    while (i < w->n) {
+        int r = sendmmsg(w->fd, wire_msgs + i, (unsigned)(w->n - i), MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            w->failed++;
+            i++;
+        } else {
+            w->sent += r;
+            i += r;
+        }
+    }
+    w->n = 0;
+}
+
+static void wire_stage(wire_t *w, uint32_t len)
+{
+    unsigned char *slot = stage[w->n];
+    wire_iov[w->n][0] = (struct iovec){slot, VNET_HDR_LEN};
+    wire_iov[w->n][1] = (struct iovec){slot + HDR_LEN, len - HDR_LEN};
+    memset(&wire_msgs[w->n], 0, sizeof wire_msgs[w->n]);
+    wire_msgs[w->n].msg_hdr.msg_iov = wire_iov[w->n];
+    wire_msgs[w->n].msg_hdr.msg_iovlen = 2;
+    if (++w->n == WIRE_BATCH)
+        wire_flush(w);
+}
 
 enum { ST_EMPTY = 0, ST_BUDGET = 1, ST_SLOW_FRAME = 2, ST_SLOW_CHAIN = 3, ST_ERROR = 4 };
 
@@ -298,8 +365,8 @@ static int offload_ok(uint8_t flags, uint8_t gso, long caps)
 static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "forward_burst takes 7 arguments");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "forward_burst takes 8 arguments");
         return NULL;
     }
     PyObject *txq_obj = args[0], *sender_mac = args[2], *sender_ips = args[3];
@@ -313,6 +380,23 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         return NULL;
     }
     const char *smac = PyBytes_AS_STRING(sender_mac);
+    wire_t wire = {-1, NULL, NULL, 0, 0, 0, 0};
+    if (args[7] != Py_None) {
+        PyObject *w = args[7];
+        if (!PyTuple_Check(w) || PyTuple_GET_SIZE(w) != 4 || !PyBytes_Check(PyTuple_GET_ITEM(w, 1)) ||
+            PyBytes_GET_SIZE(PyTuple_GET_ITEM(w, 1)) != 6 || !PyDict_Check(PyTuple_GET_ITEM(w, 2))) {
+            PyErr_SetString(PyExc_TypeError, "forward_burst: bad wire argument");
+            return NULL;
+        }
+        wire.fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(w, 0));
+        wire.max_frame = PyLong_AsLong(PyTuple_GET_ITEM(w, 3));
+        if (PyErr_Occurred())
+            return NULL;
+        wire.master_mac = PyBytes_AS_STRING(PyTuple_GET_ITEM(w, 1));
+        wire.by_mac = PyTuple_GET_ITEM(w, 2);
+        if (wire.fd < 0)
+            wire.master_mac = NULL;
+    }
     Py_buffer fb;
     if (PyObject_GetBuffer(args[1], &fb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
         return NULL;
@@ -327,7 +411,8 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     long nframes = 0, length = 0;
     long long nbytes = 0;
     unsigned char *buf = fb.buf;
-    unsigned char src_key[16], dst_key[16];
+    unsigned char src_key[16], dst_key[16], out_mac[6];
+    int have_out = 0; /* out_mac: the last destination MAC found outside (not local) */
     Py_ssize_t src_len = 0, dst_len = 0;
     PyObject *dst_value = NULL; /* a strong reference: the table entry for dst_key */
 
@@ -351,10 +436,11 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         }
         read_desc(&tx, head, &d);
         const char *src = d.flags ? NULL : gpa(&tx, d.addr, d.len);
-        if (!src || d.len > (uint64_t)fb.len) {
+        if (!src || d.len > (uint64_t)fb.len || d.len > SLOT_SIZE) {
             status = ST_SLOW_CHAIN;
             break;
         }
+        buf = wire.master_mac ? stage[wire.n] : (unsigned char *)fb.buf; /* a wire frame stays there */
         memcpy(buf, src, d.len);
         tx.last_avail++;
         tx.walked++;
@@ -421,6 +507,38 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 break;
             memcpy(src_key, saddr, (size_t)alen);
             src_len = alen;
+        }
+        if (wire.master_mac && memcmp(eth, wire.master_mac, 6) != 0) {
+            int outside = have_out && memcmp(eth, out_mac, 6) == 0;
+            if (!outside) {
+                PyObject *mkey = PyBytes_FromStringAndSize((const char *)eth, 6);
+                if (!mkey) {
+                    error = 1;
+                    break;
+                }
+                int local = PyDict_Contains(wire.by_mac, mkey);
+                Py_DECREF(mkey);
+                if (local < 0) {
+                    error = 1;
+                    break;
+                }
+                if (!local) {
+                    memcpy(out_mac, eth, 6);
+                    have_out = outside = 1;
+                }
+            }
+            if (outside) { /* OUTSIDE: TO_UPLINK, from the master's MAC */
+                if ((long)len > wire.max_frame && !buf[1])
+                    break; /* MTU_EXCEEDED, Python counts it */
+                memcpy(eth + 6, wire.master_mac, 6);
+                wire_stage(&wire, len);
+                status = ST_BUDGET;
+                length = 0;
+                taken = 0;
+                nframes++;
+                nbytes += n;
+                continue;
+            }
         }
         PyObject *value = dst_value;
         if (!value || alen != dst_len || memcmp(daddr, dst_key, (size_t)alen) != 0) {
@@ -507,6 +625,11 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         }
     }
 
+    if (wire.master_mac) {
+        if (status == ST_SLOW_FRAME && !error && buf != fb.buf)
+            memcpy(fb.buf, buf, (size_t)length); /* Python switches it from its own buffer */
+        wire_flush(&wire);
+    }
     PyObject *exc = NULL; /* an exception after a chain was taken: ERROR, not raised */
     if (error && tx.changed) {
         if (taken) { /* give the chain back: Python takes it again */
@@ -543,14 +666,14 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         return NULL;
     }
     if (exc)
-        return Py_BuildValue("(iNlL)", status, exc, nframes, nbytes);
-    return Py_BuildValue("(illL)", status, length, nframes, nbytes);
+        return Py_BuildValue("(iNlLll)", status, exc, nframes, nbytes, wire.sent, wire.failed);
+    return Py_BuildValue("(illLll)", status, length, nframes, nbytes, wire.sent, wire.failed);
 }
 
 static PyMethodDef methods[] = {
     {"forward_burst", (PyCFunction)(void (*)(void))forward_burst, METH_FASTCALL,
-     "forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty) -> "
-     "(status, length, frames, bytes)"},
+     "forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty, wire) -> "
+     "(status, length, frames, bytes, wire_sent, wire_failed)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, Ether
 
@@ -106,6 +106,7 @@ def run(frames: Frames, before: Callable[[InprocPort], None] | None = None, flag
             "counters": {n: d.counters() for n, d in p.dp.devices.items()},
             "drops": {n: (counts(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
             "routed": list(p.router.asked),
+            "uplink_tx": p.dp.uplink_tx,
         }
     finally:
         p.close()
@@ -175,9 +176,10 @@ def test_the_accelerator_does_forward() -> None:
         frame = bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP() / b"x")
         for _ in range(50):
             a.transmit(frame)
-        status, _, nf, nb = fastpath.ext.forward_burst(  # type: ignore[union-attr]
-            p.device("a").tx, p.device("a").buf, *p.dp.fast_table.args(p.device("a")) or (), 256, p.dp.dirty)
-        assert (status, nf, nb) == (0, 50, 50 * len(frame))
+        mac_, owned, table, wire = p.dp.fast_args(p.device("a")) or (None, None, None, None)
+        status, _, nf, nb, sent, failed = fastpath.ext.forward_burst(  # type: ignore[union-attr]
+            p.device("a").tx, p.device("a").buf, mac_, owned, table, 256, p.dp.dirty, wire)
+        assert (status, nf, nb, sent, failed) == (0, 50, 50 * len(frame), 0, 0)
     finally:
         p.close()
 
@@ -185,10 +187,12 @@ def test_the_accelerator_does_forward() -> None:
 @pytest.mark.parametrize("flag", ["private", "vepa"])
 def test_private_and_vepa_never_fast_forward(flag: str) -> None:
     """The accelerator switches guest -> guest unicast; private must drop it and vepa
-    send it to the wire, so it stays off for them and results equal pure Python."""
+    send it to the wire, so its table is empty for them (it still sends to the wire)
+    and results equal pure Python."""
     p = make_port(flag)
     try:
-        assert p.dp.fast_table.args(p.device("a")) is None
+        args = p.dp.fast_args(p.device("a"))
+        assert args is not None and args[2] == {} and args[3] is not None
     finally:
         p.close()
     frames = scenario()
@@ -217,7 +221,7 @@ def test_l3_modes_equal_pure_python(mode: str, flag: str) -> None:
     the flags do what docs/kernel-behaviour.md §4 ``ipvlan_xmit_mode_l3`` says."""
     p = make_port(flag, mode)
     try:
-        assert p.dp.fast_table.args(p.device("a")) is None
+        assert p.dp.fast_args(p.device("a")) is None
     finally:
         p.close()
     frames = scenario()
@@ -273,8 +277,9 @@ def test_chained_descriptor_is_left_to_python() -> None:
     try:
         a = p.frontends["a"]
         a.transmit(bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP() / b"chained"), split=True)
+        mac_, owned, table, wire = p.dp.fast_args(p.device("a")) or (None, None, None, None)
         status, *_ = fastpath.ext.forward_burst(  # type: ignore[union-attr]
-            p.device("a").tx, p.device("a").buf, *p.dp.fast_table.args(p.device("a")) or (), 256, p.dp.dirty)
+            p.device("a").tx, p.device("a").buf, mac_, owned, table, 256, p.dp.dirty, wire)
         assert status == fastpath.ext.SLOW_CHAIN  # type: ignore[union-attr]
         tx = p.device("a").tx
         assert tx is not None and a.txq.avail_idx == 1 and tx.last_avail == 0  # nothing was taken
@@ -548,7 +553,7 @@ def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFix
         try:
             dev = p.device("a")
             if corrupt:
-                p.dp.fast_table.args(dev)
+                p.dp.fast_args(dev)
                 b4 = ipaddress.ip_address(B4).packed
                 rxq, bmac, _, counters, bdev = p.dp.fast_table.table[b4]
                 p.dp.fast_table.table[b4] = (rxq, bmac, 2**70, counters, bdev)
@@ -645,3 +650,104 @@ def test_hostile_mixes_take_the_same_decisions_drain_by_drain(chains: list[Chain
     drains = result["drains"]
     assert isinstance(drains, list)
     assert all(walked <= device.DESC_BUDGET + frontend.QSIZE + 1 for walked, _, _ in drains)
+
+
+# -- guest -> wire: l2 unicast to an off-host MAC, sent by C in batches ------------------
+
+OUT, OUT4, OUT6 = "02:99:00:00:00:01", "192.0.2.1", "2001:db8::1"
+GSO_HDR = struct.pack("<BBHHHHH", net.HDR_F_NEEDS_CSUM, net.GSO_TCPV4, 54, 1448, 34, 16, 0)
+
+
+def wire_scenario() -> Frames:
+    """Runs of frames for the wire (more than one sendmmsg batch) mixed with every
+    frame the accelerator must hand over: to the master's MAC, to a guest's MAC,
+    multicast, spoofed, too big for the master without GSO, NDP, a DHCP client."""
+    plain = bytes(net.HDR_LEN)
+    out4 = Ether(src=A, dst=OUT) / IP(src=A4, dst=OUT4) / UDP(sport=7, dport=9)
+    out6 = Ether(src=A, dst=OUT) / IPv6(src=A6, dst=OUT6) / UDP(sport=7, dport=9)
+    slow: Frames = [
+        (bytes(Ether(src=A, dst=MASTER) / IP(src=A4, dst=OUT4) / UDP()), plain, False),  # the host's
+        (bytes(Ether(src=A, dst=B) / IP(src=A4, dst=OUT4) / UDP()), plain, False),  # a guest's MAC
+        (bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP() / b"to-b"), plain, False),
+        (bytes(Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / IP(src=A4, dst="10.0.0.255") / UDP()), plain, False),
+        (bytes(Ether(src=A, dst=OUT) / IP(src=C4, dst=OUT4) / UDP()), plain, False),  # spoofed IP
+        (bytes(Ether(src=C, dst=OUT) / IP(src=A4, dst=OUT4) / UDP()), plain, False),  # spoofed MAC
+        (bytes(out4 / (b"m" * 1600)), plain, False),  # over the master's MTU: mtu_exceeded
+        (bytes(Ether(src=A, dst=OUT) / IP(src=A4, dst=OUT4) / TCP() / (b"g" * 4000)), GSO_HDR, False),  # GSO
+        (bytes(Ether(src=A, dst=OUT) / IPv6(src=A6, dst=OUT6) / ICMPv6EchoRequest()), plain, False),
+        (bytes(Ether(src=A, dst=OUT) / IP(src=A4, dst=OUT4) / UDP(sport=68, dport=67) / b"dhcp"), plain, False),
+        (bytes(out4 / b"offload"), CSUM_HDR, False),
+        (bytes(out4 / b"split"), plain, True),  # two descriptors: Python's
+    ]
+    rng = random.Random(11)
+    frames: Frames = []
+    for i in range(150):
+        base = out4 if i % 3 else out6
+        frames.append((bytes(base / (bytes([i]) * rng.choice([0, 18, 1400]))), plain, False))
+        if i % 13 == 0:
+            frames.append(slow[(i // 13) % len(slow)])
+    return frames + slow
+
+
+@pytest.mark.parametrize("flag", ["bridge", "private", "vepa"])
+def test_the_wire_gets_the_same_frames_with_and_without_the_accelerator(flag: str) -> None:
+    """Every l2 flag: the same frames on the wire, in the same order, from the
+    master's MAC; the same deliveries, drops and counters (uplink_tx included)."""
+    frames = wire_scenario()
+    fast = run(frames, flag=flag)
+    with pure_python():
+        pure = run(frames, flag=flag)
+    assert fast == pure
+    uplink, drops = fast["uplink"], fast["drops"]
+    assert isinstance(uplink, list) and isinstance(drops, dict)
+    to_out = [f for f in uplink if f[10:16] == mac(OUT)]
+    assert len(to_out) >= 150 and all(f[16:22] == MASTER_MAC for f in to_out)
+    assert fast["uplink_tx"] == len(uplink)
+    assert drops["a"][0].get("mtu_exceeded", 0) >= 1  # counted by Python
+    assert drops["a"][1].get("src_ip_spoof", 0) >= 1
+
+
+def test_the_accelerator_does_send_to_the_wire() -> None:
+    p = make_port("private")
+    try:
+        a = p.frontends["a"]
+        frame = bytes(Ether(src=A, dst=OUT) / IP(src=A4, dst=OUT4) / UDP() / b"x")
+        for _ in range(100):
+            a.transmit(frame)
+        mac_, owned, table, wire = p.dp.fast_args(p.device("a")) or (None, None, None, None)
+        status, _, nf, nb, sent, failed = fastpath.ext.forward_burst(  # type: ignore[union-attr]
+            p.device("a").tx, p.device("a").buf, mac_, owned, table, 256, p.dp.dirty, wire)
+        assert (status, nf, nb, sent, failed) == (0, 100, 100 * len(frame), 100, 0)
+        out = frame[:6] + MASTER_MAC + frame[12:]
+        assert p.uplink.sent == [bytes(10) + out] * 100
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("trouble", ["master_down", "send_fails", "no_batch_fd"])
+def test_wire_trouble_is_counted_the_same(trouble: str) -> None:
+    """A master that is down (master_down, Python's), sends that fail (counted from C's
+    sendmmsg as from Python's send: uplink_send_failed) and an uplink without a batch
+    descriptor (Python sends) change nothing between the two paths."""
+
+    def before(p: InprocPort) -> None:
+        if trouble == "master_down":
+            p.dp.wire_up = False
+        elif trouble == "send_fails":
+            p.uplink.refuse()
+        else:
+            p.uplink.batch_fd = lambda: -1  # type: ignore[method-assign]
+
+    frames = wire_scenario()
+    fast = run(frames, before)
+    with pure_python():
+        pure = run(frames, before)
+    assert fast == pure
+    drops = fast["drops"]
+    assert isinstance(drops, dict)
+    if trouble == "master_down":
+        assert drops["a"][0].get("master_down", 0) >= 150
+    elif trouble == "send_fails":
+        assert drops["a"][0].get("uplink_send_failed", 0) >= 150 and fast["uplink_tx"] == 0
+    else:
+        assert fast["uplink_tx"] == len(fast["uplink"])  # type: ignore[arg-type]

@@ -49,7 +49,7 @@ from ..switch.verdict import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..virtio import net
 from . import device
 from .device import NetDevice
-from .fastpath import PortTable
+from .fastpath import Args, PortTable
 
 if TYPE_CHECKING:
     from ..switch.port import Port, Slave
@@ -174,6 +174,13 @@ class PortDatapath:
             wasteful = self.wasteful
             while wasteful:
                 wasteful.pop().rx_waste = 0
+
+    def fast_args(self, dev: NetDevice) -> Args | None:
+        """The C accelerator's arguments for a drain of ``dev``'s TX ring (``fastpath.py``),
+        the wire included while it is up (else Python sends, and counts, everything)."""
+        fd = self.uplink.batch_fd() if self.wire_up else -1
+        wire = (fd, self.port.master_mac, self.port.by_mac, self.max_frame) if fd >= 0 else None
+        return self.fast_table.args(dev, wire)
 
     def _device(self, slave: Slave) -> NetDevice:
         return self.devices[slave.name]

@@ -59,6 +59,12 @@ class UplinkPort(Protocol):
         that to the kernel) or drop it."""
         ...
 
+    def batch_fd(self) -> int:
+        """A descriptor the C accelerator may ``sendmmsg`` frames to, one datagram
+        each: the 10-byte ``virtio_net_hdr`` (no num_buffers) then the Ethernet
+        frame, exactly what ``send`` sends; -1 for none (Python sends everything)."""
+        ...
+
     def close(self) -> None: ...
 
 

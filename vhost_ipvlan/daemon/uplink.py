@@ -55,6 +55,10 @@ class Uplink:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def batch_fd(self) -> int:
+        """The socket: PACKET_VNET_HDR makes each datagram's first 10 bytes the header."""
+        return self.sock.fileno()
+
     def send(self, buf: memoryview, length: int) -> bool:
         """Send ``buf[:length]`` (12-byte header + frame); False if it was dropped."""
         try:
