@@ -19,6 +19,7 @@ from vhost_ipvlan.daemon import fastpath
 from vhost_ipvlan.daemon.datapath import PortDatapath
 from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.daemon.host import eventfd_problem
+from vhost_ipvlan.daemon.uplink import recv_vnet
 from vhost_ipvlan.drops import DropReason
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
@@ -43,12 +44,13 @@ class _Host:
 
 
 class _Uplink:
-    """Records what would have gone out the master (a ``seams.UplinkPort``); reads nothing.
+    """The master (a ``seams.UplinkPort``) as one end of a datagram socket pair.
 
-    Both Python (``send``) and the C accelerator (``batch_fd``, ``sendmmsg``) write
-    to one end of a datagram socket pair, one datagram per frame (10-byte
-    ``virtio_net_hdr`` + Ethernet frame, as AF_PACKET with PACKET_VNET_HDR takes
-    it); ``sent`` reads the other end. ``refuse`` closes that end: every send fails.
+    Both Python (``send``, ``recv``) and the C accelerator (``batch_fd``: sendmmsg,
+    recvmmsg) use that end, one datagram per frame (10-byte ``virtio_net_hdr`` +
+    Ethernet frame, as AF_PACKET with PACKET_VNET_HDR has it). ``sent`` reads what
+    went out from the other end, ``inject`` writes frames from the wire into it;
+    ``refuse`` closes it: every send fails.
     """
 
     master = "inproc"
@@ -79,6 +81,11 @@ class _Uplink:
     def refuse(self) -> None:
         self._peer.close()
 
+    def inject(self, *datagrams: bytes) -> None:
+        """Frames arriving from the wire: 10-byte virtio_net_hdr + Ethernet frame each."""
+        for d in datagrams:
+            self._peer.send(d)
+
     def fileno(self) -> int:
         return -1
 
@@ -86,7 +93,7 @@ class _Uplink:
         return self.sock.fileno()
 
     def recv(self, buf: memoryview) -> int:
-        return 0
+        return recv_vnet(self.sock, buf)
 
     def send(self, buf: memoryview, length: int) -> bool:
         try:

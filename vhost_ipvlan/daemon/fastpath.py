@@ -16,6 +16,10 @@ Rules:
   every flag, sends a guest's unicast to an off-host MAC out the master; l3/l3s
   use neither: ``tests/pair/test_fastpath.py`` checks they equal pure Python),
   and the table holds only targets that are up, enabled and have a known MAC.
+- From the wire (``uplink_burst``, ``fast_wire`` ports): the same table, the
+  master's MAC and the port's ``wire_macs``; C delivers what l2 would deliver to
+  one guest unchanged but for the destination MAC, and gives every other frame, in
+  order, to ``PortDatapath._uplink_frame`` (Python's per-frame path).
 - The wire argument (``Wire``) is given by the data path only while the wire is
   up and the uplink has a ``batch_fd``: (that descriptor, the master's MAC, the
   port's live ``by_mac`` (a destination MAC in it is a guest's, not the wire's),
@@ -123,6 +127,17 @@ class PortTable:
             owned = frozenset(a for a, owner in self.port.by_addr.items() if owner is dev.slave)
             cached = fc.cached = (key, mac, owned)
         return mac, cached[2], self.table if traits.fast_path else _NO_TARGETS, wire
+
+    def rx_table(self) -> dict[bytes, tuple[object, ...]] | None:
+        """``uplink_burst``'s destination table (every ``fast_wire`` port's: the wire's
+        unicast goes to its owner in every l2 flag), or None when C does not apply."""
+        if ext is None or not self.port.traits.fast_wire:
+            return None
+        key = (self.port.generation, self.gen, len(self.devices))
+        if key != self._key:
+            self._rebuild()
+            self._key = key
+        return self.table
 
     def _rebuild(self) -> None:
         entries: dict[str, tuple[object, ...]] = {}
