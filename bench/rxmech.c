@@ -2,8 +2,11 @@
  * bench/rxmech.c: batched AF_PACKET receive on a master, recvmmsg vs a TPACKET_V3 ring
  * (issue 11: which one the C accelerator's wire -> guest path should use).
  *
- *   rxmech send IFACE SECONDS SIZE     blast SIZE-byte UDP frames out IFACE (sendmmsg, 64 a
- *                                      call, PACKET_QDISC_BYPASS)
+ *   rxmech send IFACE SECONDS SIZE     blast SIZE-byte UDP frames out IFACE (sendmmsg, 32 a
+ *                                      call, PACKET_VNET_HDR, PACKET_QDISC_BYPASS) and report
+ *                                      the sender's rate and CPU per frame
+ *   rxmech txring IFACE SECONDS SIZE   the same through a PACKET_TX_RING (TPACKET_V2, 32
+ *                                      frames written per send() kick), PACKET_VNET_HDR
  *   rxmech recvmmsg IFACE SECONDS      read with recvmmsg, 32 a call, PACKET_VNET_HDR, as
  *                                      _fastpath.c's uplink_burst does (copy into its slots)
  *   rxmech tpacket3 IFACE SECONDS      read a TPACKET_V3 ring (PACKET_VNET_HDR, 64 x 1 MiB
@@ -77,28 +80,80 @@ static void report(const char *what, int fd, unsigned long long frames, double s
            st.tp_drops, frames ? cpus * 1e9 / (double)frames : 0.0);
 }
 
-static void do_send(const char *iface, double secs, int size)
+static unsigned char tframe[SLOT]; /* 10-byte virtio_net_hdr + a UDP frame */
+
+static int build_frame(int size)
 {
-    int fd = open_sock(iface, 0);
-    int one = 1;
-    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
-    static unsigned char frame[SLOT];
-    memset(frame, 0, sizeof frame);
-    memcpy(frame, "\x02\x00\x00\x00\x00\x01\x02\x99\x00\x00\x00\x01\x08\x00", 14);
-    unsigned char *ip = frame + 14;
+    memset(tframe, 0, sizeof tframe);
+    unsigned char *eth = tframe + 10;
+    memcpy(eth, "\x02\x00\x00\x00\x00\x01\x02\x99\x00\x00\x00\x01\x08\x00", 14);
+    unsigned char *ip = eth + 14;
     ip[0] = 0x45;
     ip[2] = (unsigned char)((size - 14) >> 8);
     ip[3] = (unsigned char)(size - 14);
     ip[8] = 64;
     ip[9] = 17;
     memcpy(ip + 12, "\xc0\x00\x02\x01\xc6\x12\x00\x01", 8);
-    struct mmsghdr msgs[64];
-    struct iovec iov = {frame, (size_t)size};
-    for (int i = 0; i < 64; i++)
-        msgs[i] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iov, .msg_iovlen = 1}};
-    double end = now() + secs;
-    while (now() < end)
-        sendmmsg(fd, msgs, 64, 0);
+    return 10 + size;
+}
+
+static void do_send(const char *iface, double secs, int size)
+{
+    int fd = open_sock(iface, 1);
+    int one = 1;
+    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
+    struct iovec iov = {tframe, (size_t)build_frame(size)};
+    struct mmsghdr msgs[BATCH];
+    unsigned long long frames = 0;
+    double c0 = cpu(), t0 = now(), end = t0 + secs;
+    while (now() < end) {
+        for (int i = 0; i < BATCH; i++)
+            msgs[i] = (struct mmsghdr){.msg_hdr = {.msg_iov = &iov, .msg_iovlen = 1}};
+        int n = sendmmsg(fd, msgs, BATCH, 0);
+        if (n > 0)
+            frames += (unsigned)n;
+    }
+    report("sendmmsg(32)", fd, frames, now() - t0, cpu() - c0);
+}
+
+static void do_txring(const char *iface, double secs, int size)
+{
+    int fd = open_sock(iface, 1);
+    int one = 1, v = TPACKET_V2;
+    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
+    setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v);
+    struct tpacket_req req = {.tp_block_size = 1 << 16, .tp_block_nr = 16, .tp_frame_size = SLOT,
+                              .tp_frame_nr = (1 << 16) / SLOT * 16};
+    if (setsockopt(fd, SOL_PACKET, PACKET_TX_RING, &req, sizeof req)) {
+        perror("PACKET_TX_RING");
+        exit(1);
+    }
+    unsigned char *ring = mmap(NULL, (size_t)req.tp_block_size * req.tp_block_nr, PROT_READ | PROT_WRITE,
+                               MAP_SHARED, fd, 0);
+    if (ring == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    int len = build_frame(size);
+    size_t data = TPACKET2_HDRLEN - sizeof(struct sockaddr_ll);
+    unsigned idx = 0;
+    unsigned long long frames = 0;
+    double c0 = cpu(), t0 = now(), end = t0 + secs;
+    while (now() < end) {
+        int queued = 0;
+        for (; queued < BATCH; queued++) {
+            struct tpacket2_hdr *h = (void *)(ring + (size_t)idx * SLOT);
+            if (__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) != TP_STATUS_AVAILABLE)
+                break;
+            memcpy((unsigned char *)h + data, tframe, (size_t)len);
+            h->tp_len = (unsigned)len;
+            __atomic_store_n(&h->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
+            idx = (idx + 1) % req.tp_frame_nr;
+        }
+        if (send(fd, NULL, 0, 0) >= 0)
+            frames += (unsigned)queued;
+    }
+    report("TX ring (V2)", fd, frames, now() - t0, cpu() - c0);
 }
 
 static void do_recvmmsg(const char *iface, double secs)
@@ -170,12 +225,14 @@ static void do_tpacket3(const char *iface, double secs)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: rxmech send|recvmmsg|tpacket3 IFACE SECONDS [SIZE]\n");
+        fprintf(stderr, "usage: rxmech send|txring|recvmmsg|tpacket3 IFACE SECONDS [SIZE]\n");
         return 2;
     }
     double secs = atof(argv[3]);
     if (!strcmp(argv[1], "send"))
         do_send(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64);
+    else if (!strcmp(argv[1], "txring"))
+        do_txring(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64);
     else if (!strcmp(argv[1], "recvmmsg"))
         do_recvmmsg(argv[2], secs);
     else if (!strcmp(argv[1], "tpacket3"))
