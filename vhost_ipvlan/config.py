@@ -74,7 +74,7 @@ from .switch.decisions import FLAGS, MODES, TRAITS, modes_with
 
 #: A port without ``mode`` (file, control API, ``vhost-ipvlanctl port add``, the
 #: libvirt hook). Not the kernel's default (``ip link add ... type ipvlan`` gives
-#: l3, reference §2): l2 is the mode in which a VM's usual configuration (DHCP,
+#: l3, docs/kernel-behaviour.md §2): l2 is the mode in which a VM's usual configuration (DHCP,
 #: SLAAC from the LAN's router, mDNS) works, the CNI plugin and Docker default to it,
 #: and files written without ``mode`` would otherwise change behaviour silently
 #: (README, "Behaviour (l2)" departures).

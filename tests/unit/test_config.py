@@ -55,7 +55,7 @@ def test_defaults() -> None:
 
 
 def test_default_mode_is_a_documented_departure() -> None:
-    """The kernel's default is l3 (reference §2); ours is l2, listed with its reason."""
+    """The kernel's default is l3 (docs/kernel-behaviour.md §2); ours is l2, listed with its reason."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "| A `[[port]]` without `mode` is `l2`" in readme
     assert "(default l2; the kernel's is l3" in readme

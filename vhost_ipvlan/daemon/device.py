@@ -87,6 +87,9 @@ class _ErrorLog:
 internal_error_log = _ErrorLog()
 
 
+_NO_BUFFER = bytearray()
+
+
 class NetDevice:
     """One slave's virtio-net device: its rings, counters and frame buffer."""
 
@@ -105,8 +108,11 @@ class NetDevice:
         self.takes_csum = False
         self.gso_mask = 1
         self.ecn = False
-        self._buf: bytearray | None = None  # allocated when first used (``buf``)
-        self._view: memoryview | None = None
+        #: the frame buffer (12-byte header + the largest frame) a TX drain copies into;
+        #: empty until the TX queue first starts: a slave that never had a guest
+        #: costs no 64 KiB. Plain attributes, not properties: read once per frame.
+        self.buf = _NO_BUFFER
+        self.view = memoryview(self.buf)
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
         #: descriptors walked this burst for frames not taken (``RX_WASTE_BUDGET``)
         self.rx_waste = 0
@@ -115,26 +121,6 @@ class NetDevice:
         #: drop counters, indexed by DropReason (the switch's are ``slave.drops``)
         self.drops = new_counters()
         self._drain_scheduled = False
-
-    @property
-    def buf(self) -> bytearray:
-        """The frame buffer (12-byte header + the largest frame), made when first needed:
-        a slave that never had a guest costs no 64 KiB."""
-        if self._buf is None:
-            self._allocate()
-        assert self._buf is not None
-        return self._buf
-
-    @property
-    def view(self) -> memoryview:
-        if self._view is None:
-            self._allocate()
-        assert self._view is not None
-        return self._view
-
-    def _allocate(self) -> None:
-        self._buf = bytearray(net.MAX_BUFFER)
-        self._view = memoryview(self._buf)
 
     # -- session.Device -----------------------------------------------------------
 
@@ -153,6 +139,9 @@ class NetDevice:
             loop.add_reader(vring.kick_fd, handler, vring.kick_fd)
             self._kick_fds[vring.index] = vring.kick_fd
         if vring.index == TX:
+            if self.buf is _NO_BUFFER:
+                self.buf = bytearray(net.MAX_BUFFER)
+                self.view = memoryview(self.buf)
             self.tx = vring.queue
             self.schedule_drain()
         else:

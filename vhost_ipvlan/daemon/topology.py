@@ -17,6 +17,11 @@ Rules:
   the master's nftables chain; removing closes the connection and the socket and
   updates the chain. A change that keeps the socket, its role and the MAC is done
   in place (the guest stays connected); any other change re-creates the slave.
+- Scale (1000 slaves): the chain and the host routes change by difference
+  (``nft.Chain``, ``HostLink.sync``), and ``apply`` (start-up, SIGHUP) brings each
+  master's up to date once, at its end, reading the master's addresses once;
+  slaves are found by name through ``config.SlaveIndex`` (kept with ``config``),
+  never by walking them.
 - A slave with ``qmp`` gets an ``rxfilter.RxFilterWatch`` (its multicast filter
   from the guest's RX filter) while it exists; a change of ``qmp``/``qmp_device``
   restarts it in place.
