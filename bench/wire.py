@@ -7,16 +7,16 @@ The topology of issue 11 (see bench/README.md, "wire"):
 
 - the guest and the outside host are ONE dpdk-testpmd in the outside namespace, on core 0:
   port 0 = ``net_virtio_user0`` on slave a's socket (MAC 02:00:00:00:00:0a, 198.18.0.1),
-  port 1 = ``net_af_packet0,iface=vio0``; forward mode ``5tswap`` with
+  port 1 = ``net_af_packet0,iface=vio0,framecnt=4096``; forward mode ``5tswap`` with
   ``--port-topology=loop``: each port answers what it receives on itself, with MACs,
-  IPs and UDP ports swapped. A injects ``LOOP_BURSTS`` x 32 UDP frames to the outside
-  (``start tx_first``), then the frames ping-pong: guest -> wire -> outside -> wire ->
+  IPs and UDP ports swapped. A injects 16 (``--bursts``) x 32 UDP frames to the outside
+  (``start tx_first``; ``--bursts``), then the frames ping-pong: guest -> wire -> outside -> wire ->
   guest -> ... (a UDP ping-pong with a fixed number of frames in flight). An nftables
   netdev chain drops them on vio0's ingress after the packet socket saw them, so the
   outside kernel never answers them.
 - the switch, alone on core 1, either
   (a) "anchor": testpmd ``net_vhost0`` (a's socket) + ``net_af_packet0,iface=vim0,
-      qdisc_bypass=1`` in io forwarding: DPDK's C back-end and AF_PACKET PMD on the
+      qdisc_bypass=1,framecnt=4096`` in io forwarding: DPDK's C back-end and AF_PACKET PMD on the
       same kernel uplink, no lookup, no MAC translation; or
   (b) "ipvlan": ``vhost-ipvlan serve`` (mode l2, flag bridge, slave a) in the tests'
       lab (``tests/support/lab.py``), master vim0.
@@ -51,7 +51,6 @@ from bench import (  # noqa: E402  (bench/bench.py)
     BACKEND_LCORES,
     DAEMON_CPUS,
     FRONTEND_LCORES,
-    LOOP_BURSTS,
     PREFIX,
     Result,
     _measure,
@@ -63,6 +62,8 @@ from tests.support.lab import MASTER, OUT_IP, DaemonError, Lab, SlaveSpec, sh  #
 from tests.support.testpmd import Testpmd, TestpmdError, testpmd_path, virtio_user_vdev  # noqa: E402
 
 BACKENDS = ("anchor", "ipvlan")
+#: net_af_packet ring frames (DPDK's default 512 would drop a loop of more than 16 bursts)
+AF_PACKET_FRAMES = 4096
 #: the outside's end of the veth (tests/support/lab.py)
 OUTSIDE = "vio0"
 
@@ -84,7 +85,8 @@ def wire_switch(backend: str, work: Path, args: argparse.Namespace) -> Iterator[
             lab.check_daemon()
         return
     with BareLab(work, slaves, ipv6=False) as lab:
-        vdevs = [f"net_vhost0,iface={lab.sock('a')}", f"net_af_packet0,iface={MASTER},qdisc_bypass=1"]
+        vdevs = [f"net_vhost0,iface={lab.sock('a')}",
+                 f"net_af_packet0,iface={MASTER},qdisc_bypass=1,framecnt={AF_PACKET_FRAMES}"]
         with Testpmd("anchor", work, vdevs=vdevs, lcores=BACKEND_LCORES, mem_mb=args.mem_mb,
                      forward_mode="io", netns=lab.host, extra_args=big_frame_args(args.size)) as be:
             be.cmd("start")
@@ -99,7 +101,8 @@ def run_pingpong(lab: Lab, work: Path, size: int, args: argparse.Namespace) -> t
     fe = Testpmd(
         "guest+outside",
         work,
-        vdevs=[virtio_user_vdev(0, lab.sock("a"), A_MAC, args.queue_size), f"net_af_packet0,iface={OUTSIDE}"],
+        vdevs=[virtio_user_vdev(0, lab.sock("a"), A_MAC, args.queue_size),
+               f"net_af_packet0,iface={OUTSIDE},framecnt={AF_PACKET_FRAMES}"],
         lcores=FRONTEND_LCORES,
         mem_mb=args.mem_mb,
         forward_mode="5tswap",
@@ -114,7 +117,7 @@ def run_pingpong(lab: Lab, work: Path, size: int, args: argparse.Namespace) -> t
         fe.wait_link_up(0)
         fe.wait_link_up(1)
         fe.cmd("set portlist 0")  # the guest alone injects
-        fe.cmd(f"start tx_first {LOOP_BURSTS}")
+        fe.cmd(f"start tx_first {args.bursts}")
         fe.cmd("stop")
         fe.cmd("set portlist 0,1")
         fe.cmd("start")
@@ -188,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up before t0 (default 1)")
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: anchor, ipvlan (default both)")
+    p.add_argument("--bursts", type=int, default=16,
+                   help="bursts of 32 frames the guest injects: the frames in flight (default 16)")
     p.add_argument("--pure", action="store_true", help="run the daemon without its C accelerator")
     p.add_argument("--queue-size", type=int, default=1024, help="virtqueue size (default 1024)")
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")
