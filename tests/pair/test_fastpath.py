@@ -865,3 +865,24 @@ def test_the_accelerator_does_deliver_from_the_wire() -> None:
         assert [f for _, f in p.frontends["b"].receive()] == [mac(B) + out[6:]] * 100
     finally:
         p.close()
+
+
+def test_a_read_error_on_the_uplink_is_counted_once_per_burst() -> None:
+    """recvmmsg failing (here: not a socket) ends the burst as Python's recv failing
+    does: one uplink_read_error on the port, nothing delivered."""
+    import errno
+
+    p = make_port()
+    fd = os.eventfd(0)
+    try:
+        table = p.dp.fast_table.rx_table()
+        assert table is not None and fastpath.ext is not None
+        status, detail, delivered = fastpath.ext.uplink_burst(
+            fd, p.dp.buf, table, MASTER_MAC, p.port.wire_macs, 256, p.dp.dirty, lambda n: 0)
+        assert (status, detail, delivered) == (fastpath.ext.READ_ERROR, errno.ENOTSOCK, 0)
+        p.uplink.batch_fd = lambda: fd  # type: ignore[method-assign]
+        p.dp._uplink_readable()
+        assert counts(p.dp.drops) == {"uplink_read_error": 1} and p.dp.uplink_rx == 0
+    finally:
+        os.close(fd)
+        p.close()
