@@ -14,6 +14,10 @@ host (``hostlink``: the I/O only) are steered here too (``_host_readable``).
 Rules:
 - No per-frame allocation beyond memoryview slices: one preallocated buffer per
   TX queue (``NetDevice``) and one per uplink, verdicts are ints.
+- A group frame goes through ``receivers()``: the devices whose slave is up, kept
+  until the fast table's key changes (``PortTable.key``: slaves, addresses, rings,
+  up states; every change of ``Slave.up`` in ``device.py`` invalidates it), so a
+  broadcast costs the guests that are up, not every slave configured.
 - Every copy of a flooded (multicast/broadcast) frame counts as one more frame
   of the burst's budget, from a TX ring and from the uplink alike; a group frame
   longer than ``max_frame`` (GSO or not) is dropped ``mtu_exceeded`` uncopied.
@@ -104,6 +108,8 @@ class PortDatapath:
         self._rescan: Cancellable | None = None
         #: the C accelerator's view of the port (``fastpath.py``)
         self.fast_table = PortTable(port, self.devices)
+        self._receivers: list[NetDevice] = []
+        self._receivers_key: tuple[int, int, int] | None = None
         #: the host tap (host <-> guest), and l3's next-hop lookups; set by the topology
         self.hostlink: HostPort | None = None
         self.router: NextHops | None = None
@@ -238,13 +244,23 @@ class PortDatapath:
             buf[net.HDR_LEN + 6 : net.HDR_LEN + 12] = self.port.master_mac
         dev.deliver(buf[:length])
 
+    def receivers(self) -> list[NetDevice]:
+        """The devices whose slave is up, in the order of ``devices`` (a flood's candidates),
+        rebuilt when the fast table's key has changed."""
+        key = self.fast_table.key()
+        if key != self._receivers_key:
+            self._receivers = [dev for dev in self.devices.values() if dev.slave.up]
+            self._receivers_key = key
+        return self._receivers
+
     def _flood(self, buf: memoryview, length: int, sender: NetDevice | None) -> int:
         """Deliver the group frame in ``buf[:length]``, untranslated, to every up guest
-        but ``sender`` whose multicast filter accepts its destination; return the copies."""
+        but ``sender`` whose multicast filter accepts its destination; return the copies.
+        (A delivery may take a guest down, a broken ring: it is checked again.)"""
         frame = buf[:length]
         dst = buf[net.HDR_LEN : net.HDR_LEN + 6].tobytes()
         copies = 0
-        for dev in self.devices.values():
+        for dev in self.receivers():
             if dev is not sender and dev.slave.up and dev.slave.mcast.accepts(dst):
                 dev.deliver(frame)
                 copies += 1

@@ -106,6 +106,11 @@ class PortTable:
         """A ring or a slave's up state changed: rebuild before the next use."""
         self.gen += 1
 
+    def key(self) -> _Key:
+        """What the table is built from: the port's ``generation``, ``gen``, the number of
+        devices (also the key of ``PortDatapath.receivers``)."""
+        return (self.port.generation, self.gen, len(self.devices))
+
     def args(self, dev: NetDevice, wire: Wire | None) -> Args | None:
         """``forward_burst``'s (sender MAC, addresses it owns, destination table, wire)
         for ``dev``, or None when the accelerator is unavailable or does not apply."""
@@ -117,10 +122,7 @@ class PortTable:
         mac = dev.slave.mac
         if mac is None:
             return None
-        key = (self.port.generation, self.gen, len(self.devices))
-        if key != self._key:
-            self._rebuild()
-            self._key = key
+        key = self._fresh()
         fc = dev.fast
         cached = fc.cached
         if cached is None or cached[0] != key or cached[1] != mac:
@@ -133,11 +135,16 @@ class PortTable:
         unicast goes to its owner in every l2 flag), or None when C does not apply."""
         if ext is None or not self.port.traits.fast_wire:
             return None
-        key = (self.port.generation, self.gen, len(self.devices))
+        self._fresh()
+        return self.table
+
+    def _fresh(self) -> _Key:
+        """Rebuild the table if its key changed; return the key."""
+        key = self.key()
         if key != self._key:
             self._rebuild()
             self._key = key
-        return self.table
+        return key
 
     def _rebuild(self) -> None:
         entries: dict[str, tuple[object, ...]] = {}
