@@ -154,6 +154,9 @@ class WireUplink:
     def fileno(self) -> int:
         return -1
 
+    def batch_fd(self) -> int:
+        return -1  # Python sends every frame
+
     def send(self, buf: memoryview, length: int) -> bool:
         self.sent += 1
         self.sent_bytes += length

@@ -138,6 +138,8 @@ class Testpmd:
     ``lcores`` is the EAL ``--lcores`` map; the first lcore is the main (command)
     lcore, the others forward.  ``txpkts``, ``tx_ip`` and ``eth_peers`` are the
     txonly frame length, ``(src, dst)`` IPv4 addresses and destination MAC per port.
+    ``netns`` runs it inside that network namespace (a ``net_af_packet`` port's interface
+    is there; vhost-user sockets are paths, reachable from any namespace).
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -157,6 +159,7 @@ class Testpmd:
         tx_ip: tuple[str, str] | None = None,
         total_mbufs: int = 16384,
         eal_args: Sequence[str] = (),
+        netns: str | None = None,
     ) -> None:
         self.name = name
         self.workdir = Path(workdir)
@@ -170,6 +173,7 @@ class Testpmd:
         self.tx_ip = tx_ip
         self.total_mbufs = total_mbufs
         self.eal_args = list(eal_args)
+        self.netns = netns
         self.log_path = self.workdir / f"testpmd-{name}.log"
         # unique per process: EAL keeps its runtime files under /var/run/dpdk/PREFIX
         self.file_prefix = f"vitp-{name}-{os.getpid()}-{id(self) & 0xFFFFFF:x}"
@@ -220,7 +224,8 @@ class Testpmd:
             raise TestpmdError(f"{TESTPMD} not found in PATH")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        argv = ["stdbuf", "-o0", "-e0", *self.argv()]
+        netns = ["ip", "netns", "exec", self.netns] if self.netns is not None else []
+        argv = [*netns, "stdbuf", "-o0", "-e0", *self.argv()]
         self._log.write(("# " + " ".join(argv) + "\n").encode())
         self._log.flush()
         self._proc = subprocess.Popen(

@@ -398,7 +398,7 @@ class NetDevice:
         budget = BURST
         limit = q.walked + DESC_BUDGET
         fp = fastpath.ext
-        fast = self.dp.fast_table.args(self) if pair.tx_enabled else None
+        fast = self.dp.fast_args(self) if pair.tx_enabled else None
         try:
             while True:
                 while budget and q.walked < limit:
@@ -407,18 +407,20 @@ class NetDevice:
                         # frame (SLOW_FRAME, in view) or chain (SLOW_CHAIN) for Python;
                         # each chain it takes is one descriptor: frames == descriptors
                         try:
-                            status, length, nf, nb = fp.forward_burst(
+                            status, length, nf, nb, sent, failed = fp.forward_burst(
                                 q, self.buf, fast[0], fast[1], fast[2], min(budget, limit - q.walked),
-                                self.dp.dirty,
+                                self.dp.dirty, fast[3],
                             )
                         except Exception as e:  # a bug: nothing was taken
-                            status, length, nf, nb = fp.ERROR, e, 0, 0
+                            status, length, nf, nb, sent, failed = fp.ERROR, e, 0, 0, 0, 0
+                        self.dp.uplink_tx += sent
+                        self.drops[DropReason.UPLINK_SEND_FAILED] += failed
                         budget -= nf
                         self.tx_packets += nf
                         self.tx_bytes += nb
                         if status == fp.SLOW_FRAME:
                             budget = max(0, budget - 1 - self._from_guest(length))
-                            fast = self.dp.fast_table.args(self)  # the frame may have changed state
+                            fast = self.dp.fast_args(self)  # the frame may have changed state
                             continue
                         if status == fp.ERROR:  # the frame, if any, was given back
                             self.drops[DropReason.INTERNAL_ERROR] += 1
@@ -436,7 +438,7 @@ class NetDevice:
                     if pair.tx_enabled:
                         budget = max(0, budget - self._from_guest(length))
                         if fast is not None:  # the frame may have changed state (a target's ring broken)
-                            fast = self.dp.fast_table.args(self)
+                            fast = self.dp.fast_args(self)
                 if q.publish() and pair.tx_call is not None and not eventfd_signal(pair.tx_call):
                     self.drops[DropReason.CALL_FAILED] += 1
                 if not budget or q.walked >= limit:
