@@ -67,7 +67,8 @@ def request_target(frame: Frame) -> tuple[int, bytes] | None:
     return None
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
     if len(data) % 2:
         data += b"\x00"
     s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -96,7 +97,7 @@ def na_reply(request: Frame, mac: bytes, *, router: bool = False) -> bytes | Non
     flags = NA_SOLICITED | NA_OVERRIDE | (NA_ROUTER if router else 0)
     body = struct.pack("!BBHB3x16sBB6s", ND_NEIGHBOR_ADVERT, 0, 0, flags, target, ND_OPT_TARGET_LL_ADDR, 1, mac)
     pseudo = target + src_ip + struct.pack("!I3xB", len(body), IPPROTO_ICMPV6)
-    csum = _checksum(pseudo + body)
+    csum = checksum(pseudo + body)
     body = body[:2] + struct.pack("!H", csum) + body[4:]
     ip6 = _IPV6.pack(6 << 28, len(body), IPPROTO_ICMPV6, 255, target, src_ip)
     eth_src = ETH.unpack_from(request)[1]
