@@ -6,6 +6,8 @@ Shape (other tools rely on it; do not change it lightly)::
     socket_owner = "root"       # user name or uid (default: the daemon's user)
     socket_group = "kvm"        # group name or gid (default: kvm if it exists, else root)
     socket_permissions = 0o660  # TOML octal integer, or a string "0660" (default 0o660)
+    dns = ["192.0.2.53"]        # optional: the DNS servers (IPv4) the DHCP server hands out
+    dns_search = ["example.org"]  # optional: its search domains (both default: the host's resolv.conf)
 
     [[port]]
     master = "veth0"            # host interface: the IPvlan master
@@ -25,6 +27,7 @@ Shape (other tools rely on it; do not change it lightly)::
     peer_uid = "qemu-vm1"       # optional: only a front-end running as this user (uid) may connect
     peer_gid = "qemu-vm1"       # optional: ... and as this group (gid)
     queues = 1                  # optional: virtio-net queue pairs offered (1-16; QEMU's -netdev vhost-user,queues=)
+    dhcp = true                 # optional: the daemon answers the guest's DHCPv4 (default true; needs an IPv4 address)
 
 Rules:
 - Every problem is a ``ConfigError`` whose message is one line: the key path
@@ -59,6 +62,12 @@ Rules:
   made in place and takes effect at the front-end's next connection (the
   connected one keeps the pairs it negotiated). Each pair costs the guest's
   connection 6 more descriptors in the budget (``daemon.fdbudget``).
+- ``dhcp`` (default true) makes the daemon the guest's DHCPv4 server (``net.dhcp``,
+  ``dhcp_lease``): it hands out the slave's configured IPv4 addresses. It takes
+  effect only for a slave with an IPv4 address that does not learn (a learning
+  slave has nothing to hand out); a change is made in place. ``[daemon] dns`` and
+  ``dns_search`` (IPv4 servers, at most ``MAX_DNS``; domain names) are what it
+  tells the guests; absent, the daemon reads the host's resolv.conf.
 - ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
   file permissions are ``[daemon].socket_permissions``.
 """
@@ -76,6 +85,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AddressInUse, ConfigError, NameInUse, PortExists, SocketInUse
+from .net.dhcp import MAX_DNS, Lease
 from .switch.decisions import FLAGS, MODES, TRAITS, modes_with
 from .vhost_user.session import MAX_QUEUE_PAIRS
 
@@ -102,6 +112,8 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # C0, DEL, C1, lone surrogates
 _OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _DEVICE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")  # QEMU's id_wellformed()
+_DOMAIN = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                     r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
@@ -120,6 +132,7 @@ class SlaveConfig:
     peer_uid: int | None = None  # only a front-end process with this uid may be the slave (SO_PEERCRED)
     peer_gid: int | None = None  # ... and with this gid
     queues: int = 1  # virtio-net queue pairs (1..MAX_QUEUES)
+    dhcp: bool = True  # the daemon answers the guest's DHCPv4 (with an IPv4 address, not learning)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +156,8 @@ class DaemonConfig:
     socket_owner: int = -1  # -1: unchanged (the daemon's user)
     socket_group: int = field(default_factory=default_socket_group)
     socket_permissions: int = 0o660
+    dns: tuple[str, ...] | None = None  # the DHCP server's DNS servers (None: the host's resolv.conf)
+    dns_search: tuple[str, ...] | None = None  # ... and search domains
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +238,7 @@ def parse_mac(where: str, value: Any) -> bytes:
 def parse_slave(where: str, table: Any) -> SlaveConfig:
     """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
     t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn",
-                             "allow_router", "owner", "peer_uid", "peer_gid", "queues"}, {"name", "socket"})
+                             "allow_router", "owner", "peer_uid", "peer_gid", "queues", "dhcp"}, {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
@@ -258,8 +273,19 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
     peer_gid = _id(f"{where}.peer_gid", t["peer_gid"], lambda n: grp.getgrnam(n).gr_gid, "group") \
         if "peer_gid" in t else None
     queues = parse_queues(f"{where}.queues", t.get("queues", 1))
+    dhcp = _bool(f"{where}.dhcp", t.get("dhcp", True))
     return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn, allow_router, owner, peer_uid, peer_gid,
-                       queues)
+                       queues, dhcp)
+
+
+def dhcp_lease(slave: SlaveConfig) -> Lease | None:
+    """What the daemon's DHCP server gives ``slave``'s guest: its IPv4 addresses with
+    their prefixes, first one first, and its name as host name; ``None`` when it is
+    not answered (``dhcp = false``, learning, or no IPv4 address)."""
+    v4 = tuple((a.ip.packed, a.network.prefixlen) for a in slave.addresses if a.version == 4)
+    if not slave.dhcp or slave.learn or not v4:
+        return None
+    return Lease(v4, slave.name)
 
 
 def parse_queues(where: str, value: Any) -> int:
@@ -441,14 +467,45 @@ def _permissions(where: str, value: Any) -> int:
 
 
 def _daemon(where: str, table: Any) -> DaemonConfig:
-    t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions"}, set())
+    t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions", "dns", "dns_search"}, set())
     owner = _id(f"{where}.socket_owner", t["socket_owner"], lambda n: pwd.getpwnam(n).pw_uid, "user") \
         if "socket_owner" in t else -1
     group = _id(f"{where}.socket_group", t["socket_group"], lambda n: grp.getgrnam(n).gr_gid, "group") \
         if "socket_group" in t else default_socket_group()
     perms = _permissions(f"{where}.socket_permissions", t["socket_permissions"]) \
         if "socket_permissions" in t else 0o660
-    return DaemonConfig(owner, group, perms)
+    dns = _dns(f"{where}.dns", t["dns"]) if "dns" in t else None
+    search = _search(f"{where}.dns_search", t["dns_search"]) if "dns_search" in t else None
+    return DaemonConfig(owner, group, perms, dns, search)
+
+
+def _list(where: str, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _dns(where: str, value: Any) -> tuple[str, ...]:
+    out = []
+    for i, v in enumerate(_list(where, value)):
+        text = _str(f"{where}[{i}]", v)
+        try:
+            out.append(str(ipaddress.IPv4Address(text)))
+        except ValueError:
+            raise ConfigError(f"{where}[{i}]: {text!r} is not an IPv4 address") from None
+    if len(out) > MAX_DNS:
+        raise ConfigError(f"{where}: at most {MAX_DNS} servers")
+    return tuple(out)
+
+
+def _search(where: str, value: Any) -> tuple[str, ...]:
+    out = []
+    for i, v in enumerate(_list(where, value)):
+        text = _str(f"{where}[{i}]", v)
+        if not _DOMAIN.fullmatch(text):
+            raise ConfigError(f"{where}[{i}]: {text!r} is not a domain name")
+        out.append(text)
+    return tuple(out)
 
 
 def parse(data: Any) -> Config:
@@ -492,6 +549,8 @@ def slave_table(slave: SlaveConfig) -> dict[str, Any]:
         t["peer_gid"] = slave.peer_gid
     if slave.queues != 1:
         t["queues"] = slave.queues
+    if not slave.dhcp:
+        t["dhcp"] = False
     return t
 
 
@@ -511,6 +570,10 @@ def daemon_table(d: DaemonConfig) -> dict[str, Any]:
         t["socket_group"] = d.socket_group
     if d.socket_permissions != default.socket_permissions:
         t["socket_permissions"] = d.socket_permissions
+    if d.dns is not None:
+        t["dns"] = list(d.dns)
+    if d.dns_search is not None:
+        t["dns_search"] = list(d.dns_search)
     return t
 
 

@@ -105,6 +105,7 @@ class DropReason(IntEnum):
     NEIGH_BUDGET = 45
     NEIGH_QUEUE_FULL = 46
     NEIGH_FAILED = 47
+    DHCP_MALFORMED = 48
 
     @property
     def label(self) -> str:
@@ -257,6 +258,11 @@ REASONS: Final[dict[DropReason, Reason]] = {
         _ROUTE, _SENDER,
         "a held packet whose next hop did not resolve (about 3 s: the kernel's NEIGH_FAILED), or whose master "
         "went or changed meanwhile"),
+    DropReason.DHCP_MALFORMED: Reason(
+        _SW, _SENDER,
+        "a DHCPv4 client message (UDP 68 -> 67) from a guest the backend answers (`dhcp`) that does not parse "
+        "(`net/dhcp.py`: short, not a BOOTREQUEST, no magic cookie, an option past the end, no or a server's "
+        "message type); it goes nowhere"),
 }
 
 _missing = [r.label for r in DropReason if r not in REASONS] + [w.value for w in Where if w not in PLACES]

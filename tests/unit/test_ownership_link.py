@@ -120,3 +120,17 @@ def test_no_host_route_for_a_learned_address_off_the_masters_link() -> None:
     link._route_batch = route_batch  # type: ignore[method-assign]
     link.sync()
     assert sorted(a for _, a in routed) == sorted([ip("192.0.2.10"), ip("192.0.2.50")])
+
+
+def test_default_gateway_is_read_with_the_prefixes(owners: tuple[Ownership, FakeRtnl, Port]) -> None:
+    """The DHCP server's router in l2: the master's IPv4 default gateway, lowest metric first."""
+    o, fake, port = owners
+    o.master_addresses("lo")
+    assert port.gateway_v4 == ip("192.0.2.1")
+    fake.routes[2] = [Msg({"RTA_GATEWAY": "192.0.2.3", "RTA_PRIORITY": 200}, type=1, dst_len=0),
+                      Msg({"RTA_GATEWAY": "192.0.2.4", "RTA_PRIORITY": 100}, type=1, dst_len=0)]
+    o.master_addresses("lo")
+    assert port.gateway_v4 == ip("192.0.2.4")
+    fake.routes[2] = []
+    o.master_addresses("lo")
+    assert port.gateway_v4 is None

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 16
 SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn", "allow_router",
-              "owner", "peer_uid", "peer_gid", "queues"}
+              "owner", "peer_uid", "peer_gid", "queues", "dhcp"}
 
 Params = dict[str, Any]
 
@@ -303,6 +303,7 @@ class ControlServer:
             info["queues_connected"] = ep.conn.session.queue_pairs  # until the front-end reconnects
         if sc.learn:
             info["learned"] = learned_addresses(ep.device.slave)
+        info["dhcp_answered"] = ep.device.slave.dhcp is not None
         return info
 
 

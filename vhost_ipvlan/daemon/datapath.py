@@ -36,6 +36,10 @@ Rules:
 - Host <-> guest (``hostlink``, optional): ``TO_HOST`` frames go into the port's
   host tap; without one they are dropped ``to_host_unsupported``. In l2 a guest's
   ARP/NS for one of the host's addresses on the master is answered here.
+- ``ANSWER(DHCP)`` (a guest whose ``Slave.dhcp`` is set): ``net.dhcp`` answers its
+  DHCPv4 client message into its own RX ring; the message goes nowhere else.
+  Counted per outcome in ``NetDevice.dhcp`` (``stats``: ``dhcp``), a malformed one
+  as ``dhcp_malformed``. What it is told: ``dhcp_network``.
 - l3/l3s: ``ANSWER`` replies with the master's MAC (to the guest, or out the
   master); ``ROUTE`` asks ``routing.Router`` for the next hop's MAC (a local route
   goes to the host link; l3s ports route only link-local destinations and vepa's
@@ -53,7 +57,7 @@ import os
 from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason, new_counters
-from ..net import neigh
+from ..net import dhcp, neigh
 from ..net.frames import IPV4_DST, IPV6_DST, L3_IPV4, L3_IPV6, OFF_ETHERTYPE, classify, shifted
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
 from ..switch.verdict import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
@@ -71,6 +75,10 @@ log = logging.getLogger(__name__)
 
 ETH_HLEN = 14
 RESCAN_INTERVAL = 0.2
+#: the DHCP router and server identifier of an l3/l3s port whose master has no IPv4
+#: address (and the server identifier of an l2 one with neither address nor gateway):
+#: link-local, never on the wire; the guest reaches it through option 121
+DHCP_FALLBACK_ROUTER: Final = bytes((169, 254, 1, 1))
 #: virtio_net_hdr flag: the checksum is known good (the tap sets it on the host's frames)
 HDR_F_DATA_VALID = 2
 # fields of the frame behind the virtio-net header (net/frames.py)
@@ -114,6 +122,9 @@ class PortDatapath:
         self.hostlink: HostPort | None = None
         self.router: NextHops | None = None
         self.master_src_mac = port.traits.master_src_mac
+        #: DNS servers (packed IPv4) and search domains the DHCP server hands out; set
+        #: by the topology (``[daemon] dns``/``dns_search``, else the host's resolv.conf)
+        self.dns: tuple[tuple[bytes, ...], tuple[str, ...]] = ((), ())
         self._flushing = False
 
     def start(self) -> None:
@@ -224,7 +235,10 @@ class PortDatapath:
         elif action == ROUTE:
             self._route(dev, buf, length)
         elif action == ANSWER:
-            self._answer(dev, buf[net.HDR_LEN : length])
+            if arg is None:
+                self._answer(dev, buf[net.HDR_LEN : length])
+            else:
+                self._answer_dhcp(dev, buf[net.HDR_LEN : length])
         # DROP: the switch has counted it on the slave
         return 0
 
@@ -313,6 +327,44 @@ class PortDatapath:
         reply = neigh.reply(frame, self.port.master_mac, router=True)
         if reply is not None:
             dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
+
+    def _answer_dhcp(self, dev: NetDevice, frame: memoryview) -> None:
+        """A DHCPv4 client message from ``dev``'s guest: the reply goes into its RX ring
+        only (``net.dhcp``); counted by outcome, a malformed one as a drop."""
+        lease = dev.slave.dhcp
+        if lease is None:  # turned off between the decision and here: cannot happen on one loop
+            return
+        outcome, reply = dhcp.answer(frame, lease, self.dhcp_network(lease), self.port.master_mac)
+        if outcome == dhcp.Outcome.MALFORMED:
+            dev.drops[DropReason.DHCP_MALFORMED] += 1
+            return
+        dev.dhcp[outcome] += 1
+        if reply is not None:
+            dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
+
+    def dhcp_network(self, lease: dhcp.Lease) -> dhcp.Network:
+        """What the DHCP server tells ``lease``'s guest about the port (built per message:
+        they are rare). l3/l3s (``traits.master_src_mac``: the master is the guest's
+        router): router and server identifier are the master's first IPv4 address (in
+        the guest's subnet if it has one there), else ``DHCP_FALLBACK_ROUTER``; the
+        guest's ARP for it is answered with the master's MAC, like any. l2: the router
+        is the master's IPv4 default gateway (``Port.gateway_v4``, read from the host's
+        routes; none: no router option), the server identifier the master's address,
+        else the router, else ``DHCP_FALLBACK_ROUTER``."""
+        own = sorted(a for a in self.port.master_addresses if len(a) == 4)
+        addr, prefix = lease.addresses[0]
+        mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+        near = [a for a in own if int.from_bytes(a, "big") & mask == int.from_bytes(addr, "big") & mask]
+        master = (near or own)[0] if own else None
+        if self.master_src_mac:
+            router: bytes | None = master or DHCP_FALLBACK_ROUTER
+            server = router
+        else:
+            router = self.port.gateway_v4
+            server = master or router or DHCP_FALLBACK_ROUTER
+        assert server is not None
+        mtu = self.max_frame - net.HDR_LEN - ETH_HLEN
+        return dhcp.Network(server, router, mtu, *self.dns)
 
     def _answer_for_host(self, dev: NetDevice, frame: memoryview) -> None:
         """l2: a guest's ARP request or NS for one of the host's addresses on the master."""

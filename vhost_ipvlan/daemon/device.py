@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING
 
 from ..drops import DropReason, new_counters
 from ..errors import GuestError
+from ..net.dhcp import Outcome
 from ..net.frames import flow_hash
 from ..vhost_user.session import RX, TX, Session, Vring, pair_of
 from ..virtio import net
@@ -169,6 +170,9 @@ class NetDevice:
         self.fast = fastpath.DeviceCounters()
         #: drop counters, indexed by DropReason (the switch's are ``slave.drops``)
         self.drops = new_counters()
+        #: what the backend's DHCP server did for this guest, indexed by ``dhcp.Outcome``
+        #: (MALFORMED stays 0: it is the drop ``dhcp_malformed``)
+        self.dhcp = [0] * len(Outcome)
         self._drain_scheduled = False
 
     # -- the first pair's rings (a single-queue guest's) ------------------------------
@@ -320,6 +324,10 @@ class NetDevice:
             "tx_packets": self.tx_packets,
             "tx_bytes": self.tx_bytes,
         }
+
+    def dhcp_stats(self) -> dict[str, int]:
+        """Non-zero DHCP outcomes (``offered``, ``acked``, ``naked``, ...) by label."""
+        return {o.label: self.dhcp[o] for o in Outcome if self.dhcp[o]}
 
     def queue_stats(self) -> dict[str, object]:
         """The queue pairs: how many the slave offers, how many the connection has and

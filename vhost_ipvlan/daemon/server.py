@@ -141,6 +141,7 @@ class Daemon:
                     "multicast": dev.slave.mcast.describe(),
                     "queues": dev.queue_stats(),
                     **({"learned": learned_addresses(dev.slave)} if dev.slave.learn else {}),
+                    **({"dhcp": dev.dhcp_stats()} if any(dev.dhcp) else {}),
                 }
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,

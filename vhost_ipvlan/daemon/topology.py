@@ -63,7 +63,7 @@ from .. import config as cfg
 from ..config import Config, PortConfig, SlaveConfig
 from ..errors import AddressInUse, ConfigError, MacInUse, NoSuchInterface, NotFound, PortBusy, UplinkError
 from ..switch.port import Port, Slave
-from . import fdbudget, nft
+from . import fdbudget, nft, resolv
 from .datapath import PortDatapath
 from .device import NetDevice
 from .endpoint import Endpoint
@@ -165,10 +165,18 @@ class Topology:
         finally:
             self._deferred = None
 
+    def _set_dns(self) -> None:
+        """Give every port the DHCP server's DNS options (``[daemon]``, else the host's)."""
+        found = resolv.dns(self.config.daemon)
+        for dp in self.ports:
+            dp.dns = found
+
     def _apply(self, new: Config, undo: ExitStack, where: str) -> None:
         if new.daemon != self.config.daemon:  # socket ownership: applies to sockets made from now on
             undo.callback(self._set_config, self.config)
+            undo.callback(self._set_dns)
             self.config = replace(self.config, daemon=new.daemon)
+            self._set_dns()
         wanted = {p.master: p for p in new.ports}
         have = {p.master for p in self.config.ports}
         for i, p in enumerate(new.ports):  # before anything changes: a missing master refuses it all
@@ -228,6 +236,7 @@ class Topology:
         port.master_addresses = self.owners.master_addresses(pc.master)
         port.on_learn = partial(self.owners.learned, pc.master)
         dp = PortDatapath(port, uplink, self.loop)
+        dp.dns = resolv.dns(self.config.daemon)
         undo.callback(_close_extras, dp)
         try:
             dp.hostlink = HostLink(port, uplink.ifindex)
@@ -319,6 +328,7 @@ class Topology:
         except ConfigError as e:
             raise e.at(where) from e
         undo.callback(dp.port.remove_slave, slave)
+        slave.dhcp = cfg.dhcp_lease(sc)
         dev = NetDevice(slave, dp, queues=sc.queues)
         dp.devices[sc.name] = dev
         undo.callback(self._forget_device, dp, dev)
@@ -386,6 +396,10 @@ class Topology:
         if old.allow_router != sc.allow_router:
             slave.allow_router = sc.allow_router
             undo.callback(setattr, slave, "allow_router", old.allow_router)
+        lease = cfg.dhcp_lease(sc)
+        if lease != slave.dhcp:  # addresses, or dhcp on/off: answered from the next message on
+            undo.callback(setattr, slave, "dhcp", slave.dhcp)
+            slave.dhcp = lease
         if old.queues != sc.queues:  # for the next connection: the connected one keeps its pairs
             index = self._index()
             if sc.queues > old.queues:

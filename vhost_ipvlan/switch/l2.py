@@ -21,6 +21,10 @@ From a guest (source validation first: a departure, the kernel checks nothing)
      nobody uses; and in learning mode up to 1 IPv4 + 4 IPv6 addresses nobody
      owns, on the master's link); else SRC_MAC_SPOOF, SRC_IP_SPOOF,
      TOO_MANY_LINK_LOCALS, LEARN_REFUSED or LEARN_NOT_ON_LINK.
+  3b. A DHCPv4 client message (UDP 68 -> 67, any destination) from a slave whose
+     ``dhcp`` lease is set -> ANSWER(DHCP): the backend answers it into that guest's
+     RX ring (``net.dhcp``); it reaches neither the wire nor another guest
+     (departure: the kernel has no DHCP server).
   4. Destination MAC multicast/broadcast -> MULTICAST: FLOOD in every flag (kernel:
      other UP slaves + wire, the host gets no copy). IGMP/MLD in it update the
      sender's multicast filter (``mcast``), unless the frame is longer than the
@@ -64,11 +68,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason
+from ..net.dhcp import is_client_message
 from ..net.frames import L3_ARP, L3_IPV4, L3_IPV6, L3_MALFORMED, L3_OTHER, L3_RUNT, Frame, classify
 from .guard import check_guard
 from .source import check_source
 from .table import Dest, Source
-from .verdict import GUEST_REJECT, FromGuest, FromUplink, Verdict, apply, drop, rules
+from .verdict import ANSWERED_DHCP, GUEST_REJECT, FromGuest, FromUplink, Verdict, apply, drop, rules
 
 if TYPE_CHECKING:
     from .port import Port, Slave
@@ -96,6 +101,9 @@ def from_guest(flag: str) -> FromGuest:
             why = check_source(port, slave, frame, kind, src, sha, l3src, key)
             if why is not None:
                 return drop(drops, why)
+
+        if slave.dhcp is not None and kind == L3_IPV4 and is_client_message(frame):
+            return ANSWERED_DHCP  # the backend is this guest's DHCP server: it never leaves
 
         # Destination.
         if dst[0] & 1:

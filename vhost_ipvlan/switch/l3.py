@@ -10,6 +10,8 @@ with the master's MAC, so a guest needs no special configuration (a plain
 has the master's MAC as its source.
 
 From a guest (after the same validation as in l2, ``l2`` "From a guest" steps 1-3):
+  0. A DHCPv4 client message from a slave whose ``dhcp`` lease is set -> ANSWER(DHCP),
+     as in l2 (the daemon is the guest's DHCP server and router).
   1. ARP request (not a probe from 0.0.0.0) or NS (not DAD) whose target is not
      the guest's own address -> ANSWER (departure: the kernel's NOARP slave
      never asks). Any other ARP -> DROP(NOT_IP); DAD NS -> DROP(MULTICAST_DST).
@@ -56,9 +58,11 @@ from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason
 from ..net.addr import ZERO_V4, ZERO_V6, is_link_local_v6
+from ..net.dhcp import is_client_message
 from ..net.frames import (
     ARPOP_REQUEST,
     L3_ARP,
+    L3_IPV4,
     L3_IPV6,
     L3_ND_NS,
     L3_OTHER,
@@ -71,7 +75,19 @@ from ..net.frames import (
 from .guard import check_guard
 from .source import check_source
 from .table import Dest, Source
-from .verdict import ANSWERED, GUEST_REJECT, PASSED, ROUTED, FromGuest, FromUplink, Verdict, apply, drop, rules
+from .verdict import (
+    ANSWERED,
+    ANSWERED_DHCP,
+    GUEST_REJECT,
+    PASSED,
+    ROUTED,
+    FromGuest,
+    FromUplink,
+    Verdict,
+    apply,
+    drop,
+    rules,
+)
 
 if TYPE_CHECKING:
     from .port import Port, Slave
@@ -114,6 +130,8 @@ def from_guest(mode: str, flag: str) -> FromGuest:
         if bad is not None:
             return bad
         drops = slave.drops
+        if slave.dhcp is not None and kind == L3_IPV4 and is_client_message(frame):
+            return ANSWERED_DHCP
         if kind == L3_ARP:
             if frame[_ARP_OP] == ARPOP_REQUEST and frame[_ARP_OP - 1] == 0 and l3src != ZERO_V4 \
                     and key not in slave.addresses:

@@ -33,6 +33,9 @@ Rules (kernel ``ipvlan_main.c``: docs/kernel-behaviour.md §2 and §7, with its 
 - The tables (``by_addr``, ``by_mac``) hold every slave, up or down; delivery
   checks ``Slave.up``. ``generation`` increases on every address change so the
   daemon knows when to re-sync what it steals from the host (``consumed_addresses``).
+- A slave whose ``dhcp`` lease is set (the daemon sets it: ``dhcp`` on, an IPv4
+  address configured, not learning) has its DHCPv4 client messages answered by
+  the backend (``l2``/``l3``: ``ANSWERED_DHCP``), whatever their destination.
 - Each slave has a multicast filter (``mcast.GroupFilter``): the policy feeds it the
   guest's IGMP/MLD, the daemon asks it before flooding to that slave.
 - Per-frame decisions are ``port.from_guest(slave, frame)`` and
@@ -59,6 +62,7 @@ from ..net.addr import (
     parse_ip,
     parse_mac,
 )
+from ..net.dhcp import Lease
 from ..net.frames import ETH_HLEN, L3_IPV6, Frame
 from .decisions import DECISIONS, FLAGS, MODES, TRAITS, modes_with
 from .mcast import GroupFilter
@@ -78,8 +82,8 @@ class Slave:
     """One guest NIC on a port. Created by ``Port.add_slave`` only."""
 
     __slots__ = (
-        "addresses", "allow_router", "drops", "index", "learn", "learned", "learned_addrs", "mac", "mcast", "name",
-        "port", "to_me", "up", "via_wire",
+        "addresses", "allow_router", "dhcp", "drops", "index", "learn", "learned", "learned_addrs", "mac", "mcast",
+        "name", "port", "to_me", "up", "via_wire",
     )
 
     def __init__(self, port: Port, name: str, index: int, mac: bytes | None) -> None:
@@ -97,6 +101,9 @@ class Slave:
         self.learned_addrs: set[bytes] = set()
         #: may send Router Advertisements, Redirects and DHCP server messages (``guard``)
         self.allow_router = False
+        #: what the backend's DHCPv4 server gives this guest (``net.dhcp``), set by the daemon;
+        #: ``None``: its DHCP client messages are switched like any frame
+        self.dhcp: Lease | None = None
         #: set by the daemon when the guest's RX queue is ready
         self.up = False
         #: drop counters, indexed by DropReason
@@ -175,6 +182,9 @@ class Port:
         #: the longest frame (Ethernet header + the master's MTU) the wire takes; the
         #: daemon keeps it; longer non-GSO frames are dropped, and never snooped
         self.max_frame = ETH_HLEN + 1500
+        #: the master's IPv4 default gateway (packed), read from the host's routes by the
+        #: daemon; the DHCP server's router in l2 (``None``: unknown, no router option)
+        self.gateway_v4: bytes | None = None
         #: the master's connected prefixes, as (address length, network, mask) integers
         self.master_prefixes: tuple[tuple[int, int, int], ...] = ()
         #: the daemon's predicate: the address (or 6-byte MAC) is in use beyond the port

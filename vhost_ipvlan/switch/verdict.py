@@ -24,8 +24,11 @@ TO_HOST    None               from a guest: give it to the host's own stack (the
 ROUTE      None               from a guest (l3): route it in the host's tables,
                               pinned to the master (``daemon.routing``), and
                               transmit it to the next hop
-ANSWER     None               an ARP request or NS the backend answers itself, to
-                              whoever sent it, claiming the master's MAC
+ANSWER     None or DHCP       None: an ARP request or NS the backend answers itself,
+                              to whoever sent it, claiming the master's MAC; ``DHCP``
+                              (from a guest whose ``Slave.dhcp`` is set): a DHCPv4
+                              client message, answered by ``net.dhcp`` into the
+                              sender's RX ring only (it never leaves: a departure)
 =========  =================  ==================================================
 
 Rules:
@@ -93,6 +96,9 @@ PASSED: Final[Verdict] = (PASS, None)
 HOSTED: Final[Verdict] = (TO_HOST, None)
 ROUTED: Final[Verdict] = (ROUTE, None)
 ANSWERED: Final[Verdict] = (ANSWER, None)
+#: ``ANSWER``'s argument for a DHCPv4 client message (the server port)
+DHCP: Final = 67
+ANSWERED_DHCP: Final[Verdict] = (ANSWER, DHCP)
 DROPS: Final[tuple[Verdict, ...]] = tuple((DROP, r) for r in DropReason)
 
 _TARGET_DOWN: Final = DropReason.TARGET_DOWN
