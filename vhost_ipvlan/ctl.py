@@ -57,6 +57,8 @@ def add_parsers(sub: Any) -> None:
                        help="learn the guest's addresses from its traffic (mode l2; up to 1 IPv4 + 4 IPv6)")
         p.add_argument("--allow-router", action="store_true", default=None,
                        help="let the guest send Router Advertisements, Redirects and DHCP server messages")
+        p.add_argument("--dhcp", action="store_true", default=None,
+                       help="the daemon answers the guest's DHCPv4 with its IPv4 address (the default)")
         p.add_argument("--queues", type=int, metavar="N",
                        help="virtio-net queue pairs offered (1-16, default 1; QEMU's queues=N; on change: from "
                             "the guest's next connection)")
@@ -64,6 +66,8 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--no-learn", action="store_true", help="stop learning (forgets learned addresses)")
             p.add_argument("--no-allow-router", action="store_true",
                            help="guard again: drop the guest's RAs, Redirects and DHCP server messages")
+            p.add_argument("--no-dhcp", action="store_true",
+                           help="do not answer the guest's DHCPv4: its client messages are switched like any frame")
             p.add_argument("--no-addresses", action="store_true", help="remove every address")
             p.add_argument("--no-mac", action="store_true", help="forget the configured MAC")
             p.add_argument("--no-qmp", action="store_true", help="forget qmp and qmp_device (back to snooping)")
@@ -103,6 +107,8 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         params["learn"] = True
     if args.allow_router:
         params["allow_router"] = True
+    if args.dhcp:
+        params["dhcp"] = True
     if args.action == "change":
         if args.no_addresses:
             params["addresses"] = []
@@ -114,6 +120,8 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             params["learn"] = False
         if args.no_allow_router:
             params["allow_router"] = False
+        if args.no_dhcp:
+            params["dhcp"] = False
     probe = {"socket": "/probe", **{k: v for k, v in params.items() if k != "master" and v is not None}}
     if args.action == "change" and "qmp_device" in probe and "qmp" not in probe:
         probe["qmp"] = "/probe.qmp"  # the slave's own qmp: the daemon checks

@@ -185,3 +185,67 @@ def test_hostile_bytes_never_raise(noise: bytes, cut: int) -> None:
     assert (reply is None) == (outcome not in (Outcome.OFFERED, Outcome.ACKED, Outcome.NAKED, Outcome.INFORMED))
     body = base[:42 + 240] + noise  # hostile options after a valid header
     dhcp.answer(body, LEASE, NET, MASTER)
+
+
+# -- the settings: slave dhcp, [daemon] dns / dns_search, CLI, resolv.conf ----------------
+
+
+def test_dhcp_config_keys_round_trip() -> None:
+    import tomllib
+
+    from vhost_ipvlan import config as cfg
+    from vhost_ipvlan.control import server, state
+    from vhost_ipvlan.errors import ConfigError
+
+    data = {"daemon": {"dns": ["192.0.2.53"], "dns_search": ["example.org", "lab.example.org."]},
+            "port": [{"master": "m0", "slave": [{"name": "x", "socket": "/x", "dhcp": False},
+                                                {"name": "y", "socket": "/y"}]}]}
+    config = cfg.parse(data)
+    assert [s.dhcp for _, s in config.slaves()] == [False, True]
+    assert config.daemon.dns == ("192.0.2.53",) and config.daemon.dns_search == ("example.org", "lab.example.org.")
+    assert cfg.parse(cfg.to_data(config)) == config
+    assert "dhcp" not in cfg.slave_table(config.ports[0].slaves[1])
+    text = state.dumps(config)
+    assert "dhcp = false\n" in text and cfg.parse(tomllib.loads(text)) == config
+    assert "dhcp" in server.SLAVE_KEYS
+    for bad, match in (({"dhcp": "yes"}, r"^port\[0\]\.slave\[0\]\.dhcp: expected true or false"),):
+        with pytest.raises(ConfigError, match=match):
+            cfg.parse({"port": [{"master": "m0", "slave": [{"name": "x", "socket": "/x", **bad}]}]})
+    for daemon, match in (({"dns": ["fd00::53"]}, r"^daemon\.dns\[0\]: 'fd00::53' is not an IPv4 address"),
+                          ({"dns": "192.0.2.53"}, r"^daemon\.dns: expected a list"),
+                          ({"dns": ["192.0.2.1"] * 9}, r"^daemon\.dns: at most 8 servers"),
+                          ({"dns_search": ["bad..name"]}, r"^daemon\.dns_search\[0\]: 'bad..name' is not a domain")):
+        with pytest.raises(ConfigError, match=match):
+            cfg.parse({"daemon": daemon})
+
+
+def test_dhcp_cli_flags() -> None:
+    from vhost_ipvlan.cli import build_parser
+    from vhost_ipvlan.ctl import request
+
+    def req(*argv: str) -> tuple[str, dict[str, object]]:
+        return request(build_parser().parse_args(["slave", *argv]))
+
+    assert req("change", "a", "--no-dhcp") == ("slave.change", {"name": "a", "dhcp": False})
+    assert req("change", "a", "--dhcp") == ("slave.change", {"name": "a", "dhcp": True})
+
+
+def test_resolv_conf(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from vhost_ipvlan.config import DaemonConfig
+    from vhost_ipvlan.daemon import resolv
+
+    assert isinstance(tmp_path, Path)
+    conf, upstream = tmp_path / "resolv.conf", tmp_path / "upstream.conf"
+    conf.write_text("# generated\nnameserver 127.0.0.53\nnameserver 192.0.2.53 # lab\nnameserver fd00::53\n"
+                    "domain old.example\nsearch example.org lab.example.org\noptions edns0\n")
+    ip = ipaddress.IPv4Address
+    assert resolv.dns(DaemonConfig(), conf, upstream) == \
+        ((ip("192.0.2.53").packed,), ("example.org", "lab.example.org"))
+    conf.write_text("nameserver 127.0.0.53\n")  # systemd-resolved: its upstream servers instead
+    upstream.write_text("nameserver 198.51.100.53\n")
+    assert resolv.dns(DaemonConfig(), conf, upstream) == ((ip("198.51.100.53").packed,), ())
+    assert resolv.dns(DaemonConfig(dns=("203.0.113.1",), dns_search=()), conf, upstream) == \
+        ((ip("203.0.113.1").packed,), ())
+    assert resolv.dns(DaemonConfig(), tmp_path / "missing", tmp_path / "missing2") == ((), ())

@@ -292,7 +292,7 @@ class ControlServer:
         return {**cfg.port_table(pc), "slave": [s.name for s in pc.slaves]}
 
     def _slave_info(self, master: str, sc: cfg.SlaveConfig) -> dict[str, Any]:
-        info: dict[str, Any] = {"master": master, **cfg.slave_table(sc), "queues": sc.queues}
+        info: dict[str, Any] = {"master": master, **cfg.slave_table(sc), "queues": sc.queues, "dhcp": sc.dhcp}
         try:
             ep = self.topology.endpoint(sc.name)
         except KeyError:
