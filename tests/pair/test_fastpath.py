@@ -555,8 +555,8 @@ def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFix
             if corrupt:
                 p.dp.fast_args(dev)
                 b4 = ipaddress.ip_address(B4).packed
-                rxq, bmac, _, counters, bdev = p.dp.fast_table.table[b4]
-                p.dp.fast_table.table[b4] = (rxq, bmac, 2**70, counters, bdev)
+                rings, bmac, _, bdev = p.dp.fast_table.table[b4]
+                p.dp.fast_table.table[b4] = (rings, bmac, 2**70, bdev)
             for i in range(3):
                 p.frontends["a"].transmit(frame_to_b(b"%d" % i))
             drain_until_idle(p)
