@@ -23,7 +23,7 @@
  *       port says the sender owns);
  *     - destination address in ``table`` (built by Python from the port: only up
  *       slaves whose RX queue is started and enabled), destination MAC == that
- *       target's MAC, target != sender;
+ *       target's MAC (the sender's own address too: l2 gives it back, as Python);
  *     - the header's offloads are ones the target negotiated;
  *     - the target's next RX chain is one writable descriptor big enough.
  *   To the wire (``wire`` is not None: Python gives it only for ``fast_wire``
