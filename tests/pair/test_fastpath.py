@@ -849,8 +849,11 @@ def test_the_guests_get_the_same_frames_from_the_wire_with_and_without_the_accel
         assert truncated == 2 and fast["uplink_rx"] == len(frames) - truncated
 
 
-@pytest.mark.parametrize("trouble", ["c_down", "b_small_buffers", "b_ring_full"])
-def test_receivers_that_cannot_take_a_frame_from_the_wire_count_the_same(trouble: str) -> None:
+@pytest.mark.parametrize(("trouble", "b_queues"), [("c_down", 1), ("b_small_buffers", 1), ("b_ring_full", 1),
+                                                   ("b_small_buffers", 2), ("b_ring_full", 2)])
+def test_receivers_that_cannot_take_a_frame_from_the_wire_count_the_same(trouble: str, b_queues: int) -> None:
+    """b_queues=2: the trouble is in b's first RX ring only; the flows for the other
+    still arrive, through C."""
     def before(p: InprocPort) -> None:
         if trouble == "c_down":
             c = p.device("c")
@@ -863,10 +866,13 @@ def test_receivers_that_cannot_take_a_frame_from_the_wire_count_the_same(trouble
             frontend.make_rx_zero_capacity(p.frontends["b"], 16)
 
     frames = wire_frames()
-    fast = run_from_wire(frames, before=before)
+    fast = run_from_wire(frames, before=before, b_queues=b_queues)
     with pure_python():
-        pure = run_from_wire(frames, before=before)
+        pure = run_from_wire(frames, before=before, b_queues=b_queues)
     assert fast == pure
+    if b_queues == 2:
+        received = fast["received"]
+        assert isinstance(received, dict) and len(received["b"][1]) >= 20
 
 
 def test_the_accelerator_does_deliver_from_the_wire() -> None:
