@@ -87,7 +87,7 @@ def test_kick_descriptor_that_fails_to_read_is_no_longer_watched(rig: Rig) -> No
         fd = rig.session.vrings[which].kick_fd
         assert fd is not None and fd in rig.loop.readers
         os.close(fd)  # reads now fail with EBADF: the reader must go, not fire forever
-        handler(fd)
+        handler(fd, which)
         assert fd not in rig.loop.readers
         rig.session.vrings[which].kick_fd = None  # already closed
 

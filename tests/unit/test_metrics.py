@@ -72,12 +72,15 @@ class _Reference:
                     fams["s_drop"].add_metric([*lv, reason], n)
                 fams["s_up"].add_metric(lv, 1.0 if ss["up"] else 0.0)
                 fams["s_link"].add_metric(lv, 1.0 if ss.get("link", "up") == "up" else 0.0)
+                if "queues" in ss:
+                    fams["s_qp"].add_metric(lv, ss["queues"]["queue_pairs_enabled"])
         yield from fams.values()
 
 
-def _slave(i: int, drops: dict[str, int], *, up: bool = True, link: str = "up") -> dict[str, Any]:
+def _slave(i: int, drops: dict[str, int], *, up: bool = True, link: str = "up", pairs: int = 1) -> dict[str, Any]:
     return {"up": up, "link": link, "rx_packets": i, "rx_bytes": 60 * i, "tx_packets": 7 * i,
-            "tx_bytes": 2**40 + i, "drops": drops, "multicast": {}, "learned": []}
+            "tx_bytes": 2**40 + i, "drops": drops, "multicast": {}, "learned": [],
+            "queues": {"queues": 4, "queue_pairs": 4, "queue_pairs_enabled": pairs, "per_queue": []}}
 
 
 # Two ports as Daemon.stats() has them: drop reasons on masters and slaves, a master
@@ -88,7 +91,7 @@ STATS: dict[str, Any] = {
              "host_link": {"name": "vh0", "rx_packets": 1, "tx_packets": 2}, "address_conflicts": 0,
              "slaves": {"vm1": _slave(1, {"src_ip_spoof": 2, "rx_ring_full": 999_999}),
                         "vm2": _slave(1_000_000, {}, up=False),
-                        "vm3": _slave(0, {})}},
+                        "vm3": _slave(0, {}, pairs=3)}},
     "bond0": {"uplink_rx_packets": 0, "uplink_tx_packets": 0, "link": "down", "drops": {},
               "slaves": {"a-b.c": _slave(3, {"master_down": 4}, link="down")}},
     "eth9": {"uplink_rx_packets": 0, "uplink_tx_packets": 0, "slaves": {}},
@@ -120,6 +123,7 @@ def test_exposition_values_and_labels() -> None:
     assert samples[(p + "master_drops_total", (("master", "eth0"), ("reason", "mtu_exceeded")))] == 10**9
     assert samples[(p + "slave_up", (("master", "eth0"), ("slave", "vm2")))] == 0
     assert samples[(p + "slave_carrier", (("master", "bond0"), ("slave", "a-b.c")))] == 0
+    assert samples[(p + "slave_queue_pairs_enabled", (("master", "eth0"), ("slave", "vm3")))] == 3
     assert samples[(p + "master_up", (("master", "bond0"),))] == 0
     assert samples[(p + "master_up", (("master", "eth9"),))] == 1
     assert (p + "master_mtu_bytes", (("master", "bond0"),)) not in samples

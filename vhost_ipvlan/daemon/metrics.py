@@ -81,6 +81,7 @@ FAMILIES: dict[str, Family] = {
     "s_drop": Family(f"{S}_drops_total", "counter", "Frames dropped, by slave and reason"),
     "s_up": Family(f"{S}_up", "gauge", "1 if the guest's queues are set up (a front-end is connected)"),
     "s_link": Family(f"{S}_carrier", "gauge", "1 if the slave's link is up (follows its master)"),
+    "s_qp": Family(f"{S}_queue_pairs_enabled", "gauge", "Queue pairs whose receive ring takes frames"),
     "m_rx_p": Family(f"{M}_receive_packets_total", "counter", "Frames read from the master"),
     "m_tx_p": Family(f"{M}_transmit_packets_total", "counter", "Frames sent on the master"),
     "m_drop": Family(f"{M}_drops_total", "counter", "Frames from the master dropped, by reason"),
@@ -133,6 +134,8 @@ def exposition(stats: dict[str, Any]) -> bytes:
                 s_drop.append(f'{{{m},reason="{_label(reason)}",{sl}}} {_number(n)}')
             s_up.append(lv + (ONE if ss["up"] else ZERO))
             s_link.append(lv + (ONE if ss.get("link", "up") == "up" else ZERO))
+            if "queues" in ss:
+                lines["s_qp"].append(lv + _number(ss["queues"]["queue_pairs_enabled"]))
     out: list[str] = []
     for key, fam in FAMILIES.items():
         out.append(fam.head())
