@@ -12,7 +12,7 @@ Two virtio-user front-ends, A (198.18.0.1, 02:00:00:00:00:0a) and B (198.18.0.2,
 B's received packets are read at t0 (after a warm-up) and t1; rx pps = delta / (t1 - t0).
 See bench/README.md for the two topologies (``loop``, the default, and ``split``) and why.
 
-Usage: python bench/bench.py [--sizes 64,1500] [--seconds 10] [--json] [--backends ...]
+Usage: python bench/bench.py [--sizes 64,1500] [--seconds 10] [--json] [--backends ...] [--idle-slaves N]
 Needs root (network namespaces) and dpdk-testpmd.
 """
 
@@ -81,9 +81,12 @@ def log(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def ipvlan_backend(work: Path) -> Iterator[tuple[Path, Path]]:
-    """The daemon in a Lab (IPv6 off on the veth: no ND/MLD noise); yields A's and B's sockets."""
+def ipvlan_backend(work: Path, idle: int = 0) -> Iterator[tuple[Path, Path]]:
+    """The daemon in a Lab (IPv6 off on the veth: no ND/MLD noise); yields A's and B's sockets.
+    ``idle`` more slaves (never connected) show that the per-frame cost does not grow with them."""
     slaves = [SlaveSpec("a", [f"{A_IP}/{PREFIX}"], A_MAC), SlaveSpec("b", [f"{B_IP}/{PREFIX}"], B_MAC)]
+    slaves += [SlaveSpec(f"i{i}", [f"10.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/8"],
+                         f"52:54:00:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}") for i in range(idle)]
     with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS) as lab:
         yield lab.sock("a"), lab.sock("b")
         lab.check_daemon()
@@ -209,7 +212,7 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path) -> Re
                     reference_backend("ref-backend", work, [a_sock, b_sock], lcores=BACKEND_LCORES, mem_mb=args.mem_mb)
                 )
             else:
-                a_sock, b_sock = stack.enter_context(ipvlan_backend(work))
+                a_sock, b_sock = stack.enter_context(ipvlan_backend(work, args.idle_slaves))
             runner = run_loop if args.topology == "loop" else run_split
             rx, tx, nrx, ntx, dt = runner(work, a_sock, b_sock, size, args)
         res.ok = True
@@ -306,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue-size", type=int, default=1024, help="virtqueue size (default 1024)")
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here")
+    p.add_argument("--idle-slaves", type=int, default=0, metavar="N",
+                   help="configure N more slaves, never connected (the rate must not depend on them)")
     args = p.parse_args(argv)
 
     sizes = [int(s) for s in args.sizes.split(",") if s]

@@ -13,7 +13,7 @@ process, with the C accelerator (``c``) and without it (``pure``:
 ``VHOST_IPVLAN_PURE=1``), ``--rounds`` times; each round builds fresh ports and measures:
 
 - **worst frame**: the longest single daemon call that handles one frame
-  (``datapath.BURST`` set to 1: one TX chain drained, or one frame read from the wire);
+  (``device.BURST`` set to 1: one TX chain drained, or one frame read from the wire);
 - **worst burst**: the longest single daemon call at the normal burst size (one
   ``drain_tx`` of h, or one read of the uplink), what one event-loop callback costs;
 - **share**: the pair's frames per second of daemon time alone, then with h
@@ -66,7 +66,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from tests.support.frontend import UVA_BASE  # noqa: E402
 from tests.support.hostile import HostilePort  # noqa: E402
-from vhost_ipvlan.daemon import datapath  # noqa: E402
+from vhost_ipvlan.daemon import device, fastpath  # noqa: E402
+from vhost_ipvlan.drops import DropReason, counts  # noqa: E402
 from vhost_ipvlan.errors import VhostIpvlanError  # noqa: E402
 from vhost_ipvlan.virtio import net  # noqa: E402
 from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE  # noqa: E402
@@ -259,12 +260,12 @@ def timed(fn: Callable[[], None], cut: float) -> Took:
 
 @contextmanager
 def burst_size(n: int) -> Iterator[None]:
-    saved = datapath.BURST
-    datapath.BURST = n
+    saved = device.BURST
+    device.BURST = n
     try:
         yield
     finally:
-        datapath.BURST = saved
+        device.BURST = saved
 
 
 # --- the rig: a port with the pair, idle guests and h ------------------------------------------
@@ -303,7 +304,7 @@ class Rig:
         which = [name for name, q in (("rx", self.hdev.rx), ("tx", self.hdev.tx)) if q is None]
         if which:
             return "+".join(which)
-        return "a queue" if self.hdev.drops.get("queue_broken") else ""
+        return "a queue" if self.hdev.drops[DropReason.QUEUE_BROKEN] else ""
 
     def good_turn(self, cut: float) -> tuple[Took, int]:
         """Guest b empties its ring, guest a queues a turn's frames, the daemon drains a
@@ -352,7 +353,7 @@ class Scenario:
             rig.h.top_up(rig.h.txq, self.heads)
         else:
             q = rig.port.uplink.queue
-            while len(q) < datapath.BURST:
+            while len(q) < device.BURST:
                 q.append(self.wire_frame(rig))
 
     def wire_frame(self, rig: Rig) -> bytes:
@@ -753,12 +754,12 @@ def _share_phase(cls: type[Scenario], knobs: Knobs, r: Round) -> None:
         broken = rig.broken()
         if broken:
             r.outcome = f"queue broken ({broken})"
-        r.drops = {k: v for k, v in sorted(rig.hdev.drops.items()) if v}
+        r.drops = dict(sorted(counts(rig.hdev.drops).items()))
         r.h_tx_bytes = rig.hdev.counters()["tx_bytes"]
 
 
 def run_round(name: str, knobs: Knobs, index: int) -> Round:
-    path = "c" if datapath.accelerated() else "pure"
+    path = "c" if fastpath.accelerated() else "pure"
     r = Round(name, path, index)
     cls = SCENARIOS[name]
     try:
@@ -1025,7 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in ("c", "pure") for m in modes):
         p.error("--modes takes c and/or pure")
-    if "c" in modes and not datapath.accelerated():
+    if "c" in modes and not fastpath.accelerated():
         print("hostile.py: the C accelerator is not built (or VHOST_IPVLAN_PURE=1): pure Python only",
               file=sys.stderr)
         modes = [m for m in modes if m != "c"] or ["pure"]

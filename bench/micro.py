@@ -23,7 +23,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.inproc import InprocPort, pure_python
-from vhost_ipvlan.daemon import datapath
+from vhost_ipvlan.daemon import fastpath
 
 A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 A4, B4 = "198.18.0.1", "198.18.0.2"
@@ -63,7 +63,7 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=20000)
     args = p.parse_args()
     rows = []
-    if datapath.accelerated():
+    if fastpath.accelerated():
         rows.append(("C accelerator", measure(args.size, args.frames)))
     with pure_python():
         rows.append(("pure Python", measure(args.size, args.frames)))

@@ -44,18 +44,23 @@ class Reader:
         return int.from_bytes(self.take(2).ljust(2, b"\0"), "little")
 
 
+class _Timer:
+    def cancel(self) -> None:
+        pass
+
+
 class IdleLoop:
-    """Just enough of an event loop for the data path and the topology when nothing
-    runs it: readers, callbacks and timers are accepted and never fire."""
+    """Just enough of an event loop for the data path (a ``daemon.seams.Loop``) and the
+    topology when nothing runs it: readers, callbacks and timers are accepted and never fire."""
 
     def add_reader(self, *args: object) -> None:
         pass
 
-    def remove_reader(self, *args: object) -> None:
-        pass
+    def remove_reader(self, *args: object) -> bool:
+        return False
 
     def call_soon(self, *args: object) -> None:
         pass
 
-    def call_later(self, *args: object) -> None:
-        return None
+    def call_later(self, *args: object) -> _Timer:
+        return _Timer()

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from vhost_ipvlan import config as cfg
+from vhost_ipvlan import errors
 from vhost_ipvlan.control.server import ControlServer
 from vhost_ipvlan.daemon import topology as topo_mod
-from vhost_ipvlan.daemon.datapath import NetDevice
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.daemon.topology import Topology
 from vhost_ipvlan.errors import UplinkError
 from vhost_ipvlan.switch.port import Port
@@ -102,13 +103,29 @@ class _Ownership(_Closable):
                      new: set[Any]) -> None:
         for a in addresses:
             if a.ip.packed in MASTER_ADDRESSES:
-                raise cfg.Conflict(f"{where}.addresses: {a.ip} is the master's own address")
+                raise errors.MasterAddress(f"{where}.addresses: {a.ip} is the master's own address")
 
     def learned(self, master: str, slave: Any, addr: bytes) -> None:
         pass
 
 
+class _Chain:
+    def __init__(self, name: str, master: str, *, ip: bool = True) -> None:
+        self.name, self.master, self.ip = name, master, ip
+
+    def sync(self, addresses: object) -> None:
+        pass
+
+    def reapply(self, addresses: object) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
 class _Nft:
+    Chain = _Chain
+
     def reset(self) -> None:
         pass
 
@@ -124,7 +141,7 @@ class _Nft:
 
 def _check_interface(where: str, master: str) -> None:
     if master not in MASTERS:
-        raise topo_mod.NoSuchInterface(f"{where}.master: interface {master!r} does not exist")
+        raise errors.NoSuchInterface(f"{where}.master: interface {master!r} does not exist")
 
 
 #: the I/O the real ``daemon.topology`` uses, replaced while a harness runs

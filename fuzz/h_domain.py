@@ -23,10 +23,10 @@ from types import TracebackType
 from typing import Any
 
 from vhost_ipvlan.control import protocol
-from vhost_ipvlan.control.client import RemoteError
 from vhost_ipvlan.control.server import ControlServer
+from vhost_ipvlan.errors import DomainError, RemoteError
 from vhost_ipvlan.libvirt import hook
-from vhost_ipvlan.libvirt.domain import DomainError, owner_of, parse, problems, slave_name, slave_requests
+from vhost_ipvlan.libvirt.domain import owner_of, parse, problems, slave_name, slave_requests
 
 from .common import check
 from .h_control import fake_io, handle, make_server

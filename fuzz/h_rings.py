@@ -45,15 +45,17 @@ def _load_fastpath() -> None:
 
 _load_fastpath()
 
-from vhost_ipvlan.daemon import datapath  # noqa: E402
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath  # noqa: E402
+from vhost_ipvlan.daemon import fastpath  # noqa: E402
+from vhost_ipvlan.daemon.datapath import PortDatapath  # noqa: E402
+from vhost_ipvlan.daemon.device import NetDevice  # noqa: E402
+from vhost_ipvlan.drops import counts  # noqa: E402
 from vhost_ipvlan.errors import FrontendError  # noqa: E402
 from vhost_ipvlan.switch.port import Port  # noqa: E402
 from vhost_ipvlan.vhost_user import codec  # noqa: E402
 from vhost_ipvlan.virtio.memory import GuestMemory, Region  # noqa: E402
 from vhost_ipvlan.virtio.virtqueue import SplitQueue  # noqa: E402
 
-FASTPATH = datapath._fastpath
+FASTPATH = fastpath.ext
 RAM = 0x4000
 UVA = 0x7F00_0000_0000
 HIGH_GPA = (1 << 64) - 0x2000
@@ -69,12 +71,19 @@ GUESTS = {
 
 class _Uplink:
     master = "fuzz"
+    ifindex = 0
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
     def fileno(self) -> int:
         return -1
+
+    def recv(self, buf: memoryview) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
 
     def send(self, buf: memoryview, length: int) -> bool:
         self.sent.append(bytes(buf[:length]))
@@ -106,7 +115,7 @@ def _run(cfg: int, base: int, ram: bytes, fast: Any) -> dict[str, Any]:
     event_idx = bool(cfg & 2)
     port = Port("fuzz", MASTER_MAC, "l2", "bridge")
     uplink = _Uplink()
-    dp = PortDatapath(port, uplink, IdleLoop())  # type: ignore[arg-type]
+    dp = PortDatapath(port, uplink, IdleLoop())
     for name, (mac, addrs) in GUESTS.items():
         slave = port.add_slave(name, addrs, mac=mac)
         dev = dp.devices[name] = NetDevice(slave, dp)
@@ -122,15 +131,15 @@ def _run(cfg: int, base: int, ram: bytes, fast: Any) -> dict[str, Any]:
             else:
                 dev.rx, dev.rx_enabled = q, True
         slave.up = dev.rx is not None and not (name == "c" and cfg & 0x80)
-    saved = datapath._fastpath
-    datapath._fastpath = fast
+    saved = fastpath.ext
+    fastpath.ext = fast
     try:
         dp.devices["a"].drain_tx()
     finally:
-        datapath._fastpath = saved
+        fastpath.ext = saved
     out: dict[str, Any] = {"ram": bytes(buf), "high": bytes(high), "uplink": uplink.sent}
     for name, dev in dp.devices.items():
-        out[name] = (dev.counters(), dict(dev.drops), dev.slave.drop_counts(), dev.tx is None, dev.rx is None,
+        out[name] = (dev.counters(), counts(dev.drops), dev.slave.drop_counts(), dev.tx is None, dev.rx is None,
                      [(q.last_avail, q.used_idx) for q in (dev.tx, dev.rx) if q is not None])
     return out
 

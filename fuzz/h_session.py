@@ -23,7 +23,8 @@ from __future__ import annotations
 import mmap
 from typing import Any
 
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
+from vhost_ipvlan.daemon.datapath import PortDatapath
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.errors import FrontendError
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
@@ -76,9 +77,16 @@ class FakeHost:
 
 class _Uplink:
     master = "fuzz"
+    ifindex = 0
 
     def fileno(self) -> int:
         return -1
+
+    def recv(self, buf: memoryview) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
 
     def send(self, buf: memoryview, length: int) -> bool:
         return True
@@ -91,7 +99,7 @@ class FakeDevice(NetDevice):
     def __init__(self) -> None:
         port = Port("fuzz", bytes.fromhex("020000000001"), "l2", "bridge")
         slave = port.add_slave("a", [bytes([10, 0, 0, 10])], mac=bytes.fromhex("02000000000a"))
-        dp = PortDatapath(port, _Uplink(), IdleLoop())  # type: ignore[arg-type]
+        dp = PortDatapath(port, _Uplink(), IdleLoop())
         super().__init__(slave, dp)
         dp.devices["a"] = self
         self.started: set[int] = set()

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from vhost_ipvlan.net.translate import hairpin_to_wire, to_guest, to_wire
 from vhost_ipvlan.switch import source
-from vhost_ipvlan.switch.policy import ANSWER, DECISIONS, DROP, FLOOD, PASS, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
+from vhost_ipvlan.switch.decisions import DECISIONS
 from vhost_ipvlan.switch.port import MAX_LEARNED_LINK_LOCALS, Port, Slave
+from vhost_ipvlan.switch.verdict import ANSWER, DROP, FLOOD, PASS, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 
 from .common import Reader, check
 

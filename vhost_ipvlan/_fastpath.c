@@ -1,8 +1,8 @@
 /*
  * vhost_ipvlan._fastpath: the guest-to-guest hot loop in C.
  *
- * Theory of operation. The pure-Python data path (daemon/datapath.py,
- * virtio/virtqueue.py, switch/policy.py) is the reference and stays complete.
+ * Theory of operation. The pure-Python data path (daemon/device.py, daemon/datapath.py,
+ * virtio/virtqueue.py, switch/l2.py) is the reference and stays complete.
  * This module only accelerates the common case and works on the very same
  * state: a ``SplitQueue``'s ring buffers (``_desc``, ``_avail``, ``_used``), its
  * indices (``last_avail``, ``used_idx``, written back before returning) and its
@@ -43,6 +43,10 @@
  *            as usual. Python counts it and switches the frame itself.
  *   An exception is raised only when nothing was taken (or writing the indices
  *   back failed).
+ *   It counts no drops: a frame it would drop (spoofed, for a guest that is down,
+ *   a full receive ring, ...) is a SLOW_FRAME, and Python counts it under its
+ *   vhost_ipvlan/drops.py reason; so no index of that registry is repeated here
+ *   (tests/unit/test_drops.py checks this file names no drop counter).
  *
  * table: {dst_ip_bytes: (rxq, mac_bytes, caps_int, counters_bytearray16, device)}
  *   caps: bit 0 takes NEEDS_CSUM, bit 1 takes ECN, bits 8..15 the gso_type mask.

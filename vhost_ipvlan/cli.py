@@ -18,8 +18,8 @@ from typing import NoReturn
 
 from . import __version__, ctl
 from .config import Config, load
-from .control.client import DEFAULT_SOCKET, ControlUnavailable, RemoteError
-from .errors import ConfigError, UplinkError
+from .control.client import DEFAULT_SOCKET
+from .errors import ConfigError, ControlUnavailable, RemoteError, UplinkError
 from .libvirt import cli as libvirt_cli
 from .vhost_user.session import DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES
 

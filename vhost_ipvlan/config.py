@@ -33,13 +33,17 @@ Rules:
 - The same parsers (``parse_port``, ``parse_slave``) and cross-checks
   (``check_port``, ``check_slave``) validate control-API requests, so a request and
   a config entry get identical checks and messages; only the key path prefix
-  differs (``params.addresses[0]``). A clash with what exists is a ``Conflict``
+  differs (``params.addresses[0]``). A clash with what exists is an ``errors.Conflict``
   whose ``code`` names it (``address_in_use``, ...).
-- Modes and flags that are not implemented yet are refused by name.
+- The cross-checks cost O(1) per slave (``SlaveIndex``: names, sockets and
+  (master, address) pairs in use), so a file or a daemon with 1000 slaves is
+  checked in linear time; only a clash walks the slaves, to name it.
+- Modes and flags are the switch's (``switch.decisions.MODES``/``FLAGS``); what
+  depends on them is read from its traits (``TRAITS``), never from their names.
 - This module only parses; whether the master exists is checked by the daemon
   (it depends on the network namespace the daemon runs in). Socket owner and
   group names are resolved here (they are the host's, whatever the namespace).
-- ``learn = true`` (mode l2 only) lets the daemon learn the slave's addresses from
+- ``learn = true`` (where the mode's traits allow learning: l2) lets the daemon learn the slave's addresses from
   its traffic (``switch.source``); learned addresses are run-time state, never part
   of a ``Config`` (so never written to the state file).
 - ``allow_router = true`` lifts the RA guard and DHCP-server guard for that slave
@@ -61,39 +65,13 @@ import pwd
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import AddressInUse, ConfigError, NameInUse, PortExists, SocketInUse
+from .switch.decisions import FLAGS, MODES, TRAITS, modes_with
 
-
-class Conflict(ConfigError):
-    """Valid on its own, but clashes with what exists; ``code`` names the clash."""
-
-    code = "conflict"
-
-
-class NameInUse(Conflict):
-    code = "name_in_use"
-
-
-class SocketInUse(Conflict):
-    code = "socket_in_use"
-
-
-class AddressInUse(Conflict):
-    code = "address_in_use"
-
-
-class PortExists(Conflict):
-    code = "port_exists"
-
-
-MODES = ("l2", "l3", "l3s")
-FLAGS = ("bridge", "private", "vepa")
-IMPLEMENTED_MODES = ("l2", "l3", "l3s")
-IMPLEMENTED_FLAGS = ("bridge", "private", "vepa")
 SOCKET_MODES = ("server", "client")
 MAX_ADDRESSES = 256
 
@@ -191,12 +169,10 @@ def _str(where: str, value: Any) -> str:
     return value
 
 
-def _choice(where: str, value: Any, valid: tuple[str, ...], implemented: tuple[str, ...]) -> str:
+def _choice(where: str, value: Any, valid: tuple[str, ...]) -> str:
     text = _str(where, value)
     if text not in valid:
         raise ConfigError(f"{where}: {text!r} is not one of {', '.join(valid)}")
-    if text not in implemented:
-        raise ConfigError(f"{where}: {text!r} is not implemented yet (available: {', '.join(implemented)})")
     return text
 
 
@@ -233,7 +209,7 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
     sock = _socket_path(f"{where}.socket", t["socket"])
-    mode = _choice(f"{where}.socket_mode", t.get("socket_mode", "server"), SOCKET_MODES, SOCKET_MODES)
+    mode = _choice(f"{where}.socket_mode", t.get("socket_mode", "server"), SOCKET_MODES)
     raw = t.get("addresses", [])
     if not isinstance(raw, list):
         raise ConfigError(f"{where}.addresses: expected a list of addresses")
@@ -299,17 +275,20 @@ def parse_port(where: str, table: Any) -> PortConfig:
     """One ``[[port]]`` table with its slaves (cross-checks within the port included)."""
     t = _keys(where, table, {"master", "mode", "flag", "slave"}, {"master"})
     master = check_ifname(f"{where}.master", _str(f"{where}.master", t["master"]))
-    mode = _choice(f"{where}.mode", t.get("mode", "l2"), MODES, IMPLEMENTED_MODES)
-    flag = _choice(f"{where}.flag", t.get("flag", "bridge"), FLAGS, IMPLEMENTED_FLAGS)
+    mode = _choice(f"{where}.mode", t.get("mode", "l2"), MODES)
+    flag = _choice(f"{where}.flag", t.get("flag", "bridge"), FLAGS)
     raw = t.get("slave", [])
     if not isinstance(raw, list):
         raise ConfigError(f"{where}.slave: expected [[port.slave]] tables")
-    port = PortConfig(master, mode, flag, ())
+    slaves: list[SlaveConfig] = []
+    index = SlaveIndex()
     for i, s in enumerate(raw):
         slave = parse_slave(f"{where}.slave[{i}]", s)
-        check_slave(f"{where}.slave[{i}]", (port,), master, slave)
-        port = replace(port, slaves=(*port.slaves, slave))
-    return port
+        check_slave(f"{where}.slave[{i}]", (PortConfig(master, mode, flag, tuple(slaves)),), master, slave,
+                    index=index)
+        slaves.append(slave)
+        index.add(master, slave)
+    return PortConfig(master, mode, flag, tuple(slaves))
 
 
 def check_port(where: str, ports: tuple[PortConfig, ...], port: PortConfig) -> None:
@@ -317,21 +296,73 @@ def check_port(where: str, ports: tuple[PortConfig, ...], port: PortConfig) -> N
     for i, p in enumerate(ports):
         if p.master == port.master:
             raise PortExists(f"{where}.master: {port.master!r} is already port[{i}]")
+    index = SlaveIndex(ports) if port.slaves else None
     for j, s in enumerate(port.slaves):
-        check_slave(f"{where}.slave[{j}]", ports, port.master, s)
+        check_slave(f"{where}.slave[{j}]", ports, port.master, s, index=index)
+
+
+class SlaveIndex:
+    """The names, sockets and (master, address) pairs the slaves of some ports use,
+    each with the slave's name: ``check_slave`` in O(1). Kept by whoever changes the
+    ports (``add``/``remove``), or built from them."""
+
+    def __init__(self, ports: tuple[PortConfig, ...] = ()) -> None:
+        #: slave name -> (its master, its configuration)
+        self.slaves: dict[str, tuple[str, SlaveConfig]] = {}
+        self.sockets: dict[Path, str] = {}
+        self.addresses: dict[tuple[str, object], str] = {}
+        for p in ports:
+            for s in p.slaves:
+                self.add(p.master, s)
+
+    def add(self, master: str, slave: SlaveConfig) -> None:
+        self.slaves[slave.name] = (master, slave)
+        self.sockets[slave.socket] = slave.name
+        for a in slave.addresses:
+            self.addresses[(master, a.ip)] = slave.name
+
+    def remove(self, master: str, slave: SlaveConfig) -> None:
+        self.slaves.pop(slave.name, None)
+        if self.sockets.get(slave.socket) == slave.name:
+            del self.sockets[slave.socket]
+        for a in slave.addresses:
+            if self.addresses.get((master, a.ip)) == slave.name:
+                del self.addresses[(master, a.ip)]
+
+    def clashes(self, master: str, slave: SlaveConfig, replaces: str | None) -> bool:
+        """Whether ``slave`` clashes with a slave other than ``replaces``."""
+        others: set[str | None] = {slave.name} if slave.name in self.slaves else set()
+        others.add(self.sockets.get(slave.socket, replaces))
+        others.update(self.addresses.get((master, a.ip), replaces) for a in slave.addresses)
+        return bool(others - {replaces, None})
 
 
 def check_slave(where: str, ports: tuple[PortConfig, ...], master: str, slave: SlaveConfig,
-                replaces: str | None = None) -> None:
+                replaces: str | None = None, *, index: SlaveIndex | None = None) -> None:
     """Cross-checks of ``slave``, to sit on ``master``, against the slaves of ``ports``.
 
     Names and sockets are unique across all ports, an address once per master.
     ``replaces`` names a slave that the new one takes the place of (a change).
+    ``index`` (of the same ``ports``) makes it O(1) when nothing clashes.
     """
     for p in ports:
-        if p.master == master and slave.learn and p.mode != "l2":
-            raise ConfigError(f"{where}.learn: address learning is only implemented for mode 'l2', "
+        if p.master == master and slave.learn and not TRAITS[(p.mode, p.flag)].learning:
+            modes = ", ".join(repr(m) for m in modes_with("learning"))
+            raise ConfigError(f"{where}.learn: address learning is only implemented for mode {modes}, "
                               f"not {p.mode!r}")
+    if index is None or index.clashes(master, slave, replaces):
+        _check_clashes(where, ports, master, slave, replaces)
+    seen: set[object] = set()
+    for j, a in enumerate(slave.addresses):
+        if a.ip in seen:
+            raise ConfigError(f"{where}.addresses[{j}]: {a.ip} is listed twice")
+        seen.add(a.ip)
+
+
+def _check_clashes(where: str, ports: tuple[PortConfig, ...], master: str, slave: SlaveConfig,
+                   replaces: str | None) -> None:
+    """The walk that names the first slave ``slave`` clashes with."""
+    for p in ports:
         for s in p.slaves:
             if s.name == replaces:
                 continue
@@ -347,11 +378,6 @@ def check_slave(where: str, ports: tuple[PortConfig, ...], master: str, slave: S
                     raise AddressInUse(
                         f"{where}.addresses[{j}]: {a.ip} is already used by slave {s.name!r} on master {master}"
                     )
-    seen: set[object] = set()
-    for j, a in enumerate(slave.addresses):
-        if a.ip in seen:
-            raise ConfigError(f"{where}.addresses[{j}]: {a.ip} is listed twice")
-        seen.add(a.ip)
 
 
 def _id(where: str, value: Any, lookup: Callable[[str], int], what: str) -> int:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg
-from .config import FLAGS as PORT_FLAGS
-from .config import MODES, SOCKET_MODES
+from .config import SOCKET_MODES
 from .control.client import DEFAULT_SOCKET, Client
+from .switch.decisions import FLAGS as PORT_FLAGS
+from .switch.decisions import MODES
 
 
 def add_parsers(sub: Any) -> None:

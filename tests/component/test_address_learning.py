@@ -35,7 +35,8 @@ from scapy.packet import Packet
 from tests.support.frontend import FakeFrontend
 from tests.support.lab import OUT_IP, OUT_IP6, DaemonError, FrontendLab, SlaveSpec, receive, sh
 from tests.support.wait import wait_until
-from vhost_ipvlan.control.client import Client, RemoteError
+from vhost_ipvlan.control.client import Client
+from vhost_ipvlan.errors import RemoteError
 
 pytestmark = [pytest.mark.netns]
 

@@ -28,7 +28,8 @@ from tests.component.test_daemon import A_IP, B_IP, MAC_A, MAC_B, Lab
 from tests.support import lab as lab_mod
 from tests.support.lab import SlaveSpec, receive, sh
 from tests.support.wait import wait_until
-from vhost_ipvlan.control.client import Client, ControlUnavailable, RemoteError
+from vhost_ipvlan.control.client import Client
+from vhost_ipvlan.errors import ControlUnavailable, RemoteError
 
 pytestmark = [pytest.mark.netns]
 

@@ -1,4 +1,4 @@
-"""Host <-> guest through the daemon's host tap (a DESIGN.md departure), in l2.
+"""Host <-> guest through the daemon's host tap (a departure, docs/kernel-behaviour.md §3), in l2.
 
     fake guest a (192.0.2.10, 2001:db8::10) -- vhost-ipvlan -- vim0 (ns host, 192.0.2.2, 2001:db8::2)
                                                     \\-- vih<N> (tap, ns host)      <== veth ==> vio0 (ns out)

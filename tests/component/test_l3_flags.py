@@ -3,7 +3,7 @@
     fake guests a (192.0.2.10, 2001:db8::10), b (192.0.2.11, 2001:db8::11)
         -- vhost-ipvlan -- vim0 (ns host, 192.0.2.2) <== veth ==> vio0 (ns out, 192.0.2.1)
 
-Kernel reference §4 ``ipvlan_xmit_mode_l3``, §12.1 row a: private drops guest ->
+Kernel reference: docs/kernel-behaviour.md §4 ``ipvlan_xmit_mode_l3``, §8.1 row a: private drops guest ->
 guest unicast (counted ``private``) and nothing else; vepa skips the local lookup,
 so guest -> guest is routed in the host (pinned to the master) and leaves on the
 wire, coming back only through the outside (IPv4 and IPv6). Two outsides bring it
@@ -155,7 +155,7 @@ def test_vepa_routes_guest_to_guest_round_the_outside(lab: Lab, outside: str, v6
 
 @pytest.mark.parametrize("lab", [("l3", "vepa")], indirect=True, ids=["l3"])
 def test_vepa_on_a_plain_wire_does_not_come_back(lab: Lab) -> None:
-    """As the kernel (§12.1 row a, l3 v): routed through the host, which asks the wire for
+    """As the kernel (§8.1 row a, l3 v): routed through the host, which asks the wire for
     b's address; nobody there answers, so nothing is delivered and the drops are counted."""
     a, b = lab.frontend("a"), lab.frontend("b")
     lab.wire_counter(f"arp operation request arp daddr ip {B_IP} ether saddr {lab.master_mac}", "arpq")

@@ -5,7 +5,7 @@
 
 The guests use the master's MAC as their router (the daemon answers their ARP and
 NS); the outside resolves the guests' addresses to the master's MAC (the daemon
-answers for them: a departure, reference §12.1 row e). l3 routes egress itself
+answers for them: a departure, docs/kernel-behaviour.md §8.1 row e). l3 routes egress itself
 (host tables, pinned to the master); l3s sends it through the host's stack, so the
 host's netfilter and conntrack see both directions.
 """

@@ -16,10 +16,10 @@ from scapy.layers.l2 import Ether
 
 from tests.pair.test_fastpath import A4, A6, B4, B6, A, B, run
 from tests.support.inproc import pure_python
-from vhost_ipvlan.daemon import datapath
+from vhost_ipvlan.daemon import fastpath
 from vhost_ipvlan.virtio import net
 
-pytestmark = pytest.mark.skipif(not datapath.accelerated(), reason="the C accelerator is not built")
+pytestmark = pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
 
 PLAIN = bytes(net.HDR_LEN)
 GUARDED = {
@@ -47,7 +47,8 @@ def test_two_nics_with_one_mac_are_refused() -> None:
     the hook's second ``slave.add`` turned into a change that took the first NIC's slave
     (its socket) away (fuzz ``domain``, crash-4ee37efe...). Refused, one line."""
     from tests.unit.test_libvirt_domain import SOCKDIR, domain, meta, nic, vi
-    from vhost_ipvlan.libvirt.domain import DomainError, slave_requests
+    from vhost_ipvlan.errors import DomainError
+    from vhost_ipvlan.libvirt.domain import slave_requests
 
     xml = domain(nic(), nic(path="/run/vhost-ipvlan/vm1b.sock"), meta(vi()))
     with pytest.raises(DomainError, match="two interfaces of vhost-ipvlan's have this MAC"):

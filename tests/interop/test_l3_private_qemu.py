@@ -1,6 +1,6 @@
 """Two real QEMU guests on an l3 port with the private flag.
 
-As the kernel's l3 private (reference §12.1 row a, l3 p): the guests cannot reach
+As the kernel's l3 private (docs/kernel-behaviour.md §8.1 row a, l3 p): the guests cannot reach
 each other, while both reach the outside host and the host (through the host link,
 a departure). The guests are plain Linux: a /24 address and nothing else; the
 daemon answers their ARP with the master's MAC (their router).

@@ -6,15 +6,15 @@ loop only records which descriptors have a reader.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.support.frontend import MEM_SIZE, UVA_BASE, FakeFrontend
-from tests.support.inproc import MASTER_MAC, _Host, _Uplink
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
+from tests.support.inproc import MASTER_MAC, _Host, _Timer, _Uplink
+from vhost_ipvlan.daemon.datapath import PortDatapath
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.errors import FrontendError
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
@@ -24,9 +24,9 @@ from vhost_ipvlan.vhost_user.session import RX, TX, Session
 
 class RecordingLoop:
     def __init__(self) -> None:
-        self.readers: dict[int, Callable[..., None]] = {}
+        self.readers: dict[int, Callable[..., object]] = {}
 
-    def add_reader(self, fd: int, callback: Callable[..., None], *args: object) -> None:
+    def add_reader(self, fd: int, callback: Callable[..., object], *args: object) -> None:
         self.readers[fd] = callback
 
     def remove_reader(self, fd: int) -> bool:
@@ -35,13 +35,15 @@ class RecordingLoop:
     def call_soon(self, *args: object) -> None:
         pass
 
+    def call_later(self, *args: object) -> _Timer:
+        return _Timer()
+
 
 class Rig:
     def __init__(self) -> None:
         self.loop = RecordingLoop()
         port = Port("inproc", MASTER_MAC, "l2", "bridge")
-        loop: asyncio.AbstractEventLoop = self.loop  # type: ignore[assignment]
-        self.dp = PortDatapath(port, _Uplink(), loop)  # type: ignore[arg-type]
+        self.dp = PortDatapath(port, _Uplink(), self.loop)
         slave = port.add_slave("c", [], mac=bytes.fromhex("02000000000c"))
         self.dev = self.dp.devices["c"] = NetDevice(slave, self.dp)
         self.session = Session(_Host(), self.dev)

@@ -22,10 +22,11 @@ from scapy.layers.l2 import ARP, Ether
 
 from tests.support import frontend
 from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC, InprocPort, pure_python
-from vhost_ipvlan.daemon import datapath
+from vhost_ipvlan.daemon import device, fastpath
+from vhost_ipvlan.drops import DropReason, counts
 from vhost_ipvlan.virtio import net
 
-pytestmark = pytest.mark.skipif(not datapath.accelerated(), reason="the C accelerator is not built")
+pytestmark = pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
 
 A, B, C = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
 A4, B4, C4 = "10.0.0.10", "10.0.0.11", "10.0.0.12"
@@ -103,7 +104,7 @@ def run(frames: Frames, before: Callable[[InprocPort], None] | None = None, flag
             "received": received,
             "uplink": p.uplink.sent,
             "counters": {n: d.counters() for n, d in p.dp.devices.items()},
-            "drops": {n: (dict(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
+            "drops": {n: (counts(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
             "routed": list(p.router.asked),
         }
     finally:
@@ -156,7 +157,7 @@ def test_target_down_is_not_fast_forwarded() -> None:
         c = p.device("c")
         c.rx_enabled = False
         c.slave.up = False
-        p.dp.fast_gen += 1
+        p.dp.fast_table.invalidate()
 
     fast = run(frames, c_down)
     with pure_python():
@@ -174,8 +175,8 @@ def test_the_accelerator_does_forward() -> None:
         frame = bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP() / b"x")
         for _ in range(50):
             a.transmit(frame)
-        status, _, nf, nb = datapath._fastpath.forward_burst(  # type: ignore[union-attr]
-            p.device("a").tx, p.device("a").buf, *p.dp.fast_args(p.device("a")) or (), 256, p.dp.dirty)
+        status, _, nf, nb = fastpath.ext.forward_burst(  # type: ignore[union-attr]
+            p.device("a").tx, p.device("a").buf, *p.dp.fast_table.args(p.device("a")) or (), 256, p.dp.dirty)
         assert (status, nf, nb) == (0, 50, 50 * len(frame))
     finally:
         p.close()
@@ -187,7 +188,7 @@ def test_private_and_vepa_never_fast_forward(flag: str) -> None:
     send it to the wire, so it stays off for them and results equal pure Python."""
     p = make_port(flag)
     try:
-        assert p.dp.fast_args(p.device("a")) is None
+        assert p.dp.fast_table.args(p.device("a")) is None
     finally:
         p.close()
     frames = scenario()
@@ -213,10 +214,10 @@ def test_private_and_vepa_never_fast_forward(flag: str) -> None:
 def test_l3_modes_equal_pure_python(mode: str, flag: str) -> None:
     """l3/l3s never use the accelerator (it implements l2 bridge switching only);
     deliveries, drops, routed packets and the wire are those of pure Python, and
-    the flags do what reference §4 ``ipvlan_xmit_mode_l3`` says."""
+    the flags do what docs/kernel-behaviour.md §4 ``ipvlan_xmit_mode_l3`` says."""
     p = make_port(flag, mode)
     try:
-        assert p.dp.fast_args(p.device("a")) is None
+        assert p.dp.fast_table.args(p.device("a")) is None
     finally:
         p.close()
     frames = scenario()
@@ -272,9 +273,9 @@ def test_chained_descriptor_is_left_to_python() -> None:
     try:
         a = p.frontends["a"]
         a.transmit(bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP() / b"chained"), split=True)
-        status, *_ = datapath._fastpath.forward_burst(  # type: ignore[union-attr]
-            p.device("a").tx, p.device("a").buf, *p.dp.fast_args(p.device("a")) or (), 256, p.dp.dirty)
-        assert status == datapath._fastpath.SLOW_CHAIN  # type: ignore[union-attr]
+        status, *_ = fastpath.ext.forward_burst(  # type: ignore[union-attr]
+            p.device("a").tx, p.device("a").buf, *p.dp.fast_table.args(p.device("a")) or (), 256, p.dp.dirty)
+        assert status == fastpath.ext.SLOW_CHAIN  # type: ignore[union-attr]
         tx = p.device("a").tx
         assert tx is not None and a.txq.avail_idx == 1 and tx.last_avail == 0  # nothing was taken
     finally:
@@ -318,7 +319,7 @@ def outcome(p: InprocPort) -> dict[str, object]:
     return {
         "received": {name: fe.receive() for name, fe in p.frontends.items()},
         "counters": {n: d.counters() for n, d in p.dp.devices.items()},
-        "drops": {n: (dict(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
+        "drops": {n: (counts(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
     }
 
 
@@ -345,8 +346,8 @@ def test_a_drain_is_bounded_in_descriptors_not_only_frames() -> None:
     result = both_ways(scenario)
     drains = result["drains"]
     assert isinstance(drains, list)
-    assert all(walked <= datapath.DESC_BUDGET + num + 1 for walked, _, _ in drains)
-    assert len(drains) >= 40 * (num + 1) // (datapath.DESC_BUDGET + num + 1)
+    assert all(walked <= device.DESC_BUDGET + num + 1 for walked, _, _ in drains)
+    assert len(drains) >= 40 * (num + 1) // (device.DESC_BUDGET + num + 1)
     assert drains[-1][1] == 60 and not drains[-1][2]  # everything taken, the last drain did not reschedule
     got = [f for _, f in result["received"]["b"]]  # type: ignore[index]
     assert [f[42:] for f in got] == [b"early%d" % i for i in range(10)] + [b"late%d" % i for i in range(10)]
@@ -478,7 +479,7 @@ def test_a_receiver_that_keeps_changing_its_ring_costs_one_budget_per_burst(
     drops = result["drops"]
     assert isinstance(drops, dict) and sum(drops["b"][0].values()) == frames  # ring full, then bad buffers
     walked = result["rx_walked"]
-    assert isinstance(walked, int) and walked <= datapath.RX_WASTE_BUDGET + 2 * (frontend.QSIZE + 1)
+    assert isinstance(walked, int) and walked <= device.RX_WASTE_BUDGET + 2 * (frontend.QSIZE + 1)
 
 
 def make_rx_twelve_bytes_spread(fe: frontend.FakeFrontend) -> None:
@@ -493,7 +494,8 @@ def make_rx_twelve_bytes_spread(fe: frontend.FakeFrontend) -> None:
 @pytest.fixture
 def error_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fresh rate limit for internal-error log lines."""
-    monkeypatch.setattr(datapath, "internal_error_log", datapath._ErrorLog())
+    monkeypatch.setattr(device.internal_error_log, "next_at", 0.0)
+    monkeypatch.setattr(device.internal_error_log, "suppressed", 0)
 
 
 def test_an_internal_error_costs_one_frame_counted_and_logged_once(
@@ -507,7 +509,7 @@ def test_an_internal_error_costs_one_frame_counted_and_logged_once(
         try:
             real = p.dp.from_guest
 
-            def from_guest(dev: datapath.NetDevice, length: int) -> int:
+            def from_guest(dev: device.NetDevice, length: int) -> int:
                 if bytes(dev.view[length - 4 : length]) == b"boom":
                     raise RuntimeError("injected")
                 return real(dev, length)
@@ -524,7 +526,7 @@ def test_an_internal_error_costs_one_frame_counted_and_logged_once(
         finally:
             p.close()
 
-    with caplog.at_level("ERROR", logger="vhost_ipvlan.datapath"):
+    with caplog.at_level("ERROR", logger="vhost_ipvlan.daemon.device"):
         result = both_ways(scenario)
     assert result["returned"] == frontend.QSIZE  # every chain came back
     drops = result["drops"]
@@ -546,10 +548,10 @@ def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFix
         try:
             dev = p.device("a")
             if corrupt:
-                p.dp.fast_args(dev)
+                p.dp.fast_table.args(dev)
                 b4 = ipaddress.ip_address(B4).packed
-                rxq, bmac, _, counters, bdev = p.dp._fast_table[b4]
-                p.dp._fast_table[b4] = (rxq, bmac, 2**70, counters, bdev)
+                rxq, bmac, _, counters, bdev = p.dp.fast_table.table[b4]
+                p.dp.fast_table.table[b4] = (rxq, bmac, 2**70, counters, bdev)
             for i in range(3):
                 p.frontends["a"].transmit(frame_to_b(b"%d" % i))
             drain_until_idle(p)
@@ -557,11 +559,11 @@ def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFix
             drops = result["drops"]
             assert isinstance(drops, dict)
             drops["a"][0].pop("internal_error", None)
-            return {"internal_errors": dev.drops["internal_error"], **result}
+            return {"internal_errors": dev.drops[DropReason.INTERNAL_ERROR], **result}
         finally:
             p.close()
 
-    with caplog.at_level("ERROR", logger="vhost_ipvlan.datapath"):
+    with caplog.at_level("ERROR", logger="vhost_ipvlan.daemon.device"):
         fast = scenario(True)
     with pure_python():
         pure = scenario(False)
@@ -599,7 +601,7 @@ def test_an_internal_error_on_a_frame_from_the_wire_costs_that_frame(
         monkeypatch.setattr(p.port, "from_uplink", from_uplink)
         p.dp._uplink_readable()
         assert [f[42:] for _, f in p.frontends["b"].receive()] == [b"one", b"two"]
-        assert p.dp.drops == {"internal_error": 1} and p.dp.uplink_rx == 3
+        assert counts(p.dp.drops) == {"internal_error": 1} and p.dp.uplink_rx == 3
     finally:
         p.close()
 
@@ -642,4 +644,4 @@ def test_hostile_mixes_take_the_same_decisions_drain_by_drain(chains: list[Chain
     result = both_ways(scenario)
     drains = result["drains"]
     assert isinstance(drains, list)
-    assert all(walked <= datapath.DESC_BUDGET + frontend.QSIZE + 1 for walked, _, _ in drains)
+    assert all(walked <= device.DESC_BUDGET + frontend.QSIZE + 1 for walked, _, _ in drains)

@@ -14,7 +14,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.pair.test_fastpath import A4, A, both_ways, drain_until_idle, make_port, outcome
-from vhost_ipvlan.daemon import datapath
+from vhost_ipvlan.daemon import device
 
 BCAST = "ff:ff:ff:ff:ff:ff"
 
@@ -42,7 +42,7 @@ def test_flooded_copies_count_against_the_burst() -> None:
     taken = result["drains"]
     assert isinstance(taken, list)
     # two other guests (b, c): each frame costs 1 + 2 copies
-    assert taken[0] == -(-datapath.BURST // 3)
+    assert taken[0] == -(-device.BURST // 3)
     assert taken[-1] == frames
     received = result["received"]
     assert isinstance(received, dict)

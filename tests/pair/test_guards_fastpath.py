@@ -13,10 +13,10 @@ from scapy.layers.l2 import Ether
 
 from tests.pair.test_fastpath import A4, A6, B4, B6, A, B, Frames, run
 from tests.support.inproc import pure_python
-from vhost_ipvlan.daemon import datapath
+from vhost_ipvlan.daemon import fastpath
 from vhost_ipvlan.virtio import net
 
-pytestmark = pytest.mark.skipif(not datapath.accelerated(), reason="the C accelerator is not built")
+pytestmark = pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
 
 
 def guarded() -> Frames:

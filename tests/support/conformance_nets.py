@@ -34,7 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from vhost_ipvlan.control.client import Client, RemoteError
+from vhost_ipvlan.control.client import Client
+from vhost_ipvlan.errors import RemoteError
 
 from .guest import Guest, tiny_image
 from .lab import MASTER, Lab, SlaveSpec

@@ -29,7 +29,7 @@ from typing import Any
 from tests.support import inproc
 from tests.support.frontend import BUF_SIZE, MEM_SIZE, QSIZE, DriverQueue, FakeFrontend
 from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC
-from vhost_ipvlan.daemon.datapath import NetDevice
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
 from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT
@@ -143,6 +143,7 @@ class WireUplink:
     frames sent to it are counted, not kept."""
 
     master = "hostile-wire"
+    ifindex = 0
 
     def __init__(self) -> None:
         self.queue: deque[bytes] = deque()
@@ -200,7 +201,7 @@ class HostilePort:
         self.port = self._inproc.port
         self.dp = self._inproc.dp
         self.uplink = WireUplink()
-        self.dp.uplink = self.uplink  # type: ignore[assignment]
+        self.dp.uplink = self.uplink
         self.frontends: dict[str, HostileFrontend] = {}
         for name, fe in self._inproc.frontends.items():
             assert isinstance(fe, HostileFrontend)

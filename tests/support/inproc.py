@@ -8,15 +8,15 @@ differential tests of the C accelerator and by the microbenchmark.
 
 from __future__ import annotations
 
-import asyncio
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from tests.support.frontend import FakeFrontend
-from vhost_ipvlan.daemon import datapath
-from vhost_ipvlan.daemon.datapath import NetDevice, PortDatapath
+from vhost_ipvlan.daemon import fastpath
+from vhost_ipvlan.daemon.datapath import PortDatapath
+from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.daemon.host import eventfd_problem
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
@@ -41,9 +41,10 @@ class _Host:
 
 
 class _Uplink:
-    """Records what would have gone out the master."""
+    """Records what would have gone out the master (a ``seams.UplinkPort``); reads nothing."""
 
     master = "inproc"
+    ifindex = 0
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
@@ -51,22 +52,77 @@ class _Uplink:
     def fileno(self) -> int:
         return -1
 
+    def recv(self, buf: memoryview) -> int:
+        return 0
+
     def send(self, buf: memoryview, length: int) -> bool:
         self.sent.append(bytes(buf[:10]) + bytes(buf[12:length]))
         return True
 
+    def close(self) -> None:
+        pass
+
+
+class FakeHostLink:
+    """The host's stack (a ``seams.HostPort``) without a tap: ``queue`` holds frames
+    (12-byte header + Ethernet) for the port to read, ``sent`` what it wrote."""
+
+    name = "inproc-host"
+    mac = bytes.fromhex("0200000000f0")
+
+    def __init__(self) -> None:
+        self.queue: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.rx_packets = self.tx_packets = 0
+        self.synced = 0
+
+    def fileno(self) -> int:
+        return -1
+
+    def recv(self, buf: memoryview) -> int:
+        if not self.queue:
+            return 0
+        data = self.queue.pop(0)
+        buf[: len(data)] = data
+        self.rx_packets += 1
+        return len(data)
+
+    def send(self, buf: memoryview, length: int) -> bool:
+        buf[12:18] = self.mac
+        self.sent.append(bytes(buf[:length]))
+        self.tx_packets += 1
+        return True
+
+    def sync(self) -> None:
+        self.synced += 1
+
+    def enable_forwarding(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Timer:
+    def cancel(self) -> None:
+        pass
+
 
 class _Loop:
-    """Just enough of an event loop for the data path when nothing runs it."""
+    """Just enough of an event loop (a ``seams.Loop``) for the data path when nothing
+    runs it: readers, callbacks and timers are accepted and never fire."""
 
-    def add_reader(self, *args: object) -> None:
+    def add_reader(self, fd: int, callback: Callable[..., object], *args: object) -> None:
         pass
 
-    def remove_reader(self, *args: object) -> None:
+    def remove_reader(self, fd: int) -> bool:
+        return False
+
+    def call_soon(self, callback: Callable[..., object], *args: object) -> None:
         pass
 
-    def call_soon(self, *args: object) -> None:
-        pass
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object) -> _Timer:
+        return _Timer()
 
 
 class FixedRouter:
@@ -80,17 +136,22 @@ class FixedRouter:
         self.asked.append(dst)
         return self.mac
 
+    def invalidate(self, master_index: int | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 class InprocPort:
     def __init__(self, guests: list[tuple[str, list[bytes], bytes | None]], *, mergeable: bool = True,
                  flag: str = "bridge", mode: str = "l2") -> None:
         self.port = Port("inproc", MASTER_MAC, mode, flag)
         self.uplink = _Uplink()
-        loop: asyncio.AbstractEventLoop = _Loop()  # type: ignore[assignment]
-        self.dp = PortDatapath(self.port, self.uplink, loop)  # type: ignore[arg-type]
+        self.dp = PortDatapath(self.port, self.uplink, _Loop())
         self.router = FixedRouter(NEXT_HOP_MAC)
         if mode != "l2":
-            self.dp.router = self.router  # type: ignore[assignment]
+            self.dp.router = self.router
         self.frontends: dict[str, FakeFrontend] = {}
         for name, addresses, mac in guests:
             slave = self.port.add_slave(name, addresses, mac=mac)
@@ -124,9 +185,9 @@ class InprocPort:
 @contextmanager
 def pure_python() -> Iterator[None]:
     """Run the data path without the C accelerator."""
-    saved = datapath._fastpath
-    datapath._fastpath = None
+    saved = fastpath.ext
+    fastpath.ext = None
     try:
         yield
     finally:
-        datapath._fastpath = saved
+        fastpath.ext = saved

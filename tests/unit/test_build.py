@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from vhost_ipvlan.daemon import datapath, host
+from vhost_ipvlan.daemon import fastpath, host
 
 
 @pytest.mark.skipif(os.environ.get("VHOST_IPVLAN_PURE") == "1", reason="pure Python requested")
 def test_accelerator_is_built() -> None:
-    assert datapath.accelerated(), "vhost_ipvlan._fastpath did not build: see pip's output from scripts/setup"
+    assert fastpath.accelerated(), "vhost_ipvlan._fastpath did not build: see pip's output from scripts/setup"
 
 
 def test_sigbus_guard_is_built() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from vhost_ipvlan.config import load, parse, to_data
 from vhost_ipvlan.control import protocol, state
-from vhost_ipvlan.control.protocol import RequestError
+from vhost_ipvlan.errors import RequestError
 
 GOOD = {"port": [{"master": "veth0", "slave": [
     {"name": "vm1", "socket": "/run/a \"q\" \\ é.sock", "addresses": ["192.0.2.10/24", "2001:db8::10/64"]},

@@ -212,3 +212,24 @@ def test_parsers_never_raise_on_known_ethertypes(etype: int, body: bytes) -> Non
     assert kind in (frames.L3_MALFORMED, frames.L3_ARP, frames.L3_IPV4, frames.L3_IPV6,
                     frames.L3_ND_NS)
     frames.nd_lladdr_options(f)
+
+
+def test_named_offsets_are_the_fields_scapy_writes() -> None:
+    """The offsets the switch and the data path read in place (frames.OFF_*, slices)."""
+    f = frames
+    v4 = bytes(Ether(dst=MAC_B, src=MAC_A) / IP(src="192.0.2.1", dst="198.51.100.7", proto=17, frag=5, flags=0)
+               / UDP() / b"x")
+    assert v4[f.OFF_ETHERTYPE] << 8 | v4[f.OFF_ETHERTYPE + 1] == f.ETH_P_IP
+    assert v4[f.OFF_IPV4_VER_IHL] == 0x45 and v4[f.OFF_IPV4_PROTO] == 17
+    assert v4[f.OFF_IPV4_TOT_LEN] << 8 | v4[f.OFF_IPV4_TOT_LEN + 1] == len(v4) - f.ETH_HLEN
+    assert (v4[f.OFF_IPV4_FRAG] << 8 | v4[f.OFF_IPV4_FRAG + 1]) & 0x1FFF == 5
+    assert v4[f.IPV4_DST] == addr.parse_ip("198.51.100.7")
+    arp = bytes(Ether(src=MAC_A) / ARP(op=2, psrc="192.0.2.1", pdst="192.0.2.2"))
+    assert arp[f.OFF_ARP_OP] << 8 | arp[f.OFF_ARP_OP + 1] == f.ARPOP_REPLY
+    na = bytes(Ether(src=MAC_A) / IPv6(src="fe80::1", dst="ff02::1") / ICMPv6ND_NA(tgt="2001:db8::5"))
+    assert len(na) == f.ND_TARGET_END and na[f.OFF_IPV6_NEXT] == f.IPPROTO_ICMPV6
+    assert na[f.OFF_ICMPV6] == f.ND_NEIGHBOR_ADVERT and na[f.ND_TARGET] == addr.parse_ip("2001:db8::5")
+    assert na[f.IPV6_DST] == addr.parse_ip("ff02::1")
+    assert na[f.OFF_IPV6_PLEN] << 8 | na[f.OFF_IPV6_PLEN + 1] == len(na) - f.OFF_ICMPV6
+    behind = bytes(12) + na
+    assert behind[frames.shifted(f.ND_TARGET, 12)] == na[f.ND_TARGET]

@@ -13,7 +13,7 @@ from scapy.packet import Packet
 from vhost_ipvlan import config as cfg
 from vhost_ipvlan.errors import ConfigError
 from vhost_ipvlan.net.addr import parse_mac
-from vhost_ipvlan.switch import DROP, FLOOD, TO_SLAVE, TO_UPLINK, DropReason, Port, PortConfigError, Slave
+from vhost_ipvlan.switch import DROP, FLOOD, TO_SLAVE, TO_UPLINK, DropReason, Port, Slave
 from vhost_ipvlan.switch.port import learned_addresses
 from vhost_ipvlan.switch.source import MAX_LEARNED_V4, MAX_LEARNED_V6
 
@@ -205,7 +205,7 @@ def test_solicited_node_multicast_follows_learned_addresses(lab: Lab) -> None:
 
 def test_learning_is_l2_only() -> None:
     port = Port("mst0", parse_mac(MASTER), "l3")
-    with pytest.raises(PortConfigError, match="only implemented for mode 'l2'"):
+    with pytest.raises(ConfigError, match="only implemented for mode 'l2'"):
         port.add_slave("x", learn=True)
     data = {"port": [{"master": "m0", "mode": "l3", "slave": [{"name": "x", "socket": "/x", "learn": True}]}]}
     with pytest.raises(ConfigError, match=r"^port\[0\]\.slave\[0\]\.learn: address learning is only implemented"):

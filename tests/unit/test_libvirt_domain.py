@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from vhost_ipvlan.control.client import ControlUnavailable, RemoteError
+from vhost_ipvlan.errors import ControlUnavailable, DomainError, RemoteError
 from vhost_ipvlan.libvirt import hook
 from vhost_ipvlan.libvirt.check import allowed, msix_bug, socket_problems
-from vhost_ipvlan.libvirt.domain import NS, DomainError, owner_of, problems, slave_name, slave_requests
+from vhost_ipvlan.libvirt.domain import NS, owner_of, problems, slave_name, slave_requests
 
 SOCKDIR = Path("/run/vhost-ipvlan")
 UUID1 = "6f1c3d2e-8a4b-4c5d-9e0f-112233445566"

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -109,14 +110,17 @@ def test_no_host_route_for_a_learned_address_off_the_masters_link() -> None:
     port.learn_address(slave, ip("2001:db8::50"))  # on the link when learned; the prefix went since
     routed: list[tuple[str, bytes]] = []
 
-    class Dp:
-        pass
-
     link = HostLink.__new__(HostLink)
-    dp = Dp()
-    dp.port = port  # type: ignore[attr-defined]
-    link.dp = dp  # type: ignore[assignment]
+    link.port = port
     link.routes = set()
+
+    class Inline:  # the rtnetlink worker, run in the caller's thread
+        def submit(self, job: Callable[[], object]) -> Future[object]:
+            done: Future[object] = Future()
+            done.set_result(job())
+            return done
+
+    link.ipr = Inline()  # type: ignore[assignment]
 
     def route(cmd: str, addr: bytes) -> bool:
         routed.append((cmd, addr))

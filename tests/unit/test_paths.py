@@ -68,3 +68,13 @@ def test_the_old_default_control_path_finds_the_new_one(tmp_path: Path, monkeypa
     new.touch()
     assert client.resolve(old) == new  # a hook installed before the move still reaches the daemon
     assert client.resolve(tmp_path / "other.sock") == tmp_path / "other.sock"
+
+
+@pytest.mark.parametrize("unit", ["contrib/systemd/vhost-ipvlan.service",
+                                  "ansible/roles/vhost_ipvlan/templates/vhost-ipvlan.service.j2"])
+def test_the_unit_gives_room_for_a_thousand_guests(unit: str) -> None:
+    """systemd's default soft limit (1024 descriptors) is not enough for 64 guests (issue 12)."""
+    from vhost_ipvlan.daemon import fdbudget
+
+    limit = int(service_settings((ROOT / unit).read_text())["LimitNOFILE"])
+    assert fdbudget.slaves_within(limit, ports=4) >= 1000

@@ -1,5 +1,6 @@
 """The policy table is the behaviour: one sample frame per row, through every
-implemented (mode, flag), gets the table's verdict; the docs are generated from it."""
+implemented (mode, flag), gets the table's verdict; the mode traits agree with the
+table; the docs are generated from both."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
 from vhost_ipvlan.net.addr import parse_mac
-from vhost_ipvlan.switch import DROP, TO_SLAVE, Port, Slave
-from vhost_ipvlan.switch.policy import ACTION_NAMES, DECISIONS, DropReason
+from vhost_ipvlan.switch import DROP, TO_SLAVE, Action, DropReason, Port, Slave
+from vhost_ipvlan.switch.decisions import DECISIONS, FLAGS, MODES, TRAITS
 from vhost_ipvlan.switch.table import ROWS, TABLE, Dest, Source, complete
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def test_every_implemented_pair_has_every_row() -> None:
 def test_rules_name_real_actions_and_reasons() -> None:
     labels = {r.label for r in DropReason}
     for key, rule in TABLE.items():
-        assert rule.action in ACTION_NAMES, key
+        assert rule.action in {a.label for a in Action}, key
         assert (rule.reason in labels) if rule.action == "drop" else not rule.reason, key
         if key[2] is Source.GUEST:
             assert rule.action != "pass", key
@@ -83,11 +84,39 @@ def test_sample_frame_gets_the_tables_verdict(mode: str, flag: str, source: Sour
             return port.from_uplink(frame)
     action, arg = decide()
     rule = TABLE[(mode, flag, source, dest)]
-    assert ACTION_NAMES[action] == rule.action
+    assert Action(action).label == rule.action
     if action == DROP:
         assert isinstance(arg, DropReason) and arg.label == rule.reason
     elif action == TO_SLAVE:
         assert arg is slaves[owner or ""]
+
+
+def test_every_pair_has_decisions_and_traits() -> None:
+    pairs = [(m, f) for m in MODES for f in FLAGS]
+    assert list(DECISIONS) == pairs and list(TRAITS) == pairs
+    for mode, flag in pairs:
+        assert make_port(mode, flag)[0].traits is TRAITS[(mode, flag)]
+
+
+@pytest.mark.parametrize(("mode", "flag"), sorted(TRAITS))
+def test_traits_agree_with_the_table(mode: str, flag: str) -> None:
+    """What the table implies about a mode, its traits say too."""
+    traits = TRAITS[(mode, flag)]
+
+    def action(source: Source, dest: Dest) -> str:
+        return TABLE[(mode, flag, source, dest)].action
+
+    # a decision may route more than the table's rows say (a finer destination kind), never less
+    if any(action(s, d) == "route" for s, d in ROWS):
+        assert traits.routes
+    # off-host traffic goes through the host's stack, which must forward it
+    assert traits.host_forwarding == (action(Source.GUEST, Dest.OUTSIDE) == "to_host")
+    # the wire's IP to a slave is consumed unless the host is to forward it
+    assert traits.consume_ip == (action(Source.WIRE, Dest.SLAVE) != "pass")
+    # the C accelerator delivers guest -> guest unicast as is, the l2 bridge way
+    if traits.fast_path:
+        assert action(Source.GUEST, Dest.SLAVE) == "to_slave" == action(Source.GUEST, Dest.GUEST_MAC)
+        assert not traits.master_src_mac
 
 
 def test_committed_matrix_is_the_generators_output() -> None:

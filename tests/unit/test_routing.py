@@ -33,6 +33,7 @@ from vhost_ipvlan.daemon.routing import (
     Limits,
     Router,
 )
+from vhost_ipvlan.drops import counts
 
 MASTER = 7
 GW4, GW6 = "192.0.2.1", "2001:db8::1"
@@ -376,7 +377,7 @@ def test_the_data_path_counts_each_reason(monkeypatch: pytest.MonkeyPatch) -> No
         frame = bytes.fromhex("000000000001" "02000000000a" "0800") + _ipv4(b"\xc0\x00\x02\x0a", b"\x08\x08\x08\x08")
         dev.view[: 12 + len(frame)] = bytes(12) + frame
         p.dp.from_guest(dev, 12 + len(frame))
-    assert dict(dev.drops) == {r: 1 for r in (RATE_LIMITED, BUSY, NOT_ON_LINK, BUDGET, UNRESOLVED)}
+    assert counts(dev.drops) == {r.label: 1 for r in (RATE_LIMITED, BUSY, NOT_ON_LINK, BUDGET, UNRESOLVED)}
 
 
 def _ipv4(src: bytes, dst: bytes) -> bytes:

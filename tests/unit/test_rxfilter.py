@@ -21,7 +21,8 @@ from scapy.layers.inet import IP
 from scapy.layers.l2 import Ether
 
 from vhost_ipvlan.daemon import rxfilter
-from vhost_ipvlan.daemon.rxfilter import RxFilterError, RxFilterWatch, pick_nic
+from vhost_ipvlan.daemon.rxfilter import RxFilterWatch, pick_nic
+from vhost_ipvlan.errors import RxFilterError
 from vhost_ipvlan.net.addr import parse_mac
 from vhost_ipvlan.switch import Port
 from vhost_ipvlan.switch.mcast import qmp_rx_filter
@@ -148,7 +149,7 @@ def snooping_slave() -> Any:
 
 
 def test_qmp_takes_precedence_then_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "vhost_ipvlan.rxfilter")
+    caplog.set_level(logging.INFO, "vhost_ipvlan.daemon.rxfilter")
     slave = snooping_slave()
 
     async def main() -> None:
@@ -188,7 +189,7 @@ def test_absent_socket_snoops_and_reconnects(tmp_path: Path, caplog: pytest.LogC
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rxfilter, "BACKOFF", 0.01)
     monkeypatch.setattr(rxfilter, "BACKOFF_MAX", 0.05)
-    caplog.set_level(logging.DEBUG, "vhost_ipvlan.rxfilter")
+    caplog.set_level(logging.DEBUG, "vhost_ipvlan.daemon.rxfilter")
     slave = snooping_slave()
     path = tmp_path / "qmp.sock"
 
@@ -215,7 +216,7 @@ def test_absent_socket_snoops_and_reconnects(tmp_path: Path, caplog: pytest.LogC
 
 
 def test_wrong_nic_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "vhost_ipvlan.rxfilter")
+    caplog.set_level(logging.INFO, "vhost_ipvlan.daemon.rxfilter")
     slave = snooping_slave()
 
     async def main() -> None:

@@ -1,4 +1,4 @@
-"""The private and vepa flags in l2 (reference §4 ipvlan_xmit_mode_l2, §5, §12.1 a/c/d, §12.3)."""
+"""The private and vepa flags in l2 (docs/kernel-behaviour.md §3 ipvlan_xmit_mode_l2, §8.1 a/c/d, §8.3)."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_vepa_to_the_host_and_to_itself_go_to_the_wire() -> None:
     port, s1, _, _ = make("vepa")
     to_host = Ether(src=G1, dst=MASTER) / IP(src="10.0.0.11", dst="10.0.0.1") / UDP()
     to_self = Ether(src=G1, dst=G1) / IP(src="10.0.0.11", dst="10.0.0.11") / UDP()
-    assert port.from_guest(s1, buf(to_host)) == (TO_UPLINK, None)  # §12.3
+    assert port.from_guest(s1, buf(to_host)) == (TO_UPLINK, None)  # §8.3
     assert port.from_guest(s1, buf(to_self)) == (TO_UPLINK, s1)
 
 

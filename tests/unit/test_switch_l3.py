@@ -12,8 +12,9 @@ from scapy.packet import Packet, Raw
 
 from vhost_ipvlan.net import neigh
 from vhost_ipvlan.net.addr import parse_mac
-from vhost_ipvlan.switch.policy import ANSWER, DROP, PASS, ROUTE, TO_HOST, TO_SLAVE, DropReason
+from vhost_ipvlan.switch import DropReason
 from vhost_ipvlan.switch.port import Port, Slave
+from vhost_ipvlan.switch.verdict import ANSWER, DROP, PASS, ROUTE, TO_HOST, TO_SLAVE
 
 MASTER = "02:00:00:00:00:01"
 OUTSIDE = "02:00:00:00:00:fe"
@@ -87,10 +88,10 @@ def test_wire_side(mode: str) -> None:
 @pytest.mark.parametrize("mode", ["l3", "l3s"])
 @pytest.mark.parametrize("flag", ["private", "vepa"])
 def test_flags_change_only_guest_to_guest_unicast(mode: str, flag: str) -> None:
-    """Reference §4 ``ipvlan_xmit_mode_l3``: private drops a lookup hit, vepa skips the
+    """docs/kernel-behaviour.md §4 ``ipvlan_xmit_mode_l3``: private drops a lookup hit, vepa skips the
     lookup so the packet is routed out the master (l3s too: the kernel's l3s transmits
     as l3). The host's address, the outside, ARP/NS answers, drops and the wire side
-    are as with bridge (§12.3: the flags do not touch slave -> host in l3)."""
+    are as with bridge (§8.3: the flags do not touch slave -> host in l3)."""
     port, s1, s2 = make(mode, flag)
     def g(p: Packet) -> tuple[int, object]:
         return port.from_guest(s1, buf(p))

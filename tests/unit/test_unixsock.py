@@ -210,7 +210,7 @@ def test_refused_peers_are_logged_within_a_budget(tmp_path: Path, loop: asyncio.
     ep = Endpoint(tmp_path / "vm1.sock", "server", device, loop, peer=(os.geteuid() + 1, None))
     ep.start()
     try:
-        with caplog.at_level("WARNING", logger="vhost_ipvlan.endpoint"):
+        with caplog.at_level("WARNING", logger="vhost_ipvlan.daemon.endpoint"):
             for _ in range(50):
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
                     c.connect(str(tmp_path / "vm1.sock"))

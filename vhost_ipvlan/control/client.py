@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from ..errors import VhostIpvlanError
+from ..errors import ControlUnavailable, RemoteError
 from . import protocol
 
 DEFAULT_SOCKET = Path("/run/vhost-ipvlan/ctl/control.sock")  # ctl/: 0700 root, nobody else can swap it
@@ -28,19 +28,6 @@ def resolve(path: Path) -> Path:
     if path == LEGACY_SOCKET and DEFAULT_SOCKET.exists():
         return DEFAULT_SOCKET
     return path
-
-
-class RemoteError(VhostIpvlanError):
-    """The daemon refused the request."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class ControlUnavailable(VhostIpvlanError):
-    """The control socket cannot be reached, or the connection broke."""
 
 
 class Client:

@@ -1,6 +1,7 @@
 """The control protocol: newline-delimited JSON requests and responses (docs/control-api.md).
 
-Pure: bytes in, ``Request`` or ``RequestError`` out; responses as bytes.
+Pure: bytes in, ``Request`` or ``errors.RequestError`` (a subclass: its ``code``) out;
+responses as bytes.
 
 Rules:
 - One request per line, one response per request, in order:
@@ -19,6 +20,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from ..errors import ParamsNotObject, RequestError, RequestTooLarge, UnknownMethod
 
 MAX_LINE = 64 * 1024
 MAX_MESSAGE = 400
@@ -39,60 +42,50 @@ class Request:
     params: dict[str, Any]
 
 
-class RequestError(Exception):
-    """A request that gets an error response; ``code`` is machine-readable."""
-
-    def __init__(self, code: str, message: str, request_id: RequestId = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.id = request_id
-
-
 def _id(value: Any) -> RequestId:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise RequestError("bad_request", f"id: expected an integer or a string, got {type(value).__name__}")
+        raise RequestError(f"id: expected an integer or a string, got {type(value).__name__}")
     if isinstance(value, int) and abs(value) > MAX_ID:
-        raise RequestError("bad_request", "id: integer out of range (at most 2**53 in magnitude)")
+        raise RequestError("id: integer out of range (at most 2**53 in magnitude)")
     if isinstance(value, str) and len(value) > 128:
-        raise RequestError("bad_request", "id: string longer than 128 characters")
+        raise RequestError("id: string longer than 128 characters")
     return value
 
 
 def parse(line: bytes) -> Request:
     """Decode one request line (with or without its newline)."""
     if len(line) > MAX_LINE:
-        raise RequestError("request_too_large", f"request longer than {MAX_LINE} bytes")
+        raise RequestTooLarge(f"request longer than {MAX_LINE} bytes")
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
-        raise RequestError("bad_request", "request is not UTF-8") from None
+        raise RequestError("request is not UTF-8") from None
     try:
         doc = json.loads(text)
         json.dumps(doc, ensure_ascii=False).encode()  # lone surrogates cannot be stored
     except RecursionError:
-        raise RequestError("bad_request", "request nested too deeply") from None
+        raise RequestError("request nested too deeply") from None
     except UnicodeEncodeError:
-        raise RequestError("bad_request", "request contains an invalid unicode escape (lone surrogate)") from None
+        raise RequestError("request contains an invalid unicode escape (lone surrogate)") from None
     except ValueError as e:
-        raise RequestError("bad_request", f"not valid JSON: {e}") from None
+        raise RequestError(f"not valid JSON: {e}") from None
     if not isinstance(doc, dict):
-        raise RequestError("bad_request", f"request: expected a JSON object, got {_kind(doc)}")
+        raise RequestError(f"request: expected a JSON object, got {_kind(doc)}")
     rid = _id(doc.get("id"))
     try:
         for key in doc:
             if key not in ("id", "method", "params"):
-                raise RequestError("bad_request", f"{key}: unknown key (expected id, method, params)")
+                raise RequestError(f"{key}: unknown key (expected id, method, params)")
         method = doc.get("method")
         if not isinstance(method, str):
-            raise RequestError("bad_request", f"method: expected a string, got {_kind(method)}")
+            raise RequestError(f"method: expected a string, got {_kind(method)}")
         if method not in METHODS:
-            raise RequestError("unknown_method", f"method: {method[:64]!r} is not one of {', '.join(METHODS)}")
+            raise UnknownMethod(f"method: {method[:64]!r} is not one of {', '.join(METHODS)}")
         params = doc.get("params", {})
         if not isinstance(params, dict):
-            raise RequestError("invalid_params", f"params: expected an object, got {_kind(params)}")
+            raise ParamsNotObject(f"params: expected an object, got {_kind(params)}")
     except RequestError as e:
         e.id = rid
         raise

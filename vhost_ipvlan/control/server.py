@@ -10,6 +10,9 @@ Rules:
 - Requests are handled one at a time, in the loop, to completion: a change is
   validated, applied and written to the state file (``Topology.transaction``)
   before its response is sent. A refused request changes nothing.
+- Every error response's code is the ``code`` of an ``errors`` class (an ``OSError``
+  is a ``StateError``, anything unexpected an ``InternalError``, logged with its
+  traceback); docs/control-api.md's table is generated from them.
 - A bad request gets one error line and the connection stays usable; a line
   that cannot be framed (too long, or cut by the end of the stream) gets its error
   and the connection is closed. At most ``MAX_CLIENTS`` connections at once.
@@ -22,30 +25,37 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import config as cfg
 from .. import unixsock
-from ..errors import ConfigError, UplinkError
+from ..errors import (
+    ConfigError,
+    InternalError,
+    QmpConfigured,
+    RequestError,
+    RequestTooLarge,
+    SocketInUse,
+    StateError,
+    UnknownMethod,
+    UplinkError,
+)
 from ..switch.port import learned_addresses
 from . import protocol
-from .protocol import Request, RequestError
+from .protocol import Request
 
-log = logging.getLogger("vhost_ipvlan.control")
+log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 16
 SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn", "allow_router",
               "owner", "peer_uid", "peer_gid"}
 
+Params = dict[str, Any]
+
 if TYPE_CHECKING:
     from ..daemon.topology import Topology
-
-
-class QmpConfigured(cfg.Conflict):
-    """``slave.rx_filter`` for a slave that reads its guest's RX filter itself (``qmp``)."""
-
-    code = "qmp_configured"
 
 
 class ControlServer:
@@ -59,6 +69,22 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None
         self.clients: set[asyncio.StreamWriter] = set()
         self._task: asyncio.Task[None] | None = None
+        #: the methods (``protocol.METHODS``): queries answer from what runs; changes are
+        #: applied in one ``Topology.transaction``, then answered by their result function
+        self._queries: dict[str, Callable[[Params], Any]] = {
+            "port.list": self._port_list,
+            "slave.list": self._slave_list,
+            "stats": self._stats,
+            "slave.rx_filter": self._rx_filter,
+        }
+        self._changes: dict[str, tuple[Callable[[Params, ExitStack], None], Callable[[Params], Any]]] = {
+            "port.add": (self._port_add, self._port_result),
+            "port.change": (self._port_change, self._port_result),
+            "port.remove": (self._port_remove, _nothing),
+            "slave.add": (self._slave_add, self._slave_result),
+            "slave.change": (self._slave_change, self._slave_result),
+            "slave.remove": (self._slave_remove, _nothing),
+        }
 
     # -- socket ---------------------------------------------------------------------
 
@@ -117,11 +143,11 @@ class ControlServer:
                     line = await reader.readuntil(b"\n")
                 except asyncio.IncompleteReadError as e:
                     if e.partial.strip():
-                        writer.write(protocol.error(None, "bad_request",
+                        writer.write(protocol.error(None, RequestError.code,
                                                     "truncated request: the stream ended before a newline"))
                     break
                 except asyncio.LimitOverrunError:
-                    writer.write(protocol.error(None, "request_too_large",
+                    writer.write(protocol.error(None, RequestTooLarge.code,
                                                 f"request longer than {protocol.MAX_LINE} bytes; closing"))
                     break
                 if line.strip():
@@ -141,90 +167,102 @@ class ControlServer:
             return protocol.error(e.id, e.code, e.message)
         try:
             return protocol.result(req.id, self.dispatch(req))
-        except RequestError as e:
-            return protocol.error(req.id, e.code, e.message)
-        except ConfigError as e:
-            return protocol.error(req.id, getattr(e, "code", "invalid_params"), str(e))
-        except UplinkError as e:
-            log.warning("control: %s failed: %s", req.method, e)
-            return protocol.error(req.id, "host_error", str(e))
-        except OSError as e:
-            log.error("control: %s failed: %s", req.method, e)
-            return protocol.error(req.id, "state_error", f"cannot apply or record the change: {e}")
-        except Exception as e:
-            log.exception("control: %s failed", req.method)
-            return protocol.error(req.id, "internal_error", f"{type(e).__name__}: {e}")
+        except Exception as e:  # every refusal is answered with its class's code
+            err = _answerable(req.method, e)
+            return protocol.error(req.id, err.code, str(err))
 
     # -- methods --------------------------------------------------------------------
 
     def dispatch(self, req: Request) -> Any:
+        query = self._queries.get(req.method)
+        if query is not None:
+            return query(req.params)
+        change = self._changes.get(req.method)
+        if change is None:  # pragma: no cover - protocol.METHODS and these tables agree
+            raise UnknownMethod(f"method: {req.method!r} is not implemented")
+        apply, result = change
+        with self.topology.transaction() as undo:
+            apply(req.params, undo)
+        return result(req.params)
+
+    # queries: read only
+
+    def _port_list(self, p: Params) -> Any:
+        cfg.check_keys("params", p, set(), set())
+        return [self._port_info(pc) for pc in self.topology.config.ports]
+
+    def _slave_list(self, p: Params) -> Any:
+        cfg.check_keys("params", p, {"master"}, set())
         topo = self.topology
-        p = req.params
-        m = req.method
-        if m == "port.list":
-            cfg.check_keys("params", p, set(), set())
-            return [{**cfg.port_table(pc), "slave": [s.name for s in pc.slaves]} for pc in topo.config.ports]
-        if m == "slave.list":
-            cfg.check_keys("params", p, {"master"}, set())
-            if "master" in p:
-                topo.port_config(_s("params.master", p["master"]))
-            return [self._slave_info(pc.master, sc) for pc, sc in topo.config.slaves()
-                    if p.get("master", pc.master) == pc.master]
-        if m == "stats":
-            cfg.check_keys("params", p, {"slave"}, set())
-            stats = self.stats()
-            if "slave" not in p:
-                return stats
-            pc, sc = topo.slave_config(_s("params.slave", p["slave"]), "params")
-            master: Any = stats[pc.master]
-            return {pc.master: {**master, "slaves": {sc.name: master["slaves"][sc.name]}}}
-        if m == "slave.rx_filter":
-            return self._rx_filter(p)
-        with topo.transaction() as undo:
-            if m == "port.add":
-                cfg.check_keys("params", p, {"master", "mode", "flag", "slave"}, {"master"})
-                topo.add_port(cfg.parse_port("params", p), undo)
-            elif m == "port.change":
-                cfg.check_keys("params", p, {"master", "mode", "flag"}, {"master"})
-                cur = topo.port_config(_s("params.master", p["master"]))
-                merged = {**cfg.port_table(cur), **p}
-                merged.pop("slave")
-                topo.change_port(cfg.parse_port("params", merged), undo)
-            elif m == "port.remove":
-                cfg.check_keys("params", p, {"master"}, {"master"})
-                topo.remove_port(_s("params.master", p["master"]), undo)
-            elif m == "slave.add":
-                cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"master", "name", "socket"})
-                master_name = _s("params.master", p["master"])
-                topo.port_config(master_name)
-                sc = self._not_control(cfg.parse_slave("params", {k: v for k, v in p.items() if k != "master"}))
-                topo.add_slave(master_name, sc, undo)
-            elif m == "slave.change":
-                cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"name"})
-                pc, cur_s = topo.slave_config(_s("params.name", p["name"]))
-                master_name = _s("params.master", p.get("master", pc.master))
-                table = {**cfg.slave_table(cur_s), **{k: v for k, v in p.items() if k != "master"}}
-                for key in ("mac", "qmp", "qmp_device", "owner", "peer_uid", "peer_gid"):  # null forgets
-                    if key in table and table[key] is None:
-                        del table[key]
-                if "qmp" in p and p["qmp"] is None and "qmp_device" not in p:
-                    table.pop("qmp_device", None)
-                sc = self._not_control(cfg.parse_slave("params", table))
-                topo.change_slave(cur_s.name, master_name, sc, undo)
-            elif m == "slave.remove":
-                cfg.check_keys("params", p, {"name"}, {"name"})
-                topo.remove_slave(_s("params.name", p["name"]), undo)
-            else:  # pragma: no cover - protocol.METHODS and this table agree
-                raise RequestError("unknown_method", f"method: {m!r} is not implemented")
-        return self._result_after(m, p)
+        if "master" in p:
+            topo.port_config(_s("params.master", p["master"]))
+        return [self._slave_info(pc.master, sc) for pc, sc in topo.config.slaves()
+                if p.get("master", pc.master) == pc.master]
+
+    def _stats(self, p: Params) -> Any:
+        cfg.check_keys("params", p, {"slave"}, set())
+        stats = self.stats()
+        if "slave" not in p:
+            return stats
+        pc, sc = self.topology.slave_config(_s("params.slave", p["slave"]), "params")
+        master: Any = stats[pc.master]
+        return {pc.master: {**master, "slaves": {sc.name: master["slaves"][sc.name]}}}
+
+    # changes: applied inside one transaction, then answered by their result function
+
+    def _port_add(self, p: Params, undo: ExitStack) -> None:
+        cfg.check_keys("params", p, {"master", "mode", "flag", "slave"}, {"master"})
+        self.topology.add_port(cfg.parse_port("params", p), undo)
+
+    def _port_change(self, p: Params, undo: ExitStack) -> None:
+        cfg.check_keys("params", p, {"master", "mode", "flag"}, {"master"})
+        cur = self.topology.port_config(_s("params.master", p["master"]))
+        merged = {**cfg.port_table(cur), **p}
+        merged.pop("slave")
+        self.topology.change_port(cfg.parse_port("params", merged), undo)
+
+    def _port_remove(self, p: Params, undo: ExitStack) -> None:
+        cfg.check_keys("params", p, {"master"}, {"master"})
+        self.topology.remove_port(_s("params.master", p["master"]), undo)
+
+    def _slave_add(self, p: Params, undo: ExitStack) -> None:
+        cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"master", "name", "socket"})
+        master_name = _s("params.master", p["master"])
+        self.topology.port_config(master_name)
+        sc = self._not_control(cfg.parse_slave("params", {k: v for k, v in p.items() if k != "master"}))
+        self.topology.add_slave(master_name, sc, undo)
+
+    def _slave_change(self, p: Params, undo: ExitStack) -> None:
+        cfg.check_keys("params", p, {"master", *SLAVE_KEYS}, {"name"})
+        pc, cur_s = self.topology.slave_config(_s("params.name", p["name"]))
+        master_name = _s("params.master", p.get("master", pc.master))
+        table = {**cfg.slave_table(cur_s), **{k: v for k, v in p.items() if k != "master"}}
+        for key in ("mac", "qmp", "qmp_device", "owner", "peer_uid", "peer_gid"):  # null forgets
+            if key in table and table[key] is None:
+                del table[key]
+        if "qmp" in p and p["qmp"] is None and "qmp_device" not in p:
+            table.pop("qmp_device", None)
+        sc = self._not_control(cfg.parse_slave("params", table))
+        self.topology.change_slave(cur_s.name, master_name, sc, undo)
+
+    def _slave_remove(self, p: Params, undo: ExitStack) -> None:
+        cfg.check_keys("params", p, {"name"}, {"name"})
+        self.topology.remove_slave(_s("params.name", p["name"]), undo)
+
+    def _port_result(self, p: Params) -> Any:
+        return self._port_info(self.topology.port_config(p["master"]))
+
+    def _slave_result(self, p: Params) -> Any:
+        pc, sc = self.topology.slave_config(p["name"])
+        return self._slave_info(pc.master, sc)
 
     def _not_control(self, sc: cfg.SlaveConfig) -> cfg.SlaveConfig:
         """A slave socket must not take the control socket's place (it would be unlinked)."""
         if sc.socket == self.path:
-            raise cfg.SocketInUse(f"params.socket: {sc.socket} is the daemon's control socket")
+            raise SocketInUse(f"params.socket: {sc.socket} is the daemon's control socket")
         return sc
 
-    def _rx_filter(self, p: dict[str, Any]) -> Any:
+    def _rx_filter(self, p: Params) -> Any:
         """The guest's RX filter (a ``query-rx-filter`` entry, or null: back to snooping),
         read by someone else (``vhost-ipvlan libvirt watch``). Run-time state: not written
         to the state file."""
@@ -249,27 +287,40 @@ class ControlServer:
                      "the guest's RX filter (control API)" if info is not None else "IGMP/MLD snooping")
         return mcast.describe()
 
-    def _result_after(self, method: str, params: dict[str, Any]) -> Any:
-        topo = self.topology
-        if method.startswith("port.") and method != "port.remove":
-            pc = topo.port_config(params["master"])
-            return {**cfg.port_table(pc), "slave": [s.name for s in pc.slaves]}
-        if method in ("slave.add", "slave.change"):
-            pc, sc = topo.slave_config(params["name"])
-            return self._slave_info(pc.master, sc)
-        return {}
+    @staticmethod
+    def _port_info(pc: cfg.PortConfig) -> dict[str, Any]:
+        return {**cfg.port_table(pc), "slave": [s.name for s in pc.slaves]}
 
     def _slave_info(self, master: str, sc: cfg.SlaveConfig) -> dict[str, Any]:
         info: dict[str, Any] = {"master": master, **cfg.slave_table(sc)}
         try:
             ep = self.topology.endpoint(sc.name)
-        except StopIteration:
+        except KeyError:
             return info
         info["connected"] = ep.conn is not None
         info["up"] = ep.device.slave.up
         if sc.learn:
             info["learned"] = learned_addresses(ep.device.slave)
         return info
+
+
+def _answerable(method: str, e: Exception) -> RequestError | ConfigError | UplinkError | StateError | InternalError:
+    """``e`` as an error with the ``code`` the client sees (logged when the host or a bug
+    is to blame); call it while handling ``e``."""
+    if isinstance(e, RequestError | ConfigError):
+        return e
+    if isinstance(e, UplinkError):
+        log.warning("control: %s failed: %s", method, e)
+        return e
+    if isinstance(e, OSError):
+        log.error("control: %s failed: %s", method, e)
+        return StateError(f"cannot apply or record the change: {e}")
+    log.exception("control: %s failed", method)
+    return InternalError(f"{type(e).__name__}: {e}")
+
+
+def _nothing(p: Params) -> Any:
+    return {}
 
 
 def _s(where: str, value: Any) -> str:

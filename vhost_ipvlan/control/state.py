@@ -15,14 +15,17 @@ Rules:
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, to_data
+from ..config import Config, SlaveConfig, slave_table, to_data
 
 HEADER = "# vhost-ipvlan state: written by the daemon after every accepted change; do not edit while it runs\n"
 
 
+_PLAIN = re.compile(r'[^"\\\x00-\x1f\x7f-\x9f\ud800-\udfff]*')
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
@@ -39,6 +42,8 @@ def _char(c: str) -> str:
 
 def toml_string(text: str) -> str:
     """``text`` as a TOML basic string that ``tomllib`` reads back as ``text``."""
+    if _PLAIN.fullmatch(text):  # nothing to escape (the usual case: one regex, not a call per character)
+        return f'"{text}"'
     return '"' + "".join(_char(c) for c in text) + '"'
 
 
@@ -52,21 +57,33 @@ def _value(v: Any) -> str:
     return toml_string(str(v))
 
 
+#: each slave's ``[[port.slave]]`` text, by its (immutable) configuration: a change
+#: re-renders one slave, not a thousand (the cache holds the last document's slaves)
+_slave_texts: dict[SlaveConfig, str] = {}
+
+
+def _slave_text(slave: SlaveConfig) -> str:
+    return "\n[[port.slave]]\n" + "".join(f"{k} = {_value(v)}\n" for k, v in slave_table(slave).items())
+
+
 def dumps(config: Config) -> str:
     """``config`` as a TOML document in the configuration file's shape."""
-    data = to_data(config)
+    global _slave_texts
+    data = to_data(replace(config, ports=tuple(replace(p, slaves=()) for p in config.ports)))
     out = [HEADER]
     if data.get("daemon"):  # socket owner, group, mode: a restart from the state keeps them
         out.append("[daemon]\n")
         out += [f"{k} = {_value(v)}\n" for k, v in data["daemon"].items()]
         out.append("\n")
-    for port in data["port"]:
+    texts: dict[SlaveConfig, str] = {}
+    for port, pc in zip(data["port"], config.ports, strict=True):
         out.append("[[port]]\n")
         out += [f"{k} = {_value(v)}\n" for k, v in port.items() if k != "slave"]
-        for slave in port["slave"]:
-            out.append("\n[[port.slave]]\n")
-            out += [f"{k} = {_value(v)}\n" for k, v in slave.items()]
+        for slave in pc.slaves:
+            text = texts[slave] = _slave_texts.get(slave) or _slave_text(slave)
+            out.append(text)
         out.append("\n")
+    _slave_texts = texts
     return "".join(out)
 
 

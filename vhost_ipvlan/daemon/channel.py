@@ -35,7 +35,7 @@ from ..vhost_user.session import Session
 from .host import on_memory_shrunk, shrunk
 from .lograte import RateLimitedLog
 
-log = logging.getLogger("vhost_ipvlan.channel")
+log = logging.getLogger(__name__)
 _FDS_SPACE = socket.CMSG_SPACE(codec.MAX_FDS * array.array("i").itemsize)
 MAX_OUTGOING = 64 * 1024
 _close_log = RateLimitedLog(log)

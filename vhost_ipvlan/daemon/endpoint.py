@@ -39,11 +39,11 @@ from pathlib import Path
 from .. import unixsock
 from ..vhost_user.session import Session
 from .channel import Connection
-from .datapath import NetDevice
+from .device import NetDevice
 from .host import OsHost
 from .lograte import RateLimitedLog
 
-log = logging.getLogger("vhost_ipvlan.endpoint")
+log = logging.getLogger(__name__)
 RETRY = 1.0
 _refusals = RateLimitedLog(log)  # refused connections are logged within a budget per slave
 

@@ -66,7 +66,7 @@ _FS_NAMES = {  # for the refusal's message only (linux/magic.h)
     0x794C7630: "overlayfs", 0x01021997: "9p", 0x00C36400: "ceph", 0xFF534D42: "cifs", 0xFE534D42: "smb2",
     0x858458F6: "ramfs", 0x62656572: "sysfs", 0x9FA0: "proc", 0x6A656A63: "virtiofs", 0x2FC12FC1: "zfs",
 }
-log = logging.getLogger("vhost_ipvlan.host")
+log = logging.getLogger(__name__)
 
 _guard: ModuleType | None
 try:

@@ -1,8 +1,8 @@
-"""Host <-> guest traffic through a host-side tap device (a DESIGN.md departure).
+"""Host <-> guest traffic through a host-side tap device (a departure, docs/kernel-behaviour.md §3).
 
 Kernel ipvlan never delivers the master's own traffic to its slaves (it only hooks
 the master's RX), and a slave's packets to the host's addresses get no reply
-(reference §5, §12.1 row c). vhost-ipvlan gives every port a tap device, ``vih<N>``
+(docs/kernel-behaviour.md §3, §8.1 row c). vhost-ipvlan gives every port a tap device, ``vih<N>``
 (N = the master's ifindex), owned by the daemon in its own namespace:
 
 - the host reaches a guest through a route per configured slave address
@@ -11,13 +11,19 @@ the master's RX), and a slave's packets to the host's addresses get no reply
   never the master. The tap is ``NOARP``: the host's stack resolves nothing on it
   and addresses every frame to the tap's own MAC; the daemon reads the frame,
   looks up the owner of its destination address, rewrites the Ethernet header
-  (destination = the guest's MAC, source = the master's) and delivers it;
+  (destination = the guest's MAC, source = the master's) and delivers it
+  (``PortDatapath._host_readable``);
 - a guest reaches the host by sending to the master's MAC (the policy's
   ``TO_HOST`` verdict, and ``ROUTE`` in l3s): the daemon writes the frame into the
   tap, destination MAC rewritten to the tap's, and the host's stack receives it;
 - a guest resolves the host's addresses on the master through the daemon, which
   answers its ARP requests and Neighbour Solicitations for them with the master's
-  MAC (the host's stack never sees a guest's broadcast in l2, as in the kernel).
+  MAC (the host's stack never sees a guest's broadcast in l2, as in the kernel;
+  ``PortDatapath._answer_for_host``).
+
+This module is the I/O only (the tap, its routes, the sysctls): ``recv``/``send``
+like ``uplink.Uplink``; which guest gets a frame from the host, and what is
+counted, is the port's data path's (``datapath.py``).
 
 Rules:
 - The tap is a plain (non-persistent) tun device: closing its file descriptor
@@ -30,7 +36,9 @@ Rules:
   get no route, nor does a learned address outside the master's connected prefixes
   (``Port.on_link``: learning refuses those, but the master's prefixes may change
   later): the host's own traffic to an off-link address never goes into a guest.
-- Problems are counted in the port's ``drops`` (``host_*``), never raised per frame.
+- Nothing is raised per frame: ``recv`` raises ``OSError`` only for a read error
+  (the caller counts it), ``send`` returns False for a frame it could not write
+  (the caller counts ``host_send_failed`` on the sender, once).
 - l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
   master only, IPv6 forwarding for the namespace (the kernel has no per-device
   switch for it); the values found are restored when the link closes.
@@ -49,15 +57,15 @@ from typing import TYPE_CHECKING
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import UplinkError
-from ..net.frames import ETH_HLEN, L3_IPV4, L3_IPV6, classify
+from ..net.frames import ETH_HLEN
 from ..virtio import net
+from .ifinfo import interface_mac
 from .rtnl import Rtnl
-from .uplink import interface_mac
 
 if TYPE_CHECKING:
-    from .datapath import NetDevice, PortDatapath
+    from ..switch.port import Port
 
-log = logging.getLogger("vhost_ipvlan.hostlink")
+log = logging.getLogger(__name__)
 
 TUNSETIFF = 0x400454CA
 TUNSETVNETHDRSZ = 0x400454D8
@@ -66,8 +74,6 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFF_UP = 0x1
 IFF_NOARP = 0x80
-HDR_F_DATA_VALID = 2
-BURST = 256
 _SYSCTL = Path("/proc/sys/net")
 
 
@@ -89,12 +95,12 @@ def _sysctl(path: str, value: str | None = None) -> str | None:
 class HostLink:
     """The tap device between one port and the host's own stack."""
 
-    def __init__(self, dp: PortDatapath, master_index: int) -> None:
-        self.dp = dp
+    def __init__(self, port: Port, master_index: int) -> None:
+        #: the switch's port: its master's name, and the addresses routed through the tap
+        self.port = port
         self.master_index = master_index
         self.name = tap_name(master_index)
         self._restore: list[tuple[str, str]] = []
-        self._reading = False
         self.routes: set[bytes] = set()
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -103,7 +109,7 @@ class HostLink:
             fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", net.HDR_LEN))
         except OSError as e:
             os.close(fd)
-            raise UplinkError(f"master {dp.port.master}: cannot create host tap {self.name}: {e.strerror}") from e
+            raise UplinkError(f"master {port.master}: cannot create host tap {self.name}: {e.strerror}") from e
         self.fd = fd
         self.ipr = Rtnl()
         try:
@@ -115,24 +121,19 @@ class HostLink:
             self.ipr.call("link", "set", index=self.index, flags=IFF_UP | IFF_NOARP, change=IFF_UP | IFF_NOARP)
         except (NetlinkError, OSError, IndexError) as e:
             self.close()
-            raise UplinkError(f"master {dp.port.master}: cannot set up host tap {self.name}: {e}") from e
+            raise UplinkError(f"master {port.master}: cannot set up host tap {self.name}: {e}") from e
         self.mac = interface_mac(self.name)
-        self.buf = bytearray(net.MAX_BUFFER)
-        self.view = memoryview(self.buf)
         self.rx_packets = self.tx_packets = 0
+        log.info("master %s: host link %s up (index %d)", port.master, self.name, self.index)
 
     # -- life cycle ---------------------------------------------------------------
 
-    def start(self) -> None:
-        self.dp.loop.add_reader(self.fd, self._readable)
-        self._reading = True
-        log.info("master %s: host link %s up (index %d)", self.dp.port.master, self.name, self.index)
+    def fileno(self) -> int:
+        return self.fd
 
     def close(self) -> None:
-        """Delete the tap (and with it every route through it); undo sysctls."""
-        if self._reading:
-            self.dp.loop.remove_reader(self.fd)
-            self._reading = False
+        """Delete the tap (and with it every route through it); undo sysctls.
+        The caller stops watching ``fileno()`` first."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -144,7 +145,7 @@ class HostLink:
 
     def enable_forwarding(self) -> None:
         """l3s: the host forwards between the tap and the master."""
-        for path in (f"ipv4/conf/{self.name}/forwarding", f"ipv4/conf/{self.dp.port.master}/forwarding",
+        for path in (f"ipv4/conf/{self.name}/forwarding", f"ipv4/conf/{self.port.master}/forwarding",
                      "ipv6/conf/all/forwarding"):
             old = _sysctl(path, "1")
             if old is not None and old != "1":
@@ -154,77 +155,57 @@ class HostLink:
 
     def sync(self) -> None:
         """Make the routes through the tap equal to the slaves' configured and learned addresses."""
-        port = self.dp.port
+        port = self.port
         want: set[bytes] = set()
         for slave in port.slaves.values():
             want |= slave.addresses
             want.update(a for a in slave.learned_addrs if port.on_link(a))
-        for addr in sorted(self.routes - want):
+        gone, new = sorted(self.routes - want), sorted(want - self.routes)
+        if gone or new:  # one job for the rtnetlink worker, however many routes
+            self.ipr.submit(lambda: self._routes(gone, new)).result()
+
+    def _routes(self, gone: list[bytes], new: list[bytes]) -> None:
+        """In the rtnetlink worker: delete ``gone``, add ``new``."""
+        for addr in gone:
             self._route("del", addr)
             self.routes.discard(addr)
-        for addr in sorted(want - self.routes):
+        for addr in new:
             if self._route("replace", addr):
                 self.routes.add(addr)
 
     def _route(self, cmd: str, addr: bytes) -> bool:
         ip = ipaddress.ip_address(addr)
         try:
-            self.ipr.call("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
-                           family=10 if ip.version == 6 else 2)
+            self.ipr.request("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
+                              family=10 if ip.version == 6 else 2)
         except NetlinkError as e:
             if cmd != "del":
                 log.warning("host link %s: cannot route %s through it: %s", self.name, ip, e)
             return False
         return True
 
-    # -- the host's addresses -------------------------------------------------------
-
-    def is_host_address(self, addr: bytes) -> bool:
-        """Whether ``addr`` is one of the host's addresses on the master
-        (``Port.master_addresses``, kept by the daemon from netlink)."""
-        return addr in self.dp.port.master_addresses
-
     # -- frames -------------------------------------------------------------------
 
-    def to_host(self, buf: memoryview, length: int) -> bool:
-        """Give ``buf[:length]`` (12-byte header + frame) to the host's stack."""
+    def recv(self, buf: memoryview) -> int:
+        """Read one frame from the host into ``buf`` (12-byte header + frame): its
+        length, 0 if there is none; a read error raises ``OSError``."""
+        try:
+            n = os.readv(self.fd, [buf])
+        except (BlockingIOError, InterruptedError):
+            return 0
+        if n >= net.HDR_LEN + ETH_HLEN:
+            self.rx_packets += 1
+        return n
+
+    def send(self, buf: memoryview, length: int) -> bool:
+        """Give ``buf[:length]`` (12-byte header + frame) to the host's stack,
+        addressed to the tap's MAC; False if it could not be written."""
         if self.fd < 0:
             return False
         buf[net.HDR_LEN : net.HDR_LEN + 6] = self.mac
         try:
             os.write(self.fd, buf[:length])
         except OSError:
-            self.dp.drops["host_send_failed"] += 1
             return False
         self.tx_packets += 1
         return True
-
-    def _readable(self) -> None:
-        view = self.view
-        dp = self.dp
-        port = dp.port
-        for _ in range(BURST):
-            try:
-                n = os.readv(self.fd, [view])
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                dp.drops["host_read_error"] += 1
-                break
-            if n < net.HDR_LEN + ETH_HLEN:
-                break
-            self.rx_packets += 1
-            kind, dst, _src, _sha, _l3src, key = classify(view[net.HDR_LEN : n])
-            if dst[0] & 1 or kind not in (L3_IPV4, L3_IPV6):
-                dp.drops["host_not_unicast_ip"] += 1  # MLD, IPv6 RS and the like
-                continue
-            owner = port.by_addr.get(key)
-            dev: NetDevice | None = dp.devices.get(owner.name) if owner is not None else None
-            if dev is None or owner is None or owner.mac is None or not owner.up:
-                dp.drops["host_no_guest"] += 1
-                continue
-            if view[0] == HDR_F_DATA_VALID:
-                view[0] = 0
-            view[net.HDR_LEN : net.HDR_LEN + 12] = owner.mac + port.master_mac
-            dev.deliver(view[:n])
-        dp.flush()

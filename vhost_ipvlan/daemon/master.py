@@ -1,6 +1,6 @@
 """Following the masters: link state, MTU, MAC, disappearance and return.
 
-Kernel reference (``ipvlan_device_event``, reference §7): UP/CHANGE copy the
+Kernel reference (``ipvlan_device_event``, docs/kernel-behaviour.md §7): UP/CHANGE copy the
 master's carrier to every slave; CHANGEMTU overwrites the slaves' MTU;
 CHANGEADDR gives every slave the new MAC; UNREGISTER deletes all slaves.
 
@@ -41,16 +41,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import UplinkError
+from ..errors import ConfigError, UplinkError
 from ..net.addr import format_ip, format_mac
-from ..switch.port import PortConfigError
 from ..virtio import net
 from . import nft
 from .datapath import ETH_HLEN, PortDatapath
 from .netlink import LinkMonitor, LinkState, read_link
 from .uplink import Uplink
 
-log = logging.getLogger("vhost_ipvlan.master")
+log = logging.getLogger(__name__)
 
 #: called with (slave name, link up) when a slave's link changes (hook for QMP set_link)
 SlaveLinkHook = Callable[[str, bool], None]
@@ -61,7 +60,7 @@ class Master:
     """What the daemon knows of one master interface."""
 
     dp: PortDatapath
-    chain: str
+    chain: nft.Chain
     index: int = 0
     present: bool = True
     up: bool = True
@@ -95,7 +94,7 @@ class MasterMonitor:
         """Subscribe to link events (before reading the initial state, so none is missed)."""
         self._netlink = LinkMonitor(self.loop, self.handle, self.resync, self.handle_address)
 
-    def add(self, dp: PortDatapath, chain: str) -> None:
+    def add(self, dp: PortDatapath, chain: nft.Chain) -> None:
         """Watch ``dp``'s master (its uplink is open); read its link state and MTU now."""
         m = Master(dp, chain, index=dp.uplink.ifindex)
         self.masters[m.name] = m
@@ -190,7 +189,7 @@ class MasterMonitor:
             old = dp.port.master_mac
             try:
                 dp.port.set_master_mac(state.mac)
-            except PortConfigError as e:
+            except ConfigError as e:
                 log.warning("master %s: new MAC %s refused, keeping %s: %s",
                             m.name, format_mac(state.mac), format_mac(old), e)
             else:
@@ -217,7 +216,7 @@ class MasterMonitor:
         self._set_link(m, False, quiet=True)
         m.dp.close_uplink()
         with contextlib.suppress(UplinkError):
-            nft.release(m.chain)
+            m.chain.release()
 
     def _back(self, m: Master, state: LinkState) -> None:
         try:
@@ -231,7 +230,7 @@ class MasterMonitor:
         if m.dp.router is not None:
             m.dp.router.invalidate(uplink.ifindex)
         try:
-            nft.consume(m.chain, m.name, *m.dp.port.consumed_addresses(), ip=m.dp.port.mode != "l3s")
+            m.chain.reapply(m.dp.port.by_addr)
         except UplinkError as e:
             log.warning("master %s: cannot re-apply the nftables chain: %s", m.name, e)
         log.info("master %s: present again (index %d); traffic resumes", m.name, m.index)

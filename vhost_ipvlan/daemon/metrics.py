@@ -37,7 +37,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ..errors import ConfigError, UplinkError
 
-log = logging.getLogger("vhost_ipvlan.metrics")
+log = logging.getLogger(__name__)
 PREFIX = "vhost_ipvlan"
 
 StatsFunction = Callable[[], dict[str, Any]]

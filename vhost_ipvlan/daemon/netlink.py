@@ -40,10 +40,10 @@ from pyroute2.netlink.rtnl import (
 )
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from .ifinfo import interface_mac, interface_mtu
 from .rtnl import message_address
-from .uplink import interface_mac, interface_mtu
 
-log = logging.getLogger("vhost_ipvlan.netlink")
+log = logging.getLogger(__name__)
 
 IFF_UP = 0x1
 IFF_RUNNING = 0x40

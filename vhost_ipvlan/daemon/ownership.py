@@ -5,9 +5,12 @@ Rules:
   reads them from the kernel (rtnetlink, ``get_addr``) whenever a slave is added or
   given new addresses, so start-up, control requests and SIGHUP all get the same
   check: a one-line ``MasterAddress`` error naming the address and the master,
-  raised before anything changes. The set read is also stored in
+  raised before anything changes. Within a ``batch`` (start-up, SIGHUP) they are
+  read once per master. The set read is also stored in
   ``Port.master_addresses`` (later kept current by ``master.MasterMonitor``) so a
-  learning slave never learns one.
+  learning slave never learns one. The check reads the addresses only: the
+  master's prefixes (below) are read when the port is added and on every address
+  event, not per slave (a route dump grows with the host routes of the slaves).
 - What a slave may learn is bounded by the master's link (``switch.source``), with
   data read here: ``master_addresses`` also gives the port of that master
   (``watch``) its connected prefixes (``Port.set_master_prefixes``: its addresses'
@@ -34,26 +37,20 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from functools import partial
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import config as cfg
-from ..errors import UplinkError
+from ..errors import MasterAddress, UplinkError
 from ..net.addr import format_ip, parse_mac
 from ..switch.port import Port, Slave
 from ..switch.source import learnable_more
 from .rtnl import Rtnl, message_address
 
-log = logging.getLogger("vhost_ipvlan.topology")
-
-
-class MasterAddress(cfg.Conflict):
-    """A slave address is one of the master's own."""
-
-    code = "master_address"
+log = logging.getLogger(__name__)
 
 
 NUD_IN_USE = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT
@@ -70,6 +67,8 @@ class Ownership:
         #: master -> its port, whose prefixes follow ``master_addresses``
         self.ports: dict[str, Port] = {}
         self._in_use: dict[str, tuple[float, frozenset[bytes]]] = {}
+        #: within ``batch``: each master's own addresses, read once
+        self._batch: dict[str, frozenset[bytes]] | None = None
         self.clock: Callable[[], float] = time.monotonic
 
     def _call(self) -> Rtnl:
@@ -87,14 +86,35 @@ class Ownership:
             del self.ports[port.master]
         self._in_use.pop(port.master, None)
 
-    def master_addresses(self, master: str) -> frozenset[bytes]:
-        """The master's own addresses, read from the kernel now (the watched port's
-        prefixes are updated from the same read)."""
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many slaves checked at once: each master's addresses are read once."""
+        self._batch = {}
+        try:
+            yield
+        finally:
+            self._batch = None
+
+    def _read(self, master: str) -> list[tuple[bytes | None, int]]:
         try:
             msgs = self._call().call("get_addr", index=socket.if_nametoindex(master))
         except (NetlinkError, OSError) as e:
             raise UplinkError(f"master {master}: cannot read its addresses: {e}") from e
-        found = [(message_address(m), int(m["prefixlen"])) for m in msgs]
+        return [(message_address(m), int(m["prefixlen"])) for m in msgs]
+
+    def own_addresses(self, master: str) -> frozenset[bytes]:
+        """The master's own addresses (read now, or once per ``batch``)."""
+        if self._batch is not None and master in self._batch:
+            return self._batch[master]
+        own = frozenset(a for a, _ in self._read(master) if a is not None)
+        if self._batch is not None:
+            self._batch[master] = own
+        return own
+
+    def master_addresses(self, master: str) -> frozenset[bytes]:
+        """The master's own addresses, read from the kernel now (the watched port's
+        prefixes are updated from the same read)."""
+        found = self._read(master)
         port = self.ports.get(master)
         if port is not None:
             prefixes = [(a, plen) for a, plen in found if a is not None]
@@ -158,7 +178,7 @@ class Ownership:
         """Refuse any of ``new`` (among ``addresses``) that the master itself has."""
         if not new:
             return
-        own = self.master_addresses(port.master)
+        own = self.own_addresses(port.master)
         port.master_addresses = own
         for j, a in enumerate(addresses):
             if a.ip in new and a.ip.packed in own:

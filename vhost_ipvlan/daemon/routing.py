@@ -1,6 +1,6 @@
 """l3 egress: the next hop's MAC for a guest's packet, from the host's tables, pinned to the master.
 
-Kernel reference (§4 ``ipvlan_process_v4/v6_outbound``): an l3 slave's packet is
+Kernel reference (docs/kernel-behaviour.md §4, ``ipvlan_process_v4/v6_outbound``): an l3 slave's packet is
 routed in the master's namespace with ``oif = master`` and leaves with the
 master's MAC as source; only unicast and local routes are accepted. Here the
 daemon asks the kernel the same question (``RTM_GETROUTE`` with ``oif``), takes the
@@ -40,7 +40,7 @@ Rules:
   counted while the kernel still holds them): beyond it, ``neigh_budget``.
 - A local route (the host's own address) is ``LOCAL``: the data path hands the
   packet to the host link. Broadcast, multicast, unreachable, prohibit:
-  ``no_route``. Every other answer is a MAC or a drop reason (a counter label).
+  ``no_route``. Every other answer is a MAC or a ``DropReason``.
 - ``invalidate`` drops the cache and, in the worker, what it knew of the master
   (master gone or back, MAC changed); answers resolved before it are discarded.
 """
@@ -59,6 +59,7 @@ from typing import Any, Final, Protocol
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..drops import DropReason
 from ..net.addr import parse_mac
 from .rtnl import Rtnl, message_address
 
@@ -74,16 +75,16 @@ STALE_MAX: Final = 10.0
 PREFIX_TTL: Final = 5.0
 PRUNE_INTERVAL: Final = 1.0
 LOCAL: Final = b"local"
-# drop reasons (counter labels)
-NO_ROUTE: Final = "no_route"
-UNRESOLVED: Final = "neigh_unresolved"
-RATE_LIMITED: Final = "neigh_rate_limited"
-BUSY: Final = "neigh_busy"
-NOT_ON_LINK: Final = "neigh_not_on_link"
-BUDGET: Final = "neigh_budget"
+# drop reasons (the data path counts them on the guest)
+NO_ROUTE: Final = DropReason.NO_ROUTE
+UNRESOLVED: Final = DropReason.NEIGH_UNRESOLVED
+RATE_LIMITED: Final = DropReason.NEIGH_RATE_LIMITED
+BUSY: Final = DropReason.NEIGH_BUSY
+NOT_ON_LINK: Final = DropReason.NEIGH_NOT_ON_LINK
+BUDGET: Final = DropReason.NEIGH_BUDGET
 
 #: a MAC (6 bytes), ``LOCAL``, or a drop reason
-Hop = bytes | str
+Hop = bytes | DropReason
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ class Router:
             return UNRESOLVED
         return self._start(dst, guest, now) or UNRESOLVED
 
-    def _start(self, dst: bytes, guest: str, now: float, attempt: int = 0) -> str | None:
+    def _start(self, dst: bytes, guest: str, now: float, attempt: int = 0) -> DropReason | None:
         """Start resolving ``dst``; the drop reason if that is refused now."""
         if len(self._pending) >= self.limits.pending or \
                 self._pending_by_guest[guest] >= self.limits.pending_per_guest:

@@ -32,20 +32,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..errors import RxFilterError
 from ..net.addr import format_mac
 from ..switch.port import Slave
 
-log = logging.getLogger("vhost_ipvlan.rxfilter")
+log = logging.getLogger(__name__)
 BACKOFF = 0.5
 BACKOFF_MAX = 30.0
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
 EVENT = "NIC_RX_FILTER_CHANGED"
-
-
-
-class RxFilterError(Exception):
-    """QMP answered, but not with a usable RX filter for this slave's NIC."""
 
 
 def pick_nic(reply: Any, device: str | None, mac: bytes | None) -> dict[str, Any]:

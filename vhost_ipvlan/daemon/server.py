@@ -35,15 +35,18 @@ from .. import config as cfg
 from ..config import Config
 from ..control import state
 from ..control.server import ControlServer
+from ..drops import counts
 from ..errors import ConfigError, UplinkError
 from ..switch.port import learned_addresses
-from .datapath import PortDatapath, accelerated
+from . import fdbudget
+from .datapath import PortDatapath
 from .endpoint import Endpoint
+from .fastpath import accelerated
 from .master import MasterMonitor
 from .metrics import MetricsServer
 from .topology import Topology
 
-log = logging.getLogger("vhost_ipvlan.daemon")
+log = logging.getLogger(__name__)
 
 
 def sd_notify(state: str) -> None:
@@ -91,6 +94,7 @@ class Daemon:
             raise
 
     def _start(self) -> None:
+        fdbudget.raise_limit()
         self.masters.start()
         self.topology.apply(self.initial)
         if self.state_path is not None:
@@ -129,21 +133,18 @@ class Daemon:
         for dp in self.ports:
             slaves = {}
             for name, dev in dp.devices.items():
-                drops = dict(dev.drops)
-                for label, n in dev.slave.drop_counts().items():
-                    drops[label] = drops.get(label, 0) + n
                 slaves[name] = {
                     "up": dev.slave.up,
                     "link": self.masters.slave_link(dp.port.master),
                     **dev.counters(),
-                    "drops": drops,
+                    "drops": counts(dev.drops, dev.slave.drops),
                     "multicast": dev.slave.mcast.describe(),
                     **({"learned": learned_addresses(dev.slave)} if dev.slave.learn else {}),
                 }
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,
                 "uplink_tx_packets": dp.uplink_tx,
-                "drops": {**dict(dp.drops), **dp.port.drop_counts()},
+                "drops": counts(dp.drops, dp.port.uplink_drops),
                 **({"host_link": {"name": dp.hostlink.name, "rx_packets": dp.hostlink.rx_packets,
                                   "tx_packets": dp.hostlink.tx_packets}} if dp.hostlink is not None else {}),
                 "slaves": slaves,

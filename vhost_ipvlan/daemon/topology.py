@@ -35,8 +35,11 @@ Rules:
   address a learning slave learns is consumed and routed on the loop's next turn.
   Learned addresses live in the ``Port`` only: the configuration, hence the state
   file, never holds them.
-- Errors: ``ConfigError`` (its ``Conflict`` subclasses carry a code),
-  ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host.
+- A new slave must fit in the file descriptor budget (``fdbudget``) with its guest
+  connected; else it is refused (``FdBudget``) before anything changes.
+- Errors (``errors``): ``ConfigError`` (its ``Conflict`` subclasses name the clash),
+  ``NotFound`` for an unknown port or slave, ``UplinkError`` from the host. A
+  refusal from the switch's ``Port`` keeps its class (its code) and gets the key path.
 """
 
 from __future__ import annotations
@@ -52,11 +55,11 @@ from functools import partial
 
 from .. import config as cfg
 from ..config import Config, PortConfig, SlaveConfig
-from ..errors import ConfigError, UplinkError
-from ..switch.port import AddressInUse as PortAddressInUse
-from ..switch.port import MacInUse, Port, Slave
-from . import nft
-from .datapath import NetDevice, PortDatapath
+from ..errors import AddressInUse, ConfigError, MacInUse, NoSuchInterface, NotFound, PortBusy, UplinkError
+from ..switch.port import Port, Slave
+from . import fdbudget, nft
+from .datapath import PortDatapath
+from .device import NetDevice
 from .endpoint import Endpoint
 from .hostlink import HostLink
 from .ownership import Ownership, learned_by_others, log_taken
@@ -64,27 +67,7 @@ from .routing import Router
 from .rxfilter import RxFilterWatch
 from .uplink import Uplink
 
-log = logging.getLogger("vhost_ipvlan.topology")
-
-
-class NotFound(ConfigError):
-    """The request names a port or slave that does not exist."""
-
-    code = "not_found"
-
-
-class NoSuchInterface(ConfigError):
-    """The master interface does not exist in the daemon's network namespace."""
-
-    code = "no_such_interface"
-
-
-class PortBusy(ConfigError):
-    code = "port_busy"
-
-
-class MacConflict(cfg.Conflict):
-    code = "mac_in_use"
+log = logging.getLogger(__name__)
 
 
 class Topology:
@@ -97,12 +80,19 @@ class Topology:
         self.endpoints: list[Endpoint] = []
         self.on_commit: Callable[[Config], None] | None = None
         # told when a port's data path starts (with its nftables chain) and stops
-        self.on_port_added: Callable[[PortDatapath, str], None] | None = None
+        self.on_port_added: Callable[[PortDatapath, nft.Chain], None] | None = None
         self.on_port_removed: Callable[[str], None] | None = None
-        self._chains: dict[str, str] = {}
+        self._chains: dict[str, nft.Chain] = {}
+        #: during ``apply``: the masters whose nftables chain and host routes wait for its end
+        self._deferred: set[str] | None = None
         #: slaves with ``qmp``: their multicast filter from the guest's RX filter
         self.rxfilters: dict[str, RxFilterWatch] = {}
         self._serial = 0
+        #: ``config``'s slaves by name, socket and address (``_index()``); with ``_indexed``,
+        #: the ``Config`` it describes (another one, e.g. after an undo: rebuilt when asked)
+        self._slave_index = cfg.SlaveIndex()
+        self._indexed: Config | None = self.config
+        self._endpoints: dict[str, Endpoint] = {}
         self._nft_used = False
         self.owners = Ownership(loop, self._sync_learned)
 
@@ -115,16 +105,23 @@ class Topology:
         raise NotFound(f"{where}.master: no port on master {master!r}")
 
     def slave_config(self, name: str, where: str = "params") -> tuple[PortConfig, SlaveConfig]:
-        for p, s in self.config.slaves():
-            if s.name == name:
-                return p, s
-        raise NotFound(f"{where}.name: no slave named {name!r}")
+        found = self._index().slaves.get(name)
+        if found is None:
+            raise NotFound(f"{where}.name: no slave named {name!r}")
+        return self.port_config(found[0]), found[1]
 
     def datapath(self, master: str) -> PortDatapath:
         return next(dp for dp in self.ports if dp.port.master == master)
 
     def endpoint(self, name: str) -> Endpoint:
-        return next(ep for ep in self.endpoints if ep.name == name)
+        """The slave's endpoint (``KeyError`` if there is none)."""
+        return self._endpoints[name]
+
+    def _index(self) -> cfg.SlaveIndex:
+        if self._indexed is not self.config:
+            self._slave_index = cfg.SlaveIndex(self.config.ports)
+            self._indexed = self.config
+        return self._slave_index
 
     # -- transactions -------------------------------------------------------------
 
@@ -144,8 +141,23 @@ class Topology:
 
     def apply(self, new: Config, where: str = "config") -> None:
         """Make the running ports and slaves equal to ``new`` (already validated)."""
-        with self.transaction() as undo:
+        with self.transaction() as undo, self._batch():
             self._apply(new, undo, where)
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Many changes at once (start-up, SIGHUP): each master's nftables chain and host
+        routes are brought up to date once, at the end, and its addresses read once."""
+        self._deferred = set()
+        try:
+            with self.owners.batch():
+                yield
+            deferred, self._deferred = self._deferred, None
+            for dp in self.ports:
+                if dp.port.master in deferred:
+                    self._sync_nft(dp)
+        finally:
+            self._deferred = None
 
     def _apply(self, new: Config, undo: ExitStack, where: str) -> None:
         if new.daemon != self.config.daemon:  # socket ownership: applies to sockets made from now on
@@ -203,8 +215,8 @@ class Topology:
         undo.callback(uplink.close)
         try:
             port = Port(pc.master, uplink.mac, pc.mode, pc.flag)
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from e
+        except ConfigError as e:
+            raise e.at(where) from e
         self.owners.watch(port)
         undo.callback(self.owners.unwatch, port)
         port.master_addresses = self.owners.master_addresses(pc.master)
@@ -212,23 +224,21 @@ class Topology:
         dp = PortDatapath(port, uplink, self.loop)
         undo.callback(_close_extras, dp)
         try:
-            dp.hostlink = HostLink(dp, uplink.ifindex)
+            dp.hostlink = HostLink(port, uplink.ifindex)
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
-        if pc.mode == "l3" or (pc.mode == "l3s" and pc.flag == "vepa"):  # l3s vepa routes guest -> guest
+        if port.traits.routes:
             dp.router = Router(uplink.ifindex, self.loop)
-        if pc.mode == "l3s" and dp.hostlink is not None:
+        if port.traits.host_forwarding and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1
-        self._chains[pc.master] = f"p{self._serial}"
+        self._chains[pc.master] = nft.Chain(f"p{self._serial}", pc.master, ip=port.traits.consume_ip)
         self.ports.append(dp)
         undo.callback(self._forget_port, dp)
         self.config = replace(self.config, ports=(*self.config.ports, replace(pc, slaves=())))
         self._sync_nft(dp)
-        dp.start()
+        dp.start()  # reads the host link too
         undo.callback(dp.stop)
-        if dp.hostlink is not None:
-            dp.hostlink.start()
         if self.on_port_added is not None:
             self.on_port_added(dp, self._chains[pc.master])
             if self.on_port_removed is not None:
@@ -241,7 +251,7 @@ class Topology:
         self.ports.remove(dp)
         chain = self._chains.pop(dp.port.master)
         with contextlib.suppress(UplinkError):
-            nft.release(chain)
+            chain.release()
 
     def remove_port(self, master: str, undo: ExitStack, where: str = "params") -> None:
         pc = self.port_config(master, where)
@@ -253,7 +263,7 @@ class Topology:
         chain = self._chains.pop(master)
         if self.on_port_removed is not None:
             self.on_port_removed(master)
-        nft.release(chain)
+        chain.release()
         dp.stop()
         dp.uplink.close()
         _close_extras(dp)
@@ -283,7 +293,8 @@ class Topology:
     def add_slave(self, master: str, sc: SlaveConfig, undo: ExitStack, where: str = "params") -> None:
         """Create the slave, its device and endpoint (socket), and update nftables."""
         self.port_config(master, where)
-        cfg.check_slave(where, self.config.ports, master, sc)
+        cfg.check_slave(where, self.config.ports, master, sc, index=self._index())
+        fdbudget.check(where, sc.name, len(self.ports), len(self._index().slaves) + 1)
         dp = self.datapath(master)
         self.owners.check_master(where, dp.port, sc.addresses, {a.ip for a in sc.addresses})
         taken = learned_by_others(dp.port, sc.name, sc.addresses)
@@ -293,11 +304,11 @@ class Topology:
             slave = dp.port.add_slave(sc.name, [a.ip.packed for a in sc.addresses], mac=sc.mac, learn=sc.learn,
                                       allow_router=sc.allow_router)
         except MacInUse as e:
-            raise MacConflict(f"{where}.mac: {e}") from e
-        except PortAddressInUse as e:
-            raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
-        except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from e
+            raise e.at(f"{where}.mac") from e
+        except AddressInUse as e:
+            raise e.at(f"{where}.addresses") from e
+        except ConfigError as e:
+            raise e.at(where) from e
         undo.callback(dp.port.remove_slave, slave)
         dev = NetDevice(slave, dp)
         dp.devices[sc.name] = dev
@@ -306,6 +317,7 @@ class Topology:
         ep = Endpoint(sc.socket, sc.socket_mode, dev, self.loop, d.socket_permissions, d.socket_owner, d.socket_group,
                       peer=(sc.peer_uid, sc.peer_gid))
         self.endpoints.append(ep)
+        self._endpoints[sc.name] = ep
         undo.callback(self._close_endpoint, ep)
         self._set_slave(master, sc.name, sc)
         self._sync_nft(dp)
@@ -340,7 +352,7 @@ class Topology:
         """Make slave ``name`` equal to ``sc`` (on ``master``); in place when possible."""
         pc, old = self.slave_config(name, where)
         self.port_config(master, where)
-        cfg.check_slave(where, self.config.ports, master, sc, replaces=name)
+        cfg.check_slave(where, self.config.ports, master, sc, replaces=name, index=self._index())
         if pc.master != master or not _in_place(old, sc) or sc.name != name:
             self.remove_slave(name, undo, where)
             self.add_slave(master, sc, undo, where)
@@ -359,8 +371,8 @@ class Topology:
         for ip in new_ips - old_ips:
             try:
                 dp.port.add_address(slave, ip.packed)
-            except ValueError as e:
-                raise cfg.AddressInUse(f"{where}.addresses: {e}") from e
+            except ConfigError as e:  # the real cause: in use, or not a unicast address
+                raise e.at(f"{where}.addresses") from e
             undo.callback(dp.port.remove_address, slave, ip.packed)
         if old.allow_router != sc.allow_router:
             slave.allow_router = sc.allow_router
@@ -388,20 +400,25 @@ class Topology:
     # -- internals --------------------------------------------------------------------
 
     def _set_slave(self, master: str, name: str, sc: SlaveConfig | None) -> None:
-        """Replace (or with ``None`` remove) slave ``name`` in ``config``; append if new."""
+        """Replace (or with ``None`` remove) slave ``name`` in ``config``; append if new.
+        Only the ports concerned are rebuilt, and the index follows."""
+        index = self._index()
+        old = index.slaves.get(name)
         ports = []
         for p in self.config.ports:
-            slaves = [s for s in p.slaves if s.name != name] if sc is None else list(p.slaves)
-            if sc is not None and p.master == master:
-                idx = next((i for i, s in enumerate(slaves) if s.name == name), None)
-                if idx is None:
-                    slaves.append(sc)
-                else:
-                    slaves[idx] = sc
-            elif sc is not None:
-                slaves = [s for s in slaves if s.name != name]
-            ports.append(replace(p, slaves=tuple(slaves)))
+            slaves = p.slaves
+            if old is not None and p.master == old[0] and (sc is None or p.master != master):
+                slaves = tuple(s for s in slaves if s.name != name)
+            elif sc is not None and p.master == master:
+                in_place = old is not None and old[0] == master
+                slaves = tuple(sc if s.name == name else s for s in slaves) if in_place else (*slaves, sc)
+            ports.append(p if slaves is p.slaves else replace(p, slaves=slaves))
         self.config = replace(self.config, ports=tuple(ports))
+        if old is not None:
+            index.remove(*old)
+        if sc is not None:
+            index.add(master, sc)
+        self._indexed = self.config
 
     def _watch(self, sc: SlaveConfig, slave: Slave) -> None:
         if sc.qmp is not None:
@@ -418,13 +435,17 @@ class Topology:
         dp.dirty.discard(dev)
 
     def _close_endpoint(self, ep: Endpoint) -> None:
-        if ep in self.endpoints:
+        if self._endpoints.get(ep.name) is ep:
+            del self._endpoints[ep.name]
             self.endpoints.remove(ep)
         ep.close()
 
     def _sync_nft(self, dp: PortDatapath) -> None:
-        nft.consume(self._chains[dp.port.master], dp.port.master, *dp.port.consumed_addresses(),
-                    ip=dp.port.mode != "l3s")
+        """Bring the master's nftables chain and host routes up to date (by difference)."""
+        if self._deferred is not None:
+            self._deferred.add(dp.port.master)
+            return
+        self._chains[dp.port.master].sync(dp.port.by_addr)
         if dp.hostlink is not None:
             dp.hostlink.sync()
 
@@ -449,14 +470,13 @@ class Topology:
             with contextlib.suppress(UplinkError):
                 nft.remove()
         self.endpoints.clear()
+        self._endpoints.clear()
         self.ports.clear()
 
 
 def _close_extras(dp: PortDatapath) -> None:
     """Close the port's host link (deleting the tap and its routes) and router."""
-    if dp.hostlink is not None:
-        dp.hostlink.close()
-        dp.hostlink = None
+    dp.close_hostlink()
     if dp.router is not None:
         dp.router.close()
         dp.router = None

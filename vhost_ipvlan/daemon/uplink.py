@@ -1,4 +1,4 @@
-"""The master interface: an AF_PACKET socket with virtio-net headers.
+"""The master interface: an AF_PACKET socket with virtio-net headers (a ``seams.UplinkPort``).
 
 Rules:
 - PACKET_VNET_HDR: every frame read or written is preceded by the 10-byte
@@ -12,36 +12,17 @@ Rules:
 
 from __future__ import annotations
 
-import fcntl
 import socket
-import struct
 
 from ..errors import UplinkError
 from ..virtio.net import HDR_LEN
+from .ifinfo import interface_mac
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
-SIOCGIFHWADDR = 0x8927
-SIOCGIFMTU = 0x8921
 VNET_HDR_LEN = 10
-
-
-def interface_mac(name: str) -> bytes:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", name.encode()))
-        except OSError as e:
-            raise UplinkError(f"master {name}: cannot read its MAC address: {e.strerror}") from e
-    return bytes(res[18:24])
-
-
-def interface_mtu(name: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        res = fcntl.ioctl(s.fileno(), SIOCGIFMTU, struct.pack("256s", name.encode()))
-    mtu: int = struct.unpack_from("i", res, 16)[0]
-    return mtu
 
 
 class Uplink:

@@ -15,9 +15,10 @@ import pwd
 import stat
 from pathlib import Path
 
-from ..control.client import Client, ControlUnavailable, RemoteError
+from ..control.client import Client
+from ..errors import ControlUnavailable, DomainError, RemoteError
 from ..unixsock import writable_by_others
-from .domain import DomainError, ours, parse, problems
+from .domain import ours, parse, problems
 
 QEMU_USER = "libvirt-qemu"
 

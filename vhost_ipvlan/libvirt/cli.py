@@ -43,7 +43,8 @@ def add_parsers(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "install-hook":
-        from .hook import HookError, install
+        from ..errors import HookError
+        from .hook import install
 
         try:
             path = install(args.hooks_dir, args.control, args.socket_dir)

@@ -54,30 +54,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import config as cfg
-from ..errors import ConfigError
+from ..errors import ConfigError, DomainError, escape_controls
+from ..switch.decisions import FLAGS, MODES
 
 NS = "https://vhost-ipvlan.example/xmlns/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 DEFAULT_SOCKET_DIR = Path("/run/vhost-ipvlan")
 QEMU_SUBDIR = "qemu"  # <socket dir>/qemu: QEMU-listens sockets (QEMU creates them), root:kvm 1770
 ROLE = {"client": "server", "server": "client"}  # libvirt's mode (QEMU's role) -> the daemon's socket_mode
-
-
-def one_line(text: str) -> str:
-    """``text`` with every control character escaped (``\\n``, ``\\x7f``): names and
-    paths from a domain XML go into messages and logs, which must stay one line."""
-    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-class DomainError(ConfigError):
-    """The domain XML does not say what vhost-ipvlan needs (one line: control
-    characters from the XML are escaped)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
 
 
 @dataclass(frozen=True)
@@ -248,7 +232,7 @@ def _meta(domain: str, el: ET.Element) -> Meta:
     addresses = tuple((a.text or "").strip() for a in el.findall(f"{{{NS}}}address"))
     for i, a in enumerate(addresses):
         _check(lambda a=a, i=i: cfg.parse_address(f"{where}: address[{i}]", a))
-    for key, choices in (("mode", cfg.MODES), ("flag", cfg.FLAGS)):
+    for key, choices in (("mode", MODES), ("flag", FLAGS)):
         value = el.get(key)
         if value is not None and value not in choices:
             raise DomainError(f"{where}: {key} {value!r} is not one of {', '.join(choices)}")
@@ -359,7 +343,7 @@ def problems(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR, *, msix_bug: bool 
         dom = parse(xml)
     except DomainError as e:
         return [str(e)]
-    return [one_line(line) for line in _problems(dom, socket_dir, msix_bug)]
+    return [escape_controls(line) for line in _problems(dom, socket_dir, msix_bug)]
 
 
 def _problems(dom: Domain, socket_dir: Path, msix_bug: bool) -> list[str]:

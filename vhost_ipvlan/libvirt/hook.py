@@ -36,16 +36,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from ..control.client import DEFAULT_SOCKET, Client, ControlUnavailable, RemoteError
-from .domain import DEFAULT_SOCKET_DIR, DomainError, SlaveRequest, slave_requests
+from ..control.client import DEFAULT_SOCKET, Client
+from ..errors import ControlUnavailable, DomainError, HookError, RemoteError
+from .domain import DEFAULT_SOCKET_DIR, SlaveRequest, slave_requests
 
 HOOKS_DIR = Path("/etc/libvirt/hooks")
 HOOK_NAME = "vhost-ipvlan"
 ClientFactory = Callable[[], Client]
-
-
-class HookError(Exception):
-    """One line for libvirt's error message."""
 
 
 def ensure(client: Client, requests: Sequence[SlaveRequest]) -> list[str]:

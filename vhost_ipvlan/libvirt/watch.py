@@ -45,11 +45,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..control.client import Client, ControlUnavailable, RemoteError
-from .domain import DomainError, parse, slave_requests
-from .hook import HookError, ensure, remove
+from ..control.client import Client
+from ..errors import ControlUnavailable, DomainError, HookError, RemoteError
+from .domain import parse, slave_requests
+from .hook import ensure, remove
 
-log = logging.getLogger("vhost_ipvlan.libvirt.watch")
+log = logging.getLogger(__name__)
 RESCAN = 30.0
 ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}  # QEMU's own defaults
 

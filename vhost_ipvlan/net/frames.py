@@ -71,10 +71,30 @@ ND_OPTIONS_OFFSET: Final[dict[int, int]] = {
 ND_OPT_SOURCE_LL_ADDR: Final = 1
 ND_OPT_TARGET_LL_ADDR: Final = 2
 
-# Offsets from the start of the frame (untagged Ethernet).
+# Offsets of fields from the start of the frame (untagged Ethernet), for the code
+# outside ``net`` that reads a field in place on the data path. The reader has made
+# sure the frame is long enough and of that kind (``classify`` did, or it compares
+# the length first). A buffer with a header in front (virtio-net): ``shifted``.
+OFF_ETHERTYPE: Final = 12  # the EtherType, or an 802.3 length (< 0x0600)
 OFF_L3: Final = ETH_HLEN
-OFF_ICMPV6: Final = ETH_HLEN + IPV6_HLEN  # 54
+OFF_LLC: Final = ETH_HLEN  # 802.3: the LLC/SNAP header (3 bytes), then the SNAP OUI (3 bytes)
+OFF_ARP_OP: Final = OFF_L3 + 6  # 16-bit ARP opcode
+OFF_IPV4_VER_IHL: Final = OFF_L3  # version << 4 | header length in 32-bit words (also IPv6's version)
+OFF_IPV4_TOT_LEN: Final = OFF_L3 + 2  # 16 bits
+OFF_IPV4_FRAG: Final = OFF_L3 + 6  # 3 flag bits, then the 13-bit fragment offset
+OFF_IPV4_PROTO: Final = OFF_L3 + 9
+OFF_IPV4_DST: Final = OFF_L3 + 16
+OFF_IPV6_PLEN: Final = OFF_L3 + 4  # 16-bit payload length
+OFF_IPV6_NEXT: Final = OFF_L3 + 6  # next header
+OFF_IPV6_DST: Final = OFF_L3 + 24
+OFF_ICMPV6: Final = ETH_HLEN + IPV6_HLEN  # 54: ICMPv6 type, when it directly follows the IPv6 header
 OFF_ND_TARGET: Final = OFF_ICMPV6 + 8  # 62: NS/NA/Redirect target address
+ND_TARGET_END: Final = OFF_ND_TARGET + 16  # 78: the length of an NS/NA without options
+LLC_HDR: Final = slice(OFF_LLC, OFF_LLC + 3)
+SNAP_OUI: Final = slice(OFF_LLC + 3, OFF_LLC + 6)
+IPV4_DST: Final = slice(OFF_IPV4_DST, OFF_IPV4_DST + 4)
+IPV6_DST: Final = slice(OFF_IPV6_DST, OFF_IPV6_DST + 16)
+ND_TARGET: Final = slice(OFF_ND_TARGET, ND_TARGET_END)
 
 ETH: Final = struct.Struct("!6s6sH")  # dst, src, ethertype
 ARP: Final = struct.Struct("!HHBBH6s4s6s4s")  # htype ptype hlen plen op sha spa tha tpa
@@ -99,6 +119,11 @@ VLAN_TYPES: Final = frozenset((ETH_P_8021Q, ETH_P_8021AD, ETH_P_QINQ1))
 
 Classified = tuple[int, bytes, bytes, bytes, bytes, bytes]
 _RUNT: Final[Classified] = (L3_RUNT, b"", b"", b"", b"", b"")
+
+
+def shifted(field: slice, header: int) -> slice:
+    """``field`` (a slice above) in a buffer where the frame follows a ``header``-byte header."""
+    return slice(header + field.start, header + field.stop)
 
 
 def classify(frame: Frame) -> Classified:

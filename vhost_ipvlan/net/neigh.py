@@ -1,6 +1,6 @@
 """Answers to neighbour resolution, built by the backend itself: ARP replies and NDP NAs.
 
-Used where nothing else would answer (DESIGN.md departures): in l3/l3s the backend
+Used where nothing else would answer (departures, docs/kernel-behaviour.md §3-§5): in l3/l3s the backend
 answers a guest's ARP/NS for any address but its own (the guest's "router" is the
 master's MAC) and the outside's ARP/NS for slave addresses; in every mode it answers
 a guest's ARP/NS for the host's own addresses on the master.

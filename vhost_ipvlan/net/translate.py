@@ -1,6 +1,6 @@
 """MAC translation between a guest's own MAC and the master's MAC, in place.
 
-Guests keep their own MAC (a DESIGN.md departure from the kernel, where every slave
+Guests keep their own MAC (a departure from the kernel, docs/kernel-behaviour.md §2, where every slave
 has the master's MAC); the wire must only ever see the master's MAC. So:
 
 - ``to_wire`` (guest -> master, on the copy that leaves through the master):

@@ -3,14 +3,14 @@
 Run on every frame from a guest before source validation (``source``), so a
 guarded frame teaches nothing (no MAC, no address learned). ``check_guard``
 returns ``None`` or the ``DropReason`` to count. Departures: the kernel lets all
-of these through (DESIGN.md, README "Behaviour (l2)").
+of these through (docs/kernel-behaviour.md §3, README "Behaviour (l2)").
 
 Rules:
 - 802.1 link-constrained control frames: destination 01:80:c2:00:00:00 to
   01:80:c2:00:00:0f (STP BPDUs, 802.1X EAPOL, LACP/marker, LLDP ``0e``, ...)
   -> L2_CONTROL. They would leave as the host's (translated) and make the
   switch port err-disable, log the host off 802.1X, or break its LAG; a Linux
-  bridge never forwards them either. (PAUSE is MAC_CONTROL, in ``policy``.)
+  bridge never forwards them either. (PAUSE is MAC_CONTROL, in ``verdict``.)
   Cisco's 01:00:0c:cc:cc:cc (CDP, VTP, DTP, UDLD, PAgP) and 01:00:0c:cc:cc:cd
   (PVST+/Rapid-PVST+ BPDUs) too -> L2_CONTROL: BPDU guard and UDLD err-disable the
   host's port on them, DTP negotiates it into a trunk.
@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from ..drops import DropReason
 from ..net.addr import ZERO_V4, ZERO_V6
 from ..net.frames import (
     ARPOP_REQUEST,
@@ -65,15 +66,26 @@ from ..net.frames import (
     L3_IPV6,
     L3_ND_NS,
     L3_OTHER,
+    LLC_HDR,
     ND_NEIGHBOR_SOLICIT,
     ND_REDIRECT,
     ND_ROUTER_ADVERT,
     ND_ROUTER_SOLICIT,
+    OFF_ARP_OP,
+    OFF_ETHERTYPE,
     OFF_ICMPV6,
+    OFF_IPV4_DST,
+    OFF_IPV4_FRAG,
+    OFF_IPV4_PROTO,
+    OFF_IPV4_TOT_LEN,
+    OFF_IPV4_VER_IHL,
+    OFF_IPV6_DST,
+    OFF_IPV6_NEXT,
+    OFF_IPV6_PLEN,
+    SNAP_OUI,
     Frame,
     ipv6_upper,
 )
-from .reasons import DropReason
 
 if TYPE_CHECKING:
     from .port import Slave
@@ -91,6 +103,7 @@ UDP_HLEN: Final = 8
 ICMPV6_HLEN: Final = 4
 MLD_TYPES: Final = frozenset((131, 132, 143))  # MLDv1 report, done; MLDv2 report
 _SOLICITED_NODE: Final = bytes.fromhex("ff02" + "00" * 9 + "01ff")  # ff02::1:ff00:0/104
+_SOLICITED_NODE_PREFIX: Final = slice(OFF_IPV6_DST, OFF_IPV6_DST + len(_SOLICITED_NODE))
 
 _L2_CONTROL: Final = DropReason.L2_CONTROL
 _ANONYMOUS: Final = DropReason.ANONYMOUS_SRC
@@ -98,7 +111,6 @@ _RA_GUARD: Final = DropReason.RA_GUARD
 _DHCP_GUARD: Final = DropReason.DHCP_GUARD
 _NDP_EXT: Final = DropReason.NDP_EXT_HEADER
 _BAD_HEADER: Final = DropReason.BAD_HEADER
-_ARP_OP: Final = ETH_HLEN + 6  # the 16-bit ARP opcode
 
 
 def check_guard(slave: Slave, frame: Frame, kind: int, dst: bytes, l3src: bytes) -> DropReason | None:
@@ -110,20 +122,22 @@ def check_guard(slave: Slave, frame: Frame, kind: int, dst: bytes, l3src: bytes)
         return _ipv4(slave, frame, l3src)
     if kind >= L3_IPV6:
         return _ipv6(slave, frame, kind, l3src)
-    if kind == L3_ARP and l3src == ZERO_V4 and (frame[_ARP_OP] != 0 or frame[_ARP_OP + 1] != ARPOP_REQUEST):
+    if kind == L3_ARP and l3src == ZERO_V4 and (frame[OFF_ARP_OP] != 0 or frame[OFF_ARP_OP + 1] != ARPOP_REQUEST):
         return _ANONYMOUS
-    if kind == L3_OTHER and frame[12] < 0x06 and frame[14:17] == LLC_SNAP and frame[17:20] in ETHERTYPE_OUIS:
+    if kind == L3_OTHER and frame[OFF_ETHERTYPE] < 0x06 and frame[LLC_HDR] == LLC_SNAP and \
+            frame[SNAP_OUI] in ETHERTYPE_OUIS:
         return _BAD_HEADER  # an Ethernet type in an 802.3 frame: IP/ARP that no check above saw
     return None
 
 
 def _ipv4(slave: Slave, frame: Frame, l3src: bytes) -> DropReason | None:
-    if frame[23] != IPPROTO_UDP or frame[20] & 0x1F or frame[21]:  # not UDP, or a non-first fragment
-        if l3src != ZERO_V4 or (frame[23] == IPPROTO_IGMP and 224 <= frame[30] < 240):
+    if frame[OFF_IPV4_PROTO] != IPPROTO_UDP or frame[OFF_IPV4_FRAG] & 0x1F or frame[OFF_IPV4_FRAG + 1]:
+        # not UDP, or a non-first fragment
+        if l3src != ZERO_V4 or (frame[OFF_IPV4_PROTO] == IPPROTO_IGMP and 224 <= frame[OFF_IPV4_DST] < 240):
             return None
         return _ANONYMOUS
-    off = ETH_HLEN + (frame[14] & 0x0F) * 4
-    if off + UDP_HLEN > ETH_HLEN + (frame[16] << 8 | frame[17]):
+    off = ETH_HLEN + (frame[OFF_IPV4_VER_IHL] & 0x0F) * 4
+    if off + UDP_HLEN > ETH_HLEN + (frame[OFF_IPV4_TOT_LEN] << 8 | frame[OFF_IPV4_TOT_LEN + 1]):
         return _BAD_HEADER
     sport = frame[off] << 8 | frame[off + 1]
     dport = frame[off + 2] << 8 | frame[off + 3]
@@ -135,14 +149,14 @@ def _ipv4(slave: Slave, frame: Frame, l3src: bytes) -> DropReason | None:
 
 
 def _ipv6(slave: Slave, frame: Frame, kind: int, l3src: bytes) -> DropReason | None:
-    nh = frame[20]
+    nh = frame[OFF_IPV6_NEXT]
     if nh in (IPPROTO_ICMPV6, IPPROTO_UDP):
         proto, off, walked = nh, OFF_ICMPV6, 0
     else:
         proto, off, walked = ipv6_upper(frame, len(frame))
         if proto < 0:
             return _BAD_HEADER
-    end = OFF_ICMPV6 + (frame[18] << 8 | frame[19])  # within the frame (classify)
+    end = OFF_ICMPV6 + (frame[OFF_IPV6_PLEN] << 8 | frame[OFF_IPV6_PLEN + 1])  # within the frame (classify)
     anonymous = l3src == ZERO_V6
     if proto == IPPROTO_ICMPV6:
         if off + ICMPV6_HLEN > end:
@@ -156,7 +170,7 @@ def _ipv6(slave: Slave, frame: Frame, kind: int, l3src: bytes) -> DropReason | N
         if anonymous:
             if icmp in MLD_TYPES:
                 return None
-            if kind == L3_ND_NS and icmp == ND_NEIGHBOR_SOLICIT and frame[38:51] == _SOLICITED_NODE:
+            if kind == L3_ND_NS and icmp == ND_NEIGHBOR_SOLICIT and frame[_SOLICITED_NODE_PREFIX] == _SOLICITED_NODE:
                 return None
             return _ANONYMOUS
         return None

@@ -1,7 +1,7 @@
 """IPvlan l3 and l3s decisions (flags bridge, private, vepa).
 
-Reference: §4 (``ipvlan_xmit_mode_l3``, ``ipvlan_process_outbound``), §3
-(``ipvlan_handle_mode_l3``), §6 (l3s) and §12.1 rows a-h; departures from DESIGN.md.
+Reference: docs/kernel-behaviour.md §4 (``ipvlan_xmit_mode_l3``, ``ipvlan_process_outbound``),
+§5 (``ipvlan_handle_mode_l3``), §6 (l3s) and §8.1 rows a-h; departures: its §9.
 
 The guest's "router" is the master's MAC: the daemon answers every ARP request
 and Neighbour Solicitation a guest sends (for any address but the guest's own)
@@ -9,13 +9,13 @@ with the master's MAC, so a guest needs no special configuration (a plain
 ``192.0.2.10/24`` with any gateway works). Every frame delivered to an l3 guest
 has the master's MAC as its source.
 
-From a guest (after the same source validation as l2, ``policy`` steps 1-3):
+From a guest (after the same validation as in l2, ``l2`` "From a guest" steps 1-3):
   1. ARP request (not a probe from 0.0.0.0) or NS (not DAD) whose target is not
      the guest's own address -> ANSWER (departure: the kernel's NOARP slave
      never asks). Any other ARP -> DROP(NOT_IP); DAD NS -> DROP(MULTICAST_DST).
   2. Other non-IP EtherTypes -> DROP(NOT_IP) (kernel: "Dropped outbound packet type").
   3. Multicast/broadcast destination MAC -> DROP(MULTICAST_DST) (kernel
-     ``ipvlan_process_outbound``). The §12.3 bridge quirk (a broadcast ARP for
+     ``ipvlan_process_outbound``). The §8.3 bridge quirk (a broadcast ARP for
      another slave is delivered to it, where it is ignored) is not reproduced:
      the daemon answers it instead.
   4. IPv4/IPv6 whose destination is a slave's (the sender's own included, as the
@@ -30,7 +30,7 @@ From a guest (after the same source validation as l2, ``policy`` steps 1-3):
      the wire.
   5. Multicast/broadcast destination address -> DROP(MULTICAST_DST).
   6. Anything else (row OUTSIDE; the host's addresses too, whatever the flag: they
-     are not in the port's table, reference §12.3): l3 -> ROUTE (the host's tables,
+     are not in the port's table, §8.3): l3 -> ROUTE (the host's tables,
      oif pinned to the master; a local route goes to the host link); l3s -> TO_HOST
      (the host's stack routes it, through its netfilter: a departure, see
      ``daemon.hostlink``).
@@ -38,7 +38,7 @@ From a guest (after the same source validation as l2, ``policy`` steps 1-3):
 From the wire (the flag changes nothing here, as in the kernel):
   1. runt -> DROP(RUNT); other unusable frames -> PASS.
   2. ARP request (not a probe) or NS (not DAD) whose target is a slave's ->
-     ANSWER with the master's MAC (departure, reference §12.1 row e: nothing
+     ANSWER with the master's MAC (departure, §8.1 row e: nothing
      answers them in the kernel). Other ARP/NDP for slave addresses: consumed by
      the nftables chain, nothing to do here (PASS).
   3. l3: IPv4/IPv6 to a unicast MAC whose destination is a slave's -> TO_SLAVE
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from ..drops import DropReason
 from ..net.addr import ZERO_V4, ZERO_V6
 from ..net.frames import (
     ARPOP_REQUEST,
@@ -59,28 +60,15 @@ from ..net.frames import (
     L3_ND_NS,
     L3_OTHER,
     L3_RUNT,
+    OFF_ARP_OP,
     Classified,
     Frame,
     classify,
 )
 from .guard import check_guard
-from .policy import (
-    _D_OUTSIDE,
-    _D_SLAVE,
-    _GUEST_REJECT,
-    ANSWERED,
-    FLAGS,
-    PASSED,
-    DropReason,
-    FromGuest,
-    FromUplink,
-    Verdict,
-    _apply,
-    _drop,
-    rules,
-)
 from .source import check_source
-from .table import Source
+from .table import Dest, Source
+from .verdict import ANSWERED, GUEST_REJECT, PASSED, FromGuest, FromUplink, Verdict, apply, drop, rules
 
 if TYPE_CHECKING:
     from .port import Port, Slave
@@ -88,22 +76,22 @@ if TYPE_CHECKING:
 _NOT_IP: Final = DropReason.NOT_IP
 _MCAST_DST: Final = DropReason.MULTICAST_DST
 _TARGET_DOWN: Final = DropReason.TARGET_DOWN
-_ARP_OP: Final = 14 + 7  # low byte of the ARP opcode
+_ARP_OP: Final = OFF_ARP_OP + 1  # low byte of the ARP opcode
 
 
 def validate(port: Port, slave: Slave, frame: Frame) -> tuple[Verdict | None, Classified]:
-    """Source validation (``policy`` steps 1-3, with learning): a drop verdict or ``None``."""
+    """Guest validation (``l2`` "From a guest" steps 1-3, with learning): a drop verdict or ``None``."""
     c = classify(frame)
     kind, dst, src, sha, l3src, key = c
     drops = slave.drops
     if kind < L3_OTHER:
-        return _drop(drops, _GUEST_REJECT[kind]), c
+        return drop(drops, GUEST_REJECT[kind]), c
     why = check_guard(slave, frame, kind, dst, l3src)
     if why is not None:
-        return _drop(drops, why), c
+        return drop(drops, why), c
     why = check_source(port, slave, frame, kind, src, sha, l3src, key)
     if why is not None:
-        return _drop(drops, why), c
+        return drop(drops, why), c
     return None, c
 
 
@@ -116,7 +104,7 @@ def _is_multicast_ip(addr: bytes) -> bool:
 def from_guest(mode: str, flag: str) -> FromGuest:
     """The decision for frames sent by a slave, mode l3 or l3s, for ``flag``."""
     table = rules(mode, flag, Source.GUEST)
-    hit, beyond = table[_D_SLAVE], table[_D_OUTSIDE]
+    hit, beyond = table[Dest.SLAVE], table[Dest.OUTSIDE]
 
     def decide(port: Port, slave: Slave, frame: Frame) -> Verdict:
         bad, (kind, dst, _src, _sha, l3src, key) = validate(port, slave, frame)
@@ -127,20 +115,20 @@ def from_guest(mode: str, flag: str) -> FromGuest:
             if frame[_ARP_OP] == ARPOP_REQUEST and frame[_ARP_OP - 1] == 0 and l3src != ZERO_V4 \
                     and key not in slave.addresses:
                 return ANSWERED
-            return _drop(drops, _NOT_IP)
+            return drop(drops, _NOT_IP)
         if kind == L3_ND_NS:
             if l3src != ZERO_V6 and port.by_addr.get(key) is not slave:
                 return ANSWERED
-            return _drop(drops, _MCAST_DST)
+            return drop(drops, _MCAST_DST)
         if kind == L3_OTHER:
-            return _drop(drops, _NOT_IP)
+            return drop(drops, _NOT_IP)
         if dst[0] & 1:
-            return _drop(drops, _MCAST_DST)
+            return drop(drops, _MCAST_DST)
         target = port.by_addr.get(key)
         if target is not None:
-            return _apply(hit, drops, target, None)
+            return apply(hit, drops, target, None)
         if _is_multicast_ip(key):
-            return _drop(drops, _MCAST_DST)
+            return drop(drops, _MCAST_DST)
         return beyond
 
     decide.__name__ = decide.__qualname__ = f"{mode}_{flag}_from_guest"
@@ -150,7 +138,7 @@ def from_guest(mode: str, flag: str) -> FromGuest:
 def _from_uplink(port: Port, frame: Frame, steer: bool) -> Verdict:
     kind, dst, src, _sha, l3src, key = classify(frame)
     if kind == L3_RUNT:
-        return _drop(port.uplink_drops, DropReason.RUNT)
+        return drop(port.uplink_drops, DropReason.RUNT)
     if src not in port.wire_macs or kind >= L3_IPV6:
         port.saw_on_wire(src, kind, l3src)
     if kind < L3_ARP:
@@ -166,7 +154,7 @@ def _from_uplink(port: Port, frame: Frame, steer: bool) -> Verdict:
         return ANSWERED if l3src != ZERO_V6 else PASSED
     if not steer or dst[0] & 1:
         return PASSED
-    return target.to_me if target.up else _drop(port.uplink_drops, _TARGET_DOWN)
+    return target.to_me if target.up else drop(port.uplink_drops, _TARGET_DOWN)
 
 
 def l3_from_uplink(port: Port, frame: Frame) -> Verdict:
@@ -179,7 +167,9 @@ def l3s_from_uplink(port: Port, frame: Frame) -> Verdict:
     return _from_uplink(port, frame, False)
 
 
-DECISIONS: Final[dict[tuple[str, str], tuple[FromGuest, FromUplink]]] = {
-    **{("l3", flag): (from_guest("l3", flag), l3_from_uplink) for flag in FLAGS},
-    **{("l3s", flag): (from_guest("l3s", flag), l3s_from_uplink) for flag in FLAGS},
-}
+_FROM_UPLINK: Final[dict[str, FromUplink]] = {"l3": l3_from_uplink, "l3s": l3s_from_uplink}
+
+
+def decisions(mode: str, flag: str) -> tuple[FromGuest, FromUplink]:
+    """Mode l3's or l3s's two decision functions for ``flag`` (``decisions.DECISIONS``)."""
+    return from_guest(mode, flag), _FROM_UPLINK[mode]

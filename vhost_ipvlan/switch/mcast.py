@@ -1,7 +1,7 @@
 """Per-slave multicast filters: which multicast frames a guest receives.
 
 The kernel gives every slave a multicast filter (``ipvlan_set_multicast_mac_filter``,
-reference §1 and §3: a 256-bit hash of the destination MAC, broadcast always set,
+docs/kernel-behaviour.md §2 and §5: a 256-bit hash of the destination MAC, broadcast always set,
 PROMISC/ALLMULTI set every bit) and fans multicast out only to slaves whose filter
 matches, both from the wire and from other slaves. A vhost-user backend is never told
 the guest's RX filter (QEMU keeps it), so the filter is built here:
@@ -45,14 +45,26 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from ..net.addr import format_ip, format_mac, parse_mac
-from ..net.frames import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, OFF_ICMPV6, Frame
+from ..net.frames import (
+    ETH_HLEN,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPPROTO_HOPOPTS,
+    IPPROTO_ICMPV6,
+    IPV4_HLEN,
+    OFF_ETHERTYPE,
+    OFF_ICMPV6,
+    OFF_IPV4_PROTO,
+    OFF_IPV4_VER_IHL,
+    OFF_IPV6_NEXT,
+    Frame,
+)
 
 BROADCAST: Final = b"\xff" * 6
 ALL_HOSTS_MAC: Final = bytes.fromhex("01005e000001")  # 224.0.0.1
 ALL_NODES_MAC: Final = bytes.fromhex("333300000001")  # ff02::1
 
 IPPROTO_IGMP: Final = 2
-IPPROTO_HOPOPTS: Final = 0
 IGMP_V1_REPORT: Final = 0x12
 IGMP_V2_REPORT: Final = 0x16
 IGMP_V2_LEAVE: Final = 0x17
@@ -186,15 +198,16 @@ class GroupFilter:
     def snoop(self, frame: Frame) -> bool:
         """Learn from ``frame`` if it is an IGMP or MLD membership message; True if it was."""
         n = len(frame)
-        if n < ETH_HLEN + 20:
+        if n < ETH_HLEN + IPV4_HLEN:
             return False
-        etype = frame[12] << 8 | frame[13]
+        etype = frame[OFF_ETHERTYPE] << 8 | frame[OFF_ETHERTYPE + 1]
+        version_ihl = frame[OFF_IPV4_VER_IHL]
         if etype == ETH_P_IP:
-            if frame[14] >> 4 != 4 or frame[23] != IPPROTO_IGMP:
+            if version_ihl >> 4 != 4 or frame[OFF_IPV4_PROTO] != IPPROTO_IGMP:
                 return False
-            return self._igmp(frame, ETH_HLEN + (frame[14] & 0x0F) * 4, n)
-        if etype == ETH_P_IPV6 and n >= OFF_ICMPV6 and frame[14] >> 4 == 6:
-            nh, off = frame[20], OFF_ICMPV6
+            return self._igmp(frame, ETH_HLEN + (version_ihl & 0x0F) * 4, n)
+        if etype == ETH_P_IPV6 and n >= OFF_ICMPV6 and version_ihl >> 4 == 6:
+            nh, off = frame[OFF_IPV6_NEXT], OFF_ICMPV6
             if nh == IPPROTO_HOPOPTS:
                 if off + 2 > n:
                     return False
@@ -205,7 +218,7 @@ class GroupFilter:
         return False
 
     def _igmp(self, frame: Frame, off: int, n: int) -> bool:
-        if off < ETH_HLEN + 20 or off + 8 > n:
+        if off < ETH_HLEN + IPV4_HLEN or off + 8 > n:
             return False
         kind = frame[off]
         if kind in (IGMP_V1_REPORT, IGMP_V2_REPORT, IGMP_V2_LEAVE):

@@ -1,23 +1,22 @@
 """A port: one master interface, its slaves, and the port-wide address table.
 
-Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
-- Mode and flag are per port (the kernel's are port-wide too). ``l2`` with
-  ``bridge``, ``private`` or ``vepa``, and ``l3``/``l3s`` with ``bridge``, are
-  implemented (``policy.DECISIONS``); any other known value raises
-  ``PortConfigError`` saying it is not implemented yet, an unknown one says which
-  values exist.
+Rules (kernel ``ipvlan_main.c``: docs/kernel-behaviour.md §2 and §7, with its departures):
+- Mode and flag are per port (the kernel's are port-wide too): any of
+  ``decisions.MODES`` x ``decisions.FLAGS``; another value raises
+  ``errors.ConfigError`` saying which values exist. ``Port.traits`` is the pair's
+  ``decisions.Traits``: what the daemon does differently for it.
 - One address (IPv4 or IPv6, keyed by its packed bytes alone) belongs to at most one
-  slave of the port: ``AddressInUse`` names the owner. A down slave keeps its
+  slave of the port: ``errors.AddressInUse`` names the owner. A down slave keeps its
   addresses reserved (kernel: the busy check ignores the state).
 - Slave MACs are unique in the port and never the master's. A slave without a
-  configured MAC learns it from its first valid frame (see ``policy``); it is then
+  configured MAC learns it from its first valid frame (see ``l2``); it is then
   locked until the slave is removed.
 - IPv6 link-locals a guest uses are learned: the first slave to send from one owns it,
   at most ``MAX_LEARNED_LINK_LOCALS`` per slave. When a slave's MAC becomes known the
   EUI-64 link-local derived from it is reserved for it, so another guest cannot squat
   it first. A configured address always wins over a learned one: configuring it takes
   it away from the slave that had learned it.
-- Learning mode (``add_slave(..., learn=True)``, mode l2 only): the slave also
+- Learning mode (``add_slave(..., learn=True)``, where ``traits.learning``: mode l2): the slave also
   learns up to ``source.MAX_LEARNED_V4`` IPv4 and ``MAX_LEARNED_V6`` IPv6 addresses
   nobody owns from its frames (``source``), then it is locked. Learned addresses
   (``Slave.learned_addrs``) own traffic exactly as configured ones do; they are
@@ -37,8 +36,10 @@ Rules (kernel ``ipvlan_main.c``, reference §1, §2 and §7, plus DESIGN.md):
 - Each slave has a multicast filter (``mcast.GroupFilter``): the policy feeds it the
   guest's IGMP/MLD, the daemon asks it before flooding to that slave.
 - Per-frame decisions are ``port.from_guest(slave, frame)`` and
-  ``port.from_uplink(frame)``, bound from ``policy.DECISIONS`` for the port's mode
-  and flag. Configuration errors raise; frame problems never do.
+  ``port.from_uplink(frame)``, bound from ``decisions.DECISIONS`` for the port's mode
+  and flag. Configuration errors raise ``errors.ConfigError`` (``AddressInUse``,
+  ``MacInUse``, ``NameInUse`` for a clash) without a key path: the caller adds it
+  (``ConfigError.at``). Frame problems never raise.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from ..errors import ConfigError
+from ..drops import counts, new_counters
+from ..errors import AddressInUse, ConfigError, MacInUse, NameInUse
 from ..net.addr import (
     ZERO_MAC,
     eui64_link_local,
@@ -58,8 +60,9 @@ from ..net.addr import (
     parse_mac,
 )
 from ..net.frames import ETH_HLEN, L3_IPV6, Frame
+from .decisions import DECISIONS, FLAGS, MODES, TRAITS, modes_with
 from .mcast import GroupFilter
-from .policy import DECISIONS, FLAGS, MODES, N_DROP_REASONS, TO_SLAVE, TO_UPLINK, DropReason, Verdict
+from .verdict import TO_SLAVE, TO_UPLINK, Verdict
 
 MAX_LEARNED_LINK_LOCALS = 8
 MAX_WIRE_SEEN = 4096
@@ -69,22 +72,6 @@ AddressLike = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def _nobody(addr: bytes) -> bool:
     return False
-
-
-class PortConfigError(ConfigError, ValueError):
-    """A port or slave configuration request cannot be honoured."""
-
-
-class AddressInUse(PortConfigError):
-    """The address already belongs to another slave of this port."""
-
-
-class MacInUse(PortConfigError):
-    """The MAC address is the master's or already another slave's."""
-
-
-class NameInUse(PortConfigError):
-    """A slave of that name already exists on this port."""
 
 
 class Slave:
@@ -113,7 +100,7 @@ class Slave:
         #: set by the daemon when the guest's RX queue is ready
         self.up = False
         #: drop counters, indexed by DropReason
-        self.drops = [0] * N_DROP_REASONS
+        self.drops = new_counters()
         #: the TO_SLAVE verdict for this slave, built once
         self.to_me: Verdict = (TO_SLAVE, self)
         #: the TO_UPLINK verdict for a frame addressed to this slave's MAC (vepa)
@@ -134,7 +121,7 @@ class Slave:
 
     def drop_counts(self) -> dict[str, int]:
         """Non-zero drop counters by ``DropReason.label``."""
-        return {r.label: self.drops[r] for r in DropReason if self.drops[r]}
+        return counts(self.drops)
 
     def __repr__(self) -> str:
         mac = format_mac(self.mac) if self.mac is not None else "unlearned"
@@ -150,11 +137,11 @@ def _check_mac(mac: bytes | str) -> bytes:
     try:
         packed = parse_mac(mac) if isinstance(mac, str) else bytes(mac)
     except ValueError as exc:
-        raise PortConfigError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
     if len(packed) != 6:
-        raise PortConfigError(f"invalid MAC address {packed!r} (need 6 bytes)")
+        raise ConfigError(f"invalid MAC address {packed!r} (need 6 bytes)")
     if packed[0] & 1 or packed == ZERO_MAC:
-        raise PortConfigError(f"MAC address {format_mac(packed)} is not a unicast address")
+        raise ConfigError(f"MAC address {format_mac(packed)} is not a unicast address")
     return packed
 
 
@@ -166,21 +153,20 @@ class Port:
 
     def __init__(self, master: str, master_mac: bytes, mode: str = "l2", flag: str = "bridge"):
         if mode not in MODES:
-            raise PortConfigError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
+            raise ConfigError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
         if flag not in FLAGS:
-            raise PortConfigError(f"unknown flag {flag!r} (expected one of {', '.join(FLAGS)})")
-        decisions = DECISIONS.get((mode, flag))
-        if decisions is None:
-            what = f"mode {mode!r}" if all(m != mode for m, _ in DECISIONS) else f"flag {flag!r}"
-            raise PortConfigError(f"{what} is not implemented yet")
+            raise ConfigError(f"unknown flag {flag!r} (expected one of {', '.join(FLAGS)})")
+        decisions = DECISIONS[(mode, flag)]
         self.master = master
         self.mode = mode
         self.flag = flag
+        #: what the daemon does differently for this mode and flag
+        self.traits = TRAITS[(mode, flag)]
         self.master_mac = _check_mac(master_mac)
         self.slaves: dict[str, Slave] = {}
         self.by_addr: dict[bytes, Slave] = {}
         self.by_mac: dict[bytes, Slave] = {}
-        self.uplink_drops = [0] * N_DROP_REASONS
+        self.uplink_drops = new_counters()
         self.generation = 0
         #: the master's own addresses (packed); set by the daemon, never learned
         self.master_addresses: frozenset[bytes] = frozenset()
@@ -213,8 +199,9 @@ class Port:
         packed = [self._check_free_address(a, None) for a in addresses]
         used = {s.index for s in self.slaves.values()}
         index = next(i for i in range(1, len(used) + 2) if i not in used)
-        if learn and self.mode != "l2":
-            raise PortConfigError(f"address learning is only implemented for mode 'l2', not {self.mode!r}")
+        if learn and not self.traits.learning:
+            modes = ", ".join(repr(m) for m in modes_with("learning"))
+            raise ConfigError(f"address learning is only implemented for mode {modes}, not {self.mode!r}")
         slave = Slave(self, name, index, None)
         slave.learn = learn
         slave.allow_router = allow_router
@@ -229,7 +216,7 @@ class Port:
     def remove_slave(self, slave: Slave) -> None:
         """Forget a slave, its MAC and all its addresses."""
         if self.slaves.get(slave.name) is not slave:
-            raise PortConfigError(f"slave {slave.name!r} is not on {self.master}")
+            raise ConfigError(f"slave {slave.name!r} is not on {self.master}")
         del self.slaves[slave.name]
         for addr in slave.addresses | slave.learned | slave.learned_addrs:
             if self.by_addr.get(addr) is slave:
@@ -248,7 +235,7 @@ class Port:
         """Take a configured address away from ``slave``."""
         addr = parse_ip(address)
         if addr not in slave.addresses:
-            raise PortConfigError(f"{format_ip(addr)} is not an address of slave {slave.name!r}")
+            raise ConfigError(f"{format_ip(addr)} is not an address of slave {slave.name!r}")
         slave.addresses.discard(addr)
         if self.by_addr.get(addr) is slave:
             del self.by_addr[addr]
@@ -291,7 +278,7 @@ class Port:
                 l3src not in self.wire_link_locals and len(self.wire_link_locals) < MAX_WIRE_SEEN:
             self.wire_link_locals.add(l3src)
 
-    # -- learning (called by the policy, from a frame that passed validation) -----
+    # -- learning (called by the decisions, from a frame that passed validation) --
 
     def learn_mac(self, slave: Slave, mac: bytes) -> None:
         """Lock ``slave``'s MAC and reserve its EUI-64 link-local."""
@@ -335,7 +322,7 @@ class Port:
 
     def drop_counts(self) -> dict[str, int]:
         """Non-zero uplink-side drop counters by ``DropReason.label``."""
-        return {r.label: self.uplink_drops[r] for r in DropReason if self.uplink_drops[r]}
+        return counts(self.uplink_drops)
 
     # -- internals ----------------------------------------------------------------
 
@@ -351,9 +338,9 @@ class Port:
         try:
             addr = parse_ip(address)
         except ValueError as exc:
-            raise PortConfigError(str(exc)) from None
+            raise ConfigError(str(exc)) from None
         if not is_unicast_ip(addr):
-            raise PortConfigError(f"{format_ip(addr)} cannot be a slave address (not unicast)")
+            raise ConfigError(f"{format_ip(addr)} cannot be a slave address (not unicast)")
         owner = self.by_addr.get(addr)
         if owner is not None and owner is not slave and addr in owner.addresses:
             raise AddressInUse(
@@ -379,11 +366,7 @@ class Port:
 __all__ = [
     "MAX_LEARNED_LINK_LOCALS",
     "MAX_WIRE_SEEN",
-    "AddressInUse",
-    "MacInUse",
-    "NameInUse",
     "Port",
-    "PortConfigError",
     "Slave",
     "learned_addresses",
 ]

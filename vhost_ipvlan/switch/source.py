@@ -1,7 +1,7 @@
 """Source validation and address learning: which frames a guest may send.
 
-Every frame from a guest passes here before it is switched (``policy`` step 2-3,
-all modes; a DESIGN.md departure, the kernel checks nothing). ``check_source``
+Every frame from a guest passes here before it is switched (``l2`` step 2-3,
+all modes; a departure, docs/kernel-behaviour.md §3: the kernel checks nothing). ``check_source``
 returns ``None`` (valid; any learning it implies is committed) or the
 ``DropReason`` to count. It reads the fields ``frames.classify`` returned.
 
@@ -48,9 +48,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from ..drops import DropReason
 from ..net.addr import ZERO_MAC, ZERO_V4, ZERO_V6
-from ..net.frames import L3_ARP, L3_IPV4, L3_IPV6, L3_ND_NS, Frame
-from .reasons import DropReason
+from ..net.frames import (
+    IPPROTO_ICMPV6,
+    L3_ARP,
+    L3_IPV4,
+    L3_IPV6,
+    L3_ND_NS,
+    ND_NEIGHBOR_ADVERT,
+    ND_TARGET,
+    ND_TARGET_END,
+    OFF_ICMPV6,
+    OFF_IPV6_NEXT,
+    Frame,
+)
 
 if TYPE_CHECKING:
     from .port import Port, Slave
@@ -65,9 +77,6 @@ _TOO_MANY_LL: Final = DropReason.TOO_MANY_LINK_LOCALS
 _LEARN_REFUSED: Final = DropReason.LEARN_REFUSED
 _NOT_ON_LINK: Final = DropReason.LEARN_NOT_ON_LINK
 
-_ICMPV6_OFF: Final = 54  # ICMPv6 type, right after an untagged IPv6 header
-_NA_TARGET: Final = slice(62, 78)
-_ND_NEIGHBOR_ADVERT: Final = 136
 
 
 def _link_local(addr: bytes) -> bool:
@@ -154,8 +163,9 @@ def check_source(port: Port, slave: Slave, frame: Frame, kind: int, src: bytes, 
         elif kind == L3_ND_NS and slave.learn and not _link_local(key) and by_addr.get(key) is None and \
                 learnable(port, slave, key) is None:
             learn = key  # duplicate address detection (RFC 4862)
-        if kind == L3_IPV6 and frame[20] == 58 and len(frame) >= 78 and frame[_ICMPV6_OFF] == _ND_NEIGHBOR_ADVERT:
-            target = bytes(frame[_NA_TARGET])
+        if kind == L3_IPV6 and frame[OFF_IPV6_NEXT] == IPPROTO_ICMPV6 and len(frame) >= ND_TARGET_END and \
+                frame[OFF_ICMPV6] == ND_NEIGHBOR_ADVERT:
+            target = bytes(frame[ND_TARGET])
             owner = by_addr.get(target)
             if owner is not slave and target != learn and target != learn_ll:
                 if _link_local(target):

@@ -1,27 +1,27 @@
 """The policy table, as data: (mode, flag, source, destination kind) -> verdict.
 
-Reference: ``reference/ipvlan-kernel-behaviour.md`` §5 (behaviour table), §4 (TX),
-§3 (RX) and §12 (observed; wins where they disagree). ``docs/policy-matrix.md`` is
+Reference: ``docs/kernel-behaviour.md`` §3 and §4 (from a slave), §5 (from the wire)
+and §8 (observed; wins where they disagree). ``docs/policy-matrix.md`` is
 generated from this table by ``scripts/gen_policy_matrix.py``.
 
 Rules:
 - A key is ``(mode, flag, source, dest)``. ``source`` is where the frame came from
   (``GUEST``: a slave's TX ring; ``WIRE``: the master); ``dest`` is the destination
   kind the decision function found, *after* source validation (which drops spoofed
-  and unusable frames first, whatever the mode: a DESIGN.md departure).
+  and unusable frames first, whatever the mode: a departure, §3).
 - ``ROWS`` lists the (source, dest) pairs that exist, in document order, with the
-  text of the traffic class (the §5 row it comes from). A mode that does not tell
+  text of the traffic class (the §3-§5 row it comes from). A mode that does not tell
   some kinds apart simply gives them the same rule.
-- A value is a ``Rule``: an action name from ``policy.ACTION_NAMES``, the
+- A value is a ``Rule``: an action name (``verdict.Action.label``), the
   ``DropReason`` label for ``drop``, and a short note (kernel function, or
   "departure"). ``to_slave`` means "the owner of the destination address (or MAC)";
   a down owner is then a ``target_down`` drop.
-- The decision functions read their verdicts from this table (``policy.rules``),
+- The decision functions read their verdicts from this table (``verdict.rules``),
   so the table cannot drift from the code; ``tests/unit/test_policy_table.py``
   also sends one sample frame per row through every implemented (mode, flag).
 - A (mode, flag) pair is implemented when it has a rule for every row of ``ROWS``
-  and an entry in ``policy.DECISIONS``. To add a mode: add its rules here (new
-  destination kinds go in ``Dest`` and ``ROWS``), its functions there.
+  and an entry in ``decisions.DECISIONS``. To add a mode: add its rules here (new
+  destination kinds go in ``Dest`` and ``ROWS``), its functions and traits there.
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ class Dest(StrEnum):
 
 
 class Rule(NamedTuple):
-    action: str  # an ACTION_NAMES entry: to_slave | to_uplink | flood | pass | drop | to_host | route | answer
+    action: str  # an Action label: to_slave | to_uplink | flood | pass | drop | to_host | route | answer
     reason: str = ""  # DropReason label, for drop only
     note: str = ""
 
 
-# (source, dest) -> the traffic class, as the docs name it (reference §5 rows).
+# (source, dest) -> the traffic class, as the docs name it (docs/kernel-behaviour.md §3-§5 rows).
 ROWS: Final[dict[tuple[Source, Dest], str]] = {
     (Source.GUEST, Dest.SLAVE): "Slave -> another slave's address (unicast; ARP reply, NS target too)",
     (Source.GUEST, Dest.GUEST_MAC): "Slave -> another guest's MAC, no slave address (non-IP unicast)",
@@ -67,7 +67,7 @@ ROWS: Final[dict[tuple[Source, Dest], str]] = {
 
 _G, _W = Source.GUEST, Source.WIRE
 
-# Mode l2: what does not depend on the flag (§3 ipvlan_handle_mode_l2, §4 step 2).
+# Mode l2: what does not depend on the flag (§5 ipvlan_handle_mode_l2, §3 multicast).
 _L2_COMMON: Final[dict[tuple[Source, Dest], Rule]] = {
     (_G, Dest.OUTSIDE): Rule("to_uplink", note="ipvlan_xmit_mode_l2: dev_queue_xmit(master)"),
     (_G, Dest.MULTICAST): Rule(
@@ -95,11 +95,11 @@ _L2_BY_FLAG: Final[dict[str, dict[tuple[Source, Dest], Rule]]] = {
             "to_uplink", note="VEPA skips the local test; dst MAC becomes the master's; hairpin brings it back"
         ),
         (_G, Dest.GUEST_MAC): Rule("to_uplink", note="VEPA: to the wire, dst MAC rewritten to the master's"),
-        (_G, Dest.HOST): Rule("to_uplink", note="§12.3: vepa sends slave -> host to the wire too"),
+        (_G, Dest.HOST): Rule("to_uplink", note="§8.3: vepa sends slave -> host to the wire too"),
     },
 }
 
-# Modes l3 and l3s (§4 ipvlan_xmit_mode_l3, §6, §12; decisions in ``switch.l3``): what
+# Modes l3 and l3s (§4 ipvlan_xmit_mode_l3, §6, §8; decisions in ``switch.l3``): what
 # depends on neither the mode nor the flag.
 _L3_COMMON: Final[dict[tuple[Source, Dest], Rule]] = {
     (_G, Dest.GUEST_MAC): Rule("drop", "not_ip", "ipvlan_process_outbound: non-IP dropped"),
@@ -113,7 +113,7 @@ _L3_COMMON: Final[dict[tuple[Source, Dest], Rule]] = {
 
 # By mode: where what leaves the port goes (l3: the daemon routes it; l3s: the host's stack).
 # The flags do not change these rows: in the kernel the host's address is not in the
-# port's table, so slave -> host takes the routed path in every flag (§12.3).
+# port's table, so slave -> host takes the routed path in every flag (§8.3).
 _L3_BY_MODE: Final[dict[str, dict[tuple[Source, Dest], Rule]]] = {
     "l3": {
         (_G, Dest.HOST): Rule("route", note="host routing pinned to the master; a local route -> host link"),

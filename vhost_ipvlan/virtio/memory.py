@@ -13,6 +13,12 @@ Rules:
   truncate, so every bound is checked here, explicitly).
 - The buffers are whatever the I/O layer mapped (``mmap`` in the daemon, a
   ``bytearray`` in tests); this module never maps or unmaps anything.
+- The C accelerator (``_fastpath.c``, ``queue_open``) reads ``_by_gpa`` by name
+  (through a ``SplitQueue``'s ``mem``): a tuple of at most 16 ``(start, end,
+  buffer)`` tuples, ints and a writable C-contiguous buffer of exactly
+  ``end - start`` bytes; it repeats ``gpa_view``'s bounds checks. Renaming or
+  retyping it is a change to ``_fastpath.c`` too
+  (``tests/unit/test_fastpath_contract.py`` checks the name).
 """
 
 from __future__ import annotations

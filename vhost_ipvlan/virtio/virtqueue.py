@@ -40,6 +40,15 @@ Rules:
   asking for kicks, the caller must re-check behind a full barrier (``fence``):
   the store of ``avail_event`` and the load of ``avail.idx`` may otherwise be
   reordered, and the kick lost.
+- The C accelerator (``_fastpath.c``, ``queue_open``/``queue_close``) works on a
+  ``SplitQueue``'s own state and reads these attributes by name: ``num``,
+  ``last_avail``, ``used_idx`` and ``walked`` (ints; it writes the last three
+  back), ``_desc``, ``_avail`` and ``_used`` (writable C-contiguous buffers at
+  least ``ring_sizes(num)`` long), and ``mem`` (a ``GuestMemory``: see
+  ``memory.py``). It also repeats ``MAX_QUEUE_SIZE`` (32768), the ring layout and
+  the single-descriptor forms of ``pop``/``gather``/``push``/``put``. Renaming or
+  retyping one of these is a change to ``_fastpath.c`` too
+  (``tests/unit/test_fastpath_contract.py`` checks the names).
 """
 
 from __future__ import annotations
