@@ -73,7 +73,7 @@ class Refused(Exception):
 
 
 class Net(Protocol):
-    def run(self, mode: str, flag: str) -> Observations: ...
+    def run(self, mode: str, flag: str, probes: tuple[Probe, ...] = PROBES) -> Observations: ...
 
 
 # The outside's bridge: one port (the veth end), no STP delay, no multicast snooping (it
@@ -246,12 +246,12 @@ class KernelNet:
         self.guest.start()
         self.guest.wait_ready(300)
 
-    def run(self, mode: str, flag: str) -> Observations:
+    def run(self, mode: str, flag: str, probes: tuple[Probe, ...] = PROBES) -> Observations:
         with self.lock:
-            rc, out = self.guest.run(kernel_script(mode, flag), timeout=600)
+            rc, out = self.guest.run(kernel_script(mode, flag, probes), timeout=600)
         if rc != 0:
             raise RuntimeError(f"kernel guest: {mode} {flag} setup failed (rc {rc}):\n{out[-3000:]}")
-        return parse_kernel_output(out)
+        return parse_kernel_output(out, probes)
 
     def stop(self) -> None:
         self.guest.stop()
@@ -384,12 +384,12 @@ class DaemonNet:
         qmp(self.guests[slave].qmp_socket, "set_link", {"name": "n0", "up": up})
         self.lab.wait_log(f"slave {slave}: {word}", seen, timeout=60)
 
-    def run(self, mode: str, flag: str) -> Observations:
+    def run(self, mode: str, flag: str, probes: tuple[Probe, ...] = PROBES) -> Observations:
         combo = f"{mode}-{flag}"
         self.switch(mode, flag)
         result: Observations = {}
         before = self._snap()
-        for p in PROBES:
+        for p in probes:
             port = next_combo(combo) if p.port else combo
             if port != f"{self.mode}-{self.flag}":
                 self.switch(*port.split("-"))
