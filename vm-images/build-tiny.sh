@@ -9,7 +9,8 @@
 # The directory is printed as the last line on stdout; progress goes to stderr.
 #
 # Needs (Debian 12, root or not): apt-get/apt-cache, dpkg-deb, cpio, busybox-static,
-# iproute2, coreutils, gcc with a static libc (rawpkt). The kernel package is unpacked with dpkg -x, never installed.
+# iproute2, coreutils, gcc with a static libc (rawpkt). The kernel package is unpacked
+# with dpkg -x, never installed.
 set -euo pipefail
 export LC_ALL=C
 
