@@ -9,7 +9,7 @@ Shape (other tools rely on it; do not change it lightly)::
 
     [[port]]
     master = "veth0"            # host interface: the IPvlan master
-    mode = "l2"                 # l2 | l3 | l3s
+    mode = "l2"                 # l2 | l3 | l3s (default l2: ``DEFAULT_MODE``)
     flag = "bridge"             # bridge | private | vepa
     [[port.slave]]
     name = "vm1"
@@ -72,6 +72,13 @@ from typing import Any
 from .errors import AddressInUse, ConfigError, NameInUse, PortExists, SocketInUse
 from .switch.decisions import FLAGS, MODES, TRAITS, modes_with
 
+#: A port without ``mode`` (file, control API, ``vhost-ipvlanctl port add``, the
+#: libvirt hook). Not the kernel's default (``ip link add ... type ipvlan`` gives
+#: l3, reference §2): l2 is the mode in which a VM's usual configuration (DHCP,
+#: SLAAC from the LAN's router, mDNS) works, the CNI plugin and Docker default to it,
+#: and files written without ``mode`` would otherwise change behaviour silently
+#: (README, "Behaviour (l2)" departures).
+DEFAULT_MODE = "l2"
 SOCKET_MODES = ("server", "client")
 MAX_ADDRESSES = 256
 
@@ -275,7 +282,7 @@ def parse_port(where: str, table: Any) -> PortConfig:
     """One ``[[port]]`` table with its slaves (cross-checks within the port included)."""
     t = _keys(where, table, {"master", "mode", "flag", "slave"}, {"master"})
     master = check_ifname(f"{where}.master", _str(f"{where}.master", t["master"]))
-    mode = _choice(f"{where}.mode", t.get("mode", "l2"), MODES)
+    mode = _choice(f"{where}.mode", t.get("mode", DEFAULT_MODE), MODES)
     flag = _choice(f"{where}.flag", t.get("flag", "bridge"), FLAGS)
     raw = t.get("slave", [])
     if not isinstance(raw, list):

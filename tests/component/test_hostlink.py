@@ -55,8 +55,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
 
 
-def answer_echoes(a: FakeFrontend, lab: Lab, ping: subprocess.Popen[str], v6: bool) -> None:
-    """Play the guest: answer the host's echo requests until ``ping`` exits."""
+def answer_echoes(a: FakeFrontend, lab: Lab, ping: subprocess.Popen[str], v6: bool) -> str:
+    """Play the guest: answer the host's echo requests until ``ping`` exits; its output."""
     def step() -> bool:
         for _, data in a.receive():
             p = Ether(data)
@@ -73,6 +73,7 @@ def answer_echoes(a: FakeFrontend, lab: Lab, ping: subprocess.Popen[str], v6: bo
     wait_until(step, 20, what="host's ping finished")
     out = ping.communicate()[0]
     assert ping.returncode == 0, out
+    return out
 
 
 def test_host_pings_guest_and_guest_pings_host(lab: Lab) -> None:

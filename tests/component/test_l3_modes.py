@@ -103,8 +103,6 @@ def test_outside_and_host_ping_guest(lab: Lab) -> None:
     ping = subprocess.Popen(["ip", "netns", "exec", lab.out, "ping", "-c", "2", "-i", "0.3", "-W", "5", A_IP],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     answer_echoes(a, lab, ping, v6=False)
-    # the guest's first reply to a new destination is dropped while its next hop is resolved
-    # (neigh_unresolved, nothing queued): each ping sends more than one request
     answer_echoes(a, lab, lab.host_run("ping", "-c", "3", "-i", "0.3", "-W", "5", A_IP), v6=False)
     # guest -> host's own address
     ping_until_reply(a, lab, HOST_IP)
@@ -163,3 +161,55 @@ def test_l3_makes_no_neighbour_off_prefix_and_few_on_it(tmp_path: Path) -> None:
         table = sh("ip", "-n", lab.host, "-6", "neigh", "show", "dev", MASTER)
         made = [ln for ln in table.splitlines() if ln.startswith("2001:db8::1:")]
         assert 0 < len(made) <= Limits().budget_per_guest, table
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_no_packet_lost_to_a_new_next_hop(lab: Lab, v6: bool) -> None:
+    """The guest's packets to a next hop nobody has resolved yet are held, not dropped
+    (the kernel queues them on the neighbour, ``unres_qlen_bytes``): N pings, N replies."""
+    a = lab.frontend("a")
+    out_ip = OUT_IP6 if v6 else OUT_IP
+    # the outside pings the guest: the guest's replies go to an address the host has not resolved
+    sh("ip", "-n", lab.host, "neigh", "flush", "dev", MASTER)
+    ping = subprocess.Popen(["ip", "netns", "exec", lab.out, "ping", *(["-6"] if v6 else []), "-c", "3",
+                             "-i", "0.3", "-W", "5", A_IP6 if v6 else A_IP],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = answer_echoes(a, lab, ping, v6=v6)
+    assert " 3 received" in out, out
+    # the guest sends a burst of 3 echo requests to a new destination at once: 3 replies
+    sh("ip", "-n", lab.host, "neigh", "flush", "dev", MASTER)
+    for seq in (1, 2, 3):
+        l3 = IPv6(src=A_IP6, dst=out_ip) / ICMPv6EchoRequest(id=99, seq=seq, data=b"q") if v6 else \
+            IP(src=A_IP, dst=out_ip) / ICMP(id=99, seq=seq) / b"q"
+        a.transmit(bytes(Ether(src=MAC_A, dst=lab.master_mac) / l3))
+    replies: set[int] = set()
+
+    def three() -> bool:
+        for _, data in a.receive():
+            p = Ether(data)
+            if v6 and ICMPv6EchoReply in p and p[ICMPv6EchoReply].id == 99:
+                replies.add(p[ICMPv6EchoReply].seq)
+            if not v6 and ICMP in p and p[ICMP].type == 0 and p[ICMP].id == 99:
+                replies.add(p[ICMP].seq)
+        return len(replies) == 3
+
+    wait_until(three, 10, what=f"3 echo replies (got {replies})")
+    drops = lab.slave_stats("a")["drops"]
+    assert not {"neigh_unresolved", "neigh_queue_full", "neigh_failed"} & set(drops), drops
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_l3s_survives_the_admin_toggling_forwarding(tmp_path: Path, v6: bool) -> None:
+    """``net.ipv4.ip_forward=1`` then ``=0`` turns forwarding off on every interface (and
+    ``net.ipv6.conf.all.forwarding=0`` for IPv6): the daemon, which needs it on the
+    master and the host link, turns it on again (issue 16 item 2)."""
+    with Lab(tmp_path, "l3s") as lab:
+        a = lab.frontend("a")
+        out_ip = OUT_IP6 if v6 else OUT_IP
+        ping_until_reply(a, lab, out_ip, v6=v6)
+        keys = ["net.ipv6.conf.all.forwarding"] if v6 else ["net.ipv4.ip_forward"]
+        for value in ("1", "0"):
+            sh("ip", "netns", "exec", lab.host, "sysctl", "-qw", *(f"{k}={value}" for k in keys))
+        lab.wait_log("turned on again", 0)
+        ping_until_reply(a, lab, out_ip, v6=v6)
+        assert lab.log_text().count("turned on again") == 1, lab.log_text()[-2000:]

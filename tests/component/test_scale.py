@@ -4,18 +4,23 @@ refused on one line and nothing changes. Behaviour only: the timings are bench/s
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import resource
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyroute2 import netns as pyroute2_netns
 
 from tests.support.frontend import FakeFrontend
 from tests.support.netns import Netns
-from tests.support.scale import Daemon, config_text, make_namespace, slave_table
+from tests.support.scale import MASTER, Daemon, config_text, make_namespace, slave_table
 from tests.support.wait import wait_until
 from vhost_ipvlan.control.client import Client
 from vhost_ipvlan.daemon import fdbudget
+from vhost_ipvlan.daemon.rtnl import route_batch
 from vhost_ipvlan.errors import RemoteError
 
 
@@ -86,3 +91,29 @@ def test_a_configuration_beyond_the_fd_budget_does_not_start(ns: Netns, tmp_path
         assert list(sockdir.iterdir()) == []  # not half-way: every socket made was removed
     finally:
         d.stop()
+
+
+def test_host_routes_in_a_batch(ns: Netns) -> None:
+    """``rtnl.route_batch``: hundreds of host routes in a few sendmsg calls, each acknowledged."""
+    oif = ns.ifindex(MASTER)
+    addrs = [bytes([10, 77, i >> 8, i & 255]) for i in range(300)] + \
+        [bytes.fromhex(f"fd0077{i:026x}") for i in range(300)]
+
+    def routes() -> set[str]:
+        with ns.ipr() as ipr:
+            return {r.get_attr("RTA_DST") for family in (socket.AF_INET, socket.AF_INET6)
+                    for r in ipr.get_routes(family=family, oif=oif) if r["proto"] == 4}  # static
+
+    def in_ns(changes: list[tuple[bool, bytes]], index: int = oif) -> list[int]:
+        pyroute2_netns.pushns(ns.name)
+        try:
+            return route_batch(index, changes)
+        finally:
+            pyroute2_netns.popns()
+
+    assert in_ns([(False, a) for a in addrs]) == [0] * 600
+    assert routes() == {str(ipaddress.ip_address(a)) for a in addrs}
+    assert in_ns([(False, addrs[0])]) == [0]  # replace: no error for a route that exists
+    assert in_ns([(True, a) for a in addrs[:300]]) == [0] * 300
+    assert routes() == {str(ipaddress.ip_address(a)) for a in addrs[300:]}
+    assert in_ns([(True, addrs[0]), (False, addrs[0])], index=999999) == [errno.ESRCH, errno.ENODEV]

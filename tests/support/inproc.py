@@ -18,6 +18,7 @@ from vhost_ipvlan.daemon import fastpath
 from vhost_ipvlan.daemon.datapath import PortDatapath
 from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.daemon.host import eventfd_problem
+from vhost_ipvlan.drops import DropReason
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.session import Session
@@ -99,6 +100,12 @@ class FakeHostLink:
     def enable_forwarding(self) -> None:
         pass
 
+    def needs_forwarding(self, family: int, index: int, master_index: int) -> bool:
+        return False
+
+    def check_forwarding(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -141,6 +148,9 @@ class FixedRouter:
 
     def close(self) -> None:
         pass
+
+    def hold(self, dst: bytes, guest: str, frame: memoryview) -> DropReason | None:
+        return DropReason.NEIGH_UNRESOLVED  # nothing is ever being resolved
 
 
 class InprocPort:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vhost_ipvlan.config import load, parse, to_data
+from vhost_ipvlan.config import DEFAULT_MODE, load, parse, parse_port, to_data
 from vhost_ipvlan.errors import ConfigError
 
 GOOD = """
@@ -50,6 +50,15 @@ def test_defaults() -> None:
     cfg = parse({"port": [{"master": "eth0", "slave": [{"name": "a", "socket": "/tmp/a.sock"}]}]})
     assert cfg.ports[0].mode == "l2" and cfg.ports[0].flag == "bridge"
     assert cfg.ports[0].slaves[0].socket_mode == "server"
+    # the control API's port.add parses the same way
+    assert parse_port("params", {"master": "eth0"}).mode == DEFAULT_MODE == "l2"
+
+
+def test_default_mode_is_a_documented_departure() -> None:
+    """The kernel's default is l3 (reference §2); ours is l2, listed with its reason."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "| A `[[port]]` without `mode` is `l2`" in readme
+    assert "(default l2; the kernel's is l3" in readme
 
 
 @pytest.mark.parametrize("mode", ["l2", "l3", "l3s"])

@@ -67,3 +67,11 @@ def test_a_failed_change_leaves_the_chain_as_it_was(monkeypatch: pytest.MonkeyPa
     assert chain.applied == frozenset({b"\xc0\x00\x02\x01"})  # what the kernel still holds
     chain.sync([b"\xc0\x00\x02\x02"])
     assert ran[2] == ran[1]
+
+
+def test_l3s_consumes_link_local_ip_only(scripts: list[str]) -> None:
+    """l3s: the host forwards guest-bound IP, but it cannot forward to a link-local (issue 16 item 1)."""
+    nft.consume("p1", "eth0", ["192.0.2.10"], ["2001:db8::10", "fe80::ff:fe00:a"], ip=False)
+    [script] = scripts
+    assert "ip daddr @p1_v4" not in script and "ip6 daddr fe80::/10 ip6 daddr @p1_v6 drop" in script
+    assert "arp daddr ip @p1_v4 drop" in script and "nd-neighbor-solicit" in script

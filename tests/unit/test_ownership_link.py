@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -114,18 +113,10 @@ def test_no_host_route_for_a_learned_address_off_the_masters_link() -> None:
     link.port = port
     link.routes = set()
 
-    class Inline:  # the rtnetlink worker, run in the caller's thread
-        def submit(self, job: Callable[[], object]) -> Future[object]:
-            done: Future[object] = Future()
-            done.set_result(job())
-            return done
+    def route_batch(changes: list[tuple[bool, bytes]]) -> list[int]:
+        routed.extend(("del" if d else "replace", a) for d, a in changes)
+        return [0] * len(changes)
 
-    link.ipr = Inline()  # type: ignore[assignment]
-
-    def route(cmd: str, addr: bytes) -> bool:
-        routed.append((cmd, addr))
-        return True
-
-    link._route = route  # type: ignore[method-assign]
+    link._route_batch = route_batch  # type: ignore[method-assign]
     link.sync()
     assert sorted(a for _, a in routed) == sorted([ip("192.0.2.10"), ip("192.0.2.50")])

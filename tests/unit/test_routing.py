@@ -380,10 +380,133 @@ def test_the_data_path_counts_each_reason(monkeypatch: pytest.MonkeyPatch) -> No
     assert counts(dev.drops) == {r.label: 1 for r in (RATE_LIMITED, BUSY, NOT_ON_LINK, BUDGET, UNRESOLVED)}
 
 
-def _ipv4(src: bytes, dst: bytes) -> bytes:
-    hdr = bytearray(b"\x45\x00\x00\x1c\x00\x00\x00\x00\x40\x11\x00\x00" + src + dst)
+def _ipv4(src: bytes, dst: bytes, ident: int = 0) -> bytes:
+    hdr = bytearray(b"\x45\x00\x00\x1c" + ident.to_bytes(2, "big") + b"\x00\x00\x40\x11\x00\x00" + src + dst)
     s = sum(int.from_bytes(hdr[i : i + 2], "big") for i in range(0, 20, 2))
     while s > 0xFFFF:
         s = (s & 0xFFFF) + (s >> 16)
     hdr[10:12] = (~s & 0xFFFF).to_bytes(2, "big")
     return bytes(hdr) + b"\x00\x35\x00\x35\x00\x08\x00\x00"
+
+
+# -- packets held while their destination resolves (issue 16 item 4) ----------------------
+
+
+class Released:
+    """``Router.on_release``: what came back, in order."""
+
+    def __init__(self, router: Router) -> None:
+        self.got: list[tuple[str, bytes, routing.Hop]] = []
+        router.on_release = lambda guest, frame, hop: self.got.append((guest, bytes(frame), hop))
+
+    def hops(self) -> list[routing.Hop]:
+        return [hop for _, _, hop in self.got]
+
+
+def frame(n: int, size: int = 100) -> memoryview:
+    return memoryview(n.to_bytes(2, "big") + bytes(size - 2))
+
+
+MAC50 = bytes.fromhex("020000000050")
+
+
+def test_the_first_packets_are_held_and_sent_when_the_neighbour_answers(
+        loop: asyncio.AbstractEventLoop, kernel: FakeKernel, clock: Clock) -> None:
+    router = make(loop, kernel, clock, recheck=(0.01, 0.01, 0.01))
+    out = Released(router)
+    try:
+        kernel.answering["192.0.2.50"] = "02:00:00:00:00:50"
+        for n in range(3):  # a burst before anything is known: none is lost
+            assert router.next_hop_mac(ip("192.0.2.50"), "a") == UNRESOLVED
+            assert router.hold(ip("192.0.2.50"), "a", frame(n)) is None
+        assert router.held == 3 and out.got == []
+        run_until(loop, lambda: len(out.got) == 3, "the held packets released")
+        assert out.got == [("a", bytes(frame(n)), MAC50) for n in range(3)]  # in order, with the MAC
+        assert router.held == 0 and router.next_hop_mac(ip("192.0.2.50"), "a") == MAC50
+        # a destination behind a known gateway: released with the first answer
+        assert router.next_hop_mac(ip("8.8.8.8"), "b") == UNRESOLVED
+        assert router.hold(ip("8.8.8.8"), "b", frame(9)) is None
+        run_until(loop, lambda: len(out.got) == 4, "released with the first answer")
+        assert out.got[3] == ("b", bytes(frame(9)), bytes.fromhex(MAC_GW.replace(":", "")))
+    finally:
+        router.close()
+
+
+def test_held_packets_are_bounded_per_destination_and_per_master(
+        loop: asyncio.AbstractEventLoop, kernel: FakeKernel, clock: Clock) -> None:
+    router = make(loop, kernel, clock, queue_packets=3, queue_bytes=1000, queue_total=1500)
+    out = Released(router)
+    try:
+        kernel.gate.clear()  # nothing resolves meanwhile
+        dst = ip("192.0.2.60")
+        assert router.next_hop_mac(dst, "a") == UNRESOLVED
+        for n in range(5):  # packets: the oldest go, as in the kernel
+            assert router.hold(dst, "a", frame(n)) is None
+        assert out.got == [("a", bytes(frame(0)), routing.QUEUE_FULL), ("a", bytes(frame(1)), routing.QUEUE_FULL)]
+        assert router.held == 3
+        assert router.hold(dst, "a", frame(5, 900)) is None  # bytes: 900 + 100 fit 1000, 900 + 200 do not
+        assert out.hops()[2:] == [routing.QUEUE_FULL] * 2 and router.held == 2
+        assert router.hold(dst, "a", frame(6, 1001)) == routing.QUEUE_FULL  # alone bigger than the bound
+        assert router.held == 2 and len(out.got) == 4  # ... and the queue is left alone
+        other = ip("192.0.2.61")
+        assert router.next_hop_mac(other, "b") == UNRESOLVED
+        assert router.hold(other, "b", frame(7, 600)) == routing.QUEUE_FULL  # the master's 1500 bytes
+        assert router.hold(other, "b", frame(8, 400)) is None
+    finally:
+        router.close()
+
+
+def test_held_packets_are_dropped_when_resolution_fails(loop: asyncio.AbstractEventLoop, kernel: FakeKernel,
+                                                        clock: Clock) -> None:
+    router = make(loop, kernel, clock, recheck=(0.01, 0.01))
+    out = Released(router)
+    try:
+        assert router.next_hop_mac(ip("192.0.2.70"), "a") == UNRESOLVED  # nobody answers
+        assert router.hold(ip("192.0.2.70"), "a", frame(1)) is None
+        run_until(loop, lambda: out.got != [], "the held packet dropped")
+        assert out.hops() == [routing.FAILED] and router.held == 0
+        # the answer stands for UNRESOLVED_TTL: nothing resolving, nothing held
+        assert router.next_hop_mac(ip("192.0.2.70"), "a") == UNRESOLVED
+        assert router.hold(ip("192.0.2.70"), "a", frame(2)) == UNRESOLVED
+        # no route: released under that reason
+        assert router.next_hop_mac(ip("203.0.113.9"), "a") == UNRESOLVED
+        assert router.hold(ip("203.0.113.9"), "a", frame(3)) is None
+        run_until(loop, lambda: len(out.got) == 2, "released with no_route")
+        assert out.hops()[1] == routing.NO_ROUTE
+        # the master changes: whatever is held is dropped
+        kernel.gate.clear()
+        assert router.next_hop_mac(ip("8.8.4.4"), "a") == UNRESOLVED
+        assert router.hold(ip("8.8.4.4"), "a", frame(4)) is None
+        router.invalidate(9)
+        assert out.hops()[2] == routing.FAILED and router.held == 0
+        kernel.gate.set()
+        settle(loop, router)
+        assert len(out.got) == 3
+    finally:
+        router.close()
+
+
+def test_the_data_path_sends_every_packet_to_a_new_destination(loop: asyncio.AbstractEventLoop,
+                                                               kernel: FakeKernel, clock: Clock) -> None:
+    """N packets to a destination nobody has resolved yet -> N packets on the wire, in order."""
+    from tests.support.inproc import InprocPort
+
+    p = InprocPort([("a", [ip("192.0.2.10")], bytes.fromhex("02000000000a"))], mode="l3")
+    router = make(loop, kernel, clock, recheck=(0.01, 0.01, 0.01))
+    router.on_release = p.dp.routed_later
+    p.dp.router = router
+    kernel.answering["192.0.2.80"] = "02:00:00:00:00:80"
+    try:
+        dev = p.dp.devices["a"]
+        for n in range(4):
+            frame = bytes.fromhex("000000000001" "02000000000a" "0800") + \
+                _ipv4(b"\xc0\x00\x02\x0a", b"\xc0\x00\x02\x50", n)
+            dev.view[: 12 + len(frame)] = bytes(12) + frame
+            p.dp.from_guest(dev, 12 + len(frame))
+        run_until(loop, lambda: len(p.uplink.sent) == 4, "four packets on the wire")
+        assert [f[10:16] for f in p.uplink.sent] == [bytes.fromhex("020000000080")] * 4
+        assert [f[10 + 14 + 4 : 10 + 14 + 6] for f in p.uplink.sent] == [n.to_bytes(2, "big") for n in range(4)]
+        assert not any(dev.drops)
+    finally:
+        router.close()
+        p.close()

@@ -162,3 +162,19 @@ def test_na_reply_has_a_valid_checksum_and_tllao() -> None:
     del na.cksum
     assert Ether(bytes(rep))[ICMPv6ND_NA].cksum == sent
     assert neigh.reply(bytes(Ether() / IPv6(src="::") / ICMPv6ND_NS(tgt="fd00::1")), parse_mac(MASTER)) is None
+
+
+@pytest.mark.parametrize("mode", ["l3", "l3s"])
+def test_link_local_is_steered_and_routed_in_l3s_too(mode: str) -> None:
+    """The host cannot forward a link-local packet (issue 16 item 1): in l3s as in l3,
+    the outside's packet for a guest's link-local goes to the guest, and the guest's
+    packet to a link-local on the wire is routed out of the master by the daemon."""
+    port, s1, _ = make(mode)
+    ll1 = ipaddress.IPv6Address(sorted(s1.learned)[0]).compressed  # its MAC's EUI-64
+    wire = Ether(src=OUTSIDE, dst=MASTER) / IPv6(src="fe80::fe", dst=ll1) / ICMPv6EchoRequest()
+    assert port.from_uplink(buf(wire)) == (TO_SLAVE, s1)
+    out = Ether(src=G1, dst=MASTER) / IPv6(src=ll1, dst="fe80::fe") / ICMPv6EchoRequest()
+    assert port.from_guest(s1, buf(out)) == (ROUTE, None)
+    # global addresses keep the mode's way
+    wire6 = Ether(src=OUTSIDE, dst=MASTER) / IPv6(src="fd00::fe", dst="fd00::11") / ICMPv6EchoRequest()
+    assert port.from_uplink(buf(wire6)) == ((TO_SLAVE, s1) if mode == "l3" else (PASS, None))

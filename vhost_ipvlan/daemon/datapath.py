@@ -31,7 +31,10 @@ Rules:
   ARP/NS for one of the host's addresses on the master is answered here.
 - l3/l3s: ``ANSWER`` replies with the master's MAC (to the guest, or out the
   master); ``ROUTE`` asks ``routing.Router`` for the next hop's MAC (a local route
-  goes to the host link; l3s ports route only vepa's guest -> guest unicast).
+  goes to the host link; l3s ports route only link-local destinations and vepa's
+  guest -> guest unicast). A packet whose next hop is being resolved is held by
+  the router (bounded) and comes back through ``routed_later`` with the answer:
+  the one queue on the data path.
   Frames delivered to l3 guests carry the master's MAC as their source: the
   guest's router.
 """
@@ -50,6 +53,7 @@ from ..virtio import net
 from . import device
 from .device import NetDevice
 from .fastpath import PortTable
+from .routing import LOCAL, UNRESOLVED
 
 if TYPE_CHECKING:
     from ..switch.port import Port, Slave
@@ -249,11 +253,26 @@ class PortDatapath:
         if router is None:
             dev.drops[DropReason.NO_ROUTE] += 1
             return
-        dst = buf[_IPV4_DST] if buf[_ETHERTYPE] == 0x08 else buf[_IPV6_DST]  # ETH_P_IP, else ETH_P_IPV6
-        mac = router.next_hop_mac(dst.tobytes(), dev.slave.name)  # never waits: a miss is a drop
+        dst = (buf[_IPV4_DST] if buf[_ETHERTYPE] == 0x08 else buf[_IPV6_DST]).tobytes()  # ETH_P_IP, else ETH_P_IPV6
+        mac = router.next_hop_mac(dst, dev.slave.name)  # never waits
+        if mac == UNRESOLVED:  # held until it resolves (then ``routed_later``), or dropped now
+            why = router.hold(dst, dev.slave.name, buf[:length])
+            if why is None:
+                return
+            mac = why
+        self._routed(dev, buf, length, mac)
+
+    def routed_later(self, guest: str, frame: bytearray, hop: bytes | DropReason) -> None:
+        """A packet ``Router.hold`` kept, with its destination's answer (``Router.on_release``)."""
+        dev = self.devices.get(guest)
+        if dev is not None:  # the guest may have gone meanwhile
+            self._routed(dev, memoryview(frame), len(frame), hop)
+
+    def _routed(self, dev: NetDevice, buf: memoryview, length: int, mac: bytes | DropReason) -> None:
+        """Send a routed packet to the next hop ``mac`` (``LOCAL``: the host), or count why not."""
         if isinstance(mac, DropReason):
             dev.drops[mac] += 1  # no_route, neigh_unresolved, neigh_rate_limited, ... (routing.py)
-        elif mac == b"local":
+        elif mac == LOCAL:
             self._to_host(dev, buf, length)
         elif self._wire_ok(dev, buf, length):
             to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)

@@ -32,7 +32,8 @@ Rules:
   same layout as the daemon's buffers: frames move with one read or write.
   No offloads are enabled on the tap, so the host hands it complete frames.
 - Routes follow the port's configured and learned (learning mode) addresses
-  (``sync``, called wherever the nftables chain is updated). Learned link-locals
+  (``sync``, called wherever the nftables chain is updated), changed by
+  difference in one batch (``rtnl.route_batch``). Learned link-locals
   get no route, nor does a learned address outside the master's connected prefixes
   (``Port.on_link``: learning refuses those, but the master's prefixes may change
   later): the host's own traffic to an off-link address never goes into a guest.
@@ -41,11 +42,16 @@ Rules:
   (the caller counts ``host_send_failed`` on the sender, once).
 - l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
   master only, IPv6 forwarding for the namespace (the kernel has no per-device
-  switch for it); the values found are restored when the link closes.
+  switch for it); the values found are restored when the link closes. Whoever
+  turns one off meanwhile (``sysctl net.ipv4.ip_forward=0`` rewrites every
+  interface's) is overruled: the daemon follows forwarding changes through netlink
+  (``RTM_NEWNETCONF``: ``daemon.master`` asks ``needs_forwarding``), and
+  ``check_forwarding`` turns them on again, with one log line per change.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import logging
@@ -60,7 +66,7 @@ from ..errors import UplinkError
 from ..net.frames import ETH_HLEN
 from ..virtio import net
 from .ifinfo import interface_mac
-from .rtnl import Rtnl
+from .rtnl import Rtnl, route_batch
 
 if TYPE_CHECKING:
     from ..switch.port import Port
@@ -101,6 +107,8 @@ class HostLink:
         self.master_index = master_index
         self.name = tap_name(master_index)
         self._restore: list[tuple[str, str]] = []
+        #: the sysctls l3s needs on ("1"); empty unless ``enable_forwarding``
+        self.forwarding: tuple[str, ...] = ()
         self.routes: set[bytes] = set()
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -145,11 +153,28 @@ class HostLink:
 
     def enable_forwarding(self) -> None:
         """l3s: the host forwards between the tap and the master."""
-        for path in (f"ipv4/conf/{self.name}/forwarding", f"ipv4/conf/{self.port.master}/forwarding",
-                     "ipv6/conf/all/forwarding"):
+        self.forwarding = (f"ipv4/conf/{self.name}/forwarding", f"ipv4/conf/{self.port.master}/forwarding",
+                           "ipv6/conf/all/forwarding")
+        for path in self.forwarding:
             old = _sysctl(path, "1")
             if old is not None and old != "1":
                 self._restore.append((path, old))
+
+    def needs_forwarding(self, family: int, index: int, master_index: int) -> bool:
+        """Whether forwarding turned off for interface ``index`` (netconf: -1 is IPv6's
+        ``all``) is forwarding l3s needs: this link's, the master's, or IPv6's."""
+        return bool(self.forwarding) and (
+            (family == 2 and index in (self.index, master_index)) or (family == 10 and index == -1))
+
+    def check_forwarding(self) -> None:
+        """Turn on again whatever forwarding l3s needs that is off (one log line)."""
+        if self.fd < 0:
+            return
+        fixed = [path for path in self.forwarding if _sysctl(path, "1") not in ("1", None)]
+        if fixed:
+            names = ", ".join("net." + p.replace("/", ".") for p in fixed)
+            log.warning("master %s: %s turned off by someone else; l3s needs it: turned on again",
+                        self.port.master, names)
 
     # -- routes -------------------------------------------------------------------
 
@@ -161,28 +186,23 @@ class HostLink:
             want |= slave.addresses
             want.update(a for a in slave.learned_addrs if port.on_link(a))
         gone, new = sorted(self.routes - want), sorted(want - self.routes)
-        if gone or new:  # one job for the rtnetlink worker, however many routes
-            self.ipr.submit(lambda: self._routes(gone, new)).result()
-
-    def _routes(self, gone: list[bytes], new: list[bytes]) -> None:
-        """In the rtnetlink worker: delete ``gone``, add ``new``."""
-        for addr in gone:
-            self._route("del", addr)
-            self.routes.discard(addr)
-        for addr in new:
-            if self._route("replace", addr):
+        if not gone and not new:
+            return
+        changes = [(True, a) for a in gone] + [(False, a) for a in new]
+        try:  # a few sendmsg calls, however many routes
+            errors = self._route_batch(changes)
+        except OSError as e:
+            errors = [e.errno or errno.EIO] * len(changes)
+        self.routes.difference_update(gone)  # a route that cannot be deleted is gone already
+        for addr, err in zip(new, errors[len(gone):], strict=True):
+            if err:
+                log.warning("host link %s: cannot route %s through it: %s", self.name, ipaddress.ip_address(addr),
+                            os.strerror(err))
+            else:
                 self.routes.add(addr)
 
-    def _route(self, cmd: str, addr: bytes) -> bool:
-        ip = ipaddress.ip_address(addr)
-        try:
-            self.ipr.request("route", cmd, dst=str(ip), dst_len=ip.max_prefixlen, oif=self.index,
-                              family=10 if ip.version == 6 else 2)
-        except NetlinkError as e:
-            if cmd != "del":
-                log.warning("host link %s: cannot route %s through it: %s", self.name, ip, e)
-            return False
-        return True
+    def _route_batch(self, changes: list[tuple[bool, bytes]]) -> list[int]:
+        return route_batch(self.index, changes)
 
     # -- frames -------------------------------------------------------------------
 

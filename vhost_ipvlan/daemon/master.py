@@ -30,6 +30,9 @@ Rules (what vhost-ipvlan does, and where it departs):
   the slave keeps it: the nftables chain still takes the traffic for it away
   from the host. That is logged (one warning) and counted
   (``address_conflicts`` in the master's stats).
+- Forwarding (l3s needs it on the master and the host link): every netconf event
+  that turns off forwarding an l3s port's host link needs (``HostLink.needs_forwarding``)
+  makes it turn that on again; a master that comes back is checked too.
 - One log line per change; failures to reopen are logged, never raised.
 """
 
@@ -89,10 +92,12 @@ class MasterMonitor:
         self._netlink: LinkMonitor | None = None
         #: reads a master's addresses (set by the daemon: ``Ownership.master_addresses``)
         self.read_addresses: Callable[[str], frozenset[bytes]] | None = None
+        #: masters whose forwarding is checked on the loop's next turn
+        self._forwarding_due: set[str] = set()
 
     def start(self) -> None:
         """Subscribe to link events (before reading the initial state, so none is missed)."""
-        self._netlink = LinkMonitor(self.loop, self.handle, self.resync, self.handle_address)
+        self._netlink = LinkMonitor(self.loop, self.handle, self.resync, self.handle_address, self.handle_netconf)
 
     def add(self, dp: PortDatapath, chain: nft.Chain) -> None:
         """Watch ``dp``'s master (its uplink is open); read its link state and MTU now."""
@@ -177,6 +182,24 @@ class MasterMonitor:
             with contextlib.suppress(UplinkError, OSError):
                 self.read_addresses(m.name)
 
+    def handle_netconf(self, family: int, index: int, forwarding: int) -> None:
+        """Forwarding changed somewhere: if an l3s port's host link needs it, check that
+        port's forwarding on the loop's next turn (once: one event comes per interface)."""
+        if forwarding:
+            return
+        for m in self.masters.values():
+            link = m.dp.hostlink
+            if link is not None and m.name not in self._forwarding_due and \
+                    link.needs_forwarding(family, index, m.index):
+                self._forwarding_due.add(m.name)
+                self.loop.call_soon(self._check_forwarding, m.name)
+
+    def _check_forwarding(self, master: str) -> None:
+        self._forwarding_due.discard(master)
+        m = self.masters.get(master)
+        if m is not None and m.dp.hostlink is not None:
+            m.dp.hostlink.check_forwarding()
+
     def _apply(self, m: Master, state: LinkState, *, initial: bool = False) -> None:
         dp = m.dp
         if state.mtu and state.mtu != m.mtu:
@@ -233,6 +256,8 @@ class MasterMonitor:
             m.chain.reapply(m.dp.port.by_addr)
         except UplinkError as e:
             log.warning("master %s: cannot re-apply the nftables chain: %s", m.name, e)
+        if m.dp.hostlink is not None:  # a new interface: its forwarding is the default's
+            m.dp.hostlink.check_forwarding()
         log.info("master %s: present again (index %d); traffic resumes", m.name, m.index)
         m.up = not state.up  # make _set_link log the state it finds
         self._apply(m, state)

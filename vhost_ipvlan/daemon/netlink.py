@@ -11,6 +11,11 @@ Rules:
   present)``.
 - A link is *up* when it is administratively up and running (``IFF_UP`` and
   ``IFF_RUNNING``: the kernel's operstate is UP, i.e. it has carrier).
+- With an ``on_netconf`` callback it also subscribes to the IPv4 and IPv6 netconf
+  groups: every ``RTM_NEWNETCONF`` that carries ``NETCONFA_FORWARDING`` becomes
+  ``on_netconf(family, ifindex, forwarding)`` (ifindex ``NETCONFA_IFINDEX_ALL`` -1
+  for ``all``, -2 for ``default``). pyroute2 does not decode netconf messages: they
+  are read here (``netconf_forwarding``), everything else goes to its marshal.
 - If the kernel drops notifications (``ENOBUFS``: our receive buffer overflowed),
   the callback's owner is told to re-read what it watches (``on_overflow``).
 - ``read_link(name)`` reads one interface's state synchronously (ioctls), for
@@ -34,9 +39,12 @@ from pyroute2.netlink.rtnl import (
     RTM_DELLINK,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RTM_NEWNETCONF,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV6_IFADDR,
     RTMGRP_LINK,
+    RTNLGRP_IPV4_NETCONF,
+    RTNLGRP_IPV6_NETCONF,
 )
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
@@ -49,6 +57,40 @@ IFF_UP = 0x1
 IFF_RUNNING = 0x40
 SIOCGIFFLAGS = 0x8913
 RCVBUF = 1 << 20
+RTMGRP_NETCONF = 1 << (RTNLGRP_IPV4_NETCONF - 1) | 1 << (RTNLGRP_IPV6_NETCONF - 1)
+NETCONFA_IFINDEX = 1
+NETCONFA_FORWARDING = 2
+_NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
+_NLA = struct.Struct("=HH")  # struct nlattr
+
+
+def netconf_forwarding(data: bytes) -> tuple[list[tuple[int, int, int]], bytes]:
+    """Split a netlink datagram: ``(family, ifindex, forwarding)`` of each
+    ``RTM_NEWNETCONF`` with both attributes, and the other messages' bytes."""
+    found: list[tuple[int, int, int]] = []
+    rest = bytearray()
+    off = 0
+    while off + _NLMSG.size <= len(data):
+        length, kind = _NLMSG.unpack_from(data, off)[:2]
+        if length < _NLMSG.size or off + length > len(data):
+            break
+        if kind != RTM_NEWNETCONF:
+            rest += data[off : off + length]
+        elif length >= _NLMSG.size + 4:
+            family = data[off + _NLMSG.size]
+            attrs: dict[int, int] = {}
+            a = off + _NLMSG.size + 4  # struct netconfmsg: one byte, aligned to 4
+            while a + _NLA.size <= off + length:
+                alen, atype = _NLA.unpack_from(data, a)
+                if alen < _NLA.size or a + alen > off + length:
+                    break
+                if alen == _NLA.size + 4:
+                    attrs[atype & 0x3FFF] = struct.unpack_from("=i", data, a + _NLA.size)[0]
+                a += (alen + 3) & ~3
+            if NETCONFA_IFINDEX in attrs and NETCONFA_FORWARDING in attrs:
+                found.append((family, attrs[NETCONFA_IFINDEX], attrs[NETCONFA_FORWARDING]))
+        off += (length + 3) & ~3
+    return found, bytes(rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +131,8 @@ def read_link(name: str) -> LinkState | None:
 
 class LinkMonitor:
     """Calls ``on_link(state)`` for every link message, ``on_addr(index, addr, present)``
-    for every address message, ``on_overflow()`` after lost ones."""
+    for every address message, ``on_netconf(family, index, forwarding)`` for every
+    forwarding change, ``on_overflow()`` after lost ones."""
 
     def __init__(
         self,
@@ -97,12 +140,15 @@ class LinkMonitor:
         on_link: Callable[[LinkState], None],
         on_overflow: Callable[[], None],
         on_addr: Callable[[int, bytes, bool], None] | None = None,
+        on_netconf: Callable[[int, int, int], None] | None = None,
     ) -> None:
         self.loop = loop
         self.on_link = on_link
         self.on_overflow = on_overflow
         self.on_addr = on_addr
-        groups = RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if on_addr is not None else 0)
+        self.on_netconf = on_netconf
+        groups = RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if on_addr is not None else 0) | \
+            (RTMGRP_NETCONF if on_netconf is not None else 0)
         self._marshal = MarshalRtnl()
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         try:
@@ -131,6 +177,10 @@ class LinkMonitor:
                     continue
                 log.warning("netlink: read failed: %s", e)
                 return
+            if self.on_netconf is not None:
+                changes, data = netconf_forwarding(data)
+                for family, index, forwarding in changes:
+                    self.on_netconf(family, index, forwarding)
             for msg in self._marshal.parse(data):
                 kind = msg["header"]["type"]
                 if kind in (RTM_NEWADDR, RTM_DELADDR):

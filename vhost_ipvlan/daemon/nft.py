@@ -13,7 +13,10 @@ Rules:
   Every script runs as one transaction (atomic): all of it or nothing.
 - Dropped: IPv4/IPv6 packets to a slave address, ARP whose target is one, and
   Neighbour Solicitations whose target is one. Broadcast and multicast are left
-  alone: the host always keeps its copy.
+  alone: the host always keeps its copy. In l3s (``ip=False``) the host forwards
+  guest-bound IP into the host link, so only ARP, NS and IPv6 packets to a slave's
+  link-local address (``fe80::/10`` and in the set) are dropped: the host cannot
+  forward those, the daemon delivers them.
 - Changes are incremental (``Chain.sync``): only the addresses that came or went
   are added to or deleted from the sets, so a change costs the same with 1 or
   1000 slaves. ``consume`` (re)writes a chain and its sets whole: the first time,
@@ -142,7 +145,7 @@ def consume(chain: str, master: str, v4_addresses: Iterable[Address], v6_address
             *, ip: bool = True) -> None:
     """(Re)write ``master``'s chain and sets: its ingress drops what belongs to exactly these addresses.
 
-    ``ip=False`` (l3s) drops only ARP and NS: the host must forward the IP packets."""
+    ``ip=False`` (l3s) drops only ARP, NS and IPv6 to link-locals: the host must forward the other IP packets."""
     chain = _word("chain name", _CHAIN, chain)
     master = _word("interface name", _IFNAME, master)
     sets = _elements(chain, v4_addresses, v6_addresses)
@@ -159,8 +162,7 @@ def consume(chain: str, master: str, v4_addresses: Iterable[Address], v6_address
     if ip:
         lines.append(f"add rule {t} {chain} ip daddr @{chain}_v4 drop")
     lines.append(f"add rule {t} {chain} arp daddr ip @{chain}_v4 drop")
-    if ip:
-        lines.append(f"add rule {t} {chain} ip6 daddr @{chain}_v6 drop")
+    lines.append(f"add rule {t} {chain} ip6 daddr {'' if ip else 'fe80::/10 ip6 daddr '}@{chain}_v6 drop")
     lines.append(f"add rule {t} {chain} icmpv6 type nd-neighbor-solicit @th,64,128 @{chain}_t drop")
     _run("\n".join(lines + _element_lines("add", sets)) + "\n")
 

@@ -12,10 +12,12 @@ does not decrement the TTL on this path either: it is local output).
 Theory of operation. ``Router.next_hop_mac`` runs on the event loop and never
 talks to the kernel: it answers from a cache. A destination it has no answer for
 starts a resolution (``Resolver.resolve``: route, neighbour, maybe ``NTF_USE``) in
-the ``Rtnl`` worker thread and the packet is dropped (``neigh_unresolved``); the
-answer is installed into the cache from the loop (``call_soon_threadsafe``).
-``_install`` is the one place an answer arrives: queueing the first packet per
-destination, if ever wanted, hooks in there.
+the ``Rtnl`` worker thread and answers ``neigh_unresolved``; the data path then
+gives the packet to ``Router.hold``, which keeps a copy until the destination
+resolves (the kernel queues it on the neighbour: ``unres_qlen_bytes``). The answer
+is installed into the cache from the loop (``call_soon_threadsafe``);
+``_install`` is the one place an answer arrives, and it hands the held packets
+back (``on_release``) with the answer, before any later packet of the guest.
 
 Rules:
 - The loop never waits for netlink. Loop-only state: the cache, the pending
@@ -30,8 +32,21 @@ Rules:
   At most ``Limits.pending`` resolutions are outstanding in all, half of them for
   one guest: beyond it, ``neigh_busy``.
 - An unresolved next hop is solicited (``RTM_NEWNEIGH`` with ``NTF_USE``) at most
-  once per ``TTL``, and re-checked from the loop after ``Limits.recheck`` delays so the
-  guest's retransmission finds it resolved. Nothing is queued.
+  once per ``TTL``, and re-checked from the loop after ``Limits.recheck`` delays
+  (about 3 s in all, the kernel's 3 probes 1 s apart).
+- Packets to a destination that is being resolved (a resolution outstanding or a
+  re-check scheduled) are held, per destination, at most ``Limits.queue_packets``
+  packets and ``Limits.queue_bytes`` bytes (the kernel's ``unres_qlen`` 101 and
+  ``unres_qlen_bytes`` 212992 defaults, per neighbour; here per destination, as the
+  next hop is known only with the answer): beyond either, the oldest is dropped
+  ``neigh_queue_full`` (as the kernel). At most ``Limits.queue_total`` bytes are held
+  for the master: a packet beyond it is not held (``neigh_queue_full``). A packet
+  for a destination nothing is resolving (its last answer was "unresolved", less
+  than ``UNRESOLVED_TTL`` ago) is dropped ``neigh_unresolved``.
+- The held packets are released with the answer: a MAC or ``LOCAL`` sends them; a
+  drop reason drops each under it (``no_route``, ``neigh_not_on_link``, ...), and a
+  next hop still unresolved after the last re-check drops them ``neigh_failed``
+  (the kernel's ``NEIGH_FAILED``), as does ``invalidate``.
 - Neighbour entries are created only for a route's gateway or a destination inside
   one of the master's own prefixes (its addresses' networks); another destination
   a route puts on-link uses an entry the host already has, or is dropped
@@ -51,10 +66,10 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -82,6 +97,8 @@ RATE_LIMITED: Final = DropReason.NEIGH_RATE_LIMITED
 BUSY: Final = DropReason.NEIGH_BUSY
 NOT_ON_LINK: Final = DropReason.NEIGH_NOT_ON_LINK
 BUDGET: Final = DropReason.NEIGH_BUDGET
+QUEUE_FULL: Final = DropReason.NEIGH_QUEUE_FULL
+FAILED: Final = DropReason.NEIGH_FAILED
 
 #: a MAC (6 bytes), ``LOCAL``, or a drop reason
 Hop = bytes | DropReason
@@ -98,7 +115,10 @@ class Limits:
     budget: int = 256  # neighbour entries the daemon created and the kernel still holds
     budget_per_guest: int = 64
     buckets: int = 1024  # token buckets kept before idle (full) ones are dropped
-    recheck: tuple[float, ...] = (0.02, 0.1, 0.5)  # after a solicitation, look again after (seconds)
+    recheck: tuple[float, ...] = (0.02, 0.1, 0.5, 1.0, 1.5)  # after a solicitation, look again after (seconds)
+    queue_packets: int = 101  # held per destination while it resolves (kernel: unres_qlen)
+    queue_bytes: int = 212992  # ... and bytes (kernel: unres_qlen_bytes)
+    queue_total: int = 1 << 20  # bytes held for the master, all destinations
 
 
 class Netlink(Protocol):
@@ -137,6 +157,18 @@ class _Entry:
     expires: float
 
 
+#: called on the loop with (guest, frame, answer) for each packet ``hold`` kept
+Release = Callable[[str, bytearray, Hop], None]
+
+
+@dataclass(slots=True)
+class _Held:
+    """The packets held for one destination, oldest first."""
+
+    frames: deque[tuple[str, bytearray]] = field(default_factory=deque)
+    size: int = 0
+
+
 class Router:
     """Next-hop lookups for one master, answered on the loop, resolved in the worker."""
 
@@ -155,6 +187,10 @@ class Router:
         self._generation = 0
         self._closed = False
         self.resolver = Resolver(self.rtnl, limits, clock)
+        self._held: dict[bytes, _Held] = {}
+        self._held_bytes = 0
+        #: where held packets go with their destination's answer (set by the data path)
+        self.on_release: Release | None = None
 
     def close(self) -> None:
         self._closed = True
@@ -165,6 +201,8 @@ class Router:
         self._pending.clear()
         self._pending_by_guest.clear()
         self._rechecks.clear()
+        self._held.clear()
+        self._held_bytes = 0
         self.rtnl.close()
 
     def invalidate(self, master_index: int | None = None) -> None:
@@ -175,10 +213,17 @@ class Router:
         for timer in self._rechecks.values():
             timer.cancel()
         self._rechecks.clear()
+        for dst in list(self._held):
+            self._release(dst, FAILED)
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def held(self) -> int:
+        """Packets held for destinations being resolved."""
+        return sum(len(h.frames) for h in self._held.values())
 
     @property
     def cached(self) -> int:
@@ -201,6 +246,41 @@ class Router:
         if dst in self._pending:
             return UNRESOLVED
         return self._start(dst, guest, now) or UNRESOLVED
+
+    def hold(self, dst: bytes, guest: str, frame: memoryview) -> DropReason | None:
+        """Keep a copy of ``guest``'s ``frame`` for ``dst`` (an ``UNRESOLVED`` answer)
+        until ``dst`` resolves; ``None``, or the reason it is dropped now."""
+        if dst not in self._pending and dst not in self._rechecks:
+            return UNRESOLVED  # nothing is resolving it: the last answer stands
+        size = len(frame)
+        if size > self.limits.queue_bytes or self._held_bytes + size > self.limits.queue_total:
+            return QUEUE_FULL  # bigger than a destination's queue, or the master's is full: not held
+        held = self._held.get(dst)
+        if held is None:
+            held = self._held[dst] = _Held()
+        while held.frames and (len(held.frames) >= self.limits.queue_packets or
+                               held.size + size > self.limits.queue_bytes):
+            old_guest, old = held.frames.popleft()  # the kernel drops the oldest
+            held.size -= len(old)
+            self._held_bytes -= len(old)
+            self._give(old_guest, old, QUEUE_FULL)
+        held.frames.append((guest, bytearray(frame)))
+        held.size += size
+        self._held_bytes += size
+        return None
+
+    def _release(self, dst: bytes, hop: Hop) -> None:
+        """Hand ``dst``'s held packets back with its answer ``hop``."""
+        held = self._held.pop(dst, None)
+        if held is None:
+            return
+        self._held_bytes -= held.size
+        for guest, frame in held.frames:
+            self._give(guest, frame, hop)
+
+    def _give(self, guest: str, frame: bytearray, hop: Hop) -> None:
+        if self.on_release is not None:
+            self.on_release(guest, frame, hop)
 
     def _start(self, dst: bytes, guest: str, now: float, attempt: int = 0) -> DropReason | None:
         """Start resolving ``dst``; the drop reason if that is refused now."""
@@ -254,11 +334,19 @@ class Router:
                 old.cancel()
             delay = self.limits.recheck[attempt]
             self._rechecks[dst] = self.loop.call_later(delay, self._recheck, dst, guest, gen, attempt + 1)
+        elif dst not in self._pending and dst not in self._rechecks:
+            self._release(dst, FAILED if hop == UNRESOLVED else hop)
+            return
+        if hop != UNRESOLVED:
+            self._release(dst, hop)
 
     def _recheck(self, dst: bytes, guest: str, gen: int, attempt: int) -> None:
         self._rechecks.pop(dst, None)
+        why = None
         if gen == self._generation and dst not in self._pending and dst in self._cache:
-            self._start(dst, guest, self.clock(), attempt)
+            why = self._start(dst, guest, self.clock(), attempt)
+        if dst not in self._pending:
+            self._release(dst, why or FAILED)
 
 
 class Resolver:

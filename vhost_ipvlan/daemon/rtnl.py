@@ -15,12 +15,18 @@ Rules:
 - Exceptions (``NetlinkError``, ``OSError``) are re-raised in the caller (``call``)
   or set on the future (``submit``).
 - ``close`` closes the socket and stops the thread; calls after it raise ``OSError``.
+- ``route_batch``: many host routes added or deleted in a few ``sendmsg`` calls on a
+  plain rtnetlink socket of the calling thread (``CHUNK`` messages each, every one
+  acknowledged), not one request and round trip each: 2000 routes at start-up.
+  The routes are those pyroute2 makes (main table, ``proto static``, unicast).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,3 +87,67 @@ def interface_addresses(rtnl: Rtnl, index: int) -> frozenset[bytes]:
     """The addresses (packed, IPv4 and IPv6, link-locals included) of interface ``index``."""
     found = (message_address(msg) for msg in rtnl.call("get_addr", index=index))
     return frozenset(a for a in found if a is not None)
+
+
+NLMSG_ERROR = 2
+RTM_NEWROUTE = 24
+RTM_DELROUTE = 25
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_REPLACE = 0x100
+NLM_F_CREATE = 0x400
+RTA_DST = 1
+RTA_OIF = 4
+RT_TABLE_MAIN = 254
+RTPROT_STATIC = 4
+RTN_UNICAST = 1
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+CHUNK = 128
+_NLMSG = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTA = struct.Struct("=HH")
+_OIF = struct.Struct("=i")
+
+
+def route_message(seq: int, delete: bool, addr: bytes, oif: int) -> bytes:
+    """RTM_NEWROUTE (create or replace) or RTM_DELROUTE for host route ``addr`` (packed) via ``oif``."""
+    family = socket.AF_INET if len(addr) == 4 else socket.AF_INET6
+    body = (_RTMSG.pack(family, len(addr) * 8, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, 0, RTN_UNICAST, 0)
+            + _RTA.pack(_RTA.size + len(addr), RTA_DST) + addr + _RTA.pack(_RTA.size + _OIF.size, RTA_OIF)
+            + _OIF.pack(oif))
+    kind, flags = (RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK) if delete else \
+        (RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)
+    return _NLMSG.pack(_NLMSG.size + len(body), kind, flags, seq, 0) + body
+
+
+def route_batch(oif: int, changes: list[tuple[bool, bytes]], timeout: float = 5.0) -> list[int]:
+    """Apply (delete?, packed address) host routes via ``oif``; the errno of each (0: done).
+    ``OSError`` if the kernel cannot be asked (the changes not acknowledged count as failed)."""
+    result = [0] * len(changes)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as s:
+        s.settimeout(timeout)
+        try:  # acknowledgements without a copy of the request
+            s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        except OSError:
+            pass
+        s.bind((0, 0))
+        for start in range(0, len(changes), CHUNK):
+            chunk = changes[start:start + CHUNK]
+            s.send(b"".join(route_message(start + i + 1, d, a, oif) for i, (d, a) in enumerate(chunk)))
+            pending = set(range(start + 1, start + len(chunk) + 1))
+            while pending:
+                _acknowledged(s.recv(1 << 16), pending, result)
+    return result
+
+
+def _acknowledged(data: bytes, pending: set[int], result: list[int]) -> None:
+    off = 0
+    while off + _NLMSG.size <= len(data):
+        length, kind, _, seq, _ = _NLMSG.unpack_from(data, off)
+        if length < _NLMSG.size:
+            return
+        if kind == NLMSG_ERROR and seq in pending and off + _NLMSG.size + 4 <= len(data):
+            result[seq - 1] = -_OIF.unpack_from(data, off + _NLMSG.size)[0]
+            pending.discard(seq)
+        off += (length + 3) & ~3

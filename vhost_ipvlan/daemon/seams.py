@@ -93,6 +93,15 @@ class HostPort(Protocol):
         """l3s: the host forwards between this link and the master."""
         ...
 
+    def needs_forwarding(self, family: int, index: int, master_index: int) -> bool:
+        """Whether forwarding turned off on interface ``index`` (-1: IPv6's ``all``) is
+        forwarding this link needs (l3s)."""
+        ...
+
+    def check_forwarding(self) -> None:
+        """Turn on again the forwarding this link needs, if someone turned it off."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -102,6 +111,11 @@ class NextHops(Protocol):
     def next_hop_mac(self, dst: bytes, guest: str = "") -> bytes | DropReason:
         """The next hop's MAC for ``dst`` (packed IPv4/IPv6), ``routing.LOCAL``
         for the host's own, or the ``DropReason`` it is dropped for. Never waits."""
+        ...
+
+    def hold(self, dst: bytes, guest: str, frame: memoryview) -> DropReason | None:
+        """Keep a copy of ``frame`` (a ``NEIGH_UNRESOLVED`` answer) until ``dst`` resolves,
+        then hand it back with the answer; ``None``, or why it is dropped now."""
         ...
 
     def invalidate(self, master_index: int | None = None) -> None:

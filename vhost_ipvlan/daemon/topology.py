@@ -26,9 +26,10 @@ Rules:
 - Each port gets a host link (``hostlink``: host <-> guest, and l3s's path
   through the host's stack) whose routes follow the slaves' addresses with the
   nftables chain; failing to create it is logged, not fatal (no host <-> guest).
-  l3 ports (and l3s vepa ports, whose guest -> guest unicast is routed out the
-  master) also get a ``routing.Router``. In l3s the chain consumes only ARP/NS:
-  the host forwards guest-bound IP into the host link.
+  l3 and l3s ports also get a ``routing.Router`` (l3s routes only link-local
+  destinations, and vepa's guest -> guest unicast, out the master). In l3s the
+  chain consumes only ARP/NS and IPv6 to link-locals: the host forwards the other
+  guest-bound IP into the host link.
 - Addresses (``ownership``): a slave may not have one of its master's own
   addresses (checked whenever a slave is added or given new addresses: start-up,
   control requests and SIGHUP alike; refused on one line, nothing applied); an
@@ -229,6 +230,7 @@ class Topology:
             log.warning("%s; host <-> guest traffic is not available", e)
         if port.traits.routes:
             dp.router = Router(uplink.ifindex, self.loop)
+            dp.router.on_release = dp.routed_later  # packets held while their next hop resolves
         if port.traits.host_forwarding and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
         self._serial += 1

@@ -49,8 +49,8 @@ class Traits:
     host_forwarding: bool = _trait(
         "the host's stack forwards the guests' traffic: IP forwarding on the host link")
     consume_ip: bool = _trait(
-        "the nftables chain takes the wire's IP to slave addresses from the host stack (ARP/NS always); "
-        "without it the host forwards that IP into the host link")
+        "the nftables chain takes the wire's IP to slave addresses from the host stack (ARP/NS and IPv6 "
+        "link-locals always); without it the host forwards that IP into the host link")
     learning: bool = _trait("slaves may learn their addresses from their frames (learn = true)")
 
 
@@ -61,14 +61,14 @@ _MODE_TRAITS: Final[dict[str, Traits]] = {
                  learning=True),
     "l3": Traits(master_src_mac=True, fast_path=False, routes=True, host_forwarding=False, consume_ip=True,
                  learning=False),
-    "l3s": Traits(master_src_mac=True, fast_path=False, routes=False, host_forwarding=True, consume_ip=False,
+    # l3s routes IPv6 link-local destinations (the host cannot forward them), and vepa's guest -> guest
+    "l3s": Traits(master_src_mac=True, fast_path=False, routes=True, host_forwarding=True, consume_ip=False,
                   learning=False),
 }
 
 # where a flag changes a mode's traits
 _FLAG_TRAITS: Final[dict[tuple[str, str], Mapping[str, bool]]] = {
     ("l2", "bridge"): {"fast_path": True},  # private drops guest -> guest, vepa sends it to the wire
-    ("l3s", "vepa"): {"routes": True},  # guest -> guest unicast is routed out the master
 }
 
 _BUILDERS: Final[dict[str, Callable[[str], tuple[FromGuest, FromUplink]]]] = {

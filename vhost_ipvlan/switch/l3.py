@@ -33,7 +33,8 @@ From a guest (after the same validation as in l2, ``l2`` "From a guest" steps 1-
      are not in the port's table, §8.3): l3 -> ROUTE (the host's tables,
      oif pinned to the master; a local route goes to the host link); l3s -> TO_HOST
      (the host's stack routes it, through its netfilter: a departure, see
-     ``daemon.hostlink``).
+     ``daemon.hostlink``), except an IPv6 link-local destination: ROUTE, as l3 (the
+     host cannot forward a link-local packet from the host link to the master).
 
 From the wire (the flag changes nothing here, as in the kernel):
   1. runt -> DROP(RUNT); other unusable frames -> PASS.
@@ -43,7 +44,9 @@ From the wire (the flag changes nothing here, as in the kernel):
      the nftables chain, nothing to do here (PASS).
   3. l3: IPv4/IPv6 to a unicast MAC whose destination is a slave's -> TO_SLAVE
      owner (not up: DROP(TARGET_DOWN)). l3s: PASS: the host forwards it into the
-     host link (ingress crosses the host's netfilter too).
+     host link (ingress crosses the host's netfilter too); but a slave's IPv6
+     link-local address is steered as in l3 (the host has no route per guest for
+     it and would forward it back out of the master; the kernel's l3s delivers it).
   4. Everything else -> PASS (the master only: l3 slaves get no broadcast).
 """
 
@@ -52,7 +55,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason
-from ..net.addr import ZERO_V4, ZERO_V6
+from ..net.addr import ZERO_V4, ZERO_V6, is_link_local_v6
 from ..net.frames import (
     ARPOP_REQUEST,
     L3_ARP,
@@ -68,7 +71,7 @@ from ..net.frames import (
 from .guard import check_guard
 from .source import check_source
 from .table import Dest, Source
-from .verdict import ANSWERED, GUEST_REJECT, PASSED, FromGuest, FromUplink, Verdict, apply, drop, rules
+from .verdict import ANSWERED, GUEST_REJECT, PASSED, ROUTED, FromGuest, FromUplink, Verdict, apply, drop, rules
 
 if TYPE_CHECKING:
     from .port import Port, Slave
@@ -129,6 +132,8 @@ def from_guest(mode: str, flag: str) -> FromGuest:
             return apply(hit, drops, target, None)
         if _is_multicast_ip(key):
             return drop(drops, _MCAST_DST)
+        if kind == L3_IPV6 and is_link_local_v6(key):
+            return ROUTED  # l3s too: the host cannot forward it
         return beyond
 
     decide.__name__ = decide.__qualname__ = f"{mode}_{flag}_from_guest"
@@ -152,7 +157,7 @@ def _from_uplink(port: Port, frame: Frame, steer: bool) -> Verdict:
         return PASSED
     if kind == L3_ND_NS:
         return ANSWERED if l3src != ZERO_V6 else PASSED
-    if not steer or dst[0] & 1:
+    if dst[0] & 1 or not (steer or (kind == L3_IPV6 and is_link_local_v6(key))):
         return PASSED
     return target.to_me if target.up else drop(port.uplink_drops, _TARGET_DOWN)
 

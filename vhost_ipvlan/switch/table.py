@@ -122,8 +122,16 @@ _L3_BY_MODE: Final[dict[str, dict[tuple[Source, Dest], Rule]]] = {
     },
     "l3s": {
         (_G, Dest.HOST): Rule("to_host", note="into the host stack (host link): netfilter sees it"),
-        (_G, Dest.OUTSIDE): Rule("to_host", note="into the host stack, forwarded to the master: conntrack sees it"),
-        (_W, Dest.SLAVE): Rule("pass", note="the host forwards it into the host link (l3s: netfilter sees it)"),
+        (_G, Dest.OUTSIDE): Rule(
+            "to_host",
+            note="into the host stack, forwarded to the master: conntrack sees it; an IPv6 link-local "
+            "destination is routed as in l3 (the host cannot forward it)",
+        ),
+        (_W, Dest.SLAVE): Rule(
+            "pass",
+            note="the host forwards it into the host link (l3s: netfilter sees it); a slave's IPv6 link-local "
+            "goes to it as in l3 (the host cannot forward it)",
+        ),
     },
 }
 
