@@ -89,20 +89,8 @@ DEPARTURES: Final[tuple[Departure, ...]] = (
               "a NOARP netdev)"),
 )
 
-_ISSUE16_4 = ("issue 16 #4: the first packet to an unresolved next hop is dropped in l3 (neigh_unresolved), "
-              "the kernel queues it: one reply short")
-_ISSUE16_1 = "issue 16 #1: l3s, the outside cannot reach a guest's IPv6 link-local address"
-_ISSUE16_2 = "issue 16 #2: l3s, guest -> outside fails after the host toggles net.ipv4.ip_forward"
 # (probes, combo patterns, reason): real differences that no departure documents (bugs).
-_BUGS: Final[tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...]] = (
-    (("b.s2o.v4", "b.s2o.v6", "c.s2h.v4", "c.s2h.v6", "x.ll", "x.netconf", "hp.b.s2o.v4", "hp.c.s2h.v4",
-      "hp.c.s2h.v6"), ("l3-*",), _ISSUE16_4),
-    (("j.flip.o2s",), ("l2-*",), f"{_ISSUE16_4} (the port switched to l3)"),
-    (("hp.a.v4", "hp.a.v6"), ("l3-vepa", "l3s-vepa"),
-     f"{_ISSUE16_4}: behind a hairpin, s2 gets the echo requests but no reply reaches s1"),
-    (("x.ll",), ("l3s-*",), _ISSUE16_1),
-    (("x.netconf",), ("l3s-*",), _ISSUE16_2),
-)
+_BUGS: Final[tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...]] = ()
 # (combo, probe) -> reason: a real difference that is not a documented departure (a bug).
 KNOWN_BUGS: Final[dict[tuple[str, str], str]] = {
     (combo, probe): reason for probes, patterns, reason in _BUGS for probe in probes
