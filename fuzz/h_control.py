@@ -48,6 +48,9 @@ class _Uplink:
     def fileno(self) -> int:
         return -1
 
+    def batch_fd(self) -> int:
+        return -1  # Python sends every frame
+
     def send(self, buf: memoryview, length: int) -> bool:
         return True
 

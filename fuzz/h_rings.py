@@ -79,6 +79,9 @@ class _Uplink:
     def fileno(self) -> int:
         return -1
 
+    def batch_fd(self) -> int:
+        return -1  # Python sends every frame
+
     def recv(self, buf: memoryview) -> int:
         return 0
 

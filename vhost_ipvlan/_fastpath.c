@@ -1,5 +1,5 @@
 /*
- * vhost_ipvlan._fastpath: the guest-to-guest hot loop in C.
+ * vhost_ipvlan._fastpath: the guest-to-guest and guest-to-wire hot loop in C.
  *
  * Theory of operation. The pure-Python data path (daemon/device.py, daemon/datapath.py,
  * virtio/virtqueue.py, switch/l2.py) is the reference and stays complete.
@@ -8,11 +8,13 @@
  * indices (``last_avail``, ``used_idx``, written back before returning) and its
  * ``GuestMemory`` regions (``mem._by_gpa``).
  *
- * forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty)
+ * forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty, wire)
  *   takes chains from the sender's TX ring, one readable descriptor each, copies
- *   the frame (12-byte virtio_net_hdr + Ethernet) into ``buf``, and forwards it
- *   straight into another guest's RX ring when, and only when, the Python switch
- *   would say TO_SLAVE(target) with no MAC translation:
+ *   the frame (12-byte virtio_net_hdr + Ethernet) into ``buf`` (or, with a wire,
+ *   into a staging slot), and forwards it straight into another guest's RX ring
+ *   when, and only when, the Python switch would say TO_SLAVE(target) with no MAC
+ *   translation, or out the master when it would say TO_UPLINK for an off-host
+ *   MAC (l2's OUTSIDE, every flag):
  *     - IPv4 (valid version, IHL, total length) or IPv6 (valid version, payload
  *       length, next header neither ICMPv6 nor an extension header), not tagged;
  *       not UDP with a DHCP/DHCPv6 port (67, 68, 546, 547) on either side or a
@@ -24,6 +26,18 @@
  *       target's MAC, target != sender;
  *     - the header's offloads are ones the target negotiated;
  *     - the target's next RX chain is one writable descriptor big enough.
+ *   To the wire (``wire`` is not None: Python gives it only for ``fast_wire``
+ *   ports while the master is up), the same frame checks and source validation,
+ *   then: a destination MAC that is neither the master's nor in the port's
+ *   ``by_mac`` (a guest's), and a frame no longer than ``max_frame`` unless it
+ *   has a gso_type (the kernel segments it). Its source MAC becomes the master's
+ *   (``to_wire``; NDP and ARP, which need more, are Python's) and it is staged;
+ *   staged frames go out with ``sendmmsg`` (10-byte virtio_net_hdr + frame per
+ *   datagram, PACKET_VNET_HDR) every WIRE_BATCH frames and before returning, so
+ *   they leave before anything Python sends after the burst. Each frame is tried
+ *   once, as Python's Uplink.send: a failed one is counted in ``wire_failed``.
+ *   A frame handed over as SLOW_FRAME is copied from its slot to ``buf``.
+ *   wire: (fd, master_mac_bytes, by_mac_dict, max_frame).
  *   Anything else stops the burst and hands over to Python:
  *     SLOW_CHAIN: the next chain is not simple (nothing taken: Python pops and
  *                 validates it, raising GuestError where it must);
@@ -53,23 +67,79 @@
  *   counters: two native u64, rx packets and rx bytes, added to by C.
  * dirty: a set; the target's ``device`` is added once it received a frame (Python
  *   publishes its used index and interrupts it after the burst).
- * Returns (status, length, frames_forwarded, bytes_forwarded).
+ * Returns (status, length, frames_forwarded, bytes_forwarded, wire_sent, wire_failed);
+ * frames_forwarded counts the frames sent to the wire too (sent or failed).
+ * The staging slots are static: one caller at a time (the GIL is held throughout).
+ *
+ * uplink_burst(...): the wire -> guest loop (recvmmsg, demux by destination
+ * address with the same table, MAC translation, rx_put); see its comment below.
  *
  * Ring indices are accessed as whole 16-bit words (see virtqueue.py's rules).
  * Little-endian hosts only, like the rest of the data path.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #define HDR_LEN 12
 #define ETH_HLEN 14
 #define MAX_REGIONS 16
 #define MAX_TARGETS 16
 #define DESC_F_WRITE 2
+#define VNET_HDR_LEN 10
+#define WIRE_BATCH 32
+#define SLOT_SIZE 65568 /* >= virtio.net.MAX_BUFFER */
 
-enum { ST_EMPTY = 0, ST_BUDGET = 1, ST_SLOW_FRAME = 2, ST_SLOW_CHAIN = 3, ST_ERROR = 4 };
+/* Frames for the wire wait here until the burst's sendmmsg (the GIL is held: one user). */
+static unsigned char stage[WIRE_BATCH][SLOT_SIZE];
+static struct mmsghdr wire_msgs[WIRE_BATCH];
+static struct iovec wire_iov[WIRE_BATCH][2];
+
+typedef struct {
+    int fd;
+    const char *master_mac;
+    PyObject *by_mac; /* the port's {mac: slave}: a destination MAC in it is local */
+    long max_frame;
+    int n;            /* frames staged */
+    long sent, failed;
+} wire_t;
+
+/* Send the staged frames, each tried once (as Python's Uplink.send): a failed one is counted. */
+static void wire_flush(wire_t *w)
+{
+    int i = 0;
+    while (i < w->n) {
+        int r = sendmmsg(w->fd, wire_msgs + i, (unsigned)(w->n - i), MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            w->failed++;
+            i++;
+        } else {
+            w->sent += r;
+            i += r;
+        }
+    }
+    w->n = 0;
+}
+
+static void wire_stage(wire_t *w, uint32_t len)
+{
+    unsigned char *slot = stage[w->n];
+    wire_iov[w->n][0] = (struct iovec){slot, VNET_HDR_LEN};
+    wire_iov[w->n][1] = (struct iovec){slot + HDR_LEN, len - HDR_LEN};
+    memset(&wire_msgs[w->n], 0, sizeof wire_msgs[w->n]);
+    wire_msgs[w->n].msg_hdr.msg_iov = wire_iov[w->n];
+    wire_msgs[w->n].msg_hdr.msg_iovlen = 2;
+    if (++w->n == WIRE_BATCH)
+        wire_flush(w);
+}
+
+enum { ST_EMPTY = 0, ST_BUDGET = 1, ST_SLOW_FRAME = 2, ST_SLOW_CHAIN = 3, ST_ERROR = 4, ST_READ_ERROR = 5 };
 
 typedef struct {
     uint64_t start, end;
@@ -230,6 +300,43 @@ static int guarded_udp(const unsigned char *udp, uint32_t avail)
            dport == 546 || dport == 547;
 }
 
+/* The frames both directions take without Python: IPv4 (valid version, IHL, total
+ * length) or IPv6 (valid version, payload length, next header neither ICMPv6 nor an
+ * extension header), not tagged, no DHCP/DHCPv6 port and no UDP header cut short
+ * (the guards' and NDP's). Returns the address length (4 or 16) with the source and
+ * destination addresses, or 0: Python's. */
+static Py_ssize_t plain_ip(unsigned char *eth, uint32_t n, const unsigned char **saddr, const unsigned char **daddr)
+{
+    uint16_t etype = (uint16_t)(eth[12] << 8 | eth[13]);
+    unsigned char *ip = eth + ETH_HLEN;
+    if (etype == 0x0800) {
+        if (n < ETH_HLEN + 20)
+            return 0;
+        uint32_t ihl = ip[0] & 0x0F, total = (uint32_t)(ip[2] << 8 | ip[3]);
+        if ((ip[0] >> 4) != 4 || ihl < 5 || ihl * 4 > total || ETH_HLEN + total > n)
+            return 0;
+        if (ip[9] == 17 && !((ip[6] & 0x1F) | ip[7]) && guarded_udp(ip + ihl * 4, total - ihl * 4))
+            return 0;
+        *saddr = ip + 12;
+        *daddr = ip + 16;
+        return 4;
+    }
+    if (etype == 0x86DD) {
+        if (n < ETH_HLEN + 40)
+            return 0;
+        uint32_t plen = (uint32_t)(ip[4] << 8 | ip[5]);
+        if ((ip[0] >> 4) != 6 || ETH_HLEN + 40 + plen > n || ip[6] == 58 || ip[6] == 0 || ip[6] == 43 ||
+            ip[6] == 44 || ip[6] == 60)
+            return 0; /* ICMPv6 and extension headers: the guards' (NDP, RA, a walk) */
+        if (ip[6] == 17 && guarded_udp(ip + 40, plen))
+            return 0;
+        *saddr = ip + 8;
+        *daddr = ip + 24;
+        return 16;
+    }
+    return 0;
+}
+
 static inline uint16_t ring16(const Py_buffer *b, uint32_t word)
 {
     return ((volatile const uint16_t *)b->buf)[word];
@@ -295,11 +402,80 @@ static int offload_ok(uint8_t flags, uint8_t gso, long caps)
     return type < 8 && ((caps >> (8 + type)) & 1);
 }
 
+typedef struct {
+    target_t t[MAX_TARGETS];
+    int n;
+} targets_t;
+
+static int targets_close(targets_t *ts)
+{
+    int rc = 0;
+    for (int i = 0; i < ts->n; i++) {
+        if (queue_close(&ts->t[i].q))
+            rc = -1;
+        PyBuffer_Release(&ts->t[i].counters);
+    }
+    ts->n = 0;
+    return rc;
+}
+
+/* Put buf[:len] (12-byte header + frame; num_buffers set here) into the RX ring of the
+ * table entry ``value`` (rxq, mac, caps, counters, device) if the target negotiated its
+ * offloads and its next chain is one writable descriptor big enough. Returns 1 when
+ * delivered (counted, the device added to ``dirty``), 0 when Python must take it, -1 on
+ * a Python-level error (exception set, nothing delivered), 2 when delivered but adding
+ * the device to ``dirty`` failed (exception set). */
+static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t len, PyObject *dirty)
+{
+    long caps = PyLong_AsLong(PyTuple_GET_ITEM(value, 2));
+    if (caps == -1 && PyErr_Occurred())
+        return -1;
+    if ((buf[0] | buf[1]) && !offload_ok(buf[0], buf[1], caps))
+        return 0;
+    target_t *t = NULL;
+    for (int i = 0; i < ts->n; i++)
+        if (ts->t[i].key == value)
+            t = &ts->t[i];
+    if (!t) {
+        if (ts->n == MAX_TARGETS)
+            return 0;
+        t = &ts->t[ts->n];
+        if (queue_open(&t->q, PyTuple_GET_ITEM(value, 0)))
+            return -1;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(value, 3), &t->counters, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)) {
+            queue_release(&t->q);
+            return -1;
+        }
+        if (t->counters.len < 16) {
+            PyBuffer_Release(&t->counters);
+            queue_release(&t->q);
+            PyErr_SetString(PyExc_ValueError, "_fastpath: counters buffer too small");
+            return -1;
+        }
+        t->key = value;
+        t->added = 0;
+        ts->n++;
+    }
+    buf[10] = 1; /* num_buffers */
+    buf[11] = 0;
+    if (!rx_put(&t->q, (const char *)buf, len))
+        return 0;
+    uint64_t *cnt = t->counters.buf;
+    cnt[0] += 1;
+    cnt[1] += len - HDR_LEN;
+    if (!t->added) {
+        if (PySet_Add(dirty, PyTuple_GET_ITEM(value, 4)))
+            return 2;
+        t->added = 1;
+    }
+    return 1;
+}
+
 static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "forward_burst takes 7 arguments");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "forward_burst takes 8 arguments");
         return NULL;
     }
     PyObject *txq_obj = args[0], *sender_mac = args[2], *sender_ips = args[3];
@@ -313,6 +489,23 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         return NULL;
     }
     const char *smac = PyBytes_AS_STRING(sender_mac);
+    wire_t wire = {-1, NULL, NULL, 0, 0, 0, 0};
+    if (args[7] != Py_None) {
+        PyObject *w = args[7];
+        if (!PyTuple_Check(w) || PyTuple_GET_SIZE(w) != 4 || !PyBytes_Check(PyTuple_GET_ITEM(w, 1)) ||
+            PyBytes_GET_SIZE(PyTuple_GET_ITEM(w, 1)) != 6 || !PyDict_Check(PyTuple_GET_ITEM(w, 2))) {
+            PyErr_SetString(PyExc_TypeError, "forward_burst: bad wire argument");
+            return NULL;
+        }
+        wire.fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(w, 0));
+        wire.max_frame = PyLong_AsLong(PyTuple_GET_ITEM(w, 3));
+        if (PyErr_Occurred())
+            return NULL;
+        wire.master_mac = PyBytes_AS_STRING(PyTuple_GET_ITEM(w, 1));
+        wire.by_mac = PyTuple_GET_ITEM(w, 2);
+        if (wire.fd < 0)
+            wire.master_mac = NULL;
+    }
     Py_buffer fb;
     if (PyObject_GetBuffer(args[1], &fb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
         return NULL;
@@ -321,13 +514,14 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         PyBuffer_Release(&fb);
         return NULL;
     }
-    target_t targets[MAX_TARGETS];
-    int ntargets = 0;
+    targets_t targets;
+    targets.n = 0;
     int status = ST_BUDGET, error = 0, taken = 0;
     long nframes = 0, length = 0;
     long long nbytes = 0;
     unsigned char *buf = fb.buf;
-    unsigned char src_key[16], dst_key[16];
+    unsigned char src_key[16], dst_key[16], out_mac[6];
+    int have_out = 0; /* out_mac: the last destination MAC found outside (not local) */
     Py_ssize_t src_len = 0, dst_len = 0;
     PyObject *dst_value = NULL; /* a strong reference: the table entry for dst_key */
 
@@ -351,10 +545,11 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         }
         read_desc(&tx, head, &d);
         const char *src = d.flags ? NULL : gpa(&tx, d.addr, d.len);
-        if (!src || d.len > (uint64_t)fb.len) {
+        if (!src || d.len > (uint64_t)fb.len || d.len > SLOT_SIZE) {
             status = ST_SLOW_CHAIN;
             break;
         }
+        buf = wire.master_mac ? stage[wire.n] : (unsigned char *)fb.buf; /* a wire frame stays there */
         memcpy(buf, src, d.len);
         tx.last_avail++;
         tx.walked++;
@@ -371,37 +566,10 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         uint32_t n = len - HDR_LEN;
         if ((eth[0] & 1) || memcmp(eth + 6, smac, 6) != 0)
             break;
-        uint16_t etype = (uint16_t)(eth[12] << 8 | eth[13]);
         const unsigned char *saddr, *daddr;
-        Py_ssize_t alen;
-        if (etype == 0x0800) {
-            if (n < ETH_HLEN + 20)
-                break;
-            unsigned char *ip = eth + ETH_HLEN;
-            uint32_t ihl = ip[0] & 0x0F, total = (uint32_t)(ip[2] << 8 | ip[3]);
-            if ((ip[0] >> 4) != 4 || ihl < 5 || ihl * 4 > total || ETH_HLEN + total > n)
-                break;
-            if (ip[9] == 17 && !((ip[6] & 0x1F) | ip[7]) && guarded_udp(ip + ihl * 4, total - ihl * 4))
-                break;
-            saddr = ip + 12;
-            daddr = ip + 16;
-            alen = 4;
-        } else if (etype == 0x86DD) {
-            if (n < ETH_HLEN + 40)
-                break;
-            unsigned char *ip = eth + ETH_HLEN;
-            uint32_t plen = (uint32_t)(ip[4] << 8 | ip[5]);
-            if ((ip[0] >> 4) != 6 || ETH_HLEN + 40 + plen > n || ip[6] == 58 || ip[6] == 0 || ip[6] == 43 ||
-                ip[6] == 44 || ip[6] == 60)
-                break; /* ICMPv6 and extension headers: the guards' (NDP, RA, a walk) */
-            if (ip[6] == 17 && guarded_udp(ip + 40, plen))
-                break;
-            saddr = ip + 8;
-            daddr = ip + 24;
-            alen = 16;
-        } else {
+        Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
+        if (!alen)
             break;
-        }
         /* The last source that was the sender's and the last destination found in the
          * table are remembered for the burst (frames of one flow come in runs), so most
          * frames need no Python object: only exact byte matches of a positive answer. */
@@ -421,6 +589,38 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 break;
             memcpy(src_key, saddr, (size_t)alen);
             src_len = alen;
+        }
+        if (wire.master_mac && memcmp(eth, wire.master_mac, 6) != 0) {
+            int outside = have_out && memcmp(eth, out_mac, 6) == 0;
+            if (!outside) {
+                PyObject *mkey = PyBytes_FromStringAndSize((const char *)eth, 6);
+                if (!mkey) {
+                    error = 1;
+                    break;
+                }
+                int local = PyDict_Contains(wire.by_mac, mkey);
+                Py_DECREF(mkey);
+                if (local < 0) {
+                    error = 1;
+                    break;
+                }
+                if (!local) {
+                    memcpy(out_mac, eth, 6);
+                    have_out = outside = 1;
+                }
+            }
+            if (outside) { /* OUTSIDE: TO_UPLINK, from the master's MAC */
+                if ((long)len > wire.max_frame && !buf[1])
+                    break; /* MTU_EXCEEDED, Python counts it */
+                memcpy(eth + 6, wire.master_mac, 6);
+                wire_stage(&wire, len);
+                status = ST_BUDGET;
+                length = 0;
+                taken = 0;
+                nframes++;
+                nbytes += n;
+                continue;
+            }
         }
         PyObject *value = dst_value;
         if (!value || alen != dst_len || memcmp(daddr, dst_key, (size_t)alen) != 0) {
@@ -451,62 +651,29 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         if (tq == txq_obj || !PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6 ||
             memcmp(eth, PyBytes_AS_STRING(tmac), 6) != 0)
             break;
-        long caps = PyLong_AsLong(PyTuple_GET_ITEM(value, 2));
-        if (caps == -1 && PyErr_Occurred()) {
+        int r = deliver(&targets, value, buf, len, dirty);
+        if (r == 0)
+            break;
+        if (r < 0) {
             error = 1;
             break;
         }
-        if ((buf[0] | buf[1]) && !offload_ok(buf[0], buf[1], caps))
-            break;
-        target_t *t = NULL;
-        for (int i = 0; i < ntargets; i++)
-            if (targets[i].key == value)
-                t = &targets[i];
-        if (!t) {
-            if (ntargets == MAX_TARGETS)
-                break;
-            t = &targets[ntargets];
-            if (queue_open(&t->q, tq)) {
-                error = 1;
-                break;
-            }
-            if (PyObject_GetBuffer(PyTuple_GET_ITEM(value, 3), &t->counters, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)) {
-                queue_release(&t->q);
-                error = 1;
-                break;
-            }
-            if (t->counters.len < 16) {
-                PyBuffer_Release(&t->counters);
-                queue_release(&t->q);
-                PyErr_SetString(PyExc_ValueError, "forward_burst: counters buffer too small");
-                error = 1;
-                break;
-            }
-            t->key = value;
-            t->added = 0;
-            ntargets++;
-        }
-        buf[10] = 1; /* num_buffers */
-        buf[11] = 0;
-        if (!rx_put(&t->q, (const char *)buf, len))
-            break;
-        uint64_t *cnt = t->counters.buf;
-        cnt[0] += 1;
-        cnt[1] += n;
         status = ST_BUDGET;
         length = 0;
         taken = 0;
         nframes++;
         nbytes += n;
-        if (!t->added) {
-            if (PySet_Add(dirty, PyTuple_GET_ITEM(value, 4))) {
-                error = 1;
-                break;
-            }
-            t->added = 1;
+        if (r == 2) { /* forwarded, then marking the target dirty failed */
+            error = 1;
+            break;
         }
     }
 
+    if (wire.master_mac) {
+        if (status == ST_SLOW_FRAME && !error && buf != fb.buf)
+            memcpy(fb.buf, buf, (size_t)length); /* Python switches it from its own buffer */
+        wire_flush(&wire);
+    }
     PyObject *exc = NULL; /* an exception after a chain was taken: ERROR, not raised */
     if (error && tx.changed) {
         if (taken) { /* give the chain back: Python takes it again */
@@ -530,11 +697,8 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     }
 
     Py_XDECREF(dst_value);
-    for (int i = 0; i < ntargets; i++) {
-        if (queue_close(&targets[i].q))
-            error = 1;
-        PyBuffer_Release(&targets[i].counters);
-    }
+    if (targets_close(&targets))
+        error = 1;
     if (queue_close(&tx))
         error = 1;
     PyBuffer_Release(&fb);
@@ -543,14 +707,238 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         return NULL;
     }
     if (exc)
-        return Py_BuildValue("(iNlL)", status, exc, nframes, nbytes);
-    return Py_BuildValue("(illL)", status, length, nframes, nbytes);
+        return Py_BuildValue("(iNlLll)", status, exc, nframes, nbytes, wire.sent, wire.failed);
+    return Py_BuildValue("(illLll)", status, length, nframes, nbytes, wire.sent, wire.failed);
+}
+
+
+#define RX_BATCH 32
+/* Frames read from the wire wait here until they are delivered or handed to Python. */
+static unsigned char rx_stage[RX_BATCH][SLOT_SIZE];
+static struct mmsghdr rx_msgs[RX_BATCH];
+static struct iovec rx_iov[RX_BATCH][2];
+
+/* Hand rx_stage[i] (total bytes, or -1: truncated) to Python's per-frame path through
+ * ``slow``, the frame copied to ``fb`` first; returns the copies it flooded, -1 on error. */
+static long hand_over(PyObject *slow, Py_buffer *fb, int i, long total)
+{
+    if (total > 0)
+        memcpy(fb->buf, rx_stage[i], (size_t)total);
+    PyObject *r = PyObject_CallFunction(slow, "l", total);
+    if (!r)
+        return -1;
+    long copies = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return (copies == -1 && PyErr_Occurred()) ? -1 : copies;
+}
+
+/* uplink_burst(fd, buf, table, master_mac, wire_macs, budget, dirty, slow)
+ *   reads frames from the uplink's socket with recvmmsg (RX_BATCH at a time, each
+ *   10-byte virtio_net_hdr + frame, placed as the daemon's 12-byte-header buffers),
+ *   and delivers each straight into a guest's RX ring when, and only when, Python's
+ *   l2 switch would say TO_SLAVE(target) and change nothing else: unicast
+ *   destination MAC; source MAC the master's or one already in ``wire_macs`` (the
+ *   port's ``saw_on_wire`` would add nothing); a plain IPv4/IPv6 frame
+ *   (``plain_ip``), for IPv6 not from a link-local source (``saw_on_wire`` records
+ *   those); destination address in ``table`` (up, enabled targets: the same table
+ *   as forward_burst's); offloads the target took; its next RX chain one writable
+ *   descriptor big enough. A destination MAC that is the master's becomes the
+ *   target's (``to_guest``). Every other frame, in order, is copied to ``buf`` and
+ *   given to ``slow(length)`` (-1 for a truncated one), Python's per-frame path,
+ *   which returns the copies it flooded: each frame costs one of ``budget``, a
+ *   flood its copies too; a batch already read is finished even past the budget.
+ *   A Python-level failure on a frame (a bad table entry, ...) hands that frame and
+ *   the rest of the burst to ``slow`` and ends it with ERROR. The RX rings C has
+ *   open are written back (indices, ``walked``) before every call of ``slow``, which
+ *   may deliver into them too, and opened again when next needed.
+ * Returns (status, detail, frames_delivered): EMPTY (the socket is drained), BUDGET,
+ * READ_ERROR (detail: errno) or ERROR (detail: the exception).
+ */
+static PyObject *uplink_burst(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "uplink_burst takes 8 arguments");
+        return NULL;
+    }
+    int fd = (int)PyLong_AsLong(args[0]);
+    long budget = PyLong_AsLong(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *table = args[2], *master = args[3], *wire_macs = args[4], *dirty = args[6], *slow = args[7];
+    if (!PyDict_Check(table) || !PyBytes_Check(master) || PyBytes_GET_SIZE(master) != 6 ||
+        !PyAnySet_Check(wire_macs) || !PyAnySet_Check(dirty) || !PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "uplink_burst: bad argument types");
+        return NULL;
+    }
+    const char *mmac = PyBytes_AS_STRING(master);
+    Py_buffer fb;
+    if (PyObject_GetBuffer(args[1], &fb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
+        return NULL;
+    if (fb.len > SLOT_SIZE || fb.len < HDR_LEN + ETH_HLEN) {
+        PyBuffer_Release(&fb);
+        PyErr_SetString(PyExc_ValueError, "uplink_burst: buffer size out of range");
+        return NULL;
+    }
+    targets_t targets;
+    targets.n = 0;
+    int status = ST_BUDGET, fatal = 0, rerrno = 0;
+    long delivered = 0;
+    PyObject *exc = NULL; /* the first Python-level failure: Python takes the rest */
+    unsigned char src_ok[6], dst_key[16];
+    int have_src = 0;
+    Py_ssize_t dst_len = 0;
+    PyObject *dst_value = NULL;
+
+    for (int i = 0; i < RX_BATCH; i++) {
+        rx_iov[i][0] = (struct iovec){rx_stage[i], VNET_HDR_LEN};
+        rx_iov[i][1] = (struct iovec){rx_stage[i] + HDR_LEN, (size_t)fb.len - HDR_LEN}; /* as Python's recv */
+    }
+    while (budget > 0 && !fatal) {
+        unsigned want = budget < RX_BATCH ? (unsigned)budget : RX_BATCH;
+        for (unsigned i = 0; i < want; i++) {
+            memset(&rx_msgs[i], 0, sizeof rx_msgs[i]);
+            rx_msgs[i].msg_hdr.msg_iov = rx_iov[i];
+            rx_msgs[i].msg_hdr.msg_iovlen = 2;
+        }
+        int got = recvmmsg(fd, rx_msgs, want, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                status = ST_EMPTY;
+            else {
+                status = ST_READ_ERROR;
+                rerrno = errno;
+            }
+            break;
+        }
+        if (got == 0) {
+            status = ST_EMPTY;
+            break;
+        }
+        for (int i = 0; i < got && !fatal; i++) {
+            budget--;
+            unsigned char *buf = rx_stage[i];
+            uint32_t got_len = rx_msgs[i].msg_len;
+            long total = -1; /* truncated */
+            if (!(rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) && got_len >= VNET_HDR_LEN)
+                total = (long)got_len + (HDR_LEN - VNET_HDR_LEN);
+            int fast = 0;
+            while (!exc && total >= HDR_LEN + ETH_HLEN) { /* once: break = Python's */
+                unsigned char *eth = buf + HDR_LEN;
+                uint32_t n = (uint32_t)total - HDR_LEN;
+                if (eth[0] & 1)
+                    break;
+                if (!(have_src && memcmp(eth + 6, src_ok, 6) == 0) && memcmp(eth + 6, mmac, 6) != 0) {
+                    PyObject *skey = PyBytes_FromStringAndSize((const char *)eth + 6, 6);
+                    int seen = skey ? PySet_Contains(wire_macs, skey) : -1;
+                    Py_XDECREF(skey);
+                    if (seen < 0) {
+                        fatal = -1;
+                        break;
+                    }
+                    if (!seen)
+                        break;
+                    memcpy(src_ok, eth + 6, 6);
+                    have_src = 1;
+                }
+                const unsigned char *saddr, *daddr;
+                Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
+                if (!alen || (alen == 16 && saddr[0] == 0xFE && (saddr[1] & 0xC0) == 0x80))
+                    break;
+                PyObject *value = dst_value;
+                if (!value || alen != dst_len || memcmp(daddr, dst_key, (size_t)alen) != 0) {
+                    PyObject *dkey = PyBytes_FromStringAndSize((const char *)daddr, alen);
+                    if (!dkey) {
+                        fatal = -1;
+                        break;
+                    }
+                    value = PyDict_GetItemWithError(table, dkey); /* borrowed */
+                    Py_DECREF(dkey);
+                    if (!value) {
+                        if (PyErr_Occurred())
+                            fatal = -1;
+                        break;
+                    }
+                    Py_INCREF(value);
+                    Py_XDECREF(dst_value);
+                    dst_value = value;
+                    memcpy(dst_key, daddr, (size_t)alen);
+                    dst_len = alen;
+                }
+                PyObject *tmac = PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 5 ? PyTuple_GET_ITEM(value, 1) : NULL;
+                if (!tmac || !PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6) {
+                    PyErr_SetString(PyExc_TypeError, "uplink_burst: bad table entry");
+                    fatal = -1;
+                    break;
+                }
+                unsigned char saved[6];
+                int to_master = memcmp(eth, mmac, 6) == 0;
+                if (to_master) {
+                    memcpy(saved, eth, 6);
+                    memcpy(eth, PyBytes_AS_STRING(tmac), 6);
+                }
+                int r = deliver(&targets, value, buf, (uint32_t)total, dirty);
+                if (r == 1 || r == 2) {
+                    fast = 1;
+                    delivered++;
+                }
+                if (r == 0 || r == -1) {
+                    if (to_master)
+                        memcpy(eth, saved, 6);
+                }
+                if (r < 0 || r == 2)
+                    fatal = -1;
+                break;
+            }
+            if (fatal) { /* a Python-level failure: keep it, Python takes this frame (unless delivered) and the rest */
+                PyObject *type, *tb;
+                PyErr_Fetch(&type, &exc, &tb);
+                PyErr_NormalizeException(&type, &exc, &tb);
+                if (exc && tb)
+                    PyException_SetTraceback(exc, tb);
+                Py_XDECREF(type);
+                Py_XDECREF(tb);
+                if (!exc) {
+                    Py_INCREF(Py_None);
+                    exc = Py_None;
+                }
+                fatal = 0;
+            }
+            if (!fast) {
+                /* Python may deliver to the rings C has open: write their indices back first */
+                if (targets_close(&targets)) {
+                    fatal = 1;
+                    break;
+                }
+                long copies = hand_over(slow, &fb, i, total);
+                if (copies < 0) { /* Python's own path raised: stop, raise it */
+                    fatal = 1;
+                    break;
+                }
+                budget -= copies;
+            }
+        }
+    }
+    Py_XDECREF(dst_value);
+    int closing = targets_close(&targets);
+    PyBuffer_Release(&fb);
+    if (fatal || closing) {
+        Py_XDECREF(exc);
+        return NULL;
+    }
+    if (exc)
+        return Py_BuildValue("(iNl)", ST_ERROR, exc, delivered);
+    return Py_BuildValue("(iil)", status, rerrno, delivered);
 }
 
 static PyMethodDef methods[] = {
     {"forward_burst", (PyCFunction)(void (*)(void))forward_burst, METH_FASTCALL,
-     "forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty) -> "
-     "(status, length, frames, bytes)"},
+     "forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty, wire) -> "
+     "(status, length, frames, bytes, wire_sent, wire_failed)"},
+    {"uplink_burst", (PyCFunction)(void (*)(void))uplink_burst, METH_FASTCALL,
+     "uplink_burst(fd, buf, table, master_mac, wire_macs, budget, dirty, slow) -> (status, detail, delivered)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -565,7 +953,8 @@ PyMODINIT_FUNC PyInit__fastpath(void)
         return NULL;
     if (PyModule_AddIntConstant(m, "EMPTY", ST_EMPTY) || PyModule_AddIntConstant(m, "BUDGET", ST_BUDGET) ||
         PyModule_AddIntConstant(m, "SLOW_FRAME", ST_SLOW_FRAME) ||
-        PyModule_AddIntConstant(m, "SLOW_CHAIN", ST_SLOW_CHAIN) || PyModule_AddIntConstant(m, "ERROR", ST_ERROR)) {
+        PyModule_AddIntConstant(m, "SLOW_CHAIN", ST_SLOW_CHAIN) || PyModule_AddIntConstant(m, "ERROR", ST_ERROR) ||
+        PyModule_AddIntConstant(m, "READ_ERROR", ST_READ_ERROR)) {
         Py_DECREF(m);
         return NULL;
     }

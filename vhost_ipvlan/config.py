@@ -24,6 +24,7 @@ Shape (other tools rely on it; do not change it lightly)::
     owner = "libvirt:<uuid>"    # optional: who created the slave (the libvirt hook: its domain's UUID)
     peer_uid = "qemu-vm1"       # optional: only a front-end running as this user (uid) may connect
     peer_gid = "qemu-vm1"       # optional: ... and as this group (gid)
+    queues = 1                  # optional: virtio-net queue pairs offered (1-16; QEMU's -netdev vhost-user,queues=)
 
 Rules:
 - Every problem is a ``ConfigError`` whose message is one line: the key path
@@ -53,6 +54,11 @@ Rules:
   charset that is safe to splice into an nft script.
 - ``owner`` is opaque to the daemon: the libvirt hook records the domain it created
   a slave for and refuses to change or remove another domain's slaves.
+- ``queues`` (1 to ``MAX_QUEUES``, default 1) is how many queue pairs the slave's
+  device offers (GET_QUEUE_NUM); QEMU's ``queues=`` must not exceed it. A change is
+  made in place and takes effect at the front-end's next connection (the
+  connected one keeps the pairs it negotiated). Each pair costs the guest's
+  connection 6 more descriptors in the budget (``daemon.fdbudget``).
 - ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
   file permissions are ``[daemon].socket_permissions``.
 """
@@ -71,16 +77,21 @@ from typing import Any
 
 from .errors import AddressInUse, ConfigError, NameInUse, PortExists, SocketInUse
 from .switch.decisions import FLAGS, MODES, TRAITS, modes_with
+from .vhost_user.session import MAX_QUEUE_PAIRS
 
 #: A port without ``mode`` (file, control API, ``vhost-ipvlanctl port add``, the
 #: libvirt hook). Not the kernel's default (``ip link add ... type ipvlan`` gives
-#: l3, reference §2): l2 is the mode in which a VM's usual configuration (DHCP,
+#: l3, docs/kernel-behaviour.md §2): l2 is the mode in which a VM's usual configuration (DHCP,
 #: SLAAC from the LAN's router, mDNS) works, the CNI plugin and Docker default to it,
 #: and files written without ``mode`` would otherwise change behaviour silently
 #: (README, "Behaviour (l2)" departures).
 DEFAULT_MODE = "l2"
 SOCKET_MODES = ("server", "client")
 MAX_ADDRESSES = 256
+#: a slave's most queue pairs: QEMU accepts up to 1024 and a Linux guest enables
+#: min(pairs, vCPUs) of them; the daemon serves them all on one thread, so more pairs
+#: only cost descriptors (6 each): 16, as many vCPUs as a guest here sensibly gets
+MAX_QUEUES = MAX_QUEUE_PAIRS
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -108,6 +119,7 @@ class SlaveConfig:
     owner: str | None = None  # who created the slave (the libvirt hook: "libvirt:<domain uuid>")
     peer_uid: int | None = None  # only a front-end process with this uid may be the slave (SO_PEERCRED)
     peer_gid: int | None = None  # ... and with this gid
+    queues: int = 1  # virtio-net queue pairs (1..MAX_QUEUES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +223,7 @@ def parse_mac(where: str, value: Any) -> bytes:
 def parse_slave(where: str, table: Any) -> SlaveConfig:
     """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
     t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn",
-                             "allow_router", "owner", "peer_uid", "peer_gid"}, {"name", "socket"})
+                             "allow_router", "owner", "peer_uid", "peer_gid", "queues"}, {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
@@ -245,7 +257,16 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
         if "peer_uid" in t else None
     peer_gid = _id(f"{where}.peer_gid", t["peer_gid"], lambda n: grp.getgrnam(n).gr_gid, "group") \
         if "peer_gid" in t else None
-    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn, allow_router, owner, peer_uid, peer_gid)
+    queues = parse_queues(f"{where}.queues", t.get("queues", 1))
+    return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn, allow_router, owner, peer_uid, peer_gid,
+                       queues)
+
+
+def parse_queues(where: str, value: Any) -> int:
+    """A slave's queue pairs: an integer from 1 to ``MAX_QUEUES``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_QUEUES:
+        raise ConfigError(f"{where}: expected an integer from 1 to {MAX_QUEUES} (queue pairs), got {value!r}")
+    return value
 
 
 def _bool(where: str, value: Any) -> bool:
@@ -318,18 +339,26 @@ class SlaveIndex:
         self.slaves: dict[str, tuple[str, SlaveConfig]] = {}
         self.sockets: dict[Path, str] = {}
         self.addresses: dict[tuple[str, object], str] = {}
+        #: queue pairs beyond each slave's first, summed (``daemon.fdbudget``)
+        self.extra_pairs = 0
         for p in ports:
             for s in p.slaves:
                 self.add(p.master, s)
 
     def add(self, master: str, slave: SlaveConfig) -> None:
+        old = self.slaves.get(slave.name)
+        if old is not None:
+            self.extra_pairs -= old[1].queues - 1
         self.slaves[slave.name] = (master, slave)
+        self.extra_pairs += slave.queues - 1
         self.sockets[slave.socket] = slave.name
         for a in slave.addresses:
             self.addresses[(master, a.ip)] = slave.name
 
     def remove(self, master: str, slave: SlaveConfig) -> None:
-        self.slaves.pop(slave.name, None)
+        old = self.slaves.pop(slave.name, None)
+        if old is not None:
+            self.extra_pairs -= old[1].queues - 1
         if self.sockets.get(slave.socket) == slave.name:
             del self.sockets[slave.socket]
         for a in slave.addresses:
@@ -461,6 +490,8 @@ def slave_table(slave: SlaveConfig) -> dict[str, Any]:
         t["peer_uid"] = slave.peer_uid
     if slave.peer_gid is not None:
         t["peer_gid"] = slave.peer_gid
+    if slave.queues != 1:
+        t["queues"] = slave.queues
     return t
 
 

@@ -57,6 +57,9 @@ def add_parsers(sub: Any) -> None:
                        help="learn the guest's addresses from its traffic (mode l2; up to 1 IPv4 + 4 IPv6)")
         p.add_argument("--allow-router", action="store_true", default=None,
                        help="let the guest send Router Advertisements, Redirects and DHCP server messages")
+        p.add_argument("--queues", type=int, metavar="N",
+                       help="virtio-net queue pairs offered (1-16, default 1; QEMU's queues=N; on change: from "
+                            "the guest's next connection)")
         if action == "change":
             p.add_argument("--no-learn", action="store_true", help="stop learning (forgets learned addresses)")
             p.add_argument("--no-allow-router", action="store_true",
@@ -91,7 +94,7 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     params["name"] = args.name
     if args.action == "remove":
         return method, params
-    for key in ("master", "socket", "socket_mode", "mac", "qmp", "qmp_device"):
+    for key in ("master", "socket", "socket_mode", "mac", "qmp", "qmp_device", "queues"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     if args.address is not None:

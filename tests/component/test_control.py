@@ -95,6 +95,64 @@ def test_added_slave_works_like_a_configured_one_and_removal_undoes_it(lab: Lab)
     assert E_IP not in nft_rules(lab)
 
 
+def test_queues_from_the_control_api_and_a_change_applies_at_the_next_connection(lab: Lab) -> None:
+    a = lab.frontend("a")
+    with client(lab) as c:
+        c.call("slave.add", {"master": lab_mod.MASTER, "name": "e", "socket": str(lab.sock("e")),
+                             "addresses": [f"{E_IP}/24"], "mac": MAC_E, "queues": 2})
+        e = lab.frontend("e", queues=2)
+        assert e.queue_num == 2
+        for port in range(16):  # 16 flows: both rings get some (the flow hash), each flow one ring
+            a.transmit(bytes(Ether(src=MAC_A, dst=MAC_E) / IP(src=A_IP, dst=E_IP) / UDP(sport=5000 + port, dport=9)))
+        rings: list[list[int]] = [[], []]
+
+        def all_arrived() -> bool:
+            for pair in (0, 1):
+                rings[pair] += [Ether(f)[UDP].sport - 5000 for _h, f in e.receive(pair)]
+            return len(rings[0]) + len(rings[1]) == 16
+
+        wait_until(all_arrived, 10, what="16 flows at e")
+        assert rings[0] and rings[1] and sorted(rings[0] + rings[1]) == list(range(16))
+        q = c.call("stats", {"slave": "e"})[lab_mod.MASTER]["slaves"]["e"]["queues"]
+        assert (q["queues"], q["queue_pairs"], q["queue_pairs_enabled"]) == (2, 2, 2)
+        assert [p["rx_packets"] for p in q["per_queue"]] == [len(rings[0]), len(rings[1])]
+        assert q["per_queue"][0]["rx"] == "enabled"
+        e.enable_pair(1, False)
+        wait_until(lambda: c.call("stats", {"slave": "e"})[lab_mod.MASTER]["slaves"]["e"]["queues"]
+                   ["queue_pairs_enabled"] == 1, 5, what="pair 1 disabled")
+        # a change keeps the guest connected; the new count is offered at its next connection
+        info = c.call("slave.change", {"name": "e", "queues": 1})
+        assert info["queues"] == 1 and info["queues_connected"] == 2 and info["connected"]
+        assert "slave e: connection closed" not in lab.log_text()
+        assert "queues" not in tomllib.loads(lab.state.read_text())["port"][0]["slave"][-1]
+        e.close()
+        lab.frontends.remove(e)
+        wait_until(lambda: "slave e: connection closed" in lab.log_text(), 5, what="e's connection closed")
+        e = lab.frontend("e")
+        assert e.queue_num == 1
+        with pytest.raises(RemoteError, match=r"params\.queues: expected an integer from 1 to 16") as err:
+            c.call("slave.change", {"name": "e", "queues": 17})
+        assert err.value.code == "invalid_params"
+    proc = cli(lab, "slave", "change", "e", "--queues", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "queues = 4" in lab.state.read_text()
+
+
+def test_changes_go_on_after_someone_flushes_the_ruleset(lab: Lab) -> None:
+    """``nft flush ruleset`` (nftables.service's reload) removes the daemon's table: the
+    next change writes the chain whole again, and a port can still be removed."""
+    sh("ip", "netns", "exec", lab.host, "nft", "flush", "ruleset")
+    with client(lab) as c:
+        c.call("slave.add", {"master": lab_mod.MASTER, "name": "e", "socket": str(lab.sock("e")),
+                             "addresses": [f"{E_IP}/24"], "mac": MAC_E})
+        rules = nft_rules(lab)
+        assert E_IP in rules and A_IP in rules and B_IP in rules
+        sh("ip", "netns", "exec", lab.host, "nft", "flush", "ruleset")
+        c.call("slave.remove", {"name": "e"})
+        rules = nft_rules(lab)
+        assert E_IP not in rules and A_IP in rules
+
+
 REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"name": "e", "socket": "/tmp/vi-e.sock", "addresses": [f"{A_IP}/24"]},
      "address_in_use", f"params.addresses[0]: {A_IP} is already used by slave 'a' on master {lab_mod.MASTER}"),

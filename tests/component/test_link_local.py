@@ -3,7 +3,7 @@
     fake guest a (fe80::ff:fe00:a, its MAC's EUI-64) -- vhost-ipvlan -- vim0 (ns host) <== veth ==> vio0 (ns out)
 
 The outside host holds a static neighbour entry for the guest's link-local address
-pointing to the master's MAC, as with the kernel's ipvlan (reference §12.2 #9:
+pointing to the master's MAC, as with the kernel's ipvlan (docs/kernel-behaviour.md §8.2 #9:
 ``x.ll-steer`` answered in l2, l3 and l3s), and pings it. The host cannot forward a
 link-local packet (it has one per interface), so in l3s too the daemon steers it to
 the guest and routes the guest's answer out of the master itself.

@@ -81,6 +81,28 @@ def test_a_slave_beyond_the_fd_budget_is_refused_and_nothing_changes(ns: Netns, 
         d.stop()
 
 
+def test_queue_pairs_count_in_the_fd_budget(ns: Netns, tmp_path: Path) -> None:
+    """A slave's further queue pairs need their eventfds too: refused when adding, and when
+    a change would grow them beyond the limit (nothing changes)."""
+    limit = fdbudget.need(1, 7)
+    d, sockdir = start(ns, tmp_path, 6, f"{limit}:{limit}")
+    try:
+        d.ready()
+        with Client(d.control) as c:
+            with pytest.raises(RemoteError) as e:
+                c.call("slave.add", {"master": "vsm0", **slave_table(6, sockdir), "queues": 2})
+            assert e.value.code == "fd_budget" and "6 per further queue pair" in e.value.message
+            c.call("slave.add", {"master": "vsm0", **slave_table(6, sockdir)})  # one pair fits
+            state = d.state.read_text()
+            with pytest.raises(RemoteError) as e:
+                c.call("slave.change", {"name": "s6", "queues": 2})
+            assert e.value.code == "fd_budget"
+            assert [s["queues"] for s in c.call("slave.list")] == [1] * 7
+        assert d.state.read_text() == state
+    finally:
+        d.stop()
+
+
 def test_a_configuration_beyond_the_fd_budget_does_not_start(ns: Netns, tmp_path: Path) -> None:
     limit = fdbudget.need(1, 7)
     d, sockdir = start(ns, tmp_path, 8, f"{limit}:{limit}")

@@ -89,11 +89,12 @@ def meta_iface(mac: str, addr: str, extra: str = "", p: str = "vi:") -> str:
     return f"<{p}interface mac='{mac}' master='vim0'{extra}><{p}address>{addr}</{p}address></{p}interface>"
 
 
-def nic_xml(mac: str, sock: Path, qemu_role: str) -> str:
+def nic_xml(mac: str, sock: Path, qemu_role: str, queues: int = 1) -> str:
     reconnect = "<reconnect enabled='yes' timeout='1'/>" if qemu_role == "client" else ""
+    driver = f"<driver queues='{queues}'/>" if queues > 1 else ""
     return (f"<interface type='vhostuser'><mac address='{mac}'/>"
             f"<source type='unix' path='{sock}' mode='{qemu_role}'>{reconnect}</source>"
-            "<model type='virtio'/></interface>")
+            f"<model type='virtio'/>{driver}</interface>")
 
 
 def domain_xml(g: Guest, kernel: Path, initrd: Path, nic: str, meta: str) -> str:
@@ -190,10 +191,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 stdout=subprocess.DEVNULL, stderr=watch_log.open("wb"))
             vm1 = DomainGuest(names[0], work, mac=VM1_MAC, ip4=f"{VM1_IP}/24")
             vm2 = DomainGuest(names[1], work, mac=VM2_MAC, ip4=f"{VM2_IP}/24")
-            for vm, mac, ip, role in ((vm1, VM1_MAC, VM1_IP, "client"), (vm2, VM2_MAC, VM2_IP, "server")):
+            # vm2's NIC has two queue pairs (<driver queues='2'/>: the hook gives the slave queues = 2)
+            for vm, mac, ip, role, queues in ((vm1, VM1_MAC, VM1_IP, "client", 1),
+                                              (vm2, VM2_MAC, VM2_IP, "server", 2)):
                 vm.conn = conn
                 where = sockdir / QEMU_SUBDIR if role == "server" else sockdir
-                xml = domain_xml(vm, kernel, initrd, nic_xml(mac, where / f"{vm.name}-0.sock", role),
+                xml = domain_xml(vm, kernel, initrd, nic_xml(mac, where / f"{vm.name}-0.sock", role, queues),
                                  metadata(meta_iface(mac, f"{ip}/24")))
                 (work / f"{vm.name}.xml").write_text(xml)
                 virsh("define", str(work / f"{vm.name}.xml"))
@@ -228,6 +231,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def test_hook_created_the_slaves(world: World) -> None:
     assert {slave_of(world.vm1.name, VM1_MAC), slave_of(world.vm2.name, VM2_MAC)} <= world.slaves()
+
+
+def test_driver_queues_reach_the_daemon(world: World) -> None:
+    """vm2's <driver queues='2'/>: the hook adds its slave with queues = 2, libvirt runs QEMU
+    with queues=2 and mq=on, and QEMU sets up both pairs (a 1-vCPU guest enables one)."""
+    with Client(world.lab.control) as c:
+        slaves = {s["name"]: s for s in c.call("slave.list")}
+        assert slaves[slave_of(world.vm2.name, VM2_MAC)]["queues"] == 2
+        assert slaves[slave_of(world.vm1.name, VM1_MAC)]["queues"] == 1
+        stats = c.call("stats")["vim0"]["slaves"]
+    q = stats[slave_of(world.vm2.name, VM2_MAC)]["queues"]
+    assert q["queue_pairs"] == 2 and q["queue_pairs_enabled"] == 1, q
+    features = world.vm2.check("cat /sys/bus/virtio/devices/virtio*/features | head -n 1")
+    assert features[22] == "1", f"the guest did not negotiate VIRTIO_NET_F_MQ: {features}"
+    # one vCPU: the guest uses one pair (its sysfs shows the pairs in use)
+    assert world.vm2.check("ls /sys/class/net/eth0/queues").split() == ["rx-0", "tx-0"]
 
 
 @pytest.mark.parametrize("vm", ["vm1", "vm2"])

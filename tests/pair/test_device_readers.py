@@ -20,6 +20,7 @@ from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
 from vhost_ipvlan.vhost_user.session import RX, TX, Session
+from vhost_ipvlan.virtio import net
 
 
 class RecordingLoop:
@@ -86,6 +87,18 @@ def test_kick_descriptor_that_fails_to_read_is_no_longer_watched(rig: Rig) -> No
         fd = rig.session.vrings[which].kick_fd
         assert fd is not None and fd in rig.loop.readers
         os.close(fd)  # reads now fail with EBADF: the reader must go, not fire forever
-        handler(fd)
+        handler(fd, which)
         assert fd not in rig.loop.readers
         rig.session.vrings[which].kick_fd = None  # already closed
+
+
+def test_the_frame_buffer_is_made_when_the_tx_queue_starts_and_kept(rig: Rig) -> None:
+    """A slave whose guest never started its TX queue holds no 64 KiB buffer; one that
+    did keeps it (a plain attribute: the data path reads it once per frame)."""
+    assert len(rig.dev.buf) == 0
+    rig.fe.setup()
+    buf = rig.dev.buf
+    assert len(buf) == net.MAX_BUFFER and rig.dev.view.obj is buf
+    rig.session.close()
+    rig.dev.detach()
+    assert rig.dev.buf is buf

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, UDP
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NS, IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from tests.support import frontend
@@ -106,6 +106,7 @@ def run(frames: Frames, before: Callable[[InprocPort], None] | None = None, flag
             "counters": {n: d.counters() for n, d in p.dp.devices.items()},
             "drops": {n: (counts(d.drops), d.slave.drop_counts()) for n, d in p.dp.devices.items()},
             "routed": list(p.router.asked),
+            "uplink_tx": p.dp.uplink_tx,
         }
     finally:
         p.close()
@@ -175,9 +176,10 @@ def test_the_accelerator_does_forward() -> None:
         frame = bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP() / b"x")
         for _ in range(50):
             a.transmit(frame)
-        status, _, nf, nb = fastpath.ext.forward_burst(  # type: ignore[union-attr]
-            p.device("a").tx, p.device("a").buf, *p.dp.fast_table.args(p.device("a")) or (), 256, p.dp.dirty)
-        assert (status, nf, nb) == (0, 50, 50 * len(frame))
+        mac_, owned, table, wire = p.dp.fast_args(p.device("a")) or (None, None, None, None)
+        status, _, nf, nb, sent, failed = fastpath.ext.forward_burst(  # type: ignore[union-attr]
+            p.device("a").tx, p.device("a").buf, mac_, owned, table, 256, p.dp.dirty, wire)
+        assert (status, nf, nb, sent, failed) == (0, 50, 50 * len(frame), 0, 0)
     finally:
         p.close()
 
@@ -185,10 +187,12 @@ def test_the_accelerator_does_forward() -> None:
 @pytest.mark.parametrize("flag", ["private", "vepa"])
 def test_private_and_vepa_never_fast_forward(flag: str) -> None:
     """The accelerator switches guest -> guest unicast; private must drop it and vepa
-    send it to the wire, so it stays off for them and results equal pure Python."""
+    send it to the wire, so its table is empty for them (it still sends to the wire)
+    and results equal pure Python."""
     p = make_port(flag)
     try:
-        assert p.dp.fast_table.args(p.device("a")) is None
+        args = p.dp.fast_args(p.device("a"))
+        assert args is not None and args[2] == {} and args[3] is not None
     finally:
         p.close()
     frames = scenario()
@@ -217,7 +221,7 @@ def test_l3_modes_equal_pure_python(mode: str, flag: str) -> None:
     the flags do what docs/kernel-behaviour.md §4 ``ipvlan_xmit_mode_l3`` says."""
     p = make_port(flag, mode)
     try:
-        assert p.dp.fast_table.args(p.device("a")) is None
+        assert p.dp.fast_args(p.device("a")) is None
     finally:
         p.close()
     frames = scenario()
@@ -273,8 +277,9 @@ def test_chained_descriptor_is_left_to_python() -> None:
     try:
         a = p.frontends["a"]
         a.transmit(bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP() / b"chained"), split=True)
+        mac_, owned, table, wire = p.dp.fast_args(p.device("a")) or (None, None, None, None)
         status, *_ = fastpath.ext.forward_burst(  # type: ignore[union-attr]
-            p.device("a").tx, p.device("a").buf, *p.dp.fast_table.args(p.device("a")) or (), 256, p.dp.dirty)
+            p.device("a").tx, p.device("a").buf, mac_, owned, table, 256, p.dp.dirty, wire)
         assert status == fastpath.ext.SLOW_CHAIN  # type: ignore[union-attr]
         tx = p.device("a").tx
         assert tx is not None and a.txq.avail_idx == 1 and tx.last_avail == 0  # nothing was taken
@@ -548,7 +553,7 @@ def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFix
         try:
             dev = p.device("a")
             if corrupt:
-                p.dp.fast_table.args(dev)
+                p.dp.fast_args(dev)
                 b4 = ipaddress.ip_address(B4).packed
                 rxq, bmac, _, counters, bdev = p.dp.fast_table.table[b4]
                 p.dp.fast_table.table[b4] = (rxq, bmac, 2**70, counters, bdev)
@@ -574,22 +579,17 @@ def test_a_failing_accelerator_gives_the_frame_back(caplog: pytest.LogCaptureFix
     assert any("OverflowError" in r.exc_text for r in caplog.records if r.exc_text)
 
 
+@pytest.mark.parametrize("pure", [False, True])
 def test_an_internal_error_on_a_frame_from_the_wire_costs_that_frame(
-        monkeypatch: pytest.MonkeyPatch, error_log: None) -> None:
+        monkeypatch: pytest.MonkeyPatch, error_log: None, pure: bool) -> None:
     """The uplink's burst, too: a bug while switching one frame read from the master
-    drops that frame (``internal_error`` on the master), the next ones are delivered."""
+    drops that frame (``internal_error`` on the master), the next ones are delivered;
+    with the accelerator, for a frame it gave to Python (each from a MAC not seen yet)."""
     p = make_port()
     try:
-        wire = [bytes(net.HDR_LEN) + bytes(Ether(src="02:99:00:00:00:01", dst=MASTER) / IP(src="192.0.2.1", dst=B4)
-                                           / UDP(dport=5) / tag) for tag in (b"one", b"boom", b"two")]
-
-        def recv(view: memoryview) -> int:
-            if not wire:
-                return 0
-            data = wire.pop(0)
-            view[: len(data)] = data
-            return len(data)
-
+        p.uplink.inject(*(bytes(10) + bytes(Ether(src=f"02:99:00:00:00:0{i}", dst=MASTER)
+                                             / IP(src="192.0.2.1", dst=B4) / UDP(dport=5) / tag)
+                          for i, tag in enumerate((b"one", b"boom", b"two"))))
         real = p.port.from_uplink
 
         def from_uplink(frame: memoryview) -> tuple[int, object]:
@@ -597,8 +597,9 @@ def test_an_internal_error_on_a_frame_from_the_wire_costs_that_frame(
                 raise RuntimeError("injected")
             return real(frame)
 
-        monkeypatch.setattr(p.dp.uplink, "recv", recv, raising=False)
         monkeypatch.setattr(p.port, "from_uplink", from_uplink)
+        if pure:
+            monkeypatch.setattr(fastpath, "ext", None)
         p.dp._uplink_readable()
         assert [f[42:] for _, f in p.frontends["b"].receive()] == [b"one", b"two"]
         assert counts(p.dp.drops) == {"internal_error": 1} and p.dp.uplink_rx == 3
@@ -645,3 +646,243 @@ def test_hostile_mixes_take_the_same_decisions_drain_by_drain(chains: list[Chain
     drains = result["drains"]
     assert isinstance(drains, list)
     assert all(walked <= device.DESC_BUDGET + frontend.QSIZE + 1 for walked, _, _ in drains)
+
+
+# -- guest -> wire: l2 unicast to an off-host MAC, sent by C in batches ------------------
+
+OUT, OUT4, OUT6 = "02:99:00:00:00:01", "192.0.2.1", "2001:db8::1"
+GSO_HDR = struct.pack("<BBHHHHH", net.HDR_F_NEEDS_CSUM, net.GSO_TCPV4, 54, 1448, 34, 16, 0)
+
+
+def wire_scenario() -> Frames:
+    """Runs of frames for the wire (more than one sendmmsg batch) mixed with every
+    frame the accelerator must hand over: to the master's MAC, to a guest's MAC,
+    multicast, spoofed, too big for the master without GSO, NDP, a DHCP client."""
+    plain = bytes(net.HDR_LEN)
+    out4 = Ether(src=A, dst=OUT) / IP(src=A4, dst=OUT4) / UDP(sport=7, dport=9)
+    out6 = Ether(src=A, dst=OUT) / IPv6(src=A6, dst=OUT6) / UDP(sport=7, dport=9)
+    slow: Frames = [
+        (bytes(Ether(src=A, dst=MASTER) / IP(src=A4, dst=OUT4) / UDP()), plain, False),  # the host's
+        (bytes(Ether(src=A, dst=B) / IP(src=A4, dst=OUT4) / UDP()), plain, False),  # a guest's MAC
+        (bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP() / b"to-b"), plain, False),
+        (bytes(Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / IP(src=A4, dst="10.0.0.255") / UDP()), plain, False),
+        (bytes(Ether(src=A, dst=OUT) / IP(src=C4, dst=OUT4) / UDP()), plain, False),  # spoofed IP
+        (bytes(Ether(src=C, dst=OUT) / IP(src=A4, dst=OUT4) / UDP()), plain, False),  # spoofed MAC
+        (bytes(out4 / (b"m" * 1600)), plain, False),  # over the master's MTU: mtu_exceeded
+        (bytes(Ether(src=A, dst=OUT) / IP(src=A4, dst=OUT4) / TCP() / (b"g" * 4000)), GSO_HDR, False),  # GSO
+        (bytes(Ether(src=A, dst=OUT) / IPv6(src=A6, dst=OUT6) / ICMPv6EchoRequest()), plain, False),
+        (bytes(Ether(src=A, dst=OUT) / IP(src=A4, dst=OUT4) / UDP(sport=68, dport=67) / b"dhcp"), plain, False),
+        (bytes(out4 / b"offload"), CSUM_HDR, False),
+        (bytes(out4 / b"split"), plain, True),  # two descriptors: Python's
+    ]
+    rng = random.Random(11)
+    frames: Frames = []
+    for i in range(150):
+        base = out4 if i % 3 else out6
+        frames.append((bytes(base / (bytes([i]) * rng.choice([0, 18, 1400]))), plain, False))
+        if i % 13 == 0:
+            frames.append(slow[(i // 13) % len(slow)])
+    return frames + slow
+
+
+@pytest.mark.parametrize("flag", ["bridge", "private", "vepa"])
+def test_the_wire_gets_the_same_frames_with_and_without_the_accelerator(flag: str) -> None:
+    """Every l2 flag: the same frames on the wire, in the same order, from the
+    master's MAC; the same deliveries, drops and counters (uplink_tx included)."""
+    frames = wire_scenario()
+    fast = run(frames, flag=flag)
+    with pure_python():
+        pure = run(frames, flag=flag)
+    assert fast == pure
+    uplink, drops = fast["uplink"], fast["drops"]
+    assert isinstance(uplink, list) and isinstance(drops, dict)
+    to_out = [f for f in uplink if f[10:16] == mac(OUT)]
+    assert len(to_out) >= 150 and all(f[16:22] == MASTER_MAC for f in to_out)
+    assert fast["uplink_tx"] == len(uplink)
+    assert drops["a"][0].get("mtu_exceeded", 0) >= 1  # counted by Python
+    assert drops["a"][1].get("src_ip_spoof", 0) >= 1
+
+
+def test_the_accelerator_does_send_to_the_wire() -> None:
+    p = make_port("private")
+    try:
+        a = p.frontends["a"]
+        frame = bytes(Ether(src=A, dst=OUT) / IP(src=A4, dst=OUT4) / UDP() / b"x")
+        for _ in range(100):
+            a.transmit(frame)
+        mac_, owned, table, wire = p.dp.fast_args(p.device("a")) or (None, None, None, None)
+        status, _, nf, nb, sent, failed = fastpath.ext.forward_burst(  # type: ignore[union-attr]
+            p.device("a").tx, p.device("a").buf, mac_, owned, table, 256, p.dp.dirty, wire)
+        assert (status, nf, nb, sent, failed) == (0, 100, 100 * len(frame), 100, 0)
+        out = frame[:6] + MASTER_MAC + frame[12:]
+        assert p.uplink.sent == [bytes(10) + out] * 100
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("trouble", ["master_down", "send_fails", "no_batch_fd"])
+def test_wire_trouble_is_counted_the_same(trouble: str) -> None:
+    """A master that is down (master_down, Python's), sends that fail (counted from C's
+    sendmmsg as from Python's send: uplink_send_failed) and an uplink without a batch
+    descriptor (Python sends) change nothing between the two paths."""
+
+    def before(p: InprocPort) -> None:
+        if trouble == "master_down":
+            p.dp.wire_up = False
+        elif trouble == "send_fails":
+            p.uplink.refuse()
+        else:
+            p.uplink.batch_fd = lambda: -1  # type: ignore[method-assign]
+
+    frames = wire_scenario()
+    fast = run(frames, before)
+    with pure_python():
+        pure = run(frames, before)
+    assert fast == pure
+    drops = fast["drops"]
+    assert isinstance(drops, dict)
+    if trouble == "master_down":
+        assert drops["a"][0].get("master_down", 0) >= 150
+    elif trouble == "send_fails":
+        assert drops["a"][0].get("uplink_send_failed", 0) >= 150 and fast["uplink_tx"] == 0
+    else:
+        assert fast["uplink_tx"] == len(fast["uplink"])  # type: ignore[arg-type]
+
+
+# -- wire -> guest: recvmmsg, demux by destination address, MAC translation ---------------
+
+def wire_frames() -> list[bytes]:
+    """Datagrams from the wire (10-byte virtio_net_hdr + frame): runs of common unicast
+    (to the master's MAC and to a guest's, IPv4 and IPv6) to every guest, more than one
+    burst of them, mixed with everything C must give to Python in order: a source MAC
+    not seen yet, broadcast ARP, NS, multicast, an unknown destination, an IPv6
+    link-local source, a runt, a truncated frame, a GSO frame the guests did not take,
+    a DHCP reply."""
+    hdr = bytes(10)
+    gso = struct.pack("<BBHHH", net.HDR_F_NEEDS_CSUM, net.GSO_TCPV4, 54, 1448, 34) + b"\x10\x00"
+    out4 = Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=B4) / UDP(sport=9, dport=7)
+    slow = [
+        bytes(Ether(src="02:99:00:00:00:02", dst=MASTER) / IP(src=OUT4, dst=A4) / UDP() / b"new-mac"),
+        bytes(Ether(src=OUT, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=OUT, psrc=OUT4, pdst=B4)),
+        bytes(Ether(src=OUT, dst="33:33:ff:00:00:11") / IPv6(src=OUT6, dst="ff02::1:ff00:11")
+              / ICMPv6ND_NS(tgt=B6)),
+        bytes(Ether(src=OUT, dst="01:00:5e:00:00:fb") / IP(src=OUT4, dst="224.0.0.251") / UDP() / b"mdns"),
+        bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst="10.0.0.99") / UDP() / b"nobody"),
+        bytes(Ether(src=OUT, dst=MASTER) / IPv6(src="fe80::99", dst=B6) / UDP() / b"link-local"),
+        bytes(Ether(src=OUT, dst=MASTER))[:9],
+        bytes(out4 / b"truncated") + b"t" * 66000,  # longer than the daemon's buffer
+        bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=B4, flags=0) / UDP(sport=67, dport=68) / b"dhcp"),
+    ]
+    frames = [hdr + bytes(out4 / b"first")]  # the outside's MAC is not known yet: Python's
+    rng = random.Random(5)
+    for i in range(400):
+        dst4, dst6, mac_ = [(A4, A6, A), (B4, B6, B), (C4, None, C)][i % 3]
+        to = MASTER if i % 4 else mac_
+        if i % 5 == 0 and dst6 is not None:
+            f = Ether(src=OUT, dst=to) / IPv6(src=OUT6, dst=dst6) / UDP(sport=9, dport=7)
+        else:
+            f = Ether(src=OUT, dst=to) / IP(src=OUT4, dst=dst4) / UDP(sport=9, dport=7)
+        frames.append(hdr + bytes(f / (bytes([i % 256]) * rng.choice([0, 30, 1400]))))
+        if i % 29 == 0:
+            frames.append(hdr + slow[(i // 29) % len(slow)])
+    frames.append(gso + bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=B4) / TCP() / (b"g" * 3000)))
+    return frames + [hdr + f for f in slow]
+
+
+def run_from_wire(frames: list[bytes], flag: str = "bridge", mode: str = "l2",
+                  before: Callable[[InprocPort], None] | None = None) -> dict[str, object]:
+    p = make_port(flag, mode)
+    try:
+        if before is not None:
+            before(p)
+        for i in range(0, len(frames), 100):
+            p.uplink.inject(*frames[i : i + 100])
+            for _ in range(3):  # 100 frames and their floods fit in three bursts
+                p.dp._uplink_readable()
+        return {
+            **outcome(p),
+            "uplink": p.uplink.sent,
+            "uplink_rx": p.dp.uplink_rx,
+            "port_drops": (counts(p.dp.drops), counts(p.port.uplink_drops)),
+            "seen": (sorted(p.port.wire_macs), sorted(p.port.wire_link_locals)),
+        }
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize(("mode", "flag"), [("l2", "bridge"), ("l2", "private"), ("l2", "vepa"),
+                                            ("l3", "bridge"), ("l3s", "bridge")])
+def test_the_guests_get_the_same_frames_from_the_wire_with_and_without_the_accelerator(mode: str, flag: str) -> None:
+    """Every mode and flag: the same frames reach the same guests in the same order,
+    translated the same way; the same drops, counters and wire-side learning."""
+    frames = wire_frames()
+    fast = run_from_wire(frames, flag, mode)
+    with pure_python():
+        pure = run_from_wire(frames, flag, mode)
+    assert fast == pure
+    received = fast["received"]
+    assert isinstance(received, dict)
+    if mode == "l2":
+        to_b = [f for _, f in received["b"] if f[:6] == mac(B) and f[6:12] == mac(OUT)]
+        assert len(to_b) >= 130
+        truncated = sum(len(f) > net.MAX_BUFFER - 2 for f in frames)
+        assert truncated == 2 and fast["uplink_rx"] == len(frames) - truncated
+
+
+@pytest.mark.parametrize("trouble", ["c_down", "b_small_buffers", "b_ring_full"])
+def test_receivers_that_cannot_take_a_frame_from_the_wire_count_the_same(trouble: str) -> None:
+    def before(p: InprocPort) -> None:
+        if trouble == "c_down":
+            c = p.device("c")
+            c.rx_enabled = False
+            c.slave.up = False
+            p.dp.fast_table.invalidate()
+        elif trouble == "b_small_buffers":
+            frontend.make_rx_small_buffers(p.frontends["b"], 100)
+        else:
+            frontend.make_rx_zero_capacity(p.frontends["b"], 16)
+
+    frames = wire_frames()
+    fast = run_from_wire(frames, before=before)
+    with pure_python():
+        pure = run_from_wire(frames, before=before)
+    assert fast == pure
+
+
+def test_the_accelerator_does_deliver_from_the_wire() -> None:
+    p = make_port("vepa")
+    try:
+        out = bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=B4) / UDP() / b"x")
+        p.port.wire_macs.add(mac(OUT))
+        p.uplink.inject(*[bytes(10) + out] * 100)
+        table = p.dp.fast_table.rx_table()
+        assert table is not None and fastpath.ext is not None
+        handed: list[int] = []
+        status, _, delivered = fastpath.ext.uplink_burst(
+            p.uplink.batch_fd(), p.dp.buf, table, MASTER_MAC, p.port.wire_macs, 256, p.dp.dirty, handed.append)
+        assert (status, delivered, handed) == (fastpath.ext.EMPTY, 100, [])
+        p.dp.flush()
+        assert [f for _, f in p.frontends["b"].receive()] == [mac(B) + out[6:]] * 100
+    finally:
+        p.close()
+
+
+def test_a_read_error_on_the_uplink_is_counted_once_per_burst() -> None:
+    """recvmmsg failing (here: not a socket) ends the burst as Python's recv failing
+    does: one uplink_read_error on the port, nothing delivered."""
+    import errno
+
+    p = make_port()
+    fd = os.eventfd(0)
+    try:
+        table = p.dp.fast_table.rx_table()
+        assert table is not None and fastpath.ext is not None
+        status, detail, delivered = fastpath.ext.uplink_burst(
+            fd, p.dp.buf, table, MASTER_MAC, p.port.wire_macs, 256, p.dp.dirty, lambda n: 0)
+        assert (status, detail, delivered) == (fastpath.ext.READ_ERROR, errno.ENOTSOCK, 0)
+        p.uplink.batch_fd = lambda: fd  # type: ignore[method-assign]
+        p.dp._uplink_readable()
+        assert counts(p.dp.drops) == {"uplink_read_error": 1} and p.dp.uplink_rx == 0
+    finally:
+        os.close(fd)
+        p.close()

@@ -15,6 +15,8 @@ from scapy.layers.l2 import Ether
 
 from tests.pair.test_fastpath import A4, A, both_ways, drain_until_idle, make_port, outcome
 from vhost_ipvlan.daemon import device
+from vhost_ipvlan.vhost_user import codec
+from vhost_ipvlan.vhost_user.codec import Request
 
 BCAST = "ff:ff:ff:ff:ff:ff"
 
@@ -65,3 +67,44 @@ def test_a_group_frame_over_the_mtu_is_not_copied() -> None:
     assert isinstance(received, dict) and isinstance(drops, dict)
     assert [len(f) for _, f in received["b"]] == [len(broadcast(b"small"))]
     assert drops["a"][0] == {"mtu_exceeded": 1}
+
+
+def test_a_flood_follows_the_guests_up_state() -> None:
+    """The flood walks a list of the up guests (``PortDatapath.receivers``): it must
+    follow every change, a disabled or re-enabled RX ring, a front-end gone, a slave removed."""
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            a, b, c = (p.frontends[n] for n in "abc")
+            copies: list[tuple[int, int]] = []
+
+            def broadcast_once(tag: bytes) -> None:
+                a.transmit(broadcast(tag))
+                drain_until_idle(p)
+                copies.append((len(b.receive()), len(c.receive())))
+
+            b.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 0))  # b's RX ring disabled
+            broadcast_once(b"b disabled")
+            b.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 1))
+            broadcast_once(b"b enabled")
+            b.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 0))
+            broadcast_once(b"b disabled again")
+            b.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 1))
+            session = p.device("c").session
+            assert session is not None
+            session.close()  # c's front-end gone: its rings stopped
+            broadcast_once(b"c gone")
+            p.device("c").detach()
+            broadcast_once(b"c detached")
+            b_dev = p.device("b")
+            p.port.remove_slave(b_dev.slave)
+            del p.dp.devices["b"]
+            del p.frontends["b"]
+            broadcast_once(b"b removed")
+            return {"copies": copies, **outcome(p)}
+        finally:
+            p.close()
+            b.close()
+
+    result = both_ways(scenario)
+    assert result["copies"] == [(0, 1), (1, 1), (0, 1), (1, 0), (1, 0), (0, 0)]

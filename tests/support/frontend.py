@@ -7,7 +7,9 @@ Deliberately simple and slow; it also lets tests send hostile input: replace
 ``kick``/``call`` descriptors before ``setup`` (say, with a pipe), choose how its
 memfd is sealed (``sealing``), truncate ``fd`` under the back-end, or ``send`` any
 message with any descriptors (``send_raw`` writes bytes and descriptors as given,
-without framing).
+without framing). With ``queues=N`` it sets up N queue pairs (vrings 2i rx, 2i+1 tx,
+``rxqs``/``txqs``; ``rxq``/``txq`` are the first pair's) and enables the first
+``enabled`` of them, as QEMU does for a guest that uses that many.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ class DriverQueue:
 class FakeFrontend:
     """Drives one vhost-user back-end connection like a (very simple) QEMU."""
 
-    def __init__(self, features: int | None = None, *, mergeable: bool = True, sealing: str = "none") -> None:
+    def __init__(self, features: int | None = None, *, mergeable: bool = True, sealing: str = "none",
+                 queues: int = 1, enabled: int | None = None) -> None:
         # sealing: "none" (a memfd that cannot be sealed, as DPDK's), "allow" (sealable,
         # no seals yet) or "shrink" (sealed against shrinking, as QEMU's memfd backend)
         flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealing != "none" else 0)
@@ -95,11 +98,17 @@ class FakeFrontend:
         if sealing == "shrink":
             fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         self.mem = mmap.mmap(self.fd, MEM_SIZE)
-        self.rxq = DriverQueue(self.mem, 0)
-        self.txq = DriverQueue(self.mem, self.rxq.end)
-        self.buffers = (self.txq.end + 4095) & ~4095
-        self.kick = [os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)]
-        self.call = [os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)]
+        assert 1 <= queues <= 3, "the frame buffers of more pairs would reach HOSTILE_AREA"
+        self.queues = queues
+        self.enabled = queues if enabled is None else enabled
+        self.vqs: list[DriverQueue] = []  # by vring index: rx, tx of pair 0, then pair 1 ...
+        for _ in range(2 * queues):
+            self.vqs.append(DriverQueue(self.mem, self.vqs[-1].end if self.vqs else 0))
+        self.rxqs, self.txqs = self.vqs[0::2], self.vqs[1::2]
+        self.rxq, self.txq = self.rxqs[0], self.txqs[0]
+        self.buffers = (self.vqs[-1].end + 4095) & ~4095
+        self.kick = [os.eventfd(0, os.EFD_NONBLOCK) for _ in self.vqs]
+        self.call = [os.eventfd(0, os.EFD_NONBLOCK) for _ in self.vqs]
         self.want = features
         self.mergeable = mergeable
         self.features = 0
@@ -163,81 +172,99 @@ class FakeFrontend:
         offered = self.get_u64(Request.GET_FEATURES)
         proto = self.get_u64(Request.GET_PROTOCOL_FEATURES)
         self.send(Request.SET_PROTOCOL_FEATURES, codec.U64.pack(proto & 0b1001))
-        self.get_u64(Request.GET_QUEUE_NUM)
+        self.queue_num = self.get_u64(Request.GET_QUEUE_NUM)
+        assert self.queue_num >= self.queues, f"the back-end offers {self.queue_num} queue pairs"
         self.send(Request.SET_OWNER)
         want = self.want if self.want is not None else offered
         if not self.mergeable:
             want &= ~net.bit(net.F_MRG_RXBUF)
         self.features = want & offered
-        for i in (0, 1):
+        for i in range(len(self.vqs)):
             self.send(Request.SET_VRING_CALL, codec.U64.pack(i), [self.call[i]])
-        self.send(Request.SET_FEATURES, codec.U64.pack(self.features))
+        for _ in range(self.queues):  # QEMU: once per vhost_dev, i.e. per queue pair
+            self.send(Request.SET_FEATURES, codec.U64.pack(self.features))
         region = codec.MEM_REGION.pack(0, MEM_SIZE, UVA_BASE, 0)
         self.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [self.fd], need_reply=True)
-        for i, q in enumerate((self.rxq, self.txq)):
+        for i, q in enumerate(self.vqs):
             self.send(Request.SET_VRING_NUM, codec.VRING_STATE.pack(i, q.num))
             self.send(Request.SET_VRING_BASE, codec.VRING_STATE.pack(i, 0))
             addr = codec.VRING_ADDR.pack(i, 0, UVA_BASE + q.desc, UVA_BASE + q.used, UVA_BASE + q.avail, 0)
             self.send(Request.SET_VRING_ADDR, addr)
             self.send(Request.SET_VRING_KICK, codec.U64.pack(i), [self.kick[i]])
-            self.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(i, 1))
-        self.post_rx_buffers(QSIZE)
+        for pair in range(self.queues):
+            self.enable_pair(pair, pair < self.enabled)
+        for pair in range(self.queues):
+            self.post_rx_buffers(QSIZE, pair)
+
+    def enable_pair(self, pair: int, on: bool = True) -> None:
+        """SET_VRING_ENABLE on both rings of ``pair`` (what QEMU sends for VQ_PAIRS_SET)."""
+        for i in (2 * pair, 2 * pair + 1):
+            self.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(i, int(on)))
 
     # -- data ------------------------------------------------------------------------
 
-    def _buf_addr(self, queue: int, i: int) -> int:
-        return self.buffers + (queue * QSIZE + i) * BUF_SIZE
+    def _buf_addr(self, vring: int, i: int) -> int:
+        return self.buffers + (vring * QSIZE + i) * BUF_SIZE
 
-    def post_rx_buffers(self, count: int) -> None:
-        for _ in range(min(count, len(self.rxq.free))):
-            i = self.rxq.free.pop()
-            self.rxq.set_desc(i, self._buf_addr(0, i), BUF_SIZE, VRING_DESC_F_WRITE)
-            self.rxq.make_available(i)
-        os.eventfd_write(self.kick[0], 1)
+    def post_rx_buffers(self, count: int, pair: int = 0) -> None:
+        rxq = self.rxqs[pair]
+        for _ in range(min(count, len(rxq.free))):
+            i = rxq.free.pop()
+            rxq.set_desc(i, self._buf_addr(2 * pair, i), BUF_SIZE, VRING_DESC_F_WRITE)
+            rxq.make_available(i)
+        os.eventfd_write(self.kick[2 * pair], 1)
 
-    def transmit(self, frame: bytes, hdr: bytes = bytes(net.HDR_LEN), *, split: bool = False) -> None:
-        """Queue one frame on the TX ring and kick (optionally header in its own descriptor)."""
-        self.reclaim_tx()
+    def transmit(self, frame: bytes, hdr: bytes = bytes(net.HDR_LEN), *, split: bool = False, pair: int = 0) -> None:
+        """Queue one frame on a TX ring and kick (optionally header in its own descriptor)."""
+        self.reclaim_tx(pair)
+        txq = self.txqs[pair]
         data = hdr + frame
-        i = self.txq.free.pop()
-        addr = self._buf_addr(1, i)
+        i = txq.free.pop()
+        addr = self._buf_addr(2 * pair + 1, i)
         self.mem[addr : addr + len(data)] = data
         if split:
-            j = self.txq.free.pop()
-            self.txq.set_desc(i, addr, len(hdr), VRING_DESC_F_NEXT, j)
-            self.txq.set_desc(j, addr + len(hdr), len(frame), 0)
+            j = txq.free.pop()
+            txq.set_desc(i, addr, len(hdr), VRING_DESC_F_NEXT, j)
+            txq.set_desc(j, addr + len(hdr), len(frame), 0)
         else:
-            self.txq.set_desc(i, addr, len(data), 0)
-        self.txq.make_available(i)
-        os.eventfd_write(self.kick[1], 1)
+            txq.set_desc(i, addr, len(data), 0)
+        txq.make_available(i)
+        os.eventfd_write(self.kick[2 * pair + 1], 1)
 
-    def reclaim_tx(self) -> None:
-        while (used := self.txq.pop_used()) is not None:
+    def reclaim_tx(self, pair: int = 0) -> None:
+        txq = self.txqs[pair]
+        while (used := txq.pop_used()) is not None:
             head = used[0]
-            flags, nxt = struct.unpack_from("<HH", self.mem, self.txq.desc + 16 * head + 12)
-            self.txq.free.append(head)
+            flags, nxt = struct.unpack_from("<HH", self.mem, txq.desc + 16 * head + 12)
+            txq.free.append(head)
             if flags & VRING_DESC_F_NEXT:
-                self.txq.free.append(nxt)
+                txq.free.append(nxt)
 
-    def receive(self) -> list[tuple[bytes, bytes]]:
-        """Every frame received so far, as (virtio_net_hdr, frame); re-posts buffers."""
+    def receive(self, pair: int = 0) -> list[tuple[bytes, bytes]]:
+        """Every frame received so far on ``pair``'s RX ring, as (virtio_net_hdr, frame);
+        re-posts buffers."""
+        rxq = self.rxqs[pair]
         out: list[tuple[bytes, bytes]] = []
-        while (used := self.rxq.pop_used()) is not None:
+        while (used := rxq.pop_used()) is not None:
             head, length = used
-            addr = self._buf_addr(0, head)
+            addr = self._buf_addr(2 * pair, head)
             data = bytes(self.mem[addr : addr + length])
-            self.rxq.free.append(head)
+            rxq.free.append(head)
             nbuf = struct.unpack_from("<H", data, 10)[0]
             for _ in range(nbuf - 1):
-                more = self.rxq.pop_used()
+                more = rxq.pop_used()
                 assert more is not None, "num_buffers larger than the used entries"
-                addr = self._buf_addr(0, more[0])
+                addr = self._buf_addr(2 * pair, more[0])
                 data += bytes(self.mem[addr : addr + more[1]])
-                self.rxq.free.append(more[0])
+                rxq.free.append(more[0])
             out.append((data[: net.HDR_LEN], data[net.HDR_LEN :]))
         if out:
-            self.post_rx_buffers(len(out))
+            self.post_rx_buffers(len(out), pair)
         return out
+
+    def receive_all(self) -> list[list[tuple[bytes, bytes]]]:
+        """``receive`` of every pair, by pair."""
+        return [self.receive(pair) for pair in range(self.queues)]
 
     def close(self) -> None:
         if self.sock is not None:
@@ -257,7 +284,8 @@ class FakeFrontend:
 # -- hostile knobs (datapath work bounds) ------------------------------------------------
 # A guest that plays by none of the rules: each function below lays out hostile
 # rings through a ``FakeFrontend``'s memory. The area used lies past the frame
-# buffers (which end at about 1.1 MiB), so normal traffic can go on alongside.
+# buffers (which end at about 1.1 MiB, 3.1 MiB with three queue pairs), so normal traffic
+# can go on alongside.
 
 HOSTILE_AREA = 4 << 20
 _INDIRECT = 4  # VRING_DESC_F_INDIRECT

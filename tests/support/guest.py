@@ -129,6 +129,8 @@ class Guest:
         nodad: bool = True,
         nic_opts: str = "",
         qemu_args: tuple[str, ...] = (),
+        queues: int = 1,
+        smp: int = 1,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError(f"bad guest name {name!r}")
@@ -148,6 +150,8 @@ class Guest:
         self.mrg_rxbuf = mrg_rxbuf
         self.nic_opts = nic_opts
         self.qemu_args = qemu_args
+        self.queues = queues  # virtio-net queue pairs: -netdev vhost-user,queues=N and mq=on
+        self.smp = smp  # vCPUs (a Linux guest enables min(queue pairs, vCPUs) pairs at probe)
         self.console_log = self.workdir / f"{name}.console.log"
         self.qemu_log = self.workdir / f"{name}.qemu.log"
         self._sockdir: Path | None = None
@@ -190,10 +194,10 @@ class Guest:
         argv = [
             QEMU,
             "-name", self.name,
-            "-accel", "tcg",
+            "-accel", "tcg" if self.smp == 1 else "tcg,thread=multi",
             "-machine", "pc,memory-backend=mem",
             "-cpu", "max",
-            "-smp", "1",
+            "-smp", str(self.smp),
             "-m", f"{self.mem_mb}M",
             "-object", f"memory-backend-memfd,id=mem,size={self.mem_mb}M,share=on",
             "-nographic",
@@ -216,11 +220,13 @@ class Guest:
             device = f"virtio-net-pci,netdev=n0,mac={self.mac},vectors=0"
             if not self.mrg_rxbuf:
                 device += ",mrg_rxbuf=off"
+            if self.queues > 1:
+                device += ",mq=on"
             if self.nic_opts:
                 device += "," + self.nic_opts
             argv += [
                 "-chardev", f"socket,id=c0,path={self.vhost_socket},{role}",
-                "-netdev", "vhost-user,id=n0,chardev=c0",
+                "-netdev", "vhost-user,id=n0,chardev=c0" + (f",queues={self.queues}" if self.queues > 1 else ""),
                 "-device", device,
             ]  # fmt: skip
         argv += list(self.qemu_args)

@@ -47,7 +47,7 @@ class HostileFrontend(FakeFrontend):
         self.post_rx = post_rx
         #: more regions (gpa, size, uva, mmap offset) of the same memfd for SET_MEM_TABLE
         self.extra_regions: list[tuple[int, int, int, int]] = []
-        base = self.buffers + 2 * QSIZE * BUF_SIZE
+        base = self.buffers + len(self.vqs) * QSIZE * BUF_SIZE
         self._scratch = (base + 4095) & ~4095
 
     # -- memory -----------------------------------------------------------------------
@@ -61,16 +61,16 @@ class HostileFrontend(FakeFrontend):
             fds = list(fds or []) + [self.fd] * len(self.extra_regions)
         return super().send(request, payload, fds, reply=reply, need_reply=need_reply)
 
-    def post_rx_buffers(self, count: int) -> None:
+    def post_rx_buffers(self, count: int, pair: int = 0) -> None:
         if self.post_rx:
-            super().post_rx_buffers(count)
+            super().post_rx_buffers(count, pair)
 
-    def receive(self) -> list[tuple[bytes, bytes]]:
+    def receive(self, pair: int = 0) -> list[tuple[bytes, bytes]]:
         """As ``FakeFrontend.receive``, then every free RX buffer posted again (it re-posts one
         per frame, fewer than a merged frame used)."""
-        out = super().receive()
-        if self.post_rx and self.rxq.free:
-            self.post_rx_buffers(len(self.rxq.free))
+        out = super().receive(pair)
+        if self.post_rx and self.rxqs[pair].free:
+            self.post_rx_buffers(len(self.rxqs[pair].free), pair)
         return out
 
     def scratch(self, size: int) -> int:
@@ -153,6 +153,9 @@ class WireUplink:
 
     def fileno(self) -> int:
         return -1
+
+    def batch_fd(self) -> int:
+        return -1  # Python sends every frame
 
     def send(self, buf: memoryview, length: int) -> bool:
         self.sent += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -18,6 +19,7 @@ from vhost_ipvlan.daemon import fastpath
 from vhost_ipvlan.daemon.datapath import PortDatapath
 from vhost_ipvlan.daemon.device import NetDevice
 from vhost_ipvlan.daemon.host import eventfd_problem
+from vhost_ipvlan.daemon.uplink import recv_vnet
 from vhost_ipvlan.drops import DropReason
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
@@ -42,26 +44,67 @@ class _Host:
 
 
 class _Uplink:
-    """Records what would have gone out the master (a ``seams.UplinkPort``); reads nothing."""
+    """The master (a ``seams.UplinkPort``) as one end of a datagram socket pair.
+
+    Both Python (``send``, ``recv``) and the C accelerator (``batch_fd``: sendmmsg,
+    recvmmsg) use that end, one datagram per frame (10-byte ``virtio_net_hdr`` +
+    Ethernet frame, as AF_PACKET with PACKET_VNET_HDR has it). ``sent`` reads what
+    went out from the other end, ``inject`` writes frames from the wire into it;
+    ``refuse`` closes it: every send fails.
+    """
 
     master = "inproc"
     ifindex = 0
 
     def __init__(self) -> None:
-        self.sent: list[bytes] = []
+        self._sent: list[bytes] = []
+        self.sock, self._peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s, opt, force in ((self.sock, socket.SO_SNDBUF, 32), (self._peer, socket.SO_RCVBUF, 33)):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, force, 16 << 20)  # SO_*BUFFORCE (root)
+            except OSError:
+                s.setsockopt(socket.SOL_SOCKET, opt, 16 << 20)
+        self.sock.setblocking(False)
+        self._peer.setblocking(False)
+
+    @property
+    def sent(self) -> list[bytes]:
+        """Every frame sent so far, in order."""
+        if self._peer.fileno() >= 0:
+            while True:
+                try:
+                    self._sent.append(self._peer.recv(1 << 17))
+                except BlockingIOError:
+                    break
+        return self._sent
+
+    def refuse(self) -> None:
+        self._peer.close()
+
+    def inject(self, *datagrams: bytes) -> None:
+        """Frames arriving from the wire: 10-byte virtio_net_hdr + Ethernet frame each."""
+        for d in datagrams:
+            self._peer.send(d)
 
     def fileno(self) -> int:
         return -1
 
+    def batch_fd(self) -> int:
+        return self.sock.fileno()
+
     def recv(self, buf: memoryview) -> int:
-        return 0
+        return recv_vnet(self.sock, buf)
 
     def send(self, buf: memoryview, length: int) -> bool:
-        self.sent.append(bytes(buf[:10]) + bytes(buf[12:length]))
+        try:
+            self.sock.sendmsg((buf[:10], buf[12:length]))
+        except OSError:
+            return False
         return True
 
     def close(self) -> None:
-        pass
+        self.sock.close()
+        self._peer.close()
 
 
 class FakeHostLink:
@@ -155,7 +198,8 @@ class FixedRouter:
 
 class InprocPort:
     def __init__(self, guests: list[tuple[str, list[bytes], bytes | None]], *, mergeable: bool = True,
-                 flag: str = "bridge", mode: str = "l2") -> None:
+                 flag: str = "bridge", mode: str = "l2", queues: dict[str, tuple[int, int]] | None = None) -> None:
+        """``queues``: guest name -> (queue pairs, how many of them the guest enables); default (1, 1)."""
         self.port = Port("inproc", MASTER_MAC, mode, flag)
         self.uplink = _Uplink()
         self.dp = PortDatapath(self.port, self.uplink, _Loop())
@@ -165,11 +209,12 @@ class InprocPort:
         self.frontends: dict[str, FakeFrontend] = {}
         for name, addresses, mac in guests:
             slave = self.port.add_slave(name, addresses, mac=mac)
-            dev = NetDevice(slave, self.dp)
+            pairs, enabled = (queues or {}).get(name, (1, 1))
+            dev = NetDevice(slave, self.dp, queues=pairs)
             self.dp.devices[name] = dev
             session = Session(_Host(), dev)
             dev.attach(session)
-            fe = FakeFrontend(mergeable=mergeable)
+            fe = FakeFrontend(mergeable=mergeable, queues=pairs, enabled=enabled)
 
             def transport(data: bytes, fds: list[int], session: Session = session) -> bytes | None:
                 request, flags, _ = codec.decode_header(data)
@@ -190,6 +235,7 @@ class InprocPort:
             if session is not None:
                 session.close()
             fe.close()
+        self.uplink.close()
 
 
 @contextmanager

@@ -254,10 +254,11 @@ class FrontendLab(Lab):
         super().__init__(*args, **kwargs)
         self.frontends: list[FakeFrontend] = []
 
-    def frontend(self, name: str) -> FakeFrontend:
-        """Connect a fake front-end to slave ``name`` and wait until the daemon has it up."""
+    def frontend(self, name: str, queues: int = 1) -> FakeFrontend:
+        """Connect a fake front-end (``queues`` pairs, all enabled) to slave ``name`` and wait
+        until the daemon has it up."""
         ups = self.log_text().count(f"slave {name}: up")
-        fe = FakeFrontend()
+        fe = FakeFrontend(queues=queues)
         self.frontends.append(fe)
         fe.connect(str(self.sock(name)))
         fe.setup()

@@ -47,14 +47,16 @@ def testpmd_path() -> str | None:
 
 
 def virtio_user_vdev(
-    index: int, sock: Path, mac: str, queue_size: int | None = 1024, *, server: bool = False
+    index: int, sock: Path, mac: str, queue_size: int | None = 1024, *, server: bool = False, queues: int = 1
 ) -> str:
     """The ``--vdev`` of a virtio-user front-end (a guest) on vhost-user socket ``sock``.
 
     ``queue_size=None`` leaves the ring size to DPDK (its default, 256); ``server``
-    makes testpmd listen on ``sock`` (the back-end connects, and reconnects).
+    makes testpmd listen on ``sock`` (the back-end connects, and reconnects);
+    ``queues`` > 1 adds the control queue multiqueue needs (``cq=1``: virtio-user
+    turns the driver's VQ_PAIRS_SET into SET_VRING_ENABLE per ring, as QEMU does).
     """
-    vdev = f"net_virtio_user{index},path={sock},mac={mac},queues=1"
+    vdev = f"net_virtio_user{index},path={sock},mac={mac},queues={queues}" + (",cq=1" if queues > 1 else "")
     if queue_size is not None:
         vdev += f",queue_size={queue_size}"
     return vdev + (",server=1" if server else "")
@@ -136,6 +138,8 @@ class Testpmd:
     ``lcores`` is the EAL ``--lcores`` map; the first lcore is the main (command)
     lcore, the others forward.  ``txpkts``, ``tx_ip`` and ``eth_peers`` are the
     txonly frame length, ``(src, dst)`` IPv4 addresses and destination MAC per port.
+    ``netns`` runs it inside that network namespace (a ``net_af_packet`` port's interface
+    is there; vhost-user sockets are paths, reachable from any namespace).
     """
 
     __test__ = False  # not a pytest test class, despite the name
@@ -155,6 +159,7 @@ class Testpmd:
         tx_ip: tuple[str, str] | None = None,
         total_mbufs: int = 16384,
         eal_args: Sequence[str] = (),
+        netns: str | None = None,
     ) -> None:
         self.name = name
         self.workdir = Path(workdir)
@@ -168,6 +173,7 @@ class Testpmd:
         self.tx_ip = tx_ip
         self.total_mbufs = total_mbufs
         self.eal_args = list(eal_args)
+        self.netns = netns
         self.log_path = self.workdir / f"testpmd-{name}.log"
         # unique per process: EAL keeps its runtime files under /var/run/dpdk/PREFIX
         self.file_prefix = f"vitp-{name}-{os.getpid()}-{id(self) & 0xFFFFFF:x}"
@@ -218,7 +224,8 @@ class Testpmd:
             raise TestpmdError(f"{TESTPMD} not found in PATH")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        argv = ["stdbuf", "-o0", "-e0", *self.argv()]
+        netns = ["ip", "netns", "exec", self.netns] if self.netns is not None else []
+        argv = [*netns, "stdbuf", "-o0", "-e0", *self.argv()]
         self._log.write(("# " + " ".join(argv) + "\n").encode())
         self._log.flush()
         self._proc = subprocess.Popen(

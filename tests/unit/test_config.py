@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_defaults() -> None:
 
 
 def test_default_mode_is_a_documented_departure() -> None:
-    """The kernel's default is l3 (reference §2); ours is l2, listed with its reason."""
+    """The kernel's default is l3 (docs/kernel-behaviour.md §2); ours is l2, listed with its reason."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "| A `[[port]]` without `mode` is `l2`" in readme
     assert "(default l2; the kernel's is l3" in readme
@@ -124,7 +125,34 @@ BAD = [
     ('[[port]]\nmaster="abcdefghijklmnop"', "is not a valid interface name"),
     ('[[port]]\nmaster=".."', "is not a valid interface name"),
     ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nowner="x y"', "port[0].slave[0].owner"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nqueues=0',
+     "port[0].slave[0].queues: expected an integer from 1 to 16 (queue pairs), got 0"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nqueues=17', "from 1 to 16"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nqueues="2"', "from 1 to 16"),
+    ('[[port]]\nmaster="v"\n[[port.slave]]\nname="a"\nsocket="/a"\nqueues=true', "from 1 to 16"),
 ]
+
+
+def test_queues_default_to_one_and_round_trip() -> None:
+    cfg = parse({"port": [{"master": "eth0", "slave": [{"name": "a", "socket": "/a.sock"},
+                                                       {"name": "b", "socket": "/b.sock", "queues": 16}]}]})
+    assert [s.queues for s in cfg.ports[0].slaves] == [1, 16]
+    assert "queues" not in to_data(cfg)["port"][0]["slave"][0]
+    assert parse(to_data(cfg)) == cfg
+
+
+def test_the_slave_index_counts_the_pairs_beyond_each_first() -> None:
+    from vhost_ipvlan.config import SlaveIndex
+
+    cfg = parse({"port": [{"master": "eth0", "slave": [{"name": "a", "socket": "/a.sock", "queues": 4},
+                                                       {"name": "b", "socket": "/b.sock", "queues": 2}]}]})
+    index = SlaveIndex(cfg.ports)
+    assert index.extra_pairs == 4
+    a, b = cfg.ports[0].slaves
+    index.add("eth0", replace(a, queues=1))  # a change in place
+    assert index.extra_pairs == 1
+    index.remove("eth0", b)
+    assert index.extra_pairs == 0
 
 
 def test_owner_round_trips() -> None:
@@ -194,6 +222,9 @@ def test_slave_cli_qmp_flags() -> None:
     assert req("change", "a", "--no-qmp") == ("slave.change", {"name": "a", "qmp": None, "qmp_device": None})
     with pytest.raises(ConfigError, match="qmp_device: needs qmp"):
         req("add", "a", "--master", "eth0", "--socket", "/a.sock", "--qmp-device", "net0")
+    assert req("change", "a", "--queues", "4") == ("slave.change", {"name": "a", "queues": 4})
+    with pytest.raises(ConfigError, match=r"params\.queues: expected an integer from 1 to 16"):
+        req("change", "a", "--queues", "32")
 
 
 HOSTILE = ['"', "\\", "'", "#", "=", "[x]", "\x7f", "\n", "\r", "\t", "\x00", "\x1b[31m", "\x85", "\u2028", "é",

@@ -17,6 +17,15 @@ def test_a_connected_guest_costs_its_socket_eventfds_and_one_message_of_fds() ->
     assert fdbudget.need(1, 1000) == fdbudget.RESERVE + fdbudget.PORT_FDS + 1000 * 16
 
 
+def test_every_queue_pair_beyond_the_first_costs_its_eventfds() -> None:
+    assert fdbudget.PAIR_FDS == 6
+    assert fdbudget.need(1, 10, extra_pairs=15) == fdbudget.need(1, 10) + 15 * 6
+    limit = fdbudget.need(1, 10)
+    fdbudget.check("params", "vm10", 1, 10, limit)
+    with pytest.raises(FdBudget, match="6 per further queue pair"):
+        fdbudget.check("params", "vm10", 1, 10, limit, extra_pairs=1)
+
+
 def test_a_slave_within_the_limit_is_accepted() -> None:
     limit = fdbudget.need(1, 60)
     fdbudget.check("params", "vm60", 1, 60, limit)

@@ -233,3 +233,28 @@ def test_named_offsets_are_the_fields_scapy_writes() -> None:
     assert na[f.OFF_IPV6_PLEN] << 8 | na[f.OFF_IPV6_PLEN + 1] == len(na) - f.OFF_ICMPV6
     behind = bytes(12) + na
     assert behind[frames.shifted(f.ND_TARGET, 12)] == na[f.ND_TARGET]
+
+
+# -- flow_hash (multiqueue RX steering) ------------------------------------------------------------
+
+def _udp4(sport: int, ttl: int = 64, flags: str = "") -> bytes:
+    return bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2", ttl=ttl, flags=flags) / UDP(sport=sport, dport=53) / b"x")
+
+
+def test_flow_hash_is_the_flows() -> None:
+    assert frames.flow_hash(_udp4(1000)) == frames.flow_hash(_udp4(1000, ttl=3))  # not the payload or TTL
+    assert len({frames.flow_hash(_udp4(port)) for port in range(1000, 1016)}) > 1  # the ports count
+    v6 = [bytes(Ether() / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=p)) for p in (1, 2)]
+    assert frames.flow_hash(v6[0]) != frames.flow_hash(v6[1])
+
+
+def test_flow_hash_ignores_ports_of_fragments_and_is_zero_for_non_ip() -> None:
+    first = _udp4(1000, flags="MF")
+    assert frames.flow_hash(first) == frames.flow_hash(_udp4(2000, flags="MF"))  # every fragment: one ring
+    assert frames.flow_hash(bytes(Ether() / ARP())) == 0
+
+
+@given(st.binary(max_size=80))
+def test_flow_hash_never_raises(data: bytes) -> None:
+    for etype in (b"\x08\x00", b"\x86\xdd"):
+        frames.flow_hash(bytes(12) + etype + data)

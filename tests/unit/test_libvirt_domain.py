@@ -64,7 +64,7 @@ def test_one_nic_daemon_listens() -> None:
     [r] = slave_requests(domain(nic(), meta(vi(extra=" mode='l2' flag='bridge'"))), SOCKDIR)
     assert r.params() == {"master": "eth0", "name": name("525400000010"), "socket": "/run/vhost-ipvlan/vm1.sock",
                           "socket_mode": "server", "addresses": ["192.0.2.10/24"], "mac": "52:54:00:00:00:10",
-                          "owner": f"libvirt:{UUID1}"}
+                          "owner": f"libvirt:{UUID1}", "queues": 1}
     assert r.port_params() == {"master": "eth0", "mode": "l2", "flag": "bridge"}
 
 
@@ -436,3 +436,25 @@ def test_problems_and_errors_stay_one_line_whatever_the_xml_holds() -> None:
     with pytest.raises(DomainError) as e:
         slave_requests(domain(nic(), meta(vi()), name="vm&#10;1&#127;"), SOCKDIR)
     assert "\n" not in str(e.value) and "\x7f" not in str(e.value)
+
+
+# -- multiqueue: <driver queues='N'/> ------------------------------------------------------------
+
+def mq_nic(queues: str) -> str:
+    return nic().replace("<model type='virtio'/>", f"<model type='virtio'/><driver queues='{queues}'/>")
+
+
+def test_driver_queues_become_the_slave_queues() -> None:
+    [r] = slave_requests(domain(mq_nic("4"), meta(vi())), SOCKDIR)
+    assert r.queues == 4 and r.params()["queues"] == 4
+
+
+def test_a_pre_declared_nic_takes_queues_from_the_metadata() -> None:
+    [r] = slave_requests(domain(meta(vi(extra=" socket='/run/vhost-ipvlan/later.sock' queues='2'"))), SOCKDIR)
+    assert r.params()["queues"] == 2
+
+
+@pytest.mark.parametrize(("queues", "match"), [("0", "from 1 to 16"), ("17", "from 1 to 16"), ("two", "not a number")])
+def test_bad_driver_queues_are_one_line_naming_the_interface(queues: str, match: str) -> None:
+    with pytest.raises(DomainError, match=f"interface 52:54:00:00:00:10: <driver queues>.*{match}"):
+        slave_requests(domain(mq_nic(queues), meta(vi())), SOCKDIR)

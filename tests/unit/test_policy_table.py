@@ -117,6 +117,10 @@ def test_traits_agree_with_the_table(mode: str, flag: str) -> None:
     if traits.fast_path:
         assert action(Source.GUEST, Dest.SLAVE) == "to_slave" == action(Source.GUEST, Dest.GUEST_MAC)
         assert not traits.master_src_mac
+    # ... and sends a guest's frame to an off-host MAC out the master, only from the master's MAC
+    if traits.fast_wire:
+        assert action(Source.GUEST, Dest.OUTSIDE) == "to_uplink"
+        assert not traits.master_src_mac and not traits.routes
 
 
 def test_committed_matrix_is_the_generators_output() -> None:

@@ -510,3 +510,25 @@ def test_the_data_path_sends_every_packet_to_a_new_destination(loop: asyncio.Abs
     finally:
         router.close()
         p.close()
+
+
+def test_packets_held_after_invalidate_are_not_stranded_by_a_discarded_answer(
+        loop: asyncio.AbstractEventLoop, kernel: FakeKernel, clock: Clock) -> None:
+    """A packet held while an answer from before ``invalidate`` is in flight comes back
+    when that answer is discarded (the destination is asked again, or it is dropped),
+    not kept until another packet to it happens to arrive."""
+    router = make(loop, kernel, clock, recheck=(0.01, 0.01))
+    out = Released(router)
+    try:
+        kernel.answering["192.0.2.90"] = "02:00:00:00:00:90"
+        kernel.gate.clear()
+        dst = ip("192.0.2.90")
+        assert router.next_hop_mac(dst, "a") == UNRESOLVED
+        router.invalidate(MASTER)  # the master went and came back: the answer in flight is stale
+        assert router.next_hop_mac(dst, "a") == UNRESOLVED
+        assert router.hold(dst, "a", frame(1)) is None
+        kernel.gate.set()
+        run_until(loop, lambda: out.got != [], "the packet held after invalidate released")
+        assert router.held == 0
+    finally:
+        router.close()

@@ -1,4 +1,4 @@
-"""The ``[daemon]`` table (socket owner, group, permissions) and the metrics collector."""
+"""The ``[daemon]`` table (socket owner, group, permissions) and the metrics exposition."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import pwd
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.registry import CollectorRegistry
 
 from vhost_ipvlan.config import default_socket_group, parse
-from vhost_ipvlan.daemon.metrics import StatsCollector, parse_address
+from vhost_ipvlan.daemon.metrics import exposition, parse_address
 from vhost_ipvlan.errors import ConfigError
 
 
@@ -52,15 +50,13 @@ def test_parse_metrics_address() -> None:
             parse_address(bad)
 
 
-def test_collector_reads_stats() -> None:
+def test_exposition_reads_stats() -> None:
     stats = {"eth0": {
         "uplink_rx_packets": 5, "uplink_tx_packets": 6, "drops": {"runt": 1}, "link": "down", "mtu": 9000,
         "slaves": {"vm1": {"up": True, "link": "down", "rx_packets": 1, "rx_bytes": 60, "tx_packets": 2,
                            "tx_bytes": 120, "drops": {"master_down": 2}}},
     }}
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(StatsCollector(lambda: stats))
-    text = generate_latest(reg).decode()
+    text = exposition(stats).decode()
     for line in (
         'vhost_ipvlan_slave_receive_packets_total{master="eth0",slave="vm1"} 1.0',
         'vhost_ipvlan_slave_receive_bytes_total{master="eth0",slave="vm1"} 60.0',

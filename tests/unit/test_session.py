@@ -13,7 +13,7 @@ from vhost_ipvlan.daemon.host import eventfd_problem
 from vhost_ipvlan.errors import FrontendError
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
-from vhost_ipvlan.vhost_user.session import DEFAULT_FEATURES, RX, TX, Session, Vring
+from vhost_ipvlan.vhost_user.session import DEFAULT_FEATURES, MAX_QUEUE_PAIRS, RX, TX, Session, Vring
 from vhost_ipvlan.virtio import net
 from vhost_ipvlan.virtio.virtqueue import SplitQueue
 
@@ -37,8 +37,12 @@ class FakeHost:
 
 
 class RecordingDevice:
-    def __init__(self) -> None:
+    def __init__(self, queues: int = 1) -> None:
         self.events: list[tuple[str, int]] = []
+        self.queues = queues
+
+    def num_queues(self) -> int:
+        return self.queues
 
     def vring_started(self, vring: Vring) -> None:
         self.events.append(("started", vring.index))
@@ -51,11 +55,11 @@ class RecordingDevice:
 
 
 class Pair:
-    def __init__(self) -> None:
+    def __init__(self, queues: int = 1, enabled: int | None = None) -> None:
         self.host = FakeHost()
-        self.device = RecordingDevice()
+        self.device = RecordingDevice(queues)
         self.session = Session(self.host, self.device)
-        self.fe = FakeFrontend()
+        self.fe = FakeFrontend(queues=queues, enabled=enabled)
         self.fe.transport = self._transport
 
     def _transport(self, data: bytes, fds: list[int]) -> bytes | None:
@@ -265,5 +269,94 @@ def test_call_fd_is_made_non_blocking(pair: Pair) -> None:
         pair.fe.send(Request.SET_VRING_CALL, codec.U64.pack(RX), [fd])
         kept = pair.session.vrings[RX].call_fd
         assert kept is not None and not os.get_blocking(kept)
+    finally:
+        os.close(fd)
+
+
+# -- multiqueue ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_pairs() -> Iterator[Pair]:
+    p = Pair(queues=2, enabled=1)
+    yield p
+    p.session.close()
+    p.fe.close()
+
+
+@pytest.mark.parametrize("queues", [1, 2, MAX_QUEUE_PAIRS])
+def test_get_queue_num_answers_the_device_pairs(queues: int) -> None:
+    p = Pair(queues=1)
+    p.device.queues = queues
+    p.session = Session(p.host, p.device)
+    try:
+        assert p.fe.get_u64(Request.GET_QUEUE_NUM) == queues
+        assert len(p.session.vrings) == 2 * queues
+    finally:
+        p.session.close()
+        p.fe.close()
+
+
+def test_mq_is_offered_whatever_the_pairs(pair: Pair) -> None:
+    assert pair.fe.get_u64(Request.GET_FEATURES) >> net.F_MQ & 1
+    assert pair.fe.get_u64(Request.GET_PROTOCOL_FEATURES) >> codec.ProtocolFeature.MQ & 1
+
+
+@pytest.mark.parametrize("queues", [0, MAX_QUEUE_PAIRS + 1])
+def test_a_device_outside_the_pair_bounds_is_a_bug(queues: int) -> None:
+    with pytest.raises(ValueError, match="queue pairs"):
+        Session(FakeHost(), RecordingDevice(queues))
+
+
+def test_two_pairs_start_every_ring_and_enable_only_what_the_guest_uses(two_pairs: Pair) -> None:
+    two_pairs.fe.setup()
+    s = two_pairs.session
+    assert [v.index for v in s.vrings] == [0, 1, 2, 3]
+    assert all(v.started for v in s.vrings)
+    assert [v.enabled for v in s.vrings] == [True, True, False, False]
+    assert {("started", i) for i in range(4)} <= set(two_pairs.device.events)
+
+
+def test_set_vring_enable_is_per_ring_and_per_pair(two_pairs: Pair) -> None:
+    two_pairs.fe.setup()
+    s = two_pairs.session
+    two_pairs.fe.enable_pair(1)
+    assert [v.enabled for v in s.vrings] == [True] * 4
+    two_pairs.device.events.clear()
+    two_pairs.fe.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(2, 0))  # pair 1's rx only
+    assert [v.enabled for v in s.vrings] == [True, True, False, True]
+    assert two_pairs.device.events == [("changed", 2)]
+    two_pairs.fe.enable_pair(0, False)
+    assert [v.enabled for v in s.vrings] == [False, False, False, True]
+    assert all(v.started for v in s.vrings)  # enabled and started are separate
+
+
+def test_pair_one_stops_alone(two_pairs: Pair) -> None:
+    two_pairs.fe.setup()
+    reply = two_pairs.fe.send(Request.GET_VRING_BASE, codec.VRING_STATE.pack(3, 0), reply=True)
+    assert reply is not None and codec.VRING_STATE.unpack(reply) == (3, 0)
+    assert [v.started for v in two_pairs.session.vrings] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(("queues", "index"), [(1, 2), (2, 4), (2, 255)])
+@pytest.mark.parametrize("request_", [Request.SET_VRING_NUM, Request.SET_VRING_BASE, Request.SET_VRING_ENABLE,
+                                      Request.GET_VRING_BASE])
+def test_ring_index_beyond_the_pairs_is_refused(queues: int, index: int, request_: Request) -> None:
+    p = Pair(queues=queues)
+    try:
+        with pytest.raises(FrontendError, match=f"vring {index} does not exist .*vrings 0-{2 * queues - 1}"):
+            p.fe.send(request_, codec.VRING_STATE.pack(index, 1))
+    finally:
+        p.session.close()
+        p.fe.close()
+
+
+@pytest.mark.parametrize("request_", [Request.SET_VRING_KICK, Request.SET_VRING_CALL])
+def test_ring_fd_beyond_the_pairs_is_refused_and_closed(two_pairs: Pair, request_: Request) -> None:
+    fd = os.eventfd(0)
+    try:
+        with pytest.raises(FrontendError, match="vring 4 does not exist"):
+            two_pairs.fe.send(request_, codec.U64.pack(4), [fd])
+        assert len(two_pairs.host.closed) == 1
     finally:
         os.close(fd)

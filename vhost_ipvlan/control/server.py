@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 16
 SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn", "allow_router",
-              "owner", "peer_uid", "peer_gid"}
+              "owner", "peer_uid", "peer_gid", "queues"}
 
 Params = dict[str, Any]
 
@@ -292,13 +292,15 @@ class ControlServer:
         return {**cfg.port_table(pc), "slave": [s.name for s in pc.slaves]}
 
     def _slave_info(self, master: str, sc: cfg.SlaveConfig) -> dict[str, Any]:
-        info: dict[str, Any] = {"master": master, **cfg.slave_table(sc)}
+        info: dict[str, Any] = {"master": master, **cfg.slave_table(sc), "queues": sc.queues}
         try:
             ep = self.topology.endpoint(sc.name)
         except KeyError:
             return info
         info["connected"] = ep.conn is not None
         info["up"] = ep.device.slave.up
+        if ep.conn is not None and ep.conn.session.queue_pairs != sc.queues:
+            info["queues_connected"] = ep.conn.session.queue_pairs  # until the front-end reconnects
         if sc.learn:
             info["learned"] = learned_addresses(ep.device.slave)
         return info

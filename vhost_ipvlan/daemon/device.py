@@ -1,4 +1,4 @@
-"""One slave's virtio-net device: its rings, kicks, the TX drain and RX delivery.
+"""One slave's virtio-net device: its queue pairs, kicks, the TX drains and RX delivery.
 
 A kick on the TX eventfd (or the port's safety-net rescan) drains the TX ring in
 bursts: each chain is copied into the device's frame buffer (12-byte
@@ -7,6 +7,18 @@ virtio_net_hdr + frame) and handed to the port's data path (``PortDatapath``,
 ``deliver``. The C accelerator (``fastpath.py``) takes what it can of a drain.
 
 Rules:
+- Multiqueue: the device declares ``queues`` pairs (``num_queues``, the session's
+  seam; a change applies from the next connection) and serves those the
+  front-end started, each ring enabled or not on its own (``QueuePair``). Every
+  started TX ring is drained the same way (a disabled one is drained and its
+  frames discarded, as vhost-user.rst says). A frame for the guest goes into one
+  of the started and enabled RX rings, chosen by ``frames.flow_hash`` modulo
+  their number: one flow stays in one ring, so in order, as long as the guest
+  does not change its enabled pairs (the kernel's own choice, not the pair the
+  guest last sent on, which would move a flow whenever the guest's sending CPU
+  changes). The slave is up while at least one RX ring is ready. The C
+  accelerator drains any TX ring and delivers only to guests with exactly one
+  ready RX ring; frames for the others go through Python (``fastpath``).
 - No per-frame allocation beyond memoryview slices: one buffer per TX queue,
   allocated when first used (an idle slave holds none); verdicts are ints.
 - A frame this receiver cannot take (ring full, offload it did not negotiate, too
@@ -45,7 +57,8 @@ from typing import TYPE_CHECKING
 
 from ..drops import DropReason, new_counters
 from ..errors import GuestError
-from ..vhost_user.session import RX, TX, Session, Vring
+from ..net.frames import flow_hash
+from ..vhost_user.session import RX, TX, Session, Vring, pair_of
 from ..virtio import net
 from ..virtio.virtqueue import SplitQueue
 from . import fastpath
@@ -87,26 +100,68 @@ class _ErrorLog:
 internal_error_log = _ErrorLog()
 
 
-class NetDevice:
-    """One slave's virtio-net device: its rings, counters and frame buffer."""
+_NO_BUFFER = bytearray()
 
-    def __init__(self, slave: Slave, dp: PortDatapath) -> None:
-        self.slave = slave
-        self.dp = dp
-        self.session: Session | None = None
+
+class QueuePair:
+    """One receive and one transmit ring of a device (vrings ``2 * index`` and
+    ``2 * index + 1``): the queues while started, enabled states, call descriptors,
+    and the frames moved since the connection began."""
+
+    __slots__ = ("fast_rx", "index", "rx", "rx_call", "rx_enabled", "rx_packets", "tx", "tx_call", "tx_enabled",
+                 "tx_packets")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
         self.rx: SplitQueue | None = None
         self.tx: SplitQueue | None = None
         self.rx_enabled = False
         self.tx_enabled = False
         self.rx_call: int | None = None
         self.tx_call: int | None = None
+        self.rx_packets = self.tx_packets = 0  # rx: what Python delivered (the C accelerator's is in fast_rx)
+        #: the C accelerator's RX counters for this ring (two native u64: packets, bytes)
+        self.fast_rx = bytearray(16)
+
+    @property
+    def rx_ready(self) -> bool:
+        return self.rx is not None and self.rx_enabled
+
+    def stats(self) -> dict[str, object]:
+        fast_packets, _ = fastpath.counts(self.fast_rx)
+        return {"rx": _state(self.rx, self.rx_enabled), "tx": _state(self.tx, self.tx_enabled),
+                "rx_packets": self.rx_packets + fast_packets, "tx_packets": self.tx_packets}
+
+
+def _state(q: SplitQueue | None, enabled: bool) -> str:
+    return ("enabled" if enabled else "disabled") if q is not None else "stopped"
+
+
+class NetDevice:
+    """One slave's virtio-net device: its queue pairs, counters and frame buffer.
+    ``rx``, ``tx``, ``rx_enabled``, ``tx_enabled``, ``rx_call`` and ``tx_call`` are the
+    first pair's (all a single-queue guest has)."""
+
+    def __init__(self, slave: Slave, dp: PortDatapath, queues: int = 1) -> None:
+        self.slave = slave
+        self.dp = dp
+        self.session: Session | None = None
+        #: queue pairs offered to the next connection (the slave's ``queues``)
+        self.queues = queues
+        self.pairs = [QueuePair(0)]
+        #: the pairs whose RX ring is started and enabled (where frames for the guest go)
+        self.rx_ready: list[QueuePair] = []
+        self._rx_sole: QueuePair | None = None  # rx_ready's one pair, if it has one
         self._kick_fds: dict[int, int] = {}
         self.mergeable = False
         self.takes_csum = False
         self.gso_mask = 1
         self.ecn = False
-        self._buf: bytearray | None = None  # allocated when first used (``buf``)
-        self._view: memoryview | None = None
+        #: the frame buffer (12-byte header + the largest frame) a TX drain copies into;
+        #: empty until the TX queue first starts: a slave that never had a guest
+        #: costs no 64 KiB. Plain attributes, not properties: read once per frame.
+        self.buf = _NO_BUFFER
+        self.view = memoryview(self.buf)
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
         #: descriptors walked this burst for frames not taken (``RX_WASTE_BUDGET``)
         self.rx_waste = 0
@@ -116,30 +171,88 @@ class NetDevice:
         self.drops = new_counters()
         self._drain_scheduled = False
 
-    @property
-    def buf(self) -> bytearray:
-        """The frame buffer (12-byte header + the largest frame), made when first needed:
-        a slave that never had a guest costs no 64 KiB."""
-        if self._buf is None:
-            self._allocate()
-        assert self._buf is not None
-        return self._buf
+    # -- the first pair's rings (a single-queue guest's) ------------------------------
 
     @property
-    def view(self) -> memoryview:
-        if self._view is None:
-            self._allocate()
-        assert self._view is not None
-        return self._view
+    def rx(self) -> SplitQueue | None:
+        return self.pairs[0].rx
 
-    def _allocate(self) -> None:
-        self._buf = bytearray(net.MAX_BUFFER)
-        self._view = memoryview(self._buf)
+    @rx.setter
+    def rx(self, q: SplitQueue | None) -> None:
+        self.pairs[0].rx = q
+        self._ready_changed()
+
+    @property
+    def tx(self) -> SplitQueue | None:
+        return self.pairs[0].tx
+
+    @tx.setter
+    def tx(self, q: SplitQueue | None) -> None:
+        if q is not None:
+            self._make_buffer()
+        self.pairs[0].tx = q
+
+    def _make_buffer(self) -> None:
+        """The frame buffer, when a TX queue first starts (see ``buf``)."""
+        if self.buf is _NO_BUFFER:
+            self.buf = bytearray(net.MAX_BUFFER)
+            self.view = memoryview(self.buf)
+
+    @property
+    def rx_enabled(self) -> bool:
+        return self.pairs[0].rx_enabled
+
+    @rx_enabled.setter
+    def rx_enabled(self, on: bool) -> None:
+        self.pairs[0].rx_enabled = on
+        self._ready_changed()
+
+    @property
+    def tx_enabled(self) -> bool:
+        return self.pairs[0].tx_enabled
+
+    @tx_enabled.setter
+    def tx_enabled(self, on: bool) -> None:
+        self.pairs[0].tx_enabled = on
+
+    @property
+    def rx_call(self) -> int | None:
+        return self.pairs[0].rx_call
+
+    @property
+    def tx_call(self) -> int | None:
+        return self.pairs[0].tx_call
+
+    def _ready_changed(self) -> None:
+        self.rx_ready = [p for p in self.pairs if p.rx_ready]
+        self._rx_sole = self.sole_rx()
+
+    def sole_rx(self) -> QueuePair | None:
+        """The one pair frames for the guest go to, or None (none ready, or several:
+        the choice is per flow, ``deliver``'s)."""
+        ready = self.rx_ready
+        return ready[0] if len(ready) == 1 else None
+
+    def tx_pending(self) -> bool:
+        """Whether a started TX ring has chains the device has not taken."""
+        return any(p.tx is not None and p.tx.has_pending() for p in self.pairs)
+
+    def has_tx(self) -> bool:
+        return any(p.tx is not None for p in self.pairs)
 
     # -- session.Device -----------------------------------------------------------
 
+    def num_queues(self) -> int:
+        return self.queues
+
     def attach(self, session: Session) -> None:
         self.session = session
+        for p in self.pairs:  # the last connection's pairs go: the device keeps what C delivered there
+            packets, nbytes = fastpath.counts(p.fast_rx)
+            self.rx_packets += packets
+            self.rx_bytes += nbytes
+        self.pairs = [QueuePair(i) for i in range(session.queue_pairs)]
+        self._ready_changed()
 
     def vring_started(self, vring: Vring) -> None:
         assert self.session is not None and vring.queue is not None
@@ -148,38 +261,43 @@ class NetDevice:
         self.takes_csum, self.gso_mask = net.offload_mask(features)
         self.ecn = bool(features >> net.F_GUEST_ECN & 1)
         loop = self.dp.loop
+        pair = self.pairs[pair_of(vring.index)]
         if vring.kick_fd is not None:
-            handler = self._tx_kick if vring.index == TX else self._rx_kick
-            loop.add_reader(vring.kick_fd, handler, vring.kick_fd)
+            handler = self._tx_kick if vring.index & 1 == TX else self._rx_kick
+            loop.add_reader(vring.kick_fd, handler, vring.kick_fd, vring.index)
             self._kick_fds[vring.index] = vring.kick_fd
-        if vring.index == TX:
-            self.tx = vring.queue
+        if vring.index & 1 == TX:
+            self._make_buffer()
+            pair.tx = vring.queue
             self.schedule_drain()
         else:
-            self.rx = vring.queue
+            pair.rx = vring.queue
         self.vring_changed(vring)
-        log.info("slave %s: %s queue started (size %d)", self.slave.name, _QNAME[vring.index], vring.num)
+        log.info("slave %s: %s queue started (size %d)", self.slave.name, self._qname(vring.index), vring.num)
 
     def vring_stopped(self, vring: Vring) -> None:
         fd = self._kick_fds.pop(vring.index, None)
         if fd is not None:
             self.dp.loop.remove_reader(fd)
-        if vring.index == TX:
-            self.tx = None
+        pair = self.pairs[pair_of(vring.index)]
+        if vring.index & 1 == TX:
+            pair.tx = None
         else:
-            self.rx = None
+            pair.rx = None
         self.vring_changed(vring)
-        log.info("slave %s: %s queue stopped", self.slave.name, _QNAME[vring.index])
+        log.info("slave %s: %s queue stopped", self.slave.name, self._qname(vring.index))
 
     def vring_changed(self, vring: Vring) -> None:
-        if vring.index == RX:
-            self.rx_call = vring.call_fd
-            self.rx_enabled = vring.enabled
+        pair = self.pairs[pair_of(vring.index)]
+        if vring.index & 1 == RX:
+            pair.rx_call = vring.call_fd
+            pair.rx_enabled = vring.enabled
         else:
-            self.tx_call = vring.call_fd
-            self.tx_enabled = vring.enabled
+            pair.tx_call = vring.call_fd
+            pair.tx_enabled = vring.enabled
+        self._ready_changed()
         self.dp.fast_table.invalidate()
-        up = self.rx is not None and self.rx_enabled
+        up = bool(self.rx_ready)
         if up != self.slave.up:
             self.slave.up = up
             log.info("slave %s: %s", self.slave.name, "up" if up else "down")
@@ -192,6 +310,10 @@ class NetDevice:
     def counters(self) -> dict[str, int]:
         """rx/tx packets and bytes, whichever path moved them."""
         fast_packets, fast_bytes = self.fast.rx_counts()
+        for p in self.pairs:
+            packets, nbytes = fastpath.counts(p.fast_rx)
+            fast_packets += packets
+            fast_bytes += nbytes
         return {
             "rx_packets": self.rx_packets + fast_packets,
             "rx_bytes": self.rx_bytes + fast_bytes,
@@ -199,24 +321,37 @@ class NetDevice:
             "tx_bytes": self.tx_bytes,
         }
 
+    def queue_stats(self) -> dict[str, object]:
+        """The queue pairs: how many the slave offers, how many the connection has and
+        how many take frames (RX started and enabled), and each pair's state."""
+        return {"queues": self.queues, "queue_pairs": len(self.pairs) if self.session is not None else 0,
+                "queue_pairs_enabled": len(self.rx_ready),
+                "per_queue": [p.stats() for p in self.pairs] if self.session is not None else []}
+
+    def _qname(self, index: int) -> str:
+        """A vring's name in log lines: rx/tx, with the pair's number when there are several."""
+        kind = "tx" if index & 1 == TX else "rx"
+        return kind if len(self.pairs) == 1 else f"{kind}{pair_of(index)}"
+
     # -- events -------------------------------------------------------------------
 
-    def _rx_kick(self, fd: int) -> None:
+    def _rx_kick(self, fd: int, index: int) -> None:
         if not eventfd_drain(fd):  # new RX buffers; frames are never queued, nothing to do
-            self._kick_failed(RX, fd)
+            self._kick_failed(index, fd)
 
-    def _tx_kick(self, fd: int) -> None:
+    def _tx_kick(self, fd: int, index: int) -> None:
         if not eventfd_drain(fd):
-            self._kick_failed(TX, fd)
+            self._kick_failed(index, fd)
             return
         self.drain_tx()
 
-    def _kick_failed(self, which: int, fd: int) -> None:
+    def _kick_failed(self, index: int, fd: int) -> None:
         """A kick descriptor that cannot be read would be reported readable forever."""
-        if self._kick_fds.get(which) == fd:
-            del self._kick_fds[which]
+        if self._kick_fds.get(index) == fd:
+            del self._kick_fds[index]
         self.dp.loop.remove_reader(fd)
-        log.warning("slave %s: %s kick descriptor unreadable: no longer watched", self.slave.name, _QNAME[which])
+        log.warning("slave %s: %s kick descriptor unreadable: no longer watched", self.slave.name,
+                    self._qname(index))
 
     def schedule_drain(self) -> None:
         if not self._drain_scheduled:
@@ -227,30 +362,43 @@ class NetDevice:
         self._drain_scheduled = False
         self.drain_tx()
 
-    def break_queue(self, which: int, err: GuestError) -> None:
+    def break_queue(self, index: int, err: GuestError) -> None:
+        """The guest broke vring ``index``: stop using it (counted once, logged)."""
         self.drops[DropReason.QUEUE_BROKEN] += 1
         self.dp.fast_table.invalidate()
-        log.warning("slave %s: %s queue broken by the guest: %s", self.slave.name, _QNAME[which], err)
-        fd = self._kick_fds.pop(which, None)
+        log.warning("slave %s: %s queue broken by the guest: %s", self.slave.name, self._qname(index), err)
+        fd = self._kick_fds.pop(index, None)
         if fd is not None:
             self.dp.loop.remove_reader(fd)
-        if which == TX:
-            self.tx = None
+        pair = self.pairs[pair_of(index)]
+        if index & 1 == TX:
+            pair.tx = None
         else:
-            self.rx = None
-            self.slave.up = False
+            pair.rx = None
+            self._ready_changed()
+            self.slave.up = bool(self.rx_ready)
 
     # -- guest -> switch --------------------------------------------------------------
 
     def drain_tx(self) -> None:
-        q = self.tx
-        if q is None:
-            return
+        """Drain every started TX ring (each its own burst), then publish the RX rings
+        the frames went into (``PortDatapath.flush``)."""
+        try:
+            for pair in self.pairs:
+                if pair.tx is not None:
+                    before = self.tx_packets
+                    self._drain(pair, pair.tx)
+                    pair.tx_packets += self.tx_packets - before
+        finally:
+            self.dp.flush()
+
+    def _drain(self, pair: QueuePair, q: SplitQueue) -> None:
+        """One burst of ``pair``'s TX ring ``q`` (see the rules for its budgets)."""
         view = self.view
         budget = BURST
         limit = q.walked + DESC_BUDGET
         fp = fastpath.ext
-        fast = self.dp.fast_table.args(self) if self.tx_enabled else None
+        fast = self.dp.fast_args(self) if pair.tx_enabled else None
         try:
             while True:
                 while budget and q.walked < limit:
@@ -259,18 +407,20 @@ class NetDevice:
                         # frame (SLOW_FRAME, in view) or chain (SLOW_CHAIN) for Python;
                         # each chain it takes is one descriptor: frames == descriptors
                         try:
-                            status, length, nf, nb = fp.forward_burst(
+                            status, length, nf, nb, sent, failed = fp.forward_burst(
                                 q, self.buf, fast[0], fast[1], fast[2], min(budget, limit - q.walked),
-                                self.dp.dirty,
+                                self.dp.dirty, fast[3],
                             )
                         except Exception as e:  # a bug: nothing was taken
-                            status, length, nf, nb = fp.ERROR, e, 0, 0
+                            status, length, nf, nb, sent, failed = fp.ERROR, e, 0, 0, 0, 0
+                        self.dp.uplink_tx += sent
+                        self.drops[DropReason.UPLINK_SEND_FAILED] += failed
                         budget -= nf
                         self.tx_packets += nf
                         self.tx_bytes += nb
                         if status == fp.SLOW_FRAME:
                             budget = max(0, budget - 1 - self._from_guest(length))
-                            fast = self.dp.fast_table.args(self)  # the frame may have changed state
+                            fast = self.dp.fast_args(self)  # the frame may have changed state
                             continue
                         if status == fp.ERROR:  # the frame, if any, was given back
                             self.drops[DropReason.INTERNAL_ERROR] += 1
@@ -285,11 +435,11 @@ class NetDevice:
                     length = q.gather(head, view)
                     q.push(head, 0)
                     budget -= 1
-                    if self.tx_enabled:
+                    if pair.tx_enabled:
                         budget = max(0, budget - self._from_guest(length))
                         if fast is not None:  # the frame may have changed state (a target's ring broken)
-                            fast = self.dp.fast_table.args(self)
-                if q.publish() and self.tx_call is not None and not eventfd_signal(self.tx_call):
+                            fast = self.dp.fast_args(self)
+                if q.publish() and pair.tx_call is not None and not eventfd_signal(pair.tx_call):
                     self.drops[DropReason.CALL_FAILED] += 1
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
@@ -297,9 +447,7 @@ class NetDevice:
                 if not q.want_kick():
                     break
         except GuestError as e:
-            self.break_queue(TX, e)
-        finally:
-            self.dp.flush()
+            self.break_queue(2 * pair.index + TX, e)
 
     def _from_guest(self, length: int) -> int:
         """Count and switch one frame taken from the TX ring (``view[:length]``);
@@ -319,11 +467,17 @@ class NetDevice:
     # -- switch -> guest ----------------------------------------------------------------
 
     def deliver(self, buf: memoryview) -> None:
-        """Put ``buf`` (12-byte header + frame) into this guest's receive queue."""
-        q = self.rx
-        if q is None or not self.rx_enabled:
-            self.drops[DropReason.RX_NOT_READY] += 1
-            return
+        """Put ``buf`` (12-byte header + frame) into one of this guest's receive queues
+        (the flow's, when several are ready: see the rules)."""
+        pair = self._rx_sole  # a single-queue guest's case, without a look at the frame
+        if pair is None:
+            ready = self.rx_ready
+            if not ready:
+                self.drops[DropReason.RX_NOT_READY] += 1
+                return
+            pair = ready[flow_hash(buf[net.HDR_LEN :]) % len(ready)]
+        q = pair.rx
+        assert q is not None  # rx_ready holds started rings only
         flags, gso = buf[0], buf[1]
         if (flags or gso) and not net.offload_ok(flags, gso, self.takes_csum, self.gso_mask, self.ecn):
             self.drops[DropReason.OFFLOAD_UNSUPPORTED] += 1
@@ -332,7 +486,7 @@ class NetDevice:
         try:
             rc = net.rx_deliver(q, buf, self.mergeable, self.rx_waste <= RX_WASTE_BUDGET)
         except GuestError as e:
-            self.break_queue(RX, e)
+            self.break_queue(2 * pair.index + RX, e)
             return
         if rc != net.RX_OK and q.walked != before:
             if not self.rx_waste:
@@ -340,6 +494,7 @@ class NetDevice:
             self.rx_waste += q.walked - before
         if rc == net.RX_OK:
             self.rx_packets += 1
+            pair.rx_packets += 1
             self.rx_bytes += len(buf) - net.HDR_LEN
             self.dp.dirty.add(self)
         elif rc == net.RX_RING_FULL:
@@ -350,10 +505,9 @@ class NetDevice:
             self.drops[DropReason.RX_TOO_BIG] += 1
 
     def flush_rx(self) -> None:
-        q = self.rx
-        if q is not None and q.publish() and self.rx_call is not None and not eventfd_signal(self.rx_call):
-            self.drops[DropReason.CALL_FAILED] += 1  # the counter is full or the descriptor gone: never block
-
-
-_QNAME = {RX: "rx", TX: "tx"}
+        """Publish the RX rings (and interrupt the guest where it asked for it)."""
+        for pair in self.pairs:
+            q = pair.rx
+            if q is not None and q.publish() and pair.rx_call is not None and not eventfd_signal(pair.rx_call):
+                self.drops[DropReason.CALL_FAILED] += 1  # the counter is full or the descriptor gone: never block
 

@@ -1,7 +1,8 @@
 """The glue to the optional C accelerator (``vhost_ipvlan._fastpath``, ``_fastpath.c``).
 
 The accelerator forwards guest -> guest unicast the l2 way straight from one
-guest's TX ring into another's RX ring; Python stays the reference and handles
+guest's TX ring into another's RX ring, and sends l2 guest -> wire unicast out
+the master in batches (``sendmmsg``); Python stays the reference and handles
 everything it hands back (see the theory of operation in ``_fastpath.c``). This
 module is everything the rest of the daemon knows about it: whether it is loaded,
 which ports may use it, and the per-port table and per-device counters it works on.
@@ -10,10 +11,23 @@ Rules:
 - ``VHOST_IPVLAN_PURE=1`` in the environment turns it off (``ext`` is None); so
   does a failed import. Nothing else changes: the pure-Python path is complete.
 - Python decides eligibility: ``PortTable.args`` returns None unless the port's
-  traits allow it (``fast_path``: only l2 bridge; private drops guest -> guest, vepa
-  sends it to the wire, l3/l3s never use it: ``tests/pair/test_fastpath.py`` checks
-  they equal pure Python),
-  and the table holds only targets that are up, enabled and have a known MAC.
+  traits allow it (``fast_path``: only l2 bridge forwards guest -> guest; private
+  drops it, vepa sends it to the wire, so their table is empty; ``fast_wire``: l2,
+  every flag, sends a guest's unicast to an off-host MAC out the master; l3/l3s
+  use neither: ``tests/pair/test_fastpath.py`` checks they equal pure Python),
+  and the table holds only targets that are up, have a known MAC and exactly one
+  ready (started and enabled) RX ring: its pair's counters take the deliveries.
+  Frames for a multiqueue guest with several ready RX rings go to Python, which
+  picks the ring by flow (``device.py``); any TX ring is drained by C.
+- From the wire (``uplink_burst``, ``fast_wire`` ports): the same table, the
+  master's MAC and the port's ``wire_macs``; C delivers what l2 would deliver to
+  one guest unchanged but for the destination MAC, and gives every other frame, in
+  order, to ``PortDatapath._uplink_frame`` (Python's per-frame path).
+- The wire argument (``Wire``) is given by the data path only while the wire is
+  up and the uplink has a ``batch_fd``: (that descriptor, the master's MAC, the
+  port's live ``by_mac`` (a destination MAC in it is a guest's, not the wire's),
+  the largest non-GSO buffer). C returns how many frames it sent and how many
+  sends failed; Python counts them (``uplink_tx``, ``uplink_send_failed``).
 - The table is rebuilt lazily when its key changes: the port's ``generation``
   (slaves, addresses), ``PortTable.gen`` (bumped by ``invalidate`` on every
   ring/up-state change) and the number of devices.
@@ -45,8 +59,11 @@ try:
 except ImportError:
     ext = None
 
-#: (sender MAC, addresses it owns, destination table): ``forward_burst``'s arguments
-Args = tuple[bytes, frozenset[bytes], dict[bytes, tuple[object, ...]]]
+#: (descriptor, master MAC, the port's by_mac, max_frame): the wire, for ``forward_burst``
+Wire = tuple[int, bytes, Mapping[bytes, object], int]
+#: (sender MAC, addresses it owns, destination table, wire or None): ``forward_burst``'s arguments
+Args = tuple[bytes, frozenset[bytes], dict[bytes, tuple[object, ...]], Wire | None]
+_NO_TARGETS: dict[bytes, tuple[object, ...]] = {}
 _Key = tuple[int, int, int]
 
 
@@ -73,8 +90,13 @@ class DeviceCounters:
 
     def rx_counts(self) -> tuple[int, int]:
         """(packets, bytes) the accelerator delivered to this device."""
-        packets, nbytes = struct.unpack("=QQ", self.rx)
-        return packets, nbytes
+        return counts(self.rx)
+
+
+def counts(rx: bytearray) -> tuple[int, int]:
+    """(packets, bytes) in one of the accelerator's RX counters (two native u64)."""
+    packets, nbytes = struct.unpack("=QQ", rx)
+    return packets, nbytes
 
 
 class PortTable:
@@ -92,30 +114,52 @@ class PortTable:
         """A ring or a slave's up state changed: rebuild before the next use."""
         self.gen += 1
 
-    def args(self, dev: NetDevice) -> Args | None:
-        """``forward_burst``'s (sender MAC, addresses it owns, destination table)
+    def key(self) -> _Key:
+        """What the table is built from: the port's ``generation``, ``gen``, the number of
+        devices (also the key of ``PortDatapath.receivers``)."""
+        return (self.port.generation, self.gen, len(self.devices))
+
+    def args(self, dev: NetDevice, wire: Wire | None) -> Args | None:
+        """``forward_burst``'s (sender MAC, addresses it owns, destination table, wire)
         for ``dev``, or None when the accelerator is unavailable or does not apply."""
-        if ext is None or not self.port.traits.fast_path:
+        traits = self.port.traits
+        if ext is None or not (traits.fast_path or (traits.fast_wire and wire is not None)):
             return None
+        if not traits.fast_wire:
+            wire = None
         mac = dev.slave.mac
         if mac is None:
             return None
-        key = (self.port.generation, self.gen, len(self.devices))
-        if key != self._key:
-            self._rebuild()
-            self._key = key
+        key = self._fresh()
         fc = dev.fast
         cached = fc.cached
         if cached is None or cached[0] != key or cached[1] != mac:
             owned = frozenset(a for a, owner in self.port.by_addr.items() if owner is dev.slave)
             cached = fc.cached = (key, mac, owned)
-        return mac, cached[2], self.table
+        return mac, cached[2], self.table if traits.fast_path else _NO_TARGETS, wire
+
+    def rx_table(self) -> dict[bytes, tuple[object, ...]] | None:
+        """``uplink_burst``'s destination table (every ``fast_wire`` port's: the wire's
+        unicast goes to its owner in every l2 flag), or None when C does not apply."""
+        if ext is None or not self.port.traits.fast_wire:
+            return None
+        self._fresh()
+        return self.table
+
+    def _fresh(self) -> _Key:
+        """Rebuild the table if its key changed; return the key."""
+        key = self.key()
+        if key != self._key:
+            self._rebuild()
+            self._key = key
+        return key
 
     def _rebuild(self) -> None:
         entries: dict[str, tuple[object, ...]] = {}
         for name, d in self.devices.items():
-            if d.slave.up and d.rx is not None and d.rx_enabled and d.slave.mac is not None:
-                entries[name] = (d.rx, d.slave.mac, caps(d.takes_csum, d.ecn, d.gso_mask), d.fast.rx, d)
+            pair = d.sole_rx()  # a guest with several ready RX rings: Python chooses by flow
+            if d.slave.up and pair is not None and d.slave.mac is not None:
+                entries[name] = (pair.rx, d.slave.mac, caps(d.takes_csum, d.ecn, d.gso_mask), pair.fast_rx, d)
         table: dict[bytes, tuple[object, ...]] = {}
         for addr, owner in self.port.by_addr.items():
             entry = entries.get(owner.name)

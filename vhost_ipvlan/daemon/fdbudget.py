@@ -11,9 +11,10 @@ Rules:
   * per slave (``SLAVE_FDS``): its listening socket (server role; a client-role
     slave holds one while it connects);
   * per connected guest (``GUEST_FDS``): the vhost-user connection, the kick, call
-    and err eventfds of each of its ``NUM_VRINGS`` rings, and the descriptors of one
-    message in flight (``codec.MAX_FDS``: SET_MEM_TABLE's memory fds, closed once
-    mapped: a mapping holds no descriptor);
+    and err eventfds of the two rings of its first queue pair, and the descriptors of
+    one message in flight (``codec.MAX_FDS``: SET_MEM_TABLE's memory fds, closed once
+    mapped: a mapping holds no descriptor); ``PAIR_FDS`` more per further queue pair
+    (a slave's ``queues``);
   * per port (``PORT_FDS``): the uplink socket, the host tap, rtnetlink sockets;
   * ``RESERVE`` for the rest: the control socket and its clients, the metrics
     server and its clients, link monitor, nftables, the interpreter's own.
@@ -29,12 +30,12 @@ import resource
 
 from ..errors import FdBudget
 from ..vhost_user import codec
-from ..vhost_user.session import NUM_VRINGS
 
 log = logging.getLogger(__name__)
 
 SLAVE_FDS = 1
-GUEST_FDS = 1 + 3 * NUM_VRINGS + codec.MAX_FDS
+PAIR_FDS = 3 * 2  # kick, call and err of an rx and a tx ring
+GUEST_FDS = 1 + PAIR_FDS + codec.MAX_FDS
 PORT_FDS = 16
 RESERVE = 64
 
@@ -54,9 +55,10 @@ def raise_limit() -> int:
     return int(soft)
 
 
-def need(ports: int, slaves: int) -> int:
-    """Descriptors ``ports`` ports and ``slaves`` slaves need, every guest connected."""
-    return RESERVE + ports * PORT_FDS + slaves * (SLAVE_FDS + GUEST_FDS)
+def need(ports: int, slaves: int, extra_pairs: int = 0) -> int:
+    """Descriptors ``ports`` ports and ``slaves`` slaves with ``extra_pairs`` queue pairs
+    beyond their first need, every guest connected."""
+    return RESERVE + ports * PORT_FDS + slaves * (SLAVE_FDS + GUEST_FDS) + extra_pairs * PAIR_FDS
 
 
 def slaves_within(limit: int, ports: int) -> int:
@@ -69,11 +71,13 @@ def current_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 30
 
 
-def check(where: str, name: str, ports: int, slaves: int, limit: int | None = None) -> None:
-    """Refuse slave ``name`` if ``slaves`` slaves (it included) on ``ports`` ports do not fit."""
+def check(where: str, name: str, ports: int, slaves: int, limit: int | None = None, extra_pairs: int = 0) -> None:
+    """Refuse slave ``name`` if ``slaves`` slaves (it included) with ``extra_pairs`` queue
+    pairs beyond their first on ``ports`` ports do not fit."""
     limit = current_limit() if limit is None else limit
-    needed = need(ports, slaves)
+    needed = need(ports, slaves, extra_pairs)
     if needed > limit:
         raise FdBudget(f"{where}.name: slave {name!r} refused: {slaves} slaves with their guests connected "
-                       f"need {needed} file descriptors ({SLAVE_FDS + GUEST_FDS} each, {RESERVE} + {PORT_FDS} "
-                       f"per port for the daemon), the limit (RLIMIT_NOFILE) is {limit}: raise LimitNOFILE=")
+                       f"need {needed} file descriptors ({SLAVE_FDS + GUEST_FDS} each, {PAIR_FDS} per further "
+                       f"queue pair, {RESERVE} + {PORT_FDS} per port for the daemon), the limit (RLIMIT_NOFILE) "
+                       f"is {limit}: raise LimitNOFILE=")

@@ -42,7 +42,8 @@ Rules:
   (the caller counts ``host_send_failed`` on the sender, once).
 - l3s (``enable_forwarding``): IPv4 forwarding is turned on for the tap and the
   master only, IPv6 forwarding for the namespace (the kernel has no per-device
-  switch for it); the values found are restored when the link closes. Whoever
+  switch for it); the values found are restored when the link closes (IPv6's, the
+  namespace's, when the last l3s host link closes: ``_SHARED``). Whoever
   turns one off meanwhile (``sysctl net.ipv4.ip_forward=0`` rewrites every
   interface's) is overruled: the daemon follows forwarding changes through netlink
   (``RTM_NEWNETCONF``: ``daemon.master`` asks ``needs_forwarding``), and
@@ -81,10 +82,21 @@ IFF_VNET_HDR = 0x4000
 IFF_UP = 0x1
 IFF_NOARP = 0x80
 _SYSCTL = Path("/proc/sys/net")
+#: the namespace's own sysctl l3s host links share (IPv6 has no per-device forwarding)
+_SHARED_SYSCTLS = ("ipv6/conf/all/forwarding",)
+#: (network namespace, shared sysctl) -> [the value found by its first user, users]
+_SHARED: dict[tuple[int, str], tuple[str | None, int]] = {}
 
 
 def tap_name(master_index: int) -> str:
     return f"vih{master_index}"
+
+
+def _netns() -> int:
+    try:
+        return os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return 0
 
 
 def _sysctl(path: str, value: str | None = None) -> str | None:
@@ -107,6 +119,8 @@ class HostLink:
         self.master_index = master_index
         self.name = tap_name(master_index)
         self._restore: list[tuple[str, str]] = []
+        #: the ``_SHARED`` sysctls this link uses
+        self._shared: list[tuple[int, str]] = []
         #: the sysctls l3s needs on ("1"); empty unless ``enable_forwarding``
         self.forwarding: tuple[str, ...] = ()
         self.routes: set[bytes] = set()
@@ -148,6 +162,13 @@ class HostLink:
         for path, old in reversed(self._restore):
             _sysctl(path, old)
         self._restore.clear()
+        for key in self._shared:
+            found, users = _SHARED.pop(key)
+            if users > 1:
+                _SHARED[key] = (found, users - 1)
+            elif found is not None and found != "1":
+                _sysctl(key[1], found)
+        self._shared.clear()
         self.routes.clear()
         self.ipr.close()
 
@@ -157,7 +178,12 @@ class HostLink:
                            "ipv6/conf/all/forwarding")
         for path in self.forwarding:
             old = _sysctl(path, "1")
-            if old is not None and old != "1":
+            if path in _SHARED_SYSCTLS:  # restored by the last link that uses it
+                key = (_netns(), path)
+                found, users = _SHARED.get(key, (old, 0))
+                _SHARED[key] = (found, users + 1)
+                self._shared.append(key)
+            elif old is not None and old != "1":
                 self._restore.append((path, old))
 
     def needs_forwarding(self, family: int, index: int, master_index: int) -> bool:

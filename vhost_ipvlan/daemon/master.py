@@ -32,7 +32,8 @@ Rules (what vhost-ipvlan does, and where it departs):
   (``address_conflicts`` in the master's stats).
 - Forwarding (l3s needs it on the master and the host link): every netconf event
   that turns off forwarding an l3s port's host link needs (``HostLink.needs_forwarding``)
-  makes it turn that on again; a master that comes back is checked too.
+  makes it turn that on again; a master that comes back is checked too, and every
+  master after lost notifications (``resync``).
 - One log line per change; failures to reopen are logged, never raised.
 """
 
@@ -141,6 +142,8 @@ class MasterMonitor:
                 self.handle(LinkState(m.name, m.index, False, False, m.mtu, None))
             else:
                 self.handle(state)
+            if m.present and m.dp.hostlink is not None:  # a lost netconf event too
+                m.dp.hostlink.check_forwarding()
 
     def handle(self, state: LinkState) -> None:
         m = self.masters.get(state.name)
@@ -240,6 +243,7 @@ class MasterMonitor:
         m.dp.close_uplink()
         with contextlib.suppress(UplinkError):
             m.chain.release()
+        m.chain.forget()  # released, or gone with the device: nothing to release later
 
     def _back(self, m: Master, state: LinkState) -> None:
         try:

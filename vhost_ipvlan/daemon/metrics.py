@@ -1,8 +1,10 @@
-"""Prometheus metrics over ``Daemon.stats()``: a custom collector and a tiny HTTP server.
+"""Prometheus metrics over ``Daemon.stats()``: the text exposition, written directly, and a tiny HTTP server.
 
 Rules:
-- No second set of counters: a scrape turns ``stats()`` into metric families
-  (``StatsCollector``), so the numbers are the ones ``SIGUSR1`` logs. The text is
+- No second set of counters: a scrape turns ``stats()`` into the text format
+  (``exposition``), so the numbers are the ones ``SIGUSR1`` logs. It writes the
+  lines itself, the bytes prometheus_client's ``generate_latest`` would make of the
+  same families (a test compares them) at a tenth of the cost. The text is
   regenerated at most every ``MIN_INTERVAL`` seconds; scrapes in between get the
   same snapshot (a flood of scrapes costs one ``stats()`` per interval). Names follow node_exporter's network metrics
   (``node_network_receive_packets_total`` -> ``vhost_ipvlan_slave_receive_packets_total``).
@@ -28,12 +30,12 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from ..errors import ConfigError, UplinkError
 
@@ -57,55 +59,89 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class StatsCollector:
-    """A prometheus_client collector reading ``stats()`` on every scrape."""
+@dataclass(frozen=True)
+class Family:
+    """One metric family: its exposition name (a counter's ends in ``_total``), type and help."""
 
-    def __init__(self, stats: StatsFunction) -> None:
-        self.stats = stats
+    name: str
+    type: str
+    help: str
 
-    def collect(self) -> Iterator[Metric]:
-        s = f"{PREFIX}_slave"
-        m = f"{PREFIX}_master"
-        sl = ["master", "slave"]
-        fam: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
-            "s_rx_p": CounterMetricFamily(f"{s}_receive_packets", "Frames delivered to the guest's RX ring", labels=sl),
-            "s_rx_b": CounterMetricFamily(f"{s}_receive_bytes", "Bytes delivered to the guest (Ethernet frames)",
-                                          labels=sl),
-            "s_tx_p": CounterMetricFamily(f"{s}_transmit_packets", "Frames the guest transmitted", labels=sl),
-            "s_tx_b": CounterMetricFamily(f"{s}_transmit_bytes", "Bytes the guest transmitted (Ethernet frames)",
-                                          labels=sl),
-            "s_drop": CounterMetricFamily(f"{s}_drops", "Frames dropped, by slave and reason",
-                                          labels=[*sl, "reason"]),
-            "s_up": GaugeMetricFamily(f"{s}_up", "1 if the guest's queues are set up (a front-end is connected)",
-                                      labels=sl),
-            "s_link": GaugeMetricFamily(f"{s}_carrier", "1 if the slave's link is up (follows its master)",
-                                        labels=sl),
-            "m_rx_p": CounterMetricFamily(f"{m}_receive_packets", "Frames read from the master", labels=["master"]),
-            "m_tx_p": CounterMetricFamily(f"{m}_transmit_packets", "Frames sent on the master", labels=["master"]),
-            "m_drop": CounterMetricFamily(f"{m}_drops", "Frames from the master dropped, by reason",
-                                          labels=["master", "reason"]),
-            "m_up": GaugeMetricFamily(f"{m}_up", "1 if the master is present, up and has carrier", labels=["master"]),
-            "m_mtu": GaugeMetricFamily(f"{m}_mtu_bytes", "The master's MTU", labels=["master"]),
-        }
-        for master, ms in self.stats().items():
-            fam["m_rx_p"].add_metric([master], ms.get("uplink_rx_packets", 0))
-            fam["m_tx_p"].add_metric([master], ms.get("uplink_tx_packets", 0))
-            for reason, n in sorted(ms.get("drops", {}).items()):
-                fam["m_drop"].add_metric([master, reason], n)
-            fam["m_up"].add_metric([master], 1.0 if ms.get("link", "up") == "up" else 0.0)
-            if "mtu" in ms:
-                fam["m_mtu"].add_metric([master], ms["mtu"])
-            for slave, ss in ms.get("slaves", {}).items():
-                lv = [master, slave]
-                fam["s_rx_p"].add_metric(lv, ss["rx_packets"])
-                fam["s_rx_b"].add_metric(lv, ss["rx_bytes"])
-                fam["s_tx_p"].add_metric(lv, ss["tx_packets"])
-                fam["s_tx_b"].add_metric(lv, ss["tx_bytes"])
-                for reason, n in sorted(ss.get("drops", {}).items()):
-                    fam["s_drop"].add_metric([*lv, reason], n)
-                fam["s_up"].add_metric(lv, 1.0 if ss["up"] else 0.0)
-                fam["s_link"].add_metric(lv, 1.0 if ss.get("link", "up") == "up" else 0.0)
-        yield from fam.values()
+    def head(self) -> str:
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.type}\n"
+
+
+S, M = f"{PREFIX}_slave", f"{PREFIX}_master"
+# In exposition order; the keys name the sample lists ``exposition`` fills.
+FAMILIES: dict[str, Family] = {
+    "s_rx_p": Family(f"{S}_receive_packets_total", "counter", "Frames delivered to the guest's RX ring"),
+    "s_rx_b": Family(f"{S}_receive_bytes_total", "counter", "Bytes delivered to the guest (Ethernet frames)"),
+    "s_tx_p": Family(f"{S}_transmit_packets_total", "counter", "Frames the guest transmitted"),
+    "s_tx_b": Family(f"{S}_transmit_bytes_total", "counter", "Bytes the guest transmitted (Ethernet frames)"),
+    "s_drop": Family(f"{S}_drops_total", "counter", "Frames dropped, by slave and reason"),
+    "s_up": Family(f"{S}_up", "gauge", "1 if the guest's queues are set up (a front-end is connected)"),
+    "s_link": Family(f"{S}_carrier", "gauge", "1 if the slave's link is up (follows its master)"),
+    "s_qp": Family(f"{S}_queue_pairs_enabled", "gauge", "Queue pairs whose receive ring takes frames"),
+    "m_rx_p": Family(f"{M}_receive_packets_total", "counter", "Frames read from the master"),
+    "m_tx_p": Family(f"{M}_transmit_packets_total", "counter", "Frames sent on the master"),
+    "m_drop": Family(f"{M}_drops_total", "counter", "Frames from the master dropped, by reason"),
+    "m_up": Family(f"{M}_up", "gauge", "1 if the master is present, up and has carrier"),
+    "m_mtu": Family(f"{M}_mtu_bytes", "gauge", "The master's MTU"),
+}
+ONE, ZERO = "1.0", "0.0"
+_go_float: Callable[[float], str] = floatToGoString  # prometheus_client's, untyped
+
+
+def _label(value: str) -> str:
+    """A label value escaped for the text format (backslash, newline, double quote)."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _number(n: float) -> str:
+    """A sample value as Prometheus writes it (Go's float formatting): ``12.0``, ``1.234567e+06``."""
+    if type(n) is int and 0 <= n < 1_000_000:  # the usual case: the same text, cheaper
+        return f"{n}.0"
+    return _go_float(n)
+
+
+def exposition(stats: dict[str, Any]) -> bytes:
+    """``stats()`` in the Prometheus text format (0.0.4), written directly.
+
+    The same bytes prometheus_client's ``generate_latest`` makes of these families
+    (tests/unit/test_metrics.py), at a fraction of its cost (6,000 samples at 1,000
+    slaves): labels in name order, only non-zero drop reasons (as ``stats()`` has them).
+    """
+    lines: dict[str, list[str]] = {key: [] for key in FAMILIES}
+    s_rx_p, s_rx_b, s_tx_p, s_tx_b = lines["s_rx_p"], lines["s_rx_b"], lines["s_tx_p"], lines["s_tx_b"]
+    s_drop, s_up, s_link = lines["s_drop"], lines["s_up"], lines["s_link"]
+    for master, ms in stats.items():
+        m = f'master="{_label(master)}"'
+        lines["m_rx_p"].append(f"{{{m}}} {_number(ms.get('uplink_rx_packets', 0))}")
+        lines["m_tx_p"].append(f"{{{m}}} {_number(ms.get('uplink_tx_packets', 0))}")
+        for reason, n in sorted(ms.get("drops", {}).items()):
+            lines["m_drop"].append(f'{{{m},reason="{_label(reason)}"}} {_number(n)}')
+        lines["m_up"].append(f"{{{m}}} {ONE if ms.get('link', 'up') == 'up' else ZERO}")
+        if "mtu" in ms:
+            lines["m_mtu"].append(f"{{{m}}} {_number(ms['mtu'])}")
+        for slave, ss in ms.get("slaves", {}).items():
+            sl = f'slave="{_label(slave)}"'
+            lv = f"{{{m},{sl}}} "
+            s_rx_p.append(lv + _number(ss["rx_packets"]))
+            s_rx_b.append(lv + _number(ss["rx_bytes"]))
+            s_tx_p.append(lv + _number(ss["tx_packets"]))
+            s_tx_b.append(lv + _number(ss["tx_bytes"]))
+            for reason, n in sorted(ss.get("drops", {}).items()):
+                s_drop.append(f'{{{m},reason="{_label(reason)}",{sl}}} {_number(n)}')
+            s_up.append(lv + (ONE if ss["up"] else ZERO))
+            s_link.append(lv + (ONE if ss.get("link", "up") == "up" else ZERO))
+            if "queues" in ss:
+                lines["s_qp"].append(lv + _number(ss["queues"]["queue_pairs_enabled"]))
+    out: list[str] = []
+    for key, fam in FAMILIES.items():
+        out.append(fam.head())
+        if lines[key]:
+            out.append(fam.name + f"\n{fam.name}".join(lines[key]) + "\n")
+    return "".join(out).encode()
 
 
 class MetricsServer:
@@ -113,8 +149,7 @@ class MetricsServer:
 
     def __init__(self, address: str, stats: StatsFunction, loop: asyncio.AbstractEventLoop) -> None:
         host, port = parse_address(address)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StatsCollector(stats))
+        self.stats = stats
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             family, _, _, _, sockaddr = infos[0]
@@ -146,7 +181,7 @@ class MetricsServer:
         """The exposition text, from a snapshot at most ``MIN_INTERVAL`` old."""
         now = time.monotonic()
         if now - self._body_at >= MIN_INTERVAL:
-            self._body = generate_latest(self.registry)
+            self._body = exposition(self.stats())
             self._body_at = now
             self.snapshots += 1
         return self._body

@@ -20,7 +20,10 @@ Rules:
 - Changes are incremental (``Chain.sync``): only the addresses that came or went
   are added to or deleted from the sets, so a change costs the same with 1 or
   1000 slaves. ``consume`` (re)writes a chain and its sets whole: the first time,
-  and after the master came back.
+  after the master came back, and when a change by difference is refused (the
+  kernel no longer holds what the daemon wrote: ``nft flush ruleset``, as
+  nftables.service's reload does). ``release`` works whether or not the chain and
+  its sets still exist.
 - Scripts run in-process through libnftables (``libnftables.so.1``, ctypes; one
   context per network namespace) when it can be loaded, else through ``nft -f -``.
 - Nothing is spliced into a script unchecked: addresses are re-formatted by
@@ -153,10 +156,7 @@ def consume(chain: str, master: str, v4_addresses: Iterable[Address], v6_address
     lines = [
         f"table {t} {{}}",
         f'add chain {t} {chain} {{ type filter hook ingress device "{master}" priority -500; }}',
-        f"add set {t} {chain}_v4 {{ type ipv4_addr; }}",
-        f"add set {t} {chain}_v6 {{ type ipv6_addr; }}",
-        f"add set {t} {chain}_t {{ typeof @th,64,128; }}",
-        f"flush chain {t} {chain}",
+        _add_sets(t, chain) + f"flush chain {t} {chain}",
         *(f"flush set {t} {name}" for name, _ in sets),
     ]
     if ip:
@@ -181,8 +181,14 @@ def release(chain: str) -> None:
     """Delete a chain and its sets (only that master's: the other chains keep their rules)."""
     chain = _word("chain name", _CHAIN, chain)
     t = f"netdev {TABLE}"
-    _run(f"table {t} {{}}\nflush chain {t} {chain}\ndelete chain {t} {chain}\n"
-         + "".join(f"delete set {t} {chain}_{s}\n" for s in ("v4", "v6", "t")))
+    _run(f"table {t} {{}}\nadd chain {t} {chain}\n{_add_sets(t, chain)}flush chain {t} {chain}\n"
+         f"delete chain {t} {chain}\n" + "".join(f"delete set {t} {chain}_{s}\n" for s in ("v4", "v6", "t")))
+
+
+def _add_sets(t: str, chain: str) -> str:
+    """The script lines that make ``chain``'s sets (nothing if they exist)."""
+    return (f"add set {t} {chain}_v4 {{ type ipv4_addr; }}\nadd set {t} {chain}_v6 {{ type ipv6_addr; }}\n"
+            f"add set {t} {chain}_t {{ typeof @th,64,128; }}\n")
 
 
 class Chain:
@@ -204,7 +210,10 @@ class Chain:
             consume(self.name, self.master, _v4(want), _v6(want), ip=self.ip)
         elif want != self.applied:
             gone, new = self.applied - want, want - self.applied
-            update(self.name, (_v4(new), _v6(new)), (_v4(gone), _v6(gone)))
+            try:
+                update(self.name, (_v4(new), _v6(new)), (_v4(gone), _v6(gone)))
+            except UplinkError:  # the kernel holds something else (flushed by someone): write it whole
+                consume(self.name, self.master, _v4(want), _v6(want), ip=self.ip)
         self.applied = want
 
     def reapply(self, addresses: Iterable[bytes]) -> None:
@@ -213,10 +222,16 @@ class Chain:
         self.sync(addresses)
 
     def release(self) -> None:
-        """Delete the chain and its sets (nothing to do if they were never made)."""
+        """Delete the chain and its sets (nothing to do if they were never made); if
+        that fails the kernel still holds them (one transaction), and so does ``applied``."""
         if self.applied is not None:
-            self.applied = None
             release(self.name)
+            self.applied = None
+
+    def forget(self) -> None:
+        """The master is gone: what the kernel held is unknown (a kernel may drop a
+        netdev chain with its device); the next ``sync`` writes the chain whole."""
+        self.applied = None
 
 
 def _v4(addresses: Iterable[bytes]) -> list[bytes]:

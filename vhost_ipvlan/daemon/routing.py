@@ -57,7 +57,8 @@ Rules:
   packet to the host link. Broadcast, multicast, unreachable, prohibit:
   ``no_route``. Every other answer is a MAC or a ``DropReason``.
 - ``invalidate`` drops the cache and, in the worker, what it knew of the master
-  (master gone or back, MAC changed); answers resolved before it are discarded.
+  (master gone or back, MAC changed); answers resolved before it are discarded
+  (a destination packets were held for meanwhile is asked again).
 """
 
 from __future__ import annotations
@@ -319,7 +320,13 @@ class Router:
             self._pending_by_guest[guest] -= 1
             if not self._pending_by_guest[guest]:
                 del self._pending_by_guest[guest]
-        if self._closed or gen != self._generation or fut.cancelled():
+        if self._closed or fut.cancelled():
+            return
+        if gen != self._generation:  # a stale answer; what was held since is asked again
+            if dst in self._held and dst not in self._pending and dst not in self._rechecks:
+                why = self._start(dst, guest, self.clock())
+                if why is not None:
+                    self._release(dst, why)
             return
         exc = fut.exception()
         hop, solicited = (UNRESOLVED, False) if exc is not None else fut.result()

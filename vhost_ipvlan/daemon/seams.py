@@ -59,6 +59,13 @@ class UplinkPort(Protocol):
         that to the kernel) or drop it."""
         ...
 
+    def batch_fd(self) -> int:
+        """A descriptor the C accelerator may ``sendmmsg`` frames to and ``recvmmsg``
+        frames from, one datagram each: the 10-byte ``virtio_net_hdr`` (no
+        num_buffers) then the Ethernet frame, exactly what ``send`` sends and ``recv``
+        reads; -1 for none (Python does all the I/O)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -139,6 +139,7 @@ class Daemon:
                     **dev.counters(),
                     "drops": counts(dev.drops, dev.slave.drops),
                     "multicast": dev.slave.mcast.describe(),
+                    "queues": dev.queue_stats(),
                     **({"learned": learned_addresses(dev.slave)} if dev.slave.learn else {}),
                 }
             out[dp.port.master] = {

@@ -25,6 +25,19 @@ PACKET_IGNORE_OUTGOING = 23
 VNET_HDR_LEN = 10
 
 
+def recv_vnet(sock: socket.socket, buf: memoryview) -> int:
+    """Read one datagram (10-byte ``virtio_net_hdr`` + frame) into ``buf`` as the
+    daemon's buffers hold it (header at 0, frame at 12): the total length, 0 if there
+    is none, -1 for one that was truncated (larger than the buffer) or a runt."""
+    try:
+        n, _, flags, _ = sock.recvmsg_into((buf[:VNET_HDR_LEN], buf[HDR_LEN:]))
+    except (BlockingIOError, InterruptedError):
+        return 0
+    if flags & socket.MSG_TRUNC or n < VNET_HDR_LEN:
+        return -1
+    return n + (HDR_LEN - VNET_HDR_LEN)
+
+
 class Uplink:
     """A raw packet socket bound to the master."""
 
@@ -55,6 +68,11 @@ class Uplink:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def batch_fd(self) -> int:
+        """The socket: PACKET_VNET_HDR makes each datagram's first 10 bytes the header
+        (the C accelerator reads it with recvmmsg, as ``recv`` does, and sends with sendmmsg)."""
+        return self.sock.fileno()
+
     def send(self, buf: memoryview, length: int) -> bool:
         """Send ``buf[:length]`` (12-byte header + frame); False if it was dropped."""
         try:
@@ -69,13 +87,7 @@ class Uplink:
 
         Returns -1 for a frame that was truncated (larger than the buffer).
         """
-        try:
-            n, _, flags, _ = self.sock.recvmsg_into((buf[:VNET_HDR_LEN], buf[HDR_LEN:]))
-        except (BlockingIOError, InterruptedError):
-            return 0
-        if flags & socket.MSG_TRUNC or n < VNET_HDR_LEN:
-            return -1
-        return n + (HDR_LEN - VNET_HDR_LEN)
+        return recv_vnet(self.sock, buf)
 
     def close(self) -> None:
         self.sock.close()

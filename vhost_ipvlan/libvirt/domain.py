@@ -39,6 +39,10 @@ Rules:
   ("web 1" and "web_1" once did), and a rename changes nothing. Each slave also
   records its ``owner``, ``libvirt:<uuid>``: the hook and the watcher change and
   remove only slaves they own for that domain.
+- The interface's ``<driver queues='N'/>`` (what libvirt gives QEMU as
+  ``-netdev vhost-user,queues=N``) becomes the slave's ``queues`` (1 to
+  ``config.MAX_QUEUES``; absent: 1). A pre-declared NIC takes it from
+  ``<vi:interface queues='N'>``.
 - Names (the domain's, the master) and paths with control characters are refused.
 - Problems are one line each, naming the domain and the interface's MAC.
 """
@@ -81,11 +85,12 @@ class SlaveRequest:
     learn: bool = False  # <vi:interface learn='yes'>: learning mode
     allow_router: bool = False  # <vi:interface allow-router='yes'>: no RA/DHCP-server guard
     owner: str = ""  # libvirt:<domain uuid>
+    queues: int = 1  # <driver queues='N'/>: virtio-net queue pairs
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"master": self.master, "name": self.name, "socket": self.socket,
                              "socket_mode": self.socket_mode, "addresses": list(self.addresses), "mac": self.mac,
-                             "owner": self.owner}
+                             "owner": self.owner, "queues": self.queues}  # queues always: a change resets it
         if self.learn:
             p["learn"] = True
         if self.allow_router:
@@ -108,6 +113,7 @@ class Interface:
     socket: str | None
     libvirt_mode: str | None
     alias: str | None
+    queues: str | None = None  # <driver queues>, checked when the interface is ours
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ class Meta:
     socket_mode: str
     learn: bool = False
     allow_router: bool = False
+    queues: str | None = None  # <vi:interface queues>: a pre-declared NIC's
 
 
 @dataclass
@@ -195,13 +202,14 @@ def parse(xml: str) -> Domain:
     for i, el in enumerate(root.findall("./devices/interface")):
         if el.get("type") != "vhostuser":
             continue
-        mac_el, src, alias = el.find("mac"), el.find("source"), el.find("alias")
+        mac_el, src, alias, driver = el.find("mac"), el.find("source"), el.find("alias"), el.find("driver")
         mac = mac_el.get("address") if mac_el is not None else None
         dom.interfaces.append(Interface(
             index=i, mac=mac.lower() if mac else None,
             socket=src.get("path") if src is not None else None,
             libvirt_mode=src.get("mode") if src is not None else None,
-            alias=alias.get("name") if alias is not None else None))
+            alias=alias.get("name") if alias is not None else None,
+            queues=driver.get("queues") if driver is not None else None))
     meta = root.find("metadata")
     if meta is not None:
         for el in [*meta.findall(f"{{{NS}}}interface"), *meta.findall(f"{{{NS}}}*/{{{NS}}}interface")]:
@@ -249,7 +257,19 @@ def _meta(domain: str, el: ET.Element) -> Meta:
     if master:
         _check(lambda: cfg.check_ifname(f"{where}: master", master))
     return Meta(mac, el.get("master"), addresses, el.get("mode"), el.get("flag"), el.get("socket"), socket_mode,
-                _BOOL[learn], _BOOL[allow_router])
+                _BOOL[learn], _BOOL[allow_router], el.get("queues"))
+
+
+def _queues(where: str, text: str | None) -> int:
+    """A NIC's queue pairs from the XML (absent: 1), with the daemon's bounds."""
+    if text is None:
+        return 1
+    try:
+        return cfg.parse_queues(where, int(text.strip()))
+    except ValueError:
+        raise DomainError(f"{where}: {text!r} is not a number of queue pairs") from None
+    except ConfigError as e:
+        raise DomainError(str(e)) from None
 
 
 _BOOL = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
@@ -311,9 +331,10 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         bad = socket_problem(iface.socket, socket_dir, role)
         if bad is not None:
             raise DomainError(f"{where}: {bad}")
+        queues = _queues(f"{where}: <driver queues>", iface.queues)
         out.append(SlaveRequest(dom.name, slave_name(dom.uuid, mac), meta.master, iface.socket,
                                 role, meta.addresses, mac, meta.mode, meta.flag,
-                                iface.alias, meta.learn, meta.allow_router, owner))
+                                iface.alias, meta.learn, meta.allow_router, owner, queues))
         seen.add(mac)
     for mac, meta in dom.meta.items():
         if mac in seen or meta.socket is None:
@@ -329,7 +350,8 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         assert dom.uuid is not None
         out.append(SlaveRequest(dom.name, slave_name(dom.uuid, mac), meta.master, meta.socket,
                                 meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag, learn=meta.learn,
-                                allow_router=meta.allow_router, owner=owner))
+                                allow_router=meta.allow_router, owner=owner,
+                                queues=_queues(f"{where}: queues", meta.queues)))
     return out
 
 

@@ -21,11 +21,16 @@ Rules:
   ``MAX_EXT_HEADERS``) for the guards that must see the upper-layer protocol
   whatever precedes it (``switch.guard``: NDP behind an extension header from a
   guest is dropped, so nothing downstream needs to walk them).
+- ``flow_hash`` spreads flows over a multiqueue guest's receive rings: the same
+  L3 addresses and TCP/UDP ports (of an unfragmented IPv4 packet, or directly
+  behind the IPv6 header) always give the same value, so one flow keeps its order;
+  anything else (ARP, non-IP) hashes to 0.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Final
 
 Frame = bytes | bytearray | memoryview
@@ -283,3 +288,30 @@ def nd_lladdr_options(frame: Frame) -> list[tuple[int, int]]:
             found.append((otype, off + 2))
         off += olen
     return found
+
+
+_IPPROTO_TCP: Final = 6
+_IPPROTO_UDP: Final = 17
+_OFF_IPV4_SRC: Final = OFF_L3 + 12
+_OFF_IPV6_SRC: Final = OFF_L3 + 8
+
+
+def flow_hash(frame: Frame) -> int:
+    """A hash of the frame's flow (see the rules): the L3 source and destination,
+    and for TCP/UDP the two ports; 0 for a frame that is not IP."""
+    if len(frame) < ETH_HLEN:
+        return 0
+    etype = frame[OFF_ETHERTYPE] << 8 | frame[OFF_ETHERTYPE + 1]
+    if etype == ETH_P_IP and len(frame) >= ETH_HLEN + IPV4_HLEN:
+        h = zlib.crc32(frame[_OFF_IPV4_SRC : _OFF_IPV4_SRC + 8])
+        ports = OFF_L3 + (frame[OFF_IPV4_VER_IHL] & 0xF) * 4
+        unfragmented = not (frame[OFF_IPV4_FRAG] & 0x3F or frame[OFF_IPV4_FRAG + 1])  # MF clear, offset 0
+        proto = frame[OFF_IPV4_PROTO]
+    elif etype == ETH_P_IPV6 and len(frame) >= ETH_HLEN + IPV6_HLEN:
+        h = zlib.crc32(frame[_OFF_IPV6_SRC : _OFF_IPV6_SRC + 32])
+        ports, unfragmented, proto = OFF_L3 + IPV6_HLEN, True, frame[OFF_IPV6_NEXT]
+    else:
+        return 0
+    if unfragmented and proto in (_IPPROTO_TCP, _IPPROTO_UDP) and len(frame) >= ports + 4:
+        h = zlib.crc32(frame[ports : ports + 4], h)
+    return h

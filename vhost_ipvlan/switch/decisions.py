@@ -44,6 +44,8 @@ class Traits:
         "frames delivered to a guest carry the master's MAC as their source (the guest's router)")
     fast_path: bool = _trait(
         "the C accelerator may forward guest -> guest unicast (it does it the l2 bridge way)")
+    fast_wire: bool = _trait(
+        "the C accelerator may send a guest's unicast to an off-host MAC out the master (l2's OUTSIDE: to_uplink)")
     routes: bool = _trait(
         "a guest's frame may be ROUTEd: the port gets a next-hop lookup (daemon.routing)")
     host_forwarding: bool = _trait(
@@ -57,13 +59,13 @@ class Traits:
 TRAIT_DOCS: Final[dict[str, str]] = {f.name: f.metadata["doc"] for f in fields(Traits)}
 
 _MODE_TRAITS: Final[dict[str, Traits]] = {
-    "l2": Traits(master_src_mac=False, fast_path=False, routes=False, host_forwarding=False, consume_ip=True,
-                 learning=True),
-    "l3": Traits(master_src_mac=True, fast_path=False, routes=True, host_forwarding=False, consume_ip=True,
-                 learning=False),
+    "l2": Traits(master_src_mac=False, fast_path=False, fast_wire=True, routes=False, host_forwarding=False,
+                 consume_ip=True, learning=True),
+    "l3": Traits(master_src_mac=True, fast_path=False, fast_wire=False, routes=True, host_forwarding=False,
+                 consume_ip=True, learning=False),
     # l3s routes IPv6 link-local destinations (the host cannot forward them), and vepa's guest -> guest
-    "l3s": Traits(master_src_mac=True, fast_path=False, routes=True, host_forwarding=True, consume_ip=False,
-                  learning=False),
+    "l3s": Traits(master_src_mac=True, fast_path=False, fast_wire=False, routes=True, host_forwarding=True,
+                  consume_ip=False, learning=False),
 }
 
 # where a flag changes a mode's traits

@@ -5,7 +5,16 @@ bytes (or None); mapping memory and closing descriptors are delegated to a
 ``Host`` given at construction, and ring life-cycle events go to a ``Device``.
 
 Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
-- Only vrings 0 (rx) and 1 (tx) exist: one queue pair (GET_QUEUE_NUM answers 1).
+- The device declares its queue pairs (``Device.num_queues``, 1 to ``MAX_QUEUE_PAIRS``,
+  read once at construction): vrings 0 .. 2N-1 exist, even = rx, odd = tx (pair
+  ``index // 2``); GET_QUEUE_NUM answers N (in pairs, as QEMU and DPDK count). Any
+  other index is a ``FrontendError``. VIRTIO_NET_F_MQ and PROTOCOL_F_MQ are offered
+  whatever N (as DPDK does): the offer stays the same when N changes between two
+  connections, and the front-end (QEMU's ``queues=``) decides how many pairs it uses.
+  Every ring is enabled or disabled on its own (SET_VRING_ENABLE per ring; QEMU turns
+  the guest's VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET into one per ring of each pair).
+  GET_CONFIG is not served (PROTOCOL_F_CONFIG is not offered): QEMU builds the device
+  config space itself, ``max_virtqueue_pairs`` from its own ``queues=``.
   A ring has at most ``MAX_RING_SIZE`` (1024) entries, QEMU's maximum: work per
   chain is bounded by the ring size.
 - A ring is *started* once it has a size, addresses, memory and a kick (SET_VRING_KICK)
@@ -44,13 +53,19 @@ from ..virtio.virtqueue import MAX_QUEUE_SIZE, SplitQueue
 from . import codec
 from .codec import F_PROTOCOL_FEATURES, Message, ProtocolFeature, Request
 
-NUM_VRINGS = 2
+#: the most queue pairs a device may declare (a slave's ``queues``: see ``config.MAX_QUEUES``)
+MAX_QUEUE_PAIRS = 16
 #: the largest ring a front-end may ask for (QEMU's VIRTQUEUE_MAX_SIZE; the spec allows
 #: 32768): a chain may hold the ring size of descriptors, and walking 32768 of them in
 #: Python took 0.2-0.4 s of the event loop per drain, every drain
 MAX_RING_SIZE = 1024
 assert MAX_RING_SIZE <= MAX_QUEUE_SIZE
-RX, TX = 0, 1
+RX, TX = 0, 1  # a vring's index & 1
+
+
+def pair_of(index: int) -> int:
+    """The queue pair a vring belongs to (vrings 2i and 2i+1: rx and tx of pair i)."""
+    return index >> 1
 
 DEFAULT_FEATURES = (
     net.bit(net.F_VERSION_1)
@@ -65,6 +80,7 @@ DEFAULT_FEATURES = (
     | net.bit(net.F_HOST_TSO4)
     | net.bit(net.F_HOST_TSO6)
     | net.bit(net.F_GUEST_ANNOUNCE)
+    | net.bit(net.F_MQ)
 )
 DEFAULT_PROTOCOL_FEATURES = (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK)
 
@@ -86,7 +102,10 @@ class Host(Protocol):
 
 
 class Device(Protocol):
-    """What a device learns about its rings."""
+    """What a device declares, and learns about its rings."""
+
+    def num_queues(self) -> int:
+        """How many queue pairs the device has (1 to ``MAX_QUEUE_PAIRS``)."""
 
     def vring_started(self, vring: Vring) -> None: ...
 
@@ -135,7 +154,11 @@ class Session:
         self.features_set = False
         self.owner = False
         self.memory: GuestMemory | None = None
-        self.vrings = [Vring(i) for i in range(NUM_VRINGS)]
+        pairs = device.num_queues()
+        if not 1 <= pairs <= MAX_QUEUE_PAIRS:
+            raise ValueError(f"a device has 1 to {MAX_QUEUE_PAIRS} queue pairs, not {pairs}")
+        self.queue_pairs = pairs
+        self.vrings = [Vring(i) for i in range(2 * pairs)]
         self._log = log
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
             Request.GET_FEATURES: self._get_features,
@@ -190,8 +213,10 @@ class Session:
         return bool(self.protocol_features >> feature & 1)
 
     def _vring(self, msg: Message, index: int) -> Vring:
-        if index >= NUM_VRINGS:
-            raise FrontendError(f"{msg.name}: vring {index} does not exist (one queue pair)")
+        if index >= len(self.vrings):
+            pairs = self.queue_pairs
+            raise FrontendError(f"{msg.name}: vring {index} does not exist ({pairs} queue pair"
+                                f"{'s' if pairs > 1 else ''}: vrings 0-{2 * pairs - 1})")
         return self.vrings[index]
 
     def _replace_fd(self, vring: Vring, attr: str, fd: int | None) -> None:
@@ -343,7 +368,7 @@ class Session:
         self.protocol_features = features
 
     def _get_queue_num(self, msg: Message) -> bytes:
-        return codec.encode(msg.request, codec.U64.pack(NUM_VRINGS // 2))
+        return codec.encode(msg.request, codec.U64.pack(self.queue_pairs))
 
     def _set_vring_enable(self, msg: Message) -> None:
         index, num = codec.vring_state(msg)

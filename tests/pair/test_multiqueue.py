@@ -1,0 +1,205 @@
+"""Multiqueue guests in-process: N queue pairs, each ring enabled on its own, RX by flow.
+
+Guest b has two queue pairs (``FakeFrontend(queues=2)``); a and c have one. The
+scenarios run with the C accelerator and in pure Python, and must agree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import ARP, Ether
+
+from tests.support.inproc import InprocPort, _Host, pure_python
+from vhost_ipvlan.daemon import fastpath
+from vhost_ipvlan.drops import DropReason
+from vhost_ipvlan.net.frames import flow_hash
+from vhost_ipvlan.vhost_user.session import Session
+
+A, B, C = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
+A4, B4, C4 = "10.0.0.10", "10.0.0.11", "10.0.0.12"
+FLOWS = 16
+
+PATHS = ["pure"] + (["fast"] if fastpath.accelerated() else [])
+
+
+def path(which: str) -> AbstractContextManager[None]:
+    return pure_python() if which == "pure" else nullcontext()
+
+
+def make_port(b_enabled: int = 2) -> InprocPort:
+    def ip(t: str) -> bytes:
+        return ipaddress.ip_address(t).packed
+
+    def mac(t: str) -> bytes:
+        return bytes.fromhex(t.replace(":", ""))
+
+    return InprocPort([("a", [ip(A4)], mac(A)), ("b", [ip(B4)], mac(B)), ("c", [ip(C4)], mac(C))],
+                      queues={"b": (2, b_enabled)})
+
+
+@pytest.fixture(params=PATHS)
+def port(request: pytest.FixtureRequest) -> Iterator[InprocPort]:
+    with path(request.param):
+        p = make_port()
+        try:
+            yield p
+        finally:
+            p.close()
+
+
+def flow(i: int, seq: int, src: str = A, src4: str = A4) -> bytes:
+    return bytes(Ether(src=src, dst=B) / IP(src=src4, dst=B4) / UDP(sport=1000 + i, dport=53) / seq.to_bytes(2, "big"))
+
+
+def send_flows(p: InprocPort, per_flow: int = 3) -> None:
+    a = p.frontends["a"]
+    for seq in range(per_flow):
+        for i in range(FLOWS):
+            a.transmit(flow(i, seq))
+        p.device("a").drain_tx()
+        a.reclaim_tx()
+
+
+def by_flow(frames: list[tuple[bytes, bytes]]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for _hdr, frame in frames:
+        pkt = Ether(frame)
+        out.setdefault(pkt[UDP].sport - 1000, []).append(int.from_bytes(bytes(pkt[UDP].payload)[:2], "big"))
+    return out
+
+
+def test_flows_spread_over_the_enabled_rings_each_flow_in_one_ring_in_order(port: InprocPort) -> None:
+    send_flows(port)
+    rings = port.frontends["b"].receive_all()
+    flows = [by_flow(r) for r in rings]
+    assert all(flows), "both RX rings get flows"
+    assert set(flows[0]).isdisjoint(flows[1]) and set(flows[0]) | set(flows[1]) == set(range(FLOWS))
+    assert all(seqs == [0, 1, 2] for f in flows for seqs in f.values())  # every frame, in order
+    for ring, f in enumerate(flows):  # the ring is the flow hash's choice
+        assert all(flow_hash(flow(i, 0)) % 2 == ring for i in f)
+    stats = port.device("b").queue_stats()
+    assert stats["queue_pairs"] == 2 and stats["queue_pairs_enabled"] == 2
+    per_queue = stats["per_queue"]
+    assert isinstance(per_queue, list)
+    assert [q["rx_packets"] for q in per_queue] == [sum(map(len, f.values())) for f in flows]
+    assert port.device("b").counters()["rx_packets"] == 3 * FLOWS
+
+
+def test_only_enabled_rings_receive_and_enabling_a_pair_takes_it_into_use() -> None:
+    for which in PATHS:
+        with path(which):
+            p = make_port(b_enabled=1)
+            try:
+                b = p.frontends["b"]
+                send_flows(p, per_flow=1)
+                assert len(b.receive(0)) == FLOWS and b.receive(1) == []
+                assert p.device("b").queue_stats()["queue_pairs_enabled"] == 1
+                b.enable_pair(1)
+                send_flows(p, per_flow=1)
+                assert b.receive(0) and b.receive(1)
+                b.enable_pair(0, False)  # the guest may use pair 1 alone
+                send_flows(p, per_flow=1)
+                assert b.receive(0) == [] and len(b.receive(1)) == FLOWS
+            finally:
+                p.close()
+
+
+def test_no_enabled_ring_is_rx_not_ready_and_the_slave_down(port: InprocPort) -> None:
+    b = port.frontends["b"]
+    b.enable_pair(0, False)
+    assert port.device("b").slave.up
+    b.enable_pair(1, False)
+    assert not port.device("b").slave.up
+    port.frontends["a"].transmit(bytes(Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=A, psrc=A4, pdst=B4)))
+    port.device("a").drain_tx()
+    assert b.receive_all() == [[], []]
+
+
+def test_every_tx_ring_is_switched(port: InprocPort) -> None:
+    b, c = port.frontends["b"], port.frontends["c"]
+    for pair in (0, 1):
+        b.transmit(bytes(Ether(src=B, dst=C) / IP(src=B4, dst=C4) / UDP(dport=7) / bytes([pair])), pair=pair)
+    port.device("b").drain_tx()
+    got = [bytes(Ether(f)[UDP].payload) for _h, f in c.receive()]
+    assert got == [b"\x00", b"\x01"]
+    per_queue = port.device("b").queue_stats()["per_queue"]
+    assert isinstance(per_queue, list) and [q["tx_packets"] for q in per_queue] == [1, 1]
+
+
+def test_a_disabled_tx_ring_is_drained_and_its_frames_discarded(port: InprocPort) -> None:
+    b, c = port.frontends["b"], port.frontends["c"]
+    b.enable_pair(1, False)
+    b.transmit(bytes(Ether(src=B, dst=C) / IP(src=B4, dst=C4) / UDP(dport=7)), pair=1)
+    port.device("b").drain_tx()
+    assert c.receive() == []
+    assert b.txqs[1].used_idx() == 1  # taken and given back, not left in the ring
+
+
+def test_a_broken_rx_ring_leaves_the_other_pair_serving() -> None:
+    for which in PATHS:
+        with path(which):
+            p = make_port()
+            try:
+                b = p.frontends["b"]
+                victim = flow_hash(flow(0, 0)) % 2
+                b.rxqs[victim].make_available(b.rxq.num + 5)  # a head beyond the ring: GuestError
+                send_flows(p, per_flow=1)
+                dev = p.device("b")
+                assert dev.drops[DropReason.QUEUE_BROKEN] == 1 and dev.slave.up
+                assert [pp.rx is None for pp in dev.pairs] == [victim == 0, victim == 1]
+                send_flows(p, per_flow=1)
+                assert len(b.receive(1 - victim)) >= FLOWS  # every flow now goes to the one ring left
+            finally:
+                p.close()
+
+
+def run_both(scenario: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for which in PATHS:
+        with path(which):
+            p = make_port(b_enabled=1 if scenario == "one" else 2)
+            try:
+                send_flows(p)
+                p.frontends["b"].transmit(bytes(Ether(src=B, dst=A) / IP(src=B4, dst=A4) / UDP()), pair=1)
+                p.device("b").drain_tx()
+                out[which] = {
+                    "received": {n: fe.receive_all() for n, fe in p.frontends.items()},
+                    "counters": {n: d.counters() for n, d in p.dp.devices.items()},
+                    "queues": {n: d.queue_stats() for n, d in p.dp.devices.items()},
+                }
+            finally:
+                p.close()
+    return out
+
+
+@pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
+@pytest.mark.parametrize("scenario", ["one", "two"])
+def test_the_accelerator_agrees_with_python(scenario: str) -> None:
+    out = run_both(scenario)
+    assert out["fast"] == out["pure"]
+
+
+def test_a_reconnection_keeps_the_device_totals() -> None:
+    """The pairs (and their counters) are the connection's; the device's totals are not:
+    what the accelerator delivered on the last connection's rings stays counted."""
+    for which in PATHS:
+        with path(which):
+            p = make_port(b_enabled=1)  # one ready ring: the accelerator delivers to b
+            try:
+                send_flows(p, per_flow=1)
+                dev = p.device("b")
+                assert dev.counters()["rx_packets"] == FLOWS
+                assert dev.session is not None
+                dev.session.close()
+                dev.detach()
+                dev.attach(Session(_Host(), dev))
+                assert dev.counters()["rx_packets"] == FLOWS
+                assert dev.queue_stats()["per_queue"] == [
+                    {"rx": "stopped", "tx": "stopped", "rx_packets": 0, "tx_packets": 0}] * 2
+            finally:
+                p.close()
