@@ -91,9 +91,10 @@ def render_traits(combos: list[tuple[str, str]]) -> list[str]:
 
 
 def _obs(o: dict[str, Any]) -> str:
-    received = o["received"]
+    received, shown = o["received"], o.get("shown")
     who = "" if received is None else " " + (",".join(received) or "-")
-    return ("✓" if o["replied"] else "✗") + who
+    words = "" if shown is None else " [" + (",".join(shown) or "-") + "]"
+    return ("✗" if o["replies"] == 0 else f"✓{o['replies']}") + who + words
 
 
 def render_conformance() -> list[str]:
@@ -107,8 +108,9 @@ def render_conformance() -> list[str]:
         "## Conformance with the kernel (observed)\n",
         "From `docs/conformance-results.json`, written by the conformance suite",
         "(`pytest tests/conformance --conformance-update`, see docs/conformance.md). A cell is",
-        "what the kernel's IPvlan did: ✓ the sender got an answer, ✗ it did not, then the",
-        "endpoints whose ICMP echo-request counter grew (`-`: none). Then `=`: vhost-ipvlan did",
+        "what the kernel's IPvlan did: ✓N the sender got N answers, ✗ none, then the endpoints",
+        "whose counter grew (ICMP echo requests, DAD neighbour solicitations or raw frames, as",
+        "the probe says; `-`: none), then [the words the sender's output showed]. Then `=`: vhost-ipvlan did",
         "the same; **D** a documented departure, with what vhost-ipvlan did; **!** an",
         "undocumented difference; `·` vhost-ipvlan refuses this mode and flag (kernel only).\n",
         "| probe | " + " | ".join(f"{m} {f}" for m, f in combos) + " |",

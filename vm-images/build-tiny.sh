@@ -3,13 +3,14 @@
 #
 # Output (outside git, cached by a hash of every build input):
 #   ${VHOST_IPVLAN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vhost-ipvlan}/images/tiny-<key>/
-#       vmlinuz  initrd.img  kernel-version  modules.load  manifest
+#       vmlinuz  initrd.img  kernel-version  modules.load  manifest  rawpkt
 #   .../images/tiny-current -> tiny-<key>      (symlink, last successful build)
 #   .../images/tiny.env                        (TINY_DIR=... TINY_KERNEL=... TINY_INITRD=...)
 # The directory is printed as the last line on stdout; progress goes to stderr.
 #
 # Needs (Debian 12, root or not): apt-get/apt-cache, dpkg-deb, cpio, busybox-static,
-# iproute2, coreutils. The kernel package is unpacked with dpkg -x, never installed.
+# iproute2, coreutils, gcc with a static libc (rawpkt). The kernel package is unpacked
+# with dpkg -x, never installed.
 set -euo pipefail
 export LC_ALL=C
 
@@ -23,7 +24,7 @@ meta_pkg=${TINY_KERNEL_META:-linux-image-cloud-amd64}
 log() { echo "build-tiny: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for tool in apt-cache apt-get dpkg-deb cpio sha256sum ldd; do
+for tool in apt-cache apt-get dpkg-deb cpio sha256sum ldd gcc; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
 [ -x "$busybox" ] || die "$busybox not found (apt-get install busybox-static)"
@@ -225,6 +226,10 @@ if [ ! -e "$root/lib64/ld-linux-x86-64.so.2" ] && [ -e /lib64/ld-linux-x86-64.so
 fi
 mkdir -p "$root/etc/iproute2"
 
+# ---- rawpkt: a raw Ethernet frame sender/counter (tiny/rawpkt.c), static ----------
+gcc -static -Os -s -Wall -Werror -o "$root/usr/bin/rawpkt" "$tiny_src/rawpkt.c" >&2 ||
+    die "cannot build tiny/rawpkt.c (needs gcc and libc6-dev's static libc)"
+
 # ---- init and config -------------------------------------------------------
 cp "$tiny_src/init" "$root/init"
 chmod 0755 "$root/init"
@@ -243,6 +248,7 @@ cp "$kroot/boot/vmlinuz-$kver" "$tmpout/vmlinuz"
 (cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet) >"$tmpout/initrd.img"
 echo "$kver" >"$tmpout/kernel-version"
 cp "$root/etc/modules.load" "$tmpout/modules.load"
+cp "$root/usr/bin/rawpkt" "$tmpout/rawpkt"  # the same binary for the test host's namespaces
 {
     echo "kernel_package=$kpkg"
     echo "kernel_package_version=$kpkgver"

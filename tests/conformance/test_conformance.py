@@ -11,7 +11,9 @@ nine combinations and rewrites that file (then regenerate docs/policy-matrix.md)
 
 Speed: one kernel guest and three daemon guests boot once per module; the kernel side
 runs in a background thread while the daemon side runs, and the daemon's mode and flag
-are switched through the control API.
+are switched through the control API. Both sides run only the probes of the selected
+tests (``-k``, ``-m``), so deselecting, say, the hairpin variants
+(``-m 'not conformance_hairpin'``) also saves their time; ``--conformance-update`` runs all.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pytest
 
 from tests.support.conformance_expect import KNOWN_BUGS, Verdict, judge
 from tests.support.conformance_nets import DaemonNet, KernelNet
-from tests.support.scenarios import COMBOS, PROBE_BY_ID, PROBES, Observation, Observations
+from tests.support.scenarios import COMBOS, PROBE_BY_ID, PROBES, Observation, Observations, Probe
 
 # A first test of a combination boots guests or waits for the kernel side: far beyond the default 300 s.
 pytestmark = [pytest.mark.conformance, pytest.mark.slow, pytest.mark.qemu, pytest.mark.netns, pytest.mark.timeout(1500)]
@@ -46,11 +48,17 @@ def refusal(combo: str, tmp: Path) -> str | None:
     return None if proc.returncode == 0 else (proc.stderr.strip() or proc.stdout.strip())
 
 
+def _mode_flag(combo: str) -> tuple[str, str]:
+    mode, flag = combo.split("-")
+    return mode, flag
+
+
 class Suite:
     """Both networks, the kernel side running in a thread, the daemon side on demand."""
 
-    def __init__(self, tmp: Path, update: bool) -> None:
+    def __init__(self, tmp: Path, update: bool, probes: tuple[Probe, ...] = PROBES) -> None:
         self.update = update
+        self.probes = PROBES if update else probes
         self.refused = {c: refusal(c, tmp) for c in COMBOS}
         self.kernel_combos = [c for c in COMBOS if update or self.refused[c] is None]
         self.kernel = KernelNet(tmp / "kernel")
@@ -82,7 +90,7 @@ class Suite:
             if self.stopping.is_set():
                 return
             try:
-                result: Observations | BaseException = self.kernel.run(*combo.split("-"))
+                result: Observations | BaseException = self.kernel.run(*_mode_flag(combo), self.probes)
             except BaseException as exc:
                 result = exc
             with self.cond:
@@ -100,7 +108,7 @@ class Suite:
 
     def daemon_result(self, combo: str) -> Observations:
         if combo not in self.daemon_obs:
-            self.daemon_obs[combo] = self.daemon.run(*combo.split("-"))
+            self.daemon_obs[combo] = self.daemon.run(*_mode_flag(combo), self.probes)
         return self.daemon_obs[combo]
 
     def stop(self) -> None:
@@ -134,10 +142,17 @@ class Suite:
         }
 
 
+def selected_probes(items: list[pytest.Item]) -> tuple[Probe, ...]:
+    """The probes (in scenario order) that at least one selected test of this module needs."""
+    wanted = {item.callspec.params["probe"] for item in items
+              if item.name.startswith("test_conformance[") and isinstance(item, pytest.Function)}
+    return tuple(p for p in PROBES if p.id in wanted)
+
+
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Suite]:
     update = bool(request.config.getoption("--conformance-update", default=False))
-    s = Suite(tmp_path_factory.mktemp("conformance"), update)
+    s = Suite(tmp_path_factory.mktemp("conformance"), update, selected_probes(request.session.items))
     try:
         s.start()
         yield s
@@ -152,6 +167,8 @@ def _cases() -> Iterator[object]:
         for p in PROBES:
             bug = KNOWN_BUGS.get((combo, p.id))
             marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
+            if p.hairpin:
+                marks.append(pytest.mark.conformance_hairpin)
             yield pytest.param(combo, p.id, id=f"{combo}/{p.id}", marks=marks)
 
 

@@ -4,6 +4,7 @@ output, departures and verdicts, and the recorded results' consistency."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,11 @@ from tests.support.scenarios import (
     SLAVES,
     Observation,
     Probe,
+    fill,
+    next_combo,
     observe,
     parse_counters,
-    replied,
+    replies,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,15 +37,22 @@ IcmpMsg: 2 2
 Ip6InReceives                   	20
 Icmp6InEchos                    	{v6}
 Icmp6InEchoReplies              	1
+Icmp6InNeighborSolicits         	{ns}
+RawIn {raw}
 """
 
 
-def snmp(v4: int, v6: int) -> str:
-    return SNMP.format(v4=v4, v6=v6)
+def snmp(v4: int, v6: int, ns: int = 0, raw: int = 0) -> str:
+    return SNMP.format(v4=v4, v6=v6, ns=ns, raw=raw)
 
 
-def test_parse_counters_reads_inechos_both_families() -> None:
-    assert parse_counters(snmp(7, 3)) == {"v4": 7, "v6": 3}
+def test_parse_counters_reads_inechos_both_families_ns_and_raw_frames() -> None:
+    assert parse_counters(snmp(7, 3, 4, 5)) == {"v4": 7, "v6": 3, "ns": 4, "raw": 5}
+
+
+def test_parse_counters_refuses_text_without_raw_count() -> None:
+    with pytest.raises(ValueError, match="rawpkt listen"):
+        parse_counters(snmp(1, 1).replace("RawIn 0", ""))
 
 
 def test_parse_counters_refuses_text_without_counters() -> None:
@@ -51,14 +61,28 @@ def test_parse_counters_refuses_text_without_counters() -> None:
 
 
 @pytest.mark.parametrize(("output", "expected"), [
-    ("2 packets transmitted, 2 packets received, 0% packet loss", True),
-    ("2 packets transmitted, 0 packets received, 100% packet loss", False),
-    ("Sent 2 probe(s) (1 broadcast(s))\nReceived 1 response(s)", True),
-    ("Sent 2 probe(s) (2 broadcast(s))\nReceived 0 response(s)", False),
-    ("ping: sendto: Network unreachable", False),
+    ("2 packets transmitted, 2 packets received, 0% packet loss", 2),
+    ("2 packets transmitted, 1 packets received, 50% packet loss", 1),  # a lost first packet shows
+    ("2 packets transmitted, 0 packets received, 100% packet loss", 0),
+    ("Sent 2 probe(s) (1 broadcast(s))\nReceived 1 response(s)", 1),
+    ("Sent 2 probe(s) (2 broadcast(s))\nReceived 0 response(s)", 0),
+    ("ping: sendto: Network unreachable", 0),
+    ("rawpkt: sent 2 of 2", 0),
 ])
-def test_replied_reads_ping_and_arping(output: str, expected: bool) -> None:
-    assert replied(output) is expected
+def test_replies_counts_ping_and_arping_answers(output: str, expected: int) -> None:
+    assert replies(output) == expected
+
+
+def test_fill_replaces_placeholders_and_refuses_unknown_ones() -> None:
+    assert fill("ping {ll:s1}%{if}", {"ll:s1": "fe80::1", "if": "br0"}) == "ping fe80::1%br0"
+    with pytest.raises(KeyError, match="mac:out"):
+        fill("rawpkt send {if} {mac:out}", {"if": "eth0"})
+
+
+def test_next_combo_changes_mode_and_flag_and_cycles() -> None:
+    assert next_combo("l2-bridge") == "l3-private"
+    assert next_combo("l3s-vepa") == "l2-bridge"
+    assert {next_combo(c) for c in COMBOS} == set(COMBOS)
 
 
 def test_observe_counts_growth_at_everyone_but_the_sender() -> None:
@@ -67,17 +91,27 @@ def test_observe_counts_growth_at_everyone_but_the_sender() -> None:
     after = {**before, "s1": {"v4": 9, "v6": 5}, "s3": {"v4": 2, "v6": 5}, "out": {"v4": 3, "v6": 5},
              "host": {"v4": 1, "v6": 7}}
     obs = observe(probe, "2 packets received", before, after)
-    assert obs == Observation(True, ("out", "s3"))  # not s1 (sender), not host (v6 grew, v4 did not)
+    assert obs == Observation(2, ("out", "s3"))  # not s1 (sender), not host (v6 grew, v4 did not)
+
+
+def test_observe_records_the_words_a_probe_looks_for() -> None:
+    probe = PROBE_BY_ID["f.dad"]
+    same = {e: {"ns": 0} for e in ENDPOINTS}
+    out = "inet6 2001:db8::100:0:11/64 scope global tentative"
+    assert observe(probe, out, same, same) == Observation(0, (), ("tentative",))
+    assert observe(PROBE_BY_ID["a.v4"], out, {e: {"v4": 0} for e in ENDPOINTS},
+                   {e: {"v4": 0} for e in ENDPOINTS}).shown is None
 
 
 def test_observe_without_counter_records_no_receivers() -> None:
     probe = PROBE_BY_ID["e.arp"]
     same = {e: {"v4": 0, "v6": 0} for e in ENDPOINTS}
-    assert observe(probe, "Received 0 response(s)", same, same) == Observation(False, None)
+    assert observe(probe, "Received 0 response(s)", same, same) == Observation(0, None)
 
 
 def test_observation_json_round_trip() -> None:
-    for obs in (Observation(True, ("host", "s1")), Observation(False, None), Observation(False, ())):
+    for obs in (Observation(2, ("host", "s1")), Observation(0, None), Observation(0, ()),
+                Observation(1, ("s1",), ("tentative",)), Observation(0, (), ())):
         assert Observation.from_json(json.loads(json.dumps(obs.to_json()))) == obs
 
 
@@ -90,8 +124,8 @@ def test_kernel_output_is_parsed_per_probe() -> None:
         after = [snmp(2 if e == "s2" else 0, 0) for e in ENDPOINTS]
         text += f"@@A {p.id}\n" + "".join(after)
     assert parse_kernel_output(text, probes) == {
-        "a.v4": Observation(True, ("s2",)),
-        "e.arp": Observation(False, None),
+        "a.v4": Observation(2, ("s2",)),
+        "e.arp": Observation(0, None),
     }
 
 
@@ -102,34 +136,51 @@ def test_kernel_output_missing_a_probe_is_an_error() -> None:
 
 def test_kernel_script_builds_the_mode_and_flag_and_runs_every_probe() -> None:
     script = kernel_script("l3s", "vepa")
-    assert script.count("type ipvlan mode l3s vepa") == 3
+    assert script.count("name s1 type ipvlan mode l3s vepa") == 1
+    assert script.count("type ipvlan mode l3s vepa") == 4  # three slaves, and back after the live change
     for p in PROBES:
         assert f"echo '@@P {p.id}'" in script
     assert "ip netns exec" not in script.split("set +e")[1]  # nsenter: no /sys remount per command
+    assert not re.search(r"\{[a-z0-9:]+\}", script)  # every placeholder filled
 
 
-DEP = Departure(("x",), ("l3*-*",), Observation(True, ("host",)), "why", "README row")
+def test_kernel_script_switches_hairpin_and_the_live_port_around_the_probes_that_ask() -> None:
+    probes = (PROBE_BY_ID["a.v4"], PROBE_BY_ID["hp.a.v4"], PROBE_BY_ID["hp.a.v6"], PROBE_BY_ID["j.flip.a"],
+              PROBE_BY_ID["x.netconf"])
+    lines = kernel_script("l2", "bridge", probes).splitlines()
+    at = {line.split()[2].strip("'"): i for i, line in enumerate(lines) if line.startswith("echo '@@P ")}
+    hairpin = [i for i, line in enumerate(lines) if "bridge_slave hairpin" in line]
+    flips = [i for i, line in enumerate(lines) if "link set dev s1 type ipvlan mode" in line]
+    assert [lines[i].split()[-1] for i in hairpin] == ["on", "off"]
+    assert at["a.v4"] < hairpin[0] < at["hp.a.v4"] < at["hp.a.v6"] < hairpin[1] < at["j.flip.a"]
+    assert lines[flips[0]].endswith("mode l3 private") and lines[flips[1]].endswith("mode l2 bridge")
+    assert at["hp.a.v6"] < flips[0] < at["j.flip.a"] < flips[1] < at["x.netconf"]
+
+
+DEP = Departure(("x",), ("l3*-*",), Observation(2, ("host",)), "why", "README row")
 
 
 @pytest.mark.parametrize(("kernel", "daemon", "verdict"), [
-    (Observation(True, ("s2",)), Observation(True, ("s2",)), Verdict.SAME),
-    (Observation(True, ("s2",)), Observation(False, ()), Verdict.DIFFERENT),
-    (Observation(True, None), Observation(True, ()), Verdict.DIFFERENT),
+    (Observation(2, ("s2",)), Observation(2, ("s2",)), Verdict.SAME),
+    (Observation(2, ("s2",)), Observation(0, ()), Verdict.DIFFERENT),
+    (Observation(2, ("s2",)), Observation(1, ("s2",)), Verdict.DIFFERENT),  # the lost first packet
+    (Observation(2, None), Observation(2, ()), Verdict.DIFFERENT),
+    (Observation(0, (), ("tentative",)), Observation(0, (), ()), Verdict.DIFFERENT),
 ])
 def test_judge_without_departure(kernel: Observation, daemon: Observation, verdict: Verdict) -> None:
     assert judge("l2-bridge", "x", kernel, daemon, (DEP,))[0] is verdict
 
 
 def test_judge_with_departure() -> None:
-    kernel = Observation(False, ())
-    assert judge("l3s-private", "x", kernel, Observation(True, ("host",)), (DEP,))[0] is Verdict.DEPARTURE
+    kernel = Observation(0, ())
+    assert judge("l3s-private", "x", kernel, Observation(2, ("host",)), (DEP,))[0] is Verdict.DEPARTURE
     # the daemon behaving like the kernel where a departure is documented fails: the list stays honest
     verdict, text = judge("l3-bridge", "x", kernel, kernel, (DEP,))
     assert verdict is Verdict.STALE_DEPARTURE and not verdict.ok and "README row" in text
     # a third behaviour, neither the kernel's nor the documented one
-    assert judge("l3-bridge", "x", kernel, Observation(True, ()), (DEP,))[0] is Verdict.DIFFERENT
+    assert judge("l3-bridge", "x", kernel, Observation(2, ()), (DEP,))[0] is Verdict.DIFFERENT
     # the pattern does not match l2
-    assert judge("l2-bridge", "x", kernel, Observation(True, ("host",)), (DEP,))[0] is Verdict.DIFFERENT
+    assert judge("l2-bridge", "x", kernel, Observation(2, ("host",)), (DEP,))[0] is Verdict.DIFFERENT
 
 
 def test_departures_never_overlap_and_name_real_probes() -> None:
@@ -167,4 +218,6 @@ def test_probe_ids_unique_and_senders_known() -> None:
     assert len(PROBE_BY_ID) == len(PROBES)
     for p in PROBES:
         assert isinstance(p, Probe) and p.sender in ENDPOINTS
-        assert (not p.pre or p.at in ENDPOINTS) and (not p.down or p.down in SLAVES)
+        assert all(at in ENDPOINTS for at, _ in (*p.pre, *p.post)) and (not p.down or p.down in SLAVES)
+        assert not p.port or p.port == "next"
+        assert p.counter in ("v4", "v6", "ns", "raw", None)
