@@ -249,3 +249,16 @@ def test_resolv_conf(tmp_path: object) -> None:
     assert resolv.dns(DaemonConfig(dns=("203.0.113.1",), dns_search=()), conf, upstream) == \
         ((ip("203.0.113.1").packed,), ())
     assert resolv.dns(DaemonConfig(), tmp_path / "missing", tmp_path / "missing2") == ((), ())
+
+
+def test_dhcp_libvirt_attribute() -> None:
+    from tests.unit.test_libvirt_domain import SOCKDIR, domain, meta, nic, vi
+    from vhost_ipvlan.errors import DomainError
+    from vhost_ipvlan.libvirt.domain import slave_requests
+
+    [r] = slave_requests(domain(nic(), meta(vi(extra=" dhcp='no'"))), SOCKDIR)
+    assert r.dhcp is False and r.params()["dhcp"] is False
+    [r] = slave_requests(domain(nic(), meta(vi())), SOCKDIR)
+    assert r.params()["dhcp"] is True
+    with pytest.raises(DomainError, match="dhcp 'maybe' is not yes or no"):
+        slave_requests(domain(nic(), meta(vi(extra=" dhcp='maybe'"))), SOCKDIR)

@@ -86,11 +86,13 @@ class SlaveRequest:
     allow_router: bool = False  # <vi:interface allow-router='yes'>: no RA/DHCP-server guard
     owner: str = ""  # libvirt:<domain uuid>
     queues: int = 1  # <driver queues='N'/>: virtio-net queue pairs
+    dhcp: bool = True  # <vi:interface dhcp='no'>: the daemon does not answer the guest's DHCPv4
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"master": self.master, "name": self.name, "socket": self.socket,
                              "socket_mode": self.socket_mode, "addresses": list(self.addresses), "mac": self.mac,
-                             "owner": self.owner, "queues": self.queues}  # queues always: a change resets it
+                             "owner": self.owner, "queues": self.queues,  # queues, dhcp always: a change resets them
+                             "dhcp": self.dhcp}
         if self.learn:
             p["learn"] = True
         if self.allow_router:
@@ -128,6 +130,7 @@ class Meta:
     learn: bool = False
     allow_router: bool = False
     queues: str | None = None  # <vi:interface queues>: a pre-declared NIC's
+    dhcp: bool = True  # <vi:interface dhcp='no'>
 
 
 @dataclass
@@ -253,11 +256,14 @@ def _meta(domain: str, el: ET.Element) -> Meta:
     allow_router = el.get("allow-router", "no")
     if allow_router not in _BOOL:
         raise DomainError(f"{where}: allow-router {allow_router!r} is not yes or no")
+    dhcp = el.get("dhcp", "yes")
+    if dhcp not in _BOOL:
+        raise DomainError(f"{where}: dhcp {dhcp!r} is not yes or no")
     master = el.get("master")
     if master:
         _check(lambda: cfg.check_ifname(f"{where}: master", master))
     return Meta(mac, el.get("master"), addresses, el.get("mode"), el.get("flag"), el.get("socket"), socket_mode,
-                _BOOL[learn], _BOOL[allow_router], el.get("queues"))
+                _BOOL[learn], _BOOL[allow_router], el.get("queues"), _BOOL[dhcp])
 
 
 def _queues(where: str, text: str | None) -> int:
@@ -334,7 +340,7 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         queues = _queues(f"{where}: <driver queues>", iface.queues)
         out.append(SlaveRequest(dom.name, slave_name(dom.uuid, mac), meta.master, iface.socket,
                                 role, meta.addresses, mac, meta.mode, meta.flag,
-                                iface.alias, meta.learn, meta.allow_router, owner, queues))
+                                iface.alias, meta.learn, meta.allow_router, owner, queues, meta.dhcp))
         seen.add(mac)
     for mac, meta in dom.meta.items():
         if mac in seen or meta.socket is None:
@@ -351,7 +357,7 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         out.append(SlaveRequest(dom.name, slave_name(dom.uuid, mac), meta.master, meta.socket,
                                 meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag, learn=meta.learn,
                                 allow_router=meta.allow_router, owner=owner,
-                                queues=_queues(f"{where}: queues", meta.queues)))
+                                queues=_queues(f"{where}: queues", meta.queues), dhcp=meta.dhcp))
     return out
 
 
