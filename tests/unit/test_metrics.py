@@ -53,6 +53,8 @@ class _Reference:
             labels = ["master", "slave"] if key.startswith("s_") else ["master"]
             if key.endswith("drop"):
                 labels.append("reason")
+            if key.endswith("dhcp"):
+                labels.append("outcome")
             kind = CounterMetricFamily if fam.type == "counter" else GaugeMetricFamily
             fams[key] = kind(fam.name.removesuffix("_total"), fam.help, labels=labels)
         for master, ms in self.stats.items():
@@ -74,6 +76,8 @@ class _Reference:
                 fams["s_link"].add_metric(lv, 1.0 if ss.get("link", "up") == "up" else 0.0)
                 if "queues" in ss:
                     fams["s_qp"].add_metric(lv, ss["queues"]["queue_pairs_enabled"])
+                for outcome, n in sorted(ss.get("dhcp", {}).items()):
+                    fams["s_dhcp"].add_metric([*lv, outcome], n)
         yield from fams.values()
 
 
@@ -89,7 +93,8 @@ STATS: dict[str, Any] = {
     "eth0": {"uplink_rx_packets": 5, "uplink_tx_packets": 1_234_567, "link": "up", "mtu": 1500,
              "drops": {"runt": 1, "master_down": 3, "mtu_exceeded": 10**9},
              "host_link": {"name": "vh0", "rx_packets": 1, "tx_packets": 2}, "address_conflicts": 0,
-             "slaves": {"vm1": _slave(1, {"src_ip_spoof": 2, "rx_ring_full": 999_999}),
+             "slaves": {"vm1": {**_slave(1, {"src_ip_spoof": 2, "rx_ring_full": 999_999}),
+                                "dhcp": {"offered": 2, "acked": 1, "naked": 1}},
                         "vm2": _slave(1_000_000, {}, up=False),
                         "vm3": _slave(0, {}, pairs=3)}},
     "bond0": {"uplink_rx_packets": 0, "uplink_tx_packets": 0, "link": "down", "drops": {},
@@ -124,6 +129,8 @@ def test_exposition_values_and_labels() -> None:
     assert samples[(p + "slave_up", (("master", "eth0"), ("slave", "vm2")))] == 0
     assert samples[(p + "slave_carrier", (("master", "bond0"), ("slave", "a-b.c")))] == 0
     assert samples[(p + "slave_queue_pairs_enabled", (("master", "eth0"), ("slave", "vm3")))] == 3
+    assert samples[(p + "slave_dhcp_messages_total", (("master", "eth0"), ("outcome", "offered"), ("slave", "vm1")))] \
+        == 2
     assert samples[(p + "master_up", (("master", "bond0"),))] == 0
     assert samples[(p + "master_up", (("master", "eth9"),))] == 1
     assert (p + "master_mtu_bytes", (("master", "bond0"),)) not in samples

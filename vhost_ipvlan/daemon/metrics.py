@@ -82,6 +82,8 @@ FAMILIES: dict[str, Family] = {
     "s_up": Family(f"{S}_up", "gauge", "1 if the guest's queues are set up (a front-end is connected)"),
     "s_link": Family(f"{S}_carrier", "gauge", "1 if the slave's link is up (follows its master)"),
     "s_qp": Family(f"{S}_queue_pairs_enabled", "gauge", "Queue pairs whose receive ring takes frames"),
+    "s_dhcp": Family(f"{S}_dhcp_messages_total", "counter",
+                     "DHCPv4 client messages the daemon answered, by slave and outcome"),
     "m_rx_p": Family(f"{M}_receive_packets_total", "counter", "Frames read from the master"),
     "m_tx_p": Family(f"{M}_transmit_packets_total", "counter", "Frames sent on the master"),
     "m_drop": Family(f"{M}_drops_total", "counter", "Frames from the master dropped, by reason"),
@@ -136,6 +138,8 @@ def exposition(stats: dict[str, Any]) -> bytes:
             s_link.append(lv + (ONE if ss.get("link", "up") == "up" else ZERO))
             if "queues" in ss:
                 lines["s_qp"].append(lv + _number(ss["queues"]["queue_pairs_enabled"]))
+            for outcome, n in sorted(ss.get("dhcp", {}).items()):
+                lines["s_dhcp"].append(f'{{{m},outcome="{_label(outcome)}",{sl}}} {_number(n)}')
     out: list[str] = []
     for key, fam in FAMILIES.items():
         out.append(fam.head())
