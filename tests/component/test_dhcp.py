@@ -10,6 +10,8 @@ default gateway; l3: the master's own address (the daemon is the guest's router)
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from scapy.packet import Packet
 from tests.component.test_hostlink import A_IP, HOST_IP, MAC_A, Lab
 from tests.support.lab import MASTER, OUT_IP, SlaveSpec, nothing_received, receive, sh
 from tests.support.wait import wait_until
+from vhost_ipvlan.control.client import Client
 
 pytestmark = [pytest.mark.netns]
 
@@ -76,3 +79,27 @@ def test_a_guest_gets_its_address_from_the_daemon_only(lab: DhcpLab) -> None:
                what="dhcp counted on a")
     assert lab.wire_count() == 0
     assert nothing_received(b, is_dhcp)
+
+
+def test_dns_follows_sighup_and_dhcp_turns_off_in_place(tmp_path: Path) -> None:
+    """``[daemon] dns`` changed by SIGHUP reaches the next OFFER; ``slave.change dhcp=false``
+    (the guest stays connected) gives the kernel's behaviour: the DISCOVER is flooded."""
+    with DhcpLab(tmp_path, "l2", [SlaveSpec("b", [f"{B_IP}/24"], MAC_B)]) as lab:
+        a, b = lab.frontend("a"), lab.frontend("b")
+        lab.config_head = '[daemon]\ndns = ["198.51.100.53"]\ndns_search = ["sighup.example"]\n'
+        lab.config.write_text(lab.config_text())
+        n = lab.log_text().count("reloaded ")
+        assert lab.daemon is not None
+        os.kill(lab.daemon.pid, signal.SIGHUP)
+        lab.wait_log("reloaded ", n)
+        a.transmit(client("discover"))
+        offer = receive(a, lambda p: DHCP in p and options(p).get("message-type") == 2, "OFFER at a")
+        assert options(offer)["name_server"] == "198.51.100.53" and options(offer)["domain"] == b"sighup.example"
+        with Client(lab.control) as c:
+            info = c.call("slave.change", {"name": "a", "dhcp": False})
+            assert info["dhcp"] is False and info["dhcp_answered"] is False and info["connected"] is True
+        lab.wire_counter("udp dport 67")
+        a.transmit(client("discover"))
+        receive(b, is_dhcp, "a's DISCOVER flooded to b")
+        wait_until(lambda: lab.wire_count() == 1, 10, what="a's DISCOVER on the wire")
+        assert nothing_received(a, lambda p: DHCP in p)

@@ -172,11 +172,11 @@ class Topology:
             dp.dns = found
 
     def _apply(self, new: Config, undo: ExitStack, where: str) -> None:
+        undo.callback(self._set_dns)  # runs after the configuration is restored
         if new.daemon != self.config.daemon:  # socket ownership: applies to sockets made from now on
             undo.callback(self._set_config, self.config)
-            undo.callback(self._set_dns)
             self.config = replace(self.config, daemon=new.daemon)
-            self._set_dns()
+        self._set_dns()  # the host's resolv.conf may have changed too (start-up, SIGHUP)
         wanted = {p.master: p for p in new.ports}
         have = {p.master for p in self.config.ports}
         for i, p in enumerate(new.ports):  # before anything changes: a missing master refuses it all
