@@ -3,12 +3,14 @@
 Input: ``cfg u8`` (``cfg % len(PAIRS)`` picks the (mode, flag): every one the policy
 implements, l2/l3/l3s x bridge/private/vepa), then records ``op u8, len u16, frame``:
 ``op & 3`` is the sender (0..2 guests a, b, c; 3 the wire). Guest a has a MAC and
-IPv4+IPv6 addresses, b a MAC and IPv4, c no MAC (learns it; learning mode in l2),
-d is down. Each verdict is acted on the way ``daemon.datapath`` does it, translation
-included (``net.translate``), on a copy of the frame.
+IPv4+IPv6 addresses, b a MAC and IPv4 (and a DHCP lease: its DHCPv4 client messages
+are answered, ``net.dhcp``), c no MAC (learns it; learning mode in l2), d is down.
+Each verdict is acted on the way ``daemon.datapath`` does it, translation included
+(``net.translate``), on a copy of the frame.
 
 Invariants: nothing raises (a frame problem is a counted drop); a verdict is one of
-the policy's; TO_SLAVE names a slave of the port that is up; a frame for the wire,
+the policy's; TO_SLAVE names a slave of the port that is up; ANSWER(DHCP) only for a
+slave with a lease, and its reply goes to the sender's MAC or broadcast; a frame for the wire,
 once translated, carries the master's MAC as its Ethernet (and ARP sender) source,
 never a guest's; translation never changes a frame's length; the port's tables stay
 consistent (every owner a slave that has the address, MACs unique, learning limits).
@@ -16,11 +18,12 @@ consistent (every owner a slave that has the address, MACs unique, learning limi
 
 from __future__ import annotations
 
+from vhost_ipvlan.net import dhcp
 from vhost_ipvlan.net.translate import hairpin_to_wire, to_guest, to_wire
 from vhost_ipvlan.switch import source
 from vhost_ipvlan.switch.decisions import DECISIONS
 from vhost_ipvlan.switch.port import MAX_LEARNED_LINK_LOCALS, Port, Slave
-from vhost_ipvlan.switch.verdict import ANSWER, DROP, FLOOD, PASS, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
+from vhost_ipvlan.switch.verdict import ANSWER, DHCP, DROP, FLOOD, PASS, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 
 from .common import Reader, check
 
@@ -36,6 +39,7 @@ ADDRS = {
 GUEST_ACTIONS = {TO_SLAVE, TO_UPLINK, FLOOD, DROP, TO_HOST, ROUTE, ANSWER}
 UPLINK_ACTIONS = {TO_SLAVE, FLOOD, PASS, DROP, ANSWER}
 
+_NETWORK = dhcp.Network(bytes([10, 0, 0, 1]), bytes([10, 0, 0, 254]), 1500, (bytes([10, 0, 0, 53]),), ("fuzz.example",))
 
 def _make_port(cfg: int) -> tuple[Port, list[Slave]]:
     mode, flag = PAIRS[cfg % len(PAIRS)]
@@ -44,6 +48,7 @@ def _make_port(cfg: int) -> tuple[Port, list[Slave]]:
     slaves = [port.add_slave(n, ADDRS[n], mac=MACS.get(n), learn=(n == "c" and mode == "l2")) for n in "abcd"]
     for s in slaves[:3]:
         s.up = True
+    slaves[1].dhcp = dhcp.Lease(tuple((a, 24) for a in ADDRS["b"] if len(a) == 4), "b")
     return port, slaves
 
 
@@ -79,6 +84,11 @@ def _act_guest(port: Port, sender: Slave, frame: bytes) -> None:
         to_guest(buf, n, arg.mac, port.master_mac)  # type: ignore[union-attr]
     elif action == ROUTE:
         check(port.mode != "l2", "ROUTE in mode l2")
+    elif action == ANSWER and arg == DHCP:
+        check(sender.dhcp is not None, f"ANSWER(DHCP) for {sender!r}, which has no lease")
+        assert sender.dhcp is not None and mac is not None
+        _, reply = dhcp.answer(frame, sender.dhcp, _NETWORK, port.master_mac)
+        check(reply is None or reply[:6] in (mac, b"\xff" * 6), "a DHCP reply to another MAC")
     check(len(buf) == n, "translation changed the frame's length")
 
 
