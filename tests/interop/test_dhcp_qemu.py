@@ -1,6 +1,7 @@
 """A stock DHCP client in a real guest: busybox ``udhcpc`` in the tiny guest (no address on
 its kernel command line) gets its address, prefix, router, DNS, MTU and host name from
 the daemon, then reaches the outside, in l2 and l3 (a /32 too: classless static routes).
+The lab's Debian image (systemd-networkd, a client-id client) too, where it was built.
 
     vm1 (udhcpc; slave 192.0.2.10/24) -- vhost-ipvlan -- vim0 (ns host, 192.0.2.2/24,
                                                           default via 192.0.2.1) <== veth ==> vio0 (ns out, 192.0.2.1)
@@ -8,6 +9,8 @@ the daemon, then reaches the outside, in l2 and l3 (a /32 too: classless static 
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 
 from tests.support.guest import Guest
 from tests.support.lab import MASTER, OUT_IP, Lab, SlaveSpec, sh
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.qemu, pytest.mark.netns]
 
@@ -75,3 +79,43 @@ def test_udhcpc_configures_the_guest(lab: DhcpLab, tmp_path: Path) -> None:
         vm.check(f"ping -c 2 -W 5 {OUT_IP}", timeout=60)  # the address works
         stats = lab.slave_stats("vm1")
         assert stats["dhcp"].get("offered", 0) >= 1 and stats["dhcp"].get("acked", 0) >= 1
+
+
+def debian_image() -> Path | None:
+    """The lab's Debian 12 image (vm-images/build-debian.sh), if it was built here."""
+    cache = os.environ.get("VHOST_IPVLAN_CACHE") or \
+        str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vhost-ipvlan")
+    image = Path(cache) / "images" / "debian12-current"
+    return image if (image / "disk.qcow2").exists() else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(debian_image() is None, reason="no Debian lab image (vm-images/build-debian.sh)")
+@pytest.mark.parametrize("mode", ["l2", "l3"])
+def test_debian_systemd_networkd_gets_its_address(tmp_path: Path, mode: str) -> None:
+    """The Debian lab image with nothing on its command line: systemd-networkd's
+    90-dhcp.network (DHCP=ipv4, its DUID as client identifier, RFC 4361) configures the
+    NIC from the daemon; the outside then reaches the guest at the slave's address."""
+    image = debian_image()
+    assert image is not None
+    with DhcpLab(tmp_path, [SlaveSpec("deb", [f"{VM_IP}/24"], VM_MAC)], mode=mode,
+                 master_addresses=(f"{HOST_IP}/24",)) as lab:
+        qemu = subprocess.Popen([
+            "qemu-system-x86_64", "-accel", "tcg", "-machine", "pc,memory-backend=mem", "-cpu", "max",
+            "-m", "512M", "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-nographic",
+            "-nodefaults", "-no-user-config", "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
+            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0",
+            "-drive", f"file={image / 'disk.qcow2'},if=virtio,snapshot=on",
+            "-chardev", f"file,id=con0,path={tmp_path / 'console.log'}", "-serial", "chardev:con0",
+            "-chardev", f"socket,id=c0,path={lab.sock('deb')},reconnect=1",
+            "-netdev", "vhost-user,id=n0,chardev=c0",
+            "-device", f"virtio-net-pci,netdev=n0,mac={VM_MAC},vectors=0",
+        ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            wait_until(lambda: lab.out_run("ping", "-c", "1", "-W", "2", VM_IP).returncode == 0, 400,
+                       what="the Debian guest answering at its DHCP address", interval=3)
+            dhcp = lab.slave_stats("deb")["dhcp"]
+            assert dhcp.get("offered", 0) >= 1 and dhcp.get("acked", 0) >= 1
+        finally:
+            qemu.kill()
+            qemu.wait()
