@@ -23,7 +23,7 @@
  *       port says the sender owns);
  *     - destination address in ``table`` (built by Python from the port: only up
  *       slaves whose RX queue is started and enabled), destination MAC == that
- *       target's MAC, target != sender;
+ *       target's MAC (the sender's own address too: l2 gives it back, as Python);
  *     - the header's offloads are ones the target negotiated;
  *     - the target's next RX chain is one writable descriptor big enough.
  *   To the wire (``wire`` is not None: Python gives it only for ``fast_wire``
@@ -62,7 +62,10 @@
  *   vhost_ipvlan/drops.py reason; so no index of that registry is repeated here
  *   (tests/unit/test_drops.py checks this file names no drop counter).
  *
- * table: {dst_ip_bytes: (rxq, mac_bytes, caps_int, counters_bytearray16, device)}
+ * table: {dst_ip_bytes: (rings, mac_bytes, caps_int, device)}, rings a tuple of the
+ *   target's ready RX rings, each (rxq, counters_bytearray16), in Python's order: with
+ *   one, frames go there unseen; with several, into rings[flow_hash % len(rings)]
+ *   (flow_hash below is net/frames.py's, byte for byte), as device.py's deliver.
  *   caps: bit 0 takes NEEDS_CSUM, bit 1 takes ECN, bits 8..15 the gso_type mask.
  *   counters: two native u64, rx packets and rx bytes, added to by C.
  * dirty: a set; the target's ``device`` is added once it received a frame (Python
@@ -386,7 +389,7 @@ static int rx_put(queue_t *q, const char *src, uint32_t len)
 }
 
 typedef struct {
-    PyObject *key; /* the table value tuple, borrowed */
+    PyObject *key; /* the ring's (rxq, counters) tuple, borrowed */
     queue_t q;
     Py_buffer counters;
     int added;
@@ -419,12 +422,76 @@ static int targets_close(targets_t *ts)
     return rc;
 }
 
-/* Put buf[:len] (12-byte header + frame; num_buffers set here) into the RX ring of the
- * table entry ``value`` (rxq, mac, caps, counters, device) if the target negotiated its
- * offloads and its next chain is one writable descriptor big enough. Returns 1 when
- * delivered (counted, the device added to ``dirty``), 0 when Python must take it, -1 on
- * a Python-level error (exception set, nothing delivered), 2 when delivered but adding
- * the device to ``dirty`` failed (exception set). */
+/* CRC-32 (IEEE 802.3, reflected 0xEDB88320), as zlib.crc32: ``crc`` is the value so far
+ * (0 to start), the result can be passed on. */
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n)
+{
+    crc = ~crc;
+    while (n--)
+        crc = crc_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* net/frames.py's flow_hash, byte for byte (the same value for every input): the L3
+ * source and destination, and for TCP/UDP of an unfragmented IPv4 packet (or directly
+ * behind the IPv6 header) the two ports; 0 for a frame that is not IP. ``f`` is the
+ * Ethernet frame, ``n`` its length. */
+static uint32_t flow_hash(const unsigned char *f, uint32_t n)
+{
+    if (n < ETH_HLEN)
+        return 0;
+    uint16_t etype = (uint16_t)(f[12] << 8 | f[13]);
+    uint32_t h, ports;
+    int unfragmented, proto;
+    if (etype == 0x0800 && n >= ETH_HLEN + 20) {
+        h = crc32_update(0, f + ETH_HLEN + 12, 8);
+        ports = ETH_HLEN + (uint32_t)(f[ETH_HLEN] & 0xF) * 4;
+        unfragmented = !((f[ETH_HLEN + 6] & 0x3F) | f[ETH_HLEN + 7]); /* MF clear, offset 0 */
+        proto = f[ETH_HLEN + 9];
+    } else if (etype == 0x86DD && n >= ETH_HLEN + 40) {
+        h = crc32_update(0, f + ETH_HLEN + 8, 32);
+        ports = ETH_HLEN + 40;
+        unfragmented = 1;
+        proto = f[ETH_HLEN + 6];
+    } else
+        return 0;
+    if (unfragmented && (proto == 6 || proto == 17) && n >= ports + 4)
+        h = crc32_update(h, f + ports, 4);
+    return h;
+}
+
+/* flow_hash(frame) -> int: the C accelerator's ring choice, for the tests (frames.flow_hash's twin). */
+static PyObject *py_flow_hash(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS))
+        return NULL;
+    uint32_t h = (uint64_t)b.len > UINT32_MAX ? 0 : flow_hash(b.buf, (uint32_t)b.len);
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(h);
+}
+
+/* Put buf[:len] (12-byte header + frame; num_buffers set here) into an RX ring of the
+ * table entry ``value`` (rings, mac, caps, device), ``rings`` a tuple of (rxq, counters):
+ * the only one, or with several the flow's (flow_hash modulo their number, as
+ * device.py's deliver), if the target negotiated its offloads and the ring's next chain
+ * is one writable descriptor big enough. Returns 1 when delivered (counted, the device
+ * added to ``dirty``), 0 when Python must take it, -1 on a Python-level error (exception
+ * set, nothing delivered), 2 when delivered but adding the device to ``dirty`` failed
+ * (exception set). */
 static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t len, PyObject *dirty)
 {
     long caps = PyLong_AsLong(PyTuple_GET_ITEM(value, 2));
@@ -432,17 +499,30 @@ static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t 
         return -1;
     if ((buf[0] | buf[1]) && !offload_ok(buf[0], buf[1], caps))
         return 0;
+    PyObject *rings = PyTuple_GET_ITEM(value, 0);
+    Py_ssize_t nrings = PyTuple_Check(rings) ? PyTuple_GET_SIZE(rings) : 0;
+    if (nrings < 1) {
+        PyErr_SetString(PyExc_TypeError, "_fastpath: bad rings in a table entry");
+        return -1;
+    }
+    PyObject *ring = PyTuple_GET_ITEM(rings, 0); /* one ring: no look at the frame */
+    if (nrings > 1)
+        ring = PyTuple_GET_ITEM(rings, (Py_ssize_t)(flow_hash(buf + HDR_LEN, len - HDR_LEN) % (uint64_t)nrings));
+    if (!PyTuple_Check(ring) || PyTuple_GET_SIZE(ring) != 2) {
+        PyErr_SetString(PyExc_TypeError, "_fastpath: bad ring in a table entry");
+        return -1;
+    }
     target_t *t = NULL;
     for (int i = 0; i < ts->n; i++)
-        if (ts->t[i].key == value)
+        if (ts->t[i].key == ring)
             t = &ts->t[i];
     if (!t) {
         if (ts->n == MAX_TARGETS)
             return 0;
         t = &ts->t[ts->n];
-        if (queue_open(&t->q, PyTuple_GET_ITEM(value, 0)))
+        if (queue_open(&t->q, PyTuple_GET_ITEM(ring, 0)))
             return -1;
-        if (PyObject_GetBuffer(PyTuple_GET_ITEM(value, 3), &t->counters, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(ring, 1), &t->counters, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)) {
             queue_release(&t->q);
             return -1;
         }
@@ -452,7 +532,7 @@ static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t 
             PyErr_SetString(PyExc_ValueError, "_fastpath: counters buffer too small");
             return -1;
         }
-        t->key = value;
+        t->key = ring;
         t->added = 0;
         ts->n++;
     }
@@ -464,7 +544,7 @@ static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t 
     cnt[0] += 1;
     cnt[1] += len - HDR_LEN;
     if (!t->added) {
-        if (PySet_Add(dirty, PyTuple_GET_ITEM(value, 4)))
+        if (PySet_Add(dirty, PyTuple_GET_ITEM(value, 3)))
             return 2;
         t->added = 1;
     }
@@ -642,13 +722,13 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             memcpy(dst_key, daddr, (size_t)alen);
             dst_len = alen;
         }
-        if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 5) {
+        if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 4) {
             PyErr_SetString(PyExc_TypeError, "forward_burst: bad table entry");
             error = 1;
             break;
         }
-        PyObject *tq = PyTuple_GET_ITEM(value, 0), *tmac = PyTuple_GET_ITEM(value, 1);
-        if (tq == txq_obj || !PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6 ||
+        PyObject *tmac = PyTuple_GET_ITEM(value, 1);
+        if (!PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6 ||
             memcmp(eth, PyBytes_AS_STRING(tmac), 6) != 0)
             break;
         int r = deliver(&targets, value, buf, len, dirty);
@@ -867,7 +947,7 @@ static PyObject *uplink_burst(PyObject *module, PyObject *const *args, Py_ssize_
                     memcpy(dst_key, daddr, (size_t)alen);
                     dst_len = alen;
                 }
-                PyObject *tmac = PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 5 ? PyTuple_GET_ITEM(value, 1) : NULL;
+                PyObject *tmac = PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 4 ? PyTuple_GET_ITEM(value, 1) : NULL;
                 if (!tmac || !PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6) {
                     PyErr_SetString(PyExc_TypeError, "uplink_burst: bad table entry");
                     fatal = -1;
@@ -939,6 +1019,7 @@ static PyMethodDef methods[] = {
      "(status, length, frames, bytes, wire_sent, wire_failed)"},
     {"uplink_burst", (PyCFunction)(void (*)(void))uplink_burst, METH_FASTCALL,
      "uplink_burst(fd, buf, table, master_mac, wire_macs, budget, dirty, slow) -> (status, detail, delivered)"},
+    {"flow_hash", py_flow_hash, METH_O, "flow_hash(frame) -> int: net.frames.flow_hash computed in C"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -948,6 +1029,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
+    crc_init();
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 
 import pytest
 from hypothesis import given
@@ -21,6 +22,8 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
+from tests.support.flows import random_flow
+from vhost_ipvlan.daemon import fastpath
 from vhost_ipvlan.net import addr, frames
 from vhost_ipvlan.net.frames import classify
 
@@ -258,3 +261,36 @@ def test_flow_hash_ignores_ports_of_fragments_and_is_zero_for_non_ip() -> None:
 def test_flow_hash_never_raises(data: bytes) -> None:
     for etype in (b"\x08\x00", b"\x86\xdd"):
         frames.flow_hash(bytes(12) + etype + data)
+
+
+# -- the C accelerator's flow_hash: the same ring as Python's ---------------------------------------
+
+needs_c = pytest.mark.skipif(fastpath.ext is None, reason="the C accelerator is not built")
+
+
+@needs_c
+def test_the_c_flow_hash_is_python_s_for_random_flows_and_every_truncation() -> None:
+    """IPv4/IPv6, TCP/UDP/other, fragments, options, an IPv6 Fragment header; and
+    every prefix of some of them (the length checks at each boundary)."""
+    assert fastpath.ext is not None
+    rng = random.Random(11)
+    srcs4, dsts4 = [f"10.0.{i}.1" for i in range(4)], [f"10.1.{i}.2" for i in range(4)]
+    srcs6, dsts6 = [f"fd00::{i:x}" for i in range(1, 5)], [f"2001:db8::{i:x}" for i in range(1, 5)]
+    hashes = set()
+    for i in range(3000):
+        f = random_flow(rng, "02:00:00:00:00:01", "02:00:00:00:00:02", srcs4, dsts4, srcs6, dsts6)
+        assert fastpath.ext.flow_hash(f) == frames.flow_hash(f), f.hex()
+        hashes.add(frames.flow_hash(f) % 4)
+        if i % 100 == 0:
+            for n in range(len(f) + 1):
+                assert fastpath.ext.flow_hash(f[:n]) == frames.flow_hash(f[:n]), (n, f.hex())
+    assert hashes == {0, 1, 2, 3}
+
+
+@needs_c
+@given(st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x81\x00"]), st.binary(max_size=80))
+def test_the_c_flow_hash_is_python_s_for_any_bytes(etype: bytes, data: bytes) -> None:
+    assert fastpath.ext is not None
+    frame = bytes(12) + etype + data
+    assert fastpath.ext.flow_hash(frame) == frames.flow_hash(frame)
+    assert fastpath.ext.flow_hash(bytearray(frame)) == frames.flow_hash(memoryview(frame))

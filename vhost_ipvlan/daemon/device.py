@@ -17,8 +17,9 @@ Rules:
   does not change its enabled pairs (the kernel's own choice, not the pair the
   guest last sent on, which would move a flow whenever the guest's sending CPU
   changes). The slave is up while at least one RX ring is ready. The C
-  accelerator drains any TX ring and delivers only to guests with exactly one
-  ready RX ring; frames for the others go through Python (``fastpath``).
+  accelerator drains any TX ring and chooses the RX ring the same way, with the
+  same hash computed in C (``fastpath``); with one ready ring neither looks at
+  the frame.
 - No per-frame allocation beyond memoryview slices: one buffer per TX queue,
   allocated when first used (an idle slave holds none); verdicts are ints.
 - A frame this receiver cannot take (ring full, offload it did not negotiate, too

@@ -15,10 +15,12 @@ Rules:
   drops it, vepa sends it to the wire, so their table is empty; ``fast_wire``: l2,
   every flag, sends a guest's unicast to an off-host MAC out the master; l3/l3s
   use neither: ``tests/pair/test_fastpath.py`` checks they equal pure Python),
-  and the table holds only targets that are up, have a known MAC and exactly one
-  ready (started and enabled) RX ring: its pair's counters take the deliveries.
-  Frames for a multiqueue guest with several ready RX rings go to Python, which
-  picks the ring by flow (``device.py``); any TX ring is drained by C.
+  and the table holds only targets that are up, have a known MAC and at least one
+  ready (started and enabled) RX ring. An entry holds the target's ready rings in
+  ``NetDevice.rx_ready``'s order, each with its pair's counters: with one, C
+  delivers there without a look at the frame; with several, into the flow's ring,
+  ``frames.flow_hash`` (computed by C, byte for byte the same: ``ext.flow_hash``)
+  modulo their number, as ``NetDevice.deliver``. Any TX ring is drained by C.
 - From the wire (``uplink_burst``, ``fast_wire`` ports): the same table, the
   master's MAC and the port's ``wire_macs``; C delivers what l2 would deliver to
   one guest unchanged but for the destination MAC, and gives every other frame, in
@@ -33,9 +35,10 @@ Rules:
   ring/up-state change) and the number of devices.
 - ``_fastpath.c`` reads ``SplitQueue``/``GuestMemory`` attributes by name (see the
   notes in ``virtio/virtqueue.py`` and ``virtio/memory.py``) and a table entry is
-  ``(rxq, mac, caps, counters, device)``: ``caps`` packs what the target negotiated,
-  the same facts ``virtio.net.offload_ok`` checks in Python (``caps`` below is the
-  one definition of the bit layout); ``counters`` is ``DeviceCounters.rx``.
+  ``(rings, mac, caps, device)``: ``rings`` a tuple of ``(rxq, counters)``, one per
+  ready RX ring (``counters`` is ``QueuePair.fast_rx``); ``caps`` packs what the
+  target negotiated, the same facts ``virtio.net.offload_ok`` checks in Python
+  (``caps`` below is the one definition of the bit layout).
 """
 
 from __future__ import annotations
@@ -157,9 +160,9 @@ class PortTable:
     def _rebuild(self) -> None:
         entries: dict[str, tuple[object, ...]] = {}
         for name, d in self.devices.items():
-            pair = d.sole_rx()  # a guest with several ready RX rings: Python chooses by flow
-            if d.slave.up and pair is not None and d.slave.mac is not None:
-                entries[name] = (pair.rx, d.slave.mac, caps(d.takes_csum, d.ecn, d.gso_mask), pair.fast_rx, d)
+            rings = tuple((p.rx, p.fast_rx) for p in d.rx_ready)  # C picks one by flow as deliver does
+            if d.slave.up and rings and d.slave.mac is not None:
+                entries[name] = (rings, d.slave.mac, caps(d.takes_csum, d.ecn, d.gso_mask), d)
         table: dict[bytes, tuple[object, ...]] = {}
         for addr, owner in self.port.by_addr.items():
             entry = entries.get(owner.name)

@@ -24,7 +24,9 @@ Rules:
 - ``flow_hash`` spreads flows over a multiqueue guest's receive rings: the same
   L3 addresses and TCP/UDP ports (of an unfragmented IPv4 packet, or directly
   behind the IPv6 header) always give the same value, so one flow keeps its order;
-  anything else (ARP, non-IP) hashes to 0.
+  anything else (ARP, non-IP) hashes to 0. ``_fastpath.c`` computes it too, to pick
+  the same ring: a change here is a change there (``tests/unit/test_frames.py``
+  compares the two).
 """
 
 from __future__ import annotations
