@@ -11,8 +11,8 @@ nine combinations and rewrites that file (then regenerate docs/policy-matrix.md)
 
 Speed: one kernel guest and three daemon guests boot once per module; the kernel side
 runs in a background thread while the daemon side runs, and the daemon's mode and flag
-are switched through the control API. Both sides run only the probes of the selected
-tests (``-k``, ``-m``), so deselecting, say, the hairpin variants
+are switched through the control API. Both sides run only the probes and combinations of
+the selected tests (``-k``, ``-m``), so deselecting, say, the hairpin variants
 (``-m 'not conformance_hairpin'``) also saves their time; ``--conformance-update`` runs all.
 """
 
@@ -56,11 +56,12 @@ def _mode_flag(combo: str) -> tuple[str, str]:
 class Suite:
     """Both networks, the kernel side running in a thread, the daemon side on demand."""
 
-    def __init__(self, tmp: Path, update: bool, probes: tuple[Probe, ...] = PROBES) -> None:
+    def __init__(self, tmp: Path, update: bool, probes: tuple[Probe, ...] = PROBES,
+                 combos: tuple[str, ...] = COMBOS) -> None:
         self.update = update
         self.probes = PROBES if update else probes
         self.refused = {c: refusal(c, tmp) for c in COMBOS}
-        self.kernel_combos = [c for c in COMBOS if update or self.refused[c] is None]
+        self.kernel_combos = [c for c in COMBOS if update or (self.refused[c] is None and c in combos)]
         self.kernel = KernelNet(tmp / "kernel")
         self.daemon = DaemonNet(tmp / "daemon")
         self.kernel_obs: dict[str, Observations | BaseException] = {}
@@ -142,17 +143,19 @@ class Suite:
         }
 
 
-def selected_probes(items: list[pytest.Item]) -> tuple[Probe, ...]:
-    """The probes (in scenario order) that at least one selected test of this module needs."""
-    wanted = {item.callspec.params["probe"] for item in items
-              if item.name.startswith("test_conformance[") and isinstance(item, pytest.Function)}
-    return tuple(p for p in PROBES if p.id in wanted)
+def selected(items: list[pytest.Item], param: str) -> set[str]:
+    """The values of ``param`` ("combo" or "probe") that at least one selected test needs."""
+    return {str(item.callspec.params[param]) for item in items
+            if item.name.startswith("test_conformance[") and isinstance(item, pytest.Function)}
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Suite]:
     update = bool(request.config.getoption("--conformance-update", default=False))
-    s = Suite(tmp_path_factory.mktemp("conformance"), update, selected_probes(request.session.items))
+    probes = selected(request.session.items, "probe")
+    combos = selected(request.session.items, "combo")
+    s = Suite(tmp_path_factory.mktemp("conformance"), update, tuple(p for p in PROBES if p.id in probes),
+              tuple(c for c in COMBOS if c in combos))
     try:
         s.start()
         yield s

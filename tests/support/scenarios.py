@@ -91,7 +91,7 @@ class Probe:
     sender: str
     cmd: str
     counter: str | None  # "v4" | "v6" | "ns" | "raw" | None (nothing to count)
-    ref: str  # the reference row (§12.1 letter) or README row it exercises
+    ref: str  # the row of docs/kernel-behaviour.md §8.1 (its letter) or README row it exercises
     pre: tuple[tuple[str, str], ...] = ()
     post: tuple[tuple[str, str], ...] = ()
     down: str = ""
@@ -116,45 +116,45 @@ def _dad_settled(addr: str) -> str:
 
 
 _BASE: Final[tuple[Probe, ...]] = (
-    Probe("a.v4", "slave -> other slave, IPv4 ping", "s1", f"{PING} {ADDR4['s2']}", "v4", "§12.1 a"),
-    Probe("a.v6", "slave -> other slave, IPv6 ping", "s1", f"{PING} -6 {ADDR6['s2']}", "v6", "§12.1 a"),
-    Probe("b.s2o.v4", "slave -> outside, IPv4 ping", "s1", f"{PING} {OUT4}", "v4", "§12.1 b"),
-    Probe("b.s2o.v6", "slave -> outside, IPv6 ping", "s1", f"{PING} -6 {OUT6}", "v6", "§12.1 b"),
-    Probe("b.o2s.v4", "outside -> slave, IPv4 ping", "out", f"{PING} {ADDR4['s1']}", "v4", "§12.1 b"),
-    Probe("b.o2s.v6", "outside -> slave, IPv6 ping", "out", f"{PING} -6 {ADDR6['s1']}", "v6", "§12.1 b"),
-    Probe("c.s2h.v4", "slave -> host's address on the master, IPv4", "s1", f"{PING} {HOST4}", "v4", "§12.1 c"),
-    Probe("c.s2h.v6", "slave -> host's address on the master, IPv6", "s1", f"{PING} -6 {HOST6}", "v6", "§12.1 c"),
-    Probe("c.h2s.v4", "host -> slave, IPv4", "host", f"{PING} {ADDR4['s1']}", "v4", "§12.1 c"),
-    Probe("c.h2s.v6", "host -> slave, IPv6", "host", f"{PING} -6 {ADDR6['s1']}", "v6", "§12.1 c"),
-    Probe("d.mping4", "slave multicast ping 224.0.0.1", "s1", f"{PING} -I {{if}} 224.0.0.1", "v4", "§12.1 d",
+    Probe("a.v4", "slave -> other slave, IPv4 ping", "s1", f"{PING} {ADDR4['s2']}", "v4", "§8.1 a"),
+    Probe("a.v6", "slave -> other slave, IPv6 ping", "s1", f"{PING} -6 {ADDR6['s2']}", "v6", "§8.1 a"),
+    Probe("b.s2o.v4", "slave -> outside, IPv4 ping", "s1", f"{PING} {OUT4}", "v4", "§8.1 b"),
+    Probe("b.s2o.v6", "slave -> outside, IPv6 ping", "s1", f"{PING} -6 {OUT6}", "v6", "§8.1 b"),
+    Probe("b.o2s.v4", "outside -> slave, IPv4 ping", "out", f"{PING} {ADDR4['s1']}", "v4", "§8.1 b"),
+    Probe("b.o2s.v6", "outside -> slave, IPv6 ping", "out", f"{PING} -6 {ADDR6['s1']}", "v6", "§8.1 b"),
+    Probe("c.s2h.v4", "slave -> host's address on the master, IPv4", "s1", f"{PING} {HOST4}", "v4", "§8.1 c"),
+    Probe("c.s2h.v6", "slave -> host's address on the master, IPv6", "s1", f"{PING} -6 {HOST6}", "v6", "§8.1 c"),
+    Probe("c.h2s.v4", "host -> slave, IPv4", "host", f"{PING} {ADDR4['s1']}", "v4", "§8.1 c"),
+    Probe("c.h2s.v6", "host -> slave, IPv6", "host", f"{PING} -6 {ADDR6['s1']}", "v6", "§8.1 c"),
+    Probe("d.mping4", "slave multicast ping 224.0.0.1", "s1", f"{PING} -I {{if}} 224.0.0.1", "v4", "§8.1 d",
           pre=(("s1", _DEAF),), post=(("s1", _HEARING),)),
-    Probe("d.mping6", "slave multicast ping ff02::1", "s1", f"{PING} -6 -I {{if}} ff02::1", "v6", "§12.1 d",
+    Probe("d.mping6", "slave multicast ping ff02::1", "s1", f"{PING} -6 -I {{if}} ff02::1", "v6", "§8.1 d",
           pre=(("s1", _DEAF),), post=(("s1", _HEARING),)),
     Probe("e.arp", "outside ARP request for a slave's address", "out",
-          f"busybox arping -c {COUNT} -w {WAIT} -I {{if}} {ADDR4['s1']}", None, "§12.1 e"),
+          f"busybox arping -c {COUNT} -w {WAIT} -I {{if}} {ADDR4['s1']}", None, "§8.1 e"),
     Probe("g.foreign-src", f"slave pings the outside from {FOREIGN4}, an address it was not given", "s1",
           f"ip addr add {FOREIGN4}/32 dev {{if}} && {PING} -I {FOREIGN4} {OUT4}; "
-          f"ip addr del {FOREIGN4}/32 dev {{if}}", "v4", "§12.1 g"),
+          f"ip addr del {FOREIGN4}/32 dev {{if}}", "v4", "§8.1 g"),
     Probe("x.down", "outside -> a slave whose link is down, IPv4", "out", f"{PING} {ADDR4['s3']}", "v4",
-          "§12.3 owner down", down="s3"),
+          "§8.3 owner down", down="s3"),
     Probe("g.ethertype-uc", f"slave sends {COUNT} frames of EtherType 0x{ETHERTYPE} (not IP) to the outside's MAC",
-          "s1", f"rawpkt send {{if}} {{mac:out}} {ETHERTYPE} {COUNT}", "raw", "§12.1 g"),
+          "s1", f"rawpkt send {{if}} {{mac:out}} {ETHERTYPE} {COUNT}", "raw", "§8.1 g"),
     Probe("g.ethertype-bc", f"slave broadcasts {COUNT} frames of EtherType 0x{ETHERTYPE} (not IP)", "s1",
-          f"rawpkt send {{if}} ff:ff:ff:ff:ff:ff {ETHERTYPE} {COUNT}", "raw", "§12.1 g"),
+          f"rawpkt send {{if}} ff:ff:ff:ff:ff:ff {ETHERTYPE} {COUNT}", "raw", "§8.1 g"),
     Probe("f.dad", f"slave s3 adds {DAD6} with DAD: tentative at once? who receives its DAD NS "
           "(s1's and the outside's solicited-node group)", "s3",
           f"{_DAD_ON}; ip addr add {DAD6}/64 dev {{if}}; ip -6 addr show dev {{if}} | grep {DAD6}/; "
-          f"{_dad_settled(DAD6)}; ip addr del {DAD6}/64 dev {{if}}; {_DAD_OFF}", "ns", "§12.1 f",
+          f"{_dad_settled(DAD6)}; ip addr del {DAD6}/64 dev {{if}}; {_DAD_OFF}", "ns", "§8.1 f",
           pre=(("out", f"ip addr add {DAD6_OUT}/64 dev {{if}} nodad"),),
           post=(("out", f"ip addr del {DAD6_OUT}/64 dev {{if}}"),), shows=("tentative", "dadfailed")),
     Probe("e.dadns", "the outside adds s1's IPv6 address with DAD: does its DAD NS reach s1, is it defended "
           "(dadfailed)?", "out",
           f"{_DAD_ON}; ip addr add {ADDR6['s1']}/128 dev {{if}}; {_dad_settled(ADDR6['s1'])}; "
           f"ip -6 addr show dev {{if}} | grep {ADDR6['s1']}/; ip addr del {ADDR6['s1']}/128 dev {{if}}; {_DAD_OFF}",
-          "ns", "§12.1 e, f", shows=("tentative", "dadfailed")),
+          "ns", "§8.1 e, f", shows=("tentative", "dadfailed")),
     Probe("x.ll", "outside -> s1's IPv6 link-local address (outside: static neighbour -> the master's MAC)",
           "out", f"ip -6 neigh replace {{ll:s1}} lladdr {{mac:host}} dev {{if}} nud permanent; "
-          f"{PING} -6 -I {{if}} {{ll:s1}}%{{if}}; ip -6 neigh del {{ll:s1}} dev {{if}}", "v6", "§12.2 #9, issue 16 #1"),
+          f"{PING} -6 -I {{if}} {{ll:s1}}%{{if}}; ip -6 neigh del {{ll:s1}} dev {{if}}", "v6", "§8.2 #9, issue 16 #1"),
 )
 
 # The probes that run again behind the hairpin switch (the outside reflects frames back).
@@ -167,9 +167,9 @@ PROBES: Final[tuple[Probe, ...]] = (
     *(replace(_BY_ID[i], id=f"hp.{i}", what=f"{_BY_ID[i].what}, behind a hairpin switch", hairpin=True,
               ref=f"{_BY_ID[i].ref}, hairpin") for i in HAIRPIN),
     Probe("j.flip.a", "after a live change of the port to the next mode and flag: slave -> other slave, IPv4",
-          "s1", f"{PING} {ADDR4['s2']}", "v4", "§12.1 j", port="next"),
+          "s1", f"{PING} {ADDR4['s2']}", "v4", "§8.1 j", port="next"),
     Probe("j.flip.o2s", "after a live change of the port to the next mode and flag: outside -> slave, IPv4",
-          "out", f"{PING} {ADDR4['s1']}", "v4", "§12.1 j", port="next"),
+          "out", f"{PING} {ADDR4['s1']}", "v4", "§8.1 j", port="next"),
     # Last: it leaves the host's forwarding switches off (the kernel's default).
     Probe("x.netconf", "host toggles net.ipv4.ip_forward 1 -> 0, then slave -> outside, IPv4 (outside: static "
           "neighbour for the slave -> the master's MAC)", "s1", f"{PING} {OUT4}", "v4", "issue 16 #2",

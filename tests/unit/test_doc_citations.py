@@ -113,14 +113,8 @@ _OUTSIDE = re.compile(
 )
 
 
-#: being rewritten on the conformance suite's branch (h/confsuite): repointed when it lands
-_PENDING = {ROOT / "docs" / "conformance.md"}
-
-
 @pytest.mark.parametrize("path", files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_nothing_cites_documents_outside_the_repository(path: Path) -> None:
-    if path in _PENDING:
-        pytest.skip("repointed when the conformance suite's rewrite lands")
     text = path.read_text(errors="replace")
     found = sorted({m[0] for m in _OUTSIDE.finditer(text)})
     assert not found, f"{path.relative_to(ROOT)} cites {found}: cite docs/design.md or docs/kernel-behaviour.md"
