@@ -141,3 +141,18 @@ def test_who_is_answered() -> None:
     assert dhcp_lease(slave(("10.0.0.5/24",), dhcp=False)) is None
     assert dhcp_lease(slave(("10.0.0.5/24",), learn=True)) is None  # a learning slave
     assert len(Outcome) == 8
+
+
+def test_a_renewal_unicast_to_the_server_is_answered_too(port: InprocPort) -> None:
+    """RENEWING (RFC 2131 §4.4.5): from the guest's address to the server identifier, by the
+    master's MAC; answered (unicast ACK) and never routed, sent to the host or the wire."""
+    a = port.frontends["a"]
+    a.transmit(bytes(Ether(src=A, dst=MASTER) / IP(src=A4, dst=HOST4) / UDP(sport=68, dport=67)
+                     / BOOTP(chaddr=mac(A), xid=9, ciaddr=A4) / DHCP(options=[("message-type", "request"), "end"])))
+    port.device("a").drain_tx()
+    got = a.receive()
+    assert len(got) == 1 and options(got[0][1])["message-type"] == 5
+    ack = Ether(got[0][1])
+    assert (ack.dst, ack[IP].dst, ack[BOOTP].ciaddr) == (A, A4, A4)
+    assert port.uplink.sent == [] and port.frontends["b"].receive() == []
+    assert not counts(port.device("a").drops, port.device("a").slave.drops)
