@@ -28,6 +28,7 @@ Shape (other tools rely on it; do not change it lightly)::
     peer_gid = "qemu-vm1"       # optional: ... and as this group (gid)
     queues = 1                  # optional: virtio-net queue pairs offered (1-16; QEMU's -netdev vhost-user,queues=)
     dhcp = true                 # optional: the daemon answers the guest's DHCPv4 (default true; needs an IPv4 address)
+    hostname = "vm1"            # optional: the host name DHCP gives the guest (default: the slave's name)
 
 Rules:
 - Every problem is a ``ConfigError`` whose message is one line: the key path
@@ -67,7 +68,9 @@ Rules:
   effect only for a slave with an IPv4 address that does not learn (a learning
   slave has nothing to hand out); a change is made in place. ``[daemon] dns`` and
   ``dns_search`` (IPv4 servers, at most ``MAX_DNS``; domain names) are what it
-  tells the guests; absent, the daemon reads the host's resolv.conf.
+  tells the guests; absent, the daemon reads the host's resolv.conf. ``hostname``
+  (one DNS label) is the host name it gives, the slave's name by default (the
+  libvirt hook passes the domain's name when it is one).
 - ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
   file permissions are ``[daemon].socket_permissions``.
 """
@@ -114,6 +117,7 @@ _OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _DEVICE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")  # QEMU's id_wellformed()
 _DOMAIN = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
                      r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # one DNS label (RFC 1123)
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
@@ -133,6 +137,7 @@ class SlaveConfig:
     peer_gid: int | None = None  # ... and with this gid
     queues: int = 1  # virtio-net queue pairs (1..MAX_QUEUES)
     dhcp: bool = True  # the daemon answers the guest's DHCPv4 (with an IPv4 address, not learning)
+    hostname: str | None = None  # the DHCP host name (None: the slave's name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +243,8 @@ def parse_mac(where: str, value: Any) -> bytes:
 def parse_slave(where: str, table: Any) -> SlaveConfig:
     """One ``[[port.slave]]`` table (a config entry or a control request's params)."""
     t = _keys(where, table, {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn",
-                             "allow_router", "owner", "peer_uid", "peer_gid", "queues", "dhcp"}, {"name", "socket"})
+                             "allow_router", "owner", "peer_uid", "peer_gid", "queues", "dhcp", "hostname"},
+             {"name", "socket"})
     name = _str(f"{where}.name", t["name"])
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
@@ -274,18 +280,29 @@ def parse_slave(where: str, table: Any) -> SlaveConfig:
         if "peer_gid" in t else None
     queues = parse_queues(f"{where}.queues", t.get("queues", 1))
     dhcp = _bool(f"{where}.dhcp", t.get("dhcp", True))
+    hostname = None
+    if "hostname" in t:
+        hostname = _str(f"{where}.hostname", t["hostname"])
+        if not is_hostname(hostname):
+            raise ConfigError(f"{where}.hostname: {hostname!r} must be 1-63 characters of A-Z a-z 0-9 - "
+                              "(not starting or ending with -)")
     return SlaveConfig(name, sock, mode, addresses, mac, qmp, device, learn, allow_router, owner, peer_uid, peer_gid,
-                       queues, dhcp)
+                       queues, dhcp, hostname)
+
+
+def is_hostname(text: str) -> bool:
+    """Whether ``text`` is one DNS label (RFC 1123): what ``hostname`` accepts."""
+    return _HOSTNAME.fullmatch(text) is not None
 
 
 def dhcp_lease(slave: SlaveConfig) -> Lease | None:
     """What the daemon's DHCP server gives ``slave``'s guest: its IPv4 addresses with
-    their prefixes, first one first, and its name as host name; ``None`` when it is
+    their prefixes, first one first, and its ``hostname`` (default: its name); ``None`` when it is
     not answered (``dhcp = false``, learning, or no IPv4 address)."""
     v4 = tuple((a.ip.packed, a.network.prefixlen) for a in slave.addresses if a.version == 4)
     if not slave.dhcp or slave.learn or not v4:
         return None
-    return Lease(v4, slave.name)
+    return Lease(v4, slave.hostname or slave.name)
 
 
 def parse_queues(where: str, value: Any) -> int:
@@ -551,6 +568,8 @@ def slave_table(slave: SlaveConfig) -> dict[str, Any]:
         t["queues"] = slave.queues
     if not slave.dhcp:
         t["dhcp"] = False
+    if slave.hostname is not None:
+        t["hostname"] = slave.hostname
     return t
 
 

@@ -59,6 +59,7 @@ def add_parsers(sub: Any) -> None:
                        help="let the guest send Router Advertisements, Redirects and DHCP server messages")
         p.add_argument("--dhcp", action="store_true", default=None,
                        help="the daemon answers the guest's DHCPv4 with its IPv4 address (the default)")
+        p.add_argument("--hostname", help="the host name DHCP gives the guest (default: the slave's name)")
         p.add_argument("--queues", type=int, metavar="N",
                        help="virtio-net queue pairs offered (1-16, default 1; QEMU's queues=N; on change: from "
                             "the guest's next connection)")
@@ -70,6 +71,7 @@ def add_parsers(sub: Any) -> None:
                            help="do not answer the guest's DHCPv4: its client messages are switched like any frame")
             p.add_argument("--no-addresses", action="store_true", help="remove every address")
             p.add_argument("--no-mac", action="store_true", help="forget the configured MAC")
+            p.add_argument("--no-hostname", action="store_true", help="DHCP gives the slave's name as host name")
             p.add_argument("--no-qmp", action="store_true", help="forget qmp and qmp_device (back to snooping)")
     p = sa.add_parser("remove", parents=[common], help="remove a slave (closes its socket)")
     p.add_argument("name")
@@ -98,7 +100,7 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     params["name"] = args.name
     if args.action == "remove":
         return method, params
-    for key in ("master", "socket", "socket_mode", "mac", "qmp", "qmp_device", "queues"):
+    for key in ("master", "socket", "socket_mode", "mac", "qmp", "qmp_device", "queues", "hostname"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     if args.address is not None:
@@ -114,6 +116,8 @@ def request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             params["addresses"] = []
         if args.no_mac:
             params["mac"] = None
+        if args.no_hostname:
+            params["hostname"] = None
         if args.no_qmp:
             params["qmp"] = params["qmp_device"] = None
         if args.no_learn:

@@ -260,5 +260,30 @@ def test_dhcp_libvirt_attribute() -> None:
     assert r.dhcp is False and r.params()["dhcp"] is False
     [r] = slave_requests(domain(nic(), meta(vi())), SOCKDIR)
     assert r.params()["dhcp"] is True
+    assert r.params()["hostname"] == r.domain  # the domain's name: a DNS label
     with pytest.raises(DomainError, match="dhcp 'maybe' is not yes or no"):
         slave_requests(domain(nic(), meta(vi(extra=" dhcp='maybe'"))), SOCKDIR)
+
+
+def test_hostname_setting() -> None:
+    from pathlib import Path
+
+    from vhost_ipvlan import config as cfg
+    from vhost_ipvlan.cli import build_parser
+    from vhost_ipvlan.ctl import request
+    from vhost_ipvlan.errors import ConfigError
+
+    sc = cfg.parse_slave("params", {"name": "x", "socket": "/x", "addresses": ["10.0.0.5/24"], "hostname": "web-1"})
+    assert sc.hostname == "web-1" and cfg.slave_table(sc)["hostname"] == "web-1"
+    lease = cfg.dhcp_lease(sc)
+    assert lease is not None and lease.hostname == "web-1"
+    lease = cfg.dhcp_lease(cfg.parse_slave("params", {"name": "x", "socket": "/x", "addresses": ["10.0.0.5/24"]}))
+    assert lease is not None and lease.hostname == "x"
+    for bad in ("-web", "a.b", "x" * 64, ""):
+        with pytest.raises(ConfigError, match=r"^params\.hostname: "):
+            cfg.parse_slave("params", {"name": "x", "socket": "/x", "hostname": bad})
+    args = build_parser().parse_args(["slave", "change", "a", "--hostname", "web"])
+    assert request(args) == ("slave.change", {"name": "a", "hostname": "web"})
+    args = build_parser().parse_args(["slave", "change", "a", "--no-hostname"])
+    assert request(args) == ("slave.change", {"name": "a", "hostname": None})
+    assert Path("/x") == sc.socket

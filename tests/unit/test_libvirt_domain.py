@@ -64,7 +64,7 @@ def test_one_nic_daemon_listens() -> None:
     [r] = slave_requests(domain(nic(), meta(vi(extra=" mode='l2' flag='bridge'"))), SOCKDIR)
     assert r.params() == {"master": "eth0", "name": name("525400000010"), "socket": "/run/vhost-ipvlan/vm1.sock",
                           "socket_mode": "server", "addresses": ["192.0.2.10/24"], "mac": "52:54:00:00:00:10",
-                          "owner": f"libvirt:{UUID1}", "queues": 1, "dhcp": True}
+                          "owner": f"libvirt:{UUID1}", "queues": 1, "dhcp": True, "hostname": "vm1"}
     assert r.port_params() == {"master": "eth0", "mode": "l2", "flag": "bridge"}
 
 

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 16
 SLAVE_KEYS = {"name", "socket", "socket_mode", "addresses", "mac", "qmp", "qmp_device", "learn", "allow_router",
-              "owner", "peer_uid", "peer_gid", "queues", "dhcp"}
+              "owner", "peer_uid", "peer_gid", "queues", "dhcp", "hostname"}
 
 Params = dict[str, Any]
 
@@ -237,7 +237,7 @@ class ControlServer:
         pc, cur_s = self.topology.slave_config(_s("params.name", p["name"]))
         master_name = _s("params.master", p.get("master", pc.master))
         table = {**cfg.slave_table(cur_s), **{k: v for k, v in p.items() if k != "master"}}
-        for key in ("mac", "qmp", "qmp_device", "owner", "peer_uid", "peer_gid"):  # null forgets
+        for key in ("mac", "qmp", "qmp_device", "owner", "peer_uid", "peer_gid", "hostname"):  # null forgets
             if key in table and table[key] is None:
                 del table[key]
         if "qmp" in p and p["qmp"] is None and "qmp_device" not in p:

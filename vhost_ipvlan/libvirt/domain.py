@@ -87,12 +87,15 @@ class SlaveRequest:
     owner: str = ""  # libvirt:<domain uuid>
     queues: int = 1  # <driver queues='N'/>: virtio-net queue pairs
     dhcp: bool = True  # <vi:interface dhcp='no'>: the daemon does not answer the guest's DHCPv4
+    hostname: str | None = None  # the DHCP host name: the domain's name when it is one DNS label
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"master": self.master, "name": self.name, "socket": self.socket,
                              "socket_mode": self.socket_mode, "addresses": list(self.addresses), "mac": self.mac,
                              "owner": self.owner, "queues": self.queues,  # queues, dhcp always: a change resets them
                              "dhcp": self.dhcp}
+        if self.hostname is not None:
+            p["hostname"] = self.hostname
         if self.learn:
             p["learn"] = True
         if self.allow_router:
@@ -317,6 +320,7 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
     if mine or any(m.socket is not None for m in dom.meta.values()):
         _checked_name(dom)
         owner = dom.owner
+    hostname = dom.name if cfg.is_hostname(dom.name) else None  # else the slave's name
     for iface in mine:
         if iface.mac is None:
             raise DomainError(f"domain {dom.name}: interface {iface.socket} has no <mac address>; "
@@ -340,7 +344,7 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         queues = _queues(f"{where}: <driver queues>", iface.queues)
         out.append(SlaveRequest(dom.name, slave_name(dom.uuid, mac), meta.master, iface.socket,
                                 role, meta.addresses, mac, meta.mode, meta.flag,
-                                iface.alias, meta.learn, meta.allow_router, owner, queues, meta.dhcp))
+                                iface.alias, meta.learn, meta.allow_router, owner, queues, meta.dhcp, hostname))
         seen.add(mac)
     for mac, meta in dom.meta.items():
         if mac in seen or meta.socket is None:
@@ -357,7 +361,8 @@ def slave_requests(xml: str, socket_dir: Path = DEFAULT_SOCKET_DIR) -> list[Slav
         out.append(SlaveRequest(dom.name, slave_name(dom.uuid, mac), meta.master, meta.socket,
                                 meta.socket_mode, meta.addresses, mac, meta.mode, meta.flag, learn=meta.learn,
                                 allow_router=meta.allow_router, owner=owner,
-                                queues=_queues(f"{where}: queues", meta.queues), dhcp=meta.dhcp))
+                                queues=_queues(f"{where}: queues", meta.queues), dhcp=meta.dhcp,
+                                hostname=hostname))
     return out
 
 
