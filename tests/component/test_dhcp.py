@@ -1,11 +1,11 @@
-"""The daemon's DHCPv4 server with the real daemon, a veth master and fake guests (l2, l3).
+"""The daemon's DHCPv4 server with the real daemon, a veth master and fake guests (l2, l3, l3s).
 
     fake guests a (192.0.2.10/24), b (192.0.2.11/24)
         -- vhost-ipvlan -- vim0 (ns host, 192.0.2.2/24, default via 192.0.2.1) <== veth ==> vio0 (ns out)
 
 a's DISCOVER and REQUEST are answered into a's RX ring; nothing reaches the wire
 (an nftables counter on the outside's ingress) or b. l2: the router is the master's
-default gateway; l3: the master's own address (the daemon is the guest's router).
+default gateway; l3, l3s: the master's own address (the daemon is the guest's router).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class DhcpLab(Lab):
         super().start_daemon()
 
 
-@pytest.fixture(params=["l2", "l3"])
+@pytest.fixture(params=["l2", "l3", "l3s"])
 def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DhcpLab]:
     with DhcpLab(tmp_path, request.param, [SlaveSpec("b", [f"{B_IP}/24"], MAC_B)]) as lab:
         yield lab
