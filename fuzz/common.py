@@ -64,3 +64,30 @@ class IdleLoop:
 
     def call_later(self, *args: object) -> _Timer:
         return _Timer()
+
+
+class WireSink:
+    """A ``daemon.seams.UplinkPort`` with no wire: nothing arrives, every frame sent is
+    kept in ``sent`` and Python sends each one (no batch descriptor for the C path)."""
+
+    master = "fuzz"
+    ifindex = 0
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def fileno(self) -> int:
+        return -1
+
+    def batch_fd(self) -> int:
+        return -1
+
+    def recv(self, buf: memoryview) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+    def send(self, buf: memoryview, length: int) -> bool:
+        self.sent.append(bytes(buf[:length]))
+        return True

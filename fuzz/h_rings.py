@@ -28,7 +28,7 @@ import os
 import sys
 from typing import Any
 
-from .common import IdleLoop, Reader, check
+from .common import IdleLoop, Reader, WireSink, check
 
 
 def _load_fastpath() -> None:
@@ -69,30 +69,6 @@ GUESTS = {
 }
 
 
-class _Uplink:
-    master = "fuzz"
-    ifindex = 0
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def fileno(self) -> int:
-        return -1
-
-    def batch_fd(self) -> int:
-        return -1  # Python sends every frame
-
-    def recv(self, buf: memoryview) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-    def send(self, buf: memoryview, length: int) -> bool:
-        self.sent.append(bytes(buf[:length]))
-        return True
-
-
 def _high_gpa() -> int:
     """The highest region the codec lets a front-end declare (what SET_MEM_TABLE accepts)."""
     for gpa in (HIGH_GPA, HIGH_GPA - 0x1000):
@@ -117,7 +93,7 @@ def _run(cfg: int, base: int, ram: bytes, fast: Any) -> dict[str, Any]:
     num = 1 << ((cfg >> 3 & 7) % 5)
     event_idx = bool(cfg & 2)
     port = Port("fuzz", MASTER_MAC, "l2", "bridge")
-    uplink = _Uplink()
+    uplink = WireSink()
     dp = PortDatapath(port, uplink, IdleLoop())
     for name, (mac, addrs) in GUESTS.items():
         slave = port.add_slave(name, addrs, mac=mac)

@@ -30,7 +30,7 @@ from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.session import Session, Vring
 
-from .common import IdleLoop, Reader, check
+from .common import IdleLoop, Reader, WireSink, check
 
 SIZES = (64 << 10, 1 << 20, 8 << 20, 16 << 20)
 FD_BASE = 1 << 20  # fake descriptor numbers: never a real open fd
@@ -75,26 +75,6 @@ class FakeHost:
         raise AttributeError(f"FakeHost has no {name}: teach fuzz/h_session.py the Host protocol")
 
 
-class _Uplink:
-    master = "fuzz"
-    ifindex = 0
-
-    def fileno(self) -> int:
-        return -1
-
-    def batch_fd(self) -> int:
-        return -1  # Python sends every frame
-
-    def recv(self, buf: memoryview) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-    def send(self, buf: memoryview, length: int) -> bool:
-        return True
-
-
 class FakeDevice(NetDevice):
     """The daemon's ``NetDevice`` (on an l2 bridge port, fake loop and uplink) that also
     checks it is told of starts and stops in step."""
@@ -102,7 +82,7 @@ class FakeDevice(NetDevice):
     def __init__(self) -> None:
         port = Port("fuzz", bytes.fromhex("020000000001"), "l2", "bridge")
         slave = port.add_slave("a", [bytes([10, 0, 0, 10])], mac=bytes.fromhex("02000000000a"))
-        dp = PortDatapath(port, _Uplink(), IdleLoop())
+        dp = PortDatapath(port, WireSink(), IdleLoop())
         super().__init__(slave, dp)
         dp.devices["a"] = self
         self.started: set[int] = set()

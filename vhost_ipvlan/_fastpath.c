@@ -172,6 +172,24 @@ static void queue_release(queue_t *q)
     q->nbufs = q->nreg = 0;
 }
 
+/* The pending Python exception, normalized with its traceback, taken off the thread
+ * state (a new reference; None if there was none): handed to Python, never raised. */
+static PyObject *take_exception(void)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (exc && tb)
+        PyException_SetTraceback(exc, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (!exc) {
+        Py_INCREF(Py_None);
+        exc = Py_None;
+    }
+    return exc;
+}
+
 static int get_u64_attr(PyObject *obj, const char *name, unsigned long long *out)
 {
     PyObject *v = PyObject_GetAttrString(obj, name);
@@ -761,17 +779,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             tx.used_idx--;
             tx.walked--;
         }
-        PyObject *type, *tb;
-        PyErr_Fetch(&type, &exc, &tb);
-        PyErr_NormalizeException(&type, &exc, &tb);
-        if (exc && tb)
-            PyException_SetTraceback(exc, tb);
-        Py_XDECREF(type);
-        Py_XDECREF(tb);
-        if (!exc) {
-            Py_INCREF(Py_None);
-            exc = Py_None;
-        }
+        exc = take_exception();
         error = 0;
         status = ST_ERROR;
     }
@@ -973,17 +981,7 @@ static PyObject *uplink_burst(PyObject *module, PyObject *const *args, Py_ssize_
                 break;
             }
             if (fatal) { /* a Python-level failure: keep it, Python takes this frame (unless delivered) and the rest */
-                PyObject *type, *tb;
-                PyErr_Fetch(&type, &exc, &tb);
-                PyErr_NormalizeException(&type, &exc, &tb);
-                if (exc && tb)
-                    PyException_SetTraceback(exc, tb);
-                Py_XDECREF(type);
-                Py_XDECREF(tb);
-                if (!exc) {
-                    Py_INCREF(Py_None);
-                    exc = Py_None;
-                }
+                exc = take_exception();
                 fatal = 0;
             }
             if (!fast) {
