@@ -22,3 +22,14 @@ def test_ruff() -> None:
 def test_mypy_strict() -> None:
     proc = run(str(BIN / "mypy"), "--strict")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_test_modules_outside_packages_have_unique_names() -> None:
+    """pytest imports a test module outside a package by its base name (rootdir
+    importing): two such files with one name stop the whole run at collection."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if (path.parent / "__init__.py").exists():
+            continue
+        other = seen.setdefault(path.name, path)
+        assert other == path, f"{path.relative_to(ROOT)} and {other.relative_to(ROOT)} share a name"
