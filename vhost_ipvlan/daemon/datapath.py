@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason, new_counters
 from ..net import dhcp, neigh
-from ..net.frames import IPV4_DST, IPV6_DST, L3_IPV4, L3_IPV6, OFF_ETHERTYPE, classify, shifted
+from ..net.frames import ETH_HLEN, IPV4_DST, IPV6_DST, L3_IPV4, L3_IPV6, OFF_ETHERTYPE, classify, shifted
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
 from ..switch.verdict import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..virtio import net
@@ -73,7 +73,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ETH_HLEN = 14
+
+def with_header(frame: bytes) -> memoryview:
+    """``frame`` the daemon built (an ARP/NA or DHCP answer) behind a zeroed
+    virtio-net header: no offload asked, ready for ``deliver`` or the uplink."""
+    return memoryview(bytearray(net.HDR_LEN) + frame)
+
 RESCAN_INTERVAL = 0.2
 #: the DHCP router and server identifier of an l3/l3s port whose master has no IPv4
 #: address (and the server identifier of an l2 one with neither address nor gateway):
@@ -317,16 +322,13 @@ class PortDatapath:
         elif self._wire_ok(dev, buf, length):
             to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, dev.slave.mac, self.port.master_mac)
             buf[net.HDR_LEN : net.HDR_LEN + 6] = mac
-            if self.uplink.send(buf, length):
-                self.uplink_tx += 1
-            else:
-                dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
+            self._send(dev, buf, length)
 
     def _answer(self, dev: NetDevice, frame: memoryview) -> None:
         """Answer a guest's ARP request or NS with the master's MAC (l3/l3s: its router)."""
         reply = neigh.reply(frame, self.port.master_mac, router=True)
         if reply is not None:
-            dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
+            dev.deliver(with_header(reply))
 
     def _answer_dhcp(self, dev: NetDevice, frame: memoryview) -> None:
         """A DHCPv4 client message from ``dev``'s guest: the reply goes into its RX ring
@@ -340,7 +342,7 @@ class PortDatapath:
             return
         dev.dhcp[outcome] += 1
         if reply is not None:
-            dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
+            dev.deliver(with_header(reply))
 
     def dhcp_network(self, lease: dhcp.Lease) -> dhcp.Network:
         """What the DHCP server tells ``lease``'s guest about the port (built per message:
@@ -372,7 +374,7 @@ class PortDatapath:
         if asked is not None and self.hostlink is not None and asked[1] in self.port.master_addresses:
             reply = neigh.reply(frame, self.port.master_mac)
             if reply is not None:
-                dev.deliver(memoryview(bytearray(net.HDR_LEN) + reply))
+                dev.deliver(with_header(reply))
 
     def _wire_ok(self, dev: NetDevice, buf: memoryview, length: int) -> bool:
         if not self.wire_up:
@@ -389,6 +391,10 @@ class PortDatapath:
         mac = dev.slave.mac
         assert mac is not None  # the switch learned or validated it
         to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, mac, self.port.master_mac)
+        self._send(dev, buf, length)
+
+    def _send(self, dev: NetDevice, buf: memoryview, length: int) -> None:
+        """Put ``dev``'s frame (translated for the wire) on the uplink; count a failure."""
         if self.uplink.send(buf, length):
             self.uplink_tx += 1
         else:
@@ -459,8 +465,7 @@ class PortDatapath:
         elif action == ANSWER:
             # l3/l3s: the outside's ARP/NS for a slave address (a departure)
             reply = neigh.reply(frame, self.port.master_mac)
-            if reply is not None and self.wire_up and self.uplink.send(memoryview(bytearray(net.HDR_LEN) + reply),
-                                                                       net.HDR_LEN + len(reply)):
+            if reply is not None and self.wire_up and self.uplink.send(with_header(reply), net.HDR_LEN + len(reply)):
                 self.uplink_tx += 1
         elif action == FLOOD:
             if length > self.max_frame:  # a coalesced (GRO) group frame: no guest needs it whole

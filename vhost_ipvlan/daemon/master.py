@@ -47,9 +47,10 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, UplinkError
 from ..net.addr import format_ip, format_mac
+from ..net.frames import ETH_HLEN
 from ..virtio import net
 from . import nft
-from .datapath import ETH_HLEN, PortDatapath
+from .datapath import PortDatapath
 from .netlink import LinkMonitor, LinkState, read_link
 from .uplink import Uplink
 
