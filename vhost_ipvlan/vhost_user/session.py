@@ -173,6 +173,7 @@ class Session:
         protocol_features: int = DEFAULT_PROTOCOL_FEATURES,
         log: Callable[[str], None] | None = None,
         dirty_log: bool = True,
+        note: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self.device = device
@@ -194,6 +195,8 @@ class Session:
         #: the front-end's dirty log (SET_LOG_BASE), kept until replaced or closed
         self.log: DirtyLog | None = None
         self.log_fd: int | None = None  # SET_LOG_FD's eventfd, kept, never written
+        self._note = note  # events worth a line in the daemon's log (migration's)
+        self._was_logging = False
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
             Request.GET_FEATURES: self._get_features,
             Request.SET_FEATURES: self._set_features,
@@ -322,6 +325,15 @@ class Session:
             return
         q.set_log(self.log, vring.addr.log if vring.addr.flags & codec.VRING_F_LOG else -1)
 
+    def _log_changed(self) -> None:
+        """LOG_ALL, the log or the negative control changed: every ring follows."""
+        for vring in self.vrings:
+            self._apply_log(vring)
+        if self.logging != self._was_logging:
+            self._was_logging = self.logging
+            if self._note is not None:
+                self._note("dirty logging on (live migration)" if self.logging else "dirty logging off")
+
     def _log_problem(self, log: DirtyLog, memory_end: int, vrings: list[Vring]) -> str | None:
         """Why ``log`` cannot serve guest memory up to ``memory_end`` and the used rings
         ``vrings`` log, or None."""
@@ -360,8 +372,7 @@ class Session:
             for vring in self.vrings:
                 vring.enabled = True
                 self.device.vring_changed(vring)
-        for vring in self.vrings:
-            self._apply_log(vring)
+        self._log_changed()
 
     def _set_owner(self, msg: Message) -> None:
         self.owner = True
@@ -409,8 +420,9 @@ class Session:
         if problem is not None:
             raise FrontendError(f"SET_LOG_BASE: {problem}")
         self.log = log
-        for vring in self.vrings:
-            self._apply_log(vring)
+        if self._note is not None:
+            self._note(f"dirty log of {area.size} bytes mapped (covers guest addresses below {area.size << 15:#x})")
+        self._log_changed()
         return codec.encode(msg.request, codec.U64.pack(0))
 
     def _set_log_fd(self, msg: Message) -> None:
