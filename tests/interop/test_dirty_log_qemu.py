@@ -28,10 +28,13 @@ pytestmark = [pytest.mark.qemu, pytest.mark.netns]
 VM_IP, VM_MAC = "192.0.2.10", "52:54:00:00:00:10"
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Lab, Guest]]:
-    with Lab(tmp_path, [SlaveSpec("vm", [f"{VM_IP}/24"], VM_MAC)]) as lab:
-        vm = Guest("vm", tmp_path, vhost_socket=lab.sock("vm"), mac=VM_MAC, ip4=f"{VM_IP}/24")
+@pytest.fixture(params=[1, 2], ids=["1-queue", "2-queues"])
+def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Lab, Guest]]:
+    """A guest with one queue pair, or two (QEMU 7.2: one SET_LOG_BASE per pair)."""
+    queues: int = request.param
+    with Lab(tmp_path, [SlaveSpec("vm", [f"{VM_IP}/24"], VM_MAC, extra={"queues": queues})]) as lab:
+        vm = Guest("vm", tmp_path, vhost_socket=lab.sock("vm"), mac=VM_MAC, ip4=f"{VM_IP}/24", queues=queues,
+                   smp=queues)
         try:
             vm.start()
             vm.wait_ready(180)
