@@ -102,3 +102,14 @@ def test_a_bad_log_closes_only_that_connection(lab: FrontendLab, kind: str, reas
     c2.start_dirty_log()
     c2.transmit(bytes(Ether(src=MAC_C, dst=MAC_A) / IP(src=C_IP, dst=A_IP) / UDP(dport=13)))
     receive(a, lambda p: UDP in p and p[UDP].dport == 13, "c->a after reconnecting")
+
+
+def test_a_log_that_shrinks_closes_only_that_connection(lab: FrontendLab) -> None:
+    """A log the front-end can truncate (not sealed: mapped under the SIGBUS guard) is
+    truncated, then written: that connection closes; the daemon and the others go on."""
+    a, b, c = lab.frontend("a"), lab.frontend("b"), lab.frontend("c")
+    c.start_dirty_log(sealed=False)
+    os.ftruncate(c.log_fd, 0)
+    a.transmit(bytes(Ether(src=MAC_A, dst=MAC_C) / IP(src=A_IP, dst=C_IP) / UDP(dport=14) / b"to c"))
+    lab.wait_log("slave c: connection closed: guest memory shrank under us", 0)
+    a_to_b(lab, a, b, 15)

@@ -207,15 +207,18 @@ class FakeFrontend:
         64-bit words, one bit per 4 KiB page)."""
         return ((MEM_SIZE - 1) // (4096 * 64) + 1) * 8
 
-    def set_log_base(self, size: int | None = None, fds: list[int] | None = None, offset: int = 0) -> bytes | None:
-        """SET_LOG_BASE with a new sealed memfd of ``size`` bytes (QEMU's vhost-log) or
-        the descriptors given; returns the reply's payload."""
+    def set_log_base(self, size: int | None = None, fds: list[int] | None = None, offset: int = 0, *,
+                     sealed: bool = True) -> bytes | None:
+        """SET_LOG_BASE with a new memfd of ``size`` bytes, sealed as QEMU's vhost-log (or
+        one that cannot be sealed), or the descriptors given; returns the reply's payload."""
         size = self.log_size() if size is None else size
         if fds is None:
             self.close_log()
-            self.log_fd = os.memfd_create("vhost-log", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            self.log_fd = os.memfd_create("vhost-log", os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealed else 0))
             os.ftruncate(self.log_fd, size)
-            fcntl.fcntl(self.log_fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            if sealed:
+                fcntl.fcntl(self.log_fd, fcntl.F_ADD_SEALS,
+                            fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             self.log = mmap.mmap(self.log_fd, size)
             fds = [self.log_fd]
         return self.send(Request.SET_LOG_BASE, codec.LOG.pack(size, offset), fds, reply=True)
@@ -232,9 +235,9 @@ class FakeFrontend:
                                          UVA_BASE + q.avail, q.used if on else 0)
             self.send(Request.SET_VRING_ADDR, addr, need_reply=on)
 
-    def start_dirty_log(self) -> None:
+    def start_dirty_log(self, *, sealed: bool = True) -> None:
         """Migration starts: a log (SET_LOG_BASE, once per queue pair as QEMU 7.2), then logging on."""
-        self.set_log_base()
+        self.set_log_base(sealed=sealed)
         assert self.log is not None and self.log_fd >= 0
         for _ in range(1, self.queues):
             self.set_log_base(len(self.log), [self.log_fd])
