@@ -64,7 +64,7 @@ def session_seeds() -> list[bytes]:
         records = bytearray()
 
         def transport(data: bytes, fds: list[int]) -> bytes | None:
-            kind = KIND_MEM if fds and fds[0] == fe.fd else KIND_EVENT
+            kind = KIND_MEM if fds and fds[0] in (fe.fd, fe.log_fd) else KIND_EVENT
             ctl = len(fds) | kind << 2 | SIZES.index(8 << 20) << 4
             records.append(ctl)
             records.extend(data)
@@ -101,9 +101,17 @@ def session_seeds() -> list[bytes]:
         fe.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [fe.fd], need_reply=True)
         fe.transmit(bytes(60))
 
+    def migrate(fe: FakeFrontend) -> None:  # QEMU's migration: the dirty log, logging on, the stop
+        fe.setup()
+        fe.start_dirty_log()
+        for i in range(3):
+            fe.transmit(bytes(60 + i), split=bool(i & 1))
+        for i in (0, 1):
+            fe.vring_base(i)
+
     legacy = 1 << 32 | 1 << 15 | 1 << 29  # VERSION_1, MRG_RXBUF, EVENT_IDX; no PROTOCOL_FEATURES
     return [record(traffic), record(restart), record(remap), record(traffic, features=legacy),
-            record(traffic, mergeable=False)]
+            record(traffic, mergeable=False), record(migrate)]
 
 
 # -- rings -------------------------------------------------------------------------------------
