@@ -46,9 +46,10 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   While LOG_ALL is acked (SET_FEATURES turns it on and off on running rings) and a
   log is mapped, every started ring marks its writes there (``SplitQueue.set_log``):
   the buffers it fills, and the used ring at SET_VRING_ADDR's ``log`` address when
-  its flags carry VHOST_VRING_F_LOG. SET_VRING_ADDR on a started ring with the same
-  ring addresses changes only that (QEMU's way of turning the used ring's logging on
-  and off). SET_MEM_TABLE while logging is refused if the log does not cover it.
+  its flags carry VHOST_VRING_F_LOG. On a started ring SET_VRING_ADDR changes only
+  that (QEMU's way of turning the used ring's logging on and off); ring addresses
+  that differ take effect when the ring starts again, as ever. SET_MEM_TABLE while
+  logging is refused if the log does not cover it.
   SET_LOG_FD's eventfd is kept (and closed) but never written: QEMU reads the log
   when it wants. ``dirty_log=False`` (the daemon's test-only
   VHOST_IPVLAN_TEST_NO_DIRTY_LOG) keeps all of this but marks nothing: a negative
@@ -64,7 +65,7 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -334,20 +335,19 @@ class Session:
             if self._note is not None:
                 self._note("dirty logging on (live migration)" if self.logging else "dirty logging off")
 
-    def _log_problem(self, log: DirtyLog, memory_end: int, vrings: list[Vring]) -> str | None:
+    def _log_problem(self, log: DirtyLog, memory_end: int,
+                     rings: Iterable[tuple[int, int, codec.VringAddr | None]]) -> str | None:
         """Why ``log`` cannot serve guest memory up to ``memory_end`` and the used rings
-        ``vrings`` log, or None."""
+        of ``rings`` ((index, size, addresses) each) that ask to be logged, or None."""
         if not log.covers(memory_end):
             return (f"a log of {log.size} bytes covers guest addresses below {log.size << 15:#x}, but guest "
                     f"memory ends at {memory_end:#x} ({log_bytes(memory_end)} bytes needed)")
-        for vring in vrings:
-            addr = vring.addr
+        for index, num, addr in rings:
             if addr is None or not addr.flags & codec.VRING_F_LOG:
                 continue
-            end = addr.log + ring_sizes(max(vring.num, 1))[2]
+            end = addr.log + ring_sizes(max(num, 1))[2]
             if not log.covers(end):
-                return (f"a log of {log.size} bytes does not cover vring {vring.index}'s used ring at "
-                        f"{addr.log:#x}-{end:#x}")
+                return f"a log of {log.size} bytes does not cover vring {index}'s used ring at {addr.log:#x}-{end:#x}"
         return None
 
     # -- handlers -----------------------------------------------------------------
@@ -416,7 +416,7 @@ class Session:
             raise FrontendError(f"SET_LOG_BASE: cannot map a log of {area.size} bytes at offset "
                                 f"{area.mmap_offset:#x}: {e}") from e
         log = DirtyLog(buf)
-        problem = self._log_problem(log, memory_end, self.vrings)
+        problem = self._log_problem(log, memory_end, ((v.index, v.num, v.addr) for v in self.vrings))
         if problem is not None:
             raise FrontendError(f"SET_LOG_BASE: {problem}")
         self.log = log
@@ -448,7 +448,7 @@ class Session:
         addr = codec.vring_addr(msg)
         vring = self._vring(msg, addr.index)
         if self.log is not None:
-            problem = self._log_problem(self.log, 0, [Vring(vring.index, vring.num, addr)])
+            problem = self._log_problem(self.log, 0, [(vring.index, vring.num, addr)])
             if problem is not None:
                 raise FrontendError(f"SET_VRING_ADDR: {problem}")
         vring.addr = addr
