@@ -7,8 +7,9 @@ Rules:
   tree other tests import from.
 - Builds use Debian's ``/usr/bin/python3`` and its ``python3-*`` packages, as the
   Debian package does; ``SYSTEM_PYTHON`` is it. The venv's variables
-  (``PYTHONPATH``, ``VIRTUAL_ENV``) are removed from a build's environment
-  (``system_env``), so a build sees neither the venv nor the checkout.
+  (``PYTHONPATH``, ``VIRTUAL_ENV``, pyenv's) are removed from a build's environment
+  and ``PATH`` is Debian's directories only (``system_env``), so a build sees neither
+  the venv, another interpreter nor the checkout.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
+#: Debian's directories only: no venv, pyenv shim or /usr/local interpreter named python3.x
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def copy_tree(dst: Path) -> Path:
@@ -41,10 +44,9 @@ def copy_tree(dst: Path) -> Path:
 
 def system_env(**extra: str) -> dict[str, str]:
     """The environment for Debian's python3 and the Debian tools: without the venv's variables."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    venv_bin = str(Path(os.environ.get("VIRTUAL_ENV", "/nonexistent")) / "bin")
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-                                  if p != venv_bin and not p.endswith("/.venv/bin"))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not k.startswith("PYENV")}
+    env["PATH"] = SYSTEM_PATH
     env.update(extra)
     return env
 
