@@ -37,6 +37,7 @@ pytestmark = [
 PACKAGE = "vhost-ipvlan"
 BIN = Path("/usr/bin/vhost-ipvlan")
 CONFIG = Path("/etc/vhost-ipvlan.toml")
+STATE = Path("/var/lib/vhost-ipvlan")
 QEMU_JSON = Path("/usr/share/qemu/vhost-user/50-vhost-ipvlan.json")
 MAN = Path("/usr/share/man/man1/vhost-ipvlan.1.gz")
 HOOK = Path("/usr/share/vhost-ipvlan/vhost-ipvlan-hook")
@@ -82,6 +83,8 @@ def package(deb: Path) -> Iterator[Path]:
         if installed():  # left by an interrupted run: test this build, not that one
             checked(*APT, "purge", PACKAGE)
         checked(*APT, "install", f"./{deb.name}", cwd=deb.parent, timeout=600)
+        STATE.mkdir(mode=0o700, exist_ok=True)  # as systemd's StateDirectory= makes it
+        (STATE / "state.toml").write_text("")
         yield deb
     finally:
         purge = run(*APT, "purge", PACKAGE)
@@ -92,6 +95,7 @@ def package(deb: Path) -> Iterator[Path]:
                 pass
     assert purge.returncode == 0, purge.stdout + purge.stderr
     assert not installed() and not BIN.exists() and not CONFIG.exists(), "purge left the package behind"
+    assert not (STATE / "state.toml").exists(), "purge left the state file behind"
 
 
 def test_lintian_has_no_warning_or_error(deb: Path) -> None:
