@@ -268,12 +268,14 @@ class FrontendLab(Lab):
 
     def frontend(self, name: str, queues: int = 1) -> FakeFrontend:
         """Connect a fake front-end (``queues`` pairs, all enabled) to slave ``name`` and wait
-        until the daemon has it up."""
+        until the daemon has it up with every pair enabled ("up" is logged at the first
+        enabled RX ring: ``sync`` waits for the rest of the set-up)."""
         ups = self.log_text().count(f"slave {name}: up")
         fe = FakeFrontend(queues=queues)
         self.frontends.append(fe)
         fe.connect(str(self.sock(name)))
         fe.setup()
+        fe.sync()
         self.wait_log(f"slave {name}: up", ups)
         return fe
 
