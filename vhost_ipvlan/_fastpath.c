@@ -83,6 +83,7 @@
  *   with an atomic OR (the front-end reads and clears the log concurrently, and other
  *   back-ends of the VM may share it). The used elements written here are marked by
  *   Python's publish, which always follows (the used index is Python's to write).
+ *   log_mark() gives Python's own marks (virtio/dirtylog.py) the same exact atomic OR.
  *
  * Ring indices are accessed as whole 16-bit words (see virtqueue.py's rules).
  * Little-endian hosts only, like the rest of the data path.
@@ -404,16 +405,50 @@ static inline void push_used(queue_t *q, uint32_t head, uint32_t len)
     q->changed = 1;
 }
 
-/* Mark the 4 KiB pages of guest memory [addr, addr + len) dirty in the queue's log (bits
- * beyond its end are not marked: the session checked that it covers guest memory). */
-static void log_write(const queue_t *q, uint64_t addr, uint32_t len)
+/* Mark the 4 KiB pages of guest memory [addr, addr + len) dirty in a log of ``bytes``
+ * bytes, one atomic OR each, after the writes before it (release). Returns 1 if part of
+ * the range lay beyond the log (not marked), else 0. */
+static int mark_pages(unsigned char *log, uint64_t bytes, uint64_t addr, uint64_t len)
 {
     if (!len)
-        return;
-    unsigned char *log = q->logb.buf;
-    uint64_t bytes = (uint64_t)q->logb.len;
-    for (uint64_t page = addr >> 12, last = (addr + len - 1) >> 12; page <= last && page / 8 < bytes; page++)
+        return 0;
+    uint64_t end = addr + len - 1;
+    if (end < addr)
+        end = UINT64_MAX; /* the range wraps: the log ends long before */
+    for (uint64_t page = addr >> 12, last = end >> 12; page <= last; page++) {
+        if (page / 8 >= bytes)
+            return 1;
         __atomic_fetch_or(&log[page / 8], (unsigned char)(1u << (page % 8)), __ATOMIC_RELEASE);
+    }
+    return 0;
+}
+
+/* The queue's log: the RX buffer rx_put filled (the session checked that the log covers
+ * guest memory). */
+static void log_write(const queue_t *q, uint64_t addr, uint32_t len)
+{
+    mark_pages(q->logb.buf, (uint64_t)q->logb.len, addr, len);
+}
+
+/* log_mark(log, gpa, length) -> int: virtio/dirtylog.py's DirtyLog.mark with exact bits
+ * (mark_pages), for Python's own writes while the module is loaded. */
+static PyObject *py_log_mark(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "log_mark takes 3 arguments");
+        return NULL;
+    }
+    unsigned long long addr = PyLong_AsUnsignedLongLong(args[1]);
+    long long len = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
+        return NULL;
+    int missed = len > 0 ? mark_pages(b.buf, (uint64_t)b.len, addr, (uint64_t)len) : 0;
+    PyBuffer_Release(&b);
+    return PyLong_FromLong(missed);
 }
 
 /* Put src (len bytes) into the next RX chain if it is one writable descriptor big enough. */
@@ -1054,6 +1089,8 @@ static PyMethodDef methods[] = {
     {"uplink_burst", (PyCFunction)(void (*)(void))uplink_burst, METH_FASTCALL,
      "uplink_burst(fd, buf, table, master_mac, wire_macs, budget, dirty, slow) -> (status, detail, delivered)"},
     {"flow_hash", py_flow_hash, METH_O, "flow_hash(frame) -> int: net.frames.flow_hash computed in C"},
+    {"log_mark", (PyCFunction)(void (*)(void))py_log_mark, METH_FASTCALL,
+     "log_mark(log, gpa, length) -> int: mark the pages in a dirty log, atomically; 1 if some lay beyond it"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tests.support.frontend import MEM_SIZE, DriverQueue, FakeFrontend
 from tests.unit.test_session import RecordingDevice
+from vhost_ipvlan.daemon import fastpath
 from vhost_ipvlan.daemon.host import OsHost
 from vhost_ipvlan.errors import FrontendError
 from vhost_ipvlan.vhost_user import codec
@@ -241,6 +242,24 @@ def test_mark_of_a_long_range_and_beyond_the_log() -> None:
     assert buf[99] == 0xFF and log.missed == 1
     log.mark(200 * 32768, 1)
     assert log.missed == 2
+
+
+def test_the_accelerators_log_mark_sets_exact_bits() -> None:
+    ext = fastpath.ext
+    if ext is None:
+        pytest.skip("the C accelerator is not built")
+    buf = bytearray(4)
+    log = DirtyLog(memoryview(buf), ext.log_mark)
+    log.mark(5 * 4096 + 100, 1)
+    assert bits(buf) == {5}
+    log.mark(8 * 4096 - 1, 2)  # across a byte's edge
+    assert bits(buf) == {5, 7, 8}
+    log.mark(30 * 4096, 3 * 4096)  # runs past the end
+    assert bits(buf) == {5, 7, 8, 30, 31} and log.missed == 1
+    log.mark((1 << 64) - 2, 8)  # wraps around
+    assert log.missed == 2
+    log.mark(0, 0)
+    assert bits(buf) == {5, 7, 8, 30, 31} and log.missed == 2
 
 
 def test_log_bytes_is_qemus_formula_at_most() -> None:

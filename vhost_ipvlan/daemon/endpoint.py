@@ -43,6 +43,7 @@ from pathlib import Path
 
 from .. import unixsock
 from ..vhost_user.session import Session
+from . import fastpath
 from .channel import Connection
 from .device import NetDevice
 from .host import OsHost
@@ -168,7 +169,8 @@ class Endpoint:
     def _attach(self, sock: socket.socket) -> None:
         self.connections += 1
         session = Session(self.host, self.device, log=lambda msg: log.warning("slave %s: %s", self.name, msg),
-                          dirty_log=not NO_DIRTY_LOG, note=lambda msg: log.info("slave %s: %s", self.name, msg))
+                          dirty_log=not NO_DIRTY_LOG, note=lambda msg: log.info("slave %s: %s", self.name, msg),
+                          log_mark=fastpath.log_mark())
         self.device.attach(session)
         self.conn = Connection(sock, session, self.loop, self.name, self._closed)
         log.info("slave %s: front-end connected (%s)", self.name, self.role)

@@ -50,8 +50,9 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   that (QEMU's way of turning the used ring's logging on and off); ring addresses
   that differ take effect when the ring starts again, as ever. SET_MEM_TABLE while
   logging is refused if the log does not cover it.
-  SET_LOG_FD's eventfd is kept (and closed) but never written: QEMU reads the log
-  when it wants. ``dirty_log=False`` (the daemon's test-only
+  ``log_mark`` (the daemon's C accelerator, when built) makes the marks exact atomic
+  ORs (``DirtyLog``'s native). SET_LOG_FD's eventfd is kept (and closed) but never
+  written: QEMU reads the log when it wants. ``dirty_log=False`` (the daemon's test-only
   VHOST_IPVLAN_TEST_NO_DIRTY_LOG) keeps all of this but marks nothing: a negative
   control for migration tests.
 - GET_VRING_BASE stops the ring: the device publishes what the ring has used
@@ -175,6 +176,7 @@ class Session:
         log: Callable[[str], None] | None = None,
         dirty_log: bool = True,
         note: Callable[[str], None] | None = None,
+        log_mark: Callable[[memoryview, int, int], int] | None = None,
     ) -> None:
         self.host = host
         self.device = device
@@ -197,6 +199,7 @@ class Session:
         self.log: DirtyLog | None = None
         self.log_fd: int | None = None  # SET_LOG_FD's eventfd, kept, never written
         self._note = note  # events worth a line in the daemon's log (migration's)
+        self._log_mark = log_mark  # exact atomic marks for the log (``DirtyLog``'s native), if any
         self._was_logging = False
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
             Request.GET_FEATURES: self._get_features,
@@ -415,7 +418,7 @@ class Session:
         except OSError as e:
             raise FrontendError(f"SET_LOG_BASE: cannot map a log of {area.size} bytes at offset "
                                 f"{area.mmap_offset:#x}: {e}") from e
-        log = DirtyLog(buf)
+        log = DirtyLog(buf, self._log_mark)
         problem = self._log_problem(log, memory_end, ((v.index, v.num, v.addr) for v in self.vrings))
         if problem is not None:
             raise FrontendError(f"SET_LOG_BASE: {problem}")

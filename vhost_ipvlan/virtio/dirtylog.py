@@ -10,14 +10,16 @@ dirty again.
 Rules:
 - A page is marked *after* the bytes were written (the front-end may read and clear
   the bit at any moment: marked first, a write in between would be lost).
-- Python has no atomic OR on shared memory, and the log may be shared with other
-  back-ends of the same VM (QEMU 7.2 gives every vhost device one log), so a
-  read-modify-write of a byte could erase a bit another process set in between.
-  ``mark`` therefore stores ``0xFF``: the whole byte, the 8 pages (32 KiB, aligned)
-  around the page written. A plain store never loses a bit anybody set (its own or
-  another writer's) and x86 keeps stores in order, so it lands after the data; the
-  price is up to 7 neighbouring pages copied once more. The C accelerator
-  (``_fastpath.c``) marks exact bits with ``__atomic_fetch_or``.
+- Bits are set with an atomic OR when the daemon gives one (``native``: the C
+  accelerator's ``log_mark``, ``__atomic_fetch_or`` per page, exact), as ``_fastpath.c``
+  marks the buffers it fills itself. Without it (pure Python), there is no atomic OR
+  on shared memory, and the log may be shared with other back-ends of the same VM
+  (QEMU 7.2 gives every vhost device one log), so a read-modify-write of a byte could
+  erase a bit another process set in between. ``mark`` then stores ``0xFF``: the whole
+  byte, the 8 pages (32 KiB, aligned) around the page written. A plain store never
+  loses a bit anybody set (its own or another writer's) and x86 keeps stores in order,
+  so it lands after the data; the price is up to 7 neighbouring pages copied once more
+  (Linux's mergeable RX buffers come from 32 KiB page fragments, so mostly none).
 - A range beyond the end of the log is not marked and is counted in ``missed``
   (the session checks that the log covers guest memory and every logged used ring,
   so this means a front-end shrank the log below them).
@@ -25,6 +27,8 @@ Rules:
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 PAGE_SHIFT = 12  # VHOST_LOG_PAGE: 4 KiB
 BYTE_SHIFT = PAGE_SHIFT + 3  # the bytes of guest memory one byte of the log covers: 32 KiB
@@ -39,11 +43,13 @@ def log_bytes(end: int) -> int:
 class DirtyLog:
     """A mapped dirty log (``buf``: the front-end's bitmap)."""
 
-    __slots__ = ("buf", "missed", "size")
+    __slots__ = ("_native", "buf", "missed", "size")
 
-    def __init__(self, buf: memoryview) -> None:
+    def __init__(self, buf: memoryview, native: Callable[[memoryview, int, int], int] | None = None) -> None:
         self.buf = buf
         self.size = len(buf)
+        #: ``native(buf, gpa, length)``: exact atomic marks, 1 if some lay beyond the log
+        self._native = native
         #: ranges (or their tails) that lay beyond the log, not marked
         self.missed = 0
 
@@ -52,8 +58,11 @@ class DirtyLog:
         return log_bytes(end) <= self.size
 
     def mark(self, gpa: int, length: int) -> None:
-        """Mark the pages of ``[gpa, gpa + length)`` written (see the rules: whole bytes)."""
+        """Mark the pages of ``[gpa, gpa + length)`` written (see the rules)."""
         if length <= 0:
+            return
+        if self._native is not None:
+            self.missed += self._native(self.buf, gpa, length)
             return
         lo = gpa >> BYTE_SHIFT
         hi = (gpa + length - 1) >> BYTE_SHIFT
