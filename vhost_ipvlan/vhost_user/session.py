@@ -199,7 +199,8 @@ class Session:
         self.log: DirtyLog | None = None
         self.log_fd: int | None = None  # SET_LOG_FD's eventfd, kept, never written
         self._note = note  # events worth a line in the daemon's log (migration's)
-        self._log_mark = log_mark  # exact atomic marks for the log (``DirtyLog``'s native), if any
+        #: exact atomic marks for the next log (``DirtyLog``'s native), if any
+        self.log_mark = log_mark
         self._was_logging = False
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
             Request.GET_FEATURES: self._get_features,
@@ -418,7 +419,7 @@ class Session:
         except OSError as e:
             raise FrontendError(f"SET_LOG_BASE: cannot map a log of {area.size} bytes at offset "
                                 f"{area.mmap_offset:#x}: {e}") from e
-        log = DirtyLog(buf, self._log_mark)
+        log = DirtyLog(buf, self.log_mark)
         problem = self._log_problem(log, memory_end, ((v.index, v.num, v.addr) for v in self.vrings))
         if problem is not None:
             raise FrontendError(f"SET_LOG_BASE: {problem}")
