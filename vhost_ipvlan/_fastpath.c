@@ -77,6 +77,13 @@
  * uplink_burst(...): the wire -> guest loop (recvmmsg, demux by destination
  * address with the same table, MAC translation, rx_put); see its comment below.
  *
+ * Dirty logging (live migration): a queue whose ``_logbuf`` is not None (the session's
+ *   dirty log while the front-end asks for one, virtqueue.py's rules) gets every RX
+ *   buffer rx_put fills marked there after the copy, one bit per 4 KiB guest page,
+ *   with an atomic OR (the front-end reads and clears the log concurrently, and other
+ *   back-ends of the VM may share it). The used elements written here are marked by
+ *   Python's publish, which always follows (the used index is Python's to write).
+ *
  * Ring indices are accessed as whole 16-bit words (see virtqueue.py's rules).
  * Little-endian hosts only, like the rest of the data path.
  */
@@ -153,6 +160,8 @@ typedef struct {
     PyObject *obj;
     Py_buffer desc, avail, used;
     int nbufs; /* how many of desc/avail/used are held */
+    Py_buffer logb; /* the dirty log, when has_log */
+    int has_log;
     Py_buffer rbuf[MAX_REGIONS];
     region_t reg[MAX_REGIONS];
     int nreg;
@@ -169,7 +178,9 @@ static void queue_release(queue_t *q)
         PyBuffer_Release(bufs[i]);
     for (int i = 0; i < q->nreg; i++)
         PyBuffer_Release(&q->rbuf[i]);
-    q->nbufs = q->nreg = 0;
+    if (q->has_log)
+        PyBuffer_Release(&q->logb);
+    q->nbufs = q->nreg = q->has_log = 0;
 }
 
 /* The pending Python exception, normalized with its traceback, taken off the thread
@@ -240,6 +251,17 @@ static int queue_open(queue_t *q, PyObject *obj)
         PyErr_SetString(PyExc_ValueError, "ring buffers smaller than the queue size");
         goto fail;
     }
+    PyObject *logbuf = PyObject_GetAttrString(obj, "_logbuf");
+    if (!logbuf)
+        goto fail;
+    if (logbuf != Py_None) {
+        int rc = PyObject_GetBuffer(logbuf, &q->logb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS);
+        Py_DECREF(logbuf);
+        if (rc)
+            goto fail;
+        q->has_log = 1;
+    } else
+        Py_DECREF(logbuf);
     PyObject *mem = PyObject_GetAttrString(obj, "mem");
     if (!mem)
         goto fail;
@@ -382,6 +404,18 @@ static inline void push_used(queue_t *q, uint32_t head, uint32_t len)
     q->changed = 1;
 }
 
+/* Mark the 4 KiB pages of guest memory [addr, addr + len) dirty in the queue's log (bits
+ * beyond its end are not marked: the session checked that it covers guest memory). */
+static void log_write(const queue_t *q, uint64_t addr, uint32_t len)
+{
+    if (!len)
+        return;
+    unsigned char *log = q->logb.buf;
+    uint64_t bytes = (uint64_t)q->logb.len;
+    for (uint64_t page = addr >> 12, last = (addr + len - 1) >> 12; page <= last && page / 8 < bytes; page++)
+        __atomic_fetch_or(&log[page / 8], (unsigned char)(1u << (page % 8)), __ATOMIC_RELEASE);
+}
+
 /* Put src (len bytes) into the next RX chain if it is one writable descriptor big enough. */
 static int rx_put(queue_t *q, const char *src, uint32_t len)
 {
@@ -400,6 +434,8 @@ static int rx_put(queue_t *q, const char *src, uint32_t len)
     if (!dst)
         return 0;
     memcpy(dst, src, len);
+    if (q->has_log)
+        log_write(q, d.addr, len);
     q->last_avail++;
     q->walked++;
     push_used(q, head, len);

@@ -304,8 +304,12 @@ class NetDevice:
             self.dp.loop.remove_reader(fd)
         pair = self.pairs[pair_of(vring.index)]
         if vring.index & 1 == TX:
+            if pair.tx is not None:  # what it used is the guest's before GET_VRING_BASE answers
+                self._publish(pair.tx, pair.tx_call)
             pair.tx = None
         else:
+            if pair.rx is not None:
+                self._publish(pair.rx, pair.rx_call)
             pair.rx = None
         self.vring_changed(vring)
         log.info("slave %s: %s queue stopped", self.slave.name, self._qname(vring.index))
@@ -471,8 +475,7 @@ class NetDevice:
                         budget = max(0, budget - self._from_guest(length))
                         if fast is not None:  # the frame may have changed state (a target's ring broken)
                             fast = self.dp.fast_args(self)
-                if q.publish() and pair.tx_call is not None and not eventfd_signal(pair.tx_call):
-                    self.drops[DropReason.CALL_FAILED] += 1
+                self._publish(q, pair.tx_call)
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
@@ -539,7 +542,11 @@ class NetDevice:
     def flush_rx(self) -> None:
         """Publish the RX rings (and interrupt the guest where it asked for it)."""
         for pair in self.pairs:
-            q = pair.rx
-            if q is not None and q.publish() and pair.rx_call is not None and not eventfd_signal(pair.rx_call):
-                self.drops[DropReason.CALL_FAILED] += 1  # the counter is full or the descriptor gone: never block
+            if pair.rx is not None:
+                self._publish(pair.rx, pair.rx_call)
+
+    def _publish(self, q: SplitQueue, call: int | None) -> None:
+        """Publish a ring's used index and interrupt the guest if it asked."""
+        if q.publish() and call is not None and not eventfd_signal(call):
+            self.drops[DropReason.CALL_FAILED] += 1  # the counter is full or the descriptor gone: never block
 

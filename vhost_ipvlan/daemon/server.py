@@ -40,7 +40,7 @@ from ..errors import ConfigError, UplinkError
 from ..switch.port import learned_addresses
 from . import fdbudget
 from .datapath import PortDatapath
-from .endpoint import Endpoint
+from .endpoint import NO_DIRTY_LOG, Endpoint
 from .fastpath import accelerated
 from .master import MasterMonitor
 from .metrics import MetricsServer
@@ -105,6 +105,9 @@ class Daemon:
             self.metrics = MetricsServer(self.metrics_address, self.stats, self.loop)
         log.info("ready: %d master(s), %d slave(s), data path: %s", len(self.ports), len(self.endpoints),
                  "C accelerator + Python" if accelerated() else "pure Python")
+        if NO_DIRTY_LOG:
+            log.warning("VHOST_IPVLAN_TEST_NO_DIRTY_LOG=1: dirty pages are not logged, a live-migrated guest "
+                        "loses what the daemon wrote during the migration (a test's negative control only)")
         sd_notify("READY=1")
 
     def _write_state(self, config: Config) -> None:
