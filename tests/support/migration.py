@@ -189,7 +189,10 @@ class MovingGuest:
         m = Migration(self.host, dst_host, int(info.get("total-time", -1)), int(info.get("downtime", -1)), info)
         src.stop()
         self.guest, self.host = dst, dst_host
-        dst.wait_channel(60)
+        try:
+            dst.wait_channel(60)
+        except (TimeoutError, GuestError) as e:  # the guest's console is in e; the daemons' side too
+            raise GuestError(f"{e}\nafter migration {m}\n{self.lab.logs()}") from e
         return m
 
     def fail_migration(self, timeout: float = 60) -> dict[str, Any]:
