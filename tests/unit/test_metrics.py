@@ -78,12 +78,14 @@ class _Reference:
                     fams["s_qp"].add_metric(lv, ss["queues"]["queue_pairs_enabled"])
                 for outcome, n in sorted(ss.get("dhcp", {}).items()):
                     fams["s_dhcp"].add_metric([*lv, outcome], n)
+                if "announcements" in ss:
+                    fams["s_ann"].add_metric(lv, ss["announcements"])
         yield from fams.values()
 
 
 def _slave(i: int, drops: dict[str, int], *, up: bool = True, link: str = "up", pairs: int = 1) -> dict[str, Any]:
     return {"up": up, "link": link, "rx_packets": i, "rx_bytes": 60 * i, "tx_packets": 7 * i,
-            "tx_bytes": 2**40 + i, "drops": drops, "multicast": {}, "learned": [],
+            "tx_bytes": 2**40 + i, "drops": drops, "multicast": {}, "learned": [], "announcements": 2 * i,
             "queues": {"queues": 4, "queue_pairs": 4, "queue_pairs_enabled": pairs, "per_queue": []}}
 
 
@@ -131,6 +133,7 @@ def test_exposition_values_and_labels() -> None:
     assert samples[(p + "slave_queue_pairs_enabled", (("master", "eth0"), ("slave", "vm3")))] == 3
     assert samples[(p + "slave_dhcp_messages_total", (("master", "eth0"), ("outcome", "offered"), ("slave", "vm1")))] \
         == 2
+    assert samples[(p + "slave_announcements_total", (("master", "eth0"), ("slave", "vm1")))] == 2
     assert samples[(p + "master_up", (("master", "bond0"),))] == 0
     assert samples[(p + "master_up", (("master", "eth9"),))] == 1
     assert (p + "master_mtu_bytes", (("master", "bond0"),)) not in samples

@@ -48,6 +48,11 @@ Rules:
   the one queue on the data path.
   Frames delivered to l3 guests carry the master's MAC as their source: the
   guest's router.
+- ``announce``: a guest that resumes here (``NetDevice``: its rings continue where
+  another back-end left them, e.g. after a live migration) is announced on the wire
+  with the master's MAC, the only MAC the wire knows it by: one gratuitous ARP per
+  IPv4 and one unsolicited NA per IPv6 address it owns (``net.neigh.announce``),
+  counted per slave (``announcements``). Nothing is sent while the master is down.
 """
 
 from __future__ import annotations
@@ -329,6 +334,21 @@ class PortDatapath:
         reply = neigh.reply(frame, self.port.master_mac, router=True)
         if reply is not None:
             dev.deliver(with_header(reply))
+
+    def announce(self, dev: NetDevice) -> int:
+        """Announce ``dev``'s addresses on the wire from the master's MAC (see the rules);
+        return how many announcements were sent."""
+        if not self.wire_up:
+            return 0
+        sent = 0
+        for frame in neigh.announce(self.port.master_mac, dev.slave.owned()):
+            if self.uplink.send(with_header(frame), net.HDR_LEN + len(frame)):
+                sent += 1
+            else:
+                dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
+        self.uplink_tx += sent
+        dev.announcements += sent
+        return sent
 
     def _answer_dhcp(self, dev: NetDevice, frame: memoryview) -> None:
         """A DHCPv4 client message from ``dev``'s guest: the reply goes into its RX ring

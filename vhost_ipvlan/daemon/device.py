@@ -33,6 +33,18 @@ Rules:
   was) costs one budget per burst, not a walk per frame.
 - A guest that breaks its ring (``GuestError``) gets that queue stopped and
   counted; the daemon and the other guests go on.
+- Resuming guests are announced: when a connection's rings start at a non-zero
+  base (SET_VRING_BASE: the front-end continues where another back-end, or an
+  earlier connection, left them: an incoming live migration, a reconnect after a
+  daemon restart) the slave's addresses are announced on the wire with the
+  master's MAC (``PortDatapath.announce``) once, when the slave is first up in that
+  connection. A fresh guest (every ring at 0) is not announced. QEMU 7.2's own
+  trigger, SEND_RARP, never comes for a guest that acked GUEST_ANNOUNCE (QEMU makes
+  the guest announce itself instead, with its own MAC and only the addresses it
+  knows), so the back-end does not rely on it (docs/design.md §3).
+- Until its rings start, a device delivers nothing (``rx_not_ready``); once a front-end
+  takes its rings back (GET_VRING_BASE) it delivers nothing more: with the two slaves of
+  a migrating guest, a frame reaches at most the one whose front-end runs the guest.
 - A TX drain is bounded in frames (``BURST``) and in descriptors walked
   (``DESC_BUDGET``, zero-length and indirect descriptors included; one chain
   costs at most the queue size + 1, so a drain stops within ``DESC_BUDGET + num``);
@@ -175,6 +187,10 @@ class NetDevice:
         #: what the backend's DHCP server did for this guest, indexed by ``dhcp.Outcome``
         #: (MALFORMED stays 0: it is the drop ``dhcp_malformed``)
         self.dhcp = [0] * len(Outcome)
+        #: announcements sent for this guest on the wire (``PortDatapath.announce``)
+        self.announcements = 0
+        #: this connection's rings resume at a non-zero base / it has been announced
+        self.resumed = self.announced = False
         self._drain_scheduled = False
 
     # -- the first pair's rings (a single-queue guest's) ------------------------------
@@ -258,6 +274,7 @@ class NetDevice:
             self.rx_packets += packets
             self.rx_bytes += nbytes
         self.pairs = [QueuePair(i) for i in range(session.queue_pairs)]
+        self.resumed = self.announced = False
         self._ready_changed()
 
     def vring_started(self, vring: Vring) -> None:
@@ -268,6 +285,7 @@ class NetDevice:
         self.ecn = bool(features >> net.F_GUEST_ECN & 1)
         loop = self.dp.loop
         pair = self.pairs[pair_of(vring.index)]
+        self.resumed = self.resumed or vring.base != 0
         if vring.kick_fd is not None:
             handler = self._tx_kick if vring.index & 1 == TX else self._rx_kick
             loop.add_reader(vring.kick_fd, handler, vring.kick_fd, vring.index)
@@ -316,6 +334,11 @@ class NetDevice:
         if up != self.slave.up:
             self.slave.up = up
             log.info("slave %s: %s", self.slave.name, "up" if up else "down")
+        if up and self.resumed and not self.announced:
+            self.announced = True
+            sent = self.dp.announce(self)
+            log.info("slave %s: resumed (rings continue at a non-zero base): %d address(es) announced "
+                     "with the master's MAC", self.slave.name, sent)
 
     def detach(self) -> None:
         self.session = None

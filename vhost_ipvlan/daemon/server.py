@@ -145,6 +145,7 @@ class Daemon:
                     "queues": dev.queue_stats(),
                     **({"learned": learned_addresses(dev.slave)} if dev.slave.learn else {}),
                     **({"dhcp": dev.dhcp_stats()} if any(dev.dhcp) else {}),
+                    "announcements": dev.announcements,
                 }
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,
