@@ -142,6 +142,7 @@ class Daemon:
                     "queues": dev.queue_stats(),
                     **({"learned": learned_addresses(dev.slave)} if dev.slave.learn else {}),
                     **({"dhcp": dev.dhcp_stats()} if any(dev.dhcp) else {}),
+                    **({"dhcp6": dev.dhcp6_stats()} if any(dev.dhcp6) or dev.ra_sent else {}),
                 }
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,

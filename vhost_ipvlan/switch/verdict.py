@@ -24,11 +24,15 @@ TO_HOST    None               from a guest: give it to the host's own stack (the
 ROUTE      None               from a guest (l3): route it in the host's tables,
                               pinned to the master (``daemon.routing``), and
                               transmit it to the next hop
-ANSWER     None or DHCP       None: an ARP request or NS the backend answers itself,
-                              to whoever sent it, claiming the master's MAC; ``DHCP``
+ANSWER     None, DHCP, DHCP6  None: an ARP request or NS the backend answers itself,
+           or RS              to whoever sent it, claiming the master's MAC; ``DHCP``
                               (from a guest whose ``Slave.dhcp`` is set): a DHCPv4
                               client message, answered by ``net.dhcp`` into the
-                              sender's RX ring only (it never leaves: a departure)
+                              sender's RX ring only (it never leaves: a departure);
+                              ``DHCP6`` (``Slave.dhcp6`` set): a DHCPv6 client
+                              message, ``net.dhcp6``, the same way; ``RS``
+                              (``Slave.dhcp6`` set, ``Port.advertises``): a Router
+                              Solicitation, answered by an RA (``net.ra``), the same way
 =========  =================  ==================================================
 
 Rules:
@@ -52,6 +56,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason
+from ..net import dhcp6, ra
 from ..net.frames import L3_CONTROL, L3_MALFORMED, L3_RUNT, L3_VLAN, Frame
 from .table import ROWS, TABLE, Dest, Source
 
@@ -99,6 +104,11 @@ ANSWERED: Final[Verdict] = (ANSWER, None)
 #: ``ANSWER``'s argument for a DHCPv4 client message (the server port)
 DHCP: Final = 67
 ANSWERED_DHCP: Final[Verdict] = (ANSWER, DHCP)
+#: ``ANSWER``'s argument for a DHCPv6 client message (the server port) and a Router Solicitation (its type)
+DHCP6: Final = 547
+RS: Final = 133
+ANSWERED_DHCP6: Final[Verdict] = (ANSWER, DHCP6)
+ANSWERED_RS: Final[Verdict] = (ANSWER, RS)
 DROPS: Final[tuple[Verdict, ...]] = tuple((DROP, r) for r in DropReason)
 
 _TARGET_DOWN: Final = DropReason.TARGET_DOWN
@@ -110,6 +120,16 @@ GUEST_REJECT: Final = {
     L3_MALFORMED: DropReason.BAD_HEADER,
     L3_CONTROL: DropReason.MAC_CONTROL,
 }
+
+
+def answered_v6(port: Port, frame: Frame) -> Verdict | None:
+    """A guest's (with a ``dhcp6`` lease) IPv6 frame the backend answers: its DHCPv6
+    client message, or its Router Solicitation while the port ``advertises``."""
+    if dhcp6.is_client_message(frame):
+        return ANSWERED_DHCP6
+    if port.advertises and ra.is_router_solicit(frame):
+        return ANSWERED_RS
+    return None
 
 
 def drop(counters: list[int], reason: DropReason) -> Verdict:
