@@ -141,7 +141,7 @@ def test_a_router_solicitation_gets_an_advert(port: InprocPort) -> None:
 
 
 def test_rings_starting_get_one_unsolicited_advert(port: InprocPort) -> None:
-    port.dp.slave_up(port.device("a"))
+    port.dp._first_advert(port.device("a"))
     [adv] = [Ether(f) for _, f in port.frontends["a"].receive()]
     assert (adv.dst, adv[IPv6].dst) == ("33:33:00:00:00:01", "ff02::1") and adv.haslayer(ICMPv6ND_RA)
     assert port.frontends["b"].receive() == [] and port.uplink.sent == []
@@ -184,7 +184,7 @@ def test_l2_with_a_router_on_the_wire(how: str) -> None:
         p.device("a").drain_tx()
         assert p.frontends["a"].receive() == []
         assert len(p.uplink.sent) == 1 and len(p.frontends["b"].receive()) == 1
-        p.dp.slave_up(p.device("a"))
+        p.dp._first_advert(p.device("a"))
         assert p.frontends["a"].receive() == []  # no unsolicited RA either
         p.frontends["a"].transmit(dhcp6_frame(DHCP6_Solicit(), DHCP6OptIA_NA(iaid=1)))
         p.device("a").drain_tx()

@@ -432,9 +432,16 @@ class PortDatapath:
         dev.ra_sent += 1
 
     def slave_up(self, dev: NetDevice) -> None:
-        """``dev``'s guest's RX ring has started: one unsolicited RA (when it is answered)."""
-        self._advertise(dev, ra.ALL_NODES_MAC, ra.ALL_NODES)
-        self.flush()
+        """``dev``'s guest's RX ring has started: one unsolicited RA (when it is answered),
+        ``ra.FIRST_DELAY`` later (the driver posts its receive buffers after enabling the
+        ring: at once, the RA would find none)."""
+        if dev.slave.dhcp6 is not None:
+            self.loop.call_later(ra.FIRST_DELAY, self._first_advert, dev)
+
+    def _first_advert(self, dev: NetDevice) -> None:
+        if dev.slave.up and self.devices.get(dev.slave.name) is dev:
+            self._advertise(dev, ra.ALL_NODES_MAC, ra.ALL_NODES)
+            self.flush()
 
     def _ra_tick(self) -> None:
         """Every ``ra.INTERVAL``: an unsolicited RA to every up guest that gets them."""

@@ -51,6 +51,8 @@ FLAG_OTHER: Final = 0x40
 #: default), so router, RDNSS and DNSSL lifetimes of 3 intervals never run out
 INTERVAL: Final = 600
 ROUTER_LIFETIME: Final = 3 * INTERVAL
+#: seconds from a guest's receive ring starting to its first, unsolicited RA
+FIRST_DELAY: Final = 1.0
 DNS_LIFETIME: Final = 3 * INTERVAL
 PREFIX_VALID: Final = 86400
 PREFIX_PREFERRED: Final = 14400
