@@ -85,8 +85,8 @@ FAMILIES: dict[str, Family] = {
     "s_dhcp": Family(f"{S}_dhcp_messages_total", "counter",
                      "DHCPv4 client messages the daemon answered, by slave and outcome"),
     "s_dhcp6": Family(f"{S}_dhcp6_messages_total", "counter",
-                      "DHCPv6 client messages the daemon answered by slave and outcome, and Router Advertisements "
-                      "sent (outcome ra_sent)"),
+                      "DHCPv6 client messages the daemon answered, and Router Advertisements sent (ra_sent), "
+                      "by slave and outcome"),
     "m_rx_p": Family(f"{M}_receive_packets_total", "counter", "Frames read from the master"),
     "m_tx_p": Family(f"{M}_transmit_packets_total", "counter", "Frames sent on the master"),
     "m_drop": Family(f"{M}_drops_total", "counter", "Frames from the master dropped, by reason"),

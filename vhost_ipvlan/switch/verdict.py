@@ -45,6 +45,9 @@ Rules:
   frame's verdict (the owner for ``TO_SLAVE``, the counted reason for ``DROP``).
 - ``drop`` counts a reason and returns its preallocated verdict; nothing here
   allocates per frame.
+- ``answered_v6`` is l2's and l3's shared test for the IPv6 frames the backend
+  answers (``net.dhcp6.is_client_message``, ``net.ra.is_router_solicit`` while the
+  port ``advertises``), for a slave whose ``dhcp6`` lease is set.
 - This module imports no decision module: ``l2`` and ``l3`` import it, and
   ``decisions`` imports them (dependencies run one way).
 """
