@@ -4,7 +4,8 @@ prints it: M and O set, router lifetime, MTU, on-link prefix without SLAAC, RDNS
 then ISC ``dhclient -6`` gets the slave's address, DNS servers and search list from the
 daemon's DHCPv6 server, and the guest reaches the outside from that address; in l2, l3
 and l3s. A client whose lease file holds another guest's address (it CONFIRMs it at start)
-is told NotOnLink and ends up with its own.
+is told NotOnLink and ends up with its own. l2 with a router on the wire: its RAs reach
+the guest, the daemon sends none, DHCPv6 is still the daemon's.
 
     vm1 (slave 2001:db8::10/64) -- vhost-ipvlan -- vim0 (ns host, 2001:db8::2/64)
                                                    <== veth ==> vio0 (ns out, 2001:db8::1/64)
@@ -12,13 +13,15 @@ is told NotOnLink and ends up with its own.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.guest import Guest
-from tests.support.lab import OUT_IP6, Lab, SlaveSpec
+from tests.support.guest import REPO_ROOT, Guest
+from tests.support.lab import MASTER, OUT_IP6, Lab, SlaveSpec
 from tests.support.wait import wait_until
 from vhost_ipvlan.net.addr import eui64_link_local, format_ip, parse_mac
 
@@ -99,6 +102,36 @@ def test_ra_then_dhclient_configures_the_guest(lab: Lab, tmp_path: Path) -> None
         assert lab.out_run("ping", "-c", "1", "-W", "5", VM_IP6).returncode == 0
         stats = lab.slave_stats("vm1")["dhcp6"]
         assert stats.get("assigned", 0) >= 1 and stats.get("ra_sent", 0) >= 1, stats
+
+
+def test_l2_with_a_router_on_the_wire(tmp_path: Path) -> None:
+    """The outside sends RAs (``tests/support/ra.py``, with a default route): the daemon
+    stops advertising, the guest's kernel takes the router's RA (its default route via
+    the router's link-local), and dhclient -6 still gets the slave's address from the
+    daemon; the guest reaches the outside through the router's RA."""
+    with Lab(tmp_path, [SlaveSpec("vm1", [f"{VM_IP6}/64"], VM_MAC)], master_ipv6=True,
+             master_addresses=(f"{HOST_IP6}/64",)) as lab:
+        assert lab.stats()[MASTER]["advertises"]
+        router = subprocess.Popen(
+            ["ip", "netns", "exec", lab.out, sys.executable, "-m", "tests.support.ra", "vio0", "2001:db8::/64",
+             "--default"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "ra.log").open("wb"))
+        try:
+            wait_until(lambda: not lab.stats()[MASTER]["advertises"], 30, what="the daemon seeing the router's RA")
+            out_ll = lab.out_run("ip", "-6", "-o", "addr", "show", "dev", "vio0", "scope", "link").stdout.split()[3]
+            with Guest("vm1", tmp_path, vhost_socket=lab.sock("vm1"), mac=VM_MAC) as vm:
+                vm.wait_ready(180)
+                wait_link_local(vm)
+                wait_until(lambda: f"default via {out_ll.split('/')[0]}" in vm.check("ip -6 route show dev eth0"),
+                           30, what="the router's default route in the guest")
+                assert router_ll(lab) not in vm.check("ip -6 route show dev eth0")
+                assert dhclient(vm)["new_ip6_address"] == VM_IP6
+                # from the daemon's address (the router's prefix also made a SLAAC one: not the slave's)
+                vm.check(f"ping -c 2 -W 5 -I {VM_IP6} {OUT_IP6}", timeout=60)
+                stats = lab.slave_stats("vm1")["dhcp6"]
+                assert stats.get("assigned", 0) >= 1 and "ra_sent" not in stats, stats
+        finally:
+            router.terminate()
+            router.wait(10)
 
 
 def test_a_client_holding_another_guests_address_is_refused(lab: Lab, tmp_path: Path) -> None:

@@ -148,6 +148,7 @@ class Daemon:
                 "uplink_rx_packets": dp.uplink_rx,
                 "uplink_tx_packets": dp.uplink_tx,
                 "drops": counts(dp.drops, dp.port.uplink_drops),
+                "advertises": dp.port.advertises,
                 **({"host_link": {"name": dp.hostlink.name, "rx_packets": dp.hostlink.rx_packets,
                                   "tx_packets": dp.hostlink.tx_packets}} if dp.hostlink is not None else {}),
                 "slaves": slaves,
