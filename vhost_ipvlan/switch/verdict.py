@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason
 from ..net import dhcp6, ra
-from ..net.frames import L3_CONTROL, L3_MALFORMED, L3_RUNT, L3_VLAN, Frame
+from ..net.frames import IPPROTO_ICMPV6, IPPROTO_UDP, L3_CONTROL, L3_MALFORMED, L3_RUNT, L3_VLAN, OFF_IPV6_NEXT, Frame
 from .table import ROWS, TABLE, Dest, Source
 
 if TYPE_CHECKING:
@@ -127,7 +127,12 @@ GUEST_REJECT: Final = {
 
 def answered_v6(port: Port, frame: Frame) -> Verdict | None:
     """A guest's (with a ``dhcp6`` lease) IPv6 frame the backend answers: its DHCPv6
-    client message, or its Router Solicitation while the port ``advertises``."""
+    client message, or its Router Solicitation while the port ``advertises``. (``frame``
+    is ``classify``'s L3_IPV6: at least an IPv6 header long; TCP and the rest leave at
+    the next-header byte.)"""
+    nh = frame[OFF_IPV6_NEXT]
+    if nh != IPPROTO_UDP and nh != IPPROTO_ICMPV6:
+        return None
     if dhcp6.is_client_message(frame):
         return ANSWERED_DHCP6
     if port.advertises and ra.is_router_solicit(frame):
