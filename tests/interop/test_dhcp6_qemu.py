@@ -30,10 +30,12 @@ pytestmark = [pytest.mark.qemu, pytest.mark.netns]
 VM_IP6, VM_MAC, HOST_IP6 = "2001:db8::10", "52:54:00:00:00:10", "2001:db8::2"
 OTHER_IP6 = "2001:db8::11"  # the other slave's
 
-# dhclient runs the script with $reason and the lease in its environment
+# dhclient runs the script with $reason and the lease in its environment (a stateless
+# -S reply comes as RENEW6 without an address)
 SCRIPT = r"""#!/bin/sh
 case "$reason" in
 BOUND6|REBOOT6|RENEW6|REBIND6)
+    if [ -z "$new_ip6_address" ]; then env | grep -E '^(reason|new_)' >/tmp/inform6.env; exit 0; fi
     env | grep -E '^(reason|new_)' >/tmp/dhcp6.env
     ip -6 addr add "$new_ip6_address/$new_ip6_prefixlen" dev "$interface" nodad ;;
 esac
@@ -98,10 +100,15 @@ def test_ra_then_dhclient_configures_the_guest(lab: Lab, tmp_path: Path) -> None
         assert env["reason"] == "BOUND6" and env["new_ip6_address"] == VM_IP6, env
         assert env["new_dhcp6_name_servers"] == "2001:db8::53" and "lab.example" in env["new_dhcp6_domain_search"]
         assert env["new_max_life"] == "86400"
+        # stateless (INFORMATION-REQUEST): DNS only
+        vm.check("timeout 60 dhclient -6 -S -1 -v -cf /tmp/d6.conf -lf /tmp/s6.leases -pf /tmp/s6.pid "
+                 "-sf /tmp/s6.sh eth0", timeout=90)
+        inform = dict(line.split("=", 1) for line in vm.check("cat /tmp/inform6.env").splitlines() if "=" in line)
+        assert inform["new_dhcp6_name_servers"] == "2001:db8::53" and "new_ip6_address" not in inform, inform
         vm.check(f"ping -c 2 -W 5 {OUT_IP6}", timeout=60)  # the address works
         assert lab.out_run("ping", "-c", "1", "-W", "5", VM_IP6).returncode == 0
         stats = lab.slave_stats("vm1")["dhcp6"]
-        assert stats.get("assigned", 0) >= 1 and stats.get("ra_sent", 0) >= 1, stats
+        assert stats.get("assigned", 0) >= 1 and stats.get("informed", 0) >= 1 and stats.get("ra_sent", 0) >= 1, stats
 
 
 def test_l2_with_a_router_on_the_wire(tmp_path: Path) -> None:
