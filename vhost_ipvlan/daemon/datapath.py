@@ -401,8 +401,10 @@ class PortDatapath:
         """What the DHCPv6 server tells the port's guests: its DUID (DUID-LL of the
         master's MAC), its address (the link-local the master's MAC gives), IPv6 DNS."""
         mac = self.port.master_mac
-        servers = tuple(a for a in self.dns[0] if len(a) == 16)
-        return dhcp6.Network(dhcp6.duid_ll(mac), eui64_link_local(mac), servers, self.dns[1])
+        return dhcp6.Network(dhcp6.duid_ll(mac), eui64_link_local(mac), self._dns6(), self.dns[1])
+
+    def _dns6(self) -> tuple[bytes, ...]:
+        return tuple(a for a in self.dns[0] if len(a) == 16)
 
     def advert(self, lease: dhcp.Lease) -> ra.Advert:
         """The RA for a guest with the DHCPv6 lease ``lease``: M when it has IPv6
@@ -410,7 +412,7 @@ class PortDatapath:
         router lifetime where the daemon routes (l3/l3s, ``traits.master_src_mac``),
         0 in l2 (the daemon forwards nothing off the link); the master's MTU; the
         lease's prefixes on-link; from the master's EUI-64 link-local."""
-        servers = tuple(a for a in self.dns[0] if len(a) == 16)
+        servers = self._dns6()
         mtu = self.max_frame - net.HDR_LEN - ETH_HLEN
         return ra.Advert(eui64_link_local(self.port.master_mac), managed=bool(lease.addresses),
                          other=bool(servers or self.dns[1]),

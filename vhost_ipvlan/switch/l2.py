@@ -66,7 +66,8 @@ From the wire (``port.uplink_drops`` counts these drops; the flag changes nothin
 
 Rules: decisions never raise on frame content; they only read the frame (the daemon
 translates the copies); the only state they change is learning (slave MAC,
-link-locals, via the Port; multicast groups, via the slave's filter) and drop counters.
+link-locals, via the Port; multicast groups, via the slave's filter), drop counters and
+``Port.wire_router`` (a router's RA seen on the wire).
 """
 
 from __future__ import annotations
