@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING
 
 from ..drops import DropReason, new_counters
 from ..errors import GuestError
+from ..net import dhcp6
 from ..net.dhcp import Outcome
 from ..net.frames import flow_hash
 from ..vhost_user.session import RX, TX, Session, Vring, pair_of
@@ -191,6 +192,10 @@ class NetDevice:
         self.announcements = 0
         #: this connection's rings resume at a non-zero base / it has been announced
         self.resumed = self.announced = False
+        #: the same for DHCPv6 (``dhcp6.Outcome``; MALFORMED is the drop ``dhcp6_malformed``)
+        self.dhcp6 = [0] * len(dhcp6.Outcome)
+        #: Router Advertisements the daemon put into this guest's RX ring (``net.ra``)
+        self.ra_sent = 0
         self._drain_scheduled = False
 
     # -- the first pair's rings (a single-queue guest's) ------------------------------
@@ -334,6 +339,8 @@ class NetDevice:
         if up != self.slave.up:
             self.slave.up = up
             log.info("slave %s: %s", self.slave.name, "up" if up else "down")
+            if up:
+                self.dp.slave_up(self)
         if up and self.resumed and not self.announced:
             self.announced = True
             sent = self.dp.announce(self)
@@ -362,6 +369,14 @@ class NetDevice:
     def dhcp_stats(self) -> dict[str, int]:
         """Non-zero DHCP outcomes (``offered``, ``acked``, ``naked``, ...) by label."""
         return {o.label: self.dhcp[o] for o in Outcome if self.dhcp[o]}
+
+    def dhcp6_stats(self) -> dict[str, int]:
+        """Non-zero DHCPv6 outcomes (``advertised``, ``assigned``, ...) by label, and the
+        Router Advertisements sent (``ra_sent``)."""
+        out = {o.label: self.dhcp6[o] for o in dhcp6.Outcome if self.dhcp6[o]}
+        if self.ra_sent:
+            out["ra_sent"] = self.ra_sent
+        return out
 
     def queue_stats(self) -> dict[str, object]:
         """The queue pairs: how many the slave offers, how many the connection has and

@@ -146,11 +146,13 @@ class Daemon:
                     **({"learned": learned_addresses(dev.slave)} if dev.slave.learn else {}),
                     **({"dhcp": dev.dhcp_stats()} if any(dev.dhcp) else {}),
                     "announcements": dev.announcements,
+                    **({"dhcp6": dev.dhcp6_stats()} if any(dev.dhcp6) or dev.ra_sent else {}),
                 }
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,
                 "uplink_tx_packets": dp.uplink_tx,
                 "drops": counts(dp.drops, dp.port.uplink_drops),
+                "advertises": dp.port.advertises,
                 **({"host_link": {"name": dp.hostlink.name, "rx_packets": dp.hostlink.rx_packets,
                                   "tx_packets": dp.hostlink.tx_packets}} if dp.hostlink is not None else {}),
                 "slaves": slaves,

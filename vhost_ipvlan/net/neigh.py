@@ -37,6 +37,7 @@ from .frames import (
     ETH_P_ARP,
     ETH_P_IPV6,
     IPPROTO_ICMPV6,
+    IPPROTO_UDP,
     ND_NEIGHBOR_ADVERT,
     ND_NEIGHBOR_SOLICIT,
     ND_OPT_TARGET_LL_ADDR,
@@ -110,11 +111,7 @@ def na_reply(request: Frame, mac: bytes, *, router: bool = False) -> bytes | Non
 def _na(eth_dst: bytes, ip_dst: bytes, target: bytes, mac: bytes, flags: int) -> bytes:
     """A Neighbour Advertisement from ``target`` claiming ``mac`` for it, to ``ip_dst``."""
     body = struct.pack("!BBHB3x16sBB6s", ND_NEIGHBOR_ADVERT, 0, 0, flags, target, ND_OPT_TARGET_LL_ADDR, 1, mac)
-    pseudo = target + ip_dst + struct.pack("!I3xB", len(body), IPPROTO_ICMPV6)
-    csum = checksum(pseudo + body)
-    body = body[:2] + struct.pack("!H", csum) + body[4:]
-    ip6 = _IPV6.pack(6 << 28, len(body), IPPROTO_ICMPV6, 255, target, ip_dst)
-    return ETH.pack(eth_dst, mac, ETH_P_IPV6) + ip6 + body
+    return ipv6_frame(eth_dst, mac, target, ip_dst, IPPROTO_ICMPV6, body)
 
 
 def gratuitous_arp(mac: bytes, ip: bytes) -> bytes:
@@ -132,6 +129,17 @@ def announce(mac: bytes, addresses: Iterable[bytes]) -> list[bytes]:
     first, each family in address order."""
     return [gratuitous_arp(mac, a) if len(a) == 4 else unsolicited_na(mac, a)
             for a in sorted(addresses, key=lambda a: (len(a), a))]
+
+
+def ipv6_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, proto: int, body: bytes,
+               hop_limit: int = 255) -> bytes:
+    """An Ethernet + IPv6 frame carrying the ICMPv6 or UDP message ``body`` (its
+    checksum field zero), the checksum filled in (RFC 8200 §8.1 pseudo-header)."""
+    at = 6 if proto == IPPROTO_UDP else 2
+    pseudo = src + dst + struct.pack("!I3xB", len(body), proto)
+    csum = checksum(pseudo + body) or (0xFFFF if proto == IPPROTO_UDP else 0)
+    body = body[:at] + struct.pack("!H", csum) + body[at + 2 :]
+    return ETH.pack(dst_mac, src_mac, ETH_P_IPV6) + _IPV6.pack(6 << 28, len(body), proto, hop_limit, src, dst) + body
 
 
 def reply(request: Frame, mac: bytes, *, router: bool = False) -> bytes | None:
