@@ -236,11 +236,10 @@ def test_a_failed_migration_leaves_the_source_running_with_its_slave(world: Worl
 #: with the C accelerator ('output.0:id 2 is not a head!'), but pure Python fails the same way once migrations
 #: are slower (this lab, six-plus moves at max-bandwidth 48 MiB/s: a guest kernel general protection fault in
 #: kmalloc, a corrupted slab freelist, in 2 of 2 pure-Python runs and 1 of 3 with C). The rings resume exactly
-#: where they stopped; the destination's RAM lacks the last writes of 126-247 pages only the guest CPU writes
-#: (the kernel's jiffies among them), which the same QEMU migrating the guest without the vhost-user NIC does
-#: not lose. Not the back-end's data path; cause not found.
-MIGRATION_RAM_BUG = ("the destination guest's memory is sometimes broken after a move (pages only the guest writes "
-                     "arrive stale), pure Python and C alike; cause not found (README, Live migration)")
+#: where they stopped, and the RAM arrives exact (a destination paused with -S holds the source's RAM page for
+#: page when the migration completes): the memory breaks after the resume, or was broken at the switch-over.
+MIGRATION_RAM_BUG = ("the destination guest's memory is sometimes broken after a move (a corrupted slab, 'id 2 is "
+                     "not a head'), pure Python and C alike; rings and RAM arrive exact; cause not found")
 
 
 @pytest.mark.slow
