@@ -163,10 +163,11 @@ def wire_ra() -> bytes:
                              / IPv6(src="fe80::1", dst="ff02::1", hlim=255) / ICMPv6ND_RA(routerlifetime=1800))
 
 
-@pytest.mark.parametrize("how", ["ra-on-wire", "default-route"])
+@pytest.mark.parametrize("how", ["ra-on-wire", "default-route", "router-guest"])
 def test_l2_with_a_router_on_the_wire(how: str) -> None:
-    """The wire's router answers: the guest's RS is flooded as before (the wire and the
-    other guests), its RA reaches the guests; DHCPv6 is still answered by the daemon."""
+    """The wire's router (or a guest allowed to route) answers: the guest's RS is flooded
+    as before (the wire and the other guests), its RA reaches the guests; DHCPv6 is still
+    answered by the daemon."""
     p = InprocPort([("a", [packed(A6)], mac(A)), ("b", [packed(B6)], mac(B))], mode="l2")
     try:
         for name, addr in (("a", A6), ("b", B6)):
@@ -177,6 +178,12 @@ def test_l2_with_a_router_on_the_wire(how: str) -> None:
             p.dp._uplink_readable()
             assert [Ether(f)[IPv6].src for _, f in p.frontends["a"].receive()] == ["fe80::1"]
             p.frontends["b"].receive()
+        elif how == "router-guest":  # b may route (allow_router): its RA passes the guard, flooded
+            p.device("b").slave.allow_router = True
+            p.frontends["b"].transmit(wire_ra()[10:].replace(mac("02:99:00:00:00:01"), mac(B)))
+            p.device("b").drain_tx()
+            assert len(p.frontends["a"].receive()) == 1 and len(p.uplink.sent) == 1
+            p.uplink.sent.clear()
         else:
             p.port.gateway_v6 = packed("fe80::1")
         assert not p.port.advertises
