@@ -865,6 +865,18 @@ static inline struct tpacket2_hdr *ring_frame(ring_t *r)
     return (struct tpacket2_hdr *)((char *)r->map.buf + (size_t)(at % r->frame_nr) * r->frame_size);
 }
 
+/* The socket's pending error (ENETDOWN when the master went down, ...), taken off it as
+ * a read would take it: a ring is never read, and the error would stay (poll reporting
+ * POLLERR for ever). 0 if there is none. */
+static int ring_error(ring_t *r)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(r->fd, SOL_SOCKET, SO_ERROR, &err, &len))
+        return errno;
+    return err;
+}
+
 /* Give the frame at the cursor back to the kernel and move on. */
 static void ring_done(ring_t *r)
 {
@@ -1080,9 +1092,12 @@ static int rx_recvmmsg(rx_t *x, int fd, int *rerrno)
     return ST_BUDGET;
 }
 
-/* The ring source: frame by frame where the kernel put them, each given back once handled. */
+/* The ring source: frame by frame where the kernel put them, each given back once handled.
+ * A pending socket error ends the burst first, as recvmmsg reports it before any frame. */
 static int rx_ring(rx_t *x, ring_t *r, int *rerrno)
 {
+    if ((*rerrno = ring_error(r)) != 0)
+        return ST_READ_ERROR;
     while (x->budget > 0) {
         unsigned char *buf;
         long total;
@@ -1192,7 +1207,7 @@ static PyObject *uplink_burst(PyObject *module, PyObject *const *args, Py_ssize_
 
 /* ring_recv(ring, buf) -> int: Python's ``recv`` on a ring (daemon/uplink.py): the next
  * frame copied to ``buf`` as the daemon's buffers hold it; its total length, 0 if there
- * is none, -1 for a truncated one; OSError for a read error. */
+ * is none, -1 for a truncated one; OSError for a read error or a pending socket error. */
 static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
@@ -1214,7 +1229,10 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_ValueError, "ring_recv: buffer size out of range");
     else {
         unsigned char *buf;
-        got = ring_next(&ring, rx_stage[0], (size_t)fb.len, &buf, &total);
+        if ((errno = ring_error(&ring)) != 0)
+            got = -1;
+        else
+            got = ring_next(&ring, rx_stage[0], (size_t)fb.len, &buf, &total);
         if (got < 0)
             PyErr_SetFromErrno(PyExc_OSError);
         else if (got > 0 && total > 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import struct
 from functools import partial
 from pathlib import Path
@@ -20,10 +21,12 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.pair.test_fastpath import B4, MASTER, OUT, OUT4, B, flat, mac, run_from_wire, wire_frames
+from tests.pair.test_fastpath import B4, MASTER, OUT, OUT4, B, flat, mac, make_port, run_from_wire, wire_frames
 from tests.support.inproc import MASTER_MAC, pure_python
+from tests.support.netns import link_down, link_up
 from tests.support.vethuplink import VethUplink
 from vhost_ipvlan.daemon import fastpath, uplink
+from vhost_ipvlan.drops import counts
 from vhost_ipvlan.virtio import net
 
 pytestmark = [
@@ -136,3 +139,29 @@ def test_without_a_ring_the_socket_is_read(why: str, monkeypatch: pytest.MonkeyP
         assert got == [d[10:] for d in frames] and v.recv(buf) == 0
     finally:
         v.close()
+
+
+@pytest.mark.parametrize("ring", [True, False])
+def test_the_master_going_down_is_one_read_error_then_frames_flow(ring: bool) -> None:
+    """The kernel leaves ENETDOWN on the socket when the master goes down; recvmmsg
+    returns it once. The ring path takes it off the same way (one uplink_read_error, the
+    burst ends), else poll would report POLLERR for ever and the daemon spin on it."""
+    p = make_port(uplink=veth(ring))
+    try:
+        v = p.uplink
+        assert isinstance(v, VethUplink) and v.uplink.rx_mechanism == ("ring" if ring else "recvmmsg")
+        p.port.wire_macs.add(mac(OUT))
+        link_down(v.host, "vim0")
+        link_up(v.host, "vim0")
+        frame = bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=B4) / UDP(sport=9, dport=7) / b"after")
+        v.inject(bytes(10) + frame)
+        p.dp._uplink_readable()
+        assert counts(p.dp.drops) == {"uplink_read_error": 1}
+        poller = select.poll()
+        poller.register(v.fileno(), select.POLLIN)
+        assert poller.poll(0) == [(v.fileno(), select.POLLIN)]  # the frame; the error is gone
+        p.dp._uplink_readable()
+        assert [f for _, f in p.frontends["b"].receive()] == [mac(B) + frame[6:]]
+        assert poller.poll(0) == [] and counts(p.dp.drops) == {"uplink_read_error": 1}
+    finally:
+        p.close()
