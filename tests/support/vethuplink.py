@@ -6,7 +6,7 @@ port's MAC) read and written by ``Uplink`` (its RX ring, or recvmmsg/recvmsg wit
 one), the outside's end ``vio0`` a packet socket with PACKET_VNET_HDR. ``inject``
 sends datagrams (10-byte ``virtio_net_hdr`` + frame) from the outside and returns
 once the master's socket has taken them all (PACKET_STATISTICS, with a deadline);
-``sent`` reads what reached the outside; ``refuse`` takes
+``sent`` reads what reached the outside (all the master sent); ``refuse`` takes
 the master down (every send fails). IPv6 is off in both namespaces, so the
 kernel itself sends nothing on the link. Everything is deleted by ``close``, also
 when the constructor fails.
@@ -53,7 +53,7 @@ class VethUplink:
 
     def __init__(self, mac: bytes, *, ring: bool | None = None, mtu: int = 9000) -> None:
         self.host, self.out = Netns(), Netns()
-        self._taken = 0
+        self._taken = self._peer_count = 0
         self._sent: list[bytes] = []
         try:
             for ns in (self.host, self.out):
@@ -80,8 +80,21 @@ class VethUplink:
             self.peer.send(d)
         wait_until(lambda: self.taken() >= want, 10, 0.01, "the master took the frames")
 
+    def _peer_taken(self) -> int:
+        packets, _drops = struct.unpack("II", self.peer.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        self._peer_count += packets
+        return self._peer_count
+
+    def _master_tx(self) -> int:
+        with self.host.ipr() as ipr:
+            tx: int = ipr.get_links(self.host.ifindex("vim0"))[0].get_attr("IFLA_STATS64")["tx_packets"]
+        return tx
+
     @property
     def sent(self) -> list[bytes]:
+        """What the master sent, once all of it reached the outside's socket (the veth
+        hands frames over in a softirq, which a loaded machine may defer)."""
+        wait_until(lambda: self._peer_taken() >= self._master_tx(), 10, 0.01, "the outside got the frames")
         while True:
             try:
                 self._sent.append(self.peer.recv(1 << 17))
