@@ -196,6 +196,13 @@ class FakeFrontend:
         for pair in range(self.queues):
             self.post_rx_buffers(QSIZE, pair)
 
+    def sync(self) -> None:
+        """Return once the back-end has handled every message sent so far: a request
+        with a reply (GET_FEATURES, which QEMU too sends at any time) behind them on the
+        socket. Messages without a reply (SET_VRING_ENABLE ...) are otherwise applied
+        whenever the back-end gets to them."""
+        self.get_u64(Request.GET_FEATURES)
+
     def enable_pair(self, pair: int, on: bool = True) -> None:
         """SET_VRING_ENABLE on both rings of ``pair`` (what QEMU sends for VQ_PAIRS_SET)."""
         for i in (2 * pair, 2 * pair + 1):

@@ -9,7 +9,8 @@ virtio_net_hdr + frame) and handed to the port's data path (``PortDatapath``,
 Rules:
 - Multiqueue: the device declares ``queues`` pairs (``num_queues``, the session's
   seam; a change applies from the next connection) and serves those the
-  front-end started, each ring enabled or not on its own (``QueuePair``). Every
+  front-end started, each ring enabled or not on its own (``QueuePair``; with
+  several pairs, a ring's enabling and disabling is logged). Every
   started TX ring is drained the same way (a disabled one is drained and its
   frames discarded, as vhost-user.rst says). A frame for the guest goes into one
   of the started and enabled RX rings, chosen by ``frames.flow_hash`` modulo
@@ -295,11 +296,16 @@ class NetDevice:
     def vring_changed(self, vring: Vring) -> None:
         pair = self.pairs[pair_of(vring.index)]
         if vring.index & 1 == RX:
+            was = pair.rx_enabled
             pair.rx_call = vring.call_fd
             pair.rx_enabled = vring.enabled
         else:
+            was = pair.tx_enabled
             pair.tx_call = vring.call_fd
             pair.tx_enabled = vring.enabled
+        if was != vring.enabled and len(self.pairs) > 1:  # the guest's choice of pairs (ethtool -L)
+            log.info("slave %s: %s queue %s", self.slave.name, self._qname(vring.index),
+                     "enabled" if vring.enabled else "disabled")
         self._ready_changed()
         self.dp.fast_table.invalidate()
         up = bool(self.rx_ready)

@@ -1,0 +1,48 @@
+"""The files the Debian package installs from contrib/ agree with the code (fast; the
+package itself is built and installed by tests/package/test_debian_package.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vhost_ipvlan import cli
+from vhost_ipvlan.config import load
+from vhost_ipvlan.control.client import DEFAULT_SOCKET
+from vhost_ipvlan.libvirt.domain import DEFAULT_SOCKET_DIR
+from vhost_ipvlan.libvirt.hook import script
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRIB = ROOT / "contrib"
+
+
+def test_default_config_is_valid_and_empty() -> None:
+    cfg = load(CONTRIB / "vhost-ipvlan.toml")
+    assert cfg.ports == ()
+
+
+def test_qemu_backend_description_matches_print_capabilities() -> None:
+    backend = json.loads((CONTRIB / "qemu" / "50-vhost-ipvlan.json").read_text())
+    assert set(backend) == {"description", "type", "binary"}
+    assert backend["type"] == cli._capabilities()["type"] == "net"
+    assert backend["binary"] == "/usr/bin/vhost-ipvlan"
+
+
+def test_packaged_hook_runs_what_install_hook_writes() -> None:
+    """The packaged hook (inactive until linked) execs the same command as the one
+    ``vhost-ipvlan install-hook`` writes, with Debian's python3 and the default paths."""
+    packaged = (CONTRIB / "libvirt" / "vhost-ipvlan-hook").read_text().splitlines()
+    written = script(DEFAULT_SOCKET, DEFAULT_SOCKET_DIR, python="/usr/bin/python3").splitlines()
+    assert packaged[0] == written[0] == "#!/bin/sh"
+    assert packaged[-1] == written[-1]
+    assert (CONTRIB / "libvirt" / "vhost-ipvlan-hook").stat().st_mode & 0o111
+
+
+def test_debian_takes_the_units_and_tmpfiles_from_contrib() -> None:
+    """One copy of each: debian/ links to contrib/."""
+    for name, target in (("vhost-ipvlan.service", "systemd/vhost-ipvlan.service"),
+                         ("vhost-ipvlan.vhost-ipvlan-libvirt-watch.service",
+                          "systemd/vhost-ipvlan-libvirt-watch.service"),
+                         ("vhost-ipvlan.tmpfiles", "tmpfiles.d/vhost-ipvlan.conf")):
+        link = ROOT / "debian" / name
+        assert link.is_symlink() and link.resolve() == (CONTRIB / target).resolve(), name
