@@ -74,8 +74,9 @@
  * frames_forwarded counts the frames sent to the wire too (sent or failed).
  * The staging slots are static: one caller at a time (the GIL is held throughout).
  *
- * uplink_burst(...): the wire -> guest loop (recvmmsg, demux by destination
- * address with the same table, MAC translation, rx_put); see its comment below.
+ * uplink_burst(...): the wire -> guest loop (the uplink's TPACKET_V2 RX ring, or
+ * recvmmsg on its socket; demux by destination address with the same table, MAC
+ * translation, rx_put); see its comment below. ring_recv: Python's read of that ring.
  *
  * Ring indices are accessed as whole 16-bit words (see virtqueue.py's rules).
  * Little-endian hosts only, like the rest of the data path.
