@@ -5,6 +5,8 @@
  *   rxmech send IFACE SECONDS SIZE     blast SIZE-byte UDP frames out IFACE (sendmmsg, 32 a
  *                                      call, PACKET_VNET_HDR, PACKET_QDISC_BYPASS) and report
  *                                      the sender's rate and CPU per frame
+ *   rxmech sendq IFACE SECONDS SIZE    the same without PACKET_QDISC_BYPASS (the daemon's
+ *                                      uplink: through the master's qdisc)
  *   rxmech pace IFACE SECONDS SIZE RATE  send RATE frames/s, one at a time, each carrying its
  *                                      send time (rxmech.h): the receivers then report the
  *                                      delay they add (median, p99) besides the rate
@@ -93,11 +95,10 @@ static int build_frame(int size)
     return 10 + size;
 }
 
-static void do_send(const char *iface, double secs, int size)
+static void do_send(const char *iface, double secs, int size, int bypass)
 {
     int fd = open_sock(iface, 1);
-    int one = 1;
-    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
+    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof bypass);
     struct iovec iov = {tframe, (size_t)build_frame(size)};
     struct mmsghdr msgs[BATCH];
     unsigned long long frames = 0;
@@ -109,7 +110,7 @@ static void do_send(const char *iface, double secs, int size)
         if (n > 0)
             frames += (unsigned)n;
     }
-    report("sendmmsg(32)", fd, frames, now() - t0, cpu() - c0);
+    report(bypass ? "sendmmsg(32)" : "sendmmsg(32), through the qdisc", fd, frames, now() - t0, cpu() - c0);
 }
 
 static void do_pace(const char *iface, double secs, int size, double rate)
@@ -284,12 +285,14 @@ static void do_tpacket2(const char *iface, double secs)
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: rxmech send|pace|txring|recvmmsg|tpacket3|tpacket2 IFACE SECONDS [SIZE]\n");
+        fprintf(stderr, "usage: rxmech send|sendq|pace|txring|recvmmsg|tpacket3|tpacket2 IFACE SECONDS [SIZE]\n");
         return 2;
     }
     double secs = atof(argv[3]);
     if (!strcmp(argv[1], "send"))
-        do_send(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64);
+        do_send(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64, 1);
+    else if (!strcmp(argv[1], "sendq"))
+        do_send(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64, 0);
     else if (!strcmp(argv[1], "pace"))
         do_pace(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64, argc > 5 ? atof(argv[5]) : 1000);
     else if (!strcmp(argv[1], "txring"))

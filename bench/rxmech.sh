@@ -6,7 +6,8 @@
 # AF_XDP needs libxdp-dev and libbpf-dev (installed here with apt-get if missing).
 # RX: a sender in namespace "out" (core 0) blasts frames at vio0; the receiver reads vim0 in
 # namespace "host" (core 1), once with each mechanism, alternating, twice per size.
-# TX: the sender alone (core 1) on vim0, sendmmsg then the TX ring, twice per size.
+# TX: the sender alone (core 1) on vim0, sendmmsg with and without PACKET_QDISC_BYPASS,
+# then the TX ring, twice per size.
 set -eu
 secs=${1:-4}
 sizes=${2:-64 1500}
@@ -58,7 +59,7 @@ done
 [ "${TX:-1}" = 0 ] && exit 0
 for size in $sizes; do
   for round in 1 2; do
-    for mech in send txring; do
+    for mech in send sendq txring; do
       printf '%s B, round %s: ' "$size" "$round"
       ip netns exec "$h" taskset -c 1 "$dir/rxmech" "$mech" vim0 "$secs" "$size"
     done
