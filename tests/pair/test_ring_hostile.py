@@ -72,3 +72,45 @@ def test_any_slot_is_a_whole_frame_or_truncated(slots: list[tuple[int, int, int,
     finally:
         a.close()
         b.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(slot, min_size=1, max_size=FRAMES), st.integers(1, FRAMES + 1))
+def test_uplink_burst_hands_python_what_ring_recv_reads(slots: list[tuple[int, int, int, int, bytes]],
+                                                        budget: int) -> None:
+    """With nothing C may deliver (an empty table), ``uplink_burst`` on a ring gives
+    ``slow`` every frame, in order, exactly as ``ring_recv`` reads them, within the
+    budget, and leaves the cursor where ``ring_recv`` would."""
+    assert fastpath.ext is not None
+    ring = bytearray(FRAME * FRAMES)
+    for i, (status, length, snaplen, mac, fill) in enumerate(slots):
+        base = i * FRAME
+        ring[base + 32 : base + FRAME] = ((fill or b"\x5a") * FRAME)[: FRAME - 32]
+        ring[base : base + 32] = tpacket2(status & ~TP_STATUS_COPY, length, snaplen, mac)
+    twin = bytearray(ring)
+    buf = memoryview(bytearray(net.MAX_BUFFER))
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        expected: list[tuple[int, bytes]] = []
+        twin_cursor = bytearray(4)
+        for _ in range(budget):
+            n = fastpath.ext.ring_recv((a.fileno(), twin, FRAME, FRAMES, twin_cursor), buf)
+            if n == 0:
+                break
+            expected.append((n, bytes(buf[: max(n, 0)])))
+        handed: list[tuple[int, bytes]] = []
+
+        def slow(n: int) -> int:
+            handed.append((n, bytes(buf[: max(n, 0)])))
+            return 0
+
+        cursor = bytearray(4)
+        status, detail, delivered = fastpath.ext.uplink_burst(
+            (a.fileno(), ring, FRAME, FRAMES, cursor), buf, {}, b"\x02" * 6, set(), budget, set(), slow)
+        assert (delivered, detail) == (0, 0)
+        assert status == (fastpath.ext.BUDGET if len(handed) == budget else fastpath.ext.EMPTY)
+        assert [(n, f[:10] + f[12:]) for n, f in handed] == [(n, f[:10] + f[12:]) for n, f in expected]
+        assert cursor == twin_cursor and ring == twin
+    finally:
+        a.close()
+        b.close()
