@@ -33,15 +33,22 @@ def tpacket2(status: int, length: int, snaplen: int, mac: int) -> bytes:
     return struct.pack("=IIIHHIIHH4x", status, length, snaplen, mac, 0, 0, 0, 0, 0)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(slot, min_size=1, max_size=FRAMES))
-def test_any_slot_is_a_whole_frame_or_truncated(slots: list[tuple[int, int, int, int, bytes]]) -> None:
-    assert fastpath.ext is not None
+def fake_ring(slots: list[tuple[int, int, int, int, bytes]]) -> bytearray:
+    """A ring whose first slots hold these headers (status, len, snaplen, mac), each slot's
+    rest filled with its bytes (repeated)."""
     ring = bytearray(FRAME * FRAMES)
     for i, (status, length, snaplen, mac, fill) in enumerate(slots):
         base = i * FRAME
         ring[base + 32 : base + FRAME] = ((fill or b"\x5a") * FRAME)[: FRAME - 32]
         ring[base : base + 32] = tpacket2(status, length, snaplen, mac)
+    return ring
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(slot, min_size=1, max_size=FRAMES))
+def test_any_slot_is_a_whole_frame_or_truncated(slots: list[tuple[int, int, int, int, bytes]]) -> None:
+    assert fastpath.ext is not None
+    ring = fake_ring(slots)
     before = bytes(ring)
     cursor = bytearray(4)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -82,11 +89,7 @@ def test_uplink_burst_hands_python_what_ring_recv_reads(slots: list[tuple[int, i
     ``slow`` every frame, in order, exactly as ``ring_recv`` reads them, within the
     budget, and leaves the cursor where ``ring_recv`` would."""
     assert fastpath.ext is not None
-    ring = bytearray(FRAME * FRAMES)
-    for i, (status, length, snaplen, mac, fill) in enumerate(slots):
-        base = i * FRAME
-        ring[base + 32 : base + FRAME] = ((fill or b"\x5a") * FRAME)[: FRAME - 32]
-        ring[base : base + 32] = tpacket2(status & ~TP_STATUS_COPY, length, snaplen, mac)
+    ring = fake_ring([(s & ~TP_STATUS_COPY, n, snap, mac, fill) for s, n, snap, mac, fill in slots])
     twin = bytearray(ring)
     buf = memoryview(bytearray(net.MAX_BUFFER))
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
