@@ -78,6 +78,14 @@
  * recvmmsg on its socket; demux by destination address with the same table, MAC
  * translation, rx_put); see its comment below. ring_recv: Python's read of that ring.
  *
+ * Dirty logging (live migration): a queue whose ``_logbuf`` is not None (the session's
+ *   dirty log while the front-end asks for one, virtqueue.py's rules) gets every RX
+ *   buffer rx_put fills marked there after the copy, one bit per 4 KiB guest page,
+ *   with an atomic OR (the front-end reads and clears the log concurrently, and other
+ *   back-ends of the VM may share it). The used elements written here are marked by
+ *   Python's publish, which always follows (the used index is Python's to write).
+ *   log_mark() gives Python's own marks (virtio/dirtylog.py) the same exact atomic OR.
+ *
  * Ring indices are accessed as whole 16-bit words (see virtqueue.py's rules).
  * Little-endian hosts only, like the rest of the data path.
  */
@@ -155,6 +163,8 @@ typedef struct {
     PyObject *obj;
     Py_buffer desc, avail, used;
     int nbufs; /* how many of desc/avail/used are held */
+    Py_buffer logb; /* the dirty log, when has_log */
+    int has_log;
     Py_buffer rbuf[MAX_REGIONS];
     region_t reg[MAX_REGIONS];
     int nreg;
@@ -171,7 +181,9 @@ static void queue_release(queue_t *q)
         PyBuffer_Release(bufs[i]);
     for (int i = 0; i < q->nreg; i++)
         PyBuffer_Release(&q->rbuf[i]);
-    q->nbufs = q->nreg = 0;
+    if (q->has_log)
+        PyBuffer_Release(&q->logb);
+    q->nbufs = q->nreg = q->has_log = 0;
 }
 
 /* The pending Python exception, normalized with its traceback, taken off the thread
@@ -242,6 +254,17 @@ static int queue_open(queue_t *q, PyObject *obj)
         PyErr_SetString(PyExc_ValueError, "ring buffers smaller than the queue size");
         goto fail;
     }
+    PyObject *logbuf = PyObject_GetAttrString(obj, "_logbuf");
+    if (!logbuf)
+        goto fail;
+    if (logbuf != Py_None) {
+        int rc = PyObject_GetBuffer(logbuf, &q->logb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS);
+        Py_DECREF(logbuf);
+        if (rc)
+            goto fail;
+        q->has_log = 1;
+    } else
+        Py_DECREF(logbuf);
     PyObject *mem = PyObject_GetAttrString(obj, "mem");
     if (!mem)
         goto fail;
@@ -384,6 +407,52 @@ static inline void push_used(queue_t *q, uint32_t head, uint32_t len)
     q->changed = 1;
 }
 
+/* Mark the 4 KiB pages of guest memory [addr, addr + len) dirty in a log of ``bytes``
+ * bytes, one atomic OR each, after the writes before it (release). Returns 1 if part of
+ * the range lay beyond the log (not marked), else 0. */
+static int mark_pages(unsigned char *log, uint64_t bytes, uint64_t addr, uint64_t len)
+{
+    if (!len)
+        return 0;
+    uint64_t end = addr + len - 1;
+    if (end < addr)
+        end = UINT64_MAX; /* the range wraps: the log ends long before */
+    for (uint64_t page = addr >> 12, last = end >> 12; page <= last; page++) {
+        if (page / 8 >= bytes)
+            return 1;
+        __atomic_fetch_or(&log[page / 8], (unsigned char)(1u << (page % 8)), __ATOMIC_RELEASE);
+    }
+    return 0;
+}
+
+/* The queue's log: the RX buffer rx_put filled (the session checked that the log covers
+ * guest memory). */
+static void log_write(const queue_t *q, uint64_t addr, uint32_t len)
+{
+    mark_pages(q->logb.buf, (uint64_t)q->logb.len, addr, len);
+}
+
+/* log_mark(log, gpa, length) -> int: virtio/dirtylog.py's DirtyLog.mark with exact bits
+ * (mark_pages), for Python's own writes while the module is loaded. */
+static PyObject *py_log_mark(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "log_mark takes 3 arguments");
+        return NULL;
+    }
+    unsigned long long addr = PyLong_AsUnsignedLongLong(args[1]);
+    long long len = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
+        return NULL;
+    int missed = len > 0 ? mark_pages(b.buf, (uint64_t)b.len, addr, (uint64_t)len) : 0;
+    PyBuffer_Release(&b);
+    return PyLong_FromLong(missed);
+}
+
 /* Put src (len bytes) into the next RX chain if it is one writable descriptor big enough. */
 static int rx_put(queue_t *q, const char *src, uint32_t len)
 {
@@ -402,6 +471,8 @@ static int rx_put(queue_t *q, const char *src, uint32_t len)
     if (!dst)
         return 0;
     memcpy(dst, src, len);
+    if (q->has_log)
+        log_write(q, d.addr, len);
     q->last_avail++;
     q->walked++;
     push_used(q, head, len);
@@ -1256,6 +1327,8 @@ static PyMethodDef methods[] = {
     {"ring_recv", (PyCFunction)(void (*)(void))ring_recv, METH_FASTCALL,
      "ring_recv(ring, buf) -> int: the next frame of an RX ring copied to buf (length, 0 none, -1 truncated)"},
     {"flow_hash", py_flow_hash, METH_O, "flow_hash(frame) -> int: net.frames.flow_hash computed in C"},
+    {"log_mark", (PyCFunction)(void (*)(void))py_log_mark, METH_FASTCALL,
+     "log_mark(log, gpa, length) -> int: mark the pages in a dirty log, atomically; 1 if some lay beyond it"},
     {NULL, NULL, 0, NULL},
 };
 
