@@ -147,13 +147,17 @@ def test_rings_starting_get_one_unsolicited_advert(port: InprocPort) -> None:
     assert port.frontends["b"].receive() == [] and port.uplink.sent == []
 
 
-def test_a_stateless_slave_gets_an_advert_without_m() -> None:
+def test_an_ipv4_only_slave_gets_no_advert() -> None:
+    """No IPv6 address configured: no RA, no DHCPv6 (an IPv4-only link stays so); in l3
+    its RS is the switch's as any multicast from a guest (dropped: l3 floods nothing)."""
     p = InprocPort([("a", [packed(A4)], mac(A)), ("b", [], mac(B))], mode="l3")
     try:
         sc = cfg.SlaveConfig("a", Path("/a.sock"), "server", (ipaddress.ip_interface(A4 + "/24"),), None)
         p.device("a").slave.dhcp6 = cfg.dhcp6_lease(sc)
-        [adv] = exchange(p, rs())
-        assert (adv[ICMPv6ND_RA].M, adv[ICMPv6ND_RA].O) == (0, 0) and not adv.haslayer(ICMPv6NDOptPrefixInfo)
+        assert p.device("a").slave.dhcp6 is None
+        p.frontends["a"].transmit(rs())
+        p.device("a").drain_tx()
+        assert p.frontends["a"].receive() == [] and p.device("a").ra_sent == 0
     finally:
         p.close()
 
@@ -220,7 +224,7 @@ def test_who_is_answered() -> None:
 
     assert cfg.dhcp6_lease(slave(("fd00::1/64", "10.0.0.5/24", "fe80::5/64"))) == \
         Lease(((packed("fd00::1"), 64),), "vm1")
-    assert cfg.dhcp6_lease(slave(("10.0.0.5/24",))) == Lease((), "vm1")  # stateless: DNS, RA without M
+    assert cfg.dhcp6_lease(slave(("10.0.0.5/24",))) is None  # IPv4 only: no RA, no DHCPv6
     assert cfg.dhcp6_lease(slave(())) is None
     assert cfg.dhcp6_lease(slave(("fd00::1/64",), dhcp=False)) is None
     assert cfg.dhcp6_lease(slave(("fd00::1/64",), learn=True)) is None
