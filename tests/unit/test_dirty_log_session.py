@@ -169,6 +169,16 @@ def test_malformed_set_log_base_is_refused(pair: Pair, payload: bytes, fds: int,
     assert refused(pair, payload, [memfd(256) for _ in range(fds)]) == expected
 
 
+def test_a_log_far_into_a_sparse_file_is_refused_before_mapping(pair: Pair) -> None:
+    """The daemon maps a log from offset 0 of its file (``Host.map_region``): a small log
+    at a huge offset of a sparse memfd would take terabytes of the daemon's address space,
+    which MAX_MAPPED refuses for guest memory; the log's mapping is bounded the same way."""
+    offset = codec.MAX_MAPPED
+    msg = refused(pair, codec.LOG.pack(256, offset), [memfd(offset + 256)])
+    assert msg == (f"SET_LOG_BASE: the log at offset {offset:#x} ends beyond {codec.MAX_LOG:#x} bytes "
+                   "(mmap_offset + size, what the daemon maps)")
+
+
 def test_a_log_on_a_disk_file_is_refused_as_guest_memory_is(pair: Pair, tmp_path: object) -> None:
     fd = os.open("/var/tmp", os.O_TMPFILE | os.O_RDWR)
     os.ftruncate(fd, pair.fe.log_size())
