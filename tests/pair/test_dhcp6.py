@@ -39,6 +39,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
+from tests.support.frontend import QSIZE
 from tests.support.inproc import MASTER_MAC, InprocPort
 from vhost_ipvlan import config as cfg
 from vhost_ipvlan.drops import counts
@@ -217,3 +218,16 @@ def test_who_is_answered() -> None:
     assert cfg.dhcp6_lease(slave(())) is None
     assert cfg.dhcp6_lease(slave(("fd00::1/64",), dhcp=False)) is None
     assert cfg.dhcp6_lease(slave(("fd00::1/64",), learn=True)) is None
+
+
+def test_ra_sent_counts_only_the_adverts_that_reached_the_ring(port: InprocPort) -> None:
+    """An RS flood beyond the guest's receive buffers: each RA that found no buffer is a
+    counted RX drop, not an RA sent as well (``ra_sent`` is what went into the ring)."""
+    dev = port.device("a")
+    for _ in range(QSIZE + 5):
+        port.frontends["a"].transmit(rs())
+        dev.drain_tx()
+    got = port.frontends["a"].receive()
+    dropped = sum(counts(dev.drops).values())
+    assert len(got) == QSIZE and dropped == 5
+    assert dev.dhcp6_stats() == {"ra_sent": QSIZE}

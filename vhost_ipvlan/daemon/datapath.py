@@ -450,8 +450,9 @@ class PortDatapath:
         lease = dev.slave.dhcp6
         if lease is None or not self.port.advertises:
             return
+        before = dev.rx_packets  # ``ra_sent`` counts what went into the ring: a full one is a drop only
         dev.deliver(with_header(ra.advert(dst_mac, dst_ip, self.port.master_mac, self.advert(lease))))
-        dev.ra_sent += 1
+        dev.ra_sent += dev.rx_packets - before
 
     def slave_up(self, dev: NetDevice) -> None:
         """``dev``'s guest's RX ring has started: one unsolicited RA (when it is answered),
