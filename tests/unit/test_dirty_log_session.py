@@ -207,6 +207,19 @@ def test_a_logged_used_ring_beyond_the_log_is_refused(pair: Pair) -> None:
         pair.fe.send(Request.SET_VRING_ADDR, addr)
 
 
+def test_a_ring_size_growing_its_logged_used_ring_beyond_the_log_is_refused(pair: Pair) -> None:
+    """SET_VRING_NUM after SET_VRING_ADDR: the used ring it logs grows with the size, and
+    a used ring past the log's end would lose its marks (counted in ``missed`` only)."""
+    pair.fe.start_dirty_log()
+    log_addr = (256 << 15) - 4096  # the last page the 256-byte log covers
+    addr = codec.VRING_ADDR.pack(RX, codec.VRING_F_LOG, 0x7F00_0000_0000 + pair.fe.rxq.desc,
+                                 0x7F00_0000_0000 + pair.fe.rxq.used, 0x7F00_0000_0000 + pair.fe.rxq.avail, log_addr)
+    pair.fe.send(Request.SET_VRING_ADDR, addr)  # 256 entries: 2054 bytes, inside the log
+    with pytest.raises(FrontendError, match="SET_VRING_NUM: a log of 256 bytes does not cover vring 0's used ring"):
+        pair.fe.send(Request.SET_VRING_NUM, codec.VRING_STATE.pack(RX, 1024))
+    assert pair.session.vrings[RX].num == 256
+
+
 def test_more_memory_than_the_log_covers_is_refused_while_logging(pair: Pair) -> None:
     pair.fe.start_dirty_log()
     region = codec.MEM_REGION.pack(0, MEM_SIZE, 0x7F00_0000_0000, 0) + codec.MEM_REGION.pack(
