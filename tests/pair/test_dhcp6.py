@@ -7,7 +7,7 @@ daemon, DHCPv6 still answered."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +45,8 @@ from vhost_ipvlan import config as cfg
 from vhost_ipvlan.drops import counts
 from vhost_ipvlan.net import dhcp6, ra
 from vhost_ipvlan.net.dhcp import Lease
+from vhost_ipvlan.vhost_user import codec
+from vhost_ipvlan.vhost_user.codec import Request
 
 A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 A_LL = "fe80::aa"
@@ -231,3 +233,27 @@ def test_ra_sent_counts_only_the_adverts_that_reached_the_ring(port: InprocPort)
     dropped = sum(counts(dev.drops).values())
     assert len(got) == QSIZE and dropped == 5
     assert dev.dhcp6_stats() == {"ra_sent": QSIZE}
+
+
+def test_a_front_end_toggling_its_rx_ring_gets_one_pending_unsolicited_advert(port: InprocPort,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each time the slave comes up, an unsolicited RA is due ``ra.FIRST_DELAY`` later: a
+    front-end toggling SET_VRING_ENABLE must not pile up timers (and then RAs built at once,
+    on the loop every guest shares); one is pending per guest at a time."""
+    timers: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def call_later(delay: float, callback: Callable[..., object], *args: object) -> object:
+        timers.append((callback, args))
+        return None
+
+    monkeypatch.setattr(port.dp.loop, "call_later", call_later)
+    fe = port.frontends["a"]
+    for _ in range(100):
+        fe.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 0))
+        fe.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 1))
+    assert len(timers) == 1
+    for callback, args in timers:
+        callback(*args)
+    assert len(fe.receive()) == 1 and port.device("a").dhcp6_stats() == {"ra_sent": 1}
+    port.dp.slave_up(port.device("a"))  # the next start: due again
+    assert len(timers) == 2
