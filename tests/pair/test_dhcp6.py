@@ -45,6 +45,7 @@ from vhost_ipvlan import config as cfg
 from vhost_ipvlan.drops import counts
 from vhost_ipvlan.net import dhcp6, ra
 from vhost_ipvlan.net.dhcp import Lease
+from vhost_ipvlan.switch.port import WIRE_ROUTER_TICKS
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
 
@@ -257,3 +258,27 @@ def test_a_front_end_toggling_its_rx_ring_gets_one_pending_unsolicited_advert(po
     assert len(fe.receive()) == 1 and port.device("a").dhcp6_stats() == {"ra_sent": 1}
     port.dp.slave_up(port.device("a"))  # the next start: due again
     assert len(timers) == 2
+
+
+def test_l2_forgets_a_wire_router_it_no_longer_hears() -> None:
+    """One RA from the wire (a router, or any host sending one once) stopped the daemon's
+    RAs for every l2 guest until it restarted; a router advertises at least every 1800 s
+    (RFC 4861 MaxRtrAdvInterval), so one not heard for ``WIRE_ROUTER_TICKS`` RA intervals
+    is forgotten, and each RA it sends starts the count again."""
+    p = InprocPort([("a", [packed(A6)], mac(A))], mode="l2")
+    try:
+        p.device("a").slave.dhcp6 = Lease(((packed(A6), 64),), "a")
+        p.uplink.inject(wire_ra())
+        p.dp._uplink_readable()
+        assert not p.port.advertises
+        for _ in range(WIRE_ROUTER_TICKS):
+            p.dp._ra_tick()
+        p.uplink.inject(wire_ra())  # still there: heard again
+        p.dp._uplink_readable()
+        for _ in range(WIRE_ROUTER_TICKS):
+            p.dp._ra_tick()
+        assert not p.port.advertises and p.device("a").ra_sent == 0
+        p.dp._ra_tick()  # forgotten: this tick's RA goes out
+        assert p.port.advertises and p.device("a").ra_sent == 1
+    finally:
+        p.close()

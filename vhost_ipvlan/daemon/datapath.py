@@ -472,7 +472,9 @@ class PortDatapath:
             self.flush()
 
     def _ra_tick(self) -> None:
-        """Every ``ra.INTERVAL``: an unsolicited RA to every up guest that gets them."""
+        """Every ``ra.INTERVAL``: an unsolicited RA to every up guest that gets them (after
+        l2 forgets a wire router it no longer hears, ``Port.age_wire_router``)."""
+        self.port.age_wire_router()
         for dev in self.receivers():
             self._advertise(dev, ra.ALL_NODES_MAC, ra.ALL_NODES)
         self.flush()

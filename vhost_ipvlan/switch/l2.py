@@ -62,7 +62,8 @@ From the wire (``port.uplink_drops`` counts these drops; the flag changes nothin
      (the kernel would pass it to the host; we consume it).
   5. Other multicast/broadcast -> MULTICAST: FLOOD (a Router Advertisement from another
      MAC than the master's also sets ``Port.wire_router``: the daemon stops answering
-     RS, the router's RAs reach the guests); everything else -> HOST: PASS.
+     RS, the router's RAs reach the guests; forgotten when no RA came for
+     ``WIRE_ROUTER_TICKS`` RA intervals, ``Port.age_wire_router``); everything else -> HOST: PASS.
 
 Rules: decisions never raise on frame content; they only read the frame (the daemon
 translates the copies); the only state they change is learning (slave MAC,
@@ -166,6 +167,7 @@ def from_uplink(flag: str) -> FromUplink:
             if kind in (L3_IPV4, L3_IPV6):
                 if kind == L3_IPV6 and src != port.master_mac and ra.is_router_advert(frame):
                     port.wire_router = True
+                    port.wire_router_age = 0
                 return apply(multicast, drops, None, None)
         target = by_addr.get(key)
         if target is None:

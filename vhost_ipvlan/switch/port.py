@@ -41,7 +41,8 @@ Rules (kernel ``ipvlan_main.c``: docs/kernel-behaviour.md §2 and §7, with its 
   (``ANSWERED_DHCP6``) and, where the daemon is the guests' router
   (``Port.advertises``: l3/l3s always; l2 while the host has no IPv6 default route
   through the master, ``gateway_v6``, and no Router Advertisement came from the wire,
-  ``wire_router``), its Router Solicitations too (``ANSWERED_RS``); otherwise an RS is
+  ``wire_router``, in the last ``WIRE_ROUTER_TICKS`` RA intervals: the daemon's
+  ``age_wire_router`` every interval), its Router Solicitations too (``ANSWERED_RS``); otherwise an RS is
   switched like any frame and the wire's router answers it.
 - Each slave has a multicast filter (``mcast.GroupFilter``): the policy feeds it the
   guest's IGMP/MLD, the daemon asks it before flooding to that slave.
@@ -77,6 +78,9 @@ from .verdict import TO_SLAVE, TO_UPLINK, Verdict
 
 MAX_LEARNED_LINK_LOCALS = 8
 MAX_WIRE_SEEN = 4096
+#: RA intervals (the daemon's, 600 s) without an RA from the wire after which l2 forgets
+#: the wire's router: more than RFC 4861's longest MaxRtrAdvInterval (1800 s)
+WIRE_ROUTER_TICKS = 3
 
 AddressLike = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -197,8 +201,10 @@ class Port:
         self.gateway_v4: bytes | None = None
         #: the master's IPv6 default gateway (packed), likewise: in l2 a router is on the link
         self.gateway_v6: bytes | None = None
-        #: a Router Advertisement came from the wire (l2: a router is on the link)
+        #: a Router Advertisement came from the wire (l2: a router is on the link), and the
+        #: daemon's RA intervals since the last one (``age_wire_router``)
         self.wire_router = False
+        self.wire_router_age = 0
         #: the master's connected prefixes, as (address length, network, mask) integers
         self.master_prefixes: tuple[tuple[int, int, int], ...] = ()
         #: the daemon's predicate: the address (or 6-byte MAC) is in use beyond the port
@@ -290,6 +296,14 @@ class Port:
         """Whether the daemon is its guests' IPv6 router (answers RS, sends RAs): l3/l3s,
         or l2 with no IPv6 default route through the master and no RA seen on the wire."""
         return self.traits.master_src_mac or (self.gateway_v6 is None and not self.wire_router)
+
+    def age_wire_router(self) -> None:
+        """One RA interval passed: a wire router not heard for more than
+        ``WIRE_ROUTER_TICKS`` of them is gone (see the rules)."""
+        if self.wire_router:
+            self.wire_router_age += 1
+            if self.wire_router_age > WIRE_ROUTER_TICKS:
+                self.wire_router = False
 
     def on_link(self, addr: bytes) -> bool:
         """Whether ``addr`` is inside one of the master's connected prefixes."""
