@@ -25,9 +25,10 @@ Rules:
   the burst: the frame is counted ``internal_error`` in the port's ``drops`` and
   skipped (``device.internal_error_log`` rate-limits the log lines). The uplink
   reads ``device.BURST`` frames per burst, as a TX drain takes. With the C
-  accelerator (l2) the burst reads 32 frames per ``recvmmsg``, C delivers the
-  common ones and calls ``_uplink_frame`` for every other one, in order; a batch
-  already read is finished even when floods used up the budget.
+  accelerator (l2) the burst reads the uplink's RX ring (``uplink.RxRing``) or 32
+  frames per ``recvmmsg``, C delivers the common ones and calls ``_uplink_frame`` for
+  every other one, in order; a recvmmsg batch already read is finished even when
+  floods used up the budget.
 - The wire follows the master (``daemon.master`` keeps ``wire_up`` and
   ``max_frame``): while the master is down or gone, frames for the wire are
   dropped and counted ``master_down`` (guest <-> guest goes on); a non-GSO frame
@@ -515,11 +516,11 @@ class PortDatapath:
     def _uplink_readable(self) -> None:
         fp = fastpath.ext
         table = self.fast_table.rx_table() if fp is not None else None
-        fd = self.uplink.batch_fd() if table is not None else -1
-        if fp is not None and table is not None and fd >= 0:
+        source = self._batch_rx() if table is not None else -1
+        if fp is not None and table is not None and source != -1:
             # C delivers the common frames and gives every other one, in order, to _uplink_frame
             try:
-                status, detail, delivered = fp.uplink_burst(fd, self.buf, table, self.port.master_mac,
+                status, detail, delivered = fp.uplink_burst(source, self.buf, table, self.port.master_mac,
                                                             self.port.wire_macs, device.BURST, self.dirty,
                                                             self._uplink_frame)
             except Exception as e:  # raised by Python's own path: a bug
@@ -547,6 +548,12 @@ class PortDatapath:
                 break
             budget -= self._uplink_frame(length)
         self.flush()
+
+    def _batch_rx(self) -> object:
+        """What C reads the wire from: the uplink's RX ring (``Uplink.batch_rx``) or its
+        ``batch_fd`` (-1: none, Python reads)."""
+        batch_rx = getattr(self.uplink, "batch_rx", None)
+        return batch_rx() if batch_rx is not None else self.uplink.batch_fd()
 
     def _uplink_frame(self, length: int) -> int:
         """Count and switch one frame read from the uplink (``view[:length]``, -1 if it was
