@@ -63,7 +63,8 @@ From the wire (``port.uplink_drops`` counts these drops; the flag changes nothin
      (the kernel would pass it to the host; we consume it).
   5. Other multicast/broadcast -> MULTICAST: FLOOD (a Router Advertisement from another
      MAC than the master's also sets ``Port.link_router``: the daemon stops answering
-     RS, the router's RAs reach the guests); everything else -> HOST: PASS.
+     RS, the router's RAs reach the guests; forgotten when no RA came for
+     ``LINK_ROUTER_TICKS`` RA intervals, ``Port.age_link_router``); everything else -> HOST: PASS.
 
 Rules: decisions never raise on frame content; they only read the frame (the daemon
 translates the copies); the only state they change is learning (slave MAC,
@@ -123,7 +124,7 @@ def from_guest(flag: str) -> FromGuest:
             if kind in (L3_IPV4, L3_IPV6) and len(frame) <= port.max_frame:
                 slave.mcast.snoop(frame)
             if slave.allow_router and kind == L3_IPV6 and ra.is_router_advert(frame):
-                port.link_router = True  # a guest is the link's router: the daemon steps back
+                port.link_router, port.link_router_age = True, 0  # a guest is the link's router: the daemon steps back
             return apply(multicast, drops, None, None)
         mac_owner = None
         if dst != port.master_mac:
@@ -169,6 +170,7 @@ def from_uplink(flag: str) -> FromUplink:
             if kind in (L3_IPV4, L3_IPV6):
                 if kind == L3_IPV6 and src != port.master_mac and ra.is_router_advert(frame):
                     port.link_router = True
+                    port.link_router_age = 0
                 return apply(multicast, drops, None, None)
         target = by_addr.get(key)
         if target is None:
