@@ -62,3 +62,13 @@ def test_the_unit_makes_its_read_write_paths_before_any_sandboxed_command() -> N
     tmpfiles = [i for i, (_, v) in enumerate(execs) if "systemd-tmpfiles --create" in v]
     assert tmpfiles and execs[tmpfiles[0]][1].startswith("+"), execs
     assert all(v.startswith(("+", "!")) for _, v in execs[: tmpfiles[0]]), execs
+
+
+def test_the_unit_neither_reloads_nor_prechecks_the_config_file() -> None:
+    """``systemctl reload`` would send SIGHUP, which applies the file's difference and so
+    removes the libvirt hook's slaves; a ``check-config`` of /etc before the start would
+    keep a daemon that starts from its state file from restarting after a crash."""
+    lines = [ln.strip() for ln in (CONTRIB / "systemd" / "vhost-ipvlan.service").read_text().splitlines()
+             if not ln.lstrip().startswith("#")]
+    assert not [ln for ln in lines if ln.startswith("ExecReload=")]
+    assert not [ln for ln in lines if ln.startswith("ExecStartPre=") and "check-config" in ln]
