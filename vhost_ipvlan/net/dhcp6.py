@@ -44,6 +44,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -259,11 +260,17 @@ def _status(code: int) -> bytes:
     return _opt(OPT_STATUS_CODE, struct.pack("!H", code))
 
 
+@functools.lru_cache(maxsize=256)
+def _iaaddrs(addresses: tuple[tuple[bytes, int], ...], preferred: int, valid: int) -> bytes:
+    """The IA Address options of a lease, built once per lease and lifetimes (a slave may
+    have hundreds of addresses and a message several IA_NAs: the cost stays one join)."""
+    return b"".join(_opt(OPT_IAADDR, a + struct.pack("!II", preferred, valid)) for a, _ in addresses)
+
+
 def _ia_na(iaid: bytes, lease: Lease, network: Network, stale: tuple[bytes, ...]) -> bytes:
     """An IA_NA holding every lease address, and ``stale`` ones with lifetimes 0."""
     t1, t2 = network.preferred // 2, network.preferred * 4 // 5
-    inner = b"".join(_opt(OPT_IAADDR, a + struct.pack("!II", network.preferred, network.valid))
-                     for a, _ in lease.addresses)
+    inner = _iaaddrs(lease.addresses, network.preferred, network.valid)
     inner += b"".join(_opt(OPT_IAADDR, a + bytes(8)) for a in stale)
     return _opt(OPT_IA_NA, iaid + struct.pack("!II", t1, t2) + inner)
 
