@@ -67,10 +67,12 @@ class HostLab(Lab):
 
 
 class MigrationLab:
-    def __init__(self, tmp: Path, slaves: list[SlaveSpec], *, daemon_env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, slaves: list[SlaveSpec], *, daemon_env: dict[str, str] | None = None,
+                 pure_python: bool = False) -> None:
         self.tmp = tmp
         self.out = f"vi-mo-{secrets.token_hex(3)}"
-        self.hosts = {h: HostLab(tmp / h, slaves, self.out, f"vio{h}", daemon_env=daemon_env) for h in HOSTS}
+        self.hosts = {h: HostLab(tmp / h, slaves, self.out, f"vio{h}", daemon_env=daemon_env,
+                                 pure_python=pure_python) for h in HOSTS}
 
     def __enter__(self) -> Self:
         try:
