@@ -15,7 +15,7 @@ the policy's; TO_SLAVE names a slave of the port that is up; ANSWER(DHCP) only f
 slave with a lease, and its reply goes to the sender's MAC or broadcast; ANSWER(DHCP6) and
 ANSWER(RS) only for a slave with a DHCPv6 lease (RS: on a port that advertises), the
 reply to the sender's MAC, from the master's; an RA from the wire only ever stops an l2
-port advertising; a frame for the wire,
+port advertising, and no guest (none may route) stops it; a frame for the wire,
 once translated, carries the master's MAC as its Ethernet (and ARP sender) source,
 never a guest's; translation never changes a frame's length; the port's tables stay
 consistent (every owner a slave that has the address, MACs unique, learning limits).
@@ -73,7 +73,9 @@ def _wire_checks(port: Port, frame: bytearray) -> None:
 
 
 def _act_guest(port: Port, sender: Slave, frame: bytes) -> None:
+    advertised = port.advertises
     action, arg = port.from_guest(sender, memoryview(frame))
+    check(port.advertises == advertised or sender.allow_router, "a guest that may not route silenced the daemon's RAs")
     check(action in GUEST_ACTIONS, f"from_guest verdict {action!r}")
     buf = bytearray(frame)
     n = len(buf)

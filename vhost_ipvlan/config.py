@@ -68,8 +68,8 @@ Rules:
   effect only for a slave with an IPv4 address that does not learn (a learning
   slave has nothing to hand out); a change is made in place. The same switch makes
   it the guest's DHCPv6 server and, where it is the guest's router, the sender of
-  its Router Advertisements (``net.dhcp6``, ``net.ra``, ``dhcp6_lease``: any address
-  configured, not learning; its IPv6 addresses are handed out, none: stateless).
+  its Router Advertisements (``net.dhcp6``, ``net.ra``, ``dhcp6_lease``: an IPv6
+  address configured, not learning; its IPv6 addresses are handed out).
   ``[daemon] dns`` and ``dns_search`` (IPv4 and IPv6 servers, at most ``MAX_DNS`` of
   each; domain names) are what it tells the guests (DHCPv4 the IPv4 ones, DHCPv6 and
   RAs the IPv6 ones); absent, the daemon reads the host's resolv.conf. ``hostname``
@@ -311,11 +311,12 @@ def dhcp_lease(slave: SlaveConfig) -> Lease | None:
 
 def dhcp6_lease(slave: SlaveConfig) -> Lease | None:
     """What the daemon's DHCPv6 server gives ``slave``'s guest: its IPv6 addresses (not
-    link-local) with their prefixes, maybe none (stateless: DNS only, and RAs without M);
-    ``None`` when it is not answered (``dhcp = false``, learning, or no address at all)."""
+    link-local) with their prefixes; ``None`` when it is not answered (``dhcp = false``,
+    learning, or no IPv6 address: an IPv4-only guest gets no RA and no DHCPv6 from us,
+    as from the kernel, so a link that is IPv4-only for the operator stays so)."""
     v6 = tuple((a.ip.packed, a.network.prefixlen) for a in slave.addresses
                if a.version == 6 and not a.ip.is_link_local)
-    if not slave.dhcp or slave.learn or not slave.addresses:
+    if not slave.dhcp or slave.learn or not v6:
         return None
     return Lease(v6, slave.hostname or slave.name)
 

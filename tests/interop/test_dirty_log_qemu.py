@@ -28,11 +28,13 @@ pytestmark = [pytest.mark.qemu, pytest.mark.netns]
 VM_IP, VM_MAC = "192.0.2.10", "52:54:00:00:00:10"
 
 
-@pytest.fixture(params=[1, 2], ids=["1-queue", "2-queues"])
+@pytest.fixture(params=[(1, False), (2, False), (1, True)], ids=["1-queue", "2-queues", "1-queue-pure-python"])
 def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Lab, Guest]]:
-    """A guest with one queue pair, or two (QEMU 7.2: one SET_LOG_BASE per pair)."""
-    queues: int = request.param
-    with Lab(tmp_path, [SlaveSpec("vm", [f"{VM_IP}/24"], VM_MAC, extra={"queues": queues})]) as lab:
+    """A guest with one queue pair, or two (QEMU 7.2: one SET_LOG_BASE per pair); the
+    daemon with its C accelerator, or without (Python's whole-byte marks)."""
+    queues, pure = request.param
+    with Lab(tmp_path, [SlaveSpec("vm", [f"{VM_IP}/24"], VM_MAC, extra={"queues": queues})],
+             pure_python=pure) as lab:
         vm = Guest("vm", tmp_path, vhost_socket=lab.sock("vm"), mac=VM_MAC, ip4=f"{VM_IP}/24", queues=queues,
                    smp=queues)
         try:

@@ -7,7 +7,7 @@ daemon, DHCPv6 still answered."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,11 +39,15 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
+from tests.support.frontend import QSIZE
 from tests.support.inproc import MASTER_MAC, InprocPort
 from vhost_ipvlan import config as cfg
 from vhost_ipvlan.drops import counts
 from vhost_ipvlan.net import dhcp6, ra
 from vhost_ipvlan.net.dhcp import Lease
+from vhost_ipvlan.switch.port import LINK_ROUTER_TICKS
+from vhost_ipvlan.vhost_user import codec
+from vhost_ipvlan.vhost_user.codec import Request
 
 A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 A_LL = "fe80::aa"
@@ -147,13 +151,17 @@ def test_rings_starting_get_one_unsolicited_advert(port: InprocPort) -> None:
     assert port.frontends["b"].receive() == [] and port.uplink.sent == []
 
 
-def test_a_stateless_slave_gets_an_advert_without_m() -> None:
+def test_an_ipv4_only_slave_gets_no_advert() -> None:
+    """No IPv6 address configured: no RA, no DHCPv6 (an IPv4-only link stays so); in l3
+    its RS is the switch's as any multicast from a guest (dropped: l3 floods nothing)."""
     p = InprocPort([("a", [packed(A4)], mac(A)), ("b", [], mac(B))], mode="l3")
     try:
         sc = cfg.SlaveConfig("a", Path("/a.sock"), "server", (ipaddress.ip_interface(A4 + "/24"),), None)
         p.device("a").slave.dhcp6 = cfg.dhcp6_lease(sc)
-        [adv] = exchange(p, rs())
-        assert (adv[ICMPv6ND_RA].M, adv[ICMPv6ND_RA].O) == (0, 0) and not adv.haslayer(ICMPv6NDOptPrefixInfo)
+        assert p.device("a").slave.dhcp6 is None
+        p.frontends["a"].transmit(rs())
+        p.device("a").drain_tx()
+        assert p.frontends["a"].receive() == [] and p.device("a").ra_sent == 0
     finally:
         p.close()
 
@@ -163,10 +171,11 @@ def wire_ra() -> bytes:
                              / IPv6(src="fe80::1", dst="ff02::1", hlim=255) / ICMPv6ND_RA(routerlifetime=1800))
 
 
-@pytest.mark.parametrize("how", ["ra-on-wire", "default-route"])
+@pytest.mark.parametrize("how", ["ra-on-wire", "default-route", "router-guest"])
 def test_l2_with_a_router_on_the_wire(how: str) -> None:
-    """The wire's router answers: the guest's RS is flooded as before (the wire and the
-    other guests), its RA reaches the guests; DHCPv6 is still answered by the daemon."""
+    """The wire's router (or a guest allowed to route) answers: the guest's RS is flooded
+    as before (the wire and the other guests), its RA reaches the guests; DHCPv6 is still
+    answered by the daemon."""
     p = InprocPort([("a", [packed(A6)], mac(A)), ("b", [packed(B6)], mac(B))], mode="l2")
     try:
         for name, addr in (("a", A6), ("b", B6)):
@@ -177,6 +186,12 @@ def test_l2_with_a_router_on_the_wire(how: str) -> None:
             p.dp._uplink_readable()
             assert [Ether(f)[IPv6].src for _, f in p.frontends["a"].receive()] == ["fe80::1"]
             p.frontends["b"].receive()
+        elif how == "router-guest":  # b may route (allow_router): its RA passes the guard, flooded
+            p.device("b").slave.allow_router = True
+            p.frontends["b"].transmit(wire_ra()[10:].replace(mac("02:99:00:00:00:01"), mac(B)))
+            p.device("b").drain_tx()
+            assert len(p.frontends["a"].receive()) == 1 and len(p.uplink.sent) == 1
+            p.uplink.sent.clear()
         else:
             p.port.gateway_v6 = packed("fe80::1")
         assert not p.port.advertises
@@ -213,7 +228,68 @@ def test_who_is_answered() -> None:
 
     assert cfg.dhcp6_lease(slave(("fd00::1/64", "10.0.0.5/24", "fe80::5/64"))) == \
         Lease(((packed("fd00::1"), 64),), "vm1")
-    assert cfg.dhcp6_lease(slave(("10.0.0.5/24",))) == Lease((), "vm1")  # stateless: DNS, RA without M
+    assert cfg.dhcp6_lease(slave(("10.0.0.5/24",))) is None  # IPv4 only: no RA, no DHCPv6
     assert cfg.dhcp6_lease(slave(())) is None
     assert cfg.dhcp6_lease(slave(("fd00::1/64",), dhcp=False)) is None
     assert cfg.dhcp6_lease(slave(("fd00::1/64",), learn=True)) is None
+
+
+def test_ra_sent_counts_only_the_adverts_that_reached_the_ring(port: InprocPort) -> None:
+    """An RS flood beyond the guest's receive buffers: each RA that found no buffer is a
+    counted RX drop, not an RA sent as well (``ra_sent`` is what went into the ring)."""
+    dev = port.device("a")
+    for _ in range(QSIZE + 5):
+        port.frontends["a"].transmit(rs())
+        dev.drain_tx()
+    got = port.frontends["a"].receive()
+    dropped = sum(counts(dev.drops).values())
+    assert len(got) == QSIZE and dropped == 5
+    assert dev.dhcp6_stats() == {"ra_sent": QSIZE}
+
+
+def test_a_front_end_toggling_its_rx_ring_gets_one_pending_unsolicited_advert(port: InprocPort,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each time the slave comes up, an unsolicited RA is due ``ra.FIRST_DELAY`` later: a
+    front-end toggling SET_VRING_ENABLE must not pile up timers (and then RAs built at once,
+    on the loop every guest shares); one is pending per guest at a time."""
+    timers: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def call_later(delay: float, callback: Callable[..., object], *args: object) -> object:
+        timers.append((callback, args))
+        return None
+
+    monkeypatch.setattr(port.dp.loop, "call_later", call_later)
+    fe = port.frontends["a"]
+    for _ in range(100):
+        fe.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 0))
+        fe.send(Request.SET_VRING_ENABLE, codec.VRING_STATE.pack(0, 1))
+    assert len(timers) == 1
+    for callback, args in timers:
+        callback(*args)
+    assert len(fe.receive()) == 1 and port.device("a").dhcp6_stats() == {"ra_sent": 1}
+    port.dp.slave_up(port.device("a"))  # the next start: due again
+    assert len(timers) == 2
+
+
+def test_l2_forgets_a_wire_router_it_no_longer_hears() -> None:
+    """One RA from the wire (a router, or any host sending one once) stopped the daemon's
+    RAs for every l2 guest until it restarted; a router advertises at least every 1800 s
+    (RFC 4861 MaxRtrAdvInterval), so one not heard for ``LINK_ROUTER_TICKS`` RA intervals
+    is forgotten, and each RA it sends starts the count again."""
+    p = InprocPort([("a", [packed(A6)], mac(A))], mode="l2")
+    try:
+        p.device("a").slave.dhcp6 = Lease(((packed(A6), 64),), "a")
+        p.uplink.inject(wire_ra())
+        p.dp._uplink_readable()
+        assert not p.port.advertises
+        for _ in range(LINK_ROUTER_TICKS):
+            p.dp._ra_tick()
+        p.uplink.inject(wire_ra())  # still there: heard again
+        p.dp._uplink_readable()
+        for _ in range(LINK_ROUTER_TICKS):
+            p.dp._ra_tick()
+        assert not p.port.advertises and p.device("a").ra_sent == 0
+        p.dp._ra_tick()  # forgotten: this tick's RA goes out
+        assert p.port.advertises and p.device("a").ra_sent == 1
+    finally:
+        p.close()

@@ -9,13 +9,18 @@ returned (SET_VRING_BASE), as QEMU's destination does.
 
 from __future__ import annotations
 
+import os
+
+import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6ND_NA
 from scapy.layers.l2 import ARP, Ether
 
-from tests.support.inproc import MASTER_MAC, InprocPort
+from tests.support.inproc import MASTER_MAC, InprocPort, _Host
+from vhost_ipvlan.daemon import device
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import Request
+from vhost_ipvlan.vhost_user.session import Session
 
 GUEST_MAC = bytes.fromhex("525400000020")
 ADDRS = [bytes([192, 0, 2, 20]), bytes.fromhex("20010db8000000000000000000000020")]
@@ -102,3 +107,44 @@ def test_a_frame_reaches_only_the_slave_whose_rings_run() -> None:
     finally:
         src.close()
         dst.close()
+
+
+def reconnect(p: InprocPort) -> None:
+    """The front-end goes and a new connection sets the device up again (a new Session)."""
+    dev = p.device("vm")
+    old = dev.session
+    assert old is not None
+    old.close()
+    session = Session(_Host(), dev)
+    dev.attach(session)
+
+    def transport(data: bytes, fds: list[int]) -> bytes | None:
+        request, flags, _ = codec.decode_header(data)
+        reply = session.handle(codec.Message(request, flags, data[codec.HEADER_SIZE :], [os.dup(fd) for fd in fds]))
+        return None if reply is None else reply[codec.HEADER_SIZE :]
+
+    p.frontends["vm"].transport = transport
+    p.frontends["vm"].setup()
+
+
+def test_a_front_end_reconnecting_at_a_non_zero_base_cannot_flood_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each new connection resuming at a non-zero base is announced; a front-end doing it in
+    a loop gets ``ANNOUNCE_BURST`` announcements at once, then one every
+    ``ANNOUNCE_INTERVAL`` (a slave's announcement is one frame per address: up to 256)."""
+    now = [1000.0]
+    monkeypatch.setattr(device, "_clock", lambda: now[0])
+    p = host()
+    try:
+        for _ in range(20):
+            reconnect(p)  # (the fake front-end starts its rings at 0: stopped again, resumed at 7 and 9)
+            stop_rings(p)
+            start_rings(p, [7, 9])
+            assert p.device("vm").slave.up
+        assert len(p.uplink.sent) == 2 * device.ANNOUNCE_BURST
+        now[0] += device.ANNOUNCE_INTERVAL
+        reconnect(p)
+        stop_rings(p)
+        start_rings(p, [7, 9])
+        assert len(p.uplink.sent) == 2 * device.ANNOUNCE_BURST + 2
+    finally:
+        p.close()

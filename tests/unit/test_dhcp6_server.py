@@ -5,6 +5,7 @@ DECLINE; stateless: INFORMATION-REQUEST), and hostile input as MALFORMED."""
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -197,3 +198,29 @@ def test_hostile_payloads_never_raise(payload: bytes) -> None:
     assert (reply is None) == (outcome in (Outcome.MALFORMED, Outcome.IGNORED))
     for cut in (0, 10, 50, 62, 66):
         dhcp6.answer(frame[:cut], LEASE, NET, MASTER)
+
+
+def test_a_renew_naming_many_foreign_addresses_still_fits_one_reply() -> None:
+    """A slave may have MAX_ADDRESSES (256) addresses, each in every IA_NA answered; a
+    RENEW of MAX_IAS IA_NAs each naming dozens of foreign addresses made the reply longer
+    than a UDP length (struct.error out of ``answer``: an internal error, not an answer).
+    The foreign ones echoed with lifetimes 0 are at most ``MAX_STALE`` per IA."""
+    lease = Lease(tuple((ipaddress.IPv6Address(f"fd00::{i:x}").packed, 64) for i in range(1, 257)), "vm1")
+    ias = [DHCP6OptIA_NA(iaid=k, ianaopts=[DHCP6OptIAAddress(addr=f"fd01::{j:x}") for j in range(1, 63)])
+           for k in range(dhcp6.MAX_IAS)]
+    outcome, frame = dhcp6.answer(client(DHCP6_Renew(), server_id(), *ias), lease, NET, MASTER)
+    assert outcome == Outcome.ASSIGNED and frame is not None
+    body = Ether(frame)[DHCP6_Reply].original[4:]  # scapy does not parse IA_NAs this long: by hand
+    found = []
+    while body:
+        code, length = struct.unpack_from("!HH", body)
+        if code == dhcp6.OPT_IA_NA:
+            inner, lifetimes = body[4 + 12 : 4 + length], []
+            while inner:
+                sub, sublen = struct.unpack_from("!HH", inner)
+                if sub == dhcp6.OPT_IAADDR:
+                    lifetimes.append(struct.unpack_from("!I", inner, 4 + 20)[0])
+                inner = inner[4 + sublen :]
+            found.append((len(lifetimes), lifetimes.count(0)))
+        body = body[4 + length :]
+    assert found == [(256 + dhcp6.MAX_STALE, dhcp6.MAX_STALE)] * dhcp6.MAX_IAS

@@ -169,6 +169,16 @@ def test_malformed_set_log_base_is_refused(pair: Pair, payload: bytes, fds: int,
     assert refused(pair, payload, [memfd(256) for _ in range(fds)]) == expected
 
 
+def test_a_log_far_into_a_sparse_file_is_refused_before_mapping(pair: Pair) -> None:
+    """The daemon maps a log from offset 0 of its file (``Host.map_region``): a small log
+    at a huge offset of a sparse memfd would take terabytes of the daemon's address space,
+    which MAX_MAPPED refuses for guest memory; the log's mapping is bounded the same way."""
+    offset = codec.MAX_MAPPED
+    msg = refused(pair, codec.LOG.pack(256, offset), [memfd(offset + 256)])
+    assert msg == (f"SET_LOG_BASE: the log at offset {offset:#x} ends beyond {codec.MAX_LOG:#x} bytes "
+                   "(mmap_offset + size, what the daemon maps)")
+
+
 def test_a_log_on_a_disk_file_is_refused_as_guest_memory_is(pair: Pair, tmp_path: object) -> None:
     fd = os.open("/var/tmp", os.O_TMPFILE | os.O_RDWR)
     os.ftruncate(fd, pair.fe.log_size())
@@ -195,6 +205,19 @@ def test_a_logged_used_ring_beyond_the_log_is_refused(pair: Pair) -> None:
                                  MEM_SIZE + (1 << 30))
     with pytest.raises(FrontendError, match="SET_VRING_ADDR: a log of 256 bytes does not cover vring 0's used ring"):
         pair.fe.send(Request.SET_VRING_ADDR, addr)
+
+
+def test_a_ring_size_growing_its_logged_used_ring_beyond_the_log_is_refused(pair: Pair) -> None:
+    """SET_VRING_NUM after SET_VRING_ADDR: the used ring it logs grows with the size, and
+    a used ring past the log's end would lose its marks (counted in ``missed`` only)."""
+    pair.fe.start_dirty_log()
+    log_addr = (256 << 15) - 4096  # the last page the 256-byte log covers
+    addr = codec.VRING_ADDR.pack(RX, codec.VRING_F_LOG, 0x7F00_0000_0000 + pair.fe.rxq.desc,
+                                 0x7F00_0000_0000 + pair.fe.rxq.used, 0x7F00_0000_0000 + pair.fe.rxq.avail, log_addr)
+    pair.fe.send(Request.SET_VRING_ADDR, addr)  # 256 entries: 2054 bytes, inside the log
+    with pytest.raises(FrontendError, match="SET_VRING_NUM: a log of 256 bytes does not cover vring 0's used ring"):
+        pair.fe.send(Request.SET_VRING_NUM, codec.VRING_STATE.pack(RX, 1024))
+    assert pair.session.vrings[RX].num == 256
 
 
 def test_more_memory_than_the_log_covers_is_refused_while_logging(pair: Pair) -> None:

@@ -46,3 +46,29 @@ def test_debian_takes_the_units_and_tmpfiles_from_contrib() -> None:
                          ("vhost-ipvlan.tmpfiles", "tmpfiles.d/vhost-ipvlan.conf")):
         link = ROOT / "debian" / name
         assert link.is_symlink() and link.resolve() == (CONTRIB / target).resolve(), name
+
+
+def test_the_unit_makes_its_read_write_paths_before_any_sandboxed_command() -> None:
+    """systemd sets up each command's mount namespace when it starts it, and a
+    ReadWritePaths= entry that does not exist (no "-") fails it (226/NAMESPACE): the
+    tmpfiles line ("+", outside the sandbox) must run before every sandboxed Exec line,
+    or a first start after a by-hand install (README) or with /run/vhost-ipvlan removed
+    fails before it could create the directory."""
+    lines = [line.split("=", 1) for line in (CONTRIB / "systemd" / "vhost-ipvlan.service").read_text().splitlines()
+             if line and not line.startswith("#") and "=" in line]
+    rw = [v for k, v in lines if k == "ReadWritePaths"]
+    assert rw == ["/run/vhost-ipvlan"]
+    execs = [(k, v) for k, v in lines if k == "ExecStartPre"] + [(k, v) for k, v in lines if k == "ExecStart"]
+    tmpfiles = [i for i, (_, v) in enumerate(execs) if "systemd-tmpfiles --create" in v]
+    assert tmpfiles and execs[tmpfiles[0]][1].startswith("+"), execs
+    assert all(v.startswith(("+", "!")) for _, v in execs[: tmpfiles[0]]), execs
+
+
+def test_the_unit_neither_reloads_nor_prechecks_the_config_file() -> None:
+    """``systemctl reload`` would send SIGHUP, which applies the file's difference and so
+    removes the libvirt hook's slaves; a ``check-config`` of /etc before the start would
+    keep a daemon that starts from its state file from restarting after a crash."""
+    lines = [ln.strip() for ln in (CONTRIB / "systemd" / "vhost-ipvlan.service").read_text().splitlines()
+             if not ln.lstrip().startswith("#")]
+    assert not [ln for ln in lines if ln.startswith("ExecReload=")]
+    assert not [ln for ln in lines if ln.startswith("ExecStartPre=") and "check-config" in ln]

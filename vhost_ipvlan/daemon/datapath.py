@@ -25,9 +25,10 @@ Rules:
   the burst: the frame is counted ``internal_error`` in the port's ``drops`` and
   skipped (``device.internal_error_log`` rate-limits the log lines). The uplink
   reads ``device.BURST`` frames per burst, as a TX drain takes. With the C
-  accelerator (l2) the burst reads 32 frames per ``recvmmsg``, C delivers the
-  common ones and calls ``_uplink_frame`` for every other one, in order; a batch
-  already read is finished even when floods used up the budget.
+  accelerator (l2) the burst reads the uplink's RX ring (``uplink.RxRing``) or 32
+  frames per ``recvmmsg``, C delivers the common ones and calls ``_uplink_frame`` for
+  every other one, in order; a recvmmsg batch already read is finished even when
+  floods used up the budget.
 - The wire follows the master (``daemon.master`` keeps ``wire_up`` and
   ``max_frame``): while the master is down or gone, frames for the wire are
   dropped and counted ``master_down`` (guest <-> guest goes on); a non-GSO frame
@@ -45,7 +46,7 @@ Rules:
   the server's DUID-LL and link-local from the master's MAC, the IPv6 DNS servers).
   ``ANSWER(RS)``: the guest's Router Solicitation gets an RA (``net.ra``, ``advert``)
   into its RX ring, unicast to its source; a guest whose RX ring starts (``slave_up``)
-  gets one unsolicited (to ff02::1), and every up guest one every ``ra.INTERVAL``
+  gets one unsolicited (to ff02::1; one due at a time), and every up guest one every ``ra.INTERVAL``
   (``_ra_tick``), while the port ``advertises``. Counted in ``NetDevice.ra_sent``.
 - l3/l3s: ``ANSWER`` replies with the master's MAC (to the guest, or out the
   master); ``ROUTE`` asks ``routing.Router`` for the next hop's MAC (a local route
@@ -133,6 +134,8 @@ class PortDatapath:
         self.max_frame = net.HDR_LEN + ETH_HLEN + 1500
         self._rescan: Cancellable | None = None
         self._ra_timer: Cancellable | None = None
+        #: guests with an unsolicited RA due (``slave_up``): one timer each at a time
+        self._first_due: set[NetDevice] = set()
         #: the C accelerator's view of the port (``fastpath.py``)
         self.fast_table = PortTable(port, self.devices)
         self._receivers: list[NetDevice] = []
@@ -450,23 +453,29 @@ class PortDatapath:
         lease = dev.slave.dhcp6
         if lease is None or not self.port.advertises:
             return
+        before = dev.rx_packets  # ``ra_sent`` counts what went into the ring: a full one is a drop only
         dev.deliver(with_header(ra.advert(dst_mac, dst_ip, self.port.master_mac, self.advert(lease))))
-        dev.ra_sent += 1
+        dev.ra_sent += dev.rx_packets - before
 
     def slave_up(self, dev: NetDevice) -> None:
         """``dev``'s guest's RX ring has started: one unsolicited RA (when it is answered),
         ``ra.FIRST_DELAY`` later (the driver posts its receive buffers after enabling the
-        ring: at once, the RA would find none)."""
-        if dev.slave.dhcp6 is not None:
+        ring: at once, the RA would find none). One is due per guest at a time: a
+        front-end toggling its ring piles up neither timers nor RAs."""
+        if dev.slave.dhcp6 is not None and dev not in self._first_due:
+            self._first_due.add(dev)
             self.loop.call_later(ra.FIRST_DELAY, self._first_advert, dev)
 
     def _first_advert(self, dev: NetDevice) -> None:
+        self._first_due.discard(dev)
         if dev.slave.up and self.devices.get(dev.slave.name) is dev:
             self._advertise(dev, ra.ALL_NODES_MAC, ra.ALL_NODES)
             self.flush()
 
     def _ra_tick(self) -> None:
-        """Every ``ra.INTERVAL``: an unsolicited RA to every up guest that gets them."""
+        """Every ``ra.INTERVAL``: an unsolicited RA to every up guest that gets them (after
+        l2 forgets a wire router it no longer hears, ``Port.age_link_router``)."""
+        self.port.age_link_router()
         for dev in self.receivers():
             self._advertise(dev, ra.ALL_NODES_MAC, ra.ALL_NODES)
         self.flush()
@@ -507,11 +516,11 @@ class PortDatapath:
     def _uplink_readable(self) -> None:
         fp = fastpath.ext
         table = self.fast_table.rx_table() if fp is not None else None
-        fd = self.uplink.batch_fd() if table is not None else -1
-        if fp is not None and table is not None and fd >= 0:
+        source = self._batch_rx() if table is not None else -1
+        if fp is not None and table is not None and source != -1:
             # C delivers the common frames and gives every other one, in order, to _uplink_frame
             try:
-                status, detail, delivered = fp.uplink_burst(fd, self.buf, table, self.port.master_mac,
+                status, detail, delivered = fp.uplink_burst(source, self.buf, table, self.port.master_mac,
                                                             self.port.wire_macs, device.BURST, self.dirty,
                                                             self._uplink_frame)
             except Exception as e:  # raised by Python's own path: a bug
@@ -539,6 +548,12 @@ class PortDatapath:
                 break
             budget -= self._uplink_frame(length)
         self.flush()
+
+    def _batch_rx(self) -> object:
+        """What C reads the wire from: the uplink's RX ring (``Uplink.batch_rx``) or its
+        ``batch_fd`` (-1: none, Python reads)."""
+        batch_rx = getattr(self.uplink, "batch_rx", None)
+        return batch_rx() if batch_rx is not None else self.uplink.batch_fd()
 
     def _uplink_frame(self, length: int) -> int:
         """Count and switch one frame read from the uplink (``view[:length]``, -1 if it was

@@ -38,7 +38,10 @@ Rules:
   earlier connection, left them: an incoming live migration, a reconnect after a
   daemon restart) the slave's addresses are announced on the wire with the
   master's MAC (``PortDatapath.announce``) once, when the slave is first up in that
-  connection. A fresh guest (every ring at 0) is not announced. QEMU 7.2's own
+  connection, within a budget per slave (``ANNOUNCE_BURST`` at once, then one every
+  ``ANNOUNCE_INTERVAL``; beyond it one rate-limited line is logged instead): a front-end
+  reconnecting at a non-zero base in a loop cannot flood the wire with the slave's
+  addresses. A fresh guest (every ring at 0) is not announced. QEMU 7.2's own
   trigger, SEND_RARP, never comes for a guest that acked GUEST_ANNOUNCE (QEMU makes
   the guest announce itself instead, with its own MAC and only the addresses it
   knows), so the back-end does not rely on it (docs/design.md §3).
@@ -79,12 +82,14 @@ from ..virtio import net
 from ..virtio.virtqueue import SplitQueue
 from . import fastpath
 from .host import eventfd_drain, eventfd_signal
+from .lograte import RateLimitedLog
 
 if TYPE_CHECKING:
     from ..switch.port import Slave
     from .datapath import PortDatapath
 
 log = logging.getLogger(__name__)
+_announce_log = RateLimitedLog(log)  # announcements refused, per slave
 
 BURST = 256
 #: descriptors one TX drain may walk before it reschedules (see the rules)
@@ -92,6 +97,11 @@ DESC_BUDGET = 4 * BURST
 #: descriptors a receive queue may walk for frames it then did not take, per burst
 RX_WASTE_BUDGET = 4 * BURST
 ERROR_LOG_INTERVAL = 10.0
+#: a slave's announcements (see the rules): this many at once, then one more every
+#: ``ANNOUNCE_INTERVAL`` seconds, whatever its front-ends do
+ANNOUNCE_BURST = 3
+ANNOUNCE_INTERVAL = 10.0
+_clock = time.monotonic  # the announcements' budget's clock (a test sets it)
 
 
 class _ErrorLog:
@@ -192,6 +202,8 @@ class NetDevice:
         self.announcements = 0
         #: this connection's rings resume at a non-zero base / it has been announced
         self.resumed = self.announced = False
+        #: what is left of the announcements' budget (tokens, when), across connections
+        self._announce_budget = (float(ANNOUNCE_BURST), _clock())
         #: the same for DHCPv6 (``dhcp6.Outcome``; MALFORMED is the drop ``dhcp6_malformed``)
         self.dhcp6 = [0] * len(dhcp6.Outcome)
         #: Router Advertisements the daemon put into this guest's RX ring (``net.ra``)
@@ -343,9 +355,23 @@ class NetDevice:
                 self.dp.slave_up(self)
         if up and self.resumed and not self.announced:
             self.announced = True
+            if not self._announce_allowed():
+                _announce_log.log(self.slave.name, logging.WARNING, "slave %s: resumed again: not announced "
+                                  "(at most %d announcements, then one every %.0f s)", self.slave.name,
+                                  ANNOUNCE_BURST, ANNOUNCE_INTERVAL)
+                return
             sent = self.dp.announce(self)
             log.info("slave %s: resumed (rings continue at a non-zero base): %d address(es) announced "
                      "with the master's MAC", self.slave.name, sent)
+
+    def _announce_allowed(self) -> bool:
+        """Take one from the slave's announcement budget (see the rules), if any is left."""
+        now = _clock()
+        tokens, stamp = self._announce_budget
+        tokens = min(float(ANNOUNCE_BURST), tokens + (now - stamp) / ANNOUNCE_INTERVAL)
+        allowed = tokens >= 1.0
+        self._announce_budget = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
 
     def detach(self) -> None:
         self.session = None

@@ -25,7 +25,8 @@ Rules:
   and 0.8 of the preferred lifetime; an address the client names that is not the
   lease's (another guest's, or an old one): in a REQUEST the IA gets status NotOnLink
   (the client solicits again, RFC 8415 §18.3.2), in a RENEW/REBIND it is returned with
-  lifetimes 0 (§18.3.4-5). No lease address: SOLICIT/REQUEST IA_NA NoAddrsAvail,
+  lifetimes 0 (§18.3.4-5), at most ``MAX_STALE`` per IA (so that the reply always fits
+  one UDP datagram, whatever the client names). No lease address: SOLICIT/REQUEST IA_NA NoAddrsAvail,
   RENEW/REBIND IA_NA NoBinding. IA_TA is NoAddrsAvail, IA_PD NoPrefixAvail, always.
 - CONFIRM -> REPLY Success if every address it names is the lease's, else NotOnLink
   (§18.3.3); none named: no reply (``IGNORED``). RELEASE, DECLINE -> REPLY Success
@@ -43,6 +44,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -60,6 +62,7 @@ PREFERRED_LIFETIME: Final = 86400
 VALID_LIFETIME: Final = 86400
 MAX_OPTIONS: Final = 64
 MAX_IAS: Final = 8
+MAX_STALE: Final = 8  # foreign addresses echoed with lifetimes 0 per IA_NA (see the rules)
 MAX_DUID: Final = 130  # 2-byte type + at most 128 bytes (RFC 8415 §11.1)
 PREFERENCE_MAX: Final = 255
 
@@ -257,11 +260,17 @@ def _status(code: int) -> bytes:
     return _opt(OPT_STATUS_CODE, struct.pack("!H", code))
 
 
+@functools.lru_cache(maxsize=256)
+def _iaaddrs(addresses: tuple[tuple[bytes, int], ...], preferred: int, valid: int) -> bytes:
+    """The IA Address options of a lease, built once per lease and lifetimes (a slave may
+    have hundreds of addresses and a message several IA_NAs: the cost stays one join)."""
+    return b"".join(_opt(OPT_IAADDR, a + struct.pack("!II", preferred, valid)) for a, _ in addresses)
+
+
 def _ia_na(iaid: bytes, lease: Lease, network: Network, stale: tuple[bytes, ...]) -> bytes:
     """An IA_NA holding every lease address, and ``stale`` ones with lifetimes 0."""
     t1, t2 = network.preferred // 2, network.preferred * 4 // 5
-    inner = b"".join(_opt(OPT_IAADDR, a + struct.pack("!II", network.preferred, network.valid))
-                     for a, _ in lease.addresses)
+    inner = _iaaddrs(lease.addresses, network.preferred, network.valid)
     inner += b"".join(_opt(OPT_IAADDR, a + bytes(8)) for a in stale)
     return _opt(OPT_IA_NA, iaid + struct.pack("!II", t1, t2) + inner)
 
@@ -284,7 +293,7 @@ def _ias(msg: Message, lease: Lease, network: Network) -> tuple[bytes, bool]:
         elif msg.kind == REQUEST and any(a not in owned for a in named):
             out += _ia_status(code, iaid, NOT_ON_LINK)
         else:
-            stale = tuple(a for a in named if a not in owned) if msg.kind in (RENEW, REBIND) else ()
+            stale = tuple(a for a in named if a not in owned)[:MAX_STALE] if msg.kind in (RENEW, REBIND) else ()
             out += _ia_na(iaid, lease, network, stale)
             given = True
     return out, given

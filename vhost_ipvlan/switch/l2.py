@@ -28,7 +28,8 @@ From a guest (source validation first: a departure, the kernel checks nothing)
      547) from a slave whose ``dhcp6`` lease is set -> ANSWER(DHCP6), likewise
      (``net.dhcp6``); its Router Solicitation -> ANSWER(RS) while the daemon is the
      link's router (``Port.advertises``: no IPv6 default route via the master, no RA
-     from the wire), else it is flooded like any multicast and the wire's router answers.
+     from the wire or from a guest with ``allow_router``, whose RA, flooded like any
+     multicast, sets ``Port.link_router``), else it is flooded and the router answers.
   4. Destination MAC multicast/broadcast -> MULTICAST: FLOOD in every flag (kernel:
      other UP slaves + wire, the host gets no copy). IGMP/MLD in it update the
      sender's multicast filter (``mcast``), unless the frame is longer than the
@@ -61,13 +62,14 @@ From the wire (``port.uplink_drops`` counts these drops; the flag changes nothin
      dst MAC the master's, is delivered). An owner that is not up -> DROP(TARGET_DOWN)
      (the kernel would pass it to the host; we consume it).
   5. Other multicast/broadcast -> MULTICAST: FLOOD (a Router Advertisement from another
-     MAC than the master's also sets ``Port.wire_router``: the daemon stops answering
-     RS, the router's RAs reach the guests); everything else -> HOST: PASS.
+     MAC than the master's also sets ``Port.link_router``: the daemon stops answering
+     RS, the router's RAs reach the guests; forgotten when no RA came for
+     ``LINK_ROUTER_TICKS`` RA intervals, ``Port.age_link_router``); everything else -> HOST: PASS.
 
 Rules: decisions never raise on frame content; they only read the frame (the daemon
 translates the copies); the only state they change is learning (slave MAC,
 link-locals, via the Port; multicast groups, via the slave's filter), drop counters and
-``Port.wire_router`` (a router's RA seen on the wire).
+``Port.link_router`` (a router's RA seen on the link).
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ def from_guest(flag: str) -> FromGuest:
         if dst[0] & 1:
             if kind in (L3_IPV4, L3_IPV6) and len(frame) <= port.max_frame:
                 slave.mcast.snoop(frame)
+            if slave.allow_router and kind == L3_IPV6 and ra.is_router_advert(frame):
+                port.link_router, port.link_router_age = True, 0  # a guest is the link's router: the daemon steps back
             return apply(multicast, drops, None, None)
         mac_owner = None
         if dst != port.master_mac:
@@ -165,7 +169,8 @@ def from_uplink(flag: str) -> FromUplink:
                 return apply(looped_back, drops, None, None)
             if kind in (L3_IPV4, L3_IPV6):
                 if kind == L3_IPV6 and src != port.master_mac and ra.is_router_advert(frame):
-                    port.wire_router = True
+                    port.link_router = True
+                    port.link_router_age = 0
                 return apply(multicast, drops, None, None)
         target = by_addr.get(key)
         if target is None:

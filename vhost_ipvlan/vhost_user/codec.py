@@ -14,7 +14,9 @@ Rules:
   that must fit a u64, as the C accelerator stores it (``_fastpath.c`` region_t).
 - A dirty log (SET_LOG_BASE, with LOG_SHMFD) is one descriptor and ``(mmap_size,
   mmap_offset)``; its size is non-zero and at most ``MAX_LOG`` bytes (the log of
-  16 TiB of guest-physical addresses, as ``MAX_MAPPED``).
+  16 TiB of guest-physical addresses, as ``MAX_MAPPED``); the daemon maps the file
+  from offset 0, so ``mmap_offset + size`` (what it maps) is at most ``MAX_LOG`` too
+  (QEMU's log is at offset 0): a sparse file cannot take the address space.
 - A memory table maps at most ``MAX_MAPPED`` bytes (the sum of every region's
   ``mmap_offset + size``, what the daemon maps): 16 TiB, more than any VM's RAM.
   Files may be sparse, so one front-end could otherwise take most of the daemon's
@@ -257,6 +259,9 @@ def log_base(msg: Message) -> LogArea:
         raise FrontendError(f"{msg.name}: a log of {area.size} bytes (1 to {MAX_LOG:#x})")
     if area.mmap_offset + area.size >= 1 << 64:
         raise FrontendError(f"{msg.name}: the log at offset {area.mmap_offset:#x} does not end below 2^64")
+    if area.mmap_offset + area.size > MAX_LOG:
+        raise FrontendError(f"{msg.name}: the log at offset {area.mmap_offset:#x} ends beyond {MAX_LOG:#x} bytes "
+                            "(mmap_offset + size, what the daemon maps)")
     return area
 
 

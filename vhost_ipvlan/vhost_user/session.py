@@ -49,7 +49,8 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   its flags carry VHOST_VRING_F_LOG. On a started ring SET_VRING_ADDR changes only
   that (QEMU's way of turning the used ring's logging on and off); ring addresses
   that differ take effect when the ring starts again, as ever. SET_MEM_TABLE while
-  logging is refused if the log does not cover it.
+  logging is refused if the log does not cover it; so are SET_VRING_ADDR and
+  SET_VRING_NUM giving a logged used ring that the log does not cover.
   ``log_mark`` (the daemon's C accelerator, when built) makes the marks exact atomic
   ORs (``DirtyLog``'s native). SET_LOG_FD's eventfd is kept (and closed) but never
   written: QEMU reads the log when it wants. ``dirty_log=False`` (the daemon's test-only
@@ -446,6 +447,10 @@ class Session:
         vring = self._vring(msg, index)
         if num == 0 or num > MAX_RING_SIZE or num & (num - 1):
             raise FrontendError(f"SET_VRING_NUM: size {num} is not a power of 2 up to {MAX_RING_SIZE}")
+        if self.log is not None:  # a logged used ring grows with the size
+            problem = self._log_problem(self.log, 0, [(vring.index, num, vring.addr)])
+            if problem is not None:
+                raise FrontendError(f"SET_VRING_NUM: {problem}")
         vring.num = num
 
     def _set_vring_addr(self, msg: Message) -> None:
