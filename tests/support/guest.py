@@ -6,7 +6,10 @@ A ``Guest`` is a ``qemu-system-x86_64`` process with
 * a command channel on ttyS1 (a QEMU unix-socket chardev the host connects to, see
   vm-images/tiny/init for the protocol), used by ``run``/``check``,
 * a QMP socket (``qmp_socket``) for tests that need the monitor,
-* optionally one virtio-net NIC backed by vhost-user (``vhost_socket``).
+* optionally one virtio-net NIC backed by vhost-user (``vhost_socket``), or, for control
+  experiments without vhost-user, by any other QEMU ``-netdev`` (``netdev``, e.g.
+  ``"tap,ifname=t0,script=no,downscript=no,vhost=off"``: QEMU's own virtio-net; with
+  ``netns`` QEMU runs in that network namespace, where the tap is).
 
 vhost-user socket roles (QEMU 7.2, observed with dpdk-testpmd as the backend):
 
@@ -129,6 +132,8 @@ class Guest:
         nodad: bool = True,
         nic_opts: str = "",
         qemu_args: tuple[str, ...] = (),
+        netdev: str = "",
+        netns: str = "",
         queues: int = 1,
         smp: int = 1,
     ) -> None:
@@ -150,6 +155,8 @@ class Guest:
         self.mrg_rxbuf = mrg_rxbuf
         self.nic_opts = nic_opts
         self.qemu_args = qemu_args
+        self.netdev = netdev  # a -netdev (without id) instead of vhost-user: see the module docstring
+        self.netns = netns
         self.queues = queues  # virtio-net queue pairs: -netdev vhost-user,queues=N and mq=on
         self.smp = smp  # vCPUs (a Linux guest enables min(queue pairs, vCPUs) pairs at probe)
         self.console_log = self.workdir / f"{name}.console.log"
@@ -213,10 +220,9 @@ class Guest:
             "-serial", "chardev:cmd0",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
         ]  # fmt: skip
-        if self.vhost_socket is None:
+        if self.vhost_socket is None and not self.netdev:
             argv += ["-nic", "none"]
         else:
-            role = "server=on,wait=off" if self.socket_server else "reconnect=1"
             device = f"virtio-net-pci,netdev=n0,mac={self.mac},vectors=0"
             if not self.mrg_rxbuf:
                 device += ",mrg_rxbuf=off"
@@ -224,13 +230,17 @@ class Guest:
                 device += ",mq=on"
             if self.nic_opts:
                 device += "," + self.nic_opts
-            argv += [
-                "-chardev", f"socket,id=c0,path={self.vhost_socket},{role}",
-                "-netdev", "vhost-user,id=n0,chardev=c0" + (f",queues={self.queues}" if self.queues > 1 else ""),
-                "-device", device,
-            ]  # fmt: skip
+            if self.netdev:
+                argv += ["-netdev", f"{self.netdev},id=n0"]
+            else:
+                role = "server=on,wait=off" if self.socket_server else "reconnect=1"
+                argv += [
+                    "-chardev", f"socket,id=c0,path={self.vhost_socket},{role}",
+                    "-netdev", "vhost-user,id=n0,chardev=c0" + (f",queues={self.queues}" if self.queues > 1 else ""),
+                ]  # fmt: skip
+            argv += ["-device", device]
         argv += list(self.qemu_args)
-        return argv
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
 
     def start(self) -> None:
         """Spawn QEMU in the background (returns at once)."""

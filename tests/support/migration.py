@@ -13,7 +13,10 @@ share one host stack). The outside host is the bridge itself (addresses on br0).
 
 ``MigrationLab(tmp, slaves)`` builds it (``with`` tears it down, also on failure);
 ``hosts`` are two ``Lab``s (``tests/support/lab.py``: daemon, stats, logs) sharing
-the outside namespace ``out``. ``MovingGuest`` is one guest: ``boot`` starts it on a
+the outside namespace ``out``. ``TapLab(tmp)`` is the control without vhost-user: one
+namespace ``out`` whose bridge (the outside's addresses) has a tap per host, the guest's
+NIC QEMU's own virtio-net on its host's tap (``netdev``), QEMU run in that namespace.
+``MovingGuest`` is one guest: ``boot`` starts it on a
 host, ``migrate`` starts a destination QEMU (``-incoming unix:...``) on the other
 host's slave, migrates over QMP (``migrate``, polling ``query-migrate`` with a
 deadline), stops the source and returns QEMU's figures. ``Pinger`` pings from the
@@ -109,6 +112,43 @@ class MigrationLab:
         return "\n".join(f"--- daemon {h} ({lab.log}) ---\n{lab.log_text()[-6000:]}" for h, lab in self.hosts.items())
 
 
+class TapLab:
+    """The control lab: no daemon, no vhost-user (see the module docstring). The bridge
+    does not learn (``ageing_time 0``), so frames for the guest reach both taps."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.out = f"vi-mt-{secrets.token_hex(3)}"
+
+    def __enter__(self) -> Self:
+        try:
+            sh("ip", "netns", "add", self.out)
+            sh("ip", "-n", self.out, "link", "add", "br0", "type", "bridge", "ageing_time", "0", "stp_state", "0",
+               "forward_delay", "0")
+            for h in HOSTS:
+                sh("ip", "-n", self.out, "tuntap", "add", f"tap{h}", "mode", "tap", "vnet_hdr")
+                sh("ip", "-n", self.out, "link", "set", f"tap{h}", "master", "br0", "up")
+            for argv in (["link", "set", "br0", "up"], ["link", "set", "lo", "up"],
+                         ["addr", "add", f"{OUT_IP}/24", "dev", "br0"]):
+                sh("ip", "-n", self.out, *argv)
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.teardown()
+
+    def teardown(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.out], capture_output=True)
+
+    def netdev(self, host: str) -> str:
+        return f"tap,ifname=tap{host},script=no,downscript=no,vhost=off"
+
+    def logs(self) -> str:
+        return ""
+
+
 @dataclass
 class Migration:
     """What one migration took (QEMU's ``query-migrate`` figures, in ms) and where it went."""
@@ -127,7 +167,7 @@ class MigrationFailed(AssertionError):
 class MovingGuest:
     """One guest (the tiny image), in one QEMU at a time: ``guest`` is the running one."""
 
-    def __init__(self, lab: MigrationLab, name: str, mac: str, ip4: str, ip6: str, *, mem_mb: int = 256,
+    def __init__(self, lab: MigrationLab | TapLab, name: str, mac: str, ip4: str, ip6: str, *, mem_mb: int = 256,
                  nic_opts: str = "", mrg_rxbuf: bool = True) -> None:
         self.lab, self.name, self.mac, self.ip4, self.ip6, self.mem_mb = lab, name, mac, ip4, ip6, mem_mb
         self.nic_opts, self.mrg_rxbuf = nic_opts, mrg_rxbuf
@@ -137,9 +177,12 @@ class MovingGuest:
 
     def _qemu(self, host: str, qemu_args: tuple[str, ...] = ()) -> Guest:
         workdir = self.lab.tmp / f"{self.name}-{len(self.incarnations)}-{host}"
-        g = Guest(self.name, workdir, vhost_socket=self.lab.hosts[host].sock(self.name), mac=self.mac,
-                  ip4=self.ip4, ip6=self.ip6, mem_mb=self.mem_mb, nic_opts=self.nic_opts,
-                  mrg_rxbuf=self.mrg_rxbuf, qemu_args=qemu_args)
+        if isinstance(self.lab, TapLab):
+            nic: dict[str, Any] = {"vhost_socket": None, "netdev": self.lab.netdev(host), "netns": self.lab.out}
+        else:
+            nic = {"vhost_socket": self.lab.hosts[host].sock(self.name)}
+        g = Guest(self.name, workdir, mac=self.mac, ip4=self.ip4, ip6=self.ip6, mem_mb=self.mem_mb,
+                  nic_opts=self.nic_opts, mrg_rxbuf=self.mrg_rxbuf, qemu_args=qemu_args, **nic)
         self.incarnations.append(g)
         return g
 
@@ -240,7 +283,7 @@ class Pinger:
     that got an answer, ``lost()`` how many were unanswered between the first and the
     last answer."""
 
-    def __init__(self, lab: MigrationLab, dst: str, interval: float = 0.02) -> None:
+    def __init__(self, lab: MigrationLab | TapLab, dst: str, interval: float = 0.02) -> None:
         self.proc = subprocess.Popen(["ip", "netns", "exec", lab.out, "ping", "-n", "-i", str(interval), dst],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.answered: list[int] = []
