@@ -10,9 +10,13 @@ Two virtio-user front-ends, A (198.18.0.1, 02:00:00:00:00:0a) and B (198.18.0.2,
       master (mode l2, flag bridge, slaves a and b on A's and B's sockets).
 
 B's received packets are read at t0 (after a warm-up) and t1; rx pps = delta / (t1 - t0).
-See bench/README.md for the two topologies (``loop``, the default, and ``split``) and why.
+See bench/README.md for the topologies (``loop``, the default, ``pingpong`` and
+``split``) and why. ``--rounds N`` alternates the back-ends N times and gives each one's
+median and range, and the ratio of the medians; ``--queue-size default`` leaves the
+ring size to DPDK (256).
 
-Usage: python bench/bench.py [--sizes 64,1500] [--seconds 10] [--json] [--backends ...] [--idle-slaves N]
+Usage: python bench/bench.py [--sizes 64,1500] [--seconds 10] [--rounds N] [--topology loop|pingpong|split]
+                             [--queue-size N|default] [--json] [--backends ...] [--idle-slaves N]
 Needs root (network namespaces) and dpdk-testpmd.
 """
 
@@ -22,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -132,10 +137,15 @@ def run_loop(
 ) -> tuple[float, float, int, int, float]:
     """One testpmd with both front-ends (port 0 = A, port 1 = B) on one forwarding lcore.
 
-    A injects LOOP_BURSTS x 32 frames (txonly, to B's MAC/IP), then io forwarding
-    sends every frame B receives out of A again, unchanged: a closed loop of valid
-    A -> B frames, with no two busy-polling threads sharing a core.
+    A injects LOOP_BURSTS x 32 frames (txonly, to B's MAC/IP), then
+    - ``loop``: io forwarding sends every frame B receives out of A again, unchanged:
+      a closed loop of valid A -> B frames;
+    - ``pingpong``: 5tswap with ``--port-topology=loop`` sends every frame a port
+      receives back out of the same port, MACs, IPs and UDP ports swapped: A -> B -> A
+      -> ..., both directions through the switch (what a run-to-completion guest does);
+    with no two busy-polling threads sharing a core.
     """
+    pingpong = args.topology == "pingpong"
     fe = Testpmd(
         "frontends",
         work,
@@ -145,12 +155,12 @@ def run_loop(
         ],
         lcores=FRONTEND_LCORES,
         mem_mb=args.mem_mb,
-        forward_mode="io",
+        forward_mode="5tswap" if pingpong else "io",
         eth_peers={0: B_MAC, 1: A_MAC},
         txpkts=size,
         tx_ip=(A_IP, B_IP),
         total_mbufs=32768 if size <= 2000 else 4096,
-        extra_args=["--no-flush-rx", *big_frame_args(size)],
+        extra_args=["--no-flush-rx", *(["--port-topology=loop"] if pingpong else []), *big_frame_args(size)],
     )
     with fe:
         fe.wait_link_up(0)
@@ -199,10 +209,10 @@ def run_split(
             b.cmd("stop")
 
 
-def run_one(backend: str, size: int, args: argparse.Namespace, base: Path) -> Result:
+def run_one(backend: str, size: int, args: argparse.Namespace, base: Path, rnd: int = 0) -> Result:
     res = Result(backend=backend, size=size, topology=args.topology, ok=False)
     res.load_before = os.getloadavg()[0]
-    work = base / f"{backend}-{size}"
+    work = base / f"{backend}-{size}-{rnd}"
     work.mkdir(parents=True, exist_ok=True)
     try:
         with contextlib.ExitStack() as stack:
@@ -213,7 +223,7 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path) -> Re
                 )
             else:
                 a_sock, b_sock = stack.enter_context(ipvlan_backend(work, args.idle_slaves))
-            runner = run_loop if args.topology == "loop" else run_split
+            runner = run_split if args.topology == "split" else run_loop
             rx, tx, nrx, ntx, dt = runner(work, a_sock, b_sock, size, args)
         res.ok = True
         res.rx_pps, res.tx_pps, res.rx_packets, res.tx_packets, res.seconds = rx, tx, nrx, ntx, dt
@@ -229,9 +239,10 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path) -> Re
 
 def placement(topology: str) -> dict[str, str]:
     fe = (
-        "one testpmd, ports A and B, main+forwarding lcore on core 0"
-        if topology == "loop"
-        else "A (txonly) and B (rxonly): two testpmd, each main+forwarding lcore on core 0"
+        "A (txonly) and B (rxonly): two testpmd, each main+forwarding lcore on core 0"
+        if topology == "split"
+        else f"one testpmd ({'5tswap, port-topology loop' if topology == 'pingpong' else 'io'}), "
+        "ports A and B, main+forwarding lcore on core 0"
     )
     return {
         "frontends": fe,
@@ -240,39 +251,58 @@ def placement(topology: str) -> dict[str, str]:
     }
 
 
-def ratio(results: list[Result], size: int) -> float | None:
-    """ipvlan rx pps / reference rx pps at ``size``, when both ran."""
-    ok = {r.backend: r for r in results if r.size == size and r.ok}
-    ref, ipv = ok.get("reference"), ok.get("ipvlan")
-    if ref is None or ipv is None or ref.rx_pps <= 0:
+@dataclass
+class Rounds:
+    """One back-end's good rounds at one size: rx and tx pps medians and the rx range."""
+
+    rx: float
+    tx: float
+    lo: float
+    hi: float
+    n: int
+
+
+def rounds(results: list[Result], backend: str, size: int) -> Rounds | None:
+    ok = [r for r in results if r.backend == backend and r.size == size and r.ok]
+    if not ok:
         return None
-    return ipv.rx_pps / ref.rx_pps
+    rx = [r.rx_pps for r in ok]
+    return Rounds(statistics.median(rx), statistics.median(r.tx_pps for r in ok), min(rx), max(rx), len(ok))
+
+
+def ratio(results: list[Result], size: int) -> float | None:
+    """ipvlan rx pps / reference rx pps at ``size`` (the medians of their rounds), when both ran."""
+    ref, ipv = rounds(results, "reference", size), rounds(results, "ipvlan", size)
+    if ref is None or ipv is None or ref.rx <= 0:
+        return None
+    return ipv.rx / ref.rx
 
 
 def fmt_pps(v: float) -> str:
     return f"{v / 1e6:.3f} M" if v >= 1e5 else f"{v / 1e3:.1f} k"
 
 
-def print_table(results: list[Result], sizes: list[int], topology: str) -> None:
-    by = {(r.backend, r.size): r for r in results}
-    print(f"topology: {topology}")
+def print_table(results: list[Result], sizes: list[int], topology: str, queue_size: int | None) -> None:
+    print(f"topology: {topology}, ring size {queue_size or 'DPDK default (256)'}")
     for k, v in placement(topology).items():
         print(f"  {k:10s} {v}")
-    hdr = f"{'size':>6} | {'ref rx pps':>12} {'ref tx pps':>12} | {'ipvlan rx pps':>13} "
+    many = any(g.n > 1 for b in ("reference", "ipvlan") for s in sizes if (g := rounds(results, b, s)))
+    if many:
+        print("  rx pps: median (range) xrounds; tx pps: median")
+    hdr = f"{'size':>6} | {'ref rx pps':>28} {'ref tx pps':>12} | {'ipvlan rx pps':>28} "
     hdr += f"{'ipvlan tx pps':>13} | {'b/a':>7}"
     print(hdr)
     print("-" * len(hdr))
     for size in sizes:
         cells = [f"{size:>6}"]
-        ref = by.get(("reference", size))
-        ipv = by.get(("ipvlan", size))
-        for r, w in ((ref, 12), (ipv, 13)):
-            if r is None:
-                cells.append(f"{'skipped':>{w}} {'':>{w}}")
-            elif not r.ok:
-                cells.append(f"{'FAILED':>{w}} {'':>{w}}")
+        for b, w in (("reference", 12), ("ipvlan", 13)):
+            got = rounds(results, b, size)
+            if got is None:
+                ran = any(x.backend == b and x.size == size for x in results)
+                cells.append(f"{'FAILED' if ran else 'skipped':>28} {'':>{w}}")
             else:
-                cells.append(f"{fmt_pps(r.rx_pps):>{w}} {fmt_pps(r.tx_pps):>{w}}")
+                rx = f"{fmt_pps(got.rx)} ({fmt_pps(got.lo)}-{fmt_pps(got.hi)}) x{got.n}" if many else fmt_pps(got.rx)
+                cells.append(f"{rx:>28} {fmt_pps(got.tx):>{w}}")
         q = ratio(results, size)
         print(" | ".join(cells) + f" | {'-' if q is None else f'{q:.4f}':>7}")
     for r in results:
@@ -288,6 +318,16 @@ def print_table(results: list[Result], sizes: list[int], topology: str) -> None:
         )
 
 
+def queue_size(text: str) -> int | None:
+    """``--queue-size``: a ring size, or ``default`` (None: DPDK's own, 256)."""
+    if text == "default":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a ring size or 'default', got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1] if __doc__ else None)
     p.add_argument("--sizes", default="64,1500", help="frame sizes in bytes (default 64,1500)")
@@ -301,12 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--topology",
-        choices=("loop", "split"),
+        choices=("loop", "pingpong", "split"),
         default="loop",
         help="loop: one front-end testpmd loops B's rx out of A (default); "
+        "pingpong: the same testpmd in 5tswap, each port answering what it receives; "
         "split: A txonly and B rxonly as separate processes sharing core 0",
     )
-    p.add_argument("--queue-size", type=int, default=1024, help="virtqueue size (default 1024)")
+    p.add_argument("--queue-size", type=queue_size, default=1024,
+                   help="virtqueue size, or 'default' for DPDK's (256) (default 1024)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds per back-end and size, alternating (default 1)")
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here")
     p.add_argument("--idle-slaves", type=int, default=0, metavar="N",
@@ -333,19 +376,21 @@ def main(argv: list[str] | None = None) -> int:
             base = args.workdir
             base.mkdir(parents=True, exist_ok=True)
         for size in sizes:
-            for backend in backends:
-                log(f"{backend}, {size}-byte frames, {args.seconds:g}s ...")
-                r = run_one(backend, size, args, base)
-                log(
-                    f"  rx {r.rx_pps:.0f} pps, tx {r.tx_pps:.0f} pps"
-                    if r.ok
-                    else f"  FAILED: {r.error.splitlines()[0] if r.error else ''}"
-                )
-                results.append(r)
-        print_table(results, sizes, args.topology)
+            for rnd in range(args.rounds):
+                for backend in backends:  # alternating rounds
+                    log(f"{backend}, {size}-byte frames, round {rnd}, {args.seconds:g}s ...")
+                    r = run_one(backend, size, args, base, rnd)
+                    log(
+                        f"  rx {r.rx_pps:.0f} pps, tx {r.tx_pps:.0f} pps"
+                        if r.ok
+                        else f"  FAILED: {r.error.splitlines()[0] if r.error else ''}"
+                    )
+                    results.append(r)
+        print_table(results, sizes, args.topology, args.queue_size)
         if args.json:
             out = {
                 "topology": args.topology,
+                "queue_size": args.queue_size,
                 "placement": placement(args.topology),
                 "seconds": args.seconds,
                 "results": [asdict(r) for r in results],

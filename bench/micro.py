@@ -1,11 +1,12 @@
 """Per-frame cost of the data path, in-process: no sockets, no syscalls, no other process.
 
-    .venv/bin/python bench/micro.py [--size 64] [--frames 20000]
+    .venv/bin/python bench/micro.py [--size 64] [--frames 20000] [--dirty-log]
 
 Two fake guests on an in-process port (``tests/support/inproc.py``: the real
 ``NetDevice``, ``PortDatapath``, switch and virtqueue code); guest a transmits
 UDP frames to guest b in bursts of 200, and only the daemon's side (``drain_tx``)
-is timed, with and without the C accelerator. It isolates the interpreter's cost
+is timed, with and without the C accelerator (``--dirty-log``: also with both guests'
+dirty logs on, as during a live migration). It isolates the interpreter's cost
 per frame from the I/O that ``bench.py`` includes. Needs no root.
 """
 
@@ -29,13 +30,22 @@ A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 A4, B4 = "198.18.0.1", "198.18.0.2"
 
 
-def measure(size: int, frames: int) -> float:
+MARK = fastpath.log_mark()  # the daemon's marks with the accelerator built (taken before pure_python())
+
+
+def measure(size: int, frames: int, dirty_log: bool = False) -> float:
     """Microseconds of daemon time per frame."""
     port = InprocPort([
         ("a", [ipaddress.ip_address(A4).packed], bytes.fromhex(A.replace(":", ""))),
         ("b", [ipaddress.ip_address(B4).packed], bytes.fromhex(B.replace(":", ""))),
     ])
     try:
+        if dirty_log:  # as the daemon: exact marks when the module is built, whole bytes without
+            for name, fe in port.frontends.items():
+                session = port.device(name).session
+                if session is not None:
+                    session.log_mark = MARK if fastpath.accelerated() else None
+                fe.start_dirty_log()
         frame = bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP())
         frame += bytes(max(0, size - len(frame)))
         a, b, dev = port.frontends["a"], port.frontends["b"], port.device("a")
@@ -61,14 +71,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description="per-frame daemon cost, in-process")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--frames", type=int, default=20000)
+    p.add_argument("--dirty-log", action="store_true", help="also measure with the dirty logs on (migration)")
     args = p.parse_args()
     rows = []
-    if fastpath.accelerated():
-        rows.append(("C accelerator", measure(args.size, args.frames)))
-    with pure_python():
-        rows.append(("pure Python", measure(args.size, args.frames)))
+    for logged in (False, True) if args.dirty_log else (False,):
+        tag = ", dirty log" if logged else ""
+        if fastpath.accelerated():
+            rows.append((f"C accelerator{tag}", measure(args.size, args.frames, logged)))
+        with pure_python():
+            rows.append((f"pure Python{tag}", measure(args.size, args.frames, logged)))
     for name, us in rows:
-        print(f"{name:<14} {us:6.2f} us/frame  ({1 / us:5.2f} Mpps of daemon time), {args.size}-byte frames")
+        print(f"{name:<25} {us:6.2f} us/frame  ({1 / us:5.2f} Mpps of daemon time), {args.size}-byte frames")
     return 0
 
 

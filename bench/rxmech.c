@@ -5,6 +5,11 @@
  *   rxmech send IFACE SECONDS SIZE     blast SIZE-byte UDP frames out IFACE (sendmmsg, 32 a
  *                                      call, PACKET_VNET_HDR, PACKET_QDISC_BYPASS) and report
  *                                      the sender's rate and CPU per frame
+ *   rxmech sendq IFACE SECONDS SIZE    the same without PACKET_QDISC_BYPASS (the daemon's
+ *                                      uplink: through the master's qdisc)
+ *   rxmech pace IFACE SECONDS SIZE RATE  send RATE frames/s, one at a time, each carrying its
+ *                                      send time (rxmech.h): the receivers then report the
+ *                                      delay they add (median, p99) besides the rate
  *   rxmech txring IFACE SECONDS SIZE   the same through a PACKET_TX_RING (TPACKET_V2, 32
  *                                      frames written per send() kick), PACKET_VNET_HDR
  *   rxmech recvmmsg IFACE SECONDS      read with recvmmsg, 32 a call, PACKET_VNET_HDR, as
@@ -12,6 +17,10 @@
  *   rxmech tpacket3 IFACE SECONDS      read a TPACKET_V3 ring (PACKET_VNET_HDR, 64 x 1 MiB
  *                                      blocks, poll when empty), copying each frame out
  *                                      into the same slots (a guest RX copy follows in both)
+ *   rxmech tpacket2 IFACE SECONDS      read a TPACKET_V2 ring as the daemon's uplink does
+ *                                      (daemon/uplink.py: 2048 slots of 2 KiB, PACKET_VNET_HDR,
+ *                                      PACKET_COPY_THRESH), frame by frame, poll when empty
+ * (AF_XDP, the same receiver on an XDP socket: rxmech_xdp.c.)
  *
  * The receiver prints frames/s, the socket's drops (PACKET_STATISTICS) and its own CPU
  * time per frame (user + system, getrusage): the cost the daemon's thread pays.
@@ -33,22 +42,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rxmech.h"
+
 #define BATCH 32
 #define SLOT 2048
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-static double cpu(void)
-{
-    struct rusage r;
-    getrusage(RUSAGE_SELF, &r);
-    return (double)(r.ru_utime.tv_sec + r.ru_stime.tv_sec) + (double)(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
-}
 
 static int open_sock(const char *iface, int vnet)
 {
@@ -78,6 +75,7 @@ static void report(const char *what, int fd, unsigned long long frames, double s
     getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &len);
     printf("%s: %.3f Mpps, %u dropped by the socket, %.0f ns CPU per frame\n", what, (double)frames / secs / 1e6,
            st.tp_drops, frames ? cpus * 1e9 / (double)frames : 0.0);
+    lat_report();
 }
 
 static unsigned char tframe[SLOT]; /* 10-byte virtio_net_hdr + a UDP frame */
@@ -97,11 +95,10 @@ static int build_frame(int size)
     return 10 + size;
 }
 
-static void do_send(const char *iface, double secs, int size)
+static void do_send(const char *iface, double secs, int size, int bypass)
 {
     int fd = open_sock(iface, 1);
-    int one = 1;
-    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one);
+    setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof bypass);
     struct iovec iov = {tframe, (size_t)build_frame(size)};
     struct mmsghdr msgs[BATCH];
     unsigned long long frames = 0;
@@ -113,7 +110,27 @@ static void do_send(const char *iface, double secs, int size)
         if (n > 0)
             frames += (unsigned)n;
     }
-    report("sendmmsg(32)", fd, frames, now() - t0, cpu() - c0);
+    report(bypass ? "sendmmsg(32)" : "sendmmsg(32), through the qdisc", fd, frames, now() - t0, cpu() - c0);
+}
+
+static void do_pace(const char *iface, double secs, int size, double rate)
+{
+    int fd = open_sock(iface, 1);
+    int len = build_frame(size < LAT_AT + 16 ? LAT_AT + 16 : size);
+    unsigned long long frames = 0;
+    double c0 = cpu(), t0 = now(), end = t0 + secs, next = t0;
+    while (now() < end) {
+        lat_stamp(tframe + 10);
+        if (send(fd, tframe, (size_t)len, 0) > 0)
+            frames++;
+        next += 1.0 / rate;
+        double wait = next - now();
+        if (wait > 0) {
+            struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
+    }
+    report("paced send", fd, frames, now() - t0, cpu() - c0);
 }
 
 static void do_txring(const char *iface, double secs, int size)
@@ -173,6 +190,8 @@ static void do_recvmmsg(const char *iface, double secs)
         for (int i = 0; i < BATCH; i++)
             msgs[i] = (struct mmsghdr){.msg_hdr = {.msg_iov = iov[i], .msg_iovlen = 2}};
         int n = recvmmsg(fd, msgs, BATCH, MSG_WAITFORONE, &to);
+        for (int i = 0; i < n; i++)
+            lat_note(slots[i] + 12, msgs[i].msg_len - 10);
         if (n > 0)
             frames += (unsigned)n;
     }
@@ -213,6 +232,7 @@ static void do_tpacket3(const char *iface, double secs)
             unsigned char *mac = (unsigned char *)h + h->tp_mac;
             memcpy(slot, mac - 10, 10);
             memcpy(slot + 12, mac, h->tp_snaplen < SLOT - 12 ? h->tp_snaplen : SLOT - 12);
+            lat_note(slot + 12, h->tp_snaplen);
             frames++;
             h = (void *)((unsigned char *)h + h->tp_next_offset);
         }
@@ -222,21 +242,67 @@ static void do_tpacket3(const char *iface, double secs)
     report("TPACKET_V3 ring", fd, frames, now() - t0, cpu() - c0);
 }
 
+static void do_tpacket2(const char *iface, double secs)
+{
+    int fd = open_sock(iface, 1);
+    int v = TPACKET_V2, one = 1;
+    setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v);
+    setsockopt(fd, SOL_PACKET, PACKET_COPY_THRESH, &one, sizeof one);
+    struct tpacket_req req = {.tp_block_size = 1 << 16, .tp_block_nr = 64, .tp_frame_size = SLOT,
+                              .tp_frame_nr = (1 << 16) / SLOT * 64};
+    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req)) {
+        perror("PACKET_RX_RING");
+        exit(1);
+    }
+    unsigned char *ring = mmap(NULL, (size_t)req.tp_block_size * req.tp_block_nr, PROT_READ | PROT_WRITE,
+                               MAP_SHARED, fd, 0);
+    if (ring == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    static unsigned char slot[SLOT];
+    unsigned long long frames = 0;
+    unsigned idx = 0;
+    struct pollfd pfd = {fd, POLLIN | POLLERR, 0};
+    double c0 = cpu(), t0 = now(), end = t0 + secs;
+    while (now() < end) {
+        struct tpacket2_hdr *h = (void *)(ring + (size_t)idx * SLOT);
+        if (!(__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)) {
+            poll(&pfd, 1, 100);
+            continue;
+        }
+        unsigned char *mac = (unsigned char *)h + h->tp_mac;
+        memcpy(slot, mac - 10, 10);
+        memcpy(slot + 12, mac, h->tp_snaplen < SLOT - 12 ? h->tp_snaplen : SLOT - 12);
+        lat_note(slot + 12, h->tp_snaplen);
+        frames++;
+        __atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        idx = (idx + 1) % req.tp_frame_nr;
+    }
+    report("TPACKET_V2 ring", fd, frames, now() - t0, cpu() - c0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: rxmech send|txring|recvmmsg|tpacket3 IFACE SECONDS [SIZE]\n");
+        fprintf(stderr, "usage: rxmech send|sendq|pace|txring|recvmmsg|tpacket3|tpacket2 IFACE SECONDS [SIZE]\n");
         return 2;
     }
     double secs = atof(argv[3]);
     if (!strcmp(argv[1], "send"))
-        do_send(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64);
+        do_send(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64, 1);
+    else if (!strcmp(argv[1], "sendq"))
+        do_send(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64, 0);
+    else if (!strcmp(argv[1], "pace"))
+        do_pace(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64, argc > 5 ? atof(argv[5]) : 1000);
     else if (!strcmp(argv[1], "txring"))
         do_txring(argv[2], secs, argc > 4 ? atoi(argv[4]) : 64);
     else if (!strcmp(argv[1], "recvmmsg"))
         do_recvmmsg(argv[2], secs);
     else if (!strcmp(argv[1], "tpacket3"))
         do_tpacket3(argv[2], secs);
+    else if (!strcmp(argv[1], "tpacket2"))
+        do_tpacket2(argv[2], secs);
     else
         return 2;
     return 0;

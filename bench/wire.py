@@ -19,7 +19,10 @@ The topology of issue 11 (see bench/README.md, "wire"):
       qdisc_bypass=1,framecnt=4096`` in io forwarding: DPDK's C back-end and AF_PACKET PMD on the
       same kernel uplink, no lookup, no MAC translation; or
   (b) "ipvlan": ``vhost-ipvlan serve`` (mode l2, flag bridge, slave a) in the tests'
-      lab (``tests/support/lab.py``), master vim0.
+      lab (``tests/support/lab.py``), master vim0, reading the wire through its RX ring;
+  (c) "ipvlan-socket" (not run by default): the same with ``VHOST_IPVLAN_RING=0``, reading
+      the master's socket with recvmmsg (the mechanism before the ring), for a before/after
+      comparison in one run.
 
 The figure is the guest's received frames per second (wire -> guest; in a closed loop
 the other direction carries the same rate). Rounds alternate anchor and ipvlan in one
@@ -61,7 +64,9 @@ from bench import (  # noqa: E402  (bench/bench.py)
 from tests.support.lab import MASTER, OUT_IP, DaemonError, Lab, SlaveSpec, sh  # noqa: E402
 from tests.support.testpmd import Testpmd, TestpmdError, testpmd_path, virtio_user_vdev  # noqa: E402
 
-BACKENDS = ("anchor", "ipvlan")
+BACKENDS = ("anchor", "ipvlan", "ipvlan-socket")
+#: the daemon's environment per back-end
+DAEMON_ENV = {"ipvlan": {}, "ipvlan-socket": {"VHOST_IPVLAN_RING": "0"}}
 #: net_af_packet ring frames (DPDK's default 512 would drop a loop of more than 16 bursts)
 AF_PACKET_FRAMES = 4096
 #: the outside's end of the veth (tests/support/lab.py)
@@ -79,8 +84,9 @@ class BareLab(Lab):
 def wire_switch(backend: str, work: Path, args: argparse.Namespace) -> Iterator[Lab]:
     """The lab with the switch under test running on core 1; yields the lab (slave a's socket)."""
     slaves = [SlaveSpec("a", [f"{A_IP}/{PREFIX}"], A_MAC)]
-    if backend == "ipvlan":
-        with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS, pure_python=args.pure) as lab:
+    if backend in DAEMON_ENV:
+        with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS, pure_python=args.pure,
+                 daemon_env=DAEMON_ENV[backend]) as lab:
             yield lab
             lab.check_daemon()
         return
@@ -144,7 +150,8 @@ def run_one(backend: str, size: int, rnd: int, args: argparse.Namespace, base: P
 
 
 def summary(results: list[Result], sizes: list[int]) -> dict[str, dict[str, float | int | None]]:
-    """Per size: each back-end's median and range (rx pps) over its good rounds, the ratio of medians."""
+    """Per size: each back-end's median and range (rx pps) over its good rounds, the ratio of medians
+    (``ratio``: ipvlan's; ``ratio_ipvlan-socket``: that back-end's)."""
     out: dict[str, dict[str, float | int | None]] = {}
     for size in sizes:
         row: dict[str, float | int | None] = {}
@@ -154,8 +161,10 @@ def summary(results: list[Result], sizes: list[int]) -> dict[str, dict[str, floa
             row[f"{b}_min"] = min(pps) if pps else None
             row[f"{b}_max"] = max(pps) if pps else None
             row[f"{b}_rounds"] = len(pps)
-        a, i = row["anchor_median"], row["ipvlan_median"]
-        row["ratio"] = i / a if a and i is not None else None
+        a = row["anchor_median"]
+        for b in BACKENDS[1:]:
+            i = row[f"{b}_median"]
+            row["ratio" if b == "ipvlan" else f"ratio_{b}"] = i / a if a and i is not None else None
         out[str(size)] = row
     return out
 
@@ -163,7 +172,11 @@ def summary(results: list[Result], sizes: list[int]) -> dict[str, dict[str, floa
 def print_table(results: list[Result], sizes: list[int]) -> None:
     print("guest <-> wire, UDP ping-pong (5tswap), guest rx pps: median (range) over rounds")
     print("  guest+outside: one testpmd (virtio-user + net_af_packet on vio0), core 0; switch: core 1")
-    hdr = f"{'size':>6} | {'anchor (testpmd vhost+af_packet)':>34} | {'vhost-ipvlan':>34} | {'ratio':>6}"
+    shown = [b for b in BACKENDS if any(r.backend == b for r in results)]
+    names = {"anchor": "anchor (testpmd vhost+af_packet)", "ipvlan": "vhost-ipvlan",
+             "ipvlan-socket": "vhost-ipvlan, RING=0"}
+    hdr = f"{'size':>6} | " + " | ".join(f"{names[b]:>34}" for b in shown) + \
+        "".join(f" | {'ratio' if b == 'ipvlan' else 'ratio, RING=0':>13}" for b in shown[1:])
     print(hdr)
     print("-" * len(hdr))
 
@@ -174,8 +187,9 @@ def print_table(results: list[Result], sizes: list[int]) -> None:
         return f"{fmt_pps(med)} ({fmt_pps(lo)}-{fmt_pps(hi)}) x{row[f'{b}_rounds']}".rjust(34)
 
     for size, row in summary(results, sizes).items():
-        q = row["ratio"]
-        print(f"{size:>6} | {cell(row, 'anchor')} | {cell(row, 'ipvlan')} | {'-' if q is None else f'{q:.3f}':>6}")
+        qs = [row["ratio" if b == "ipvlan" else f"ratio_{b}"] for b in shown[1:]]
+        print(f"{size:>6} | " + " | ".join(cell(row, b) for b in shown) +
+              "".join(f" | {'-' if q is None else f'{q:.3f}':>13}" for q in qs))
     for r in results:
         if not r.ok:
             print(f"{r.backend} {r.size}B: {(r.error.splitlines() or ['failed'])[0]}")
@@ -190,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds per back-end and size (default 3)")
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up before t0 (default 1)")
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: anchor, ipvlan (default both)")
+    p.add_argument("--backends", default="anchor,ipvlan",
+                   help="comma-separated: anchor, ipvlan, ipvlan-socket (default anchor,ipvlan)")
     p.add_argument("--bursts", type=int, default=16,
                    help="bursts of 32 frames the guest injects: the frames in flight (default 16)")
     p.add_argument("--pure", action="store_true", help="run the daemon without its C accelerator")

@@ -64,7 +64,7 @@ def session_seeds() -> list[bytes]:
         records = bytearray()
 
         def transport(data: bytes, fds: list[int]) -> bytes | None:
-            kind = KIND_MEM if fds and fds[0] == fe.fd else KIND_EVENT
+            kind = KIND_MEM if fds and fds[0] in (fe.fd, fe.log_fd) else KIND_EVENT
             ctl = len(fds) | kind << 2 | SIZES.index(8 << 20) << 4
             records.append(ctl)
             records.extend(data)
@@ -101,9 +101,17 @@ def session_seeds() -> list[bytes]:
         fe.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [fe.fd], need_reply=True)
         fe.transmit(bytes(60))
 
+    def migrate(fe: FakeFrontend) -> None:  # QEMU's migration: the dirty log, logging on, the stop
+        fe.setup()
+        fe.start_dirty_log()
+        for i in range(3):
+            fe.transmit(bytes(60 + i), split=bool(i & 1))
+        for i in (0, 1):
+            fe.vring_base(i)
+
     legacy = 1 << 32 | 1 << 15 | 1 << 29  # VERSION_1, MRG_RXBUF, EVENT_IDX; no PROTOCOL_FEATURES
     return [record(traffic), record(restart), record(remap), record(traffic, features=legacy),
-            record(traffic, mergeable=False)]
+            record(traffic, mergeable=False), record(migrate)]
 
 
 # -- rings -------------------------------------------------------------------------------------
@@ -174,6 +182,7 @@ def _frames() -> list[tuple[int, bytes]]:
     """(sender: 0..2 guest a..c, 3 the wire, frame): the scenario plus control-plane frames."""
     from scapy.contrib.igmpv3 import IGMPv3, IGMPv3gr, IGMPv3mr  # type: ignore[attr-defined]
     from scapy.layers.dhcp import BOOTP, DHCP
+    from scapy.layers.dhcp6 import DUID_LL, DHCP6_InfoRequest, DHCP6_Solicit, DHCP6OptClientId, DHCP6OptIA_NA
     from scapy.layers.inet import IP, UDP
     from scapy.layers.inet6 import (
         ICMPv6MLReport2,
@@ -199,6 +208,11 @@ def _frames() -> list[tuple[int, bytes]]:
         (0, Ether(src=a, dst="33:33:00:00:00:01") / IPv6(src=a_ll, dst="ff02::1")
          / IPv6ExtHdrHopByHop() / ICMPv6ND_NA(tgt="fd00::11")),
         (0, Ether(src=a, dst="33:33:00:00:00:02") / IPv6(src=a_ll, dst="ff02::2") / ICMPv6ND_RS()),
+        (0, Ether(src=a, dst="33:33:00:00:00:02") / IPv6(src=a_ll, dst="ff02::2", hlim=255) / ICMPv6ND_RS()),
+        (0, Ether(src=a, dst="33:33:00:01:00:02") / IPv6(src=a_ll, dst="ff02::1:2") / UDP(sport=546, dport=547)
+         / DHCP6_Solicit(trid=1) / DHCP6OptClientId(duid=DUID_LL(lladdr=a)) / DHCP6OptIA_NA(iaid=1)),
+        (1, Ether(src=b, dst="33:33:00:01:00:02") / IPv6(src="fe80::b", dst="ff02::1:2") / UDP(sport=546, dport=547)
+         / DHCP6_InfoRequest(trid=2)),
         (0, Ether(src=a, dst="33:33:00:00:00:01") / IPv6(src=a_ll, dst="ff02::1") / ICMPv6ND_RA()),
         (0, Ether(src=a, dst="33:33:00:00:00:16") / IPv6(src=a_ll, dst="ff02::16", hlim=1) / ICMPv6MLReport2()),
         (0, Ether(src=a, dst="01:00:5e:00:00:16") / IP(src=a4, dst="224.0.0.22", ttl=1)
@@ -217,6 +231,9 @@ def _frames() -> list[tuple[int, bytes]]:
         (3, Ether(src="02:99:00:00:00:01", dst="33:33:ff:00:00:10") / IPv6(src="fd00::1", dst="ff02::1:ff00:10")
          / ICMPv6ND_NS(tgt=a6) / ICMPv6NDOptSrcLLAddr(lladdr="02:99:00:00:00:01")),
         (3, Ether(src="02:99:00:00:00:01", dst="01:00:5e:01:01:01") / IP(src="192.0.2.1", dst="239.1.1.1") / UDP()),
+        (3, Ether(src="02:99:00:00:00:01", dst="33:33:00:00:00:01") / IPv6(src="fe80::1", dst="ff02::1", hlim=255)
+         / ICMPv6ND_RA()),
+        (0, Ether(src=a, dst="33:33:00:00:00:02") / IPv6(src=a_ll, dst="ff02::2", hlim=255) / ICMPv6ND_RS()),
     ]
     return out + [(who, bytes(f)) for who, f in g]
 

@@ -74,8 +74,17 @@
  * frames_forwarded counts the frames sent to the wire too (sent or failed).
  * The staging slots are static: one caller at a time (the GIL is held throughout).
  *
- * uplink_burst(...): the wire -> guest loop (recvmmsg, demux by destination
- * address with the same table, MAC translation, rx_put); see its comment below.
+ * uplink_burst(...): the wire -> guest loop (the uplink's TPACKET_V2 RX ring, or
+ * recvmmsg on its socket; demux by destination address with the same table, MAC
+ * translation, rx_put); see its comment below. ring_recv: Python's read of that ring.
+ *
+ * Dirty logging (live migration): a queue whose ``_logbuf`` is not None (the session's
+ *   dirty log while the front-end asks for one, virtqueue.py's rules) gets every RX
+ *   buffer rx_put fills marked there after the copy, one bit per 4 KiB guest page,
+ *   with an atomic OR (the front-end reads and clears the log concurrently, and other
+ *   back-ends of the VM may share it). The used elements written here are marked by
+ *   Python's publish, which always follows (the used index is Python's to write).
+ *   log_mark() gives Python's own marks (virtio/dirtylog.py) the same exact atomic OR.
  *
  * Ring indices are accessed as whole 16-bit words (see virtqueue.py's rules).
  * Little-endian hosts only, like the rest of the data path.
@@ -83,6 +92,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <linux/if_packet.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -153,6 +163,8 @@ typedef struct {
     PyObject *obj;
     Py_buffer desc, avail, used;
     int nbufs; /* how many of desc/avail/used are held */
+    Py_buffer logb; /* the dirty log, when has_log */
+    int has_log;
     Py_buffer rbuf[MAX_REGIONS];
     region_t reg[MAX_REGIONS];
     int nreg;
@@ -169,7 +181,9 @@ static void queue_release(queue_t *q)
         PyBuffer_Release(bufs[i]);
     for (int i = 0; i < q->nreg; i++)
         PyBuffer_Release(&q->rbuf[i]);
-    q->nbufs = q->nreg = 0;
+    if (q->has_log)
+        PyBuffer_Release(&q->logb);
+    q->nbufs = q->nreg = q->has_log = 0;
 }
 
 /* The pending Python exception, normalized with its traceback, taken off the thread
@@ -240,6 +254,17 @@ static int queue_open(queue_t *q, PyObject *obj)
         PyErr_SetString(PyExc_ValueError, "ring buffers smaller than the queue size");
         goto fail;
     }
+    PyObject *logbuf = PyObject_GetAttrString(obj, "_logbuf");
+    if (!logbuf)
+        goto fail;
+    if (logbuf != Py_None) {
+        int rc = PyObject_GetBuffer(logbuf, &q->logb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS);
+        Py_DECREF(logbuf);
+        if (rc)
+            goto fail;
+        q->has_log = 1;
+    } else
+        Py_DECREF(logbuf);
     PyObject *mem = PyObject_GetAttrString(obj, "mem");
     if (!mem)
         goto fail;
@@ -382,6 +407,52 @@ static inline void push_used(queue_t *q, uint32_t head, uint32_t len)
     q->changed = 1;
 }
 
+/* Mark the 4 KiB pages of guest memory [addr, addr + len) dirty in a log of ``bytes``
+ * bytes, one atomic OR each, after the writes before it (release). Returns 1 if part of
+ * the range lay beyond the log (not marked), else 0. */
+static int mark_pages(unsigned char *log, uint64_t bytes, uint64_t addr, uint64_t len)
+{
+    if (!len)
+        return 0;
+    uint64_t end = addr + len - 1;
+    if (end < addr)
+        end = UINT64_MAX; /* the range wraps: the log ends long before */
+    for (uint64_t page = addr >> 12, last = end >> 12; page <= last; page++) {
+        if (page / 8 >= bytes)
+            return 1;
+        __atomic_fetch_or(&log[page / 8], (unsigned char)(1u << (page % 8)), __ATOMIC_RELEASE);
+    }
+    return 0;
+}
+
+/* The queue's log: the RX buffer rx_put filled (the session checked that the log covers
+ * guest memory). */
+static void log_write(const queue_t *q, uint64_t addr, uint32_t len)
+{
+    mark_pages(q->logb.buf, (uint64_t)q->logb.len, addr, len);
+}
+
+/* log_mark(log, gpa, length) -> int: virtio/dirtylog.py's DirtyLog.mark with exact bits
+ * (mark_pages), for Python's own writes while the module is loaded. */
+static PyObject *py_log_mark(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "log_mark takes 3 arguments");
+        return NULL;
+    }
+    unsigned long long addr = PyLong_AsUnsignedLongLong(args[1]);
+    long long len = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
+        return NULL;
+    int missed = len > 0 ? mark_pages(b.buf, (uint64_t)b.len, addr, (uint64_t)len) : 0;
+    PyBuffer_Release(&b);
+    return PyLong_FromLong(missed);
+}
+
 /* Put src (len bytes) into the next RX chain if it is one writable descriptor big enough. */
 static int rx_put(queue_t *q, const char *src, uint32_t len)
 {
@@ -400,6 +471,8 @@ static int rx_put(queue_t *q, const char *src, uint32_t len)
     if (!dst)
         return 0;
     memcpy(dst, src, len);
+    if (q->has_log)
+        log_write(q, d.addr, len);
     q->last_avail++;
     q->walked++;
     push_used(q, head, len);
@@ -801,17 +874,149 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
 
 
 #define RX_BATCH 32
-/* Frames read from the wire wait here until they are delivered or handed to Python. */
+/* Frames read from the wire wait here until they are delivered or handed to Python
+ * (recvmmsg; a ring's frames are used where the kernel put them). */
 static unsigned char rx_stage[RX_BATCH][SLOT_SIZE];
 static struct mmsghdr rx_msgs[RX_BATCH];
 static struct iovec rx_iov[RX_BATCH][2];
 
-/* Hand rx_stage[i] (total bytes, or -1: truncated) to Python's per-frame path through
- * ``slow``, the frame copied to ``fb`` first; returns the copies it flooded, -1 on error. */
-static long hand_over(PyObject *slow, Py_buffer *fb, int i, long total)
+/* The uplink's RX ring (PACKET_RX_RING, TPACKET_V2, PACKET_VNET_HDR, PACKET_COPY_THRESH),
+ * given by Python (daemon/uplink.py ``RxRing.args``) as (fd, map, frame_size, frame_nr,
+ * cursor): ``map`` the mmap'd ring, ``cursor`` a bytearray(4), the next frame's index
+ * (native u32), kept by Python between calls. A frame is the kernel's while its
+ * tp_status lacks TP_STATUS_USER, ours until we store TP_STATUS_KERNEL (release).
+ * A frame longer than the ring's slot is in the slot cut short with TP_STATUS_COPY and
+ * whole in the socket's queue, in the same order: it is read from there (recvmsg). */
+typedef struct {
+    int fd;
+    Py_buffer map, cur;
+    uint32_t frame_size, frame_nr;
+    int held; /* the frame at the cursor is ours and in use */
+} ring_t;
+
+static void ring_release(ring_t *r)
+{
+    PyBuffer_Release(&r->map);
+    PyBuffer_Release(&r->cur);
+}
+
+/* Open a ring tuple: 0, or -1 with an exception. */
+static int ring_open(ring_t *r, PyObject *spec)
+{
+    memset(r, 0, sizeof *r);
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 5) {
+        PyErr_SetString(PyExc_TypeError, "_fastpath: a ring is (fd, map, frame_size, frame_nr, cursor)");
+        return -1;
+    }
+    long fd = PyLong_AsLong(PyTuple_GET_ITEM(spec, 0));
+    long fs = PyLong_AsLong(PyTuple_GET_ITEM(spec, 2)), fn = PyLong_AsLong(PyTuple_GET_ITEM(spec, 3));
+    if (PyErr_Occurred())
+        return -1;
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(spec, 1), &r->map, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
+        return -1;
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(spec, 4), &r->cur, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)) {
+        PyBuffer_Release(&r->map);
+        return -1;
+    }
+    if (fd < 0 || fs < (long)TPACKET2_HDRLEN + 64 || fs % TPACKET_ALIGNMENT || fn < 1 || r->cur.len < 4 ||
+        (uint64_t)r->map.len < (uint64_t)fs * (uint64_t)fn) {
+        ring_release(r);
+        PyErr_SetString(PyExc_ValueError, "_fastpath: ring geometry out of range");
+        return -1;
+    }
+    r->fd = (int)fd;
+    r->frame_size = (uint32_t)fs;
+    r->frame_nr = (uint32_t)fn;
+    return 0;
+}
+
+static inline struct tpacket2_hdr *ring_frame(ring_t *r)
+{
+    uint32_t at;
+    memcpy(&at, r->cur.buf, 4);
+    return (struct tpacket2_hdr *)((char *)r->map.buf + (size_t)(at % r->frame_nr) * r->frame_size);
+}
+
+/* The socket's pending error (ENETDOWN when the master went down, ...), taken off it as
+ * a read would take it: a ring is never read, and the error would stay (poll reporting
+ * POLLERR for ever). 0 if there is none. */
+static int ring_error(ring_t *r)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(r->fd, SOL_SOCKET, SO_ERROR, &err, &len))
+        return errno;
+    return err;
+}
+
+/* Give the frame at the cursor back to the kernel and move on. */
+static void ring_done(ring_t *r)
+{
+    if (!r->held)
+        return;
+    __atomic_store_n(&ring_frame(r)->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+    uint32_t at;
+    memcpy(&at, r->cur.buf, 4);
+    at = (at + 1) % r->frame_nr;
+    memcpy(r->cur.buf, &at, 4);
+    r->held = 0;
+}
+
+/* Read one datagram (10-byte header + frame) from fd into ``slot`` as the daemon's
+ * buffers hold it; the total (12-byte header + frame), -1 truncated, 0 none, -2 error. */
+static long recv_one(int fd, unsigned char *slot, size_t room)
+{
+    struct iovec iov[2] = {{slot, VNET_HDR_LEN}, {slot + HDR_LEN, room - HDR_LEN}};
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 2};
+    ssize_t n;
+    do
+        n = recvmsg(fd, &mh, MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -2;
+    if ((mh.msg_flags & MSG_TRUNC) || n < VNET_HDR_LEN)
+        return -1;
+    return (long)n + (HDR_LEN - VNET_HDR_LEN);
+}
+
+/* The next frame of the ring: 1 with *buf (12-byte header + frame, in the ring or, for a
+ * TP_STATUS_COPY frame, in ``slot``) and *total (-1: truncated, as MSG_TRUNC: longer
+ * than ``room``, or cut short with no copy queued), 0 if there is none, -1 for a read
+ * error (errno). The frame stays ours until ring_done. */
+static int ring_next(ring_t *r, unsigned char *slot, size_t room, unsigned char **buf, long *total)
+{
+    struct tpacket2_hdr *h = ring_frame(r);
+    uint32_t st = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+    if (!(st & TP_STATUS_USER))
+        return 0;
+    r->held = 1;
+    if (st & TP_STATUS_COPY) { /* whole in the socket's queue, in order */
+        long got = recv_one(r->fd, slot, room);
+        if (got == -2)
+            return -1;
+        *buf = slot;
+        *total = got == 0 ? -1 : got; /* gone (cannot happen): a truncated one */
+        return 1;
+    }
+    uint32_t mac = h->tp_mac, snap = h->tp_snaplen;
+    *total = -1;
+    *buf = slot;
+    if (snap < h->tp_len || mac < TPACKET2_HDRLEN + HDR_LEN || mac > r->frame_size || snap > r->frame_size - mac ||
+        (size_t)snap + HDR_LEN > room)
+        return 1; /* cut short with no copy, or longer than the daemon's buffer */
+    unsigned char *eth = (unsigned char *)h + mac;
+    memmove(eth - HDR_LEN, eth - VNET_HDR_LEN, VNET_HDR_LEN); /* the daemon's layout: header at 0, frame at 12 */
+    *buf = eth - HDR_LEN;
+    *total = (long)snap + HDR_LEN;
+    return 1;
+}
+
+/* Hand ``frame`` (total bytes, or -1: truncated) to Python's per-frame path through
+ * ``slow``, copied to ``fb`` first; returns the copies it flooded, -1 on error. */
+static long hand_over(PyObject *slow, Py_buffer *fb, const unsigned char *frame, long total)
 {
     if (total > 0)
-        memcpy(fb->buf, rx_stage[i], (size_t)total);
+        memcpy(fb->buf, frame, (size_t)total);
     PyObject *r = PyObject_CallFunction(slow, "l", total);
     if (!r)
         return -1;
@@ -820,10 +1025,178 @@ static long hand_over(PyObject *slow, Py_buffer *fb, int i, long total)
     return (copies == -1 && PyErr_Occurred()) ? -1 : copies;
 }
 
-/* uplink_burst(fd, buf, table, master_mac, wire_macs, budget, dirty, slow)
- *   reads frames from the uplink's socket with recvmmsg (RX_BATCH at a time, each
- *   10-byte virtio_net_hdr + frame, placed as the daemon's 12-byte-header buffers),
- *   and delivers each straight into a guest's RX ring when, and only when, Python's
+/* One uplink burst's state (uplink_burst below). */
+typedef struct {
+    PyObject *table, *wire_macs, *dirty, *slow;
+    const char *mmac;
+    Py_buffer fb;
+    targets_t targets;
+    long budget, delivered;
+    int fatal;     /* stop now and raise */
+    PyObject *exc; /* the first Python-level failure: Python takes the rest */
+    unsigned char src_ok[6], dst_key[16];
+    int have_src;
+    Py_ssize_t dst_len;
+    PyObject *dst_value;
+} rx_t;
+
+/* Deliver ``buf`` (total bytes, -1: truncated) to its guest when C may (see uplink_burst),
+ * else hand it to Python. 0, or -1 (fatal: an exception from Python's own path). */
+static int rx_frame(rx_t *x, unsigned char *buf, long total)
+{
+    int fast = 0, err = 0;
+    x->budget--;
+    while (!x->exc && total >= HDR_LEN + ETH_HLEN) { /* once: break = Python's */
+        unsigned char *eth = buf + HDR_LEN;
+        uint32_t n = (uint32_t)total - HDR_LEN;
+        if (eth[0] & 1)
+            break;
+        if (!(x->have_src && memcmp(eth + 6, x->src_ok, 6) == 0) && memcmp(eth + 6, x->mmac, 6) != 0) {
+            PyObject *skey = PyBytes_FromStringAndSize((const char *)eth + 6, 6);
+            int seen = skey ? PySet_Contains(x->wire_macs, skey) : -1;
+            Py_XDECREF(skey);
+            if (seen < 0) {
+                err = 1;
+                break;
+            }
+            if (!seen)
+                break;
+            memcpy(x->src_ok, eth + 6, 6);
+            x->have_src = 1;
+        }
+        const unsigned char *saddr, *daddr;
+        Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
+        if (!alen || (alen == 16 && saddr[0] == 0xFE && (saddr[1] & 0xC0) == 0x80))
+            break;
+        PyObject *value = x->dst_value;
+        if (!value || alen != x->dst_len || memcmp(daddr, x->dst_key, (size_t)alen) != 0) {
+            PyObject *dkey = PyBytes_FromStringAndSize((const char *)daddr, alen);
+            if (!dkey) {
+                err = 1;
+                break;
+            }
+            value = PyDict_GetItemWithError(x->table, dkey); /* borrowed */
+            Py_DECREF(dkey);
+            if (!value) {
+                if (PyErr_Occurred())
+                    err = 1;
+                break;
+            }
+            Py_INCREF(value);
+            Py_XDECREF(x->dst_value);
+            x->dst_value = value;
+            memcpy(x->dst_key, daddr, (size_t)alen);
+            x->dst_len = alen;
+        }
+        PyObject *tmac = PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 4 ? PyTuple_GET_ITEM(value, 1) : NULL;
+        if (!tmac || !PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6) {
+            PyErr_SetString(PyExc_TypeError, "uplink_burst: bad table entry");
+            err = 1;
+            break;
+        }
+        unsigned char saved[6];
+        int to_master = memcmp(eth, x->mmac, 6) == 0;
+        if (to_master) {
+            memcpy(saved, eth, 6);
+            memcpy(eth, PyBytes_AS_STRING(tmac), 6);
+        }
+        int r = deliver(&x->targets, value, buf, (uint32_t)total, x->dirty);
+        if (r == 1 || r == 2) {
+            fast = 1;
+            x->delivered++;
+        }
+        if ((r == 0 || r == -1) && to_master)
+            memcpy(eth, saved, 6);
+        if (r < 0 || r == 2)
+            err = 1;
+        break;
+    }
+    if (err) /* a Python-level failure: keep it, Python takes this frame (unless delivered) and the rest */
+        x->exc = take_exception();
+    if (fast)
+        return 0;
+    /* Python may deliver to the rings C has open: write their indices back first */
+    if (targets_close(&x->targets))
+        return -1;
+    long copies = hand_over(x->slow, &x->fb, buf, total);
+    if (copies < 0) /* Python's own path raised: stop, raise it */
+        return -1;
+    x->budget -= copies;
+    return 0;
+}
+
+/* The recvmmsg source: batches of RX_BATCH into rx_stage. Returns the burst's status. */
+static int rx_recvmmsg(rx_t *x, int fd, int *rerrno)
+{
+    for (int i = 0; i < RX_BATCH; i++) {
+        rx_iov[i][0] = (struct iovec){rx_stage[i], VNET_HDR_LEN};
+        rx_iov[i][1] = (struct iovec){rx_stage[i] + HDR_LEN, (size_t)x->fb.len - HDR_LEN}; /* as Python's recv */
+    }
+    while (x->budget > 0) {
+        unsigned want = x->budget < RX_BATCH ? (unsigned)x->budget : RX_BATCH;
+        for (unsigned i = 0; i < want; i++) {
+            memset(&rx_msgs[i], 0, sizeof rx_msgs[i]);
+            rx_msgs[i].msg_hdr.msg_iov = rx_iov[i];
+            rx_msgs[i].msg_hdr.msg_iovlen = 2;
+        }
+        int got = recvmmsg(fd, rx_msgs, want, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return ST_EMPTY;
+            *rerrno = errno;
+            return ST_READ_ERROR;
+        }
+        if (got == 0)
+            return ST_EMPTY;
+        for (int i = 0; i < got; i++) { /* a batch already read is finished even past the budget */
+            uint32_t got_len = rx_msgs[i].msg_len;
+            long total = -1; /* truncated */
+            if (!(rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) && got_len >= VNET_HDR_LEN)
+                total = (long)got_len + (HDR_LEN - VNET_HDR_LEN);
+            if (rx_frame(x, rx_stage[i], total)) {
+                x->fatal = 1;
+                return ST_BUDGET;
+            }
+        }
+    }
+    return ST_BUDGET;
+}
+
+/* The ring source: frame by frame where the kernel put them, each given back once handled.
+ * A pending socket error ends the burst first, as recvmmsg reports it before any frame. */
+static int rx_ring(rx_t *x, ring_t *r, int *rerrno)
+{
+    if ((*rerrno = ring_error(r)) != 0)
+        return ST_READ_ERROR;
+    while (x->budget > 0) {
+        unsigned char *buf;
+        long total;
+        int got = ring_next(r, rx_stage[0], (size_t)x->fb.len, &buf, &total);
+        if (got < 0) {
+            *rerrno = errno;
+            ring_done(r);
+            return ST_READ_ERROR;
+        }
+        if (got == 0)
+            return ST_EMPTY;
+        int bad = rx_frame(x, buf, total);
+        ring_done(r);
+        if (bad) {
+            x->fatal = 1;
+            return ST_BUDGET;
+        }
+    }
+    return ST_BUDGET;
+}
+
+/* uplink_burst(source, buf, table, master_mac, wire_macs, budget, dirty, slow)
+ *   reads frames from the uplink: ``source`` is its socket (recvmmsg, RX_BATCH at a
+ *   time, each 10-byte virtio_net_hdr + frame, placed as the daemon's 12-byte-header
+ *   buffers) or its RX ring (a tuple, see ring_t: frames handled where the kernel put
+ *   them, one at a time, no system call while the ring holds frames), and delivers
+ *   each straight into a guest's RX ring when, and only when, Python's
  *   l2 switch would say TO_SLAVE(target) and change nothing else: unicast
  *   destination MAC; source MAC the master's or one already in ``wire_macs`` (the
  *   port's ``saw_on_wire`` would add nothing); a plain IPv4/IPv6 frame
@@ -834,7 +1207,8 @@ static long hand_over(PyObject *slow, Py_buffer *fb, int i, long total)
  *   target's (``to_guest``). Every other frame, in order, is copied to ``buf`` and
  *   given to ``slow(length)`` (-1 for a truncated one), Python's per-frame path,
  *   which returns the copies it flooded: each frame costs one of ``budget``, a
- *   flood its copies too; a batch already read is finished even past the budget.
+ *   flood its copies too; a recvmmsg batch already read is finished even past the
+ *   budget. Both sources give the same frames, lengths and truncations.
  *   A Python-level failure on a frame (a bad table entry, ...) hands that frame and
  *   the rest of the burst to ``slow`` and ends it with ERROR. The RX rings C has
  *   open are written back (indices, ``walked``) before every call of ``slow``, which
@@ -849,166 +1223,99 @@ static PyObject *uplink_burst(PyObject *module, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "uplink_burst takes 8 arguments");
         return NULL;
     }
-    int fd = (int)PyLong_AsLong(args[0]);
-    long budget = PyLong_AsLong(args[5]);
+    rx_t x;
+    memset(&x, 0, sizeof x);
+    x.budget = PyLong_AsLong(args[5]);
     if (PyErr_Occurred())
         return NULL;
-    PyObject *table = args[2], *master = args[3], *wire_macs = args[4], *dirty = args[6], *slow = args[7];
-    if (!PyDict_Check(table) || !PyBytes_Check(master) || PyBytes_GET_SIZE(master) != 6 ||
-        !PyAnySet_Check(wire_macs) || !PyAnySet_Check(dirty) || !PyCallable_Check(slow)) {
+    x.table = args[2];
+    x.wire_macs = args[4];
+    x.dirty = args[6];
+    x.slow = args[7];
+    PyObject *master = args[3];
+    if (!PyDict_Check(x.table) || !PyBytes_Check(master) || PyBytes_GET_SIZE(master) != 6 ||
+        !PyAnySet_Check(x.wire_macs) || !PyAnySet_Check(x.dirty) || !PyCallable_Check(x.slow)) {
         PyErr_SetString(PyExc_TypeError, "uplink_burst: bad argument types");
         return NULL;
     }
-    const char *mmac = PyBytes_AS_STRING(master);
-    Py_buffer fb;
-    if (PyObject_GetBuffer(args[1], &fb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
+    x.mmac = PyBytes_AS_STRING(master);
+    ring_t ring;
+    int is_ring = PyTuple_Check(args[0]), fd = -1;
+    if (is_ring) {
+        if (ring_open(&ring, args[0]))
+            return NULL;
+    } else {
+        fd = (int)PyLong_AsLong(args[0]);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &x.fb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)) {
+        if (is_ring)
+            ring_release(&ring);
         return NULL;
-    if (fb.len > SLOT_SIZE || fb.len < HDR_LEN + ETH_HLEN) {
-        PyBuffer_Release(&fb);
+    }
+    if (x.fb.len > SLOT_SIZE || x.fb.len < HDR_LEN + ETH_HLEN) {
+        PyBuffer_Release(&x.fb);
+        if (is_ring)
+            ring_release(&ring);
         PyErr_SetString(PyExc_ValueError, "uplink_burst: buffer size out of range");
         return NULL;
     }
-    targets_t targets;
-    targets.n = 0;
-    int status = ST_BUDGET, fatal = 0, rerrno = 0;
-    long delivered = 0;
-    PyObject *exc = NULL; /* the first Python-level failure: Python takes the rest */
-    unsigned char src_ok[6], dst_key[16];
-    int have_src = 0;
-    Py_ssize_t dst_len = 0;
-    PyObject *dst_value = NULL;
-
-    for (int i = 0; i < RX_BATCH; i++) {
-        rx_iov[i][0] = (struct iovec){rx_stage[i], VNET_HDR_LEN};
-        rx_iov[i][1] = (struct iovec){rx_stage[i] + HDR_LEN, (size_t)fb.len - HDR_LEN}; /* as Python's recv */
-    }
-    while (budget > 0 && !fatal) {
-        unsigned want = budget < RX_BATCH ? (unsigned)budget : RX_BATCH;
-        for (unsigned i = 0; i < want; i++) {
-            memset(&rx_msgs[i], 0, sizeof rx_msgs[i]);
-            rx_msgs[i].msg_hdr.msg_iov = rx_iov[i];
-            rx_msgs[i].msg_hdr.msg_iovlen = 2;
-        }
-        int got = recvmmsg(fd, rx_msgs, want, MSG_DONTWAIT, NULL);
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                status = ST_EMPTY;
-            else {
-                status = ST_READ_ERROR;
-                rerrno = errno;
-            }
-            break;
-        }
-        if (got == 0) {
-            status = ST_EMPTY;
-            break;
-        }
-        for (int i = 0; i < got && !fatal; i++) {
-            budget--;
-            unsigned char *buf = rx_stage[i];
-            uint32_t got_len = rx_msgs[i].msg_len;
-            long total = -1; /* truncated */
-            if (!(rx_msgs[i].msg_hdr.msg_flags & MSG_TRUNC) && got_len >= VNET_HDR_LEN)
-                total = (long)got_len + (HDR_LEN - VNET_HDR_LEN);
-            int fast = 0;
-            while (!exc && total >= HDR_LEN + ETH_HLEN) { /* once: break = Python's */
-                unsigned char *eth = buf + HDR_LEN;
-                uint32_t n = (uint32_t)total - HDR_LEN;
-                if (eth[0] & 1)
-                    break;
-                if (!(have_src && memcmp(eth + 6, src_ok, 6) == 0) && memcmp(eth + 6, mmac, 6) != 0) {
-                    PyObject *skey = PyBytes_FromStringAndSize((const char *)eth + 6, 6);
-                    int seen = skey ? PySet_Contains(wire_macs, skey) : -1;
-                    Py_XDECREF(skey);
-                    if (seen < 0) {
-                        fatal = -1;
-                        break;
-                    }
-                    if (!seen)
-                        break;
-                    memcpy(src_ok, eth + 6, 6);
-                    have_src = 1;
-                }
-                const unsigned char *saddr, *daddr;
-                Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
-                if (!alen || (alen == 16 && saddr[0] == 0xFE && (saddr[1] & 0xC0) == 0x80))
-                    break;
-                PyObject *value = dst_value;
-                if (!value || alen != dst_len || memcmp(daddr, dst_key, (size_t)alen) != 0) {
-                    PyObject *dkey = PyBytes_FromStringAndSize((const char *)daddr, alen);
-                    if (!dkey) {
-                        fatal = -1;
-                        break;
-                    }
-                    value = PyDict_GetItemWithError(table, dkey); /* borrowed */
-                    Py_DECREF(dkey);
-                    if (!value) {
-                        if (PyErr_Occurred())
-                            fatal = -1;
-                        break;
-                    }
-                    Py_INCREF(value);
-                    Py_XDECREF(dst_value);
-                    dst_value = value;
-                    memcpy(dst_key, daddr, (size_t)alen);
-                    dst_len = alen;
-                }
-                PyObject *tmac = PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 4 ? PyTuple_GET_ITEM(value, 1) : NULL;
-                if (!tmac || !PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6) {
-                    PyErr_SetString(PyExc_TypeError, "uplink_burst: bad table entry");
-                    fatal = -1;
-                    break;
-                }
-                unsigned char saved[6];
-                int to_master = memcmp(eth, mmac, 6) == 0;
-                if (to_master) {
-                    memcpy(saved, eth, 6);
-                    memcpy(eth, PyBytes_AS_STRING(tmac), 6);
-                }
-                int r = deliver(&targets, value, buf, (uint32_t)total, dirty);
-                if (r == 1 || r == 2) {
-                    fast = 1;
-                    delivered++;
-                }
-                if (r == 0 || r == -1) {
-                    if (to_master)
-                        memcpy(eth, saved, 6);
-                }
-                if (r < 0 || r == 2)
-                    fatal = -1;
-                break;
-            }
-            if (fatal) { /* a Python-level failure: keep it, Python takes this frame (unless delivered) and the rest */
-                exc = take_exception();
-                fatal = 0;
-            }
-            if (!fast) {
-                /* Python may deliver to the rings C has open: write their indices back first */
-                if (targets_close(&targets)) {
-                    fatal = 1;
-                    break;
-                }
-                long copies = hand_over(slow, &fb, i, total);
-                if (copies < 0) { /* Python's own path raised: stop, raise it */
-                    fatal = 1;
-                    break;
-                }
-                budget -= copies;
-            }
-        }
-    }
-    Py_XDECREF(dst_value);
-    int closing = targets_close(&targets);
-    PyBuffer_Release(&fb);
-    if (fatal || closing) {
-        Py_XDECREF(exc);
+    int rerrno = 0;
+    int status = is_ring ? rx_ring(&x, &ring, &rerrno) : rx_recvmmsg(&x, fd, &rerrno);
+    if (is_ring)
+        ring_release(&ring);
+    Py_XDECREF(x.dst_value);
+    int closing = targets_close(&x.targets);
+    PyBuffer_Release(&x.fb);
+    if (x.fatal || closing) {
+        Py_XDECREF(x.exc);
         return NULL;
     }
-    if (exc)
-        return Py_BuildValue("(iNl)", ST_ERROR, exc, delivered);
-    return Py_BuildValue("(iil)", status, rerrno, delivered);
+    if (x.exc)
+        return Py_BuildValue("(iNl)", ST_ERROR, x.exc, x.delivered);
+    return Py_BuildValue("(iil)", status, rerrno, x.delivered);
+}
+
+/* ring_recv(ring, buf) -> int: Python's ``recv`` on a ring (daemon/uplink.py): the next
+ * frame copied to ``buf`` as the daemon's buffers hold it; its total length, 0 if there
+ * is none, -1 for a truncated one; OSError for a read error or a pending socket error. */
+static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ring_recv takes 2 arguments");
+        return NULL;
+    }
+    ring_t ring;
+    if (ring_open(&ring, args[0]))
+        return NULL;
+    Py_buffer fb;
+    if (PyObject_GetBuffer(args[1], &fb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)) {
+        ring_release(&ring);
+        return NULL;
+    }
+    long total = 0;
+    int got = -1;
+    if (fb.len > SLOT_SIZE || fb.len < HDR_LEN + ETH_HLEN)
+        PyErr_SetString(PyExc_ValueError, "ring_recv: buffer size out of range");
+    else {
+        unsigned char *buf;
+        if ((errno = ring_error(&ring)) != 0)
+            got = -1;
+        else
+            got = ring_next(&ring, rx_stage[0], (size_t)fb.len, &buf, &total);
+        if (got < 0)
+            PyErr_SetFromErrno(PyExc_OSError);
+        else if (got > 0 && total > 0)
+            memcpy(fb.buf, buf, (size_t)total);
+        ring_done(&ring);
+    }
+    PyBuffer_Release(&fb);
+    ring_release(&ring);
+    if (got < 0)
+        return NULL;
+    return PyLong_FromLong(got ? total : 0);
 }
 
 static PyMethodDef methods[] = {
@@ -1016,8 +1323,12 @@ static PyMethodDef methods[] = {
      "forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty, wire) -> "
      "(status, length, frames, bytes, wire_sent, wire_failed)"},
     {"uplink_burst", (PyCFunction)(void (*)(void))uplink_burst, METH_FASTCALL,
-     "uplink_burst(fd, buf, table, master_mac, wire_macs, budget, dirty, slow) -> (status, detail, delivered)"},
+     "uplink_burst(source, buf, table, master_mac, wire_macs, budget, dirty, slow) -> (status, detail, delivered)"},
+    {"ring_recv", (PyCFunction)(void (*)(void))ring_recv, METH_FASTCALL,
+     "ring_recv(ring, buf) -> int: the next frame of an RX ring copied to buf (length, 0 none, -1 truncated)"},
     {"flow_hash", py_flow_hash, METH_O, "flow_hash(frame) -> int: net.frames.flow_hash computed in C"},
+    {"log_mark", (PyCFunction)(void (*)(void))py_log_mark, METH_FASTCALL,
+     "log_mark(log, gpa, length) -> int: mark the pages in a dirty log, atomically; 1 if some lay beyond it"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,7 +6,7 @@ Shape (other tools rely on it; do not change it lightly)::
     socket_owner = "root"       # user name or uid (default: the daemon's user)
     socket_group = "kvm"        # group name or gid (default: kvm if it exists, else root)
     socket_permissions = 0o660  # TOML octal integer, or a string "0660" (default 0o660)
-    dns = ["192.0.2.53"]        # optional: the DNS servers (IPv4) the DHCP server hands out
+    dns = ["192.0.2.53"]        # optional: the DNS servers (IPv4, IPv6) DHCP, DHCPv6 and RAs hand out
     dns_search = ["example.org"]  # optional: its search domains (both default: the host's resolv.conf)
 
     [[port]]
@@ -27,7 +27,7 @@ Shape (other tools rely on it; do not change it lightly)::
     peer_uid = "qemu-vm1"       # optional: only a front-end running as this user (uid) may connect
     peer_gid = "qemu-vm1"       # optional: ... and as this group (gid)
     queues = 1                  # optional: virtio-net queue pairs offered (1-16; QEMU's -netdev vhost-user,queues=)
-    dhcp = true                 # optional: the daemon answers the guest's DHCPv4 (default true; needs an IPv4 address)
+    dhcp = true                 # optional: the daemon answers the guest's DHCPv4, DHCPv6 and RS (default true)
     hostname = "vm1"            # optional: the host name DHCP gives the guest (default: the slave's name)
 
 Rules:
@@ -66,9 +66,13 @@ Rules:
 - ``dhcp`` (default true) makes the daemon the guest's DHCPv4 server (``net.dhcp``,
   ``dhcp_lease``): it hands out the slave's configured IPv4 addresses. It takes
   effect only for a slave with an IPv4 address that does not learn (a learning
-  slave has nothing to hand out); a change is made in place. ``[daemon] dns`` and
-  ``dns_search`` (IPv4 servers, at most ``MAX_DNS``; domain names) are what it
-  tells the guests; absent, the daemon reads the host's resolv.conf. ``hostname``
+  slave has nothing to hand out); a change is made in place. The same switch makes
+  it the guest's DHCPv6 server and, where it is the guest's router, the sender of
+  its Router Advertisements (``net.dhcp6``, ``net.ra``, ``dhcp6_lease``: an IPv6
+  address configured, not learning; its IPv6 addresses are handed out).
+  ``[daemon] dns`` and ``dns_search`` (IPv4 and IPv6 servers, at most ``MAX_DNS`` of
+  each; domain names) are what it tells the guests (DHCPv4 the IPv4 ones, DHCPv6 and
+  RAs the IPv6 ones); absent, the daemon reads the host's resolv.conf. ``hostname``
   (one DNS label) is the host name it gives, the slave's name by default (the
   libvirt hook passes the domain's name when it is one).
 - ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
@@ -305,6 +309,18 @@ def dhcp_lease(slave: SlaveConfig) -> Lease | None:
     return Lease(v4, slave.hostname or slave.name)
 
 
+def dhcp6_lease(slave: SlaveConfig) -> Lease | None:
+    """What the daemon's DHCPv6 server gives ``slave``'s guest: its IPv6 addresses (not
+    link-local) with their prefixes; ``None`` when it is not answered (``dhcp = false``,
+    learning, or no IPv6 address: an IPv4-only guest gets no RA and no DHCPv6 from us,
+    as from the kernel, so a link that is IPv4-only for the operator stays so)."""
+    v6 = tuple((a.ip.packed, a.network.prefixlen) for a in slave.addresses
+               if a.version == 6 and not a.ip.is_link_local)
+    if not slave.dhcp or slave.learn or not v6:
+        return None
+    return Lease(v6, slave.hostname or slave.name)
+
+
 def parse_queues(where: str, value: Any) -> int:
     """A slave's queue pairs: an integer from 1 to ``MAX_QUEUES``."""
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_QUEUES:
@@ -507,11 +523,12 @@ def _dns(where: str, value: Any) -> tuple[str, ...]:
     for i, v in enumerate(_list(where, value)):
         text = _str(f"{where}[{i}]", v)
         try:
-            out.append(str(ipaddress.IPv4Address(text)))
+            out.append(str(ipaddress.ip_address(text)))
         except ValueError:
-            raise ConfigError(f"{where}[{i}]: {text!r} is not an IPv4 address") from None
-    if len(out) > MAX_DNS:
-        raise ConfigError(f"{where}: at most {MAX_DNS} servers")
+            raise ConfigError(f"{where}[{i}]: {text!r} is not an IPv4 or IPv6 address") from None
+    for version in (4, 6):
+        if sum(1 for a in out if ipaddress.ip_address(a).version == version) > MAX_DNS:
+            raise ConfigError(f"{where}: at most {MAX_DNS} servers of IPv{version}")
     return tuple(out)
 
 

@@ -58,7 +58,7 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--allow-router", action="store_true", default=None,
                        help="let the guest send Router Advertisements, Redirects and DHCP server messages")
         p.add_argument("--dhcp", action="store_true", default=None,
-                       help="the daemon answers the guest's DHCPv4 with its IPv4 address (the default)")
+                       help="the daemon answers the guest's DHCPv4, DHCPv6 and Router Solicitations (the default)")
         p.add_argument("--hostname", help="the host name DHCP gives the guest (default: the slave's name)")
         p.add_argument("--queues", type=int, metavar="N",
                        help="virtio-net queue pairs offered (1-16, default 1; QEMU's queues=N; on change: from "
@@ -68,7 +68,7 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--no-allow-router", action="store_true",
                            help="guard again: drop the guest's RAs, Redirects and DHCP server messages")
             p.add_argument("--no-dhcp", action="store_true",
-                           help="do not answer the guest's DHCPv4: its client messages are switched like any frame")
+                           help="do not answer the guest's DHCPv4, DHCPv6 and RS: they are switched like any frame")
             p.add_argument("--no-addresses", action="store_true", help="remove every address")
             p.add_argument("--no-mac", action="store_true", help="forget the configured MAC")
             p.add_argument("--no-hostname", action="store_true", help="DHCP gives the slave's name as host name")

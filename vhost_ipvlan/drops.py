@@ -106,6 +106,7 @@ class DropReason(IntEnum):
     NEIGH_QUEUE_FULL = 46
     NEIGH_FAILED = 47
     DHCP_MALFORMED = 48
+    DHCP6_MALFORMED = 49
 
     @property
     def label(self) -> str:
@@ -263,6 +264,11 @@ REASONS: Final[dict[DropReason, Reason]] = {
         "a DHCPv4 client message (UDP 68 -> 67) from a guest the backend answers (`dhcp`) that does not parse "
         "(`net/dhcp.py`: short, not a BOOTREQUEST, no magic cookie, an option past the end, no or a server's "
         "message type); it goes nowhere"),
+    DropReason.DHCP6_MALFORMED: Reason(
+        _SW, _SENDER,
+        "a DHCPv6 client message (UDP 546 -> 547) from a guest the backend answers (`dhcp`) that does not parse "
+        "(`net/dhcp6.py`: short, an option past the end, a relay or server message type, a Client or Server "
+        "Identifier missing or present against RFC 8415 §16, an IA shorter than its fields); it goes nowhere"),
 }
 
 _missing = [r.label for r in DropReason if r not in REASONS] + [w.value for w in Where if w not in PLACES]

@@ -21,7 +21,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
-from tests.component.test_hostlink import A_IP, HOST_IP, MAC_A, Lab
+from tests.component.test_hostlink import A_IP, A_IP6, HOST_IP, MAC_A, Lab
 from tests.support.lab import MASTER, OUT_IP, SlaveSpec, nothing_received, receive, sh
 from tests.support.wait import wait_until
 from vhost_ipvlan.control.client import Client
@@ -103,3 +103,48 @@ def test_dns_follows_sighup_and_dhcp_turns_off_in_place(tmp_path: Path) -> None:
         receive(b, is_dhcp, "a's DISCOVER flooded to b")
         wait_until(lambda: lab.wire_count() == 1, 10, what="a's DISCOVER on the wire")
         assert nothing_received(a, lambda p: DHCP in p)
+
+
+def test_ipv6_answers_follow_sighup_and_turn_off_in_place(tmp_path: Path) -> None:
+    """The same switch for IPv6: an RS from a (2001:db8::10) gets an RA with M and the
+    IPv6 DNS server SIGHUP gave (RDNSS), and its SOLICIT gets that address; nothing on the
+    wire. ``slave.change dhcp=false``: a's RS is flooded to b and the wire. b (IPv4 only)
+    gets no RA: its RS is flooded like a's."""
+    from scapy.layers.dhcp6 import DUID_LL, DHCP6_Advertise, DHCP6_Solicit, DHCP6OptClientId, DHCP6OptIA_NA
+    from scapy.layers.dhcp6 import DHCP6OptIAAddress as IAAddress
+    from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptRDNSS, IPv6
+
+    def rs(mac: str) -> bytes:
+        return bytes(Ether(src=mac, dst="33:33:00:00:00:02") / IPv6(src="fe80::" + mac[-2:], dst="ff02::2", hlim=255)
+                     / ICMPv6ND_RS())
+
+    with DhcpLab(tmp_path, "l2", [SlaveSpec("b", [f"{B_IP}/24"], MAC_B)]) as lab:
+        a, b = lab.frontend("a"), lab.frontend("b")
+        lab.config_head = '[daemon]\ndns = ["198.51.100.53", "2001:db8::53"]\n'
+        lab.config.write_text(lab.config_text())
+        n = lab.log_text().count("reloaded ")
+        assert lab.daemon is not None
+        os.kill(lab.daemon.pid, signal.SIGHUP)
+        lab.wait_log("reloaded ", n)
+        lab.wire_counter("icmpv6 type nd-router-solicit")
+        a.transmit(rs(MAC_A))
+        adv = receive(a, lambda p: ICMPv6ND_RA in p, "RA at a")
+        assert (adv[ICMPv6ND_RA].M, adv[ICMPv6ND_RA].O, adv[ICMPv6ND_RA].routerlifetime) == (1, 1, 0)
+        assert adv[ICMPv6NDOptRDNSS].dns == ["2001:db8::53"] and adv.src == lab.master_mac
+        a.transmit(bytes(Ether(src=MAC_A, dst="33:33:00:01:00:02") / IPv6(src="fe80::a", dst="ff02::1:2")
+                         / UDP(sport=546, dport=547) / DHCP6_Solicit() / DHCP6OptClientId(duid=DUID_LL(lladdr=MAC_A))
+                         / DHCP6OptIA_NA(iaid=1)))
+        got = receive(a, lambda p: DHCP6_Advertise in p, "ADVERTISE at a")
+        assert got[IAAddress].addr == A_IP6
+        assert lab.wire_count() == 0 and nothing_received(b, lambda p: ICMPv6ND_RS in p)
+        with Client(lab.control) as c:
+            info = c.call("slave.change", {"name": "a", "dhcp": False})
+            assert info["dhcp6_answered"] is False and info["connected"] is True
+        a.transmit(rs(MAC_A))
+        receive(b, lambda p: ICMPv6ND_RS in p, "a's RS flooded to b")
+        wait_until(lambda: lab.wire_count() == 1, 10, what="a's RS on the wire")
+        assert nothing_received(a, lambda p: ICMPv6ND_RA in p)
+        b.transmit(rs(MAC_B))
+        receive(a, lambda p: ICMPv6ND_RS in p, "b's RS flooded to a")
+        wait_until(lambda: lab.wire_count() == 2, 10, what="b's RS on the wire")
+        assert nothing_received(b, lambda p: ICMPv6ND_RA in p)

@@ -1,10 +1,11 @@
 """A real QEMU guest with two queue pairs: ``-netdev vhost-user,queues=2``, ``mq=on``.
 
-The tiny guest has no ethtool, so it gets two vCPUs: the Linux driver enables
-min(queue pairs, vCPUs) = 2 pairs at probe (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, which
-QEMU turns into SET_VRING_ENABLE on rings 2 and 3) and maps each vCPU's transmissions
-to its own TX queue (XPS). The test sends from each vCPU (``taskset``) and from the
-outside with 16 UDP flows, and reads the daemon's per-pair counters.
+The guest gets two vCPUs: the Linux driver enables min(queue pairs, vCPUs) = 2 pairs
+at probe (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, which QEMU turns into SET_VRING_ENABLE on
+rings 2 and 3) and maps each vCPU's transmissions to its own TX queue (XPS). The
+tests send from each vCPU (``taskset``) and from the outside with 16 UDP flows, and
+read the daemon's per-pair counters; ``ethtool -L eth0 combined 1`` and back to 2 (the
+tiny image carries the host's ethtool) change the pairs while the guest runs.
 """
 
 from __future__ import annotations
@@ -59,16 +60,9 @@ def test_the_guest_driver_enables_both_pairs(world: World) -> None:
     assert "queue broken" not in world.lab.log_text()
 
 
-def test_each_vcpu_transmits_on_its_own_queue(world: World) -> None:
-    before = [p["tx_packets"] for p in world.queues()["per_queue"]]
-    for cpu in (1, 2):  # affinity masks: vCPU 0, then vCPU 1
-        rc, out = world.vm.run(f"taskset {cpu} ping -c 3 -W 5 {OUT_IP}", timeout=60)
-        assert rc == 0 and "3 packets received" in out, out
-    after = [p["tx_packets"] for p in world.queues()["per_queue"]]
-    assert all(a >= b + 3 for a, b in zip(after, before, strict=True)), (before, after)
-
-
-def test_flows_from_the_outside_arrive_on_both_receive_queues(world: World) -> None:
+def flows_from_the_outside(world: World) -> list[int]:
+    """16 UDP flows of 4 frames each from the outside host to the guest; the frames
+    each receive queue took (the daemon's per-pair counters), once all 64 are in."""
     before = [p["rx_packets"] for p in world.queues()["per_queue"]]
     code = ("import socket\n"
             "for port in range(16):\n"
@@ -80,12 +74,64 @@ def test_flows_from_the_outside_arrive_on_both_receive_queues(world: World) -> N
     assert proc.returncode == 0, proc.stderr
     wait_until(lambda: sum(p["rx_packets"] for p in world.queues()["per_queue"]) >= sum(before) + 64, 30,
                what="64 UDP frames at the guest")
-    after = [p["rx_packets"] for p in world.queues()["per_queue"]]
-    assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
-    rc, out = world.vm.run(f"ping -c 3 -W 5 {OUT_IP}", timeout=60)  # the guest still answers and is answered
-    assert rc == 0, out
+    return [p["rx_packets"] - b for p, b in zip(world.queues()["per_queue"], before, strict=True)]
+
+
+def pings_from_each_vcpu(world: World, count: int) -> list[int]:
+    """``count`` pings to the outside host from each vCPU; the frames each TX queue took."""
+    before = [p["tx_packets"] for p in world.queues()["per_queue"]]
+    for cpu in (1, 2):  # affinity masks: vCPU 0, then vCPU 1
+        rc, out = world.vm.run(f"taskset {cpu} ping -c {count} -W 5 {OUT_IP}", timeout=60)
+        assert rc == 0 and f"{count} packets received" in out, out
+    return [p["tx_packets"] - b for p, b in zip(world.queues()["per_queue"], before, strict=True)]
+
+
+def no_trouble(world: World) -> None:
     drops = world.lab.stats()[MASTER]["slaves"]["vm"]["drops"]
     assert "queue_broken" not in drops and "rx_not_ready" not in drops, drops
+
+
+def test_each_vcpu_transmits_on_its_own_queue(world: World) -> None:
+    assert all(n >= 3 for n in pings_from_each_vcpu(world, 3))
+
+
+def test_flows_from_the_outside_arrive_on_both_receive_queues(world: World) -> None:
+    assert all(n > 0 for n in flows_from_the_outside(world))
+    rc, out = world.vm.run(f"ping -c 3 -W 5 {OUT_IP}", timeout=60)  # the guest still answers and is answered
+    assert rc == 0, out
+    no_trouble(world)
+
+
+def combined(world: World, n: int) -> None:
+    """``ethtool -L eth0 combined n`` in the guest, then wait for the daemon to have n pairs enabled."""
+    world.vm.check(f"ethtool -L eth0 combined {n}")
+    wait_until(lambda: world.queues()["queue_pairs_enabled"] == n, 30, what=f"{n} pairs enabled")
+
+
+def test_ethtool_changes_the_pairs_and_traffic_follows(world: World) -> None:
+    """combined 1: QEMU disables rings 2 and 3 (SET_VRING_ENABLE 0, each logged), every
+    flow and every vCPU's frames use pair 0; combined 2: both pairs again, and used."""
+    assert "Combined:\t2" in world.vm.check("ethtool -l eth0")
+    log_start = len(world.lab.log_text())
+    try:
+        combined(world, 1)
+        q = world.queues()
+        assert [(p["rx"], p["tx"]) for p in q["per_queue"]] == [("enabled", "enabled"), ("disabled", "disabled")]
+        assert world.vm.check("ethtool -l eth0").split("Current hardware settings:")[1].split()[-1] == "1"
+        rx = flows_from_the_outside(world)
+        assert rx[0] >= 64 and rx[1] == 0, rx  # 64 and the outside host's ARP request, if it had none
+        tx = pings_from_each_vcpu(world, 2)
+        assert tx[0] >= 4 and tx[1] == 0, tx
+    finally:
+        combined(world, 2)
+    log = world.lab.log_text()[log_start:]
+    for ring in ("rx1", "tx1"):
+        assert (log.count(f"slave vm: {ring} queue disabled"), log.count(f"slave vm: {ring} queue enabled")) == (1, 1)
+    assert "rx0 queue disabled" not in log and "tx0 queue disabled" not in log
+    assert [(p["rx"], p["tx"]) for p in world.queues()["per_queue"]] == [("enabled", "enabled")] * 2
+    assert all(n > 0 for n in flows_from_the_outside(world))
+    assert all(n >= 2 for n in pings_from_each_vcpu(world, 2))
+    no_trouble(world)
 
 
 def test_a_restarted_daemon_gets_both_pairs_back(world: World) -> None:

@@ -22,6 +22,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from tests.support import frontend
 from tests.support.inproc import MASTER_MAC, NEXT_HOP_MAC, InprocPort, pure_python
+from tests.support.vethuplink import VethUplink
 from vhost_ipvlan.daemon import device, fastpath
 from vhost_ipvlan.drops import DropReason, counts
 from vhost_ipvlan.virtio import net
@@ -38,8 +39,10 @@ def mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
-def make_port(flag: str = "bridge", mode: str = "l2", b_queues: int = 1) -> InprocPort:
-    """Guests a, b and c; b with ``b_queues`` queue pairs, every one enabled."""
+def make_port(flag: str = "bridge", mode: str = "l2", b_queues: int = 1,
+              uplink: Callable[[], VethUplink] | None = None) -> InprocPort:
+    """Guests a, b and c; b with ``b_queues`` queue pairs, every one enabled; ``uplink``
+    as ``InprocPort``'s."""
     import ipaddress
 
     def ip(t: str) -> bytes:
@@ -49,7 +52,7 @@ def make_port(flag: str = "bridge", mode: str = "l2", b_queues: int = 1) -> Inpr
         ("a", [ip(A4), ip(A6)], mac(A)),
         ("b", [ip(B4), ip(B6)], mac(B)),
         ("c", [ip(C4)], mac(C)),
-    ], flag=flag, mode=mode, queues={"b": (b_queues, b_queues)})
+    ], flag=flag, mode=mode, queues={"b": (b_queues, b_queues)}, uplink=uplink)
 
 
 def received_by(fe: frontend.FakeFrontend) -> object:
@@ -807,8 +810,9 @@ def wire_frames() -> list[bytes]:
 
 
 def run_from_wire(frames: list[bytes], flag: str = "bridge", mode: str = "l2",
-                  before: Callable[[InprocPort], None] | None = None, b_queues: int = 1) -> dict[str, object]:
-    p = make_port(flag, mode, b_queues)
+                  before: Callable[[InprocPort], None] | None = None, b_queues: int = 1,
+                  uplink: Callable[[], VethUplink] | None = None) -> dict[str, object]:
+    p = make_port(flag, mode, b_queues, uplink)
     try:
         if before is not None:
             before(p)

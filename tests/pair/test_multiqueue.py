@@ -123,6 +123,18 @@ def test_no_enabled_ring_is_rx_not_ready_and_the_slave_down(port: InprocPort) ->
     assert b.receive_all() == [[], []]
 
 
+def test_enabling_and_disabling_a_ring_of_several_pairs_is_logged(port: InprocPort,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The guest's choice of pairs (ethtool -L) shows in the log, ring by ring, once per change."""
+    with caplog.at_level("INFO", logger="vhost_ipvlan.daemon.device"):
+        port.frontends["b"].enable_pair(1, False)
+        port.frontends["b"].enable_pair(1, False)
+        port.frontends["b"].enable_pair(1, True)
+    lines = [r.getMessage() for r in caplog.records if "queue" in r.getMessage()]
+    assert lines == ["slave b: rx1 queue disabled", "slave b: tx1 queue disabled",
+                     "slave b: rx1 queue enabled", "slave b: tx1 queue enabled"]
+
+
 def test_every_tx_ring_is_switched(port: InprocPort) -> None:
     b, c = port.frontends["b"], port.frontends["c"]
     for pair in (0, 1):

@@ -9,7 +9,10 @@ memfd is sealed (``sealing``), truncate ``fd`` under the back-end, or ``send`` a
 message with any descriptors (``send_raw`` writes bytes and descriptors as given,
 without framing). With ``queues=N`` it sets up N queue pairs (vrings 2i rx, 2i+1 tx,
 ``rxqs``/``txqs``; ``rxq``/``txq`` are the first pair's) and enables the first
-``enabled`` of them, as QEMU does for a guest that uses that many.
+``enabled`` of them, as QEMU does for a guest that uses that many. For live
+migration it acks LOG_SHMFD (not LOG_ALL) as QEMU 7.2 does, and ``start_dirty_log``
+hands over a dirty log the way QEMU's migration does (``dirty_pages`` reads it);
+``vring_base`` asks GET_VRING_BASE.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vhost_ipvlan.vhost_user import codec
-from vhost_ipvlan.vhost_user.codec import Request
+from vhost_ipvlan.vhost_user.codec import ProtocolFeature, Request
 from vhost_ipvlan.virtio import net
 from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
@@ -112,6 +115,9 @@ class FakeFrontend:
         self.want = features
         self.mergeable = mergeable
         self.features = 0
+        self.protocol_features = 0
+        self.log_fd = -1
+        self.log: mmap.mmap | None = None
         self.sock: socket.socket | None = None
         self.transport: Callable[[bytes, list[int]], bytes | None] | None = None
 
@@ -171,11 +177,13 @@ class FakeFrontend:
         """The message sequence QEMU 7.2 sends, compressed."""
         offered = self.get_u64(Request.GET_FEATURES)
         proto = self.get_u64(Request.GET_PROTOCOL_FEATURES)
-        self.send(Request.SET_PROTOCOL_FEATURES, codec.U64.pack(proto & 0b1001))
+        wanted = 1 << ProtocolFeature.MQ | 1 << ProtocolFeature.REPLY_ACK | 1 << ProtocolFeature.LOG_SHMFD
+        self.protocol_features = proto & wanted
+        self.send(Request.SET_PROTOCOL_FEATURES, codec.U64.pack(self.protocol_features))
         self.queue_num = self.get_u64(Request.GET_QUEUE_NUM)
         assert self.queue_num >= self.queues, f"the back-end offers {self.queue_num} queue pairs"
         self.send(Request.SET_OWNER)
-        want = self.want if self.want is not None else offered
+        want = self.want if self.want is not None else offered & ~net.bit(codec.F_LOG_ALL)
         if not self.mergeable:
             want &= ~net.bit(net.F_MRG_RXBUF)
         self.features = want & offered
@@ -185,16 +193,97 @@ class FakeFrontend:
             self.send(Request.SET_FEATURES, codec.U64.pack(self.features))
         region = codec.MEM_REGION.pack(0, MEM_SIZE, UVA_BASE, 0)
         self.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [self.fd], need_reply=True)
-        for i, q in enumerate(self.vqs):
-            self.send(Request.SET_VRING_NUM, codec.VRING_STATE.pack(i, q.num))
-            self.send(Request.SET_VRING_BASE, codec.VRING_STATE.pack(i, 0))
-            addr = codec.VRING_ADDR.pack(i, 0, UVA_BASE + q.desc, UVA_BASE + q.used, UVA_BASE + q.avail, 0)
-            self.send(Request.SET_VRING_ADDR, addr)
-            self.send(Request.SET_VRING_KICK, codec.U64.pack(i), [self.kick[i]])
+        for i in range(len(self.vqs)):
+            self.send_ring(i)
         for pair in range(self.queues):
             self.enable_pair(pair, pair < self.enabled)
         for pair in range(self.queues):
             self.post_rx_buffers(QSIZE, pair)
+
+    # -- live migration --------------------------------------------------------------
+
+    def log_size(self) -> int:
+        """QEMU's size of the dirty log for this guest memory (vhost_get_log_size: whole
+        64-bit words, one bit per 4 KiB page)."""
+        return ((MEM_SIZE - 1) // (4096 * 64) + 1) * 8
+
+    def set_log_base(self, size: int | None = None, fds: list[int] | None = None, offset: int = 0, *,
+                     sealed: bool = True) -> bytes | None:
+        """SET_LOG_BASE with a new memfd of ``size`` bytes, sealed as QEMU's vhost-log (or
+        one that cannot be sealed), or the descriptors given; returns the reply's payload."""
+        size = self.log_size() if size is None else size
+        if fds is None:
+            self.close_log()
+            self.log_fd = os.memfd_create("vhost-log", os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealed else 0))
+            os.ftruncate(self.log_fd, size)
+            if sealed:
+                fcntl.fcntl(self.log_fd, fcntl.F_ADD_SEALS,
+                            fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            self.log = mmap.mmap(self.log_fd, size)
+            fds = [self.log_fd]
+        return self.send(Request.SET_LOG_BASE, codec.LOG.pack(size, offset), fds, reply=True)
+
+    def set_logging(self, on: bool) -> None:
+        """What QEMU's vhost_dev_set_log sends: SET_FEATURES with or without LOG_ALL,
+        then every ring's addresses with or without VHOST_VRING_F_LOG and the used ring's
+        guest address (each waiting for REPLY_ACK when it turns logging on)."""
+        features = self.features | (net.bit(codec.F_LOG_ALL) if on else 0)
+        for _ in range(self.queues):
+            self.send(Request.SET_FEATURES, codec.U64.pack(features), need_reply=on)
+        for i, q in enumerate(self.vqs):
+            addr = codec.VRING_ADDR.pack(i, codec.VRING_F_LOG if on else 0, UVA_BASE + q.desc, UVA_BASE + q.used,
+                                         UVA_BASE + q.avail, q.used if on else 0)
+            self.send(Request.SET_VRING_ADDR, addr, need_reply=on)
+
+    def start_dirty_log(self, *, sealed: bool = True) -> None:
+        """Migration starts: a log (SET_LOG_BASE, once per queue pair as QEMU 7.2), then logging on."""
+        self.set_log_base(sealed=sealed)
+        assert self.log is not None and self.log_fd >= 0
+        for _ in range(1, self.queues):
+            self.set_log_base(len(self.log), [self.log_fd])
+        self.set_logging(True)
+
+    def dirty_pages(self) -> set[int]:
+        """The guest pages marked in the log."""
+        assert self.log is not None
+        log = bytes(self.log)
+        return {8 * i + b for i, byte in enumerate(log) if byte for b in range(8) if byte >> b & 1}
+
+    def clear_log(self) -> None:
+        assert self.log is not None
+        self.log[:] = bytes(len(self.log))
+
+    def vring_base(self, index: int) -> int:
+        """GET_VRING_BASE: the ring stops; the next avail index the back-end would take."""
+        reply = self.send(Request.GET_VRING_BASE, codec.VRING_STATE.pack(index, 0), reply=True)
+        assert reply is not None
+        got, base = codec.VRING_STATE.unpack(reply)
+        assert got == index
+        return int(base)
+
+    def close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.log_fd >= 0:
+            os.close(self.log_fd)
+            self.log_fd = -1
+
+    def send_ring(self, i: int, base: int = 0) -> None:
+        """Ring ``i``'s set-up, starting at ``base`` (as a migration destination does)."""
+        q = self.vqs[i]
+        self.send(Request.SET_VRING_NUM, codec.VRING_STATE.pack(i, q.num))
+        self.send(Request.SET_VRING_BASE, codec.VRING_STATE.pack(i, base))
+        addr = codec.VRING_ADDR.pack(i, 0, UVA_BASE + q.desc, UVA_BASE + q.used, UVA_BASE + q.avail, 0)
+        self.send(Request.SET_VRING_ADDR, addr)
+        self.send(Request.SET_VRING_KICK, codec.U64.pack(i), [self.kick[i]])
+
+    def sync(self) -> None:
+        """Return once the back-end has handled every message sent so far: a request
+        with a reply (GET_FEATURES, which QEMU too sends at any time) behind them on the
+        socket. Messages without a reply (SET_VRING_ENABLE ...) are otherwise applied
+        whenever the back-end gets to them."""
+        self.get_u64(Request.GET_FEATURES)
 
     def enable_pair(self, pair: int, on: bool = True) -> None:
         """SET_VRING_ENABLE on both rings of ``pair`` (what QEMU sends for VQ_PAIRS_SET)."""
@@ -276,6 +365,7 @@ class FakeFrontend:
             except OSError:
                 pass
         self.mem.close()
+        self.close_log()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

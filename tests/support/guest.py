@@ -290,6 +290,15 @@ class Guest:
         deadline = time.monotonic() + timeout
         try:
             self.wait_console(READY_MARKER, timeout)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self._diagnostics()}") from exc
+        self.wait_channel(max(1.0, deadline - time.monotonic()))
+
+    def wait_channel(self, timeout: float = 60) -> None:
+        """Wait until the command channel answers (a guest already running: one that
+        arrived by live migration has no boot on this QEMU's console)."""
+        deadline = time.monotonic() + timeout
+        try:
             if self._chan is None:
                 self._connect(max(1.0, deadline - time.monotonic()))
             rc, out = self.run("echo ok", timeout=max(5.0, deadline - time.monotonic()))

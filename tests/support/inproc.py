@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from tests.support.frontend import FakeFrontend
 from vhost_ipvlan.daemon import fastpath
@@ -24,6 +25,9 @@ from vhost_ipvlan.drops import DropReason
 from vhost_ipvlan.switch.port import Port
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.session import Session
+
+if TYPE_CHECKING:
+    from tests.support.vethuplink import VethUplink
 
 MASTER_MAC = bytes.fromhex("020000000001")
 NEXT_HOP_MAC = bytes.fromhex("0200000000fe")
@@ -198,10 +202,12 @@ class FixedRouter:
 
 class InprocPort:
     def __init__(self, guests: list[tuple[str, list[bytes], bytes | None]], *, mergeable: bool = True,
-                 flag: str = "bridge", mode: str = "l2", queues: dict[str, tuple[int, int]] | None = None) -> None:
-        """``queues``: guest name -> (queue pairs, how many of them the guest enables); default (1, 1)."""
+                 flag: str = "bridge", mode: str = "l2", queues: dict[str, tuple[int, int]] | None = None,
+                 uplink: Callable[[], VethUplink] | None = None) -> None:
+        """``queues``: guest name -> (queue pairs, how many of them the guest enables); default (1, 1).
+        ``uplink``: makes the master (``vethuplink.VethUplink``); default a socket pair."""
         self.port = Port("inproc", MASTER_MAC, mode, flag)
-        self.uplink = _Uplink()
+        self.uplink: _Uplink | VethUplink = _Uplink() if uplink is None else uplink()
         self.dp = PortDatapath(self.port, self.uplink, _Loop())
         self.router = FixedRouter(NEXT_HOP_MAC)
         if mode != "l2":

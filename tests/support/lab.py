@@ -18,6 +18,10 @@ command line, ``daemon_env`` to its environment, and ``config_head`` (TOML, e.g.
 a ``[daemon]`` table) goes at the top of the config file. ``mode`` and ``flag`` are
 the port's (``l2``/``l3``/``l3s``; ``bridge``/``private``/``vepa``);
 ``master_addresses`` are given to the master (the host's own addresses).
+``command`` replaces ``python -m vhost_ipvlan.cli`` (an installed ``/usr/bin/vhost-ipvlan``,
+run with the environment less ``PYTHONPATH``: it must not import the checkout), and
+``config_file`` is served as it is instead of a file written for ``slaves`` (which
+should then be empty: slaves come through the control socket).
 
 On the outside: ``wire_counter``/``wire_count`` count frames arriving at vio0 (an
 nftables netdev ingress chain per counter), ``hairpin`` makes vio0 the only port of
@@ -84,6 +88,8 @@ class Lab:
         mode: str = "l2",
         flag: str = "bridge",
         master_addresses: tuple[str, ...] = (),
+        command: list[str] | None = None,
+        config_file: Path | None = None,
     ) -> None:
         tag = secrets.token_hex(3)
         self.host, self.out = f"vi-h-{tag}", f"vi-o-{tag}"
@@ -101,7 +107,9 @@ class Lab:
         self.master_addresses = master_addresses
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
-        self.config = tmp / "vhost-ipvlan.toml"
+        self.command = command
+        self.config = config_file or tmp / "vhost-ipvlan.toml"
+        self.write_config = config_file is None
         self.state = tmp / "state.toml"
         self.control = tmp / "control.sock"
         self.master_mac = self.out_mac = ""
@@ -152,16 +160,20 @@ class Lab:
             sh("ip", "-n", self.host, "addr", "add", a, "dev", MASTER, *(["nodad"] if ":" in a else []))
         self.master_mac = self.read_sys(self.host, MASTER, "address")
         self.out_mac = self.read_sys(self.out, "vio0", "address")
-        self.config.write_text(self.config_text())
+        if self.write_config:
+            self.config.write_text(self.config_text())
         self.start_daemon()
 
     def start_daemon(self) -> None:
         pin = ["taskset", "-c", self.cpus] if self.cpus is not None else []
+        env = {**os.environ, **self.daemon_env}
+        if self.command is not None:
+            env.pop("PYTHONPATH", None)
         self.daemon = subprocess.Popen(
-            ["ip", "netns", "exec", self.host, *pin, sys.executable, "-m", "vhost_ipvlan.cli", "serve",
-             "--config", str(self.config), "--state", str(self.state), "--control", str(self.control),
+            ["ip", "netns", "exec", self.host, *pin, *(self.command or [sys.executable, "-m", "vhost_ipvlan.cli"]),
+             "serve", "--config", str(self.config), "--state", str(self.state), "--control", str(self.control),
              "--log-level", "debug", *self.daemon_args],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env={**os.environ, **self.daemon_env},
+            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=env,
         )
         ready = self.log_text().count("ready:")
         wait_until(lambda: self.log_text().count("ready:") > ready or self.daemon_exited(), 30,
@@ -256,12 +268,14 @@ class FrontendLab(Lab):
 
     def frontend(self, name: str, queues: int = 1) -> FakeFrontend:
         """Connect a fake front-end (``queues`` pairs, all enabled) to slave ``name`` and wait
-        until the daemon has it up."""
+        until the daemon has it up with every pair enabled ("up" is logged at the first
+        enabled RX ring: ``sync`` waits for the rest of the set-up)."""
         ups = self.log_text().count(f"slave {name}: up")
         fe = FakeFrontend(queues=queues)
         self.frontends.append(fe)
         fe.connect(str(self.sock(name)))
         fe.setup()
+        fe.sync()
         self.wait_log(f"slave {name}: up", ups)
         return fe
 

@@ -22,7 +22,9 @@ def wait_until(
     Raises ``TimeoutError`` naming ``what`` (and the last exception the predicate raised,
     if any) when ``timeout`` seconds pass first. The predicate is always tried at least
     once, and once more at the deadline. Exceptions of a ``fatal`` type (say, "the
-    process being waited on died") are not retried but propagate at once.
+    process being waited on died") are not retried but propagate at once. A predicate
+    that consumes something (frames from a ring) must keep it before anything that can
+    raise looks at it: the call is retried and what it took would be gone.
     """
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None

@@ -211,9 +211,9 @@ def test_dhcp_config_keys_round_trip() -> None:
     for bad, match in (({"dhcp": "yes"}, r"^port\[0\]\.slave\[0\]\.dhcp: expected true or false"),):
         with pytest.raises(ConfigError, match=match):
             cfg.parse({"port": [{"master": "m0", "slave": [{"name": "x", "socket": "/x", **bad}]}]})
-    for daemon, match in (({"dns": ["fd00::53"]}, r"^daemon\.dns\[0\]: 'fd00::53' is not an IPv4 address"),
+    for daemon, match in (({"dns": ["dns.example"]}, r"^daemon\.dns\[0\]: 'dns.example' is not an IPv4 or IPv6"),
                           ({"dns": "192.0.2.53"}, r"^daemon\.dns: expected a list"),
-                          ({"dns": ["192.0.2.1"] * 9}, r"^daemon\.dns: at most 8 servers"),
+                          ({"dns": ["192.0.2.1"] * 9}, r"^daemon\.dns: at most 8 servers of IPv4"),
                           ({"dns_search": ["bad..name"]}, r"^daemon\.dns_search\[0\]: 'bad..name' is not a domain")):
         with pytest.raises(ConfigError, match=match):
             cfg.parse({"daemon": daemon})
@@ -238,11 +238,12 @@ def test_resolv_conf(tmp_path: object) -> None:
 
     assert isinstance(tmp_path, Path)
     conf, upstream = tmp_path / "resolv.conf", tmp_path / "upstream.conf"
-    conf.write_text("# generated\nnameserver 127.0.0.53\nnameserver 192.0.2.53 # lab\nnameserver fd00::53\n"
-                    "domain old.example\nsearch example.org lab.example.org\noptions edns0\n")
+    conf.write_text("# generated\nnameserver 127.0.0.53\nnameserver fd00::53\nnameserver 192.0.2.53 # lab\n"
+                    "nameserver fe80::1\ndomain old.example\nsearch example.org lab.example.org\noptions edns0\n")
     ip = ipaddress.IPv4Address
+    # IPv4 (DHCPv4) then IPv6 (DHCPv6, RAs); a link-local server has no zone to give: left out
     assert resolv.dns(DaemonConfig(), conf, upstream) == \
-        ((ip("192.0.2.53").packed,), ("example.org", "lab.example.org"))
+        ((ip("192.0.2.53").packed, ipaddress.IPv6Address("fd00::53").packed), ("example.org", "lab.example.org"))
     conf.write_text("nameserver 127.0.0.53\n")  # systemd-resolved: its upstream servers instead
     upstream.write_text("nameserver 198.51.100.53\n")
     assert resolv.dns(DaemonConfig(), conf, upstream) == ((ip("198.51.100.53").packed,), ())

@@ -458,3 +458,41 @@ def test_a_pre_declared_nic_takes_queues_from_the_metadata() -> None:
 def test_bad_driver_queues_are_one_line_naming_the_interface(queues: str, match: str) -> None:
     with pytest.raises(DomainError, match=f"interface 52:54:00:00:00:10: <driver queues>.*{match}"):
         slave_requests(domain(mq_nic(queues), meta(vi())), SOCKDIR)
+
+
+def run_filter(d: FakeDaemon, op: str, xml: str) -> tuple[int, str, str]:
+    """A filter operation (``migrate``/``restore``): exit status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        rc = hook.run(["vm1", op, "begin", "-"], io.StringIO(xml), d, SOCKDIR)  # type: ignore[arg-type]
+    finally:
+        sys.stdout, sys.stderr = old
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_migrate_creates_the_slaves_on_the_destination_and_prints_the_xml_back() -> None:
+    d = FakeDaemon()
+    assert run_filter(d, "migrate", TWO) == (0, TWO, "")
+    assert set(d.slaves) == {name("52:54:00:00:00:10"), name("52:54:00:00:00:20")}
+    assert d.slaves[name("52:54:00:00:00:10")]["addresses"] == ["192.0.2.10/24"]
+    assert run_hook(d, "prepare", TWO) == (0, "")  # prepare follows migrate: the same slaves, changed in place
+    assert set(d.slaves) == {name("52:54:00:00:00:10"), name("52:54:00:00:00:20")}
+
+
+def test_a_refused_migrate_cancels_the_migration_and_leaves_nothing() -> None:
+    d = FakeDaemon()
+    d.slaves["other"] = {"name": "other", "addresses": ["192.0.2.20/24"], "owner": UUID2}
+    rc, out, err = run_filter(d, "migrate", TWO)
+    assert rc == 1 and out == ""  # libvirt cancels the incoming migration; the source keeps running
+    assert "192.0.2.20/24 is already used" in err and err.count("\n") == 1
+    assert set(d.slaves) == {"other"}
+
+
+def test_migrate_without_our_interfaces_changes_nothing_and_restore_is_passed_through() -> None:
+    d = FakeDaemon()
+    plain = domain()
+    assert run_filter(d, "migrate", plain) == (0, plain, "")
+    assert run_filter(d, "restore", TWO) == (0, TWO, "")
+    assert d.calls == []

@@ -53,7 +53,7 @@ class _Reference:
             labels = ["master", "slave"] if key.startswith("s_") else ["master"]
             if key.endswith("drop"):
                 labels.append("reason")
-            if key.endswith("dhcp"):
+            if key.endswith(("dhcp", "dhcp6")):
                 labels.append("outcome")
             kind = CounterMetricFamily if fam.type == "counter" else GaugeMetricFamily
             fams[key] = kind(fam.name.removesuffix("_total"), fam.help, labels=labels)
@@ -76,14 +76,17 @@ class _Reference:
                 fams["s_link"].add_metric(lv, 1.0 if ss.get("link", "up") == "up" else 0.0)
                 if "queues" in ss:
                     fams["s_qp"].add_metric(lv, ss["queues"]["queue_pairs_enabled"])
-                for outcome, n in sorted(ss.get("dhcp", {}).items()):
-                    fams["s_dhcp"].add_metric([*lv, outcome], n)
+                if "announcements" in ss:
+                    fams["s_ann"].add_metric(lv, ss["announcements"])
+                for family in ("dhcp", "dhcp6"):
+                    for outcome, n in sorted(ss.get(family, {}).items()):
+                        fams[f"s_{family}"].add_metric([*lv, outcome], n)
         yield from fams.values()
 
 
 def _slave(i: int, drops: dict[str, int], *, up: bool = True, link: str = "up", pairs: int = 1) -> dict[str, Any]:
     return {"up": up, "link": link, "rx_packets": i, "rx_bytes": 60 * i, "tx_packets": 7 * i,
-            "tx_bytes": 2**40 + i, "drops": drops, "multicast": {}, "learned": [],
+            "tx_bytes": 2**40 + i, "drops": drops, "multicast": {}, "learned": [], "announcements": 2 * i,
             "queues": {"queues": 4, "queue_pairs": 4, "queue_pairs_enabled": pairs, "per_queue": []}}
 
 
@@ -94,7 +97,8 @@ STATS: dict[str, Any] = {
              "drops": {"runt": 1, "master_down": 3, "mtu_exceeded": 10**9},
              "host_link": {"name": "vh0", "rx_packets": 1, "tx_packets": 2}, "address_conflicts": 0,
              "slaves": {"vm1": {**_slave(1, {"src_ip_spoof": 2, "rx_ring_full": 999_999}),
-                                "dhcp": {"offered": 2, "acked": 1, "naked": 1}},
+                                "dhcp": {"offered": 2, "acked": 1, "naked": 1},
+                                "dhcp6": {"advertised": 1, "assigned": 1, "ra_sent": 3}},
                         "vm2": _slave(1_000_000, {}, up=False),
                         "vm3": _slave(0, {}, pairs=3)}},
     "bond0": {"uplink_rx_packets": 0, "uplink_tx_packets": 0, "link": "down", "drops": {},
@@ -131,6 +135,9 @@ def test_exposition_values_and_labels() -> None:
     assert samples[(p + "slave_queue_pairs_enabled", (("master", "eth0"), ("slave", "vm3")))] == 3
     assert samples[(p + "slave_dhcp_messages_total", (("master", "eth0"), ("outcome", "offered"), ("slave", "vm1")))] \
         == 2
+    assert samples[(p + "slave_announcements_total", (("master", "eth0"), ("slave", "vm1")))] == 2
+    assert samples[(p + "slave_dhcp6_messages_total", (("master", "eth0"), ("outcome", "ra_sent"), ("slave", "vm1")))] \
+        == 3
     assert samples[(p + "master_up", (("master", "bond0"),))] == 0
     assert samples[(p + "master_up", (("master", "eth9"),))] == 1
     assert (p + "master_mtu_bytes", (("master", "bond0"),)) not in samples

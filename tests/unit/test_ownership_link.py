@@ -134,3 +134,15 @@ def test_default_gateway_is_read_with_the_prefixes(owners: tuple[Ownership, Fake
     fake.routes[2] = []
     o.master_addresses("lo")
     assert port.gateway_v4 is None
+
+
+def test_ipv6_default_gateway_stops_l2_advertising(owners: tuple[Ownership, FakeRtnl, Port]) -> None:
+    """An IPv6 default route through the master: a router is on the link, the daemon
+    sends no RA in l2 (``Port.advertises``); without one it does."""
+    o, fake, port = owners
+    assert port.advertises
+    o.master_addresses("lo")
+    assert port.gateway_v6 == ip("fe80::1") and not port.advertises
+    fake.routes[10] = []
+    o.master_addresses("lo")
+    assert port.gateway_v6 is None and port.advertises

@@ -304,6 +304,7 @@ class ControlServer:
         if sc.learn:
             info["learned"] = learned_addresses(ep.device.slave)
         info["dhcp_answered"] = ep.device.slave.dhcp is not None
+        info["dhcp6_answered"] = ep.device.slave.dhcp6 is not None
         return info
 
 

@@ -15,7 +15,7 @@ Rules:
 - A protocol error, a truncated control message, or any unexpected exception
   while handling a message is logged with the slave's name, and closes this
   connection only; every descriptor received is closed.
-- Guest memory that shrinks under a guarded mapping (``host``) closes the
+- Guest memory (or the dirty log) that shrinks under a guarded mapping (``host``) closes the
   connection that owns it ("guest memory shrank under us"), nothing else.
 - The lines logged when a connection closes are rate-limited per slave
   (``lograte``): a front-end reconnecting in a loop cannot flood the log.
@@ -46,7 +46,8 @@ def _check_memory() -> None:
     """The SIGBUS guard replaced a page: close every connection whose memory shrank."""
     for conn in list(_live):
         if conn.memory_shrunk():
-            conn.close("guest memory shrank under us (the front-end truncated a memory region's file)")
+            conn.close("guest memory shrank under us (the front-end truncated a memory region's file or the "
+                       "dirty log's)")
 
 
 class Connection:
@@ -77,7 +78,9 @@ class Connection:
         on_memory_shrunk(loop, _check_memory)
 
     def memory_shrunk(self) -> bool:
-        mem = self.session.memory
+        mem, dirty = self.session.memory, self.session.log
+        if dirty is not None and shrunk(dirty.buf):
+            return True
         return mem is not None and any(shrunk(r.buf) for r in mem.regions)
 
     def _readable(self) -> None:

@@ -25,9 +25,10 @@ Rules:
   the burst: the frame is counted ``internal_error`` in the port's ``drops`` and
   skipped (``device.internal_error_log`` rate-limits the log lines). The uplink
   reads ``device.BURST`` frames per burst, as a TX drain takes. With the C
-  accelerator (l2) the burst reads 32 frames per ``recvmmsg``, C delivers the
-  common ones and calls ``_uplink_frame`` for every other one, in order; a batch
-  already read is finished even when floods used up the budget.
+  accelerator (l2) the burst reads the uplink's RX ring (``uplink.RxRing``) or 32
+  frames per ``recvmmsg``, C delivers the common ones and calls ``_uplink_frame`` for
+  every other one, in order; a recvmmsg batch already read is finished even when
+  floods used up the budget.
 - The wire follows the master (``daemon.master`` keeps ``wire_up`` and
   ``max_frame``): while the master is down or gone, frames for the wire are
   dropped and counted ``master_down`` (guest <-> guest goes on); a non-GSO frame
@@ -40,6 +41,13 @@ Rules:
   DHCPv4 client message into its own RX ring; the message goes nowhere else.
   Counted per outcome in ``NetDevice.dhcp`` (``stats``: ``dhcp``), a malformed one
   as ``dhcp_malformed``. What it is told: ``dhcp_network``.
+- ``ANSWER(DHCP6)`` (``Slave.dhcp6`` set): ``net.dhcp6`` answers its DHCPv6 client
+  message the same way (``NetDevice.dhcp6``, ``dhcp6_malformed``; ``dhcp6_network``:
+  the server's DUID-LL and link-local from the master's MAC, the IPv6 DNS servers).
+  ``ANSWER(RS)``: the guest's Router Solicitation gets an RA (``net.ra``, ``advert``)
+  into its RX ring, unicast to its source; a guest whose RX ring starts (``slave_up``)
+  gets one unsolicited (to ff02::1; one due at a time), and every up guest one every ``ra.INTERVAL``
+  (``_ra_tick``), while the port ``advertises``. Counted in ``NetDevice.ra_sent``.
 - l3/l3s: ``ANSWER`` replies with the master's MAC (to the guest, or out the
   master); ``ROUTE`` asks ``routing.Router`` for the next hop's MAC (a local route
   goes to the host link; l3s ports route only link-local destinations and vepa's
@@ -48,6 +56,11 @@ Rules:
   the one queue on the data path.
   Frames delivered to l3 guests carry the master's MAC as their source: the
   guest's router.
+- ``announce``: a guest that resumes here (``NetDevice``: its rings continue where
+  another back-end left them, e.g. after a live migration) is announced on the wire
+  with the master's MAC, the only MAC the wire knows it by: one gratuitous ARP per
+  IPv4 and one unsolicited NA per IPv6 address it owns (``net.neigh.announce``),
+  counted per slave (``announcements``). Nothing is sent while the master is down.
 """
 
 from __future__ import annotations
@@ -57,10 +70,11 @@ import os
 from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason, new_counters
-from ..net import dhcp, neigh
+from ..net import dhcp, dhcp6, neigh, ra
+from ..net.addr import eui64_link_local
 from ..net.frames import ETH_HLEN, IPV4_DST, IPV6_DST, L3_IPV4, L3_IPV6, OFF_ETHERTYPE, classify, shifted
 from ..net.translate import hairpin_to_wire, to_guest, to_wire
-from ..switch.verdict import ANSWER, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
+from ..switch.verdict import ANSWER, DHCP, DHCP6, FLOOD, ROUTE, TO_HOST, TO_SLAVE, TO_UPLINK
 from ..virtio import net
 from . import device, fastpath
 from .device import NetDevice
@@ -119,6 +133,9 @@ class PortDatapath:
         #: the largest non-GSO buffer (12-byte header + Ethernet header + MTU) for the wire
         self.max_frame = net.HDR_LEN + ETH_HLEN + 1500
         self._rescan: Cancellable | None = None
+        self._ra_timer: Cancellable | None = None
+        #: guests with an unsolicited RA due (``slave_up``): one timer each at a time
+        self._first_due: set[NetDevice] = set()
         #: the C accelerator's view of the port (``fastpath.py``)
         self.fast_table = PortTable(port, self.devices)
         self._receivers: list[NetDevice] = []
@@ -127,7 +144,7 @@ class PortDatapath:
         self.hostlink: HostPort | None = None
         self.router: NextHops | None = None
         self.master_src_mac = port.traits.master_src_mac
-        #: DNS servers (packed IPv4) and search domains the DHCP server hands out; set
+        #: DNS servers (packed IPv4 and IPv6) and search domains the DHCP servers hand out; set
         #: by the topology (``[daemon] dns``/``dns_search``, else the host's resolv.conf)
         self.dns: tuple[tuple[bytes, ...], tuple[str, ...]] = ((), ())
         self._flushing = False
@@ -138,13 +155,15 @@ class PortDatapath:
         if self.hostlink is not None:
             self.loop.add_reader(self.hostlink.fileno(), self._host_readable)
         self._rescan = self.loop.call_later(RESCAN_INTERVAL, self._rescan_tick)
+        self._ra_timer = self.loop.call_later(ra.INTERVAL, self._ra_tick)
 
     def stop(self) -> None:
         if self.uplink.fileno() >= 0:
             self.loop.remove_reader(self.uplink.fileno())
         self._stop_host()
-        if self._rescan is not None:
-            self._rescan.cancel()
+        for timer in (self._rescan, self._ra_timer):
+            if timer is not None:
+                timer.cancel()
 
     def _stop_host(self) -> None:
         if self.hostlink is not None and self.hostlink.fileno() >= 0:
@@ -242,8 +261,12 @@ class PortDatapath:
         elif action == ANSWER:
             if arg is None:
                 self._answer(dev, buf[net.HDR_LEN : length])
-            else:
+            elif arg == DHCP:
                 self._answer_dhcp(dev, buf[net.HDR_LEN : length])
+            elif arg == DHCP6:
+                self._answer_dhcp6(dev, buf[net.HDR_LEN : length])
+            else:
+                self._answer_rs(dev, buf[net.HDR_LEN : length])
         # DROP: the switch has counted it on the slave
         return 0
 
@@ -330,6 +353,21 @@ class PortDatapath:
         if reply is not None:
             dev.deliver(with_header(reply))
 
+    def announce(self, dev: NetDevice) -> int:
+        """Announce ``dev``'s addresses on the wire from the master's MAC (see the rules);
+        return how many announcements were sent."""
+        if not self.wire_up:
+            return 0
+        sent = 0
+        for frame in neigh.announce(self.port.master_mac, dev.slave.owned()):
+            if self.uplink.send(with_header(frame), net.HDR_LEN + len(frame)):
+                sent += 1
+            else:
+                dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
+        self.uplink_tx += sent
+        dev.announcements += sent
+        return sent
+
     def _answer_dhcp(self, dev: NetDevice, frame: memoryview) -> None:
         """A DHCPv4 client message from ``dev``'s guest: the reply goes into its RX ring
         only (``net.dhcp``); counted by outcome, a malformed one as a drop."""
@@ -366,7 +404,82 @@ class PortDatapath:
             server = master or router or DHCP_FALLBACK_ROUTER
         assert server is not None
         mtu = self.max_frame - net.HDR_LEN - ETH_HLEN
-        return dhcp.Network(server, router, mtu, *self.dns)
+        return dhcp.Network(server, router, mtu, tuple(a for a in self.dns[0] if len(a) == 4), self.dns[1])
+
+    def _answer_dhcp6(self, dev: NetDevice, frame: memoryview) -> None:
+        """A DHCPv6 client message from ``dev``'s guest: the reply goes into its RX ring
+        only (``net.dhcp6``); counted by outcome, a malformed one as a drop."""
+        lease = dev.slave.dhcp6
+        if lease is None:
+            return
+        outcome, reply = dhcp6.answer(frame, lease, self.dhcp6_network(), self.port.master_mac)
+        if outcome == dhcp6.Outcome.MALFORMED:
+            dev.drops[DropReason.DHCP6_MALFORMED] += 1
+            return
+        dev.dhcp6[outcome] += 1
+        if reply is not None:
+            dev.deliver(with_header(reply))
+
+    def dhcp6_network(self) -> dhcp6.Network:
+        """What the DHCPv6 server tells the port's guests: its DUID (DUID-LL of the
+        master's MAC), its address (the link-local the master's MAC gives), IPv6 DNS."""
+        mac = self.port.master_mac
+        return dhcp6.Network(dhcp6.duid_ll(mac), eui64_link_local(mac), self._dns6(), self.dns[1])
+
+    def _dns6(self) -> tuple[bytes, ...]:
+        return tuple(a for a in self.dns[0] if len(a) == 16)
+
+    def advert(self, lease: dhcp.Lease) -> ra.Advert:
+        """The RA for a guest with the DHCPv6 lease ``lease``: M when it has IPv6
+        addresses to hand out, O when there are DNS servers or search domains; a
+        router lifetime where the daemon routes (l3/l3s, ``traits.master_src_mac``),
+        0 in l2 (the daemon forwards nothing off the link); the master's MTU; the
+        lease's prefixes on-link; from the master's EUI-64 link-local."""
+        servers = self._dns6()
+        mtu = self.max_frame - net.HDR_LEN - ETH_HLEN
+        return ra.Advert(eui64_link_local(self.port.master_mac), managed=bool(lease.addresses),
+                         other=bool(servers or self.dns[1]),
+                         lifetime=ra.ROUTER_LIFETIME if self.master_src_mac else 0, mtu=mtu,
+                         prefixes=lease.addresses, dns=servers, search=self.dns[1])
+
+    def _answer_rs(self, dev: NetDevice, frame: memoryview) -> None:
+        """A Router Solicitation from ``dev``'s guest: an RA to its source (all-nodes
+        when it has none) into its RX ring only."""
+        src = bytes(frame[22:38])  # the IPv6 source (``ra.is_router_solicit`` checked the header)
+        to_all = src == bytes(16)
+        self._advertise(dev, ra.ALL_NODES_MAC if to_all else bytes(frame[6:12]), ra.ALL_NODES if to_all else src)
+
+    def _advertise(self, dev: NetDevice, dst_mac: bytes, dst_ip: bytes) -> None:
+        lease = dev.slave.dhcp6
+        if lease is None or not self.port.advertises:
+            return
+        before = dev.rx_packets  # ``ra_sent`` counts what went into the ring: a full one is a drop only
+        dev.deliver(with_header(ra.advert(dst_mac, dst_ip, self.port.master_mac, self.advert(lease))))
+        dev.ra_sent += dev.rx_packets - before
+
+    def slave_up(self, dev: NetDevice) -> None:
+        """``dev``'s guest's RX ring has started: one unsolicited RA (when it is answered),
+        ``ra.FIRST_DELAY`` later (the driver posts its receive buffers after enabling the
+        ring: at once, the RA would find none). One is due per guest at a time: a
+        front-end toggling its ring piles up neither timers nor RAs."""
+        if dev.slave.dhcp6 is not None and dev not in self._first_due:
+            self._first_due.add(dev)
+            self.loop.call_later(ra.FIRST_DELAY, self._first_advert, dev)
+
+    def _first_advert(self, dev: NetDevice) -> None:
+        self._first_due.discard(dev)
+        if dev.slave.up and self.devices.get(dev.slave.name) is dev:
+            self._advertise(dev, ra.ALL_NODES_MAC, ra.ALL_NODES)
+            self.flush()
+
+    def _ra_tick(self) -> None:
+        """Every ``ra.INTERVAL``: an unsolicited RA to every up guest that gets them (after
+        l2 forgets a wire router it no longer hears, ``Port.age_link_router``)."""
+        self.port.age_link_router()
+        for dev in self.receivers():
+            self._advertise(dev, ra.ALL_NODES_MAC, ra.ALL_NODES)
+        self.flush()
+        self._ra_timer = self.loop.call_later(ra.INTERVAL, self._ra_tick)
 
     def _answer_for_host(self, dev: NetDevice, frame: memoryview) -> None:
         """l2: a guest's ARP request or NS for one of the host's addresses on the master."""
@@ -403,11 +516,11 @@ class PortDatapath:
     def _uplink_readable(self) -> None:
         fp = fastpath.ext
         table = self.fast_table.rx_table() if fp is not None else None
-        fd = self.uplink.batch_fd() if table is not None else -1
-        if fp is not None and table is not None and fd >= 0:
+        source = self._batch_rx() if table is not None else -1
+        if fp is not None and table is not None and source != -1:
             # C delivers the common frames and gives every other one, in order, to _uplink_frame
             try:
-                status, detail, delivered = fp.uplink_burst(fd, self.buf, table, self.port.master_mac,
+                status, detail, delivered = fp.uplink_burst(source, self.buf, table, self.port.master_mac,
                                                             self.port.wire_macs, device.BURST, self.dirty,
                                                             self._uplink_frame)
             except Exception as e:  # raised by Python's own path: a bug
@@ -435,6 +548,12 @@ class PortDatapath:
                 break
             budget -= self._uplink_frame(length)
         self.flush()
+
+    def _batch_rx(self) -> object:
+        """What C reads the wire from: the uplink's RX ring (``Uplink.batch_rx``) or its
+        ``batch_fd`` (-1: none, Python reads)."""
+        batch_rx = getattr(self.uplink, "batch_rx", None)
+        return batch_rx() if batch_rx is not None else self.uplink.batch_fd()
 
     def _uplink_frame(self, length: int) -> int:
         """Count and switch one frame read from the uplink (``view[:length]``, -1 if it was

@@ -9,7 +9,8 @@ virtio_net_hdr + frame) and handed to the port's data path (``PortDatapath``,
 Rules:
 - Multiqueue: the device declares ``queues`` pairs (``num_queues``, the session's
   seam; a change applies from the next connection) and serves those the
-  front-end started, each ring enabled or not on its own (``QueuePair``). Every
+  front-end started, each ring enabled or not on its own (``QueuePair``; with
+  several pairs, a ring's enabling and disabling is logged). Every
   started TX ring is drained the same way (a disabled one is drained and its
   frames discarded, as vhost-user.rst says). A frame for the guest goes into one
   of the started and enabled RX rings, chosen by ``frames.flow_hash`` modulo
@@ -32,6 +33,21 @@ Rules:
   was) costs one budget per burst, not a walk per frame.
 - A guest that breaks its ring (``GuestError``) gets that queue stopped and
   counted; the daemon and the other guests go on.
+- Resuming guests are announced: when a connection's rings start at a non-zero
+  base (SET_VRING_BASE: the front-end continues where another back-end, or an
+  earlier connection, left them: an incoming live migration, a reconnect after a
+  daemon restart) the slave's addresses are announced on the wire with the
+  master's MAC (``PortDatapath.announce``) once, when the slave is first up in that
+  connection, within a budget per slave (``ANNOUNCE_BURST`` at once, then one every
+  ``ANNOUNCE_INTERVAL``; beyond it one rate-limited line is logged instead): a front-end
+  reconnecting at a non-zero base in a loop cannot flood the wire with the slave's
+  addresses. A fresh guest (every ring at 0) is not announced. QEMU 7.2's own
+  trigger, SEND_RARP, never comes for a guest that acked GUEST_ANNOUNCE (QEMU makes
+  the guest announce itself instead, with its own MAC and only the addresses it
+  knows), so the back-end does not rely on it (docs/design.md §3).
+- Until its rings start, a device delivers nothing (``rx_not_ready``); once a front-end
+  takes its rings back (GET_VRING_BASE) it delivers nothing more: with the two slaves of
+  a migrating guest, a frame reaches at most the one whose front-end runs the guest.
 - A TX drain is bounded in frames (``BURST``) and in descriptors walked
   (``DESC_BUDGET``, zero-length and indirect descriptors included; one chain
   costs at most the queue size + 1, so a drain stops within ``DESC_BUDGET + num``);
@@ -58,6 +74,7 @@ from typing import TYPE_CHECKING
 
 from ..drops import DropReason, new_counters
 from ..errors import GuestError
+from ..net import dhcp6
 from ..net.dhcp import Outcome
 from ..net.frames import flow_hash
 from ..vhost_user.session import RX, TX, Session, Vring, pair_of
@@ -65,12 +82,14 @@ from ..virtio import net
 from ..virtio.virtqueue import SplitQueue
 from . import fastpath
 from .host import eventfd_drain, eventfd_signal
+from .lograte import RateLimitedLog
 
 if TYPE_CHECKING:
     from ..switch.port import Slave
     from .datapath import PortDatapath
 
 log = logging.getLogger(__name__)
+_announce_log = RateLimitedLog(log)  # announcements refused, per slave
 
 BURST = 256
 #: descriptors one TX drain may walk before it reschedules (see the rules)
@@ -78,6 +97,11 @@ DESC_BUDGET = 4 * BURST
 #: descriptors a receive queue may walk for frames it then did not take, per burst
 RX_WASTE_BUDGET = 4 * BURST
 ERROR_LOG_INTERVAL = 10.0
+#: a slave's announcements (see the rules): this many at once, then one more every
+#: ``ANNOUNCE_INTERVAL`` seconds, whatever its front-ends do
+ANNOUNCE_BURST = 3
+ANNOUNCE_INTERVAL = 10.0
+_clock = time.monotonic  # the announcements' budget's clock (a test sets it)
 
 
 class _ErrorLog:
@@ -174,6 +198,16 @@ class NetDevice:
         #: what the backend's DHCP server did for this guest, indexed by ``dhcp.Outcome``
         #: (MALFORMED stays 0: it is the drop ``dhcp_malformed``)
         self.dhcp = [0] * len(Outcome)
+        #: announcements sent for this guest on the wire (``PortDatapath.announce``)
+        self.announcements = 0
+        #: this connection's rings resume at a non-zero base / it has been announced
+        self.resumed = self.announced = False
+        #: what is left of the announcements' budget (tokens, when), across connections
+        self._announce_budget = (float(ANNOUNCE_BURST), _clock())
+        #: the same for DHCPv6 (``dhcp6.Outcome``; MALFORMED is the drop ``dhcp6_malformed``)
+        self.dhcp6 = [0] * len(dhcp6.Outcome)
+        #: Router Advertisements the daemon put into this guest's RX ring (``net.ra``)
+        self.ra_sent = 0
         self._drain_scheduled = False
 
     # -- the first pair's rings (a single-queue guest's) ------------------------------
@@ -257,6 +291,7 @@ class NetDevice:
             self.rx_packets += packets
             self.rx_bytes += nbytes
         self.pairs = [QueuePair(i) for i in range(session.queue_pairs)]
+        self.resumed = self.announced = False
         self._ready_changed()
 
     def vring_started(self, vring: Vring) -> None:
@@ -267,6 +302,7 @@ class NetDevice:
         self.ecn = bool(features >> net.F_GUEST_ECN & 1)
         loop = self.dp.loop
         pair = self.pairs[pair_of(vring.index)]
+        self.resumed = self.resumed or vring.base != 0
         if vring.kick_fd is not None:
             handler = self._tx_kick if vring.index & 1 == TX else self._rx_kick
             loop.add_reader(vring.kick_fd, handler, vring.kick_fd, vring.index)
@@ -286,8 +322,12 @@ class NetDevice:
             self.dp.loop.remove_reader(fd)
         pair = self.pairs[pair_of(vring.index)]
         if vring.index & 1 == TX:
+            if pair.tx is not None:  # what it used is the guest's before GET_VRING_BASE answers
+                self._publish(pair.tx, pair.tx_call)
             pair.tx = None
         else:
+            if pair.rx is not None:
+                self._publish(pair.rx, pair.rx_call)
             pair.rx = None
         self.vring_changed(vring)
         log.info("slave %s: %s queue stopped", self.slave.name, self._qname(vring.index))
@@ -295,17 +335,43 @@ class NetDevice:
     def vring_changed(self, vring: Vring) -> None:
         pair = self.pairs[pair_of(vring.index)]
         if vring.index & 1 == RX:
+            was = pair.rx_enabled
             pair.rx_call = vring.call_fd
             pair.rx_enabled = vring.enabled
         else:
+            was = pair.tx_enabled
             pair.tx_call = vring.call_fd
             pair.tx_enabled = vring.enabled
+        if was != vring.enabled and len(self.pairs) > 1:  # the guest's choice of pairs (ethtool -L)
+            log.info("slave %s: %s queue %s", self.slave.name, self._qname(vring.index),
+                     "enabled" if vring.enabled else "disabled")
         self._ready_changed()
         self.dp.fast_table.invalidate()
         up = bool(self.rx_ready)
         if up != self.slave.up:
             self.slave.up = up
             log.info("slave %s: %s", self.slave.name, "up" if up else "down")
+            if up:
+                self.dp.slave_up(self)
+        if up and self.resumed and not self.announced:
+            self.announced = True
+            if not self._announce_allowed():
+                _announce_log.log(self.slave.name, logging.WARNING, "slave %s: resumed again: not announced "
+                                  "(at most %d announcements, then one every %.0f s)", self.slave.name,
+                                  ANNOUNCE_BURST, ANNOUNCE_INTERVAL)
+                return
+            sent = self.dp.announce(self)
+            log.info("slave %s: resumed (rings continue at a non-zero base): %d address(es) announced "
+                     "with the master's MAC", self.slave.name, sent)
+
+    def _announce_allowed(self) -> bool:
+        """Take one from the slave's announcement budget (see the rules), if any is left."""
+        now = _clock()
+        tokens, stamp = self._announce_budget
+        tokens = min(float(ANNOUNCE_BURST), tokens + (now - stamp) / ANNOUNCE_INTERVAL)
+        allowed = tokens >= 1.0
+        self._announce_budget = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
 
     def detach(self) -> None:
         self.session = None
@@ -329,6 +395,14 @@ class NetDevice:
     def dhcp_stats(self) -> dict[str, int]:
         """Non-zero DHCP outcomes (``offered``, ``acked``, ``naked``, ...) by label."""
         return {o.label: self.dhcp[o] for o in Outcome if self.dhcp[o]}
+
+    def dhcp6_stats(self) -> dict[str, int]:
+        """Non-zero DHCPv6 outcomes (``advertised``, ``assigned``, ...) by label, and the
+        Router Advertisements sent (``ra_sent``)."""
+        out = {o.label: self.dhcp6[o] for o in dhcp6.Outcome if self.dhcp6[o]}
+        if self.ra_sent:
+            out["ra_sent"] = self.ra_sent
+        return out
 
     def queue_stats(self) -> dict[str, object]:
         """The queue pairs: how many the slave offers, how many the connection has and
@@ -448,8 +522,7 @@ class NetDevice:
                         budget = max(0, budget - self._from_guest(length))
                         if fast is not None:  # the frame may have changed state (a target's ring broken)
                             fast = self.dp.fast_args(self)
-                if q.publish() and pair.tx_call is not None and not eventfd_signal(pair.tx_call):
-                    self.drops[DropReason.CALL_FAILED] += 1
+                self._publish(q, pair.tx_call)
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
@@ -516,7 +589,11 @@ class NetDevice:
     def flush_rx(self) -> None:
         """Publish the RX rings (and interrupt the guest where it asked for it)."""
         for pair in self.pairs:
-            q = pair.rx
-            if q is not None and q.publish() and pair.rx_call is not None and not eventfd_signal(pair.rx_call):
-                self.drops[DropReason.CALL_FAILED] += 1  # the counter is full or the descriptor gone: never block
+            if pair.rx is not None:
+                self._publish(pair.rx, pair.rx_call)
+
+    def _publish(self, q: SplitQueue, call: int | None) -> None:
+        """Publish a ring's used index and interrupt the guest if it asked."""
+        if q.publish() and call is not None and not eventfd_signal(call):
+            self.drops[DropReason.CALL_FAILED] += 1  # the counter is full or the descriptor gone: never block
 

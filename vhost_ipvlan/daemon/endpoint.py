@@ -22,6 +22,11 @@ Rules:
   QEMU-listens sockets live in a directory group ``kvm`` can write, where a
   symlink to another VM's listening socket (or the daemon's own, or any service's)
   would hand this slave to whoever listens there.
+- ``VHOST_IPVLAN_TEST_NO_DIRTY_LOG=1`` in the environment when the daemon starts
+  (``NO_DIRTY_LOG``, read once) is for tests only: every session still offers live
+  migration and takes the dirty log, but marks nothing in it (``Session``'s
+  ``dirty_log=False``), so a migration test can show it detects a missing mark.
+  A guest migrated so loses the back-end's writes: never set it in production.
 - After a disconnect the device's rings are gone and the slave is down until the
   next front-end sets them up again; the switch keeps the slave and its addresses.
 """
@@ -38,6 +43,7 @@ from pathlib import Path
 
 from .. import unixsock
 from ..vhost_user.session import Session
+from . import fastpath
 from .channel import Connection
 from .device import NetDevice
 from .host import OsHost
@@ -45,6 +51,8 @@ from .lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
 RETRY = 1.0
+#: test only: sessions take the dirty log but never mark it (see the rules)
+NO_DIRTY_LOG = os.environ.get("VHOST_IPVLAN_TEST_NO_DIRTY_LOG") == "1"
 _refusals = RateLimitedLog(log)  # refused connections are logged within a budget per slave
 
 
@@ -160,7 +168,9 @@ class Endpoint:
 
     def _attach(self, sock: socket.socket) -> None:
         self.connections += 1
-        session = Session(self.host, self.device, log=lambda msg: log.warning("slave %s: %s", self.name, msg))
+        session = Session(self.host, self.device, log=lambda msg: log.warning("slave %s: %s", self.name, msg),
+                          dirty_log=not NO_DIRTY_LOG, note=lambda msg: log.info("slave %s: %s", self.name, msg),
+                          log_mark=fastpath.log_mark())
         self.device.attach(session)
         self.conn = Connection(sock, session, self.loop, self.name, self._closed)
         log.info("slave %s: front-end connected (%s)", self.name, self.role)

@@ -10,6 +10,10 @@ which ports may use it, and the per-port table and per-device counters it works 
 Rules:
 - ``VHOST_IPVLAN_PURE=1`` in the environment turns it off (``ext`` is None); so
   does a failed import. Nothing else changes: the pure-Python path is complete.
+- Live migration: C marks the dirty log for the RX buffers it fills itself; its
+  ``log_mark`` (``log_mark()`` here) is given to every new session, so Python's own
+  marks are exact atomic ORs too (without it, ``virtio/dirtylog.py`` stores whole
+  bytes).
 - Python decides eligibility: ``PortTable.args`` returns None unless the port's
   traits allow it (``fast_path``: only l2 bridge forwards guest -> guest; private
   drops it, vepa sends it to the wire, so their table is empty; ``fast_wire``: l2,
@@ -45,7 +49,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -72,6 +76,13 @@ _Key = tuple[int, int, int]
 
 def accelerated() -> bool:
     return ext is not None
+
+
+def log_mark() -> Callable[[memoryview, int, int], int] | None:
+    """The accelerator's exact, atomic dirty-log marking for Python's own writes
+    (``virtio.dirtylog.DirtyLog``'s native), or None: Python's whole-byte stores."""
+    mark: Callable[[memoryview, int, int], int] | None = getattr(ext, "log_mark", None)
+    return mark
 
 
 def caps(takes_csum: bool, ecn: bool, gso_mask: int) -> int:

@@ -123,8 +123,10 @@ class MasterMonitor:
         m = self.masters.get(master)
         if m is None:
             return {}
+        uplink = m.dp.uplink
         return {"link": m.link, "mtu": m.mtu, "mac": format_mac(m.dp.port.master_mac),
-                "address_conflicts": m.address_conflicts}
+                "address_conflicts": m.address_conflicts,
+                "rx": getattr(uplink, "rx_mechanism", "recvmsg"), "rx_ring_bytes": getattr(uplink, "ring_bytes", 0)}
 
     def slave_link(self, master: str) -> str:
         m = self.masters.get(master)

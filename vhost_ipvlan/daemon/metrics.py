@@ -84,6 +84,11 @@ FAMILIES: dict[str, Family] = {
     "s_qp": Family(f"{S}_queue_pairs_enabled", "gauge", "Queue pairs whose receive ring takes frames"),
     "s_dhcp": Family(f"{S}_dhcp_messages_total", "counter",
                      "DHCPv4 client messages the daemon answered, by slave and outcome"),
+    "s_ann": Family(f"{S}_announcements_total", "counter",
+                    "Gratuitous ARPs and unsolicited NAs sent for the guest when it resumed here (live migration)"),
+    "s_dhcp6": Family(f"{S}_dhcp6_messages_total", "counter",
+                      "DHCPv6 client messages the daemon answered, and Router Advertisements sent (ra_sent), "
+                      "by slave and outcome"),
     "m_rx_p": Family(f"{M}_receive_packets_total", "counter", "Frames read from the master"),
     "m_tx_p": Family(f"{M}_transmit_packets_total", "counter", "Frames sent on the master"),
     "m_drop": Family(f"{M}_drops_total", "counter", "Frames from the master dropped, by reason"),
@@ -140,6 +145,10 @@ def exposition(stats: dict[str, Any]) -> bytes:
                 lines["s_qp"].append(lv + _number(ss["queues"]["queue_pairs_enabled"]))
             for outcome, n in sorted(ss.get("dhcp", {}).items()):
                 lines["s_dhcp"].append(f'{{{m},outcome="{_label(outcome)}",{sl}}} {_number(n)}')
+            if "announcements" in ss:
+                lines["s_ann"].append(lv + _number(ss["announcements"]))
+            for outcome, n in sorted(ss.get("dhcp6", {}).items()):
+                lines["s_dhcp6"].append(f'{{{m},outcome="{_label(outcome)}",{sl}}} {_number(n)}')
     out: list[str] = []
     for key, fam in FAMILIES.items():
         out.append(fam.head())

@@ -15,8 +15,9 @@ Rules:
   data read here: ``master_addresses`` also gives the port of that master
   (``watch``) its connected prefixes (``Port.set_master_prefixes``: its addresses'
   prefixes and its unicast routes without a gateway, so an address-less master
-  with ``ip route add 192.0.2.0/24 dev eth0`` has a link too) and its IPv4 default
-  gateway (``Port.gateway_v4``: the DHCP server's router in l2), and
+  with ``ip route add 192.0.2.0/24 dev eth0`` has a link too) and its IPv4 and IPv6
+  default gateways (``Port.gateway_v4``: the DHCP server's router in l2;
+  ``Port.gateway_v6``: in l2 a router is on the link, the daemon sends no RA), and
   ``in_use`` (``Port.in_use``) names the master's gateways (routes through it)
   and neighbours in use (``NUD_REACHABLE|STALE|DELAY|PROBE|PERMANENT``), their
   addresses and MACs, read at
@@ -121,7 +122,8 @@ class Ownership:
             prefixes = [(a, plen) for a, plen in found if a is not None]
             try:
                 prefixes += self._connected_routes(master)
-                port.gateway_v4 = self._default_gateway(master)
+                port.gateway_v4 = self._default_gateway(master, socket.AF_INET)
+                port.gateway_v6 = self._default_gateway(master, socket.AF_INET6)
             except (NetlinkError, OSError) as e:
                 log.warning("master %s: cannot read its routes: %s", master, e)
             port.set_master_prefixes(prefixes)
@@ -143,16 +145,16 @@ class Ownership:
                     out.append((ipaddress.ip_address(dst).packed, int(m["dst_len"])))
         return out
 
-    def _default_gateway(self, master: str) -> bytes | None:
-        """The gateway of the IPv4 default route through ``master`` (the lowest metric), if any."""
+    def _default_gateway(self, master: str, family: int) -> bytes | None:
+        """The gateway of the IPv4 or IPv6 default route through ``master`` (the lowest metric), if any."""
         best: tuple[int, bytes] | None = None
-        for m in self._call().call("get_routes", family=socket.AF_INET, oif=socket.if_nametoindex(master)):
+        for m in self._call().call("get_routes", family=family, oif=socket.if_nametoindex(master)):
             gateway = m.get_attr("RTA_GATEWAY")
             if m["type"] != RTN_UNICAST or m["dst_len"] or not isinstance(gateway, str):
                 continue
             metric = m.get_attr("RTA_PRIORITY") or 0
             with contextlib.suppress(ValueError):
-                candidate = (int(metric), ipaddress.IPv4Address(gateway).packed)
+                candidate = (int(metric), ipaddress.ip_address(gateway).packed)
                 if best is None or candidate < best:
                     best = candidate
         return best[1] if best is not None else None

@@ -2,7 +2,8 @@
 
 Rules:
 - ``[daemon] dns`` / ``dns_search`` win where set; what is not set is read from the
-  host: ``/etc/resolv.conf`` (``nameserver``: IPv4 only, DHCPv4 carries no other;
+  host: ``/etc/resolv.conf`` (``nameserver``: IPv4 for DHCPv4, IPv6 for DHCPv6 and
+  RAs, at most ``MAX_DNS`` of each, not link-local (no zone to give);
   ``search``, else ``domain``: the last line of either wins, as in glibc).
 - Loopback servers (systemd-resolved's 127.0.0.53, a local dnsmasq) are useless to
   a guest: they are left out. When that leaves none, the servers resolved uses
@@ -31,7 +32,7 @@ Dns = tuple[tuple[bytes, ...], tuple[str, ...]]
 
 
 def parse(text: str) -> tuple[list[bytes], list[str]]:
-    """(IPv4 nameservers that are not loopback, search domains) from resolv.conf text."""
+    """(nameservers that are not loopback: IPv4 then IPv6, search domains) from resolv.conf text."""
     servers: list[bytes] = []
     search: list[str] = []
     for line in text.splitlines():
@@ -43,11 +44,12 @@ def parse(text: str) -> tuple[list[bytes], list[str]]:
                 ip = ipaddress.ip_address(words[1])
             except ValueError:
                 continue
-            if ip.version == 4 and not ip.is_loopback and not ip.is_unspecified and ip.packed not in servers:
+            if not ip.is_loopback and not ip.is_unspecified and not ip.is_link_local and ip.packed not in servers:
                 servers.append(ip.packed)
         elif words[0] in ("search", "domain"):
             search = words[1:] if words[0] == "search" else words[1:2]
-    return servers[:MAX_DNS], search
+    v4 = [a for a in servers if len(a) == 4][:MAX_DNS]
+    return v4 + [a for a in servers if len(a) == 16][:MAX_DNS], search
 
 
 def _read(path: Path) -> tuple[list[bytes], list[str]]:
@@ -59,8 +61,8 @@ def _read(path: Path) -> tuple[list[bytes], list[str]]:
 
 
 def dns(daemon: DaemonConfig, resolv: Path = RESOLV_CONF, upstream: Path = RESOLVED_UPSTREAM) -> Dns:
-    """The DNS servers (packed IPv4) and search domains the DHCP server hands out."""
-    servers: list[bytes] = [ipaddress.IPv4Address(a).packed for a in daemon.dns or ()]
+    """The DNS servers (packed IPv4 and IPv6) and search domains the DHCP servers hand out."""
+    servers: list[bytes] = [ipaddress.ip_address(a).packed for a in daemon.dns or ()]
     search: list[str] = list(daemon.dns_search or ())
     if daemon.dns is None or daemon.dns_search is None:
         host_servers, host_search = _read(resolv)

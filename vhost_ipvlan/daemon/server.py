@@ -40,7 +40,7 @@ from ..errors import ConfigError, UplinkError
 from ..switch.port import learned_addresses
 from . import fdbudget
 from .datapath import PortDatapath
-from .endpoint import Endpoint
+from .endpoint import NO_DIRTY_LOG, Endpoint
 from .fastpath import accelerated
 from .master import MasterMonitor
 from .metrics import MetricsServer
@@ -105,6 +105,9 @@ class Daemon:
             self.metrics = MetricsServer(self.metrics_address, self.stats, self.loop)
         log.info("ready: %d master(s), %d slave(s), data path: %s", len(self.ports), len(self.endpoints),
                  "C accelerator + Python" if accelerated() else "pure Python")
+        if NO_DIRTY_LOG:
+            log.warning("VHOST_IPVLAN_TEST_NO_DIRTY_LOG=1: dirty pages are not logged, a live-migrated guest "
+                        "loses what the daemon wrote during the migration (a test's negative control only)")
         sd_notify("READY=1")
 
     def _write_state(self, config: Config) -> None:
@@ -142,11 +145,14 @@ class Daemon:
                     "queues": dev.queue_stats(),
                     **({"learned": learned_addresses(dev.slave)} if dev.slave.learn else {}),
                     **({"dhcp": dev.dhcp_stats()} if any(dev.dhcp) else {}),
+                    "announcements": dev.announcements,
+                    **({"dhcp6": dev.dhcp6_stats()} if any(dev.dhcp6) or dev.ra_sent else {}),
                 }
             out[dp.port.master] = {
                 "uplink_rx_packets": dp.uplink_rx,
                 "uplink_tx_packets": dp.uplink_tx,
                 "drops": counts(dp.drops, dp.port.uplink_drops),
+                "advertises": dp.port.advertises,
                 **({"host_link": {"name": dp.hostlink.name, "rx_packets": dp.hostlink.rx_packets,
                                   "tx_packets": dp.hostlink.tx_packets}} if dp.hostlink is not None else {}),
                 "slaves": slaves,

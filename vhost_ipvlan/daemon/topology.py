@@ -329,6 +329,7 @@ class Topology:
             raise e.at(where) from e
         undo.callback(dp.port.remove_slave, slave)
         slave.dhcp = cfg.dhcp_lease(sc)
+        slave.dhcp6 = cfg.dhcp6_lease(sc)
         dev = NetDevice(slave, dp, queues=sc.queues)
         dp.devices[sc.name] = dev
         undo.callback(self._forget_device, dp, dev)
@@ -400,6 +401,10 @@ class Topology:
         if lease != slave.dhcp:  # addresses, or dhcp on/off: answered from the next message on
             undo.callback(setattr, slave, "dhcp", slave.dhcp)
             slave.dhcp = lease
+        lease6 = cfg.dhcp6_lease(sc)
+        if lease6 != slave.dhcp6:
+            undo.callback(setattr, slave, "dhcp6", slave.dhcp6)
+            slave.dhcp6 = lease6
         if old.queues != sc.queues:  # for the next connection: the connected one keeps its pairs
             index = self._index()
             if sc.queues > old.queues:

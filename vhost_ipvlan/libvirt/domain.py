@@ -86,7 +86,7 @@ class SlaveRequest:
     allow_router: bool = False  # <vi:interface allow-router='yes'>: no RA/DHCP-server guard
     owner: str = ""  # libvirt:<domain uuid>
     queues: int = 1  # <driver queues='N'/>: virtio-net queue pairs
-    dhcp: bool = True  # <vi:interface dhcp='no'>: the daemon does not answer the guest's DHCPv4
+    dhcp: bool = True  # <vi:interface dhcp='no'>: the daemon does not answer the guest's DHCPv4, DHCPv6, RS
     hostname: str | None = None  # the DHCP host name: the domain's name when it is one DNS label
 
     def params(self) -> dict[str, Any]:

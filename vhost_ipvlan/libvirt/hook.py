@@ -1,4 +1,4 @@
-"""The libvirt qemu hook: ``prepare`` creates a domain's slaves, ``release`` removes them.
+"""The libvirt qemu hook: ``prepare`` (and ``migrate``) create a domain's slaves, ``release`` removes them.
 
 libvirt runs ``/etc/libvirt/hooks/qemu.d/vhost-ipvlan DOMAIN OPERATION SUB-OP EXTRA``
 with the domain XML on stdin, synchronously, as root. ``install-hook`` writes that
@@ -13,9 +13,20 @@ Rules:
   ``owner`` (another domain's: refused). If anything is refused, the slaves created
   so far are removed again and the hook exits 1 with one line on stderr (libvirt
   shows it: ``virsh start`` fails with it).
+- ``migrate`` (``migrate begin -``, on the destination of a live migration, before
+  ``prepare``): the incoming domain XML (stdin) gets its slaves exactly as ``prepare``
+  does, so the destination QEMU finds them; the XML is printed back unchanged on
+  stdout, as libvirt wants from this filter operation (empty would also mean
+  unchanged, but with several scripts in ``qemu.d`` each one's stdout is the next
+  one's stdin). A refusal exits 1 with one line on stderr: libvirt cancels the
+  migration and the source goes on running. ``restore`` is the same kind of filter:
+  its XML is printed back, nothing else is done (``prepare`` follows).
 - ``release``: the same slaves are removed if this domain owns them; missing ones
   and an unreachable daemon are fine (the exit status of ``release`` is ignored by
-  libvirt anyway).
+  libvirt anyway). libvirt runs it on the source of a migration only once the guest
+  runs on the destination (``release end migrated``, 9.0: ``-``); a failed migration
+  runs it on the destination only (whose slaves go), never on the source, which keeps
+  its guest and its slaves.
 - Every other operation exits 0 and does nothing.
 - ``install-hook`` keeps the installer's ``PYTHONPATH`` (a development checkout), and
   libvirt runs the hook as root: every entry must be absolute and exist, and it and
@@ -119,9 +130,20 @@ def run(argv: Sequence[str], stdin: IO[str], connect: ClientFactory, socket_dir:
         print("vhost-ipvlan hook: usage: DOMAIN OPERATION [SUB-OP EXTRA] < domain.xml", file=sys.stderr)
         return 2
     domain, op = argv[0], argv[1]
-    if op not in ("prepare", "release"):
+    if op not in ("prepare", "release", "migrate", "restore"):
         return 0
     xml = stdin.read()
+    if op == "restore":
+        sys.stdout.write(xml)
+        return 0
+    rc = _apply(domain, op, xml, connect, socket_dir)
+    if op == "migrate" and rc == 0:
+        sys.stdout.write(xml)
+    return rc
+
+
+def _apply(domain: str, op: str, xml: str, connect: ClientFactory, socket_dir: Path) -> int:
+    """``prepare``/``migrate`` (create) or ``release`` (remove) the slaves ``xml`` asks for."""
     try:
         requests = slave_requests(xml, socket_dir)
     except DomainError as e:
@@ -133,7 +155,7 @@ def run(argv: Sequence[str], stdin: IO[str], connect: ClientFactory, socket_dir:
         return 0
     try:
         with connect() as client:
-            if op == "prepare":
+            if op != "release":
                 ensure(client, requests)
             else:
                 remove(client, [r.name for r in requests], requests[0].owner)

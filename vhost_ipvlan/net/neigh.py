@@ -15,11 +15,18 @@ Rules:
 - The reply is addressed to the requester (its Ethernet source, sender IP/MAC) and
   claims ``mac`` for the target. NAs carry a target link-layer address option, the
   Solicited and Override flags, Router when asked, and a computed checksum.
+- Announcements (``announce``: after a live migration, docs/design.md §3) claim
+  ``mac`` for an address nobody asked about: a gratuitous ARP is a broadcast request
+  whose sender and target IP are the address (target MAC zero, as Linux sends
+  them: neighbours update an entry they have, RFC 5227 §3); an unsolicited NA goes to
+  all-nodes (ff02::1) from the address itself, Override set, Solicited clear
+  (RFC 4861 §7.2.6), with the target link-layer address option.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import Final
 
 from .frames import (
@@ -30,6 +37,7 @@ from .frames import (
     ETH_P_ARP,
     ETH_P_IPV6,
     IPPROTO_ICMPV6,
+    IPPROTO_UDP,
     ND_NEIGHBOR_ADVERT,
     ND_NEIGHBOR_SOLICIT,
     ND_OPT_TARGET_LL_ADDR,
@@ -46,6 +54,9 @@ NA_ROUTER: Final = 0x80
 NA_SOLICITED: Final = 0x40
 NA_OVERRIDE: Final = 0x20
 _IPV6: Final = struct.Struct("!IHBB16s16s")
+BROADCAST: Final = b"\xff" * 6
+ALL_NODES: Final = bytes.fromhex("ff020000000000000000000000000001")
+ALL_NODES_MAC: Final = b"\x33\x33\x00\x00\x00\x01"
 
 
 def request_target(frame: Frame) -> tuple[int, bytes] | None:
@@ -93,15 +104,42 @@ def na_reply(request: Frame, mac: bytes, *, router: bool = False) -> bytes | Non
     target = nd_target(request)
     if hdr is None or target is None or icmpv6_type(request) != ND_NEIGHBOR_SOLICIT or hdr[0] == ZERO16:
         return None
-    src_ip = hdr[0]
     flags = NA_SOLICITED | NA_OVERRIDE | (NA_ROUTER if router else 0)
+    return _na(ETH.unpack_from(request)[1], hdr[0], target, mac, flags)
+
+
+def _na(eth_dst: bytes, ip_dst: bytes, target: bytes, mac: bytes, flags: int) -> bytes:
+    """A Neighbour Advertisement from ``target`` claiming ``mac`` for it, to ``ip_dst``."""
     body = struct.pack("!BBHB3x16sBB6s", ND_NEIGHBOR_ADVERT, 0, 0, flags, target, ND_OPT_TARGET_LL_ADDR, 1, mac)
-    pseudo = target + src_ip + struct.pack("!I3xB", len(body), IPPROTO_ICMPV6)
-    csum = checksum(pseudo + body)
-    body = body[:2] + struct.pack("!H", csum) + body[4:]
-    ip6 = _IPV6.pack(6 << 28, len(body), IPPROTO_ICMPV6, 255, target, src_ip)
-    eth_src = ETH.unpack_from(request)[1]
-    return ETH.pack(eth_src, mac, ETH_P_IPV6) + ip6 + body
+    return ipv6_frame(eth_dst, mac, target, ip_dst, IPPROTO_ICMPV6, body)
+
+
+def gratuitous_arp(mac: bytes, ip: bytes) -> bytes:
+    """A broadcast gratuitous ARP request claiming ``mac`` for the IPv4 address ``ip``."""
+    return ETH.pack(BROADCAST, mac, ETH_P_ARP) + ARP.pack(1, 0x0800, 6, 4, ARPOP_REQUEST, mac, ip, bytes(6), ip)
+
+
+def unsolicited_na(mac: bytes, ip: bytes) -> bytes:
+    """An unsolicited Neighbour Advertisement (to all-nodes, Override) claiming ``mac`` for ``ip``."""
+    return _na(ALL_NODES_MAC, ALL_NODES, ip, mac, NA_OVERRIDE)
+
+
+def announce(mac: bytes, addresses: Iterable[bytes]) -> list[bytes]:
+    """One announcement per address (4 bytes: gratuitous ARP; 16: unsolicited NA), IPv4
+    first, each family in address order."""
+    return [gratuitous_arp(mac, a) if len(a) == 4 else unsolicited_na(mac, a)
+            for a in sorted(addresses, key=lambda a: (len(a), a))]
+
+
+def ipv6_frame(dst_mac: bytes, src_mac: bytes, src: bytes, dst: bytes, proto: int, body: bytes,
+               hop_limit: int = 255) -> bytes:
+    """An Ethernet + IPv6 frame carrying the ICMPv6 or UDP message ``body`` (its
+    checksum field zero), the checksum filled in (RFC 8200 §8.1 pseudo-header)."""
+    at = 6 if proto == IPPROTO_UDP else 2
+    pseudo = src + dst + struct.pack("!I3xB", len(body), proto)
+    csum = checksum(pseudo + body) or (0xFFFF if proto == IPPROTO_UDP else 0)
+    body = body[:at] + struct.pack("!H", csum) + body[at + 2 :]
+    return ETH.pack(dst_mac, src_mac, ETH_P_IPV6) + _IPV6.pack(6 << 28, len(body), proto, hop_limit, src, dst) + body
 
 
 def reply(request: Frame, mac: bytes, *, router: bool = False) -> bytes | None:

@@ -24,7 +24,12 @@ From a guest (source validation first: a departure, the kernel checks nothing)
   3b. A DHCPv4 client message (UDP 68 -> 67, any destination) from a slave whose
      ``dhcp`` lease is set -> ANSWER(DHCP): the backend answers it into that guest's
      RX ring (``net.dhcp``); it reaches neither the wire nor another guest
-     (departure: the kernel has no DHCP server).
+     (departure: the kernel has no DHCP server). A DHCPv6 client message (UDP 546 ->
+     547) from a slave whose ``dhcp6`` lease is set -> ANSWER(DHCP6), likewise
+     (``net.dhcp6``); its Router Solicitation -> ANSWER(RS) while the daemon is the
+     link's router (``Port.advertises``: no IPv6 default route via the master, no RA
+     from the wire or from a guest with ``allow_router``, whose RA, flooded like any
+     multicast, sets ``Port.link_router``), else it is flooded and the router answers.
   4. Destination MAC multicast/broadcast -> MULTICAST: FLOOD in every flag (kernel:
      other UP slaves + wire, the host gets no copy). IGMP/MLD in it update the
      sender's multicast filter (``mcast``), unless the frame is longer than the
@@ -56,11 +61,15 @@ From the wire (``port.uplink_drops`` counts these drops; the flag changes nothin
      (the kernel ignores the destination MAC; so a vepa frame hairpinned back, src and
      dst MAC the master's, is delivered). An owner that is not up -> DROP(TARGET_DOWN)
      (the kernel would pass it to the host; we consume it).
-  5. Other multicast/broadcast -> MULTICAST: FLOOD; everything else -> HOST: PASS.
+  5. Other multicast/broadcast -> MULTICAST: FLOOD (a Router Advertisement from another
+     MAC than the master's also sets ``Port.link_router``: the daemon stops answering
+     RS, the router's RAs reach the guests; forgotten when no RA came for
+     ``LINK_ROUTER_TICKS`` RA intervals, ``Port.age_link_router``); everything else -> HOST: PASS.
 
 Rules: decisions never raise on frame content; they only read the frame (the daemon
 translates the copies); the only state they change is learning (slave MAC,
-link-locals, via the Port; multicast groups, via the slave's filter) and drop counters.
+link-locals, via the Port; multicast groups, via the slave's filter), drop counters and
+``Port.link_router`` (a router's RA seen on the link).
 """
 
 from __future__ import annotations
@@ -68,12 +77,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason
+from ..net import ra
 from ..net.dhcp import is_client_message
 from ..net.frames import L3_ARP, L3_IPV4, L3_IPV6, L3_MALFORMED, L3_OTHER, L3_RUNT, Frame, classify
 from .guard import check_guard
 from .source import check_source
 from .table import Dest, Source
-from .verdict import ANSWERED_DHCP, GUEST_REJECT, FromGuest, FromUplink, Verdict, apply, drop, rules
+from .verdict import ANSWERED_DHCP, GUEST_REJECT, FromGuest, FromUplink, Verdict, answered_v6, apply, drop, rules
 
 if TYPE_CHECKING:
     from .port import Port, Slave
@@ -104,11 +114,17 @@ def from_guest(flag: str) -> FromGuest:
 
         if slave.dhcp is not None and kind == L3_IPV4 and is_client_message(frame):
             return ANSWERED_DHCP  # the backend is this guest's DHCP server: it never leaves
+        if slave.dhcp6 is not None and kind == L3_IPV6:
+            answered = answered_v6(port, frame)
+            if answered is not None:
+                return answered
 
         # Destination.
         if dst[0] & 1:
             if kind in (L3_IPV4, L3_IPV6) and len(frame) <= port.max_frame:
                 slave.mcast.snoop(frame)
+            if slave.allow_router and kind == L3_IPV6 and ra.is_router_advert(frame):
+                port.link_router, port.link_router_age = True, 0  # a guest is the link's router: the daemon steps back
             return apply(multicast, drops, None, None)
         mac_owner = None
         if dst != port.master_mac:
@@ -152,6 +168,9 @@ def from_uplink(flag: str) -> FromUplink:
             if src == port.master_mac and l3src in by_addr:
                 return apply(looped_back, drops, None, None)
             if kind in (L3_IPV4, L3_IPV6):
+                if kind == L3_IPV6 and src != port.master_mac and ra.is_router_advert(frame):
+                    port.link_router = True
+                    port.link_router_age = 0
                 return apply(multicast, drops, None, None)
         target = by_addr.get(key)
         if target is None:

@@ -11,7 +11,9 @@ has the master's MAC as its source.
 
 From a guest (after the same validation as in l2, ``l2`` "From a guest" steps 1-3):
   0. A DHCPv4 client message from a slave whose ``dhcp`` lease is set -> ANSWER(DHCP),
-     as in l2 (the daemon is the guest's DHCP server and router).
+     as in l2 (the daemon is the guest's DHCP server and router); with a ``dhcp6``
+     lease a DHCPv6 client message -> ANSWER(DHCP6) and a Router Solicitation ->
+     ANSWER(RS) (the daemon is always an l3 guest's router; kernel: dropped, §4).
   1. ARP request (not a probe from 0.0.0.0) or NS (not DAD) whose target is not
      the guest's own address -> ANSWER (departure: the kernel's NOARP slave
      never asks). Any other ARP -> DROP(NOT_IP); DAD NS -> DROP(MULTICAST_DST).
@@ -84,6 +86,7 @@ from .verdict import (
     FromGuest,
     FromUplink,
     Verdict,
+    answered_v6,
     apply,
     drop,
     rules,
@@ -132,6 +135,10 @@ def from_guest(mode: str, flag: str) -> FromGuest:
         drops = slave.drops
         if slave.dhcp is not None and kind == L3_IPV4 and is_client_message(frame):
             return ANSWERED_DHCP
+        if slave.dhcp6 is not None and kind == L3_IPV6:
+            answered = answered_v6(port, frame)
+            if answered is not None:
+                return answered
         if kind == L3_ARP:
             if frame[_ARP_OP] == ARPOP_REQUEST and frame[_ARP_OP - 1] == 0 and l3src != ZERO_V4 \
                     and key not in slave.addresses:

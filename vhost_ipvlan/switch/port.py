@@ -36,6 +36,14 @@ Rules (kernel ``ipvlan_main.c``: docs/kernel-behaviour.md §2 and §7, with its 
 - A slave whose ``dhcp`` lease is set (the daemon sets it: ``dhcp`` on, an IPv4
   address configured, not learning) has its DHCPv4 client messages answered by
   the backend (``l2``/``l3``: ``ANSWERED_DHCP``), whatever their destination.
+- A slave whose ``dhcp6`` lease is set (``dhcp`` on, any address configured, not
+  learning; its IPv6 addresses, maybe none) has its DHCPv6 client messages answered
+  (``ANSWERED_DHCP6``) and, where the daemon is the guests' router
+  (``Port.advertises``: l3/l3s always; l2 while the host has no IPv6 default route
+  through the master, ``gateway_v6``, and no Router Advertisement came from the wire
+  or from a guest with ``allow_router``, ``link_router``, in the last ``LINK_ROUTER_TICKS``
+  RA intervals: the daemon's ``age_link_router`` every interval), its Router Solicitations
+  too (``ANSWERED_RS``); otherwise an RS is switched like any frame and the router answers it.
 - Each slave has a multicast filter (``mcast.GroupFilter``): the policy feeds it the
   guest's IGMP/MLD, the daemon asks it before flooding to that slave.
 - Per-frame decisions are ``port.from_guest(slave, frame)`` and
@@ -70,6 +78,9 @@ from .verdict import TO_SLAVE, TO_UPLINK, Verdict
 
 MAX_LEARNED_LINK_LOCALS = 8
 MAX_WIRE_SEEN = 4096
+#: RA intervals (the daemon's, 600 s) without an RA from the wire after which l2 forgets
+#: the wire's router: more than RFC 4861's longest MaxRtrAdvInterval (1800 s)
+LINK_ROUTER_TICKS = 3
 
 AddressLike = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -82,8 +93,8 @@ class Slave:
     """One guest NIC on a port. Created by ``Port.add_slave`` only."""
 
     __slots__ = (
-        "addresses", "allow_router", "dhcp", "drops", "index", "learn", "learned", "learned_addrs", "mac", "mcast",
-        "name", "port", "to_me", "up", "via_wire",
+        "addresses", "allow_router", "dhcp", "dhcp6", "drops", "index", "learn", "learned", "learned_addrs", "mac",
+        "mcast", "name", "port", "to_me", "up", "via_wire",
     )
 
     def __init__(self, port: Port, name: str, index: int, mac: bytes | None) -> None:
@@ -104,6 +115,9 @@ class Slave:
         #: what the backend's DHCPv4 server gives this guest (``net.dhcp``), set by the daemon;
         #: ``None``: its DHCP client messages are switched like any frame
         self.dhcp: Lease | None = None
+        #: what its DHCPv6 server gives it (IPv6 addresses, maybe none), and whether its
+        #: RS are answered (``net.dhcp6``, ``net.ra``); ``None``: switched like any frame
+        self.dhcp6: Lease | None = None
         #: set by the daemon when the guest's RX queue is ready
         self.up = False
         #: drop counters, indexed by DropReason
@@ -185,6 +199,13 @@ class Port:
         #: the master's IPv4 default gateway (packed), read from the host's routes by the
         #: daemon; the DHCP server's router in l2 (``None``: unknown, no router option)
         self.gateway_v4: bytes | None = None
+        #: the master's IPv6 default gateway (packed), likewise: in l2 a router is on the link
+        self.gateway_v6: bytes | None = None
+        #: a Router Advertisement came from the wire or from a guest that may route
+        #: (``allow_router``): in l2 a router is on the link, the daemon sends no RA; and the
+        #: daemon's RA intervals since the last one (``age_link_router``)
+        self.link_router = False
+        self.link_router_age = 0
         #: the master's connected prefixes, as (address length, network, mask) integers
         self.master_prefixes: tuple[tuple[int, int, int], ...] = ()
         #: the daemon's predicate: the address (or 6-byte MAC) is in use beyond the port
@@ -270,6 +291,20 @@ class Port:
             mask = ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
             out.append((len(addr), int.from_bytes(addr, "big") & mask, mask))
         self.master_prefixes = tuple(sorted(set(out)))
+
+    @property
+    def advertises(self) -> bool:
+        """Whether the daemon is its guests' IPv6 router (answers RS, sends RAs): l3/l3s,
+        or l2 with no IPv6 default route through the master and no RA seen on the wire."""
+        return self.traits.master_src_mac or (self.gateway_v6 is None and not self.link_router)
+
+    def age_link_router(self) -> None:
+        """One RA interval passed: a wire router not heard for more than
+        ``LINK_ROUTER_TICKS`` of them is gone (see the rules)."""
+        if self.link_router:
+            self.link_router_age += 1
+            if self.link_router_age > LINK_ROUTER_TICKS:
+                self.link_router = False
 
     def on_link(self, addr: bytes) -> bool:
         """Whether ``addr`` is inside one of the master's connected prefixes."""

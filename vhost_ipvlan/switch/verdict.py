@@ -24,11 +24,15 @@ TO_HOST    None               from a guest: give it to the host's own stack (the
 ROUTE      None               from a guest (l3): route it in the host's tables,
                               pinned to the master (``daemon.routing``), and
                               transmit it to the next hop
-ANSWER     None or DHCP       None: an ARP request or NS the backend answers itself,
-                              to whoever sent it, claiming the master's MAC; ``DHCP``
+ANSWER     None, DHCP, DHCP6  None: an ARP request or NS the backend answers itself,
+           or RS              to whoever sent it, claiming the master's MAC; ``DHCP``
                               (from a guest whose ``Slave.dhcp`` is set): a DHCPv4
                               client message, answered by ``net.dhcp`` into the
-                              sender's RX ring only (it never leaves: a departure)
+                              sender's RX ring only (it never leaves: a departure);
+                              ``DHCP6`` (``Slave.dhcp6`` set): a DHCPv6 client
+                              message, ``net.dhcp6``, the same way; ``RS``
+                              (``Slave.dhcp6`` set, ``Port.advertises``): a Router
+                              Solicitation, answered by an RA (``net.ra``), the same way
 =========  =================  ==================================================
 
 Rules:
@@ -41,6 +45,9 @@ Rules:
   frame's verdict (the owner for ``TO_SLAVE``, the counted reason for ``DROP``).
 - ``drop`` counts a reason and returns its preallocated verdict; nothing here
   allocates per frame.
+- ``answered_v6`` is l2's and l3's shared test for the IPv6 frames the backend
+  answers (``net.dhcp6.is_client_message``, ``net.ra.is_router_solicit`` while the
+  port ``advertises``), for a slave whose ``dhcp6`` lease is set.
 - This module imports no decision module: ``l2`` and ``l3`` import it, and
   ``decisions`` imports them (dependencies run one way).
 """
@@ -52,7 +59,8 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
 from ..drops import DropReason
-from ..net.frames import L3_CONTROL, L3_MALFORMED, L3_RUNT, L3_VLAN, Frame
+from ..net import dhcp6, ra
+from ..net.frames import IPPROTO_ICMPV6, IPPROTO_UDP, L3_CONTROL, L3_MALFORMED, L3_RUNT, L3_VLAN, OFF_IPV6_NEXT, Frame
 from .table import ROWS, TABLE, Dest, Source
 
 if TYPE_CHECKING:
@@ -99,6 +107,11 @@ ANSWERED: Final[Verdict] = (ANSWER, None)
 #: ``ANSWER``'s argument for a DHCPv4 client message (the server port)
 DHCP: Final = 67
 ANSWERED_DHCP: Final[Verdict] = (ANSWER, DHCP)
+#: ``ANSWER``'s argument for a DHCPv6 client message (the server port) and a Router Solicitation (its type)
+DHCP6: Final = 547
+RS: Final = 133
+ANSWERED_DHCP6: Final[Verdict] = (ANSWER, DHCP6)
+ANSWERED_RS: Final[Verdict] = (ANSWER, RS)
 DROPS: Final[tuple[Verdict, ...]] = tuple((DROP, r) for r in DropReason)
 
 _TARGET_DOWN: Final = DropReason.TARGET_DOWN
@@ -110,6 +123,21 @@ GUEST_REJECT: Final = {
     L3_MALFORMED: DropReason.BAD_HEADER,
     L3_CONTROL: DropReason.MAC_CONTROL,
 }
+
+
+def answered_v6(port: Port, frame: Frame) -> Verdict | None:
+    """A guest's (with a ``dhcp6`` lease) IPv6 frame the backend answers: its DHCPv6
+    client message, or its Router Solicitation while the port ``advertises``. (``frame``
+    is ``classify``'s L3_IPV6: at least an IPv6 header long; TCP and the rest leave at
+    the next-header byte.)"""
+    nh = frame[OFF_IPV6_NEXT]
+    if nh != IPPROTO_UDP and nh != IPPROTO_ICMPV6:
+        return None
+    if dhcp6.is_client_message(frame):
+        return ANSWERED_DHCP6
+    if port.advertises and ra.is_router_solicit(frame):
+        return ANSWERED_RS
+    return None
 
 
 def drop(counters: list[int], reason: DropReason) -> Verdict:

@@ -12,6 +12,11 @@ Rules:
 - A memory region is non-empty and ends *below* 2^64 in both address spaces
   (``gpa + size < 2**64``, ``uva + size < 2**64``): the end is an exclusive bound
   that must fit a u64, as the C accelerator stores it (``_fastpath.c`` region_t).
+- A dirty log (SET_LOG_BASE, with LOG_SHMFD) is one descriptor and ``(mmap_size,
+  mmap_offset)``; its size is non-zero and at most ``MAX_LOG`` bytes (the log of
+  16 TiB of guest-physical addresses, as ``MAX_MAPPED``); the daemon maps the file
+  from offset 0, so ``mmap_offset + size`` (what it maps) is at most ``MAX_LOG`` too
+  (QEMU's log is at offset 0): a sparse file cannot take the address space.
 - A memory table maps at most ``MAX_MAPPED`` bytes (the sum of every region's
   ``mmap_offset + size``, what the daemon maps): 16 TiB, more than any VM's RAM.
   Files may be sparse, so one front-end could otherwise take most of the daemon's
@@ -31,6 +36,7 @@ HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 4096
 MAX_FDS = 8
 MAX_MAPPED = 16 << 40  # bytes one memory table may map (see the rules)
+MAX_LOG = MAX_MAPPED >> 15  # bytes of dirty log: one bit per 4 KiB page of 16 TiB
 
 FLAG_VERSION_MASK = 0x3
 FLAG_VERSION = 0x1
@@ -42,6 +48,8 @@ VRING_STATE = struct.Struct("<II")
 VRING_ADDR = struct.Struct("<IIQQQQ")
 MEM_HEADER = struct.Struct("<II")
 MEM_REGION = struct.Struct("<QQQQ")
+LOG = struct.Struct("<QQ")  # SET_LOG_BASE: mmap_size, mmap_offset
+VRING_F_LOG = 1  # VHOST_VRING_F_LOG in SET_VRING_ADDR's flags: log the used ring at ``log``
 VRING_IDX_MASK = 0xFF
 VRING_NOFD_MASK = 0x100
 
@@ -233,6 +241,28 @@ def mem_table(msg: Message) -> list[MemRegion]:
     if mapped > MAX_MAPPED:
         raise FrontendError(f"{msg.name}: the regions map {mapped:#x} bytes (at most {MAX_MAPPED:#x}, 16 TiB)")
     return regions
+
+
+@dataclass(frozen=True, slots=True)
+class LogArea:
+    size: int
+    mmap_offset: int
+
+
+def log_base(msg: Message) -> LogArea:
+    """SET_LOG_BASE's shared-memory log; its one fd stays in ``msg.fds``."""
+    _expect(msg, LOG.size)
+    if len(msg.fds) != 1:
+        raise FrontendError(f"{msg.name}: {len(msg.fds)} file descriptors, expected the log's one")
+    area = LogArea(*LOG.unpack(msg.payload))
+    if not 0 < area.size <= MAX_LOG:
+        raise FrontendError(f"{msg.name}: a log of {area.size} bytes (1 to {MAX_LOG:#x})")
+    if area.mmap_offset + area.size >= 1 << 64:
+        raise FrontendError(f"{msg.name}: the log at offset {area.mmap_offset:#x} does not end below 2^64")
+    if area.mmap_offset + area.size > MAX_LOG:
+        raise FrontendError(f"{msg.name}: the log at offset {area.mmap_offset:#x} ends beyond {MAX_LOG:#x} bytes "
+                            "(mmap_offset + size, what the daemon maps)")
+    return area
 
 
 def vring_fd_index(msg: Message) -> tuple[int, bool]:

@@ -35,6 +35,31 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   else (a pipe, a socket, a file) is a ``FrontendError`` naming the message.
 - Every file descriptor that arrives is either kept (and closed when replaced or
   at ``close()``) or closed before ``handle`` returns.
+- Live migration (vhost-user.rst, "Migration"): VHOST_F_LOG_ALL and PROTOCOL_F_LOG_SHMFD
+  are offered. SET_LOG_BASE brings the dirty log (one descriptor, mapped through
+  ``Host.map_region`` like guest memory, so checked the same way) and is answered with
+  a SET_LOG_BASE reply (u64 0), which QEMU 7.2 waits for whatever REPLY_ACK says; it
+  may come again (one per queue pair in QEMU 7.2; a resized log), each replacing the
+  last. It is refused (``FrontendError``) without LOG_SHMFD acked, without exactly one
+  descriptor, when the log does not cover guest memory (``GuestMemory.end``) or a
+  ring's logged used ring, or when the descriptor cannot be mapped for its size.
+  While LOG_ALL is acked (SET_FEATURES turns it on and off on running rings) and a
+  log is mapped, every started ring marks its writes there (``SplitQueue.set_log``):
+  the buffers it fills, and the used ring at SET_VRING_ADDR's ``log`` address when
+  its flags carry VHOST_VRING_F_LOG. On a started ring SET_VRING_ADDR changes only
+  that (QEMU's way of turning the used ring's logging on and off); ring addresses
+  that differ take effect when the ring starts again, as ever. SET_MEM_TABLE while
+  logging is refused if the log does not cover it; so are SET_VRING_ADDR and
+  SET_VRING_NUM giving a logged used ring that the log does not cover.
+  ``log_mark`` (the daemon's C accelerator, when built) makes the marks exact atomic
+  ORs (``DirtyLog``'s native). SET_LOG_FD's eventfd is kept (and closed) but never
+  written: QEMU reads the log when it wants. ``dirty_log=False`` (the daemon's test-only
+  VHOST_IPVLAN_TEST_NO_DIRTY_LOG) keeps all of this but marks nothing: a negative
+  control for migration tests.
+- GET_VRING_BASE stops the ring: the device publishes what the ring has used
+  (``Device.vring_stopped``) and the answer is the next avail index the back-end
+  would have taken, which equals the used index (every chain taken is returned
+  within the burst that took it), so a migration destination resumes exactly there.
 - With REPLY_ACK acked, a message flagged NEED_REPLY that has no reply of its own
   is acknowledged with u64 0.
 - Any violation raises ``FrontendError``; the caller closes this connection only.
@@ -42,16 +67,17 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import FrontendError, GuestError
 from ..virtio import net
+from ..virtio.dirtylog import DirtyLog, log_bytes
 from ..virtio.memory import GuestMemory, Region
-from ..virtio.virtqueue import MAX_QUEUE_SIZE, SplitQueue
+from ..virtio.virtqueue import MAX_QUEUE_SIZE, SplitQueue, ring_sizes
 from . import codec
-from .codec import F_PROTOCOL_FEATURES, Message, ProtocolFeature, Request
+from .codec import F_LOG_ALL, F_PROTOCOL_FEATURES, Message, ProtocolFeature, Request
 
 #: the most queue pairs a device may declare (a slave's ``queues``: see ``config.MAX_QUEUES``)
 MAX_QUEUE_PAIRS = 16
@@ -81,8 +107,11 @@ DEFAULT_FEATURES = (
     | net.bit(net.F_HOST_TSO6)
     | net.bit(net.F_GUEST_ANNOUNCE)
     | net.bit(net.F_MQ)
+    | net.bit(F_LOG_ALL)
 )
-DEFAULT_PROTOCOL_FEATURES = (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK)
+DEFAULT_PROTOCOL_FEATURES = (
+    (1 << ProtocolFeature.MQ) | (1 << ProtocolFeature.REPLY_ACK) | (1 << ProtocolFeature.LOG_SHMFD)
+)
 
 
 class Host(Protocol):
@@ -109,7 +138,9 @@ class Device(Protocol):
 
     def vring_started(self, vring: Vring) -> None: ...
 
-    def vring_stopped(self, vring: Vring) -> None: ...
+    def vring_stopped(self, vring: Vring) -> None:
+        """The ring stops (``vring.queue`` is None, ``vring.base`` its next avail index):
+        publish what it has used; its last writes go into guest memory now."""
 
     def vring_changed(self, vring: Vring) -> None:
         """Enable state or call fd changed."""
@@ -144,6 +175,9 @@ class Session:
         features: int = DEFAULT_FEATURES,
         protocol_features: int = DEFAULT_PROTOCOL_FEATURES,
         log: Callable[[str], None] | None = None,
+        dirty_log: bool = True,
+        note: Callable[[str], None] | None = None,
+        log_mark: Callable[[memoryview, int, int], int] | None = None,
     ) -> None:
         self.host = host
         self.device = device
@@ -160,12 +194,23 @@ class Session:
         self.queue_pairs = pairs
         self.vrings = [Vring(i) for i in range(2 * pairs)]
         self._log = log
+        #: False: the dirty log is taken but never written (a test's negative control)
+        self.dirty_log = dirty_log
+        #: the front-end's dirty log (SET_LOG_BASE), kept until replaced or closed
+        self.log: DirtyLog | None = None
+        self.log_fd: int | None = None  # SET_LOG_FD's eventfd, kept, never written
+        self._note = note  # events worth a line in the daemon's log (migration's)
+        #: exact atomic marks for the next log (``DirtyLog``'s native), if any
+        self.log_mark = log_mark
+        self._was_logging = False
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
             Request.GET_FEATURES: self._get_features,
             Request.SET_FEATURES: self._set_features,
             Request.SET_OWNER: self._set_owner,
             Request.RESET_OWNER: self._reset_owner,
             Request.SET_MEM_TABLE: self._set_mem_table,
+            Request.SET_LOG_BASE: self._set_log_base,
+            Request.SET_LOG_FD: self._set_log_fd,
             Request.SET_VRING_NUM: self._set_vring_num,
             Request.SET_VRING_ADDR: self._set_vring_addr,
             Request.SET_VRING_BASE: self._set_vring_base,
@@ -203,9 +248,18 @@ class Session:
             for attr in ("kick_fd", "call_fd", "err_fd"):
                 self._replace_fd(vring, attr, None)
         self.memory = None
+        self.log = None
+        if self.log_fd is not None:
+            self.host.close_fd(self.log_fd)
+            self.log_fd = None
 
     def has_feature(self, bit: int) -> bool:
         return bool(self.features >> bit & 1)
+
+    @property
+    def logging(self) -> bool:
+        """Whether writes into guest memory are being marked in the dirty log."""
+        return self.log is not None and self.dirty_log and self.has_feature(F_LOG_ALL)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -258,6 +312,7 @@ class Session:
             self._log(f"vring {vring.index}: base {vring.queue.resynced_from} disagrees with the used index "
                       f"{vring.queue.used_idx}, resuming at the used ring's index (frames in flight may be "
                       "resent or lost)")
+        self._apply_log(vring)
         self.device.vring_started(vring)
 
     def _stop(self, vring: Vring) -> None:
@@ -265,6 +320,40 @@ class Session:
             vring.base = vring.queue.last_avail
             vring.queue = None
             self.device.vring_stopped(vring)
+
+    def _apply_log(self, vring: Vring) -> None:
+        """Give a started ring the log, or take it away (see the rules)."""
+        q = vring.queue
+        if q is None:
+            return
+        if not self.logging or vring.addr is None:
+            q.set_log(None)
+            return
+        q.set_log(self.log, vring.addr.log if vring.addr.flags & codec.VRING_F_LOG else -1)
+
+    def _log_changed(self) -> None:
+        """LOG_ALL, the log or the negative control changed: every ring follows."""
+        for vring in self.vrings:
+            self._apply_log(vring)
+        if self.logging != self._was_logging:
+            self._was_logging = self.logging
+            if self._note is not None:
+                self._note("dirty logging on (live migration)" if self.logging else "dirty logging off")
+
+    def _log_problem(self, log: DirtyLog, memory_end: int,
+                     rings: Iterable[tuple[int, int, codec.VringAddr | None]]) -> str | None:
+        """Why ``log`` cannot serve guest memory up to ``memory_end`` and the used rings
+        of ``rings`` ((index, size, addresses) each) that ask to be logged, or None."""
+        if not log.covers(memory_end):
+            return (f"a log of {log.size} bytes covers guest addresses below {log.size << 15:#x}, but guest "
+                    f"memory ends at {memory_end:#x} ({log_bytes(memory_end)} bytes needed)")
+        for index, num, addr in rings:
+            if addr is None or not addr.flags & codec.VRING_F_LOG:
+                continue
+            end = addr.log + ring_sizes(max(num, 1))[2]
+            if not log.covers(end):
+                return f"a log of {log.size} bytes does not cover vring {index}'s used ring at {addr.log:#x}-{end:#x}"
+        return None
 
     # -- handlers -----------------------------------------------------------------
 
@@ -278,12 +367,17 @@ class Session:
             raise FrontendError(f"SET_FEATURES acks features {extra:#x} that were not offered")
         if not features >> net.F_VERSION_1 & 1:
             raise FrontendError("SET_FEATURES without VIRTIO_F_VERSION_1: legacy drivers are not served")
+        if features >> F_LOG_ALL & 1 and self.log is not None and self.memory is not None:
+            problem = self._log_problem(self.log, self.memory.end, [])
+            if problem is not None:
+                raise FrontendError(f"SET_FEATURES: LOG_ALL with {problem}")
         self.features = features
         self.features_set = True
         if not features >> F_PROTOCOL_FEATURES & 1:
             for vring in self.vrings:
                 vring.enabled = True
                 self.device.vring_changed(vring)
+        self._log_changed()
 
     def _set_owner(self, msg: Message) -> None:
         self.owner = True
@@ -294,6 +388,11 @@ class Session:
 
     def _set_mem_table(self, msg: Message) -> None:
         regions = codec.mem_table(msg)
+        end = max(r.gpa + r.size for r in regions)
+        if self.logging and self.log is not None:
+            problem = self._log_problem(self.log, end, [])
+            if problem is not None:
+                raise FrontendError(f"SET_MEM_TABLE while logging: {problem}")
         mapped = []
         for r, fd in zip(regions, msg.fds, strict=True):
             try:
@@ -311,18 +410,59 @@ class Session:
         for vring in started:
             self._try_start(vring, resync=False)
 
+    def _set_log_base(self, msg: Message) -> bytes:
+        if not self._acked(ProtocolFeature.LOG_SHMFD):
+            raise FrontendError("SET_LOG_BASE without LOG_SHMFD acked: only a shared-memory log is served")
+        area = codec.log_base(msg)
+        memory_end = self.memory.end if self.memory is not None else 0
+        try:
+            buf = self.host.map_region(msg.fds[0], area.size, area.mmap_offset)
+        except OSError as e:
+            raise FrontendError(f"SET_LOG_BASE: cannot map a log of {area.size} bytes at offset "
+                                f"{area.mmap_offset:#x}: {e}") from e
+        log = DirtyLog(buf, self.log_mark)
+        problem = self._log_problem(log, memory_end, ((v.index, v.num, v.addr) for v in self.vrings))
+        if problem is not None:
+            raise FrontendError(f"SET_LOG_BASE: {problem}")
+        self.log = log
+        if self._note is not None:
+            self._note(f"dirty log of {area.size} bytes mapped (covers guest addresses below {area.size << 15:#x})")
+        self._log_changed()
+        return codec.encode(msg.request, codec.U64.pack(0))
+
+    def _set_log_fd(self, msg: Message) -> None:
+        if len(msg.payload) not in (0, codec.U64.size) or len(msg.fds) != 1:
+            raise FrontendError(f"{msg.name}: {len(msg.payload)} bytes and {len(msg.fds)} file descriptors "
+                                "(expected one eventfd)")
+        problem = self.host.eventfd_problem(msg.fds[0])
+        if problem is not None:
+            raise FrontendError(f"{msg.name}: the descriptor is {problem}, not an eventfd")
+        fd = msg.fds.pop()
+        if self.log_fd is not None:
+            self.host.close_fd(self.log_fd)
+        self.log_fd = fd
+
     def _set_vring_num(self, msg: Message) -> None:
         index, num = codec.vring_state(msg)
         vring = self._vring(msg, index)
         if num == 0 or num > MAX_RING_SIZE or num & (num - 1):
             raise FrontendError(f"SET_VRING_NUM: size {num} is not a power of 2 up to {MAX_RING_SIZE}")
+        if self.log is not None:  # a logged used ring grows with the size
+            problem = self._log_problem(self.log, 0, [(vring.index, num, vring.addr)])
+            if problem is not None:
+                raise FrontendError(f"SET_VRING_NUM: {problem}")
         vring.num = num
 
     def _set_vring_addr(self, msg: Message) -> None:
         addr = codec.vring_addr(msg)
         vring = self._vring(msg, addr.index)
+        if self.log is not None:
+            problem = self._log_problem(self.log, 0, [(vring.index, vring.num, addr)])
+            if problem is not None:
+                raise FrontendError(f"SET_VRING_ADDR: {problem}")
         vring.addr = addr
         self._try_start(vring)
+        self._apply_log(vring)
 
     def _set_vring_base(self, msg: Message) -> None:
         index, num = codec.vring_state(msg)

@@ -52,6 +52,11 @@ class GuestMemory:
         self._by_gpa = tuple((r.gpa, r.gpa + r.size, r.buf) for r in self.regions)
         self._last = self._by_gpa[0] if self._by_gpa else (0, 0, memoryview(b""))
 
+    @property
+    def end(self) -> int:
+        """The guest-physical address just past the highest region (0: none)."""
+        return max((end for _, end, _ in self._by_gpa), default=0)
+
     def gpa_view(self, gpa: int, length: int) -> memoryview:
         """A view of ``length`` bytes of guest RAM at guest-physical ``gpa``."""
         start, end, buf = self._last

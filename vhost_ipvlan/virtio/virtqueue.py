@@ -49,6 +49,15 @@ Rules:
   the single-descriptor forms of ``pop``/``gather``/``push``/``put``. Renaming or
   retyping one of these is a change to ``_fastpath.c`` too
   (``tests/unit/test_fastpath_contract.py`` checks the names).
+- Dirty logging (live migration, ``dirtylog.py``): while the session gives a queue a
+  ``log`` (``set_log``), every write into guest memory is marked there after it is
+  made: the bytes ``fill`` and ``put`` write (by the descriptors' guest addresses),
+  and the used ring (``log_used``: its guest address from SET_VRING_ADDR, -1 when the
+  front-end did not ask for it) whenever ``publish`` writes ``used.idx`` (the used
+  elements pushed since are in the same ring) or ``want_kick`` writes
+  ``avail_event``. The C accelerator reads ``_logbuf`` (the log's buffer, or None)
+  and marks the RX buffers it fills itself; the used elements it pushes are marked
+  by the ``publish`` that follows.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ import struct
 from collections.abc import Callable
 
 from ..errors import GuestError
+from .dirtylog import DirtyLog
 from .memory import GuestMemory
 
 VRING_DESC_F_NEXT = 1
@@ -86,7 +96,9 @@ class SplitQueue:
         "_avail16",
         "_desc",
         "_fence",
+        "_logbuf",
         "_published",
+        "_seg_gpa",
         "_segs",
         "_used",
         "_used16",
@@ -95,6 +107,8 @@ class SplitQueue:
         "bad_room",
         "event_idx",
         "last_avail",
+        "log",
+        "log_used",
         "mem",
         "num",
         "resynced_from",
@@ -137,6 +151,12 @@ class SplitQueue:
             self.resynced_from = self.last_avail
             self.last_avail = self.used_idx
         self._segs: list[memoryview] = []
+        self._seg_gpa: list[int] = []  # the guest addresses of ``_segs`` while logging
+        #: the dirty log while the front-end asks for one (see the rules), else None
+        self.log: DirtyLog | None = None
+        self._logbuf: memoryview | None = None
+        #: the used ring's guest address for the log, or -1
+        self.log_used = -1
         #: descriptors walked so far (see the rules); only ever grows
         self.walked = 0
         #: ``position()`` when a frame did not fit the chains there (net.rx_deliver), else
@@ -144,6 +164,13 @@ class SplitQueue:
         self.bad_head = -1
         self.bad_room = -1
         self.bad_result = 0
+
+    def set_log(self, log: DirtyLog | None, used_gpa: int = -1) -> None:
+        """Mark writes in ``log`` from now on (None: stop); ``used_gpa``: the used
+        ring's guest address, or -1 when its writes are not to be logged."""
+        self.log = log
+        self._logbuf = None if log is None else log.buf
+        self.log_used = -1 if log is None else used_gpa
 
     # -- avail side ---------------------------------------------------------------
 
@@ -179,6 +206,10 @@ class SplitQueue:
         """Collect the chain's readable or writable buffers into ``_segs``; total bytes."""
         segs = self._segs
         segs.clear()
+        gpas = self._seg_gpa
+        logging = writable and self.log is not None
+        if logging:
+            gpas.clear()
         desc = self._desc
         table = self.num
         mem = self.mem
@@ -205,6 +236,8 @@ class SplitQueue:
             if length and (flags & VRING_DESC_F_WRITE) == (VRING_DESC_F_WRITE if writable else 0):
                 segs.append(mem.gpa_view(addr, length))
                 total += length
+                if logging:
+                    gpas.append(addr)
             if not flags & VRING_DESC_F_NEXT:
                 self.walked += count
                 return total
@@ -248,7 +281,20 @@ class SplitQueue:
             n = min(len(seg), end - pos)
             seg[:n] = src[pos : pos + n]
             pos += n
+        if self.log is not None:
+            self._log_segments(pos)
         return pos
+
+    def _log_segments(self, written: int) -> None:
+        """Mark the first ``written`` bytes of the last ``capacity()``'s buffers."""
+        log = self.log
+        assert log is not None
+        for gpa, seg in zip(self._seg_gpa, self._segs, strict=False):
+            if written <= 0:
+                break
+            n = min(len(seg), written)
+            log.mark(gpa, n)
+            written -= n
 
     def put(self, src: memoryview) -> int:
         """Write ``src`` into the next chain if it is one writable descriptor big enough.
@@ -267,6 +313,8 @@ class SplitQueue:
         if flags != VRING_DESC_F_WRITE or length < need:
             return -1
         self.mem.gpa_view(addr, need)[:] = src
+        if self.log is not None:
+            self.log.mark(addr, need)
         self.walked += 1
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         _USED_ELEM.pack_into(self._used, 4 + 8 * (self.used_idx % self.num), head, need)
@@ -292,6 +340,8 @@ class SplitQueue:
             return False
         self._used16[1] = new
         self._published = new
+        if self.log_used >= 0:
+            self._log_used(0, len(self._used))
         if self.event_idx:
             self._fence()
             event: int = self._avail16[2 + self.num]
@@ -299,9 +349,16 @@ class SplitQueue:
         flags: int = self._avail16[0]
         return not flags & VRING_AVAIL_F_NO_INTERRUPT
 
+    def _log_used(self, offset: int, length: int) -> None:
+        log = self.log
+        assert log is not None
+        log.mark(self.log_used + offset, length)
+
     def want_kick(self) -> bool:
         """Ask the driver to kick for the next chain; True if chains are already waiting."""
         if self.event_idx:
             self._used16[2 + 4 * self.num] = self.last_avail
+            if self.log_used >= 0:
+                self._log_used(4 + 8 * self.num, 2)
             self._fence()
         return self.pending() > 0
