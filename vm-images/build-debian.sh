@@ -93,14 +93,19 @@ debootstrap --variant=minbase --cache-dir="$images/debootstrap-cache" --include=
 log "debootstrap done in $(($(date +%s) - start)) s"
 
 # ---- configuration ------------------------------------------------------------
-echo "debian-lab" >"$root/etc/hostname"
-printf '127.0.0.1 localhost\n127.0.1.1 debian-lab\n::1 localhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+# No static host name: the guest takes the one DHCP gives (vi-hostname.path sets it as the
+# transient name, which a static /etc/hostname would override); systemd-resolved resolves
+# it locally.
+rm -f "$root/etc/hostname"
+printf '127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+ln -sfn ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 echo "/dev/vda / ext4 defaults,errors=remount-ro 0 1" >"$root/etc/fstab"
 : >"$root/etc/machine-id"            # each guest gets its own at first boot
 rm -f "$root/var/lib/dbus/machine-id"
 install -m 0755 "$src/vi-net" "$root/usr/local/sbin/vi-net"
 install -m 0644 "$src/vi-net.service" "$root/etc/systemd/system/vi-net.service"
 install -m 0644 "$src/90-dhcp.network" "$root/etc/systemd/network/90-dhcp.network"
+install -m 0644 "$src/vi-hostname.path" "$src/vi-hostname.service" "$root/etc/systemd/system/"
 install -m 0644 "$src/sshd-lab.conf" "$root/etc/ssh/sshd_config.d/lab.conf"
 install -d "$root/etc/systemd/system/ssh.service.d"
 install -m 0644 "$src/ssh-hostkey.conf" "$root/etc/systemd/system/ssh.service.d/hostkey.conf"
@@ -109,6 +114,8 @@ wants=$root/etc/systemd/system/multi-user.target.wants
 mkdir -p "$wants"
 ln -sf /etc/systemd/system/vi-net.service "$wants/vi-net.service"
 ln -sf /lib/systemd/system/systemd-networkd.service "$wants/systemd-networkd.service"
+ln -sf /lib/systemd/system/systemd-resolved.service "$wants/systemd-resolved.service"
+ln -sf /etc/systemd/system/vi-hostname.path "$wants/vi-hostname.path"
 # Nothing waits for the network, prompts on the console or wakes up to update apt.
 for unit in systemd-networkd-wait-online.service systemd-firstboot.service apt-daily.timer \
     apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer getty@tty1.service; do

@@ -2,7 +2,7 @@
 
 The first run provisions the lab network, vhost-ipvlan (daemon without systemd
 here, libvirt hook) and two Debian guests with a NIC on a bridge master and one on
-a private master, and runs the connectivity checks; the second run must change
+a private master (their addresses by DHCP from the daemon), and runs the connectivity checks; the second run must change
 nothing and pass the checks again; teardown.yml must leave nothing of the lab behind.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.lab.lab import Run, lab_vars, missing_tools, playbook, write_inventory
+from vhost_ipvlan.control.client import Client
 
 pytestmark = [pytest.mark.lab, pytest.mark.libvirt, pytest.mark.qemu, pytest.mark.netns, pytest.mark.timeout(3600)]
 
@@ -76,6 +77,22 @@ def test_first_run_provisions_and_checks_pass(lab: Lab) -> None:
     assert recap["failed"] == 0 and recap["changed"] > 0, recap
     hook = Path(f"/etc/libvirt/hooks/qemu.d/{lab.vars['vhost_ipvlan_hook_name']}")
     assert lab.vars["vhost_ipvlan_control"] in hook.read_text()
+
+
+def test_guests_took_their_addresses_by_dhcp(lab: Lab) -> None:
+    """Nothing about the network on the guests' kernel command line: every slave's guest
+    asked the daemon's DHCP and was acknowledged (the checks then reached its addresses)."""
+    if "first" not in lab.runs or lab.runs["first"].rc != 0:
+        pytest.skip("the first run did not pass")
+    for vm in lab.vars["lab_vms"]:
+        xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", vm["name"]], capture_output=True,
+                             text=True, check=True).stdout
+        assert "vi.net=" not in xml, xml
+    with Client(Path(lab.vars["vhost_ipvlan_control"])) as c:
+        stats = c.call("stats")
+    slaves = {name: s for m in lab.vars["lab_masters"] for name, s in stats[m["name"]]["slaves"].items()}
+    assert len(slaves) == sum(len(vm["nics"]) for vm in lab.vars["lab_vms"]), list(slaves)
+    assert all(s["dhcp"].get("acked", 0) >= 1 for s in slaves.values()), {n: s["dhcp"] for n, s in slaves.items()}
 
 
 def test_second_run_changes_nothing(lab: Lab) -> None:

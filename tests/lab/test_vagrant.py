@@ -2,8 +2,9 @@
 guests on vhost-ipvlan only when VHOST_IPVLAN_VAGRANT=1 (it takes minutes).
 
 ``vagrant up`` runs against a lab of its own (ansible/host.yml with unique names):
-the guests ping each other and the outside namespace through their vhost-ipvlan
-NIC, and the outside namespace pings them; ``vagrant destroy`` removes their slaves.
+the guests take their vhost-ipvlan NIC's address by DHCP from the daemon, ping each
+other and the outside namespace through that NIC, and the outside namespace pings them;
+``vagrant destroy`` removes their slaves.
 """
 
 from __future__ import annotations
@@ -109,6 +110,16 @@ class TestUp:
     def test_triggers_created_the_slaves(self, up: Up) -> None:
         prefix = up.vars["lab_name"]
         assert {f"{prefix}-va1-5254001a0221", f"{prefix}-va2-5254001a0222"} <= up.slaves()
+
+    def test_address_and_host_name_by_dhcp(self, up: Up) -> None:
+        # nothing on the kernel command line: the vhost-ipvlan NIC's address is a DHCP lease
+        # from the daemon ("dynamic"), the host name the machine's (slave add --hostname)
+        proc = up.ssh("va1", "cat /proc/cmdline; ip -4 -o addr show; hostname")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "vi.net=" not in proc.stdout, proc.stdout
+        lease = [ln for ln in proc.stdout.splitlines() if " inet 192.0.2.21/24 " in ln]
+        assert lease and "dynamic" in lease[0], proc.stdout
+        assert proc.stdout.splitlines()[-1].strip() == "va1", proc.stdout
 
     def test_guest_to_guest_and_outside(self, up: Up) -> None:
         proc = up.ssh("va1", "ping -c 3 -W 5 192.0.2.22 && ping -c 3 -W 5 192.0.2.1")
