@@ -16,6 +16,15 @@ With mergeable buffers the guest itself writes into every receive buffer's page
 (the skb_shared_info at its end) and QEMU re-sends the page anyway, which hides a
 missing dirty bit (measured: no corruption without dirty logging). The reader is
 slow (``gzip | gunzip``) so that megabytes sit in those pages at the switch-over.
+Indirect descriptors stay on for the stream tests: with ``indirect_desc=off`` each
+big-packet buffer takes 19 ring entries, so little payload waits in the ring at the
+switch-over and the negative control saw no damage in 3 of 3 migrations (measured).
+The six-move back-and-forth test is ``indirect_desc=off`` (``NO_INDIRECT``): QEMU 7.2
+under TCG sometimes corrupts the guest's memory when a guest receiving into indirect
+big-packet buffers is migrated with frames arriving across the switch-over, with or
+without vhost-user (``MIGRATION_RAM_BUG``; measured: 5 broken guests in 74 slow moves
+with indirect buffers, on QEMU's own virtio-net on a tap as on vhost-ipvlan; none in 150
+without); repeated moves would fail on QEMU's bug, not ours.
 
 Timings are reported (``-s``), never asserted: pings lost per migration, QEMU's
 total time and downtime.
@@ -24,6 +33,7 @@ total time and downtime.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import threading
@@ -46,6 +56,9 @@ VM, VM_MAC, VM_IP, VM_IP6 = "vm", "52:54:00:00:00:20", "192.0.2.20", "2001:db8::
 BLOB_MB = 4
 #: the migration's bandwidth for the stream tests: the RAM takes a few seconds to move
 STREAM_BANDWIDTH = 64 << 20
+#: the guest NIC's options (the module's docstring says why each)
+NIC_OPTS = "guest_announce=off"
+NO_INDIRECT = NIC_OPTS + ",indirect_desc=off"
 #: each download: the guest reads slowly, so data waits in the pages the back-end wrote
 DOWNLOAD = f"wget -q -O - http://{OUT_IP}:8000/blob | gzip -1 | gunzip | md5sum"
 
@@ -58,7 +71,8 @@ class World:
 
 
 @contextmanager
-def build_world(tmp: Path, daemon_env: dict[str, str] | None = None, *, pure_python: bool = False) -> Iterator[World]:
+def build_world(tmp: Path, daemon_env: dict[str, str] | None = None, *, pure_python: bool = False,
+                nic_opts: str = NIC_OPTS) -> Iterator[World]:
     """The lab, the outside's HTTP server with the blob, the guest booted on host a."""
     www = tmp / "www"
     www.mkdir()
@@ -69,8 +83,7 @@ def build_world(tmp: Path, daemon_env: dict[str, str] | None = None, *, pure_pyt
         server = subprocess.Popen(
             ["ip", "netns", "exec", lab.out, sys.executable, "-m", "http.server", "8000", "--bind", OUT_IP,
              "--directory", str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        vm = MovingGuest(lab, VM, VM_MAC, f"{VM_IP}/24", f"{VM_IP6}/64", nic_opts="guest_announce=off",
-                         mrg_rxbuf=False)
+        vm = MovingGuest(lab, VM, VM_MAC, f"{VM_IP}/24", f"{VM_IP6}/64", nic_opts=nic_opts, mrg_rxbuf=False)
         try:
             vm.boot("a")
             yield World(lab, vm, hashlib.md5(blob).hexdigest())
@@ -244,11 +257,10 @@ MIGRATION_RAM_BUG = ("the destination guest's memory is sometimes broken after a
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=MIGRATION_RAM_BUG)
 @pytest.mark.parametrize("pure", [True, False], ids=["python", "accelerator"])
 def test_back_and_forth(tmp_path: Path, pure: bool) -> None:
     """(c) six migrations, each way three times, with pings every 20 ms: each recovers."""
-    with build_world(tmp_path, pure_python=pure) as world:
+    with build_world(tmp_path, pure_python=pure, nic_opts=NO_INDIRECT) as world:
         results = []
         for _ in range(6):
             m, lost = migrate_with_pings(world)
@@ -269,6 +281,8 @@ SLOW_BANDWIDTH = 48 << 20
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("VHOST_IPVLAN_MIGRATION_BUG"),
+                    reason="a reproduction of QEMU's bug, opt-in: VHOST_IPVLAN_MIGRATION_BUG=1")
 @pytest.mark.xfail(strict=False, reason=MIGRATION_RAM_BUG)
 def test_back_and_forth_control_without_vhost_user(tmp_path: Path) -> None:
     """The control for MIGRATION_RAM_BUG: the same guest (memory, QEMU options, NIC
@@ -307,9 +321,15 @@ def test_negative_control_without_dirty_logging_the_stream_breaks(tmp_path: Path
     broken ring. It shows the stream test can see a missing dirty bit."""
     with build_world(tmp_path, {"VHOST_IPVLAN_TEST_NO_DIRTY_LOG": "1"}) as w:
         assert "dirty" in w.lab.hosts["a"].log_text().lower()
-        m, sums, problem = stream_across_migration(w)
-        bad = [s for s in sums if s != w.want]
-        broken = w.lab.hosts[w.vm.host].slave_stats(VM)["drops"].get("queue_broken", 0)
-        print(f"\nnegative control: {len(bad)} of {len(sums)} downloads corrupted, problem {problem!r}, "
-              f"queue_broken {broken}" + (f", migration {m.total_ms} ms" if m else ""))
-        assert bad or problem or broken, f"no damage seen without dirty logging: {sums}"
+        seen = []
+        for _ in range(3):  # whether stale pages hold payload at the switch-over depends on timing
+            m, sums, problem = stream_across_migration(w)
+            bad = [s for s in sums if s != w.want]
+            broken = w.lab.hosts[w.vm.host].slave_stats(VM)["drops"].get("queue_broken", 0)
+            print(f"\nnegative control: {len(bad)} of {len(sums)} downloads corrupted, problem {problem!r}, "
+                  f"queue_broken {broken}" + (f", migration {m.total_ms} ms" if m else ""))
+            seen.append(sums)
+            if bad or problem or broken:
+                break
+        else:
+            raise AssertionError(f"no damage seen without dirty logging in 3 migrations: {seen}")
