@@ -82,6 +82,9 @@ class WireSink:
     def batch_fd(self) -> int:
         return -1
 
+    def batch_rx(self) -> int:
+        return self.batch_fd()
+
     def recv(self, buf: memoryview) -> int:
         return 0
 

@@ -51,6 +51,9 @@ class _Uplink:
     def batch_fd(self) -> int:
         return -1  # Python sends every frame
 
+    def batch_rx(self) -> int:
+        return self.batch_fd()
+
     def send(self, buf: memoryview, length: int) -> bool:
         return True
 

@@ -157,6 +157,9 @@ class WireUplink:
     def batch_fd(self) -> int:
         return -1  # Python sends every frame
 
+    def batch_rx(self) -> int:
+        return self.batch_fd()
+
     def send(self, buf: memoryview, length: int) -> bool:
         self.sent += 1
         self.sent_bytes += length

@@ -96,6 +96,9 @@ class _Uplink:
     def batch_fd(self) -> int:
         return self.sock.fileno()
 
+    def batch_rx(self) -> int:
+        return self.batch_fd()
+
     def recv(self, buf: memoryview) -> int:
         return recv_vnet(self.sock, buf)
 

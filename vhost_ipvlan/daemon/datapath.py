@@ -358,13 +358,8 @@ class PortDatapath:
         return how many announcements were sent."""
         if not self.wire_up:
             return 0
-        sent = 0
-        for frame in neigh.announce(self.port.master_mac, dev.slave.owned()):
-            if self.uplink.send(with_header(frame), net.HDR_LEN + len(frame)):
-                sent += 1
-            else:
-                dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
-        self.uplink_tx += sent
+        sent = sum(self._send(dev, with_header(frame), net.HDR_LEN + len(frame))
+                   for frame in neigh.announce(self.port.master_mac, dev.slave.owned()))
         dev.announcements += sent
         return sent
 
@@ -403,8 +398,7 @@ class PortDatapath:
             router = self.port.gateway_v4
             server = master or router or DHCP_FALLBACK_ROUTER
         assert server is not None
-        mtu = self.max_frame - net.HDR_LEN - ETH_HLEN
-        return dhcp.Network(server, router, mtu, tuple(a for a in self.dns[0] if len(a) == 4), self.dns[1])
+        return dhcp.Network(server, router, self.mtu, tuple(a for a in self.dns[0] if len(a) == 4), self.dns[1])
 
     def _answer_dhcp6(self, dev: NetDevice, frame: memoryview) -> None:
         """A DHCPv6 client message from ``dev``'s guest: the reply goes into its RX ring
@@ -426,6 +420,11 @@ class PortDatapath:
         mac = self.port.master_mac
         return dhcp6.Network(dhcp6.duid_ll(mac), eui64_link_local(mac), self._dns6(), self.dns[1])
 
+    @property
+    def mtu(self) -> int:
+        """The master's MTU, as the DHCP server and the RA tell it (from ``max_frame``)."""
+        return self.max_frame - net.HDR_LEN - ETH_HLEN
+
     def _dns6(self) -> tuple[bytes, ...]:
         return tuple(a for a in self.dns[0] if len(a) == 16)
 
@@ -436,10 +435,9 @@ class PortDatapath:
         0 in l2 (the daemon forwards nothing off the link); the master's MTU; the
         lease's prefixes on-link; from the master's EUI-64 link-local."""
         servers = self._dns6()
-        mtu = self.max_frame - net.HDR_LEN - ETH_HLEN
         return ra.Advert(eui64_link_local(self.port.master_mac), managed=bool(lease.addresses),
                          other=bool(servers or self.dns[1]),
-                         lifetime=ra.ROUTER_LIFETIME if self.master_src_mac else 0, mtu=mtu,
+                         lifetime=ra.ROUTER_LIFETIME if self.master_src_mac else 0, mtu=self.mtu,
                          prefixes=lease.addresses, dns=servers, search=self.dns[1])
 
     def _answer_rs(self, dev: NetDevice, frame: memoryview) -> None:
@@ -506,17 +504,18 @@ class PortDatapath:
         to_wire(buf[net.HDR_LEN : length], length - net.HDR_LEN, mac, self.port.master_mac)
         self._send(dev, buf, length)
 
-    def _send(self, dev: NetDevice, buf: memoryview, length: int) -> None:
+    def _send(self, dev: NetDevice, buf: memoryview, length: int) -> bool:
         """Put ``dev``'s frame (translated for the wire) on the uplink; count a failure."""
         if self.uplink.send(buf, length):
             self.uplink_tx += 1
-        else:
-            dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
+            return True
+        dev.drops[DropReason.UPLINK_SEND_FAILED] += 1
+        return False
 
     def _uplink_readable(self) -> None:
         fp = fastpath.ext
         table = self.fast_table.rx_table() if fp is not None else None
-        source = self._batch_rx() if table is not None else -1
+        source = self.uplink.batch_rx() if table is not None else -1
         if fp is not None and table is not None and source != -1:
             # C delivers the common frames and gives every other one, in order, to _uplink_frame
             try:
@@ -548,12 +547,6 @@ class PortDatapath:
                 break
             budget -= self._uplink_frame(length)
         self.flush()
-
-    def _batch_rx(self) -> object:
-        """What C reads the wire from: the uplink's RX ring (``Uplink.batch_rx``) or its
-        ``batch_fd`` (-1: none, Python reads)."""
-        batch_rx = getattr(self.uplink, "batch_rx", None)
-        return batch_rx() if batch_rx is not None else self.uplink.batch_fd()
 
     def _uplink_frame(self, length: int) -> int:
         """Count and switch one frame read from the uplink (``view[:length]``, -1 if it was

@@ -66,6 +66,11 @@ class UplinkPort(Protocol):
         reads; -1 for none (Python does all the I/O)."""
         ...
 
+    def batch_rx(self) -> int | tuple[object, ...]:
+        """What the C accelerator reads the wire from (``_fastpath.uplink_burst``): an
+        RX ring's arguments (``uplink.RxRing``), else ``batch_fd()``."""
+        ...
+
     def close(self) -> None: ...
 
 
