@@ -340,6 +340,13 @@ class Session:
             if self._note is not None:
                 self._note("dirty logging on (live migration)" if self.logging else "dirty logging off")
 
+    def _require_log(self, prefix: str, log: DirtyLog, memory_end: int,
+                     rings: Iterable[tuple[int, int, codec.VringAddr | None]]) -> None:
+        """``FrontendError`` (``prefix`` + why) unless ``log`` serves them (``_log_problem``)."""
+        problem = self._log_problem(log, memory_end, rings)
+        if problem is not None:
+            raise FrontendError(prefix + problem)
+
     def _log_problem(self, log: DirtyLog, memory_end: int,
                      rings: Iterable[tuple[int, int, codec.VringAddr | None]]) -> str | None:
         """Why ``log`` cannot serve guest memory up to ``memory_end`` and the used rings
@@ -368,9 +375,7 @@ class Session:
         if not features >> net.F_VERSION_1 & 1:
             raise FrontendError("SET_FEATURES without VIRTIO_F_VERSION_1: legacy drivers are not served")
         if features >> F_LOG_ALL & 1 and self.log is not None and self.memory is not None:
-            problem = self._log_problem(self.log, self.memory.end, [])
-            if problem is not None:
-                raise FrontendError(f"SET_FEATURES: LOG_ALL with {problem}")
+            self._require_log("SET_FEATURES: LOG_ALL with ", self.log, self.memory.end, [])
         self.features = features
         self.features_set = True
         if not features >> F_PROTOCOL_FEATURES & 1:
@@ -390,9 +395,7 @@ class Session:
         regions = codec.mem_table(msg)
         end = max(r.gpa + r.size for r in regions)
         if self.logging and self.log is not None:
-            problem = self._log_problem(self.log, end, [])
-            if problem is not None:
-                raise FrontendError(f"SET_MEM_TABLE while logging: {problem}")
+            self._require_log("SET_MEM_TABLE while logging: ", self.log, end, [])
         mapped = []
         for r, fd in zip(regions, msg.fds, strict=True):
             try:
@@ -421,9 +424,7 @@ class Session:
             raise FrontendError(f"SET_LOG_BASE: cannot map a log of {area.size} bytes at offset "
                                 f"{area.mmap_offset:#x}: {e}") from e
         log = DirtyLog(buf, self.log_mark)
-        problem = self._log_problem(log, memory_end, ((v.index, v.num, v.addr) for v in self.vrings))
-        if problem is not None:
-            raise FrontendError(f"SET_LOG_BASE: {problem}")
+        self._require_log("SET_LOG_BASE: ", log, memory_end, ((v.index, v.num, v.addr) for v in self.vrings))
         self.log = log
         if self._note is not None:
             self._note(f"dirty log of {area.size} bytes mapped (covers guest addresses below {area.size << 15:#x})")
@@ -448,18 +449,14 @@ class Session:
         if num == 0 or num > MAX_RING_SIZE or num & (num - 1):
             raise FrontendError(f"SET_VRING_NUM: size {num} is not a power of 2 up to {MAX_RING_SIZE}")
         if self.log is not None:  # a logged used ring grows with the size
-            problem = self._log_problem(self.log, 0, [(vring.index, num, vring.addr)])
-            if problem is not None:
-                raise FrontendError(f"SET_VRING_NUM: {problem}")
+            self._require_log("SET_VRING_NUM: ", self.log, 0, [(vring.index, num, vring.addr)])
         vring.num = num
 
     def _set_vring_addr(self, msg: Message) -> None:
         addr = codec.vring_addr(msg)
         vring = self._vring(msg, addr.index)
         if self.log is not None:
-            problem = self._log_problem(self.log, 0, [(vring.index, vring.num, addr)])
-            if problem is not None:
-                raise FrontendError(f"SET_VRING_ADDR: {problem}")
+            self._require_log("SET_VRING_ADDR: ", self.log, 0, [(vring.index, vring.num, addr)])
         vring.addr = addr
         self._try_start(vring)
         self._apply_log(vring)
