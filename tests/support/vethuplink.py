@@ -8,7 +8,10 @@ sends datagrams (10-byte ``virtio_net_hdr`` + frame) from the outside and return
 once the master's socket has taken them all (PACKET_STATISTICS, with a deadline);
 ``sent`` reads what reached the outside (all the master sent); ``refuse`` takes
 the master down (every send fails). IPv6 is off in both namespaces, so the
-kernel itself sends nothing on the link. Everything is deleted by ``close``, also
+kernel itself sends nothing on the link. Both ends get a pfifo qdisc: a veth has
+none (noqueue), and the kernel then drops a frame sent while the veth's TX queue is
+stopped (QDISC_DROP, seen at times under load: a reply missing from ``sent``), where
+a queue holds it; the wire in these tests loses nothing. Everything is deleted by ``close``, also
 when the constructor fails.
 """
 
@@ -27,6 +30,7 @@ from .netns import Netns, link_down, veth_pair
 from .wait import wait_until
 
 PACKET_STATISTICS = 6
+QUEUE = 10000  #: frames each end's qdisc holds while the veth's TX queue is stopped
 T = TypeVar("T")
 
 
@@ -60,6 +64,9 @@ class VethUplink:
                 ns.sysctl("net.ipv6.conf.all.disable_ipv6", 1)
                 ns.sysctl("net.ipv6.conf.default.disable_ipv6", 1)
             veth_pair(self.host, "vim0", self.out, "vio0", a_mac=mac.hex(":"), mtu=mtu)
+            for ns, dev in ((self.host, "vim0"), (self.out, "vio0")):
+                with ns.ipr() as ipr:  # a queue: a veth's own is none, and it drops at times
+                    ipr.tc("add", "pfifo", ns.ifindex(dev), handle="1:", limit=QUEUE)
             self.uplink = in_netns(self.host, lambda: Uplink("vim0", ring=ring))
             self.peer = in_netns(self.out, lambda: _outside_socket("vio0"))
         except BaseException:
