@@ -22,6 +22,7 @@ import mmap
 import os
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from vhost_ipvlan.virtio import net
 from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
 UVA_BASE = 0x7F00_0000_0000
+_FENCE = threading.Lock()
 MEM_SIZE = 8 << 20
 QSIZE = 256
 BUF_SIZE = 2048
@@ -75,6 +77,11 @@ class DriverQueue:
         struct.pack_into("<H", self.mem, self.avail + 4 + 2 * (self.avail_idx % self.num), head)
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
         struct.pack_into("<H", self.mem, self.avail + 2, self.avail_idx)
+
+    def used_flags(self) -> int:
+        """``used.flags``: VRING_USED_F_NO_NOTIFY (1) while the device asks for no kicks."""
+        value: int = struct.unpack_from("<H", self.mem, self.used)[0]
+        return value
 
     def used_idx(self) -> int:
         value: int = struct.unpack_from("<H", self.mem, self.used + 2)[0]
@@ -303,8 +310,11 @@ class FakeFrontend:
             rxq.make_available(i)
         os.eventfd_write(self.kick[2 * pair], 1)
 
-    def transmit(self, frame: bytes, hdr: bytes = bytes(net.HDR_LEN), *, split: bool = False, pair: int = 0) -> None:
-        """Queue one frame on a TX ring and kick (optionally header in its own descriptor)."""
+    def transmit(self, frame: bytes, hdr: bytes = bytes(net.HDR_LEN), *, split: bool = False, pair: int = 0,
+                 polite: bool = False) -> bool:
+        """Queue one frame on a TX ring and kick (optionally header in its own descriptor).
+        ``polite``: kick only if the device asks for kicks (without EVENT_IDX: used.flags
+        without NO_NOTIFY), as a driver does. Returns whether it kicked."""
         self.reclaim_tx(pair)
         txq = self.txqs[pair]
         data = hdr + frame
@@ -318,7 +328,13 @@ class FakeFrontend:
         else:
             txq.set_desc(i, addr, len(data), 0)
         txq.make_available(i)
+        if polite:
+            with _FENCE:  # a full barrier (a locked instruction) between avail.idx and used.flags
+                pass
+            if txq.used_flags() & 1:
+                return False
         os.eventfd_write(self.kick[2 * pair + 1], 1)
+        return True
 
     def reclaim_tx(self, pair: int = 0) -> None:
         txq = self.txqs[pair]

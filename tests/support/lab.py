@@ -266,12 +266,12 @@ class FrontendLab(Lab):
         super().__init__(*args, **kwargs)
         self.frontends: list[FakeFrontend] = []
 
-    def frontend(self, name: str, queues: int = 1) -> FakeFrontend:
+    def frontend(self, name: str, queues: int = 1, features: int | None = None) -> FakeFrontend:
         """Connect a fake front-end (``queues`` pairs, all enabled) to slave ``name`` and wait
         until the daemon has it up with every pair enabled ("up" is logged at the first
         enabled RX ring: ``sync`` waits for the rest of the set-up)."""
         ups = self.log_text().count(f"slave {name}: up")
-        fe = FakeFrontend(queues=queues)
+        fe = FakeFrontend(features, queues=queues)
         self.frontends.append(fe)
         fe.connect(str(self.sock(name)))
         fe.setup()

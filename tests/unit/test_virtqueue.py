@@ -16,6 +16,7 @@ from vhost_ipvlan.virtio.virtqueue import (
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
     SplitQueue,
 )
 
@@ -238,6 +239,49 @@ def test_want_kick_writes_avail_event() -> None:
         q.pop()
     assert not q.want_kick()
     assert struct.unpack_from("<H", ram, dq.used + 4 + 8 * 16)[0] == 3
+
+
+def used_flags(ram: bytearray, dq: DriverQueue) -> int:
+    flags: int = struct.unpack_from("<H", ram, dq.used)[0]
+    return flags
+
+
+def test_suppress_kicks_sets_no_notify_until_want_kick() -> None:
+    """Without EVENT_IDX the device asks for no kicks with used.flags NO_NOTIFY (what a
+    driver reads before kicking); want_kick clears it and says whether chains wait."""
+    ram, dq, q = make()
+    assert used_flags(ram, dq) == 0
+    q.suppress_kicks()
+    assert used_flags(ram, dq) == VRING_USED_F_NO_NOTIFY
+    post_rx(dq, 1, 64)  # the driver adds a chain without kicking
+    assert q.want_kick()
+    assert used_flags(ram, dq) == 0
+    q.pop()
+    assert not q.want_kick()
+
+
+def test_suppress_kicks_with_event_idx_leaves_avail_event_behind() -> None:
+    """With EVENT_IDX the flag is not used (the driver ignores it): avail_event stays
+    where want_kick last put it, so the driver kicks at most once more."""
+    ram, dq, q = make(event_idx=True)
+    post_rx(dq, 3, 64)
+    for _ in range(3):
+        q.pop()
+    assert not q.want_kick()
+    q.suppress_kicks()
+    assert used_flags(ram, dq) == 0
+    assert struct.unpack_from("<H", ram, dq.used + 4 + 8 * 16)[0] == 3
+
+
+def test_a_stale_no_notify_is_cleared_when_the_ring_starts() -> None:
+    """An earlier back-end that polled the ring may have left NO_NOTIFY set (killed
+    while polling): a ring that starts asks for kicks, else the guest would never kick."""
+    ram = bytearray(SIZE)
+    dq = DriverQueue(ram, 0, 16)
+    struct.pack_into("<H", ram, dq.used, VRING_USED_F_NO_NOTIFY)
+    mem = GuestMemory([Region(0, SIZE, UVA, memoryview(ram))])
+    SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 0, event_idx=False)
+    assert used_flags(ram, dq) == 0
 
 
 def test_offload_ok() -> None:

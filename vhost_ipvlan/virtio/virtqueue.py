@@ -36,7 +36,10 @@ Rules:
 - Little-endian hosts only (virtio 1.x rings are little-endian; "H" is native).
 - Notification suppression: with VIRTIO_F_EVENT_IDX, interrupts follow
   ``used_event`` and kicks are requested through ``avail_event``; without it,
-  ``avail.flags & NO_INTERRUPT`` is honoured. Before trusting an empty ring after
+  ``avail.flags & NO_INTERRUPT`` is honoured. While the device polls a ring
+  (``suppress_kicks``) it asks for no kicks: ``used.flags`` NO_NOTIFY without
+  EVENT_IDX; with it ``avail_event`` is left behind, so the driver kicks at most once
+  more. ``want_kick`` asks for them again (clears the flag). Before trusting an empty ring after
   asking for kicks, the caller must re-check behind a full barrier (``fence``):
   the store of ``avail_event`` and the load of ``avail.idx`` may otherwise be
   reordered, and the kick lost.
@@ -73,6 +76,7 @@ VRING_DESC_F_NEXT = 1
 VRING_DESC_F_WRITE = 2
 VRING_DESC_F_INDIRECT = 4
 VRING_AVAIL_F_NO_INTERRUPT = 1
+VRING_USED_F_NO_NOTIFY = 1
 MAX_QUEUE_SIZE = 32768
 
 _DESC = struct.Struct("<QIHH")
@@ -145,6 +149,8 @@ class SplitQueue:
         # On (re)connect the front-end sets the base from the used index; resume there.
         self.used_idx: int = self._used16[1]
         self._published = self.used_idx
+        if self._used16[0]:  # NO_NOTIFY left by an earlier back-end that polled the ring
+            self._used16[0] = 0
         #: the base given, when it disagreed with the used index and was replaced by it
         self.resynced_from: int | None = None
         if resync and self.last_avail != self.used_idx:
@@ -361,4 +367,16 @@ class SplitQueue:
             if self.log_used >= 0:
                 self._log_used(4 + 8 * self.num, 2)
             self._fence()
+        elif self._used16[0]:
+            self._used16[0] = 0
+            if self.log_used >= 0:
+                self._log_used(0, 2)
+            self._fence()
         return self.pending() > 0
+
+    def suppress_kicks(self) -> None:
+        """Ask the driver not to kick: the device polls the ring until ``want_kick``."""
+        if not self.event_idx and not self._used16[0]:
+            self._used16[0] = VRING_USED_F_NO_NOTIFY
+            if self.log_used >= 0:
+                self._log_used(0, 2)
