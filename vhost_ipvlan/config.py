@@ -96,7 +96,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .daemon.poller import MAX_POLL_US
 from .errors import AddressInUse, ConfigError, NameInUse, PortExists, SocketInUse
 from .net.dhcp import MAX_DNS, Lease
 from .switch.decisions import FLAGS, MODES, TRAITS, modes_with
@@ -115,6 +114,8 @@ MAX_ADDRESSES = 256
 #: min(pairs, vCPUs) of them; the daemon serves them all on one thread, so more pairs
 #: only cost descriptors (6 each): 16, as many vCPUs as a guest here sensibly gets
 MAX_QUEUES = MAX_QUEUE_PAIRS
+#: the longest ``[daemon] poll_us``: 10 ms of polling after a guest's last frame
+MAX_POLL_US = 10_000
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
