@@ -16,7 +16,7 @@ median and range, and the ratio of the medians; ``--queue-size default`` leaves 
 ring size to DPDK (256).
 
 Usage: python bench/bench.py [--sizes 64,1500] [--seconds 10] [--rounds N] [--topology loop|pingpong|split]
-                             [--queue-size N|default] [--json] [--backends ...] [--idle-slaves N] [--poll-us US]
+                             [--queue-size N|default] [--json] [--backends ...] [--idle-slaves N]
 Needs root (network namespaces) and dpdk-testpmd.
 """
 
@@ -86,14 +86,13 @@ def log(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def ipvlan_backend(work: Path, idle: int = 0, poll_us: int = 0) -> Iterator[tuple[Path, Path]]:
+def ipvlan_backend(work: Path, idle: int = 0) -> Iterator[tuple[Path, Path]]:
     """The daemon in a Lab (IPv6 off on the veth: no ND/MLD noise); yields A's and B's sockets.
     ``idle`` more slaves (never connected) show that the per-frame cost does not grow with them."""
     slaves = [SlaveSpec("a", [f"{A_IP}/{PREFIX}"], A_MAC), SlaveSpec("b", [f"{B_IP}/{PREFIX}"], B_MAC)]
     slaves += [SlaveSpec(f"i{i}", [f"10.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/8"],
                          f"52:54:00:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}") for i in range(idle)]
-    head = f"[daemon]\npoll_us = {poll_us}\n" if poll_us else ""
-    with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS, config_head=head) as lab:
+    with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS) as lab:
         yield lab.sock("a"), lab.sock("b")
         lab.check_daemon()
 
@@ -223,7 +222,7 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path, rnd: 
                     reference_backend("ref-backend", work, [a_sock, b_sock], lcores=BACKEND_LCORES, mem_mb=args.mem_mb)
                 )
             else:
-                a_sock, b_sock = stack.enter_context(ipvlan_backend(work, args.idle_slaves, args.poll_us))
+                a_sock, b_sock = stack.enter_context(ipvlan_backend(work, args.idle_slaves))
             runner = run_split if args.topology == "split" else run_loop
             rx, tx, nrx, ntx, dt = runner(work, a_sock, b_sock, size, args)
         res.ok = True
@@ -353,8 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="rounds per back-end and size, alternating (default 1)")
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here")
-    p.add_argument("--poll-us", type=int, default=0, metavar="US",
-                   help="the daemon's [daemon] poll_us (busy polling of the TX rings; default 0: off)")
     p.add_argument("--idle-slaves", type=int, default=0, metavar="N",
                    help="configure N more slaves, never connected (the rate must not depend on them)")
     args = p.parse_args(argv)

@@ -28,7 +28,7 @@ The figure is the guest's received frames per second (wire -> guest; in a closed
 the other direction carries the same rate). Rounds alternate anchor and ipvlan in one
 run; the table gives the median and range of each and the ratio of the medians.
 
-Usage: python bench/wire.py [--sizes 64,1500] [--rounds 3] [--seconds 5] [--json] [--poll-us US]
+Usage: python bench/wire.py [--sizes 64,1500] [--rounds 3] [--seconds 5] [--json]
 Needs root (network namespaces) and dpdk-testpmd.
 """
 
@@ -85,9 +85,8 @@ def wire_switch(backend: str, work: Path, args: argparse.Namespace) -> Iterator[
     """The lab with the switch under test running on core 1; yields the lab (slave a's socket)."""
     slaves = [SlaveSpec("a", [f"{A_IP}/{PREFIX}"], A_MAC)]
     if backend in DAEMON_ENV:
-        head = f"[daemon]\npoll_us = {args.poll_us}\n" if args.poll_us else ""
         with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS, pure_python=args.pure,
-                 daemon_env=DAEMON_ENV[backend], config_head=head) as lab:
+                 daemon_env=DAEMON_ENV[backend]) as lab:
             yield lab
             lab.check_daemon()
         return
@@ -205,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds per back-end and size (default 3)")
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up before t0 (default 1)")
-    p.add_argument("--poll-us", type=int, default=0, metavar="US",
-                   help="the daemon's [daemon] poll_us (busy polling of the TX rings; default 0: off)")
     p.add_argument("--backends", default="anchor,ipvlan",
                    help="comma-separated: anchor, ipvlan, ipvlan-socket (default anchor,ipvlan)")
     p.add_argument("--bursts", type=int, default=16,

@@ -85,9 +85,6 @@ class WireSink:
     def batch_rx(self) -> int:
         return self.batch_fd()
 
-    def rx_ready(self) -> bool:
-        return False
-
     def recv(self, buf: memoryview) -> int:
         return 0
 

@@ -54,9 +54,6 @@ class _Uplink:
     def batch_rx(self) -> int:
         return self.batch_fd()
 
-    def rx_ready(self) -> bool:
-        return False
-
     def send(self, buf: memoryview, length: int) -> bool:
         return True
 

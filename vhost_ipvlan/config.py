@@ -8,7 +8,6 @@ Shape (other tools rely on it; do not change it lightly)::
     socket_permissions = 0o660  # TOML octal integer, or a string "0660" (default 0o660)
     dns = ["192.0.2.53"]        # optional: the DNS servers (IPv4, IPv6) DHCP, DHCPv6 and RAs hand out
     dns_search = ["example.org"]  # optional: its search domains (both default: the host's resolv.conf)
-    poll_us = 0                 # optional: busy-poll a guest's TX ring this long after its last frame (0: off)
 
     [[port]]
     master = "veth0"            # host interface: the IPvlan master
@@ -76,10 +75,6 @@ Rules:
   RAs the IPv6 ones); absent, the daemon reads the host's resolv.conf. ``hostname``
   (one DNS label) is the host name it gives, the slave's name by default (the
   libvirt hook passes the domain's name when it is one).
-- ``[daemon] poll_us`` (0 to ``MAX_POLL_US``, default 0: off) is how long, in
-  microseconds, the daemon keeps polling a guest's TX ring after its last frame
-  instead of waiting for a kick (``daemon.poller``; QEMU's ``poll-us``): fewer
-  wake-ups and no kicks while traffic flows, for CPU time. A change applies at once.
 - ``socket_mode`` (per slave) is the socket's *role*, for historical reasons; the
   file permissions are ``[daemon].socket_permissions``.
 """
@@ -114,8 +109,6 @@ MAX_ADDRESSES = 256
 #: min(pairs, vCPUs) of them; the daemon serves them all on one thread, so more pairs
 #: only cost descriptors (6 each): 16, as many vCPUs as a guest here sensibly gets
 MAX_QUEUES = MAX_QUEUE_PAIRS
-#: the longest ``[daemon] poll_us``: 10 ms of polling after a guest's last frame
-MAX_POLL_US = 10_000
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -174,7 +167,6 @@ class DaemonConfig:
     socket_permissions: int = 0o660
     dns: tuple[str, ...] | None = None  # the DHCP server's DNS servers (None: the host's resolv.conf)
     dns_search: tuple[str, ...] | None = None  # ... and search domains
-    poll_us: int = 0  # busy polling of the TX rings after the last frame (0: off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,8 +500,7 @@ def _permissions(where: str, value: Any) -> int:
 
 
 def _daemon(where: str, table: Any) -> DaemonConfig:
-    t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions", "dns", "dns_search", "poll_us"},
-              set())
+    t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions", "dns", "dns_search"}, set())
     owner = _id(f"{where}.socket_owner", t["socket_owner"], lambda n: pwd.getpwnam(n).pw_uid, "user") \
         if "socket_owner" in t else -1
     group = _id(f"{where}.socket_group", t["socket_group"], lambda n: grp.getgrnam(n).gr_gid, "group") \
@@ -518,14 +509,7 @@ def _daemon(where: str, table: Any) -> DaemonConfig:
         if "socket_permissions" in t else 0o660
     dns = _dns(f"{where}.dns", t["dns"]) if "dns" in t else None
     search = _search(f"{where}.dns_search", t["dns_search"]) if "dns_search" in t else None
-    poll_us = _poll_us(f"{where}.poll_us", t["poll_us"]) if "poll_us" in t else 0
-    return DaemonConfig(owner, group, perms, dns, search, poll_us)
-
-
-def _poll_us(where: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_POLL_US:
-        raise ConfigError(f"{where}: {value!r} is not a number of microseconds from 0 to {MAX_POLL_US}")
-    return value
+    return DaemonConfig(owner, group, perms, dns, search)
 
 
 def _list(where: str, value: Any) -> list[Any]:
@@ -626,8 +610,6 @@ def daemon_table(d: DaemonConfig) -> dict[str, Any]:
         t["dns"] = list(d.dns)
     if d.dns_search is not None:
         t["dns_search"] = list(d.dns_search)
-    if d.poll_us != default.poll_us:
-        t["poll_us"] = d.poll_us
     return t
 
 

@@ -123,23 +123,15 @@ def assert_only_expected_drops(lab: Lab) -> None:
     assert drops["b"].get("src_ip_spoof", 0) <= INJECT * 32, drops
 
 
-#: the daemon polls the TX rings (``[daemon] poll_us``): testpmd, seeing NO_NOTIFY, stops kicking
-POLLED = "[daemon]\npoll_us = 50\n"
-
-
 @pytest.mark.parametrize(
-    "queue_size,pure,head",
-    [(None, False, ""), (None, True, ""), (1024, False, ""), (None, False, POLLED), (None, True, POLLED)],
-    ids=["default-ring-accelerated", "default-ring-pure", "1024-ring-accelerated", "default-ring-polled",
-         "default-ring-pure-polled"],
+    "queue_size,pure",
+    [(None, False), (None, True), (1024, False)],
+    ids=["default-ring-accelerated", "default-ring-pure", "1024-ring-accelerated"],
 )
-def test_5tswap_ping_pong_keeps_flowing(tmp_path: Path, queue_size: int | None, pure: bool, head: str) -> None:
-    with (Lab(tmp_path, slaves(), ipv6=False, cpus=DAEMON_CPUS, pure_python=pure, config_head=head) as lab,
+def test_5tswap_ping_pong_keeps_flowing(tmp_path: Path, queue_size: int | None, pure: bool) -> None:
+    with (Lab(tmp_path, slaves(), ipv6=False, cpus=DAEMON_CPUS, pure_python=pure) as lab,
           ping_pong(lab, tmp_path, queue_size) as fe):
         first = wait_flowing(fe, lab, (0, 0), "A and B to receive the loop's frames")
-        if head:
-            wait_until(lambda: all(lab.slave_stats(n)["queues"]["tx_polled"] for n in ("a", "b")), FLOW_TIMEOUT,
-                       what="both TX rings polled")
         wait_flowing(fe, lab, first, "A and B to go on receiving")
         assert_only_expected_drops(lab)
         lab.check_daemon()
@@ -158,17 +150,14 @@ def rings_enabled_since(lab: Lab, start: int) -> bool:
     return all(text.count(f"slave {n}: <- SET_VRING_ENABLE") >= 2 for n in ("a", "b"))
 
 
-@pytest.mark.parametrize(("sig", "queue_size", "head"), [
-    (signal.SIGTERM, None, ""), (signal.SIGTERM, 1024, ""), (signal.SIGKILL, None, ""), (signal.SIGKILL, 1024, ""),
-    (signal.SIGKILL, None, POLLED)], ids=["term-default-ring", "term-1024-ring", "kill-default-ring",
-                                          "kill-1024-ring", "kill-default-ring-polled"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+@pytest.mark.parametrize("queue_size", [None, 1024], ids=["default-ring", "1024-ring"])
 def test_frames_flow_again_after_a_daemon_restart(tmp_path: Path, queue_size: int | None,
-                                                  sig: signal.Signals, head: str) -> None:
+                                                  sig: signal.Signals) -> None:
     """The rings survive the restart; the frames in flight may not (testpmd kicks its TX
     ring before it enables it, and a started but disabled TX ring is drained and its
-    frames discarded, as the spec says), so the loop is injected again. Polled: the
-    daemon killed while testpmd's rings say NO_NOTIFY; the next one polls too."""
-    with (Lab(tmp_path, slaves("client"), ipv6=False, cpus=DAEMON_CPUS, config_head=head) as lab,
+    frames discarded, as the spec says), so the loop is injected again."""
+    with (Lab(tmp_path, slaves("client"), ipv6=False, cpus=DAEMON_CPUS) as lab,
           ping_pong(lab, tmp_path, queue_size, server=True) as fe):
         wait_flowing(fe, lab, (0, 0), "A and B to receive the loop's frames")
         start = len(lab.log_text())

@@ -25,7 +25,6 @@ from tests.pair.test_fastpath import B4, MASTER, OUT, OUT4, B, flat, mac, make_p
 from tests.support.inproc import MASTER_MAC, pure_python
 from tests.support.netns import link_down, link_up
 from tests.support.vethuplink import VethUplink
-from tests.support.wait import wait_until
 from vhost_ipvlan.daemon import fastpath, uplink
 from vhost_ipvlan.drops import counts
 from vhost_ipvlan.virtio import net
@@ -108,25 +107,6 @@ def test_the_ring_is_used_and_torn_down_on_close() -> None:
         v.close()
     assert up.ring is None and up.sock.fileno() == -1 and ring.map.closed
     assert f"socket:[{inode}]" not in Path("/proc/self/maps").read_text()
-
-
-@pytest.mark.parametrize("ring", [True, False])
-def test_rx_ready_shows_a_waiting_frame_without_a_system_call(ring: bool) -> None:
-    """What the poller asks between passes: True while the ring's next slot holds a
-    frame, False once it is read; always False on a socket without a ring."""
-    v = VethUplink(MASTER_MAC, ring=ring, mtu=MTU)
-    try:
-        assert not v.rx_ready()
-        v.inject(bytes(10) + bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=B4) / UDP() / b"x"))
-        if ring:  # the kernel counts the frame taken a moment before it marks the slot
-            wait_until(v.rx_ready, 5, what="the ring's slot marked for user space")
-        else:
-            assert not v.rx_ready()
-        buf = memoryview(bytearray(net.MAX_BUFFER))
-        assert v.recv(buf) > 0
-        assert not v.rx_ready()
-    finally:
-        v.close()
 
 
 @pytest.mark.parametrize("why", ["refused", "disabled", "pure"])

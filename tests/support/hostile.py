@@ -160,9 +160,6 @@ class WireUplink:
     def batch_rx(self) -> int:
         return self.batch_fd()
 
-    def rx_ready(self) -> bool:
-        return False
-
     def send(self, buf: memoryview, length: int) -> bool:
         self.sent += 1
         self.sent_bytes += length

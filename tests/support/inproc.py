@@ -99,9 +99,6 @@ class _Uplink:
     def batch_rx(self) -> int:
         return self.batch_fd()
 
-    def rx_ready(self) -> bool:
-        return False
-
     def recv(self, buf: memoryview) -> int:
         return recv_vnet(self.sock, buf)
 

@@ -121,9 +121,6 @@ class VethUplink:
     def batch_rx(self) -> int | tuple[object, ...]:
         return self.uplink.batch_rx()
 
-    def rx_ready(self) -> bool:
-        return self.uplink.rx_ready()
-
     def recv(self, buf: memoryview) -> int:
         return self.uplink.recv(buf)
 

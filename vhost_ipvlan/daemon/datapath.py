@@ -79,7 +79,6 @@ from ..virtio import net
 from . import device, fastpath
 from .device import NetDevice
 from .fastpath import Args, PortTable
-from .poller import Poller
 from .routing import LOCAL, UNRESOLVED
 
 if TYPE_CHECKING:
@@ -139,8 +138,6 @@ class PortDatapath:
         self._first_due: set[NetDevice] = set()
         #: the C accelerator's view of the port (``fastpath.py``)
         self.fast_table = PortTable(port, self.devices)
-        #: busy polling of the TX rings while frames flow (``poller.py``; 0: off)
-        self.poller = Poller(loop, self._poll_wire)
         self._receivers: list[NetDevice] = []
         self._receivers_key: tuple[int, int, int] | None = None
         #: the host tap (host <-> guest), and l3's next-hop lookups; set by the topology
@@ -550,11 +547,6 @@ class PortDatapath:
                 break
             budget -= self._uplink_frame(length)
         self.flush()
-
-    def _poll_wire(self) -> None:
-        """The poller's look at the wire: read it if its RX ring shows a frame."""
-        if self.uplink.rx_ready():
-            self._uplink_readable()
 
     def _uplink_frame(self, length: int) -> int:
         """Count and switch one frame read from the uplink (``view[:length]``, -1 if it was

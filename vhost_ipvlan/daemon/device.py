@@ -318,8 +318,6 @@ class NetDevice:
         log.info("slave %s: %s queue started (size %d)", self.slave.name, self._qname(vring.index), vring.num)
 
     def vring_stopped(self, vring: Vring) -> None:
-        if vring.index & 1 == TX:
-            self.dp.poller.forget(self)
         fd = self._kick_fds.pop(vring.index, None)
         if fd is not None:
             self.dp.loop.remove_reader(fd)
@@ -377,7 +375,6 @@ class NetDevice:
         return allowed
 
     def detach(self) -> None:
-        self.dp.poller.forget(self)
         self.session = None
         self.slave.up = False
         self.dp.fast_table.invalidate()
@@ -412,7 +409,7 @@ class NetDevice:
         """The queue pairs: how many the slave offers, how many the connection has and
         how many take frames (RX started and enabled), and each pair's state."""
         return {"queues": self.queues, "queue_pairs": len(self.pairs) if self.session is not None else 0,
-                "queue_pairs_enabled": len(self.rx_ready), "tx_polled": self.dp.poller.polls(self),
+                "queue_pairs_enabled": len(self.rx_ready),
                 "per_queue": [p.stats() for p in self.pairs] if self.session is not None else []}
 
     def _qname(self, index: int) -> str:
@@ -530,28 +527,10 @@ class NetDevice:
                 if not budget or q.walked >= limit:
                     self.schedule_drain()
                     break
-                poller = self.dp.poller
-                if poller.active:  # no kicks: the poller drains the ring while frames come
-                    q.suppress_kicks()
-                    poller.watch(self)
-                    break
                 if not q.want_kick():
                     break
         except GuestError as e:
             self.break_queue(2 * pair.index + TX, e)
-
-    def want_tx_kicks(self) -> None:
-        """Ask every started TX ring for kicks again (the poller let go of the device);
-        a ring with chains already waiting is drained."""
-        for pair in self.pairs:
-            q = pair.tx
-            if q is None:
-                continue
-            try:
-                if q.want_kick():
-                    self.schedule_drain()
-            except GuestError as e:
-                self.break_queue(2 * pair.index + TX, e)
 
     def _from_guest(self, length: int) -> int:
         """Count and switch one frame taken from the TX ring (``view[:length]``);

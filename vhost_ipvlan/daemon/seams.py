@@ -71,12 +71,6 @@ class UplinkPort(Protocol):
         RX ring's arguments (``uplink.RxRing``), else ``batch_fd()``."""
         ...
 
-    def rx_ready(self) -> bool:
-        """Whether a frame from the wire waits, if that can be seen without a system call
-        (an RX ring's next slot); False otherwise (the loop's reader serves the socket).
-        The poller (``poller.py``) asks between its passes."""
-        ...
-
     def close(self) -> None: ...
 
 

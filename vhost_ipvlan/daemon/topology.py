@@ -165,20 +165,18 @@ class Topology:
         finally:
             self._deferred = None
 
-    def _apply_daemon_table(self) -> None:
-        """Give every port the DHCP server's DNS options (``[daemon]``, else the host's)
-        and the ``[daemon]`` polling window."""
+    def _set_dns(self) -> None:
+        """Give every port the DHCP server's DNS options (``[daemon]``, else the host's)."""
         found = resolv.dns(self.config.daemon)
         for dp in self.ports:
             dp.dns = found
-            dp.poller.set_poll_us(self.config.daemon.poll_us)
 
     def _apply(self, new: Config, undo: ExitStack, where: str) -> None:
-        undo.callback(self._apply_daemon_table)  # runs after the configuration is restored
+        undo.callback(self._set_dns)  # runs after the configuration is restored
         if new.daemon != self.config.daemon:  # socket ownership: applies to sockets made from now on
             undo.callback(self._set_config, self.config)
             self.config = replace(self.config, daemon=new.daemon)
-        self._apply_daemon_table()  # the host's resolv.conf may have changed too (start-up, SIGHUP)
+        self._set_dns()  # the host's resolv.conf may have changed too (start-up, SIGHUP)
         wanted = {p.master: p for p in new.ports}
         have = {p.master for p in self.config.ports}
         for i, p in enumerate(new.ports):  # before anything changes: a missing master refuses it all
@@ -239,7 +237,6 @@ class Topology:
         port.on_learn = partial(self.owners.learned, pc.master)
         dp = PortDatapath(port, uplink, self.loop)
         dp.dns = resolv.dns(self.config.daemon)
-        dp.poller.set_poll_us(self.config.daemon.poll_us)
         undo.callback(_close_extras, dp)
         try:
             dp.hostlink = HostLink(port, uplink.ifindex)

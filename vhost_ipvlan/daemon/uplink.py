@@ -36,7 +36,6 @@ import mmap
 import os
 import socket
 import struct
-import sys
 
 from ..errors import UplinkError
 from ..virtio.net import HDR_LEN
@@ -54,7 +53,6 @@ PACKET_RX_RING = 5
 PACKET_COPY_THRESH = 7
 PACKET_VERSION = 10
 TPACKET_V2 = 1
-TP_STATUS_USER = 1
 #: ring geometry: a 1500-byte-MTU frame with its headers fits a slot (32 a 64 KiB block)
 RING_FRAME_SIZE = 2048
 RING_BLOCK_SIZE = 64 << 10
@@ -93,26 +91,11 @@ class RxRing:
         self.size = block_size * blocks
         self.map = mmap.mmap(sock.fileno(), self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.cursor = bytearray(4)
-        self.frame_size, self.frames = frame_size, frames
-        #: the slots' tp_status words, read whole (``ready``)
-        self._words: memoryview | None = memoryview(self.map).cast("I")
         self.args: tuple[int, object, int, int, bytearray] = (sock.fileno(), self.map, frame_size, frames,
                                                               self.cursor)
 
-    def ready(self) -> bool:
-        """Whether the slot at the cursor holds a frame (TP_STATUS_USER), read without a
-        system call; C takes it with its own acquire load."""
-        words = self._words
-        if words is None:
-            return False
-        at = int.from_bytes(self.cursor, sys.byteorder) % self.frames
-        return bool(words[at * self.frame_size // 4] & TP_STATUS_USER)
-
     def close(self) -> None:
         self.args = (-1, b"", 0, 0, self.cursor)
-        if self._words is not None:
-            self._words.release()
-            self._words = None
         self.map.close()
 
 
@@ -177,9 +160,6 @@ class Uplink:
 
     def fileno(self) -> int:
         return self.sock.fileno()
-
-    def rx_ready(self) -> bool:
-        return self.ring is not None and self.ring.ready()
 
     def batch_fd(self) -> int:
         """The socket: PACKET_VNET_HDR makes each datagram's first 10 bytes the header

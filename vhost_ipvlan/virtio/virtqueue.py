@@ -36,11 +36,13 @@ Rules:
 - Little-endian hosts only (virtio 1.x rings are little-endian; "H" is native).
 - Notification suppression: with VIRTIO_F_EVENT_IDX, interrupts follow
   ``used_event`` and kicks are requested through ``avail_event``; without it,
-  ``avail.flags & NO_INTERRUPT`` is honoured. While the device polls a ring
-  (``suppress_kicks``) it asks for no kicks: ``used.flags`` NO_NOTIFY without
-  EVENT_IDX; with it ``avail_event`` is left behind, so the driver kicks at most once
-  more. ``want_kick`` asks for them again (clears the flag). Before trusting an empty ring after
-  asking for kicks, the caller must re-check behind a full barrier (``fence``):
+  ``avail.flags & NO_INTERRUPT`` is honoured. A ring the device needs no kicks
+  for (an RX ring: frames are never queued for its buffers) says so
+  (``suppress_kicks``): ``used.flags`` NO_NOTIFY without EVENT_IDX; with it
+  ``avail_event`` is left behind, so the driver kicks at most once more.
+  ``want_kick`` asks for kicks again (clears the flag), and a ring that starts clears
+  a NO_NOTIFY an earlier back-end left (one that polled the ring). Before trusting an
+  empty ring after asking for kicks, the caller must re-check behind a full barrier (``fence``):
   the store of ``avail_event`` and the load of ``avail.idx`` may otherwise be
   reordered, and the kick lost.
 - The C accelerator (``_fastpath.c``, ``queue_open``/``queue_close``) works on a
@@ -149,7 +151,7 @@ class SplitQueue:
         # On (re)connect the front-end sets the base from the used index; resume there.
         self.used_idx: int = self._used16[1]
         self._published = self.used_idx
-        if self._used16[0]:  # NO_NOTIFY left by an earlier back-end that polled the ring
+        if self._used16[0]:  # NO_NOTIFY left by an earlier back-end (one that polled the ring)
             self._used16[0] = 0
         #: the base given, when it disagreed with the used index and was replaced by it
         self.resynced_from: int | None = None
@@ -375,7 +377,7 @@ class SplitQueue:
         return self.pending() > 0
 
     def suppress_kicks(self) -> None:
-        """Ask the driver not to kick: the device polls the ring until ``want_kick``."""
+        """Ask the driver not to kick (until ``want_kick``)."""
         if not self.event_idx and not self._used16[0]:
             self._used16[0] = VRING_USED_F_NO_NOTIFY
             if self.log_used >= 0:

@@ -1,0 +1,78 @@
+"""Which rings ask the driver for kicks (``used.flags`` NO_NOTIFY, for drivers without
+EVENT_IDX such as DPDK's), on the real daemon with fake front-ends that, like DPDK's,
+kick only when the device asks for it. Needs root (namespaces).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.support.frontend import FakeFrontend
+from tests.support.lab import FrontendLab, SlaveSpec
+from tests.support.wait import wait_until
+from vhost_ipvlan.vhost_user.session import DEFAULT_FEATURES
+from vhost_ipvlan.virtio import net
+from vhost_ipvlan.virtio.virtqueue import VRING_USED_F_NO_NOTIFY
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+A_IP, B_IP = "192.0.2.10", "192.0.2.11"
+NO_EVENT_IDX = DEFAULT_FEATURES & ~net.bit(net.F_RING_EVENT_IDX)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[FrontendLab]:
+    with FrontendLab(tmp_path, [SlaveSpec("a", [f"{A_IP}/24"], MAC_A), SlaveSpec("b", [f"{B_IP}/24"], MAC_B)]) as lab:
+        yield lab
+
+
+def frame(n: int) -> bytes:
+    return bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=A_IP, dst=B_IP) / UDP(sport=1, dport=2) / n.to_bytes(4))
+
+
+def numbers(b: FakeFrontend, got: list[int]) -> list[int]:
+    """``got`` with the numbers of a's frames b received since the last call added."""
+    to_b = bytes.fromhex(MAC_B.replace(":", ""))
+    got += [int.from_bytes(f[-4:]) for _, f in b.receive() if f[:6] == to_b and f[12:14] == b"\x08\x00"]
+    return got
+
+
+def test_rx_rings_ask_for_no_kicks_and_tx_rings_do(lab: FrontendLab) -> None:
+    """Frames are never queued for RX buffers, so an RX ring asks for no kicks (a DPDK
+    front-end refilling it makes no system call); a TX ring asks for them, and frames
+    sent with a kick each arrive."""
+    a, b = lab.frontend("a", features=NO_EVENT_IDX), lab.frontend("b", features=NO_EVENT_IDX)
+    wait_until(lambda: b.rxq.used_flags() == VRING_USED_F_NO_NOTIFY, 10, what="b's RX ring: NO_NOTIFY")
+    assert a.rxq.used_flags() == VRING_USED_F_NO_NOTIFY
+    got: list[int] = []
+    for n in range(20):
+        assert a.transmit(frame(n), polite=True)  # a's TX ring asks for kicks
+        wait_until(lambda: len(numbers(b, got)) > n, 10, what=f"frame {n} at b")  # noqa: B023
+    assert got == list(range(20))
+
+
+def test_a_stale_no_notify_on_a_tx_ring_is_cleared(lab: FrontendLab) -> None:
+    """A TX ring whose used.flags still says NO_NOTIFY (left by an earlier back-end that
+    polled it) would never be kicked: the daemon clears it when the ring starts, so the
+    guest's frames flow."""
+    b = lab.frontend("b", features=NO_EVENT_IDX)
+    a = FakeFrontend(NO_EVENT_IDX)
+    lab.frontends.append(a)
+    struct.pack_into("<H", a.mem, a.txq.used, VRING_USED_F_NO_NOTIFY)
+    ups = lab.log_text().count("slave a: up")
+    a.connect(str(lab.sock("a")))
+    a.setup()
+    a.sync()
+    lab.wait_log("slave a: up", ups)
+    assert a.txq.used_flags() == 0
+    assert a.transmit(frame(7), polite=True)
+    got: list[int] = []
+    wait_until(lambda: 7 in numbers(b, got), 10, what="a's frame at b")
