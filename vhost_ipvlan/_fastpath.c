@@ -691,8 +691,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     long nframes = 0, length = 0;
     long long nbytes = 0;
     unsigned char *buf = fb.buf;
-    unsigned char src_key[16], dst_key[16], out_mac[6];
+    unsigned char src_key[16], dst_key[16], out_mac[6], local_mac[6];
     int have_out = 0; /* out_mac: the last destination MAC found outside (not local) */
+    int have_local = 0; /* local_mac: the last one found local (wire.by_mac: constant during a call) */
     Py_ssize_t src_len = 0, dst_len = 0;
     PyObject *dst_value = NULL; /* a strong reference: the table entry for dst_key */
 
@@ -763,7 +764,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         }
         if (wire.master_mac && memcmp(eth, wire.master_mac, 6) != 0) {
             int outside = have_out && memcmp(eth, out_mac, 6) == 0;
-            if (!outside) {
+            if (!outside && !(have_local && memcmp(eth, local_mac, 6) == 0)) {
                 PyObject *mkey = PyBytes_FromStringAndSize((const char *)eth, 6);
                 if (!mkey) {
                     error = 1;
@@ -778,6 +779,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 if (!local) {
                     memcpy(out_mac, eth, 6);
                     have_out = outside = 1;
+                } else {
+                    memcpy(local_mac, eth, 6);
+                    have_local = 1;
                 }
             }
             if (outside) { /* OUTSIDE: TO_UPLINK, from the master's MAC */
