@@ -17,6 +17,7 @@ ring size to DPDK (256).
 
 Usage: python bench/bench.py [--sizes 64,1500] [--seconds 10] [--rounds N] [--topology loop|pingpong|split]
                              [--queue-size N|default] [--json] [--backends ...] [--idle-slaves N]
+                             [--control-probe]
 Needs root (network namespaces) and dpdk-testpmd.
 """
 
@@ -29,6 +30,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -47,6 +49,7 @@ from tests.support.testpmd import (  # noqa: E402
     virtio_user_vdev,
 )
 from tests.support.wait import wait_until  # noqa: E402
+from vhost_ipvlan.control.client import Client  # noqa: E402
 
 A_MAC = "02:00:00:00:00:0a"
 B_MAC = "02:00:00:00:00:0b"
@@ -79,6 +82,45 @@ class Result:
     # 1-minute load average before and after: other busy processes skew everything
     load_before: float = 0.0
     load_after: float = 0.0
+    # --control-probe: the control API's ``stats`` answered during the run (ms; calls)
+    control_p50_ms: float = 0.0
+    control_p99_ms: float = 0.0
+    control_max_ms: float = 0.0
+    control_calls: int = 0
+
+
+class ControlProbe:
+    """Calls the daemon's control API (``stats``, the largest answer) every ``interval``
+    seconds from a thread while the frames flow, timing each answer."""
+
+    def __init__(self, path: Path, interval: float = 0.02) -> None:
+        self.path, self.interval = path, interval
+        self.times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ControlProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with Client(self.path) as c:
+            while not self._stop.wait(self.interval):
+                t0 = time.perf_counter()
+                c.call("stats")
+                self.times.append(time.perf_counter() - t0)
+
+    def record(self, res: Result) -> None:
+        t = sorted(self.times)
+        if t:
+            res.control_calls = len(t)
+            res.control_p50_ms = 1e3 * t[len(t) // 2]
+            res.control_p99_ms = 1e3 * t[min(len(t) - 1, int(len(t) * 0.99))]
+            res.control_max_ms = 1e3 * t[-1]
 
 
 def log(msg: str) -> None:
@@ -86,14 +128,14 @@ def log(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def ipvlan_backend(work: Path, idle: int = 0) -> Iterator[tuple[Path, Path]]:
+def ipvlan_backend(work: Path, idle: int = 0) -> Iterator[tuple[Path, Path, Path]]:
     """The daemon in a Lab (IPv6 off on the veth: no ND/MLD noise); yields A's and B's sockets.
     ``idle`` more slaves (never connected) show that the per-frame cost does not grow with them."""
     slaves = [SlaveSpec("a", [f"{A_IP}/{PREFIX}"], A_MAC), SlaveSpec("b", [f"{B_IP}/{PREFIX}"], B_MAC)]
     slaves += [SlaveSpec(f"i{i}", [f"10.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/8"],
                          f"52:54:00:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}") for i in range(idle)]
     with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS) as lab:
-        yield lab.sock("a"), lab.sock("b")
+        yield lab.sock("a"), lab.sock("b"), lab.control
         lab.check_daemon()
 
 
@@ -214,6 +256,7 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path, rnd: 
     res.load_before = os.getloadavg()[0]
     work = base / f"{backend}-{size}-{rnd}"
     work.mkdir(parents=True, exist_ok=True)
+    probe: ControlProbe | None = None
     try:
         with contextlib.ExitStack() as stack:
             if backend == "reference":
@@ -222,7 +265,9 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path, rnd: 
                     reference_backend("ref-backend", work, [a_sock, b_sock], lcores=BACKEND_LCORES, mem_mb=args.mem_mb)
                 )
             else:
-                a_sock, b_sock = stack.enter_context(ipvlan_backend(work, args.idle_slaves))
+                a_sock, b_sock, control = stack.enter_context(ipvlan_backend(work, args.idle_slaves))
+                if args.control_probe:
+                    probe = stack.enter_context(ControlProbe(control))
             runner = run_split if args.topology == "split" else run_loop
             rx, tx, nrx, ntx, dt = runner(work, a_sock, b_sock, size, args)
         res.ok = True
@@ -234,6 +279,8 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path, rnd: 
         res.error = f"{type(e).__name__}: {e}"
         log(f"{backend} {size}B failed: {res.error} (logs in {work})")
     res.load_after = os.getloadavg()[0]
+    if probe is not None:
+        probe.record(res)
     return res
 
 
@@ -310,6 +357,14 @@ def print_table(results: list[Result], sizes: list[int], topology: str, queue_si
             lines = [ln for ln in r.error.splitlines() if ln.strip()] or ["failed"]
             why = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
             print(f"{r.backend} {r.size}B: {why}")
+    for size in sizes:
+        probed = [r for r in results if r.size == size and r.control_calls]
+        if probed:
+            p99 = statistics.median(r.control_p99_ms for r in probed)
+            print(f"{size:>6}   control API stats under load: p50 "
+                  f"{statistics.median(r.control_p50_ms for r in probed):.2f} ms, p99 {p99:.2f} ms "
+                  f"(median of {len(probed)} runs), max {max(r.control_max_ms for r in probed):.2f} ms, "
+                  f"{sum(r.control_calls for r in probed)} calls")
     busy = max((max(r.load_before, r.load_after) for r in results), default=0.0)
     if busy > 1.5:
         print(
@@ -352,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="rounds per back-end and size, alternating (default 1)")
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here")
+    p.add_argument("--control-probe", action="store_true",
+                   help="time the control API's stats every 20 ms during the daemon's runs (p50/p99/max)")
     p.add_argument("--idle-slaves", type=int, default=0, metavar="N",
                    help="configure N more slaves, never connected (the rate must not depend on them)")
     args = p.parse_args(argv)
