@@ -91,30 +91,46 @@ class Result:
 
 class ControlProbe:
     """Calls the daemon's control API (``stats``, the largest answer) every ``interval``
-    seconds from a thread while the frames flow, timing each answer."""
+    seconds from a thread, timing each answer given while ``measuring`` is set (by
+    ``_measure``, for its window: the frames flow at full rate)."""
+
+    #: the probe of the run in progress, for ``_measure``
+    current: ControlProbe | None = None
 
     def __init__(self, path: Path, interval: float = 0.02) -> None:
         self.path, self.interval = path, interval
         self.times: list[float] = []
+        self.error = ""
+        self.measuring = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> ControlProbe:
+        ControlProbe.current = self
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        ControlProbe.current = None
         self._stop.set()
         self._thread.join(30)
 
     def _run(self) -> None:
-        with Client(self.path) as c:
-            while not self._stop.wait(self.interval):
-                t0 = time.perf_counter()
-                c.call("stats")
-                self.times.append(time.perf_counter() - t0)
+        try:
+            with Client(self.path) as c:
+                while not self._stop.wait(self.interval):
+                    if not self.measuring.is_set():
+                        continue
+                    t0 = time.perf_counter()
+                    c.call("stats")
+                    if self.measuring.is_set():
+                        self.times.append(time.perf_counter() - t0)
+        except Exception as e:  # the run's result says so; the frames' figure stands
+            self.error = f"{type(e).__name__}: {e}"
 
     def record(self, res: Result) -> None:
+        if self.error:
+            log(f"control probe failed: {self.error}")
         t = sorted(self.times)
         if t:
             res.control_calls = len(t)
@@ -160,7 +176,12 @@ def _measure(
     r0 = read.port_stats()[rx_port].rx_packets
     s0 = send.port_stats()[tx_port].tx_packets
     t0 = time.monotonic()
+    probe = ControlProbe.current
+    if probe is not None:
+        probe.measuring.set()
     time.sleep(seconds)
+    if probe is not None:
+        probe.measuring.clear()
     r1 = read.port_stats()[rx_port].rx_packets
     s1 = send.port_stats()[tx_port].tx_packets
     dt = time.monotonic() - t0
@@ -408,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here")
     p.add_argument("--control-probe", action="store_true",
-                   help="time the control API's stats every 20 ms during the daemon's runs (p50/p99/max)")
+                   help="time the control API's stats every 20 ms in the daemon's measurement windows "
+                   "(p50/p99/max)")
     p.add_argument("--idle-slaves", type=int, default=0, metavar="N",
                    help="configure N more slaves, never connected (the rate must not depend on them)")
     args = p.parse_args(argv)

@@ -76,3 +76,13 @@ def test_a_stale_no_notify_on_a_tx_ring_is_cleared(lab: FrontendLab) -> None:
     assert a.transmit(frame(7), polite=True)
     got: list[int] = []
     wait_until(lambda: 7 in numbers(b, got), 10, what="a's frame at b")
+
+
+def test_a_stopped_rx_ring_asks_for_kicks_again(lab: FrontendLab) -> None:
+    """GET_VRING_BASE hands the RX ring back to the front-end (a migration, a switch of
+    back-ends): the NO_NOTIFY the daemon set is cleared, for a next back-end that waits
+    for RX kicks when it runs out of buffers."""
+    b = lab.frontend("b", features=NO_EVENT_IDX)
+    wait_until(lambda: b.rxq.used_flags() == VRING_USED_F_NO_NOTIFY, 10, what="b's RX ring: NO_NOTIFY")
+    b.vring_base(0)
+    assert b.rxq.used_flags() == 0

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from tests.support.frontend import DriverQueue
 from vhost_ipvlan.errors import GuestError
 from vhost_ipvlan.virtio import net
+from vhost_ipvlan.virtio.dirtylog import DirtyLog, log_bytes
 from vhost_ipvlan.virtio.memory import GuestMemory, Region
 from vhost_ipvlan.virtio.virtqueue import (
     VRING_DESC_F_INDIRECT,
@@ -262,7 +263,7 @@ def test_suppress_kicks_sets_no_notify_until_want_kick() -> None:
 
 def test_suppress_kicks_with_event_idx_leaves_avail_event_behind() -> None:
     """With EVENT_IDX the flag is not used (the driver ignores it): avail_event stays
-    where want_kick last put it, so the driver kicks at most once more."""
+    where want_kick last put it, so the driver kicks once per 65536 chains."""
     ram, dq, q = make(event_idx=True)
     post_rx(dq, 3, 64)
     for _ in range(3):
@@ -273,15 +274,33 @@ def test_suppress_kicks_with_event_idx_leaves_avail_event_behind() -> None:
     assert struct.unpack_from("<H", ram, dq.used + 4 + 8 * 16)[0] == 3
 
 
-def test_a_stale_no_notify_is_cleared_when_the_ring_starts() -> None:
-    """An earlier back-end that polled the ring may have left NO_NOTIFY set (killed
-    while polling): a ring that starts asks for kicks, else the guest would never kick."""
+def test_a_no_notify_left_by_an_earlier_back_end_is_cleared_by_want_kick() -> None:
+    """A ring handed over with NO_NOTIFY still set (a back-end that polled it, killed):
+    the first want_kick clears it, else the guest would never kick; allow_kicks clears it
+    without looking at the ring (a ring being stopped, for its next back-end)."""
     ram = bytearray(SIZE)
     dq = DriverQueue(ram, 0, 16)
     struct.pack_into("<H", ram, dq.used, VRING_USED_F_NO_NOTIFY)
     mem = GuestMemory([Region(0, SIZE, UVA, memoryview(ram))])
-    SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 0, event_idx=False)
+    q = SplitQueue(mem, 16, UVA + dq.desc, UVA + dq.avail, UVA + dq.used, 0, event_idx=False)
+    assert used_flags(ram, dq) == VRING_USED_F_NO_NOTIFY  # nothing written before the log is set
+    assert not q.want_kick()
     assert used_flags(ram, dq) == 0
+    q.suppress_kicks()
+    assert q.allow_kicks() and used_flags(ram, dq) == 0
+    assert not q.allow_kicks()
+
+
+def test_used_flags_writes_are_marked_in_the_dirty_log() -> None:
+    """Live migration: suppress_kicks and allow_kicks write the used ring: its page is marked."""
+    _, dq, q = make()
+    log = bytearray(log_bytes(SIZE))
+    q.set_log(DirtyLog(memoryview(log), None), dq.used)
+    q.suppress_kicks()
+    assert log[dq.used // 4096 // 8] >> (dq.used // 4096 % 8) & 1
+    log[:] = bytes(len(log))
+    q.allow_kicks()
+    assert log[dq.used // 4096 // 8] >> (dq.used // 4096 % 8) & 1
 
 
 def test_offload_ok() -> None:

@@ -328,6 +328,7 @@ class NetDevice:
             pair.tx = None
         else:
             if pair.rx is not None:
+                pair.rx.allow_kicks()  # the ring's next back-end may wait for RX kicks
                 self._publish(pair.rx, pair.rx_call)
             pair.rx = None
         self.vring_changed(vring)

@@ -39,9 +39,10 @@ Rules:
   ``avail.flags & NO_INTERRUPT`` is honoured. A ring the device needs no kicks
   for (an RX ring: frames are never queued for its buffers) says so
   (``suppress_kicks``): ``used.flags`` NO_NOTIFY without EVENT_IDX; with it
-  ``avail_event`` is left behind, so the driver kicks at most once more.
-  ``want_kick`` asks for kicks again (clears the flag), and a ring that starts clears
-  a NO_NOTIFY an earlier back-end left (one that polled the ring). Before trusting an
+  ``avail_event`` is left where it is, so the driver kicks once per 65536 chains.
+  ``allow_kicks`` clears the flag (for the next back-end of a ring being stopped), and
+  so does ``want_kick``, which also clears one an earlier back-end left (one that
+  polled the ring: the guest would never kick otherwise). Before trusting an
   empty ring after asking for kicks, the caller must re-check behind a full barrier (``fence``):
   the store of ``avail_event`` and the load of ``avail.idx`` may otherwise be
   reordered, and the kick lost.
@@ -59,8 +60,8 @@ Rules:
   made: the bytes ``fill`` and ``put`` write (by the descriptors' guest addresses),
   and the used ring (``log_used``: its guest address from SET_VRING_ADDR, -1 when the
   front-end did not ask for it) whenever ``publish`` writes ``used.idx`` (the used
-  elements pushed since are in the same ring) or ``want_kick`` writes
-  ``avail_event``. The C accelerator reads ``_logbuf`` (the log's buffer, or None)
+  elements pushed since are in the same ring), ``want_kick`` writes ``avail_event``
+  or one of them writes ``used.flags``. The C accelerator reads ``_logbuf`` (the log's buffer, or None)
   and marks the RX buffers it fills itself; the used elements it pushes are marked
   by the ``publish`` that follows.
 """
@@ -151,8 +152,6 @@ class SplitQueue:
         # On (re)connect the front-end sets the base from the used index; resume there.
         self.used_idx: int = self._used16[1]
         self._published = self.used_idx
-        if self._used16[0]:  # NO_NOTIFY left by an earlier back-end (one that polled the ring)
-            self._used16[0] = 0
         #: the base given, when it disagreed with the used index and was replaced by it
         self.resynced_from: int | None = None
         if resync and self.last_avail != self.used_idx:
@@ -369,15 +368,21 @@ class SplitQueue:
             if self.log_used >= 0:
                 self._log_used(4 + 8 * self.num, 2)
             self._fence()
-        elif self._used16[0]:
-            self._used16[0] = 0
-            if self.log_used >= 0:
-                self._log_used(0, 2)
+        elif self.allow_kicks():
             self._fence()
         return self.pending() > 0
 
+    def allow_kicks(self) -> bool:
+        """Clear ``used.flags`` NO_NOTIFY if it is set; whether it was."""
+        if not self._used16[0]:
+            return False
+        self._used16[0] = 0
+        if self.log_used >= 0:
+            self._log_used(0, 2)
+        return True
+
     def suppress_kicks(self) -> None:
-        """Ask the driver not to kick (until ``want_kick``)."""
+        """Ask the driver not to kick (until ``want_kick`` or ``allow_kicks``)."""
         if not self.event_idx and not self._used16[0]:
             self._used16[0] = VRING_USED_F_NO_NOTIFY
             if self.log_used >= 0:
