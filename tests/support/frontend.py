@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from vhost_ipvlan.vhost_user import codec
 from vhost_ipvlan.vhost_user.codec import ProtocolFeature, Request
 from vhost_ipvlan.virtio import net
-from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY
 
 UVA_BASE = 0x7F00_0000_0000
 _FENCE = threading.Lock()
@@ -79,7 +79,7 @@ class DriverQueue:
         struct.pack_into("<H", self.mem, self.avail + 2, self.avail_idx)
 
     def used_flags(self) -> int:
-        """``used.flags``: VRING_USED_F_NO_NOTIFY (1) while the device asks for no kicks."""
+        """``used.flags``: VRING_USED_F_NO_NOTIFY while the device asks for no kicks."""
         value: int = struct.unpack_from("<H", self.mem, self.used)[0]
         return value
 
@@ -331,7 +331,7 @@ class FakeFrontend:
         if polite:
             with _FENCE:  # a full barrier (a locked instruction) between avail.idx and used.flags
                 pass
-            if txq.used_flags() & 1:
+            if txq.used_flags() & VRING_USED_F_NO_NOTIFY:
                 return False
         os.eventfd_write(self.kick[2 * pair + 1], 1)
         return True

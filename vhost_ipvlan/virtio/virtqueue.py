@@ -376,14 +376,15 @@ class SplitQueue:
         """Clear ``used.flags`` NO_NOTIFY if it is set; whether it was."""
         if not self._used16[0]:
             return False
-        self._used16[0] = 0
-        if self.log_used >= 0:
-            self._log_used(0, 2)
+        self._set_used_flags(0)
         return True
 
     def suppress_kicks(self) -> None:
         """Ask the driver not to kick (until ``want_kick`` or ``allow_kicks``)."""
         if not self.event_idx and not self._used16[0]:
-            self._used16[0] = VRING_USED_F_NO_NOTIFY
-            if self.log_used >= 0:
-                self._log_used(0, 2)
+            self._set_used_flags(VRING_USED_F_NO_NOTIFY)
+
+    def _set_used_flags(self, flags: int) -> None:
+        self._used16[0] = flags
+        if self.log_used >= 0:
+            self._log_used(0, 2)
