@@ -106,11 +106,19 @@
 #define VNET_HDR_LEN 10
 #define WIRE_BATCH 32
 #define SLOT_SIZE 65568 /* >= virtio.net.MAX_BUFFER */
+/* forward_burst copies a frame's first HEAD_COPY bytes out of the guest's TX buffer,
+ * everything its checks read (virtio_net_hdr, Ethernet, an IPv4 header with options,
+ * the UDP ports: at most 12 + 14 + 60 + 8 bytes; flow_hash reads no further), and
+ * decides on that copy; the rest of a frame it forwards goes straight from the TX
+ * buffer into the RX buffer (or, for the wire, into the kernel), one copy instead of
+ * two. The rest is never looked at here, so a guest changing it meanwhile changes only
+ * its own frame's payload. A frame handed to Python is copied whole into ``buf``. */
+#define HEAD_COPY 128
 
 /* Frames for the wire wait here until the burst's sendmmsg (the GIL is held: one user). */
 static unsigned char stage[WIRE_BATCH][SLOT_SIZE];
 static struct mmsghdr wire_msgs[WIRE_BATCH];
-static struct iovec wire_iov[WIRE_BATCH][2];
+static struct iovec wire_iov[WIRE_BATCH][3];
 
 typedef struct {
     int fd;
@@ -140,14 +148,17 @@ static void wire_flush(wire_t *w)
     w->n = 0;
 }
 
-static void wire_stage(wire_t *w, uint32_t len)
+/* Stage the frame whose first ``copied`` bytes are in its slot and whose rest is at
+ * ``tail + copied`` (guest memory, mapped until the call returns: sent before that). */
+static void wire_stage(wire_t *w, uint32_t len, const char *tail, uint32_t copied)
 {
     unsigned char *slot = stage[w->n];
     wire_iov[w->n][0] = (struct iovec){slot, VNET_HDR_LEN};
-    wire_iov[w->n][1] = (struct iovec){slot + HDR_LEN, len - HDR_LEN};
+    wire_iov[w->n][1] = (struct iovec){slot + HDR_LEN, copied - HDR_LEN};
+    wire_iov[w->n][2] = (struct iovec){(void *)(tail + copied), len - copied};
     memset(&wire_msgs[w->n], 0, sizeof wire_msgs[w->n]);
     wire_msgs[w->n].msg_hdr.msg_iov = wire_iov[w->n];
-    wire_msgs[w->n].msg_hdr.msg_iovlen = 2;
+    wire_msgs[w->n].msg_hdr.msg_iovlen = len > copied ? 3 : 2;
     if (++w->n == WIRE_BATCH)
         wire_flush(w);
 }
@@ -453,8 +464,9 @@ static PyObject *py_log_mark(PyObject *module, PyObject *const *args, Py_ssize_t
     return PyLong_FromLong(missed);
 }
 
-/* Put src (len bytes) into the next RX chain if it is one writable descriptor big enough. */
-static int rx_put(queue_t *q, const char *src, uint32_t len)
+/* Put a frame of ``len`` bytes into the next RX chain if it is one writable descriptor big
+ * enough: its first ``copied`` bytes from ``src``, the rest from ``tail + copied``. */
+static int rx_put(queue_t *q, const char *src, uint32_t len, const char *tail, uint32_t copied)
 {
     uint16_t avail_idx = ring16(&q->avail, 1);
     if (avail_idx == q->last_avail)
@@ -470,7 +482,9 @@ static int rx_put(queue_t *q, const char *src, uint32_t len)
     char *dst = gpa(q, d.addr, len);
     if (!dst)
         return 0;
-    memcpy(dst, src, len);
+    memcpy(dst, src, copied);
+    if (len > copied)
+        memcpy(dst + copied, tail + copied, len - copied);
     if (q->has_log)
         log_write(q, d.addr, len);
     q->last_avail++;
@@ -583,7 +597,10 @@ static PyObject *py_flow_hash(PyObject *module, PyObject *arg)
  * added to ``dirty``), 0 when Python must take it, -1 on a Python-level error (exception
  * set, nothing delivered), 2 when delivered but adding the device to ``dirty`` failed
  * (exception set). */
-static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t len, PyObject *dirty)
+/* Deliver the frame (``buf``, or its first ``copied`` bytes with the rest at ``tail +
+ * copied``: rx_put) to the table entry ``value``. */
+static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t len, const char *tail,
+                   uint32_t copied, PyObject *dirty)
 {
     long caps = PyLong_AsLong(PyTuple_GET_ITEM(value, 2));
     if (caps == -1 && PyErr_Occurred())
@@ -629,7 +646,7 @@ static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t 
     }
     buf[10] = 1; /* num_buffers */
     buf[11] = 0;
-    if (!rx_put(&t->q, (const char *)buf, len))
+    if (!rx_put(&t->q, (const char *)buf, len, tail, copied))
         return 0;
     uint64_t *cnt = t->counters.buf;
     cnt[0] += 1;
@@ -696,6 +713,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     int have_local = 0; /* local_mac: the last one found local (wire.by_mac: constant during a call) */
     Py_ssize_t src_len = 0, dst_len = 0;
     PyObject *dst_value = NULL; /* a strong reference: the table entry for dst_key */
+    const char *tail = NULL; /* the frame taken last, in the guest's TX buffer */
 
     while (nframes < budget) {
         uint16_t avail_idx = ring16(&tx.avail, 1);
@@ -722,7 +740,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             break;
         }
         buf = wire.master_mac ? stage[wire.n] : (unsigned char *)fb.buf; /* a wire frame stays there */
-        memcpy(buf, src, d.len);
+        uint32_t copied = d.len < HEAD_COPY ? d.len : HEAD_COPY;
+        memcpy(buf, src, copied);
+        tail = src;
         tx.last_avail++;
         tx.walked++;
         push_used(&tx, head, 0);
@@ -788,7 +808,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 if ((long)len > wire.max_frame && !buf[1])
                     break; /* MTU_EXCEEDED, Python counts it */
                 memcpy(eth + 6, wire.master_mac, 6);
-                wire_stage(&wire, len);
+                wire_stage(&wire, len, src, copied);
                 status = ST_BUDGET;
                 length = 0;
                 taken = 0;
@@ -826,7 +846,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         if (!PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6 ||
             memcmp(eth, PyBytes_AS_STRING(tmac), 6) != 0)
             break;
-        int r = deliver(&targets, value, buf, len, dirty);
+        int r = deliver(&targets, value, buf, len, src, copied, dirty);
         if (r == 0)
             break;
         if (r < 0) {
@@ -844,11 +864,15 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         }
     }
 
-    if (wire.master_mac) {
-        if (status == ST_SLOW_FRAME && !error && buf != fb.buf)
-            memcpy(fb.buf, buf, (size_t)length); /* Python switches it from its own buffer */
-        wire_flush(&wire);
+    if (status == ST_SLOW_FRAME && !error) { /* Python switches it whole from its own buffer */
+        uint32_t copied = length < HEAD_COPY ? (uint32_t)length : HEAD_COPY;
+        if (buf != fb.buf)
+            memcpy(fb.buf, buf, copied);
+        if (length > copied)
+            memcpy((char *)fb.buf + copied, tail + copied, (size_t)length - copied);
     }
+    if (wire.master_mac)
+        wire_flush(&wire);
     PyObject *exc = NULL; /* an exception after a chain was taken: ERROR, not raised */
     if (error && tx.changed) {
         if (taken) { /* give the chain back: Python takes it again */
@@ -1104,7 +1128,7 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
             memcpy(saved, eth, 6);
             memcpy(eth, PyBytes_AS_STRING(tmac), 6);
         }
-        int r = deliver(&x->targets, value, buf, (uint32_t)total, x->dirty);
+        int r = deliver(&x->targets, value, buf, (uint32_t)total, NULL, (uint32_t)total, x->dirty);
         if (r == 1 || r == 2) {
             fast = 1;
             x->delivered++;
