@@ -529,6 +529,84 @@ static int targets_close(targets_t *ts)
 
 /* CRC-32 (IEEE 802.3, reflected 0xEDB88320), as zlib.crc32: ``crc`` is the value so far
  * (0 to start), the result can be passed on. */
+/* The answers a burst already had from Python's tables, so that frames of a few flows in
+ * turn (a guest answering several others, the wire's frames for several guests) need no
+ * Python object: CACHE_WAYS entries, chosen by the key's last byte, each an exact key.
+ * A call's tables do not change while it runs (no Python code runs between its lookups;
+ * the ``slow`` callback of uplink_burst replaces the port's table with a new dict, never
+ * changes the one the call holds), so a cached answer is the table's answer. */
+#define CACHE_WAYS 8
+
+typedef struct {
+    struct {
+        Py_ssize_t len; /* 0: empty */
+        unsigned char key[16];
+        PyObject *value; /* a strong reference: the table entry */
+    } e[CACHE_WAYS];
+} dst_cache_t;
+
+/* The entry of ``table`` (a dict) for the address ``key`` (4 or 16 bytes): borrowed; NULL
+ * without an exception if there is none, NULL with one if the lookup failed. */
+static PyObject *dst_lookup(dst_cache_t *c, PyObject *table, const unsigned char *key, Py_ssize_t len)
+{
+    unsigned i = key[len - 1] & (CACHE_WAYS - 1);
+    if (c->e[i].len == len && memcmp(c->e[i].key, key, (size_t)len) == 0)
+        return c->e[i].value;
+    PyObject *k = PyBytes_FromStringAndSize((const char *)key, len);
+    if (!k)
+        return NULL;
+    PyObject *value = PyDict_GetItemWithError(table, k); /* borrowed */
+    Py_DECREF(k);
+    if (!value)
+        return NULL;
+    Py_INCREF(value);
+    Py_XSETREF(c->e[i].value, value);
+    memcpy(c->e[i].key, key, (size_t)len);
+    c->e[i].len = len;
+    return value;
+}
+
+static void dst_cache_clear(dst_cache_t *c)
+{
+    for (int i = 0; i < CACHE_WAYS; i++) {
+        Py_CLEAR(c->e[i].value);
+        c->e[i].len = 0;
+    }
+}
+
+/* MACs and what a table said of them (1: in it, 0: not), the same way. */
+typedef struct {
+    struct {
+        unsigned char mac[6];
+        signed char answer; /* -1: empty */
+    } e[CACHE_WAYS];
+} mac_cache_t;
+
+static void mac_cache_init(mac_cache_t *c)
+{
+    for (int i = 0; i < CACHE_WAYS; i++)
+        c->e[i].answer = -1;
+}
+
+/* Whether ``mac`` is in ``container`` (a dict or set): 1, 0, or -1 with an exception. With
+ * ``positive_only`` a "no" is not kept (the caller's container may grow meanwhile). */
+static int mac_in(mac_cache_t *c, PyObject *container, const unsigned char *mac, int positive_only)
+{
+    unsigned i = mac[5] & (CACHE_WAYS - 1);
+    if (c->e[i].answer >= 0 && memcmp(c->e[i].mac, mac, 6) == 0)
+        return c->e[i].answer;
+    PyObject *k = PyBytes_FromStringAndSize((const char *)mac, 6);
+    if (!k)
+        return -1;
+    int found = PyDict_Check(container) ? PyDict_Contains(container, k) : PySet_Contains(container, k);
+    Py_DECREF(k);
+    if (found < 0 || (!found && positive_only))
+        return found;
+    memcpy(c->e[i].mac, mac, 6);
+    c->e[i].answer = (signed char)found;
+    return found;
+}
+
 static uint32_t crc_table[256];
 
 static void crc_init(void)
@@ -708,11 +786,13 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     long nframes = 0, length = 0;
     long long nbytes = 0;
     unsigned char *buf = fb.buf;
-    unsigned char src_key[16], dst_key[16], out_mac[6], local_mac[6];
-    int have_out = 0; /* out_mac: the last destination MAC found outside (not local) */
-    int have_local = 0; /* local_mac: the last one found local (wire.by_mac: constant during a call) */
-    Py_ssize_t src_len = 0, dst_len = 0;
-    PyObject *dst_value = NULL; /* a strong reference: the table entry for dst_key */
+    unsigned char src_key[16];
+    Py_ssize_t src_len = 0;
+    mac_cache_t local; /* destination MACs: in wire.by_mac (local) or not (outside) */
+    mac_cache_t *loc = &local;
+    mac_cache_init(loc);
+    dst_cache_t dsts; /* destination addresses found in the table */
+    memset(&dsts, 0, sizeof dsts);
     const char *tail = NULL; /* the frame taken last, in the guest's TX buffer */
 
     while (nframes < budget) {
@@ -762,9 +842,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
         if (!alen)
             break;
-        /* The last source that was the sender's and the last destination found in the
-         * table are remembered for the burst (frames of one flow come in runs), so most
-         * frames need no Python object: only exact byte matches of a positive answer. */
+        /* The last source that was the sender's is remembered for the burst, the
+         * destinations found in the table and what wire.by_mac said of destination MACs
+         * in the caches (dst_lookup, mac_in): most frames need no Python object. */
         if (alen != src_len || memcmp(saddr, src_key, (size_t)alen) != 0) {
             PyObject *skey = PyBytes_FromStringAndSize((const char *)saddr, alen);
             if (!skey) {
@@ -783,28 +863,12 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             src_len = alen;
         }
         if (wire.master_mac && memcmp(eth, wire.master_mac, 6) != 0) {
-            int outside = have_out && memcmp(eth, out_mac, 6) == 0;
-            if (!outside && !(have_local && memcmp(eth, local_mac, 6) == 0)) {
-                PyObject *mkey = PyBytes_FromStringAndSize((const char *)eth, 6);
-                if (!mkey) {
-                    error = 1;
-                    break;
-                }
-                int local = PyDict_Contains(wire.by_mac, mkey);
-                Py_DECREF(mkey);
-                if (local < 0) {
-                    error = 1;
-                    break;
-                }
-                if (!local) {
-                    memcpy(out_mac, eth, 6);
-                    have_out = outside = 1;
-                } else {
-                    memcpy(local_mac, eth, 6);
-                    have_local = 1;
-                }
+            int is_local = mac_in(loc, wire.by_mac, eth, 0);
+            if (is_local < 0) {
+                error = 1;
+                break;
             }
-            if (outside) { /* OUTSIDE: TO_UPLINK, from the master's MAC */
+            if (!is_local) { /* OUTSIDE: TO_UPLINK, from the master's MAC */
                 if ((long)len > wire.max_frame && !buf[1])
                     break; /* MTU_EXCEEDED, Python counts it */
                 memcpy(eth + 6, wire.master_mac, 6);
@@ -817,25 +881,11 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 continue;
             }
         }
-        PyObject *value = dst_value;
-        if (!value || alen != dst_len || memcmp(daddr, dst_key, (size_t)alen) != 0) {
-            PyObject *dkey = PyBytes_FromStringAndSize((const char *)daddr, alen);
-            if (!dkey) {
+        PyObject *value = dst_lookup(&dsts, table, daddr, alen);
+        if (!value) {
+            if (PyErr_Occurred())
                 error = 1;
-                break;
-            }
-            value = PyDict_GetItemWithError(table, dkey); /* borrowed */
-            Py_DECREF(dkey);
-            if (!value) {
-                if (PyErr_Occurred())
-                    error = 1;
-                break;
-            }
-            Py_INCREF(value);
-            Py_XDECREF(dst_value);
-            dst_value = value;
-            memcpy(dst_key, daddr, (size_t)alen);
-            dst_len = alen;
+            break;
         }
         if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 4) {
             PyErr_SetString(PyExc_TypeError, "forward_burst: bad table entry");
@@ -885,7 +935,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         status = ST_ERROR;
     }
 
-    Py_XDECREF(dst_value);
+    dst_cache_clear(&dsts);
     if (targets_close(&targets))
         error = 1;
     if (queue_close(&tx))
@@ -1062,10 +1112,8 @@ typedef struct {
     long budget, delivered;
     int fatal;     /* stop now and raise */
     PyObject *exc; /* the first Python-level failure: Python takes the rest */
-    unsigned char src_ok[6], dst_key[16];
-    int have_src;
-    Py_ssize_t dst_len;
-    PyObject *dst_value;
+    mac_cache_t sources; /* source MACs seen in wire_macs (positive answers only) */
+    dst_cache_t dsts;    /* destination addresses found in the table */
 } rx_t;
 
 /* Deliver ``buf`` (total bytes, -1: truncated) to its guest when C may (see uplink_burst),
@@ -1079,42 +1127,24 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
         uint32_t n = (uint32_t)total - HDR_LEN;
         if (eth[0] & 1)
             break;
-        if (!(x->have_src && memcmp(eth + 6, x->src_ok, 6) == 0) && memcmp(eth + 6, x->mmac, 6) != 0) {
-            PyObject *skey = PyBytes_FromStringAndSize((const char *)eth + 6, 6);
-            int seen = skey ? PySet_Contains(x->wire_macs, skey) : -1;
-            Py_XDECREF(skey);
+        if (memcmp(eth + 6, x->mmac, 6) != 0) {
+            int seen = mac_in(&x->sources, x->wire_macs, eth + 6, 1);
             if (seen < 0) {
                 err = 1;
                 break;
             }
             if (!seen)
                 break;
-            memcpy(x->src_ok, eth + 6, 6);
-            x->have_src = 1;
         }
         const unsigned char *saddr, *daddr;
         Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
         if (!alen || (alen == 16 && saddr[0] == 0xFE && (saddr[1] & 0xC0) == 0x80))
             break;
-        PyObject *value = x->dst_value;
-        if (!value || alen != x->dst_len || memcmp(daddr, x->dst_key, (size_t)alen) != 0) {
-            PyObject *dkey = PyBytes_FromStringAndSize((const char *)daddr, alen);
-            if (!dkey) {
+        PyObject *value = dst_lookup(&x->dsts, x->table, daddr, alen);
+        if (!value) {
+            if (PyErr_Occurred())
                 err = 1;
-                break;
-            }
-            value = PyDict_GetItemWithError(x->table, dkey); /* borrowed */
-            Py_DECREF(dkey);
-            if (!value) {
-                if (PyErr_Occurred())
-                    err = 1;
-                break;
-            }
-            Py_INCREF(value);
-            Py_XDECREF(x->dst_value);
-            x->dst_value = value;
-            memcpy(x->dst_key, daddr, (size_t)alen);
-            x->dst_len = alen;
+            break;
         }
         PyObject *tmac = PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 4 ? PyTuple_GET_ITEM(value, 1) : NULL;
         if (!tmac || !PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6) {
@@ -1253,6 +1283,7 @@ static PyObject *uplink_burst(PyObject *module, PyObject *const *args, Py_ssize_
     }
     rx_t x;
     memset(&x, 0, sizeof x);
+    mac_cache_init(&x.sources);
     x.budget = PyLong_AsLong(args[5]);
     if (PyErr_Occurred())
         return NULL;
@@ -1293,7 +1324,7 @@ static PyObject *uplink_burst(PyObject *module, PyObject *const *args, Py_ssize_
     int status = is_ring ? rx_ring(&x, &ring, &rerrno) : rx_recvmmsg(&x, fd, &rerrno);
     if (is_ring)
         ring_release(&ring);
-    Py_XDECREF(x.dst_value);
+    dst_cache_clear(&x.dsts);
     int closing = targets_close(&x.targets);
     PyBuffer_Release(&x.fb);
     if (x.fatal || closing) {
