@@ -215,9 +215,16 @@ static PyObject *take_exception(void)
     return exc;
 }
 
-static int get_u64_attr(PyObject *obj, const char *name, unsigned long long *out)
+/* The attribute names queue_open and queue_close use, interned once (PyInit__fastpath):
+ * a name given as a C string would be made into a str object at every call. */
+enum { N_NUM, N_LAST_AVAIL, N_USED_IDX, N_WALKED, N_DESC, N_AVAIL, N_USED, N_LOGBUF, N_MEM, N_BY_GPA, N_COUNT };
+static const char *const name_text[N_COUNT] = {"num",    "last_avail", "used_idx", "walked", "_desc",
+                                               "_avail", "_used",      "_logbuf",  "mem",    "_by_gpa"};
+static PyObject *names[N_COUNT];
+
+static int get_u64_attr(PyObject *obj, PyObject *name, unsigned long long *out)
 {
-    PyObject *v = PyObject_GetAttrString(obj, name);
+    PyObject *v = PyObject_GetAttr(obj, name);
     if (!v)
         return -1;
     *out = PyLong_AsUnsignedLongLong(v);
@@ -225,9 +232,9 @@ static int get_u64_attr(PyObject *obj, const char *name, unsigned long long *out
     return (*out == (unsigned long long)-1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static int get_buf_attr(PyObject *obj, const char *name, Py_buffer *view)
+static int get_buf_attr(PyObject *obj, PyObject *name, Py_buffer *view)
 {
-    PyObject *v = PyObject_GetAttrString(obj, name);
+    PyObject *v = PyObject_GetAttr(obj, name);
     if (!v)
         return -1;
     int rc = PyObject_GetBuffer(v, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS);
@@ -241,8 +248,8 @@ static int queue_open(queue_t *q, PyObject *obj)
     unsigned long long num, last_avail, used_idx;
     memset(q, 0, sizeof *q);
     q->obj = obj;
-    if (get_u64_attr(obj, "num", &num) || get_u64_attr(obj, "last_avail", &last_avail) ||
-        get_u64_attr(obj, "used_idx", &used_idx) || get_u64_attr(obj, "walked", &q->walked))
+    if (get_u64_attr(obj, names[N_NUM], &num) || get_u64_attr(obj, names[N_LAST_AVAIL], &last_avail) ||
+        get_u64_attr(obj, names[N_USED_IDX], &used_idx) || get_u64_attr(obj, names[N_WALKED], &q->walked))
         return -1;
     if (num == 0 || num > 32768) {
         PyErr_SetString(PyExc_ValueError, "queue size out of range");
@@ -251,13 +258,13 @@ static int queue_open(queue_t *q, PyObject *obj)
     q->num = (uint32_t)num;
     q->last_avail = (uint16_t)last_avail;
     q->used_idx = (uint16_t)used_idx;
-    if (get_buf_attr(obj, "_desc", &q->desc))
+    if (get_buf_attr(obj, names[N_DESC], &q->desc))
         return -1;
     q->nbufs = 1;
-    if (get_buf_attr(obj, "_avail", &q->avail))
+    if (get_buf_attr(obj, names[N_AVAIL], &q->avail))
         goto fail;
     q->nbufs = 2;
-    if (get_buf_attr(obj, "_used", &q->used))
+    if (get_buf_attr(obj, names[N_USED], &q->used))
         goto fail;
     q->nbufs = 3;
     if ((uint64_t)q->desc.len < 16ULL * num || (uint64_t)q->avail.len < 6 + 2ULL * num ||
@@ -265,7 +272,7 @@ static int queue_open(queue_t *q, PyObject *obj)
         PyErr_SetString(PyExc_ValueError, "ring buffers smaller than the queue size");
         goto fail;
     }
-    PyObject *logbuf = PyObject_GetAttrString(obj, "_logbuf");
+    PyObject *logbuf = PyObject_GetAttr(obj, names[N_LOGBUF]);
     if (!logbuf)
         goto fail;
     if (logbuf != Py_None) {
@@ -276,10 +283,10 @@ static int queue_open(queue_t *q, PyObject *obj)
         q->has_log = 1;
     } else
         Py_DECREF(logbuf);
-    PyObject *mem = PyObject_GetAttrString(obj, "mem");
+    PyObject *mem = PyObject_GetAttr(obj, names[N_MEM]);
     if (!mem)
         goto fail;
-    PyObject *regions = PyObject_GetAttrString(mem, "_by_gpa");
+    PyObject *regions = PyObject_GetAttr(mem, names[N_BY_GPA]);
     Py_DECREF(mem);
     if (!regions)
         goto fail;
@@ -325,8 +332,8 @@ static int queue_close(queue_t *q)
         PyObject *la = PyLong_FromUnsignedLong(q->last_avail);
         PyObject *ui = PyLong_FromUnsignedLong(q->used_idx);
         PyObject *wk = PyLong_FromUnsignedLongLong(q->walked);
-        if (!la || !ui || !wk || PyObject_SetAttrString(q->obj, "last_avail", la) ||
-            PyObject_SetAttrString(q->obj, "used_idx", ui) || PyObject_SetAttrString(q->obj, "walked", wk))
+        if (!la || !ui || !wk || PyObject_SetAttr(q->obj, names[N_LAST_AVAIL], la) ||
+            PyObject_SetAttr(q->obj, names[N_USED_IDX], ui) || PyObject_SetAttr(q->obj, names[N_WALKED], wk))
             rc = -1;
         Py_XDECREF(la);
         Py_XDECREF(ui);
@@ -1398,6 +1405,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
     crc_init();
+    for (int i = 0; i < N_COUNT; i++)
+        if (!names[i] && !(names[i] = PyUnicode_InternFromString(name_text[i])))
+            return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;

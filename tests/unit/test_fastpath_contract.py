@@ -13,12 +13,17 @@ from vhost_ipvlan.virtio.memory import GuestMemory
 from vhost_ipvlan.virtio.virtqueue import SplitQueue
 
 C_SOURCE = Path(virtqueue.__file__).resolve().parents[1] / "_fastpath.c"
-# get_u64_attr(obj, "num", ...), get_buf_attr(obj, "_desc", ...), PyObject_{Get,Set}AttrString(x, "name"...)
-_BY_NAME = re.compile(r'(?:get_u64_attr|get_buf_attr|PyObject_[GS]etAttrString)\(\s*\w+(?:->\w+)?,\s*"(\w+)"')
+# PyObject_{Get,Set}AttrString(x, "name"...), and the interned names queue_open uses:
+# static const char *const name_text[N_COUNT] = {"num", ...};
+_BY_NAME = re.compile(r'PyObject_[GS]etAttrString\(\s*\w+(?:->\w+)?,\s*"(\w+)"')
+_INTERNED = re.compile(r"name_text\[\w+\]\s*=\s*\{([^}]*)\}")
 
 
 def c_attributes() -> set[str]:
-    return set(_BY_NAME.findall(C_SOURCE.read_text()))
+    text = C_SOURCE.read_text()
+    interned = _INTERNED.search(text)
+    assert interned is not None, "_fastpath.c: name_text not found"
+    return set(_BY_NAME.findall(text)) | set(re.findall(r'"(\w+)"', interned.group(1)))
 
 
 def test_the_c_accelerator_reads_what_the_python_side_declares() -> None:
