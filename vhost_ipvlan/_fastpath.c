@@ -472,7 +472,10 @@ static PyObject *py_log_mark(PyObject *module, PyObject *const *args, Py_ssize_t
 }
 
 /* Put a frame of ``len`` bytes into the next RX chain if it is one writable descriptor big
- * enough: its first ``copied`` bytes from ``src``, the rest from ``tail + copied``. */
+ * enough: its first ``copied`` bytes from ``src``, the rest from ``tail + copied``. The
+ * rest goes first, by memmove: ``tail`` is guest memory, which the RX buffer may overlap
+ * (a guest sending to itself, or to a second NIC of its own, can aim one at the other);
+ * the head, from the daemon's copy, cannot overwrite the rest before it is read. */
 static int rx_put(queue_t *q, const char *src, uint32_t len, const char *tail, uint32_t copied)
 {
     uint16_t avail_idx = ring16(&q->avail, 1);
@@ -489,9 +492,9 @@ static int rx_put(queue_t *q, const char *src, uint32_t len, const char *tail, u
     char *dst = gpa(q, d.addr, len);
     if (!dst)
         return 0;
-    memcpy(dst, src, copied);
     if (len > copied)
-        memcpy(dst + copied, tail + copied, len - copied);
+        memmove(dst + copied, tail + copied, len - copied);
+    memcpy(dst, src, copied);
     if (q->has_log)
         log_write(q, d.addr, len);
     q->last_avail++;

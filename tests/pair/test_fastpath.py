@@ -1025,3 +1025,30 @@ def test_keys_sharing_a_cache_way_from_the_wire_get_the_tables_answers() -> None
     assert fast == pure
     received = fast["received"]
     assert isinstance(received, dict) and len(received["b"]) == 40 and len(received["d"]) == 40
+
+
+
+def test_an_rx_buffer_overlapping_the_frames_tx_buffer_gets_the_frame_python_would_deliver() -> None:
+    """A guest sending to itself (C forwards it) whose next RX buffer lies 64 bytes into
+    the TX buffer of that very frame: Python delivers the frame as taken; C's head
+    (128 bytes, copied first) must not overwrite the tail before the tail is copied."""
+    frame = bytes(Ether(src=A, dst=A) / IP(src=A4, dst=A4) / UDP(dport=9) / (bytes(range(256)) * 4))
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            fe = p.frontends["a"]
+            rxq, tx_addr = fe.rxq, fe._buf_addr(1, fe.txq.free[-1])
+            posted = len(set(range(rxq.num)) - set(rxq.free))
+            head = struct.unpack_from("<H", fe.mem, rxq.avail + 4 + 2 * ((rxq.avail_idx - posted) % rxq.num))[0]
+            rxq.set_desc(head, tx_addr + 64, frontend.BUF_SIZE, 2)  # WRITE
+            fe.transmit(frame)
+            p.device("a").drain_tx()
+            used = rxq.pop_used()
+            assert used is not None and used[0] == head
+            return {"got": bytes(fe.mem[tx_addr + 64 : tx_addr + 64 + used[1]]), **outcome(p)}
+        finally:
+            p.close()
+
+    result = both_ways(scenario)
+    assert result["got"] == struct.pack("<10xH", 1) + frame
