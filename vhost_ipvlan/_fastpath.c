@@ -542,9 +542,11 @@ static int targets_close(targets_t *ts)
 /* The answers a burst already had from Python's tables, so that frames of a few flows in
  * turn (a guest answering several others, the wire's frames for several guests) need no
  * Python object: CACHE_WAYS entries, chosen by the key's last byte, each an exact key.
- * A call's tables do not change while it runs (no Python code runs between its lookups;
- * the ``slow`` callback of uplink_burst replaces the port's table with a new dict, never
- * changes the one the call holds), so a cached answer is the table's answer. */
+ * forward_burst's tables do not change while it runs (no Python code runs between its
+ * lookups), so a cached answer is the table's answer. uplink_burst's ``slow`` callback
+ * runs Python between frames: it may empty the call's table in place
+ * (PortTable.invalidate) and only add to ``wire_macs``, so uplink_burst clears its
+ * address cache after every call of ``slow`` and keeps only positive MAC answers. */
 #define CACHE_WAYS 8
 
 typedef struct {
@@ -1187,6 +1189,9 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
     if (targets_close(&x->targets))
         return -1;
     long copies = hand_over(x->slow, &x->fb, buf, total);
+    /* Python may have changed what the table says (a queue it broke, a guest gone down:
+     * PortTable.invalidate empties the burst's table in place): look up again */
+    dst_cache_clear(&x->dsts);
     if (copies < 0) /* Python's own path raised: stop, raise it */
         return -1;
     x->budget -= copies;
