@@ -218,8 +218,10 @@ static PyObject *take_exception(void)
 /* The attribute names queue_open and queue_close use, interned once (PyInit__fastpath):
  * a name given as a C string would be made into a str object at every call. */
 enum { N_NUM, N_LAST_AVAIL, N_USED_IDX, N_WALKED, N_DESC, N_AVAIL, N_USED, N_LOGBUF, N_MEM, N_BY_GPA, N_COUNT };
-static const char *const name_text[N_COUNT] = {"num",    "last_avail", "used_idx", "walked", "_desc",
-                                               "_avail", "_used",      "_logbuf",  "mem",    "_by_gpa"};
+static const char *const name_text[N_COUNT] = {
+    [N_NUM] = "num",     [N_LAST_AVAIL] = "last_avail", [N_USED_IDX] = "used_idx", [N_WALKED] = "walked",
+    [N_DESC] = "_desc",  [N_AVAIL] = "_avail",          [N_USED] = "_used",         [N_LOGBUF] = "_logbuf",
+    [N_MEM] = "mem",     [N_BY_GPA] = "_by_gpa"};
 static PyObject *names[N_COUNT];
 
 static int get_u64_attr(PyObject *obj, PyObject *name, unsigned long long *out)
