@@ -1,10 +1,11 @@
 """Per-frame cost of the data path, in-process: no sockets, no syscalls, no other process.
 
-    .venv/bin/python bench/micro.py [--size 64] [--frames 20000] [--dirty-log] [--targets 1]
+    .venv/bin/python bench/micro.py [--size 64] [--frames 20000] [--dirty-log] [--targets 1] [--burst 200]
 
 Fake guests on an in-process port (``tests/support/inproc.py``: the real
 ``NetDevice``, ``PortDatapath``, switch and virtqueue code); guest a transmits
-UDP frames to guest b in bursts of 200 (``--targets N``: to N guests in turn, one
+UDP frames to guest b in bursts of 200 (``--burst``: a drain's share of the
+daemon's per-burst work grows as bursts shrink; ``--targets N``: to N guests in turn, one
 frame each, as a server answering several clients), and only the daemon's side
 (``drain_tx``) is timed, with and without the C accelerator (``--dirty-log``: also
 with the guests' dirty logs on, as during a live migration). It isolates the interpreter's cost
@@ -34,7 +35,7 @@ A4 = "198.18.0.1"
 MARK = fastpath.log_mark()  # the daemon's marks with the accelerator built (taken before pure_python())
 
 
-def measure(size: int, frames: int, dirty_log: bool = False, targets: int = 1) -> float:
+def measure(size: int, frames: int, dirty_log: bool = False, targets: int = 1, burst: int = 200) -> float:
     """Microseconds of daemon time per frame."""
     dests = [(f"b{i}", f"198.18.0.{2 + i}", f"02:00:00:00:01:{i:02x}") for i in range(targets)]
     port = InprocPort([
@@ -56,15 +57,15 @@ def measure(size: int, frames: int, dirty_log: bool = False, targets: int = 1) -
         spent = 0.0
         done = 0
         while done < frames:
-            for i in range(200):
+            for i in range(burst):
                 a.transmit(out[i % targets])
             t0 = time.perf_counter()
             dev.drain_tx()
             spent += time.perf_counter() - t0
             a.reclaim_tx()
             got = sum(len(port.frontends[name].receive()) for name, _, _ in dests)
-            if got != 200:
-                raise SystemExit(f"micro.py: guest b received {got} of 200 frames")
+            if got != burst:
+                raise SystemExit(f"micro.py: the guests received {got} of {burst} frames")
             done += got
         return spent / done * 1e6
     finally:
@@ -77,14 +78,15 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=20000)
     p.add_argument("--dirty-log", action="store_true", help="also measure with the dirty logs on (migration)")
     p.add_argument("--targets", type=int, default=1, help="guests a sends to in turn (default 1)")
+    p.add_argument("--burst", type=int, default=200, help="frames per drain (default 200)")
     args = p.parse_args()
     rows = []
     for logged in (False, True) if args.dirty_log else (False,):
         tag = ", dirty log" if logged else ""
         if fastpath.accelerated():
-            rows.append((f"C accelerator{tag}", measure(args.size, args.frames, logged, args.targets)))
+            rows.append((f"C accelerator{tag}", measure(args.size, args.frames, logged, args.targets, args.burst)))
         with pure_python():
-            rows.append((f"pure Python{tag}", measure(args.size, args.frames, logged, args.targets)))
+            rows.append((f"pure Python{tag}", measure(args.size, args.frames, logged, args.targets, args.burst)))
     for name, us in rows:
         print(f"{name:<25} {us:6.2f} us/frame  ({1 / us:5.2f} Mpps of daemon time), {args.size}-byte frames")
     return 0
