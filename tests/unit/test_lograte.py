@@ -36,3 +36,16 @@ def test_keys_are_bounded() -> None:
     for i in range(100):
         limited.log(f"k{i}", logging.WARNING, "x")
     assert len(limited._buckets) == 4
+
+
+def test_traceback_within_the_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """``exc_info=True`` logs the exception being handled, as ``Logger.exception`` does."""
+    limited = RateLimitedLog(logging.getLogger("t.lograte"), burst=1, clock=Clock())
+    with caplog.at_level(logging.ERROR, "t.lograte"):
+        for _ in range(3):
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                limited.log("vm1", logging.ERROR, "unexpected", exc_info=True)
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None
+    assert caplog.records[0].exc_info[0] is ValueError
