@@ -105,8 +105,22 @@ class FakeQmp:
 
     def event(self) -> None:
         for w in self.writers:
-            w.write(json.dumps({"event": "NIC_RX_FILTER_CHANGED", "data": {"name": "net0", "path": "/x"},
+            self.event_to(w)
+
+    @staticmethod
+    def event_to(writer: asyncio.StreamWriter) -> None:
+        writer.write(json.dumps({"event": "NIC_RX_FILTER_CHANGED", "data": {"name": "net0", "path": "/x"},
                                 "timestamp": {"seconds": 1, "microseconds": 0}}).encode() + b"\n")
+
+    def answer(self, req: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any] | None:
+        """The reply to ``req``; None: close the connection instead."""
+        if req["execute"] == "query-rx-filter":
+            self.queries += 1
+            name = req.get("arguments", {}).get("name")
+            ret: Any = [n for n in self.nics if name in (None, n["name"])]
+        else:
+            ret = {}
+        return {"return": ret, **({"id": req["id"]} if "id" in req else {})}
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.append(writer)
@@ -121,13 +135,10 @@ class FakeQmp:
                 except json.JSONDecodeError:
                     break
                 buf = buf.lstrip()[end:]
-                if req["execute"] == "query-rx-filter":
-                    self.queries += 1
-                    name = req.get("arguments", {}).get("name")
-                    ret: Any = [n for n in self.nics if name in (None, n["name"])]
-                else:
-                    ret = {}
-                reply = {"return": ret, **({"id": req["id"]} if "id" in req else {})}
+                reply = self.answer(req, writer)
+                if reply is None:
+                    writer.close()
+                    return
                 writer.write(json.dumps(reply).encode() + b"\n")
         writer.close()
 
@@ -232,3 +243,4 @@ def test_wrong_nic_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     asyncio.run(main())
     assert "no NIC with MAC 52:54:00:00:00:11 among the guest's NICs (net0)" in caplog.records[0].getMessage()
     assert slave.mcast.accepts(SNOOPED) and slave.mcast.describe()["source"] == "snooping"
+
