@@ -218,8 +218,10 @@ static PyObject *take_exception(void)
 /* The attribute names queue_open and queue_close use, interned once (PyInit__fastpath):
  * a name given as a C string would be made into a str object at every call. */
 enum { N_NUM, N_LAST_AVAIL, N_USED_IDX, N_WALKED, N_DESC, N_AVAIL, N_USED, N_LOGBUF, N_MEM, N_BY_GPA, N_COUNT };
-static const char *const name_text[N_COUNT] = {"num",    "last_avail", "used_idx", "walked", "_desc",
-                                               "_avail", "_used",      "_logbuf",  "mem",    "_by_gpa"};
+static const char *const name_text[N_COUNT] = {
+    [N_NUM] = "num",     [N_LAST_AVAIL] = "last_avail", [N_USED_IDX] = "used_idx", [N_WALKED] = "walked",
+    [N_DESC] = "_desc",  [N_AVAIL] = "_avail",          [N_USED] = "_used",         [N_LOGBUF] = "_logbuf",
+    [N_MEM] = "mem",     [N_BY_GPA] = "_by_gpa"};
 static PyObject *names[N_COUNT];
 
 static int get_u64_attr(PyObject *obj, PyObject *name, unsigned long long *out)
@@ -472,7 +474,10 @@ static PyObject *py_log_mark(PyObject *module, PyObject *const *args, Py_ssize_t
 }
 
 /* Put a frame of ``len`` bytes into the next RX chain if it is one writable descriptor big
- * enough: its first ``copied`` bytes from ``src``, the rest from ``tail + copied``. */
+ * enough: its first ``copied`` bytes from ``src``, the rest from ``tail + copied``. The
+ * rest goes first, by memmove: ``tail`` is guest memory, which the RX buffer may overlap
+ * (a guest sending to itself, or to a second NIC of its own, can aim one at the other);
+ * the head, from the daemon's copy, cannot overwrite the rest before it is read. */
 static int rx_put(queue_t *q, const char *src, uint32_t len, const char *tail, uint32_t copied)
 {
     uint16_t avail_idx = ring16(&q->avail, 1);
@@ -489,9 +494,9 @@ static int rx_put(queue_t *q, const char *src, uint32_t len, const char *tail, u
     char *dst = gpa(q, d.addr, len);
     if (!dst)
         return 0;
-    memcpy(dst, src, copied);
     if (len > copied)
-        memcpy(dst + copied, tail + copied, len - copied);
+        memmove(dst + copied, tail + copied, len - copied);
+    memcpy(dst, src, copied);
     if (q->has_log)
         log_write(q, d.addr, len);
     q->last_avail++;
@@ -539,9 +544,11 @@ static int targets_close(targets_t *ts)
 /* The answers a burst already had from Python's tables, so that frames of a few flows in
  * turn (a guest answering several others, the wire's frames for several guests) need no
  * Python object: CACHE_WAYS entries, chosen by the key's last byte, each an exact key.
- * A call's tables do not change while it runs (no Python code runs between its lookups;
- * the ``slow`` callback of uplink_burst replaces the port's table with a new dict, never
- * changes the one the call holds), so a cached answer is the table's answer. */
+ * forward_burst's tables do not change while it runs (no Python code runs between its
+ * lookups), so a cached answer is the table's answer. uplink_burst's ``slow`` callback
+ * runs Python between frames: it may empty the call's table in place
+ * (PortTable.invalidate) and only add to ``wire_macs``, so uplink_burst clears its
+ * address cache after every call of ``slow`` and keeps only positive MAC answers. */
 #define CACHE_WAYS 8
 
 typedef struct {
@@ -1184,6 +1191,9 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
     if (targets_close(&x->targets))
         return -1;
     long copies = hand_over(x->slow, &x->fb, buf, total);
+    /* Python may have changed what the table says (a queue it broke, a guest gone down:
+     * PortTable.invalidate empties the burst's table in place): look up again */
+    dst_cache_clear(&x->dsts);
     if (copies < 0) /* Python's own path raised: stop, raise it */
         return -1;
     x->budget -= copies;

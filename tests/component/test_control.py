@@ -87,7 +87,9 @@ def test_added_slave_works_like_a_configured_one_and_removal_undoes_it(lab: Lab)
         e.transmit(bytes(Ether(src=MAC_E, dst=MAC_A) / IP(src="192.0.2.15", dst=A_IP) / UDP(dport=22)))
         receive(a, lambda p: UDP in p and p[UDP].dport == 22, "e->a from its new address")
         assert lab.slave_stats("e")["drops"] == {}
-        assert set(c.call("stats", {"slave": "e"})[lab_mod.MASTER]["slaves"]) == {"e"}
+        master_stats = c.call("stats", {"slave": "e"})[lab_mod.MASTER]
+        assert set(master_stats["slaves"]) == {"e"}
+        assert master_stats["rx_dropped"] == 0  # the uplink's socket never overflowed
         c.call("slave.remove", {"name": "e"})
     assert not lab.sock("e").exists()
     wait_until(lambda: "slave e: connection closed" in lab.log_text(), 5, what="e's connection closed")

@@ -1025,3 +1025,70 @@ def test_keys_sharing_a_cache_way_from_the_wire_get_the_tables_answers() -> None
     assert fast == pure
     received = fast["received"]
     assert isinstance(received, dict) and len(received["b"]) == 40 and len(received["d"]) == 40
+
+
+
+def break_rx_chain(fe: frontend.FakeFrontend, nth: int) -> None:
+    """The guest's ``nth`` next RX chain (0: the next): a writable descriptor chained to
+    one past its table (Python's walk raises GuestError: the queue is broken by it)."""
+    rxq = fe.rxq
+    posted = len(set(range(rxq.num)) - set(rxq.free))
+    slot = (rxq.avail_idx - posted + nth) % rxq.num
+    head = struct.unpack_from("<H", fe.mem, rxq.avail + 4 + 2 * slot)[0]
+    rxq.set_desc(head, fe._buf_addr(0, head), frontend.BUF_SIZE, 2 | 1, rxq.num + 5)  # WRITE | NEXT
+
+
+@pytest.mark.parametrize("broken", [0, 1])
+def test_a_queue_python_breaks_during_a_wire_burst_gets_nothing_more_from_c(broken: int) -> None:
+    """A wire frame C hands to Python (its source not seen yet) breaks b's RX queue in
+    Python's delivery (b is down: Python drops the rest, target_down); the frames to b
+    after it in the same burst must not go into the broken ring from C, whether C had
+    looked b's address up before (broken=1: in its cache) or not (0: the burst's table)."""
+    hdr = bytes(10)
+    new = "02:99:00:00:00:02"
+    frames = [hdr + bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=A4) / UDP() / b"seen")]
+    frames += [hdr + bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=B4) / UDP(dport=1) / b"fast")] * broken
+    frames += [hdr + bytes(Ether(src=new, dst=MASTER) / IP(src=OUT4, dst=B4) / UDP(dport=2) / b"slow")]
+    frames += [hdr + bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=B4) / UDP(dport=3) / bytes([i]))
+               for i in range(10)]
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            p.port.wire_macs.add(mac(OUT))
+            break_rx_chain(p.frontends["b"], broken)
+            p.uplink.inject(*frames)
+            p.dp._uplink_readable()
+            return {**outcome(p), "uplink_rx": p.dp.uplink_rx,
+                    "port_drops": (counts(p.dp.drops), counts(p.port.uplink_drops))}
+        finally:
+            p.close()
+
+    result = both_ways(scenario)
+    assert result["port_drops"] == ({}, {"target_down": 10})
+
+
+def test_an_rx_buffer_overlapping_the_frames_tx_buffer_gets_the_frame_python_would_deliver() -> None:
+    """A guest sending to itself (C forwards it) whose next RX buffer lies 64 bytes into
+    the TX buffer of that very frame: Python delivers the frame as taken; C's head
+    (128 bytes, copied first) must not overwrite the tail before the tail is copied."""
+    frame = bytes(Ether(src=A, dst=A) / IP(src=A4, dst=A4) / UDP(dport=9) / (bytes(range(256)) * 4))
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            fe = p.frontends["a"]
+            rxq, tx_addr = fe.rxq, fe._buf_addr(1, fe.txq.free[-1])
+            posted = len(set(range(rxq.num)) - set(rxq.free))
+            head = struct.unpack_from("<H", fe.mem, rxq.avail + 4 + 2 * ((rxq.avail_idx - posted) % rxq.num))[0]
+            rxq.set_desc(head, tx_addr + 64, frontend.BUF_SIZE, 2)  # WRITE
+            fe.transmit(frame)
+            p.device("a").drain_tx()
+            used = rxq.pop_used()
+            assert used is not None and used[0] == head
+            return {"got": bytes(fe.mem[tx_addr + 64 : tx_addr + 64 + used[1]]), **outcome(p)}
+        finally:
+            p.close()
+
+    result = both_ways(scenario)
+    assert result["got"] == struct.pack("<10xH", 1) + frame

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import socket
 import struct
 from functools import partial
 from pathlib import Path
@@ -165,3 +166,39 @@ def test_the_master_going_down_is_one_read_error_then_frames_flow(ring: bool) ->
         assert poller.poll(0) == [] and counts(p.dp.drops) == {"uplink_read_error": 1}
     finally:
         p.close()
+
+
+@pytest.mark.parametrize("ring", [True, False])
+def test_frames_the_kernel_dropped_at_a_full_socket_are_counted(ring: bool) -> None:
+    """Frames from the wire that find the master's socket full (its 2048-slot RX ring,
+    or without one its receive buffer, made small here) are dropped by the kernel and
+    counted: ``socket_counts`` (``rx_dropped`` in the master's stats) sums the kernel's
+    PACKET_STATISTICS, which restart at each read; frames read afterwards add none."""
+    v = VethUplink(MASTER_MAC, ring=ring, mtu=MTU)
+    try:
+        up = v.uplink
+        assert up.socket_counts() == (0, 0)
+        if not ring:
+            up.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel's minimum and a bit
+        frame = bytes(10) + bytes(Ether(src=OUT, dst=MASTER) / IP(src=OUT4, dst=B4) / UDP() / b"x")
+        sent = 2400 if ring else 300
+        for _ in range(sent // 100):  # in steps the veth's backlog always takes
+            v.inject(*[frame] * 100)
+        taken, dropped = up.socket_counts()
+        assert taken == sent
+        if ring:
+            assert dropped == sent - uplink.RING_FRAMES  # every slot held a frame
+        else:
+            assert 0 < dropped < sent
+        assert up.socket_counts() == (taken, dropped)  # a second read adds nothing
+        buf = memoryview(bytearray(net.MAX_BUFFER))
+        got = 0
+        while up.recv(buf) > 0:
+            got += 1
+        assert got == sent - dropped
+        v.inject(frame)
+        assert up.recv(buf) > 0
+        assert up.socket_counts() == (sent + 1, dropped)
+    finally:
+        v.close()
+    assert v.uplink.socket_counts() == (sent + 1, dropped)  # closed: the last counts

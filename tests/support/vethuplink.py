@@ -24,12 +24,11 @@ from typing import TypeVar
 
 from pyroute2 import netns as pyroute2_netns
 
-from vhost_ipvlan.daemon.uplink import SOL_PACKET, Uplink
+from vhost_ipvlan.daemon.uplink import PACKET_STATISTICS, SOL_PACKET, Uplink
 
 from .netns import Netns, link_down, veth_pair
 from .wait import wait_until
 
-PACKET_STATISTICS = 6
 QUEUE = 10000  #: frames each end's qdisc holds while the veth's TX queue is stopped
 T = TypeVar("T")
 
@@ -57,7 +56,7 @@ class VethUplink:
 
     def __init__(self, mac: bytes, *, ring: bool | None = None, mtu: int = 9000) -> None:
         self.host, self.out = Netns(), Netns()
-        self._taken = self._peer_count = 0
+        self._peer_count = 0
         self._sent: list[bytes] = []
         try:
             for ns in (self.host, self.out):
@@ -77,9 +76,7 @@ class VethUplink:
 
     def taken(self) -> int:
         """Frames the master's socket took so far (its ring or queue, or dropped)."""
-        packets, _drops = struct.unpack("II", self.uplink.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
-        self._taken += packets  # the kernel's count includes the drops, and restarts at each read
-        return self._taken
+        return self.uplink.socket_counts()[0]
 
     def inject(self, *datagrams: bytes) -> None:
         want = self.taken() + len(datagrams)

@@ -62,6 +62,8 @@ class _Reference:
             fams["m_tx_p"].add_metric([master], ms.get("uplink_tx_packets", 0))
             for reason, n in sorted(ms.get("drops", {}).items()):
                 fams["m_drop"].add_metric([master, reason], n)
+            if "rx_dropped" in ms:
+                fams["m_rx_full"].add_metric([master], ms["rx_dropped"])
             fams["m_up"].add_metric([master], 1.0 if ms.get("link", "up") == "up" else 0.0)
             if "mtu" in ms:
                 fams["m_mtu"].add_metric([master], ms["mtu"])
@@ -96,6 +98,7 @@ STATS: dict[str, Any] = {
     "eth0": {"uplink_rx_packets": 5, "uplink_tx_packets": 1_234_567, "link": "up", "mtu": 1500,
              "drops": {"runt": 1, "master_down": 3, "mtu_exceeded": 10**9},
              "host_link": {"name": "vh0", "rx_packets": 1, "tx_packets": 2}, "address_conflicts": 0,
+             "rx_dropped": 17,
              "slaves": {"vm1": {**_slave(1, {"src_ip_spoof": 2, "rx_ring_full": 999_999}),
                                 "dhcp": {"offered": 2, "acked": 1, "naked": 1},
                                 "dhcp6": {"advertised": 1, "assigned": 1, "ra_sent": 3}},

@@ -36,7 +36,9 @@ Rules:
   sends failed; Python counts them (``uplink_tx``, ``uplink_send_failed``).
 - The table is rebuilt lazily when its key changes: the port's ``generation``
   (slaves, addresses), ``PortTable.gen`` (bumped by ``invalidate`` on every
-  ring/up-state change) and the number of devices.
+  ring/up-state change) and the number of devices. ``invalidate`` also empties the
+  current table in place: an ``uplink_burst`` whose ``slow`` (Python's per-frame path)
+  broke a queue or took a guest down holds that dict, and must deliver no more from it.
 - ``_fastpath.c`` reads ``SplitQueue``/``GuestMemory`` attributes by name (see the
   notes in ``virtio/virtqueue.py`` and ``virtio/memory.py``) and a table entry is
   ``(rings, mac, caps, device)``: ``rings`` a tuple of ``(rxq, counters)``, one per
@@ -125,8 +127,11 @@ class PortTable:
         self._key: _Key | None = None
 
     def invalidate(self) -> None:
-        """A ring or a slave's up state changed: rebuild before the next use."""
+        """A ring or a slave's up state changed: rebuild before the next use. The current
+        table is emptied in place: an ``uplink_burst`` holding it (this may run inside its
+        ``slow`` callback: a delivery that broke a queue) hands the rest to Python."""
         self.gen += 1
+        self.table.clear()
 
     def key(self) -> _Key:
         """What the table is built from: the port's ``generation``, ``gen``, the number of

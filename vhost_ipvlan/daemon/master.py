@@ -124,9 +124,11 @@ class MasterMonitor:
         if m is None:
             return {}
         uplink = m.dp.uplink
+        counts = getattr(uplink, "socket_counts", None)
         return {"link": m.link, "mtu": m.mtu, "mac": format_mac(m.dp.port.master_mac),
                 "address_conflicts": m.address_conflicts,
-                "rx": getattr(uplink, "rx_mechanism", "recvmsg"), "rx_ring_bytes": getattr(uplink, "ring_bytes", 0)}
+                "rx": getattr(uplink, "rx_mechanism", "recvmsg"), "rx_ring_bytes": getattr(uplink, "ring_bytes", 0),
+                "rx_dropped": counts()[1] if counts is not None else 0}
 
     def slave_link(self, master: str) -> str:
         m = self.masters.get(master)

@@ -92,6 +92,9 @@ FAMILIES: dict[str, Family] = {
     "m_rx_p": Family(f"{M}_receive_packets_total", "counter", "Frames read from the master"),
     "m_tx_p": Family(f"{M}_transmit_packets_total", "counter", "Frames sent on the master"),
     "m_drop": Family(f"{M}_drops_total", "counter", "Frames from the master dropped, by reason"),
+    "m_rx_full": Family(f"{M}_receive_dropped_total", "counter",
+                        "Frames from the master the kernel dropped at the daemon's socket: its RX ring or "
+                        "buffer was full"),
     "m_up": Family(f"{M}_up", "gauge", "1 if the master is present, up and has carrier"),
     "m_mtu": Family(f"{M}_mtu_bytes", "gauge", "The master's MTU"),
 }
@@ -127,6 +130,8 @@ def exposition(stats: dict[str, Any]) -> bytes:
         lines["m_tx_p"].append(f"{{{m}}} {_number(ms.get('uplink_tx_packets', 0))}")
         for reason, n in sorted(ms.get("drops", {}).items()):
             lines["m_drop"].append(f'{{{m},reason="{_label(reason)}"}} {_number(n)}')
+        if "rx_dropped" in ms:
+            lines["m_rx_full"].append(f"{{{m}}} {_number(ms['rx_dropped'])}")
         lines["m_up"].append(f"{{{m}}} {ONE if ms.get('link', 'up') == 'up' else ZERO}")
         if "mtu" in ms:
             lines["m_mtu"].append(f"{{{m}}} {_number(ms['mtu'])}")

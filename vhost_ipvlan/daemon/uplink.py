@@ -26,6 +26,10 @@ Rules:
   V2 hands each frame over at once; the large ones take the copy.
 - The socket is opened with protocol 0 and bound to the master with ETH_P_ALL after
   the options (and ring) are set: nothing from another interface is ever queued.
+- ``socket_counts``: the frames the socket took and those the kernel dropped there
+  because its RX ring or receive buffer was full (the daemon did not keep up), summed
+  since it was opened: the kernel's PACKET_STATISTICS restart at every read, so they
+  are read in one place only. ``rx_dropped`` in the master's stats.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ VNET_HDR_LEN = 10
 PACKET_RX_RING = 5
 PACKET_COPY_THRESH = 7
 PACKET_VERSION = 10
+PACKET_STATISTICS = 6
 TPACKET_V2 = 1
 #: ring geometry: a 1500-byte-MTU frame with its headers fits a slot (32 a 64 KiB block)
 RING_FRAME_SIZE = 2048
@@ -130,6 +135,7 @@ class Uplink:
             raise UplinkError(f"master {master}: cannot open a packet socket: {e.strerror}") from e
         self.sock = sock
         self.send_errors = 0
+        self._taken = self._dropped = 0
 
     def _open_ring(self, sock: socket.socket) -> RxRing | None:
         try:
@@ -153,6 +159,17 @@ class Uplink:
     def ring_bytes(self) -> int:
         """The RX ring's memory (locked kernel pages), 0 without one."""
         return self.ring.size if self.ring is not None else 0
+
+    def socket_counts(self) -> tuple[int, int]:
+        """(frames the socket took, of which dropped: its ring or buffer was full), since
+        it was opened (see the rules); the last counts once the socket is closed."""
+        try:
+            packets, drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        except OSError:
+            return self._taken, self._dropped
+        self._taken += packets  # the kernel's packets include its drops
+        self._dropped += drops
+        return self._taken, self._dropped
 
     def batch_rx(self) -> int | tuple[object, ...]:
         """What ``_fastpath.uplink_burst`` reads: the RX ring's arguments, else the socket."""
