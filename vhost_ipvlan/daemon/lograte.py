@@ -7,6 +7,9 @@ Rules:
 - Each key may log ``burst`` lines at once, then one more every ``interval``
   seconds; lines beyond that are suppressed and counted.
 - The next line logged for that key says how many were suppressed before it.
+- A suppressed line still goes to DEBUG, marked "(rate-limited)": with
+  ``--log-level debug`` nothing is lost (the operator asked for everything; the
+  tests count lines there), at the default level the budget holds.
 - At most ``max_keys`` keys are remembered (the least recently used is forgotten),
   so the limiter's memory is bounded whatever the keys.
 - A limiter given no ``clock`` reads the module's ``_clock`` at each line (a test
@@ -55,8 +58,8 @@ class RateLimitedLog:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
     def log(self, key: str, level: int, msg: str, *args: object, exc_info: bool = False) -> bool:
-        """Log the line if ``key``'s budget allows; True if it was logged (``exc_info``:
-        with the exception being handled, as ``Logger.exception``)."""
+        """Log the line if ``key``'s budget allows; True if it was logged at ``level``
+        (``exc_info``: with the exception being handled, as ``Logger.exception``)."""
         if not self.logger.isEnabledFor(level):
             return False
         now = self.clock() if self.clock is not None else _clock()
@@ -71,6 +74,8 @@ class RateLimitedLog:
             b.stamp = now
         if b.tokens < 1.0:
             b.suppressed += 1
+            if level > logging.DEBUG and self.logger.isEnabledFor(logging.DEBUG):
+                self.logger.log(logging.DEBUG, msg + " (rate-limited)", *args)
             return False
         b.tokens -= 1.0
         if b.suppressed:
