@@ -36,3 +36,33 @@ def test_keys_are_bounded() -> None:
     for i in range(100):
         limited.log(f"k{i}", logging.WARNING, "x")
     assert len(limited._buckets) == 4
+
+
+def test_traceback_within_the_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """``exc_info=True`` logs the exception being handled, as ``Logger.exception`` does."""
+    limited = RateLimitedLog(logging.getLogger("t.lograte"), burst=1, clock=Clock())
+    with caplog.at_level(logging.ERROR, "t.lograte"):
+        for _ in range(3):
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                limited.log("vm1", logging.ERROR, "unexpected", exc_info=True)
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info is not None
+    assert caplog.records[0].exc_info[0] is ValueError
+
+
+def test_suppressed_lines_go_to_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """With DEBUG on (``--log-level debug``) a suppressed line is logged there, marked,
+    without its traceback; at the default level it is gone."""
+    clock = Clock()
+    limited = RateLimitedLog(logging.getLogger("t.lograte"), burst=2, interval=10, clock=clock)
+    with caplog.at_level(logging.DEBUG, "t.lograte"):
+        for i in range(4):
+            limited.log("vm1", logging.INFO, "slave vm1: up %d", i)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "slave vm1: up 0"), (logging.INFO, "slave vm1: up 1"),
+        (logging.DEBUG, "slave vm1: up 2 (rate-limited)"), (logging.DEBUG, "slave vm1: up 3 (rate-limited)")]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "t.lograte"):
+        assert not limited.log("vm1", logging.INFO, "slave vm1: up %d", 4)
+    assert caplog.records == []

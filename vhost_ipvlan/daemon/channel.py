@@ -17,8 +17,9 @@ Rules:
   connection only; every descriptor received is closed.
 - Guest memory (or the dirty log) that shrinks under a guarded mapping (``host``) closes the
   connection that owns it ("guest memory shrank under us"), nothing else.
-- The lines logged when a connection closes are rate-limited per slave
-  (``lograte``): a front-end reconnecting in a loop cannot flood the log.
+- The lines logged when a connection closes, and the tracebacks of unexpected
+  exceptions, are rate-limited per slave (``lograte``): a front-end reconnecting
+  in a loop cannot flood the log.
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ class Connection:
         except OSError as e:
             self.close(f"socket error: {e}")
         except Exception:
-            log.exception("slave %s: unexpected error handling a message", self.name)
+            _close_log.log(f"{self.name} traceback", logging.ERROR, "slave %s: unexpected error handling a message",
+                           self.name, exc_info=True)
             self.close("internal error (see the traceback above)")
 
     def _take_fds(self, end: int) -> list[int]:

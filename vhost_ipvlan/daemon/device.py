@@ -33,6 +33,12 @@ Rules:
   was) costs one budget per burst, not a walk per frame.
 - A guest that breaks its ring (``GuestError``) gets that queue stopped and
   counted; the daemon and the other guests go on.
+- The lines a front-end or guest can make repeat (a ring started, stopped, enabled
+  or disabled; the slave up or down; a queue broken; a kick descriptor unreadable)
+  are rate-limited (``lograte``) per slave and kind of event, the ring lines per
+  ring: a normal connection of any number of pairs logs them all, a front-end
+  reconnecting or restarting rings in a loop gets 10 of each, then one per 10 s
+  with the count suppressed.
 - Resuming guests are announced: when a connection's rings start at a non-zero
   base (SET_VRING_BASE: the front-end continues where another back-end, or an
   earlier connection, left them: an incoming live migration, a reconnect after a
@@ -90,6 +96,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _announce_log = RateLimitedLog(log)  # announcements refused, per slave
+#: the lines a front-end or guest can make repeat, per slave and kind of event (see the rules)
+_event_log = RateLimitedLog(log, burst=10, max_keys=8192)
 
 BURST = 256
 #: descriptors one TX drain may walk before it reschedules (see the rules)
@@ -315,7 +323,8 @@ class NetDevice:
             pair.rx = vring.queue
             vring.queue.suppress_kicks()  # frames are never queued for RX buffers: no use for them
         self.vring_changed(vring)
-        log.info("slave %s: %s queue started (size %d)", self.slave.name, self._qname(vring.index), vring.num)
+        self._event(f"started {vring.index}", logging.INFO, "slave %s: %s queue started (size %d)",
+                    self._qname(vring.index), vring.num)
 
     def vring_stopped(self, vring: Vring) -> None:
         fd = self._kick_fds.pop(vring.index, None)
@@ -332,7 +341,7 @@ class NetDevice:
                 self._publish(pair.rx, pair.rx_call)
             pair.rx = None
         self.vring_changed(vring)
-        log.info("slave %s: %s queue stopped", self.slave.name, self._qname(vring.index))
+        self._event(f"stopped {vring.index}", logging.INFO, "slave %s: %s queue stopped", self._qname(vring.index))
 
     def vring_changed(self, vring: Vring) -> None:
         pair = self.pairs[pair_of(vring.index)]
@@ -345,14 +354,14 @@ class NetDevice:
             pair.tx_call = vring.call_fd
             pair.tx_enabled = vring.enabled
         if was != vring.enabled and len(self.pairs) > 1:  # the guest's choice of pairs (ethtool -L)
-            log.info("slave %s: %s queue %s", self.slave.name, self._qname(vring.index),
-                     "enabled" if vring.enabled else "disabled")
+            self._event(f"enabled {vring.index}", logging.INFO, "slave %s: %s queue %s", self._qname(vring.index),
+                        "enabled" if vring.enabled else "disabled")
         self._ready_changed()
         self.dp.fast_table.invalidate()
         up = bool(self.rx_ready)
         if up != self.slave.up:
             self.slave.up = up
-            log.info("slave %s: %s", self.slave.name, "up" if up else "down")
+            self._event("up" if up else "down", logging.INFO, "slave %s: %s", "up" if up else "down")
             if up:
                 self.dp.slave_up(self)
         if up and self.resumed and not self.announced:
@@ -413,6 +422,10 @@ class NetDevice:
                 "queue_pairs_enabled": len(self.rx_ready),
                 "per_queue": [p.stats() for p in self.pairs] if self.session is not None else []}
 
+    def _event(self, kind: str, level: int, msg: str, *args: object) -> None:
+        """Log ``msg`` (its first ``%s`` the slave's name) within the slave's budget for ``kind``."""
+        _event_log.log(f"{self.slave.name} {kind}", level, msg, self.slave.name, *args)
+
     def _qname(self, index: int) -> str:
         """A vring's name in log lines: rx/tx, with the pair's number when there are several."""
         kind = "tx" if index & 1 == TX else "rx"
@@ -435,7 +448,7 @@ class NetDevice:
         if self._kick_fds.get(index) == fd:
             del self._kick_fds[index]
         self.dp.loop.remove_reader(fd)
-        log.warning("slave %s: %s kick descriptor unreadable: no longer watched", self.slave.name,
+        self._event("kick", logging.WARNING, "slave %s: %s kick descriptor unreadable: no longer watched",
                     self._qname(index))
 
     def schedule_drain(self) -> None:
@@ -451,7 +464,7 @@ class NetDevice:
         """The guest broke vring ``index``: stop using it (counted once, logged)."""
         self.drops[DropReason.QUEUE_BROKEN] += 1
         self.dp.fast_table.invalidate()
-        log.warning("slave %s: %s queue broken by the guest: %s", self.slave.name, self._qname(index), err)
+        self._event("broken", logging.WARNING, "slave %s: %s queue broken by the guest: %s", self._qname(index), err)
         fd = self._kick_fds.pop(index, None)
         if fd is not None:
             self.dp.loop.remove_reader(fd)

@@ -29,6 +29,11 @@ Rules:
   A guest migrated so loses the back-end's writes: never set it in production.
 - After a disconnect the device's rings are gone and the slave is down until the
   next front-end sets them up again; the switch keeps the slave and its addresses.
+- A front-end can reconnect in a loop and send what it likes: the lines it makes the
+  daemon log (``front-end connected``, ``accept failed``, and what its session reports:
+  a ring resynced, dirty logging on/off, a dirty log mapped) are rate-limited per slave
+  (``lograte``). The session's lines have a budget per slave that holds a whole
+  migration of the largest device at once (a line per ring).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import struct
 from pathlib import Path
 
 from .. import unixsock
-from ..vhost_user.session import Session
+from ..vhost_user.session import MAX_QUEUE_PAIRS, Session
 from . import fastpath
 from .channel import Connection
 from .device import NetDevice
@@ -54,6 +59,8 @@ RETRY = 1.0
 #: test only: sessions take the dirty log but never mark it (see the rules)
 NO_DIRTY_LOG = os.environ.get("VHOST_IPVLAN_TEST_NO_DIRTY_LOG") == "1"
 _refusals = RateLimitedLog(log)  # refused connections are logged within a budget per slave
+_connects = RateLimitedLog(log, burst=10)  # connections taken (and failed accepts), per slave
+_session_log = RateLimitedLog(log, burst=2 * MAX_QUEUE_PAIRS + 2)  # the session's lines, per slave and level
 
 
 class _NotASocket(Exception):
@@ -110,7 +117,7 @@ class Endpoint:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
-            log.warning("slave %s: accept failed: %s", self.name, e)
+            _connects.log(f"{self.name} accept", logging.WARNING, "slave %s: accept failed: %s", self.name, e)
             return
         if self.conn is not None:
             _refusals.log(self.name, logging.WARNING, "slave %s: refused a second front-end connection (one is active)",
@@ -168,12 +175,16 @@ class Endpoint:
 
     def _attach(self, sock: socket.socket) -> None:
         self.connections += 1
-        session = Session(self.host, self.device, log=lambda msg: log.warning("slave %s: %s", self.name, msg),
-                          dirty_log=not NO_DIRTY_LOG, note=lambda msg: log.info("slave %s: %s", self.name, msg),
-                          log_mark=fastpath.log_mark())
+        name = self.name
+        session = Session(self.host, self.device, dirty_log=not NO_DIRTY_LOG, log_mark=fastpath.log_mark(),
+                          log=lambda msg: self._session_line(logging.WARNING, msg),
+                          note=lambda msg: self._session_line(logging.INFO, msg))
         self.device.attach(session)
-        self.conn = Connection(sock, session, self.loop, self.name, self._closed)
-        log.info("slave %s: front-end connected (%s)", self.name, self.role)
+        self.conn = Connection(sock, session, self.loop, name, self._closed)
+        _connects.log(name, logging.INFO, "slave %s: front-end connected (%s)", name, self.role)
+
+    def _session_line(self, level: int, msg: str) -> None:
+        _session_log.log(f"{self.name} {logging.getLevelName(level)}", level, "slave %s: %s", self.name, msg)
 
     def _closed(self, conn: Connection) -> None:
         if conn is self.conn:

@@ -7,8 +7,17 @@ Rules:
 - Each key may log ``burst`` lines at once, then one more every ``interval``
   seconds; lines beyond that are suppressed and counted.
 - The next line logged for that key says how many were suppressed before it.
+- A suppressed line still goes to DEBUG, marked "(rate-limited)": with
+  ``--log-level debug`` nothing is lost (the operator asked for everything; the
+  tests count lines there), at the default level the budget holds.
 - At most ``max_keys`` keys are remembered (the least recently used is forgotten),
   so the limiter's memory is bounded whatever the keys.
+- A limiter given no ``clock`` reads the module's ``_clock`` at each line (a test
+  sets it to move every limiter's time at once).
+- Which lines go through a limiter: every line a front-end or guest can make the
+  daemon log again and again (README, "A hostile front-end"), keyed by the
+  slave's name (with the kind of event, or the ring, where one normal connection
+  logs several).
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+_clock: Callable[[], float] = time.monotonic  # the limiters' clock unless given one
 
 
 @dataclass(slots=True)
@@ -37,7 +48,7 @@ class RateLimitedLog:
         burst: int = 5,
         interval: float = 10.0,
         max_keys: int = 1024,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.logger = logger
         self.burst = burst
@@ -46,11 +57,12 @@ class RateLimitedLog:
         self.clock = clock
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
-    def log(self, key: str, level: int, msg: str, *args: object) -> bool:
-        """Log the line if ``key``'s budget allows; True if it was logged."""
+    def log(self, key: str, level: int, msg: str, *args: object, exc_info: bool = False) -> bool:
+        """Log the line if ``key``'s budget allows; True if it was logged at ``level``
+        (``exc_info``: with the exception being handled, as ``Logger.exception``)."""
         if not self.logger.isEnabledFor(level):
             return False
-        now = self.clock()
+        now = self.clock() if self.clock is not None else _clock()
         b = self._buckets.get(key)
         if b is None:
             b = self._buckets[key] = _Bucket(float(self.burst), now)
@@ -62,11 +74,13 @@ class RateLimitedLog:
             b.stamp = now
         if b.tokens < 1.0:
             b.suppressed += 1
+            if level > logging.DEBUG and self.logger.isEnabledFor(logging.DEBUG):
+                self.logger.log(logging.DEBUG, msg + " (rate-limited)", *args)
             return False
         b.tokens -= 1.0
         if b.suppressed:
             msg += " (%d earlier lines suppressed)"
             args = (*args, b.suppressed)
             b.suppressed = 0
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
         return True

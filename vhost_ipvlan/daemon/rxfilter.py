@@ -21,6 +21,8 @@ daemon's event loop:
   filter goes back to snooping (``clear_rx_filter``) and it reconnects.
 
 Each change of source (QMP <-> snooping) is logged as one line; retries are not.
+Those lines are rate-limited per slave (``lograte``): a QEMU whose monitor answers
+and then closes, in a loop, cannot flood the log.
 ``close`` (slave removed, daemon exit) stops it and leaves the filter on snooping.
 """
 
@@ -35,8 +37,10 @@ from typing import Any
 from ..errors import RxFilterError
 from ..net.addr import format_mac
 from ..switch.port import Slave
+from .lograte import RateLimitedLog
 
 log = logging.getLogger(__name__)
+_source_log = RateLimitedLog(log)  # the changes of source, per slave and source
 BACKOFF = 0.5
 BACKOFF_MAX = 30.0
 CONNECT_TIMEOUT = 10.0
@@ -79,14 +83,16 @@ class RxFilterWatch:
     def _use_qmp(self, nic: str) -> None:
         if self.source != "qmp":
             self.source, self._announced = "qmp", True
-            log.info("slave %s: multicast filter from QMP %s (NIC %s)", self.slave.name, self.path, nic)
+            _source_log.log(f"{self.slave.name} qmp", logging.INFO, "slave %s: multicast filter from QMP %s (NIC %s)",
+                            self.slave.name, self.path, nic)
 
     def _use_snooping(self, reason: str) -> None:
         self.slave.mcast.clear_rx_filter()
         if self.source != "snooping" or not self._announced:
             self.source, self._announced = "snooping", True
-            log.warning("slave %s: multicast filter from IGMP/MLD snooping: QMP %s: %s",
-                        self.slave.name, self.path, reason)
+            _source_log.log(f"{self.slave.name} snooping", logging.WARNING,
+                            "slave %s: multicast filter from IGMP/MLD snooping: QMP %s: %s", self.slave.name,
+                            self.path, reason)
         else:
             log.debug("slave %s: QMP %s: %s", self.slave.name, self.path, reason)
 
