@@ -21,6 +21,7 @@ import pytest
 from tests.support.frontend import FakeFrontend
 from tests.support.inproc import MASTER_MAC, _Uplink
 from tests.support.wait import wait_until
+from tests.unit.test_routing import Clock
 from vhost_ipvlan.daemon import lograte
 from vhost_ipvlan.daemon.datapath import PortDatapath
 from vhost_ipvlan.daemon.device import NetDevice
@@ -67,14 +68,6 @@ class Daemon:
         self.thread.join(10)
         self.loop.close()
         self.uplink.close()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
