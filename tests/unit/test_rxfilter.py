@@ -288,3 +288,46 @@ def test_flapping_monitor_logs_a_bounded_number_of_lines(tmp_path: Path, caplog:
     asyncio.run(main())
     lines = [r.getMessage() for r in caplog.records]
     assert 1 <= sum("from QMP" in m for m in lines) <= 5 and 1 <= sum("snooping" in m for m in lines) <= 5, lines
+
+
+class ClosingQmp(FakeQmp):
+    """A monitor that closes the connection right after its first answer to query-rx-filter."""
+
+    def answer(self, req: dict[str, Any], writer: asyncio.StreamWriter) -> dict[str, Any] | None:
+        reply = super().answer(req, writer)
+        if req["execute"] == "query-rx-filter":
+            asyncio.get_running_loop().call_soon(writer.close)  # after the reply
+        return reply
+
+
+def test_a_monitor_closing_before_the_watch_waits_is_still_noticed(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """qemu.qmp announces a change of its state to those already waiting only: a monitor
+    closed between the watch's look at the state and the start of its wait (here the gap
+    is widened to 50 ms) must still bring the filter back to snooping, and the watch
+    back to the monitor."""
+    from qemu.qmp import QMPClient
+
+    original = QMPClient.runstate_changed
+
+    async def late(self: Any) -> Any:
+        await asyncio.sleep(0.05)  # the state changes meanwhile
+        return await original(self)
+
+    monkeypatch.setattr(QMPClient, "runstate_changed", late)
+    monkeypatch.setattr(rxfilter, "BACKOFF", 0.01)
+    monkeypatch.setattr(rxfilter, "STATE_POLL", 0.1, raising=False)
+    slave = snooping_slave()
+
+    async def main() -> None:
+        qemu = ClosingQmp(tmp_path / "qmp.sock", [nic()])
+        await qemu.start()
+        watch = RxFilterWatch(slave, qemu.path, None, asyncio.get_running_loop())
+        try:
+            await until(lambda: qemu.queries >= 3, "the watch reconnected twice", timeout=5)
+            await until(lambda: watch.source == "snooping", "snooping", timeout=5)
+        finally:
+            watch.close()
+            await qemu.stop()
+
+    asyncio.run(main())

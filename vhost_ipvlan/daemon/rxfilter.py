@@ -18,7 +18,10 @@ daemon's event loop:
   the one whose ``main-mac`` is the slave's MAC, or the only one), its answer given
   to ``GroupFilter.set_rx_filter``; again on every ``NIC_RX_FILTER_CHANGED``;
 - when the connection ends or fails (QEMU gone, a bad reply, no such NIC), the
-  filter goes back to snooping (``clear_rx_filter``) and it reconnects.
+  filter goes back to snooping (``clear_rx_filter``) and it reconnects; the watch
+  looks at the connection's state at least every ``STATE_POLL`` seconds, as qemu.qmp
+  announces a change only to a waiter already there (one that closed just before the
+  watch started waiting would otherwise go unnoticed for good).
 
 Each change of source (QMP <-> snooping) is logged as one line; retries are not.
 Those lines are rate-limited per slave (``lograte``): a QEMU whose monitor answers
@@ -45,6 +48,11 @@ BACKOFF = 0.5
 BACKOFF_MAX = 30.0
 CONNECT_TIMEOUT = 10.0
 QUERY_TIMEOUT = 10.0
+#: how long the watch waits for an event or a change of the client's state before it
+#: looks at the state itself: qemu.qmp tells a change only to those already waiting, so
+#: a monitor that closed between the watch's look and the start of its wait would
+#: otherwise leave it connected to nothing for good
+STATE_POLL = 5.0
 EVENT = "NIC_RX_FILTER_CHANGED"
 
 
@@ -134,7 +142,8 @@ class RxFilterWatch:
             while client.runstate == Runstate.RUNNING:
                 event = asyncio.ensure_future(listener.get())
                 state = asyncio.ensure_future(client.runstate_changed())
-                done, _ = await asyncio.wait((event, state), return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait((event, state), timeout=STATE_POLL,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 for t in (event, state):
                     t.cancel()
                 if event in done and client.runstate == Runstate.RUNNING:
