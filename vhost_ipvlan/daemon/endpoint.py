@@ -8,7 +8,10 @@ Rules:
   (rate-limited per slave).
   The socket gets its mode, owner and group before it appears at its path
   (``unixsock.listen``: never chmod/chown by path); a socket directory that other
-  users can write is warned about.
+  users can write is warned about. When ``accept`` fails for want of resources
+  (EMFILE, ENFILE, ENOBUFS, ENOMEM) the connection stays queued and the socket
+  readable: the endpoint stops reading it for ``ACCEPT_RETRY`` seconds, where the
+  loop would otherwise call it again at once, for ever, and starve every guest.
 - ``peer_uid``/``peer_gid`` (optional, per slave) pin the slave to a front-end
   process: a connection (either role) whose peer credentials (SO_PEERCRED) differ is
   closed and logged (rate-limited per slave, as refusals are). Without them, any process that may open the socket (group
@@ -39,6 +42,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -58,6 +62,9 @@ log = logging.getLogger(__name__)
 RETRY = 1.0
 #: test only: sessions take the dirty log but never mark it (see the rules)
 NO_DIRTY_LOG = os.environ.get("VHOST_IPVLAN_TEST_NO_DIRTY_LOG") == "1"
+#: seconds a listening socket is left alone after accept failed for want of resources
+ACCEPT_RETRY = 0.5
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 _refusals = RateLimitedLog(log)  # refused connections are logged within a budget per slave
 _connects = RateLimitedLog(log, burst=10)  # connections taken (and failed accepts), per slave
 _session_log = RateLimitedLog(log, burst=2 * MAX_QUEUE_PAIRS + 2)  # the session's lines, per slave and level
@@ -118,6 +125,9 @@ class Endpoint:
             return
         except OSError as e:
             _connects.log(f"{self.name} accept", logging.WARNING, "slave %s: accept failed: %s", self.name, e)
+            if e.errno in _OUT_OF_RESOURCES:  # the connection stays queued, the socket readable: the loop would spin
+                self.loop.remove_reader(self.listener.fileno())
+                self._retry = self.loop.call_later(ACCEPT_RETRY, self._resume_accepting)
             return
         if self.conn is not None:
             _refusals.log(self.name, logging.WARNING, "slave %s: refused a second front-end connection (one is active)",
@@ -128,6 +138,11 @@ class Endpoint:
             sock.close()
             return
         self._attach(sock)
+
+    def _resume_accepting(self) -> None:
+        self._retry = None
+        if not self.closed and self.listener is not None:
+            self.loop.add_reader(self.listener.fileno(), self._accept)
 
     def _connect(self) -> None:
         self._retry = None
