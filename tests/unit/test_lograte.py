@@ -66,3 +66,19 @@ def test_suppressed_lines_go_to_debug(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, "t.lograte"):
         assert not limited.log("vm1", logging.INFO, "slave vm1: up %d", 4)
     assert caplog.records == []
+
+
+def test_a_percent_in_a_line_without_args_is_text(caplog: pytest.LogCaptureFixture) -> None:
+    """A line given no args is text (as with ``Logger.log``): the count this module adds
+    to it, or its DEBUG mark, must not make a ``%`` in it a format (``% f`` takes the
+    count, then the count's own ``%d`` has nothing left: a logging error, the line lost)."""
+    clock = Clock()
+    limited = RateLimitedLog(logging.getLogger("t.lograte"), burst=1, interval=10, clock=clock)
+    with caplog.at_level(logging.DEBUG, "t.lograte"):
+        for _ in range(3):
+            limited.log("vm1", logging.WARNING, "ring 100% full")
+        clock.now = 10.0
+        limited.log("vm1", logging.WARNING, "ring 100% full")
+    assert [r.getMessage() for r in caplog.records] == [
+        "ring 100% full", "ring 100% full (rate-limited)", "ring 100% full (rate-limited)",
+        "ring 100% full (2 earlier lines suppressed)"]

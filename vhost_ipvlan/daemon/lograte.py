@@ -12,6 +12,8 @@ Rules:
   tests count lines there), at the default level the budget holds.
 - At most ``max_keys`` keys are remembered (the least recently used is forgotten),
   so the limiter's memory is bounded whatever the keys.
+- A line given no args is text, not a format (as with ``Logger.log``): a ``%`` in it
+  is kept as it is, also in the lines this module adds a count or a mark to.
 - A limiter given no ``clock`` reads the module's ``_clock`` at each line (a test
   sets it to move every limiter's time at once).
 - Which lines go through a limiter: every line a front-end or guest can make the
@@ -62,6 +64,8 @@ class RateLimitedLog:
         (``exc_info``: with the exception being handled, as ``Logger.exception``)."""
         if not self.logger.isEnabledFor(level):
             return False
+        if not args:  # text, not a format: what this module appends must not make it one
+            msg, args = "%s", (msg,)
         now = self.clock() if self.clock is not None else _clock()
         b = self._buckets.get(key)
         if b is None:

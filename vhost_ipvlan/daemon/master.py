@@ -22,6 +22,9 @@ Rules (what vhost-ipvlan does, and where it departs):
   them) and their frames for the wire are dropped (``master_down``). When an
   interface of that name appears again the socket is reopened, the chain
   re-applied, MAC and MTU taken from the new interface, and traffic resumes.
+  ``rx_dropped`` (the kernel's drops at the uplink's socket) goes on from the closed
+  socket's count, so the counter never goes back; it is absent from the stats of an
+  uplink that does not count them.
 - Addresses: ``Port.master_addresses`` follows the master's own addresses
   (RTM_NEWADDR/RTM_DELADDR; re-read by ``resync``), so a slave can never learn
   one; every address event re-reads them with their prefixes (``read_addresses``,
@@ -71,6 +74,8 @@ class Master:
     up: bool = True
     mtu: int = 1500
     address_conflicts: int = 0
+    #: frames the kernel dropped at the master's earlier (closed) sockets
+    rx_dropped_before: int = 0
 
     @property
     def name(self) -> str:
@@ -124,11 +129,11 @@ class MasterMonitor:
         if m is None:
             return {}
         uplink = m.dp.uplink
-        counts = getattr(uplink, "socket_counts", None)
+        dropped = _socket_dropped(uplink)
         return {"link": m.link, "mtu": m.mtu, "mac": format_mac(m.dp.port.master_mac),
                 "address_conflicts": m.address_conflicts,
                 "rx": getattr(uplink, "rx_mechanism", "recvmsg"), "rx_ring_bytes": getattr(uplink, "ring_bytes", 0),
-                "rx_dropped": counts()[1] if counts is not None else 0}
+                **({"rx_dropped": m.rx_dropped_before + dropped} if dropped is not None else {})}
 
     def slave_link(self, master: str) -> str:
         m = self.masters.get(master)
@@ -256,6 +261,7 @@ class MasterMonitor:
         except UplinkError as e:
             log.warning("master %s: appeared again but cannot be opened: %s", m.name, e)
             return
+        m.rx_dropped_before += _socket_dropped(m.dp.uplink) or 0  # the old socket's last count
         m.dp.open_uplink(uplink)
         m.index = uplink.ifindex
         m.present = True
@@ -270,3 +276,13 @@ class MasterMonitor:
         log.info("master %s: present again (index %d); traffic resumes", m.name, m.index)
         m.up = not state.up  # make _set_link log the state it finds
         self._apply(m, state)
+
+
+def _socket_dropped(uplink: object) -> int | None:
+    """The frames the kernel dropped at ``uplink``'s socket (``Uplink.socket_counts``),
+    None for an uplink that does not count them."""
+    counts = getattr(uplink, "socket_counts", None)
+    if counts is None:
+        return None
+    dropped: int = counts()[1]
+    return dropped

@@ -29,7 +29,9 @@ Rules:
 - ``socket_counts``: the frames the socket took and those the kernel dropped there
   because its RX ring or receive buffer was full (the daemon did not keep up), summed
   since it was opened: the kernel's PACKET_STATISTICS restart at every read, so they
-  are read in one place only. ``rx_dropped`` in the master's stats.
+  are read in one place only, and once more as it closes (what the kernel counted since
+  the last read is kept). ``rx_dropped`` in the master's stats (which adds the counts
+  of the master's earlier sockets: ``master.Master``).
 """
 
 from __future__ import annotations
@@ -203,7 +205,9 @@ class Uplink:
         return recv_vnet(self.sock, buf)
 
     def close(self) -> None:
-        """Unmap the RX ring (if any), then close the socket."""
+        """Read the socket's last counts (``socket_counts``), unmap the RX ring (if any),
+        then close the socket."""
+        self.socket_counts()
         if self.ring is not None:
             self.ring.close()
             self.ring = None
