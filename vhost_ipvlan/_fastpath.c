@@ -106,19 +106,11 @@
 #define VNET_HDR_LEN 10
 #define WIRE_BATCH 32
 #define SLOT_SIZE 65568 /* >= virtio.net.MAX_BUFFER */
-/* forward_burst copies a frame's first HEAD_COPY bytes out of the guest's TX buffer,
- * everything its checks read (virtio_net_hdr, Ethernet, an IPv4 header with options,
- * the UDP ports: at most 12 + 14 + 60 + 8 bytes; flow_hash reads no further), and
- * decides on that copy; the rest of a frame it forwards goes straight from the TX
- * buffer into the RX buffer (or, for the wire, into the kernel), one copy instead of
- * two. The rest is never looked at here, so a guest changing it meanwhile changes only
- * its own frame's payload. A frame handed to Python is copied whole into ``buf``. */
-#define HEAD_COPY 128
 
 /* Frames for the wire wait here until the burst's sendmmsg (the GIL is held: one user). */
 static unsigned char stage[WIRE_BATCH][SLOT_SIZE];
 static struct mmsghdr wire_msgs[WIRE_BATCH];
-static struct iovec wire_iov[WIRE_BATCH][3];
+static struct iovec wire_iov[WIRE_BATCH][2];
 
 typedef struct {
     int fd;
@@ -148,17 +140,14 @@ static void wire_flush(wire_t *w)
     w->n = 0;
 }
 
-/* Stage the frame whose first ``copied`` bytes are in its slot and whose rest is at
- * ``tail + copied`` (guest memory, mapped until the call returns: sent before that). */
-static void wire_stage(wire_t *w, uint32_t len, const char *tail, uint32_t copied)
+static void wire_stage(wire_t *w, uint32_t len)
 {
     unsigned char *slot = stage[w->n];
     wire_iov[w->n][0] = (struct iovec){slot, VNET_HDR_LEN};
-    wire_iov[w->n][1] = (struct iovec){slot + HDR_LEN, copied - HDR_LEN};
-    wire_iov[w->n][2] = (struct iovec){(void *)(tail + copied), len - copied};
+    wire_iov[w->n][1] = (struct iovec){slot + HDR_LEN, len - HDR_LEN};
     memset(&wire_msgs[w->n], 0, sizeof wire_msgs[w->n]);
     wire_msgs[w->n].msg_hdr.msg_iov = wire_iov[w->n];
-    wire_msgs[w->n].msg_hdr.msg_iovlen = len > copied ? 3 : 2;
+    wire_msgs[w->n].msg_hdr.msg_iovlen = 2;
     if (++w->n == WIRE_BATCH)
         wire_flush(w);
 }
@@ -473,12 +462,8 @@ static PyObject *py_log_mark(PyObject *module, PyObject *const *args, Py_ssize_t
     return PyLong_FromLong(missed);
 }
 
-/* Put a frame of ``len`` bytes into the next RX chain if it is one writable descriptor big
- * enough: its first ``copied`` bytes from ``src``, the rest from ``tail + copied``. The
- * rest goes first, by memmove: ``tail`` is guest memory, which the RX buffer may overlap
- * (a guest sending to itself, or to a second NIC of its own, can aim one at the other);
- * the head, from the daemon's copy, cannot overwrite the rest before it is read. */
-static int rx_put(queue_t *q, const char *src, uint32_t len, const char *tail, uint32_t copied)
+/* Put src (len bytes) into the next RX chain if it is one writable descriptor big enough. */
+static int rx_put(queue_t *q, const char *src, uint32_t len)
 {
     uint16_t avail_idx = ring16(&q->avail, 1);
     if (avail_idx == q->last_avail)
@@ -494,9 +479,7 @@ static int rx_put(queue_t *q, const char *src, uint32_t len, const char *tail, u
     char *dst = gpa(q, d.addr, len);
     if (!dst)
         return 0;
-    if (len > copied)
-        memmove(dst + copied, tail + copied, len - copied);
-    memcpy(dst, src, copied);
+    memcpy(dst, src, len);
     if (q->has_log)
         log_write(q, d.addr, len);
     q->last_avail++;
@@ -689,10 +672,7 @@ static PyObject *py_flow_hash(PyObject *module, PyObject *arg)
  * added to ``dirty``), 0 when Python must take it, -1 on a Python-level error (exception
  * set, nothing delivered), 2 when delivered but adding the device to ``dirty`` failed
  * (exception set). */
-/* Deliver the frame (``buf``, or its first ``copied`` bytes with the rest at ``tail +
- * copied``: rx_put) to the table entry ``value``. */
-static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t len, const char *tail,
-                   uint32_t copied, PyObject *dirty)
+static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t len, PyObject *dirty)
 {
     long caps = PyLong_AsLong(PyTuple_GET_ITEM(value, 2));
     if (caps == -1 && PyErr_Occurred())
@@ -738,7 +718,7 @@ static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t 
     }
     buf[10] = 1; /* num_buffers */
     buf[11] = 0;
-    if (!rx_put(&t->q, (const char *)buf, len, tail, copied))
+    if (!rx_put(&t->q, (const char *)buf, len))
         return 0;
     uint64_t *cnt = t->counters.buf;
     cnt[0] += 1;
@@ -807,7 +787,6 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     mac_cache_init(loc);
     dst_cache_t dsts; /* destination addresses found in the table */
     memset(&dsts, 0, sizeof dsts);
-    const char *tail = NULL; /* the frame taken last, in the guest's TX buffer */
 
     while (nframes < budget) {
         uint16_t avail_idx = ring16(&tx.avail, 1);
@@ -834,9 +813,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             break;
         }
         buf = wire.master_mac ? stage[wire.n] : (unsigned char *)fb.buf; /* a wire frame stays there */
-        uint32_t copied = d.len < HEAD_COPY ? d.len : HEAD_COPY;
-        memcpy(buf, src, copied);
-        tail = src;
+        memcpy(buf, src, d.len);
         tx.last_avail++;
         tx.walked++;
         push_used(&tx, head, 0);
@@ -886,7 +863,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 if ((long)len > wire.max_frame && !buf[1])
                     break; /* MTU_EXCEEDED, Python counts it */
                 memcpy(eth + 6, wire.master_mac, 6);
-                wire_stage(&wire, len, src, copied);
+                wire_stage(&wire, len);
                 status = ST_BUDGET;
                 length = 0;
                 taken = 0;
@@ -910,7 +887,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         if (!PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6 ||
             memcmp(eth, PyBytes_AS_STRING(tmac), 6) != 0)
             break;
-        int r = deliver(&targets, value, buf, len, src, copied, dirty);
+        int r = deliver(&targets, value, buf, len, dirty);
         if (r == 0)
             break;
         if (r < 0) {
@@ -928,15 +905,11 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         }
     }
 
-    if (status == ST_SLOW_FRAME && !error) { /* Python switches it whole from its own buffer */
-        uint32_t copied = length < HEAD_COPY ? (uint32_t)length : HEAD_COPY;
-        if (buf != fb.buf)
-            memcpy(fb.buf, buf, copied);
-        if (length > copied)
-            memcpy((char *)fb.buf + copied, tail + copied, (size_t)length - copied);
-    }
-    if (wire.master_mac)
+    if (wire.master_mac) {
+        if (status == ST_SLOW_FRAME && !error && buf != fb.buf)
+            memcpy(fb.buf, buf, (size_t)length); /* Python switches it from its own buffer */
         wire_flush(&wire);
+    }
     PyObject *exc = NULL; /* an exception after a chain was taken: ERROR, not raised */
     if (error && tx.changed) {
         if (taken) { /* give the chain back: Python takes it again */
@@ -1172,7 +1145,7 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
             memcpy(saved, eth, 6);
             memcpy(eth, PyBytes_AS_STRING(tmac), 6);
         }
-        int r = deliver(&x->targets, value, buf, (uint32_t)total, NULL, (uint32_t)total, x->dirty);
+        int r = deliver(&x->targets, value, buf, (uint32_t)total, x->dirty);
         if (r == 1 || r == 2) {
             fast = 1;
             x->delivered++;
