@@ -4,7 +4,7 @@
 
 Fake guests on an in-process port (``tests/support/inproc.py``: the real
 ``NetDevice``, ``PortDatapath``, switch and virtqueue code); guest a transmits
-UDP frames to guest b in bursts of 200 (``--burst``: a drain's share of the
+UDP frames to guest b0 in bursts of 200 (``--burst``: a drain's share of the
 daemon's per-burst work grows as bursts shrink; ``--targets N``: to N guests in turn, one
 frame each, as a server answering several clients), and only the daemon's side
 (``drain_tx``) is timed, with and without the C accelerator (``--dirty-log``: also

@@ -522,8 +522,6 @@ static int targets_close(targets_t *ts)
     return rc;
 }
 
-/* CRC-32 (IEEE 802.3, reflected 0xEDB88320), as zlib.crc32: ``crc`` is the value so far
- * (0 to start), the result can be passed on. */
 /* The answers a burst already had from Python's tables, so that frames of a few flows in
  * turn (a guest answering several others, the wire's frames for several guests) need no
  * Python object: CACHE_WAYS entries, chosen by the key's last byte, each an exact key.
@@ -604,6 +602,8 @@ static int mac_in(mac_cache_t *c, PyObject *container, const unsigned char *mac,
     return found;
 }
 
+/* CRC-32 (IEEE 802.3, reflected 0xEDB88320), as zlib.crc32: ``crc`` is the value so far
+ * (0 to start), the result can be passed on. */
 static uint32_t crc_table[256];
 
 static void crc_init(void)
@@ -782,9 +782,8 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     unsigned char *buf = fb.buf;
     unsigned char src_key[16];
     Py_ssize_t src_len = 0;
-    mac_cache_t local; /* destination MACs: in wire.by_mac (local) or not (outside) */
-    mac_cache_t *loc = &local;
-    mac_cache_init(loc);
+    mac_cache_t dst_macs; /* destination MACs: in wire.by_mac (local) or not (outside) */
+    mac_cache_init(&dst_macs);
     dst_cache_t dsts; /* destination addresses found in the table */
     memset(&dsts, 0, sizeof dsts);
 
@@ -854,7 +853,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             src_len = alen;
         }
         if (wire.master_mac && memcmp(eth, wire.master_mac, 6) != 0) {
-            int is_local = mac_in(loc, wire.by_mac, eth, 0);
+            int is_local = mac_in(&dst_macs, wire.by_mac, eth, 0);
             if (is_local < 0) {
                 error = 1;
                 break;
