@@ -8,6 +8,7 @@ Shape (other tools rely on it; do not change it lightly)::
     socket_permissions = 0o660  # TOML octal integer, or a string "0660" (default 0o660)
     dns = ["192.0.2.53"]        # optional: the DNS servers (IPv4, IPv6) DHCP, DHCPv6 and RAs hand out
     dns_search = ["example.org"]  # optional: its search domains (both default: the host's resolv.conf)
+    workers = 2                 # optional: data-path threads, each port on one (default 1: the main thread)
 
     [[port]]
     master = "veth0"            # host interface: the IPvlan master
@@ -109,6 +110,8 @@ MAX_ADDRESSES = 256
 #: min(pairs, vCPUs) of them; the daemon serves them all on one thread, so more pairs
 #: only cost descriptors (6 each): 16, as many vCPUs as a guest here sensibly gets
 MAX_QUEUES = MAX_QUEUE_PAIRS
+#: the most data-path threads (``[daemon] workers``)
+MAX_WORKERS = 64
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -167,6 +170,9 @@ class DaemonConfig:
     socket_permissions: int = 0o660
     dns: tuple[str, ...] | None = None  # the DHCP server's DNS servers (None: the host's resolv.conf)
     dns_search: tuple[str, ...] | None = None  # ... and search domains
+    #: data-path threads (``daemon.workers``): 1 (the default) runs every port on the main
+    #: loop; N >= 2 gives each port to one of N worker threads; read at start only
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,7 +506,8 @@ def _permissions(where: str, value: Any) -> int:
 
 
 def _daemon(where: str, table: Any) -> DaemonConfig:
-    t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions", "dns", "dns_search"}, set())
+    t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions", "dns", "dns_search", "workers"},
+              set())
     owner = _id(f"{where}.socket_owner", t["socket_owner"], lambda n: pwd.getpwnam(n).pw_uid, "user") \
         if "socket_owner" in t else -1
     group = _id(f"{where}.socket_group", t["socket_group"], lambda n: grp.getgrnam(n).gr_gid, "group") \
@@ -509,7 +516,14 @@ def _daemon(where: str, table: Any) -> DaemonConfig:
         if "socket_permissions" in t else 0o660
     dns = _dns(f"{where}.dns", t["dns"]) if "dns" in t else None
     search = _search(f"{where}.dns_search", t["dns_search"]) if "dns_search" in t else None
-    return DaemonConfig(owner, group, perms, dns, search)
+    workers = _workers(f"{where}.workers", t["workers"]) if "workers" in t else 1
+    return DaemonConfig(owner, group, perms, dns, search, workers)
+
+
+def _workers(where: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"{where}: {value!r} is not a number of worker threads from 1 to {MAX_WORKERS}")
+    return value
 
 
 def _list(where: str, value: Any) -> list[Any]:
@@ -610,6 +624,8 @@ def daemon_table(d: DaemonConfig) -> dict[str, Any]:
         t["dns"] = list(d.dns)
     if d.dns_search is not None:
         t["dns_search"] = list(d.dns_search)
+    if d.workers != default.workers:
+        t["workers"] = d.workers
     return t
 
 

@@ -160,9 +160,13 @@ class Lab:
             sh("ip", "-n", self.host, "addr", "add", a, "dev", MASTER, *(["nodad"] if ":" in a else []))
         self.master_mac = self.read_sys(self.host, MASTER, "address")
         self.out_mac = self.read_sys(self.out, "vio0", "address")
+        self.build_more()
         if self.write_config:
             self.config.write_text(self.config_text())
         self.start_daemon()
+
+    def build_more(self) -> None:
+        """A subclass's own links, made after the namespaces and veth, before the daemon starts."""
 
     def start_daemon(self) -> None:
         pin = ["taskset", "-c", self.cpus] if self.cpus is not None else []

@@ -43,6 +43,12 @@ _close_log = RateLimitedLog(log)
 _live: set[Connection] = set()
 
 
+def watch_memory(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the connections whose memory shrank from ``loop`` (the daemon's main loop,
+    before any connection: with worker threads, the one loop that may touch them all)."""
+    on_memory_shrunk(loop, _check_memory)
+
+
 def _check_memory() -> None:
     """The SIGBUS guard replaced a page: close every connection whose memory shrank."""
     for conn in list(_live):

@@ -118,6 +118,8 @@ class PortDatapath:
         self.port = port
         self.uplink = uplink
         self.loop = loop
+        #: the worker thread whose loop ``loop`` is (``daemon.workers``; 0: the only one)
+        self.worker = 0
         self.devices: dict[str, NetDevice] = {}
         self.dirty: set[NetDevice] = set()
         #: devices with ``rx_waste`` to forget at the end of the burst

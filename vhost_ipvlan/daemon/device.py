@@ -416,9 +416,11 @@ class NetDevice:
         return out
 
     def queue_stats(self) -> dict[str, object]:
-        """The queue pairs: how many the slave offers, how many the connection has and
-        how many take frames (RX started and enabled), and each pair's state."""
-        return {"queues": self.queues, "queue_pairs": len(self.pairs) if self.session is not None else 0,
+        """The queue pairs: how many the slave offers, the worker thread that serves them
+        (its port's), how many the connection has and how many take frames (RX started
+        and enabled), and each pair's state."""
+        return {"queues": self.queues, "worker": self.dp.worker,
+                "queue_pairs": len(self.pairs) if self.session is not None else 0,
                 "queue_pairs_enabled": len(self.rx_ready),
                 "per_queue": [p.stats() for p in self.pairs] if self.session is not None else []}
 

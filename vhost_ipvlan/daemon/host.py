@@ -146,9 +146,12 @@ _shrink_loop: asyncio.AbstractEventLoop | None = None
 
 def on_memory_shrunk(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
     """Have ``callback()`` called on ``loop`` after the guard replaced a page of a
-    guarded mapping (one loop at a time: the daemon has one; a new loop takes over)."""
+    guarded mapping (one loop at a time: the first one asked keeps it until it is
+    closed, then the next one asked takes over; the daemon asks for its main loop
+    first, so that with worker threads the callback runs where it may touch every
+    worker's connections: ``daemon.workers``)."""
     global _shrink_fd, _shrink_loop
-    if _guard is None or loop is _shrink_loop:
+    if _guard is None or loop is _shrink_loop or (_shrink_loop is not None and not _shrink_loop.is_closed()):
         return
     if _shrink_fd is None:
         _shrink_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

@@ -209,7 +209,7 @@ class Ownership:
                  "" if learnable_more(slave) else "; no more addresses will be learned")
         if master not in self._pending:
             self._pending.add(master)
-            self.loop.call_soon(self._sync, master)
+            self.loop.call_soon_threadsafe(self._sync, master)  # from the port's worker thread
 
     def _sync(self, master: str) -> None:
         self._pending.discard(master)

@@ -39,12 +39,14 @@ from ..drops import counts
 from ..errors import ConfigError, UplinkError
 from ..switch.port import learned_addresses
 from . import fdbudget
+from .channel import watch_memory
 from .datapath import PortDatapath
 from .endpoint import NO_DIRTY_LOG, Endpoint
 from .fastpath import accelerated
 from .master import MasterMonitor
 from .metrics import MetricsServer
 from .topology import Topology
+from .workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def sd_notify(state: str) -> None:
 class Daemon:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, *, config_path: Path | None = None,
                  state_path: Path | None = None, control_path: Path | None = None,
-                 metrics: str | None = None) -> None:
+                 metrics: str | None = None, workers: Workers | None = None) -> None:
         self.initial = config
         self.loop = loop
         self.config_path = config_path
@@ -70,7 +72,7 @@ class Daemon:
         self.masters = MasterMonitor(loop)
         self.metrics_address = metrics
         self.metrics: MetricsServer | None = None
-        self.topology = Topology(loop)
+        self.topology = Topology(loop, workers)
         self.topology.on_port_added = self.masters.add
         self.topology.on_port_removed = self.masters.remove
         self.masters.read_addresses = self.topology.owners.master_addresses
@@ -95,6 +97,7 @@ class Daemon:
 
     def _start(self) -> None:
         fdbudget.raise_limit()
+        watch_memory(self.loop)  # before any connection: the main loop may close any of them
         self.masters.start()
         self.topology.apply(self.initial)
         if self.state_path is not None:
@@ -103,8 +106,10 @@ class Daemon:
             self.control.start()
         if self.metrics_address is not None:
             self.metrics = MetricsServer(self.metrics_address, self.stats, self.loop)
-        log.info("ready: %d master(s), %d slave(s), data path: %s", len(self.ports), len(self.endpoints),
-                 "C accelerator + Python" if accelerated() else "pure Python")
+        log.info("ready: %d master(s), %d slave(s), data path: %s, %s", len(self.ports), len(self.endpoints),
+                 "C accelerator + Python" if accelerated() else "pure Python",
+                 "on the main thread" if self.topology.workers.count == 1
+                 else f"{self.topology.workers.count} worker threads")
         if NO_DIRTY_LOG:
             log.warning("VHOST_IPVLAN_TEST_NO_DIRTY_LOG=1: dirty pages are not logged, a live-migrated guest "
                         "loses what the daemon wrote during the migration (a test's negative control only)")
@@ -149,6 +154,7 @@ class Daemon:
                     **({"dhcp6": dev.dhcp6_stats()} if any(dev.dhcp6) or dev.ra_sent else {}),
                 }
             out[dp.port.master] = {
+                "worker": dp.worker,
                 "uplink_rx_packets": dp.uplink_rx,
                 "uplink_tx_packets": dp.uplink_tx,
                 "drops": counts(dp.drops, dp.port.uplink_drops),
@@ -185,14 +191,24 @@ class Daemon:
             self.control.close()
         self.masters.close()
         self.topology.close()
+        self.topology.workers.stop()
 
 
 def serve(config: Config, *, config_path: Path | None = None, state_path: Path | None = None,
           control_path: Path | None = None, metrics: str | None = None) -> None:
+    workers = Workers(config.daemon.workers)
+
     async def main() -> None:
         daemon = Daemon(config, asyncio.get_running_loop(), config_path=config_path, state_path=state_path,
-                        control_path=control_path, metrics=metrics)
+                        control_path=control_path, metrics=metrics, workers=workers)
         daemon.start()
         await daemon.run()
 
-    asyncio.run(main())
+    try:
+        if workers.count == 1:
+            asyncio.run(main())
+        else:  # the main loop holds the workers' gates while it runs (workers.py)
+            with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(workers.main_selector())) as runner:
+                runner.run(main())
+    finally:
+        workers.stop()

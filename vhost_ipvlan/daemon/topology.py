@@ -72,6 +72,7 @@ from .ownership import Ownership, learned_by_others, log_taken
 from .routing import Router
 from .rxfilter import RxFilterWatch
 from .uplink import Uplink
+from .workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,15 @@ log = logging.getLogger(__name__)
 class Topology:
     """The running ports (``PortDatapath``) and slave endpoints, kept equal to ``config``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, workers: Workers | None = None) -> None:
         self.loop = loop
+        #: the data path's threads: each port runs on the loop ``workers`` gives it
+        #: (``dp.loop``, ``dp.worker``); with one worker, on ``loop``
+        if workers is None:
+            workers = Workers()
+        if workers.main is None:
+            workers.main = loop
+        self.workers = workers
         self.config = Config(())
         self.ports: list[PortDatapath] = []
         self.endpoints: list[Endpoint] = []
@@ -235,7 +243,10 @@ class Topology:
         undo.callback(self.owners.unwatch, port)
         port.master_addresses = self.owners.master_addresses(pc.master)
         port.on_learn = partial(self.owners.learned, pc.master)
-        dp = PortDatapath(port, uplink, self.loop)
+        worker, loop = self.workers.loop_for_port()
+        undo.callback(self.workers.port_removed, worker)
+        dp = PortDatapath(port, uplink, loop)
+        dp.worker = worker
         dp.dns = resolv.dns(self.config.daemon)
         undo.callback(_close_extras, dp)
         try:
@@ -243,7 +254,7 @@ class Topology:
         except UplinkError as e:
             log.warning("%s; host <-> guest traffic is not available", e)
         if port.traits.routes:
-            dp.router = Router(uplink.ifindex, self.loop)
+            dp.router = Router(uplink.ifindex, loop)
             dp.router.on_release = dp.routed_later  # packets held while their next hop resolves
         if port.traits.host_forwarding and dp.hostlink is not None:
             dp.hostlink.enable_forwarding()
@@ -284,6 +295,7 @@ class Topology:
         dp.uplink.close()
         _close_extras(dp)
         self.ports.remove(dp)
+        self.workers.port_removed(dp.worker)
         self.owners.unwatch(dp.port)
         self.config = replace(self.config, ports=tuple(p for p in self.config.ports if p.master != master))
         undo.callback(self._readd_port, pc)
@@ -334,8 +346,8 @@ class Topology:
         dp.devices[sc.name] = dev
         undo.callback(self._forget_device, dp, dev)
         d = self.config.daemon
-        ep = Endpoint(sc.socket, sc.socket_mode, dev, self.loop, d.socket_permissions, d.socket_owner, d.socket_group,
-                      peer=(sc.peer_uid, sc.peer_gid))
+        ep = Endpoint(sc.socket, sc.socket_mode, dev, self.workers.loop(dp.worker), d.socket_permissions,
+                      d.socket_owner, d.socket_group, peer=(sc.peer_uid, sc.peer_gid))
         self.endpoints.append(ep)
         self._endpoints[sc.name] = ep
         undo.callback(self._close_endpoint, ep)
@@ -502,6 +514,7 @@ class Topology:
                 dp.stop()
             dp.uplink.close()
             _close_extras(dp)
+            self.workers.port_removed(dp.worker)
         if self._nft_used:
             with contextlib.suppress(UplinkError):
                 nft.remove()

@@ -1,0 +1,221 @@
+"""Worker threads for the data path (``[daemon] workers = N``).
+
+With one worker (the default) everything runs on the main loop, as it always has.
+With N >= 2, N threads each run an event loop, and every port (a master, its
+slaves' sockets, connections, kick descriptors, uplink, host link and timers) is
+given to one of them when it is made: the worker with the fewest ports. The main
+loop keeps the control and metrics servers, netlink, SIGHUP and the RX-filter
+watches, and makes and removes ports and slaves as before.
+
+Rule (what keeps the rest of the daemon free of locks): **a worker runs Python only
+while it holds its gate, and the main loop holds every gate whenever it runs.** So
+the main loop and a worker never run at the same time, and whatever the main loop
+does to a port (a control request, a master event, ``stats``) sees it between two of
+its worker's loop iterations; two workers do run at once, each on its own ports, one
+at a time in Python (the GIL) but together in the kernel and in the C accelerator's
+``sendmmsg`` (which lets the GIL go). What a port's code calls outside its port goes
+to the main loop with ``call_soon_threadsafe`` (``Ownership.learned``).
+
+A worker lets go of its gate only while it waits for events (its selector's
+``select``); the main loop takes every gate when its own wait ends and lets go of them
+when it waits again, after waking each worker (whose wait may have been computed
+before the main loop added a timer or a ready callback to its loop). A turnstile
+lets the main loop in ahead of a busy worker: once the main loop wants a gate, the
+worker waits at the turnstile after its current iteration, so a control request
+waits at most one iteration of each worker (bursts are bounded).
+
+The main loop must never wait for a worker while it holds the gates (no ``join``, no
+``run_coroutine_threadsafe(...).result()``): ``stop`` lets a worker's gate go first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import selectors
+import threading
+
+from ..config import MAX_WORKERS
+
+log = logging.getLogger(__name__)
+
+#: how long ``stop`` waits for a worker's loop to end
+STOP_TIMEOUT = 5.0
+
+
+class Gate:
+    """Mutual exclusion between one worker and the main loop (see the module's rule)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._turnstile = threading.Lock()
+
+    def enter(self) -> None:
+        """Worker: take the gate, after the main loop if it is waiting for it."""
+        with self._turnstile:
+            pass
+        self._lock.acquire()
+
+    def leave(self) -> None:
+        """Worker: let the gate go (it waits for events)."""
+        self._lock.release()
+
+    def hold(self) -> None:
+        """Main loop: take the gate once the worker's current iteration ends."""
+        with self._turnstile:
+            self._lock.acquire()
+
+    def let_go(self) -> None:
+        """Main loop: let the gate go (it waits for events)."""
+        self._lock.release()
+
+
+class _WorkerSelector(selectors.EpollSelector):
+    """A worker's selector: it holds its gate except while it waits."""
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__()
+        self._gate = gate
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self._gate.leave()
+        try:
+            return super().select(timeout)
+        finally:
+            self._gate.enter()
+
+
+class _MainSelector(selectors.EpollSelector):
+    """The main loop's selector: it holds every worker's gate except while it waits."""
+
+    def __init__(self, workers: Workers) -> None:
+        super().__init__()
+        self._workers = workers
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self._workers.let_go()
+        try:
+            return super().select(timeout)
+        finally:
+            self._workers.hold()
+
+
+_PR_SET_NAME = 15
+
+
+def _name_thread(name: str) -> None:
+    """Give the calling thread ``name`` (at most 15 bytes) as the kernel shows it
+    (``top -H``, ``/proc/PID/task/TID/comm``); nothing if libc cannot be had."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _nothing() -> None:
+    """A callback that only wakes a loop."""
+
+
+class Worker:
+    """One thread running an event loop for the ports given to it."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.gate = Gate()
+        self.gate.hold()  # the main loop runs: the worker waits until it waits
+        self.loop = asyncio.SelectorEventLoop(_WorkerSelector(self.gate))
+        self.ports = 0
+        self._thread = threading.Thread(target=self._run, name=f"vhost-ipvlan worker {index}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        _name_thread(f"vi-worker-{self.index}")
+        self.gate.enter()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.gate.leave()
+
+    def stop(self) -> bool:
+        """Main loop (holding the gate): end the thread; False if it did not end in time."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.gate.let_go()
+        self._thread.join(STOP_TIMEOUT)
+        if self._thread.is_alive():
+            log.error("worker %d did not stop within %.0f s", self.index, STOP_TIMEOUT)
+            return False
+        self.loop.close()
+        return True
+
+
+class Workers:
+    """The data path's threads: ``loop_for_port`` gives a new port its loop.
+
+    ``count == 1``: no thread; every port runs on ``main`` (set once the main loop
+    exists). ``count >= 2``: that many workers; the main loop must be made with
+    ``main_selector()`` (it holds their gates while it runs) and be running, or
+    about to run, on the thread that made this object."""
+
+    def __init__(self, count: int = 1) -> None:
+        if not 1 <= count <= MAX_WORKERS:
+            raise ValueError(f"workers: {count} is not between 1 and {MAX_WORKERS}")
+        self.count = count
+        self.main: asyncio.AbstractEventLoop | None = None
+        self._workers = [Worker(i) for i in range(count)] if count > 1 else []
+        self._held = bool(self._workers)
+        self._main_ports = 0
+
+    def main_selector(self) -> selectors.BaseSelector:
+        return _MainSelector(self)
+
+    # -- the main loop's side of the gates ---------------------------------------
+
+    def let_go(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        for w in self._workers:
+            w.loop.call_soon_threadsafe(_nothing)  # its wait's timeout may predate our changes
+            w.gate.let_go()
+
+    def hold(self) -> None:
+        if self._held or not self._workers:
+            return
+        for w in self._workers:
+            w.gate.hold()
+        self._held = True
+
+    # -- ports ----------------------------------------------------------------------
+
+    def loop_for_port(self) -> tuple[int, asyncio.AbstractEventLoop]:
+        """(worker index, its loop) for a new port: the worker with the fewest ports."""
+        if not self._workers:
+            assert self.main is not None, "Workers.main is not set"
+            self._main_ports += 1
+            return 0, self.main
+        w = min(self._workers, key=lambda w: w.ports)
+        w.ports += 1
+        return w.index, w.loop
+
+    def loop(self, index: int) -> asyncio.AbstractEventLoop:
+        """Worker ``index``'s loop (the main loop with one worker)."""
+        if not self._workers:
+            assert self.main is not None, "Workers.main is not set"
+            return self.main
+        return self._workers[index].loop
+
+    def port_removed(self, index: int) -> None:
+        if self._workers:
+            self._workers[index].ports -= 1
+        else:
+            self._main_ports -= 1
+
+    def stop(self) -> None:
+        """End every worker thread (from the main loop, after every port is closed)."""
+        workers, self._workers = self._workers, []
+        self._held = False
+        for w in workers:
+            w.stop()
