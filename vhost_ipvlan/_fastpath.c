@@ -107,10 +107,12 @@
 #define WIRE_BATCH 32
 #define SLOT_SIZE 65568 /* >= virtio.net.MAX_BUFFER */
 
-/* Frames for the wire wait here until the burst's sendmmsg (the GIL is held: one user). */
-static unsigned char stage[WIRE_BATCH][SLOT_SIZE];
-static struct mmsghdr wire_msgs[WIRE_BATCH];
-static struct iovec wire_iov[WIRE_BATCH][2];
+/* Frames for the wire wait here until the burst's sendmmsg. One set per thread: the
+ * daemon's worker threads (daemon/workers.py) call in at once, and sendmmsg runs
+ * without the GIL. */
+static __thread unsigned char stage[WIRE_BATCH][SLOT_SIZE];
+static __thread struct mmsghdr wire_msgs[WIRE_BATCH];
+static __thread struct iovec wire_iov[WIRE_BATCH][2];
 
 typedef struct {
     int fd;
@@ -121,22 +123,29 @@ typedef struct {
     long sent, failed;
 } wire_t;
 
-/* Send the staged frames, each tried once (as Python's Uplink.send): a failed one is counted. */
+/* Send the staged frames, each tried once (as Python's Uplink.send): a failed one is counted.
+ * The kernel's work (the master's driver and, on a veth, its peer's receive) runs without
+ * the GIL: it touches only this thread's stage, no Python object. */
 static void wire_flush(wire_t *w)
 {
     int i = 0;
+    long sent = 0, failed = 0;
+    Py_BEGIN_ALLOW_THREADS
     while (i < w->n) {
         int r = sendmmsg(w->fd, wire_msgs + i, (unsigned)(w->n - i), MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            w->failed++;
+            failed++;
             i++;
         } else {
-            w->sent += r;
+            sent += r;
             i += r;
         }
     }
+    Py_END_ALLOW_THREADS
+    w->sent += sent;
+    w->failed += failed;
     w->n = 0;
 }
 
@@ -940,9 +949,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
 #define RX_BATCH 32
 /* Frames read from the wire wait here until they are delivered or handed to Python
  * (recvmmsg; a ring's frames are used where the kernel put them). */
-static unsigned char rx_stage[RX_BATCH][SLOT_SIZE];
-static struct mmsghdr rx_msgs[RX_BATCH];
-static struct iovec rx_iov[RX_BATCH][2];
+static __thread unsigned char rx_stage[RX_BATCH][SLOT_SIZE]; /* one set per thread, as stage */
+static __thread struct mmsghdr rx_msgs[RX_BATCH];
+static __thread struct iovec rx_iov[RX_BATCH][2];
 
 /* The uplink's RX ring (PACKET_RX_RING, TPACKET_V2, PACKET_VNET_HDR, PACKET_COPY_THRESH),
  * given by Python (daemon/uplink.py ``RxRing.args``) as (fd, map, frame_size, frame_nr,
@@ -1186,7 +1195,12 @@ static int rx_recvmmsg(rx_t *x, int fd, int *rerrno)
             rx_msgs[i].msg_hdr.msg_iov = rx_iov[i];
             rx_msgs[i].msg_hdr.msg_iovlen = 2;
         }
-        int got = recvmmsg(fd, rx_msgs, want, MSG_DONTWAIT, NULL);
+        int got, err;
+        Py_BEGIN_ALLOW_THREADS /* only this thread's rx_stage is touched */
+        got = recvmmsg(fd, rx_msgs, want, MSG_DONTWAIT, NULL);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        errno = err;
         if (got < 0) {
             if (errno == EINTR)
                 continue;
