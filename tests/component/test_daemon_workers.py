@@ -23,7 +23,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
 from tests.support.frontend import FakeFrontend
-from tests.support.lab import MASTER, OUT_IP, FrontendLab, SlaveSpec, receive, sh
+from tests.support.lab import MASTER, MASTER2, OUT2_IP, OUT_IP, SlaveSpec, TwoPortLab, receive, sh
 from tests.support.wait import wait_until
 from vhost_ipvlan.control.client import Client
 
@@ -31,32 +31,14 @@ pytestmark = [pytest.mark.netns]
 
 MAC_A, MAC_B, MAC_L = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:21"
 A_IP, B_IP, L_IP = "192.0.2.10", "198.51.100.10", "198.51.100.50"
-MASTER2, OUT2, OUT2_IP, MASTER2_IP = "vim1", "vio1", "198.51.100.1", "198.51.100.2"
 
 
-class Lab(FrontendLab):
-    """The shared lab with a second master (``vim1``, its peer ``vio1`` in the outside
-    namespace, another subnet) and its own port; ``[daemon] workers = 2``."""
-
-    def __init__(self, tmp: Path, workers: int = 2) -> None:
-        super().__init__(tmp, [SlaveSpec("a", [f"{A_IP}/24"], MAC_A)], ipv6=False,
-                         config_head=f"[daemon]\nworkers = {workers}\n")
-
-    def config_text(self) -> str:
-        return super().config_text() + "\n".join([
-            "[[port]]", f'master = "{MASTER2}"',
-            "[[port.slave]]", 'name = "b"', f'socket = "{self.sock("b")}"', f'addresses = ["{B_IP}/24"]',
-            f'mac = "{MAC_B}"',
-            "[[port.slave]]", 'name = "l"', f'socket = "{self.sock("l")}"', "addresses = []", f'mac = "{MAC_L}"',
-            "learn = true", ""])
-
-    def build_more(self) -> None:
-        sh("ip", "link", "add", MASTER2, "netns", self.host, "type", "veth", "peer", "name", OUT2, "netns", self.out)
-        sh("ip", "-n", self.host, "link", "set", MASTER2, "up")
-        sh("ip", "-n", self.out, "link", "set", OUT2, "up")
-        sh("ip", "-n", self.out, "addr", "add", f"{OUT2_IP}/24", "dev", OUT2)
-        sh("ip", "-n", self.host, "addr", "add", f"{MASTER2_IP}/24", "dev", MASTER2)  # learning needs a subnet
-        self.out2_mac = self.read_sys(self.out, OUT2, "address")
+class Lab(TwoPortLab):
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp, [SlaveSpec("a", [f"{A_IP}/24"], MAC_A)], [
+            SlaveSpec("b", [f"{B_IP}/24"], MAC_B),
+            SlaveSpec("l", [], MAC_L, extra={"learn": True}),
+        ], ipv6=False)
 
     def client(self) -> Client:
         return Client(self.control, timeout=20)

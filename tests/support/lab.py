@@ -129,14 +129,19 @@ class Lab:
         return self.tmp / f"{name}.sock"
 
     def config_text(self) -> str:
-        lines = [self.config_head, "[[port]]", f'master = "{MASTER}"', f'mode = "{self.mode}"', f'flag = "{self.flag}"']
-        for s in self.slaves:
+        lines = [self.config_head, *self.port_lines(MASTER, self.slaves)]
+        return "\n".join(lines) + "\n"
+
+    def port_lines(self, master: str, slaves: list[SlaveSpec]) -> list[str]:
+        """The config file's ``[[port]]`` table for ``master`` (the lab's mode and flag) with ``slaves``."""
+        lines = ["[[port]]", f'master = "{master}"', f'mode = "{self.mode}"', f'flag = "{self.flag}"']
+        for s in slaves:
             lines += ["[[port.slave]]", f'name = "{s.name}"', f'socket = "{self.sock(s.name)}"',
                       f'socket_mode = "{s.socket_mode}"', f"addresses = {json.dumps(s.addresses)}"]
             if s.mac:
                 lines.append(f'mac = "{s.mac}"')
             lines += [f"{k} = {json.dumps(v)}" for k, v in s.extra.items()]  # strings, lists, numbers
-        return "\n".join(lines) + "\n"
+        return lines
 
     def build(self) -> None:
         sh("ip", "netns", "add", self.host)
@@ -312,3 +317,32 @@ def receive(fe: FakeFrontend, match: Callable[[Packet], bool], what: str, timeou
 def nothing_received(fe: FakeFrontend, match: Callable[[Packet], bool]) -> bool:
     """True if nothing ``fe`` received so far matches."""
     return not any(match(Ether(d)) for _, d in fe.receive())
+
+
+MASTER2, OUT2, OUT2_IP, MASTER2_IP = "vim1", "vio1", "198.51.100.1", "198.51.100.2"
+
+
+class TwoPortLab(FrontendLab):
+    """The lab with a second master, ``vim1`` (198.51.100.2/24; its peer ``vio1`` in the
+    outside namespace, 198.51.100.1/24) and its own port with ``slaves2``; ``[daemon]
+    workers = workers``."""
+
+    def __init__(self, tmp: Path, slaves: list[SlaveSpec], slaves2: list[SlaveSpec], *, workers: int = 2,
+                 **kwargs: Any) -> None:
+        super().__init__(tmp, slaves, config_head=f"[daemon]\nworkers = {workers}\n", **kwargs)
+        self.slaves2 = slaves2
+        self.out2_mac = ""
+
+    def config_text(self) -> str:
+        return super().config_text() + "\n".join(self.port_lines(MASTER2, self.slaves2)) + "\n"
+
+    def build_more(self) -> None:
+        sh("ip", "link", "add", MASTER2, "netns", self.host, "type", "veth", "peer", "name", OUT2, "netns", self.out)
+        if not self.ipv6:
+            sh("ip", "netns", "exec", self.host, "sysctl", "-qw", f"net.ipv6.conf.{MASTER2}.disable_ipv6=1")
+            sh("ip", "netns", "exec", self.out, "sysctl", "-qw", f"net.ipv6.conf.{OUT2}.disable_ipv6=1")
+        sh("ip", "-n", self.host, "link", "set", MASTER2, "up")
+        sh("ip", "-n", self.out, "link", "set", OUT2, "up")
+        sh("ip", "-n", self.out, "addr", "add", f"{OUT2_IP}/24", "dev", OUT2)
+        sh("ip", "-n", self.host, "addr", "add", f"{MASTER2_IP}/24", "dev", MASTER2)  # a subnet: learning
+        self.out2_mac = self.read_sys(self.out, OUT2, "address")
