@@ -10,6 +10,7 @@ The outside host is the real kernel stack.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -160,3 +161,17 @@ def test_sigterm_stops_the_workers_and_cleans_up(lab: Lab) -> None:
     for name in ("a", "b", "l"):
         assert not lab.sock(name).exists()
     assert "Traceback" not in lab.log_text()
+
+
+def test_sighup_with_another_workers_count_says_when_it_applies(lab: Lab) -> None:
+    """The threads are made at start: a reload that changes ``workers`` keeps them,
+    says so, and records the new count (the state file) for the next start."""
+    text = lab.config.read_text().replace("workers = 2", "workers = 3")
+    lab.config.write_text(text)
+    assert lab.daemon is not None
+    warned = lab.log_text().count("daemon.workers: 3 from the next start (2 now")
+    lab.daemon.send_signal(signal.SIGHUP)
+    lab.wait_log("daemon.workers: 3 from the next start (2 now", warned)
+    wait_until(lambda: "workers = 3" in lab.state.read_text(), 10, what="the state file's workers = 3")
+    stats = lab.client().call("stats")
+    assert {stats[MASTER]["worker"], stats[MASTER2]["worker"]} == {0, 1}

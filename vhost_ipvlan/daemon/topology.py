@@ -184,6 +184,9 @@ class Topology:
         if new.daemon != self.config.daemon:  # socket ownership: applies to sockets made from now on
             undo.callback(self._set_config, self.config)
             self.config = replace(self.config, daemon=new.daemon)
+            if new.daemon.workers != self.workers.count:
+                log.warning("daemon.workers: %d from the next start (%d now: the threads are made at start)",
+                            new.daemon.workers, self.workers.count)
         self._set_dns()  # the host's resolv.conf may have changed too (start-up, SIGHUP)
         wanted = {p.master: p for p in new.ports}
         have = {p.master for p in self.config.ports}
