@@ -72,7 +72,8 @@
  *   publishes its used index and interrupts it after the burst).
  * Returns (status, length, frames_forwarded, bytes_forwarded, wire_sent, wire_failed);
  * frames_forwarded counts the frames sent to the wire too (sent or failed).
- * The staging slots are static: one caller at a time (the GIL is held throughout).
+ * The staging slots are per thread; the GIL is let go while no Python object is needed
+ * (gil_t below), so the daemon's worker threads (daemon/workers.py) run bursts at once.
  *
  * uplink_burst(...): the wire -> guest loop (the uplink's TPACKET_V2 RX ring, or
  * recvmmsg on its socket; demux by destination address with the same table, MAC
@@ -124,13 +125,13 @@ typedef struct {
 } wire_t;
 
 /* Send the staged frames, each tried once (as Python's Uplink.send): a failed one is counted.
- * The kernel's work (the master's driver and, on a veth, its peer's receive) runs without
- * the GIL: it touches only this thread's stage, no Python object. */
+ * It touches only this thread's stage, no Python object: forward_burst calls it without
+ * the GIL (gil_t below), so the kernel's work (the master's driver and, on a veth, its
+ * peer's receive) runs while other threads run Python. */
 static void wire_flush(wire_t *w)
 {
     int i = 0;
     long sent = 0, failed = 0;
-    Py_BEGIN_ALLOW_THREADS
     while (i < w->n) {
         int r = sendmmsg(w->fd, wire_msgs + i, (unsigned)(w->n - i), MSG_DONTWAIT);
         if (r < 0) {
@@ -143,7 +144,6 @@ static void wire_flush(wire_t *w)
             i += r;
         }
     }
-    Py_END_ALLOW_THREADS
     w->sent += sent;
     w->failed += failed;
     w->n = 0;
@@ -216,6 +216,33 @@ static PyObject *take_exception(void)
 /* The attribute names queue_open and queue_close use, interned once (PyInit__fastpath):
  * a name given as a C string would be made into a str object at every call. */
 enum { N_NUM, N_LAST_AVAIL, N_USED_IDX, N_WALKED, N_DESC, N_AVAIL, N_USED, N_LOGBUF, N_MEM, N_BY_GPA, N_COUNT };
+/* The GIL during a burst. A burst lets it go for the frames that need no Python object
+ * (every answer in the burst's caches, a target already open: the common case) and
+ * takes it back before anything that touches Python (a cache miss, a target's first
+ * frame, a frame for Python, an exception, the end). Meanwhile it reads only C memory
+ * (guest memory, the rings, its staging buffers) and fields of Python objects it holds
+ * references to and that nothing changes: the port's table entries, immutable tuples
+ * and bytes. Nothing else changes the port meanwhile: Python's code for a port runs on
+ * the port's thread (this one), and the daemon's main thread waits for the port's worker
+ * to finish its burst (daemon/workers.py). Other workers' threads run Python at once. */
+typedef struct {
+    PyThreadState *saved; /* not NULL: the GIL is let go */
+} gil_t;
+
+static inline void gil_let_go(gil_t *g)
+{
+    if (!g->saved)
+        g->saved = PyEval_SaveThread();
+}
+
+static inline void gil_take(gil_t *g)
+{
+    if (g->saved) {
+        PyEval_RestoreThread(g->saved);
+        g->saved = NULL;
+    }
+}
+
 static const char *const name_text[N_COUNT] = {
     [N_NUM] = "num",     [N_LAST_AVAIL] = "last_avail", [N_USED_IDX] = "used_idx", [N_WALKED] = "walked",
     [N_DESC] = "_desc",  [N_AVAIL] = "_avail",          [N_USED] = "_used",         [N_LOGBUF] = "_logbuf",
@@ -542,20 +569,33 @@ static int targets_close(targets_t *ts)
 #define CACHE_WAYS 8
 
 typedef struct {
-    struct {
-        Py_ssize_t len; /* 0: empty */
-        unsigned char key[16];
-        PyObject *value; /* a strong reference: the table entry */
-    } e[CACHE_WAYS];
+    Py_ssize_t len; /* 0: empty */
+    unsigned char key[16];
+    PyObject *value; /* a strong reference: the table entry */
+    /* its parts, checked when it was cached (read without the GIL) */
+    PyObject *rings;    /* a tuple of one or more (rxq, counters) */
+    const char *mac;    /* 6 bytes */
+    long caps;
+    PyObject *device;
+} dst_entry_t;
+
+typedef struct {
+    dst_entry_t e[CACHE_WAYS];
 } dst_cache_t;
 
-/* The entry of ``table`` (a dict) for the address ``key`` (4 or 16 bytes): borrowed; NULL
- * without an exception if there is none, NULL with one if the lookup failed. */
-static PyObject *dst_lookup(dst_cache_t *c, PyObject *table, const unsigned char *key, Py_ssize_t len)
+/* The cached entry for the address ``key`` (4 or 16 bytes), or NULL: no Python object
+ * is touched (the GIL may be let go). */
+static inline const dst_entry_t *dst_hit(const dst_cache_t *c, const unsigned char *key, Py_ssize_t len)
 {
-    unsigned i = key[len - 1] & (CACHE_WAYS - 1);
-    if (c->e[i].len == len && memcmp(c->e[i].key, key, (size_t)len) == 0)
-        return c->e[i].value;
+    const dst_entry_t *e = &c->e[key[len - 1] & (CACHE_WAYS - 1)];
+    return e->len == len && memcmp(e->key, key, (size_t)len) == 0 ? e : NULL;
+}
+
+/* Look ``key`` up in ``table`` (a dict; with the GIL) and cache the entry, checked:
+ * NULL without an exception if there is none, NULL with one if the lookup failed or the
+ * entry is not (rings, mac, caps, device). */
+static const dst_entry_t *dst_fill(dst_cache_t *c, PyObject *table, const unsigned char *key, Py_ssize_t len)
+{
     PyObject *k = PyBytes_FromStringAndSize((const char *)key, len);
     if (!k)
         return NULL;
@@ -563,11 +603,26 @@ static PyObject *dst_lookup(dst_cache_t *c, PyObject *table, const unsigned char
     Py_DECREF(k);
     if (!value)
         return NULL;
+    PyObject *rings = PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 4 ? PyTuple_GET_ITEM(value, 0) : NULL;
+    PyObject *mac = rings ? PyTuple_GET_ITEM(value, 1) : NULL;
+    if (!rings || !PyTuple_Check(rings) || PyTuple_GET_SIZE(rings) < 1 || !PyBytes_Check(mac) ||
+        PyBytes_GET_SIZE(mac) != 6 || !PyLong_Check(PyTuple_GET_ITEM(value, 2))) {
+        PyErr_SetString(PyExc_TypeError, "_fastpath: bad table entry");
+        return NULL;
+    }
+    long caps = PyLong_AsLong(PyTuple_GET_ITEM(value, 2));
+    if (caps == -1 && PyErr_Occurred())
+        return NULL;
+    dst_entry_t *e = &c->e[key[len - 1] & (CACHE_WAYS - 1)];
     Py_INCREF(value);
-    Py_XSETREF(c->e[i].value, value);
-    memcpy(c->e[i].key, key, (size_t)len);
-    c->e[i].len = len;
-    return value;
+    Py_XSETREF(e->value, value);
+    memcpy(e->key, key, (size_t)len);
+    e->len = len;
+    e->rings = rings;
+    e->mac = PyBytes_AS_STRING(mac);
+    e->caps = caps;
+    e->device = PyTuple_GET_ITEM(value, 3);
+    return e;
 }
 
 static void dst_cache_clear(dst_cache_t *c)
@@ -592,13 +647,24 @@ static void mac_cache_init(mac_cache_t *c)
         c->e[i].answer = -1;
 }
 
-/* Whether ``mac`` is in ``container`` (a dict or set): 1, 0, or -1 with an exception. With
- * ``positive_only`` a "no" is not kept (the caller's container may grow meanwhile). */
-static int mac_in(mac_cache_t *c, PyObject *container, const unsigned char *mac, int positive_only)
+/* The cached answer for ``mac`` (1: in the container, 0: not), or -1: none cached; no
+ * Python object is touched. */
+static inline int mac_hit(const mac_cache_t *c, const unsigned char *mac)
 {
     unsigned i = mac[5] & (CACHE_WAYS - 1);
-    if (c->e[i].answer >= 0 && memcmp(c->e[i].mac, mac, 6) == 0)
-        return c->e[i].answer;
+    return c->e[i].answer >= 0 && memcmp(c->e[i].mac, mac, 6) == 0 ? c->e[i].answer : -1;
+}
+
+/* Whether ``mac`` is in ``container`` (a dict or set): 1, 0, or -1 with an exception; with
+ * the GIL, unless the answer is cached (then taken only to ask). With ``positive_only`` a
+ * "no" is not kept (the caller's container may grow meanwhile). */
+static int mac_in(mac_cache_t *c, PyObject *container, const unsigned char *mac, int positive_only, gil_t *gil)
+{
+    int hit = mac_hit(c, mac);
+    if (hit >= 0)
+        return hit;
+    gil_take(gil);
+    unsigned i = mac[5] & (CACHE_WAYS - 1);
     PyObject *k = PyBytes_FromStringAndSize((const char *)mac, 6);
     if (!k)
         return -1;
@@ -674,33 +740,23 @@ static PyObject *py_flow_hash(PyObject *module, PyObject *arg)
 }
 
 /* Put buf[:len] (12-byte header + frame; num_buffers set here) into an RX ring of the
- * table entry ``value`` (rings, mac, caps, device), ``rings`` a tuple of (rxq, counters):
+ * table entry ``e`` (dst_fill's: rings, mac, caps, device), ``rings`` a tuple of (rxq, counters):
  * the only one, or with several the flow's (flow_hash modulo their number, as
  * device.py's deliver), if the target negotiated its offloads and the ring's next chain
  * is one writable descriptor big enough. Returns 1 when delivered (counted, the device
  * added to ``dirty``), 0 when Python must take it, -1 on a Python-level error (exception
  * set, nothing delivered), 2 when delivered but adding the device to ``dirty`` failed
- * (exception set). */
-static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t len, PyObject *dirty)
+ * (exception set). A target's first frame takes the GIL (``gil``) to open its ring and
+ * mark it dirty; the rest need no Python object. */
+static int deliver(targets_t *ts, const dst_entry_t *e, unsigned char *buf, uint32_t len, PyObject *dirty,
+                   gil_t *gil)
 {
-    long caps = PyLong_AsLong(PyTuple_GET_ITEM(value, 2));
-    if (caps == -1 && PyErr_Occurred())
-        return -1;
-    if ((buf[0] | buf[1]) && !offload_ok(buf[0], buf[1], caps))
+    if ((buf[0] | buf[1]) && !offload_ok(buf[0], buf[1], e->caps))
         return 0;
-    PyObject *rings = PyTuple_GET_ITEM(value, 0);
-    Py_ssize_t nrings = PyTuple_Check(rings) ? PyTuple_GET_SIZE(rings) : 0;
-    if (nrings < 1) {
-        PyErr_SetString(PyExc_TypeError, "_fastpath: bad rings in a table entry");
-        return -1;
-    }
-    PyObject *ring = PyTuple_GET_ITEM(rings, 0); /* one ring: no look at the frame */
+    Py_ssize_t nrings = PyTuple_GET_SIZE(e->rings);
+    PyObject *ring = PyTuple_GET_ITEM(e->rings, 0); /* one ring: no look at the frame */
     if (nrings > 1)
-        ring = PyTuple_GET_ITEM(rings, (Py_ssize_t)(flow_hash(buf + HDR_LEN, len - HDR_LEN) % (uint64_t)nrings));
-    if (!PyTuple_Check(ring) || PyTuple_GET_SIZE(ring) != 2) {
-        PyErr_SetString(PyExc_TypeError, "_fastpath: bad ring in a table entry");
-        return -1;
-    }
+        ring = PyTuple_GET_ITEM(e->rings, (Py_ssize_t)(flow_hash(buf + HDR_LEN, len - HDR_LEN) % (uint64_t)nrings));
     target_t *t = NULL;
     for (int i = 0; i < ts->n; i++)
         if (ts->t[i].key == ring)
@@ -708,6 +764,11 @@ static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t 
     if (!t) {
         if (ts->n == MAX_TARGETS)
             return 0;
+        gil_take(gil);
+        if (!PyTuple_Check(ring) || PyTuple_GET_SIZE(ring) != 2) {
+            PyErr_SetString(PyExc_TypeError, "_fastpath: bad ring in a table entry");
+            return -1;
+        }
         t = &ts->t[ts->n];
         if (queue_open(&t->q, PyTuple_GET_ITEM(ring, 0)))
             return -1;
@@ -733,7 +794,8 @@ static int deliver(targets_t *ts, PyObject *value, unsigned char *buf, uint32_t 
     cnt[0] += 1;
     cnt[1] += len - HDR_LEN;
     if (!t->added) {
-        if (PySet_Add(dirty, PyTuple_GET_ITEM(value, 3)))
+        gil_take(gil);
+        if (PySet_Add(dirty, e->device))
             return 2;
         t->added = 1;
     }
@@ -795,8 +857,10 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     mac_cache_init(&dst_macs);
     dst_cache_t dsts; /* destination addresses found in the table */
     memset(&dsts, 0, sizeof dsts);
+    gil_t gil = {NULL};
 
     while (nframes < budget) {
+        gil_let_go(&gil); /* taken back below for whatever touches Python */
         uint16_t avail_idx = ring16(&tx.avail, 1);
         uint16_t pending = (uint16_t)(avail_idx - tx.last_avail);
         if (pending == 0) {
@@ -843,8 +907,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             break;
         /* The last source that was the sender's is remembered for the burst, the
          * destinations found in the table and what wire.by_mac said of destination MACs
-         * in the caches (dst_lookup, mac_in): most frames need no Python object. */
+         * in the caches (dst_hit, mac_hit): most frames need no Python object, and no GIL. */
         if (alen != src_len || memcmp(saddr, src_key, (size_t)alen) != 0) {
+            gil_take(&gil);
             PyObject *skey = PyBytes_FromStringAndSize((const char *)saddr, alen);
             if (!skey) {
                 error = 1;
@@ -862,7 +927,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             src_len = alen;
         }
         if (wire.master_mac && memcmp(eth, wire.master_mac, 6) != 0) {
-            int is_local = mac_in(&dst_macs, wire.by_mac, eth, 0);
+            int is_local = mac_in(&dst_macs, wire.by_mac, eth, 0, &gil);
             if (is_local < 0) {
                 error = 1;
                 break;
@@ -871,6 +936,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 if ((long)len > wire.max_frame && !buf[1])
                     break; /* MTU_EXCEEDED, Python counts it */
                 memcpy(eth + 6, wire.master_mac, 6);
+                gil_let_go(&gil); /* a full stage is sent now: without the GIL */
                 wire_stage(&wire, len);
                 status = ST_BUDGET;
                 length = 0;
@@ -880,22 +946,19 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 continue;
             }
         }
-        PyObject *value = dst_lookup(&dsts, table, daddr, alen);
-        if (!value) {
-            if (PyErr_Occurred())
-                error = 1;
-            break;
+        const dst_entry_t *e = dst_hit(&dsts, daddr, alen);
+        if (!e) {
+            gil_take(&gil);
+            e = dst_fill(&dsts, table, daddr, alen);
+            if (!e) {
+                if (PyErr_Occurred())
+                    error = 1;
+                break;
+            }
         }
-        if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 4) {
-            PyErr_SetString(PyExc_TypeError, "forward_burst: bad table entry");
-            error = 1;
+        if (memcmp(eth, e->mac, 6) != 0)
             break;
-        }
-        PyObject *tmac = PyTuple_GET_ITEM(value, 1);
-        if (!PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6 ||
-            memcmp(eth, PyBytes_AS_STRING(tmac), 6) != 0)
-            break;
-        int r = deliver(&targets, value, buf, len, dirty);
+        int r = deliver(&targets, e, buf, len, dirty, &gil);
         if (r == 0)
             break;
         if (r < 0) {
@@ -916,8 +979,11 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     if (wire.master_mac) {
         if (status == ST_SLOW_FRAME && !error && buf != fb.buf)
             memcpy(fb.buf, buf, (size_t)length); /* Python switches it from its own buffer */
-        wire_flush(&wire);
+        if (!error)
+            gil_let_go(&gil);
+        wire_flush(&wire); /* without the GIL, unless an exception is pending */
     }
+    gil_take(&gil);
     PyObject *exc = NULL; /* an exception after a chain was taken: ERROR, not raised */
     if (error && tx.changed) {
         if (taken) { /* give the chain back: Python takes it again */
@@ -1109,6 +1175,7 @@ typedef struct {
     PyObject *exc; /* the first Python-level failure: Python takes the rest */
     mac_cache_t sources; /* source MACs seen in wire_macs (positive answers only) */
     dst_cache_t dsts;    /* destination addresses found in the table */
+    gil_t gil;           /* let go while no Python object is needed */
 } rx_t;
 
 /* Deliver ``buf`` (total bytes, -1: truncated) to its guest when C may (see uplink_burst),
@@ -1123,7 +1190,7 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
         if (eth[0] & 1)
             break;
         if (memcmp(eth + 6, x->mmac, 6) != 0) {
-            int seen = mac_in(&x->sources, x->wire_macs, eth + 6, 1);
+            int seen = mac_in(&x->sources, x->wire_macs, eth + 6, 1, &x->gil);
             if (seen < 0) {
                 err = 1;
                 break;
@@ -1135,25 +1202,23 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
         Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
         if (!alen || (alen == 16 && saddr[0] == 0xFE && (saddr[1] & 0xC0) == 0x80))
             break;
-        PyObject *value = dst_lookup(&x->dsts, x->table, daddr, alen);
-        if (!value) {
-            if (PyErr_Occurred())
-                err = 1;
-            break;
-        }
-        PyObject *tmac = PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 4 ? PyTuple_GET_ITEM(value, 1) : NULL;
-        if (!tmac || !PyBytes_Check(tmac) || PyBytes_GET_SIZE(tmac) != 6) {
-            PyErr_SetString(PyExc_TypeError, "uplink_burst: bad table entry");
-            err = 1;
-            break;
+        const dst_entry_t *e = dst_hit(&x->dsts, daddr, alen);
+        if (!e) {
+            gil_take(&x->gil);
+            e = dst_fill(&x->dsts, x->table, daddr, alen);
+            if (!e) {
+                if (PyErr_Occurred())
+                    err = 1;
+                break;
+            }
         }
         unsigned char saved[6];
         int to_master = memcmp(eth, x->mmac, 6) == 0;
         if (to_master) {
             memcpy(saved, eth, 6);
-            memcpy(eth, PyBytes_AS_STRING(tmac), 6);
+            memcpy(eth, e->mac, 6);
         }
-        int r = deliver(&x->targets, value, buf, (uint32_t)total, x->dirty);
+        int r = deliver(&x->targets, e, buf, (uint32_t)total, x->dirty, &x->gil);
         if (r == 1 || r == 2) {
             fast = 1;
             x->delivered++;
@@ -1165,9 +1230,10 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
         break;
     }
     if (err) /* a Python-level failure: keep it, Python takes this frame (unless delivered) and the rest */
-        x->exc = take_exception();
+        x->exc = take_exception(); /* (the GIL is held: taken for what failed) */
     if (fast)
         return 0;
+    gil_take(&x->gil);
     /* Python may deliver to the rings C has open: write their indices back first */
     if (targets_close(&x->targets))
         return -1;
@@ -1195,12 +1261,8 @@ static int rx_recvmmsg(rx_t *x, int fd, int *rerrno)
             rx_msgs[i].msg_hdr.msg_iov = rx_iov[i];
             rx_msgs[i].msg_hdr.msg_iovlen = 2;
         }
-        int got, err;
-        Py_BEGIN_ALLOW_THREADS /* only this thread's rx_stage is touched */
-        got = recvmmsg(fd, rx_msgs, want, MSG_DONTWAIT, NULL);
-        err = errno;
-        Py_END_ALLOW_THREADS
-        errno = err;
+        gil_let_go(&x->gil); /* only this thread's rx_stage is touched */
+        int got = recvmmsg(fd, rx_msgs, want, MSG_DONTWAIT, NULL);
         if (got < 0) {
             if (errno == EINTR)
                 continue;
@@ -1234,6 +1296,7 @@ static int rx_ring(rx_t *x, ring_t *r, int *rerrno)
     while (x->budget > 0) {
         unsigned char *buf;
         long total;
+        gil_let_go(&x->gil); /* the ring is C memory; rx_frame takes the GIL when it must */
         int got = ring_next(r, rx_stage[0], (size_t)x->fb.len, &buf, &total);
         if (got < 0) {
             *rerrno = errno;
@@ -1325,6 +1388,7 @@ static PyObject *uplink_burst(PyObject *module, PyObject *const *args, Py_ssize_
     }
     int rerrno = 0;
     int status = is_ring ? rx_ring(&x, &ring, &rerrno) : rx_recvmmsg(&x, fd, &rerrno);
+    gil_take(&x.gil);
     if (is_ring)
         ring_release(&ring);
     dst_cache_clear(&x.dsts);
