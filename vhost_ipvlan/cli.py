@@ -19,7 +19,7 @@ from typing import NoReturn
 from . import __version__, ctl
 from .config import Config, load
 from .control.client import DEFAULT_SOCKET
-from .errors import ConfigError, ControlUnavailable, RemoteError, UplinkError
+from .errors import ConfigError, ControlUnavailable, InternalError, RemoteError, UplinkError
 from .libvirt import cli as libvirt_cli
 from .vhost_user.session import DEFAULT_FEATURES, DEFAULT_PROTOCOL_FEATURES
 
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    except (UplinkError, RemoteError, ControlUnavailable) as e:
+    except (UplinkError, RemoteError, ControlUnavailable, InternalError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

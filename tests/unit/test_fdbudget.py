@@ -50,3 +50,13 @@ def test_the_soft_limit_is_raised_to_the_hard_one(monkeypatch: pytest.MonkeyPatc
     assert limits[-1] == (524288, 524288)
     assert fdbudget.raise_limit() == 524288  # already there: nothing to do
     assert len(limits) == 2
+
+
+def test_worker_threads_count_in_the_budget() -> None:
+    """Each worker thread's loop holds an epoll and a self-pipe (found by review: 64
+    workers opened 198 descriptors, beyond RESERVE)."""
+    assert fdbudget.need(1, 10, workers=64) == fdbudget.need(1, 10) + 64 * fdbudget.WORKER_FDS
+    limit = fdbudget.need(1, 10)
+    fdbudget.check("params", "vm10", 1, 10, limit)
+    with pytest.raises(FdBudget, match="per worker thread"):
+        fdbudget.check("params", "vm10", 1, 10, limit, workers=2)

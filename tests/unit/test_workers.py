@@ -4,6 +4,8 @@ at the same time, workers do, and what the main loop schedules on a worker's loo
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import time
 import tomllib
@@ -13,7 +15,8 @@ import pytest
 
 from tests.support.wait import wait_until
 from vhost_ipvlan import config as cfg
-from vhost_ipvlan.daemon.workers import Workers
+from vhost_ipvlan.daemon import fdbudget
+from vhost_ipvlan.daemon.workers import Gate, Workers
 from vhost_ipvlan.errors import ConfigError
 
 
@@ -163,3 +166,213 @@ def test_config_workers_round_trips() -> None:
     assert c.daemon.workers == 2
     assert cfg.parse(cfg.to_data(c)) == c
     assert cfg.parse({}).daemon.workers == 1 and "daemon" not in cfg.to_data(cfg.parse({}))
+
+
+class _RecordingEpoll:
+    """Stands in for a selector's epoll object: ``last`` is what its last poll returned."""
+
+    def __init__(self, selector: object) -> None:
+        self._epoll = selector._selector  # type: ignore[attr-defined]
+        self.last: list[int] = []
+        selector._selector = self  # type: ignore[attr-defined]
+
+    def poll(self, *args: object) -> list[tuple[int, int]]:
+        got: list[tuple[int, int]] = self._epoll.poll(*args)
+        self.last = [fd for fd, _ in got]
+        return got
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._epoll, name)
+
+
+class _Watched:
+    """Wraps a worker's gate: ``state`` is polling (in its select), waiting (select
+    returned, at the gate) or running."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.cond = threading.Condition()
+        self.state = "running"
+        enter, leave = gate.enter, gate.leave
+
+        def _enter() -> None:
+            with self.cond:
+                self.state = "waiting"
+                self.cond.notify_all()
+            enter()
+            self.state = "running"
+
+        def _leave() -> None:
+            self.state = "polling"
+            leave()
+
+        gate.enter = _enter  # type: ignore[method-assign]
+        gate.leave = _leave  # type: ignore[method-assign]
+
+
+def test_a_stale_event_of_a_closed_fd_leaves_the_new_fd_with_that_number_alone(workers: Workers) -> None:
+    """The worker's select builds its event list (fd -> key) before it takes its gate.
+    The main loop then runs: it removes a reader from the worker's loop, closes that fd
+    and registers a new socket that got the same number (a master deleted and made again:
+    its new uplink socket takes the old one's number; a slave re-created). The worker must
+    not process the stale event: the old reader is cancelled, so asyncio would call
+    ``_remove_reader(fd)`` and remove the NEW reader, never read again (found by review)."""
+    w = workers._workers[0]
+    watched = _Watched(w.gate)
+    wloop = workers.loop(0)
+    main = asyncio.SelectorEventLoop(workers.main_selector())
+    workers.main = main
+    old, old_peer = socket.socketpair()
+    old.setblocking(False)
+    got_new = threading.Event()
+    result: dict[str, object] = {}
+    polled = _RecordingEpoll(wloop._selector)  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        wloop.add_reader(old.fileno(), lambda: old.recv(100))  # main holds the gate
+        for _ in range(100):
+            while watched.state != "polling":  # until the worker sleeps in its select
+                await asyncio.sleep(0.01)
+            # (the gates are held from here to the next await)
+            old_peer.send(b"kick")
+            with watched.cond:
+                assert watched.cond.wait_for(lambda: watched.state == "waiting", 5)
+            if old.fileno() in polled.last:
+                break  # its select returned the kick (not an earlier wake-up)
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the worker's select never returned the kick")
+        number = old.fileno()
+        result["number"] = number
+        wloop.remove_reader(number)
+        a, peer = socket.socketpair()
+        old.close()
+        os.dup2(a.fileno(), number)  # the kernel gives the lowest free number: here, forced
+        a.close()
+        sock = socket.socket(fileno=number)
+        sock.setblocking(False)
+        fd = number
+        def new_reader() -> None:
+            sock.recv(100)
+            got_new.set()
+
+        wloop.add_reader(fd, new_reader)
+        await asyncio.sleep(0.05)  # the worker runs its iteration with the stale event
+        peer.send(b"hello")
+        for _ in range(100):
+            if got_new.is_set():
+                break
+            await asyncio.sleep(0.01)
+        try:
+            wloop._selector.get_key(fd)  # type: ignore[attr-defined]
+            result["registered"] = True
+        except KeyError:
+            result["registered"] = False
+        for s in (sock, peer, old_peer):
+            s.close()
+
+    try:
+        main.run_until_complete(scenario())
+    finally:
+        main.close()
+    assert result["registered"] and got_new.is_set(), ("the new socket's reader was removed by a stale event", result)
+
+
+def test_in_asyncio_debug_mode_the_main_loop_may_schedule_on_a_worker_loop() -> None:
+    """With PYTHONASYNCIODEBUG=1 or ``python -X dev`` every loop is in debug mode, where
+    ``call_soon``/``call_later`` on a running loop from another thread raise
+    RuntimeError; the main loop, which holds the worker's gate, may (the topology's
+    ``dp.start()``: ``call_later`` on the port's worker loop)."""
+    os.environ["PYTHONASYNCIODEBUG"] = "1"
+    try:
+        w = Workers(2)
+    finally:
+        del os.environ["PYTHONASYNCIODEBUG"]
+    main = asyncio.SelectorEventLoop(w.main_selector())
+    main.set_debug(True)
+    w.main = main
+    errors: list[BaseException] = []
+
+    async def scenario() -> None:
+        await asyncio.sleep(0.05)  # the worker's loop runs by now
+        try:
+            w.loop(0).call_later(1.0, lambda: None)
+        except RuntimeError as e:
+            errors.append(e)
+
+    try:
+        main.run_until_complete(scenario())
+    finally:
+        main.close()
+        w.stop()
+    assert not errors, errors
+
+
+def test_a_reload_that_changes_workers_says_it_applies_at_the_next_start(caplog: pytest.LogCaptureFixture) -> None:
+    """``[daemon] workers`` is read at start only: a reload (SIGHUP) that changes it records
+    it (the state file, for the next start) and says so."""
+    from vhost_ipvlan.config import Config, DaemonConfig
+    from vhost_ipvlan.daemon.topology import Topology
+
+    loop = asyncio.new_event_loop()
+    try:
+        topo = Topology(loop)
+        topo.apply(Config((), DaemonConfig(workers=2)))
+        assert topo.config.daemon.workers == topo.workers.count or any(
+            "workers" in r.getMessage() for r in caplog.records), \
+            (f"config says workers = {topo.config.daemon.workers}, {topo.workers.count} running, "
+             "and nothing logged")
+    finally:
+        loop.close()
+
+
+def test_a_worker_whose_loop_dies_is_logged_reported_and_left_alone(workers: Workers,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """If a worker's loop ends by an exception (here its epoll fails), it is logged
+    (CRITICAL, with the traceback), the main loop is told (``on_death``: the daemon
+    stops, its ports would be served by nobody), and the main loop queues no more
+    wake-ups on the dead loop (its ready queue would grow without bound)."""
+    w = workers._workers[0]
+    wloop = workers.loop(0)
+    main = asyncio.SelectorEventLoop(workers.main_selector())
+    workers.main = main
+    told: list[int] = []
+    workers.on_death = told.append
+
+    class _Failing:
+        def __init__(self, epoll: object) -> None:
+            self._epoll = epoll
+
+        def poll(self, *args: object) -> object:
+            raise OSError(9, "simulated epoll failure")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._epoll, name)
+
+    async def scenario() -> int:
+        wloop._selector._selector = _Failing(wloop._selector._selector)  # type: ignore[attr-defined]
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if not w._thread.is_alive():
+                break
+        before = len(wloop._ready)  # type: ignore[attr-defined]
+        for _ in range(100):
+            await asyncio.sleep(0)
+        return len(wloop._ready) - before  # type: ignore[attr-defined]
+
+    try:
+        grown = main.run_until_complete(scenario())
+    finally:
+        main.close()
+    assert not w._thread.is_alive() and w.dead
+    assert any(r.levelname == "CRITICAL" and "worker 0 stopped" in r.getMessage() for r in caplog.records)
+    assert told == [0]
+    assert grown < 10, f"the dead worker's ready queue grew by {grown} in 100 main-loop iterations"
+
+
+def test_a_worker_holds_no_more_descriptors_than_the_budget_counts() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    w = Workers(4)
+    try:
+        assert len(os.listdir("/proc/self/fd")) - before <= 4 * fdbudget.WORKER_FDS
+    finally:
+        w.stop()

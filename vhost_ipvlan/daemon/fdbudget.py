@@ -16,6 +16,8 @@ Rules:
     mapped: a mapping holds no descriptor); ``PAIR_FDS`` more per further queue pair
     (a slave's ``queues``);
   * per port (``PORT_FDS``): the uplink socket, the host tap, rtnetlink sockets;
+  * per worker thread (``WORKER_FDS``, ``[daemon] workers`` >= 2): its loop's epoll and
+    self-pipe;
   * ``RESERVE`` for the rest: the control socket and its clients, the metrics
     server and its clients, link monitor, nftables, the interpreter's own.
 - A slave that would not fit is refused before anything changes (``FdBudget``,
@@ -37,6 +39,7 @@ SLAVE_FDS = 1
 PAIR_FDS = 3 * 2  # kick, call and err of an rx and a tx ring
 GUEST_FDS = 1 + PAIR_FDS + codec.MAX_FDS
 PORT_FDS = 16
+WORKER_FDS = 3
 RESERVE = 64
 
 
@@ -55,10 +58,11 @@ def raise_limit() -> int:
     return int(soft)
 
 
-def need(ports: int, slaves: int, extra_pairs: int = 0) -> int:
+def need(ports: int, slaves: int, extra_pairs: int = 0, workers: int = 0) -> int:
     """Descriptors ``ports`` ports and ``slaves`` slaves with ``extra_pairs`` queue pairs
-    beyond their first need, every guest connected."""
-    return RESERVE + ports * PORT_FDS + slaves * (SLAVE_FDS + GUEST_FDS) + extra_pairs * PAIR_FDS
+    beyond their first need, every guest connected, with ``workers`` worker threads."""
+    return (RESERVE + workers * WORKER_FDS + ports * PORT_FDS + slaves * (SLAVE_FDS + GUEST_FDS)
+            + extra_pairs * PAIR_FDS)
 
 
 def slaves_within(limit: int, ports: int) -> int:
@@ -71,13 +75,15 @@ def current_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 30
 
 
-def check(where: str, name: str, ports: int, slaves: int, limit: int | None = None, extra_pairs: int = 0) -> None:
+def check(where: str, name: str, ports: int, slaves: int, limit: int | None = None, extra_pairs: int = 0,
+          workers: int = 0) -> None:
     """Refuse slave ``name`` if ``slaves`` slaves (it included) with ``extra_pairs`` queue
-    pairs beyond their first on ``ports`` ports do not fit."""
+    pairs beyond their first on ``ports`` ports, with ``workers`` worker threads, do not fit."""
     limit = current_limit() if limit is None else limit
-    needed = need(ports, slaves, extra_pairs)
+    needed = need(ports, slaves, extra_pairs, workers)
     if needed > limit:
         raise FdBudget(f"{where}.name: slave {name!r} refused: {slaves} slaves with their guests connected "
                        f"need {needed} file descriptors ({SLAVE_FDS + GUEST_FDS} each, {PAIR_FDS} per further "
-                       f"queue pair, {RESERVE} + {PORT_FDS} per port for the daemon), the limit (RLIMIT_NOFILE) "
+                       f"queue pair, {RESERVE} + {PORT_FDS} per port + {WORKER_FDS} per worker thread for the "
+                       f"daemon), the limit (RLIMIT_NOFILE) "
                        f"is {limit}: raise LimitNOFILE=")

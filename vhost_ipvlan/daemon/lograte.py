@@ -25,6 +25,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -58,6 +59,7 @@ class RateLimitedLog:
         self.max_keys = max_keys
         self.clock = clock
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._lock = threading.Lock()
 
     def log(self, key: str, level: int, msg: str, *args: object, exc_info: bool = False) -> bool:
         """Log the line if ``key``'s budget allows; True if it was logged at ``level``
@@ -67,24 +69,28 @@ class RateLimitedLog:
         if not args:  # text, not a format: what this module appends must not make it one
             msg, args = "%s", (msg,)
         now = self.clock() if self.clock is not None else _clock()
-        b = self._buckets.get(key)
-        if b is None:
-            b = self._buckets[key] = _Bucket(float(self.burst), now)
-            while len(self._buckets) > self.max_keys:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-            b.tokens = min(float(self.burst), b.tokens + (now - b.stamp) / self.interval)
-            b.stamp = now
-        if b.tokens < 1.0:
-            b.suppressed += 1
+        with self._lock:  # worker threads share the module-level limiters (daemon/workers.py)
+            b = self._buckets.get(key)
+            if b is None:
+                b = self._buckets[key] = _Bucket(float(self.burst), now)
+                while len(self._buckets) > self.max_keys:
+                    self._buckets.popitem(last=False)
+            else:
+                self._buckets.move_to_end(key)
+                b.tokens = min(float(self.burst), b.tokens + (now - b.stamp) / self.interval)
+                b.stamp = now
+            allowed = b.tokens >= 1.0
+            if allowed:
+                b.tokens -= 1.0
+                suppressed, b.suppressed = b.suppressed, 0
+            else:
+                b.suppressed += 1
+        if not allowed:
             if level > logging.DEBUG and self.logger.isEnabledFor(logging.DEBUG):
                 self.logger.log(logging.DEBUG, msg + " (rate-limited)", *args)
             return False
-        b.tokens -= 1.0
-        if b.suppressed:
+        if suppressed:
             msg += " (%d earlier lines suppressed)"
-            args = (*args, b.suppressed)
-            b.suppressed = 0
+            args = (*args, suppressed)
         self.logger.log(level, msg, *args, exc_info=exc_info)
         return True

@@ -36,7 +36,7 @@ from ..config import Config
 from ..control import state
 from ..control.server import ControlServer
 from ..drops import counts
-from ..errors import ConfigError, UplinkError
+from ..errors import ConfigError, InternalError, UplinkError
 from ..switch.port import learned_addresses
 from . import fdbudget
 from .channel import watch_memory
@@ -82,6 +82,9 @@ class Daemon:
         if control_path is not None:
             self.control = ControlServer(control_path, self.topology, self.stats)
         self._stop = asyncio.Event()
+        #: why the daemon stops on its own (a worker thread died): serve() raises it
+        self.failure: str | None = None
+        self.topology.workers.on_death = self._worker_died
 
     @property
     def config(self) -> Config:
@@ -172,6 +175,13 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _worker_died(self, index: int) -> None:
+        """A worker's loop ended by an exception (logged): its ports are served by nobody,
+        so the daemon stops, with a failure (the service manager restarts it)."""
+        self.failure = f"worker {index} stopped by an internal error (logged above); the daemon stops"
+        log.critical("%s", self.failure)
+        self.request_stop()
+
     async def run(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.request_stop)
@@ -203,6 +213,8 @@ def serve(config: Config, *, config_path: Path | None = None, state_path: Path |
                         control_path=control_path, metrics=metrics, workers=workers)
         daemon.start()
         await daemon.run()
+        if daemon.failure is not None:
+            raise InternalError(daemon.failure)
 
     try:
         if workers.count == 1:

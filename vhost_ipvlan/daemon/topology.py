@@ -327,7 +327,7 @@ class Topology:
         cfg.check_slave(where, self.config.ports, master, sc, index=self._index())
         index = self._index()
         fdbudget.check(where, sc.name, len(self.ports), len(index.slaves) + 1,
-                       extra_pairs=index.extra_pairs + sc.queues - 1)
+                       extra_pairs=index.extra_pairs + sc.queues - 1, workers=self.workers.threads)
         dp = self.datapath(master)
         self.owners.check_master(where, dp.port, sc.addresses, {a.ip for a in sc.addresses})
         taken = learned_by_others(dp.port, sc.name, sc.addresses)
@@ -424,7 +424,7 @@ class Topology:
             index = self._index()
             if sc.queues > old.queues:
                 fdbudget.check(where, name, len(self.ports), len(index.slaves),
-                               extra_pairs=index.extra_pairs + sc.queues - old.queues)
+                               extra_pairs=index.extra_pairs + sc.queues - old.queues, workers=self.workers.threads)
             dev = dp.devices[name]
             dev.queues = sc.queues
             undo.callback(setattr, dev, "queues", old.queues)

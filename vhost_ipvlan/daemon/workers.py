@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 import selectors
 import threading
+from collections.abc import Callable
 
 from ..config import MAX_WORKERS
 
@@ -82,9 +82,28 @@ class _WorkerSelector(selectors.EpollSelector):
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         self._gate.leave()
         try:
-            return super().select(timeout)
+            ready = super().select(timeout)
         finally:
             self._gate.enter()
+        # The main loop may have run between the wait and the gate: an event of a
+        # registration it removed or replaced is stale (its descriptor may even be another
+        # socket's now, and asyncio would remove that one's reader for a cancelled handle).
+        # Epoll is level-triggered: a current registration still ready is reported again.
+        current = self.get_map()
+        return [(key, events) for key, events in ready if current.get(key.fd) is key]
+
+
+class _WorkerLoop(asyncio.SelectorEventLoop):
+    """A worker's loop: in asyncio's debug mode it accepts calls from the main loop's
+    thread too, which holds the worker's gate whenever it runs (the module's rule)."""
+
+    def __init__(self, gate: Gate, main_thread: int) -> None:
+        super().__init__(_WorkerSelector(gate))
+        self._main_thread = main_thread
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._main_thread:
+            super()._check_thread()  # type: ignore[misc]
 
 
 class _MainSelector(selectors.EpollSelector):
@@ -109,8 +128,7 @@ def _name_thread(name: str) -> None:
     """Give the calling thread ``name`` (at most 15 bytes) as the kernel shows it
     (``top -H``, ``/proc/PID/task/TID/comm``); nothing if libc cannot be had."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)  # the process's libc: no search
     except (OSError, AttributeError):
         pass
 
@@ -122,12 +140,15 @@ def _nothing() -> None:
 class Worker:
     """One thread running an event loop for the ports given to it."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, on_death: Callable[[Worker], None] | None = None) -> None:
         self.index = index
         self.gate = Gate()
         self.gate.hold()  # the main loop runs: the worker waits until it waits
-        self.loop = asyncio.SelectorEventLoop(_WorkerSelector(self.gate))
+        self.loop = _WorkerLoop(self.gate, threading.get_ident())
         self.ports = 0
+        #: the loop ended by an exception (its ports are served by nobody)
+        self.dead = False
+        self._on_death = on_death
         self._thread = threading.Thread(target=self._run, name=f"vhost-ipvlan worker {index}", daemon=True)
         self._thread.start()
 
@@ -136,6 +157,12 @@ class Worker:
         self.gate.enter()
         try:
             self.loop.run_forever()
+        except BaseException:
+            self.dead = True
+            log.critical("worker %d stopped by an internal error; its ports are served by nobody",
+                         self.index, exc_info=True)
+            if self._on_death is not None:
+                self._on_death(self)
         finally:
             self.gate.leave()
 
@@ -164,9 +191,22 @@ class Workers:
             raise ValueError(f"workers: {count} is not between 1 and {MAX_WORKERS}")
         self.count = count
         self.main: asyncio.AbstractEventLoop | None = None
-        self._workers = [Worker(i) for i in range(count)] if count > 1 else []
+        #: called on the main loop when a worker's loop died (the daemon stops: its
+        #: ports would be served by nobody)
+        self.on_death: Callable[[int], None] | None = None
+        self._workers = [Worker(i, self._died) for i in range(count)] if count > 1 else []
         self._held = bool(self._workers)
         self._main_ports = 0
+
+    @property
+    def threads(self) -> int:
+        """Worker threads (0 with one worker: the main loop serves the ports)."""
+        return self.count if self.count > 1 else 0
+
+    def _died(self, worker: Worker) -> None:
+        """On the dead worker's thread."""
+        if self.main is not None and self.on_death is not None and not self.main.is_closed():
+            self.main.call_soon_threadsafe(self.on_death, worker.index)
 
     def main_selector(self) -> selectors.BaseSelector:
         return _MainSelector(self)
@@ -178,7 +218,8 @@ class Workers:
             return
         self._held = False
         for w in self._workers:
-            w.loop.call_soon_threadsafe(_nothing)  # its wait's timeout may predate our changes
+            if not w.dead:
+                w.loop.call_soon_threadsafe(_nothing)  # its wait's timeout may predate our changes
             w.gate.let_go()
 
     def hold(self) -> None:
