@@ -47,66 +47,94 @@ from scapy.layers.inet import IP, UDP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
 from bench import ControlProbe, Result, log  # noqa: E402  (bench/bench.py)
+from tests.support.frontend import _FENCE as FENCE  # noqa: E402
 from tests.support.frontend import DriverQueue, FakeFrontend  # noqa: E402
 from tests.support.lab import MASTER, MASTER2, SlaveSpec, TwoPortLab, sh  # noqa: E402
 from vhost_ipvlan.control.client import Client  # noqa: E402
 from vhost_ipvlan.virtio import net  # noqa: E402
-from vhost_ipvlan.virtio.virtqueue import VRING_USED_F_NO_NOTIFY  # noqa: E402
+from vhost_ipvlan.virtio.virtqueue import VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY  # noqa: E402
 
 A_MAC, A_IP = "02:00:00:00:00:0a", "192.0.2.10"
 B_MAC, B_IP = "02:00:00:00:00:0b", "198.51.100.10"
-TX_RING = 1024  #: the daemon's largest (session.MAX_RING_SIZE): the front-end may sleep longer
+OUTSIDE_MAC = "02:00:00:00:99:99"  #: no host's: the outside drops the frames at ingress anyway
+A2_MAC, A2_IP = "02:00:00:00:00:1a", "192.0.2.20"
+B2_MAC, B2_IP = "02:00:00:00:00:1b", "198.51.100.20"
+RING = 1024  #: the daemon's largest (session.MAX_RING_SIZE): the front-end may sleep longer
+BUF = 2048
 PASS_SLEEP = 0.0002
 
 
-def sender(path: str, frame: bytes, stop: multiprocessing.synchronize.Event,
-           ready: multiprocessing.synchronize.Event) -> None:
-    """A light guest: set up as QEMU does, then keep every TX descriptor available."""
+def light_guest(path: str, frame: bytes | None, stop: multiprocessing.synchronize.Event,
+                ready: multiprocessing.synchronize.Event) -> None:
+    """A light guest, set up as QEMU does: with ``frame``, a sender keeping every TX
+    descriptor (each holding ``frame``) available; without, a receiver keeping every RX
+    buffer available. Ring slot i holds descriptor i for good: the daemon uses them in
+    order, so making them available again is one store of the avail index."""
     fe = FakeFrontend()
-    tx = DriverQueue(fe.mem, fe.vqs[0].end, num=TX_RING)
-    fe.vqs[1] = tx
-    fe.txqs = fe.vqs[1::2]
-    fe.txq = tx
+    rx = DriverQueue(fe.mem, 0, num=RING)
+    tx = DriverQueue(fe.mem, rx.end, num=RING)
+    fe.vqs = [rx, tx]
+    fe.rxqs, fe.txqs = [rx], [tx]
+    fe.rxq, fe.txq = rx, tx
     fe.buffers = (tx.end + 4095) & ~4095
     fe.connect(path)
     fe.setup()
     fe.sync()
-    data = bytes(net.HDR_LEN) + frame
-    addr = fe.buffers + 2 * 256 * 2048  # after the RX buffers
-    fe.mem[addr : addr + len(data)] = data
-    for i in range(TX_RING):
-        tx.set_desc(i, addr, len(data), 0)
-        struct.pack_into("<H", fe.mem, tx.avail + 4 + 2 * i, i)  # slot i holds head i, for good
-    kick = fe.kick[1]
-    avail_idx = 0
+    if frame is not None:
+        q, kick = tx, fe.kick[1]
+        data = bytes(net.HDR_LEN) + frame
+        addr = fe.buffers + RING * BUF  # after the RX buffers
+        fe.mem[addr : addr + len(data)] = data
+        for i in range(RING):
+            q.set_desc(i, addr, len(data), 0)
+    else:
+        q, kick = rx, fe.kick[0]
+        for i in range(RING):
+            q.set_desc(i, fe.buffers + i * BUF, BUF, VRING_DESC_F_WRITE)
+    for i in range(RING):
+        struct.pack_into("<H", fe.mem, q.avail + 4 + 2 * i, i)
+    avail_idx = q.avail_idx if frame is None else 0
     ready.set()
     while not stop.is_set():
-        used = tx.used_idx()
-        posted = (avail_idx - used) & 0xFFFF
-        if posted < TX_RING:
-            avail_idx = (used + TX_RING) & 0xFFFF
-            struct.pack_into("<H", fe.mem, tx.avail + 2, avail_idx)
-            if not tx.used_flags() & VRING_USED_F_NO_NOTIFY:
+        used = q.used_idx()
+        if (avail_idx - used) & 0xFFFF < RING:
+            avail_idx = (used + RING) & 0xFFFF
+            q.avail_idx = avail_idx
+            q.publish_avail()  # one 16-bit store
+            with FENCE:  # a full barrier between the avail index and used.flags, as a driver's
+                pass
+            if not q.used_flags() & VRING_USED_F_NO_NOTIFY:
                 os.eventfd_write(kick, 1)
         time.sleep(PASS_SLEEP)
     fe.close()
 
 
-def frame_for(mac: str, ip: str, dst: str, size: int) -> bytes:
-    f = bytes(Ether(src=mac, dst="02:00:00:00:99:99") / IP(src=ip, dst=dst) / UDP(sport=9, dport=9))
+def frame_for(mac: str, ip: str, dst_mac: str, dst: str, size: int) -> bytes:
+    f = bytes(Ether(src=mac, dst=dst_mac) / IP(src=ip, dst=dst) / UDP(sport=9, dport=9))
     return f + bytes(max(0, size - len(f)))
 
 
-def sent(client: Client) -> int:
+def moved(client: Client, traffic: str) -> int:
+    """Frames moved so far: sent by both masters (wire), or received by a2 and b2 (g2g)."""
     stats = client.call("stats")
-    return int(stats[MASTER]["uplink_tx_packets"]) + int(stats[MASTER2]["uplink_tx_packets"])
+    if traffic == "wire":
+        return int(stats[MASTER]["uplink_tx_packets"]) + int(stats[MASTER2]["uplink_tx_packets"])
+    return int(stats[MASTER]["slaves"]["a2"]["rx_packets"]) + int(stats[MASTER2]["slaves"]["b2"]["rx_packets"])
 
 
 def run_one(workers: int, rnd: int, args: argparse.Namespace, base: Path) -> Result:
     work = Path(tempfile.mkdtemp(prefix=f"workers{workers}-{rnd}-", dir=base))
-    res = Result(backend=f"workers={workers}", size=args.size, topology="workers", ok=True, seconds=args.seconds)
-    with TwoPortLab(work, [SlaveSpec("a", [f"{A_IP}/24"], A_MAC)], [SlaveSpec("b", [f"{B_IP}/24"], B_MAC)],
-                    workers=workers, ipv6=False) as lab:
+    res = Result(backend=f"workers={workers}", size=args.size, topology=args.traffic, ok=True, seconds=args.seconds)
+    g2g = args.traffic == "g2g"
+    first, second = [SlaveSpec("a", [f"{A_IP}/24"], A_MAC)], [SlaveSpec("b", [f"{B_IP}/24"], B_MAC)]
+    if g2g:
+        first.append(SlaveSpec("a2", [f"{A2_IP}/24"], A2_MAC))
+        second.append(SlaveSpec("b2", [f"{B2_IP}/24"], B2_MAC))
+    guests: list[tuple[str, bytes | None]] = [
+        ("a", frame_for(A_MAC, A_IP, A2_MAC if g2g else OUTSIDE_MAC, A2_IP if g2g else "192.0.2.1", args.size)),
+        ("b", frame_for(B_MAC, B_IP, B2_MAC if g2g else OUTSIDE_MAC, B2_IP if g2g else "198.51.100.1", args.size)),
+        *((("a2", None), ("b2", None)) if g2g else ())]
+    with TwoPortLab(work, first, second, workers=workers, ipv6=False) as lab:
         for dev in ("vio0", "vio1"):
             sh("ip", "netns", "exec", lab.out, "nft",
                f"table netdev drop_{dev} {{ chain c {{ type filter hook ingress device {dev} priority 0; "
@@ -114,10 +142,9 @@ def run_one(workers: int, rnd: int, args: argparse.Namespace, base: Path) -> Res
         ctx = multiprocessing.get_context("fork")
         stop = ctx.Event()
         procs = []
-        for name, mac, ip, dst in (("a", A_MAC, A_IP, "192.0.2.1"), ("b", B_MAC, B_IP, "198.51.100.1")):
+        for name, frame in sorted(guests, key=lambda g: g[1] is not None):  # receivers first
             ready = ctx.Event()
-            p = ctx.Process(target=sender, args=(str(lab.sock(name)), frame_for(mac, ip, dst, args.size), stop,
-                                                 ready), daemon=True)
+            p = ctx.Process(target=light_guest, args=(str(lab.sock(name)), frame, stop, ready), daemon=True)
             p.start()
             procs.append((p, ready))
         try:
@@ -126,11 +153,11 @@ def run_one(workers: int, rnd: int, args: argparse.Namespace, base: Path) -> Res
                     raise SystemExit("workers.py: a front-end did not come up")
             with Client(lab.control) as client, ControlProbe(lab.control) as probe:
                 time.sleep(args.warmup)
-                n0, t0 = sent(client), time.perf_counter()
+                n0, t0 = moved(client, args.traffic), time.perf_counter()
                 probe.measuring.set()
                 time.sleep(args.seconds)
                 probe.measuring.clear()
-                n1, t1 = sent(client), time.perf_counter()
+                n1, t1 = moved(client, args.traffic), time.perf_counter()
                 probe.record(res)
             res.tx_pps = (n1 - n0) / (t1 - t0)
             res.tx_packets = n1 - n0
@@ -151,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--traffic", choices=("wire", "g2g"), default="wire",
+                   help="wire: a -> the wire, b -> the wire; g2g: a -> a2, b -> b2 (default wire)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -161,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.rounds):
             for workers in (1, 2):
                 results.append(run_one(workers, rnd, args, Path(tmp)))
-    print(f"guest -> wire, two guests on two masters, {args.size} B frames, {args.rounds} rounds of "
+    what = "guest -> wire, two guests" if args.traffic == "wire" else "guest -> guest, two pairs of guests"
+    print(f"{what} on two masters, {args.size} B frames, {args.rounds} rounds of "
           f"{args.seconds:g} s (median, range)")
     print("| workers | Mpps | control stats p50 / p99 / max (ms) |")
     print("| --- | --- | --- |")
