@@ -227,7 +227,13 @@ enum { N_NUM, N_LAST_AVAIL, N_USED_IDX, N_WALKED, N_DESC, N_AVAIL, N_USED, N_LOG
  * to finish its burst (daemon/workers.py). Other workers' threads run Python at once. */
 typedef struct {
     PyThreadState *saved; /* not NULL: the GIL is let go */
+    int quiet;            /* frames since the GIL was last needed */
 } gil_t;
+
+/* Frames that must need no Python object in a row before a burst lets the GIL go: each
+ * hand-over can cost a wait for another thread running Python, so frames that need
+ * Python often (a cache miss every frame, broadcasts) keep it. */
+#define GIL_QUIET 4
 
 static inline void gil_let_go(gil_t *g)
 {
@@ -241,6 +247,14 @@ static inline void gil_take(gil_t *g)
         PyEval_RestoreThread(g->saved);
         g->saved = NULL;
     }
+    g->quiet = 0;
+}
+
+/* At a frame's start: let the GIL go once GIL_QUIET frames in a row needed no Python. */
+static inline void gil_frame(gil_t *g)
+{
+    if (g->quiet++ >= GIL_QUIET)
+        gil_let_go(g);
 }
 
 static const char *const name_text[N_COUNT] = {
@@ -561,12 +575,15 @@ static int targets_close(targets_t *ts)
 /* The answers a burst already had from Python's tables, so that frames of a few flows in
  * turn (a guest answering several others, the wire's frames for several guests) need no
  * Python object: CACHE_WAYS entries, chosen by the key's last byte, each an exact key.
- * forward_burst's tables do not change while it runs (no Python code runs between its
- * lookups), so a cached answer is the table's answer. uplink_burst's ``slow`` callback
+ * forward_burst's tables do not change while it runs (no Python code of the port runs
+ * between its lookups: it runs on the port's thread, this one, and the daemon's main
+ * thread waits for the worker's burst, daemon/workers.py; other threads' Python does
+ * run, on other ports), so a cached answer is the table's answer. uplink_burst's ``slow`` callback
  * runs Python between frames: it may empty the call's table in place
  * (PortTable.invalidate) and only add to ``wire_macs``, so uplink_burst clears its
  * address cache after every call of ``slow`` and keeps only positive MAC answers. */
 #define CACHE_WAYS 8
+#define SRC_WAYS 4 /* a guest's own addresses: a few */
 
 typedef struct {
     Py_ssize_t len; /* 0: empty */
@@ -851,16 +868,19 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     long nframes = 0, length = 0;
     long long nbytes = 0;
     unsigned char *buf = fb.buf;
-    unsigned char src_key[16];
-    Py_ssize_t src_len = 0;
+    struct {
+        Py_ssize_t len; /* 0: empty */
+        unsigned char key[16];
+    } srcs[SRC_WAYS]; /* source addresses found in sender_ips (a guest's IPv4 and IPv6 ones) */
+    memset(srcs, 0, sizeof srcs);
     mac_cache_t dst_macs; /* destination MACs: in wire.by_mac (local) or not (outside) */
     mac_cache_init(&dst_macs);
     dst_cache_t dsts; /* destination addresses found in the table */
     memset(&dsts, 0, sizeof dsts);
-    gil_t gil = {NULL};
+    gil_t gil = {NULL, 0};
 
     while (nframes < budget) {
-        gil_let_go(&gil); /* taken back below for whatever touches Python */
+        gil_frame(&gil); /* taken back below for whatever touches Python */
         uint16_t avail_idx = ring16(&tx.avail, 1);
         uint16_t pending = (uint16_t)(avail_idx - tx.last_avail);
         if (pending == 0) {
@@ -905,10 +925,11 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
         Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
         if (!alen)
             break;
-        /* The last source that was the sender's is remembered for the burst, the
-         * destinations found in the table and what wire.by_mac said of destination MACs
-         * in the caches (dst_hit, mac_hit): most frames need no Python object, and no GIL. */
-        if (alen != src_len || memcmp(saddr, src_key, (size_t)alen) != 0) {
+        /* The sources that were the sender's, the destinations found in the table and
+         * what wire.by_mac said of destination MACs are remembered for the burst (srcs,
+         * dst_hit, mac_hit): most frames need no Python object, and no GIL. */
+        unsigned way = saddr[alen - 1] & (SRC_WAYS - 1);
+        if (alen != srcs[way].len || memcmp(saddr, srcs[way].key, (size_t)alen) != 0) {
             gil_take(&gil);
             PyObject *skey = PyBytes_FromStringAndSize((const char *)saddr, alen);
             if (!skey) {
@@ -923,8 +944,8 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             }
             if (!owned)
                 break;
-            memcpy(src_key, saddr, (size_t)alen);
-            src_len = alen;
+            memcpy(srcs[way].key, saddr, (size_t)alen);
+            srcs[way].len = alen;
         }
         if (wire.master_mac && memcmp(eth, wire.master_mac, 6) != 0) {
             int is_local = mac_in(&dst_macs, wire.by_mac, eth, 0, &gil);
@@ -936,7 +957,8 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 if ((long)len > wire.max_frame && !buf[1])
                     break; /* MTU_EXCEEDED, Python counts it */
                 memcpy(eth + 6, wire.master_mac, 6);
-                gil_let_go(&gil); /* a full stage is sent now: without the GIL */
+                if (wire.n + 1 == WIRE_BATCH)
+                    gil_let_go(&gil); /* the stage is full: sent now, without the GIL */
                 wire_stage(&wire, len);
                 status = ST_BUDGET;
                 length = 0;
@@ -979,9 +1001,9 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
     if (wire.master_mac) {
         if (status == ST_SLOW_FRAME && !error && buf != fb.buf)
             memcpy(fb.buf, buf, (size_t)length); /* Python switches it from its own buffer */
-        if (!error)
+        if (!error && wire.n > 0)
             gil_let_go(&gil);
-        wire_flush(&wire); /* without the GIL, unless an exception is pending */
+        wire_flush(&wire); /* without the GIL, unless an exception is pending or nothing is staged */
     }
     gil_take(&gil);
     PyObject *exc = NULL; /* an exception after a chain was taken: ERROR, not raised */
@@ -1296,7 +1318,7 @@ static int rx_ring(rx_t *x, ring_t *r, int *rerrno)
     while (x->budget > 0) {
         unsigned char *buf;
         long total;
-        gil_let_go(&x->gil); /* the ring is C memory; rx_frame takes the GIL when it must */
+        gil_frame(&x->gil); /* the ring is C memory; rx_frame takes the GIL when it must */
         int got = ring_next(r, rx_stage[0], (size_t)x->fb.len, &buf, &total);
         if (got < 0) {
             *rerrno = errno;

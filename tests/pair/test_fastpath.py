@@ -306,6 +306,31 @@ def test_chained_descriptor_is_left_to_python() -> None:
         p.close()
 
 
+@pytest.mark.parametrize("bad", ["mac", "rings", "caps", "shape"])
+def test_a_malformed_table_entry_is_an_error_that_gives_the_frame_back(bad: str) -> None:
+    """The table is Python's (PortTable) and never malformed; if it were, C checks an
+    entry when it caches it, before reading it without the GIL: the burst ends with
+    ERROR (the exception), the frame's chain given back for Python to take again."""
+    p = make_port()
+    try:
+        a = p.frontends["a"]
+        a.transmit(bytes(Ether(src=A, dst=B) / IP(src=A4, dst=B4) / UDP() / b"x"))
+        mac_, owned, table, wire = p.dp.fast_args(p.device("a")) or (None, None, None, None)
+        assert isinstance(table, dict)
+        key = ipaddress.ip_address(B4).packed
+        rings, bmac, caps, dev = table[key]
+        table = {**table, key: {"mac": (rings, b"short", caps, dev), "rings": ((), bmac, caps, dev),
+                                "caps": (rings, bmac, "x", dev), "shape": (rings, bmac)}[bad]}
+        status, exc, nframes, *_ = fastpath.ext.forward_burst(  # type: ignore[union-attr]
+            p.device("a").tx, p.device("a").buf, mac_, owned, table, 256, p.dp.dirty, wire)
+        assert status == fastpath.ext.ERROR and nframes == 0  # type: ignore[union-attr]
+        assert isinstance(exc, TypeError) and "bad table entry" in str(exc)
+        tx = p.device("a").tx
+        assert tx is not None and tx.last_avail == 0  # given back
+    finally:
+        p.close()
+
+
 # -- bounded work and hostile guests: the same decisions, drain by drain ------------------
 
 Record = tuple[int, int, bool]  # (descriptors walked, last_avail, rescheduled) after one drain

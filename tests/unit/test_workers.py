@@ -16,7 +16,7 @@ import pytest
 from tests.support.wait import wait_until
 from vhost_ipvlan import config as cfg
 from vhost_ipvlan.daemon import fdbudget
-from vhost_ipvlan.daemon.workers import Gate, Workers
+from vhost_ipvlan.daemon.workers import Workers
 from vhost_ipvlan.errors import ConfigError
 
 
@@ -186,13 +186,13 @@ class _RecordingEpoll:
 
 
 class _Watched:
-    """Wraps a worker's gate: ``state`` is polling (in its select), waiting (select
-    returned, at the gate) or running."""
+    """Wraps what a worker's selector does with its gate: ``state`` is polling (in its
+    select), waiting (select returned, at the gate) or running."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, selector: object) -> None:
         self.cond = threading.Condition()
         self.state = "running"
-        enter, leave = gate.enter, gate.leave
+        enter, leave = selector._retake, selector._release  # type: ignore[attr-defined]
 
         def _enter() -> None:
             with self.cond:
@@ -205,8 +205,8 @@ class _Watched:
             self.state = "polling"
             leave()
 
-        gate.enter = _enter  # type: ignore[method-assign]
-        gate.leave = _leave  # type: ignore[method-assign]
+        selector._retake = _enter  # type: ignore[attr-defined]
+        selector._release = _leave  # type: ignore[attr-defined]
 
 
 def test_a_stale_event_of_a_closed_fd_leaves_the_new_fd_with_that_number_alone(workers: Workers) -> None:
@@ -216,9 +216,8 @@ def test_a_stale_event_of_a_closed_fd_leaves_the_new_fd_with_that_number_alone(w
     its new uplink socket takes the old one's number; a slave re-created). The worker must
     not process the stale event: the old reader is cancelled, so asyncio would call
     ``_remove_reader(fd)`` and remove the NEW reader, never read again (found by review)."""
-    w = workers._workers[0]
-    watched = _Watched(w.gate)
     wloop = workers.loop(0)
+    watched = _Watched(wloop._selector)  # type: ignore[attr-defined]
     main = asyncio.SelectorEventLoop(workers.main_selector())
     workers.main = main
     old, old_peer = socket.socketpair()

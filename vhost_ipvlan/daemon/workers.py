@@ -13,7 +13,8 @@ the main loop and a worker never run at the same time, and whatever the main loo
 does to a port (a control request, a master event, ``stats``) sees it between two of
 its worker's loop iterations; two workers do run at once, each on its own ports, one
 at a time in Python (the GIL) but together in the kernel and in the C accelerator's
-``sendmmsg`` (which lets the GIL go). What a port's code calls outside its port goes
+bursts (which let the GIL go while a frame needs no Python object: the copies and
+``sendmmsg``). What a port's code calls outside its port goes
 to the main loop with ``call_soon_threadsafe`` (``Ownership.learned``).
 
 A worker lets go of its gate only while it waits for events (its selector's
@@ -72,20 +73,21 @@ class Gate:
         self._lock.release()
 
 
-class _WorkerSelector(selectors.EpollSelector):
-    """A worker's selector: it holds its gate except while it waits."""
+class _GatedSelector(selectors.EpollSelector):
+    """A selector that lets a thread's gate(s) go while it waits (``release``) and takes
+    them back after (``retake``): a worker's own gate, or the main loop's every gate."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, release: Callable[[], None], retake: Callable[[], None]) -> None:
         super().__init__()
-        self._gate = gate
+        self._release, self._retake = release, retake
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        self._gate.leave()
+        self._release()
         try:
             ready = super().select(timeout)
         finally:
-            self._gate.enter()
-        # The main loop may have run between the wait and the gate: an event of a
+            self._retake()
+        # The other side may have run between the wait and the gate: an event of a
         # registration it removed or replaced is stale (its descriptor may even be another
         # socket's now, and asyncio would remove that one's reader for a cancelled handle).
         # Epoll is level-triggered: a current registration still ready is reported again.
@@ -98,27 +100,12 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
     thread too, which holds the worker's gate whenever it runs (the module's rule)."""
 
     def __init__(self, gate: Gate, main_thread: int) -> None:
-        super().__init__(_WorkerSelector(gate))
+        super().__init__(_GatedSelector(gate.leave, gate.enter))
         self._main_thread = main_thread
 
     def _check_thread(self) -> None:
         if threading.get_ident() != self._main_thread:
             super()._check_thread()  # type: ignore[misc]
-
-
-class _MainSelector(selectors.EpollSelector):
-    """The main loop's selector: it holds every worker's gate except while it waits."""
-
-    def __init__(self, workers: Workers) -> None:
-        super().__init__()
-        self._workers = workers
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        self._workers.let_go()
-        try:
-            return super().select(timeout)
-        finally:
-            self._workers.hold()
 
 
 _PR_SET_NAME = 15
@@ -209,7 +196,8 @@ class Workers:
             self.main.call_soon_threadsafe(self.on_death, worker.index)
 
     def main_selector(self) -> selectors.BaseSelector:
-        return _MainSelector(self)
+        """The main loop's selector: it holds every worker's gate except while it waits."""
+        return _GatedSelector(self.let_go, self.hold)
 
     # -- the main loop's side of the gates ---------------------------------------
 
