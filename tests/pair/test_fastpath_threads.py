@@ -12,13 +12,12 @@ missing.
 from __future__ import annotations
 
 import ipaddress
-import threading
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.support.inproc import InprocPort
+from tests.support.inproc import InprocPort, burst_from_threads
 from vhost_ipvlan.daemon import fastpath
 
 pytestmark = pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
@@ -39,25 +38,6 @@ def guests() -> list[tuple[str, list[bytes], bytes | None]]:
             for name, ip, mac in (("a", A4, A), ("b", B4, B))]
 
 
-def drive(port: InprocPort, frames: list[bytes], start: threading.Barrier, errors: list[BaseException],
-          received: list[bytes] | None = None) -> None:
-    """a transmits ``frames`` ROUNDS times, a drain per round; b's frames go to ``received``."""
-    try:
-        fe, dev = port.frontends["a"], port.device("a")
-        start.wait()
-        for _ in range(ROUNDS):
-            for f in frames:
-                fe.transmit(f)
-            dev.drain_tx()  # a burst of BURST frames is within a drain's budget
-            fe.reclaim_tx()
-            if received is not None:
-                b = port.frontends["b"]
-                received.extend(frame for _, frame in b.receive())
-                b.post_rx_buffers(BURST)
-    except BaseException as e:  # reported by the test
-        errors.append(e)
-
-
 def marks(frames: list[bytes]) -> list[tuple[int, bytes] | bool]:
     """Each frame's (UDP source port, payload), False if it is not UDP."""
     return [UDP in (pkt := Ether(f)) and (pkt[UDP].sport, bytes(pkt[UDP].payload)) for f in frames]
@@ -66,20 +46,11 @@ def marks(frames: list[bytes]) -> list[tuple[int, bytes] | bool]:
 def test_two_threads_bursting_to_two_wires_keep_their_own_frames() -> None:
     ports = [InprocPort(guests()[:1]) for _ in range(2)]
     try:
-        sent: list[list[bytes]] = [[], []]
-        frames = [frames_of(1), frames_of(2)]
-        start = threading.Barrier(2)
-        errors: list[BaseException] = []
-        threads = [threading.Thread(target=drive, args=(ports[i], frames[i], start, errors)) for i in range(2)]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):  # keep the wires' socket buffers from filling
-            for i in range(2):
-                sent[i] = ports[i].uplink.sent
-            threads[0].join(0.01)
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        def drain_wires() -> None:  # keep the wires' socket buffers from filling
+            for p in ports:
+                _ = p.uplink.sent  # reading it takes what went out
+
+        burst_from_threads(ports, [frames_of(1), frames_of(2)], ROUNDS, meanwhile=drain_wires)
         for i in range(2):
             got = marks([d[10:] for d in ports[i].uplink.sent])
             own = (i + 1, bytes([i + 1]) * 1400)
@@ -94,17 +65,14 @@ def test_two_threads_bursting_to_two_wires_keep_their_own_frames() -> None:
 def test_two_threads_bursting_between_guests_keep_their_own_frames() -> None:
     ports = [InprocPort(guests()) for _ in range(2)]
     try:
-        frames = [frames_of(i + 1, B, B4) for i in range(2)]
         received: list[list[bytes]] = [[], []]
-        start = threading.Barrier(2)
-        errors: list[BaseException] = []
-        threads = [threading.Thread(target=drive, args=(ports[i], frames[i], start, errors, received[i]))
-                   for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+
+        def take(k: int) -> None:  # b's frames, its buffers given back
+            b = ports[k].frontends["b"]
+            received[k].extend(frame for _, frame in b.receive())
+            b.post_rx_buffers(BURST)
+
+        burst_from_threads(ports, [frames_of(i + 1, B, B4) for i in range(2)], ROUNDS, after_round=take)
         for i in range(2):
             got = marks(received[i])
             own = (i + 1, bytes([i + 1]) * 1400)

@@ -12,14 +12,13 @@ marked.
 from __future__ import annotations
 
 import ipaddress
-import threading
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from tests.support.inproc import InprocPort
+from tests.support.inproc import InprocPort, burst_from_threads
 from vhost_ipvlan.daemon import fastpath
 
 pytestmark = pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
@@ -64,36 +63,18 @@ def frames(port_id: int) -> list[bytes]:
     return out
 
 
-def drive(p: InprocPort, fs: list[bytes], start: threading.Barrier, got: dict[str, list[bytes]],
-          errors: list[BaseException]) -> None:
-    try:
-        a, dev = p.frontends["a"], p.device("a")
-        start.wait()
-        for _ in range(ROUNDS):
-            for f in fs:
-                a.transmit(f)
-            dev.drain_tx()
-            a.reclaim_tx()
-            for i in range(TARGETS):
-                for ring in p.frontends[f"b{i}"].receive_all():
-                    got[f"b{i}"].extend(frame for _, frame in ring)
-    except BaseException as e:
-        errors.append(e)
-
-
 def test_two_threads_with_cache_misses_multiqueue_and_dirty_logs() -> None:
     ports = [make_port(), make_port()]
     try:
         fs = [frames(1), frames(2)]
         got: list[dict[str, list[bytes]]] = [{f"b{i}": [] for i in range(TARGETS)} for _ in range(2)]
-        start = threading.Barrier(2)
-        errors: list[BaseException] = []
-        threads = [threading.Thread(target=drive, args=(ports[k], fs[k], start, got[k], errors)) for k in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+
+        def take(k: int) -> None:
+            for i in range(TARGETS):
+                for ring in ports[k].frontends[f"b{i}"].receive_all():
+                    got[k][f"b{i}"].extend(frame for _, frame in ring)
+
+        burst_from_threads(ports, fs, ROUNDS, after_round=take)
         for k in range(2):
             for i in range(TARGETS):
                 name = f"b{i}"

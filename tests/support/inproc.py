@@ -11,6 +11,7 @@ from __future__ import annotations
 import mmap
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -256,3 +257,40 @@ def pure_python() -> Iterator[None]:
         yield
     finally:
         fastpath.ext = saved
+
+
+def burst_from_threads(ports: list[InprocPort], frames: list[list[bytes]], rounds: int,
+                       after_round: Callable[[int], None] | None = None,
+                       meanwhile: Callable[[], None] | None = None) -> None:
+    """Guest a of ``ports[k]`` transmits ``frames[k]`` ``rounds`` times on a thread of its own
+    per port, all starting together, one drain per round (the frames must fit a drain's
+    budget), then ``after_round(k)`` on that thread; ``meanwhile()`` runs again and again on
+    the calling thread until they end. Raises the first exception a thread raised."""
+    start = threading.Barrier(len(ports))
+    errors: list[BaseException] = []
+
+    def drive(k: int) -> None:
+        try:
+            fe, dev = ports[k].frontends["a"], ports[k].device("a")
+            start.wait()
+            for _ in range(rounds):
+                for f in frames[k]:
+                    fe.transmit(f)
+                dev.drain_tx()
+                fe.reclaim_tx()
+                if after_round is not None:
+                    after_round(k)
+        except BaseException as e:  # raised below, on the calling thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=drive, args=(k,)) for k in range(len(ports))]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        if meanwhile is not None:
+            meanwhile()
+        threads[0].join(0.01)
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
