@@ -183,7 +183,6 @@ class Workers:
         self.on_death: Callable[[int], None] | None = None
         self._workers = [Worker(i, self._died) for i in range(count)] if count > 1 else []
         self._held = bool(self._workers)
-        self._main_ports = 0
 
     @property
     def threads(self) -> int:
@@ -222,9 +221,7 @@ class Workers:
     def loop_for_port(self) -> tuple[int, asyncio.AbstractEventLoop]:
         """(worker index, its loop) for a new port: the worker with the fewest ports."""
         if not self._workers:
-            assert self.main is not None, "Workers.main is not set"
-            self._main_ports += 1
-            return 0, self.main
+            return 0, self.loop(0)
         w = min(self._workers, key=lambda w: w.ports)
         w.ports += 1
         return w.index, w.loop
@@ -239,8 +236,6 @@ class Workers:
     def port_removed(self, index: int) -> None:
         if self._workers:
             self._workers[index].ports -= 1
-        else:
-            self._main_ports -= 1
 
     def stop(self) -> None:
         """End every worker thread (from the main loop, after every port is closed)."""
