@@ -93,11 +93,15 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/if_packet.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/epoll.h>
 #include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
 
 #define HDR_LEN 12
 #define ETH_HLEN 14
@@ -181,6 +185,11 @@ typedef struct {
     uint16_t last_avail, used_idx;
     unsigned long long walked;
     int changed;
+    /* publishing (queue_open_publish): SplitQueue's _published, event_idx, log_used */
+    int publishes;
+    uint16_t published;
+    int event_idx;
+    long long log_used;
 } queue_t;
 
 static void queue_release(queue_t *q)
@@ -215,7 +224,10 @@ static PyObject *take_exception(void)
 
 /* The attribute names queue_open and queue_close use, interned once (PyInit__fastpath):
  * a name given as a C string would be made into a str object at every call. */
-enum { N_NUM, N_LAST_AVAIL, N_USED_IDX, N_WALKED, N_DESC, N_AVAIL, N_USED, N_LOGBUF, N_MEM, N_BY_GPA, N_COUNT };
+enum {
+    N_NUM, N_LAST_AVAIL, N_USED_IDX, N_WALKED, N_DESC, N_AVAIL, N_USED, N_LOGBUF, N_MEM, N_BY_GPA,
+    N_PUBLISHED, N_EVENT_IDX, N_LOG_USED, N_COUNT
+};
 /* The GIL during a burst. A burst lets it go for the frames that need no Python object
  * (every answer in the burst's caches, a target already open: the common case) and
  * takes it back before anything that touches Python (a cache miss, a target's first
@@ -260,7 +272,8 @@ static inline void gil_frame(gil_t *g)
 static const char *const name_text[N_COUNT] = {
     [N_NUM] = "num",     [N_LAST_AVAIL] = "last_avail", [N_USED_IDX] = "used_idx", [N_WALKED] = "walked",
     [N_DESC] = "_desc",  [N_AVAIL] = "_avail",          [N_USED] = "_used",         [N_LOGBUF] = "_logbuf",
-    [N_MEM] = "mem",     [N_BY_GPA] = "_by_gpa"};
+    [N_MEM] = "mem",     [N_BY_GPA] = "_by_gpa",        [N_PUBLISHED] = "_published", [N_EVENT_IDX] = "event_idx",
+    [N_LOG_USED] = "log_used"};
 static PyObject *names[N_COUNT];
 
 static int get_u64_attr(PyObject *obj, PyObject *name, unsigned long long *out)
@@ -365,6 +378,31 @@ fail:
     return -1;
 }
 
+/* queue_open, and what publishing needs (SplitQueue's _published, event_idx, log_used). */
+static int queue_open_publish(queue_t *q, PyObject *obj)
+{
+    if (queue_open(q, obj))
+        return -1;
+    unsigned long long published;
+    PyObject *ev, *lu;
+    if (get_u64_attr(obj, names[N_PUBLISHED], &published) || !(ev = PyObject_GetAttr(obj, names[N_EVENT_IDX])))
+        goto fail;
+    q->event_idx = PyObject_IsTrue(ev);
+    Py_DECREF(ev);
+    if (q->event_idx < 0 || !(lu = PyObject_GetAttr(obj, names[N_LOG_USED])))
+        goto fail;
+    q->log_used = PyLong_AsLongLong(lu);
+    Py_DECREF(lu);
+    if (q->log_used == -1 && PyErr_Occurred())
+        goto fail;
+    q->published = (uint16_t)published;
+    q->publishes = 1;
+    return 0;
+fail:
+    queue_release(q);
+    return -1;
+}
+
 /* Write the indices back to the Python object and release. -1 with an exception on failure. */
 static int queue_close(queue_t *q)
 {
@@ -379,6 +417,12 @@ static int queue_close(queue_t *q)
         Py_XDECREF(la);
         Py_XDECREF(ui);
         Py_XDECREF(wk);
+    }
+    if (q->publishes && rc == 0) {
+        PyObject *pub = PyLong_FromUnsignedLong(q->published);
+        if (!pub || PyObject_SetAttr(q->obj, names[N_PUBLISHED], pub))
+            rc = -1;
+        Py_XDECREF(pub);
     }
     queue_release(q);
     return rc;
@@ -458,6 +502,31 @@ static inline void read_desc(const queue_t *q, uint32_t i, desc_t *d)
     memcpy(d, (const char *)q->desc.buf + 16 * (size_t)i, 16);
 }
 
+static inline char *gpa(const queue_t *q, uint64_t addr, uint32_t len);
+
+/* Start loading the buffer of the chain ``ahead`` places after the next one, if the
+ * driver has made it available and it is one descriptor (``write``: for writing): its
+ * cache lines were last written by the driver's core, and the copy of the next frame
+ * would otherwise wait for them. A hint only: nothing is taken or checked for use. */
+static inline void prefetch_chain(const queue_t *q, uint16_t avail_idx, uint16_t ahead, int write)
+{
+    uint16_t at = (uint16_t)(q->last_avail + ahead);
+    if ((uint16_t)(avail_idx - q->last_avail) <= ahead)
+        return;
+    uint32_t head = ((volatile const uint16_t *)q->avail.buf)[2 + at % q->num];
+    if (head >= q->num)
+        return;
+    desc_t d;
+    read_desc(q, head, &d);
+    const char *p = gpa(q, d.addr, d.len < 64 ? d.len : 64);
+    if (p) {
+        if (write)
+            __builtin_prefetch(p, 1);
+        else
+            __builtin_prefetch(p, 0);
+    }
+}
+
 static inline void push_used(queue_t *q, uint32_t head, uint32_t len)
 {
     uint32_t elem[2] = {head, len};
@@ -489,6 +558,87 @@ static int mark_pages(unsigned char *log, uint64_t bytes, uint64_t addr, uint64_
 static void log_write(const queue_t *q, uint64_t addr, uint32_t len)
 {
     mark_pages(q->logb.buf, (uint64_t)q->logb.len, addr, len);
+}
+
+/* A descriptor given by Python: an int; a negative one (or one too large) is -1. 0, or -1
+ * with an exception. */
+static int fd_arg(PyObject *arg, int *fd)
+{
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *fd = v < 0 || v > INT32_MAX ? -1 : (int)v;
+    return 0;
+}
+
+/* Set O_NONBLOCK on ``fd`` if it is not: the front-end shares the open file description
+ * of its eventfds and may clear it. 0, or -1 (errno). */
+static int set_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return -1;
+    return (fl & O_NONBLOCK) ? 0 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* Add 1 to the eventfd ``fd`` without ever blocking (host.py's eventfd_signal): 1 when
+ * done, 0 when the descriptor is gone or its counter full. No Python object: the GIL may
+ * be let go. */
+static int eventfd_add(int fd)
+{
+    uint64_t one = 1;
+    ssize_t r = -1;
+    if (set_nonblocking(fd) == 0)
+        do
+            r = write(fd, &one, sizeof one);
+        while (r < 0 && errno == EINTR);
+    return r == (ssize_t)sizeof one;
+}
+
+/* The used ring's bytes [offset, offset + len) were written: mark them in the log while
+ * the front-end asks for it (virtqueue.py's _log_used). */
+static void log_used_write(const queue_t *q, uint64_t offset, uint64_t len)
+{
+    if (q->log_used >= 0 && q->has_log)
+        mark_pages(q->logb.buf, (uint64_t)q->logb.len, (uint64_t)q->log_used + offset, len);
+}
+
+/* SplitQueue.publish's twin (a queue opened with queue_open_publish): publish the used
+ * elements pushed and, if the driver asked for an interrupt, add 1 to ``call`` (-1:
+ * none). Returns 1 when a wanted interrupt could not be sent (CALL_FAILED), else 0. */
+static int queue_publish(queue_t *q, int call)
+{
+    uint16_t new = q->used_idx, old = q->published;
+    if (new == old)
+        return 0;
+    __atomic_store_n((uint16_t *)q->used.buf + 1, new, __ATOMIC_RELEASE);
+    q->published = new;
+    log_used_write(q, 0, (uint64_t)q->used.len);
+    int want;
+    if (q->event_idx) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        uint16_t event = ring16(&q->avail, 2 + q->num);
+        want = (uint16_t)(new - event - 1) < (uint16_t)(new - old);
+    } else
+        want = !(ring16(&q->avail, 0) & 1); /* VRING_AVAIL_F_NO_INTERRUPT */
+    return want && call >= 0 && !eventfd_add(call);
+}
+
+/* SplitQueue.want_kick's twin: ask the driver to kick for its next chain, then (behind a
+ * full barrier, so that a kick is not lost) how many chains are already waiting; more than
+ * the ring holds is the caller's to hand to Python (pending() raises there). */
+static uint32_t queue_want_kick(queue_t *q)
+{
+    if (q->event_idx) {
+        __atomic_store_n((uint16_t *)q->used.buf + 2 + 4 * (size_t)q->num, q->last_avail, __ATOMIC_RELAXED);
+        log_used_write(q, 4 + 8 * (uint64_t)q->num, 2);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    } else if (ring16(&q->used, 0)) { /* VRING_USED_F_NO_NOTIFY, ours or an earlier back-end's */
+        __atomic_store_n((uint16_t *)q->used.buf, 0, __ATOMIC_RELAXED);
+        log_used_write(q, 0, 2);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    }
+    return (uint16_t)(ring16(&q->avail, 1) - q->last_avail);
 }
 
 /* log_mark(log, gpa, length) -> int: virtio/dirtylog.py's DirtyLog.mark with exact bits
@@ -529,6 +679,7 @@ static int rx_put(queue_t *q, const char *src, uint32_t len)
     char *dst = gpa(q, d.addr, len);
     if (!dst)
         return 0;
+    prefetch_chain(q, avail_idx, 1, 1);
     memcpy(dst, src, len);
     if (q->has_log)
         log_write(q, d.addr, len);
@@ -904,6 +1055,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             status = ST_SLOW_CHAIN;
             break;
         }
+        prefetch_chain(&tx, avail_idx, 1, 0);
         buf = wire.master_mac ? stage[wire.n] : (unsigned char *)fb.buf; /* a wire frame stays there */
         memcpy(buf, src, d.len);
         tx.last_avail++;
@@ -1466,6 +1618,771 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
     return PyLong_FromLong(got ? total : 0);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * WorkerCore: a worker thread's gate, and the bursts it serves without Python.
+ *
+ * With worker threads (daemon/workers.py), every burst that went through Python needed
+ * the GIL at least once, and handing the GIL from one worker to another (a futex wake
+ * of a thread whose CPU may be halted) cost more than the burst: guest -> guest traffic
+ * was slower with two workers than with one. A WorkerCore lets a worker serve the kicks
+ * of the TX rings Python has *planned* (register) entirely here, without the GIL:
+ *
+ * - The gate (workers.py's rule: a worker runs Python only while it holds its gate; the
+ *   main loop holds every gate whenever it runs) is this object's lock and turnstile,
+ *   PyThread locks that C takes without the GIL: enter/leave for the worker, hold/let_go
+ *   for the main loop, as workers.Gate.
+ * - wait(timeout) is the worker's selector wait: it lets the gate and the GIL go, waits
+ *   on the loop's epoll descriptor and, with the gate held again but still without the
+ *   GIL, serves every ready kick descriptor that has a plan (serve). It returns to Python
+ *   (the GIL and the gate taken) as soon as an event is left for Python (any other
+ *   descriptor, a kick serve handed over), or the timeout ends.
+ * - A plan is a snapshot of what Python would do with a kick of one device's TX ring:
+ *   the rings and memory (queue_t, opened once and kept), the sender's MAC and owned
+ *   addresses, the port's destination table and local MACs, the wire. It stays right
+ *   only while no Python code of the port runs: so plans are made (register) just before
+ *   the wait, by Python, and all of them are written back and dropped (drop) before any
+ *   Python code runs again: when wait returns, and when the main loop takes the gate
+ *   (hold). Their indices and counters go back into the Python objects then, so Python
+ *   never sees a stale one.
+ * - serve does what device.py's drain_tx and datapath.py's flush would do for frames the
+ *   C accelerator takes anyway (forward_burst's conditions, the l2 way), and hands the
+ *   kick to Python (the event is returned; its handler finds the counter read and drains
+ *   the ring from where this stopped) at the first anything else: a chain or frame that
+ *   is not the simple case (not taken: Python takes it again), the burst budget spent, a
+ *   target whose TX ring has chains waiting (flush's rule: Python drains it before
+ *   publishing its RX ring), an unreadable kick. It counts no drop: anything that would
+ *   be dropped is Python's.
+ * ------------------------------------------------------------------------------------------ */
+#define CORE_PLANS 32
+#define CORE_SLOTS 64
+#define CORE_EVENTS 256
+#define CORE_QUIET 1024 /* kick descriptors whose handler only reads them (RX rings') */
+#define PLAN_DSTS 64
+#define PLAN_OWNED 16
+#define PLAN_RINGS 8
+#define PLAN_LOCAL 64
+
+typedef struct {
+    PyObject *obj;    /* the SplitQueue (strong) */
+    queue_t q;        /* queue_open_publish'd */
+    int rx;           /* an RX ring of a target: published by serve */
+    int call;         /* RX: its call descriptor, or -1 */
+    int touched;      /* RX: frames pushed since its last publish */
+    long call_failed; /* RX: interrupts that could not be sent */
+    long rx_full;     /* RX: frames dropped, the ring empty (RX_RING_FULL) */
+    PyObject *device; /* RX: the target's NetDevice (strong) */
+    PyObject *dirty;  /* RX: its port's dirty set (strong) */
+    PyObject *drops;  /* RX: its drop counters (strong) */
+} qslot_t;
+
+typedef struct {
+    int slot;
+    Py_buffer counters; /* QueuePair.fast_rx */
+} pring_t;
+
+typedef struct {
+    Py_ssize_t alen;
+    unsigned char addr[16];
+    unsigned char mac[6];
+    long caps;
+    int nrings, ntx, nheld;
+    pring_t rings[PLAN_RINGS];
+    int tx[PLAN_RINGS]; /* the target's started TX rings (slots) */
+} pdst_t;
+
+typedef struct {
+    int kick, tx, call; /* kick descriptor, TX ring's slot, its call descriptor (-1) */
+    long budget;
+    unsigned char mac[6];
+    int nowned, ndst, nlocal;
+    struct {
+        Py_ssize_t len;
+        unsigned char a[16];
+    } owned[PLAN_OWNED];
+    pdst_t *dst;
+    unsigned char (*local)[6]; /* the port's by_mac (with a wire) */
+    int wire_fd;               /* -1: no wire */
+    unsigned char master_mac[6];
+    long max_frame;
+    PyObject *dev, *pair, *dp, *drops; /* strong: counters go back to them */
+    Py_buffer buf;                     /* the device's frame buffer */
+    int has_buf;
+    long long packets, bytes;
+    long call_failed, wire_sent, wire_failed;
+    int more;                /* the budget ended the last burst: chains are waiting */
+    unsigned long long round; /* the wait round that served it last */
+} plan_t;
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock, turnstile;
+    int epfd;
+    int nplans, nslots;
+    plan_t plans[CORE_PLANS];
+    qslot_t slots[CORE_SLOTS];
+    unsigned long long served, handed; /* kicks served here, kicks handed to Python */
+    unsigned long long holds;          /* times the main loop took the gate */
+    unsigned long long round;          /* wait rounds */
+    int nquiet;
+    int quiet[CORE_QUIET]; /* watch_quiet: read here, never handed to Python unless unreadable */
+    PyObject *k_call_failed, *k_send_failed, *k_rx_full; /* DropReason members, the drops' keys */
+} core_t;
+
+/* -- the gate (no GIL needed) -- */
+static void gate_enter(core_t *c)
+{
+    PyThread_acquire_lock(c->turnstile, WAIT_LOCK);
+    PyThread_release_lock(c->turnstile);
+    PyThread_acquire_lock(c->lock, WAIT_LOCK);
+}
+
+static void gate_leave(core_t *c) { PyThread_release_lock(c->lock); }
+
+/* -- plans -- */
+static int counter_add(PyObject *obj, const char *attr, long long n)
+{
+    if (!n)
+        return 0;
+    PyObject *v = PyObject_GetAttrString(obj, attr);
+    if (!v)
+        return -1;
+    PyObject *d = PyLong_FromLongLong(n), *sum = d ? PyNumber_Add(v, d) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    int rc = sum ? PyObject_SetAttrString(obj, attr, sum) : -1;
+    Py_XDECREF(sum);
+    return rc;
+}
+
+static int drop_add(PyObject *drops, PyObject *key, long n)
+{
+    if (!n)
+        return 0;
+    PyObject *v = PyObject_GetItem(drops, key);
+    if (!v)
+        return -1;
+    PyObject *d = PyLong_FromLong(n), *sum = d ? PyNumber_Add(v, d) : NULL;
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    int rc = sum ? PyObject_SetItem(drops, key, sum) : -1;
+    Py_XDECREF(sum);
+    return rc;
+}
+
+/* Write every plan and ring back into Python and forget them (with the GIL). -1 with an
+ * exception if some write failed (the rest is written all the same). */
+static int core_drop(core_t *c)
+{
+    int rc = 0;
+    for (int i = 0; i < c->nplans; i++) {
+        plan_t *p = &c->plans[i];
+        if (counter_add(p->dev, "tx_packets", p->packets) || counter_add(p->dev, "tx_bytes", p->bytes) ||
+            counter_add(p->pair, "tx_packets", p->packets) || counter_add(p->dp, "uplink_tx", p->wire_sent) ||
+            drop_add(p->drops, c->k_call_failed, p->call_failed) ||
+            drop_add(p->drops, c->k_send_failed, p->wire_failed))
+            rc = -1;
+        for (int d = 0; d < p->ndst; d++)
+            for (int r = 0; r < p->dst[d].nheld; r++)
+                PyBuffer_Release(&p->dst[d].rings[r].counters);
+        PyMem_Free(p->dst);
+        PyMem_Free(p->local);
+        if (p->has_buf)
+            PyBuffer_Release(&p->buf);
+        Py_XDECREF(p->dev);
+        Py_XDECREF(p->pair);
+        Py_XDECREF(p->dp);
+        Py_XDECREF(p->drops);
+    }
+    c->nplans = 0;
+    for (int i = 0; i < c->nslots; i++) {
+        qslot_t *s = &c->slots[i];
+        if (s->touched && s->dirty && PySet_Add(s->dirty, s->device)) /* flush publishes it */
+            rc = -1;
+        if ((s->drops && (drop_add(s->drops, c->k_call_failed, s->call_failed) ||
+                          drop_add(s->drops, c->k_rx_full, s->rx_full))) ||
+            queue_close(&s->q))
+            rc = -1;
+        Py_XDECREF(s->obj);
+        Py_XDECREF(s->device);
+        Py_XDECREF(s->dirty);
+        Py_XDECREF(s->drops);
+    }
+    c->nslots = 0;
+    return rc;
+}
+
+/* The slot of the SplitQueue ``obj``, opened on first use (with the GIL): -1 with an exception. */
+static int core_slot(core_t *c, PyObject *obj)
+{
+    for (int i = 0; i < c->nslots; i++)
+        if (c->slots[i].obj == obj)
+            return i;
+    if (c->nslots == CORE_SLOTS) {
+        PyErr_SetString(PyExc_OverflowError, "WorkerCore: too many rings");
+        return -1;
+    }
+    qslot_t *s = &c->slots[c->nslots];
+    memset(s, 0, sizeof *s);
+    if (queue_open_publish(&s->q, obj))
+        return -1;
+    if (s->q.has_log) { /* a migration's dirty log: Python's (no plan while one is on) */
+        queue_release(&s->q);
+        PyErr_SetString(PyExc_ValueError, "WorkerCore: a ring logs its writes");
+        return -1;
+    }
+    Py_INCREF(obj);
+    s->obj = obj;
+    s->call = -1;
+    return c->nslots++;
+}
+
+static int bytes_of(PyObject *o, Py_ssize_t want, unsigned char *out)
+{
+    if (!PyBytes_Check(o) || (want && PyBytes_GET_SIZE(o) != want)) {
+        PyErr_SetString(PyExc_TypeError, "WorkerCore: bad bytes argument");
+        return -1;
+    }
+    memcpy(out, PyBytes_AS_STRING(o), (size_t)PyBytes_GET_SIZE(o));
+    return 0;
+}
+
+/* register(kick, txq, call, buf, mac, owned, dsts, wire, dev, pair, dp, budget, more) -> None
+ *   more: chains are waiting (a drain's budget ended): served in the first round, kick or not.
+ *   dsts: ((addr, mac, caps, ((rxq, counters, call, device, dirty, drops), ...), (txq, ...)), ...)
+ *   wire: None or (fd, master_mac, local_macs, max_frame).
+ * On an exception nothing of the plan is kept (its rings may stay open until drop). */
+static PyObject *core_register(core_t *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "register takes 13 arguments");
+        return NULL;
+    }
+    if (c->nplans == CORE_PLANS) {
+        PyErr_SetString(PyExc_OverflowError, "WorkerCore: too many plans");
+        return NULL;
+    }
+    int kick;
+    if (fd_arg(args[0], &kick))
+        return NULL;
+    for (int i = 0; i < c->nplans; i++)
+        if (c->plans[i].kick == kick) {
+            PyErr_SetString(PyExc_ValueError, "WorkerCore: the kick descriptor has a plan");
+            return NULL;
+        }
+    plan_t p;
+    memset(&p, 0, sizeof p);
+    p.kick = kick;
+    p.wire_fd = -1;
+    p.call = -1;
+    if ((args[2] != Py_None && fd_arg(args[2], &p.call)) || bytes_of(args[4], 6, p.mac))
+        return NULL;
+    p.budget = PyLong_AsLong(args[11]);
+    if (p.budget == -1 && PyErr_Occurred())
+        return NULL;
+    if ((p.more = PyObject_IsTrue(args[12])) < 0)
+        return NULL;
+    if ((p.tx = core_slot(c, args[1])) < 0)
+        return NULL;
+    PyObject *owned = args[5], *dsts = args[6], *wire = args[7];
+    if (!PyAnySet_Check(owned) || PySet_GET_SIZE(owned) > PLAN_OWNED || !PyTuple_Check(dsts) ||
+        PyTuple_GET_SIZE(dsts) > PLAN_DSTS) {
+        PyErr_SetString(PyExc_ValueError, "WorkerCore: addresses or destinations beyond a plan's");
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *item;
+    Py_hash_t hash;
+    while (_PySet_NextEntry(owned, &pos, &item, &hash)) {
+        if (!PyBytes_Check(item) || (PyBytes_GET_SIZE(item) != 4 && PyBytes_GET_SIZE(item) != 16))
+            continue; /* never a frame's address */
+        p.owned[p.nowned].len = PyBytes_GET_SIZE(item);
+        memcpy(p.owned[p.nowned].a, PyBytes_AS_STRING(item), (size_t)PyBytes_GET_SIZE(item));
+        p.nowned++;
+    }
+    if (wire != Py_None) {
+        PyObject *local;
+        if (!PyTuple_Check(wire) || PyTuple_GET_SIZE(wire) != 4 || fd_arg(PyTuple_GET_ITEM(wire, 0), &p.wire_fd) ||
+            bytes_of(PyTuple_GET_ITEM(wire, 1), 6, p.master_mac) ||
+            !PyTuple_Check(local = PyTuple_GET_ITEM(wire, 2)) || PyTuple_GET_SIZE(local) > PLAN_LOCAL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "WorkerCore: bad wire");
+            return NULL;
+        }
+        p.max_frame = PyLong_AsLong(PyTuple_GET_ITEM(wire, 3));
+        if (p.max_frame == -1 && PyErr_Occurred())
+            return NULL;
+        p.nlocal = (int)PyTuple_GET_SIZE(local);
+        p.local = PyMem_Calloc((size_t)p.nlocal + 1, 6);
+        if (!p.local)
+            return PyErr_NoMemory();
+        for (int i = 0; i < p.nlocal; i++)
+            if (bytes_of(PyTuple_GET_ITEM(local, i), 6, p.local[i]))
+                goto fail;
+    }
+    p.ndst = (int)PyTuple_GET_SIZE(dsts);
+    p.dst = PyMem_Calloc((size_t)p.ndst + 1, sizeof *p.dst);
+    if (!p.dst) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (int i = 0; i < p.ndst; i++) {
+        PyObject *e = PyTuple_GET_ITEM(dsts, i), *rings, *txqs, *addr;
+        pdst_t *d = &p.dst[i];
+        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 5 || !PyBytes_Check(addr = PyTuple_GET_ITEM(e, 0)) ||
+            (PyBytes_GET_SIZE(addr) != 4 && PyBytes_GET_SIZE(addr) != 16) || !PyTuple_Check(rings = PyTuple_GET_ITEM(e, 3)) ||
+            PyTuple_GET_SIZE(rings) < 1 || PyTuple_GET_SIZE(rings) > PLAN_RINGS ||
+            !PyTuple_Check(txqs = PyTuple_GET_ITEM(e, 4)) || PyTuple_GET_SIZE(txqs) > PLAN_RINGS) {
+            PyErr_SetString(PyExc_ValueError, "WorkerCore: bad destination");
+            goto fail;
+        }
+        d->alen = PyBytes_GET_SIZE(addr);
+        memcpy(d->addr, PyBytes_AS_STRING(addr), (size_t)d->alen);
+        if (bytes_of(PyTuple_GET_ITEM(e, 1), 6, d->mac))
+            goto fail;
+        d->caps = PyLong_AsLong(PyTuple_GET_ITEM(e, 2));
+        if (d->caps == -1 && PyErr_Occurred())
+            goto fail;
+        d->nrings = (int)PyTuple_GET_SIZE(rings);
+        for (int r = 0; r < d->nrings; r++) {
+            PyObject *ring = PyTuple_GET_ITEM(rings, r);
+            if (!PyTuple_Check(ring) || PyTuple_GET_SIZE(ring) != 6) {
+                PyErr_SetString(PyExc_ValueError, "WorkerCore: bad ring");
+                goto fail;
+            }
+            int slot = core_slot(c, PyTuple_GET_ITEM(ring, 0));
+            if (slot < 0)
+                goto fail;
+            qslot_t *s = &c->slots[slot];
+            if (!s->rx) {
+                if (PyTuple_GET_ITEM(ring, 2) != Py_None && fd_arg(PyTuple_GET_ITEM(ring, 2), &s->call))
+                    goto fail;
+                s->rx = 1;
+                s->device = Py_NewRef(PyTuple_GET_ITEM(ring, 3));
+                s->dirty = Py_NewRef(PyTuple_GET_ITEM(ring, 4));
+                s->drops = Py_NewRef(PyTuple_GET_ITEM(ring, 5));
+                if (!PyAnySet_Check(s->dirty)) {
+                    PyErr_SetString(PyExc_TypeError, "WorkerCore: bad dirty set");
+                    goto fail;
+                }
+            }
+            d->rings[r].slot = slot;
+            if (PyObject_GetBuffer(PyTuple_GET_ITEM(ring, 1), &d->rings[r].counters,
+                                   PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
+                goto fail;
+            d->nheld++;
+            if (d->rings[r].counters.len < 16) {
+                PyErr_SetString(PyExc_ValueError, "WorkerCore: counters buffer too small");
+                goto fail;
+            }
+        }
+        d->ntx = (int)PyTuple_GET_SIZE(txqs);
+        for (int t = 0; t < d->ntx; t++)
+            if ((d->tx[t] = core_slot(c, PyTuple_GET_ITEM(txqs, t))) < 0)
+                goto fail;
+    }
+    if (PyObject_GetBuffer(args[3], &p.buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
+        goto fail;
+    p.has_buf = 1;
+    p.dev = Py_NewRef(args[8]);
+    p.pair = Py_NewRef(args[9]);
+    p.dp = Py_NewRef(args[10]);
+    p.drops = PyObject_GetAttrString(p.dev, "drops");
+    if (!p.drops)
+        goto fail;
+    c->plans[c->nplans++] = p;
+    Py_RETURN_NONE;
+fail:
+    if (p.dst)
+        for (int d = 0; d < p.ndst; d++)
+            for (int r = 0; r < p.dst[d].nheld; r++)
+                PyBuffer_Release(&p.dst[d].rings[r].counters);
+    PyMem_Free(p.dst);
+    PyMem_Free(p.local);
+    if (p.has_buf)
+        PyBuffer_Release(&p.buf);
+    Py_XDECREF(p.dev);
+    Py_XDECREF(p.pair);
+    Py_XDECREF(p.dp);
+    return NULL;
+}
+
+/* -- serving a kick, without the GIL -- */
+static int plan_local(const plan_t *p, const unsigned char *mac)
+{
+    for (int i = 0; i < p->nlocal; i++)
+        if (memcmp(p->local[i], mac, 6) == 0)
+            return 1;
+    return 0;
+}
+
+/* One frame (buf[:len], its chain not yet taken): 1 when it went where forward_burst would
+ * send it (a guest's RX ring, or staged for the wire) or was dropped as Python drops it
+ * (RX_RING_FULL: the target's ring has no buffer at all), 0 when it is Python's. */
+static int plan_frame(core_t *c, plan_t *p, wire_t *w, unsigned char *buf, uint32_t len)
+{
+    if (len < HDR_LEN + ETH_HLEN)
+        return 0;
+    unsigned char *eth = buf + HDR_LEN;
+    uint32_t n = len - HDR_LEN;
+    if ((eth[0] & 1) || memcmp(eth + 6, p->mac, 6) != 0)
+        return 0;
+    const unsigned char *saddr, *daddr;
+    Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
+    if (!alen)
+        return 0;
+    int owned = 0;
+    for (int i = 0; i < p->nowned && !owned; i++)
+        owned = p->owned[i].len == alen && memcmp(p->owned[i].a, saddr, (size_t)alen) == 0;
+    if (!owned)
+        return 0;
+    if (p->wire_fd >= 0 && memcmp(eth, p->master_mac, 6) != 0 && !plan_local(p, eth)) {
+        if ((long)len > p->max_frame && !buf[1])
+            return 0; /* MTU_EXCEEDED: Python's */
+        memcpy(stage[w->n], buf, len);
+        memcpy(stage[w->n] + HDR_LEN + 6, p->master_mac, 6);
+        wire_stage(w, len);
+        return 1;
+    }
+    const pdst_t *d = NULL;
+    for (int i = 0; i < p->ndst && !d; i++)
+        if (p->dst[i].alen == alen && memcmp(p->dst[i].addr, daddr, (size_t)alen) == 0)
+            d = &p->dst[i];
+    if (!d || memcmp(eth, d->mac, 6) != 0)
+        return 0;
+    if ((buf[0] | buf[1]) && !offload_ok(buf[0], buf[1], d->caps))
+        return 0;
+    const pring_t *ring = &d->rings[d->nrings > 1 ? flow_hash(eth, n) % (uint32_t)d->nrings : 0];
+    qslot_t *s = &c->slots[ring->slot];
+    buf[10] = 1; /* num_buffers */
+    buf[11] = 0;
+    if (!rx_put(&s->q, (const char *)buf, len)) {
+        if (ring16(&s->q.avail, 1) != s->q.last_avail)
+            return 0; /* a chain rx_put does not take: Python's */
+        s->rx_full++;  /* no buffer at all: dropped, as device.py's deliver (RX_RING_FULL) */
+        return 1;
+    }
+    uint64_t *cnt = ring->counters.buf;
+    cnt[0] += 1;
+    cnt[1] += n;
+    s->touched = 1;
+    return 1;
+}
+
+static int ring_waiting(const queue_t *q) { return ring16(&q->avail, 1) != q->last_avail; }
+
+/* Serve plan p's TX ring, after reading its kick counter if ``kicked`` (gate held, no
+ * GIL): 0 when all is done (the ring empty, published and asking for kicks, or the burst
+ * budget spent: ``more``, served again in the next round; the targets published), 1 when
+ * the rest is Python's (see the theory above). */
+static int core_serve(core_t *c, plan_t *p, int kicked)
+{
+    uint64_t value;
+    p->round = c->round;
+    p->more = 0;
+    if (kicked && (set_nonblocking(p->kick) || (read(p->kick, &value, sizeof value) < 0 && errno != EAGAIN)))
+        return 1;
+    queue_t *q = &c->slots[p->tx].q;
+    unsigned char *buf = p->buf.buf;
+    wire_t w = {p->wire_fd, NULL, NULL, 0, 0, 0, 0};
+    long frames = 0;
+    int rc = 1;
+    for (;;) {
+        uint16_t avail_idx = ring16(&q->avail, 1);
+        uint32_t pending = (uint16_t)(avail_idx - q->last_avail);
+        if (pending == 0) {
+            if (w.n)
+                wire_flush(&w); /* before the chains are given back: as forward_burst, all sent first */
+            p->call_failed += queue_publish(q, p->call);
+            pending = queue_want_kick(q);
+            if (pending == 0) {
+                rc = 0;
+                break;
+            }
+            avail_idx = ring16(&q->avail, 1);
+        }
+        if (pending > q->num)
+            break;
+        if (frames >= p->budget) { /* as device.py's schedule_drain: the rest in the next round */
+            if (w.n)
+                wire_flush(&w);
+            p->call_failed += queue_publish(q, p->call);
+            p->more = 1;
+            rc = 0;
+            break;
+        }
+        __asm__ __volatile__("" ::: "memory");
+        uint32_t head = ring16(&q->avail, 2 + q->last_avail % q->num);
+        if (head >= q->num)
+            break;
+        desc_t d;
+        read_desc(q, head, &d);
+        const char *src = d.flags ? NULL : gpa(q, d.addr, d.len);
+        if (!src || d.len > (uint64_t)p->buf.len || d.len > SLOT_SIZE)
+            break;
+        prefetch_chain(q, avail_idx, 1, 0);
+        memcpy(buf, src, d.len);
+        if (!plan_frame(c, p, &w, buf, d.len))
+            break;
+        q->last_avail++;
+        q->walked++;
+        push_used(q, head, 0);
+        frames++;
+        p->packets++;
+        p->bytes += d.len - HDR_LEN;
+    }
+    if (w.n)
+        wire_flush(&w);
+    p->wire_sent += w.sent;
+    p->wire_failed += w.failed;
+    if (rc)
+        return 1; /* the sender's used chains and the targets: Python publishes them */
+    /* flush's rule: a target's RX ring is published once its own TX ring has nothing
+     * waiting; otherwise Python drains that ring first (the touched ring goes to dirty) */
+    for (int i = 0; i < p->ndst; i++) {
+        const pdst_t *d = &p->dst[i];
+        for (int r = 0; r < d->nrings; r++) {
+            qslot_t *s = &c->slots[d->rings[r].slot];
+            if (!s->touched)
+                continue;
+            for (int t = 0; t < d->ntx; t++)
+                if (ring_waiting(&c->slots[d->tx[t]].q))
+                    return 1;
+            s->call_failed += queue_publish(&s->q, s->call);
+            s->touched = 0;
+        }
+    }
+    return 0;
+}
+
+static int core_quiet(core_t *c, int fd)
+{
+    for (int i = 0; i < c->nquiet; i++)
+        if (c->quiet[i] == fd)
+            return 1;
+    return 0;
+}
+
+static plan_t *core_plan(core_t *c, int fd)
+{
+    for (int i = 0; i < c->nplans; i++)
+        if (c->plans[i].kick == fd)
+            return &c->plans[i];
+    return NULL;
+}
+
+/* wait(timeout) -> [(fd, events), ...]: see the theory above. Called by the worker with
+ * its gate and the GIL; returns with both, every plan written back and dropped. */
+static PyObject *core_wait(core_t *c, PyObject *arg)
+{
+    double timeout = -1;
+    if (arg != Py_None) {
+        timeout = PyFloat_AsDouble(arg);
+        if (timeout == -1 && PyErr_Occurred())
+            return NULL;
+        if (timeout < 0)
+            timeout = 0;
+    }
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    struct epoll_event evs[CORE_EVENTS];
+    int nout = 0, err = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    for (;;) {
+        int ms = -1, more = 0;
+        if (timeout >= 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            double left = timeout - ((double)(now.tv_sec - start.tv_sec) + (double)(now.tv_nsec - start.tv_nsec) / 1e9);
+            ms = left <= 0 ? 0 : (int)(left * 1000 + 0.999);
+            if (ms > 24 * 3600 * 1000)
+                ms = 24 * 3600 * 1000;
+        }
+        for (int i = 0; i < c->nplans; i++)
+            more |= c->plans[i].more;
+        unsigned long long holds = c->holds;
+        gate_leave(c); /* the main loop may run here (plans dropped) */
+        int n = epoll_wait(c->epfd, evs, CORE_EVENTS, more ? 0 : ms);
+        if (n < 0 && errno != EINTR)
+            err = errno;
+        gate_enter(c);
+        if (err)
+            break;
+        if (c->holds != holds)
+            break; /* the main loop ran: these events may be of registrations it replaced
+                    * (epoll is level-triggered: current ones are reported again) */
+        c->round++;
+        for (int i = 0; i < n; i++) {
+            plan_t *p = core_plan(c, evs[i].data.fd);
+            if (p && evs[i].events == EPOLLIN && core_serve(c, p, 1) == 0) {
+                c->served++;
+                continue;
+            }
+            if (p) {
+                p->more = 0; /* Python drains it */
+                c->handed++;
+            } else if (evs[i].events == EPOLLIN && core_quiet(c, evs[i].data.fd)) {
+                uint64_t value;
+                int fd = evs[i].data.fd;
+                if (set_nonblocking(fd) == 0 && (read(fd, &value, sizeof value) >= 0 || errno == EAGAIN))
+                    continue; /* device.py's _rx_kick, done */
+            }
+            evs[nout++] = evs[i];
+        }
+        for (int i = 0; i < c->nplans && !nout; i++) {
+            plan_t *p = &c->plans[i];
+            if (p->more && p->round != c->round && core_serve(c, p, 0)) {
+                p->more = 0;
+                c->handed++;
+                evs[nout].data.fd = p->kick; /* Python drains it (the kick read already) */
+                evs[nout++].events = EPOLLIN;
+            }
+        }
+        if (nout || ms == 0 || (n == 0 && !more && ms > 0))
+            break; /* events for Python, or the time is up */
+    }
+    for (int i = 0; i < c->nplans && !err; i++) /* chains waiting, no kick to come: Python's */
+        if (c->plans[i].more && nout < CORE_EVENTS) {
+            evs[nout].data.fd = c->plans[i].kick;
+            evs[nout++].events = EPOLLIN;
+        }
+    PyEval_RestoreThread(ts);
+    int dropped = core_drop(c);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (dropped)
+        return NULL;
+    PyObject *out = PyList_New(nout);
+    for (int i = 0; out && i < nout; i++) {
+        PyObject *t = Py_BuildValue("(iI)", evs[i].data.fd, evs[i].events);
+        if (!t) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
+/* -- the gate, from Python (the GIL let go while waiting) -- */
+static PyObject *core_enter(core_t *c, PyObject *unused)
+{
+    (void)unused;
+    Py_BEGIN_ALLOW_THREADS gate_enter(c);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+static PyObject *core_leave(core_t *c, PyObject *unused)
+{
+    (void)unused;
+    if (core_drop(c))
+        return NULL;
+    gate_leave(c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_hold(core_t *c, PyObject *unused)
+{
+    (void)unused;
+    Py_BEGIN_ALLOW_THREADS PyThread_acquire_lock(c->turnstile, WAIT_LOCK);
+    PyThread_acquire_lock(c->lock, WAIT_LOCK);
+    PyThread_release_lock(c->turnstile);
+    Py_END_ALLOW_THREADS c->holds++;
+    if (core_drop(c)) /* the worker's plans, before the main loop's Python */
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_let_go(core_t *c, PyObject *unused)
+{
+    (void)unused;
+    gate_leave(c);
+    Py_RETURN_NONE;
+}
+
+/* watch_quiet(fd, on): a kick descriptor whose handler does nothing but read it (an RX
+ * ring's: device.py's _rx_kick) is read here while registered (the selector's register
+ * and unregister keep this in step with epoll), and handed to Python only if unreadable. */
+static PyObject *core_watch_quiet(core_t *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd, on;
+    if (nargs != 2 || fd_arg(args[0], &fd) || (on = PyObject_IsTrue(args[1])) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "watch_quiet(fd, on)");
+        return NULL;
+    }
+    for (int i = 0; i < c->nquiet; i++)
+        if (c->quiet[i] == fd) {
+            if (!on)
+                c->quiet[i] = c->quiet[--c->nquiet];
+            Py_RETURN_NONE;
+        }
+    if (on && fd >= 0 && c->nquiet < CORE_QUIET)
+        c->quiet[c->nquiet++] = fd;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_stats(core_t *c, PyObject *unused)
+{
+    (void)unused;
+    return Py_BuildValue("{sKsK}", "served", c->served, "handed", c->handed);
+}
+
+static int core_init(core_t *c, PyObject *args, PyObject *kw)
+{
+    (void)kw;
+    PyObject *k1, *k2, *k3;
+    if (!PyArg_ParseTuple(args, "iOOO", &c->epfd, &k1, &k2, &k3))
+        return -1;
+    Py_XSETREF(c->k_call_failed, Py_NewRef(k1));
+    Py_XSETREF(c->k_send_failed, Py_NewRef(k2));
+    Py_XSETREF(c->k_rx_full, Py_NewRef(k3));
+    if (!c->lock && !(c->lock = PyThread_allocate_lock()))
+        return -1;
+    if (!c->turnstile && !(c->turnstile = PyThread_allocate_lock()))
+        return -1;
+    return 0;
+}
+
+static void core_dealloc(core_t *c)
+{
+    if (core_drop(c))
+        PyErr_WriteUnraisable((PyObject *)c);
+    Py_XDECREF(c->k_call_failed);
+    Py_XDECREF(c->k_send_failed);
+    Py_XDECREF(c->k_rx_full);
+    if (c->lock)
+        PyThread_free_lock(c->lock);
+    if (c->turnstile)
+        PyThread_free_lock(c->turnstile);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyMethodDef core_methods[] = {
+    {"enter", (PyCFunction)core_enter, METH_NOARGS, "worker: take the gate, after the main loop if it waits"},
+    {"leave", (PyCFunction)core_leave, METH_NOARGS, "worker: let the gate go"},
+    {"hold", (PyCFunction)core_hold, METH_NOARGS, "main loop: take the gate (the worker's plans written back)"},
+    {"let_go", (PyCFunction)core_let_go, METH_NOARGS, "main loop: let the gate go"},
+    {"wait", (PyCFunction)core_wait, METH_O, "wait(timeout) -> [(fd, events)]: the worker's selector wait"},
+    {"register", (PyCFunction)(void (*)(void))core_register, METH_FASTCALL, "register(...): plan a TX ring's kicks"},
+    {"watch_quiet", (PyCFunction)(void (*)(void))core_watch_quiet, METH_FASTCALL,
+     "watch_quiet(fd, on): a descriptor whose handler only reads it, read here"},
+    {"stats", (PyCFunction)core_stats, METH_NOARGS, "{'served': kicks served here, 'handed': kicks handed to Python}"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject core_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vhost_ipvlan._fastpath.WorkerCore",
+    .tp_basicsize = sizeof(core_t),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "WorkerCore(epoll_fd, call_failed_key, send_failed_key, rx_full_key): a worker's gate and GIL-free bursts",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)core_init,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_methods = core_methods,
+};
+
 static PyMethodDef methods[] = {
     {"forward_burst", (PyCFunction)(void (*)(void))forward_burst, METH_FASTCALL,
      "forward_burst(txq, buf, sender_mac, sender_ips, table, budget, dirty, wire) -> "
@@ -1490,9 +2407,17 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     for (int i = 0; i < N_COUNT; i++)
         if (!names[i] && !(names[i] = PyUnicode_InternFromString(name_text[i])))
             return NULL;
+    if (PyType_Ready(&core_type))
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
+    Py_INCREF(&core_type);
+    if (PyModule_AddObject(m, "WorkerCore", (PyObject *)&core_type)) {
+        Py_DECREF(&core_type);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "EMPTY", ST_EMPTY) || PyModule_AddIntConstant(m, "BUDGET", ST_BUDGET) ||
         PyModule_AddIntConstant(m, "SLOW_FRAME", ST_SLOW_FRAME) ||
         PyModule_AddIntConstant(m, "SLOW_CHAIN", ST_SLOW_CHAIN) || PyModule_AddIntConstant(m, "ERROR", ST_ERROR) ||

@@ -15,14 +15,28 @@ import pytest
 
 from tests.support.wait import wait_until
 from vhost_ipvlan import config as cfg
-from vhost_ipvlan.daemon import fdbudget
+from vhost_ipvlan.daemon import fastpath, fdbudget
 from vhost_ipvlan.daemon.workers import Workers
 from vhost_ipvlan.errors import ConfigError
 
 
+@pytest.fixture(params=[True, False], ids=["core", "python"])
+def workers(request: pytest.FixtureRequest) -> Iterator[Workers]:
+    """Two workers, with the C accelerator's WorkerCore (its gate and wait) when it is
+    built, and with the Python gate and selector."""
+    if request.param and fastpath.ext is None:
+        pytest.skip("the C accelerator is not built")
+    w = Workers(2, core=request.param)
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
 @pytest.fixture
-def workers() -> Iterator[Workers]:
-    w = Workers(2)
+def py_workers() -> Iterator[Workers]:
+    """Two workers with the Python gate and selector (tests of their internals)."""
+    w = Workers(2, core=False)
     try:
         yield w
     finally:
@@ -209,13 +223,15 @@ class _Watched:
         selector._release = _leave  # type: ignore[attr-defined]
 
 
-def test_a_stale_event_of_a_closed_fd_leaves_the_new_fd_with_that_number_alone(workers: Workers) -> None:
+def test_a_stale_event_of_a_closed_fd_leaves_the_new_fd_with_that_number_alone(py_workers: Workers) -> None:
     """The worker's select builds its event list (fd -> key) before it takes its gate.
     The main loop then runs: it removes a reader from the worker's loop, closes that fd
     and registers a new socket that got the same number (a master deleted and made again:
     its new uplink socket takes the old one's number; a slave re-created). The worker must
     not process the stale event: the old reader is cancelled, so asyncio would call
-    ``_remove_reader(fd)`` and remove the NEW reader, never read again (found by review)."""
+    ``_remove_reader(fd)`` and remove the NEW reader, never read again (found by review).
+    (WorkerCore's wait: ``test_worker_core_drops_the_events_of_a_wait_the_main_loop_ran_in``.)"""
+    workers = py_workers
     wloop = workers.loop(0)
     watched = _Watched(wloop._selector)  # type: ignore[attr-defined]
     main = asyncio.SelectorEventLoop(workers.main_selector())
@@ -348,7 +364,13 @@ def test_a_worker_whose_loop_dies_is_logged_reported_and_left_alone(workers: Wor
             return getattr(self._epoll, name)
 
     async def scenario() -> int:
-        wloop._selector._selector = _Failing(wloop._selector._selector)  # type: ignore[attr-defined]
+        sel = wloop._selector  # type: ignore[attr-defined]
+        if w.wanted is None:  # the Python selector
+            sel._selector = _Failing(sel._selector)
+        else:  # WorkerCore waits on the descriptor itself: make it one that is no epoll
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, sel.fileno())
+            os.close(null)
         for _ in range(200):
             await asyncio.sleep(0.005)
             if not w._thread.is_alive():

@@ -120,6 +120,9 @@ class PortDatapath:
         self.loop = loop
         #: the worker thread whose loop ``loop`` is (``daemon.workers``; 0: the only one)
         self.worker = 0
+        #: the worker's devices to plan for the C accelerator's GIL-free kicks (``workers.py``
+        #: ``_CoreSelector``; ``NetDevice.drain_tx`` adds itself), or None
+        self.plans: tuple[set[NetDevice], set[NetDevice]] | None = None
         self.devices: dict[str, NetDevice] = {}
         self.dirty: set[NetDevice] = set()
         #: devices with ``rx_waste`` to forget at the end of the burst

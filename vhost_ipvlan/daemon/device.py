@@ -439,11 +439,18 @@ class NetDevice:
         if not eventfd_drain(fd):  # new RX buffers; frames are never queued, nothing to do
             self._kick_failed(index, fd)
 
+    #: it only reads its descriptor: a worker's WorkerCore does it without Python (workers.py)
+    _rx_kick.quiet_reader = True  # type: ignore[attr-defined]
+
     def _tx_kick(self, fd: int, index: int) -> None:
         if not eventfd_drain(fd):
             self._kick_failed(index, fd)
             return
         self.drain_tx()
+
+    def kick_fd(self, index: int) -> int | None:
+        """The kick descriptor watched for vring ``index``, if any."""
+        return self._kick_fds.get(index)
 
     def _kick_failed(self, index: int, fd: int) -> None:
         """A kick descriptor that cannot be read would be reported readable forever."""
@@ -454,7 +461,10 @@ class NetDevice:
                     self._qname(index))
 
     def schedule_drain(self) -> None:
-        if not self._drain_scheduled:
+        plans = self.dp.plans
+        if plans is not None:  # a plan serves the rest, or the worker's select drains it (workers.py)
+            plans[1].add(self)
+        elif not self._drain_scheduled:
             self._drain_scheduled = True
             self.dp.loop.call_soon(self._scheduled_drain)
 
@@ -491,6 +501,9 @@ class NetDevice:
                     pair.tx_packets += self.tx_packets - before
         finally:
             self.dp.flush()
+        plans = self.dp.plans
+        if plans is not None:  # its next kicks may be served without Python (workers.py)
+            plans[0].add(self)
 
     def _drain(self, pair: QueuePair, q: SplitQueue) -> None:
         """One burst of ``pair``'s TX ring ``q`` (see the rules for its budgets)."""

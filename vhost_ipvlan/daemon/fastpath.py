@@ -185,3 +185,55 @@ class PortTable:
             if entry is not None and self.devices.get(owner.name) is not None:
                 table[addr] = entry
         self.table = table
+
+
+#: the largest plan ``_fastpath.c``'s WorkerCore takes (PLAN_OWNED, PLAN_DSTS, PLAN_LOCAL)
+PLAN_OWNED = 16
+PLAN_DSTS = 64
+PLAN_LOCAL = 64
+
+
+def plan_args(dev: NetDevice) -> tuple[object, ...] | None:
+    """``WorkerCore.register``'s arguments for ``dev``'s TX ring, or None when its kicks are
+    Python's: not one queue pair, the ring not started and enabled, a dirty log on (a
+    migration), the C accelerator not applying (``PortTable.args``), or a port beyond a
+    plan's size. A plan is taken only just before the worker waits (``workers.py``), from
+    the same state ``forward_burst`` would get; it forwards exactly what forward_burst
+    would (the same table, the same wire) and hands everything else back."""
+    from ..vhost_user.session import TX
+    from .device import BURST  # the device module imports this one
+
+    if len(dev.pairs) != 1:
+        return None
+    pair = dev.pairs[0]
+    q = pair.tx
+    kick = dev.kick_fd(TX)
+    if q is None or not pair.tx_enabled or q.log is not None or kick is None:
+        return None
+    dp = dev.dp
+    fast = dp.fast_args(dev)
+    if fast is None:
+        return None
+    mac, owned, table, wire = fast
+    if len(owned) > PLAN_OWNED or len(table) > PLAN_DSTS:
+        return None
+    dsts = []
+    for addr, entry in table.items():
+        rings, tmac, tcaps, target = entry
+        tdev: NetDevice = target  # type: ignore[assignment]
+        by_rx = {id(p.rx): p for p in tdev.pairs if p.rx is not None}
+        rings6 = []
+        for rxq, counters in rings:  # type: ignore[attr-defined]
+            p = by_rx.get(id(rxq))
+            if p is None or rxq.log is not None:
+                return None
+            rings6.append((rxq, counters, p.rx_call, tdev, dp.dirty, tdev.drops))
+        txqs = tuple(p.tx for p in tdev.pairs if p.tx is not None)
+        dsts.append((addr, tmac, tcaps, tuple(rings6), txqs))
+    plan_wire = None
+    if wire is not None:
+        fd, master_mac, by_mac, max_frame = wire
+        if len(by_mac) > PLAN_LOCAL:
+            return None
+        plan_wire = (fd, master_mac, tuple(by_mac), max_frame)
+    return (kick, q, pair.tx_call, dev.buf, mac, owned, tuple(dsts), plan_wire, dev, pair, dp, BURST)

@@ -250,6 +250,7 @@ class Topology:
         undo.callback(self.workers.port_removed, worker)
         dp = PortDatapath(port, uplink, loop)
         dp.worker = worker
+        dp.plans = self.workers.wanted(worker)
         dp.dns = resolv.dns(self.config.daemon)
         undo.callback(_close_extras, dp)
         try:

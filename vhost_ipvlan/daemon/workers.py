@@ -34,11 +34,18 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import select
 import selectors
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..config import MAX_WORKERS
+from ..drops import DropReason
+from . import fastpath
+
+if TYPE_CHECKING:
+    from .device import NetDevice
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +102,81 @@ class _GatedSelector(selectors.EpollSelector):
         return [(key, events) for key, events in ready if current.get(key.fd) is key]
 
 
+class _CoreSelector(selectors.EpollSelector):
+    """A worker's selector with the C accelerator: its wait is ``WorkerCore.wait``, which
+    serves the kicks of planned TX rings without the GIL (``_fastpath.c``'s theory of
+    WorkerCore) and returns the rest. Before each wait it plans the devices whose rings
+    Python drained since the last one (``wanted``, filled by ``NetDevice.drain_tx``): a
+    plan lives only until the wait returns (or the main loop takes the gate), so a device
+    is planned again after its next kick went through Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        assert fastpath.ext is not None
+        self.core = fastpath.ext.WorkerCore(self.fileno(), DropReason.CALL_FAILED, DropReason.UPLINK_SEND_FAILED,
+                                            DropReason.RX_RING_FULL)
+        #: devices to plan before the next wait, and those of them with chains waiting
+        #: (a drain's budget ended: ``NetDevice.schedule_drain``)
+        self.wanted: set[NetDevice] = set()
+        self.more: set[NetDevice] = set()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key = super().register(fileobj, events, data)
+        self._watch(key)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key = super().modify(fileobj, events, data)
+        self._watch(key)
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key = super().unregister(fileobj)
+        self.core.watch_quiet(key.fd, False)
+        return key
+
+    def _watch(self, key: selectors.SelectorKey) -> None:
+        """Tell the core whether ``key``'s only handler is one that just reads its
+        descriptor (``quiet_reader``: an RX ring's kick)."""
+        reader, writer = key.data if isinstance(key.data, tuple) and len(key.data) == 2 else (None, None)
+        callback = getattr(reader, "_callback", None)
+        self.core.watch_quiet(key.fd, writer is None and getattr(callback, "quiet_reader", False))
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        more = set(self.more)
+        wanted = self.wanted | more
+        self.wanted.clear()
+        self.more.clear()
+        for dev in wanted:
+            args = fastpath.plan_args(dev)
+            if args is not None:
+                try:
+                    self.core.register(*args, dev in more)
+                    more.discard(dev)
+                except (ValueError, OverflowError, TypeError) as e:  # beyond a plan: Python serves it
+                    log.debug("slave %s: no plan: %s", dev.slave.name, e)
+        for dev in more:  # chains waiting and no plan: Python drains them, at once
+            dev.dp.loop.call_soon(dev.drain_tx)
+            timeout = 0
+        ready: list[tuple[int, int]] = self.core.wait(timeout)
+        current = self.get_map()
+        out = []
+        for fd, event in ready:
+            key = current.get(fd)
+            if key is None:
+                continue
+            events = (selectors.EVENT_WRITE if event & ~select.EPOLLIN else 0) | (
+                selectors.EVENT_READ if event & ~select.EPOLLOUT else 0)
+            out.append((key, events & key.events))
+        return out
+
+
 class _WorkerLoop(asyncio.SelectorEventLoop):
     """A worker's loop: in asyncio's debug mode it accepts calls from the main loop's
     thread too, which holds the worker's gate whenever it runs (the module's rule)."""
 
-    def __init__(self, gate: Gate, main_thread: int) -> None:
-        super().__init__(_GatedSelector(gate.leave, gate.enter))
+    def __init__(self, selector: selectors.BaseSelector, main_thread: int) -> None:
+        super().__init__(selector)
         self._main_thread = main_thread
 
     def _check_thread(self) -> None:
@@ -127,11 +203,22 @@ def _nothing() -> None:
 class Worker:
     """One thread running an event loop for the ports given to it."""
 
-    def __init__(self, index: int, on_death: Callable[[Worker], None] | None = None) -> None:
+    def __init__(self, index: int, on_death: Callable[[Worker], None] | None = None, core: bool = True) -> None:
         self.index = index
-        self.gate = Gate()
+        selector: selectors.BaseSelector
+        #: NetDevice.drain_tx adds the devices it drained, schedule_drain those with chains
+        #: waiting (None: no C accelerator)
+        self.wanted: set[NetDevice] | None = None
+        self.more: set[NetDevice] | None = None
+        if core and fastpath.ext is not None:
+            selector = _CoreSelector()
+            self.gate: Gate | Any = selector.core  # the same four methods, in C
+            self.wanted, self.more = selector.wanted, selector.more
+        else:
+            self.gate = Gate()
+            selector = _GatedSelector(self.gate.leave, self.gate.enter)
         self.gate.hold()  # the main loop runs: the worker waits until it waits
-        self.loop = _WorkerLoop(self.gate, threading.get_ident())
+        self.loop = _WorkerLoop(selector, threading.get_ident())
         self.ports = 0
         #: the loop ended by an exception (its ports are served by nobody)
         self.dead = False
@@ -173,7 +260,7 @@ class Workers:
     ``main_selector()`` (it holds their gates while it runs) and be running, or
     about to run, on the thread that made this object."""
 
-    def __init__(self, count: int = 1) -> None:
+    def __init__(self, count: int = 1, core: bool = True) -> None:
         if not 1 <= count <= MAX_WORKERS:
             raise ValueError(f"workers: {count} is not between 1 and {MAX_WORKERS}")
         self.count = count
@@ -181,7 +268,7 @@ class Workers:
         #: called on the main loop when a worker's loop died (the daemon stops: its
         #: ports would be served by nobody)
         self.on_death: Callable[[int], None] | None = None
-        self._workers = [Worker(i, self._died) for i in range(count)] if count > 1 else []
+        self._workers = [Worker(i, self._died, core) for i in range(count)] if count > 1 else []
         self._held = bool(self._workers)
 
     @property
@@ -232,6 +319,15 @@ class Workers:
             assert self.main is not None, "Workers.main is not set"
             return self.main
         return self._workers[index].loop
+
+    def wanted(self, index: int) -> tuple[set[NetDevice], set[NetDevice]] | None:
+        """Worker ``index``'s sets of devices to plan and of those with chains waiting
+        (``_CoreSelector``), or None: its kicks all go through Python (one worker, or no
+        C accelerator)."""
+        if not self._workers:
+            return None
+        w = self._workers[index]
+        return None if w.wanted is None or w.more is None else (w.wanted, w.more)
 
     def port_removed(self, index: int) -> None:
         if self._workers:

@@ -51,7 +51,9 @@ Rules:
   ``last_avail``, ``used_idx`` and ``walked`` (ints; it writes the last three
   back), ``_desc``, ``_avail`` and ``_used`` (writable C-contiguous buffers at
   least ``ring_sizes(num)`` long), and ``mem`` (a ``GuestMemory``: see
-  ``memory.py``). It also repeats ``MAX_QUEUE_SIZE`` (32768), the ring layout and
+  ``memory.py``). A worker's ``WorkerCore`` (``daemon/workers.py``), which publishes
+  rings itself (the twins of ``publish`` and ``want_kick``), also reads ``_published``
+  (and writes it back), ``event_idx`` and ``log_used``. It also repeats ``MAX_QUEUE_SIZE`` (32768), the ring layout and
   the single-descriptor forms of ``pop``/``gather``/``push``/``put``. Renaming or
   retyping one of these is a change to ``_fastpath.c`` too
   (``tests/unit/test_fastpath_contract.py`` checks the names).

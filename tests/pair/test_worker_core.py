@@ -1,0 +1,263 @@
+"""A worker's ``WorkerCore`` (``_fastpath.c``) changes nothing but who does the work: the
+kicks it serves without Python end in the same deliveries, drops, counters and ring
+indices as ``NetDevice.drain_tx`` (itself tested against pure Python in
+test_fastpath.py), and everything it hands back is finished by Python the same way.
+
+Each scenario runs on two in-process ports with the same guests: on one a's kicks are
+served as a worker does (``fastpath.plan_args``, ``register``, ``wait``, and the handler
+asyncio would run for each event the wait returns); on the other ``drain_tx`` runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import select
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Ether
+
+from tests.support.inproc import InprocPort
+from tests.support.wait import wait_until
+from vhost_ipvlan.daemon import fastpath
+from vhost_ipvlan.drops import DropReason, counts
+from vhost_ipvlan.vhost_user.session import TX
+
+pytestmark = pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
+
+A, B, C = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
+A4, B4, C4 = "10.0.0.10", "10.0.0.11", "10.0.0.12"
+A6, B6 = "fd00::10", "fd00::11"
+OUTSIDE = "02:00:00:00:99:99"
+
+
+def mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def make_port(flag: str = "bridge") -> InprocPort:
+    def ip(t: str) -> bytes:
+        return ipaddress.ip_address(t).packed
+
+    return InprocPort([
+        ("a", [ip(A4), ip(A6)], mac(A)),
+        ("b", [ip(B4), ip(B6)], mac(B)),
+        ("c", [ip(C4)], mac(C)),
+    ], flag=flag)
+
+
+def udp(dst_mac: str = B, dst: str = B4, src: str = A4, payload: bytes = b"x" * 18) -> bytes:
+    if ":" in dst:
+        return bytes(Ether(src=A, dst=dst_mac) / IPv6(src=A6 if ":" not in src else src, dst=dst) / UDP() / payload)
+    return bytes(Ether(src=A, dst=dst_mac) / IP(src=src, dst=dst) / UDP(sport=9, dport=9) / payload)
+
+
+class Served:
+    """A's kicks served by a WorkerCore on its own epoll, as a worker thread would."""
+
+    def __init__(self, port: InprocPort) -> None:
+        assert fastpath.ext is not None
+        self.port = port
+        self.dev = port.device("a")
+        self.epoll = select.epoll()
+        kick = self.dev.kick_fd(TX)
+        assert kick is not None
+        self.kick = kick
+        self.epoll.register(kick, select.EPOLLIN)
+        self.core = fastpath.ext.WorkerCore(self.epoll.fileno(), DropReason.CALL_FAILED,
+                                            DropReason.UPLINK_SEND_FAILED, DropReason.RX_RING_FULL)
+        self.core.enter()
+
+    def wait(self, timeout: float = 0.0, more: bool = False) -> int:
+        """One wait with a's plan; returns how many events it handed to Python."""
+        args = fastpath.plan_args(self.dev)
+        assert args is not None, "a's ring cannot be planned"
+        self.core.register(*args, more)
+        events = self.core.wait(timeout)
+        for fd, _ in events:
+            assert fd == self.kick
+            self.dev._tx_kick(fd, TX)  # what asyncio runs for it
+        return len(events)
+
+    def close(self) -> None:
+        self.core.leave()
+        self.epoll.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[InprocPort, InprocPort, Served]]:
+    served, reference = make_port(), make_port()
+    core = Served(served)
+    try:
+        yield served, reference, core
+    finally:
+        core.close()
+        served.close()
+        reference.close()
+
+
+def state(port: InprocPort) -> dict[str, object]:
+    """Everything a guest and ``stats`` can see: frames received, counters, drops, the
+    rings' indices; and the wire's frames."""
+    out: dict[str, object] = {"wire": list(port.uplink.sent)}
+    for name, fe in port.frontends.items():
+        dev = port.device(name)
+        rings = [(q.last_avail, q.used_idx, q._published, q.walked)
+                 for p in dev.pairs for q in (p.rx, p.tx) if q is not None]
+        out[name] = (fe.receive(), dev.counters(), counts(dev.drops, dev.slave.drops), rings,
+                     [p.stats() for p in dev.pairs])
+    out["uplink_tx"] = port.dp.uplink_tx
+    return out
+
+
+def both(served: InprocPort, reference: InprocPort, frames: list[bytes], serve: Callable[[], object]) -> None:
+    """a transmits ``frames`` on both ports; ``serve()`` serves the kick on one, drain_tx
+    on the other."""
+    for port in (served, reference):
+        for f in frames:
+            port.frontends["a"].transmit(f)
+    serve()
+    reference.device("a").drain_tx()
+
+
+def test_unicast_to_guests_and_the_wire_is_served_without_python(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    served, reference, core = pair
+    frames = [udp(), udp(C, C4), udp(B, B6), udp(OUTSIDE, "192.0.2.1")] * 12
+    handed: list[int] = []
+    both(served, reference, frames, lambda: handed.append(core.wait()))
+    assert handed == [0]
+    assert core.core.stats() == {"served": 1, "handed": 0}
+    got, want = state(served), state(reference)
+    assert got == want
+    assert len(want["b"][0]) == 24 and len(want["wire"]) == 12  # type: ignore[index, arg-type]
+
+
+def test_frames_for_python_are_handed_back_in_order(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """A broadcast (ARP), a spoofed source, an unknown destination, a frame for the
+    master: the core stops at each (nothing taken) and Python finishes the burst."""
+    served, reference, core = pair
+    arp = bytes(Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=A, psrc=A4, pdst=B4))
+    frames = [udp(), arp, udp(), udp(src="10.0.0.99"), udp(C, C4), udp(B, "10.0.0.77"), udp()]
+    both(served, reference, frames, core.wait)
+    assert core.core.stats()["handed"] == 1
+    assert state(served) == state(reference)
+
+
+def test_a_full_receive_ring_drops_as_python_does(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """b's ring runs out of buffers (it does not take its frames): the rest are dropped
+    and counted (RX_RING_FULL) by the core as by Python."""
+    served, reference, core = pair
+    for port in (served, reference):
+        port.frontends["b"].receive = lambda pair=0: []  # type: ignore[method-assign]  # b takes nothing
+    both(served, reference, [udp()] * 200, core.wait)
+    both(served, reference, [udp()] * 100, core.wait)
+    assert core.core.stats() == {"served": 2, "handed": 0}
+    got, want = state(served), state(reference)
+    assert got == want
+    assert counts(reference.device("b").drops)["rx_ring_full"] == 44
+
+
+def test_a_receiver_with_chains_waiting_is_left_to_python(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """flush's rule: b's TX chains are taken before b's RX ring is published (a
+    run-to-completion driver answers at once), so the core hands the burst to Python."""
+    served, reference, core = pair
+    for port in (served, reference):
+        port.frontends["b"].transmit(bytes(Ether(src=B, dst=A) / IP(src=B4, dst=A4) / UDP() / b"answer"))
+    both(served, reference, [udp()] * 5, core.wait)
+    assert core.core.stats() == {"served": 0, "handed": 1}
+    assert state(served) == state(reference)
+
+
+def test_a_burst_beyond_the_budget_is_served_in_rounds(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """More chains than a burst takes (device.BURST): the core publishes what it took and
+    serves the rest in its next round, as drain_tx's scheduled drain would."""
+    served, reference, core = pair
+    served.frontends["b"].receive()  # room for everything: 256 buffers, 300 frames in two goes
+    for port in (served, reference):
+        for f in [udp()] * 200:
+            port.frontends["a"].transmit(f)
+    core.wait(0.2)
+    reference.device("a").drain_tx()
+    for port in (served, reference):
+        port.frontends["a"].reclaim_tx()
+    assert state(served) == state(reference)
+
+
+def test_a_ring_with_a_dirty_log_is_not_planned(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """During a live migration every write is logged: plans leave that to Python."""
+    served, _, _ = pair
+    session = served.device("a").session
+    assert session is not None
+    session.log_mark = fastpath.log_mark()
+    served.frontends["a"].start_dirty_log()
+    assert fastpath.plan_args(served.device("a")) is None
+
+
+def test_the_main_loop_taking_the_gate_writes_the_plans_back() -> None:
+    """A worker waits with a plan whose kick it served; the main loop takes the gate
+    (hold): the counters and indices are Python's again before it runs. A kick that came
+    meanwhile is not served with the dropped plan, and the wait the main loop ran in
+    returns nothing (its events may be of registrations the main loop replaced; epoll
+    reports current ones again): the next wait hands the kick to Python."""
+    port = make_port()
+    served = Served(port)
+    try:
+        args = fastpath.plan_args(served.dev)
+        assert args is not None
+        served.core.register(*args, False)
+        result: list[object] = []
+        for _ in range(3):
+            port.frontends["a"].transmit(udp())
+        waiting = threading.Thread(target=lambda: result.append(served.core.wait(10.0)))
+        waiting.start()
+        wait_until(lambda: served.core.stats()["served"] == 1, 10, what="the worker to serve the kick")
+        served.core.hold()  # the main loop: the plan is written back here
+        try:
+            assert served.dev.tx_packets == 3 and served.dev.pairs[0].tx_packets == 3
+            tx = served.dev.pairs[0].tx
+            assert tx is not None and (tx.last_avail, tx.used_idx, tx._published) == (3, 3, 3)
+            port.frontends["a"].transmit(udp())
+        finally:
+            served.core.let_go()
+        waiting.join(10)
+        assert result == [[]]
+        assert served.core.wait(1.0) == [(served.kick, select.EPOLLIN)]  # no plan: Python's
+        assert served.core.stats() == {"served": 1, "handed": 0}
+    finally:
+        served.close()
+        port.close()
+
+
+def test_a_quiet_kick_is_read_without_python() -> None:
+    """An RX ring's kick (a handler that only reads its descriptor) is read by the core;
+    one it cannot read is handed to Python."""
+    assert fastpath.ext is not None
+    import os
+
+    epoll = select.epoll()
+    quiet, other = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    core = fastpath.ext.WorkerCore(epoll.fileno(), DropReason.CALL_FAILED, DropReason.UPLINK_SEND_FAILED,
+                                   DropReason.RX_RING_FULL)
+    try:
+        for fd in (quiet, other):
+            epoll.register(fd, select.EPOLLIN)
+        core.watch_quiet(quiet, True)
+        core.enter()
+        os.eventfd_write(quiet, 1)
+        assert core.wait(0.05) == []
+        os.eventfd_write(quiet, 1)
+        os.eventfd_write(other, 1)
+        assert core.wait(0.05) == [(other, select.EPOLLIN)]
+        core.watch_quiet(quiet, False)
+        assert core.wait(0.05) == [(other, select.EPOLLIN)]  # level-triggered: still there
+        os.eventfd_read(other)
+        os.eventfd_write(quiet, 1)
+        assert core.wait(0.05) == [(quiet, select.EPOLLIN)]
+        core.leave()
+    finally:
+        epoll.close()
+        os.close(quiet)
+        os.close(other)
