@@ -39,6 +39,11 @@ Rules:
   ring/up-state change) and the number of devices. ``invalidate`` also empties the
   current table in place: an ``uplink_burst`` whose ``slow`` (Python's per-frame path)
   broke a queue or took a guest down holds that dict, and must deliver no more from it.
+- Worker threads (``workers.py``): ``plan_args`` gives a worker's ``WorkerCore`` what
+  ``forward_burst`` would get for one device's TX ring (the same table, the same wire,
+  the target rings' call descriptors and TX rings for flush's rule), so that its kicks
+  are served without Python until Python runs again; None where it does not apply (not
+  one queue pair, a dirty log on, a port larger than a plan).
 - ``_fastpath.c`` reads ``SplitQueue``/``GuestMemory`` attributes by name (see the
   notes in ``virtio/virtqueue.py`` and ``virtio/memory.py``) and a table entry is
   ``(rings, mac, caps, device)``: ``rings`` a tuple of ``(rxq, counters)``, one per

@@ -27,6 +27,16 @@ waits at most one iteration of each worker (bursts are bounded).
 
 The main loop must never wait for a worker while it holds the gates (no ``join``, no
 ``run_coroutine_threadsafe(...).result()``): ``stop`` lets a worker's gate go first.
+
+With the C accelerator a worker's gate and its selector's wait are ``_fastpath.c``'s
+``WorkerCore`` (``_CoreSelector``; ``Gate`` and ``_GatedSelector`` without it): the
+same gate in C, and a wait that serves the kicks of *planned* TX rings without the GIL
+(every hand-over of the GIL between two workers costs more than a burst). A plan
+(``fastpath.plan_args``) is made just before the wait for each device ``drain_tx``
+marked (``wanted``; ``more``: its budget ended, chains wait) and is written back and
+dropped before any Python code runs again: when the wait returns, and when the main
+loop takes the gate. Everything a plan does not cover is handed back as an ordinary
+event (see the theory in ``_fastpath.c`` and docs/design.md §5).
 """
 
 from __future__ import annotations
