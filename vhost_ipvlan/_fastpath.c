@@ -1709,7 +1709,7 @@ typedef struct {
     PyObject *dev, *pair, *dp, *drops; /* strong: counters go back to them */
     Py_buffer buf;                     /* the device's frame buffer */
     int has_buf;
-    long long packets, bytes;
+    long long packets, bytes, kicks; /* kicks: served here (NetDevice.core_kicks) */
     long call_failed, wire_sent, wire_failed;
     int more;                /* the budget ended the last burst: chains are waiting */
     unsigned long long drained; /* the flush (c->flushes) that drained it last */
@@ -1781,6 +1781,7 @@ static int core_drop(core_t *c)
     for (int i = 0; i < c->nplans; i++) {
         plan_t *p = &c->plans[i];
         if (counter_add(p->dev, "tx_packets", p->packets) || counter_add(p->dev, "tx_bytes", p->bytes) ||
+            counter_add(p->dev, "core_kicks", p->kicks) ||
             counter_add(p->pair, "tx_packets", p->packets) || counter_add(p->dp, "uplink_tx", p->wire_sent) ||
             drop_add(p->drops, c->k_call_failed, p->call_failed) ||
             drop_add(p->drops, c->k_send_failed, p->wire_failed))
@@ -2251,6 +2252,7 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
             plan_t *p = core_plan(c, evs[i].data.fd);
             if (p && evs[i].events == EPOLLIN && core_serve(c, p, 1) == 0) {
                 c->served++;
+                p->kicks++;
                 continue;
             }
             if (p) {

@@ -27,6 +27,7 @@ from tests.support.frontend import FakeFrontend
 from tests.support.lab import MASTER, MASTER2, OUT2_IP, OUT_IP, SlaveSpec, TwoPortLab, receive, sh
 from tests.support.wait import wait_until
 from vhost_ipvlan.control.client import Client
+from vhost_ipvlan.daemon import fastpath
 
 pytestmark = [pytest.mark.netns]
 
@@ -96,6 +97,25 @@ def test_guests_on_both_workers_reach_the_outside(lab: Lab) -> None:
             assert echo[Ether].dst == mac
     stats = lab.client().call("stats")
     assert stats[MASTER]["slaves"]["a"]["tx_packets"] >= 4 and stats[MASTER2]["slaves"]["b"]["tx_packets"] >= 4
+
+
+@pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
+def test_a_worker_serves_a_guests_kicks_in_c(lab: Lab) -> None:
+    """With the C accelerator a worker serves the kicks of a guest whose frames all go out
+    the wire itself (WorkerCore), once Python drained its ring and nothing else ran: the
+    frames reach the outside host, each once, and are counted as before."""
+    a = lab.frontend("a")
+    lab.wire_counter("udp dport 9 ip saddr 192.0.2.10")
+    frames = [bytes(Ether(src=MAC_A, dst=lab.out_mac) / IP(src=A_IP, dst=OUT_IP, id=i) / UDP(sport=9, dport=9)
+                    / b"worker") for i in range(30)]
+    for f in frames:  # one kick each, each waited for: no stats call in between (the main loop's turn drops plans)
+        before = a.txq.used_idx()
+        a.transmit(f)
+        wait_until(lambda before=before: a.txq.used_idx() != before, 10, what="the daemon to take the frame")
+    wait_until(lambda: lab.wire_count() == 30, 10, what="30 frames at the outside")
+    stats = lab.client().call("stats")[MASTER]["slaves"]["a"]
+    assert stats["tx_packets"] == 30
+    assert stats["queues"]["kicks_served_in_c"] >= 10, stats["queues"]
 
 
 def test_learned_address_is_routed_by_the_main_loop(lab: Lab) -> None:

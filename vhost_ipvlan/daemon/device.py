@@ -208,6 +208,8 @@ class NetDevice:
         self.dhcp = [0] * len(Outcome)
         #: announcements sent for this guest on the wire (``PortDatapath.announce``)
         self.announcements = 0
+        #: kicks of its TX ring a worker's WorkerCore served without Python (workers.py)
+        self.core_kicks = 0
         #: this connection's rings resume at a non-zero base / it has been announced
         self.resumed = self.announced = False
         #: what is left of the announcements' budget (tokens, when), across connections
@@ -417,9 +419,10 @@ class NetDevice:
 
     def queue_stats(self) -> dict[str, object]:
         """The queue pairs: how many the slave offers, the worker thread that serves them
-        (its port's), how many the connection has and how many take frames (RX started
+        (its port's) and how many of its TX kicks that worker served in C (``WorkerCore``),
+        how many the connection has and how many take frames (RX started
         and enabled), and each pair's state."""
-        return {"queues": self.queues, "worker": self.dp.worker,
+        return {"queues": self.queues, "worker": self.dp.worker, "kicks_served_in_c": self.core_kicks,
                 "queue_pairs": len(self.pairs) if self.session is not None else 0,
                 "queue_pairs_enabled": len(self.rx_ready),
                 "per_queue": [p.stats() for p in self.pairs] if self.session is not None else []}
