@@ -320,10 +320,7 @@ def test_a_backlog_is_not_forgotten_when_the_main_loop_takes_the_gate(monkeypatc
         thread.start()
         assert entered.wait(10)
         sel.core.hold()  # the main loop: the wait's plan is dropped here
-        try:
-            assert not sel.wanted and not sel.more  # the select took them
-        finally:
-            sel.core.let_go()
+        sel.core.let_go()
         thread.join(10)
         assert returned == [[]]
         monkeypatch.setattr(fastpath, "plan_args", real)
