@@ -61,11 +61,11 @@ A2_MAC, A2_IP = "02:00:00:00:00:1a", "192.0.2.20"
 B2_MAC, B2_IP = "02:00:00:00:00:1b", "198.51.100.20"
 RING = 1024  #: the daemon's largest (session.MAX_RING_SIZE): the front-end may sleep longer
 BUF = 2048
-PASS_SLEEP = 0.0002
+PASS_SLEEP = 0.0002  #: a front-end's sleep between passes (``--pass-sleep``)
 
 
 def light_guest(path: str, frame: bytes | None, stop: multiprocessing.synchronize.Event,
-                ready: multiprocessing.synchronize.Event) -> None:
+                ready: multiprocessing.synchronize.Event, pass_sleep: float = PASS_SLEEP) -> None:
     """A light guest, set up as QEMU does: with ``frame``, a sender keeping every TX
     descriptor (each holding ``frame``) available; without, a receiver keeping every RX
     buffer available. Ring slot i holds descriptor i for good: the daemon uses them in
@@ -105,13 +105,24 @@ def light_guest(path: str, frame: bytes | None, stop: multiprocessing.synchroniz
                 pass
             if not q.used_flags() & VRING_USED_F_NO_NOTIFY:
                 os.eventfd_write(kick, 1)
-        time.sleep(PASS_SLEEP)
+        time.sleep(pass_sleep)
     fe.close()
 
 
 def frame_for(mac: str, ip: str, dst_mac: str, dst: str, size: int) -> bytes:
     f = bytes(Ether(src=mac, dst=dst_mac) / IP(src=ip, dst=dst) / UDP(sport=9, dport=9))
     return f + bytes(max(0, size - len(f)))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid``, all its threads (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: daemon CPU (cores busy) in each round's window, by (workers, round)
+CPU: dict[tuple[int, int], float] = {}
 
 
 def moved(client: Client, traffic: str) -> int:
@@ -144,20 +155,24 @@ def run_one(workers: int, rnd: int, args: argparse.Namespace, base: Path) -> Res
         procs = []
         for name, frame in sorted(guests, key=lambda g: g[1] is not None):  # receivers first
             ready = ctx.Event()
-            p = ctx.Process(target=light_guest, args=(str(lab.sock(name)), frame, stop, ready), daemon=True)
+            p = ctx.Process(target=light_guest, args=(str(lab.sock(name)), frame, stop, ready, args.pass_sleep),
+                            daemon=True)
             p.start()
             procs.append((p, ready))
         try:
             for _, ready in procs:
                 if not ready.wait(30):
                     raise SystemExit("workers.py: a front-end did not come up")
+            assert lab.daemon is not None
+            pid = lab.daemon.pid  # ip netns exec and taskset exec: the daemon itself
             with Client(lab.control) as client, ControlProbe(lab.control) as probe:
                 time.sleep(args.warmup)
-                n0, t0 = moved(client, args.traffic), time.perf_counter()
+                n0, t0, c0 = moved(client, args.traffic), time.perf_counter(), cpu_seconds(pid)
                 probe.measuring.set()
                 time.sleep(args.seconds)
                 probe.measuring.clear()
-                n1, t1 = moved(client, args.traffic), time.perf_counter()
+                n1, t1, c1 = moved(client, args.traffic), time.perf_counter(), cpu_seconds(pid)
+                CPU[workers, rnd] = (c1 - c0) / (t1 - t0)
                 probe.record(res)
             res.tx_pps = (n1 - n0) / (t1 - t0)
             res.tx_packets = n1 - n0
@@ -180,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--traffic", choices=("wire", "g2g"), default="wire",
                    help="wire: a -> the wire, b -> the wire; g2g: a -> a2, b -> b2 (default wire)")
+    p.add_argument("--pass-sleep", type=float, default=PASS_SLEEP,
+                   help=f"a front-end's sleep between passes over its ring, s (default {PASS_SLEEP})")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -193,15 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     what = "guest -> wire, two guests" if args.traffic == "wire" else "guest -> guest, two pairs of guests"
     print(f"{what} on two masters, {args.size} B frames, {args.rounds} rounds of "
           f"{args.seconds:g} s (median, range)")
-    print("| workers | Mpps | control stats p50 / p99 / max (ms) |")
-    print("| --- | --- | --- |")
+    print("| workers | Mpps | daemon CPU (cores) | daemon CPU per frame (ns) | control stats p50 / p99 / max (ms) |")
+    print("| --- | --- | --- | --- | --- |")
     med = {}
     for workers in (1, 2):
         rs = [r for r in results if r.backend == f"workers={workers}"]
         pps = [r.tx_pps / 1e6 for r in rs]
         med[workers] = statistics.median(pps)
         p99 = statistics.median(r.control_p99_ms for r in rs)
-        print(f"| {workers} | {med[workers]:.3f} ({min(pps):.3f}-{max(pps):.3f}) | "
+        cores = statistics.median(CPU[workers, rnd] for rnd in range(args.rounds))
+        per_frame = statistics.median(CPU[workers, rnd] / r.tx_pps * 1e9 for rnd, r in enumerate(rs) if r.tx_pps)
+        print(f"| {workers} | {med[workers]:.3f} ({min(pps):.3f}-{max(pps):.3f}) | {cores:.2f} | {per_frame:.0f} | "
               f"{statistics.median(r.control_p50_ms for r in rs):.1f} / {p99:.1f} / "
               f"{max(r.control_max_ms for r in rs):.1f} |")
     print(f"two workers / one: {med[2] / med[1]:.2f}x")

@@ -1675,6 +1675,8 @@ typedef struct {
     PyObject *device; /* RX: the target's NetDevice (strong) */
     PyObject *dirty;  /* RX: its port's dirty set (strong) */
     PyObject *drops;  /* RX: its drop counters (strong) */
+    int ntx;          /* RX: its device's started TX rings (slots): flush's rule */
+    int tx[PLAN_RINGS];
 } qslot_t;
 
 typedef struct {
@@ -1712,6 +1714,7 @@ typedef struct {
     long long packets, bytes;
     long call_failed, wire_sent, wire_failed;
     int more;                /* the budget ended the last burst: chains are waiting */
+    unsigned long long drained; /* the flush (c->flushes) that drained it last */
     unsigned long long round; /* the wait round that served it last */
 } plan_t;
 
@@ -1725,6 +1728,7 @@ typedef struct {
     unsigned long long served, handed; /* kicks served here, kicks handed to Python */
     unsigned long long holds;          /* times the main loop took the gate */
     unsigned long long round;          /* wait rounds */
+    unsigned long long flushes;        /* serve's flushes */
     int nquiet;
     int quiet[CORE_QUIET]; /* watch_quiet: read here, never handed to Python unless unreadable */
     PyObject *k_call_failed, *k_send_failed, *k_rx_full; /* DropReason members, the drops' keys */
@@ -1986,6 +1990,11 @@ static PyObject *core_register(core_t *c, PyObject *const *args, Py_ssize_t narg
         for (int t = 0; t < d->ntx; t++)
             if ((d->tx[t] = core_slot(c, PyTuple_GET_ITEM(txqs, t))) < 0)
                 goto fail;
+        for (int r = 0; r < d->nrings; r++) { /* every ring of the target knows its TX rings */
+            qslot_t *s = &c->slots[d->rings[r].slot];
+            s->ntx = d->ntx;
+            memcpy(s->tx, d->tx, sizeof d->tx);
+        }
     }
     if (PyObject_GetBuffer(args[3], &p.buf, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS))
         goto fail;
@@ -2077,17 +2086,13 @@ static int plan_frame(core_t *c, plan_t *p, wire_t *w, unsigned char *buf, uint3
 
 static int ring_waiting(const queue_t *q) { return ring16(&q->avail, 1) != q->last_avail; }
 
-/* Serve plan p's TX ring, after reading its kick counter if ``kicked`` (gate held, no
- * GIL): 0 when all is done (the ring empty, published and asking for kicks, or the burst
- * budget spent: ``more``, served again in the next round; the targets published), 1 when
- * the rest is Python's (see the theory above). */
-static int core_serve(core_t *c, plan_t *p, int kicked)
+/* One burst of plan p's TX ring, device.py's _drain (gate held, no GIL): 0 when done (the
+ * ring empty, published and asking for kicks, or the burst budget spent: ``more``, served
+ * again in the next round), 1 when the rest is Python's. The targets are left touched. */
+static int serve_tx(core_t *c, plan_t *p)
 {
-    uint64_t value;
     p->round = c->round;
     p->more = 0;
-    if (kicked && (set_nonblocking(p->kick) || (read(p->kick, &value, sizeof value) < 0 && errno != EAGAIN)))
-        return 1;
     queue_t *q = &c->slots[p->tx].q;
     unsigned char *buf = p->buf.buf;
     wire_t w = {p->wire_fd, NULL, NULL, 0, 0, 0, 0};
@@ -2141,22 +2146,53 @@ static int core_serve(core_t *c, plan_t *p, int kicked)
         wire_flush(&w);
     p->wire_sent += w.sent;
     p->wire_failed += w.failed;
-    if (rc)
-        return 1; /* the sender's used chains and the targets: Python publishes them */
-    /* flush's rule: a target's RX ring is published once its own TX ring has nothing
-     * waiting; otherwise Python drains that ring first (the touched ring goes to dirty) */
-    for (int i = 0; i < p->ndst; i++) {
-        const pdst_t *d = &p->dst[i];
-        for (int r = 0; r < d->nrings; r++) {
-            qslot_t *s = &c->slots[d->rings[r].slot];
-            if (!s->touched)
+    return rc; /* 1: the sender's used chains and the targets are Python's to publish */
+}
+
+static plan_t *core_plan_of_tx(core_t *c, int slot)
+{
+    for (int i = 0; i < c->nplans; i++)
+        if (c->plans[i].tx == slot)
+            return &c->plans[i];
+    return NULL;
+}
+
+/* Serve a kick of plan p (its counter read first if ``kicked``): its burst, then
+ * datapath.py's flush: every RX ring frames went into is published, after one burst of
+ * its device's TX ring if chains wait there (a run-to-completion driver answers at once;
+ * each device drained once per flush, as there). 0 when all is done, 1 when the rest is
+ * Python's: a burst handed back, or a ring to drain that has no plan (the touched rings
+ * go to their port's dirty set when the plans are written back). */
+static int core_serve(core_t *c, plan_t *p, int kicked)
+{
+    uint64_t value;
+    if (kicked && (set_nonblocking(p->kick) || (read(p->kick, &value, sizeof value) < 0 && errno != EAGAIN)))
+        return 1;
+    if (serve_tx(c, p))
+        return 1;
+    unsigned long long flush = ++c->flushes;
+    for (int i = 0; i < c->nslots; i++) {
+        qslot_t *s = &c->slots[i];
+        if (!s->touched)
+            continue;
+        for (int t = 0; t < s->ntx; t++) {
+            if (!ring_waiting(&c->slots[s->tx[t]].q))
                 continue;
-            for (int t = 0; t < d->ntx; t++)
-                if (ring_waiting(&c->slots[d->tx[t]].q))
-                    return 1;
-            s->call_failed += queue_publish(&s->q, s->call);
-            s->touched = 0;
+            plan_t *tp = core_plan_of_tx(c, s->tx[t]);
+            if (!tp)
+                return 1;
+            if (tp->drained == flush)
+                continue;
+            tp->drained = flush;
+            if (serve_tx(c, tp))
+                return 1;
+            i = -1; /* it may have touched rings already passed: look again from the start */
+            break;
         }
+        if (i < 0)
+            continue;
+        s->call_failed += queue_publish(&s->q, s->call);
+        s->touched = 0;
     }
     return 0;
 }

@@ -71,15 +71,19 @@ class Served:
                                             DropReason.UPLINK_SEND_FAILED, DropReason.RX_RING_FULL)
         self.core.enter()
 
-    def wait(self, timeout: float = 0.0, more: bool = False) -> int:
-        """One wait with a's plan; returns how many events it handed to Python."""
-        args = fastpath.plan_args(self.dev)
-        assert args is not None, "a's ring cannot be planned"
-        self.core.register(*args, more)
+    def wait(self, timeout: float = 0.0, more: bool = False, also: tuple[str, ...] = ()) -> int:
+        """One wait with a's plan (and those of the guests ``also``); returns how many
+        events it handed to Python."""
+        devs = {self.dev.kick_fd(TX): self.dev}
+        for name in ("a", *also):
+            dev = self.port.device(name)
+            args = fastpath.plan_args(dev)
+            assert args is not None, f"{name}'s ring cannot be planned"
+            self.core.register(*args, more and name == "a")
+            devs[dev.kick_fd(TX)] = dev
         events = self.core.wait(timeout)
         for fd, _ in events:
-            assert fd == self.kick
-            self.dev._tx_kick(fd, TX)  # what asyncio runs for it
+            devs[fd]._tx_kick(fd, TX)  # what asyncio runs for it
         return len(events)
 
     def close(self) -> None:
@@ -169,6 +173,22 @@ def test_a_receiver_with_chains_waiting_is_left_to_python(pair: tuple[InprocPort
     both(served, reference, [udp()] * 5, core.wait)
     assert core.core.stats() == {"served": 0, "handed": 1}
     assert state(served) == state(reference)
+
+
+def test_a_planned_receiver_with_chains_waiting_is_drained_first(
+        pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """The same with b planned too: the core takes b's burst (b -> a) before it publishes
+    b's RX ring, then a's, as flush does; nothing is left to Python."""
+    served, reference, core = pair
+    answer = bytes(Ether(src=B, dst=A) / IP(src=B4, dst=A4) / UDP() / b"answer")
+    for port in (served, reference):
+        for _ in range(3):
+            port.frontends["b"].transmit(answer)
+    both(served, reference, [udp()] * 5, lambda: core.wait(also=("b",)))
+    assert core.core.stats() == {"served": 1, "handed": 0}
+    got, want = state(served), state(reference)
+    assert got == want
+    assert len(want["a"][0]) == 3 and len(want["b"][0]) == 5  # type: ignore[index]
 
 
 def test_a_burst_beyond_the_budget_is_served_in_rounds(pair: tuple[InprocPort, InprocPort, Served]) -> None:
