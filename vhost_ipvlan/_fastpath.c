@@ -1643,7 +1643,9 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   the wait, by Python, and all of them are written back and dropped (drop) before any
  *   Python code runs again: when wait returns, and when the main loop takes the gate
  *   (hold). Their indices and counters go back into the Python objects then, so Python
- *   never sees a stale one.
+ *   never sees a stale one. A plan dropped with chains waiting (``more``: no kick will
+ *   come for them) that wait did not hand to Python puts its device into ``backlog``
+ *   (the selector's ``more``), planned again by the next select.
  * - serve does what device.py's drain_tx and datapath.py's flush would do for frames the
  *   C accelerator takes anyway (forward_burst's conditions, the l2 way), and hands the
  *   kick to Python (the event is returned; its handler finds the counter read and drains
@@ -1730,6 +1732,7 @@ typedef struct {
     int nquiet;
     int quiet[CORE_QUIET]; /* watch_quiet: read here, never handed to Python unless unreadable */
     PyObject *k_call_failed, *k_send_failed, *k_rx_full; /* DropReason members, the drops' keys */
+    PyObject *backlog; /* a set, or NULL: the devices of plans dropped with chains waiting (``more``) */
 } core_t;
 
 /* -- the gate (no GIL needed) -- */
@@ -1780,6 +1783,10 @@ static int core_drop(core_t *c)
     int rc = 0;
     for (int i = 0; i < c->nplans; i++) {
         plan_t *p = &c->plans[i];
+        /* chains waiting and no kick to come (the ring is not re-armed): whoever drops the
+         * plan (the main loop's hold, mid-wait) must leave them to the next select */
+        if (p->more && c->backlog && PySet_Add(c->backlog, p->dev))
+            rc = -1;
         if (counter_add(p->dev, "tx_packets", p->packets) || counter_add(p->dev, "tx_bytes", p->bytes) ||
             counter_add(p->dev, "core_kicks", p->kicks) ||
             counter_add(p->pair, "tx_packets", p->packets) || counter_add(p->dp, "uplink_tx", p->wire_sent) ||
@@ -2280,6 +2287,7 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
     }
     for (int i = 0; i < c->nplans && !err; i++) /* chains waiting, no kick to come: Python's */
         if (c->plans[i].more && nout < CORE_EVENTS) {
+            c->plans[i].more = 0; /* handed over (else core_drop leaves it to the next select) */
             evs[nout].data.fd = c->plans[i].kick;
             evs[nout++].events = EPOLLIN;
         }
@@ -2370,9 +2378,14 @@ static PyObject *core_stats(core_t *c, PyObject *unused)
 static int core_init(core_t *c, PyObject *args, PyObject *kw)
 {
     (void)kw;
-    PyObject *k1, *k2, *k3;
-    if (!PyArg_ParseTuple(args, "iOOO", &c->epfd, &k1, &k2, &k3))
+    PyObject *k1, *k2, *k3, *backlog = NULL;
+    if (!PyArg_ParseTuple(args, "iOOO|O", &c->epfd, &k1, &k2, &k3, &backlog))
         return -1;
+    if (backlog && backlog != Py_None && !PyAnySet_Check(backlog)) {
+        PyErr_SetString(PyExc_TypeError, "WorkerCore: the backlog is not a set");
+        return -1;
+    }
+    Py_XSETREF(c->backlog, backlog && backlog != Py_None ? Py_NewRef(backlog) : NULL);
     Py_XSETREF(c->k_call_failed, Py_NewRef(k1));
     Py_XSETREF(c->k_send_failed, Py_NewRef(k2));
     Py_XSETREF(c->k_rx_full, Py_NewRef(k3));
@@ -2390,6 +2403,7 @@ static void core_dealloc(core_t *c)
     Py_XDECREF(c->k_call_failed);
     Py_XDECREF(c->k_send_failed);
     Py_XDECREF(c->k_rx_full);
+    Py_XDECREF(c->backlog);
     if (c->lock)
         PyThread_free_lock(c->lock);
     if (c->turnstile)
@@ -2414,7 +2428,8 @@ static PyTypeObject core_type = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vhost_ipvlan._fastpath.WorkerCore",
     .tp_basicsize = sizeof(core_t),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "WorkerCore(epoll_fd, call_failed_key, send_failed_key, rx_full_key): a worker's gate and GIL-free bursts",
+    .tp_doc = "WorkerCore(epoll_fd, call_failed_key, send_failed_key, rx_full_key, backlog=None): a worker's gate "
+              "and GIL-free bursts (backlog: a set the devices of plans dropped with chains waiting go to)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)core_init,
     .tp_dealloc = (destructor)core_dealloc,

@@ -281,3 +281,76 @@ def test_a_quiet_kick_is_read_without_python() -> None:
         epoll.close()
         os.close(quiet)
         os.close(other)
+
+
+class _Reader:
+    """What asyncio registers for a reader (only ``_callback`` is looked at, and run)."""
+
+    def __init__(self, callback: Callable[..., object], *args: object) -> None:
+        self._callback = callback
+        self._args = args
+
+    def run(self) -> None:
+        self._callback(*self._args)
+
+
+def _select(sel: object, timeout: float | None) -> int:
+    """One iteration of a worker's loop: ``select``, then the handlers of its events."""
+    events = sel.select(timeout)  # type: ignore[attr-defined]
+    for key, _ in events:
+        key.data[0].run()
+    return len(events)
+
+
+def test_a_backlog_is_not_forgotten_when_the_main_loop_takes_the_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """a's drain ended on its budget (``schedule_drain``: chains are waiting and no kick
+    will come for them, the ring is not re-armed). The worker's select plans it with
+    ``more`` and waits; the main loop takes the gate during that wait (a control
+    request, a stats call, a netlink event: any time) and ``hold`` drops the plan. The
+    backlog must still be served afterwards (as Python's ``call_soon(_scheduled_drain)``
+    always was): with EVENT_IDX the guest kicks again only past ``avail_event``, which
+    it has long passed, so a ring nobody drains stalls for good.
+
+    (Found by review; fails on 14c003f: the chains stay in a's ring.)"""
+    from vhost_ipvlan.daemon import workers as workers_mod
+
+    port = make_port()
+    sel = workers_mod._CoreSelector()
+    dev = port.device("a")
+    try:
+        dev.dp.plans = (sel.wanted, sel.more)
+        kick = dev.kick_fd(TX)
+        assert kick is not None
+        sel.register(kick, 1, (_Reader(dev._tx_kick, kick, TX), None))
+        for _ in range(20):
+            port.frontends["a"].transmit(udp())
+        real = fastpath.plan_args
+        # the wait holds a plan with a backlog while the main loop comes in: a budget of 0
+        # keeps the backlog for as long as the wait lasts (a real one is a guest refilling
+        # its ring faster than 256 frames a round)
+        monkeypatch.setattr(fastpath, "plan_args", lambda d: (*real(d)[:-1], 0))  # type: ignore[index]
+        sel.more.add(dev)
+        entered, returned = threading.Event(), []
+        def worker() -> None:
+            sel.core.enter()
+            entered.set()
+            returned.append(sel.select(None))
+            sel.core.leave()
+        thread = threading.Thread(target=worker)
+        thread.start()
+        assert entered.wait(10)
+        sel.core.hold()  # the main loop: the wait's plan is dropped here
+        sel.core.let_go()
+        thread.join(10)
+        assert returned == [[]]
+        monkeypatch.setattr(fastpath, "plan_args", real)
+        sel.core.enter()  # the worker's next iterations
+        try:
+            for _ in range(4):
+                _select(sel, 0)
+        finally:
+            sel.core.leave()
+        assert len(port.frontends["b"].receive()) == 20, "a's backlog was never drained"
+    finally:
+        sel.close()
+        port.close()

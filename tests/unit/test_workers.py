@@ -230,7 +230,7 @@ def test_a_stale_event_of_a_closed_fd_leaves_the_new_fd_with_that_number_alone(p
     its new uplink socket takes the old one's number; a slave re-created). The worker must
     not process the stale event: the old reader is cancelled, so asyncio would call
     ``_remove_reader(fd)`` and remove the NEW reader, never read again (found by review).
-    (WorkerCore's wait: ``test_worker_core_drops_the_events_of_a_wait_the_main_loop_ran_in``.)"""
+    (WorkerCore's wait: test_worker_core.py's ``test_the_main_loop_taking_the_gate_writes_the_plans_back``.)"""
     workers = py_workers
     wloop = workers.loop(0)
     watched = _Watched(wloop._selector)  # type: ignore[attr-defined]

@@ -123,12 +123,13 @@ class _CoreSelector(selectors.EpollSelector):
     def __init__(self) -> None:
         super().__init__()
         assert fastpath.ext is not None
-        self.core = fastpath.ext.WorkerCore(self.fileno(), DropReason.CALL_FAILED, DropReason.UPLINK_SEND_FAILED,
-                                            DropReason.RX_RING_FULL)
         #: devices to plan before the next wait, and those of them with chains waiting
-        #: (a drain's budget ended: ``NetDevice.schedule_drain``)
+        #: (a drain's budget ended: ``NetDevice.schedule_drain``; the core puts back those
+        #: of a plan dropped before it served them, by the main loop's ``hold`` mid-wait)
         self.wanted: set[NetDevice] = set()
         self.more: set[NetDevice] = set()
+        self.core = fastpath.ext.WorkerCore(self.fileno(), DropReason.CALL_FAILED, DropReason.UPLINK_SEND_FAILED,
+                                            DropReason.RX_RING_FULL, self.more)
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         key = super().register(fileobj, events, data)
