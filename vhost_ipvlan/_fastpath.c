@@ -1655,8 +1655,8 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   publishing its RX ring), an unreadable kick. It counts no drop: anything that would
  *   be dropped is Python's.
  * ------------------------------------------------------------------------------------------ */
-#define CORE_PLANS 32
-#define CORE_SLOTS 64
+#define CORE_PLANS 64
+#define CORE_SLOTS 256
 #define CORE_EVENTS 256
 #define CORE_QUIET 1024 /* kick descriptors whose handler only reads them (RX rings') */
 #define PLAN_DSTS 64
@@ -1778,21 +1778,36 @@ static int drop_add(PyObject *drops, PyObject *key, long n)
 
 /* Write every plan and ring back into Python and forget them (with the GIL). -1 with an
  * exception if some write failed (the rest is written all the same). */
+/* One step of core_drop: on failure keep the first exception aside (the next steps must
+ * not run with one set) and go on. */
+#define DROP_STEP(expr)                                       \
+    do {                                                      \
+        if (expr) {                                           \
+            rc = -1;                                          \
+            if (!etype)                                       \
+                PyErr_Fetch(&etype, &evalue, &etb);           \
+            else                                              \
+                PyErr_Clear();                                \
+        }                                                     \
+    } while (0)
+
 static int core_drop(core_t *c)
 {
     int rc = 0;
+    PyObject *etype = NULL, *evalue = NULL, *etb = NULL;
     for (int i = 0; i < c->nplans; i++) {
         plan_t *p = &c->plans[i];
         /* chains waiting and no kick to come (the ring is not re-armed): whoever drops the
          * plan (the main loop's hold, mid-wait) must leave them to the next select */
-        if (p->more && c->backlog && PySet_Add(c->backlog, p->dev))
-            rc = -1;
-        if (counter_add(p->dev, "tx_packets", p->packets) || counter_add(p->dev, "tx_bytes", p->bytes) ||
-            counter_add(p->dev, "core_kicks", p->kicks) ||
-            counter_add(p->pair, "tx_packets", p->packets) || counter_add(p->dp, "uplink_tx", p->wire_sent) ||
-            drop_add(p->drops, c->k_call_failed, p->call_failed) ||
-            drop_add(p->drops, c->k_send_failed, p->wire_failed))
-            rc = -1;
+        if (p->more && c->backlog)
+            DROP_STEP(PySet_Add(c->backlog, p->dev));
+        DROP_STEP(counter_add(p->dev, "tx_packets", p->packets));
+        DROP_STEP(counter_add(p->dev, "tx_bytes", p->bytes));
+        DROP_STEP(counter_add(p->dev, "core_kicks", p->kicks));
+        DROP_STEP(counter_add(p->pair, "tx_packets", p->packets));
+        DROP_STEP(counter_add(p->dp, "uplink_tx", p->wire_sent));
+        DROP_STEP(drop_add(p->drops, c->k_call_failed, p->call_failed));
+        DROP_STEP(drop_add(p->drops, c->k_send_failed, p->wire_failed));
         for (int d = 0; d < p->ndst; d++)
             for (int r = 0; r < p->dst[d].nheld; r++)
                 PyBuffer_Release(&p->dst[d].rings[r].counters);
@@ -1808,18 +1823,21 @@ static int core_drop(core_t *c)
     c->nplans = 0;
     for (int i = 0; i < c->nslots; i++) {
         qslot_t *s = &c->slots[i];
-        if (s->touched && s->dirty && PySet_Add(s->dirty, s->device)) /* flush publishes it */
-            rc = -1;
-        if ((s->drops && (drop_add(s->drops, c->k_call_failed, s->call_failed) ||
-                          drop_add(s->drops, c->k_rx_full, s->rx_full))) ||
-            queue_close(&s->q))
-            rc = -1;
+        if (s->touched && s->dirty) /* flush publishes it */
+            DROP_STEP(PySet_Add(s->dirty, s->device));
+        if (s->drops) {
+            DROP_STEP(drop_add(s->drops, c->k_call_failed, s->call_failed));
+            DROP_STEP(drop_add(s->drops, c->k_rx_full, s->rx_full));
+        }
+        DROP_STEP(queue_close(&s->q));
         Py_XDECREF(s->obj);
         Py_XDECREF(s->device);
         Py_XDECREF(s->dirty);
         Py_XDECREF(s->drops);
     }
     c->nslots = 0;
+    if (etype)
+        PyErr_Restore(etype, evalue, etb);
     return rc;
 }
 

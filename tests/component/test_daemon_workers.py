@@ -108,10 +108,9 @@ def test_a_worker_serves_a_guests_kicks_in_c(lab: Lab) -> None:
     lab.wire_counter("udp dport 9 ip saddr 192.0.2.10")
     frames = [bytes(Ether(src=MAC_A, dst=lab.out_mac) / IP(src=A_IP, dst=OUT_IP, id=i) / UDP(sport=9, dport=9)
                     / b"worker") for i in range(30)]
-    for f in frames:  # one kick each, each waited for: no stats call in between (the main loop's turn drops plans)
-        before = a.txq.used_idx()
+    for i, f in enumerate(frames, 1):  # a kick each, each waited for, no stats call between (it drops plans)
         a.transmit(f)
-        wait_until(lambda before=before: a.txq.used_idx() != before, 10, what="the daemon to take the frame")
+        wait_until(partial(lambda n: a.txq.used_idx() == n, i), 10, what="the daemon to take the frame")
     wait_until(lambda: lab.wire_count() == 30, 10, what="30 frames at the outside")
     stats = lab.client().call("stats")[MASTER]["slaves"]["a"]
     assert stats["tx_packets"] == 30

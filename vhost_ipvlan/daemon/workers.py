@@ -159,13 +159,17 @@ class _CoreSelector(selectors.EpollSelector):
         self.wanted.clear()
         self.more.clear()
         for dev in wanted:
-            args = fastpath.plan_args(dev)
-            if args is not None:
-                try:
+            try:
+                args = fastpath.plan_args(dev)
+                if args is not None:
                     self.core.register(*args, dev in more)
                     more.discard(dev)
-                except (ValueError, OverflowError, TypeError) as e:  # beyond a plan: Python serves it
-                    log.debug("slave %s: no plan: %s", dev.slave.name, e)
+            except (ValueError, OverflowError, TypeError) as e:  # beyond a plan's size: Python serves it
+                log.debug("slave %s: no plan: %s", dev.slave.name, e)
+            except Exception as e:  # a bug must cost the plan, not the worker: Python serves it
+                from .device import internal_error_log  # device imports what imports this module
+
+                internal_error_log(f"slave {dev.slave.name}: no plan for the worker's core", e)
         for dev in more:  # chains waiting and no plan: Python drains them, at once
             dev.dp.loop.call_soon(dev.drain_tx)
             timeout = 0
