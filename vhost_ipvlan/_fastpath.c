@@ -595,6 +595,29 @@ static int eventfd_add(int fd)
     return r == (ssize_t)sizeof one;
 }
 
+/* Reset a kick eventfd's counter without ever blocking: preadv2 with RWF_NOWAIT (one
+ * system call, whatever the front-end, which shares the open file, did to O_NONBLOCK
+ * meanwhile), or where the kernel does not take it for an eventfd, O_NONBLOCK then read.
+ * 1 when read or nothing was there, 0 on an error (the caller hands it to Python, which
+ * stops watching it). */
+static int kick_read(int fd)
+{
+    uint64_t value;
+    struct iovec iov = {&value, sizeof value};
+    ssize_t r;
+    do
+        r = preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
+    while (r < 0 && errno == EINTR);
+    if (r >= 0 || errno == EAGAIN)
+        return 1;
+    if ((errno != EOPNOTSUPP && errno != EINVAL) || set_nonblocking(fd))
+        return 0;
+    do
+        r = read(fd, &value, sizeof value);
+    while (r < 0 && errno == EINTR);
+    return r >= 0 || errno == EAGAIN;
+}
+
 /* The used ring's bytes [offset, offset + len) were written: mark them in the log while
  * the front-end asks for it (virtqueue.py's _log_used). */
 static void log_used_write(const queue_t *q, uint64_t offset, uint64_t len)
@@ -2184,8 +2207,7 @@ static plan_t *core_plan_of_tx(core_t *c, int slot)
  * go to their port's dirty set when the plans are written back). */
 static int core_serve(core_t *c, plan_t *p, int kicked)
 {
-    uint64_t value;
-    if (kicked && (set_nonblocking(p->kick) || (read(p->kick, &value, sizeof value) < 0 && errno != EAGAIN)))
+    if (kicked && !kick_read(p->kick))
         return 1;
     if (serve_tx(c, p))
         return 1;
@@ -2283,12 +2305,8 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
             if (p) {
                 p->more = 0; /* Python drains it */
                 c->handed++;
-            } else if (evs[i].events == EPOLLIN && core_quiet(c, evs[i].data.fd)) {
-                uint64_t value;
-                int fd = evs[i].data.fd;
-                if (set_nonblocking(fd) == 0 && (read(fd, &value, sizeof value) >= 0 || errno == EAGAIN))
-                    continue; /* device.py's _rx_kick, done */
-            }
+            } else if (evs[i].events == EPOLLIN && core_quiet(c, evs[i].data.fd) && kick_read(evs[i].data.fd))
+                continue; /* device.py's _rx_kick, done */
             evs[nout++] = evs[i];
         }
         for (int i = 0; i < c->nplans && !nout; i++) {
