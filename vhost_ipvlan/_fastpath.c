@@ -1769,38 +1769,26 @@ static void gate_enter(core_t *c)
 static void gate_leave(core_t *c) { PyThread_release_lock(c->lock); }
 
 /* -- plans -- */
-static int counter_add(PyObject *obj, const char *attr, long long n)
+/* Add n to obj.attr (``attr``), or to obj[key] (``key``): a counter that goes back to Python. */
+static int number_add(PyObject *obj, const char *attr, PyObject *key, long long n)
 {
     if (!n)
         return 0;
-    PyObject *v = PyObject_GetAttrString(obj, attr);
+    PyObject *v = attr ? PyObject_GetAttrString(obj, attr) : PyObject_GetItem(obj, key);
     if (!v)
         return -1;
     PyObject *d = PyLong_FromLongLong(n), *sum = d ? PyNumber_Add(v, d) : NULL;
     Py_DECREF(v);
     Py_XDECREF(d);
-    int rc = sum ? PyObject_SetAttrString(obj, attr, sum) : -1;
+    int rc = !sum ? -1 : attr ? PyObject_SetAttrString(obj, attr, sum) : PyObject_SetItem(obj, key, sum);
     Py_XDECREF(sum);
     return rc;
 }
 
-static int drop_add(PyObject *drops, PyObject *key, long n)
-{
-    if (!n)
-        return 0;
-    PyObject *v = PyObject_GetItem(drops, key);
-    if (!v)
-        return -1;
-    PyObject *d = PyLong_FromLong(n), *sum = d ? PyNumber_Add(v, d) : NULL;
-    Py_DECREF(v);
-    Py_XDECREF(d);
-    int rc = sum ? PyObject_SetItem(drops, key, sum) : -1;
-    Py_XDECREF(sum);
-    return rc;
-}
+static int counter_add(PyObject *obj, const char *attr, long long n) { return number_add(obj, attr, NULL, n); }
 
-/* Write every plan and ring back into Python and forget them (with the GIL). -1 with an
- * exception if some write failed (the rest is written all the same). */
+static int drop_add(PyObject *drops, PyObject *key, long n) { return number_add(drops, NULL, key, n); }
+
 /* One step of core_drop: on failure keep the first exception aside (the next steps must
  * not run with one set) and go on. */
 #define DROP_STEP(expr)                                       \

@@ -10,7 +10,6 @@ asyncio would run for each event the wait returns); on the other ``drain_tx`` ru
 
 from __future__ import annotations
 
-import ipaddress
 import select
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
+from tests.pair.test_fastpath import A4, A6, B4, B6, C4, A, B, C, make_port
 from tests.support.inproc import InprocPort
 from tests.support.wait import wait_until
 from vhost_ipvlan.daemon import fastpath
@@ -28,25 +28,7 @@ from vhost_ipvlan.vhost_user.session import TX
 
 pytestmark = pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
 
-A, B, C = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
-A4, B4, C4 = "10.0.0.10", "10.0.0.11", "10.0.0.12"
-A6, B6 = "fd00::10", "fd00::11"
 OUTSIDE = "02:00:00:00:99:99"
-
-
-def mac(text: str) -> bytes:
-    return bytes.fromhex(text.replace(":", ""))
-
-
-def make_port(flag: str = "bridge") -> InprocPort:
-    def ip(t: str) -> bytes:
-        return ipaddress.ip_address(t).packed
-
-    return InprocPort([
-        ("a", [ip(A4), ip(A6)], mac(A)),
-        ("b", [ip(B4), ip(B6)], mac(B)),
-        ("c", [ip(C4)], mac(C)),
-    ], flag=flag)
 
 
 def udp(dst_mac: str = B, dst: str = B4, src: str = A4, payload: bytes = b"x" * 18) -> bytes:
