@@ -336,3 +336,51 @@ def test_a_backlog_is_not_forgotten_when_the_main_loop_takes_the_gate(monkeypatc
     finally:
         sel.close()
         port.close()
+
+
+class _Unhashable:
+    """A device whose write-back fails (it cannot go into the backlog set)."""
+
+    def __init__(self, drops: object) -> None:
+        self.drops = drops
+
+    def __hash__(self) -> int:
+        raise TypeError("unhashable device")
+
+
+def test_a_failed_write_back_still_lets_the_gate_go() -> None:
+    """``leave`` (a worker's loop ending, workers.py's ``Worker._run``) with a plan whose
+    write-back fails: the exception is raised, and the gate is let go all the same (the
+    write-back went on to the end; the plans are dropped). A gate left held by a thread
+    that ended blocks the main loop's next ``hold`` for ever: the daemon hangs instead of
+    stopping. (Found by review; FAILS on f789d15: ``hold`` never returns.)"""
+    assert fastpath.ext is not None
+    port = make_port()
+    dev = port.device("a")
+    epoll = select.epoll()
+    core = fastpath.ext.WorkerCore(epoll.fileno(), DropReason.CALL_FAILED, DropReason.UPLINK_SEND_FAILED,
+                                   DropReason.RX_RING_FULL, set())
+    core.enter()
+    try:
+        args = fastpath.plan_args(dev)
+        assert args is not None
+        core.register(*args[:8], _Unhashable(dev.drops), *args[9:], True)  # chains waiting: to the backlog
+        with pytest.raises(TypeError, match="unhashable device"):
+            core.leave()
+        held = threading.Event()
+
+        def main_loop() -> None:
+            core.hold()
+            held.set()
+            core.let_go()
+
+        thread = threading.Thread(target=main_loop, daemon=True)
+        thread.start()
+        if not held.wait(10):
+            core.let_go()  # free the test's thread
+            thread.join(10)
+            pytest.fail("the gate stayed held after a failed leave")
+        thread.join(10)
+    finally:
+        epoll.close()
+        port.close()
