@@ -2346,9 +2346,10 @@ static PyObject *core_enter(core_t *c, PyObject *unused)
 static PyObject *core_leave(core_t *c, PyObject *unused)
 {
     (void)unused;
-    if (core_drop(c))
+    int dropped = core_drop(c); /* goes on to the end after a failure: the plans are gone */
+    gate_leave(c);             /* even then: a gate kept by a thread that ends blocks hold for ever */
+    if (dropped)
         return NULL;
-    gate_leave(c);
     Py_RETURN_NONE;
 }
 
