@@ -389,3 +389,56 @@ def test_a_failed_write_back_still_lets_the_gate_go() -> None:
     finally:
         epoll.close()
         port.close()
+
+
+def test_a_receiver_is_not_published_before_its_ring_is_drained(
+        pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """flush's order, seen by the guest: b (planned) answers, then sends a broadcast the
+    core hands back. b's RX ring is not published when the wait returns (b's TX ring still
+    has chains: Python drains them first), a's is not either (b's answer is in it, and
+    b's burst is Python's to finish); Python then ends as drain_tx does."""
+    served, reference, core = pair
+    answer = bytes(Ether(src=B, dst=A) / IP(src=B4, dst=A4) / UDP() / b"answer")
+    arp = bytes(Ether(src=B, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=B, psrc=B4, pdst=A4))
+    for port in (served, reference):
+        for f in (answer, arp, answer):
+            port.frontends["b"].transmit(f)
+    for f in [udp()] * 5:
+        for port in (served, reference):
+            port.frontends["a"].transmit(f)
+    b = served.device("b")
+    args = [fastpath.plan_args(d) for d in (core.dev, b)]
+    for a in args:
+        assert a is not None
+        core.core.register(*a, False)
+    events = core.core.wait(0.0)
+    assert events == [(core.kick, select.EPOLLIN)]
+    assert served.frontends["b"].rxqs[0].used_idx() == 0 and served.frontends["a"].rxqs[0].used_idx() == 0
+    core.dev._tx_kick(core.kick, TX)
+    reference.device("a").drain_tx()
+    assert state(served) == state(reference)
+
+
+def test_an_unreadable_quiet_kick_is_handed_to_python() -> None:
+    """The other half of test_a_quiet_kick_is_read_without_python's rule: a quiet
+    descriptor the core cannot read (here its number closed while epoll still watches
+    the file through another) is handed to Python."""
+    assert fastpath.ext is not None
+    import os
+
+    epoll = select.epoll()
+    kick = os.eventfd(0, os.EFD_NONBLOCK)
+    watched = os.dup(kick)
+    core = fastpath.ext.WorkerCore(epoll.fileno(), DropReason.CALL_FAILED, DropReason.UPLINK_SEND_FAILED,
+                                   DropReason.RX_RING_FULL)
+    try:
+        epoll.register(watched, select.EPOLLIN)
+        core.watch_quiet(watched, True)
+        os.close(watched)  # epoll still reports the file, under this number
+        os.eventfd_write(kick, 1)
+        core.enter()
+        assert core.wait(0.05) == [(watched, select.EPOLLIN)]
+        core.leave()
+    finally:
+        epoll.close()
+        os.close(kick)
