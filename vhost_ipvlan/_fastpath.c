@@ -2312,6 +2312,7 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
     for (int i = 0; i < c->nplans && !err; i++) /* chains waiting, no kick to come: Python's */
         if (c->plans[i].more && nout < CORE_EVENTS) {
             c->plans[i].more = 0; /* handed over (else core_drop leaves it to the next select) */
+            c->handed++;
             evs[nout].data.fd = c->plans[i].kick;
             evs[nout++].events = EPOLLIN;
         }

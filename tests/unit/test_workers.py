@@ -397,3 +397,35 @@ def test_a_worker_holds_no_more_descriptors_than_the_budget_counts() -> None:
         assert len(os.listdir("/proc/self/fd")) - before <= 4 * fdbudget.WORKER_FDS
     finally:
         w.stop()
+
+
+def test_a_failed_hold_still_holds_every_gate(workers: Workers) -> None:
+    """A gate whose ``hold`` fails (WorkerCore: its plans' write-back raised, the gate taken
+    all the same) must not leave the next workers running beside the main loop's Python:
+    every gate is held, then the first exception is raised."""
+    workers.let_go()
+    first, second = workers._workers
+    held: list[str] = []
+
+    class _Recording:
+        def __init__(self, gate: object, name: str, fail: bool) -> None:
+            self._gate, self._name, self._fail = gate, name, fail
+
+        def hold(self) -> None:
+            self._gate.hold()  # type: ignore[attr-defined]
+            held.append(self._name)
+            if self._fail:
+                raise RuntimeError("simulated write-back failure")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._gate, name)
+
+    gates = first.gate, second.gate
+    first.gate = _Recording(gates[0], "first", True)
+    second.gate = _Recording(gates[1], "second", False)
+    try:
+        with pytest.raises(RuntimeError, match="simulated"):
+            workers.hold()
+        assert held == ["first", "second"] and workers._held
+    finally:
+        first.gate, second.gate = gates

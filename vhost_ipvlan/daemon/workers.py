@@ -314,9 +314,15 @@ class Workers:
     def hold(self) -> None:
         if self._held or not self._workers:
             return
+        failed: BaseException | None = None
         for w in self._workers:
-            w.gate.hold()
+            try:
+                w.gate.hold()  # WorkerCore: its plans written back, the gate taken even if that failed
+            except Exception as e:  # every gate must be held before the main loop's Python runs
+                failed = failed or e
         self._held = True
+        if failed is not None:
+            raise failed
 
     # -- ports ----------------------------------------------------------------------
 
