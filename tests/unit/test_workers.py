@@ -365,7 +365,7 @@ def test_a_worker_whose_loop_dies_is_logged_reported_and_left_alone(workers: Wor
 
     async def scenario() -> int:
         sel = wloop._selector  # type: ignore[attr-defined]
-        if w.wanted is None:  # the Python selector
+        if w.plans is None:  # the Python selector
             sel._selector = _Failing(sel._selector)
         else:  # WorkerCore waits on the descriptor itself: make it one that is no epoll
             null = os.open(os.devnull, os.O_RDONLY)

@@ -221,14 +221,13 @@ class Worker:
     def __init__(self, index: int, on_death: Callable[[Worker], None] | None = None, core: bool = True) -> None:
         self.index = index
         selector: selectors.BaseSelector
-        #: NetDevice.drain_tx adds the devices it drained, schedule_drain those with chains
-        #: waiting (None: no C accelerator)
-        self.wanted: set[NetDevice] | None = None
-        self.more: set[NetDevice] | None = None
+        #: its selector's sets of devices to plan and of those with chains waiting
+        #: (``_CoreSelector``; None: no C accelerator): the ports' ``PortDatapath.plans``
+        self.plans: tuple[set[NetDevice], set[NetDevice]] | None = None
         if core and fastpath.ext is not None:
             selector = _CoreSelector()
             self.gate: Gate | Any = selector.core  # the same four methods, in C
-            self.wanted, self.more = selector.wanted, selector.more
+            self.plans = selector.wanted, selector.more
         else:
             self.gate = Gate()
             selector = _GatedSelector(self.gate.leave, self.gate.enter)
@@ -345,10 +344,7 @@ class Workers:
         """Worker ``index``'s sets of devices to plan and of those with chains waiting
         (``_CoreSelector``), or None: its kicks all go through Python (one worker, or no
         C accelerator)."""
-        if not self._workers:
-            return None
-        w = self._workers[index]
-        return None if w.wanted is None or w.more is None else (w.wanted, w.more)
+        return self._workers[index].plans if self._workers else None
 
     def port_removed(self, index: int) -> None:
         if self._workers:
