@@ -1789,6 +1789,23 @@ static int counter_add(PyObject *obj, const char *attr, long long n) { return nu
 
 static int drop_add(PyObject *drops, PyObject *key, long n) { return number_add(drops, NULL, key, n); }
 
+/* Release what a plan holds (a registered one, or one register gave up on half made). */
+static void plan_release(plan_t *p)
+{
+    if (p->dst)
+        for (int d = 0; d < p->ndst; d++)
+            for (int r = 0; r < p->dst[d].nheld; r++)
+                PyBuffer_Release(&p->dst[d].rings[r].counters);
+    PyMem_Free(p->dst);
+    PyMem_Free(p->local);
+    if (p->has_buf)
+        PyBuffer_Release(&p->buf);
+    Py_XDECREF(p->dev);
+    Py_XDECREF(p->pair);
+    Py_XDECREF(p->dp);
+    Py_XDECREF(p->drops);
+}
+
 /* One step of core_drop: on failure keep the first exception aside (the next steps must
  * not run with one set) and go on. */
 #define DROP_STEP(expr)                                       \
@@ -1819,17 +1836,7 @@ static int core_drop(core_t *c)
         DROP_STEP(counter_add(p->dp, "uplink_tx", p->wire_sent));
         DROP_STEP(drop_add(p->drops, c->k_call_failed, p->call_failed));
         DROP_STEP(drop_add(p->drops, c->k_send_failed, p->wire_failed));
-        for (int d = 0; d < p->ndst; d++)
-            for (int r = 0; r < p->dst[d].nheld; r++)
-                PyBuffer_Release(&p->dst[d].rings[r].counters);
-        PyMem_Free(p->dst);
-        PyMem_Free(p->local);
-        if (p->has_buf)
-            PyBuffer_Release(&p->buf);
-        Py_XDECREF(p->dev);
-        Py_XDECREF(p->pair);
-        Py_XDECREF(p->dp);
-        Py_XDECREF(p->drops);
+        plan_release(p);
     }
     c->nplans = 0;
     for (int i = 0; i < c->nslots; i++) {
@@ -2038,17 +2045,7 @@ static PyObject *core_register(core_t *c, PyObject *const *args, Py_ssize_t narg
     c->plans[c->nplans++] = p;
     Py_RETURN_NONE;
 fail:
-    if (p.dst)
-        for (int d = 0; d < p.ndst; d++)
-            for (int r = 0; r < p.dst[d].nheld; r++)
-                PyBuffer_Release(&p.dst[d].rings[r].counters);
-    PyMem_Free(p.dst);
-    PyMem_Free(p.local);
-    if (p.has_buf)
-        PyBuffer_Release(&p.buf);
-    Py_XDECREF(p.dev);
-    Py_XDECREF(p.pair);
-    Py_XDECREF(p.dp);
+    plan_release(&p);
     return NULL;
 }
 
