@@ -217,10 +217,9 @@ def serve(config: Config, *, config_path: Path | None = None, state_path: Path |
             raise InternalError(daemon.failure)
 
     try:
-        if workers.count == 1:
-            asyncio.run(main())
-        else:  # the main loop holds the workers' gates while it runs (workers.py)
-            with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(workers.main_selector())) as runner:
-                runner.run(main())
+        # the main loop holds the workers' gates while it runs, or serves the ports with a
+        # WorkerCore (workers.py)
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(workers.main_selector())) as runner:
+            runner.run(main())
     finally:
         workers.stop()

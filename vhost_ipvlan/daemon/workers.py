@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
 import select
 import selectors
 import threading
@@ -61,6 +62,12 @@ log = logging.getLogger(__name__)
 
 #: how long ``stop`` waits for a worker's loop to end
 STOP_TIMEOUT = 5.0
+
+
+def core_wanted() -> bool:
+    """A loop that serves ports waits with a ``WorkerCore`` when C has one and
+    ``VHOST_IPVLAN_CORE`` is not ``0`` (that setting is for measuring the difference)."""
+    return fastpath.ext is not None and os.environ.get("VHOST_IPVLAN_CORE") != "0"
 
 
 class Gate:
@@ -224,7 +231,7 @@ class Worker:
         #: its selector's sets of devices to plan and of those with chains waiting
         #: (``_CoreSelector``; None: no C accelerator): the ports' ``PortDatapath.plans``
         self.plans: tuple[set[NetDevice], set[NetDevice]] | None = None
-        if core and fastpath.ext is not None:
+        if core and core_wanted():
             selector = _CoreSelector()
             self.gate: Gate | Any = selector.core  # the same four methods, in C
             self.plans = selector.wanted, selector.more
@@ -284,6 +291,10 @@ class Workers:
         self.on_death: Callable[[int], None] | None = None
         self._workers = [Worker(i, self._died, core) for i in range(count)] if count > 1 else []
         self._held = bool(self._workers)
+        self._core = core
+        #: with one worker: the main loop's plan sets, once ``main_selector`` gave it a
+        #: ``_CoreSelector`` (``wanted``)
+        self._main_plans: tuple[set[NetDevice], set[NetDevice]] | None = None
 
     @property
     def threads(self) -> int:
@@ -296,8 +307,18 @@ class Workers:
             self.main.call_soon_threadsafe(self.on_death, worker.index)
 
     def main_selector(self) -> selectors.BaseSelector:
-        """The main loop's selector: it holds every worker's gate except while it waits."""
-        return _GatedSelector(self.let_go, self.hold)
+        """The main loop's selector: with workers, it holds every worker's gate except
+        while it waits; with one worker, the main loop serves the ports and waits as a
+        worker does, with a ``WorkerCore`` (C serves the planned kicks; nobody else takes
+        its gate, which the main thread holds but while it waits) when C has one."""
+        if self._workers:
+            return _GatedSelector(self.let_go, self.hold)
+        if not (self._core and core_wanted()):
+            return selectors.DefaultSelector()
+        selector = _CoreSelector()
+        selector.core.enter()
+        self._main_plans = selector.wanted, selector.more
+        return selector
 
     # -- the main loop's side of the gates ---------------------------------------
 
@@ -342,9 +363,9 @@ class Workers:
 
     def wanted(self, index: int) -> tuple[set[NetDevice], set[NetDevice]] | None:
         """Worker ``index``'s sets of devices to plan and of those with chains waiting
-        (``_CoreSelector``), or None: its kicks all go through Python (one worker, or no
-        C accelerator)."""
-        return self._workers[index].plans if self._workers else None
+        (``_CoreSelector``; with one worker, the main loop's), or None: its kicks all go
+        through Python (no C accelerator, or a main loop not made by ``main_selector``)."""
+        return self._workers[index].plans if self._workers else self._main_plans
 
     def port_removed(self, index: int) -> None:
         if self._workers:
