@@ -144,14 +144,17 @@ def log(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def ipvlan_backend(work: Path, idle: int = 0, workers: int = 1) -> Iterator[tuple[Path, Path, Path]]:
+def ipvlan_backend(work: Path, idle: int = 0, workers: int = 1,
+                   busy_poll_us: int = 0) -> Iterator[tuple[Path, Path, Path]]:
     """The daemon in a Lab (IPv6 off on the veth: no ND/MLD noise); yields A's and B's sockets.
     ``idle`` more slaves (never connected) show that the per-frame cost does not grow with them;
-    ``workers``: ``[daemon] workers`` (with 2, the one port runs on a worker thread)."""
+    ``workers``: ``[daemon] workers`` (with 2, the one port runs on a worker thread);
+    ``busy_poll_us``: ``[daemon] busy_poll_us``."""
     slaves = [SlaveSpec("a", [f"{A_IP}/{PREFIX}"], A_MAC), SlaveSpec("b", [f"{B_IP}/{PREFIX}"], B_MAC)]
     slaves += [SlaveSpec(f"i{i}", [f"10.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/8"],
                          f"52:54:00:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}") for i in range(idle)]
-    head = f"[daemon]\nworkers = {workers}\n" if workers != 1 else ""
+    head = "[daemon]\n" + (f"workers = {workers}\n" if workers != 1 else "") + (
+        f"busy_poll_us = {busy_poll_us}\n" if busy_poll_us else "")
     with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS, config_head=head) as lab:
         yield lab.sock("a"), lab.sock("b"), lab.control
         lab.check_daemon()
@@ -288,7 +291,8 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path, rnd: 
                     reference_backend("ref-backend", work, [a_sock, b_sock], lcores=BACKEND_LCORES, mem_mb=args.mem_mb)
                 )
             else:
-                a_sock, b_sock, control = stack.enter_context(ipvlan_backend(work, args.idle_slaves, args.workers))
+                a_sock, b_sock, control = stack.enter_context(
+                    ipvlan_backend(work, args.idle_slaves, args.workers, args.busy_poll_us))
                 if args.control_probe:
                     probe = stack.enter_context(ControlProbe(control))
             runner = run_split if args.topology == "split" else run_loop
@@ -428,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue-size", type=queue_size, default=1024,
                    help="virtqueue size, or 'default' for DPDK's (256) (default 1024)")
     p.add_argument("--rounds", type=int, default=1, help="rounds per back-end and size, alternating (default 1)")
+    p.add_argument("--busy-poll-us", type=int, default=0,
+                   help="the daemon's [daemon] busy_poll_us (default 0: no busy polling)")
     p.add_argument("--workers", type=int, default=1,
                    help="the daemon's [daemon] workers (default 1; 2: its port on a worker thread, WorkerCore)")
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")

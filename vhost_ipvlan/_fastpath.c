@@ -103,6 +103,39 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Addresses compared inline, a word at a time. memcmp is a library call that reads its
+ * first argument with a masked vector load, which cannot take its bytes from the stores
+ * just made (a frame copied into the frame buffer): it waits for them to reach the cache,
+ * a third of the daemon's time in a 64-byte ping-pong. */
+static inline int mac_eq(const void *a, const void *b)
+{
+    uint32_t a0, b0;
+    uint16_t a1, b1;
+    memcpy(&a0, a, 4);
+    memcpy(&b0, b, 4);
+    memcpy(&a1, (const char *)a + 4, 2);
+    memcpy(&b1, (const char *)b + 4, 2);
+    return a0 == b0 && a1 == b1;
+}
+
+/* An IPv4 or IPv6 address (len 4 or 16; anything else compared bytewise). */
+static inline int addr_eq(const void *a, const void *b, Py_ssize_t len)
+{
+    if (len == 4) {
+        uint32_t x, y;
+        memcpy(&x, a, 4);
+        memcpy(&y, b, 4);
+        return x == y;
+    }
+    if (len == 16) {
+        uint64_t x[2], y[2];
+        memcpy(x, a, 16);
+        memcpy(y, b, 16);
+        return x[0] == y[0] && x[1] == y[1];
+    }
+    return memcmp(a, b, (size_t)len) == 0;
+}
+
 #define HDR_LEN 12
 #define ETH_HLEN 14
 #define MAX_REGIONS 16
@@ -779,7 +812,7 @@ typedef struct {
 static inline const dst_entry_t *dst_hit(const dst_cache_t *c, const unsigned char *key, Py_ssize_t len)
 {
     const dst_entry_t *e = &c->e[key[len - 1] & (CACHE_WAYS - 1)];
-    return e->len == len && memcmp(e->key, key, (size_t)len) == 0 ? e : NULL;
+    return e->len == len && addr_eq(e->key, key, len) ? e : NULL;
 }
 
 /* Look ``key`` up in ``table`` (a dict; with the GIL) and cache the entry, checked:
@@ -843,7 +876,7 @@ static void mac_cache_init(mac_cache_t *c)
 static inline int mac_hit(const mac_cache_t *c, const unsigned char *mac)
 {
     unsigned i = mac[5] & (CACHE_WAYS - 1);
-    return c->e[i].answer >= 0 && memcmp(c->e[i].mac, mac, 6) == 0 ? c->e[i].answer : -1;
+    return c->e[i].answer >= 0 && mac_eq(c->e[i].mac, mac) ? c->e[i].answer : -1;
 }
 
 /* Whether ``mac`` is in ``container`` (a dict or set): 1, 0, or -1 with an exception; with
@@ -1094,7 +1127,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             break;
         unsigned char *eth = buf + HDR_LEN;
         uint32_t n = len - HDR_LEN;
-        if ((eth[0] & 1) || memcmp(eth + 6, smac, 6) != 0)
+        if ((eth[0] & 1) || !mac_eq(eth + 6, smac))
             break;
         const unsigned char *saddr, *daddr;
         Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
@@ -1104,7 +1137,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
          * what wire.by_mac said of destination MACs are remembered for the burst (srcs,
          * dst_hit, mac_hit): most frames need no Python object, and no GIL. */
         unsigned way = saddr[alen - 1] & (SRC_WAYS - 1);
-        if (alen != srcs[way].len || memcmp(saddr, srcs[way].key, (size_t)alen) != 0) {
+        if (alen != srcs[way].len || !addr_eq(saddr, srcs[way].key, alen)) {
             gil_take(&gil);
             PyObject *skey = PyBytes_FromStringAndSize((const char *)saddr, alen);
             if (!skey) {
@@ -1122,7 +1155,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
             memcpy(srcs[way].key, saddr, (size_t)alen);
             srcs[way].len = alen;
         }
-        if (wire.master_mac && memcmp(eth, wire.master_mac, 6) != 0) {
+        if (wire.master_mac && !mac_eq(eth, wire.master_mac)) {
             int is_local = mac_in(&dst_macs, wire.by_mac, eth, 0, &gil);
             if (is_local < 0) {
                 error = 1;
@@ -1153,7 +1186,7 @@ static PyObject *forward_burst(PyObject *module, PyObject *const *args, Py_ssize
                 break;
             }
         }
-        if (memcmp(eth, e->mac, 6) != 0)
+        if (!mac_eq(eth, e->mac))
             break;
         int r = deliver(&targets, e, buf, len, dirty, &gil);
         if (r == 0)
@@ -1386,7 +1419,7 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
         uint32_t n = (uint32_t)total - HDR_LEN;
         if (eth[0] & 1)
             break;
-        if (memcmp(eth + 6, x->mmac, 6) != 0) {
+        if (!mac_eq(eth + 6, x->mmac)) {
             int seen = mac_in(&x->sources, x->wire_macs, eth + 6, 1, &x->gil);
             if (seen < 0) {
                 err = 1;
@@ -1410,7 +1443,7 @@ static int rx_frame(rx_t *x, unsigned char *buf, long total)
             }
         }
         unsigned char saved[6];
-        int to_master = memcmp(eth, x->mmac, 6) == 0;
+        int to_master = mac_eq(eth, x->mmac);
         if (to_master) {
             memcpy(saved, eth, 6);
             memcpy(eth, e->mac, 6);
@@ -1677,6 +1710,15 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   target whose TX ring has chains waiting (flush's rule: Python drains it before
  *   publishing its RX ring), an unreadable kick. It counts no drop: anything that would
  *   be dropped is Python's.
+ * - Busy polling (poll_us, ``[daemon] busy_poll_us``; vhost-net's busyloop_timeout): for
+ *   poll_us after the last chain it took (in this wait or an earlier one: Python's timers
+ *   end waits), the wait does not sleep: it looks at the
+ *   planned TX rings (and, without blocking, at epoll) again and again, and a ring it
+ *   emptied asks the driver for no kicks meanwhile (plan_quiet). A driver that polls its
+ *   own rings (DPDK) then makes no system call per burst, and the daemon no wake-up. The
+ *   rings ask for kicks again (plan_arm; chains found then are served or handed over)
+ *   before the wait sleeps and before a plan is dropped: no ring is left quiet while
+ *   Python, which serves a ring only when it is kicked, is in charge of it.
  * ------------------------------------------------------------------------------------------ */
 #define CORE_PLANS 64
 #define CORE_SLOTS 256
@@ -1686,6 +1728,7 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
 #define PLAN_OWNED 16
 #define PLAN_RINGS 8
 #define PLAN_LOCAL 64
+#define CORE_POLL_MAX_US 1000000 /* config.py's MAX_BUSY_POLL_US */
 
 typedef struct {
     PyObject *obj;    /* the SplitQueue (strong) */
@@ -1737,6 +1780,7 @@ typedef struct {
     long long packets, bytes, kicks; /* kicks: served here (NetDevice.core_kicks) */
     long call_failed, wire_sent, wire_failed;
     int more;                /* the budget ended the last burst: chains are waiting */
+    int quiet;               /* its ring asks for no kicks: the wait polls it (busy_poll) */
     unsigned long long drained; /* the flush (c->flushes) that drained it last */
     unsigned long long round; /* the wait round that served it last */
 } plan_t;
@@ -1756,6 +1800,10 @@ typedef struct {
     int quiet[CORE_QUIET]; /* watch_quiet: read here, never handed to Python unless unreadable */
     PyObject *k_call_failed, *k_send_failed, *k_rx_full; /* DropReason members, the drops' keys */
     PyObject *backlog; /* a set, or NULL: the devices of plans dropped with chains waiting (``more``) */
+    long poll_us;      /* busy_poll: how long the wait polls planned rings after the last chain */
+    int polling;       /* the wait polls now: serve_tx leaves an emptied ring quiet */
+    int took;          /* serve_tx took a chain (since the wait last looked) */
+    double last_chain; /* when (CLOCK_MONOTONIC, seconds) a chain was last taken, as far as the wait knows */
 } core_t;
 
 /* -- the gate (no GIL needed) -- */
@@ -1819,12 +1867,36 @@ static void plan_release(plan_t *p)
         }                                                     \
     } while (0)
 
+/* Busy polling: while the wait polls a plan's TX ring, the ring asks the driver for no
+ * kicks (virtqueue.py's suppress_kicks: used.flags NO_NOTIFY; with EVENT_IDX, avail_event
+ * one behind the chains taken, so a kick comes after 65535 more), which saves the driver a
+ * system call per burst and the daemon a wake-up. plan_arm asks for kicks again
+ * (want_kick) before the wait sleeps or the plan is dropped: how many chains wait. */
+static void plan_quiet(core_t *c, plan_t *p)
+{
+    queue_t *q = &c->slots[p->tx].q;
+    if (q->event_idx)
+        __atomic_store_n((uint16_t *)q->used.buf + 2 + 4 * (size_t)q->num, (uint16_t)(q->last_avail - 1),
+                         __ATOMIC_RELAXED);
+    else
+        __atomic_store_n((uint16_t *)q->used.buf, 1, __ATOMIC_RELAXED); /* VRING_USED_F_NO_NOTIFY */
+    p->quiet = 1;
+}
+
+static uint32_t plan_arm(core_t *c, plan_t *p)
+{
+    p->quiet = 0;
+    return queue_want_kick(&c->slots[p->tx].q);
+}
+
 static int core_drop(core_t *c)
 {
     int rc = 0;
     PyObject *etype = NULL, *evalue = NULL, *etb = NULL;
     for (int i = 0; i < c->nplans; i++) {
         plan_t *p = &c->plans[i];
+        if (p->quiet && plan_arm(c, p)) /* Python serves it by its kicks from now on */
+            p->more = 1;
         /* chains waiting and no kick to come (the ring is not re-armed): whoever drops the
          * plan (the main loop's hold, mid-wait) must leave them to the next select */
         if (p->more && c->backlog)
@@ -2053,7 +2125,7 @@ fail:
 static int plan_local(const plan_t *p, const unsigned char *mac)
 {
     for (int i = 0; i < p->nlocal; i++)
-        if (memcmp(p->local[i], mac, 6) == 0)
+        if (mac_eq(p->local[i], mac))
             return 1;
     return 0;
 }
@@ -2067,7 +2139,7 @@ static int plan_frame(core_t *c, plan_t *p, wire_t *w, unsigned char *buf, uint3
         return 0;
     unsigned char *eth = buf + HDR_LEN;
     uint32_t n = len - HDR_LEN;
-    if ((eth[0] & 1) || memcmp(eth + 6, p->mac, 6) != 0)
+    if ((eth[0] & 1) || !mac_eq(eth + 6, p->mac))
         return 0;
     const unsigned char *saddr, *daddr;
     Py_ssize_t alen = plain_ip(eth, n, &saddr, &daddr);
@@ -2075,10 +2147,10 @@ static int plan_frame(core_t *c, plan_t *p, wire_t *w, unsigned char *buf, uint3
         return 0;
     int owned = 0;
     for (int i = 0; i < p->nowned && !owned; i++)
-        owned = p->owned[i].len == alen && memcmp(p->owned[i].a, saddr, (size_t)alen) == 0;
+        owned = p->owned[i].len == alen && addr_eq(p->owned[i].a, saddr, alen);
     if (!owned)
         return 0;
-    if (p->wire_fd >= 0 && memcmp(eth, p->master_mac, 6) != 0 && !plan_local(p, eth)) {
+    if (p->wire_fd >= 0 && !mac_eq(eth, p->master_mac) && !plan_local(p, eth)) {
         if ((long)len > p->max_frame && !buf[1])
             return 0; /* MTU_EXCEEDED: Python's */
         memcpy(stage[w->n], buf, len);
@@ -2088,9 +2160,9 @@ static int plan_frame(core_t *c, plan_t *p, wire_t *w, unsigned char *buf, uint3
     }
     const pdst_t *d = NULL;
     for (int i = 0; i < p->ndst && !d; i++)
-        if (p->dst[i].alen == alen && memcmp(p->dst[i].addr, daddr, (size_t)alen) == 0)
+        if (p->dst[i].alen == alen && addr_eq(p->dst[i].addr, daddr, alen))
             d = &p->dst[i];
-    if (!d || memcmp(eth, d->mac, 6) != 0)
+    if (!d || !mac_eq(eth, d->mac))
         return 0;
     if ((buf[0] | buf[1]) && !offload_ok(buf[0], buf[1], d->caps))
         return 0;
@@ -2132,7 +2204,13 @@ static int serve_tx(core_t *c, plan_t *p)
             if (w.n)
                 wire_flush(&w); /* before the chains are given back: as forward_burst, all sent first */
             p->call_failed += queue_publish(q, p->call);
-            pending = queue_want_kick(q);
+            if (c->polling) { /* the wait looks again soon: no kick wanted (plan_quiet) */
+                if (!p->quiet)
+                    plan_quiet(c, p);
+                rc = 0;
+                break;
+            }
+            pending = plan_arm(c, p);
             if (pending == 0) {
                 rc = 0;
                 break;
@@ -2171,6 +2249,7 @@ static int serve_tx(core_t *c, plan_t *p)
     }
     if (w.n)
         wire_flush(&w);
+    c->took |= frames > 0;
     p->wire_sent += w.sent;
     p->wire_failed += w.failed;
     return rc; /* 1: the sender's used chains and the targets are Python's to publish */
@@ -2258,19 +2337,32 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
     PyThreadState *ts = PyEval_SaveThread();
     for (;;) {
         int ms = -1, more = 0;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double elapsed = (double)(now.tv_sec - start.tv_sec) + (double)(now.tv_nsec - start.tv_nsec) / 1e9;
         if (timeout >= 0) {
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            double left = timeout - ((double)(now.tv_sec - start.tv_sec) + (double)(now.tv_nsec - start.tv_nsec) / 1e9);
+            double left = timeout - elapsed;
             ms = left <= 0 ? 0 : (int)(left * 1000 + 0.999);
             if (ms > 24 * 3600 * 1000)
                 ms = 24 * 3600 * 1000;
         }
-        for (int i = 0; i < c->nplans; i++)
-            more |= c->plans[i].more;
+        double mono = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+        if (c->took) { /* chains were taken since the last look: polling goes on for poll_us from now */
+            c->took = 0;
+            c->last_chain = mono;
+        }
+        c->polling = c->poll_us > 0 && ms != 0 && c->nplans && mono < c->last_chain + (double)c->poll_us / 1e6;
+        for (int i = 0; i < c->nplans; i++) {
+            plan_t *p = &c->plans[i];
+            if (c->polling && !p->quiet) /* polling: its chains are found without a kick */
+                plan_quiet(c, p);
+            else if (!c->polling && p->quiet && plan_arm(c, p)) /* about to sleep: kicks again */
+                p->more = 1;
+            more |= p->more;
+        }
         unsigned long long holds = c->holds;
         gate_leave(c); /* the main loop may run here (plans dropped) */
-        int n = epoll_wait(c->epfd, evs, CORE_EVENTS, more ? 0 : ms);
+        int n = epoll_wait(c->epfd, evs, CORE_EVENTS, more || c->polling ? 0 : ms);
         if (n < 0 && errno != EINTR)
             err = errno;
         gate_enter(c);
@@ -2296,23 +2388,31 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
         }
         for (int i = 0; i < c->nplans && !nout; i++) {
             plan_t *p = &c->plans[i];
-            if (p->more && p->round != c->round && core_serve(c, p, 0)) {
+            /* chains left by the budget, or (polling) put in since the ring went quiet */
+            if (p->round == c->round || !(p->more || (p->quiet && ring_waiting(&c->slots[p->tx].q))))
+                continue;
+            if (core_serve(c, p, 0)) {
                 p->more = 0;
                 c->handed++;
                 evs[nout].data.fd = p->kick; /* Python drains it (the kick read already) */
                 evs[nout++].events = EPOLLIN;
             }
         }
-        if (nout || ms == 0 || (n == 0 && !more && ms > 0))
+        if (nout || ms == 0 || (n == 0 && !more && !c->polling && ms > 0))
             break; /* events for Python, or the time is up */
     }
-    for (int i = 0; i < c->nplans && !err; i++) /* chains waiting, no kick to come: Python's */
-        if (c->plans[i].more && nout < CORE_EVENTS) {
-            c->plans[i].more = 0; /* handed over (else core_drop leaves it to the next select) */
+    c->polling = 0;
+    for (int i = 0; i < c->nplans; i++) { /* chains waiting, no kick to come: Python's */
+        plan_t *p = &c->plans[i];
+        if (p->quiet && plan_arm(c, p))
+            p->more = 1;
+        if (!err && p->more && nout < CORE_EVENTS) {
+            p->more = 0; /* handed over (else core_drop leaves it to the next select) */
             c->handed++;
-            evs[nout].data.fd = c->plans[i].kick;
+            evs[nout].data.fd = p->kick;
             evs[nout++].events = EPOLLIN;
         }
+    }
     PyEval_RestoreThread(ts);
     int dropped = core_drop(c);
     if (err) {
@@ -2447,16 +2547,46 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *core_get_poll(core_t *c, void *unused)
+{
+    (void)unused;
+    return PyLong_FromLong(c->poll_us);
+}
+
+static int core_set_poll(core_t *c, PyObject *value, void *unused)
+{
+    (void)unused;
+    long us = value ? PyLong_AsLong(value) : -1;
+    if (us == -1 && PyErr_Occurred())
+        return -1;
+    if (us < 0 || us > CORE_POLL_MAX_US) {
+        PyErr_Format(PyExc_ValueError, "WorkerCore: poll_us must be between 0 and %d", CORE_POLL_MAX_US);
+        return -1;
+    }
+    c->poll_us = us;
+    return 0;
+}
+
+static PyGetSetDef core_getset[] = {
+    {"poll_us", (getter)core_get_poll, (setter)core_set_poll,
+     "busy polling: microseconds the wait polls its planned TX rings (no kicks asked for) after the last chain; 0: "
+     "none",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject core_type = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "vhost_ipvlan._fastpath.WorkerCore",
     .tp_basicsize = sizeof(core_t),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "WorkerCore(epoll_fd, call_failed_key, send_failed_key, rx_full_key, backlog=None): a worker's gate "
-              "and GIL-free bursts (backlog: a set the devices of plans dropped with chains waiting go to)",
+              "and GIL-free bursts (backlog: a set the devices of plans dropped with chains waiting go to); "
+              "poll_us: busy polling",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)core_init,
     .tp_dealloc = (destructor)core_dealloc,
     .tp_methods = core_methods,
+    .tp_getset = core_getset,
 };
 
 static PyMethodDef methods[] = {

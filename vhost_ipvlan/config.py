@@ -9,6 +9,8 @@ Shape (other tools rely on it; do not change it lightly)::
     dns = ["192.0.2.53"]        # optional: the DNS servers (IPv4, IPv6) DHCP, DHCPv6 and RAs hand out
     dns_search = ["example.org"]  # optional: its search domains (both default: the host's resolv.conf)
     workers = 2                 # optional: data-path threads, each port on one (default 1: the main thread)
+    busy_poll_us = 50           # optional: poll a guest's TX ring this long after its last frame, asking
+                                # for no kicks (vhost-net's busyloop_timeout; default 0: none)
 
     [[port]]
     master = "veth0"            # host interface: the IPvlan master
@@ -112,6 +114,8 @@ MAX_ADDRESSES = 256
 MAX_QUEUES = MAX_QUEUE_PAIRS
 #: the most data-path threads (``[daemon] workers``)
 MAX_WORKERS = 64
+#: the longest busy polling (``[daemon] busy_poll_us``; ``_fastpath.c``'s CORE_POLL_MAX_US)
+MAX_BUSY_POLL_US = 1_000_000
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -173,6 +177,10 @@ class DaemonConfig:
     #: data-path threads (``daemon.workers``): 1 (the default) runs every port on the main
     #: loop; N >= 2 gives each port to one of N worker threads; read at start only
     workers: int = 1
+    #: busy polling (``daemon.busy_poll_us``): microseconds a loop polls the TX rings it
+    #: serves in C after their last chain, asking the guests for no kicks; 0 (the default)
+    #: sleeps at once; applies at once on reload
+    busy_poll_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,8 +514,8 @@ def _permissions(where: str, value: Any) -> int:
 
 
 def _daemon(where: str, table: Any) -> DaemonConfig:
-    t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions", "dns", "dns_search", "workers"},
-              set())
+    t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions", "dns", "dns_search", "workers",
+                             "busy_poll_us"}, set())
     owner = _id(f"{where}.socket_owner", t["socket_owner"], lambda n: pwd.getpwnam(n).pw_uid, "user") \
         if "socket_owner" in t else -1
     group = _id(f"{where}.socket_group", t["socket_group"], lambda n: grp.getgrnam(n).gr_gid, "group") \
@@ -517,12 +525,19 @@ def _daemon(where: str, table: Any) -> DaemonConfig:
     dns = _dns(f"{where}.dns", t["dns"]) if "dns" in t else None
     search = _search(f"{where}.dns_search", t["dns_search"]) if "dns_search" in t else None
     workers = _workers(f"{where}.workers", t["workers"]) if "workers" in t else 1
-    return DaemonConfig(owner, group, perms, dns, search, workers)
+    poll = _busy_poll(f"{where}.busy_poll_us", t["busy_poll_us"]) if "busy_poll_us" in t else 0
+    return DaemonConfig(owner, group, perms, dns, search, workers, poll)
 
 
 def _workers(where: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
         raise ConfigError(f"{where}: {value!r} is not a number of worker threads from 1 to {MAX_WORKERS}")
+    return value
+
+
+def _busy_poll(where: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_BUSY_POLL_US:
+        raise ConfigError(f"{where}: {value!r} is not a number of microseconds from 0 to {MAX_BUSY_POLL_US}")
     return value
 
 
@@ -626,6 +641,8 @@ def daemon_table(d: DaemonConfig) -> dict[str, Any]:
         t["dns_search"] = list(d.dns_search)
     if d.workers != default.workers:
         t["workers"] = d.workers
+    if d.busy_poll_us != default.busy_poll_us:
+        t["busy_poll_us"] = d.busy_poll_us
     return t
 
 

@@ -6,6 +6,7 @@ kick only when the device asks for it. Needs root (namespaces).
 from __future__ import annotations
 
 import os
+import signal
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_the_main_loop_serves_a_guests_kicks_in_c(tmp_path: Path, core: str) -> 
     them; every frame arrives once, in order, and is counted as before.
     ``VHOST_IPVLAN_CORE=0`` (for measuring the difference) puts every kick through Python."""
     slaves = [SlaveSpec("a", [f"{A_IP}/24"], MAC_A), SlaveSpec("b", [f"{B_IP}/24"], MAC_B)]
-    with FrontendLab(tmp_path, slaves, daemon_env={"VHOST_IPVLAN_CORE": core}) as lab:
+    with FrontendLab(tmp_path, slaves, ipv6=False, daemon_env={"VHOST_IPVLAN_CORE": core}) as lab:
         a, b = lab.frontend("a"), lab.frontend("b")
         got: list[int] = []
         for n in range(30):  # a kick each, each waited for, no stats call between (it drops plans)
@@ -109,3 +110,41 @@ def test_the_main_loop_serves_a_guests_kicks_in_c(tmp_path: Path, core: str) -> 
         assert stats["a"]["tx_packets"] == 30 and stats["b"]["rx_packets"] == 30
         served = stats["a"]["queues"]["kicks_served_in_c"]
         assert served >= 10 if core == "1" else served == 0, stats["a"]["queues"]
+
+
+@pytest.mark.skipif(not fastpath.accelerated(), reason="the C accelerator is not built")
+@pytest.mark.parametrize("features", [None, NO_EVENT_IDX], ids=["event_idx", "no_event_idx"])
+def test_busy_polling_takes_frames_the_driver_did_not_kick_for(tmp_path: Path, features: int | None) -> None:
+    """``[daemon] busy_poll_us``: after serving a's kick the daemon keeps polling a's ring,
+    which asks for no kicks meanwhile, so a driver that kicks only when asked (DPDK's,
+    a kernel's) makes no system call for the next frames; they all arrive, in order, and
+    are counted. Once a's frames stop, the ring asks for kicks again, and a reload
+    that turns polling off applies at once."""
+    slaves = [SlaveSpec("a", [f"{A_IP}/24"], MAC_A), SlaveSpec("b", [f"{B_IP}/24"], MAC_B)]
+    with FrontendLab(tmp_path, slaves, ipv6=False, config_head="[daemon]\nbusy_poll_us = 1000000\n") as lab:
+        a, b = lab.frontend("a", features=features), lab.frontend("b", features=features)
+        event_idx = features is None
+        assert "busy polling: 1000000 us" in lab.log_text()
+        got: list[int] = []
+        kicked = []
+        for n in range(20):
+            kicked.append(a.transmit(frame(n), polite=True))
+            wait_until(lambda: len(numbers(b, got)) > n, 10, what=f"frame {n} at b")  # noqa: B023
+        assert got == list(range(20))
+        # a kick Python serves (a plan is made after it), one the plan serves, then the daemon
+        # polls; each time the main loop wakes for something else (a timer) its plan is
+        # dropped, the ring asks for kicks and the next two frames are kicked again
+        assert kicked[:2] == [True, True] and sum(kicked) <= 10, kicked
+        wait_until(lambda: a.txq.asks_for_kick(event_idx), 10, what="a's ring to ask for kicks again")
+        stats = Client(lab.control, timeout=20).call("stats")[MASTER]["slaves"]
+        assert stats["a"]["tx_packets"] == 20 and stats["b"]["rx_packets"] == 20
+
+        lab.config.write_text(lab.config.read_text().replace("busy_poll_us = 1000000", "busy_poll_us = 0"))
+        assert lab.daemon is not None
+        reloads = lab.log_text().count("reloaded")
+        lab.daemon.send_signal(signal.SIGHUP)
+        lab.wait_log("reloaded", reloads)
+        for n in range(20, 25):  # the ring asks for kicks again before b sees a frame: each one kicked
+            assert a.transmit(frame(n), polite=True)
+            wait_until(lambda: len(numbers(b, got)) > n, 10, what=f"frame {n} at b")  # noqa: B023
+        assert got == list(range(25))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import select
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -442,3 +443,74 @@ def test_an_unreadable_quiet_kick_is_handed_to_python() -> None:
     finally:
         epoll.close()
         os.close(kick)
+
+
+def test_busy_polling_serves_chains_made_available_without_a_kick(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """With busy polling (``poll_us``) the wait keeps looking at a's ring after serving
+    its kick, and the ring asks for no kicks meanwhile: chains a makes available without
+    kicking are served, with the same results as drain_tx. When the wait ends, the ring
+    asks for kicks again (Python, which serves only kicks, is in charge of it then)."""
+    served, reference, core = pair
+    core.core.poll_us = 1_000_000  # far beyond the driver's steps below: no kick will be wanted
+    fe = served.frontends["a"]
+    frames = [udp(), udp(C, C4), udp(OUTSIDE, "192.0.2.1"), udp(B, B6)] * 3
+    result: list[int] = []
+    waiting = threading.Thread(target=lambda: result.append(core.wait(2.0)))
+    assert fe.transmit(frames[0], polite=True)  # the ring asks for kicks: it is kicked
+    waiting.start()
+    try:
+        wait_until(lambda: fe.txq.used_idx() == 1, 10, what="the first chain served")
+        wait_until(lambda: not fe.txq.asks_for_kick(event_idx=True), 10, what="the ring to ask for no kicks")
+        kicked = []
+        for n, f in enumerate(frames[1:], 2):
+            kicked.append(fe.transmit(f, polite=True))
+            wait_until(partial(lambda n: fe.txq.used_idx() == n, n), 10, what=f"chain {n} served by polling")
+        assert kicked == [False] * (len(frames) - 1)
+    finally:
+        waiting.join(10)
+    assert result == [0]
+    assert core.core.stats() == {"served": 1, "handed": 0}  # one kick; the rest found by polling
+    assert fe.txq.asks_for_kick(event_idx=True)
+    for f in frames:
+        reference.frontends["a"].transmit(f)
+    reference.device("a").drain_tx()
+    assert state(served) == state(reference)
+
+
+def test_a_plan_dropped_while_polling_asks_for_kicks_again() -> None:
+    """The main loop takes the gate while a worker polls a quiet ring: the ring asks for
+    kicks again before the main loop runs (the plan is gone: only a kick brings Python)."""
+    port = make_port()
+    served = Served(port)
+    fe = port.frontends["a"]
+    try:
+        served.core.poll_us = 1_000_000
+        args = fastpath.plan_args(served.dev)
+        assert args is not None
+        served.core.register(*args, False)
+        fe.transmit(udp())
+        result: list[object] = []
+        waiting = threading.Thread(target=lambda: result.append(served.core.wait(10.0)))
+        waiting.start()
+        wait_until(lambda: fe.txq.used_idx() == 1, 10, what="the chain served")
+        wait_until(lambda: not fe.txq.asks_for_kick(event_idx=True), 10, what="the ring to ask for no kicks")
+        served.core.hold()
+        try:
+            assert fe.txq.asks_for_kick(event_idx=True)
+            assert served.dev.tx_packets == 1
+        finally:
+            served.core.let_go()
+        waiting.join(10)
+        assert result == [[]]
+    finally:
+        served.close()
+        port.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 1_000_001])
+def test_busy_polling_out_of_range_is_refused(pair: tuple[InprocPort, InprocPort, Served], bad: int) -> None:
+    core = pair[2].core
+    core.poll_us = 250
+    with pytest.raises(ValueError, match="poll_us must be between 0 and 1000000"):
+        core.poll_us = bad
+    assert core.poll_us == 250

@@ -90,6 +90,16 @@ class DriverQueue:
         value: int = struct.unpack_from("<H", self.mem, self.used)[0]
         return value
 
+    def avail_event(self) -> int:
+        """``avail_event`` (EVENT_IDX): the driver kicks when its avail index passes it."""
+        value: int = memoryview(self.mem)[self.used + 4 + 8 * self.num : self.used + 6 + 8 * self.num].cast("H")[0]
+        return value
+
+    def asks_for_kick(self, event_idx: bool) -> bool:
+        """Whether the device asks for a kick for the next chain made available (with
+        EVENT_IDX: ``avail_event`` is the current avail index; without: no NO_NOTIFY)."""
+        return self.avail_event() == self.avail_idx if event_idx else not self.used_flags() & VRING_USED_F_NO_NOTIFY
+
     def used_idx(self) -> int:
         """The used index, read in one 16-bit load (not byte by byte: see ``publish_avail``)."""
         value: int = memoryview(self.mem)[self.used + 2 : self.used + 4].cast("H")[0]
@@ -321,8 +331,9 @@ class FakeFrontend:
     def transmit(self, frame: bytes, hdr: bytes = bytes(net.HDR_LEN), *, split: bool = False, pair: int = 0,
                  polite: bool = False) -> bool:
         """Queue one frame on a TX ring and kick (optionally header in its own descriptor).
-        ``polite``: kick only if the device asks for kicks (without EVENT_IDX: used.flags
-        without NO_NOTIFY), as a driver does. Returns whether it kicked."""
+        ``polite``: kick only if the device asks for kicks (with EVENT_IDX: ``avail_event``
+        passed; without: used.flags without NO_NOTIFY), as a driver does. Returns whether it
+        kicked."""
         self.reclaim_tx(pair)
         txq = self.txqs[pair]
         data = hdr + frame
@@ -335,11 +346,15 @@ class FakeFrontend:
             txq.set_desc(j, addr + len(hdr), len(frame), 0)
         else:
             txq.set_desc(i, addr, len(data), 0)
+        old = txq.avail_idx
         txq.make_available(i)
         if polite:
             with _FENCE:  # a full barrier (a locked instruction) between avail.idx and used.flags
                 pass
-            if txq.used_flags() & VRING_USED_F_NO_NOTIFY:
+            if self.features & net.bit(net.F_RING_EVENT_IDX):
+                if (txq.avail_idx - txq.avail_event() - 1) & 0xFFFF >= (txq.avail_idx - old) & 0xFFFF:
+                    return False  # vring_need_event: avail_event not passed
+            elif txq.used_flags() & VRING_USED_F_NO_NOTIFY:
                 return False
         os.eventfd_write(self.kick[2 * pair + 1], 1)
         return True

@@ -17,7 +17,7 @@ from tests.support.wait import wait_until
 from vhost_ipvlan import config as cfg
 from vhost_ipvlan.daemon import fastpath, fdbudget
 from vhost_ipvlan.daemon.workers import Workers
-from vhost_ipvlan.errors import ConfigError
+from vhost_ipvlan.errors import ConfigError, NoSuchInterface
 
 
 @pytest.fixture(params=[True, False], ids=["core", "python"])
@@ -180,6 +180,50 @@ def test_config_workers_round_trips() -> None:
     assert c.daemon.workers == 2
     assert cfg.parse(cfg.to_data(c)) == c
     assert cfg.parse({}).daemon.workers == 1 and "daemon" not in cfg.to_data(cfg.parse({}))
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("-1", "-1 is not a number of microseconds from 0 to 1000000"),
+    ("1000001", "1000001 is not a number of microseconds from 0 to 1000000"),
+    ("0.5", "0.5 is not a number of microseconds"),
+    ("true", "True is not a number of microseconds"),
+])
+def test_config_refuses_a_bad_busy_poll(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"daemon.busy_poll_us: {message}"):
+        cfg.parse(tomllib.loads(f"[daemon]\nbusy_poll_us = {value}\n"))
+
+
+def test_config_busy_poll_round_trips() -> None:
+    c = cfg.parse(tomllib.loads("[daemon]\nbusy_poll_us = 50\n"))
+    assert c.daemon.busy_poll_us == 50
+    assert cfg.parse(cfg.to_data(c)) == c
+    assert cfg.parse({}).daemon.busy_poll_us == 0
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_busy_polling_applies_to_every_loop_at_once_and_a_failed_reload_puts_it_back(count: int) -> None:
+    """``daemon.busy_poll_us`` reaches every loop's WorkerCore (the main loop's with one
+    worker) on apply, and goes back to what it was when the rest of the reload fails."""
+    from vhost_ipvlan.config import Config, DaemonConfig, PortConfig
+    from vhost_ipvlan.daemon.topology import Topology
+
+    if fastpath.ext is None:
+        pytest.skip("the C accelerator is not built")
+    w = Workers(count)
+    loop = asyncio.SelectorEventLoop(w.main_selector())
+    try:
+        assert len(w.cores()) == count
+        topo = Topology(loop, w)
+        topo.apply(Config((), DaemonConfig(workers=count, busy_poll_us=40)))
+        assert [c.poll_us for c in w.cores()] == [40] * count
+        with pytest.raises(NoSuchInterface):  # nothing of it applies
+            topo.apply(Config((PortConfig("vi-no-such-if", "l2", "bridge", ()),),
+                              DaemonConfig(workers=count, busy_poll_us=90)))
+        assert [c.poll_us for c in w.cores()] == [40] * count and topo.config.daemon.busy_poll_us == 40
+    finally:
+        w.let_go()
+        w.stop()
+        loop.close()
 
 
 class _RecordingEpoll:

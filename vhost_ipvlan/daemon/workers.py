@@ -231,10 +231,13 @@ class Worker:
         #: its selector's sets of devices to plan and of those with chains waiting
         #: (``_CoreSelector``; None: no C accelerator): the ports' ``PortDatapath.plans``
         self.plans: tuple[set[NetDevice], set[NetDevice]] | None = None
+        #: its selector's WorkerCore (None: no C accelerator)
+        self.core: Any = None
         if core and core_wanted():
             selector = _CoreSelector()
             self.gate: Gate | Any = selector.core  # the same four methods, in C
             self.plans = selector.wanted, selector.more
+            self.core = selector.core
         else:
             self.gate = Gate()
             selector = _GatedSelector(self.gate.leave, self.gate.enter)
@@ -293,8 +296,10 @@ class Workers:
         self._held = bool(self._workers)
         self._core = core
         #: with one worker: the main loop's plan sets, once ``main_selector`` gave it a
-        #: ``_CoreSelector`` (``wanted``)
+        #: ``_CoreSelector`` (``wanted``), and its WorkerCore
         self._main_plans: tuple[set[NetDevice], set[NetDevice]] | None = None
+        self._main_core: Any = None
+        self._busy_poll_us = 0
 
     @property
     def threads(self) -> int:
@@ -317,8 +322,28 @@ class Workers:
             return selectors.DefaultSelector()
         selector = _CoreSelector()
         selector.core.enter()
+        selector.core.poll_us = self._busy_poll_us
         self._main_plans = selector.wanted, selector.more
+        self._main_core = selector.core
         return selector
+
+    @property
+    def busy_poll_us(self) -> int:
+        """``[daemon] busy_poll_us``: how long each loop's WorkerCore polls the rings it
+        serves after their last chain (``_fastpath.c``: busy polling). Set from the main
+        loop (which holds every worker's gate): it applies at each loop's next wait."""
+        return self._busy_poll_us
+
+    @busy_poll_us.setter
+    def busy_poll_us(self, us: int) -> None:
+        self._busy_poll_us = us
+        for core in self.cores():
+            core.poll_us = us
+
+    def cores(self) -> list[Any]:
+        """The loops' WorkerCores: none without the C accelerator (busy polling is C's)."""
+        cores = [w.core for w in self._workers if w.core is not None]
+        return cores + ([self._main_core] if self._main_core is not None else [])
 
     # -- the main loop's side of the gates ---------------------------------------
 
