@@ -2318,6 +2318,15 @@ static plan_t *core_plan(core_t *c, int fd)
     return NULL;
 }
 
+/* Whether the wait hands ``fd`` to Python already (its handler drains the ring). */
+static int core_handed(const struct epoll_event *evs, int nout, int fd)
+{
+    for (int i = 0; i < nout; i++)
+        if (evs[i].data.fd == fd)
+            return 1;
+    return 0;
+}
+
 /* wait(timeout) -> [(fd, events), ...]: see the theory above. Called by the worker with
  * its gate and the GIL; returns with both, every plan written back and dropped. */
 static PyObject *core_wait(core_t *c, PyObject *arg)
@@ -2404,7 +2413,7 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
     c->polling = 0;
     for (int i = 0; i < c->nplans; i++) { /* chains waiting, no kick to come: Python's */
         plan_t *p = &c->plans[i];
-        if (p->quiet && plan_arm(c, p))
+        if (p->quiet && plan_arm(c, p) && !core_handed(evs, nout, p->kick))
             p->more = 1;
         if (!err && p->more && nout < CORE_EVENTS) {
             p->more = 0; /* handed over (else core_drop leaves it to the next select) */

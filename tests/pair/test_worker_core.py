@@ -21,6 +21,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from tests.pair.test_fastpath import A4, A6, B4, B6, C4, A, B, C, make_port
+from tests.support.frontend import FakeFrontend
 from tests.support.inproc import InprocPort
 from tests.support.wait import wait_until
 from vhost_ipvlan.daemon import fastpath
@@ -445,6 +446,14 @@ def test_an_unreadable_quiet_kick_is_handed_to_python() -> None:
         os.close(kick)
 
 
+def wait_quiet(core: object, fe: FakeFrontend) -> None:
+    """Wait until the core served a's first kick and, polling, a's ring asks for no kicks
+    (after the kick the ring asks for kicks until the wait's next look: a ring just
+    published and not yet asked for kicks would look quiet too)."""
+    wait_until(lambda: core.stats()["served"] == 1, 10, what="the first kick served")  # type: ignore[attr-defined]
+    wait_until(lambda: not fe.txq.asks_for_kick(event_idx=True), 10, what="the ring to ask for no kicks")
+
+
 def test_busy_polling_serves_chains_made_available_without_a_kick(pair: tuple[InprocPort, InprocPort, Served]) -> None:
     """With busy polling (``poll_us``) the wait keeps looking at a's ring after serving
     its kick, and the ring asks for no kicks meanwhile: chains a makes available without
@@ -459,8 +468,7 @@ def test_busy_polling_serves_chains_made_available_without_a_kick(pair: tuple[In
     assert fe.transmit(frames[0], polite=True)  # the ring asks for kicks: it is kicked
     waiting.start()
     try:
-        wait_until(lambda: fe.txq.used_idx() == 1, 10, what="the first chain served")
-        wait_until(lambda: not fe.txq.asks_for_kick(event_idx=True), 10, what="the ring to ask for no kicks")
+        wait_quiet(core.core, fe)
         kicked = []
         for n, f in enumerate(frames[1:], 2):
             kicked.append(fe.transmit(f, polite=True))
@@ -492,8 +500,7 @@ def test_a_plan_dropped_while_polling_asks_for_kicks_again() -> None:
         result: list[object] = []
         waiting = threading.Thread(target=lambda: result.append(served.core.wait(10.0)))
         waiting.start()
-        wait_until(lambda: fe.txq.used_idx() == 1, 10, what="the chain served")
-        wait_until(lambda: not fe.txq.asks_for_kick(event_idx=True), 10, what="the ring to ask for no kicks")
+        wait_quiet(served.core, fe)
         served.core.hold()
         try:
             assert fe.txq.asks_for_kick(event_idx=True)
@@ -514,3 +521,28 @@ def test_busy_polling_out_of_range_is_refused(pair: tuple[InprocPort, InprocPort
     with pytest.raises(ValueError, match="poll_us must be between 0 and 1000000"):
         core.poll_us = bad
     assert core.poll_us == 250
+
+
+def test_a_frame_for_python_found_by_polling_is_handed_over_once(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """Polling (or the kick, if the ring asked for kicks again before the driver looked)
+    finds a chain that is Python's (an ARP request): the wait hands a's kick over once
+    (the ring, asked for kicks again, still has the chain: that is the same hand-over, not
+    a second one), and Python's drain ends as drain_tx does."""
+    served, reference, core = pair
+    core.core.poll_us = 1_000_000
+    fe = served.frontends["a"]
+    arp = bytes(Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=A, psrc=A4, pdst=B4))
+    result: list[int] = []
+    waiting = threading.Thread(target=lambda: result.append(core.wait(10.0)))
+    assert fe.transmit(udp(), polite=True)
+    waiting.start()
+    try:
+        wait_quiet(core.core, fe)
+        fe.transmit(arp, polite=True)  # a kick if polling found it and asked for kicks again first: right either way
+    finally:
+        waiting.join(10)
+    assert result == [1]
+    for f in (udp(), arp):
+        reference.frontends["a"].transmit(f)
+    reference.device("a").drain_tx()
+    assert state(served) == state(reference)
