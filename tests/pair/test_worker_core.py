@@ -546,3 +546,28 @@ def test_a_frame_for_python_found_by_polling_is_handed_over_once(pair: tuple[Inp
         reference.frontends["a"].transmit(f)
     reference.device("a").drain_tx()
     assert state(served) == state(reference)
+
+
+def test_the_ring_asks_for_kicks_again_when_polling_ends_inside_a_wait(
+        pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """The poll window ends while the wait goes on (a long timeout, no Python timer to end
+    it): the ring asks for kicks again before the wait sleeps, so a driver that kicks
+    only when asked is served at once, not when the wait ends."""
+    served, _, core = pair
+    core.core.poll_us = 200_000
+    fe = served.frontends["a"]
+    result: list[int] = []
+    waiting = threading.Thread(target=lambda: result.append(core.wait(30.0)))
+    assert fe.transmit(udp(), polite=True)
+    waiting.start()
+    try:
+        wait_quiet(core.core, fe)
+        wait_until(lambda: fe.txq.asks_for_kick(event_idx=True), 10, what="the ring to ask for kicks in the wait")
+        assert fe.transmit(udp(C, C4), polite=True)
+        wait_until(lambda: fe.txq.used_idx() == 2, 10, what="the kicked chain served in the same wait")
+        assert waiting.is_alive() and core.core.stats()["served"] == 2
+    finally:
+        core.core.hold()  # ends the wait (it returns nothing): the main loop took the gate
+        core.core.let_go()
+        waiting.join(10)
+    assert result == [0]
