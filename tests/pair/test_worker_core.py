@@ -446,6 +446,15 @@ def test_an_unreadable_quiet_kick_is_handed_to_python() -> None:
         os.close(kick)
 
 
+def start_wait(core: Served, timeout: float) -> tuple[threading.Thread, list[int]]:
+    """``core.wait(timeout)`` running on a thread, as a worker's wait; the number of
+    events it handed to Python lands in the list."""
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(core.wait(timeout)))
+    thread.start()
+    return thread, result
+
+
 def wait_quiet(core: object, fe: FakeFrontend) -> None:
     """Wait until the core served a's first kick and, polling, a's ring asks for no kicks
     (after the kick the ring asks for kicks until the wait's next look: a ring just
@@ -463,10 +472,8 @@ def test_busy_polling_serves_chains_made_available_without_a_kick(pair: tuple[In
     core.core.poll_us = 1_000_000  # far beyond the driver's steps below: no kick will be wanted
     fe = served.frontends["a"]
     frames = [udp(), udp(C, C4), udp(OUTSIDE, "192.0.2.1"), udp(B, B6)] * 3
-    result: list[int] = []
-    waiting = threading.Thread(target=lambda: result.append(core.wait(2.0)))
     assert fe.transmit(frames[0], polite=True)  # the ring asks for kicks: it is kicked
-    waiting.start()
+    thread, result = start_wait(core, 2.0)
     try:
         wait_quiet(core.core, fe)
         kicked = []
@@ -475,7 +482,7 @@ def test_busy_polling_serves_chains_made_available_without_a_kick(pair: tuple[In
             wait_until(partial(lambda n: fe.txq.used_idx() == n, n), 10, what=f"chain {n} served by polling")
         assert kicked == [False] * (len(frames) - 1)
     finally:
-        waiting.join(10)
+        thread.join(10)
     assert result == [0]
     assert core.core.stats() == {"served": 1, "handed": 0}  # one kick; the rest found by polling
     assert fe.txq.asks_for_kick(event_idx=True)
@@ -532,15 +539,13 @@ def test_a_frame_for_python_found_by_polling_is_handed_over_once(pair: tuple[Inp
     core.core.poll_us = 1_000_000
     fe = served.frontends["a"]
     arp = bytes(Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=A, psrc=A4, pdst=B4))
-    result: list[int] = []
-    waiting = threading.Thread(target=lambda: result.append(core.wait(10.0)))
     assert fe.transmit(udp(), polite=True)
-    waiting.start()
+    thread, result = start_wait(core, 10.0)
     try:
         wait_quiet(core.core, fe)
         fe.transmit(arp, polite=True)  # a kick if polling found it and asked for kicks again first: right either way
     finally:
-        waiting.join(10)
+        thread.join(10)
     assert result == [1]
     for f in (udp(), arp):
         reference.frontends["a"].transmit(f)
@@ -556,18 +561,16 @@ def test_the_ring_asks_for_kicks_again_when_polling_ends_inside_a_wait(
     served, _, core = pair
     core.core.poll_us = 200_000
     fe = served.frontends["a"]
-    result: list[int] = []
-    waiting = threading.Thread(target=lambda: result.append(core.wait(30.0)))
     assert fe.transmit(udp(), polite=True)
-    waiting.start()
+    thread, result = start_wait(core, 30.0)
     try:
         wait_quiet(core.core, fe)
         wait_until(lambda: fe.txq.asks_for_kick(event_idx=True), 10, what="the ring to ask for kicks in the wait")
         assert fe.transmit(udp(C, C4), polite=True)
         wait_until(lambda: fe.txq.used_idx() == 2, 10, what="the kicked chain served in the same wait")
-        assert waiting.is_alive() and core.core.stats()["served"] == 2
+        assert thread.is_alive() and core.core.stats()["served"] == 2
     finally:
         core.core.hold()  # ends the wait (it returns nothing): the main loop took the gate
         core.core.let_go()
-        waiting.join(10)
+        thread.join(10)
     assert result == [0]
