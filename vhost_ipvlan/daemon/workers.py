@@ -135,6 +135,8 @@ class _CoreSelector(selectors.EpollSelector):
         #: of a plan dropped before it served them, by the main loop's ``hold`` mid-wait)
         self.wanted: set[NetDevice] = set()
         self.more: set[NetDevice] = set()
+        #: both, as its ports' ``PortDatapath.plans``
+        self.plans = self.wanted, self.more
         self.core = fastpath.ext.WorkerCore(self.fileno(), DropReason.CALL_FAILED, DropReason.UPLINK_SEND_FAILED,
                                             DropReason.RX_RING_FULL, self.more)
 
@@ -236,7 +238,7 @@ class Worker:
         if core and core_wanted():
             selector = _CoreSelector()
             self.gate: Gate | Any = selector.core  # the same four methods, in C
-            self.plans = selector.wanted, selector.more
+            self.plans = selector.plans
             self.core = selector.core
         else:
             self.gate = Gate()
@@ -295,10 +297,9 @@ class Workers:
         self._workers = [Worker(i, self._died, core) for i in range(count)] if count > 1 else []
         self._held = bool(self._workers)
         self._core = core
-        #: with one worker: the main loop's plan sets, once ``main_selector`` gave it a
-        #: ``_CoreSelector`` (``wanted``), and its WorkerCore
-        self._main_plans: tuple[set[NetDevice], set[NetDevice]] | None = None
-        self._main_core: Any = None
+        #: with one worker: the main loop's selector, once ``main_selector`` gave it a
+        #: ``_CoreSelector`` (its plan sets: ``wanted``; its WorkerCore: ``cores``)
+        self._main: _CoreSelector | None = None
         self._busy_poll_us = 0
 
     @property
@@ -323,8 +324,7 @@ class Workers:
         selector = _CoreSelector()
         selector.core.enter()
         selector.core.poll_us = self._busy_poll_us
-        self._main_plans = selector.wanted, selector.more
-        self._main_core = selector.core
+        self._main = selector
         return selector
 
     @property
@@ -343,7 +343,7 @@ class Workers:
     def cores(self) -> list[Any]:
         """The loops' WorkerCores: none without the C accelerator (busy polling is C's)."""
         cores = [w.core for w in self._workers if w.core is not None]
-        return cores + ([self._main_core] if self._main_core is not None else [])
+        return cores + ([self._main.core] if self._main is not None else [])
 
     # -- the main loop's side of the gates ---------------------------------------
 
@@ -390,7 +390,9 @@ class Workers:
         """Worker ``index``'s sets of devices to plan and of those with chains waiting
         (``_CoreSelector``; with one worker, the main loop's), or None: its kicks all go
         through Python (no C accelerator, or a main loop not made by ``main_selector``)."""
-        return self._workers[index].plans if self._workers else self._main_plans
+        if self._workers:
+            return self._workers[index].plans
+        return self._main.plans if self._main is not None else None
 
     def port_removed(self, index: int) -> None:
         if self._workers:
