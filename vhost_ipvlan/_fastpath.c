@@ -1710,6 +1710,13 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   target whose TX ring has chains waiting (flush's rule: Python drains it before
  *   publishing its RX ring), an unreadable kick. It counts no drop: anything that would
  *   be dropped is Python's.
+ * - While serve takes a TX ring's chains, a ring without EVENT_IDX asks for no kicks
+ *   (plan_quiet, as device.py's _drain and vhost-net's handle_tx): a DPDK driver checks
+ *   used.flags after every burst and would otherwise kick (a system call) for each. It
+ *   asks for kicks again when serve empties it, when serve hands the rest to Python, and,
+ *   cut by its budget, when the wait ends or the plan is dropped (not between the
+ *   wait's rounds: the next round serves it anyway). With EVENT_IDX the driver kicks
+ *   once per avail_event written already.
  * - Busy polling (poll_us, ``[daemon] busy_poll_us``; vhost-net's busyloop_timeout): for
  *   poll_us after the last chain it took (in this wait or an earlier one: Python's timers
  *   end waits), the wait does not sleep: it looks at the
@@ -2122,6 +2129,8 @@ fail:
 }
 
 /* -- serving a kick, without the GIL -- */
+static int ring_waiting(const queue_t *q) { return ring16(&q->avail, 1) != q->last_avail; }
+
 static int plan_local(const plan_t *p, const unsigned char *mac)
 {
     for (int i = 0; i < p->nlocal; i++)
@@ -2183,8 +2192,6 @@ static int plan_frame(core_t *c, plan_t *p, wire_t *w, unsigned char *buf, uint3
     return 1;
 }
 
-static int ring_waiting(const queue_t *q) { return ring16(&q->avail, 1) != q->last_avail; }
-
 /* One burst of plan p's TX ring, device.py's _drain (gate held, no GIL): 0 when done (the
  * ring empty, published and asking for kicks, or the burst budget spent: ``more``, served
  * again in the next round), 1 when the rest is Python's. The targets are left touched. */
@@ -2197,6 +2204,8 @@ static int serve_tx(core_t *c, plan_t *p)
     wire_t w = {p->wire_fd, NULL, NULL, 0, 0, 0, 0};
     long frames = 0;
     int rc = 1;
+    if (!q->event_idx && !p->quiet && ring_waiting(q))
+        plan_quiet(c, p); /* no kick per burst while this one runs (device.py's _drain) */
     for (;;) {
         uint16_t avail_idx = ring16(&q->avail, 1);
         uint32_t pending = (uint16_t)(avail_idx - q->last_avail);
@@ -2215,6 +2224,8 @@ static int serve_tx(core_t *c, plan_t *p)
                 rc = 0;
                 break;
             }
+            if (!q->event_idx)
+                plan_quiet(c, p); /* more came: quiet again while they are taken */
             avail_idx = ring16(&q->avail, 1);
         }
         if (pending > q->num)
@@ -2249,6 +2260,8 @@ static int serve_tx(core_t *c, plan_t *p)
     }
     if (w.n)
         wire_flush(&w);
+    if (rc && p->quiet && !c->polling)
+        plan_arm(c, p); /* Python drains the rest (device.py's _drain asks for no kicks itself) */
     c->took |= frames > 0;
     p->wire_sent += w.sent;
     p->wire_failed += w.failed;
@@ -2365,7 +2378,7 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
             plan_t *p = &c->plans[i];
             if (c->polling && !p->quiet) /* polling: its chains are found without a kick */
                 plan_quiet(c, p);
-            else if (!c->polling && p->quiet && plan_arm(c, p)) /* about to sleep: kicks again */
+            else if (!c->polling && p->quiet && !p->more && plan_arm(c, p)) /* about to sleep: kicks again */
                 p->more = 1;
             more |= p->more;
         }

@@ -40,9 +40,9 @@ def mac(text: str) -> bytes:
 
 
 def make_port(flag: str = "bridge", mode: str = "l2", b_queues: int = 1,
-              uplink: Callable[[], VethUplink] | None = None) -> InprocPort:
+              uplink: Callable[[], VethUplink] | None = None, event_idx: bool = True) -> InprocPort:
     """Guests a, b and c; b with ``b_queues`` queue pairs, every one enabled; ``uplink``
-    as ``InprocPort``'s."""
+    and ``event_idx`` (the front-ends') as ``InprocPort``'s."""
     import ipaddress
 
     def ip(t: str) -> bytes:
@@ -52,7 +52,7 @@ def make_port(flag: str = "bridge", mode: str = "l2", b_queues: int = 1,
         ("a", [ip(A4), ip(A6)], mac(A)),
         ("b", [ip(B4), ip(B6)], mac(B)),
         ("c", [ip(C4)], mac(C)),
-    ], flag=flag, mode=mode, queues={"b": (b_queues, b_queues)}, uplink=uplink)
+    ], flag=flag, mode=mode, queues={"b": (b_queues, b_queues)}, uplink=uplink, event_idx=event_idx)
 
 
 def received_by(fe: frontend.FakeFrontend) -> object:

@@ -75,9 +75,11 @@ class Served:
         self.epoll.close()
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[InprocPort, InprocPort, Served]]:
-    served, reference = make_port(), make_port()
+@pytest.fixture(params=[True, False], ids=["event_idx", "no_event_idx"])
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[InprocPort, InprocPort, Served]]:
+    """The served port and the reference, their front-ends with EVENT_IDX (a Linux guest)
+    and without (DPDK's split rings: kicks are asked for with used.flags)."""
+    served, reference = make_port(event_idx=request.param), make_port(event_idx=request.param)
     core = Served(served)
     try:
         yield served, reference, core
@@ -89,14 +91,14 @@ def pair() -> Iterator[tuple[InprocPort, InprocPort, Served]]:
 
 def state(port: InprocPort) -> dict[str, object]:
     """Everything a guest and ``stats`` can see: frames received, counters, drops, the
-    rings' indices; and the wire's frames."""
+    rings' indices, whether its TX ring asks for kicks; and the wire's frames."""
     out: dict[str, object] = {"wire": list(port.uplink.sent)}
     for name, fe in port.frontends.items():
         dev = port.device(name)
         rings = [(q.last_avail, q.used_idx, q._published, q.walked)
                  for p in dev.pairs for q in (p.rx, p.tx) if q is not None]
         out[name] = (fe.receive(), dev.counters(), counts(dev.drops, dev.slave.drops), rings,
-                     [p.stats() for p in dev.pairs])
+                     [p.stats() for p in dev.pairs], fe.asks_for_kick())
     out["uplink_tx"] = port.dp.uplink_tx
     return out
 
@@ -460,7 +462,7 @@ def wait_quiet(core: object, fe: FakeFrontend) -> None:
     (after the kick the ring asks for kicks until the wait's next look: a ring just
     published and not yet asked for kicks would look quiet too)."""
     wait_until(lambda: core.stats()["served"] == 1, 10, what="the first kick served")  # type: ignore[attr-defined]
-    wait_until(lambda: not fe.txq.asks_for_kick(event_idx=True), 10, what="the ring to ask for no kicks")
+    wait_until(lambda: not fe.asks_for_kick(), 10, what="the ring to ask for no kicks")
 
 
 def test_busy_polling_serves_chains_made_available_without_a_kick(pair: tuple[InprocPort, InprocPort, Served]) -> None:
@@ -485,7 +487,7 @@ def test_busy_polling_serves_chains_made_available_without_a_kick(pair: tuple[In
         thread.join(10)
     assert result == [0]
     assert core.core.stats() == {"served": 1, "handed": 0}  # one kick; the rest found by polling
-    assert fe.txq.asks_for_kick(event_idx=True)
+    assert fe.asks_for_kick()
     for f in frames:
         reference.frontends["a"].transmit(f)
     reference.device("a").drain_tx()
@@ -510,7 +512,7 @@ def test_a_plan_dropped_while_polling_asks_for_kicks_again() -> None:
         wait_quiet(served.core, fe)
         served.core.hold()
         try:
-            assert fe.txq.asks_for_kick(event_idx=True)
+            assert fe.asks_for_kick()
             assert served.dev.tx_packets == 1
         finally:
             served.core.let_go()
@@ -565,7 +567,7 @@ def test_the_ring_asks_for_kicks_again_when_polling_ends_inside_a_wait(
     thread, result = start_wait(core, 30.0)
     try:
         wait_quiet(core.core, fe)
-        wait_until(lambda: fe.txq.asks_for_kick(event_idx=True), 10, what="the ring to ask for kicks in the wait")
+        wait_until(lambda: fe.asks_for_kick(), 10, what="the ring to ask for kicks in the wait")
         assert fe.transmit(udp(C, C4), polite=True)
         wait_until(lambda: fe.txq.used_idx() == 2, 10, what="the kicked chain served in the same wait")
         assert thread.is_alive() and core.core.stats()["served"] == 2

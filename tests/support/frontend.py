@@ -116,8 +116,8 @@ class DriverQueue:
 class FakeFrontend:
     """Drives one vhost-user back-end connection like a (very simple) QEMU."""
 
-    def __init__(self, features: int | None = None, *, mergeable: bool = True, sealing: str = "none",
-                 queues: int = 1, enabled: int | None = None) -> None:
+    def __init__(self, features: int | None = None, *, mergeable: bool = True, event_idx: bool = True,
+                 sealing: str = "none", queues: int = 1, enabled: int | None = None) -> None:
         # sealing: "none" (a memfd that cannot be sealed, as DPDK's), "allow" (sealable,
         # no seals yet) or "shrink" (sealed against shrinking, as QEMU's memfd backend)
         flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealing != "none" else 0)
@@ -139,6 +139,7 @@ class FakeFrontend:
         self.call = [os.eventfd(0, os.EFD_NONBLOCK) for _ in self.vqs]
         self.want = features
         self.mergeable = mergeable
+        self.event_idx = event_idx  # False: without VIRTIO_RING_F_EVENT_IDX, as DPDK's split rings
         self.features = 0
         self.protocol_features = 0
         self.log_fd = -1
@@ -211,6 +212,8 @@ class FakeFrontend:
         want = self.want if self.want is not None else offered & ~net.bit(codec.F_LOG_ALL)
         if not self.mergeable:
             want &= ~net.bit(net.F_MRG_RXBUF)
+        if not self.event_idx:
+            want &= ~net.bit(net.F_RING_EVENT_IDX)
         self.features = want & offered
         for i in range(len(self.vqs)):
             self.send(Request.SET_VRING_CALL, codec.U64.pack(i), [self.call[i]])
@@ -327,6 +330,11 @@ class FakeFrontend:
             rxq.set_desc(i, self._buf_addr(2 * pair, i), BUF_SIZE, VRING_DESC_F_WRITE)
             rxq.make_available(i)
         os.eventfd_write(self.kick[2 * pair], 1)
+
+    def asks_for_kick(self, pair: int = 0) -> bool:
+        """Whether the device asks for a kick on TX ring ``pair`` (``DriverQueue.asks_for_kick``
+        as negotiated: ``avail_event`` with EVENT_IDX, ``used.flags`` without)."""
+        return self.txqs[pair].asks_for_kick(bool(self.features & net.bit(net.F_RING_EVENT_IDX)))
 
     def transmit(self, frame: bytes, hdr: bytes = bytes(net.HDR_LEN), *, split: bool = False, pair: int = 0,
                  polite: bool = False) -> bool:

@@ -206,9 +206,11 @@ class FixedRouter:
 
 class InprocPort:
     def __init__(self, guests: list[tuple[str, list[bytes], bytes | None]], *, mergeable: bool = True,
-                 flag: str = "bridge", mode: str = "l2", queues: dict[str, tuple[int, int]] | None = None,
+                 event_idx: bool = True, flag: str = "bridge", mode: str = "l2",
+                 queues: dict[str, tuple[int, int]] | None = None,
                  uplink: Callable[[], VethUplink] | None = None) -> None:
         """``queues``: guest name -> (queue pairs, how many of them the guest enables); default (1, 1).
+        ``event_idx``: whether the front-ends take VIRTIO_RING_F_EVENT_IDX (DPDK's split rings do not).
         ``uplink``: makes the master (``vethuplink.VethUplink``); default a socket pair."""
         self.port = Port("inproc", MASTER_MAC, mode, flag)
         self.uplink: _Uplink | VethUplink = _Uplink() if uplink is None else uplink()
@@ -224,7 +226,7 @@ class InprocPort:
             self.dp.devices[name] = dev
             session = Session(_Host(), dev)
             dev.attach(session)
-            fe = FakeFrontend(mergeable=mergeable, queues=pairs, enabled=enabled)
+            fe = FakeFrontend(mergeable=mergeable, event_idx=event_idx, queues=pairs, enabled=enabled)
 
             def transport(data: bytes, fds: list[int], session: Session = session) -> bytes | None:
                 request, flags, _ = codec.decode_header(data)

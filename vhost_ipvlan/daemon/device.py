@@ -57,7 +57,11 @@ Rules:
 - A TX drain is bounded in frames (``BURST``) and in descriptors walked
   (``DESC_BUDGET``, zero-length and indirect descriptors included; one chain
   costs at most the queue size + 1, so a drain stops within ``DESC_BUDGET + num``);
-  the rest is rescheduled so one guest cannot starve the others. The C
+  the rest is rescheduled so one guest cannot starve the others. While a drain
+  takes chains, and until a drain empties the ring, the ring asks for no kicks
+  (``suppress_kicks``, then ``want_kick``; vhost-net's ``vhost_disable_notify``): a
+  driver without EVENT_IDX (DPDK's) would otherwise kick after every burst it adds. A
+  stopped TX ring is handed back asking for kicks. The C
   accelerator forwards single-descriptor chains only, so it is given the smaller
   of the two budgets as its frame budget and stops exactly where Python would.
   Every copy of a flooded frame counts as one more frame of the burst's budget.
@@ -335,6 +339,7 @@ class NetDevice:
         pair = self.pairs[pair_of(vring.index)]
         if vring.index & 1 == TX:
             if pair.tx is not None:  # what it used is the guest's before GET_VRING_BASE answers
+                pair.tx.allow_kicks()  # a burst cut by its budget left none asked for: the next back-end waits for them
                 self._publish(pair.tx, pair.tx_call)
             pair.tx = None
         else:
@@ -516,6 +521,8 @@ class NetDevice:
         fp = fastpath.ext
         fast = self.dp.fast_args(self) if pair.tx_enabled else None
         try:
+            if q.pending():
+                q.suppress_kicks()  # no kick per burst while this one runs (vhost_disable_notify)
             while True:
                 while budget and q.walked < limit:
                     if fast is not None and fp is not None:
@@ -561,6 +568,7 @@ class NetDevice:
                     break
                 if not q.want_kick():
                     break
+                q.suppress_kicks()  # more came: quiet again while they are taken
         except GuestError as e:
             self.break_queue(2 * pair.index + TX, e)
 

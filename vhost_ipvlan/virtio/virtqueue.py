@@ -40,6 +40,8 @@ Rules:
   for (an RX ring: frames are never queued for its buffers) says so
   (``suppress_kicks``): ``used.flags`` NO_NOTIFY without EVENT_IDX; with it
   ``avail_event`` is left where it is, so the driver kicks once per 65536 chains.
+  A TX ring says so too while its chains are being taken (device.py's ``_drain``,
+  vhost-net's ``vhost_disable_notify``), and asks again (``want_kick``) once empty.
   ``allow_kicks`` clears the flag (for the next back-end of a ring being stopped), and
   so does ``want_kick``, which also clears one an earlier back-end left (one that
   polled the ring: the guest would never kick otherwise). Before trusting an
