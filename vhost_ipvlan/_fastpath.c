@@ -1787,7 +1787,7 @@ typedef struct {
     long long packets, bytes, kicks; /* kicks: served here (NetDevice.core_kicks) */
     long call_failed, wire_sent, wire_failed;
     int more;                /* the budget ended the last burst: chains are waiting */
-    int quiet;               /* its ring asks for no kicks: the wait polls it (busy_poll) */
+    int quiet;               /* its ring asks for no kicks: being served, cut by its budget, or polled */
     unsigned long long drained; /* the flush (c->flushes) that drained it last */
     unsigned long long round; /* the wait round that served it last */
 } plan_t;
@@ -1874,11 +1874,13 @@ static void plan_release(plan_t *p)
         }                                                     \
     } while (0)
 
-/* Busy polling: while the wait polls a plan's TX ring, the ring asks the driver for no
- * kicks (virtqueue.py's suppress_kicks: used.flags NO_NOTIFY; with EVENT_IDX, avail_event
- * one behind the chains taken, so a kick comes after 65535 more), which saves the driver a
- * system call per burst and the daemon a wake-up. plan_arm asks for kicks again
- * (want_kick) before the wait sleeps or the plan is dropped: how many chains wait. */
+/* While serve_tx takes a plan's TX ring's chains (without EVENT_IDX), and while the wait
+ * polls it (busy polling), the ring asks the driver for no kicks (virtqueue.py's
+ * suppress_kicks: used.flags NO_NOTIFY; with EVENT_IDX, avail_event one behind the chains
+ * taken, so a kick comes after 65535 more), which saves the driver a system call per
+ * burst and, polling, the daemon a wake-up. plan_arm asks for kicks again (want_kick)
+ * when the ring is empty, before the wait sleeps, when the rest is Python's, or the plan
+ * is dropped: how many chains wait. */
 static void plan_quiet(core_t *c, plan_t *p)
 {
     queue_t *q = &c->slots[p->tx].q;

@@ -11,6 +11,7 @@ both do it; test_worker_core.py checks that they end in the same state.
 
 from __future__ import annotations
 
+import struct
 import threading
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from tests.pair.test_fastpath import make_port
 from tests.pair.test_worker_core import Served, udp
 from vhost_ipvlan.daemon import device, fastpath
+from vhost_ipvlan.drops import counts
 
 
 @pytest.mark.parametrize("event_idx", [False, True], ids=["no_event_idx", "event_idx"])
@@ -58,6 +60,46 @@ def test_a_stopped_tx_ring_asks_for_kicks_again(monkeypatch: pytest.MonkeyPatch)
         port.device("a").drain_tx()
         assert not fe.asks_for_kick()
         assert fe.vring_base(1) == 64
+        assert fe.asks_for_kick()
+    finally:
+        port.close()
+
+
+def test_a_ring_broken_mid_burst_is_handed_back_asking_for_kicks() -> None:
+    """The third of five chains points outside guest memory: the ring is broken (the
+    guest's fault) in the middle of a burst that asked for no kicks, and is left asking
+    for kicks, as a stopped ring, for whatever drives it next."""
+    port = make_port(event_idx=False)
+    try:
+        fe, dev = port.frontends["a"], port.device("a")
+        for _ in range(5):
+            fe.transmit(udp())
+        head = struct.unpack_from("<H", fe.mem, fe.txq.avail + 4 + 2 * 2)[0]
+        fe.txq.set_desc(head, 1 << 40, 64, 0)
+        dev.drain_tx()
+        assert counts(dev.drops)["queue_broken"] == 1
+        assert fe.asks_for_kick()
+    finally:
+        port.close()
+
+
+def test_a_drain_that_fails_asks_for_kicks_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug (an unexpected exception) ends a drain that asked for no kicks: the ring
+    asks for kicks again before the exception goes on, so the driver's next burst is
+    kicked (the port's rescan finds the chains already waiting), not left to the rescan."""
+    port = make_port(event_idx=False)
+    try:
+        fe, dev = port.frontends["a"], port.device("a")
+        for _ in range(5):
+            fe.transmit(udp())
+
+        def fail(*args: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(dev, "_publish", fail)
+        with pytest.raises(RuntimeError, match="a bug"):
+            dev.drain_tx()
+        monkeypatch.undo()
         assert fe.asks_for_kick()
     finally:
         port.close()
