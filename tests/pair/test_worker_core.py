@@ -138,12 +138,14 @@ def test_frames_for_python_are_handed_back_in_order(pair: tuple[InprocPort, Inpr
 
 def test_a_full_receive_ring_drops_as_python_does(pair: tuple[InprocPort, InprocPort, Served]) -> None:
     """b's ring runs out of buffers (it does not take its frames): the rest are dropped
-    and counted (RX_RING_FULL) by the core as by Python."""
+    and counted (RX_RING_FULL) by the core as by Python. (The waits last 0.2 s: a plan's
+    bursts are a quarter of the ring, and a wait that ends after one round hands the rest
+    to Python.)"""
     served, reference, core = pair
     for port in (served, reference):
         port.frontends["b"].receive = lambda pair=0: []  # type: ignore[method-assign]  # b takes nothing
-    both(served, reference, [udp()] * 200, core.wait)
-    both(served, reference, [udp()] * 100, core.wait)
+    both(served, reference, [udp()] * 200, lambda: core.wait(0.2))
+    both(served, reference, [udp()] * 100, lambda: core.wait(0.2))
     assert core.core.stats() == {"served": 2, "handed": 0}
     got, want = state(served), state(reference)
     assert got == want
@@ -180,9 +182,9 @@ def test_a_planned_receiver_with_chains_waiting_is_drained_first(
 def test_a_burst_beyond_the_budget_is_served_in_rounds(pair: tuple[InprocPort, InprocPort, Served],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """More chains than a burst takes: the core publishes what it took and serves the rest
-    in its next rounds, as drain_tx's scheduled drain would, without Python. (A ring of
-    256 entries never holds more than device.BURST chains: the plan's budget is made 64,
-    four rounds for 200 frames; with BURST this was one burst and tested no round.)"""
+    in its next rounds, as drain_tx's scheduled drain would, without Python. (A plan's
+    budget is a quarter of the ring, fastpath.plan_budget: 64 here, made 64 again so that
+    this test does not depend on that rule; four rounds for 200 frames.)"""
     served, reference, core = pair
     real = fastpath.plan_args
     monkeypatch.setattr(fastpath, "plan_args", lambda d: (*real(d)[:-1], 64))  # type: ignore[index]

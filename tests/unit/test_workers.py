@@ -466,3 +466,11 @@ def test_a_failed_hold_still_holds_every_gate(workers: Workers) -> None:
         assert held == ["first", "second"] and workers._held
     finally:
         first.gate, second.gate = gates
+
+
+@pytest.mark.parametrize(("num", "burst", "want"), [(256, 256, 64), (1024, 256, 256), (32768, 256, 256),
+                                                     (64, 256, 16), (2, 256, 1), (1, 256, 1)])
+def test_a_plans_burst_is_a_quarter_of_its_ring_at_most(num: int, burst: int, want: int) -> None:
+    """With DPDK's default 256-entry rings a burst of 256 (device.BURST) made the driver and
+    the core take turns; a plan's burst is a quarter of the ring, never more than BURST."""
+    assert fastpath.plan_budget(num, burst) == want
