@@ -1706,10 +1706,12 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   C accelerator takes anyway (forward_burst's conditions, the l2 way), and hands the
  *   kick to Python (the event is returned; its handler finds the counter read and drains
  *   the ring from where this stopped) at the first anything else: a chain or frame that
- *   is not the simple case (not taken: Python takes it again), the burst budget spent, a
- *   target whose TX ring has chains waiting (flush's rule: Python drains it before
- *   publishing its RX ring), an unreadable kick. It counts no drop: anything that would
- *   be dropped is Python's.
+ *   is not the simple case (not taken: Python takes it again), a target whose TX ring has
+ *   chains waiting and no plan (flush's rule: Python drains it before publishing its RX
+ *   ring), an unreadable kick. A burst ends at its budget (a quarter of the ring at most,
+ *   fastpath.plan_budget: ``more``), served in the wait's next round, or handed to Python
+ *   when the wait ends first. It counts no drop: anything that would be dropped is
+ *   Python's.
  * - While serve takes a TX ring's chains, a ring without EVENT_IDX asks for no kicks
  *   (plan_quiet, as device.py's _drain and vhost-net's handle_tx): a DPDK driver checks
  *   used.flags after every burst and would otherwise kick (a system call) for each. It

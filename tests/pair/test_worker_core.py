@@ -320,7 +320,7 @@ def test_a_backlog_is_not_forgotten_when_the_main_loop_takes_the_gate(monkeypatc
         real = fastpath.plan_args
         # the wait holds a plan with a backlog while the main loop comes in: a budget of 0
         # keeps the backlog for as long as the wait lasts (a real one is a guest refilling
-        # its ring faster than 256 frames a round)
+        # its ring faster than a plan's burst, fastpath.plan_budget, a round)
         monkeypatch.setattr(fastpath, "plan_args", lambda d: (*real(d)[:-1], 0))  # type: ignore[index]
         sel.more.add(dev)
         entered, returned = threading.Event(), []
