@@ -578,3 +578,10 @@ def test_the_ring_asks_for_kicks_again_when_polling_ends_inside_a_wait(
         core.core.let_go()
         thread.join(10)
     assert result == [0]
+
+
+def test_a_plan_takes_a_quarter_of_the_ring_a_burst(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """The plan of a 256-entry ring gets bursts of 64 (fastpath.plan_budget from the ring's size)."""
+    args = fastpath.plan_args(pair[0].device("a"))
+    assert args is not None and pair[0].device("a").pairs[0].tx.num == 256  # type: ignore[union-attr]
+    assert args[-1] == 64
