@@ -145,16 +145,17 @@ def log(msg: str) -> None:
 
 @contextlib.contextmanager
 def ipvlan_backend(work: Path, idle: int = 0, workers: int = 1,
-                   busy_poll_us: int = 0) -> Iterator[tuple[Path, Path, Path]]:
+                   busy_poll_us: int = 0, adaptive_poll_us: int | None = None) -> Iterator[tuple[Path, Path, Path]]:
     """The daemon in a Lab (IPv6 off on the veth: no ND/MLD noise); yields A's and B's sockets.
     ``idle`` more slaves (never connected) show that the per-frame cost does not grow with them;
     ``workers``: ``[daemon] workers`` (with 2, the one port runs on a worker thread);
-    ``busy_poll_us``: ``[daemon] busy_poll_us``."""
+    ``busy_poll_us``, ``adaptive_poll_us``: those ``[daemon]`` settings (None: the default)."""
     slaves = [SlaveSpec("a", [f"{A_IP}/{PREFIX}"], A_MAC), SlaveSpec("b", [f"{B_IP}/{PREFIX}"], B_MAC)]
     slaves += [SlaveSpec(f"i{i}", [f"10.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/8"],
                          f"52:54:00:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}") for i in range(idle)]
     head = "[daemon]\n" + (f"workers = {workers}\n" if workers != 1 else "") + (
-        f"busy_poll_us = {busy_poll_us}\n" if busy_poll_us else "")
+        f"busy_poll_us = {busy_poll_us}\n" if busy_poll_us else "") + (
+        f"adaptive_poll_us = {adaptive_poll_us}\n" if adaptive_poll_us is not None else "")
     with Lab(work, slaves, ipv6=False, cpus=DAEMON_CPUS, config_head=head) as lab:
         yield lab.sock("a"), lab.sock("b"), lab.control
         lab.check_daemon()
@@ -292,7 +293,8 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path, rnd: 
                 )
             else:
                 a_sock, b_sock, control = stack.enter_context(
-                    ipvlan_backend(work, args.idle_slaves, args.workers, args.busy_poll_us))
+                    ipvlan_backend(work, args.idle_slaves, args.workers, args.busy_poll_us,
+                                   args.adaptive_poll_us))
                 if args.control_probe:
                     probe = stack.enter_context(ControlProbe(control))
             runner = run_split if args.topology == "split" else run_loop
@@ -434,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="rounds per back-end and size, alternating (default 1)")
     p.add_argument("--busy-poll-us", type=int, default=0,
                    help="the daemon's [daemon] busy_poll_us (default 0: no busy polling)")
+    p.add_argument("--adaptive-poll-us", type=int, default=None,
+                   help="the daemon's [daemon] adaptive_poll_us (default: the daemon's, 32; 0: none)")
     p.add_argument("--workers", type=int, default=1,
                    help="the daemon's [daemon] workers (default 1; 2: its port on a worker thread, WorkerCore)")
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")

@@ -95,6 +95,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if_packet.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -1728,6 +1729,14 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   rings ask for kicks again (plan_arm; chains found then are served or handed over)
  *   before the wait sleeps and before a plan is dropped: no ring is left quiet while
  *   Python, which serves a ring only when it is kicked, is in charge of it.
+ * - Adaptive polling (poll_max_us, ``[daemon] adaptive_poll_us``, used while poll_us is 0;
+ *   QEMU's IOThread poll-max-ns and its adjust_polling_time): the same, for a window that
+ *   follows the traffic. When the wait finds chains taken, it looks at the gap since the
+ *   chains before: within the window, the window stays; longer than poll_max_us, polling
+ *   would not have found them, and the window goes back to 0 (sleep); in between, it
+ *   doubles (from POLL_GROW_FIRST_US), up to poll_max_us. So a guest that sends a burst
+ *   less than poll_max_us after the last one is polled for (no kick, no wake-up), and a
+ *   quiet one costs at most one window after each burst that follows a short gap.
  * ------------------------------------------------------------------------------------------ */
 #define CORE_PLANS 64
 #define CORE_SLOTS 256
@@ -1738,6 +1747,7 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
 #define PLAN_RINGS 8
 #define PLAN_LOCAL 64
 #define CORE_POLL_MAX_US 1000000 /* config.py's MAX_BUSY_POLL_US */
+#define POLL_GROW_FIRST_US 4      /* adaptive polling's first window (QEMU's: 4 us) */
 
 typedef struct {
     PyObject *obj;    /* the SplitQueue (strong) */
@@ -1810,6 +1820,8 @@ typedef struct {
     PyObject *k_call_failed, *k_send_failed, *k_rx_full; /* DropReason members, the drops' keys */
     PyObject *backlog; /* a set, or NULL: the devices of plans dropped with chains waiting (``more``) */
     long poll_us;      /* busy_poll: how long the wait polls planned rings after the last chain */
+    long poll_max_us;  /* adaptive polling (poll_us 0): the longest window */
+    double window;     /* adaptive polling: the window now (seconds; 0: the wait sleeps) */
     int polling;       /* the wait polls now: serve_tx leaves an emptied ring quiet */
     int took;          /* serve_tx took a chain (since the wait last looked) */
     double last_chain; /* when (CLOCK_MONOTONIC, seconds) a chain was last taken, as far as the wait knows */
@@ -2344,6 +2356,16 @@ static int core_handed(const struct epoll_event *evs, int nout, int fd)
     return 0;
 }
 
+/* Adaptive polling: chains were taken ``gap`` seconds after the ones before (see the theory). */
+static void poll_adapt(core_t *c, double gap)
+{
+    double most = (double)c->poll_max_us / 1e6;
+    if (c->poll_us || gap <= c->window)
+        return; /* a fixed window, or this one found them */
+    double grown = c->window > 0 ? 2 * c->window : POLL_GROW_FIRST_US / 1e6;
+    c->window = gap > most ? 0 : grown < most ? grown : most; /* longer than the most: sleep */
+}
+
 /* wait(timeout) -> [(fd, events), ...]: see the theory above. Called by the worker with
  * its gate and the GIL; returns with both, every plan written back and dropped. */
 static PyObject *core_wait(core_t *c, PyObject *arg)
@@ -2373,11 +2395,13 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
                 ms = 24 * 3600 * 1000;
         }
         double mono = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-        if (c->took) { /* chains were taken since the last look: polling goes on for poll_us from now */
+        if (c->took) { /* chains were taken since the last look: polling goes on for the window from now */
             c->took = 0;
+            poll_adapt(c, mono - c->last_chain);
             c->last_chain = mono;
         }
-        c->polling = c->poll_us > 0 && ms != 0 && c->nplans && mono < c->last_chain + (double)c->poll_us / 1e6;
+        double window = c->poll_us ? (double)c->poll_us / 1e6 : c->window;
+        c->polling = window > 0 && ms != 0 && c->nplans && mono < c->last_chain + window;
         for (int i = 0; i < c->nplans; i++) {
             plan_t *p = &c->plans[i];
             if (c->polling && !p->quiet) /* polling: its chains are found without a kick */
@@ -2573,31 +2597,43 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyObject *core_get_poll(core_t *c, void *unused)
+/* poll_us and poll_max_us: ``offset`` is the field's in core_t */
+static PyObject *core_get_poll(core_t *c, void *offset)
 {
-    (void)unused;
-    return PyLong_FromLong(c->poll_us);
+    return PyLong_FromLong(*(long *)((char *)c + (size_t)offset));
 }
 
-static int core_set_poll(core_t *c, PyObject *value, void *unused)
+static int core_set_poll(core_t *c, PyObject *value, void *offset)
 {
-    (void)unused;
+    const char *name = (size_t)offset == offsetof(core_t, poll_us) ? "poll_us" : "poll_max_us";
     long us = value ? PyLong_AsLong(value) : -1;
     if (us == -1 && PyErr_Occurred())
         return -1;
     if (us < 0 || us > CORE_POLL_MAX_US) {
-        PyErr_Format(PyExc_ValueError, "WorkerCore: poll_us must be between 0 and %d", CORE_POLL_MAX_US);
+        PyErr_Format(PyExc_ValueError, "WorkerCore: %s must be between 0 and %d", name, CORE_POLL_MAX_US);
         return -1;
     }
-    c->poll_us = us;
+    *(long *)((char *)c + (size_t)offset) = us;
+    if (c->window > (double)c->poll_max_us / 1e6)
+        c->window = (double)c->poll_max_us / 1e6;
     return 0;
+}
+
+static PyObject *core_get_window(core_t *c, void *unused)
+{
+    (void)unused;
+    return PyLong_FromLong((long)(c->window * 1e6 + 0.5));
 }
 
 static PyGetSetDef core_getset[] = {
     {"poll_us", (getter)core_get_poll, (setter)core_set_poll,
      "busy polling: microseconds the wait polls its planned TX rings (no kicks asked for) after the last chain; 0: "
-     "none",
-     NULL},
+     "none (adaptive polling, if poll_max_us)",
+     (void *)offsetof(core_t, poll_us)},
+    {"poll_max_us", (getter)core_get_poll, (setter)core_set_poll,
+     "adaptive polling (while poll_us is 0): the longest window, grown while chains come within it; 0: none",
+     (void *)offsetof(core_t, poll_max_us)},
+    {"poll_window_us", (getter)core_get_window, NULL, "adaptive polling: the window now, in microseconds", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -2607,7 +2643,7 @@ static PyTypeObject core_type = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "WorkerCore(epoll_fd, call_failed_key, send_failed_key, rx_full_key, backlog=None): a worker's gate "
               "and GIL-free bursts (backlog: a set the devices of plans dropped with chains waiting go to); "
-              "poll_us: busy polling",
+              "poll_us: busy polling; poll_max_us: adaptive polling",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)core_init,
     .tp_dealloc = (destructor)core_dealloc,

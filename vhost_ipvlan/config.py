@@ -11,6 +11,8 @@ Shape (other tools rely on it; do not change it lightly)::
     workers = 2                 # optional: data-path threads, each port on one (default 1: the main thread)
     busy_poll_us = 50           # optional: poll a guest's TX ring this long after its last frame, asking
                                 # for no kicks (vhost-net's busyloop_timeout; default 0: none)
+    adaptive_poll_us = 32       # optional, while busy_poll_us is 0: poll for a window that grows up to
+                                # this while frames come within it (QEMU's poll-max-ns; default 32, 0: none)
 
     [[port]]
     master = "veth0"            # host interface: the IPvlan master
@@ -116,6 +118,9 @@ MAX_QUEUES = MAX_QUEUE_PAIRS
 MAX_WORKERS = 64
 #: the longest busy polling (``[daemon] busy_poll_us``; ``_fastpath.c``'s CORE_POLL_MAX_US)
 MAX_BUSY_POLL_US = 1_000_000
+#: adaptive polling's default longest window (``[daemon] adaptive_poll_us``): QEMU's
+#: IOThread ``poll-max-ns`` default, 32768 ns
+DEFAULT_ADAPTIVE_POLL_US = 32
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -181,6 +186,10 @@ class DaemonConfig:
     #: serves in C after their last chain, asking the guests for no kicks; 0 (the default)
     #: sleeps at once; applies at once on reload
     busy_poll_us: int = 0
+    #: adaptive polling (``daemon.adaptive_poll_us``), while ``busy_poll_us`` is 0: the
+    #: longest window a loop polls for, grown while a guest's frames come within it and
+    #: dropped to 0 (sleep) after a longer gap (``_fastpath.c``); 0: none; applies at once
+    adaptive_poll_us: int = DEFAULT_ADAPTIVE_POLL_US
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,7 +524,7 @@ def _permissions(where: str, value: Any) -> int:
 
 def _daemon(where: str, table: Any) -> DaemonConfig:
     t = _keys(where, table, {"socket_owner", "socket_group", "socket_permissions", "dns", "dns_search", "workers",
-                             "busy_poll_us"}, set())
+                             "busy_poll_us", "adaptive_poll_us"}, set())
     owner = _id(f"{where}.socket_owner", t["socket_owner"], lambda n: pwd.getpwnam(n).pw_uid, "user") \
         if "socket_owner" in t else -1
     group = _id(f"{where}.socket_group", t["socket_group"], lambda n: grp.getgrnam(n).gr_gid, "group") \
@@ -526,7 +535,9 @@ def _daemon(where: str, table: Any) -> DaemonConfig:
     search = _search(f"{where}.dns_search", t["dns_search"]) if "dns_search" in t else None
     workers = _workers(f"{where}.workers", t["workers"]) if "workers" in t else 1
     poll = _busy_poll(f"{where}.busy_poll_us", t["busy_poll_us"]) if "busy_poll_us" in t else 0
-    return DaemonConfig(owner, group, perms, dns, search, workers, poll)
+    adaptive = _busy_poll(f"{where}.adaptive_poll_us", t["adaptive_poll_us"]) if "adaptive_poll_us" in t \
+        else DEFAULT_ADAPTIVE_POLL_US
+    return DaemonConfig(owner, group, perms, dns, search, workers, poll, adaptive)
 
 
 def _workers(where: str, value: Any) -> int:
@@ -643,6 +654,8 @@ def daemon_table(d: DaemonConfig) -> dict[str, Any]:
         t["workers"] = d.workers
     if d.busy_poll_us != default.busy_poll_us:
         t["busy_poll_us"] = d.busy_poll_us
+    if d.adaptive_poll_us != default.adaptive_poll_us:
+        t["adaptive_poll_us"] = d.adaptive_poll_us
     return t
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import select
 import threading
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 
@@ -526,12 +527,74 @@ def test_a_plan_dropped_while_polling_asks_for_kicks_again() -> None:
 
 
 @pytest.mark.parametrize("bad", [-1, 1_000_001])
-def test_busy_polling_out_of_range_is_refused(pair: tuple[InprocPort, InprocPort, Served], bad: int) -> None:
+@pytest.mark.parametrize("name", ["poll_us", "poll_max_us"])
+def test_busy_polling_out_of_range_is_refused(pair: tuple[InprocPort, InprocPort, Served], bad: int,
+                                              name: str) -> None:
     core = pair[2].core
-    core.poll_us = 250
-    with pytest.raises(ValueError, match="poll_us must be between 0 and 1000000"):
-        core.poll_us = bad
-    assert core.poll_us == 250
+    setattr(core, name, 250)
+    with pytest.raises(ValueError, match=f"{name} must be between 0 and 1000000"):
+        setattr(core, name, bad)
+    assert getattr(core, name) == 250
+
+
+def grow_window(core: Served, fe: FakeFrontend, frames: Iterator[bytes], until_us: int, most: int = 40) -> list[int]:
+    """Adaptive polling's stimulus: a chain, a wait that takes it (``wait(0)``: it never
+    polls), a pause longer than the window, again, until the window reaches ``until_us``.
+    Returns the window after each wait (``most`` of them at most)."""
+    windows: list[int] = []
+    while True:
+        fe.transmit(next(frames), polite=True)
+        assert core.wait(0.0) == 0
+        windows.append(core.core.poll_window_us)
+        if windows[-1] >= until_us or len(windows) == most:
+            return windows
+        time.sleep(2 * windows[-1] / 1e6 + 0.0005)  # the gap: more than the window
+
+
+def test_adaptive_polling_grows_with_short_gaps_polls_and_sleeps_after_a_long_one(
+        pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """``poll_max_us`` (``[daemon] adaptive_poll_us``), QEMU's adaptive polling: each chain
+    taken after a gap longer than the window but within the most doubles the window (from
+    4 us); a window then polls as ``poll_us`` does (chains made available without a kick
+    are served); a gap longer than the most puts it back to 0 (the wait sleeps, the ring
+    asks for kicks). The results are drain_tx's."""
+    served, reference, core = pair
+    fe = served.frontends["a"]
+    sent = [udp(), udp(C, C4), udp(OUTSIDE, "192.0.2.1"), udp(B, B6)] * 20
+    frames = iter(sent)
+    core.core.poll_us = 1_000_000  # a fixed window: the adaptive one does not move
+    assert grow_window(core, fe, frames, 1, most=8) == [0] * 8  # the window does not move
+    core.core.poll_us = 0
+    core.core.poll_max_us = 1_000_000  # every gap below is within it
+    windows = grow_window(core, fe, frames, 300_000)
+    # the first chain's gap is since the boot (longer than the most), the second's since the first
+    first = windows.index(4)
+    assert windows[:first] == [0] * first and first <= 3, windows
+    assert windows[first:] == [4 << i for i in range(len(windows) - first)], windows
+    served_before = core.core.stats()["served"]
+    thread, result = start_wait(core, 2.0)  # the last chain was within the window: it polls
+    try:
+        wait_until(lambda: not fe.asks_for_kick(), 10, what="the ring to ask for no kicks")
+        kicked = []
+        for n in range(5):
+            before = fe.txq.used_idx()
+            kicked.append(fe.transmit(next(frames), polite=True))
+            wait_until(partial(lambda n: fe.txq.used_idx() == n, before + 1), 10, what=f"chain {n} found by polling")
+    finally:
+        thread.join(10)
+    assert kicked == [False] * 5 and result == [0] and core.core.stats()["served"] == served_before
+    assert fe.asks_for_kick()  # the wait ended
+    core.core.poll_max_us = 20_000  # the window goes down to it
+    assert core.core.poll_window_us == 20_000
+    time.sleep(0.05)  # a gap longer than the most
+    assert fe.transmit(next(frames), polite=True)
+    assert core.wait(0.0) == 0 and core.wait(0.0) == 0  # the second wait looks at the gap
+    assert core.core.poll_window_us == 0 and fe.asks_for_kick()
+    rest = list(frames)
+    for f in sent[:len(sent) - len(rest)]:
+        reference.frontends["a"].transmit(f)
+    reference.device("a").drain_tx()
+    assert state(served) == state(reference)
 
 
 def test_a_frame_for_python_found_by_polling_is_handed_over_once(pair: tuple[InprocPort, InprocPort, Served]) -> None:

@@ -173,6 +173,8 @@ def test_stop_ends_the_threads_from_the_running_main_loop() -> None:
     ("busy_poll_us", "1000001", "1000001 is not a number of microseconds from 0 to 1000000"),
     ("busy_poll_us", "0.5", "0.5 is not a number of microseconds"),
     ("busy_poll_us", "true", "True is not a number of microseconds"),
+    ("adaptive_poll_us", "-1", "-1 is not a number of microseconds from 0 to 1000000"),
+    ("adaptive_poll_us", '"32"', "'32' is not a number of microseconds from 0 to 1000000"),
 ])
 def test_config_refuses_a_bad_workers_or_busy_poll(key: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=f"daemon.{key}: {message}"):
@@ -193,10 +195,19 @@ def test_config_busy_poll_round_trips() -> None:
     assert cfg.parse({}).daemon.busy_poll_us == 0
 
 
+def test_config_adaptive_poll_is_on_by_default_and_round_trips() -> None:
+    assert cfg.parse({}).daemon.adaptive_poll_us == 32 == cfg.DEFAULT_ADAPTIVE_POLL_US
+    for value in (0, 500):
+        c = cfg.parse(tomllib.loads(f"[daemon]\nadaptive_poll_us = {value}\n"))
+        assert c.daemon.adaptive_poll_us == value
+        assert cfg.to_data(c)["daemon"] == {"adaptive_poll_us": value} and cfg.parse(cfg.to_data(c)) == c
+
+
 @pytest.mark.parametrize("count", [1, 2])
 def test_busy_polling_applies_to_every_loop_at_once_and_a_failed_reload_puts_it_back(count: int) -> None:
-    """``daemon.busy_poll_us`` reaches every loop's WorkerCore (the main loop's with one
-    worker) on apply, and goes back to what it was when the rest of the reload fails."""
+    """``daemon.busy_poll_us`` and ``adaptive_poll_us`` reach every loop's WorkerCore (the
+    main loop's with one worker): the adaptive default from the start, both on apply;
+    they go back to what they were when the rest of the reload fails."""
     from vhost_ipvlan.config import Config, DaemonConfig, PortConfig
     from vhost_ipvlan.daemon.topology import Topology
 
@@ -206,13 +217,17 @@ def test_busy_polling_applies_to_every_loop_at_once_and_a_failed_reload_puts_it_
     loop = asyncio.SelectorEventLoop(w.main_selector())
     try:
         assert len(w.cores()) == count
+        assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(0, 32)] * count
         topo = Topology(loop, w)
-        topo.apply(Config((), DaemonConfig(workers=count, busy_poll_us=40)))
-        assert [c.poll_us for c in w.cores()] == [40] * count
+        topo.apply(Config((), DaemonConfig(workers=count)))
+        assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(0, 32)] * count
+        topo.apply(Config((), DaemonConfig(workers=count, busy_poll_us=40, adaptive_poll_us=7)))
+        assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(40, 7)] * count
         with pytest.raises(NoSuchInterface):  # nothing of it applies
             topo.apply(Config((PortConfig("vi-no-such-if", "l2", "bridge", ()),),
-                              DaemonConfig(workers=count, busy_poll_us=90)))
-        assert [c.poll_us for c in w.cores()] == [40] * count and topo.config.daemon.busy_poll_us == 40
+                              DaemonConfig(workers=count, busy_poll_us=90, adaptive_poll_us=0)))
+        assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(40, 7)] * count
+        assert topo.config.daemon.busy_poll_us == 40 and topo.config.daemon.adaptive_poll_us == 7
     finally:
         w.let_go()
         w.stop()

@@ -113,9 +113,13 @@ class Daemon:
                  "C accelerator + Python" if accelerated() else "pure Python",
                  "on the main thread" if self.topology.workers.count == 1
                  else f"{self.topology.workers.count} worker threads")
-        poll = self.topology.workers.busy_poll_us
-        if poll:
-            log.info("busy polling: %d us after a guest's last frame", poll)
+        workers = self.topology.workers
+        if not workers.cores():
+            pass  # neither applies (busy_poll_us warned when set)
+        elif workers.busy_poll_us:
+            log.info("busy polling: %d us after a guest's last frame", workers.busy_poll_us)
+        elif workers.adaptive_poll_us:
+            log.info("adaptive polling: up to %d us after a guest's last frame", workers.adaptive_poll_us)
         if NO_DIRTY_LOG:
             log.warning("VHOST_IPVLAN_TEST_NO_DIRTY_LOG=1: dirty pages are not logged, a live-migrated guest "
                         "loses what the daemon wrote during the migration (a test's negative control only)")

@@ -60,7 +60,7 @@ from dataclasses import replace
 from functools import partial
 
 from .. import config as cfg
-from ..config import Config, PortConfig, SlaveConfig
+from ..config import Config, DaemonConfig, PortConfig, SlaveConfig
 from ..errors import AddressInUse, ConfigError, MacInUse, NoSuchInterface, NotFound, PortBusy, UplinkError
 from ..switch.port import Port, Slave
 from . import fastpath, fdbudget, nft, resolv
@@ -179,16 +179,20 @@ class Topology:
         for dp in self.ports:
             dp.dns = found
 
-    def _set_busy_poll(self, us: int, undo: ExitStack) -> None:
-        """``daemon.busy_poll_us``: applies at each loop's next wait (workers.py)."""
-        was = self.workers.busy_poll_us
-        if us == was:
-            return
-        if us and not self.workers.cores():
-            log.warning("daemon.busy_poll_us: ignored: busy polling is the C accelerator's (%s)",
-                        "VHOST_IPVLAN_CORE=0" if fastpath.ext is not None else "not built, or VHOST_IPVLAN_PURE=1")
-        undo.callback(setattr, self.workers, "busy_poll_us", was)
-        self.workers.busy_poll_us = us
+    def _set_polling(self, daemon: DaemonConfig, undo: ExitStack) -> None:
+        """``daemon.busy_poll_us`` and ``adaptive_poll_us``: apply at each loop's next wait
+        (workers.py). Without a WorkerCore a fixed window is ignored with a warning; the
+        adaptive one (on by default) silently."""
+        for key, us in (("busy_poll_us", daemon.busy_poll_us), ("adaptive_poll_us", daemon.adaptive_poll_us)):
+            was = getattr(self.workers, key)
+            if us == was:
+                continue
+            if key == "busy_poll_us" and us and not self.workers.cores():
+                log.warning("daemon.busy_poll_us: ignored: busy polling is the C accelerator's (%s)",
+                            "VHOST_IPVLAN_CORE=0" if fastpath.ext is not None
+                            else "not built, or VHOST_IPVLAN_PURE=1")
+            undo.callback(setattr, self.workers, key, was)
+            setattr(self.workers, key, us)
 
     def _apply(self, new: Config, undo: ExitStack, where: str) -> None:
         undo.callback(self._set_dns)  # runs after the configuration is restored
@@ -198,7 +202,7 @@ class Topology:
             if new.daemon.workers != self.workers.count:
                 log.warning("daemon.workers: %d from the next start (%d now: the threads are made at start)",
                             new.daemon.workers, self.workers.count)
-            self._set_busy_poll(new.daemon.busy_poll_us, undo)
+            self._set_polling(new.daemon, undo)
         self._set_dns()  # the host's resolv.conf may have changed too (start-up, SIGHUP)
         wanted = {p.master: p for p in new.ports}
         have = {p.master for p in self.config.ports}

@@ -51,7 +51,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..config import MAX_WORKERS
+from ..config import DEFAULT_ADAPTIVE_POLL_US, MAX_WORKERS
 from ..drops import DropReason
 from . import fastpath
 
@@ -300,7 +300,10 @@ class Workers:
         #: with one worker: the main loop's selector, once ``main_selector`` gave it a
         #: ``_CoreSelector`` (its plan sets: ``wanted``; its WorkerCore: ``cores``)
         self._main: _CoreSelector | None = None
+        #: ``[daemon]``'s defaults until the topology applies a configuration
         self._busy_poll_us = 0
+        self._adaptive_poll_us = 0
+        self.adaptive_poll_us = DEFAULT_ADAPTIVE_POLL_US
 
     @property
     def threads(self) -> int:
@@ -324,6 +327,7 @@ class Workers:
         selector = _CoreSelector()
         selector.core.enter()
         selector.core.poll_us = self._busy_poll_us
+        selector.core.poll_max_us = self._adaptive_poll_us
         self._main = selector
         return selector
 
@@ -339,6 +343,19 @@ class Workers:
         self._busy_poll_us = us
         for core in self.cores():
             core.poll_us = us
+
+    @property
+    def adaptive_poll_us(self) -> int:
+        """``[daemon] adaptive_poll_us``: the longest window each loop's WorkerCore polls
+        for while ``busy_poll_us`` is 0 (``_fastpath.c``: adaptive polling). Set from the
+        main loop, as ``busy_poll_us``."""
+        return self._adaptive_poll_us
+
+    @adaptive_poll_us.setter
+    def adaptive_poll_us(self, us: int) -> None:
+        self._adaptive_poll_us = us
+        for core in self.cores():
+            core.poll_max_us = us
 
     def cores(self) -> list[Any]:
         """The loops' WorkerCores: none without the C accelerator (busy polling is C's)."""
