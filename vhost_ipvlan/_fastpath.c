@@ -1730,13 +1730,17 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   before the wait sleeps and before a plan is dropped: no ring is left quiet while
  *   Python, which serves a ring only when it is kicked, is in charge of it.
  * - Adaptive polling (poll_max_us, ``[daemon] adaptive_poll_us``, used while poll_us is 0;
- *   QEMU's IOThread poll-max-ns and its adjust_polling_time): the same, for a window that
- *   follows the traffic. When the wait finds chains taken, it looks at the gap since the
- *   chains before: within the window, the window stays; longer than poll_max_us, polling
- *   would not have found them, and the window goes back to 0 (sleep); in between, it
- *   doubles (from POLL_GROW_FIRST_US), up to poll_max_us. So a guest that sends a burst
- *   less than poll_max_us after the last one is polled for (no kick, no wake-up), and a
- *   quiet one costs at most one window after each burst that follows a short gap.
+ *   QEMU's IOThread poll-max-ns and adjust_polling_time, per ring as QEMU's per-handler
+ *   AioPolledEvent): each TX ring has its own window (pstate_t, kept across plans by its
+ *   kick descriptor), and the wait polls the rings whose window is open. At the end of a
+ *   round that took a ring's chains, the gap between that round's start (the chains were
+ *   found) and the end of the round that took its chains before decides: within the
+ *   window, the window stays; longer than poll_max_us, polling would not have found them,
+ *   and the window goes back to 0 (sleep); in between, it doubles (from
+ *   POLL_GROW_FIRST_US), up to poll_max_us. A ring whose bursts keep coming less than
+ *   poll_max_us apart is polled for (no kick, no wake-up); one whose bursts come further
+ *   apart is never, however many such rings a loop serves; a ring gone quiet costs at
+ *   most one window.
  * ------------------------------------------------------------------------------------------ */
 #define CORE_PLANS 64
 #define CORE_SLOTS 256
@@ -1748,6 +1752,8 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
 #define PLAN_LOCAL 64
 #define CORE_POLL_MAX_US 1000000 /* config.py's MAX_BUSY_POLL_US */
 #define POLL_GROW_FIRST_US 4      /* adaptive polling's first window (QEMU's: 4 us) */
+#define CORE_PSTATES 256          /* adaptive polling: the rings whose window is kept */
+#define PSTATE_PROBES 8           /* ... looked for this far from its hash */
 
 typedef struct {
     PyObject *obj;    /* the SplitQueue (strong) */
@@ -1779,6 +1785,13 @@ typedef struct {
     int tx[PLAN_RINGS]; /* the target's started TX rings (slots) */
 } pdst_t;
 
+/* Adaptive polling's state of one TX ring, kept across its plans (see the theory above). */
+typedef struct {
+    int key;       /* its kick descriptor + 1; 0: never used */
+    double window; /* seconds; 0: the wait sleeps for it */
+    double last;   /* the end of the round that last took its chains (CLOCK_MONOTONIC, seconds) */
+} pstate_t;
+
 typedef struct {
     int kick, tx, call; /* kick descriptor, TX ring's slot, its call descriptor (-1) */
     long budget;
@@ -1800,6 +1813,9 @@ typedef struct {
     long call_failed, wire_sent, wire_failed;
     int more;                /* the budget ended the last burst: chains are waiting */
     int quiet;               /* its ring asks for no kicks: being served, cut by its budget, or polled */
+    int polling;             /* the wait polls its ring now: serve_tx leaves it quiet once emptied */
+    int took;                /* serve_tx took chains in this round */
+    pstate_t *ps;            /* its adaptive polling state (c->pstates) */
     unsigned long long drained; /* the flush (c->flushes) that drained it last */
     unsigned long long round; /* the wait round that served it last */
 } plan_t;
@@ -1821,10 +1837,10 @@ typedef struct {
     PyObject *backlog; /* a set, or NULL: the devices of plans dropped with chains waiting (``more``) */
     long poll_us;      /* busy_poll: how long the wait polls planned rings after the last chain */
     long poll_max_us;  /* adaptive polling (poll_us 0): the longest window */
-    double window;     /* adaptive polling: the window now (seconds; 0: the wait sleeps) */
-    int polling;       /* the wait polls now: serve_tx leaves an emptied ring quiet */
-    int took;          /* serve_tx took a chain (since the wait last looked) */
-    double last_chain; /* when (CLOCK_MONOTONIC, seconds) a chain was last taken, as far as the wait knows */
+    int took;          /* serve_tx took a chain in this round */
+    double last_chain; /* the end of the last round that took a chain (CLOCK_MONOTONIC, seconds) */
+    pstate_t pstates[CORE_PSTATES]; /* adaptive polling, by kick descriptor (open addressing) */
+    pstate_t spare;                 /* ... for a ring that found no entry: never polled for */
 } core_t;
 
 /* -- the gate (no GIL needed) -- */
@@ -1994,6 +2010,34 @@ static int bytes_of(PyObject *o, Py_ssize_t want, unsigned char *out)
  *   dsts: ((addr, mac, caps, ((rxq, counters, call, device, dirty, drops), ...), (txq, ...)), ...)
  *   wire: None or (fd, master_mac, local_macs, max_frame).
  * On an exception nothing of the plan is kept (its rings may stay open until drop). */
+static plan_t *core_plan(core_t *c, int fd);
+
+/* The adaptive polling state of the ring kicked by ``kick``: kept from its last plan, or
+ * new (a descriptor reused by another ring inherits a window, which its first long gap
+ * closes). It lies within PSTATE_PROBES entries of its hash; none free there, the entry of
+ * a ring without a plan that took chains longest ago is taken over; all with plans, the
+ * ring gets c->spare, which never opens a window (bounded work at any number of rings). */
+static pstate_t *core_pstate(core_t *c, int kick)
+{
+    unsigned h = (unsigned)kick % CORE_PSTATES;
+    pstate_t *victim = NULL;
+    for (unsigned i = 0; i < PSTATE_PROBES; i++) {
+        pstate_t *ps = &c->pstates[(h + i) % CORE_PSTATES];
+        if (ps->key == kick + 1)
+            return ps;
+        if (ps->key == 0) {
+            victim = ps;
+            break;
+        }
+        if ((!victim || ps->last < victim->last) && !core_plan(c, ps->key - 1))
+            victim = ps;
+    }
+    if (!victim)
+        victim = &c->spare;
+    *victim = (pstate_t){kick + 1, 0, 0};
+    return victim;
+}
+
 static PyObject *core_register(core_t *c, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 13) {
@@ -2015,6 +2059,7 @@ static PyObject *core_register(core_t *c, PyObject *const *args, Py_ssize_t narg
     plan_t p;
     memset(&p, 0, sizeof p);
     p.kick = kick;
+    p.ps = core_pstate(c, kick);
     p.wire_fd = -1;
     p.call = -1;
     if ((args[2] != Py_None && fd_arg(args[2], &p.call)) || bytes_of(args[4], 6, p.mac))
@@ -2229,7 +2274,7 @@ static int serve_tx(core_t *c, plan_t *p)
             if (w.n)
                 wire_flush(&w); /* before the chains are given back: as forward_burst, all sent first */
             p->call_failed += queue_publish(q, p->call);
-            if (c->polling) { /* the wait looks again soon: no kick wanted (plan_quiet) */
+            if (p->polling) { /* the wait looks again soon: no kick wanted (plan_quiet) */
                 if (!p->quiet)
                     plan_quiet(c, p);
                 rc = 0;
@@ -2276,8 +2321,9 @@ static int serve_tx(core_t *c, plan_t *p)
     }
     if (w.n)
         wire_flush(&w);
-    if (rc && p->quiet && !c->polling)
+    if (rc && p->quiet && !p->polling)
         plan_arm(c, p); /* Python drains the rest (device.py's _drain asks for no kicks itself) */
+    p->took |= frames > 0;
     c->took |= frames > 0;
     p->wire_sent += w.sent;
     p->wire_failed += w.failed;
@@ -2356,15 +2402,17 @@ static int core_handed(const struct epoll_event *evs, int nout, int fd)
     return 0;
 }
 
-/* Adaptive polling: chains were taken ``gap`` seconds after the ones before (see the theory). */
-static void poll_adapt(core_t *c, double gap)
+/* Adaptive polling: a ring's chains were found ``gap`` seconds after the ones before were
+ * taken (see the theory). */
+static void poll_adapt(core_t *c, pstate_t *ps, double gap)
 {
     double most = (double)c->poll_max_us / 1e6;
-    if (c->poll_us || gap <= c->window)
+    if (c->poll_us || gap <= ps->window || ps == &c->spare)
         return; /* a fixed window, or this one found them */
-    double grown = c->window > 0 ? 2 * c->window : POLL_GROW_FIRST_US / 1e6;
-    c->window = gap > most ? 0 : grown < most ? grown : most; /* longer than the most: sleep */
+    double grown = ps->window > 0 ? 2 * ps->window : POLL_GROW_FIRST_US / 1e6;
+    ps->window = gap > most ? 0 : grown < most ? grown : most; /* longer than the most: sleep */
 }
+
 
 /* wait(timeout) -> [(fd, events), ...]: see the theory above. Called by the worker with
  * its gate and the GIL; returns with both, every plan written back and dropped. */
@@ -2395,27 +2443,27 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
                 ms = 24 * 3600 * 1000;
         }
         double mono = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-        if (c->took) { /* chains were taken since the last look: polling goes on for the window from now */
-            c->took = 0;
-            poll_adapt(c, mono - c->last_chain);
-            c->last_chain = mono;
-        }
-        double window = c->poll_us ? (double)c->poll_us / 1e6 : c->window;
-        c->polling = window > 0 && ms != 0 && c->nplans && mono < c->last_chain + window;
+        int polling = 0;
         for (int i = 0; i < c->nplans; i++) {
             plan_t *p = &c->plans[i];
-            if (c->polling && !p->quiet) /* polling: its chains are found without a kick */
+            /* busy polling: every ring, for poll_us after the last chain; adaptive: its window */
+            p->polling = ms != 0 && (c->poll_us ? mono < c->last_chain + (double)c->poll_us / 1e6
+                                                : mono < p->ps->last + p->ps->window);
+            if (p->polling && !p->quiet) /* polling: its chains are found without a kick */
                 plan_quiet(c, p);
-            else if (!c->polling && p->quiet && !p->more && plan_arm(c, p)) /* about to sleep: kicks again */
+            else if (!p->polling && p->quiet && !p->more && plan_arm(c, p)) /* about to sleep: kicks again */
                 p->more = 1;
             more |= p->more;
+            polling |= p->polling;
         }
         unsigned long long holds = c->holds;
         gate_leave(c); /* the main loop may run here (plans dropped) */
-        int n = epoll_wait(c->epfd, evs, CORE_EVENTS, more || c->polling ? 0 : ms);
+        int n = epoll_wait(c->epfd, evs, CORE_EVENTS, more || polling ? 0 : ms);
         if (n < 0 && errno != EINTR)
             err = errno;
         gate_enter(c);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double found = (double)now.tv_sec + (double)now.tv_nsec / 1e9; /* the round's start */
         if (err)
             break;
         if (c->holds != holds)
@@ -2448,12 +2496,25 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
                 evs[nout++].events = EPOLLIN;
             }
         }
-        if (nout || ms == 0 || (n == 0 && !more && !c->polling && ms > 0))
+        if (c->took) { /* polling goes on from the end of this round */
+            c->took = 0;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            c->last_chain = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+            for (int i = 0; i < c->nplans; i++) {
+                plan_t *p = &c->plans[i];
+                if (p->took) {
+                    p->took = 0;
+                    poll_adapt(c, p->ps, found - p->ps->last);
+                    p->ps->last = c->last_chain;
+                }
+            }
+        }
+        if (nout || ms == 0 || (n == 0 && !more && !polling && ms > 0))
             break; /* events for Python, or the time is up */
     }
-    c->polling = 0;
     for (int i = 0; i < c->nplans; i++) { /* chains waiting, no kick to come: Python's */
         plan_t *p = &c->plans[i];
+        p->polling = 0;
         if (p->quiet && plan_arm(c, p) && !core_handed(evs, nout, p->kick))
             p->more = 1;
         if (!err && p->more && nout < CORE_EVENTS) {
@@ -2584,6 +2645,8 @@ static void core_dealloc(core_t *c)
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
+static PyObject *core_poll_window(core_t *c, PyObject *arg);
+
 static PyMethodDef core_methods[] = {
     {"enter", (PyCFunction)core_enter, METH_NOARGS, "worker: take the gate, after the main loop if it waits"},
     {"leave", (PyCFunction)core_leave, METH_NOARGS, "worker: let the gate go"},
@@ -2594,6 +2657,8 @@ static PyMethodDef core_methods[] = {
     {"watch_quiet", (PyCFunction)(void (*)(void))core_watch_quiet, METH_FASTCALL,
      "watch_quiet(fd, on): a descriptor whose handler only reads it, read here"},
     {"stats", (PyCFunction)core_stats, METH_NOARGS, "{'served': kicks served here, 'handed': kicks handed to Python}"},
+    {"poll_window_us", (PyCFunction)core_poll_window, METH_O,
+     "poll_window_us(kick_fd) -> int: adaptive polling's window for that TX ring now (microseconds)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2614,15 +2679,21 @@ static int core_set_poll(core_t *c, PyObject *value, void *offset)
         return -1;
     }
     *(long *)((char *)c + (size_t)offset) = us;
-    if (c->window > (double)c->poll_max_us / 1e6)
-        c->window = (double)c->poll_max_us / 1e6;
+    for (int i = 0; i < CORE_PSTATES; i++)
+        if (c->pstates[i].window > (double)c->poll_max_us / 1e6)
+            c->pstates[i].window = (double)c->poll_max_us / 1e6;
     return 0;
 }
 
-static PyObject *core_get_window(core_t *c, void *unused)
+static PyObject *core_poll_window(core_t *c, PyObject *arg)
 {
-    (void)unused;
-    return PyLong_FromLong((long)(c->window * 1e6 + 0.5));
+    int kick;
+    if (fd_arg(arg, &kick))
+        return NULL;
+    for (int i = 0; i < CORE_PSTATES; i++)
+        if (c->pstates[i].key == kick + 1)
+            return PyLong_FromLong((long)(c->pstates[i].window * 1e6 + 0.5));
+    return PyLong_FromLong(0);
 }
 
 static PyGetSetDef core_getset[] = {
@@ -2633,7 +2704,6 @@ static PyGetSetDef core_getset[] = {
     {"poll_max_us", (getter)core_get_poll, (setter)core_set_poll,
      "adaptive polling (while poll_us is 0): the longest window, grown while chains come within it; 0: none",
      (void *)offsetof(core_t, poll_max_us)},
-    {"poll_window_us", (getter)core_get_window, NULL, "adaptive polling: the window now, in microseconds", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

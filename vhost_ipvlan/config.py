@@ -11,8 +11,8 @@ Shape (other tools rely on it; do not change it lightly)::
     workers = 2                 # optional: data-path threads, each port on one (default 1: the main thread)
     busy_poll_us = 50           # optional: poll a guest's TX ring this long after its last frame, asking
                                 # for no kicks (vhost-net's busyloop_timeout; default 0: none)
-    adaptive_poll_us = 32       # optional, while busy_poll_us is 0: poll for a window that grows up to
-                                # this while frames come within it (QEMU's poll-max-ns; default 32, 0: none)
+    adaptive_poll_us = 32       # optional, while busy_poll_us is 0: poll each TX ring for a window that grows
+                                # up to this while its bursts come within it (QEMU's poll-max-ns; default 32, 0: none)
 
     [[port]]
     master = "veth0"            # host interface: the IPvlan master
@@ -187,8 +187,9 @@ class DaemonConfig:
     #: sleeps at once; applies at once on reload
     busy_poll_us: int = 0
     #: adaptive polling (``daemon.adaptive_poll_us``), while ``busy_poll_us`` is 0: the
-    #: longest window a loop polls for, grown while a guest's frames come within it and
-    #: dropped to 0 (sleep) after a longer gap (``_fastpath.c``); 0: none; applies at once
+    #: longest window a loop polls a TX ring for, grown while the ring's bursts come
+    #: within it and dropped to 0 (sleep) after a longer gap (``_fastpath.c``); 0: none;
+    #: applies at once
     adaptive_poll_us: int = DEFAULT_ADAPTIVE_POLL_US
 
 

@@ -539,38 +539,36 @@ def test_busy_polling_out_of_range_is_refused(pair: tuple[InprocPort, InprocPort
 
 def grow_window(core: Served, fe: FakeFrontend, frames: Iterator[bytes], until_us: int, most: int = 40) -> list[int]:
     """Adaptive polling's stimulus: a chain, a wait that takes it (``wait(0)``: it never
-    polls), a pause longer than the window, again, until the window reaches ``until_us``.
+    polls), a pause longer than the window, again, until a's window reaches ``until_us``.
     Returns the window after each wait (``most`` of them at most)."""
     windows: list[int] = []
     while True:
         fe.transmit(next(frames), polite=True)
         assert core.wait(0.0) == 0
-        windows.append(core.core.poll_window_us)
+        windows.append(core.core.poll_window_us(core.kick))
         if windows[-1] >= until_us or len(windows) == most:
             return windows
-        time.sleep(2 * windows[-1] / 1e6 + 0.0005)  # the gap: more than the window
+        time.sleep(1.25 * windows[-1] / 1e6 + 0.0005)  # the gap: longer than the window
 
 
 def test_adaptive_polling_grows_with_short_gaps_polls_and_sleeps_after_a_long_one(
         pair: tuple[InprocPort, InprocPort, Served]) -> None:
-    """``poll_max_us`` (``[daemon] adaptive_poll_us``), QEMU's adaptive polling: each chain
-    taken after a gap longer than the window but within the most doubles the window (from
-    4 us); a window then polls as ``poll_us`` does (chains made available without a kick
-    are served); a gap longer than the most puts it back to 0 (the wait sleeps, the ring
-    asks for kicks). The results are drain_tx's."""
+    """``poll_max_us`` (``[daemon] adaptive_poll_us``), QEMU's adaptive polling, per ring:
+    each burst taken after a gap longer than the ring's window but within the most doubles
+    the window (from 4 us); a window then polls as ``poll_us`` does (chains made available
+    without a kick are served) and, once it runs out, the ring asks for kicks again in the
+    same wait; a gap longer than the most puts it back to 0. A fixed ``poll_us`` leaves
+    the window alone. The results are drain_tx's."""
     served, reference, core = pair
     fe = served.frontends["a"]
     sent = [udp(), udp(C, C4), udp(OUTSIDE, "192.0.2.1"), udp(B, B6)] * 20
     frames = iter(sent)
-    core.core.poll_us = 1_000_000  # a fixed window: the adaptive one does not move
-    assert grow_window(core, fe, frames, 1, most=8) == [0] * 8  # the window does not move
+    core.core.poll_max_us = 1_000_000  # every gap below but the last is within it
+    core.core.poll_us = 1_000_000  # a fixed window wins
+    assert grow_window(core, fe, frames, 1, most=4) == [0] * 4
     core.core.poll_us = 0
-    core.core.poll_max_us = 1_000_000  # every gap below is within it
     windows = grow_window(core, fe, frames, 300_000)
-    # the first chain's gap is since the boot (longer than the most), the second's since the first
-    first = windows.index(4)
-    assert windows[:first] == [0] * first and first <= 3, windows
-    assert windows[first:] == [4 << i for i in range(len(windows) - first)], windows
+    assert windows == [4 << i for i in range(len(windows))], windows  # up to 524,288 us
     served_before = core.core.stats()["served"]
     thread, result = start_wait(core, 2.0)  # the last chain was within the window: it polls
     try:
@@ -580,21 +578,62 @@ def test_adaptive_polling_grows_with_short_gaps_polls_and_sleeps_after_a_long_on
             before = fe.txq.used_idx()
             kicked.append(fe.transmit(next(frames), polite=True))
             wait_until(partial(lambda n: fe.txq.used_idx() == n, before + 1), 10, what=f"chain {n} found by polling")
+        assert kicked == [False] * 5 and core.core.stats()["served"] == served_before
+        wait_until(fe.asks_for_kick, 10, what="the window to run out")
+        assert thread.is_alive()  # the same wait, sleeping now
+        before = fe.txq.used_idx()
+        assert fe.transmit(next(frames), polite=True)
+        wait_until(lambda: fe.txq.used_idx() == before + 1, 10, what="the kicked chain served")
+        assert core.core.stats()["served"] == served_before + 1
     finally:
         thread.join(10)
-    assert kicked == [False] * 5 and result == [0] and core.core.stats()["served"] == served_before
-    assert fe.asks_for_kick()  # the wait ended
+    assert result == [0] and fe.asks_for_kick()  # the wait ended
     core.core.poll_max_us = 20_000  # the window goes down to it
-    assert core.core.poll_window_us == 20_000
+    assert core.core.poll_window_us(core.kick) == 20_000
     time.sleep(0.05)  # a gap longer than the most
     assert fe.transmit(next(frames), polite=True)
-    assert core.wait(0.0) == 0 and core.wait(0.0) == 0  # the second wait looks at the gap
-    assert core.core.poll_window_us == 0 and fe.asks_for_kick()
+    assert core.wait(0.0) == 0
+    assert core.core.poll_window_us(core.kick) == 0 and fe.asks_for_kick()
     rest = list(frames)
     for f in sent[:len(sent) - len(rest)]:
         reference.frontends["a"].transmit(f)
     reference.device("a").drain_tx()
     assert state(served) == state(reference)
+
+
+def test_adaptive_polling_keeps_a_window_per_ring() -> None:
+    """Two guests' TX rings planned on one WorkerCore: a's window is open (its bursts came
+    within it), b's is not (its first burst): while the wait polls a's ring, b's asks for
+    kicks, and b's kick is served. Each ring's window is kept across its plans (every
+    ``Served.wait`` makes new ones)."""
+    port = make_port()
+    served = Served(port)
+    fe_a, fe_b = port.frontends["a"], port.frontends["b"]
+    b_kick = port.device("b").kick_fd(TX)
+    assert b_kick is not None
+    served.epoll.register(b_kick, select.EPOLLIN)
+    b_frame = bytes(Ether(src=B, dst=A) / IP(src=B4, dst=A4) / UDP(sport=9, dport=9) / (b"y" * 18))
+    try:
+        served.core.poll_max_us = 1_000_000
+        windows = grow_window(served, fe_a, iter([udp()] * 40), 300_000)
+        assert windows[-1] >= 300_000 and served.core.poll_window_us(b_kick) == 0
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(served.wait(2.0, also=("b",))))
+        thread.start()
+        try:
+            wait_until(lambda: not fe_a.asks_for_kick(), 10, what="a's ring polled")
+            assert fe_b.asks_for_kick()
+            assert fe_b.transmit(b_frame, polite=True)
+            wait_until(lambda: fe_b.txq.used_idx() == 1, 10, what="b's chain served")
+            assert fe_b.asks_for_kick()  # its first burst: no gap to go by, no window
+        finally:
+            thread.join(10)
+        assert result == [0] and served.core.stats()["served"] >= 1
+        assert served.core.poll_window_us(b_kick) == 0 and served.core.poll_window_us(served.kick) == windows[-1]
+        assert [frame for _, frame in fe_a.receive()] == [b_frame]
+    finally:
+        served.close()
+        port.close()
 
 
 def test_a_frame_for_python_found_by_polling_is_handed_over_once(pair: tuple[InprocPort, InprocPort, Served]) -> None:

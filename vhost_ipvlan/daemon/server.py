@@ -119,7 +119,7 @@ class Daemon:
         elif workers.busy_poll_us:
             log.info("busy polling: %d us after a guest's last frame", workers.busy_poll_us)
         elif workers.adaptive_poll_us:
-            log.info("adaptive polling: up to %d us after a guest's last frame", workers.adaptive_poll_us)
+            log.info("adaptive polling: up to %d us after a guest's last burst", workers.adaptive_poll_us)
         if NO_DIRTY_LOG:
             log.warning("VHOST_IPVLAN_TEST_NO_DIRTY_LOG=1: dirty pages are not logged, a live-migrated guest "
                         "loses what the daemon wrote during the migration (a test's negative control only)")
