@@ -1740,7 +1740,10 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   POLL_GROW_FIRST_US), up to poll_max_us. A ring whose bursts keep coming less than
  *   poll_max_us apart is polled for (no kick, no wake-up); one whose bursts come further
  *   apart is never, however many such rings a loop serves; a ring gone quiet costs at
- *   most one window.
+ *   most one window. A burst its budget cut, served over several rounds, is one burst
+ *   (no gap: ``cut``). The time Python runs between two waits is not the guests': chains
+ *   taken in a wait's last round count as taken at the next wait's start (``carry``; for
+ *   poll_us's window too).
  * ------------------------------------------------------------------------------------------ */
 #define CORE_PLANS 64
 #define CORE_SLOTS 256
@@ -1787,7 +1790,7 @@ typedef struct {
 
 /* Adaptive polling's state of one TX ring, kept across its plans (see the theory above). */
 typedef struct {
-    int key;       /* its kick descriptor + 1; 0: never used */
+    unsigned key;  /* its kick descriptor + 1; 0: never used */
     double window; /* seconds; 0: the wait sleeps for it */
     double last;   /* the end of the round that last took its chains (CLOCK_MONOTONIC, seconds) */
 } pstate_t;
@@ -1815,6 +1818,7 @@ typedef struct {
     int quiet;               /* its ring asks for no kicks: being served, cut by its budget, or polled */
     int polling;             /* the wait polls its ring now: serve_tx leaves it quiet once emptied */
     int took;                /* serve_tx took chains in this round */
+    int cut;                 /* this round goes on with a burst its budget cut: no gap to go by */
     pstate_t *ps;            /* its adaptive polling state (c->pstates) */
     unsigned long long drained; /* the flush (c->flushes) that drained it last */
     unsigned long long round; /* the wait round that served it last */
@@ -1838,6 +1842,7 @@ typedef struct {
     long poll_us;      /* busy_poll: how long the wait polls planned rings after the last chain */
     long poll_max_us;  /* adaptive polling (poll_us 0): the longest window */
     int took;          /* serve_tx took a chain in this round */
+    int carry;         /* the last wait's last round took chains: they count as taken at the next wait's start */
     double last_chain; /* the end of the last round that took a chain (CLOCK_MONOTONIC, seconds) */
     pstate_t pstates[CORE_PSTATES]; /* adaptive polling, by kick descriptor (open addressing) */
     pstate_t spare;                 /* ... for a ring that found no entry: never polled for */
@@ -2023,18 +2028,18 @@ static pstate_t *core_pstate(core_t *c, int kick)
     pstate_t *victim = NULL;
     for (unsigned i = 0; i < PSTATE_PROBES; i++) {
         pstate_t *ps = &c->pstates[(h + i) % CORE_PSTATES];
-        if (ps->key == kick + 1)
+        if (ps->key == (unsigned)kick + 1)
             return ps;
         if (ps->key == 0) {
             victim = ps;
             break;
         }
-        if ((!victim || ps->last < victim->last) && !core_plan(c, ps->key - 1))
+        if ((!victim || ps->last < victim->last) && !core_plan(c, (int)(ps->key - 1)))
             victim = ps;
     }
     if (!victim)
         victim = &c->spare;
-    *victim = (pstate_t){kick + 1, 0, 0};
+    *victim = (pstate_t){(unsigned)kick + 1, 0, 0};
     return victim;
 }
 
@@ -2051,6 +2056,10 @@ static PyObject *core_register(core_t *c, PyObject *const *args, Py_ssize_t narg
     int kick;
     if (fd_arg(args[0], &kick))
         return NULL;
+    if (kick < 0) {
+        PyErr_SetString(PyExc_ValueError, "WorkerCore: the kick descriptor is not a descriptor");
+        return NULL;
+    }
     for (int i = 0; i < c->nplans; i++)
         if (c->plans[i].kick == kick) {
             PyErr_SetString(PyExc_ValueError, "WorkerCore: the kick descriptor has a plan");
@@ -2429,7 +2438,7 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     struct epoll_event evs[CORE_EVENTS];
-    int nout = 0, err = 0;
+    int nout = 0, err = 0, took_last = 0;
     PyThreadState *ts = PyEval_SaveThread();
     for (;;) {
         int ms = -1, more = 0;
@@ -2444,6 +2453,12 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
         }
         double mono = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
         int polling = 0;
+        for (int i = 0; i < c->nplans && c->carry; i++) /* Python's time since is not the guests' */
+            if (c->plans[i].ps->last == c->last_chain)
+                c->plans[i].ps->last = mono;
+        if (c->carry)
+            c->last_chain = mono;
+        c->carry = 0;
         for (int i = 0; i < c->nplans; i++) {
             plan_t *p = &c->plans[i];
             /* busy polling: every ring, for poll_us after the last chain; adaptive: its window */
@@ -2462,6 +2477,7 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
         if (n < 0 && errno != EINTR)
             err = errno;
         gate_enter(c);
+        took_last = 0;
         clock_gettime(CLOCK_MONOTONIC, &now);
         double found = (double)now.tv_sec + (double)now.tv_nsec / 1e9; /* the round's start */
         if (err)
@@ -2489,6 +2505,7 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
             /* chains left by the budget, or (polling) put in since the ring went quiet */
             if (p->round == c->round || !(p->more || (p->quiet && ring_waiting(&c->slots[p->tx].q))))
                 continue;
+            p->cut = p->more;
             if (core_serve(c, p, 0)) {
                 p->more = 0;
                 c->handed++;
@@ -2497,21 +2514,23 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
             }
         }
         if (c->took) { /* polling goes on from the end of this round */
-            c->took = 0;
             clock_gettime(CLOCK_MONOTONIC, &now);
             c->last_chain = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-            for (int i = 0; i < c->nplans; i++) {
-                plan_t *p = &c->plans[i];
-                if (p->took) {
-                    p->took = 0;
-                    poll_adapt(c, p->ps, found - p->ps->last);
-                    p->ps->last = c->last_chain;
-                }
-            }
         }
+        for (int i = 0; i < c->nplans; i++) {
+            plan_t *p = &c->plans[i];
+            if (p->took && !p->cut) /* a burst its budget cut goes on: not a gap */
+                poll_adapt(c, p->ps, found - p->ps->last);
+            if (p->took)
+                p->ps->last = c->last_chain;
+            p->took = p->cut = 0;
+        }
+        took_last = c->took;
+        c->took = 0;
         if (nout || ms == 0 || (n == 0 && !more && !polling && ms > 0))
             break; /* events for Python, or the time is up */
     }
+    c->carry = took_last;
     for (int i = 0; i < c->nplans; i++) { /* chains waiting, no kick to come: Python's */
         plan_t *p = &c->plans[i];
         p->polling = 0;
@@ -2690,8 +2709,8 @@ static PyObject *core_poll_window(core_t *c, PyObject *arg)
     int kick;
     if (fd_arg(arg, &kick))
         return NULL;
-    for (int i = 0; i < CORE_PSTATES; i++)
-        if (c->pstates[i].key == kick + 1)
+    for (int i = 0; i < CORE_PSTATES && kick >= 0; i++)
+        if (c->pstates[i].key == (unsigned)kick + 1)
             return PyLong_FromLong((long)(c->pstates[i].window * 1e6 + 0.5));
     return PyLong_FromLong(0);
 }

@@ -537,18 +537,44 @@ def test_busy_polling_out_of_range_is_refused(pair: tuple[InprocPort, InprocPort
     assert getattr(core, name) == 250
 
 
-def grow_window(core: Served, fe: FakeFrontend, frames: Iterator[bytes], until_us: int, most: int = 40) -> list[int]:
-    """Adaptive polling's stimulus: a chain, a wait that takes it (``wait(0)``: it never
-    polls), a pause longer than the window, again, until a's window reaches ``until_us``.
-    Returns the window after each wait (``most`` of them at most)."""
+ARP_FROM_A = bytes(Ether(src=A, dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=A, psrc=A4, pdst=B4))
+
+
+def kicked_bursts(core: Served, fe: FakeFrontend, frames: Iterator[bytes], until_us: int,
+                  most: int = 40) -> list[int]:
+    """Adaptive polling's stimulus, in a wait running on another thread: a chain kicked
+    (its ring asks for kicks: no window, or it ran out), taken, a pause longer than the
+    window, again, until a's window reaches ``until_us``. Returns the window after each
+    burst (``most`` of them at most). The gaps lie within the wait: the time between two
+    waits (Python's) is not a gap."""
     windows: list[int] = []
     while True:
-        fe.transmit(next(frames), polite=True)
-        assert core.wait(0.0) == 0
+        used = fe.txq.used_idx()
+        assert fe.transmit(next(frames), polite=True)
+        wait_until(lambda: fe.txq.used_idx() == used + 1, 10, what="the kicked chain taken")  # noqa: B023
+        # the window set at the end of the round: reached, or run out (the ring asks for kicks)
+        wait_until(lambda: core.core.poll_window_us(core.kick) >= until_us or fe.asks_for_kick(), 10,
+                   what="the window to run out")
         windows.append(core.core.poll_window_us(core.kick))
         if windows[-1] >= until_us or len(windows) == most:
-            return windows
-        time.sleep(1.25 * windows[-1] / 1e6 + 0.0005)  # the gap: longer than the window
+            return windows  # the last one open
+        time.sleep(1.25 * windows[-1] / 1e6 + 0.0005)  # with the window: the gap, longer than it
+
+
+def end_wait(fe: FakeFrontend, thread: threading.Thread, result: list[int], sent: list[bytes] | None = None) -> None:
+    """Ends the wait on ``thread``: an ARP request is Python's, the wait hands a's kick over
+    (the request goes into ``sent``)."""
+    fe.transmit(ARP_FROM_A, polite=True)  # kicked, or found by polling
+    if sent is not None:
+        sent.append(ARP_FROM_A)
+    thread.join(10)
+    assert result == [1]
+
+
+def recorded(frames: list[bytes], sent: list[bytes]) -> Iterator[bytes]:
+    for f in frames:
+        sent.append(f)
+        yield f
 
 
 def test_adaptive_polling_grows_with_short_gaps_polls_and_sleeps_after_a_long_one(
@@ -561,18 +587,22 @@ def test_adaptive_polling_grows_with_short_gaps_polls_and_sleeps_after_a_long_on
     the window alone. The results are drain_tx's."""
     served, reference, core = pair
     fe = served.frontends["a"]
-    sent = [udp(), udp(C, C4), udp(OUTSIDE, "192.0.2.1"), udp(B, B6)] * 20
-    frames = iter(sent)
+    sent: list[bytes] = []  # in order, for the reference
+    frames = recorded([udp(), udp(C, C4), udp(OUTSIDE, "192.0.2.1"), udp(B, B6)] * 20, sent)
     core.core.poll_max_us = 1_000_000  # every gap below but the last is within it
-    core.core.poll_us = 1_000_000  # a fixed window wins
-    assert grow_window(core, fe, frames, 1, most=4) == [0] * 4
-    core.core.poll_us = 0
-    windows = grow_window(core, fe, frames, 300_000)
-    assert windows == [4 << i for i in range(len(windows))], windows  # up to 524,288 us
-    served_before = core.core.stats()["served"]
-    thread, result = start_wait(core, 2.0)  # the last chain was within the window: it polls
+    core.core.poll_us = 1000  # a fixed window wins
+    thread, result = start_wait(core, 20.0)
     try:
-        wait_until(lambda: not fe.asks_for_kick(), 10, what="the ring to ask for no kicks")
+        assert kicked_bursts(core, fe, frames, 1, most=4) == [0] * 4
+    finally:
+        end_wait(fe, thread, result, sent)
+    core.core.poll_us = 0
+    thread, result = start_wait(core, 20.0)
+    try:
+        windows = kicked_bursts(core, fe, frames, 300_000)
+        assert windows == [4 << i for i in range(len(windows))], windows  # up to 524,288 us
+        served_before = core.core.stats()["served"]
+        wait_until(lambda: not fe.asks_for_kick(), 10, what="the wait to poll a's ring")
         kicked = []
         for n in range(5):
             before = fe.txq.used_idx()
@@ -580,60 +610,88 @@ def test_adaptive_polling_grows_with_short_gaps_polls_and_sleeps_after_a_long_on
             wait_until(partial(lambda n: fe.txq.used_idx() == n, before + 1), 10, what=f"chain {n} found by polling")
         assert kicked == [False] * 5 and core.core.stats()["served"] == served_before
         wait_until(fe.asks_for_kick, 10, what="the window to run out")
-        assert thread.is_alive()  # the same wait, sleeping now
         before = fe.txq.used_idx()
         assert fe.transmit(next(frames), polite=True)
         wait_until(lambda: fe.txq.used_idx() == before + 1, 10, what="the kicked chain served")
-        assert core.core.stats()["served"] == served_before + 1
+        assert core.core.stats()["served"] == served_before + 1 and thread.is_alive()  # the same wait
     finally:
-        thread.join(10)
-    assert result == [0] and fe.asks_for_kick()  # the wait ended
+        end_wait(fe, thread, result, sent)
+    window = core.core.poll_window_us(core.kick)  # 1 s, or 0 if the kicked chain's gap was longer
     core.core.poll_max_us = 20_000  # the window goes down to it
-    assert core.core.poll_window_us(core.kick) == 20_000
-    time.sleep(0.05)  # a gap longer than the most
-    assert fe.transmit(next(frames), polite=True)
-    assert core.wait(0.0) == 0
-    assert core.core.poll_window_us(core.kick) == 0 and fe.asks_for_kick()
-    rest = list(frames)
-    for f in sent[:len(sent) - len(rest)]:
+    assert core.core.poll_window_us(core.kick) == min(window, 20_000)
+    thread, result = start_wait(core, 20.0)
+    try:
+        wait_until(fe.asks_for_kick, 10, what="the window to run out")
+        time.sleep(0.05)  # with the window: a gap longer than the most
+        before = fe.txq.used_idx()
+        assert fe.transmit(next(frames), polite=True)
+        wait_until(lambda: fe.txq.used_idx() == before + 1, 10, what="the kicked chain served")
+        wait_until(lambda: core.core.poll_window_us(core.kick) == 0, 10, what="the window closed")
+    finally:
+        end_wait(fe, thread, result, sent)
+    assert fe.asks_for_kick()
+    for f in sent:
         reference.frontends["a"].transmit(f)
     reference.device("a").drain_tx()
     assert state(served) == state(reference)
 
 
-def test_adaptive_polling_keeps_a_window_per_ring() -> None:
+def test_adaptive_polling_a_burst_cut_by_its_budget_is_one_burst(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """100 chains and one kick, bursts of 64: the wait's second round takes the other 36
+    right after the first. That is the same burst, not a gap: the window stays 0 (a
+    first burst has no gap to go by)."""
+    served, _, core = pair
+    core.core.poll_max_us = 1_000_000
+    fe = served.frontends["a"]
+    for _ in range(100):
+        fe.transmit(udp(), polite=True)
+    assert core.wait(0.5) == 0
+    assert fe.txq.used_idx() == 100 and core.core.stats() == {"served": 1, "handed": 0}
+    assert core.core.poll_window_us(core.kick) == 0 and fe.asks_for_kick()
+
+
+def test_adaptive_polling_the_time_between_two_waits_is_no_gap(pair: tuple[InprocPort, InprocPort, Served]) -> None:
+    """A wait's last round took a's chain; Python runs 50 ms (longer than the most, 20 ms)
+    before the next wait, which finds a's next chain at once: those chains count as taken
+    when the next wait starts, so the gap is short and the window opens (counted from the
+    chain before, it would be 0). The same start holds for ``poll_us``'s window."""
+    served, _, core = pair
+    core.core.poll_max_us = 20_000
+    fe = served.frontends["a"]
+    fe.transmit(udp(), polite=True)
+    assert core.wait(0.0) == 0 and core.core.poll_window_us(core.kick) == 0  # a first burst
+    time.sleep(0.05)
+    fe.transmit(udp(), polite=True)
+    assert core.wait(0.0) == 0 and fe.txq.used_idx() == 2
+    assert core.core.poll_window_us(core.kick) == 4
+
+
+def test_adaptive_polling_keeps_a_window_per_ring(pair: tuple[InprocPort, InprocPort, Served]) -> None:
     """Two guests' TX rings planned on one WorkerCore: a's window is open (its bursts came
     within it), b's is not (its first burst): while the wait polls a's ring, b's asks for
-    kicks, and b's kick is served. Each ring's window is kept across its plans (every
-    ``Served.wait`` makes new ones)."""
-    port = make_port()
-    served = Served(port)
+    kicks, and b's kick is served. Each ring's window is kept across plans."""
+    port, _, served = pair
     fe_a, fe_b = port.frontends["a"], port.frontends["b"]
     b_kick = port.device("b").kick_fd(TX)
     assert b_kick is not None
     served.epoll.register(b_kick, select.EPOLLIN)
     b_frame = bytes(Ether(src=B, dst=A) / IP(src=B4, dst=A4) / UDP(sport=9, dport=9) / (b"y" * 18))
+    served.core.poll_max_us = 1_000_000
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(served.wait(20.0, also=("b",))))
+    thread.start()
     try:
-        served.core.poll_max_us = 1_000_000
-        windows = grow_window(served, fe_a, iter([udp()] * 40), 300_000)
-        assert windows[-1] >= 300_000 and served.core.poll_window_us(b_kick) == 0
-        result: list[int] = []
-        thread = threading.Thread(target=lambda: result.append(served.wait(2.0, also=("b",))))
-        thread.start()
-        try:
-            wait_until(lambda: not fe_a.asks_for_kick(), 10, what="a's ring polled")
-            assert fe_b.asks_for_kick()
-            assert fe_b.transmit(b_frame, polite=True)
-            wait_until(lambda: fe_b.txq.used_idx() == 1, 10, what="b's chain served")
-            assert fe_b.asks_for_kick()  # its first burst: no gap to go by, no window
-        finally:
-            thread.join(10)
-        assert result == [0] and served.core.stats()["served"] >= 1
-        assert served.core.poll_window_us(b_kick) == 0 and served.core.poll_window_us(served.kick) == windows[-1]
-        assert [frame for _, frame in fe_a.receive()] == [b_frame]
+        windows = kicked_bursts(served, fe_a, iter([udp()] * 40), 300_000)
+        wait_until(lambda: not fe_a.asks_for_kick(), 10, what="the wait to poll a's ring")
+        assert fe_b.asks_for_kick()
+        assert fe_b.transmit(b_frame, polite=True)
+        wait_until(lambda: fe_b.txq.used_idx() == 1, 10, what="b's chain served")
+        assert served.core.poll_window_us(b_kick) == 0 and fe_b.asks_for_kick()  # its first burst: no window
     finally:
-        served.close()
-        port.close()
+        end_wait(fe_a, thread, result)
+    assert served.wait(0.0) == 0  # a new plan for a: its window is the one it had
+    assert served.core.poll_window_us(served.kick) == windows[-1]
+    assert b_frame in [frame for _, frame in fe_a.receive()]
 
 
 def test_a_frame_for_python_found_by_polling_is_handed_over_once(pair: tuple[InprocPort, InprocPort, Served]) -> None:
