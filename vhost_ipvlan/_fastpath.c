@@ -2010,11 +2010,6 @@ static int bytes_of(PyObject *o, Py_ssize_t want, unsigned char *out)
     return 0;
 }
 
-/* register(kick, txq, call, buf, mac, owned, dsts, wire, dev, pair, dp, budget, more) -> None
- *   more: chains are waiting (a drain's budget ended): served in the first round, kick or not.
- *   dsts: ((addr, mac, caps, ((rxq, counters, call, device, dirty, drops), ...), (txq, ...)), ...)
- *   wire: None or (fd, master_mac, local_macs, max_frame).
- * On an exception nothing of the plan is kept (its rings may stay open until drop). */
 static plan_t *core_plan(core_t *c, int fd);
 
 /* The adaptive polling state of the ring kicked by ``kick``: kept from its last plan, or
@@ -2043,6 +2038,11 @@ static pstate_t *core_pstate(core_t *c, int kick)
     return victim;
 }
 
+/* register(kick, txq, call, buf, mac, owned, dsts, wire, dev, pair, dp, budget, more) -> None
+ *   more: chains are waiting (a drain's budget ended): served in the first round, kick or not.
+ *   dsts: ((addr, mac, caps, ((rxq, counters, call, device, dirty, drops), ...), (txq, ...)), ...)
+ *   wire: None or (fd, master_mac, local_macs, max_frame).
+ * On an exception nothing of the plan is kept (its rings may stay open until drop). */
 static PyObject *core_register(core_t *c, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 13) {
@@ -2411,6 +2411,14 @@ static int core_handed(const struct epoll_event *evs, int nout, int fd)
     return 0;
 }
 
+/* CLOCK_MONOTONIC now, in seconds. */
+static double mono_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
 /* Adaptive polling: a ring's chains were found ``gap`` seconds after the ones before were
  * taken (see the theory). */
 static void poll_adapt(core_t *c, pstate_t *ps, double gap)
@@ -2421,7 +2429,6 @@ static void poll_adapt(core_t *c, pstate_t *ps, double gap)
     double grown = ps->window > 0 ? 2 * ps->window : POLL_GROW_FIRST_US / 1e6;
     ps->window = gap > most ? 0 : grown < most ? grown : most; /* longer than the most: sleep */
 }
-
 
 /* wait(timeout) -> [(fd, events), ...]: see the theory above. Called by the worker with
  * its gate and the GIL; returns with both, every plan written back and dropped. */
@@ -2453,12 +2460,13 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
         }
         double mono = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
         int polling = 0;
-        for (int i = 0; i < c->nplans && c->carry; i++) /* Python's time since is not the guests' */
-            if (c->plans[i].ps->last == c->last_chain)
-                c->plans[i].ps->last = mono;
-        if (c->carry)
+        if (c->carry) { /* Python's time since the last wait is not the guests' */
+            for (int i = 0; i < c->nplans; i++)
+                if (c->plans[i].ps->last == c->last_chain)
+                    c->plans[i].ps->last = mono;
             c->last_chain = mono;
-        c->carry = 0;
+            c->carry = 0;
+        }
         for (int i = 0; i < c->nplans; i++) {
             plan_t *p = &c->plans[i];
             /* busy polling: every ring, for poll_us after the last chain; adaptive: its window */
@@ -2478,8 +2486,7 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
             err = errno;
         gate_enter(c);
         took_last = 0;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        double found = (double)now.tv_sec + (double)now.tv_nsec / 1e9; /* the round's start */
+        double found = mono_now(); /* the round's start */
         if (err)
             break;
         if (c->holds != holds)
@@ -2513,10 +2520,8 @@ static PyObject *core_wait(core_t *c, PyObject *arg)
                 evs[nout++].events = EPOLLIN;
             }
         }
-        if (c->took) { /* polling goes on from the end of this round */
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            c->last_chain = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-        }
+        if (c->took) /* polling goes on from the end of this round */
+            c->last_chain = mono_now();
         for (int i = 0; i < c->nplans; i++) {
             plan_t *p = &c->plans[i];
             if (p->took && !p->cut) /* a burst its budget cut goes on: not a gap */
