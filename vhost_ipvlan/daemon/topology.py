@@ -181,14 +181,13 @@ class Topology:
 
     def _set_polling(self, daemon: DaemonConfig, undo: ExitStack) -> None:
         """``daemon.busy_poll_us`` and ``adaptive_poll_us``: apply at each loop's next wait
-        (workers.py). Without a WorkerCore a fixed window is ignored with a warning; the
-        adaptive one (on by default) silently."""
+        (workers.py). Without a WorkerCore either is ignored, with a warning."""
         for key, us in (("busy_poll_us", daemon.busy_poll_us), ("adaptive_poll_us", daemon.adaptive_poll_us)):
             was = getattr(self.workers, key)
             if us == was:
                 continue
-            if key == "busy_poll_us" and us and not self.workers.cores():
-                log.warning("daemon.busy_poll_us: ignored: busy polling is the C accelerator's (%s)",
+            if us and not self.workers.cores():
+                log.warning("daemon.%s: ignored: busy polling is the C accelerator's (%s)", key,
                             "VHOST_IPVLAN_CORE=0" if fastpath.ext is not None
                             else "not built, or VHOST_IPVLAN_PURE=1")
             undo.callback(setattr, self.workers, key, was)
