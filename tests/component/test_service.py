@@ -64,6 +64,38 @@ def test_ready_notification_socket_permissions_and_sighup(tmp_path: Path) -> Non
         notify.close()
 
 
+def test_signals_are_handled_before_ready(tmp_path: Path) -> None:
+    """A supervisor may signal the daemon as soon as it says it is ready (SIGUSR1's and
+    SIGHUP's default action ends a process). The notify socket's queue is full, so the
+    daemon is held in sending READY=1, after its "ready:" line, while it is signalled."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    filler.setblocking(False)
+    try:
+        queued = 0
+        while True:
+            try:
+                filler.sendto(b"filler", str(tmp_path / "notify"))
+            except BlockingIOError:
+                break
+            queued += 1
+        with lab_mod.Lab(tmp_path, SLAVES[:1], ipv6=False,
+                         daemon_env={"NOTIFY_SOCKET": str(tmp_path / "notify")}) as lab:
+            assert lab.daemon is not None
+            os.kill(lab.daemon.pid, signal.SIGUSR1)
+            os.kill(lab.daemon.pid, signal.SIGHUP)
+            assert [notify.recv(256) for _ in range(queued)] == [b"filler"] * queued
+            assert notify.recv(256) == b"READY=1"
+            lab.wait_log(" stats ", 0)
+            lab.wait_log("reload (SIGHUP)", 0)
+            lab.check_daemon()
+    finally:
+        filler.close()
+        notify.close()
+
+
 def test_socket_owner_group_and_permissions_from_config(tmp_path: Path) -> None:
     head = '[daemon]\nsocket_owner = "nobody"\nsocket_group = "root"\nsocket_permissions = "0600"\n'
     with lab_mod.Lab(tmp_path, SLAVES[:1], ipv6=False, config_head=head) as lab:

@@ -33,6 +33,19 @@ from .wait import wait_until
 
 TESTPMD = "dpdk-testpmd"
 PROMPT = "testpmd> "
+#: what testpmd's other threads print whenever they like: the vhost and virtio-user
+#: drivers' ``function(): message`` log lines (connections, reconnection, link state)
+#: and port events. One can land inside the prompt ("tes", a whole line, "tpmd> "),
+#: so they are taken out of an answer.
+_ASYNC_LINE_RE = re.compile(r"(?:vhost|virtio)_[a-z0-9_]*\(\): [^\n]*\n|\nPort \d+: [^\n]*event\n")
+
+
+def answer_of(output: str) -> str | None:
+    """The answer to a command in what testpmd printed after it was sent: the text up to
+    the next prompt, without the other threads' lines; None while the prompt has not come."""
+    text = _ASYNC_LINE_RE.sub("", output)
+    idx = text.find(PROMPT)
+    return text[:idx] if idx >= 0 else None
 
 
 class TestpmdError(RuntimeError):
@@ -337,9 +350,7 @@ class Testpmd:
                 self._check_alive()
                 with open(self.log_path, "rb") as f:
                     f.seek(start)
-                    text = f.read().decode(errors="replace")
-                idx = text.find(PROMPT)
-                return text[:idx] if idx >= 0 else None
+                    return answer_of(f.read().decode(errors="replace"))
 
             self._proc.stdin.write(line.encode() + b"\n")
             self._proc.stdin.flush()

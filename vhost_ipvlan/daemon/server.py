@@ -92,6 +92,13 @@ class Daemon:
         return self.topology.config
 
     def start(self) -> None:
+        # before anything can say "ready": a signal's default action would end the daemon
+        # (SIGUSR1, SIGHUP), and a supervisor may send one as soon as it reads READY=1; a
+        # signal that comes during start-up is handled once the loop runs
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.log_stats)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             self._start()
         except BaseException:
@@ -190,10 +197,6 @@ class Daemon:
         self.request_stop()
 
     async def run(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_stop)
-        self.loop.add_signal_handler(signal.SIGUSR1, self.log_stats)
-        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self._stop.wait()
         finally:
