@@ -1735,13 +1735,18 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   kick descriptor), and the wait polls the rings whose window is open. At the end of a
  *   round that took a ring's chains, the gap between that round's start (the chains were
  *   found) and the end of the round that took its chains before decides: within the
- *   window, the window stays; longer than poll_max_us, polling would not have found them,
- *   and the window goes back to 0 (sleep); in between, it doubles (from
- *   POLL_GROW_FIRST_US), up to poll_max_us. A ring whose bursts keep coming less than
+ *   window, the window stays; in between, it doubles (from POLL_GROW_FIRST_US), up to
+ *   poll_max_us; longer than poll_max_us, polling would not have found them, and the
+ *   window is halved (POLL_SHRINK; below POLL_GROW_FIRST_US: 0, sleep). Halved, not shut
+ *   (QEMU's default poll-shrink, 0, shuts it): a gap measured after a sleep holds the
+ *   wake-up, and the driver's time waiting for it, so one long gap shut windows that then
+ *   stayed shut, the guests waiting for the daemon's wake-ups and the daemon for the
+ *   guests: a 256-entry 5tswap ping-pong ran at 1.5-2.0 Mpps instead of 5.2-5.5, for
+ *   seconds at a time (bench/README.md). A ring whose bursts keep coming less than
  *   poll_max_us apart is polled for (no kick, no wake-up); one whose bursts come further
- *   apart is never, however many such rings a loop serves; a ring gone quiet costs at
- *   most one window. A burst its budget cut, served over several rounds, is one burst
- *   (no gap: ``cut``). The time Python runs between two waits is not the guests': chains
+ *   apart is within a few bursts never polled for, however many such rings a loop
+ *   serves; a ring gone quiet costs at most one window. A burst its budget cut, served
+ *   over several rounds, is one burst (no gap: ``cut``). The time Python runs between two waits is not the guests': chains
  *   taken in a wait's last round count as taken at the next wait's start (``carry``; for
  *   poll_us's window too).
  * ------------------------------------------------------------------------------------------ */
@@ -1755,6 +1760,7 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
 #define PLAN_LOCAL 64
 #define CORE_POLL_MAX_US 1000000 /* config.py's MAX_BUSY_POLL_US */
 #define POLL_GROW_FIRST_US 4      /* adaptive polling's first window (QEMU's: 4 us) */
+#define POLL_SHRINK 2             /* ... divided by this after a gap longer than the most (QEMU's poll-shrink) */
 #define CORE_PSTATES 256          /* adaptive polling: the rings whose window is kept */
 #define PSTATE_PROBES 8           /* ... looked for this far from its hash */
 
@@ -2426,8 +2432,14 @@ static void poll_adapt(core_t *c, pstate_t *ps, double gap)
     double most = (double)c->poll_max_us / 1e6;
     if (c->poll_us || gap <= ps->window || ps == &c->spare)
         return; /* a fixed window, or this one found them */
-    double grown = ps->window > 0 ? 2 * ps->window : POLL_GROW_FIRST_US / 1e6;
-    ps->window = gap > most ? 0 : grown < most ? grown : most; /* longer than the most: sleep */
+    double first = POLL_GROW_FIRST_US / 1e6;
+    if (gap > most) { /* polling would not have found them: a smaller window, down to none */
+        double shrunk = ps->window / POLL_SHRINK;
+        ps->window = shrunk < first ? 0 : shrunk;
+        return;
+    }
+    double grown = ps->window > 0 ? 2 * ps->window : first;
+    ps->window = grown < most ? grown : most;
 }
 
 /* wait(timeout) -> [(fd, events), ...]: see the theory above. Called by the worker with

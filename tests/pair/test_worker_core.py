@@ -577,14 +577,15 @@ def recorded(frames: list[bytes], sent: list[bytes]) -> Iterator[bytes]:
         yield f
 
 
-def test_adaptive_polling_grows_with_short_gaps_polls_and_sleeps_after_a_long_one(
+def test_adaptive_polling_grows_with_short_gaps_polls_and_shrinks_after_long_ones(
         pair: tuple[InprocPort, InprocPort, Served]) -> None:
     """``poll_max_us`` (``[daemon] adaptive_poll_us``), QEMU's adaptive polling, per ring:
     each burst taken after a gap longer than the ring's window but within the most doubles
     the window (from 4 us); a window then polls as ``poll_us`` does (chains made available
     without a kick are served) and, once it runs out, the ring asks for kicks again in the
-    same wait; a gap longer than the most puts it back to 0. A fixed ``poll_us`` leaves
-    the window alone. The results are drain_tx's."""
+    same wait; each gap longer than the most halves it, and below 4 us it is 0 (one long
+    gap shutting it kept the loops sleeping: _fastpath.c). A fixed ``poll_us`` leaves the
+    window alone. The results are drain_tx's."""
     served, reference, core = pair
     fe = served.frontends["a"]
     sent: list[bytes] = []  # in order, for the reference
@@ -616,17 +617,20 @@ def test_adaptive_polling_grows_with_short_gaps_polls_and_sleeps_after_a_long_on
         assert core.core.stats()["served"] == served_before + 1 and thread.is_alive()  # the same wait
     finally:
         end_wait(fe, thread, result, sent)
-    window = core.core.poll_window_us(core.kick)  # 1 s, or 0 if the kicked chain's gap was longer
-    core.core.poll_max_us = 20_000  # the window goes down to it
-    assert core.core.poll_window_us(core.kick) == min(window, 20_000)
+    assert core.core.poll_window_us(core.kick) >= 16  # 1 s, or halved by the kicked chain's gap
+    core.core.poll_max_us = 16  # the window goes down to it
+    assert core.core.poll_window_us(core.kick) == 16
     thread, result = start_wait(core, 20.0)
     try:
-        wait_until(fe.asks_for_kick, 10, what="the window to run out")
-        time.sleep(0.05)  # with the window: a gap longer than the most
-        before = fe.txq.used_idx()
-        assert fe.transmit(next(frames), polite=True)
-        wait_until(lambda: fe.txq.used_idx() == before + 1, 10, what="the kicked chain served")
-        wait_until(lambda: core.core.poll_window_us(core.kick) == 0, 10, what="the window closed")
+        for shrunk in (8, 4, 0):
+            wait_until(fe.asks_for_kick, 10, what="the window to run out")
+            time.sleep(0.002)  # with the window: a gap longer than the most
+            before = fe.txq.used_idx()
+            assert fe.transmit(next(frames), polite=True)
+            wait_until(partial(lambda n: fe.txq.used_idx() == n, before + 1), 10, what="the kicked chain served")
+            # set at the end of the round that took it
+            wait_until(partial(lambda w: core.core.poll_window_us(core.kick) == w, shrunk), 10,
+                       what=f"the window halved to {shrunk} us")
     finally:
         end_wait(fe, thread, result, sent)
     assert fe.asks_for_kick()
