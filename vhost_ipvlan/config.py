@@ -12,7 +12,7 @@ Shape (other tools rely on it; do not change it lightly)::
     busy_poll_us = 50           # optional: poll a guest's TX ring this long after its last frame, asking
                                 # for no kicks (vhost-net's busyloop_timeout; default 0: none)
     adaptive_poll_us = 32       # optional, while busy_poll_us is 0: poll each TX ring for a window that grows
-                                # up to this while its bursts come within it (QEMU's poll-max-ns; default 0: none)
+                                # up to this while its bursts come within it (QEMU's poll-max-ns; default 32; 0: none)
 
     [[port]]
     master = "veth0"            # host interface: the IPvlan master
@@ -118,10 +118,10 @@ MAX_QUEUES = MAX_QUEUE_PAIRS
 MAX_WORKERS = 64
 #: the longest busy polling (``[daemon] busy_poll_us``; ``_fastpath.c``'s CORE_POLL_MAX_US)
 MAX_BUSY_POLL_US = 1_000_000
-#: adaptive polling's default longest window (``[daemon] adaptive_poll_us``): none, as
-#: the kernel's vhost-net (polling slowed the 1500-byte loops on 256-entry rings here:
-#: bench/README.md); QEMU's IOThreads default to 32 us (``poll-max-ns``)
-DEFAULT_ADAPTIVE_POLL_US = 0
+#: adaptive polling's default longest window (``[daemon] adaptive_poll_us``): 32 us, as
+#: QEMU's IOThreads (``poll-max-ns``); a guest whose bursts come further apart is not
+#: polled for (bench/README.md has the figures behind it)
+DEFAULT_ADAPTIVE_POLL_US = 32
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -189,8 +189,8 @@ class DaemonConfig:
     busy_poll_us: int = 0
     #: adaptive polling (``daemon.adaptive_poll_us``), while ``busy_poll_us`` is 0: the
     #: longest window a loop polls a TX ring for, grown while the ring's bursts come
-    #: within it and dropped to 0 (sleep) after a longer gap (``_fastpath.c``); 0: none;
-    #: applies at once
+    #: within it and halved after a longer gap, down to 0 (sleep) (``_fastpath.c``);
+    #: 0: none; applies at once
     adaptive_poll_us: int = DEFAULT_ADAPTIVE_POLL_US
 
 

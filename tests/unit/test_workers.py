@@ -195,9 +195,10 @@ def test_config_busy_poll_round_trips() -> None:
     assert cfg.parse({}).daemon.busy_poll_us == 0
 
 
-def test_config_adaptive_poll_is_off_by_default_and_round_trips() -> None:
-    assert cfg.parse({}).daemon.adaptive_poll_us == 0 == cfg.DEFAULT_ADAPTIVE_POLL_US
-    for value in (32, 500):
+def test_config_adaptive_poll_is_32_us_by_default_and_round_trips() -> None:
+    assert cfg.parse({}).daemon.adaptive_poll_us == 32 == cfg.DEFAULT_ADAPTIVE_POLL_US
+    assert "adaptive_poll_us" not in cfg.to_data(cfg.parse({})).get("daemon", {})
+    for value in (0, 500):
         c = cfg.parse(tomllib.loads(f"[daemon]\nadaptive_poll_us = {value}\n"))
         assert c.daemon.adaptive_poll_us == value
         assert cfg.to_data(c)["daemon"] == {"adaptive_poll_us": value} and cfg.parse(cfg.to_data(c)) == c
@@ -217,12 +218,12 @@ def test_busy_polling_applies_to_every_loop_at_once_and_a_failed_reload_puts_it_
     loop = asyncio.SelectorEventLoop(w.main_selector())
     try:
         assert len(w.cores()) == count
-        assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(0, 0)] * count
+        assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(0, 32)] * count
         topo = Topology(loop, w)
         topo.apply(Config((), DaemonConfig(workers=count)))
-        assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(0, 0)] * count
-        topo.apply(Config((), DaemonConfig(workers=count, adaptive_poll_us=32)))
         assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(0, 32)] * count
+        topo.apply(Config((), DaemonConfig(workers=count, adaptive_poll_us=0)))
+        assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(0, 0)] * count
         topo.apply(Config((), DaemonConfig(workers=count, busy_poll_us=40, adaptive_poll_us=7)))
         assert [(c.poll_us, c.poll_max_us) for c in w.cores()] == [(40, 7)] * count
         with pytest.raises(NoSuchInterface):  # nothing of it applies
