@@ -2019,8 +2019,8 @@ static int bytes_of(PyObject *o, Py_ssize_t want, unsigned char *out)
 static plan_t *core_plan(core_t *c, int fd);
 
 /* The adaptive polling state of the ring kicked by ``kick``: kept from its last plan, or
- * new (a descriptor reused by another ring inherits a window, which its first long gap
- * closes). It lies within PSTATE_PROBES entries of its hash; none free there, the entry of
+ * new (a descriptor reused by another ring inherits a window, which its long gaps
+ * halve). It lies within PSTATE_PROBES entries of its hash; none free there, the entry of
  * a ring without a plan that took chains longest ago is taken over; all with plans, the
  * ring gets c->spare, which never opens a window (bounded work at any number of rings). */
 static pstate_t *core_pstate(core_t *c, int kick)

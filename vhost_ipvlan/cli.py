@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from . import __version__, ctl
 from .config import Config, load
+from .control import state as state_file
 from .control.client import DEFAULT_SOCKET
 from .errors import ConfigError, ControlUnavailable, InternalError, RemoteError, UplinkError
 from .libvirt import cli as libvirt_cli
@@ -113,7 +114,7 @@ def _initial(state: Path, config: Path | None) -> Config:
     """What the daemon starts from: the state file if it exists, else the config file."""
     if state.exists():
         try:
-            return load(state)
+            return state_file.load(state)
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(str(state)) else f"{state}: {msg}") from e

@@ -626,8 +626,8 @@ def test_adaptive_polling_grows_with_short_gaps_polls_and_shrinks_after_long_one
             wait_until(fe.asks_for_kick, 10, what="the window to run out")
             time.sleep(0.002)  # with the window: a gap longer than the most
             before = fe.txq.used_idx()
-            assert fe.transmit(next(frames), polite=True)
-            wait_until(partial(lambda n: fe.txq.used_idx() == n, before + 1), 10, what="the kicked chain served")
+            fe.transmit(next(frames), polite=True)  # kicked (or, the thread late, found by a look)
+            wait_until(partial(lambda n: fe.txq.used_idx() == n, before + 1), 10, what="the chain served")
             # set at the end of the round that took it
             wait_until(partial(lambda w: core.core.poll_window_us(core.kick) == w, shrunk), 10,
                        what=f"the window halved to {shrunk} us")

@@ -34,10 +34,13 @@ from .wait import wait_until
 TESTPMD = "dpdk-testpmd"
 PROMPT = "testpmd> "
 #: what testpmd's other threads print whenever they like: the vhost and virtio-user
-#: drivers' ``function(): message`` log lines (connections, reconnection, link state)
-#: and port events. One can land inside the prompt ("tes", a whole line, "tpmd> "),
-#: so they are taken out of an answer.
-_ASYNC_LINE_RE = re.compile(r"(?:vhost|virtio)_[a-z0-9_]*\(\): [^\n]*\n|\nPort \d+: [^\n]*event\n")
+#: drivers' ``function(): message`` log lines (connections, reconnection, link state),
+#: the vhost library's ``VHOST_CONFIG:`` lines and port events. One can land inside the
+#: prompt ("tes", a whole line, "tpmd> "), so they are taken out of an answer. (A
+#: function name is matched from its ``vhost``/``virtio``: what is before may be the
+#: prompt's start.)
+_ASYNC_LINE_RE = re.compile(
+    r"(?:vhost|virtio)_[a-z0-9_]*\(\): [^\n]*\n|VHOST_CONFIG: [^\n]*\n|\nPort \d+: [^\n]*event\n")
 
 
 def answer_of(output: str) -> str | None:

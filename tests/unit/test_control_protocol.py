@@ -35,6 +35,28 @@ def test_state_keeps_the_daemon_table(tmp_path: Path) -> None:
     assert load(tmp_path / "state.toml") == cfg
 
 
+@pytest.mark.parametrize("adaptive", [0, 32, 500])
+def test_state_always_records_adaptive_polling(tmp_path: Path, adaptive: int) -> None:
+    """Its default changed (0, then 32): the state file records it whatever its value,
+    and the daemon reads it back the same."""
+    cfg = parse({**GOOD, "daemon": {"adaptive_poll_us": adaptive}})
+    state.write(tmp_path / "state.toml", cfg)
+    assert f"adaptive_poll_us = {adaptive}\n" in (tmp_path / "state.toml").read_text()
+    assert state.load(tmp_path / "state.toml") == cfg == load(tmp_path / "state.toml")
+
+
+def test_a_state_file_from_before_adaptive_polling_was_on_keeps_it_off(tmp_path: Path) -> None:
+    """A state file without ``adaptive_poll_us`` was written while its default was 0 (an
+    explicit 0 was left out): after an upgrade the daemon starts with it off, as before."""
+    path = tmp_path / "state.toml"
+    path.write_text(state.HEADER + '[daemon]\nsocket_permissions = 384\n\n[[port]]\nmaster = "veth1"\n')
+    cfg = state.load(path)
+    assert cfg.daemon.adaptive_poll_us == 0 and cfg.daemon.socket_permissions == 0o600
+    assert load(path).daemon.adaptive_poll_us == 32  # a configuration file's default
+    path.write_text(state.HEADER + '[[port]]\nmaster = "veth1"\n')
+    assert state.load(path).daemon.adaptive_poll_us == 0
+
+
 def test_request_parse() -> None:
     req = protocol.parse(b'{"id": 7, "method": "slave.remove", "params": {"name": "a"}}\n')
     assert (req.id, req.method, req.params) == (7, "slave.remove", {"name": "a"})

@@ -31,3 +31,8 @@ def test_a_port_event_inside_the_prompt_or_the_answer() -> None:
     assert answer_of(STOP + "test" + event + "pmd> ") == STOP
     assert answer_of("stop\nTelling cores to stop..." + event + "\nDone.\ntestpmd> ") == STOP
     assert answer_of("stop\n" + RECONNECT + "Telling cores to stop...\nDone.\ntestpmd> ") == STOP
+
+
+def test_the_vhost_librarys_lines() -> None:
+    config = "VHOST_CONFIG: (/tmp/a.sock) read message VHOST_USER_SET_VRING_KICK\n"
+    assert answer_of(STOP + "testp" + config + "md> ") == STOP

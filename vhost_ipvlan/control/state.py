@@ -10,17 +10,22 @@ Rules:
   leaves the old file or the new one, never a mix.
 - Config vs state: at start the daemon reads the state file if it exists, else the
   configuration file; SIGHUP applies the configuration file (and rewrites the state).
+- ``adaptive_poll_us`` is always written: its default changed (0, then 32), and a
+  state file without it was written while it was 0 (``load`` reads it so), so an
+  upgrade does not turn polling on for a daemon that had it off.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, SlaveConfig, slave_table, to_data
+from ..config import load as load_config
 
 HEADER = "# vhost-ipvlan state: written by the daemon after every accepted change; do not edit while it runs\n"
 
@@ -70,6 +75,7 @@ def dumps(config: Config) -> str:
     """``config`` as a TOML document in the configuration file's shape."""
     global _slave_texts
     data = to_data(replace(config, ports=tuple(replace(p, slaves=()) for p in config.ports)))
+    data.setdefault("daemon", {})["adaptive_poll_us"] = config.daemon.adaptive_poll_us
     out = [HEADER]
     if data.get("daemon"):  # socket owner, group, mode: a restart from the state keeps them
         out.append("[daemon]\n")
@@ -85,6 +91,17 @@ def dumps(config: Config) -> str:
         out.append("\n")
     _slave_texts = texts
     return "".join(out)
+
+
+def load(path: Path) -> Config:
+    """The state file ``path`` as ``config.load`` reads it, but for a file written before
+    ``adaptive_poll_us`` was on by default (it has no such key): 0, as it was then."""
+    config = load_config(path)
+    with open(path, "rb") as f:
+        daemon = tomllib.load(f).get("daemon", {})
+    if "adaptive_poll_us" not in daemon:
+        config = replace(config, daemon=replace(config.daemon, adaptive_poll_us=0))
+    return config
 
 
 def write(path: Path, config: Config) -> None:

@@ -84,6 +84,8 @@ class Daemon:
         self._stop = asyncio.Event()
         #: why the daemon stops on its own (a worker thread died): serve() raises it
         self.failure: str | None = None
+        #: close() ran: a SIGHUP still queued (a start-up that failed, a stop) changes nothing
+        self.closed = False
         self.topology.workers.on_death = self._worker_died
 
     @property
@@ -139,6 +141,8 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: re-read the masters' state, then apply the configuration file's difference
         (or change nothing)."""
+        if self.closed:  # the loop runs once more after close(): nothing to apply to
+            return
         log.info("reload (SIGHUP): re-reading the masters' state and %s", self.config_path or "no configuration file")
         self.masters.resync()
         if self.config_path is None:
@@ -204,6 +208,7 @@ class Daemon:
             self.close()
 
     def close(self) -> None:
+        self.closed = True
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
