@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--busy-poll-us", type=int, default=0,
                    help="the daemon's [daemon] busy_poll_us (default 0: no busy polling)")
     p.add_argument("--adaptive-poll-us", type=int, default=None,
-                   help="the daemon's [daemon] adaptive_poll_us (default: the daemon's, 0: none; QEMU's is 32)")
+                   help="the daemon's [daemon] adaptive_poll_us (default: the daemon's, 32; 0: none)")
     p.add_argument("--workers", type=int, default=1,
                    help="the daemon's [daemon] workers (default 1; 2: its port on a worker thread, WorkerCore)")
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")

@@ -1746,9 +1746,9 @@ static PyObject *ring_recv(PyObject *module, PyObject *const *args, Py_ssize_t n
  *   poll_max_us apart is polled for (no kick, no wake-up); one whose bursts come further
  *   apart is within a few bursts never polled for, however many such rings a loop
  *   serves; a ring gone quiet costs at most one window. A burst its budget cut, served
- *   over several rounds, is one burst (no gap: ``cut``). The time Python runs between two waits is not the guests': chains
- *   taken in a wait's last round count as taken at the next wait's start (``carry``; for
- *   poll_us's window too).
+ *   over several rounds, is one burst (no gap: ``cut``). The time Python runs between
+ *   two waits is not the guests': chains taken in a wait's last round count as taken at
+ *   the next wait's start (``carry``; for poll_us's window too).
  * ------------------------------------------------------------------------------------------ */
 #define CORE_PLANS 64
 #define CORE_SLOTS 256

@@ -76,11 +76,8 @@ def dumps(config: Config) -> str:
     global _slave_texts
     data = to_data(replace(config, ports=tuple(replace(p, slaves=()) for p in config.ports)))
     data.setdefault("daemon", {})["adaptive_poll_us"] = config.daemon.adaptive_poll_us
-    out = [HEADER]
-    if data.get("daemon"):  # socket owner, group, mode: a restart from the state keeps them
-        out.append("[daemon]\n")
-        out += [f"{k} = {_value(v)}\n" for k, v in data["daemon"].items()]
-        out.append("\n")
+    # never empty (adaptive_poll_us); socket owner, group, mode: a restart from the state keeps them
+    out = [HEADER, "[daemon]\n", *(f"{k} = {_value(v)}\n" for k, v in data["daemon"].items()), "\n"]
     texts: dict[SlaveConfig, str] = {}
     for port, pc in zip(data["port"], config.ports, strict=True):
         out.append("[[port]]\n")
