@@ -27,13 +27,16 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +90,8 @@ class Result:
     control_p99_ms: float = 0.0
     control_max_ms: float = 0.0
     control_calls: int = 0
+    # the window read every ``--sample`` seconds: (seconds, rx pps, machine probe ns or 0)
+    samples: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 class ControlProbe:
@@ -161,37 +166,119 @@ def ipvlan_backend(work: Path, idle: int = 0, workers: int = 1,
         lab.check_daemon()
 
 
-def _measure(
-    read: Testpmd,
-    rx_port: int,
-    send: Testpmd,
-    tx_port: int,
-    warmup: float,
-    seconds: float,
-) -> tuple[float, float, int, int, float]:
-    """Warm up, then B rx / A tx deltas over ``seconds``."""
+class MachineProbe:
+    """``bench/c2c.c`` beside a measurement window: the time one cache line takes to go from
+    CPU 0 to CPU 1 and back, measured for ``duty`` of every second.
+
+    The machine has modes lasting seconds in which that round trip costs 3-5 times more,
+    and every back-end's rate falls with it (bench/README.md, "The machine's modes");
+    reading the probe beside each second of a round says which mode the second was in."""
+
+    def __init__(self, exe: Path, duty: float = 0.02) -> None:
+        self.exe, self.duty = exe, duty
+        self.readings: list[tuple[float, float]] = []  # (monotonic time read, ns)
+        self._proc: subprocess.Popen[str] | None = None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def __enter__(self) -> MachineProbe:
+        self._proc = subprocess.Popen([str(self.exe), "3600", str(self.duty)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+        self._thread.join(10)
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            m = re.search(r": ([0-9.]+) ns", line)
+            if m:
+                self.readings.append((time.monotonic(), float(m.group(1))))
+
+    def between(self, t0: float, t1: float) -> float:
+        """The median round trip read in (t0, t1], in ns; 0 if none was."""
+        got = [ns for t, ns in self.readings if t0 < t <= t1]
+        return statistics.median(got) if got else 0.0
+
+
+def build_machine_probe(base: Path) -> Path | None:
+    """Compile bench/c2c.c into ``base``; None (and a line saying why) without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log("no C compiler: the machine probe (bench/c2c.c) is off")
+        return None
+    exe = base / "c2c"
+    done = subprocess.run([cc, "-O2", "-pthread", "-o", str(exe), str(REPO_ROOT / "bench" / "c2c.c")],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        log(f"bench/c2c.c did not build, the machine probe is off: {done.stderr.strip()}")
+        return None
+    return exe
+
+
+def add_probe_args(p: argparse.ArgumentParser) -> None:
+    """``--sample`` and ``--no-machine-probe``, for every bench that uses ``_measure``."""
+    p.add_argument("--sample", type=float, default=1.0,
+                   help="read the receiver every SECONDS in the window (default 1): the rate's modes")
+    p.add_argument("--no-machine-probe", dest="machine_probe", action="store_false",
+                   help="do not run bench/c2c.c beside the windows (it takes 2%% of each CPU)")
+
+
+def prepare_probe(args: argparse.Namespace, base: Path) -> None:
+    """Sets ``args.probe_exe`` for ``_measure``: the built probe, or None."""
+    args.probe_exe = build_machine_probe(base) if args.machine_probe else None
+
+
+@dataclass
+class Window:
+    """What ``_measure`` read: the whole window's deltas and its samples."""
+
+    rx_pps: float
+    tx_pps: float
+    rx: int
+    tx: int
+    seconds: float
+    samples: list[tuple[float, float, float]]
+
+
+def _measure(read: Testpmd, rx_port: int, send: Testpmd, tx_port: int, args: argparse.Namespace) -> Window:
+    """Warm up, then B rx / A tx deltas over ``args.seconds``, B's rx read every
+    ``args.sample`` seconds (with the machine probe beside it when ``args.probe_exe``)."""
     # warm-up: wait until B receives anything, then let it settle
     wait_until(
         lambda: read.port_stats()[rx_port].rx_packets > 0,
-        max(10.0, warmup),
+        max(10.0, args.warmup),
         interval=0.1,
         what="B to receive frames",
         fatal=(TestpmdError,),
     )
-    time.sleep(warmup)
-    r0 = read.port_stats()[rx_port].rx_packets
-    s0 = send.port_stats()[tx_port].tx_packets
-    t0 = time.monotonic()
-    probe = ControlProbe.current
-    if probe is not None:
-        probe.measuring.set()
-    time.sleep(seconds)
-    if probe is not None:
-        probe.measuring.clear()
-    r1 = read.port_stats()[rx_port].rx_packets
-    s1 = send.port_stats()[tx_port].tx_packets
-    dt = time.monotonic() - t0
-    return (r1 - r0) / dt, (s1 - s0) / dt, r1 - r0, s1 - s0, dt
+    with contextlib.ExitStack() as stack:
+        machine = stack.enter_context(MachineProbe(args.probe_exe)) if args.probe_exe else None
+        time.sleep(args.warmup)
+        r0 = read.port_stats()[rx_port].rx_packets
+        s0 = send.port_stats()[tx_port].tx_packets
+        t0 = time.monotonic()
+        probe = ControlProbe.current
+        if probe is not None:
+            probe.measuring.set()
+        samples: list[tuple[float, float, float]] = []
+        t, r = t0, r0
+        end = t0 + args.seconds
+        while (now := time.monotonic()) < end - 1e-3:
+            time.sleep(min(args.sample, end - now))
+            rn, tn = read.port_stats()[rx_port].rx_packets, time.monotonic()
+            samples.append((round(tn - t0, 3), (rn - r) / (tn - t), machine.between(t, tn) if machine else 0.0))
+            t, r = tn, rn
+        if probe is not None:
+            probe.measuring.clear()
+        r1 = read.port_stats()[rx_port].rx_packets
+        s1 = send.port_stats()[tx_port].tx_packets
+        dt = time.monotonic() - t0
+    return Window((r1 - r0) / dt, (s1 - s0) / dt, r1 - r0, s1 - s0, dt, samples)
 
 
 def big_frame_args(size: int) -> list[str]:
@@ -203,7 +290,7 @@ def big_frame_args(size: int) -> list[str]:
 
 def run_loop(
     work: Path, a_sock: Path, b_sock: Path, size: int, args: argparse.Namespace
-) -> tuple[float, float, int, int, float]:
+) -> Window:
     """One testpmd with both front-ends (port 0 = A, port 1 = B) on one forwarding lcore.
 
     A injects LOOP_BURSTS x 32 frames (txonly, to B's MAC/IP), then
@@ -240,12 +327,12 @@ def run_loop(
         fe.cmd("stop")
         fe.cmd("set portlist 0,1")
         fe.cmd("start")
-        return _measure(fe, 1, fe, 0, args.warmup, args.seconds)
+        return _measure(fe, 1, fe, 0, args)
 
 
 def run_split(
     work: Path, a_sock: Path, b_sock: Path, size: int, args: argparse.Namespace
-) -> tuple[float, float, int, int, float]:
+) -> Window:
     """A (txonly) and B (rxonly) as two testpmd processes, both on core 0."""
     b = Testpmd(
         "B",
@@ -272,7 +359,7 @@ def run_split(
         b.cmd("start")
         a.cmd("start")
         try:
-            return _measure(b, 0, a, 0, args.warmup, args.seconds)
+            return _measure(b, 0, a, 0, args)
         finally:
             a.cmd("stop")
             b.cmd("stop")
@@ -298,10 +385,11 @@ def run_one(backend: str, size: int, args: argparse.Namespace, base: Path, rnd: 
                 if args.control_probe:
                     probe = stack.enter_context(ControlProbe(control))
             runner = run_split if args.topology == "split" else run_loop
-            rx, tx, nrx, ntx, dt = runner(work, a_sock, b_sock, size, args)
+            w = runner(work, a_sock, b_sock, size, args)
         res.ok = True
-        res.rx_pps, res.tx_pps, res.rx_packets, res.tx_packets, res.seconds = rx, tx, nrx, ntx, dt
-        if nrx == 0:
+        res.rx_pps, res.tx_pps, res.rx_packets, res.tx_packets, res.seconds = w.rx_pps, w.tx_pps, w.rx, w.tx, w.seconds
+        res.samples = w.samples
+        if w.rx == 0:
             res.ok = False
             res.error = "B received nothing in the window"
     except (TestpmdError, DaemonError, TimeoutError, OSError) as e:
@@ -354,8 +442,61 @@ def ratio(results: list[Result], size: int) -> float | None:
     return ipv.rx / ref.rx
 
 
+#: the machine probe's round trip (ns) that splits its modes: 54-80 ns in the fast one,
+#: 320-340 ns in the slow one, on this machine alone or beside a bench (bench/README.md)
+PROBE_SPLIT_NS = 200.0
+#: above this the probe's threads were put off by the scheduler: the sample has no mode
+PROBE_UNREAD_NS = 5000.0
+
+
+def machine_mode(ns: float) -> str | None:
+    """A sample's machine mode, "fast" or "slow", from the probe; None if it was not read."""
+    if ns <= 0 or ns > PROBE_UNREAD_NS:
+        return None
+    return "fast" if ns < PROBE_SPLIT_NS else "slow"
+
+
+def by_mode(results: list[Result], backend: str, size: int, mode: str) -> list[float]:
+    """Every sample's rx pps, over one back-end's good rounds at one size, in one machine mode."""
+    return [pps for r in results if r.backend == backend and r.size == size and r.ok
+            for _, pps, ns in r.samples if machine_mode(ns) == mode]
+
+
+def mode_ratio(results: list[Result], size: int, mode: str) -> tuple[float, float, int, int] | None:
+    """(reference's median, ipvlan's median, their sample counts) in one machine mode, when both
+    have samples in it."""
+    ref, ipv = by_mode(results, "reference", size, mode), by_mode(results, "ipvlan", size, mode)
+    if not ref or not ipv:
+        return None
+    return statistics.median(ref), statistics.median(ipv), len(ref), len(ipv)
+
+
+def fmt_samples(r: Result) -> str:
+    """Each sample's rx rate (M) with the machine probe's round trip (ns), if it ran."""
+    return " ".join(f"{pps / 1e6:.2f}" + (f"@{ns:.0f}" if ns else "") for _, pps, ns in r.samples)
+
+
 def fmt_pps(v: float) -> str:
     return f"{v / 1e6:.3f} M" if v >= 1e5 else f"{v / 1e3:.1f} k"
+
+
+def print_modes(results: list[Result], sizes: list[int]) -> None:
+    """Each back-end's median rate in each machine mode, from the samples the probe read."""
+    if not any(ns for r in results for _, _, ns in r.samples):
+        return
+    print(f"  by machine mode (bench/c2c.c beside each sample; fast: a round trip under {PROBE_SPLIT_NS:.0f} ns):"
+          " rx pps, median of the samples")
+    for size in sizes:
+        for mode in ("fast", "slow"):
+            got = mode_ratio(results, size, mode)
+            if got is None:
+                ref_n = len(by_mode(results, "reference", size, mode))
+                ipv_n = len(by_mode(results, "ipvlan", size, mode))
+                print(f"{size:>6}   {mode}: reference {ref_n} samples, ipvlan {ipv_n}: no ratio")
+                continue
+            ref, ipv, ref_n, ipv_n = got
+            print(f"{size:>6}   {mode}: reference {fmt_pps(ref)} x{ref_n}, ipvlan {fmt_pps(ipv)} x{ipv_n}"
+                  f" | {ipv / ref:.4f}")
 
 
 def print_table(results: list[Result], sizes: list[int], topology: str, queue_size: int | None) -> None:
@@ -381,6 +522,7 @@ def print_table(results: list[Result], sizes: list[int], topology: str, queue_si
                 cells.append(f"{rx:>28} {fmt_pps(got.tx):>{w}}")
         q = ratio(results, size)
         print(" | ".join(cells) + f" | {'-' if q is None else f'{q:.4f}':>7}")
+    print_modes(results, sizes)
     for r in results:
         if not r.ok:
             lines = [ln for ln in r.error.splitlines() if ln.strip()] or ["failed"]
@@ -447,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(p50/p99/max)")
     p.add_argument("--idle-slaves", type=int, default=0, metavar="N",
                    help="configure N more slaves, never connected (the rate must not depend on them)")
+    add_probe_args(p)
     args = p.parse_args(argv)
 
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -468,13 +611,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             base = args.workdir
             base.mkdir(parents=True, exist_ok=True)
+        prepare_probe(args, base)
         for size in sizes:
             for rnd in range(args.rounds):
                 for backend in backends:  # alternating rounds
                     log(f"{backend}, {size}-byte frames, round {rnd}, {args.seconds:g}s ...")
                     r = run_one(backend, size, args, base, rnd)
                     log(
-                        f"  rx {r.rx_pps:.0f} pps, tx {r.tx_pps:.0f} pps"
+                        f"  rx {r.rx_pps:.0f} pps, tx {r.tx_pps:.0f} pps; {fmt_samples(r)}"
                         if r.ok
                         else f"  FAILED: {r.error.splitlines()[0] if r.error else ''}"
                     )
@@ -488,6 +632,11 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": args.seconds,
                 "results": [asdict(r) for r in results],
                 "ratio": {str(size): ratio(results, size) for size in sizes},
+                "ratio_by_machine_mode": {
+                    str(size): {mode: (q[1] / q[0] if (q := mode_ratio(results, size, mode)) else None)
+                                for mode in ("fast", "slow")}
+                    for size in sizes
+                },
             }
             print(json.dumps(out, indent=2))
     return 0 if all(r.ok for r in results) else 1

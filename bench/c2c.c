@@ -3,8 +3,10 @@
  * The benches' rates here have two modes, spells of seconds two to three times slower,
  * for testpmd's vhost as for the daemon (bench/README.md). This measures the machine
  * alone: two threads, pinned to CPUs 0 and 1, pass a counter back and forth; each line
- * printed is the mean round trip over the interval. With a duty below 1 it measures for
- * that fraction of each second and sleeps the rest, so it can run beside a bench.
+ * printed is the median round trip over the interval (see measure()). With a duty below
+ * 1 it measures for that fraction of each second and sleeps the rest, so it can run
+ * beside a bench: bench.py and wire.py run it so, and print its figure beside each
+ * second's rate.
  *
  *   cc -O2 -pthread -o /tmp/c2c bench/c2c.c
  *   /tmp/c2c SECONDS [DUTY]     # e.g. /tmp/c2c 40 (alone), /tmp/c2c 45 0.05 (beside a bench)
@@ -47,26 +49,40 @@ static void *returner(void *arg)
     return NULL;
 }
 
-/* Round trips for ``span`` seconds: the mean in nanoseconds. */
+static int by_value(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Round trips for ``span`` seconds, in batches of 256: the median batch's mean, in
+ * nanoseconds. The median, not the mean: beside a bench, a thread of the probe that the
+ * scheduler puts off for a time slice stalls one batch by milliseconds, which says
+ * nothing about the cache line. */
 static double measure(double span)
 {
+    enum { MAX_BATCHES = 1 << 16 };
+    static double batch[MAX_BATCHES];
     pthread_t thread;
     atomic_store(&done, 0);
     pthread_create(&thread, NULL, returner, NULL);
-    long n = 0;
+    int n = 0;
     double start = now(), t = start;
-    while (t - start < span) {
-        for (int i = 0; i < 256; i++, n++) {
+    while (t - start < span && n < MAX_BATCHES) {
+        double t0 = t;
+        for (int i = 0; i < 256; i++) {
             long v = atomic_load_explicit(&ball, memory_order_relaxed) + 1;
             atomic_store_explicit(&ball, v, memory_order_release);
             while (atomic_load_explicit(&ball, memory_order_acquire) == v)
                 ;
         }
         t = now();
+        batch[n++] = (t - t0) * 1e9 / 256;
     }
     atomic_store(&done, 1);
     pthread_join(thread, NULL);
-    return (t - start) * 1e9 / (double)n;
+    qsort(batch, (size_t)n, sizeof batch[0], by_value);
+    return batch[n / 2];
 }
 
 int main(int argc, char **argv)

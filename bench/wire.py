@@ -56,10 +56,13 @@ from bench import (  # noqa: E402  (bench/bench.py)
     FRONTEND_LCORES,
     PREFIX,
     Result,
+    Window,
     _measure,
+    add_probe_args,
     big_frame_args,
     fmt_pps,
     log,
+    prepare_probe,
 )
 from tests.support.lab import MASTER, OUT_IP, DaemonError, Lab, SlaveSpec, sh  # noqa: E402
 from tests.support.testpmd import Testpmd, TestpmdError, testpmd_path, virtio_user_vdev  # noqa: E402
@@ -99,7 +102,7 @@ def wire_switch(backend: str, work: Path, args: argparse.Namespace) -> Iterator[
             yield lab
 
 
-def run_pingpong(lab: Lab, work: Path, size: int, args: argparse.Namespace) -> tuple[float, float, int, int, float]:
+def run_pingpong(lab: Lab, work: Path, size: int, args: argparse.Namespace) -> Window:
     """The guest + outside testpmd (see the module docstring); (guest rx pps, outside rx pps, ...)."""
     # the outside kernel must not answer (ICMP) what its packet socket reads
     sh("ip", "netns", "exec", lab.out, "nft",
@@ -127,7 +130,7 @@ def run_pingpong(lab: Lab, work: Path, size: int, args: argparse.Namespace) -> t
         fe.cmd("stop")
         fe.cmd("set portlist 0,1")
         fe.cmd("start")
-        return _measure(fe, 0, fe, 1, args.warmup, args.seconds)
+        return _measure(fe, 0, fe, 1, args)
 
 
 def run_one(backend: str, size: int, rnd: int, args: argparse.Namespace, base: Path) -> Result:
@@ -138,9 +141,10 @@ def run_one(backend: str, size: int, rnd: int, args: argparse.Namespace, base: P
     args.size = size
     try:
         with wire_switch(backend, work, args) as lab:
-            rx, tx, nrx, ntx, dt = run_pingpong(lab, work, size, args)
-        res.ok = nrx > 0
-        res.rx_pps, res.tx_pps, res.rx_packets, res.tx_packets, res.seconds = rx, tx, nrx, ntx, dt
+            w = run_pingpong(lab, work, size, args)
+        res.ok = w.rx > 0
+        res.rx_pps, res.tx_pps, res.rx_packets, res.tx_packets, res.seconds = w.rx_pps, w.tx_pps, w.rx, w.tx, w.seconds
+        res.samples = w.samples
         res.error = "" if res.ok else "the guest received nothing in the window"
     except (TestpmdError, DaemonError, TimeoutError, OSError) as e:
         res.error = f"{type(e).__name__}: {e}"
@@ -213,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mem-mb", type=int, default=256, help="testpmd -m (default 256)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.add_argument("--workdir", type=Path, default=None, help="keep logs here")
+    add_probe_args(p)
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -232,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             base = args.workdir
             base.mkdir(parents=True, exist_ok=True)
+        prepare_probe(args, base)
         for size in sizes:
             for rnd in range(args.rounds):
                 for backend in backends:  # alternating rounds

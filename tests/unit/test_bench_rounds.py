@@ -1,15 +1,19 @@
 """bench/bench.py's summary of alternating rounds: medians, ranges, the ratio of the
-medians, failed rounds left out, and ``--queue-size default``."""
+medians, failed rounds left out, ``--queue-size default``, and the samples split by the
+machine probe (bench/c2c.c)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.support.wait import wait_until
 
 
 def load_bench() -> ModuleType:
@@ -45,3 +49,37 @@ def test_queue_size_default_leaves_the_ring_to_dpdk() -> None:
     assert bench.queue_size("1024") == 1024
     with pytest.raises(argparse.ArgumentTypeError, match="expected a ring size or 'default', got 'big'"):
         bench.queue_size("big")
+
+
+def sampled(backend: str, samples: list[tuple[float, float, float]]) -> object:
+    r = bench.Result(backend=backend, size=64, topology="pingpong", ok=True, rx_pps=1.0)
+    r.samples = samples
+    return r
+
+
+def test_samples_are_split_by_the_machine_probe() -> None:
+    """The probe's round trip says each sample's machine mode; a sample it did not read (0) or
+    read while the scheduler put its threads off (over 5 us) counts in neither."""
+    assert [bench.machine_mode(ns) for ns in (0.0, 60.0, 199.0, 330.0, 4999.0, 200316.0)] == \
+        [None, "fast", "fast", "slow", "slow", None]
+    results = [
+        sampled("reference", [(1, 5.5e6, 70.0), (2, 2.5e6, 330.0), (3, 2.7e6, 325.0), (4, 9e6, 0.0)]),
+        sampled("ipvlan", [(1, 5.6e6, 65.0), (2, 5.4e6, 80.0), (3, 2.0e6, 340.0), (4, 1e6, 123865.0)]),
+        bench.Result(backend="ipvlan", size=64, topology="pingpong", ok=False),
+    ]
+    assert bench.by_mode(results, "reference", 64, "slow") == [2.5e6, 2.7e6]
+    assert bench.mode_ratio(results, 64, "fast") == (5.5e6, 5.5e6, 1, 2)
+    ref, ipv, n_ref, n_ipv = bench.mode_ratio(results, 64, "slow")
+    assert (ref, ipv, n_ref, n_ipv) == (2.6e6, 2.0e6, 2, 1)
+    assert bench.mode_ratio(results, 1500, "slow") is None
+
+
+def test_the_machine_probe_builds_and_reads(tmp_path: Path) -> None:
+    """bench/c2c.c, built as bench.py builds it, gives a round trip every second at a 2% duty."""
+    exe = bench.build_machine_probe(tmp_path)
+    assert exe is not None and exe.exists()
+    t0 = time.monotonic()
+    with bench.MachineProbe(exe) as probe:
+        wait_until(lambda: len(probe.readings) >= 2, 10, interval=0.05, what="two probe readings")
+    assert 0 < probe.between(t0, time.monotonic()) < 1e6
+    assert probe.between(0, t0) == 0.0
