@@ -17,7 +17,9 @@ ring size to DPDK (256).
 
 Usage: python bench/bench.py [--sizes 64,1500] [--seconds 10] [--rounds N] [--topology loop|pingpong|split]
                              [--queue-size N|default] [--json] [--backends ...] [--idle-slaves N]
-                             [--control-probe]
+                             [--control-probe] [--sample S] [--no-machine-probe]
+The window is read every ``--sample`` seconds with ``bench/c2c.c`` beside it, and each
+back-end's samples are split by the machine's mode (``MachineProbe``).
 Needs root (network namespaces) and dpdk-testpmd.
 """
 
