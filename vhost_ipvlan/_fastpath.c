@@ -217,6 +217,9 @@ typedef struct {
     int nreg;
     uint32_t num;
     uint16_t last_avail, used_idx;
+    /* the avail index last read (rx_put): chains up to it are taken without reading it
+     * again, a line the driver's core writes (as DPDK's vhost, once per burst) */
+    uint16_t avail_seen;
     unsigned long long walked;
     int changed;
     /* publishing (queue_open_publish): SplitQueue's _published, event_idx, log_used */
@@ -344,7 +347,7 @@ static int queue_open(queue_t *q, PyObject *obj)
         return -1;
     }
     q->num = (uint32_t)num;
-    q->last_avail = (uint16_t)last_avail;
+    q->last_avail = q->avail_seen = (uint16_t)last_avail;
     q->used_idx = (uint16_t)used_idx;
     if (get_buf_attr(obj, names[N_DESC], &q->desc))
         return -1;
@@ -722,9 +725,12 @@ static PyObject *py_log_mark(PyObject *module, PyObject *const *args, Py_ssize_t
 /* Put src (len bytes) into the next RX chain if it is one writable descriptor big enough. */
 static int rx_put(queue_t *q, const char *src, uint32_t len)
 {
-    uint16_t avail_idx = ring16(&q->avail, 1);
-    if (avail_idx == q->last_avail)
-        return 0;
+    uint16_t avail_idx = q->avail_seen;
+    if (avail_idx == q->last_avail) {
+        avail_idx = q->avail_seen = ring16(&q->avail, 1);
+        if (avail_idx == q->last_avail)
+            return 0;
+    }
     __asm__ __volatile__("" ::: "memory");
     uint32_t head = ring16(&q->avail, 2 + q->last_avail % q->num);
     if (head >= q->num)
@@ -2282,9 +2288,14 @@ static int serve_tx(core_t *c, plan_t *p)
     int rc = 1;
     if (!q->event_idx && !p->quiet && ring_waiting(q))
         plan_quiet(c, p); /* no kick per burst while this one runs (device.py's _drain) */
+    uint16_t avail_idx = ring16(&q->avail, 1);
     for (;;) {
-        uint16_t avail_idx = ring16(&q->avail, 1);
+        /* the index is read again only once the chains it gave are taken (rx_put's avail_seen) */
         uint32_t pending = (uint16_t)(avail_idx - q->last_avail);
+        if (pending == 0) {
+            avail_idx = ring16(&q->avail, 1);
+            pending = (uint16_t)(avail_idx - q->last_avail);
+        }
         if (pending == 0) {
             if (w.n)
                 wire_flush(&w); /* before the chains are given back: as forward_burst, all sent first */
