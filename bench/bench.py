@@ -168,6 +168,20 @@ def ipvlan_backend(work: Path, idle: int = 0, workers: int = 1,
         lab.check_daemon()
 
 
+#: the machine probe's round trip (ns) that splits its modes: 54-80 ns in the fast one,
+#: 320-340 ns in the slow one, on this machine alone or beside a bench (bench/README.md)
+PROBE_SPLIT_NS = 200.0
+#: above this the probe's threads were put off by the scheduler: the sample has no mode
+PROBE_UNREAD_NS = 5000.0
+
+
+def machine_mode(ns: float) -> str | None:
+    """A sample's machine mode, "fast" or "slow", from the probe; None if it was not read."""
+    if ns <= 0 or ns > PROBE_UNREAD_NS:
+        return None
+    return "fast" if ns < PROBE_SPLIT_NS else "slow"
+
+
 class MachineProbe:
     """``bench/c2c.c`` beside a measurement window: the time one cache line takes to go from
     CPU 0 to CPU 1 and back, measured for ``duty`` of every second.
@@ -193,6 +207,8 @@ class MachineProbe:
             self._proc.kill()
             self._proc.wait()
         self._thread.join(10)
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
 
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -202,9 +218,12 @@ class MachineProbe:
                 self.readings.append((time.monotonic(), float(m.group(1))))
 
     def between(self, t0: float, t1: float) -> float:
-        """The median round trip read in (t0, t1], in ns; 0 if none was."""
-        got = [ns for t, ns in self.readings if t0 < t <= t1]
-        return statistics.median(got) if got else 0.0
+        """The median round trip read in (t0, t1], in ns: 0 if none was read there, or if
+        the readings fall in different machine modes (``machine_mode``) and so say none."""
+        got = [ns for t, ns in self.readings if t0 < t <= t1 and machine_mode(ns) is not None]
+        if not got or len({machine_mode(ns) for ns in got}) > 1:
+            return 0.0
+        return statistics.median(got)
 
 
 def build_machine_probe(base: Path) -> Path | None:
@@ -222,9 +241,20 @@ def build_machine_probe(base: Path) -> Path | None:
     return exe
 
 
+def positive_seconds(text: str) -> float:
+    """``--sample``: seconds, more than 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds (more than 0), got {text!r}")
+    return v
+
+
 def add_probe_args(p: argparse.ArgumentParser) -> None:
     """``--sample`` and ``--no-machine-probe``, for every bench that uses ``_measure``."""
-    p.add_argument("--sample", type=float, default=1.0,
+    p.add_argument("--sample", type=positive_seconds, default=1.0,
                    help="read the receiver every SECONDS in the window (default 1): the rate's modes")
     p.add_argument("--no-machine-probe", dest="machine_probe", action="store_false",
                    help="do not run bench/c2c.c beside the windows (it takes 2%% of each CPU)")
@@ -444,33 +474,27 @@ def ratio(results: list[Result], size: int) -> float | None:
     return ipv.rx / ref.rx
 
 
-#: the machine probe's round trip (ns) that splits its modes: 54-80 ns in the fast one,
-#: 320-340 ns in the slow one, on this machine alone or beside a bench (bench/README.md)
-PROBE_SPLIT_NS = 200.0
-#: above this the probe's threads were put off by the scheduler: the sample has no mode
-PROBE_UNREAD_NS = 5000.0
-
-
-def machine_mode(ns: float) -> str | None:
-    """A sample's machine mode, "fast" or "slow", from the probe; None if it was not read."""
-    if ns <= 0 or ns > PROBE_UNREAD_NS:
-        return None
-    return "fast" if ns < PROBE_SPLIT_NS else "slow"
-
-
 def by_mode(results: list[Result], backend: str, size: int, mode: str) -> list[float]:
     """Every sample's rx pps, over one back-end's good rounds at one size, in one machine mode."""
     return [pps for r in results if r.backend == backend and r.size == size and r.ok
             for _, pps, ns in r.samples if machine_mode(ns) == mode]
 
 
-def mode_ratio(results: list[Result], size: int, mode: str) -> tuple[float, float, int, int] | None:
-    """(reference's median, ipvlan's median, their sample counts) in one machine mode, when both
-    have samples in it."""
-    ref, ipv = by_mode(results, "reference", size, mode), by_mode(results, "ipvlan", size, mode)
-    if not ref or not ipv:
+def mode_ratio(results: list[Result], size: int, mode: str, anchor: str = "reference",
+               other: str = "ipvlan") -> tuple[float, float, int, int] | None:
+    """(``anchor``'s median, ``other``'s median, their sample counts) in one machine mode,
+    when both have samples in it and the anchor's median is not 0."""
+    ref, ipv = by_mode(results, anchor, size, mode), by_mode(results, other, size, mode)
+    if not ref or not ipv or statistics.median(ref) <= 0:
         return None
     return statistics.median(ref), statistics.median(ipv), len(ref), len(ipv)
+
+
+def modes_json(results: list[Result], sizes: list[int], anchor: str = "reference",
+               other: str = "ipvlan") -> dict[str, dict[str, float | None]]:
+    """``ratio_by_machine_mode`` of the JSON output: per size and mode, other / anchor."""
+    return {str(size): {mode: (q[1] / q[0] if (q := mode_ratio(results, size, mode, anchor, other)) else None)
+                        for mode in ("fast", "slow")} for size in sizes}
 
 
 def fmt_samples(r: Result) -> str:
@@ -482,22 +506,28 @@ def fmt_pps(v: float) -> str:
     return f"{v / 1e6:.3f} M" if v >= 1e5 else f"{v / 1e3:.1f} k"
 
 
-def print_modes(results: list[Result], sizes: list[int]) -> None:
-    """Each back-end's median rate in each machine mode, from the samples the probe read."""
+def print_modes(results: list[Result], sizes: list[int], anchor: str = "reference", other: str = "ipvlan") -> None:
+    """Each back-end's median rate in each machine mode, from the samples the probe read.
+    The samples of one round are not independent: a mode's figures resting on few rounds
+    say less than their sample counts suggest (the rounds are given)."""
     if not any(ns for r in results for _, _, ns in r.samples):
         return
     print(f"  by machine mode (bench/c2c.c beside each sample; fast: a round trip under {PROBE_SPLIT_NS:.0f} ns):"
-          " rx pps, median of the samples")
+          " rx pps, median of the samples [samples/rounds]")
+
+    def rounds_in(backend: str, size: int, mode: str) -> int:
+        return sum(1 for r in results if r.backend == backend and r.size == size and r.ok
+                   and any(machine_mode(ns) == mode for _, _, ns in r.samples))
+
     for size in sizes:
         for mode in ("fast", "slow"):
-            got = mode_ratio(results, size, mode)
+            n = {b: f"{len(by_mode(results, b, size, mode))}/{rounds_in(b, size, mode)}" for b in (anchor, other)}
+            got = mode_ratio(results, size, mode, anchor, other)
             if got is None:
-                ref_n = len(by_mode(results, "reference", size, mode))
-                ipv_n = len(by_mode(results, "ipvlan", size, mode))
-                print(f"{size:>6}   {mode}: reference {ref_n} samples, ipvlan {ipv_n}: no ratio")
+                print(f"{size:>6}   {mode}: {anchor} [{n[anchor]}], {other} [{n[other]}]: no ratio")
                 continue
-            ref, ipv, ref_n, ipv_n = got
-            print(f"{size:>6}   {mode}: reference {fmt_pps(ref)} x{ref_n}, ipvlan {fmt_pps(ipv)} x{ipv_n}"
+            ref, ipv, _, _ = got
+            print(f"{size:>6}   {mode}: {anchor} {fmt_pps(ref)} [{n[anchor]}], {other} {fmt_pps(ipv)} [{n[other]}]"
                   f" | {ipv / ref:.4f}")
 
 
@@ -634,11 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": args.seconds,
                 "results": [asdict(r) for r in results],
                 "ratio": {str(size): ratio(results, size) for size in sizes},
-                "ratio_by_machine_mode": {
-                    str(size): {mode: (q[1] / q[0] if (q := mode_ratio(results, size, mode)) else None)
-                                for mode in ("fast", "slow")}
-                    for size in sizes
-                },
+                "ratio_by_machine_mode": modes_json(results, sizes),
             }
             print(json.dumps(out, indent=2))
     return 0 if all(r.ok for r in results) else 1

@@ -29,6 +29,9 @@ the other direction carries the same rate). Rounds alternate anchor and ipvlan i
 run; the table gives the median and range of each and the ratio of the medians.
 
 Usage: python bench/wire.py [--sizes 64,1500] [--rounds 3] [--seconds 5] [--json]
+                            [--sample S] [--no-machine-probe]
+The guest's rate is read every ``--sample`` seconds with ``bench/c2c.c`` beside it, and
+the samples split by the machine's mode, as in bench.py.
 Needs root (network namespaces) and dpdk-testpmd.
 """
 
@@ -61,8 +64,11 @@ from bench import (  # noqa: E402  (bench/bench.py)
     add_probe_args,
     big_frame_args,
     fmt_pps,
+    fmt_samples,
     log,
+    modes_json,
     prepare_probe,
+    print_modes,
 )
 from tests.support.lab import MASTER, OUT_IP, DaemonError, Lab, SlaveSpec, sh  # noqa: E402
 from tests.support.testpmd import Testpmd, TestpmdError, testpmd_path, virtio_user_vdev  # noqa: E402
@@ -194,6 +200,7 @@ def print_table(results: list[Result], sizes: list[int]) -> None:
         qs = [row["ratio" if b == "ipvlan" else f"ratio_{b}"] for b in shown[1:]]
         print(f"{size:>6} | " + " | ".join(cell(row, b) for b in shown) +
               "".join(f" | {'-' if q is None else f'{q:.3f}':>13}" for q in qs))
+    print_modes(results, sizes, "anchor", "ipvlan")
     for r in results:
         if not r.ok:
             print(f"{r.backend} {r.size}B: {(r.error.splitlines() or ['failed'])[0]}")
@@ -242,11 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(args.rounds):
                 for backend in backends:  # alternating rounds
                     r = run_one(backend, size, rnd, args, base)
-                    log(f"{backend} {size}B round {rnd}: " + (f"{fmt_pps(r.rx_pps)}pps" if r.ok else "FAILED"))
+                    log(f"{backend} {size}B round {rnd}: "
+                        + (f"{fmt_pps(r.rx_pps)}pps; {fmt_samples(r)}" if r.ok else "FAILED"))
                     results.append(r)
     print_table(results, sizes)
     if args.json:
-        print(json.dumps({"results": [r.__dict__ for r in results], "summary": summary(results, sizes)}, indent=2))
+        print(json.dumps({"results": [r.__dict__ for r in results], "summary": summary(results, sizes),
+                          "ratio_by_machine_mode": modes_json(results, sizes, "anchor", "ipvlan")}, indent=2))
     return 0 if all(r.ok for r in results) else 1
 
 

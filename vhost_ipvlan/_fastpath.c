@@ -2290,7 +2290,7 @@ static int serve_tx(core_t *c, plan_t *p)
         plan_quiet(c, p); /* no kick per burst while this one runs (device.py's _drain) */
     uint16_t avail_idx = ring16(&q->avail, 1);
     for (;;) {
-        /* the index is read again only once the chains it gave are taken (rx_put's avail_seen) */
+        /* the index is read again only once the chains it gave are taken (as rx_put) */
         uint32_t pending = (uint16_t)(avail_idx - q->last_avail);
         if (pending == 0) {
             avail_idx = ring16(&q->avail, 1);

@@ -1109,3 +1109,26 @@ def test_an_rx_buffer_overlapping_the_frames_tx_buffer_gets_the_frame_python_wou
 
     result = both_ways(scenario)
     assert result["got"] == struct.pack("<10xH", 1) + frame
+
+
+def test_an_rx_avail_index_past_the_ring_is_taken_in_c_as_in_python() -> None:
+    """b's driver moves its RX avail index more entries ahead than the ring holds. Python's
+    put checks each chain, not the index (``has_pending``), and so does C's rx_put, which
+    keeps the index it read for the next frames (``avail_seen``): both deliver into the
+    chains that are there, and the same frames."""
+
+    def scenario() -> dict[str, object]:
+        p = make_port()
+        try:
+            rxq = p.frontends["b"].rxq
+            struct.pack_into("<H", p.frontends["b"].mem, rxq.avail + 2, (rxq.avail_idx + rxq.num + 5) & 0xFFFF)
+            p.frontends["a"].transmit(frame_to_b(b"past"))
+            p.device("a").drain_tx()
+            p.frontends["a"].transmit(frame_to_b(b"again"))
+            p.device("a").drain_tx()
+            return outcome(p)
+        finally:
+            p.close()
+
+    received = both_ways(scenario)["received"]
+    assert isinstance(received, dict) and [f[-4:] for _, f in received["b"]] == [b"past", b"gain"]

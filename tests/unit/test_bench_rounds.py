@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,6 +76,35 @@ def test_samples_are_split_by_the_machine_probe() -> None:
     assert bench.mode_ratio(results, 1500, "slow") is None
 
 
+def test_a_sample_whose_readings_disagree_has_no_mode(tmp_path: Path) -> None:
+    """Two readings in one sample, one per mode, say no mode (their median, 195 ns, would
+    say "fast"); an unread one (the scheduler put the probe off) does not count."""
+    probe = bench.MachineProbe(tmp_path / "c2c")
+    probe.readings = [(1.0, 60.0), (1.9, 330.0), (2.5, 70.0), (2.6, 200000.0), (3.5, 320.0), (3.6, 340.0)]
+    assert probe.between(0.5, 2.0) == 0.0
+    assert probe.between(2.0, 3.0) == 70.0
+    assert probe.between(3.0, 4.0) == 330.0
+    assert probe.between(4.0, 5.0) == 0.0
+
+
+def test_no_ratio_against_an_anchor_that_stalled() -> None:
+    results = [sampled("reference", [(1, 0.0, 70.0), (2, 0.0, 70.0)]), sampled("ipvlan", [(1, 5e6, 70.0)])]
+    assert bench.mode_ratio(results, 64, "fast") is None
+    assert bench.modes_json(results, [64]) == {"64": {"fast": None, "slow": None}}
+    wire = [sampled("anchor", [(1, 4e5, 70.0)]), sampled("ipvlan", [(1, 2e5, 65.0)])]
+    assert bench.modes_json(wire, [64], "anchor", "ipvlan") == {"64": {"fast": 0.5, "slow": None}}
+
+
+def test_sample_must_be_positive_seconds() -> None:
+    assert bench.positive_seconds("0.5") == 0.5
+    for bad in ("0", "-1", "x", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected seconds"):
+            bench.positive_seconds(bad)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0),
+                    reason="the probe runs on CPUs 0 and 1")
 def test_the_machine_probe_builds_and_reads(tmp_path: Path) -> None:
     """bench/c2c.c, built as bench.py builds it, gives a round trip every second at a 2% duty."""
     exe = bench.build_machine_probe(tmp_path)
