@@ -50,6 +50,10 @@ class DriverQueue:
     avail_idx: int = 0
     last_used: int = 0
     free: list[int] = field(default_factory=list)
+    #: the heads in the order made available, and in the order the device used them
+    #: (VIRTIO_F_IN_ORDER: the same order)
+    made: list[int] = field(default_factory=list)
+    used_order: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.free = list(range(self.num))
@@ -76,6 +80,7 @@ class DriverQueue:
     def make_available(self, head: int) -> None:
         struct.pack_into("<H", self.mem, self.avail + 4 + 2 * (self.avail_idx % self.num), head)
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
+        self.made.append(head)
         self.publish_avail()
 
     def publish_avail(self) -> None:
@@ -110,7 +115,12 @@ class DriverQueue:
             return None
         head, length = struct.unpack_from("<II", self.mem, self.used + 4 + 8 * (self.last_used % self.num))
         self.last_used = (self.last_used + 1) & 0xFFFF
+        self.used_order.append(head)
         return head, length
+
+    def used_in_order(self) -> bool:
+        """Whether every chain used so far was used in the order it was made available."""
+        return self.used_order == self.made[: len(self.used_order)]
 
 
 class FakeFrontend:

@@ -31,6 +31,12 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   SET_MEM_TABLE's re-translation keeps the ring where it was.
 - The features offered are fixed for the session's lifetime (a reconnecting
   front-end refuses a back-end that offers less than before).
+- VIRTIO_F_IN_ORDER is offered: every ring uses its chains in the order they were made
+  available, in C as in Python (a TX chain is given back as soon as it is read, RX
+  chains are filled in turn, and a frame that does not fit gives its chains back
+  untaken). DPDK's virtio-user acks it by default and then reads the used ring in order
+  (its in-order paths, as with testpmd's vhost); QEMU 7.2 does not pass it on to the
+  guest.
 - Kick, call and err descriptors must be eventfds (``Host.eventfd_problem``); anything
   else (a pipe, a socket, a file) is a ``FrontendError`` naming the message.
 - Every file descriptor that arrives is either kept (and closed when replaced or
@@ -98,6 +104,7 @@ DEFAULT_FEATURES = (
     | net.bit(F_PROTOCOL_FEATURES)
     | net.bit(net.F_MRG_RXBUF)
     | net.bit(net.F_RING_EVENT_IDX)
+    | net.bit(net.F_IN_ORDER)
     | net.bit(net.F_RING_INDIRECT_DESC)
     | net.bit(net.F_CSUM)
     | net.bit(net.F_GUEST_CSUM)
