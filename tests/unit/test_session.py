@@ -126,11 +126,47 @@ def test_enable_before_features_is_remembered(pair: Pair) -> None:
 
 
 def test_mem_table_replacement_keeps_ring_indices(pair: Pair) -> None:
-    q = tx_one_popped(pair)
+    pair.fe.setup()
+    pair.fe.transmit(bytes(60))
+    q = pair.session.vrings[TX].queue
+    assert q is not None
+    q.push(q.pop(), 0)
+    q.publish()
     region = codec.MEM_REGION.pack(0, 8 << 20, 0x7F00_0000_0000, 0)
     pair.fe.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [pair.fe.fd])
     q2 = pair.session.vrings[TX].queue
-    assert q2 is not None and q2 is not q and q2.last_avail == 1
+    assert q2 is not None and q2 is not q and (q2.last_avail, q2.used_idx) == (1, 1)
+
+
+def test_mem_table_replacement_takes_again_what_a_broken_ring_took_and_did_not_use() -> None:
+    """A ring broken by the guest mid-burst stops with chains taken and not used (the
+    daemon's device drops it without publishing). Re-translated by SET_MEM_TABLE, it
+    resumes at the used index, as any start does, and says so: with VIRTIO_F_IN_ORDER a
+    driver reads the n-th used entry as its n-th chain, so the next chain used must be
+    the first one not used, not the one after those taken."""
+    logged: list[str] = []
+    p = Pair()
+    p.session = Session(p.host, p.device, log=logged.append)
+    try:
+        p.fe.setup()
+        for _ in range(3):
+            p.fe.transmit(bytes(60))
+        q = p.session.vrings[TX].queue
+        assert q is not None
+        q.push(q.pop(), 0)
+        q.publish()
+        second = q.pop()  # taken; the guest's error comes before it is used
+        q.pop()
+        region = codec.MEM_REGION.pack(0, 8 << 20, 0x7F00_0000_0000, 0)
+        p.fe.send(Request.SET_MEM_TABLE, codec.MEM_HEADER.pack(1, 0) + region, [p.fe.fd])
+        q2 = p.session.vrings[TX].queue
+        assert q2 is not None and (q2.last_avail, q2.used_idx, q2.pending()) == (1, 1, 2)
+        assert q2.pop() == second
+        assert logged == ["vring 1: base 3 disagrees with the used index 1, resuming at the used ring's "
+                          "index (frames in flight may be resent or lost)"]
+    finally:
+        p.session.close()
+        p.fe.close()
 
 
 def test_restart_with_a_stale_base_resumes_at_the_used_index_and_says_so() -> None:

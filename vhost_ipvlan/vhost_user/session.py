@@ -28,7 +28,10 @@ Rules (vhost-user.rst, "Ring states", and what QEMU 7.2 and DPDK 22.11 send):
   message is refused, the device has already been told).
 - A ring starts at the used ring's index whatever SET_VRING_BASE said (see
   ``virtqueue``); a disagreement is reported through ``log``, one line per ring.
-  SET_MEM_TABLE's re-translation keeps the ring where it was.
+  SET_MEM_TABLE's re-translation does the same: a ring in service is where it was (when
+  it stops, every chain it took is used and published), and a ring the guest broke
+  mid-burst (chains taken and not used) takes them again, so that chains are used in
+  the order they were made available (VIRTIO_F_IN_ORDER, below).
 - The features offered are fixed for the session's lifetime (a reconnecting
   front-end refuses a back-end that offers less than before).
 - VIRTIO_F_IN_ORDER is offered: every ring uses its chains in the order they were made
@@ -418,7 +421,7 @@ class Session:
             self._stop(vring)
         self.memory = GuestMemory(mapped)
         for vring in started:
-            self._try_start(vring, resync=False)
+            self._try_start(vring)
 
     def _set_log_base(self, msg: Message) -> bytes:
         if not self._acked(ProtocolFeature.LOG_SHMFD):

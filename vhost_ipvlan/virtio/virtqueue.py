@@ -23,8 +23,9 @@ Rules:
   virtio-user sends 0 when it reconnects to a restarted back-end, its rings
   untouched) is replaced by it, as DPDK's vhost library does: chains taken but
   not returned before are taken again (TX frames resent, RX buffers reused).
-  ``resynced_from`` keeps the base given, for the caller to log. A ring
-  re-translated within a session (``resync=False``) keeps its base.
+  ``resynced_from`` keeps the base given, for the caller to log. The session
+  resyncs every start, SET_MEM_TABLE's re-translation included; ``resync=False``
+  keeps the base given.
 - Used elements are written first, ``used.idx`` is published afterwards, once per
   burst (x86 keeps store order; CPython writes in program order).
 - Ring indices shared with the driver (avail.idx, avail.ring, used.idx, the event
