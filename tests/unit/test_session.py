@@ -138,19 +138,25 @@ def test_mem_table_replacement_keeps_ring_indices(pair: Pair) -> None:
     assert q2 is not None and q2 is not q and (q2.last_avail, q2.used_idx) == (1, 1)
 
 
+def logging_pair_with_three_frames() -> tuple[Pair, list[str]]:
+    """A set-up pair whose session logs into the list returned, three frames queued on TX."""
+    logged: list[str] = []
+    p = Pair()
+    p.session = Session(p.host, p.device, log=logged.append)
+    p.fe.setup()
+    for _ in range(3):
+        p.fe.transmit(bytes(60))
+    return p, logged
+
+
 def test_mem_table_replacement_takes_again_what_a_broken_ring_took_and_did_not_use() -> None:
     """A ring broken by the guest mid-burst stops with chains taken and not used (the
     daemon's device drops it without publishing). Re-translated by SET_MEM_TABLE, it
     resumes at the used index, as any start does, and says so: with VIRTIO_F_IN_ORDER a
     driver reads the n-th used entry as its n-th chain, so the next chain used must be
     the first one not used, not the one after those taken."""
-    logged: list[str] = []
-    p = Pair()
-    p.session = Session(p.host, p.device, log=logged.append)
+    p, logged = logging_pair_with_three_frames()
     try:
-        p.fe.setup()
-        for _ in range(3):
-            p.fe.transmit(bytes(60))
         q = p.session.vrings[TX].queue
         assert q is not None
         q.push(q.pop(), 0)
@@ -171,13 +177,8 @@ def test_mem_table_replacement_takes_again_what_a_broken_ring_took_and_did_not_u
 
 def test_restart_with_a_stale_base_resumes_at_the_used_index_and_says_so() -> None:
     """DPDK's virtio-user, reconnecting, sends base 0 for rings that have moved on."""
-    logged: list[str] = []
-    p = Pair()
-    p.session = Session(p.host, p.device, log=logged.append)
+    p, logged = logging_pair_with_three_frames()
     try:
-        p.fe.setup()
-        for _ in range(3):
-            p.fe.transmit(bytes(60))
         q = p.session.vrings[TX].queue
         assert q is not None
         for _ in range(3):
